@@ -1,0 +1,70 @@
+//! The `sleep` backend: the seed's simulation. Each task sleeps its workload in milliseconds
+//! (times a slowdown factor, to emulate a slower box) and computes nothing.
+
+use super::{micros, Backend, Outcome};
+use crate::batch::{Job, Task};
+use crate::protocol::Status;
+use std::time::{Duration, Instant};
+
+pub struct Sleep {
+    /// Multiplies every workload: 3.0 makes this worker three times slower than nominal.
+    slowdown: f64,
+}
+
+impl Sleep {
+    pub fn new(slowdown: f64) -> Self {
+        Sleep { slowdown }
+    }
+}
+
+impl Backend for Sleep {
+    fn kind(&self) -> &'static str {
+        "sleep"
+    }
+
+    fn run(&mut self, _job: &Job, tasks: &[Task], done: &mut dyn FnMut(Outcome)) {
+        for &task in tasks {
+            let start = Instant::now();
+            if task.workload_ms > 0 {
+                let ms = f64::from(task.workload_ms) * self.slowdown;
+                std::thread::sleep(Duration::from_secs_f64(ms / 1000.0));
+            }
+            done(Outcome {
+                task,
+                status: Status::Ok,
+                wall_us: micros(start.elapsed()),
+                kernel_us: 0,
+                checksum: 0,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeps_at_least_the_workload_and_reports_every_task() {
+        let mut backend = Sleep::new(1.0);
+        let tasks = [
+            Task { id: 0, workload_ms: 3 },
+            Task { id: 1, workload_ms: 0 },
+        ];
+        let mut outcomes = Vec::new();
+        backend.run(&Job::default(), &tasks, &mut |o| outcomes.push(o));
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes[0].wall_us >= 3000, "{outcomes:?}");
+        assert!(outcomes.iter().all(|o| o.status == Status::Ok));
+    }
+
+    #[test]
+    fn slowdown_scales_the_sleep() {
+        let mut backend = Sleep::new(3.0);
+        let mut wall = 0;
+        backend.run(&Job::default(), &[Task { id: 0, workload_ms: 2 }], &mut |o| {
+            wall = o.wall_us
+        });
+        assert!(wall >= 6000, "{wall}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Batches: the tasks a ventilator hands out, made from a seed or read from a file.
+//!
+//! A task is an id (its index in the batch) and a workload in milliseconds, the seed's unit.
+//! A seeded batch is reproducible on every machine: the generator is ChaCha8, whose output
+//! is fixed by its specification, drawn through rand's uniform integer sampling as pinned in
+//! Cargo.lock. This module knows nothing of sockets or backends.
+
+use anyhow::{bail, Context};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+/// Largest workload a task may carry: one hour.
+pub const MAX_WORKLOAD_MS: u32 = 3_600_000;
+
+/// One unit of work: run the batch's kernel for `workload_ms` nominal milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Task {
+    /// Index of the task in its batch: `0..task_count`.
+    pub id: u32,
+    /// Nominal cost in milliseconds: what the sleep backend sleeps, what the kernels scale by.
+    pub workload_ms: u32,
+}
+
+/// What every task of a batch runs: the kernel and its parameters. Sent with the tasks so a
+/// worker needs no configuration beyond its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// Kernel id (see `kernels`); 0 is the spin kernel.
+    pub kernel: u8,
+    /// Kernel work units per nominal millisecond of workload.
+    pub units_per_ms: u32,
+    /// Ask workers to check each result against the CPU reference.
+    pub verify: bool,
+}
+
+impl Default for Job {
+    fn default() -> Self {
+        Job {
+            kernel: 0,
+            units_per_ms: crate::kernels::spin::DEFAULT_UNITS_PER_MS,
+            verify: false,
+        }
+    }
+}
+
+/// The order in which tasks are handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Order {
+    /// Longest workload first: list scheduling that keeps the batch's tail short.
+    LongestFirst,
+    /// The order the batch was made or read in.
+    Given,
+    /// A shuffle, reproducible from the batch seed.
+    Shuffle,
+}
+
+/// A batch of tasks, in dispatch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Tasks indexed by id: `tasks[i].id == i`.
+    pub tasks: Vec<Task>,
+}
+
+impl Batch {
+    /// `count` tasks with workloads uniform in `min_ms..=max_ms`, reproducible from `seed`.
+    pub fn generate(count: u32, min_ms: u32, max_ms: u32, seed: u64) -> anyhow::Result<Batch> {
+        if min_ms > max_ms {
+            bail!("--min-ms {min_ms} is larger than --max-ms {max_ms}");
+        }
+        if max_ms > MAX_WORKLOAD_MS {
+            bail!("--max-ms {max_ms} is over the limit of {MAX_WORKLOAD_MS} ms (one hour)");
+        }
+        if count == 0 {
+            bail!("a batch needs at least one task (--tasks 0 given)");
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let tasks = (0..count)
+            .map(|id| Task {
+                id,
+                workload_ms: rng.random_range(min_ms..=max_ms),
+            })
+            .collect();
+        Ok(Batch { tasks })
+    }
+
+    /// Reads a tasks file: one workload in milliseconds per line; blank lines and lines
+    /// starting with `#` are ignored. Any other line fails the whole file, naming its number.
+    pub fn read(path: &Path) -> anyhow::Result<Batch> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read tasks file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("bad tasks file {}", path.display()))
+    }
+
+    /// Parses the tasks-file format (see [`Batch::read`]).
+    pub fn parse(text: &str) -> anyhow::Result<Batch> {
+        let mut tasks = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let workload_ms = line
+                .parse::<u32>()
+                .ok()
+                .filter(|&ms| ms <= MAX_WORKLOAD_MS)
+                .with_context(|| {
+                    format!(
+                        "line {}: {line:?} is not a workload (expected whole milliseconds, 0 to {MAX_WORKLOAD_MS})",
+                        index + 1
+                    )
+                })?;
+            let id = u32::try_from(tasks.len()).context("more than 4 billion tasks")?;
+            tasks.push(Task { id, workload_ms });
+        }
+        if tasks.is_empty() {
+            bail!("no tasks: every line is blank or a comment");
+        }
+        Ok(Batch { tasks })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Sum of all workloads: the seed's "total expected cost".
+    pub fn expected_ms(&self) -> u64 {
+        self.tasks.iter().map(|t| u64::from(t.workload_ms)).sum()
+    }
+
+    /// The longest single workload: no number of workers finishes sooner.
+    pub fn longest_ms(&self) -> u32 {
+        self.tasks.iter().map(|t| t.workload_ms).max().unwrap_or(0)
+    }
+
+    /// Task ids in dispatch order.
+    pub fn dispatch_order(&self, order: Order, seed: u64) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.tasks.iter().map(|t| t.id).collect();
+        match order {
+            Order::Given => {}
+            // Stable sort: equal workloads keep their given order, so the order is reproducible.
+            Order::LongestFirst => {
+                ids.sort_by_key(|&id| std::cmp::Reverse(self.tasks[id as usize].workload_ms))
+            }
+            Order::Shuffle => {
+                use rand::seq::SliceRandom;
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5a1e);
+                ids.shuffle(&mut rng);
+            }
+        }
+        ids
+    }
+}
+
+/// The ideal makespan of a batch on `workers` workers: no schedule beats the larger of the
+/// perfectly shared load and the longest task.
+pub fn ideal_ms(expected_ms: u64, longest_ms: u32, workers: usize) -> f64 {
+    let workers = workers.max(1) as f64;
+    (expected_ms as f64 / workers).max(f64::from(longest_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_batch_other_seed_other_batch() {
+        let a = Batch::generate(100, 1, 100, 7).unwrap();
+        let b = Batch::generate(100, 1, 100, 7).unwrap();
+        let c = Batch::generate(100, 1, 100, 8).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.tasks.iter().all(|t| (1..=100).contains(&t.workload_ms)));
+        assert!(a.tasks.iter().enumerate().all(|(i, t)| t.id as usize == i));
+    }
+
+    #[test]
+    fn seeded_batches_are_pinned() {
+        // If this changes, batches differ across versions: say so in the changelog.
+        let batch = Batch::generate(5, 1, 100, 1).unwrap();
+        let workloads: Vec<u32> = batch.tasks.iter().map(|t| t.workload_ms).collect();
+        assert_eq!(workloads, PINNED_SEED_1);
+    }
+    const PINNED_SEED_1: [u32; 5] = [55, 41, 99, 9, 22];
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        assert!(Batch::generate(10, 5, 4, 1).is_err());
+        assert!(Batch::generate(0, 1, 4, 1).is_err());
+        assert!(Batch::generate(1, 1, MAX_WORKLOAD_MS + 1, 1).is_err());
+    }
+
+    #[test]
+    fn tasks_file_skips_comments_and_names_the_bad_line() {
+        let batch = Batch::parse("# costs\n10\n\n  20 \n0\n").unwrap();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.expected_ms(), 30);
+        let err = Batch::parse("10\n20\nabc\n30\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 3"), "{err:#}");
+        let err = Batch::parse("10\n-5\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+        assert!(Batch::parse("# nothing\n\n").is_err());
+    }
+
+    #[test]
+    fn longest_first_sorts_descending_and_shuffle_is_a_permutation() {
+        let batch = Batch::parse("3\n9\n1\n9\n").unwrap();
+        assert_eq!(batch.dispatch_order(Order::LongestFirst, 0), vec![1, 3, 0, 2]);
+        assert_eq!(batch.dispatch_order(Order::Given, 0), vec![0, 1, 2, 3]);
+        let mut shuffled = batch.dispatch_order(Order::Shuffle, 1);
+        shuffled.sort_unstable();
+        assert_eq!(shuffled, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn ideal_is_the_larger_of_share_and_longest() {
+        assert_eq!(ideal_ms(5000, 100, 4), 1250.0);
+        assert_eq!(ideal_ms(5000, 100, 100), 100.0);
+    }
+}

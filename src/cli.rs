@@ -1,0 +1,403 @@
+//! The command line: clap definitions and the glue that turns flags into role configs.
+//! Errors print as `conquer: {err:#}` on stderr; exit 0 success, 1 failure, 2 usage,
+//! 130 interrupted.
+
+use crate::backend::{self, Backend, BackendKind};
+use crate::batch::{Batch, Job, Order};
+use crate::kernels::Kernel;
+use crate::report::ResultsFormat;
+use crate::shutdown::{self, Shutdown};
+use crate::sink::{Sink, SinkConfig};
+use crate::ventilator::{Heartbeat, Ventilator, VentilatorConfig};
+use crate::worker::{self, WorkerConfig};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "conquer",
+    version,
+    about = "Divide and conquer over ZeroMQ: a ventilator hands out tasks, workers run them \
+             (WGSL compute shaders on a GPU, or sleep), a sink collects and reports",
+    after_help = "Start with `conquer run`: the seed's batch (100 tasks of 1-100 ms) on 4 workers in one process."
+)]
+pub struct Cli {
+    /// More logging on stderr: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run sink, ventilator and workers in one process over loopback (the demo and the default).
+    Run(RunArgs),
+    /// The ventilator: makes or reads a batch, waits for workers, hands out tasks on credit.
+    #[command(visible_alias = "vent")]
+    Ventilator(VentilatorArgs),
+    /// A worker: connects to the ventilator and the sink and runs tasks on a backend.
+    #[command(visible_alias = "work")]
+    Worker(WorkerArgs),
+    /// The sink: collects results, counts each task once, reports the batch.
+    Sink(SinkArgs),
+    /// Benchmarks: worker scaling and zero-work throughput, as Markdown tables.
+    Bench(crate::bench::BenchArgs),
+    /// What this machine offers: libzmq version and GPU adapters.
+    Info,
+}
+
+/// The batch: seeded random workloads, or a file.
+#[derive(Args, Debug, Clone)]
+pub struct BatchArgs {
+    /// Number of tasks in a seeded batch.
+    #[arg(long, default_value_t = 100)]
+    pub tasks: u32,
+    /// Shortest workload in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    pub min_ms: u32,
+    /// Longest workload in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub max_ms: u32,
+    /// Seed of the batch: the same seed makes the same batch on every machine.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Read the batch from a file instead: one workload in ms per line, `#` comments.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tasks", "min_ms", "max_ms"])]
+    pub tasks_file: Option<PathBuf>,
+    /// Order in which tasks are handed out.
+    #[arg(long, value_enum, default_value_t = Order::LongestFirst)]
+    pub order: Order,
+    /// Kernel every task runs on compute backends.
+    #[arg(long, value_enum, default_value_t = Kernel::Spin)]
+    pub kernel: Kernel,
+    /// Kernel work units (spin: shader invocations of 256 hash rounds) per ms of workload.
+    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
+    pub units_per_ms: u32,
+}
+
+impl BatchArgs {
+    pub fn batch(&self) -> anyhow::Result<Batch> {
+        match &self.tasks_file {
+            Some(path) => Batch::read(path),
+            None => Batch::generate(self.tasks, self.min_ms, self.max_ms, self.seed),
+        }
+    }
+
+    pub fn job(&self, verify: bool) -> Job {
+        Job {
+            kernel: self.kernel.id(),
+            units_per_ms: self.units_per_ms,
+            verify,
+        }
+    }
+}
+
+/// Credit-based dispatch.
+#[derive(Args, Debug, Clone)]
+pub struct DispatchArgs {
+    /// Tasks a worker may hold at once; it gets more as it finishes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub window: u32,
+    /// Cap on tasks a worker may hold while the tasks cost nothing (zero-ms workloads).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub max_window: u32,
+}
+
+/// Liveness between ventilator and workers.
+#[derive(Args, Debug, Clone)]
+pub struct HeartbeatArgs {
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub heartbeat_ms: u64,
+    /// Missed heartbeats after which a peer is declared gone.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub liveness: u32,
+}
+
+impl HeartbeatArgs {
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            interval: Duration::from_millis(self.heartbeat_ms),
+            liveness: self.liveness,
+        }
+    }
+}
+
+/// What a worker runs tasks on.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Backend: auto takes a hardware GPU if there is one, else sleep.
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Sleep backend only: multiply every workload, to emulate a slower machine.
+    #[arg(long, default_value_t = 1.0)]
+    pub slowdown: f64,
+}
+
+impl BackendArgs {
+    pub fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
+        if !(self.slowdown.is_finite() && self.slowdown > 0.0) {
+            bail!("--slowdown must be a positive number, got {}", self.slowdown);
+        }
+        backend::build(self.backend, self.slowdown)
+    }
+}
+
+/// Report output of the sink.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write one record per task to FILE as results arrive (.csv for CSV, else JSON Lines).
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
+    /// Format of --results, overriding the extension.
+    #[arg(long, value_enum, requires = "results")]
+    pub results_format: Option<ResultsFormat>,
+}
+
+impl ReportArgs {
+    fn sink_config(&self, bind: String) -> SinkConfig {
+        SinkConfig {
+            bind,
+            results: self.results.as_ref().map(|path| {
+                (
+                    path.clone(),
+                    self.results_format
+                        .unwrap_or_else(|| ResultsFormat::from_path(path)),
+                )
+            }),
+            ..SinkConfig::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Number of workers (threads of this process, each with its own sockets).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+    /// Check every compute result against the CPU reference; mismatches fail the run.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VentilatorArgs {
+    /// Endpoint the tasks socket binds; workers connect here.
+    #[arg(long, default_value = "tcp://*:5557")]
+    pub bind: String,
+    /// The sink's endpoint.
+    #[arg(long, default_value = "tcp://localhost:5558")]
+    pub sink: String,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub dispatch: DispatchArgs,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+    /// Wait until this many workers are connected and ready before starting (0: start at once).
+    #[arg(long, default_value_t = 1)]
+    pub wait_workers: usize,
+    /// Seconds to wait for those workers, and for the sink, before giving up.
+    #[arg(long, default_value_t = 60.0)]
+    pub wait_timeout: f64,
+    /// Tell the workers to exit when the batch is complete (the Guide's KILL).
+    #[arg(long)]
+    pub shutdown_workers: bool,
+    /// Ask workers to check every compute result against the CPU reference.
+    #[arg(long)]
+    pub verify: bool,
+    /// Batch id in hex (random by default).
+    #[arg(long, value_parser = parse_hex_u64)]
+    pub batch_id: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The ventilator's tasks endpoint.
+    #[arg(long, default_value = "tcp://localhost:5557")]
+    pub ventilator: String,
+    /// The sink's results endpoint.
+    #[arg(long, default_value = "tcp://localhost:5558")]
+    pub sink: String,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Worker name in reports (default host-pid-0); must be unique among workers.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Exit after the first batch completes (default: stay up for the next batch).
+    #[arg(long)]
+    pub exit_when_done: bool,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SinkArgs {
+    /// Endpoint the results socket binds; workers and the ventilator connect here.
+    #[arg(long, default_value = "tcp://*:5558")]
+    pub bind: String,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+fn parse_hex_u64(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("expected a hexadecimal batch id: {e}"))
+}
+
+/// Parses arguments and runs; returns the process exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    crate::logging::init(cli.verbose);
+    if let Err(e) = shutdown::install_ctrl_c() {
+        eprintln!("conquer: {e:#}");
+        return 1;
+    }
+    let outcome = dispatch(cli);
+    if shutdown::interrupted() {
+        return 130;
+    }
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("conquer: {e:#}");
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let shutdown = Shutdown::new();
+    match cli.command {
+        Command::Run(args) => run(args, &shutdown),
+        Command::Ventilator(args) => ventilator(args, &shutdown),
+        Command::Worker(args) => work(args, &shutdown),
+        Command::Sink(args) => sink(args, &shutdown),
+        Command::Bench(args) => crate::bench::run(args, &shutdown),
+        Command::Info => {
+            info()?;
+            Ok(0)
+        }
+    }
+}
+
+fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let batch = args.batch.batch()?;
+    let backends = (0..args.workers)
+        .map(|_| args.backend.build())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let heartbeat = args.heartbeat.heartbeat();
+    let ventilator = VentilatorConfig {
+        bind: String::new(),
+        sink: String::new(),
+        batch,
+        order: args.batch.order,
+        seed: args.batch.seed,
+        job: args.batch.job(args.verify),
+        wait_workers: args.workers as usize,
+        wait_timeout: Duration::from_secs(60),
+        window: args.dispatch.window,
+        max_window: args.dispatch.max_window,
+        heartbeat,
+        shutdown_workers: true,
+        batch_id: None,
+        announce: false,
+    };
+    let report = crate::local::run(
+        crate::local::LocalRun {
+            ventilator,
+            sink: args.report.sink_config(String::new()),
+            backends,
+            heartbeat,
+        },
+        shutdown,
+    )?;
+    if !args.report.json {
+        crate::report::print_expected_cost(report.expected_ms);
+    }
+    report.print(args.report.json)?;
+    Ok(if report.mismatches > 0 { 1 } else { 0 })
+}
+
+fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    if !(args.wait_timeout.is_finite() && args.wait_timeout > 0.0) {
+        bail!("--wait-timeout must be a positive number of seconds");
+    }
+    let config = VentilatorConfig {
+        bind: args.bind,
+        sink: args.sink,
+        batch: args.batch.batch()?,
+        order: args.batch.order,
+        seed: args.batch.seed,
+        job: args.batch.job(args.verify),
+        wait_workers: args.wait_workers,
+        wait_timeout: Duration::from_secs_f64(args.wait_timeout),
+        window: args.dispatch.window,
+        max_window: args.dispatch.max_window,
+        heartbeat: args.heartbeat.heartbeat(),
+        shutdown_workers: args.shutdown_workers,
+        batch_id: args.batch_id,
+        announce: true,
+    };
+    let ctx = zmq::Context::new();
+    Ventilator::bind(&ctx, config)?.run(shutdown)?;
+    Ok(0)
+}
+
+fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let backend = args.backend.build()?;
+    let config = WorkerConfig {
+        ventilator: args.ventilator,
+        sink: args.sink,
+        name: args.name.unwrap_or_else(|| worker::default_name(0)),
+        exit_when_done: args.exit_when_done,
+        heartbeat: args.heartbeat.heartbeat(),
+    };
+    if config.name.is_empty() || config.name.len() > 255 {
+        bail!("--name must be 1 to 255 bytes");
+    }
+    let ctx = zmq::Context::new();
+    let summary = worker::run(&ctx, config, backend, shutdown)?;
+    log::info!(
+        "worker done: {} tasks over {} batches",
+        summary.tasks,
+        summary.batches
+    );
+    Ok(0)
+}
+
+fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let ctx = zmq::Context::new();
+    let config = args.report.sink_config(args.bind);
+    let report = Sink::bind(&ctx, config)?.run(shutdown)?;
+    report.print(args.report.json)?;
+    Ok(if report.mismatches > 0 { 1 } else { 0 })
+}
+
+fn info() -> anyhow::Result<()> {
+    let (major, minor, patch) = zmq::version();
+    println!("libzmq {major}.{minor}.{patch}");
+    backend::describe_adapters(&mut std::io::stdout()).context("listing adapters")
+}

@@ -1,0 +1,787 @@
+//! The wire format: the only module that knows how messages are laid out in bytes.
+//!
+//! Every message is one ZeroMQ frame: a four-byte header (`b"CQ"`, a version byte, a kind
+//! byte) followed by a body of little-endian fixed-width integers and length-prefixed UTF-8
+//! strings. Decoding is total: any byte string yields either a typed [`Message`] or a
+//! [`DecodeError`] naming what was wrong, never a panic, and the decoder never allocates more
+//! than the input can justify (counts are checked against the bytes actually present).
+//! The Guide's classic text format lives in [`classic`], beside ours, so that this file stays
+//! the one place that knows bytes.
+
+use crate::batch::{Job, Task};
+use thiserror::Error;
+
+/// First two bytes of every message: tells our traffic from a stranger's.
+pub const MAGIC: [u8; 2] = *b"CQ";
+/// Bumped whenever any body layout changes; peers of another version are rejected.
+pub const VERSION: u8 = 1;
+/// Header: magic, version, kind.
+const HEADER_LEN: usize = 4;
+/// Largest message any bound socket accepts (ZMQ_MAXMSGSIZE); larger ones are refused by
+/// libzmq before they are read into memory.
+pub const MAX_MESSAGE_BYTES: i64 = 4 * 1024 * 1024;
+/// Most tasks or results one message carries, so a message stays far below the size limit.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 8192;
+
+/// The status of one task's execution, as a worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The backend computed the task.
+    Ok,
+    /// The backend could not compute it (shader error, lost device); the ventilator hands it
+    /// to another worker and the sink does not count it.
+    Failed,
+    /// The result disagreed with the CPU reference (`--verify`): counted, reported, final.
+    Mismatch,
+}
+
+impl Status {
+    fn to_byte(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Failed => 1,
+            Status::Mismatch => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Self, DecodeError> {
+        match byte {
+            0 => Ok(Status::Ok),
+            1 => Ok(Status::Failed),
+            2 => Ok(Status::Mismatch),
+            other => Err(DecodeError::BadField {
+                field: "status",
+                value: u64::from(other),
+            }),
+        }
+    }
+
+    /// Lowercase name for reports and results files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// A worker's description of itself, sent as its greeting and heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Human-readable worker name (host-pid-index by default); unique per worker.
+    pub name: String,
+    /// The backend it runs tasks on (`sleep`, `cpu`, `software`, `gpu`).
+    pub backend: String,
+    /// The adapter's name for GPU backends, empty otherwise.
+    pub adapter: String,
+    /// How many tasks the worker wants in flight at least (its pipeline depth).
+    pub window_hint: u16,
+}
+
+/// What a worker tells the ventilator for each finished task: enough to return credit and
+/// learn the worker's speed, nothing the sink needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub id: u32,
+    pub status: Status,
+    /// Wall time the task took on the worker, in microseconds.
+    pub wall_us: u32,
+}
+
+/// One task's result as the sink receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskResult {
+    pub id: u32,
+    pub workload_ms: u32,
+    pub status: Status,
+    /// Wall time on the worker from start of execution to result, in microseconds.
+    pub wall_us: u32,
+    /// Kernel time measured on the device (timestamp queries), 0 when not measured.
+    pub kernel_us: u32,
+    /// The kernel's checksum over all invocations; 0 for the sleep backend.
+    pub checksum: u64,
+}
+
+/// Every message of the protocol, typed. Direction is noted on each variant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// worker → ventilator: greeting and heartbeat; registers a worker the ventilator does not know.
+    Hello(WorkerInfo),
+    /// ventilator → worker: tasks to run, on the worker's credit.
+    Tasks {
+        batch: u64,
+        job: Job,
+        tasks: Vec<Task>,
+    },
+    /// worker → ventilator: tasks finished (results sent to the sink); returns credit.
+    Done { batch: u64, done: Vec<Done> },
+    /// ventilator → worker: liveness, naming the batch in progress (0 when idle).
+    Heartbeat { batch: u64 },
+    /// ventilator → worker: the batch is complete; `shutdown` asks the worker to exit.
+    End { batch: u64, shutdown: bool },
+    /// worker → ventilator: the worker is leaving; hand its tasks to others now.
+    Bye,
+    /// worker → sink: results of finished tasks, with who computed them.
+    Results {
+        batch: u64,
+        worker: WorkerInfo,
+        results: Vec<TaskResult>,
+    },
+    /// ventilator → sink: a batch starts; the sink's clock starts on receipt.
+    Batch {
+        batch: u64,
+        task_count: u32,
+        expected_ms: u64,
+        longest_ms: u32,
+        job: Job,
+    },
+    /// sink → ventilator: the sink knows the batch; dispatch may begin.
+    BatchAck { batch: u64 },
+    /// sink → ventilator: task ids whose results the sink now holds.
+    Held { batch: u64, ids: Vec<u32> },
+    /// ventilator → sink: counters only the ventilator knows, for the report.
+    Stats {
+        batch: u64,
+        redispatched: u64,
+        rejected: u64,
+        /// Set on the answer to [`Message::Complete`]: the last word for this batch.
+        last: bool,
+    },
+    /// sink → ventilator: every task is held; the batch is done.
+    Complete { batch: u64 },
+}
+
+/// Why a frame was not a message of ours. Callers count these in `rejected` and log them.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes is shorter than the 4-byte header")]
+    TooShort(usize),
+    #[error("bad magic {0:02x?}: not a conquer message")]
+    BadMagic([u8; 2]),
+    #[error("protocol version {0} (this build speaks version {VERSION})")]
+    Version(u8),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("truncated {kind} message: needed {needed} more bytes at offset {offset}")]
+    Truncated {
+        kind: &'static str,
+        offset: usize,
+        needed: usize,
+    },
+    #[error("{0} trailing bytes after a complete {1} message")]
+    Trailing(usize, &'static str),
+    #[error("string field is not UTF-8")]
+    BadUtf8,
+    #[error("field {field} has invalid value {value}")]
+    BadField { field: &'static str, value: u64 },
+}
+
+impl Message {
+    /// The kind's name, for logs.
+    pub fn kind_name(&self) -> &'static str {
+        KINDS[usize::from(self.kind()) - 1]
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::Tasks { .. } => 2,
+            Message::Done { .. } => 3,
+            Message::Heartbeat { .. } => 4,
+            Message::End { .. } => 5,
+            Message::Bye => 6,
+            Message::Results { .. } => 7,
+            Message::Batch { .. } => 8,
+            Message::BatchAck { .. } => 9,
+            Message::Held { .. } => 10,
+            Message::Stats { .. } => 11,
+            Message::Complete { .. } => 12,
+        }
+    }
+
+    /// Encodes the message as one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_header(self.kind());
+        match self {
+            Message::Hello(info) => w.worker_info(info),
+            Message::Tasks { batch, job, tasks } => return Self::encode_tasks(*batch, job, tasks),
+            Message::Done { batch, done } => {
+                w.u64(*batch);
+                w.count(done.len());
+                for d in done {
+                    w.u32(d.id);
+                    w.u8(d.status.to_byte());
+                    w.u32(d.wall_us);
+                }
+            }
+            Message::Heartbeat { batch } | Message::BatchAck { batch } => w.u64(*batch),
+            Message::Complete { batch } => w.u64(*batch),
+            Message::End { batch, shutdown } => {
+                w.u64(*batch);
+                w.u8(u8::from(*shutdown));
+            }
+            Message::Bye => {}
+            Message::Results {
+                batch,
+                worker,
+                results,
+            } => {
+                w.u64(*batch);
+                w.worker_info(worker);
+                w.count(results.len());
+                for r in results {
+                    w.u32(r.id);
+                    w.u32(r.workload_ms);
+                    w.u8(r.status.to_byte());
+                    w.u32(r.wall_us);
+                    w.u32(r.kernel_us);
+                    w.u64(r.checksum);
+                }
+            }
+            Message::Batch {
+                batch,
+                task_count,
+                expected_ms,
+                longest_ms,
+                job,
+            } => {
+                w.u64(*batch);
+                w.u32(*task_count);
+                w.u64(*expected_ms);
+                w.u32(*longest_ms);
+                w.job(job);
+            }
+            Message::Held { batch, ids } => {
+                w.u64(*batch);
+                w.count(ids.len());
+                for id in ids {
+                    w.u32(*id);
+                }
+            }
+            Message::Stats {
+                batch,
+                redispatched,
+                rejected,
+                last,
+            } => {
+                w.u64(*batch);
+                w.u64(*redispatched);
+                w.u64(*rejected);
+                w.u8(u8::from(*last));
+            }
+        }
+        w.buf
+    }
+
+    /// Encodes a [`Message::Tasks`] from borrowed tasks, so the sender keeps them.
+    pub fn encode_tasks(batch: u64, job: &Job, tasks: &[Task]) -> Vec<u8> {
+        let mut w = Writer::with_header(2);
+        w.buf.reserve(17 + 8 * tasks.len());
+        w.u64(batch);
+        w.job(job);
+        w.count(tasks.len());
+        for task in tasks {
+            w.u32(task.id);
+            w.u32(task.workload_ms);
+        }
+        w.buf
+    }
+
+    /// Decodes one frame. Every byte must be accounted for.
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        if frame.len() < HEADER_LEN {
+            return Err(DecodeError::TooShort(frame.len()));
+        }
+        if frame[..2] != MAGIC {
+            return Err(DecodeError::BadMagic([frame[0], frame[1]]));
+        }
+        if frame[2] != VERSION {
+            return Err(DecodeError::Version(frame[2]));
+        }
+        let kind = frame[3];
+        let name = KINDS
+            .get(usize::from(kind).wrapping_sub(1))
+            .copied()
+            .ok_or(DecodeError::UnknownKind(kind))?;
+        let mut r = Reader {
+            buf: frame,
+            pos: HEADER_LEN,
+            kind: name,
+        };
+        let message = match kind {
+            1 => Message::Hello(r.worker_info()?),
+            2 => {
+                let batch = r.u64()?;
+                let job = r.job()?;
+                let n = r.count(8)?;
+                let mut tasks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    tasks.push(Task {
+                        id: r.u32()?,
+                        workload_ms: r.u32()?,
+                    });
+                }
+                Message::Tasks { batch, job, tasks }
+            }
+            3 => {
+                let batch = r.u64()?;
+                let n = r.count(9)?;
+                let mut done = Vec::with_capacity(n);
+                for _ in 0..n {
+                    done.push(Done {
+                        id: r.u32()?,
+                        status: Status::from_byte(r.u8()?)?,
+                        wall_us: r.u32()?,
+                    });
+                }
+                Message::Done { batch, done }
+            }
+            4 => Message::Heartbeat { batch: r.u64()? },
+            5 => Message::End {
+                batch: r.u64()?,
+                shutdown: r.flag("shutdown")?,
+            },
+            6 => Message::Bye,
+            7 => {
+                let batch = r.u64()?;
+                let worker = r.worker_info()?;
+                let n = r.count(25)?;
+                let mut results = Vec::with_capacity(n);
+                for _ in 0..n {
+                    results.push(TaskResult {
+                        id: r.u32()?,
+                        workload_ms: r.u32()?,
+                        status: Status::from_byte(r.u8()?)?,
+                        wall_us: r.u32()?,
+                        kernel_us: r.u32()?,
+                        checksum: r.u64()?,
+                    });
+                }
+                Message::Results {
+                    batch,
+                    worker,
+                    results,
+                }
+            }
+            8 => Message::Batch {
+                batch: r.u64()?,
+                task_count: r.u32()?,
+                expected_ms: r.u64()?,
+                longest_ms: r.u32()?,
+                job: r.job()?,
+            },
+            9 => Message::BatchAck { batch: r.u64()? },
+            10 => {
+                let batch = r.u64()?;
+                let n = r.count(4)?;
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push(r.u32()?);
+                }
+                Message::Held { batch, ids }
+            }
+            11 => Message::Stats {
+                batch: r.u64()?,
+                redispatched: r.u64()?,
+                rejected: r.u64()?,
+                last: r.flag("last")?,
+            },
+            12 => Message::Complete { batch: r.u64()? },
+            _ => return Err(DecodeError::UnknownKind(kind)),
+        };
+        if r.pos != frame.len() {
+            return Err(DecodeError::Trailing(frame.len() - r.pos, name));
+        }
+        Ok(message)
+    }
+}
+
+const KINDS: [&str; 12] = [
+    "hello",
+    "tasks",
+    "done",
+    "heartbeat",
+    "end",
+    "bye",
+    "results",
+    "batch",
+    "batch-ack",
+    "held",
+    "stats",
+    "complete",
+];
+
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn with_header(kind: u8) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&MAGIC);
+        buf.push(VERSION);
+        buf.push(kind);
+        Writer { buf }
+    }
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn count(&mut self, n: usize) {
+        // Callers cap their vectors at MAX_ITEMS_PER_MESSAGE, far below u32::MAX.
+        self.u32(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    fn str(&mut self, s: &str) {
+        // Strings are names; anything longer than 255 bytes is cut at a char boundary.
+        let mut end = s.len().min(255);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u8(end as u8);
+        self.buf.extend_from_slice(&s.as_bytes()[..end]);
+    }
+    fn worker_info(&mut self, info: &WorkerInfo) {
+        self.str(&info.name);
+        self.str(&info.backend);
+        self.str(&info.adapter);
+        self.u16(info.window_hint);
+    }
+    fn job(&mut self, job: &Job) {
+        self.u8(job.kernel);
+        self.u32(job.units_per_ms);
+        self.u8(u8::from(job.verify));
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    kind: &'static str,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let rest = self.buf.len() - self.pos;
+        if rest < n {
+            return Err(DecodeError::Truncated {
+                kind: self.kind,
+                offset: self.pos,
+                needed: n - rest,
+            });
+        }
+        let bytes = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(bytes)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::BadField {
+                field,
+                value: u64::from(other),
+            }),
+        }
+    }
+    /// A count of items of `item_len` bytes each, checked against the bytes present so a
+    /// forged count cannot make the decoder reserve memory.
+    fn count(&mut self, item_len: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n > MAX_ITEMS_PER_MESSAGE {
+            return Err(DecodeError::BadField {
+                field: "count",
+                value: n as u64,
+            });
+        }
+        let rest = self.buf.len() - self.pos;
+        if n * item_len > rest {
+            return Err(DecodeError::Truncated {
+                kind: self.kind,
+                offset: self.pos,
+                needed: n * item_len - rest,
+            });
+        }
+        Ok(n)
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let n = usize::from(self.u8()?);
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::BadUtf8)
+    }
+    fn worker_info(&mut self) -> Result<WorkerInfo, DecodeError> {
+        Ok(WorkerInfo {
+            name: self.str()?,
+            backend: self.str()?,
+            adapter: self.str()?,
+            window_hint: self.u16()?,
+        })
+    }
+    fn job(&mut self) -> Result<Job, DecodeError> {
+        Ok(Job {
+            kernel: self.u8()?,
+            units_per_ms: self.u32()?,
+            verify: self.flag("verify")?,
+        })
+    }
+}
+
+/// The Guide's classic wire format (taskvent/taskwork/tasksink): tasks are the workload in
+/// milliseconds as ASCII decimal, results are empty or echo the workload, the sink's start
+/// signal is `"0"`, and the kill broadcast is `"KILL"`.
+pub mod classic {
+    /// Largest workload a classic task may name: one hour.
+    pub const MAX_WORKLOAD_MS: u32 = 3_600_000;
+
+    /// Encodes a task the way taskvent does.
+    pub fn encode_task(workload_ms: u32) -> Vec<u8> {
+        workload_ms.to_string().into_bytes()
+    }
+
+    /// Parses a classic task: ASCII decimal milliseconds, surrounding whitespace and one
+    /// trailing NUL (as C senders sometimes include) tolerated.
+    pub fn decode_task(frame: &[u8]) -> Option<u32> {
+        let frame = frame.strip_suffix(&[0]).unwrap_or(frame);
+        let text = std::str::from_utf8(frame).ok()?.trim();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse::<u32>().ok().filter(|&ms| ms <= MAX_WORKLOAD_MS)
+    }
+
+    /// A classic result is either empty or the workload echoed back; anything else is foreign.
+    pub fn is_result(frame: &[u8]) -> bool {
+        frame.is_empty() || decode_task(frame).is_some()
+    }
+
+    /// The signal the classic ventilator sends the sink to start the batch.
+    pub const START: &[u8] = b"0";
+    /// The classic sink's broadcast that ends the workers.
+    pub const KILL: &[u8] = b"KILL";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn info() -> WorkerInfo {
+        WorkerInfo {
+            name: "box-42-0".into(),
+            backend: "sleep".into(),
+            adapter: String::new(),
+            window_hint: 2,
+        }
+    }
+
+    fn samples() -> Vec<Message> {
+        let job = Job {
+            kernel: 1,
+            units_per_ms: 1000,
+            verify: true,
+        };
+        vec![
+            Message::Hello(info()),
+            Message::Tasks {
+                batch: 7,
+                job,
+                tasks: vec![
+                    Task {
+                        id: 0,
+                        workload_ms: 5,
+                    },
+                    Task {
+                        id: 9,
+                        workload_ms: 0,
+                    },
+                ],
+            },
+            Message::Done {
+                batch: 7,
+                done: vec![Done {
+                    id: 3,
+                    status: Status::Failed,
+                    wall_us: 12,
+                }],
+            },
+            Message::Heartbeat { batch: 0 },
+            Message::End {
+                batch: 7,
+                shutdown: true,
+            },
+            Message::Bye,
+            Message::Results {
+                batch: u64::MAX,
+                worker: info(),
+                results: vec![TaskResult {
+                    id: 1,
+                    workload_ms: 2,
+                    status: Status::Mismatch,
+                    wall_us: 3,
+                    kernel_us: 4,
+                    checksum: 0xdead_beef_0bad_f00d,
+                }],
+            },
+            Message::Batch {
+                batch: 7,
+                task_count: 100,
+                expected_ms: 5050,
+                longest_ms: 100,
+                job,
+            },
+            Message::BatchAck { batch: 7 },
+            Message::Held {
+                batch: 7,
+                ids: vec![1, 2, 3],
+            },
+            Message::Stats {
+                batch: 7,
+                redispatched: 2,
+                rejected: 10_000,
+                last: false,
+            },
+            Message::Complete { batch: 7 },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for message in samples() {
+            let bytes = message.encode();
+            assert_eq!(Message::decode(&bytes), Ok(message.clone()), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_is_rejected() {
+        for message in samples() {
+            let bytes = message.encode();
+            for len in 0..bytes.len() {
+                assert!(
+                    Message::decode(&bytes[..len]).is_err(),
+                    "{} accepted at {len} of {} bytes",
+                    message.kind_name(),
+                    bytes.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_wrong_version_and_magic_are_rejected() {
+        let mut bytes = Message::Bye.encode();
+        bytes.push(0);
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::Trailing(1, "bye")));
+        let mut bytes = Message::Bye.encode();
+        bytes[2] = VERSION + 1;
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::Version(VERSION + 1)));
+        assert_eq!(
+            Message::decode(b"XX\x01\x06"),
+            Err(DecodeError::BadMagic(*b"XX"))
+        );
+        assert_eq!(
+            Message::decode(b"CQ\x01\x00"),
+            Err(DecodeError::UnknownKind(0))
+        );
+        assert_eq!(
+            Message::decode(b"CQ\x01\xff"),
+            Err(DecodeError::UnknownKind(255))
+        );
+    }
+
+    #[test]
+    fn forged_counts_are_refused_without_allocating() {
+        // A held message claiming u32::MAX ids in a 16-byte frame.
+        let mut bytes = Message::Held {
+            batch: 1,
+            ids: vec![],
+        }
+        .encode();
+        let count_at = bytes.len() - 4;
+        bytes[count_at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(DecodeError::BadField { field: "count", .. })
+        ));
+        bytes[count_at..].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(
+            Message::decode(&bytes),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn classic_tasks_parse_like_the_guides_senders() {
+        assert_eq!(classic::decode_task(b"42"), Some(42));
+        assert_eq!(classic::decode_task(b"42\0"), Some(42));
+        assert_eq!(classic::decode_task(b" 7 "), Some(7));
+        assert_eq!(classic::decode_task(b""), None);
+        assert_eq!(classic::decode_task(b"-1"), None);
+        assert_eq!(classic::decode_task(b"KILL"), None);
+        assert_eq!(classic::decode_task(b"99999999999"), None);
+        assert!(classic::is_result(b""));
+        assert!(classic::is_result(b"17"));
+        assert!(!classic::is_result(b"\xff\x00junk"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// The decoder is total: arbitrary bytes never panic.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Message::decode(&bytes);
+        }
+
+        /// Arbitrary bytes after a valid header exercise every body decoder.
+        #[test]
+        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..14, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let mut bytes = vec![b'C', b'Q', VERSION, kind];
+            bytes.extend_from_slice(&body);
+            if let Ok(message) = Message::decode(&bytes) {
+                // Whatever decodes re-encodes to the same bytes: no field is silently altered.
+                prop_assert_eq!(message.encode(), bytes);
+            }
+        }
+
+        /// Flipping any one byte of a valid message either is rejected or decodes to a
+        /// message that re-encodes to exactly the flipped bytes.
+        #[test]
+        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..12, at in any::<usize>(), byte in any::<u8>()) {
+            let mut bytes = samples()[which].encode();
+            let at = at % bytes.len();
+            bytes[at] = byte;
+            if let Ok(message) = Message::decode(&bytes) {
+                prop_assert_eq!(message.encode(), bytes);
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Reports: the only module that writes to stdout. The sink's batch report (the seed's
+//! "Total elapsed time" and more) as text or one JSON object, the ventilator's "Total
+//! expected cost" line, and the per-task results file the sink writes as results arrive.
+
+use crate::protocol::TaskResult;
+use anyhow::Context;
+use serde::Serialize;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One worker's share of a batch, as the sink saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerReport {
+    /// The worker's name.
+    pub id: String,
+    /// Tasks whose results it delivered first (duplicates not counted).
+    pub tasks: u64,
+    /// Sum of its tasks' wall times on the worker.
+    pub busy_ms: f64,
+    /// Sum of device kernel times (0 where not measured).
+    pub kernel_ms: f64,
+    pub backend: String,
+    pub adapter: String,
+}
+
+/// A batch's report: what the sink prints and `--json` emits.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub batch: String,
+    pub tasks: u64,
+    /// Sum of all workloads (the seed's "total expected cost").
+    pub expected_ms: u64,
+    pub longest_ms: u32,
+    /// From batch start at the sink to the last result.
+    pub elapsed_ms: f64,
+    /// max(expected / workers, longest): no schedule does better.
+    pub ideal_ms: f64,
+    /// ideal / elapsed.
+    pub efficiency: f64,
+    /// Results that arrived for tasks already held: dropped.
+    pub duplicates: u64,
+    /// Tasks handed to another worker after their first went away or failed.
+    pub redispatched: u64,
+    /// Messages dropped as malformed or foreign, at the sink and the ventilator.
+    pub rejected: u64,
+    /// Results that disagreed with the CPU reference.
+    pub mismatches: u64,
+    pub workers: Vec<WorkerReport>,
+}
+
+/// Prints the seed's ventilator line.
+pub fn print_expected_cost(expected_ms: u64) {
+    println!("Total expected cost: {expected_ms} msec");
+}
+
+impl Report {
+    /// Prints the report on stdout: text for people, or one JSON object.
+    pub fn print(&self, json: bool) -> anyhow::Result<()> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if json {
+            serde_json::to_writer(&mut out, self).context("writing the JSON report")?;
+            writeln!(out)?;
+        } else {
+            out.write_all(self.to_text().as_bytes())?;
+        }
+        out.flush().context("writing the report to stdout")
+    }
+
+    /// The human-readable report.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        s += &format!("Total elapsed time: {:.0} msec\n", self.elapsed_ms);
+        s += &format!(
+            "{} tasks, {} ms expected, ideal {:.0} ms on {} workers, efficiency {:.3}\n",
+            self.tasks,
+            self.expected_ms,
+            self.ideal_ms,
+            self.workers.len(),
+            self.efficiency
+        );
+        s += &format!(
+            "duplicates {}, redispatched {}, rejected {}",
+            self.duplicates, self.redispatched, self.rejected
+        );
+        if self.mismatches > 0 {
+            s += &format!(", MISMATCHES {}", self.mismatches);
+        }
+        s += "\n\n";
+        let name_width = self
+            .workers
+            .iter()
+            .map(|w| w.id.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        s += &format!(
+            "{:<name_width$}  {:>6}  {:>9}  {:>9}  {:<8}  adapter\n",
+            "worker", "tasks", "busy ms", "kernel ms", "backend"
+        );
+        for w in &self.workers {
+            s += &format!(
+                "{:<name_width$}  {:>6}  {:>9.1}  {:>9.1}  {:<8}  {}\n",
+                w.id,
+                w.tasks,
+                w.busy_ms,
+                w.kernel_ms,
+                w.backend,
+                if w.adapter.is_empty() { "-" } else { &w.adapter }
+            );
+        }
+        s
+    }
+}
+
+/// Format of the per-task results file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+impl ResultsFormat {
+    /// `.csv` means CSV; anything else JSON Lines.
+    pub fn from_path(path: &Path) -> ResultsFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("csv") => ResultsFormat::Csv,
+            _ => ResultsFormat::Jsonl,
+        }
+    }
+}
+
+/// One record per task, written as results arrive and flushed after each group.
+pub struct ResultsFile {
+    path: PathBuf,
+    format: ResultsFormat,
+    out: BufWriter<File>,
+}
+
+#[derive(Serialize)]
+struct ResultRecord<'a> {
+    task: u32,
+    worker: &'a str,
+    workload_ms: u32,
+    wall_us: u32,
+    kernel_us: u32,
+    checksum: String,
+    status: &'a str,
+}
+
+impl ResultsFile {
+    pub fn create(path: &Path, format: ResultsFormat) -> anyhow::Result<ResultsFile> {
+        let file = File::create(path)
+            .with_context(|| format!("cannot create results file {}", path.display()))?;
+        let mut results = ResultsFile {
+            path: path.to_owned(),
+            format,
+            out: BufWriter::new(file),
+        };
+        if format == ResultsFormat::Csv {
+            writeln!(
+                results.out,
+                "task,worker,workload_ms,wall_us,kernel_us,checksum,status"
+            )
+            .map_err(|e| results.error(e))?;
+        }
+        Ok(results)
+    }
+
+    fn error(&self, e: std::io::Error) -> anyhow::Error {
+        anyhow::anyhow!("cannot write results file {}: {e}", self.path.display())
+    }
+
+    pub fn record(&mut self, worker: &str, r: &TaskResult) -> anyhow::Result<()> {
+        let status = r.status.as_str();
+        let written = match self.format {
+            ResultsFormat::Csv => writeln!(
+                self.out,
+                "{},{},{},{},{},{:016x},{}",
+                r.id,
+                csv_field(worker),
+                r.workload_ms,
+                r.wall_us,
+                r.kernel_us,
+                r.checksum,
+                status
+            ),
+            ResultsFormat::Jsonl => {
+                let record = ResultRecord {
+                    task: r.id,
+                    worker,
+                    workload_ms: r.workload_ms,
+                    wall_us: r.wall_us,
+                    kernel_us: r.kernel_us,
+                    checksum: format!("{:016x}", r.checksum),
+                    status,
+                };
+                serde_json::to_writer(&mut self.out, &record)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| writeln!(self.out))
+            }
+        };
+        written.map_err(|e| self.error(e))
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.out.flush().map_err(|e| self.error(e))
+    }
+}
+
+/// Quotes a CSV field when it needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            batch: "00000000000000ab".into(),
+            tasks: 100,
+            expected_ms: 5050,
+            longest_ms: 100,
+            elapsed_ms: 1300.0,
+            ideal_ms: 1262.5,
+            efficiency: 0.971,
+            duplicates: 0,
+            redispatched: 0,
+            rejected: 3,
+            mismatches: 0,
+            workers: vec![WorkerReport {
+                id: "w1".into(),
+                tasks: 100,
+                busy_ms: 5060.0,
+                kernel_ms: 0.0,
+                backend: "sleep".into(),
+                adapter: String::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn text_starts_with_the_seeds_line() {
+        let text = report().to_text();
+        assert!(text.starts_with("Total elapsed time: 1300 msec\n"), "{text}");
+        assert!(text.contains("rejected 3"));
+    }
+
+    #[test]
+    fn json_has_the_promised_keys() {
+        let value = serde_json::to_value(report()).unwrap();
+        for key in [
+            "tasks",
+            "expected_ms",
+            "elapsed_ms",
+            "ideal_ms",
+            "efficiency",
+            "duplicates",
+            "redispatched",
+            "rejected",
+            "workers",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+        for key in ["id", "tasks", "busy_ms", "backend"] {
+            assert!(value["workers"][0].get(key).is_some(), "missing workers[].{key}");
+        }
+    }
+
+    #[test]
+    fn results_format_follows_the_extension() {
+        assert_eq!(ResultsFormat::from_path(Path::new("r.CSV")), ResultsFormat::Csv);
+        assert_eq!(ResultsFormat::from_path(Path::new("r.jsonl")), ResultsFormat::Jsonl);
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+    }
+}

@@ -1,0 +1,729 @@
+//! The ventilator: makes a batch, waits for workers, and hands out tasks on credit.
+//!
+//! Sockets: `tasks`, a ROUTER bound on `tcp://*:5557` that workers' DEALERs connect to
+//! (greetings, heartbeats, credit and tasks all travel here); `sink`, a DEALER connected to
+//! the sink's ROUTER (`tcp://localhost:5558`) that announces the batch and hears which
+//! tasks the sink holds. A task is finished only when the sink holds its result: tasks of a
+//! worker that leaves, goes silent or fails them go back to the front of the queue.
+//! The ventilator never sees results and never writes to stdout except through `report`.
+
+use crate::batch::{Batch, Job, Order, Task};
+use crate::logging::RateLimited;
+use crate::protocol::{Message, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use crate::shutdown::Shutdown;
+use crate::sockets;
+use anyhow::{bail, Context};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Liveness settings shared by ventilator and workers (the Paranoid Pirate pattern).
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// How often each side says it is alive.
+    pub interval: Duration,
+    /// How many intervals of silence make a peer gone.
+    pub liveness: u32,
+}
+
+impl Heartbeat {
+    /// Silence after which a peer is declared gone.
+    pub fn timeout(&self) -> Duration {
+        self.interval * self.liveness
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            interval: Duration::from_millis(500),
+            liveness: 5,
+        }
+    }
+}
+
+/// Everything a ventilator needs to run one batch.
+#[derive(Debug, Clone)]
+pub struct VentilatorConfig {
+    /// Where workers connect: the `tasks` ROUTER's bind endpoint.
+    pub bind: String,
+    /// The sink's endpoint, which this ventilator connects to.
+    pub sink: String,
+    pub batch: Batch,
+    pub order: Order,
+    /// Seed for `--order shuffle`.
+    pub seed: u64,
+    pub job: Job,
+    /// Workers to wait for before the batch starts; 0 starts at once.
+    pub wait_workers: usize,
+    /// How long to wait for them (and for the sink) before giving up.
+    pub wait_timeout: Duration,
+    /// Tasks a worker may hold at once (more if the worker asks for a deeper pipeline).
+    pub window: u32,
+    /// Cap on tasks a worker may hold when tasks cost nothing (zero-millisecond workloads).
+    pub max_window: u32,
+    pub heartbeat: Heartbeat,
+    /// Tell workers to exit when the batch is complete.
+    pub shutdown_workers: bool,
+    /// Batch id; random when not given (give the same one to resume a batch).
+    pub batch_id: Option<u64>,
+    /// Print the seed's "Total expected cost" line on stdout (off when the report does).
+    pub announce: bool,
+}
+
+/// What the ventilator saw, for tests and logs.
+#[derive(Debug, Clone, Default)]
+pub struct VentilatorSummary {
+    pub batch: u64,
+    pub workers_seen: usize,
+    pub redispatched: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    /// Waiting in the queue to be handed out.
+    Pending,
+    /// Held by a worker, counted against its credit.
+    Assigned,
+    /// The worker says it is done; not finished until the sink holds the result.
+    Reported,
+    /// The sink holds the result: finished.
+    Held,
+}
+
+const NO_OWNER: u32 = u32::MAX;
+
+struct WorkerSlot {
+    routing_id: Vec<u8>,
+    info: WorkerInfo,
+    alive: bool,
+    last_seen: Instant,
+    /// Tasks assigned and not yet reported: what its credit is spent on.
+    assigned: u32,
+    /// Sum of their workloads.
+    assigned_ms: u64,
+}
+
+/// A ventilator with its socket bound, ready to run.
+pub struct Ventilator {
+    config: VentilatorConfig,
+    tasks_socket: zmq::Socket,
+    sink_socket: zmq::Socket,
+    endpoint: String,
+}
+
+impl Ventilator {
+    /// Binds the tasks socket and connects to the sink; nothing is sent yet.
+    pub fn bind(ctx: &zmq::Context, config: VentilatorConfig) -> anyhow::Result<Ventilator> {
+        if config.window == 0 {
+            bail!("--window must be at least 1");
+        }
+        let (tasks_socket, endpoint) =
+            sockets::bind(ctx, zmq::ROUTER, "tasks", &config.bind, "--bind")?;
+        // Sending to a worker that has gone fails at once instead of vanishing silently.
+        tasks_socket.set_router_mandatory(true)?;
+        let sink_socket = sockets::connect(ctx, zmq::DEALER, "sink", &config.sink, "--sink", None)?;
+        Ok(Ventilator {
+            config,
+            tasks_socket,
+            sink_socket,
+            endpoint,
+        })
+    }
+
+    /// The endpoint workers can connect to (port filled in).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Runs the batch until the sink says it holds every result.
+    pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<VentilatorSummary> {
+        let batch_id = self.config.batch_id.unwrap_or_else(rand::random);
+        let order = self
+            .config
+            .batch
+            .dispatch_order(self.config.order, self.config.seed);
+        let n = self.config.batch.len();
+        let mut state = Dispatcher {
+            tasks: self.config.batch.tasks.clone(),
+            state: vec![TaskState::Pending; n],
+            owner: vec![NO_OWNER; n],
+            pending: order.into(),
+            held: 0,
+            workers: Vec::new(),
+            by_routing_id: HashMap::new(),
+            next_worker: 0,
+            redispatched: 0,
+            rejected: 0,
+            reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            batch_id,
+            job: self.config.job,
+            window: self.config.window,
+            max_window: self.config.max_window.max(self.config.window),
+            heartbeat: self.config.heartbeat,
+        };
+        let expected_ms = self.config.batch.expected_ms();
+        if self.config.announce {
+            crate::report::print_expected_cost(expected_ms);
+        }
+        log::info!(
+            "batch {batch_id:016x}: {n} tasks, {expected_ms} ms expected, workers connect to {}",
+            self.endpoint
+        );
+
+        self.wait_for_workers(&mut state, shutdown)?;
+        self.announce_batch(&mut state, shutdown)?;
+        self.dispatch_until_complete(&mut state, shutdown)?;
+        Ok(VentilatorSummary {
+            batch: batch_id,
+            workers_seen: state.workers.len(),
+            redispatched: state.redispatched,
+            rejected: state.rejected,
+        })
+    }
+
+    fn wait_for_workers(&self, state: &mut Dispatcher, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let want = self.config.wait_workers;
+        if want == 0 {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut last_said = None;
+        loop {
+            let ready = state.alive_workers();
+            if ready >= want {
+                log::info!("{ready} workers ready; starting the batch");
+                return Ok(());
+            }
+            if last_said != Some(ready) {
+                log::info!("waiting for {want} workers ({ready} ready) on {}", self.endpoint);
+                last_said = Some(ready);
+            }
+            if start.elapsed() >= self.config.wait_timeout {
+                bail!(
+                    "timed out after {:.1} s waiting for {want} workers ({ready} ready): start workers with \
+                     `conquer worker --ventilator tcp://HOST:PORT` against {}, or lower --wait-workers / raise --wait-timeout",
+                    self.config.wait_timeout.as_secs_f64(),
+                    self.endpoint
+                );
+            }
+            check_shutdown(shutdown)?;
+            let mut items = [self.tasks_socket.as_poll_item(zmq::POLLIN)];
+            zmq::poll(&mut items, 100).context("polling the tasks socket")?;
+            if items[0].is_readable() {
+                state.drain_workers(&self.tasks_socket)?;
+            }
+            state.expire_silent_workers(&self.tasks_socket);
+        }
+    }
+
+    fn announce_batch(&self, state: &mut Dispatcher, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let announce = Message::Batch {
+            batch: state.batch_id,
+            task_count: u32::try_from(state.tasks.len()).context("batch too large")?,
+            expected_ms: self.config.batch.expected_ms(),
+            longest_ms: self.config.batch.longest_ms(),
+            job: state.job,
+        };
+        self.sink_socket
+            .send(announce.encode(), 0)
+            .context("sending the batch to the sink")?;
+        let start = Instant::now();
+        let mut next_nag = Duration::from_secs(2);
+        loop {
+            check_shutdown(shutdown)?;
+            let mut items = [
+                self.sink_socket.as_poll_item(zmq::POLLIN),
+                self.tasks_socket.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, 100).context("polling the sink socket")?;
+            if items[1].is_readable() {
+                state.drain_workers(&self.tasks_socket)?;
+            }
+            if items[0].is_readable() {
+                while let Some(frame) = recv_nowait(&self.sink_socket)? {
+                    match Message::decode(&frame) {
+                        Ok(Message::BatchAck { batch }) if batch == state.batch_id => {
+                            log::info!("the sink holds batch {batch:016x}; dispatching");
+                            return Ok(());
+                        }
+                        other => state.reject_from_sink(other),
+                    }
+                }
+            }
+            if start.elapsed() >= next_nag {
+                log::warn!(
+                    "waiting for the sink at {} to acknowledge the batch (is `conquer sink` running there?)",
+                    self.config.sink
+                );
+                next_nag += Duration::from_secs(5);
+            }
+            if start.elapsed() >= self.config.wait_timeout {
+                bail!(
+                    "timed out after {:.1} s waiting for the sink at {}: start `conquer sink` there or pass --sink",
+                    self.config.wait_timeout.as_secs_f64(),
+                    self.config.sink
+                );
+            }
+        }
+    }
+
+    fn dispatch_until_complete(
+        &self,
+        state: &mut Dispatcher,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        let interval = self.config.heartbeat.interval;
+        let mut next_tick = Instant::now() + interval;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            check_shutdown(shutdown)?;
+            state.dispatch(&self.tasks_socket);
+            let timeout = next_tick
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let mut items = [
+                self.tasks_socket.as_poll_item(zmq::POLLIN),
+                self.sink_socket.as_poll_item(zmq::POLLIN),
+            ];
+            zmq::poll(&mut items, timeout.as_millis() as i64).context("polling sockets")?;
+            if items[0].is_readable() {
+                state.drain_workers(&self.tasks_socket)?;
+            }
+            if items[1].is_readable() {
+                while let Some(frame) = recv_nowait(&self.sink_socket)? {
+                    match Message::decode(&frame) {
+                        Ok(Message::Held { batch, ids }) if batch == state.batch_id => {
+                            state.mark_held(&ids)
+                        }
+                        Ok(Message::Complete { batch }) if batch == state.batch_id => {
+                            self.finish(state)?;
+                            return Ok(());
+                        }
+                        Ok(Message::BatchAck { batch }) if batch == state.batch_id => {}
+                        other => state.reject_from_sink(other),
+                    }
+                }
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + interval;
+                state.heartbeat_workers(&self.tasks_socket);
+                state.expire_silent_workers(&self.tasks_socket);
+                let stats = state.stats(false);
+                let _ = self.sink_socket.send(stats.encode(), zmq::DONTWAIT);
+                if state.alive_workers() == 0 && state.held < state.tasks.len() {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(5) {
+                        log::warn!(
+                            "no workers connected; {} of {} tasks not finished (start workers against {})",
+                            state.tasks.len() - state.held,
+                            state.tasks.len(),
+                            self.endpoint
+                        );
+                        idle_since = Some(Instant::now());
+                    }
+                } else {
+                    idle_since = None;
+                }
+            }
+        }
+    }
+
+    /// The sink holds everything: give it the final counters and release the workers.
+    fn finish(&self, state: &mut Dispatcher) -> anyhow::Result<()> {
+        self.sink_socket
+            .send(state.stats(true).encode(), 0)
+            .context("sending final counters to the sink")?;
+        let end = Message::End {
+            batch: state.batch_id,
+            shutdown: self.config.shutdown_workers,
+        }
+        .encode();
+        for worker in state.workers.iter().filter(|w| w.alive) {
+            let _ = self
+                .tasks_socket
+                .send_multipart([worker.routing_id.as_slice(), end.as_slice()], zmq::DONTWAIT);
+        }
+        log::info!(
+            "batch {:016x} complete: {} tasks, {} redispatched, {} rejected",
+            state.batch_id,
+            state.tasks.len(),
+            state.redispatched,
+            state.rejected
+        );
+        Ok(())
+    }
+}
+
+fn check_shutdown(shutdown: &Shutdown) -> anyhow::Result<()> {
+    if shutdown.is_requested() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// One frame from a DEALER without blocking; `None` when nothing is waiting.
+fn recv_nowait(socket: &zmq::Socket) -> anyhow::Result<Option<Vec<u8>>> {
+    match socket.recv_multipart(zmq::DONTWAIT) {
+        Ok(mut frames) if frames.len() == 1 => Ok(frames.pop()),
+        // Our peers send single frames; a multi-frame message is foreign: hand back
+        // something that fails to decode so the caller counts it.
+        Ok(_) => Ok(Some(Vec::new())),
+        Err(zmq::Error::EAGAIN) => Ok(None),
+        Err(e) => Err(e).context("receiving from the sink"),
+    }
+}
+
+/// The dispatch state: who holds which task, and who has credit.
+struct Dispatcher {
+    tasks: Vec<Task>,
+    state: Vec<TaskState>,
+    owner: Vec<u32>,
+    /// Task ids in dispatch order; redispatched tasks go to the front. May contain ids that
+    /// are no longer pending (held via a late result); those are skipped when popped.
+    pending: VecDeque<u32>,
+    held: usize,
+    workers: Vec<WorkerSlot>,
+    by_routing_id: HashMap<Vec<u8>, usize>,
+    next_worker: usize,
+    redispatched: u64,
+    rejected: u64,
+    reject_log: RateLimited,
+    batch_id: u64,
+    job: Job,
+    window: u32,
+    max_window: u32,
+    heartbeat: Heartbeat,
+}
+
+impl Dispatcher {
+    fn alive_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.alive).count()
+    }
+
+    fn stats(&self, last: bool) -> Message {
+        Message::Stats {
+            batch: self.batch_id,
+            redispatched: self.redispatched,
+            rejected: self.rejected,
+            last,
+        }
+    }
+
+    fn reject(&mut self, peer: &[u8], why: String) {
+        self.rejected += 1;
+        let peer = sockets::peer_name(peer);
+        self.reject_log
+            .warn(|| format!("dropped a message from {peer}: {why}"));
+    }
+
+    fn reject_from_sink(&mut self, decoded: Result<Message, crate::protocol::DecodeError>) {
+        let why = match decoded {
+            Ok(m) => format!("unexpected {} message (batch mismatch or wrong direction)", m.kind_name()),
+            Err(e) => e.to_string(),
+        };
+        self.reject(b"sink", why);
+    }
+
+    /// Reads every waiting message on the tasks socket.
+    fn drain_workers(&mut self, socket: &zmq::Socket) -> anyhow::Result<()> {
+        loop {
+            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(zmq::Error::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e).context("receiving on the tasks socket"),
+            };
+            let [routing_id, payload] = match <[Vec<u8>; 2]>::try_from(frames) {
+                Ok(pair) => pair,
+                Err(frames) => {
+                    let peer = frames.first().cloned().unwrap_or_default();
+                    self.reject(&peer, format!("{} frames, expected 1", frames.len().saturating_sub(1)));
+                    continue;
+                }
+            };
+            match Message::decode(&payload) {
+                Ok(Message::Hello(info)) => self.hello(routing_id, info),
+                Ok(Message::Done { batch, done }) if batch == self.batch_id => {
+                    self.done(&routing_id, &done)
+                }
+                // Credit for an earlier batch from a worker that stayed up: harmless.
+                Ok(Message::Done { .. }) => self.touch(&routing_id),
+                Ok(Message::Bye) => self.bye(&routing_id),
+                Ok(other) => self.reject(
+                    &routing_id,
+                    format!("unexpected {} message on the tasks socket", other.kind_name()),
+                ),
+                Err(e) => self.reject(&routing_id, e.to_string()),
+            }
+        }
+    }
+
+    fn touch(&mut self, routing_id: &[u8]) {
+        if let Some(&slot) = self.by_routing_id.get(routing_id) {
+            self.workers[slot].last_seen = Instant::now();
+        }
+    }
+
+    fn hello(&mut self, routing_id: Vec<u8>, info: WorkerInfo) {
+        match self.by_routing_id.get(&routing_id) {
+            Some(&slot) => {
+                let worker = &mut self.workers[slot];
+                worker.last_seen = Instant::now();
+                if !worker.alive {
+                    log::info!("worker {} is back", info.name);
+                    worker.alive = true;
+                    worker.assigned = 0;
+                    worker.assigned_ms = 0;
+                }
+                worker.info = info;
+            }
+            None => {
+                log::info!(
+                    "worker {} joined ({}{}{})",
+                    info.name,
+                    info.backend,
+                    if info.adapter.is_empty() { "" } else { " on " },
+                    info.adapter
+                );
+                self.by_routing_id.insert(routing_id.clone(), self.workers.len());
+                self.workers.push(WorkerSlot {
+                    routing_id,
+                    info,
+                    alive: true,
+                    last_seen: Instant::now(),
+                    assigned: 0,
+                    assigned_ms: 0,
+                });
+            }
+        }
+    }
+
+    fn done(&mut self, routing_id: &[u8], done: &[crate::protocol::Done]) {
+        let Some(&slot) = self.by_routing_id.get(routing_id) else {
+            self.reject(routing_id, "credit from a worker that never said hello".into());
+            return;
+        };
+        self.workers[slot].last_seen = Instant::now();
+        if !self.workers[slot].alive {
+            // Declared gone already and its tasks handed on; its results still reach the
+            // sink, which drops the duplicates.
+            return;
+        }
+        for d in done {
+            let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.tasks.len()) else {
+                self.reject(routing_id, format!("credit for task {} of a {}-task batch", d.id, self.tasks.len()));
+                continue;
+            };
+            if self.state[index] != TaskState::Assigned || self.owner[index] != slot as u32 {
+                continue; // already reported or handed to another worker
+            }
+            self.release(slot, index);
+            if d.status == Status::Failed {
+                log::warn!(
+                    "worker {} failed task {}; handing it to another worker",
+                    self.workers[slot].info.name,
+                    d.id
+                );
+                self.requeue(index);
+            } else {
+                self.state[index] = TaskState::Reported;
+            }
+        }
+    }
+
+    fn bye(&mut self, routing_id: &[u8]) {
+        if let Some(&slot) = self.by_routing_id.get(routing_id) {
+            if self.workers[slot].alive {
+                log::info!("worker {} left", self.workers[slot].info.name);
+                self.lose_worker(slot);
+            }
+        }
+    }
+
+    /// Frees the credit a task held at its owner.
+    fn release(&mut self, slot: usize, index: usize) {
+        let worker = &mut self.workers[slot];
+        worker.assigned = worker.assigned.saturating_sub(1);
+        worker.assigned_ms = worker
+            .assigned_ms
+            .saturating_sub(u64::from(self.tasks[index].workload_ms));
+    }
+
+    fn requeue(&mut self, index: usize) {
+        self.state[index] = TaskState::Pending;
+        self.owner[index] = NO_OWNER;
+        self.pending.push_front(index as u32);
+        self.redispatched += 1;
+    }
+
+    /// A worker is gone: every task it held that the sink does not hold goes to others.
+    fn lose_worker(&mut self, slot: usize) {
+        self.workers[slot].alive = false;
+        self.workers[slot].assigned = 0;
+        self.workers[slot].assigned_ms = 0;
+        let mut handed_on = 0;
+        // Walk backwards so the requeued tasks keep their dispatch order at the front.
+        for index in (0..self.tasks.len()).rev() {
+            if self.owner[index] == slot as u32
+                && matches!(self.state[index], TaskState::Assigned | TaskState::Reported)
+            {
+                self.requeue(index);
+                handed_on += 1;
+            }
+        }
+        if handed_on > 0 {
+            log::warn!(
+                "worker {} is gone; handing its {handed_on} unfinished tasks to other workers",
+                self.workers[slot].info.name
+            );
+        }
+    }
+
+    fn mark_held(&mut self, ids: &[u32]) {
+        for &id in ids {
+            let index = id as usize;
+            if index >= self.tasks.len() {
+                self.reject(b"sink", format!("sink holds task {id} of a {}-task batch", self.tasks.len()));
+                continue;
+            }
+            match self.state[index] {
+                TaskState::Held => continue,
+                TaskState::Assigned => {
+                    let slot = self.owner[index] as usize;
+                    self.release(slot, index);
+                }
+                TaskState::Pending | TaskState::Reported => {}
+            }
+            self.state[index] = TaskState::Held;
+            self.held += 1;
+        }
+    }
+
+    fn heartbeat_workers(&mut self, socket: &zmq::Socket) {
+        let beat = Message::Heartbeat {
+            batch: self.batch_id,
+        }
+        .encode();
+        for slot in 0..self.workers.len() {
+            if self.workers[slot].alive
+                && send_to(socket, &self.workers[slot].routing_id, &beat) == SendOutcome::Gone
+            {
+                self.lose_worker(slot);
+            }
+        }
+    }
+
+    fn expire_silent_workers(&mut self, _socket: &zmq::Socket) {
+        let timeout = self.heartbeat.timeout();
+        for slot in 0..self.workers.len() {
+            if self.workers[slot].alive && self.workers[slot].last_seen.elapsed() > timeout {
+                log::warn!(
+                    "worker {} silent for {:.1} s; declaring it gone",
+                    self.workers[slot].info.name,
+                    self.workers[slot].last_seen.elapsed().as_secs_f64()
+                );
+                self.lose_worker(slot);
+            }
+        }
+    }
+
+    /// Whether `slot` may take `task` now: within its window, or beyond it (up to the
+    /// cap) when the task costs nothing, so zero-work batches stream while long tasks stay
+    /// at most `window` deep and cannot pile up at one worker at the end of a batch.
+    fn has_credit(&self, slot: usize, task: &Task) -> bool {
+        let worker = &self.workers[slot];
+        let window = self.window.max(u32::from(worker.info.window_hint));
+        worker.assigned < window
+            || (worker.assigned < self.max_window
+                && worker.assigned_ms + u64::from(task.workload_ms) == 0)
+    }
+
+    /// The next task still pending, without removing it.
+    fn peek_pending(&mut self) -> Option<u32> {
+        while let Some(&id) = self.pending.front() {
+            if self.state[id as usize] == TaskState::Pending {
+                return Some(id);
+            }
+            self.pending.pop_front();
+        }
+        None
+    }
+
+    /// Hands out tasks to every worker with credit, one task per worker per round, so the
+    /// longest tasks spread across workers; then one message per worker.
+    fn dispatch(&mut self, socket: &zmq::Socket) {
+        let slots = self.workers.len();
+        if slots == 0 {
+            return;
+        }
+        let mut outgoing: Vec<Vec<Task>> = vec![Vec::new(); slots];
+        'rounds: loop {
+            let mut progressed = false;
+            for step in 0..slots {
+                let slot = (self.next_worker + step) % slots;
+                if !self.workers[slot].alive || outgoing[slot].len() >= MAX_ITEMS_PER_MESSAGE {
+                    continue;
+                }
+                let Some(id) = self.peek_pending() else {
+                    break 'rounds;
+                };
+                let task = self.tasks[id as usize];
+                if !self.has_credit(slot, &task) {
+                    continue;
+                }
+                self.pending.pop_front();
+                self.state[id as usize] = TaskState::Assigned;
+                self.owner[id as usize] = slot as u32;
+                self.workers[slot].assigned += 1;
+                self.workers[slot].assigned_ms += u64::from(task.workload_ms);
+                outgoing[slot].push(task);
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.next_worker = (self.next_worker + 1) % slots;
+        for (slot, tasks) in outgoing.into_iter().enumerate() {
+            if tasks.is_empty() {
+                continue;
+            }
+            let message = Message::encode_tasks(self.batch_id, &self.job, &tasks);
+            match send_to(socket, &self.workers[slot].routing_id, &message) {
+                SendOutcome::Sent => {}
+                SendOutcome::Gone => self.lose_worker(slot),
+                SendOutcome::Busy => {
+                    // Its queue is full: take the tasks back without counting a redispatch.
+                    for task in tasks.iter().rev() {
+                        let index = task.id as usize;
+                        self.release(slot, index);
+                        self.state[index] = TaskState::Pending;
+                        self.owner[index] = NO_OWNER;
+                        self.pending.push_front(task.id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum SendOutcome {
+    Sent,
+    /// The peer is not connected (ROUTER_MANDATORY): it is gone.
+    Gone,
+    /// The peer's queue is full: try again later.
+    Busy,
+}
+
+fn send_to(socket: &zmq::Socket, routing_id: &[u8], payload: &[u8]) -> SendOutcome {
+    match socket.send_multipart([routing_id, payload], zmq::DONTWAIT) {
+        Ok(()) => SendOutcome::Sent,
+        Err(zmq::Error::EHOSTUNREACH) => SendOutcome::Gone,
+        Err(zmq::Error::EAGAIN) => SendOutcome::Busy,
+        Err(e) => {
+            log::warn!("sending to worker {}: {e}", sockets::peer_name(routing_id));
+            SendOutcome::Busy
+        }
+    }
+}
