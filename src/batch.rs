@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn longest_first_sorts_descending_and_shuffle_is_a_permutation() {
         let batch = Batch::parse("3\n9\n1\n9\n").unwrap();
-        assert_eq!(batch.dispatch_order(Order::LongestFirst, 0), vec![1, 3, 0, 2]);
+        assert_eq!(
+            batch.dispatch_order(Order::LongestFirst, 0),
+            vec![1, 3, 0, 2]
+        );
         assert_eq!(batch.dispatch_order(Order::Given, 0), vec![0, 1, 2, 3]);
         let mut shuffled = batch.dispatch_order(Order::Shuffle, 1);
         shuffled.sort_unstable();

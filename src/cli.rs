@@ -140,7 +140,10 @@ pub struct BackendArgs {
 impl BackendArgs {
     pub fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
         if !(self.slowdown.is_finite() && self.slowdown > 0.0) {
-            bail!("--slowdown must be a positive number, got {}", self.slowdown);
+            bail!(
+                "--slowdown must be a positive number, got {}",
+                self.slowdown
+            );
         }
         backend::build(self.backend, self.slowdown)
     }

@@ -41,7 +41,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let results_endpoint = sink.endpoint().to_owned();
 
     let sink_thread = spawn("sink", shutdown, move |s| sink.run(s))?;
-    let vent_thread = spawn("ventilator", shutdown, move |s| ventilator.run(s).map(|_| ()))?;
+    let vent_thread = spawn("ventilator", shutdown, move |s| {
+        ventilator.run(s).map(|_| ())
+    })?;
     let mut worker_threads = Vec::with_capacity(workers);
     for (index, backend) in run.backends.into_iter().enumerate() {
         let config = WorkerConfig {

@@ -699,10 +699,16 @@ mod tests {
     fn trailing_bytes_wrong_version_and_magic_are_rejected() {
         let mut bytes = Message::Bye.encode();
         bytes.push(0);
-        assert_eq!(Message::decode(&bytes), Err(DecodeError::Trailing(1, "bye")));
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(DecodeError::Trailing(1, "bye"))
+        );
         let mut bytes = Message::Bye.encode();
         bytes[2] = VERSION + 1;
-        assert_eq!(Message::decode(&bytes), Err(DecodeError::Version(VERSION + 1)));
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(DecodeError::Version(VERSION + 1))
+        );
         assert_eq!(
             Message::decode(b"XX\x01\x06"),
             Err(DecodeError::BadMagic(*b"XX"))

@@ -38,6 +38,8 @@ pub struct Report {
     pub ideal_ms: f64,
     /// ideal / elapsed.
     pub efficiency: f64,
+    /// Tasks per second over the batch.
+    pub tasks_per_s: f64,
     /// Results that arrived for tasks already held: dropped.
     pub duplicates: u64,
     /// Tasks handed to another worker after their first went away or failed.
@@ -72,13 +74,18 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         s += &format!("Total elapsed time: {:.0} msec\n", self.elapsed_ms);
+        let efficiency = if self.ideal_ms > 0.0 {
+            format!("efficiency {:.3}", self.efficiency)
+        } else {
+            "efficiency n/a (no work)".to_owned()
+        };
         s += &format!(
-            "{} tasks, {} ms expected, ideal {:.0} ms on {} workers, efficiency {:.3}\n",
+            "{} tasks, {} ms expected, ideal {:.0} ms on {} workers, {efficiency}, {:.0} tasks/s\n",
             self.tasks,
             self.expected_ms,
             self.ideal_ms,
             self.workers.len(),
-            self.efficiency
+            self.tasks_per_s
         );
         s += &format!(
             "duplicates {}, redispatched {}, rejected {}",
@@ -107,7 +114,11 @@ impl Report {
                 w.busy_ms,
                 w.kernel_ms,
                 w.backend,
-                if w.adapter.is_empty() { "-" } else { &w.adapter }
+                if w.adapter.is_empty() {
+                    "-"
+                } else {
+                    &w.adapter
+                }
             );
         }
         s
@@ -233,6 +244,7 @@ mod tests {
             elapsed_ms: 1300.0,
             ideal_ms: 1262.5,
             efficiency: 0.971,
+            tasks_per_s: 76.9,
             duplicates: 0,
             redispatched: 0,
             rejected: 3,
@@ -251,7 +263,10 @@ mod tests {
     #[test]
     fn text_starts_with_the_seeds_line() {
         let text = report().to_text();
-        assert!(text.starts_with("Total elapsed time: 1300 msec\n"), "{text}");
+        assert!(
+            text.starts_with("Total elapsed time: 1300 msec\n"),
+            "{text}"
+        );
         assert!(text.contains("rejected 3"));
     }
 
@@ -272,14 +287,23 @@ mod tests {
             assert!(value.get(key).is_some(), "missing {key}");
         }
         for key in ["id", "tasks", "busy_ms", "backend"] {
-            assert!(value["workers"][0].get(key).is_some(), "missing workers[].{key}");
+            assert!(
+                value["workers"][0].get(key).is_some(),
+                "missing workers[].{key}"
+            );
         }
     }
 
     #[test]
     fn results_format_follows_the_extension() {
-        assert_eq!(ResultsFormat::from_path(Path::new("r.CSV")), ResultsFormat::Csv);
-        assert_eq!(ResultsFormat::from_path(Path::new("r.jsonl")), ResultsFormat::Jsonl);
+        assert_eq!(
+            ResultsFormat::from_path(Path::new("r.CSV")),
+            ResultsFormat::Csv
+        );
+        assert_eq!(
+            ResultsFormat::from_path(Path::new("r.jsonl")),
+            ResultsFormat::Jsonl
+        );
         assert_eq!(csv_field("a,b"), "\"a,b\"");
     }
 }

@@ -79,7 +79,8 @@ struct Tally {
 
 impl Sink {
     pub fn bind(ctx: &zmq::Context, config: SinkConfig) -> anyhow::Result<Sink> {
-        let (socket, endpoint) = sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
+        let (socket, endpoint) =
+            sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
         socket.set_router_mandatory(true)?;
         Ok(Sink {
             config,
@@ -144,7 +145,10 @@ impl Sink {
                     Ok(pair) => pair,
                     Err(frames) => {
                         let peer = frames.first().cloned().unwrap_or_default();
-                        reject(&peer, format!("{} frames, expected 1", frames.len().saturating_sub(1)));
+                        reject(
+                            &peer,
+                            format!("{} frames, expected 1", frames.len().saturating_sub(1)),
+                        );
                         continue;
                     }
                 };
@@ -191,7 +195,10 @@ impl Sink {
                         }
                         Some(b) => reject(
                             &peer,
-                            format!("batch {id:016x} announced while batch {:016x} is in progress", b.id),
+                            format!(
+                                "batch {id:016x} announced while batch {:016x} is in progress",
+                                b.id
+                            ),
                         ),
                     },
                     Message::Results {
@@ -204,7 +211,13 @@ impl Sink {
                             continue;
                         };
                         if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
-                            reject(&peer, format!("result for task {} of a {}-task batch", bad.id, b.task_count));
+                            reject(
+                                &peer,
+                                format!(
+                                    "result for task {} of a {}-task batch",
+                                    bad.id, b.task_count
+                                ),
+                            );
                             continue;
                         }
                         let tally = tally_for(&mut workers, &worker);
@@ -257,7 +270,11 @@ impl Sink {
                 if b.finished.is_none() && b.held_count == b.task_count {
                     b.finished = Some(Instant::now());
                     log::info!("all {} results held", b.task_count);
-                    send(&self.socket, &b.ventilator, &Message::Complete { batch: b.id });
+                    send(
+                        &self.socket,
+                        &b.ventilator,
+                        &Message::Complete { batch: b.id },
+                    );
                 }
             }
         }
@@ -287,7 +304,16 @@ impl Sink {
             longest_ms: b.longest_ms,
             elapsed_ms,
             ideal_ms: ideal,
-            efficiency: if elapsed_ms > 0.0 { ideal / elapsed_ms } else { 1.0 },
+            efficiency: if elapsed_ms > 0.0 {
+                ideal / elapsed_ms
+            } else {
+                1.0
+            },
+            tasks_per_s: if elapsed_ms > 0.0 {
+                b.task_count as f64 * 1000.0 / elapsed_ms
+            } else {
+                0.0
+            },
             duplicates,
             redispatched: ventilator_counts.0,
             rejected: rejected + ventilator_counts.1,

@@ -22,7 +22,9 @@ pub fn bind(
     socket.set_linger(LINGER_MS)?;
     socket.set_maxmsgsize(crate::protocol::MAX_MESSAGE_BYTES)?;
     // Zero-length ports mean "any free port"; libzmq spells that `*`.
-    let endpoint = endpoint.strip_suffix(":0").map_or_else(|| endpoint.to_owned(), |e| format!("{e}:*"));
+    let endpoint = endpoint
+        .strip_suffix(":0")
+        .map_or_else(|| endpoint.to_owned(), |e| format!("{e}:*"));
     socket.bind(&endpoint).map_err(|e| {
         let hint = match e {
             zmq::Error::EADDRINUSE => format!(" (is another conquer running? pass {flag} with another port)"),
@@ -39,6 +41,7 @@ pub fn bind(
     let bound = socket
         .get_last_endpoint()?
         .map_err(|_| anyhow!("{role} socket bound to a non-UTF-8 endpoint"))?;
+    log::info!("{role} socket listening on {bound}");
     Ok((socket, bound))
 }
 
@@ -63,7 +66,9 @@ pub fn connect(
         socket.set_identity(id)?;
     }
     socket.connect(endpoint).map_err(|e| {
-        anyhow!("cannot connect {role} socket to {endpoint}: {e} (expected tcp://HOST:PORT in {flag})")
+        anyhow!(
+            "cannot connect {role} socket to {endpoint}: {e} (expected tcp://HOST:PORT in {flag})"
+        )
     })?;
     Ok(socket)
 }

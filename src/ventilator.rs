@@ -196,7 +196,10 @@ impl Ventilator {
                 return Ok(());
             }
             if last_said != Some(ready) {
-                log::info!("waiting for {want} workers ({ready} ready) on {}", self.endpoint);
+                log::info!(
+                    "waiting for {want} workers ({ready} ready) on {}",
+                    self.endpoint
+                );
                 last_said = Some(ready);
             }
             if start.elapsed() >= self.config.wait_timeout {
@@ -340,9 +343,10 @@ impl Ventilator {
         }
         .encode();
         for worker in state.workers.iter().filter(|w| w.alive) {
-            let _ = self
-                .tasks_socket
-                .send_multipart([worker.routing_id.as_slice(), end.as_slice()], zmq::DONTWAIT);
+            let _ = self.tasks_socket.send_multipart(
+                [worker.routing_id.as_slice(), end.as_slice()],
+                zmq::DONTWAIT,
+            );
         }
         log::info!(
             "batch {:016x} complete: {} tasks, {} redispatched, {} rejected",
@@ -419,7 +423,10 @@ impl Dispatcher {
 
     fn reject_from_sink(&mut self, decoded: Result<Message, crate::protocol::DecodeError>) {
         let why = match decoded {
-            Ok(m) => format!("unexpected {} message (batch mismatch or wrong direction)", m.kind_name()),
+            Ok(m) => format!(
+                "unexpected {} message (batch mismatch or wrong direction)",
+                m.kind_name()
+            ),
             Err(e) => e.to_string(),
         };
         self.reject(b"sink", why);
@@ -437,7 +444,10 @@ impl Dispatcher {
                 Ok(pair) => pair,
                 Err(frames) => {
                     let peer = frames.first().cloned().unwrap_or_default();
-                    self.reject(&peer, format!("{} frames, expected 1", frames.len().saturating_sub(1)));
+                    self.reject(
+                        &peer,
+                        format!("{} frames, expected 1", frames.len().saturating_sub(1)),
+                    );
                     continue;
                 }
             };
@@ -451,7 +461,10 @@ impl Dispatcher {
                 Ok(Message::Bye) => self.bye(&routing_id),
                 Ok(other) => self.reject(
                     &routing_id,
-                    format!("unexpected {} message on the tasks socket", other.kind_name()),
+                    format!(
+                        "unexpected {} message on the tasks socket",
+                        other.kind_name()
+                    ),
                 ),
                 Err(e) => self.reject(&routing_id, e.to_string()),
             }
@@ -485,7 +498,8 @@ impl Dispatcher {
                     if info.adapter.is_empty() { "" } else { " on " },
                     info.adapter
                 );
-                self.by_routing_id.insert(routing_id.clone(), self.workers.len());
+                self.by_routing_id
+                    .insert(routing_id.clone(), self.workers.len());
                 self.workers.push(WorkerSlot {
                     routing_id,
                     info,
@@ -500,7 +514,10 @@ impl Dispatcher {
 
     fn done(&mut self, routing_id: &[u8], done: &[crate::protocol::Done]) {
         let Some(&slot) = self.by_routing_id.get(routing_id) else {
-            self.reject(routing_id, "credit from a worker that never said hello".into());
+            self.reject(
+                routing_id,
+                "credit from a worker that never said hello".into(),
+            );
             return;
         };
         self.workers[slot].last_seen = Instant::now();
@@ -511,7 +528,14 @@ impl Dispatcher {
         }
         for d in done {
             let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.tasks.len()) else {
-                self.reject(routing_id, format!("credit for task {} of a {}-task batch", d.id, self.tasks.len()));
+                self.reject(
+                    routing_id,
+                    format!(
+                        "credit for task {} of a {}-task batch",
+                        d.id,
+                        self.tasks.len()
+                    ),
+                );
                 continue;
             };
             if self.state[index] != TaskState::Assigned || self.owner[index] != slot as u32 {
@@ -583,7 +607,10 @@ impl Dispatcher {
         for &id in ids {
             let index = id as usize;
             if index >= self.tasks.len() {
-                self.reject(b"sink", format!("sink holds task {id} of a {}-task batch", self.tasks.len()));
+                self.reject(
+                    b"sink",
+                    format!("sink holds task {id} of a {}-task batch", self.tasks.len()),
+                );
                 continue;
             }
             match self.state[index] {

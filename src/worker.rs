@@ -79,8 +79,22 @@ pub fn run(
         window_hint: backend.window_hint(),
     };
     let id = config.name.as_bytes();
-    let tasks = sockets::connect(ctx, zmq::DEALER, "tasks", &config.ventilator, "--ventilator", Some(id))?;
-    let results = sockets::connect(ctx, zmq::DEALER, "results", &config.sink, "--sink", Some(id))?;
+    let tasks = sockets::connect(
+        ctx,
+        zmq::DEALER,
+        "tasks",
+        &config.ventilator,
+        "--ventilator",
+        Some(id),
+    )?;
+    let results = sockets::connect(
+        ctx,
+        zmq::DEALER,
+        "results",
+        &config.sink,
+        "--sink",
+        Some(id),
+    )?;
     // Goodbyes and credit for a ventilator that is gone need not hold up the exit.
     tasks.set_linger(200)?;
 
@@ -89,7 +103,8 @@ pub fn run(
         INPROC_COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let wake = ctx.socket(zmq::PAIR).context("creating the wake socket")?;
-    wake.bind(&wake_endpoint).context("binding the wake socket")?;
+    wake.bind(&wake_endpoint)
+        .context("binding the wake socket")?;
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>();
     let (outcome_tx, outcome_rx) = mpsc::channel::<Outcomes>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -109,7 +124,11 @@ pub fn run(
         "worker {} ({}{}) connecting to {} and {}",
         info.name,
         info.backend,
-        if info.adapter.is_empty() { String::new() } else { format!(" on {}", info.adapter) },
+        if info.adapter.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", info.adapter)
+        },
         config.ventilator,
         config.sink
     );
@@ -305,7 +324,10 @@ fn execute(
     outcome_tx: mpsc::Sender<Outcomes>,
     stop: &AtomicBool,
 ) {
-    let wake = match ctx.socket(zmq::PAIR).and_then(|s| s.connect(wake_endpoint).map(|()| s)) {
+    let wake = match ctx
+        .socket(zmq::PAIR)
+        .and_then(|s| s.connect(wake_endpoint).map(|()| s))
+    {
         Ok(socket) => socket,
         Err(e) => {
             log::error!("executor cannot reach its worker: {e}");

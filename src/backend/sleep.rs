@@ -48,8 +48,14 @@ mod tests {
     fn sleeps_at_least_the_workload_and_reports_every_task() {
         let mut backend = Sleep::new(1.0);
         let tasks = [
-            Task { id: 0, workload_ms: 3 },
-            Task { id: 1, workload_ms: 0 },
+            Task {
+                id: 0,
+                workload_ms: 3,
+            },
+            Task {
+                id: 1,
+                workload_ms: 0,
+            },
         ];
         let mut outcomes = Vec::new();
         backend.run(&Job::default(), &tasks, &mut |o| outcomes.push(o));
@@ -62,9 +68,14 @@ mod tests {
     fn slowdown_scales_the_sleep() {
         let mut backend = Sleep::new(3.0);
         let mut wall = 0;
-        backend.run(&Job::default(), &[Task { id: 0, workload_ms: 2 }], &mut |o| {
-            wall = o.wall_us
-        });
+        backend.run(
+            &Job::default(),
+            &[Task {
+                id: 0,
+                workload_ms: 2,
+            }],
+            &mut |o| wall = o.wall_us,
+        );
         assert!(wall >= 6000, "{wall}");
     }
 }

@@ -1,0 +1,5 @@
+//! Integration tests: the real `conquer` binary as separate processes, talking ZeroMQ over
+//! loopback with ephemeral ports. One test binary; helpers in `util`.
+
+mod pipeline;
+mod util;

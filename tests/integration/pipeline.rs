@@ -1,0 +1,321 @@
+//! The pipeline across processes: a batch completes with every task counted once, late
+//! joiners get work, the start waits for workers, strangers' bytes are counted and dropped,
+//! bad input fails early.
+
+use crate::util::{self, assert_each_once, report, result_ids, Proc};
+use std::time::Duration;
+
+#[test]
+fn worker_processes_complete_a_batch_each_task_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.jsonl");
+    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "200",
+            "--min-ms",
+            "0",
+            "--max-ms",
+            "5",
+            "--wait-workers",
+            "3",
+        ],
+    );
+    let workers: Vec<Proc> = (0..3)
+        .map(|i| util::worker(&format!("w{i}"), &vent_ep, &sink_ep, &["--exit-when-done"]))
+        .collect();
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "sink failed: {log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 200);
+    assert_eq!(r["duplicates"], 0);
+    assert_eq!(r["rejected"], 0);
+    let per_worker: u64 = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_worker, 200, "{r}");
+    assert_eq!(
+        r["workers"].as_array().unwrap().len(),
+        3,
+        "every worker took part: {r}"
+    );
+    assert_each_once(&result_ids(&results), 200);
+
+    let (status, stdout, log) = vent.finish();
+    assert!(status.success(), "ventilator failed: {log}");
+    assert!(stdout.contains("Total expected cost: "), "{stdout}");
+    for w in workers {
+        let (status, _, log) = w.finish();
+        assert!(status.success(), "worker failed: {log}");
+    }
+}
+
+#[test]
+fn a_worker_joining_300ms_after_the_start_still_gets_tasks() {
+    let (sink, sink_ep) = util::sink(&[]);
+    // One worker alone would need 40 x 50 ms = 2 s: plenty of batch left for a late joiner.
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "40",
+            "--min-ms",
+            "50",
+            "--max-ms",
+            "50",
+            "--wait-workers",
+            "1",
+        ],
+    );
+    let early = util::worker("early", &vent_ep, &sink_ep, &["--exit-when-done"]);
+    sink.wait_for("clock started");
+    std::thread::sleep(Duration::from_millis(300)); // the scenario: join late
+    let late = util::worker("late", &vent_ep, &sink_ep, &["--exit-when-done"]);
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    let late_tasks = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == "late")
+        .map(|w| w["tasks"].as_u64().unwrap())
+        .unwrap_or(0);
+    // It joined with ~1.7 s of work left: a fair share is about a third of the batch.
+    assert!(late_tasks >= 8, "late joiner got {late_tasks} tasks: {r}");
+    drop((vent, early, late));
+}
+
+#[test]
+fn the_start_waits_for_workers_then_times_out_clearly() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "4",
+            "--max-ms",
+            "1",
+            "--wait-workers",
+            "2",
+            "--wait-timeout",
+            "1.5",
+        ],
+    );
+    let _one = util::worker("only", &vent_ep, &sink_ep, &[]);
+    vent.wait_for("(1 ready)");
+    let (status, _, log) = vent.finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("timed out after 1.5 s waiting for 2 workers (1 ready)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("--wait-workers"),
+        "the error names the fix: {log}"
+    );
+    drop(sink);
+}
+
+#[test]
+fn the_start_waits_until_enough_workers_are_ready() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "20",
+            "--min-ms",
+            "10",
+            "--max-ms",
+            "10",
+            "--wait-workers",
+            "2",
+        ],
+    );
+    let a = util::worker("a", &vent_ep, &sink_ep, &["--exit-when-done"]);
+    vent.wait_for("(1 ready)");
+    let b = util::worker("b", &vent_ep, &sink_ep, &["--exit-when-done"]);
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    for w in r["workers"].as_array().unwrap() {
+        // Started together: neither got a head start on the other.
+        let tasks = w["tasks"].as_u64().unwrap();
+        assert!((8..=12).contains(&tasks), "{r}");
+    }
+    drop((vent, a, b));
+}
+
+/// Frames no conquer peer sends: random bytes, a truncated message, another version,
+/// another magic, an unknown kind, an empty frame, and a multi-frame message.
+fn garbage() -> Vec<Vec<Vec<u8>>> {
+    let mut frames: Vec<Vec<Vec<u8>>> = vec![
+        vec![b"\x00\x01\x02garbage".to_vec()],
+        vec![b"CQ\x01".to_vec()],
+        vec![b"CQ\x09\x03\x00\x00".to_vec()],
+        vec![b"ZQ\x01\x06".to_vec()],
+        vec![b"CQ\x01\x63".to_vec()],
+        vec![Vec::new()],
+        vec![b"CQ\x01\x06".to_vec(), b"second frame".to_vec()],
+        // A results message that claims 1000 results but carries none.
+        vec![{
+            let mut m = b"CQ\x01\x07".to_vec();
+            m.extend_from_slice(&[0; 8]);
+            m.extend_from_slice(&[0, 0, 0, 0, 0]);
+            m.extend_from_slice(&1000u32.to_le_bytes());
+            m
+        }],
+    ];
+    let mut seed = 0x1234_5678u32;
+    for len in 1..40 {
+        let bytes = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        frames.push(vec![bytes]);
+    }
+    frames
+}
+
+#[test]
+fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.jsonl");
+    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "60",
+            "--min-ms",
+            "5",
+            "--max-ms",
+            "20",
+            "--wait-workers",
+            "2",
+        ],
+    );
+    let workers = [
+        util::worker("g1", &vent_ep, &sink_ep, &["--exit-when-done"]),
+        util::worker("g2", &vent_ep, &sink_ep, &["--exit-when-done"]),
+    ];
+    sink.wait_for("clock started");
+
+    let ctx = zmq::Context::new();
+    let mut sent = 0u64;
+    for endpoint in [&vent_ep, &sink_ep] {
+        let stranger = ctx.socket(zmq::DEALER).unwrap();
+        stranger.set_linger(1000).unwrap();
+        stranger.connect(endpoint).unwrap();
+        for message in garbage() {
+            stranger.send_multipart(message, 0).unwrap();
+            sent += 1;
+        }
+        // Close so that every frame is flushed before the batch can end.
+        drop(stranger);
+    }
+
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 60);
+    assert_eq!(r["duplicates"], 0);
+    assert_each_once(&result_ids(&results), 60);
+    assert_eq!(r["rejected"].as_u64().unwrap(), sent, "{r}\n{log}");
+    drop((vent, workers));
+}
+
+#[test]
+fn a_bad_line_in_the_tasks_file_fails_with_its_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tasks.txt");
+    std::fs::write(&file, "# batch\n10\n20\nten\n30\n").unwrap();
+    let vent = Proc::start(
+        "ventilator",
+        &[
+            "ventilator",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--tasks-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let (status, stdout, log) = vent.finish();
+    assert_eq!(status.code(), Some(1));
+    assert!(log.contains("line 4"), "{log}");
+    assert!(log.contains("\"ten\""), "{log}");
+    assert!(!log.contains("listening on"), "nothing starts: {log}");
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+#[test]
+fn run_reports_json_with_the_promised_keys() {
+    let run = Proc::start(
+        "run",
+        &[
+            "run",
+            "--workers",
+            "3",
+            "--tasks",
+            "30",
+            "--max-ms",
+            "5",
+            "--json",
+            "--backend",
+            "sleep",
+        ],
+    );
+    let (status, stdout, log) = run.finish();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "one JSON object on stdout: {stdout}"
+    );
+    let r = report(&stdout);
+    for key in [
+        "tasks",
+        "expected_ms",
+        "elapsed_ms",
+        "ideal_ms",
+        "efficiency",
+        "duplicates",
+        "redispatched",
+        "rejected",
+        "workers",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key}: {r}");
+    }
+    assert_eq!(r["tasks"], 30);
+    assert_eq!(r["workers"].as_array().unwrap().len(), 3);
+    assert!(r["elapsed_ms"].as_f64().unwrap() >= r["ideal_ms"].as_f64().unwrap() * 0.99);
+}
+
+#[test]
+fn usage_errors_exit_2_and_ctrl_c_exits_130() {
+    let (status, _, log) = Proc::start("bad", &["run", "--workers", "0"]).finish();
+    assert_eq!(status.code(), Some(2), "{log}");
+    let (status, _, log) = Proc::start("bad", &["run", "--min-ms", "9", "--max-ms", "3"]).finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--min-ms 9 is larger than --max-ms 3"),
+        "{log}"
+    );
+
+    // A worker with nobody to talk to still leaves promptly on Ctrl-C.
+    let worker = util::worker("lonely", "tcp://127.0.0.1:9", "tcp://127.0.0.1:9", &[]);
+    worker.wait_for("connecting to");
+    worker.signal("INT");
+    let (status, _, log) = worker.finish();
+    assert_eq!(status.code(), Some(130), "{log}");
+}

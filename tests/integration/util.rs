@@ -1,0 +1,200 @@
+//! Helpers: run the real `conquer` executable, read its log lines as they come, wait for
+//! events it logs (no sleeps as synchronisation), and parse its JSON report.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything a test waits for; a healthy run takes a fraction of it.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `conquer` process whose stderr is read line by line.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Receiver<String>,
+    seen: Arc<Mutex<Vec<String>>>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Proc {
+    /// Starts `conquer -v ARGS...`.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_conquer"))
+            .arg("-v")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start conquer");
+        let (tx, lines) = channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut out = child.stdout.take().expect("stdout is piped");
+        let stdout = Some(std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        }));
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            seen,
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.seen.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a logged line containing `needle` and returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{} never logged {needle:?}; its log:\n{}",
+                    self.name,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the endpoint a role logs when it binds, as a connectable address.
+    pub fn endpoint(&self, role: &str) -> String {
+        let line = self.wait_for(&format!("{role} socket listening on "));
+        line.rsplit(' ').next().unwrap().to_owned()
+    }
+
+    /// Waits for the process to exit; returns its status, stdout and stderr.
+    pub fn finish(mut self) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit; its log:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        // Give the stderr reader a moment to take the last lines.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline
+            && self.lines.recv_timeout(Duration::from_millis(50)).is_ok()
+        {}
+        (status, stdout, self.log())
+    }
+
+    /// Sends a signal (SIGKILL, SIGSTOP, SIGINT, ...).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "cannot send SIG{signal} to {}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses the sink's `--json` report.
+pub fn report(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("report is not JSON ({e}): {stdout}"))
+}
+
+/// Starts a sink on an ephemeral loopback port; returns it and its endpoint.
+pub fn sink(extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["sink", "--bind", "tcp://127.0.0.1:0", "--json"];
+    args.extend_from_slice(extra);
+    let sink = Proc::start("sink", &args);
+    let endpoint = sink.endpoint("results");
+    (sink, endpoint)
+}
+
+/// Starts a ventilator on an ephemeral loopback port; returns it and its endpoint.
+pub fn ventilator(sink: &str, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["ventilator", "--bind", "tcp://127.0.0.1:0", "--sink", sink];
+    args.extend_from_slice(extra);
+    let vent = Proc::start("ventilator", &args);
+    let endpoint = vent.endpoint("tasks");
+    (vent, endpoint)
+}
+
+/// Starts a sleep worker named `name`.
+pub fn worker(name: &str, ventilator: &str, sink: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--ventilator",
+        ventilator,
+        "--sink",
+        sink,
+        "--name",
+        name,
+        "--backend",
+        "sleep",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(name, &args)
+}
+
+/// Task ids in a JSON Lines results file, each as many times as it appears.
+pub fn result_ids(path: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(path).expect("results file");
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            v["task"].as_u64().expect("task id")
+        })
+        .collect()
+}
+
+/// Asserts every id in `0..n` appears exactly once.
+pub fn assert_each_once(ids: &[u64], n: u64) {
+    let mut counts = vec![0u32; n as usize];
+    for &id in ids {
+        assert!(id < n, "task {id} outside the batch of {n}");
+        counts[id as usize] += 1;
+    }
+    let wrong: Vec<_> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c != 1)
+        .map(|(id, c)| (id, *c))
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "tasks not seen exactly once (id, count): {wrong:?}"
+    );
+}
