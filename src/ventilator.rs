@@ -149,6 +149,7 @@ impl Ventilator {
             state: vec![TaskState::Pending; n],
             owner: vec![NO_OWNER; n],
             pending: order.into(),
+            pending_count: n,
             held: 0,
             workers: Vec::new(),
             by_routing_id: HashMap::new(),
@@ -386,6 +387,8 @@ struct Dispatcher {
     /// Task ids in dispatch order; redispatched tasks go to the front. May contain ids that
     /// are no longer pending (held via a late result); those are skipped when popped.
     pending: VecDeque<u32>,
+    /// Tasks in the `Pending` state (the queue may also hold stale entries).
+    pending_count: usize,
     held: usize,
     workers: Vec<WorkerSlot>,
     by_routing_id: HashMap<Vec<u8>, usize>,
@@ -574,6 +577,7 @@ impl Dispatcher {
     }
 
     fn requeue(&mut self, index: usize) {
+        self.pending_count += 1;
         self.state[index] = TaskState::Pending;
         self.owner[index] = NO_OWNER;
         self.pending.push_front(index as u32);
@@ -619,7 +623,8 @@ impl Dispatcher {
                     let slot = self.owner[index] as usize;
                     self.release(slot, index);
                 }
-                TaskState::Pending | TaskState::Reported => {}
+                TaskState::Pending => self.pending_count -= 1,
+                TaskState::Reported => {}
             }
             self.state[index] = TaskState::Held;
             self.held += 1;
@@ -654,15 +659,22 @@ impl Dispatcher {
         }
     }
 
-    /// Whether `slot` may take `task` now: within its window, or beyond it (up to the
-    /// cap) when the task costs nothing, so zero-work batches stream while long tasks stay
-    /// at most `window` deep and cannot pile up at one worker at the end of a batch.
-    fn has_credit(&self, slot: usize, task: &Task) -> bool {
+    /// Whether `slot` may take `task` now. A worker always gets a task when it has none.
+    /// Beyond that it may hold up to its window (so it never waits a round trip between
+    /// tasks), but only while more tasks are pending than there are workers: near the end
+    /// of a batch the last tasks wait here for whichever worker frees up first, instead of
+    /// queueing behind a busy one while another idles. Tasks that cost nothing stream up to
+    /// the larger cap, since they cannot make a tail.
+    fn has_credit(&self, slot: usize, task: &Task, alive: usize) -> bool {
         let worker = &self.workers[slot];
+        if worker.assigned == 0 {
+            return true;
+        }
+        if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
+            return worker.assigned < self.max_window;
+        }
         let window = self.window.max(u32::from(worker.info.window_hint));
-        worker.assigned < window
-            || (worker.assigned < self.max_window
-                && worker.assigned_ms + u64::from(task.workload_ms) == 0)
+        worker.assigned < window && self.pending_count > alive
     }
 
     /// The next task still pending, without removing it.
@@ -684,6 +696,7 @@ impl Dispatcher {
             return;
         }
         let mut outgoing: Vec<Vec<Task>> = vec![Vec::new(); slots];
+        let alive = self.alive_workers();
         'rounds: loop {
             let mut progressed = false;
             for step in 0..slots {
@@ -695,10 +708,11 @@ impl Dispatcher {
                     break 'rounds;
                 };
                 let task = self.tasks[id as usize];
-                if !self.has_credit(slot, &task) {
+                if !self.has_credit(slot, &task, alive) {
                     continue;
                 }
                 self.pending.pop_front();
+                self.pending_count -= 1;
                 self.state[id as usize] = TaskState::Assigned;
                 self.owner[id as usize] = slot as u32;
                 self.workers[slot].assigned += 1;
@@ -727,6 +741,7 @@ impl Dispatcher {
                         self.state[index] = TaskState::Pending;
                         self.owner[index] = NO_OWNER;
                         self.pending.push_front(task.id);
+                        self.pending_count += 1;
                     }
                 }
             }

@@ -27,7 +27,7 @@ impl Backend for Sleep {
             let start = Instant::now();
             if task.workload_ms > 0 {
                 let ms = f64::from(task.workload_ms) * self.slowdown;
-                std::thread::sleep(Duration::from_secs_f64(ms / 1000.0));
+                sleep_until(start + Duration::from_secs_f64(ms / 1000.0));
             }
             done(Outcome {
                 task,
@@ -37,6 +37,21 @@ impl Backend for Sleep {
                 checksum: 0,
             });
         }
+    }
+}
+
+/// Timer wake-ups overshoot by 0.1-0.3 ms on common kernels and VMs; over a batch of short
+/// tasks that adds up to percent-level error. Sleep to just before the deadline, then yield
+/// until it, so a task takes its nominal time to within a few microseconds.
+const OVERSHOOT_MARGIN: Duration = Duration::from_micros(400);
+
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now + OVERSHOOT_MARGIN {
+        std::thread::sleep(deadline - now - OVERSHOOT_MARGIN);
+    }
+    while Instant::now() < deadline {
+        std::thread::yield_now();
     }
 }
 
@@ -61,6 +76,7 @@ mod tests {
         backend.run(&Job::default(), &tasks, &mut |o| outcomes.push(o));
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes[0].wall_us >= 3000, "{outcomes:?}");
+        assert!(outcomes[1].wall_us < 1000, "zero work does not sleep: {outcomes:?}");
         assert!(outcomes.iter().all(|o| o.status == Status::Ok));
     }
 
