@@ -228,14 +228,23 @@ fn throughput(
     repeat: u32,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<ThroughputRow>> {
-    let tasks = if args.quick { 20_000 } else { args.throughput_tasks };
+    let tasks = if args.quick {
+        20_000
+    } else {
+        args.throughput_tasks
+    };
     let workers = 2;
     let batch = Batch::generate(tasks, 0, 0, args.seed)?;
     let mut ours = Vec::new();
     let mut plain = Vec::new();
     for _ in 0..repeat {
-        let report = run_batch(batch.clone(), Order::Given, sleep_backends(workers), shutdown)
-            .context("throughput run")?;
+        let report = run_batch(
+            batch.clone(),
+            Order::Given,
+            sleep_backends(workers),
+            shutdown,
+        )
+        .context("throughput run")?;
         ours.push(report.tasks_per_s);
         let elapsed = plain_push_pull(tasks, workers).context("plain PUSH/PULL run")?;
         plain.push(f64::from(tasks) / elapsed.as_secs_f64());

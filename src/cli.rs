@@ -135,17 +135,38 @@ pub struct BackendArgs {
     /// Sleep backend only: multiply every workload, to emulate a slower machine.
     #[arg(long, default_value_t = 1.0)]
     pub slowdown: f64,
+    /// GPU adapter to use: its index in `conquer info`, or part of its name.
+    #[arg(long, value_name = "NAME|INDEX")]
+    pub adapter: Option<String>,
+    /// GPU: tasks in flight at once on the device.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub gpu_slots: u16,
+    /// GPU: most shader invocations per dispatch; larger tasks are split into several.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
+    pub dispatch_invocations: u32,
 }
 
 impl BackendArgs {
-    pub fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
+    pub fn options(&self) -> anyhow::Result<backend::BackendOptions> {
         if !(self.slowdown.is_finite() && self.slowdown > 0.0) {
             bail!(
                 "--slowdown must be a positive number, got {}",
                 self.slowdown
             );
         }
-        backend::build(self.backend, self.slowdown)
+        Ok(backend::BackendOptions {
+            slowdown: self.slowdown,
+            adapter: self.adapter.clone(),
+            gpu: backend::gpu::GpuConfig {
+                max_invocations_per_dispatch: self.dispatch_invocations,
+                slots: usize::from(self.gpu_slots),
+                ..Default::default()
+            },
+        })
+    }
+
+    pub fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
+        backend::build(self.backend, &self.options()?)
     }
 }
 

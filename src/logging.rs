@@ -12,7 +12,11 @@ static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
+        // Our own lines at the chosen level; libraries' (wgpu, naga) only from -vv, since
+        // they report probing failures (an absent EGL, say) that are not errors for us.
+        let ours = metadata.target().starts_with("conquer");
         metadata.level() <= log::max_level()
+            && (ours || log::max_level() >= log::LevelFilter::Debug)
     }
 
     fn log(&self, record: &log::Record) {

@@ -34,8 +34,11 @@ pub struct Report {
     pub longest_ms: u32,
     /// From batch start at the sink to the last result.
     pub elapsed_ms: f64,
-    /// max(expected / workers, longest): no schedule does better.
+    /// max(total / workers, longest): no schedule does better. Totals are the nominal
+    /// workloads when every worker sleeps, else the measured task times.
     pub ideal_ms: f64,
+    /// `workload` or `measured`: what `ideal_ms` was computed from.
+    pub ideal_basis: String,
     /// ideal / elapsed.
     pub efficiency: f64,
     /// Tasks per second over the batch.
@@ -80,10 +83,11 @@ impl Report {
             "efficiency n/a (no work)".to_owned()
         };
         s += &format!(
-            "{} tasks, {} ms expected, ideal {:.0} ms on {} workers, {efficiency}, {:.0} tasks/s\n",
+            "{} tasks, {} ms expected, ideal {:.0} ms ({}) on {} workers, {efficiency}, {:.0} tasks/s\n",
             self.tasks,
             self.expected_ms,
             self.ideal_ms,
+            self.ideal_basis,
             self.workers.len(),
             self.tasks_per_s
         );
@@ -243,6 +247,7 @@ mod tests {
             longest_ms: 100,
             elapsed_ms: 1300.0,
             ideal_ms: 1262.5,
+            ideal_basis: "workload".into(),
             efficiency: 0.971,
             tasks_per_s: 76.9,
             duplicates: 0,

@@ -105,6 +105,10 @@ impl Sink {
         let mut duplicates = 0u64;
         let mut rejected = 0u64;
         let mut mismatches = 0u64;
+        // Measured task times, the basis of the ideal when tasks are computed rather than
+        // slept (their nominal milliseconds then say little about how long they take).
+        let mut measured_total_us = 0u64;
+        let mut measured_longest_us = 0u32;
         let mut ventilator_counts = (0u64, 0u64); // (redispatched, rejected)
         let mut final_counts = false;
         let mut reject_log = RateLimited::new(5, Duration::from_secs(1));
@@ -233,6 +237,8 @@ impl Sink {
                             newly_held.push(r.id);
                             tally.tasks += 1;
                             tally.busy_us += u64::from(r.wall_us);
+                            measured_total_us += u64::from(r.wall_us);
+                            measured_longest_us = measured_longest_us.max(r.wall_us);
                             tally.kernel_us += u64::from(r.kernel_us);
                             if r.status == Status::Mismatch {
                                 mismatches += 1;
@@ -296,7 +302,19 @@ impl Sink {
                 adapter: t.adapter,
             })
             .collect();
-        let ideal = ideal_ms(b.expected_ms, b.longest_ms, worker_reports.len());
+        let slept = worker_reports.iter().all(|w| w.backend == "sleep");
+        let (ideal, ideal_basis) = if slept {
+            (
+                ideal_ms(b.expected_ms, b.longest_ms, worker_reports.len()),
+                "workload",
+            )
+        } else {
+            let share = measured_total_us as f64 / 1000.0 / worker_reports.len().max(1) as f64;
+            (
+                share.max(f64::from(measured_longest_us) / 1000.0),
+                "measured",
+            )
+        };
         Ok(Report {
             batch: format!("{:016x}", b.id),
             tasks: b.task_count as u64,
@@ -304,6 +322,7 @@ impl Sink {
             longest_ms: b.longest_ms,
             elapsed_ms,
             ideal_ms: ideal,
+            ideal_basis: ideal_basis.to_owned(),
             efficiency: if elapsed_ms > 0.0 {
                 ideal / elapsed_ms
             } else {

@@ -17,7 +17,7 @@ use crate::ventilator::Heartbeat;
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Everything a worker needs.
@@ -108,15 +108,27 @@ pub fn run(
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>();
     let (outcome_tx, outcome_rx) = mpsc::channel::<Outcomes>();
     let stop = Arc::new(AtomicBool::new(false));
+    let failure = Arc::new(Mutex::new(None));
     let executor = {
         let ctx = ctx.clone();
         let stop = stop.clone();
+        let failure = failure.clone();
         let thread_name = std::thread::current()
             .name()
             .map_or_else(|| "executor".to_owned(), |n| format!("{n}-exec"));
         std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || execute(&ctx, &wake_endpoint, backend, chunk_rx, outcome_tx, &stop))
+            .spawn(move || {
+                execute(
+                    &ctx,
+                    &wake_endpoint,
+                    backend,
+                    chunk_rx,
+                    outcome_tx,
+                    &stop,
+                    &failure,
+                )
+            })
             .context("starting the executor thread")?
     };
 
@@ -140,7 +152,7 @@ pub fn run(
         reject_log: RateLimited::new(5, Duration::from_secs(1)),
         in_flight: 0,
     };
-    let outcome = io.serve(&config, &wake, &chunk_tx, &outcome_rx, shutdown);
+    let outcome = io.serve(&config, &wake, &chunk_tx, &outcome_rx, &failure, shutdown);
     // Leaving: stop the executor after its current task and tell the ventilator, so the
     // tasks this worker held go to others at once.
     stop.store(true, Ordering::SeqCst);
@@ -169,6 +181,7 @@ impl Io {
         wake: &zmq::Socket,
         chunk_tx: &mpsc::Sender<Chunk>,
         outcome_rx: &mpsc::Receiver<Outcomes>,
+        failure: &Mutex<Option<String>>,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         let hello = Message::Hello(self.info.clone()).encode();
@@ -207,6 +220,9 @@ impl Io {
             if wake_ready {
                 while wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
                 self.forward(outcome_rx)?;
+                if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
+                    bail!("{reason}; this worker leaves so its tasks go to other workers");
+                }
             }
             if !tasks_ready {
                 continue;
@@ -313,9 +329,10 @@ const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// Most outcomes gathered before they are sent regardless.
 const FLUSH_COUNT: usize = 1024;
 
-/// The executor thread: runs chunks on the backend and hands outcomes back in groups, as
-/// soon as a task took noticeable time or nothing else is queued, so that credit returns
-/// promptly for long tasks and zero-work tasks travel in bulk.
+/// The executor thread: feeds queued tasks to the backend and hands outcomes back in
+/// groups, as soon as a task took noticeable time or nothing else is queued, so that credit
+/// returns promptly for long tasks and zero-work tasks travel in bulk. If the backend
+/// becomes unusable it records why and stops; the I/O thread then leaves.
 fn execute(
     ctx: &zmq::Context,
     wake_endpoint: &str,
@@ -323,6 +340,7 @@ fn execute(
     chunks: mpsc::Receiver<Chunk>,
     outcome_tx: mpsc::Sender<Outcomes>,
     stop: &AtomicBool,
+    failure: &Mutex<Option<String>>,
 ) {
     let wake = match ctx
         .socket(zmq::PAIR)
@@ -334,41 +352,68 @@ fn execute(
             return;
         }
     };
-    let step = usize::from(backend.window_hint()).max(1);
     let mut buffer: Outcomes = Vec::new();
     let mut last_flush = Instant::now();
     let flush = |buffer: &mut Outcomes, last_flush: &mut Instant| {
-        if buffer.is_empty() {
-            return;
-        }
-        if outcome_tx.send(std::mem::take(buffer)).is_ok() {
+        if !buffer.is_empty() && outcome_tx.send(std::mem::take(buffer)).is_ok() {
             // A wake already queued is as good as a new one.
             let _ = wake.send(&b""[..], zmq::DONTWAIT);
         }
         *last_flush = Instant::now();
     };
-    let mut queue = std::collections::VecDeque::new();
-    while let Ok(first) = chunks.recv() {
-        queue.push_back(first);
-        while let Some(chunk) = queue.pop_front() {
-            for slice in chunk.tasks.chunks(step) {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                backend.run(&chunk.job, slice, &mut |outcome| {
-                    buffer.push((chunk.batch, outcome));
-                    if outcome.wall_us >= 200
-                        || buffer.len() >= FLUSH_COUNT
-                        || last_flush.elapsed() >= FLUSH_AFTER
-                    {
-                        flush(&mut buffer, &mut last_flush);
-                    }
-                });
+    let mut stash: Option<Chunk> = None;
+    loop {
+        let chunk = match stash.take() {
+            Some(chunk) => chunk,
+            None => match chunks.recv() {
+                Ok(chunk) => chunk,
+                Err(_) => return,
+            },
+        };
+        let (batch, job) = (chunk.batch, chunk.job);
+        let mut current = chunk.tasks.into_iter();
+        // Tasks of the same batch and job keep flowing into one `run`, so a pipelined
+        // backend never drains between messages from the ventilator.
+        let mut next = || -> Option<Task> {
+            if stop.load(Ordering::SeqCst) {
+                return None;
             }
-            queue.extend(chunks.try_iter());
-            if queue.is_empty() {
+            loop {
+                if let Some(task) = current.next() {
+                    return Some(task);
+                }
+                match chunks.try_recv() {
+                    Ok(more) if more.batch == batch && more.job == job => {
+                        current = more.tasks.into_iter()
+                    }
+                    Ok(other) => {
+                        stash = Some(other);
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        backend.run(&job, &mut next, &mut |outcome| {
+            buffer.push((batch, outcome));
+            if outcome.wall_us >= 200
+                || buffer.len() >= FLUSH_COUNT
+                || last_flush.elapsed() >= FLUSH_AFTER
+            {
                 flush(&mut buffer, &mut last_flush);
             }
+        });
+        flush(&mut buffer, &mut last_flush);
+        if let Err(reason) = backend.healthy() {
+            log::error!("{reason}");
+            if let Ok(mut failure) = failure.lock() {
+                *failure = Some(reason);
+            }
+            let _ = wake.send(&b""[..], zmq::DONTWAIT);
+            return;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
         }
     }
 }

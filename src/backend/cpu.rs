@@ -26,8 +26,13 @@ impl Backend for Cpu {
         "cpu"
     }
 
-    fn run(&mut self, job: &Job, tasks: &[Task], done: &mut dyn FnMut(Outcome)) {
-        for &task in tasks {
+    fn run(
+        &mut self,
+        job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        while let Some(task) = next() {
             let start = Instant::now();
             let (status, checksum) = match reference(job, task) {
                 Some(sum) => (Status::Ok, sum),

@@ -5,6 +5,7 @@
 //! built once per worker (a GPU context is expensive) and then reused for every task.
 
 pub mod cpu;
+pub mod gpu;
 pub mod sleep;
 
 use crate::batch::{Job, Task};
@@ -50,9 +51,20 @@ pub trait Backend: Send {
     fn window_hint(&self) -> u16 {
         1
     }
-    /// Runs `tasks`, calling `done` with each outcome as soon as it is known, in any order.
-    /// Must call `done` exactly once per task, whatever fails.
-    fn run(&mut self, job: &Job, tasks: &[Task], done: &mut dyn FnMut(Outcome));
+    /// Runs tasks taken from `next` until it returns `None`, calling `done` with each
+    /// outcome as soon as it is known. A pipelined backend takes a new task whenever it has
+    /// room, so its device never waits for the worker. Must call `done` exactly once for
+    /// every task it took, whatever fails.
+    fn run(
+        &mut self,
+        job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    );
+    /// `Err` with the reason once the backend can run nothing more (a lost GPU device).
+    fn healthy(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Microseconds in a duration, saturated to u32 (71 minutes).
@@ -60,23 +72,187 @@ pub fn micros(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
-/// Builds the backend a worker asked for. `auto` never fails: without a hardware adapter it
-/// falls back to `sleep` and says so.
-pub fn build(kind: BackendKind, slowdown: f64) -> anyhow::Result<Box<dyn Backend>> {
+/// Options for building a backend.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// Sleep only: multiplies workloads.
+    pub slowdown: f64,
+    /// GPU/software: which adapter, by index from `conquer info` or part of its name.
+    pub adapter: Option<String>,
+    pub gpu: gpu::GpuConfig,
+}
+
+/// Builds the backend a worker asked for. `auto` never fails: without a usable hardware
+/// adapter it falls back to `sleep` and says why. `gpu` and `software` fail with the list
+/// of adapters found when none fits.
+pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
+    let sleep = || Box::new(sleep::Sleep::new(options.slowdown)) as Box<dyn Backend>;
     match kind {
-        BackendKind::Sleep => Ok(Box::new(sleep::Sleep::new(slowdown))),
+        BackendKind::Sleep => Ok(sleep()),
         BackendKind::Cpu => Ok(Box::new(cpu::Cpu)),
         BackendKind::Auto => {
-            log::warn!("backend auto: no GPU backend in this build; using sleep");
-            Ok(Box::new(sleep::Sleep::new(slowdown)))
+            let adapters = gpu::adapters();
+            match gpu::choose(
+                &adapters,
+                gpu::AdapterClass::Hardware,
+                options.adapter.as_deref(),
+            ) {
+                Ok(Some(index)) => match gpu::Gpu::new(&adapters[index], options.gpu) {
+                    Ok(g) => {
+                        log::info!("backend auto: using the GPU {}", g.adapter());
+                        Ok(Box::new(Verifier::new(Box::new(g))))
+                    }
+                    Err(e) => {
+                        log::warn!("backend auto: the GPU is not usable ({e:#}); using sleep");
+                        Ok(sleep())
+                    }
+                },
+                Ok(None) => {
+                    log::info!(
+                        "backend auto: no hardware GPU adapter among {} found; using sleep",
+                        adapters.len()
+                    );
+                    Ok(sleep())
+                }
+                Err(e) => Err(e),
+            }
         }
         BackendKind::Gpu | BackendKind::Software => {
-            anyhow::bail!("the {kind:?} backend is not available in this build")
+            let class = if kind == BackendKind::Gpu {
+                gpu::AdapterClass::Hardware
+            } else {
+                gpu::AdapterClass::Software
+            };
+            let adapters = gpu::adapters();
+            let Some(index) = gpu::choose(&adapters, class, options.adapter.as_deref())? else {
+                let found = if adapters.is_empty() {
+                    "none".to_owned()
+                } else {
+                    adapters
+                        .iter()
+                        .map(|a| gpu::describe(&a.get_info()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                anyhow::bail!(
+                    "--backend {}: no {} adapter found (adapters found: {found}). {}",
+                    if kind == BackendKind::Gpu {
+                        "gpu"
+                    } else {
+                        "software"
+                    },
+                    if kind == BackendKind::Gpu {
+                        "hardware GPU"
+                    } else {
+                        "CPU (software)"
+                    },
+                    if kind == BackendKind::Gpu {
+                        "Use --backend software or sleep, or check the GPU driver (`conquer info`)"
+                    } else {
+                        "Install Mesa's software Vulkan driver (Debian: mesa-vulkan-drivers) and check WGPU_BACKEND"
+                    }
+                );
+            };
+            let g = gpu::Gpu::new(&adapters[index], options.gpu)?;
+            log::info!("backend {}: {}", g.kind(), g.adapter());
+            Ok(Box::new(Verifier::new(Box::new(g))))
         }
     }
 }
 
-/// Writes what adapters this machine offers.
+/// Checks outcomes against the CPU reference when the job asks for it (`--verify`): a
+/// result that differs becomes a `mismatch`. Wraps the compute backends.
+pub struct Verifier {
+    inner: Box<dyn Backend>,
+}
+
+impl Verifier {
+    pub fn new(inner: Box<dyn Backend>) -> Self {
+        Verifier { inner }
+    }
+}
+
+impl Backend for Verifier {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn adapter(&self) -> String {
+        self.inner.adapter()
+    }
+    fn window_hint(&self) -> u16 {
+        self.inner.window_hint()
+    }
+    fn healthy(&self) -> Result<(), String> {
+        self.inner.healthy()
+    }
+    fn run(
+        &mut self,
+        job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        self.inner.run(job, next, &mut |mut outcome| {
+            if job.verify && outcome.status == Status::Ok {
+                let expected = cpu::reference(job, outcome.task);
+                if expected != Some(outcome.checksum) {
+                    log::error!(
+                        "task {}: checksum {:016x} differs from the CPU reference {}",
+                        outcome.task.id,
+                        outcome.checksum,
+                        expected.map_or("(none)".to_owned(), |e| format!("{e:016x}"))
+                    );
+                    outcome.status = Status::Mismatch;
+                }
+            }
+            done(outcome)
+        })
+    }
+}
+
+/// Writes every adapter this machine offers, and which one `auto` would take.
 pub fn describe_adapters(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    writeln!(out, "adapters: none listed by this build")
+    let adapters = gpu::adapters();
+    if adapters.is_empty() {
+        writeln!(
+            out,
+            "adapters: none (WGPU_BACKEND={})",
+            std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "unset".into())
+        )?;
+    }
+    for (i, adapter) in adapters.iter().enumerate() {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let class = match gpu::AdapterClass::of(info.device_type) {
+            Some(gpu::AdapterClass::Hardware) => "gpu",
+            Some(gpu::AdapterClass::Software) => "software",
+            None => "-",
+        };
+        writeln!(out, "adapter {i}: {}", info.name)?;
+        writeln!(
+            out,
+            "  type {:?}, backend {:?}, conquer backend {class}",
+            info.device_type, info.backend
+        )?;
+        writeln!(out, "  driver {} {}", info.driver, info.driver_info)?;
+        writeln!(
+            out,
+            "  limits: {} workgroups per dimension, {} invocations per workgroup, {} MiB storage binding",
+            limits.max_compute_workgroups_per_dimension,
+            limits.max_compute_invocations_per_workgroup,
+            limits.max_storage_buffer_binding_size / (1 << 20)
+        )?;
+        writeln!(
+            out,
+            "  timestamp queries: {}",
+            if adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+                "yes"
+            } else {
+                "no"
+            }
+        )?;
+    }
+    match gpu::choose(&adapters, gpu::AdapterClass::Hardware, None) {
+        Ok(Some(i)) => writeln!(out, "auto: adapter {i} (gpu)"),
+        _ => writeln!(out, "auto: sleep (no hardware GPU adapter)"),
+    }
 }

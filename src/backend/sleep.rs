@@ -22,8 +22,13 @@ impl Backend for Sleep {
         "sleep"
     }
 
-    fn run(&mut self, _job: &Job, tasks: &[Task], done: &mut dyn FnMut(Outcome)) {
-        for &task in tasks {
+    fn run(
+        &mut self,
+        _job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        while let Some(task) = next() {
             let start = Instant::now();
             if task.workload_ms > 0 {
                 let ms = f64::from(task.workload_ms) * self.slowdown;
@@ -73,10 +78,16 @@ mod tests {
             },
         ];
         let mut outcomes = Vec::new();
-        backend.run(&Job::default(), &tasks, &mut |o| outcomes.push(o));
+        let mut queue = tasks.into_iter();
+        backend.run(&Job::default(), &mut || queue.next(), &mut |o| {
+            outcomes.push(o)
+        });
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes[0].wall_us >= 3000, "{outcomes:?}");
-        assert!(outcomes[1].wall_us < 1000, "zero work does not sleep: {outcomes:?}");
+        assert!(
+            outcomes[1].wall_us < 1000,
+            "zero work does not sleep: {outcomes:?}"
+        );
         assert!(outcomes.iter().all(|o| o.status == Status::Ok));
     }
 
@@ -84,14 +95,13 @@ mod tests {
     fn slowdown_scales_the_sleep() {
         let mut backend = Sleep::new(3.0);
         let mut wall = 0;
-        backend.run(
-            &Job::default(),
-            &[Task {
-                id: 0,
-                workload_ms: 2,
-            }],
-            &mut |o| wall = o.wall_us,
-        );
+        let mut queue = std::iter::once(Task {
+            id: 0,
+            workload_ms: 2,
+        });
+        backend.run(&Job::default(), &mut || queue.next(), &mut |o| {
+            wall = o.wall_us
+        });
         assert!(wall >= 6000, "{wall}");
     }
 }

@@ -22,9 +22,15 @@ pub struct Proc {
 impl Proc {
     /// Starts `conquer -v ARGS...`.
     pub fn start(name: &str, args: &[&str]) -> Proc {
+        Self::start_with_env(name, args, &[])
+    }
+
+    /// Starts `conquer -v ARGS...` with extra environment variables.
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_conquer"))
             .arg("-v")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

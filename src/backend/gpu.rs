@@ -1,0 +1,737 @@
+//! The `gpu` and `software` backends: each task's kernel as a WGSL compute shader through
+//! wgpu. Both are this one code path; they differ only in which adapter they accept
+//! (hardware GPUs for `gpu`, CPU implementations such as lavapipe or llvmpipe for
+//! `software`), so the shader that runs in production is the shader CI tests.
+//!
+//! The context (device, queue, pipeline, buffers, bind groups) is built once per worker and
+//! reused: no allocation per task. A warm-up task, checked against the CPU reference, keeps
+//! shader compilation out of task timings and proves the adapter computes correctly. Several
+//! tasks are in flight at once (one "slot" each) so encoding, execution and read-back
+//! overlap. Big tasks are split into dispatches of bounded size. Errors never panic: wgpu's
+//! error handler is replaced, and a failing task is reported as failed for the ventilator
+//! to hand on. This module never touches a socket.
+
+use super::{micros, Backend, Outcome};
+use crate::batch::{Job, Task};
+use crate::kernels::{spin, Kernel};
+use crate::protocol::Status;
+use anyhow::{anyhow, bail, Context};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The spin kernel's WGSL source, compiled into the binary.
+pub const SPIN_WGSL: &str = include_str!("../../shaders/spin.wgsl");
+
+/// Bytes of one dispatch's parameters (`Params` in the shader).
+const PARAMS_BYTES: u64 = 16;
+/// Dispatches recorded per submission; a task needing more is submitted in several rounds.
+const DISPATCHES_PER_SUBMIT: usize = 256;
+/// Longest single wait on the device; the GL backend caps waits near 2 s, so we loop.
+const POLL_SLICE: Duration = Duration::from_secs(1);
+
+/// Which adapters a backend accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterClass {
+    /// Discrete, integrated or virtual GPUs.
+    Hardware,
+    /// CPU implementations of the GPU API (llvmpipe, lavapipe, WARP, SwiftShader).
+    Software,
+}
+
+impl AdapterClass {
+    pub fn of(device_type: wgpu::DeviceType) -> Option<AdapterClass> {
+        match device_type {
+            wgpu::DeviceType::DiscreteGpu
+            | wgpu::DeviceType::IntegratedGpu
+            | wgpu::DeviceType::VirtualGpu => Some(AdapterClass::Hardware),
+            wgpu::DeviceType::Cpu => Some(AdapterClass::Software),
+            wgpu::DeviceType::Other => None,
+        }
+    }
+
+    fn backend_name(self) -> &'static str {
+        match self {
+            AdapterClass::Hardware => "gpu",
+            AdapterClass::Software => "software",
+        }
+    }
+}
+
+/// Tuning of the GPU context.
+#[derive(Debug, Clone, Copy)]
+pub struct GpuConfig {
+    /// Most invocations in one dispatch: bounds a dispatch's duration (GPU watchdogs) and
+    /// keeps the workgroup count far below the 65,535-per-dimension limit.
+    pub max_invocations_per_dispatch: u32,
+    /// Tasks in flight at once.
+    pub slots: usize,
+    /// Longest a task may take before it is failed and handed to another worker.
+    pub task_timeout: Duration,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            max_invocations_per_dispatch: 1 << 20,
+            slots: 4,
+            task_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Every adapter this machine offers, in a stable order (the indices `--adapter` takes).
+/// `WGPU_BACKEND` (e.g. `vulkan`, `gl`, or `metal` on Linux to hide every adapter) chooses
+/// the APIs searched; by default the primary APIs (Vulkan, Metal, DX12) are searched and
+/// OpenGL only if they find nothing, since GL adapters mostly duplicate Vulkan ones.
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    let from_env = wgpu::Backends::from_env();
+    let search = |backends: wgpu::Backends| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        pollster::block_on(instance.enumerate_adapters(backends))
+    };
+    match from_env {
+        Some(backends) => search(backends),
+        None => {
+            let primary = search(wgpu::Backends::PRIMARY);
+            if primary.is_empty() {
+                search(wgpu::Backends::GL)
+            } else {
+                primary
+            }
+        }
+    }
+}
+
+/// Preference among adapters of a class: discrete > integrated > virtual, then by API.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan => 0,
+        wgpu::Backend::Metal => 1,
+        wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::Gl => 3,
+        _ => 4,
+    };
+    (kind, api)
+}
+
+/// One line describing an adapter: name, type, API, driver.
+pub fn describe(info: &wgpu::AdapterInfo) -> String {
+    let driver = [info.driver.as_str(), info.driver_info.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{} ({:?}, {:?}{})",
+        info.name,
+        info.device_type,
+        info.backend,
+        if driver.is_empty() {
+            String::new()
+        } else {
+            format!(", {driver}")
+        }
+    )
+}
+
+/// Chooses an adapter of `class`: the one `pick` names (an index from `conquer info`, or
+/// part of a name), else the best ranked. `None` when there is none of that class.
+pub fn choose(
+    adapters: &[wgpu::Adapter],
+    class: AdapterClass,
+    pick: Option<&str>,
+) -> anyhow::Result<Option<usize>> {
+    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+    if let Some(pick) = pick {
+        let index = match pick.parse::<usize>() {
+            Ok(i) if i < infos.len() => i,
+            Ok(i) => bail!(
+                "--adapter {i}: there are {} adapters (see `conquer info`)",
+                infos.len()
+            ),
+            Err(_) => {
+                let needle = pick.to_lowercase();
+                infos
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, info)| info.name.to_lowercase().contains(&needle))
+                    .filter(|(_, info)| AdapterClass::of(info.device_type) == Some(class))
+                    .min_by_key(|(_, info)| rank(info))
+                    .map(|(i, _)| i)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "--adapter {pick:?} matches no {} adapter (see `conquer info`)",
+                            class.backend_name()
+                        )
+                    })?
+            }
+        };
+        if AdapterClass::of(infos[index].device_type) != Some(class) {
+            bail!(
+                "--adapter {pick}: {} is not a {} adapter; use --backend {}",
+                describe(&infos[index]),
+                class.backend_name(),
+                match AdapterClass::of(infos[index].device_type) {
+                    Some(AdapterClass::Hardware) => "gpu",
+                    _ => "software",
+                }
+            );
+        }
+        return Ok(Some(index));
+    }
+    Ok(infos
+        .iter()
+        .enumerate()
+        .filter(|(_, info)| AdapterClass::of(info.device_type) == Some(class))
+        .min_by_key(|(i, info)| (rank(info), *i))
+        .map(|(i, _)| i))
+}
+
+/// The buffers and bindings of one task in flight.
+struct Slot {
+    params: wgpu::Buffer,
+    result: wgpu::Buffer,
+    resolve: Option<wgpu::Buffer>,
+    readback: wgpu::Buffer,
+    queries: Option<wgpu::QuerySet>,
+    bind_group: wgpu::BindGroup,
+}
+
+/// A task submitted to a slot.
+struct InFlight {
+    slot: usize,
+    task: Task,
+    submitted: Instant,
+    index: Option<wgpu::SubmissionIndex>,
+    /// 0 waiting, 1 mapped, 2 mapping failed: set by the map callback.
+    mapped: Arc<AtomicU8>,
+    /// Set when the task failed before or during submission.
+    failure: Option<String>,
+}
+
+/// A GPU context for one worker.
+pub struct Gpu {
+    class: AdapterClass,
+    adapter_name: String,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pipeline: wgpu::ComputePipeline,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Byte distance between dispatch parameters (the uniform offset alignment).
+    params_stride: u64,
+    max_invocations_per_dispatch: u32,
+    /// Nanoseconds per timestamp tick, when timestamps are supported.
+    timestamp_period_ns: Option<f64>,
+    task_timeout: Duration,
+    /// Errors wgpu reports outside any scope; taken after each task.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it was.
+    lost: Arc<Mutex<Option<String>>>,
+    last_completion: Instant,
+}
+
+impl Gpu {
+    /// Builds the context on `adapter` and runs the warm-up self-test.
+    pub fn new(adapter: &wgpu::Adapter, config: GpuConfig) -> anyhow::Result<Gpu> {
+        let info = adapter.get_info();
+        let class = AdapterClass::of(info.device_type)
+            .ok_or_else(|| anyhow!("{} is neither a GPU nor a CPU adapter", describe(&info)))?;
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("conquer"),
+            required_features: if timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            },
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| format!("cannot open a device on {}", describe(&info)))?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        {
+            let errors = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut errors) = errors.lock() {
+                    errors.push(e.to_string());
+                }
+            }));
+        }
+        let lost = Arc::new(Mutex::new(None));
+        {
+            let lost = lost.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut lost) = lost.lock() {
+                    *lost = Some(format!("{reason:?}: {message}"));
+                }
+            });
+        }
+
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("spin.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(SPIN_WGSL.into()),
+        });
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("spin"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
+                    },
+                    count: None,
+                },
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: false },
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(8),
+                    },
+                    count: None,
+                },
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("spin"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("spin"),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+
+        let params_stride = u64::from(limits.min_uniform_buffer_offset_alignment).max(PARAMS_BYTES);
+        let max_workgroups = limits.max_compute_workgroups_per_dimension.min(65_535);
+        let max_invocations_per_dispatch = config
+            .max_invocations_per_dispatch
+            .clamp(spin::WORKGROUP_SIZE, max_workgroups * spin::WORKGROUP_SIZE);
+        let slots = (0..config.slots.max(1))
+            .map(|i| make_slot(&device, &layout, params_stride, timestamps, i))
+            .collect::<Vec<_>>();
+        let timestamp_period_ns = timestamps.then(|| f64::from(queue.get_timestamp_period()));
+        let mut gpu = Gpu {
+            class,
+            adapter_name: format!("{} ({:?})", info.name, info.backend),
+            device,
+            queue,
+            pipeline,
+            free: (0..slots.len()).rev().collect(),
+            slots,
+            params_stride,
+            max_invocations_per_dispatch,
+            timestamp_period_ns,
+            task_timeout: config.task_timeout,
+            errors,
+            lost,
+            last_completion: Instant::now(),
+        };
+        gpu.self_test()
+            .with_context(|| format!("warm-up on {} failed", describe(&info)))?;
+        Ok(gpu)
+    }
+
+    /// Runs a small task that covers a partial workgroup and several dispatches, and checks
+    /// it against the CPU reference. Also compiles the pipeline before any timed task.
+    fn self_test(&mut self) -> anyhow::Result<()> {
+        let job = Job {
+            kernel: Kernel::Spin.id(),
+            units_per_ms: 3 * spin::WORKGROUP_SIZE + 5,
+            verify: false,
+        };
+        let task = Task {
+            id: 7,
+            workload_ms: 1,
+        };
+        let saved = self.max_invocations_per_dispatch;
+        self.max_invocations_per_dispatch = spin::WORKGROUP_SIZE;
+        let mut outcome = None;
+        let mut tasks = std::iter::once(task);
+        self.run(&job, &mut || tasks.next(), &mut |o| outcome = Some(o));
+        self.max_invocations_per_dispatch = saved;
+        let outcome = outcome.ok_or_else(|| anyhow!("no outcome"))?;
+        if outcome.status != Status::Ok {
+            bail!("the warm-up task failed");
+        }
+        let expected = spin::reference(task.id, job.units_per_ms);
+        if outcome.checksum != expected {
+            bail!(
+                "the adapter computed checksum {:016x}, the CPU reference {expected:016x}",
+                outcome.checksum
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether timestamp queries time the kernels.
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamp_period_ns.is_some()
+    }
+
+    fn take_errors(&self) -> Option<String> {
+        let mut errors = self.errors.lock().ok()?;
+        if errors.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut *errors).join("; "))
+        }
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Encodes and submits `task` on a free slot.
+    fn submit(&mut self, slot: usize, job: &Job, task: Task) -> InFlight {
+        let mut flight = InFlight {
+            slot,
+            task,
+            submitted: Instant::now(),
+            index: None,
+            mapped: Arc::new(AtomicU8::new(0)),
+            failure: None,
+        };
+        let invocations = match Kernel::from_id(job.kernel) {
+            Some(Kernel::Spin) => spin::invocations(task.workload_ms, job.units_per_ms),
+            None => None,
+        };
+        let Some(invocations) = invocations else {
+            flight.failure = Some(format!(
+                "kernel {} with {} units/ms x {} ms is not runnable here",
+                job.kernel, job.units_per_ms, task.workload_ms
+            ));
+            return flight;
+        };
+        if let Some(reason) = self.lost_reason() {
+            flight.failure = Some(format!("device lost: {reason}"));
+            return flight;
+        }
+        let per = self.max_invocations_per_dispatch;
+        let dispatches: Vec<(u32, u32)> = (0..invocations.div_ceil(per))
+            .map(|d| {
+                let start = d * per;
+                (start, per.min(invocations - start))
+            })
+            .collect();
+        let rounds: Vec<&[(u32, u32)]> = if dispatches.is_empty() {
+            vec![&[]] // zero work still makes one (empty) pass: overhead is measured too
+        } else {
+            dispatches.chunks(DISPATCHES_PER_SUBMIT).collect()
+        };
+        let s = &self.slots[slot];
+        let last_round = rounds.len() - 1;
+        let mut index = None;
+        for (round, chunk) in rounds.iter().enumerate() {
+            if !chunk.is_empty() {
+                let mut params = vec![0u8; chunk.len() * self.params_stride as usize];
+                for (i, &(start, count)) in chunk.iter().enumerate() {
+                    let at = i * self.params_stride as usize;
+                    let words = [task.id, start, count, 0];
+                    params[at..at + 16].copy_from_slice(bytemuck::cast_slice(&words));
+                }
+                self.queue.write_buffer(&s.params, 0, &params);
+            }
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("task"),
+                });
+            if round == 0 {
+                encoder.clear_buffer(&s.result, 0, None);
+            }
+            {
+                let timestamp_writes =
+                    s.queries
+                        .as_ref()
+                        .map(|q| wgpu::ComputePassTimestampWrites {
+                            query_set: q,
+                            beginning_of_pass_write_index: (round == 0).then_some(0),
+                            end_of_pass_write_index: (round == last_round).then_some(1),
+                        });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("spin"),
+                    timestamp_writes,
+                });
+                pass.set_pipeline(&self.pipeline);
+                for (i, &(_, count)) in chunk.iter().enumerate() {
+                    let offset = (i as u64 * self.params_stride) as u32;
+                    pass.set_bind_group(0, &s.bind_group, &[offset]);
+                    pass.dispatch_workgroups(count.div_ceil(spin::WORKGROUP_SIZE), 1, 1);
+                }
+            }
+            if round == last_round {
+                encoder.copy_buffer_to_buffer(&s.result, 0, &s.readback, 0, 8);
+                if let (Some(q), Some(resolve)) = (&s.queries, &s.resolve) {
+                    encoder.resolve_query_set(q, 0..2, resolve, 0);
+                    encoder.copy_buffer_to_buffer(resolve, 0, &s.readback, 8, 16);
+                }
+            }
+            index = Some(self.queue.submit(Some(encoder.finish())));
+        }
+        let mapped = flight.mapped.clone();
+        s.readback.map_async(wgpu::MapMode::Read, .., move |r| {
+            mapped.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+        });
+        flight.index = index;
+        flight
+    }
+
+    /// Waits for a submitted task and reads its result.
+    fn complete(&mut self, flight: InFlight) -> Outcome {
+        let failed = |gpu: &mut Gpu, why: String| {
+            log::error!(
+                "task {} failed on {}: {why}",
+                flight.task.id,
+                gpu.adapter_name
+            );
+            gpu.last_completion = Instant::now();
+            Outcome {
+                task: flight.task,
+                status: Status::Failed,
+                wall_us: micros(flight.submitted.elapsed()),
+                kernel_us: 0,
+                checksum: 0,
+            }
+        };
+        if let Some(why) = flight.failure.clone() {
+            self.free.push(flight.slot);
+            return failed(self, why);
+        }
+        let deadline = flight.submitted + self.task_timeout;
+        let outcome = loop {
+            match flight.mapped.load(Ordering::SeqCst) {
+                1 => break Ok(()),
+                2 => break Err("mapping the result failed".to_owned()),
+                _ => {}
+            }
+            if let Some(reason) = self.lost_reason() {
+                break Err(format!("device lost: {reason}"));
+            }
+            if Instant::now() >= deadline {
+                break Err(format!(
+                    "no result after {:.0} s",
+                    self.task_timeout.as_secs_f64()
+                ));
+            }
+            let wait = wgpu::PollType::Wait {
+                submission_index: flight.index.clone(),
+                timeout: Some(POLL_SLICE),
+            };
+            match self.device.poll(wait) {
+                Ok(_) | Err(wgpu::PollError::Timeout) => {}
+                Err(e) => break Err(format!("waiting for the device: {e}")),
+            }
+        };
+        let slot = &self.slots[flight.slot];
+        let read = outcome.and_then(|()| {
+            let bytes = slot
+                .readback
+                .get_mapped_range(..)
+                .map_err(|e| format!("reading the result: {e}"))?
+                .to_vec();
+            Ok(bytes)
+        });
+        if flight.mapped.load(Ordering::SeqCst) == 1 {
+            slot.readback.unmap();
+        }
+        // The slot is reusable only once nothing of it is pending; a timed-out task's slot
+        // is retired rather than risk reading its late result into another task.
+        let completed = flight.mapped.load(Ordering::SeqCst) != 0;
+        if completed {
+            self.free.push(flight.slot);
+        }
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(why) => return failed(self, why),
+        };
+        if let Some(errors) = self.take_errors() {
+            return failed(self, errors);
+        }
+        let words: &[u32] = bytemuck::cast_slice(&bytes[..8]);
+        let checksum = spin::checksum((words[0], words[1]));
+        let kernel_us = match self.timestamp_period_ns {
+            Some(period) => {
+                let ticks: &[u64] = bytemuck::cast_slice(&bytes[8..24]);
+                let ns = ticks[1].saturating_sub(ticks[0]) as f64 * period;
+                (ns / 1000.0).round().min(f64::from(u32::MAX)) as u32
+            }
+            None => 0,
+        };
+        // Time this task had the device to itself: from when it was submitted or the task
+        // before it finished, whichever is later, so in-flight tasks' times add up.
+        let now = Instant::now();
+        let start = flight.submitted.max(self.last_completion);
+        self.last_completion = now;
+        Outcome {
+            task: flight.task,
+            status: Status::Ok,
+            wall_us: micros(now.duration_since(start)),
+            kernel_us,
+            checksum,
+        }
+    }
+}
+
+fn make_slot(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    params_stride: u64,
+    timestamps: bool,
+    index: usize,
+) -> Slot {
+    let label = format!("slot {index}");
+    let params = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: params_stride * DISPATCHES_PER_SUBMIT as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let result = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: 8,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let readback = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: 24,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let (queries, resolve) = if timestamps {
+        (
+            Some(device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some(&label),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })),
+            Some(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(&label),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })),
+        )
+    } else {
+        (None, None)
+    };
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&label),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_BYTES),
+                }),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: result.as_entire_binding(),
+            },
+        ],
+    });
+    Slot {
+        params,
+        result,
+        resolve,
+        readback,
+        queries,
+        bind_group,
+    }
+}
+
+impl Backend for Gpu {
+    fn kind(&self) -> &'static str {
+        self.class.backend_name()
+    }
+
+    fn adapter(&self) -> String {
+        self.adapter_name.clone()
+    }
+
+    fn window_hint(&self) -> u16 {
+        // Twice the slots: while one set runs, the next is already at the worker.
+        u16::try_from(self.slots.len() * 2).unwrap_or(u16::MAX)
+    }
+
+    fn healthy(&self) -> Result<(), String> {
+        match self.lost_reason() {
+            Some(reason) => Err(format!(
+                "the device on {} was lost: {reason}",
+                self.adapter_name
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn run(
+        &mut self,
+        job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut exhausted = false;
+        loop {
+            while !exhausted {
+                let Some(slot) = self.free.pop() else { break };
+                match next() {
+                    Some(task) => {
+                        let flight = self.submit(slot, job, task);
+                        in_flight.push_back(flight);
+                    }
+                    None => {
+                        self.free.push(slot);
+                        exhausted = true;
+                    }
+                }
+            }
+            let Some(oldest) = in_flight.pop_front() else {
+                if self.free.is_empty() && !exhausted {
+                    // Every slot was retired by timeouts: fail what is left rather than hang.
+                    while let Some(task) = next() {
+                        done(Outcome {
+                            task,
+                            status: Status::Failed,
+                            wall_us: 0,
+                            kernel_us: 0,
+                            checksum: 0,
+                        });
+                    }
+                }
+                return;
+            };
+            let outcome = self.complete(oldest);
+            done(outcome);
+        }
+    }
+}

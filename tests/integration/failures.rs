@@ -1,0 +1,128 @@
+//! Failing backends inside a real pipeline (threads, loopback sockets): a failed task goes
+//! to another worker, a wrong result is caught by `--verify` and reported, never counted as
+//! good.
+
+use conquer::backend::{sleep::Sleep, Backend, Outcome, Verifier};
+use conquer::batch::{Batch, Job, Order, Task};
+use conquer::local::{self, LocalRun};
+use conquer::protocol::Status;
+use conquer::shutdown::Shutdown;
+use conquer::sink::SinkConfig;
+use conquer::ventilator::{Heartbeat, VentilatorConfig};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Fails every task whose id is a multiple of 5 the first time it sees it (a shader error,
+/// say); computes a wrong checksum for ids that are multiples of 7 when `lie` is set.
+struct Flaky {
+    seen: HashSet<u32>,
+    lie: bool,
+}
+
+impl Backend for Flaky {
+    fn kind(&self) -> &'static str {
+        "cpu"
+    }
+    fn run(
+        &mut self,
+        job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        while let Some(task) = next() {
+            let first_time = self.seen.insert(task.id);
+            let reference = conquer::backend::cpu::reference(job, task).unwrap();
+            let (status, checksum) = if task.id % 5 == 0 && first_time {
+                (Status::Failed, 0)
+            } else if self.lie && task.id % 7 == 0 {
+                (Status::Ok, reference ^ 1)
+            } else {
+                (Status::Ok, reference)
+            };
+            done(Outcome {
+                task,
+                status,
+                wall_us: 10,
+                kernel_us: 0,
+                checksum,
+            });
+        }
+    }
+}
+
+fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::report::Report {
+    let heartbeat = Heartbeat {
+        interval: Duration::from_millis(100),
+        liveness: 5,
+    };
+    let ventilator = VentilatorConfig {
+        bind: String::new(),
+        sink: String::new(),
+        batch: Batch::generate(tasks, 0, 2, 3).unwrap(),
+        order: Order::Given,
+        seed: 0,
+        job: Job {
+            kernel: 0,
+            units_per_ms: 50,
+            verify,
+        },
+        wait_workers: backends.len(),
+        wait_timeout: Duration::from_secs(30),
+        window: 2,
+        max_window: 64,
+        heartbeat,
+        shutdown_workers: true,
+        batch_id: None,
+        announce: false,
+    };
+    local::run(
+        LocalRun {
+            ventilator,
+            sink: SinkConfig::default(),
+            backends,
+            heartbeat,
+        },
+        &Shutdown::new(),
+    )
+    .expect("the batch completes")
+}
+
+#[test]
+fn a_failed_task_is_handed_on_and_counted_once() {
+    let flaky = Box::new(Flaky {
+        seen: HashSet::new(),
+        lie: false,
+    });
+    let report = run(vec![flaky, Box::new(Sleep::new(1.0))], 100, false);
+    assert_eq!(report.tasks, 100);
+    assert_eq!(report.duplicates, 0);
+    let delivered: u64 = report.workers.iter().map(|w| w.tasks).sum();
+    assert_eq!(delivered, 100, "{report:?}");
+    // Each multiple of 5 that reached the flaky worker failed once and was redispatched.
+    assert!(
+        report.redispatched >= 1 && report.redispatched <= 20,
+        "{report:?}"
+    );
+}
+
+#[test]
+fn verify_marks_wrong_results_as_mismatches() {
+    let liar = Box::new(Verifier::new(Box::new(Flaky {
+        seen: HashSet::new(),
+        lie: true,
+    })));
+    let report = run(vec![liar], 50, true);
+    // Ids 0, 7, 14, ..., 49: eight wrong checksums, every one caught.
+    assert_eq!(report.mismatches, 8, "{report:?}");
+    assert_eq!(report.tasks, 50);
+
+    let unverified = Box::new(Verifier::new(Box::new(Flaky {
+        seen: HashSet::new(),
+        lie: true,
+    })));
+    assert_eq!(
+        run(vec![unverified], 50, false).mismatches,
+        0,
+        "only checked when asked"
+    );
+}
