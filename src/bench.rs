@@ -5,8 +5,10 @@
 
 use crate::backend::sleep::Sleep;
 use crate::backend::Backend;
-use crate::batch::{Batch, Job, Order};
+use crate::backend::BackendKind;
+use crate::batch::{Batch, Job, Order, Task};
 use crate::local::{self, LocalRun};
+use crate::protocol::Status;
 use crate::report::Report;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkConfig;
@@ -24,6 +26,10 @@ pub enum Suite {
     Scaling,
     /// Zero-work tasks per second through the pipeline, next to plain PUSH/PULL.
     Throughput,
+    /// The seed batch on one worker of every backend present: sleep, cpu, software, gpu.
+    Backends,
+    /// Each compute adapter on its own: spin throughput and per-task overhead.
+    Device,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -40,6 +46,9 @@ pub struct BenchArgs {
     /// Print the results as one JSON object instead of Markdown.
     #[arg(long)]
     pub json: bool,
+    /// Also write bench.md and bench.json (and plots) into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
     /// Seed of the benchmark batches.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -49,6 +58,15 @@ pub struct BenchArgs {
     /// Zero-work tasks in the throughput suite.
     #[arg(long, default_value_t = 200_000)]
     pub throughput_tasks: u32,
+    /// Backends the backends suite compares (those absent here are left out).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendKind::Sleep, BackendKind::Cpu, BackendKind::Software, BackendKind::Gpu])]
+    pub backends: Vec<BackendKind>,
+    /// Spin work units per ms in the backends suite (small enough for the CPU reference).
+    #[arg(long, default_value_t = 1024)]
+    pub units_per_ms: u32,
+    /// The adapter's peak 32-bit integer throughput in Gop/s, to rate spin against.
+    #[arg(long, value_name = "GOPS")]
+    pub int_peak_gops: Option<f64>,
 }
 
 /// Median and spread of repeated measurements.
@@ -120,6 +138,38 @@ pub struct BenchResults {
     pub repeat: u32,
     pub scaling: Vec<ScalingRow>,
     pub throughput: Vec<ThroughputRow>,
+    pub backends: Vec<BackendRow>,
+    pub device: Vec<DeviceRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendRow {
+    pub backend: String,
+    pub adapter: String,
+    pub tasks: u64,
+    pub units_per_ms: u32,
+    pub elapsed_ms: Spread,
+    pub kernel_ms: Spread,
+    /// (busy - kernel) per task, where kernel time is measured.
+    pub overhead_us_per_task: Spread,
+    pub speedup_vs_sleep: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceRow {
+    pub adapter: String,
+    pub class: String,
+    /// Spin: invocations per timed task, hash rounds per second from device timestamps
+    /// (wall clock where the adapter has none).
+    pub spin_invocations: u32,
+    pub spin_rounds_per_s: Spread,
+    /// 32-bit integer operations per second at 8 per hash round.
+    pub int_gops: f64,
+    pub fraction_of_peak: Option<f64>,
+    /// Zero-work tasks straight through the backend, one in flight and several.
+    pub overhead_us_1_in_flight: Spread,
+    pub overhead_us_in_flight: Spread,
+    pub slots: usize,
 }
 
 pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
@@ -130,17 +180,32 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         repeat,
         scaling: Vec::new(),
         throughput: Vec::new(),
+        backends: Vec::new(),
+        device: Vec::new(),
     };
     for suite in &args.suite {
         match suite {
             Suite::Scaling => results.scaling = scaling(&args, repeat, shutdown)?,
             Suite::Throughput => results.throughput = throughput(&args, repeat, shutdown)?,
+            Suite::Backends => results.backends = backends(&args, repeat, shutdown)?,
+            Suite::Device => results.device = device(&args, repeat)?,
+        }
+    }
+    let json = serde_json::to_string_pretty(&results)?;
+    let md = markdown(&results);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        for (name, text) in [("bench.json", &json), ("bench.md", &md)] {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string(&results)?);
+        println!("{json}");
     } else {
-        print!("{}", markdown(&results));
+        print!("{md}");
     }
     Ok(0)
 }
@@ -158,6 +223,17 @@ pub fn run_batch(
     backends: Vec<Box<dyn Backend>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
+    run_job(batch, order, Job::default(), backends, shutdown)
+}
+
+/// Runs one batch of `job` in-process and returns the sink's report.
+pub fn run_job(
+    batch: Batch,
+    order: Order,
+    job: Job,
+    backends: Vec<Box<dyn Backend>>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Report> {
     let heartbeat = Heartbeat::default();
     let ventilator = VentilatorConfig {
         bind: String::new(),
@@ -165,7 +241,7 @@ pub fn run_batch(
         batch,
         order,
         seed: 0,
-        job: Job::default(),
+        job,
         wait_workers: backends.len(),
         wait_timeout: Duration::from_secs(60),
         window: 2,
@@ -263,6 +339,186 @@ fn throughput(
             tasks_per_s: Spread::of(&plain),
         },
     ])
+}
+
+fn backends(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Result<Vec<BackendRow>> {
+    let (tasks, max_ms) = if args.quick { (20, 10) } else { (100, 100) };
+    let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
+    let job = Job {
+        kernel: 0,
+        units_per_ms: args.units_per_ms,
+        verify: false,
+    };
+    let options = crate::backend::BackendOptions {
+        slowdown: 1.0,
+        ..Default::default()
+    };
+    let mut rows: Vec<BackendRow> = Vec::new();
+    for &kind in &args.backends {
+        // Probe once: a backend this machine lacks is left out of the table, not an error.
+        if let Err(e) = crate::backend::build(kind, &options) {
+            log::info!("backends: {kind:?} not present: {e:#}");
+            continue;
+        }
+        let mut elapsed = Vec::new();
+        let mut kernel = Vec::new();
+        let mut overhead = Vec::new();
+        let mut adapter = String::new();
+        let mut name = String::new();
+        for _ in 0..repeat {
+            let backend = crate::backend::build(kind, &options)?;
+            adapter = backend.adapter();
+            name = backend.kind().to_owned();
+            let report = run_job(
+                batch.clone(),
+                Order::LongestFirst,
+                job,
+                vec![backend],
+                shutdown,
+            )
+            .with_context(|| format!("backends run on {kind:?}"))?;
+            let w = report.workers.first().context("no worker reported")?;
+            elapsed.push(report.elapsed_ms);
+            kernel.push(w.kernel_ms);
+            let measured_kernel = if w.kernel_ms > 0.0 {
+                w.kernel_ms
+            } else {
+                w.busy_ms
+            };
+            overhead.push((w.busy_ms - measured_kernel).max(0.0) * 1000.0 / report.tasks as f64);
+        }
+        log::info!("backends: {name} done");
+        rows.push(BackendRow {
+            backend: name,
+            adapter,
+            tasks: batch.len() as u64,
+            units_per_ms: job.units_per_ms,
+            elapsed_ms: Spread::of(&elapsed),
+            kernel_ms: Spread::of(&kernel),
+            overhead_us_per_task: Spread::of(&overhead),
+            speedup_vs_sleep: 0.0,
+        });
+    }
+    if let Some(sleep_ms) = rows
+        .iter()
+        .find(|r| r.backend == "sleep")
+        .map(|r| r.elapsed_ms.median)
+    {
+        for row in &mut rows {
+            row.speedup_vs_sleep = sleep_ms / row.elapsed_ms.median;
+        }
+    }
+    Ok(rows)
+}
+
+/// Integer operations in one spin hash round: two multiplies, three shifts, three xors.
+pub const OPS_PER_ROUND: f64 = 8.0;
+
+fn device(args: &BenchArgs, repeat: u32) -> anyhow::Result<Vec<DeviceRow>> {
+    use crate::backend::gpu::{adapters, AdapterClass, Gpu, GpuConfig};
+    use crate::backend::Outcome;
+    let adapters = adapters();
+    let mut rows = Vec::new();
+    for adapter in &adapters {
+        let info = adapter.get_info();
+        let Some(class) = AdapterClass::of(info.device_type) else {
+            continue;
+        };
+        // Enough work to dwarf launch costs: ~0.3 G rounds on CPU adapters, ~69 G on GPUs.
+        let invocations: u32 = match (class, args.quick) {
+            (AdapterClass::Software, true) => 1 << 14,
+            (AdapterClass::Software, false) => 1 << 20,
+            (AdapterClass::Hardware, true) => 1 << 22,
+            (AdapterClass::Hardware, false) => 1 << 28,
+        };
+        let slots = 4;
+        let mut gpu = Gpu::new(
+            adapter,
+            GpuConfig {
+                slots,
+                ..GpuConfig::default()
+            },
+        )
+        .with_context(|| format!("opening {}", info.name))?;
+        let timed = gpu.has_timestamps();
+        let spin_job = Job {
+            kernel: 0,
+            units_per_ms: invocations,
+            verify: false,
+        };
+        let run = |gpu: &mut Gpu, job: &Job, tasks: Vec<Task>| -> anyhow::Result<Vec<Outcome>> {
+            let mut queue = tasks.into_iter();
+            let mut outcomes = Vec::new();
+            gpu.run(job, &mut || queue.next(), &mut |o| outcomes.push(o));
+            if let Some(bad) = outcomes.iter().find(|o| o.status != Status::Ok) {
+                bail!("task {} failed on {}", bad.task.id, info.name);
+            }
+            Ok(outcomes)
+        };
+        let mut rates = Vec::new();
+        for r in 0..repeat {
+            let outcome = run(
+                &mut gpu,
+                &spin_job,
+                vec![Task {
+                    id: r,
+                    workload_ms: 1,
+                }],
+            )?;
+            let us = if timed {
+                outcome[0].kernel_us
+            } else {
+                outcome[0].wall_us
+            };
+            rates.push(
+                f64::from(invocations) * f64::from(crate::kernels::spin::ROUNDS)
+                    / (f64::from(us.max(1)) / 1e6),
+            );
+        }
+        let zero = Job {
+            kernel: 0,
+            units_per_ms: 0,
+            verify: false,
+        };
+        let n: u32 = if args.quick { 50 } else { 2000 };
+        let tasks = || {
+            (0..n)
+                .map(|id| Task { id, workload_ms: 0 })
+                .collect::<Vec<_>>()
+        };
+        let per_task = |gpu: &mut Gpu| -> anyhow::Result<f64> {
+            let start = Instant::now();
+            run(gpu, &zero, tasks())?;
+            Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+        };
+        let mut one = Gpu::new(
+            adapter,
+            GpuConfig {
+                slots: 1,
+                ..GpuConfig::default()
+            },
+        )?;
+        let mut overhead_1 = Vec::new();
+        let mut overhead_n = Vec::new();
+        for _ in 0..repeat {
+            overhead_1.push(per_task(&mut one)?);
+            overhead_n.push(per_task(&mut gpu)?);
+        }
+        let spread = Spread::of(&rates);
+        let int_gops = spread.median * OPS_PER_ROUND / 1e9;
+        rows.push(DeviceRow {
+            adapter: format!("{} ({:?})", info.name, info.backend),
+            class: format!("{class:?}").to_lowercase(),
+            spin_invocations: invocations,
+            spin_rounds_per_s: spread,
+            int_gops,
+            fraction_of_peak: args.int_peak_gops.map(|peak| int_gops / peak),
+            overhead_us_1_in_flight: Spread::of(&overhead_1),
+            overhead_us_in_flight: Spread::of(&overhead_n),
+            slots,
+        });
+    }
+    Ok(rows)
 }
 
 /// The Guide's pipeline stripped to the sockets: PUSH empty tasks to `workers` threads that
@@ -381,6 +637,59 @@ pub fn markdown(r: &BenchResults) -> String {
                 row.ideal_ms,
                 row.elapsed_ms.cell(0),
                 row.efficiency.cell(3)
+            );
+        }
+        s += "\n";
+    }
+    if !r.backends.is_empty() {
+        let first = &r.backends[0];
+        let _ = writeln!(
+            s,
+            "### Backends: {} tasks on one worker, spin at {} units/ms\n",
+            first.tasks, first.units_per_ms
+        );
+        s += "| backend | adapter | elapsed ms | kernel ms | overhead µs/task | speed-up vs sleep |\n";
+        s += "|---|---|---:|---:|---:|---:|\n";
+        for row in &r.backends {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.2} |",
+                row.backend,
+                if row.adapter.is_empty() {
+                    "-"
+                } else {
+                    &row.adapter
+                },
+                row.elapsed_ms.cell(0),
+                row.kernel_ms.cell(1),
+                row.overhead_us_per_task.cell(0),
+                row.speedup_vs_sleep
+            );
+        }
+        s += "\n";
+    }
+    if !r.device.is_empty() {
+        let _ = writeln!(s, "### Device: spin throughput and per-task overhead\n");
+        s += "| adapter | class | spin G rounds/s | int32 Gop/s | of peak | zero-work µs/task, 1 in flight | µs/task, slots in flight |\n";
+        s += "|---|---|---:|---:|---:|---:|---:|\n";
+        for row in &r.device {
+            let spin = Spread {
+                median: row.spin_rounds_per_s.median / 1e9,
+                min: row.spin_rounds_per_s.min / 1e9,
+                max: row.spin_rounds_per_s.max / 1e9,
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {} | {} | {} ({}) |",
+                row.adapter,
+                row.class,
+                spin.cell(2),
+                row.int_gops,
+                row.fraction_of_peak
+                    .map_or("-".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+                row.overhead_us_1_in_flight.cell(0),
+                row.overhead_us_in_flight.cell(0),
+                row.slots
             );
         }
         s += "\n";

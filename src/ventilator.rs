@@ -118,6 +118,14 @@ impl Ventilator {
         if config.window == 0 {
             bail!("--window must be at least 1");
         }
+        let longest = config.batch.longest_ms();
+        if crate::kernels::spin::invocations(longest, config.job.units_per_ms).is_none() {
+            bail!(
+                "the longest task ({longest} ms) at --units-per-ms {} needs more than 2^32 shader \
+                 invocations; lower --units-per-ms or --max-ms",
+                config.job.units_per_ms
+            );
+        }
         let (tasks_socket, endpoint) =
             sockets::bind(ctx, zmq::ROUTER, "tasks", &config.bind, "--bind")?;
         // Sending to a worker that has gone fails at once instead of vanishing silently.

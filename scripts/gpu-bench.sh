@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU benchmark and test run for a machine with a GPU. Builds in release, prints the
+# adapters and the Vulkan driver files present, runs the GPU tests against the hardware
+# adapter, and measures: spin throughput against the card's int32 peak, per-task overhead
+# with zero-work tasks at 1 and several in flight, and the seed batch on one GPU worker
+# against sleep. Everything lands in the output folder (first argument, else $OUT, else
+# ./gpu-bench-out): log.txt, info.txt, tests.txt, device/bench.{md,json}, backends/bench.{md,json}.
+#
+# INT_PEAK_GOPS overrides the peak; otherwise it is SMs x 64 INT32 lanes x max SM clock for
+# the NVIDIA cards named below (H100 SXM/H200: 132 SMs, H100 PCIe: 114).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu-bench-out}}"
+mkdir -p "$out"
+exec > >(tee "$out/log.txt") 2>&1
+
+echo "== machine"
+uname -a
+nproc
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv 2>&1 || echo "nvidia-smi: not available"
+echo "== vulkan driver files"
+for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d; do
+  echo "$d:"; ls -l "$d" 2>&1 | sed 's/^/  /'
+done
+
+echo "== build"
+if ! cargo build --release --offline 2>&1 | tail -3; then
+  cargo build --release 2>&1 | tail -3 || { echo "build failed"; exit 1; }
+fi
+bin=target/release/conquer
+"$bin" info | tee "$out/info.txt"
+
+peak="${INT_PEAK_GOPS:-}"
+if [ -z "$peak" ] && command -v nvidia-smi >/dev/null; then
+  name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  mhz=$(nvidia-smi --query-gpu=clocks.max.sm --format=csv,noheader,nounits | head -1 | tr -d ' ')
+  case "$name" in
+    *H100*PCIe*) sms=114 ;;
+    *H100*|*H200*) sms=132 ;;
+    *) sms= ;;
+  esac
+  if [ -n "$sms" ] && [ -n "$mhz" ]; then
+    peak=$(python3 -c "print($sms * 64 * $mhz / 1000)")
+    echo "int32 peak for $name: $sms SMs x 64 lanes x $mhz MHz = $peak Gop/s"
+  fi
+fi
+peak_arg=()
+[ -n "$peak" ] && peak_arg=(--int-peak-gops "$peak")
+
+echo "== GPU tests (hardware adapter required)"
+CONQUER_REQUIRE_GPU=1 CONQUER_REQUIRE_ADAPTER=0 timeout 300 \
+  cargo test --release --offline --test integration gpu 2>&1 | tee "$out/tests.txt" | tail -15
+
+echo "== device suite: spin throughput, per-task overhead"
+timeout 180 "$bin" bench --suite device --repeat 5 "${peak_arg[@]}" --out "$out/device"
+
+echo "== backends suite: seed batch on one GPU worker against sleep"
+timeout 120 "$bin" bench --suite backends --backends sleep,gpu --units-per-ms 16384 --repeat 3 \
+  --out "$out/backends"
+echo "== done: results in $out"
