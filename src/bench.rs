@@ -30,6 +30,8 @@ pub enum Suite {
     Backends,
     /// Each compute adapter on its own: spin throughput and per-task overhead.
     Device,
+    /// Classic PUSH/PULL against credit dispatch: all joined, staggered joins, a slow worker.
+    Dispatch,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -140,6 +142,20 @@ pub struct BenchResults {
     pub throughput: Vec<ThroughputRow>,
     pub backends: Vec<BackendRow>,
     pub device: Vec<DeviceRow>,
+    pub dispatch: Vec<DispatchRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchRow {
+    pub scenario: String,
+    pub dispatch: String,
+    /// Makespan from the sink's start of batch to its last result.
+    pub makespan_ms: Spread,
+    /// The best makespan the workers' join times and speeds allow.
+    pub ideal_ms: f64,
+    pub efficiency: Spread,
+    /// Tasks each worker did, in worker order, from the median run.
+    pub tasks_per_worker: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +198,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         throughput: Vec::new(),
         backends: Vec::new(),
         device: Vec::new(),
+        dispatch: Vec::new(),
     };
     for suite in &args.suite {
         match suite {
@@ -189,6 +206,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             Suite::Throughput => results.throughput = throughput(&args, repeat, shutdown)?,
             Suite::Backends => results.backends = backends(&args, repeat, shutdown)?,
             Suite::Device => results.device = device(&args, repeat)?,
+            Suite::Dispatch => results.dispatch = dispatch(&args, repeat, shutdown)?,
         }
     }
     let json = serde_json::to_string_pretty(&results)?;
@@ -257,6 +275,7 @@ pub fn run_job(
             sink: SinkConfig::default(),
             backends,
             heartbeat,
+            join_delays: Vec::new(),
         },
         shutdown,
     )
@@ -406,6 +425,126 @@ fn backends(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Resul
     {
         for row in &mut rows {
             row.speedup_vs_sleep = sleep_ms / row.elapsed_ms.median;
+        }
+    }
+    Ok(rows)
+}
+
+/// The smallest makespan `workers` can reach on `work_ms` of work when worker i joins at
+/// `joins[i]` ms and runs at `speeds[i]` (1 = nominal, 1/3 = three times slower): the time
+/// at which their combined capacity covers the work, and no less than the longest task on
+/// the fastest worker.
+pub fn capacity_ideal_ms(work_ms: f64, longest_ms: f64, joins: &[f64], speeds: &[f64]) -> f64 {
+    let capacity = |t: f64| -> f64 {
+        joins
+            .iter()
+            .zip(speeds)
+            .map(|(j, s)| (t - j).max(0.0) * s)
+            .sum()
+    };
+    let (mut lo, mut hi) = (0.0, work_ms + joins.iter().cloned().fold(0.0, f64::max) + 1.0);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if capacity(mid) >= work_ms {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    let fastest = speeds.iter().cloned().fold(0.0, f64::max);
+    hi.max(longest_ms / fastest)
+}
+
+fn dispatch(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Result<Vec<DispatchRow>> {
+    let (tasks, max_ms) = if args.quick { (40, 20) } else { (100, 100) };
+    let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
+    let stagger_ms = if args.quick { 50.0 } else { 200.0 };
+    let scenarios: [(&str, [f64; 4], [f64; 4], usize); 3] = [
+        ("all 4 joined", [0.0; 4], [1.0; 4], 4),
+        ("joining one by one", [0.0, stagger_ms, 2.0 * stagger_ms, 3.0 * stagger_ms], [1.0; 4], 1),
+        ("one of 4 three times slower", [0.0; 4], [1.0, 1.0, 1.0, 1.0 / 3.0], 4),
+    ];
+    let mut rows = Vec::new();
+    for (name, joins, speeds, wait) in scenarios {
+        let ideal = capacity_ideal_ms(
+            batch.expected_ms() as f64,
+            f64::from(batch.longest_ms()),
+            &joins,
+            &speeds,
+        );
+        let backends = || -> Vec<Box<dyn Backend>> {
+            speeds
+                .iter()
+                .map(|s| Box::new(Sleep::new(1.0 / s)) as Box<dyn Backend>)
+                .collect()
+        };
+        let delays: Vec<Duration> = joins.iter().map(|ms| Duration::from_secs_f64(ms / 1000.0)).collect();
+        for mode in ["classic PUSH/PULL", "credit"] {
+            let mut runs: Vec<(f64, Vec<u64>)> = Vec::new();
+            for _ in 0..repeat {
+                let run = if mode == "credit" {
+                    let heartbeat = Heartbeat::default();
+                    let report = local::run(
+                        LocalRun {
+                            ventilator: VentilatorConfig {
+                                bind: String::new(),
+                                sink: String::new(),
+                                batch: batch.clone(),
+                                order: Order::LongestFirst,
+                                seed: 0,
+                                job: Job::default(),
+                                wait_workers: wait,
+                                wait_timeout: Duration::from_secs(60),
+                                window: 2,
+                                max_window: 2048,
+                                heartbeat,
+                                shutdown_workers: true,
+                                batch_id: None,
+                                announce: false,
+                            },
+                            sink: SinkConfig::default(),
+                            backends: backends(),
+                            heartbeat,
+                            join_delays: delays.clone(),
+                        },
+                        shutdown,
+                    )?;
+                    // Workers are named worker-1..N; report them in that order.
+                    let per_worker = (1..=4)
+                        .map(|i| {
+                            report
+                                .workers
+                                .iter()
+                                .find(|w| w.id == format!("worker-{i}"))
+                                .map_or(0, |w| w.tasks)
+                        })
+                        .collect();
+                    (report.elapsed_ms, per_worker)
+                } else {
+                    let workers = backends().into_iter().zip(delays.iter().copied()).collect();
+                    let (report, per_worker) = crate::classic::run_local(
+                        batch.clone(),
+                        Order::LongestFirst,
+                        workers,
+                        wait,
+                        shutdown,
+                    )?;
+                    (report.elapsed_ms, per_worker)
+                };
+                runs.push(run);
+            }
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let makespans: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            let efficiencies: Vec<f64> = makespans.iter().map(|m| ideal / m).collect();
+            log::info!("dispatch: {name}, {mode} done");
+            rows.push(DispatchRow {
+                scenario: name.to_owned(),
+                dispatch: mode.to_owned(),
+                makespan_ms: Spread::of(&makespans),
+                ideal_ms: ideal,
+                efficiency: Spread::of(&efficiencies),
+                tasks_per_worker: runs[runs.len() / 2].1.clone(),
+            });
         }
     }
     Ok(rows)
@@ -694,6 +833,28 @@ pub fn markdown(r: &BenchResults) -> String {
         }
         s += "\n";
     }
+    if !r.dispatch.is_empty() {
+        let _ = writeln!(
+            s,
+            "### Dispatch: classic PUSH/PULL against credit, 4 sleep workers\n"
+        );
+        s += "| scenario | dispatch | makespan ms | ideal ms | efficiency | tasks per worker |\n";
+        s += "|---|---|---:|---:|---:|---|\n";
+        for row in &r.dispatch {
+            let per: Vec<String> = row.tasks_per_worker.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {} | {} |",
+                row.scenario,
+                row.dispatch,
+                row.makespan_ms.cell(0),
+                row.ideal_ms,
+                row.efficiency.cell(3),
+                per.join(" / ")
+            );
+        }
+        s += "\n";
+    }
     if !r.throughput.is_empty() {
         let _ = writeln!(s, "### Throughput: zero-work tasks on loopback\n");
         s += "| pipeline | workers | tasks | tasks/s |\n|---|---:|---:|---:|\n";
@@ -715,6 +876,22 @@ pub fn markdown(r: &BenchResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_ideal_accounts_for_joins_and_speeds() {
+        // Four equal workers from the start: the share.
+        assert!((capacity_ideal_ms(400.0, 10.0, &[0.0; 4], &[1.0; 4]) - 100.0).abs() < 1e-6);
+        // One joins 100 ms late: the other three carry 300 ms alone first.
+        let t = capacity_ideal_ms(400.0, 10.0, &[0.0, 0.0, 0.0, 100.0], &[1.0; 4]);
+        assert!((t - 100.0).abs() < 1e-6, "{t}");
+        let t = capacity_ideal_ms(500.0, 10.0, &[0.0, 0.0, 0.0, 100.0], &[1.0; 4]);
+        assert!((t - 125.0).abs() < 1e-6, "{t}");
+        // A third-speed worker adds a third of a worker.
+        let t = capacity_ideal_ms(310.0, 10.0, &[0.0; 4], &[1.0, 1.0, 1.0, 1.0 / 3.0]);
+        assert!((t - 93.0).abs() < 1e-6, "{t}");
+        // Never below the longest task.
+        assert_eq!(capacity_ideal_ms(10.0, 50.0, &[0.0; 4], &[1.0; 4]), 50.0);
+    }
 
     #[test]
     fn spread_takes_the_median_and_extremes() {

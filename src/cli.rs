@@ -249,6 +249,10 @@ pub struct VentilatorArgs {
     /// Batch id in hex (random by default).
     #[arg(long, value_parser = parse_hex_u64)]
     pub batch_id: Option<u64>,
+    /// Speak the Guide's classic format: PUSH tasks as ASCII milliseconds, "0" to the sink.
+    /// --wait-workers counts connected workers; 0 waits for Enter as taskvent does.
+    #[arg(long)]
+    pub classic: bool,
 }
 
 #[derive(Args, Debug)]
@@ -269,6 +273,16 @@ pub struct WorkerArgs {
     pub exit_when_done: bool,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
+    /// Serve a classic pipeline (the Guide's taskvent and tasksink, any language): PULL
+    /// ASCII-millisecond tasks, PUSH one message per result, leave on any control message.
+    #[arg(long)]
+    pub classic: bool,
+    /// Classic mode: the sink's KILL broadcast endpoint.
+    #[arg(long, default_value = "tcp://localhost:5559", requires = "classic")]
+    pub control: String,
+    /// Classic mode: kernel work units per ms (classic tasks carry only milliseconds).
+    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, requires = "classic")]
+    pub units_per_ms: u32,
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +292,16 @@ pub struct SinkArgs {
     pub bind: String,
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Speak the Guide's classic format: PULL results (empty or the workload echoed), wait
+    /// for "0", count --tasks results, then broadcast KILL on --control-bind.
+    #[arg(long)]
+    pub classic: bool,
+    /// Classic mode: results to collect.
+    #[arg(long, default_value_t = 100, requires = "classic")]
+    pub tasks: u32,
+    /// Classic mode: where the KILL broadcast binds.
+    #[arg(long, default_value = "tcp://*:5559", requires = "classic")]
+    pub control_bind: String,
 }
 
 fn parse_hex_u64(s: &str) -> Result<u64, String> {
@@ -355,6 +379,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             sink: args.report.sink_config(String::new()),
             backends,
             heartbeat,
+            join_delays: Vec::new(),
         },
         shutdown,
     )?;
@@ -368,6 +393,21 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
 fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     if !(args.wait_timeout.is_finite() && args.wait_timeout > 0.0) {
         bail!("--wait-timeout must be a positive number of seconds");
+    }
+    if args.classic {
+        let config = crate::classic::ClassicVentilatorConfig {
+            bind: args.bind,
+            sink: args.sink,
+            batch: args.batch.batch()?,
+            order: args.batch.order,
+            seed: args.batch.seed,
+            wait_workers: args.wait_workers,
+            wait_timeout: Duration::from_secs_f64(args.wait_timeout),
+            announce: true,
+        };
+        let ctx = zmq::Context::new();
+        crate::classic::ClassicVentilator::bind(&ctx, config)?.run(shutdown)?;
+        return Ok(0);
     }
     let config = VentilatorConfig {
         bind: args.bind,
@@ -392,6 +432,22 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
 
 fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let backend = args.backend.build()?;
+    if args.classic {
+        let config = crate::classic::ClassicWorkerConfig {
+            ventilator: args.ventilator,
+            sink: args.sink,
+            control: args.control,
+            job: Job {
+                kernel: 0,
+                units_per_ms: args.units_per_ms,
+                verify: false,
+            },
+        };
+        let ctx = zmq::Context::new();
+        let summary = crate::classic::run_worker(&ctx, config, backend, shutdown)?;
+        log::info!("worker done: {} tasks", summary.tasks);
+        return Ok(0);
+    }
     let config = WorkerConfig {
         ventilator: args.ventilator,
         sink: args.sink,
@@ -414,6 +470,16 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
 
 fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let ctx = zmq::Context::new();
+    if args.classic {
+        let config = crate::classic::ClassicSinkConfig {
+            bind: args.bind,
+            control_bind: args.control_bind,
+            tasks: args.tasks,
+        };
+        let report = crate::classic::ClassicSink::bind(&ctx, config)?.run(shutdown)?;
+        report.print(args.report.json)?;
+        return Ok(0);
+    }
     let config = args.report.sink_config(args.bind);
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
     report.print(args.report.json)?;

@@ -19,6 +19,10 @@ pub struct LocalRun {
     pub sink: SinkConfig,
     pub backends: Vec<Box<dyn Backend>>,
     pub heartbeat: Heartbeat,
+    /// How long after the start each worker joins (benchmarks of late joiners); missing
+    /// entries join at once. The ventilator waits for `ventilator.wait_workers` of them,
+    /// or for all when that is 0.
+    pub join_delays: Vec<std::time::Duration>,
 }
 
 /// Runs the batch and returns the sink's report.
@@ -32,7 +36,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let sink = Sink::bind(&ctx, run.sink)?;
     run.ventilator.bind = "tcp://127.0.0.1:*".into();
     run.ventilator.sink = sink.endpoint().to_owned();
-    run.ventilator.wait_workers = workers;
+    if run.ventilator.wait_workers == 0 || run.ventilator.wait_workers > workers {
+        run.ventilator.wait_workers = workers;
+    }
     run.ventilator.shutdown_workers = true;
     run.ventilator.announce = false;
     run.ventilator.heartbeat = run.heartbeat;
@@ -55,7 +61,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
         };
         let ctx = ctx.clone();
         let name = config.name.clone();
+        let delay = run.join_delays.get(index).copied().unwrap_or_default();
         worker_threads.push(spawn(&name, shutdown, move |s| {
+            std::thread::sleep(delay); // the scenario: this worker joins late
             worker::run(&ctx, config, backend, s).map(|_| ())
         })?);
     }

@@ -81,6 +81,7 @@ fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::re
             sink: SinkConfig::default(),
             backends,
             heartbeat,
+            join_delays: Vec::new(),
         },
         &Shutdown::new(),
     )

@@ -27,11 +27,32 @@ impl Proc {
 
     /// Starts `conquer -v ARGS...` with extra environment variables.
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_conquer"))
-            .arg("-v")
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+        let mut command = Command::new(env!("CARGO_BIN_EXE_conquer"));
+        command.arg("-v").args(args).envs(env.iter().copied()).stdin(Stdio::null());
+        Self::spawn(name, command)
+    }
+
+    /// Starts one of the Guide's example programs, with stdin to write to.
+    pub fn example(name: &str, args: &[&str]) -> Proc {
+        // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+        let path = profile_dir.join("examples").join(name);
+        assert!(path.exists(), "example {name} is not built at {}", path.display());
+        let mut command = Command::new(path);
+        command.args(args).stdin(Stdio::piped());
+        Self::spawn(name, command)
+    }
+
+    /// Writes a line to the process's stdin.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin is piped");
+        writeln!(stdin, "{line}").expect("write to stdin");
+    }
+
+    fn spawn(name: &str, mut command: Command) -> Proc {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -131,6 +152,13 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback endpoint on a port that was free a moment ago, for programs (the Guide's
+/// examples) that cannot bind port 0 and say which port they got.
+pub fn free_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    format!("tcp://127.0.0.1:{}", listener.local_addr().unwrap().port())
 }
 
 /// Parses the sink's `--json` report.

@@ -1,0 +1,434 @@
+//! Classic mode: the Guide's taskvent / taskwork / tasksink wire format, spoken exactly, so
+//! a `conquer worker --classic` drops into a pipeline somebody already runs (in any
+//! language) and the classic PUSH/PULL design stays measurable next to credit dispatch.
+//!
+//! Sockets, as in the Guide: the ventilator's `tasks` PUSH binds :5557 and its `sink` PUSH
+//! connects to the sink's `results` PULL on :5558 (the start signal "0"); workers PULL tasks
+//! (ASCII milliseconds) and PUSH one message per result; the sink's `control` PUB binds
+//! :5559 and broadcasts "KILL" when the batch is done. Classic mode cannot redispatch lost
+//! tasks or tell workers apart: that is what the credit protocol is for.
+
+use crate::backend::Backend;
+use crate::batch::{Batch, Job, Order, Task};
+use crate::logging::RateLimited;
+use crate::protocol::{classic, Status};
+use crate::report::Report;
+use crate::shutdown::Shutdown;
+use crate::sockets;
+use crate::worker::WorkerSummary;
+use anyhow::{bail, Context};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static MONITORS: AtomicU64 = AtomicU64::new(0);
+
+/// Watches a socket's connections through a ZeroMQ monitor: how many peers completed the
+/// handshake and are still there.
+struct Peers {
+    monitor: zmq::Socket,
+    connected: usize,
+}
+
+impl Peers {
+    fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> anyhow::Result<Peers> {
+        let endpoint = format!("inproc://conquer-monitor-{}", MONITORS.fetch_add(1, Ordering::Relaxed));
+        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+        socket
+            .monitor(&endpoint, i32::from(events))
+            .context("monitoring the socket")?;
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.connect(&endpoint)?;
+        Ok(Peers {
+            monitor,
+            connected: 0,
+        })
+    }
+
+    /// Applies every pending event; returns the count of connected peers.
+    fn update(&mut self) -> usize {
+        while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
+            let Some(event) = frames.first().filter(|f| f.len() >= 2) else {
+                continue;
+            };
+            match zmq::SocketEvent::from_raw(u16::from_le_bytes([event[0], event[1]])) {
+                zmq::SocketEvent::HANDSHAKE_SUCCEEDED => self.connected += 1,
+                zmq::SocketEvent::DISCONNECTED => self.connected = self.connected.saturating_sub(1),
+                _ => {}
+            }
+        }
+        self.connected
+    }
+}
+
+/// A classic ventilator's settings.
+#[derive(Debug, Clone)]
+pub struct ClassicVentilatorConfig {
+    pub bind: String,
+    pub sink: String,
+    pub batch: Batch,
+    pub order: Order,
+    pub seed: u64,
+    /// Start once this many workers are connected (0: press Enter, as the Guide asks).
+    pub wait_workers: usize,
+    pub wait_timeout: Duration,
+    /// Print "Total expected cost" on stdout.
+    pub announce: bool,
+}
+
+/// A classic ventilator with its socket bound.
+pub struct ClassicVentilator {
+    config: ClassicVentilatorConfig,
+    tasks: zmq::Socket,
+    sink: zmq::Socket,
+    peers: Peers,
+    endpoint: String,
+}
+
+impl ClassicVentilator {
+    pub fn bind(ctx: &zmq::Context, config: ClassicVentilatorConfig) -> anyhow::Result<Self> {
+        let (tasks, endpoint) = sockets::bind(ctx, zmq::PUSH, "tasks", &config.bind, "--bind")?;
+        // PUSH hands a burst to the first connected worker: queued tasks must survive until
+        // slow workers take them, so closing waits longer than for our own sockets.
+        tasks.set_linger(30_000)?;
+        let peers = Peers::watch(ctx, &tasks)?;
+        let sink = sockets::connect(ctx, zmq::PUSH, "sink", &config.sink, "--sink", None)?;
+        Ok(ClassicVentilator {
+            config,
+            tasks,
+            sink,
+            peers,
+            endpoint,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Waits for the workers, signals the sink, and pushes every task.
+    pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let want = self.config.wait_workers;
+        if want == 0 {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("Press Enter when the workers are ready: ");
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+            }
+        } else {
+            let start = Instant::now();
+            let mut said = usize::MAX;
+            loop {
+                let connected = self.peers.update();
+                if connected >= want {
+                    break;
+                }
+                if connected != said {
+                    log::info!("waiting for {want} workers ({connected} connected) on {}", self.endpoint);
+                    said = connected;
+                }
+                if start.elapsed() >= self.config.wait_timeout {
+                    bail!(
+                        "timed out after {:.1} s waiting for {want} workers ({connected} connected) on {}: \
+                         start more workers or lower --wait-workers",
+                        self.config.wait_timeout.as_secs_f64(),
+                        self.endpoint
+                    );
+                }
+                if shutdown.is_requested() {
+                    bail!("interrupted");
+                }
+                let mut items = [self.peers.monitor.as_poll_item(zmq::POLLIN)];
+                zmq::poll(&mut items, 100)?;
+            }
+        }
+        self.sink
+            .send(classic::START, 0)
+            .context("sending the start signal to the sink")?;
+        let order = self.config.batch.dispatch_order(self.config.order, self.config.seed);
+        for id in order {
+            if shutdown.is_requested() {
+                bail!("interrupted");
+            }
+            let task = self.config.batch.tasks[id as usize];
+            self.tasks
+                .send(classic::encode_task(task.workload_ms), 0)
+                .context("sending a task")?;
+        }
+        if self.config.announce {
+            crate::report::print_expected_cost(self.config.batch.expected_ms());
+        }
+        log::info!("all {} tasks sent", self.config.batch.len());
+        Ok(())
+    }
+}
+
+/// A classic sink's settings.
+#[derive(Debug, Clone)]
+pub struct ClassicSinkConfig {
+    pub bind: String,
+    /// Where the KILL broadcast is published.
+    pub control_bind: String,
+    /// Results to collect (the Guide's sink counts 100).
+    pub tasks: u32,
+}
+
+/// A classic sink with its sockets bound.
+pub struct ClassicSink {
+    config: ClassicSinkConfig,
+    results: zmq::Socket,
+    control: zmq::Socket,
+    endpoint: String,
+    control_endpoint: String,
+}
+
+impl ClassicSink {
+    pub fn bind(ctx: &zmq::Context, config: ClassicSinkConfig) -> anyhow::Result<Self> {
+        let (results, endpoint) = sockets::bind(ctx, zmq::PULL, "results", &config.bind, "--bind")?;
+        let (control, control_endpoint) =
+            sockets::bind(ctx, zmq::PUB, "control", &config.control_bind, "--control-bind")?;
+        Ok(ClassicSink {
+            config,
+            results,
+            control,
+            endpoint,
+            control_endpoint,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn control_endpoint(&self) -> &str {
+        &self.control_endpoint
+    }
+
+    /// Waits for the start signal, counts the results, broadcasts KILL, reports.
+    pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Report> {
+        let mut rejected = 0u64;
+        let mut reject_log = RateLimited::new(5, Duration::from_secs(1));
+        let mut started: Option<Instant> = None;
+        let mut received = 0u32;
+        let mut expected_ms = 0u64;
+        let mut longest_ms = 0u32;
+        while received < self.config.tasks {
+            if shutdown.is_requested() {
+                bail!("interrupted");
+            }
+            let mut items = [self.results.as_poll_item(zmq::POLLIN)];
+            zmq::poll(&mut items, 100)?;
+            while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
+                let frame = match <[Vec<u8>; 1]>::try_from(frames) {
+                    Ok([frame]) => frame,
+                    Err(frames) => {
+                        rejected += 1;
+                        reject_log.warn(|| format!("dropped a {}-frame message", frames.len()));
+                        continue;
+                    }
+                };
+                if started.is_none() {
+                    if frame == classic::START {
+                        log::info!("start of batch; collecting {} results", self.config.tasks);
+                        started = Some(Instant::now());
+                    } else {
+                        rejected += 1;
+                        reject_log.warn(|| "dropped a message that came before the start signal".into());
+                    }
+                    continue;
+                }
+                if !classic::is_result(&frame) {
+                    rejected += 1;
+                    reject_log.warn(|| format!("dropped a {}-byte message that is not a classic result", frame.len()));
+                    continue;
+                }
+                if let Some(ms) = classic::decode_task(&frame) {
+                    expected_ms += u64::from(ms);
+                    longest_ms = longest_ms.max(ms);
+                }
+                received += 1;
+                if received == self.config.tasks {
+                    break;
+                }
+            }
+        }
+        let elapsed_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
+        self.control.send(classic::KILL, 0).context("broadcasting KILL")?;
+        log::info!("batch complete; KILL sent on {}", self.control_endpoint);
+        let tasks = u64::from(received);
+        Ok(Report {
+            batch: "classic".into(),
+            tasks,
+            expected_ms,
+            longest_ms,
+            elapsed_ms,
+            ideal_ms: 0.0,
+            ideal_basis: "unknown".into(),
+            efficiency: 0.0,
+            tasks_per_s: if elapsed_ms > 0.0 { tasks as f64 * 1000.0 / elapsed_ms } else { 0.0 },
+            duplicates: 0,
+            redispatched: 0,
+            rejected,
+            mismatches: 0,
+            workers: Vec::new(),
+        })
+    }
+}
+
+/// A classic worker's settings.
+#[derive(Debug, Clone)]
+pub struct ClassicWorkerConfig {
+    pub ventilator: String,
+    pub sink: String,
+    /// The KILL broadcast's endpoint.
+    pub control: String,
+    /// What compute backends run: classic tasks carry only milliseconds.
+    pub job: Job,
+}
+
+/// Serves a classic pipeline until KILL (any message on the control socket) or Ctrl-C.
+pub fn run_worker(
+    ctx: &zmq::Context,
+    config: ClassicWorkerConfig,
+    mut backend: Box<dyn Backend>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<WorkerSummary> {
+    let tasks = sockets::connect(ctx, zmq::PULL, "tasks", &config.ventilator, "--ventilator", None)?;
+    let mut peers = Peers::watch(ctx, &tasks)?;
+    let results = sockets::connect(ctx, zmq::PUSH, "results", &config.sink, "--sink", None)?;
+    let control = sockets::connect(ctx, zmq::SUB, "control", &config.control, "--control", None)?;
+    control.set_subscribe(b"")?;
+    log::info!(
+        "classic worker ({}) connecting to {}, {} and {}",
+        backend.kind(),
+        config.ventilator,
+        config.sink,
+        config.control
+    );
+    let mut summary = WorkerSummary::default();
+    let mut reject_log = RateLimited::new(5, Duration::from_secs(1));
+    let mut was_connected = false;
+    let mut next_id = 0u32;
+    loop {
+        if shutdown.is_requested() {
+            bail!("interrupted");
+        }
+        let connected = peers.update() > 0;
+        if connected != was_connected {
+            if connected {
+                log::info!("connected to the ventilator at {}", config.ventilator);
+            }
+            was_connected = connected;
+        }
+        let mut items = [
+            tasks.as_poll_item(zmq::POLLIN),
+            control.as_poll_item(zmq::POLLIN),
+            peers.monitor.as_poll_item(zmq::POLLIN),
+        ];
+        zmq::poll(&mut items, 100)?;
+        if items[1].is_readable() {
+            let _ = control.recv_multipart(0)?;
+            log::info!("KILL received; leaving after {} tasks", summary.tasks);
+            return Ok(summary);
+        }
+        if !items[0].is_readable() {
+            continue;
+        }
+        let frame = tasks.recv_bytes(0)?;
+        let Some(workload_ms) = classic::decode_task(&frame) else {
+            summary.rejected += 1;
+            reject_log.warn(|| format!("dropped a {}-byte task that is not ASCII milliseconds", frame.len()));
+            continue;
+        };
+        let task = Task { id: next_id, workload_ms };
+        next_id = next_id.wrapping_add(1);
+        // The classic protocol cannot hand a failed task to another worker: retry here.
+        let mut status = Status::Failed;
+        for attempt in 1..=3 {
+            let mut one = Some(task);
+            backend.run(&config.job, &mut || one.take(), &mut |o| status = o.status);
+            if status != Status::Failed {
+                break;
+            }
+            log::warn!("task of {workload_ms} ms failed (attempt {attempt} of 3)");
+            backend.healthy().map_err(anyhow::Error::msg)?;
+        }
+        if status == Status::Failed {
+            log::error!("task of {workload_ms} ms failed three times; reporting it done so the classic sink can finish");
+        }
+        results.send(&b""[..], 0).context("sending a result")?;
+        summary.tasks += 1;
+    }
+}
+
+/// A classic pipeline in one process (loopback, ephemeral ports): the classic ventilator
+/// and sink and one classic worker per backend, each joining after its delay. Returns the
+/// sink's report and the tasks each worker did. For benchmarks against credit dispatch.
+pub fn run_local(
+    batch: Batch,
+    order: Order,
+    workers: Vec<(Box<dyn Backend>, Duration)>,
+    wait_workers: usize,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(Report, Vec<u64>)> {
+    let ctx = zmq::Context::new();
+    let tasks = u32::try_from(batch.len()).context("batch too large")?;
+    let sink = ClassicSink::bind(
+        &ctx,
+        ClassicSinkConfig {
+            bind: "tcp://127.0.0.1:*".into(),
+            control_bind: "tcp://127.0.0.1:*".into(),
+            tasks,
+        },
+    )?;
+    let vent = ClassicVentilator::bind(
+        &ctx,
+        ClassicVentilatorConfig {
+            bind: "tcp://127.0.0.1:*".into(),
+            sink: sink.endpoint().to_owned(),
+            batch,
+            order,
+            seed: 0,
+            wait_workers: wait_workers.max(1),
+            wait_timeout: Duration::from_secs(60),
+            announce: false,
+        },
+    )?;
+    let config = ClassicWorkerConfig {
+        ventilator: vent.endpoint().to_owned(),
+        sink: sink.endpoint().to_owned(),
+        control: sink.control_endpoint().to_owned(),
+        job: Job::default(),
+    };
+    let mut handles = Vec::new();
+    for (i, (backend, delay)) in workers.into_iter().enumerate() {
+        let (ctx, config, shutdown) = (ctx.clone(), config.clone(), shutdown.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("classic-worker-{}", i + 1))
+                .spawn(move || {
+                    std::thread::sleep(delay); // the scenario: this worker joins late
+                    run_worker(&ctx, config, backend, &shutdown)
+                })?,
+        );
+    }
+    let vent_shutdown = shutdown.clone();
+    let vent_thread = std::thread::Builder::new()
+        .name("classic-ventilator".into())
+        .spawn(move || vent.run(&vent_shutdown))?;
+    let report = sink.run(shutdown);
+    if report.is_err() {
+        shutdown.request();
+    }
+    let vent = vent_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the classic ventilator panicked"))?;
+    let mut per_worker = Vec::new();
+    for handle in handles {
+        let summary = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a classic worker panicked"))??;
+        per_worker.push(summary.tasks);
+    }
+    vent?;
+    Ok((report?, per_worker))
+}
