@@ -7,7 +7,9 @@ use std::io::Write;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let bind = std::env::args().nth(1).unwrap_or_else(|| "tcp://*:5558".into());
+    let bind = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "tcp://*:5558".into());
 
     // Prepare our context and socket
     let context = zmq::Context::new();

@@ -127,6 +127,25 @@ impl Batch {
         self.tasks.is_empty()
     }
 
+    /// A stable id for this batch run with `job`: FNV-1a over the workloads and the job,
+    /// so the same batch gets the same id on every machine and after a restart.
+    pub fn id(&self, job: &Job) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        feed(&(self.tasks.len() as u64).to_le_bytes());
+        for task in &self.tasks {
+            feed(&task.workload_ms.to_le_bytes());
+        }
+        feed(&[job.kernel]);
+        feed(&job.units_per_ms.to_le_bytes());
+        hash
+    }
+
     /// Sum of all workloads: the seed's "total expected cost".
     pub fn expected_ms(&self) -> u64 {
         self.tasks.iter().map(|t| u64::from(t.workload_ms)).sum()
@@ -186,6 +205,19 @@ mod tests {
         assert_eq!(workloads, PINNED_SEED_1);
     }
     const PINNED_SEED_1: [u32; 5] = [55, 41, 99, 9, 22];
+
+    #[test]
+    fn batch_ids_follow_the_content() {
+        let job = Job::default();
+        let a = Batch::generate(10, 1, 100, 1).unwrap();
+        assert_eq!(a.id(&job), Batch::generate(10, 1, 100, 1).unwrap().id(&job));
+        assert_ne!(a.id(&job), Batch::generate(10, 1, 100, 2).unwrap().id(&job));
+        let other_job = Job {
+            units_per_ms: 7,
+            ..job
+        };
+        assert_ne!(a.id(&job), a.id(&other_job));
+    }
 
     #[test]
     fn bad_ranges_are_refused() {

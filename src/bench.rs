@@ -267,6 +267,7 @@ pub fn run_job(
         heartbeat,
         shutdown_workers: true,
         batch_id: None,
+        resume: false,
         announce: false,
     };
     local::run(
@@ -442,7 +443,10 @@ pub fn capacity_ideal_ms(work_ms: f64, longest_ms: f64, joins: &[f64], speeds: &
             .map(|(j, s)| (t - j).max(0.0) * s)
             .sum()
     };
-    let (mut lo, mut hi) = (0.0, work_ms + joins.iter().cloned().fold(0.0, f64::max) + 1.0);
+    let (mut lo, mut hi) = (
+        0.0,
+        work_ms + joins.iter().cloned().fold(0.0, f64::max) + 1.0,
+    );
     for _ in 0..100 {
         let mid = (lo + hi) / 2.0;
         if capacity(mid) >= work_ms {
@@ -455,14 +459,28 @@ pub fn capacity_ideal_ms(work_ms: f64, longest_ms: f64, joins: &[f64], speeds: &
     hi.max(longest_ms / fastest)
 }
 
-fn dispatch(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Result<Vec<DispatchRow>> {
+fn dispatch(
+    args: &BenchArgs,
+    repeat: u32,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<DispatchRow>> {
     let (tasks, max_ms) = if args.quick { (40, 20) } else { (100, 100) };
     let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
     let stagger_ms = if args.quick { 50.0 } else { 200.0 };
     let scenarios: [(&str, [f64; 4], [f64; 4], usize); 3] = [
         ("all 4 joined", [0.0; 4], [1.0; 4], 4),
-        ("joining one by one", [0.0, stagger_ms, 2.0 * stagger_ms, 3.0 * stagger_ms], [1.0; 4], 1),
-        ("one of 4 three times slower", [0.0; 4], [1.0, 1.0, 1.0, 1.0 / 3.0], 4),
+        (
+            "joining one by one",
+            [0.0, stagger_ms, 2.0 * stagger_ms, 3.0 * stagger_ms],
+            [1.0; 4],
+            1,
+        ),
+        (
+            "one of 4 three times slower",
+            [0.0; 4],
+            [1.0, 1.0, 1.0, 1.0 / 3.0],
+            4,
+        ),
     ];
     let mut rows = Vec::new();
     for (name, joins, speeds, wait) in scenarios {
@@ -478,7 +496,10 @@ fn dispatch(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Resul
                 .map(|s| Box::new(Sleep::new(1.0 / s)) as Box<dyn Backend>)
                 .collect()
         };
-        let delays: Vec<Duration> = joins.iter().map(|ms| Duration::from_secs_f64(ms / 1000.0)).collect();
+        let delays: Vec<Duration> = joins
+            .iter()
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .collect();
         for mode in ["classic PUSH/PULL", "credit"] {
             let mut runs: Vec<(f64, Vec<u64>)> = Vec::new();
             for _ in 0..repeat {
@@ -500,6 +521,7 @@ fn dispatch(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Resul
                                 heartbeat,
                                 shutdown_workers: true,
                                 batch_id: None,
+                                resume: false,
                                 announce: false,
                             },
                             sink: SinkConfig::default(),
@@ -881,11 +903,12 @@ mod tests {
     fn capacity_ideal_accounts_for_joins_and_speeds() {
         // Four equal workers from the start: the share.
         assert!((capacity_ideal_ms(400.0, 10.0, &[0.0; 4], &[1.0; 4]) - 100.0).abs() < 1e-6);
-        // One joins 100 ms late: the other three carry 300 ms alone first.
+        // One joins 100 ms late: three carry 300 ms alone, then four share the last 100.
         let t = capacity_ideal_ms(400.0, 10.0, &[0.0, 0.0, 0.0, 100.0], &[1.0; 4]);
-        assert!((t - 100.0).abs() < 1e-6, "{t}");
-        let t = capacity_ideal_ms(500.0, 10.0, &[0.0, 0.0, 0.0, 100.0], &[1.0; 4]);
         assert!((t - 125.0).abs() < 1e-6, "{t}");
+        // Done before the late one joins: it adds nothing.
+        let t = capacity_ideal_ms(240.0, 10.0, &[0.0, 0.0, 0.0, 100.0], &[1.0; 4]);
+        assert!((t - 80.0).abs() < 1e-6, "{t}");
         // A third-speed worker adds a third of a worker.
         let t = capacity_ideal_ms(310.0, 10.0, &[0.0; 4], &[1.0, 1.0, 1.0, 1.0 / 3.0]);
         assert!((t - 93.0).abs() < 1e-6, "{t}");

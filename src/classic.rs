@@ -31,8 +31,12 @@ struct Peers {
 
 impl Peers {
     fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> anyhow::Result<Peers> {
-        let endpoint = format!("inproc://conquer-monitor-{}", MONITORS.fetch_add(1, Ordering::Relaxed));
-        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+        let endpoint = format!(
+            "inproc://conquer-monitor-{}",
+            MONITORS.fetch_add(1, Ordering::Relaxed)
+        );
+        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
+            | zmq::SocketEvent::DISCONNECTED.to_raw();
         socket
             .monitor(&endpoint, i32::from(events))
             .context("monitoring the socket")?;
@@ -123,7 +127,10 @@ impl ClassicVentilator {
                     break;
                 }
                 if connected != said {
-                    log::info!("waiting for {want} workers ({connected} connected) on {}", self.endpoint);
+                    log::info!(
+                        "waiting for {want} workers ({connected} connected) on {}",
+                        self.endpoint
+                    );
                     said = connected;
                 }
                 if start.elapsed() >= self.config.wait_timeout {
@@ -144,7 +151,10 @@ impl ClassicVentilator {
         self.sink
             .send(classic::START, 0)
             .context("sending the start signal to the sink")?;
-        let order = self.config.batch.dispatch_order(self.config.order, self.config.seed);
+        let order = self
+            .config
+            .batch
+            .dispatch_order(self.config.order, self.config.seed);
         for id in order {
             if shutdown.is_requested() {
                 bail!("interrupted");
@@ -184,8 +194,13 @@ pub struct ClassicSink {
 impl ClassicSink {
     pub fn bind(ctx: &zmq::Context, config: ClassicSinkConfig) -> anyhow::Result<Self> {
         let (results, endpoint) = sockets::bind(ctx, zmq::PULL, "results", &config.bind, "--bind")?;
-        let (control, control_endpoint) =
-            sockets::bind(ctx, zmq::PUB, "control", &config.control_bind, "--control-bind")?;
+        let (control, control_endpoint) = sockets::bind(
+            ctx,
+            zmq::PUB,
+            "control",
+            &config.control_bind,
+            "--control-bind",
+        )?;
         Ok(ClassicSink {
             config,
             results,
@@ -232,13 +247,19 @@ impl ClassicSink {
                         started = Some(Instant::now());
                     } else {
                         rejected += 1;
-                        reject_log.warn(|| "dropped a message that came before the start signal".into());
+                        reject_log
+                            .warn(|| "dropped a message that came before the start signal".into());
                     }
                     continue;
                 }
                 if !classic::is_result(&frame) {
                     rejected += 1;
-                    reject_log.warn(|| format!("dropped a {}-byte message that is not a classic result", frame.len()));
+                    reject_log.warn(|| {
+                        format!(
+                            "dropped a {}-byte message that is not a classic result",
+                            frame.len()
+                        )
+                    });
                     continue;
                 }
                 if let Some(ms) = classic::decode_task(&frame) {
@@ -252,7 +273,9 @@ impl ClassicSink {
             }
         }
         let elapsed_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
-        self.control.send(classic::KILL, 0).context("broadcasting KILL")?;
+        self.control
+            .send(classic::KILL, 0)
+            .context("broadcasting KILL")?;
         log::info!("batch complete; KILL sent on {}", self.control_endpoint);
         let tasks = u64::from(received);
         Ok(Report {
@@ -264,7 +287,11 @@ impl ClassicSink {
             ideal_ms: 0.0,
             ideal_basis: "unknown".into(),
             efficiency: 0.0,
-            tasks_per_s: if elapsed_ms > 0.0 { tasks as f64 * 1000.0 / elapsed_ms } else { 0.0 },
+            tasks_per_s: if elapsed_ms > 0.0 {
+                tasks as f64 * 1000.0 / elapsed_ms
+            } else {
+                0.0
+            },
             duplicates: 0,
             redispatched: 0,
             rejected,
@@ -292,7 +319,14 @@ pub fn run_worker(
     mut backend: Box<dyn Backend>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<WorkerSummary> {
-    let tasks = sockets::connect(ctx, zmq::PULL, "tasks", &config.ventilator, "--ventilator", None)?;
+    let tasks = sockets::connect(
+        ctx,
+        zmq::PULL,
+        "tasks",
+        &config.ventilator,
+        "--ventilator",
+        None,
+    )?;
     let mut peers = Peers::watch(ctx, &tasks)?;
     let results = sockets::connect(ctx, zmq::PUSH, "results", &config.sink, "--sink", None)?;
     let control = sockets::connect(ctx, zmq::SUB, "control", &config.control, "--control", None)?;
@@ -336,10 +370,18 @@ pub fn run_worker(
         let frame = tasks.recv_bytes(0)?;
         let Some(workload_ms) = classic::decode_task(&frame) else {
             summary.rejected += 1;
-            reject_log.warn(|| format!("dropped a {}-byte task that is not ASCII milliseconds", frame.len()));
+            reject_log.warn(|| {
+                format!(
+                    "dropped a {}-byte task that is not ASCII milliseconds",
+                    frame.len()
+                )
+            });
             continue;
         };
-        let task = Task { id: next_id, workload_ms };
+        let task = Task {
+            id: next_id,
+            workload_ms,
+        };
         next_id = next_id.wrapping_add(1);
         // The classic protocol cannot hand a failed task to another worker: retry here.
         let mut status = Status::Failed;

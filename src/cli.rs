@@ -184,6 +184,14 @@ pub struct ReportArgs {
     pub results_format: Option<ResultsFormat>,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct ResumeArgs {
+    /// Continue the batch recorded in --results after a crash: results the file holds are
+    /// not redone and not counted twice.
+    #[arg(long, requires = "results")]
+    pub resume: bool,
+}
+
 impl ReportArgs {
     fn sink_config(&self, bind: String) -> SinkConfig {
         SinkConfig {
@@ -246,9 +254,12 @@ pub struct VentilatorArgs {
     /// Ask workers to check every compute result against the CPU reference.
     #[arg(long)]
     pub verify: bool,
-    /// Batch id in hex (random by default).
+    /// Batch id in hex (default: a hash of the tasks and the job, the same after a restart).
     #[arg(long, value_parser = parse_hex_u64)]
     pub batch_id: Option<u64>,
+    /// Continue a batch the sink already holds results of (after this ventilator restarted).
+    #[arg(long)]
+    pub resume: bool,
     /// Speak the Guide's classic format: PUSH tasks as ASCII milliseconds, "0" to the sink.
     /// --wait-workers counts connected workers; 0 waits for Enter as taskvent does.
     #[arg(long)]
@@ -292,6 +303,8 @@ pub struct SinkArgs {
     pub bind: String,
     #[command(flatten)]
     pub report: ReportArgs,
+    #[command(flatten)]
+    pub resume: ResumeArgs,
     /// Speak the Guide's classic format: PULL results (empty or the workload echoed), wait
     /// for "0", count --tasks results, then broadcast KILL on --control-bind.
     #[arg(long)]
@@ -371,6 +384,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         heartbeat,
         shutdown_workers: true,
         batch_id: None,
+        resume: false,
         announce: false,
     };
     let report = crate::local::run(
@@ -423,6 +437,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         heartbeat: args.heartbeat.heartbeat(),
         shutdown_workers: args.shutdown_workers,
         batch_id: args.batch_id,
+        resume: args.resume,
         announce: true,
     };
     let ctx = zmq::Context::new();
@@ -480,7 +495,8 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         report.print(args.report.json)?;
         return Ok(0);
     }
-    let config = args.report.sink_config(args.bind);
+    let mut config = args.report.sink_config(args.bind);
+    config.resume = args.resume.resume;
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
     report.print(args.report.json)?;
     Ok(if report.mismatches > 0 { 1 } else { 0 })

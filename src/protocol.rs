@@ -129,16 +129,20 @@ pub enum Message {
         worker: WorkerInfo,
         results: Vec<TaskResult>,
     },
-    /// ventilator → sink: a batch starts; the sink's clock starts on receipt.
+    /// ventilator → sink: a batch starts; the sink's clock starts on its first receipt.
+    /// Repeated every heartbeat interval, so a restarted sink learns the batch again.
     Batch {
         batch: u64,
+        /// Random per ventilator process: a new one means the ventilator restarted.
+        session: u64,
         task_count: u32,
         expected_ms: u64,
         longest_ms: u32,
         job: Job,
     },
-    /// sink → ventilator: the sink knows the batch; dispatch may begin.
-    BatchAck { batch: u64 },
+    /// sink → ventilator: the sink knows the batch; dispatch may begin. `held` results are
+    /// already in hand (a resumed or continuing sink) and follow as `Held` messages.
+    BatchAck { batch: u64, held: u32 },
     /// sink → ventilator: task ids whose results the sink now holds.
     Held { batch: u64, ids: Vec<u32> },
     /// ventilator → sink: counters only the ventilator knows, for the report.
@@ -216,7 +220,11 @@ impl Message {
                     w.u32(d.wall_us);
                 }
             }
-            Message::Heartbeat { batch } | Message::BatchAck { batch } => w.u64(*batch),
+            Message::Heartbeat { batch } => w.u64(*batch),
+            Message::BatchAck { batch, held } => {
+                w.u64(*batch);
+                w.u32(*held);
+            }
             Message::Complete { batch } => w.u64(*batch),
             Message::End { batch, shutdown } => {
                 w.u64(*batch);
@@ -242,12 +250,14 @@ impl Message {
             }
             Message::Batch {
                 batch,
+                session,
                 task_count,
                 expected_ms,
                 longest_ms,
                 job,
             } => {
                 w.u64(*batch);
+                w.u64(*session);
                 w.u32(*task_count);
                 w.u64(*expected_ms);
                 w.u32(*longest_ms);
@@ -367,12 +377,16 @@ impl Message {
             }
             8 => Message::Batch {
                 batch: r.u64()?,
+                session: r.u64()?,
                 task_count: r.u32()?,
                 expected_ms: r.u64()?,
                 longest_ms: r.u32()?,
                 job: r.job()?,
             },
-            9 => Message::BatchAck { batch: r.u64()? },
+            9 => Message::BatchAck {
+                batch: r.u64()?,
+                held: r.u32()?,
+            },
             10 => {
                 let batch = r.u64()?;
                 let n = r.count(4)?;
@@ -652,12 +666,13 @@ mod tests {
             },
             Message::Batch {
                 batch: 7,
+                session: 99,
                 task_count: 100,
                 expected_ms: 5050,
                 longest_ms: 100,
                 job,
             },
-            Message::BatchAck { batch: 7 },
+            Message::BatchAck { batch: 7, held: 3 },
             Message::Held {
                 batch: 7,
                 ids: vec![1, 2, 3],

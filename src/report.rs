@@ -148,22 +148,35 @@ impl ResultsFormat {
     }
 }
 
-/// One record per task, written as results arrive and flushed after each group.
+/// One record per task, written as results arrive and synced before they are acknowledged.
 pub struct ResultsFile {
     path: PathBuf,
     format: ResultsFormat,
     out: BufWriter<File>,
 }
 
-#[derive(Serialize)]
-struct ResultRecord<'a> {
+#[derive(Serialize, serde::Deserialize)]
+struct ResultRecord {
+    batch: String,
     task: u32,
-    worker: &'a str,
+    worker: String,
     workload_ms: u32,
     wall_us: u32,
     kernel_us: u32,
     checksum: String,
-    status: &'a str,
+    status: String,
+    started_unix_ms: u64,
+}
+
+const CSV_HEADER: &str =
+    "batch,task,workload_ms,wall_us,kernel_us,checksum,status,started_unix_ms,worker";
+
+/// What a results file holds of a batch in progress, for `--resume`.
+pub struct RecoveredResults {
+    pub batch: u64,
+    pub started_unix_ms: u64,
+    /// (task, worker, result) per record.
+    pub records: Vec<(u32, String, TaskResult)>,
 }
 
 impl ResultsFile {
@@ -176,42 +189,82 @@ impl ResultsFile {
             out: BufWriter::new(file),
         };
         if format == ResultsFormat::Csv {
-            writeln!(
-                results.out,
-                "task,worker,workload_ms,wall_us,kernel_us,checksum,status"
-            )
-            .map_err(|e| results.error(e))?;
+            writeln!(results.out, "{CSV_HEADER}").map_err(|e| results.error(e))?;
         }
         Ok(results)
+    }
+
+    /// Reopens a results file to append to it, after reading what it holds. A last line
+    /// cut short by a crash is cut off.
+    pub fn resume(
+        path: &Path,
+        format: ResultsFormat,
+    ) -> anyhow::Result<(ResultsFile, Option<RecoveredResults>)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read results file {}", path.display()))?;
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            log::warn!(
+                "{}: dropping a last line cut short ({} bytes)",
+                path.display(),
+                text.len() - complete
+            );
+        }
+        let recovered = parse_records(&text[..complete], format)
+            .with_context(|| format!("cannot resume from results file {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open results file {}", path.display()))?;
+        file.set_len(complete as u64)
+            .with_context(|| format!("cannot trim results file {}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        std::io::Seek::seek(&mut out, std::io::SeekFrom::End(0))?;
+        let mut results = ResultsFile {
+            path: path.to_owned(),
+            format,
+            out,
+        };
+        if format == ResultsFormat::Csv && complete == 0 {
+            writeln!(results.out, "{CSV_HEADER}").map_err(|e| results.error(e))?;
+        }
+        Ok((results, recovered))
     }
 
     fn error(&self, e: std::io::Error) -> anyhow::Error {
         anyhow::anyhow!("cannot write results file {}: {e}", self.path.display())
     }
 
-    pub fn record(&mut self, worker: &str, r: &TaskResult) -> anyhow::Result<()> {
+    pub fn record(
+        &mut self,
+        batch: u64,
+        started_unix_ms: u64,
+        worker: &str,
+        r: &TaskResult,
+    ) -> anyhow::Result<()> {
         let status = r.status.as_str();
         let written = match self.format {
             ResultsFormat::Csv => writeln!(
                 self.out,
-                "{},{},{},{},{},{:016x},{}",
+                "{batch:016x},{},{},{},{},{:016x},{status},{started_unix_ms},{}",
                 r.id,
-                csv_field(worker),
                 r.workload_ms,
                 r.wall_us,
                 r.kernel_us,
                 r.checksum,
-                status
+                csv_field(worker),
             ),
             ResultsFormat::Jsonl => {
                 let record = ResultRecord {
+                    batch: format!("{batch:016x}"),
                     task: r.id,
-                    worker,
+                    worker: worker.to_owned(),
                     workload_ms: r.workload_ms,
                     wall_us: r.wall_us,
                     kernel_us: r.kernel_us,
                     checksum: format!("{:016x}", r.checksum),
-                    status,
+                    status: status.to_owned(),
+                    started_unix_ms,
                 };
                 serde_json::to_writer(&mut self.out, &record)
                     .map_err(std::io::Error::other)
@@ -221,9 +274,80 @@ impl ResultsFile {
         written.map_err(|e| self.error(e))
     }
 
-    pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.out.flush().map_err(|e| self.error(e))
+    /// Writes out what is buffered and waits until it is on disk.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        self.out.flush().map_err(|e| self.error(e))?;
+        self.out.get_ref().sync_data().map_err(|e| self.error(e))
     }
+}
+
+fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<RecoveredResults>> {
+    let mut recovered: Option<RecoveredResults> = None;
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        if line.trim().is_empty() || (format == ResultsFormat::Csv && line == CSV_HEADER) {
+            continue;
+        }
+        let record: ResultRecord = match format {
+            ResultsFormat::Jsonl => serde_json::from_str(line)
+                .with_context(|| format!("line {line_no} is not a results record"))?,
+            ResultsFormat::Csv => {
+                let f: Vec<&str> = line.splitn(9, ',').collect();
+                let [batch, task, workload_ms, wall_us, kernel_us, checksum, status, started, worker] =
+                    <[&str; 9]>::try_from(f)
+                        .map_err(|_| anyhow::anyhow!("line {line_no} has fewer than 9 fields"))?;
+                let number = |s: &str| -> anyhow::Result<u64> {
+                    s.parse()
+                        .with_context(|| format!("line {line_no}: {s:?} is not a number"))
+                };
+                let worker = worker
+                    .strip_prefix('"')
+                    .and_then(|w| w.strip_suffix('"'))
+                    .map_or_else(|| worker.to_owned(), |w| w.replace("\"\"", "\""));
+                ResultRecord {
+                    batch: batch.to_owned(),
+                    task: number(task)? as u32,
+                    worker,
+                    workload_ms: number(workload_ms)? as u32,
+                    wall_us: number(wall_us)? as u32,
+                    kernel_us: number(kernel_us)? as u32,
+                    checksum: checksum.to_owned(),
+                    status: status.to_owned(),
+                    started_unix_ms: number(started)?,
+                }
+            }
+        };
+        let hex = |s: &str, what: &str| {
+            u64::from_str_radix(s, 16).with_context(|| format!("line {line_no}: bad {what} {s:?}"))
+        };
+        let batch = hex(&record.batch, "batch id")?;
+        let status = match record.status.as_str() {
+            "ok" => crate::protocol::Status::Ok,
+            "mismatch" => crate::protocol::Status::Mismatch,
+            other => anyhow::bail!("line {line_no}: unknown status {other:?}"),
+        };
+        let result = TaskResult {
+            id: record.task,
+            workload_ms: record.workload_ms,
+            status,
+            wall_us: record.wall_us,
+            kernel_us: record.kernel_us,
+            checksum: hex(&record.checksum, "checksum")?,
+        };
+        let r = recovered.get_or_insert_with(|| RecoveredResults {
+            batch,
+            started_unix_ms: record.started_unix_ms,
+            records: Vec::new(),
+        });
+        if r.batch != batch {
+            anyhow::bail!(
+                "line {line_no} is from batch {batch:016x}, earlier lines from {:016x}",
+                r.batch
+            );
+        }
+        r.records.push((record.task, record.worker, result));
+    }
+    Ok(recovered)
 }
 
 /// Quotes a CSV field when it needs it.
@@ -296,6 +420,47 @@ mod tests {
                 value["workers"][0].get(key).is_some(),
                 "missing workers[].{key}"
             );
+        }
+    }
+
+    #[test]
+    fn results_files_round_trip_and_resume_past_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [ResultsFormat::Csv, ResultsFormat::Jsonl] {
+            let path = dir.path().join(format!("r.{format:?}"));
+            let mut file = ResultsFile::create(&path, format).unwrap();
+            let r = TaskResult {
+                id: 3,
+                workload_ms: 7,
+                status: crate::protocol::Status::Ok,
+                wall_us: 7100,
+                kernel_us: 0,
+                checksum: 0xabc,
+            };
+            file.record(0xfeed, 1234, "box, \"one\"", &r).unwrap();
+            file.record(0xfeed, 1234, "w2", &TaskResult { id: 4, ..r })
+                .unwrap();
+            file.sync().unwrap();
+            drop(file);
+            // A crash mid-write leaves half a line.
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.extend_from_slice(b"feed,5,1");
+            std::fs::write(&path, &bytes).unwrap();
+
+            let (mut file, recovered) = ResultsFile::resume(&path, format).unwrap();
+            let recovered = recovered.unwrap();
+            assert_eq!(recovered.batch, 0xfeed);
+            assert_eq!(recovered.started_unix_ms, 1234);
+            assert_eq!(recovered.records.len(), 2, "{format:?}");
+            assert_eq!(recovered.records[0].1, "box, \"one\"");
+            assert_eq!(recovered.records[0].2, r);
+            file.record(0xfeed, 1234, "w3", &TaskResult { id: 5, ..r })
+                .unwrap();
+            file.sync().unwrap();
+            drop(file);
+            let (_, again) = ResultsFile::resume(&path, format).unwrap();
+            let ids: Vec<u32> = again.unwrap().records.iter().map(|r| r.0).collect();
+            assert_eq!(ids, vec![3, 4, 5], "{format:?}: the torn line is gone");
         }
     }
 

@@ -1,21 +1,23 @@
 //! The sink: collects results, counts each task once, and reports the batch.
 //!
 //! Socket: `results`, a ROUTER bound on `tcp://*:5558`. Workers' DEALERs send results here;
-//! the ventilator's DEALER announces the batch here (which starts the clock) and hears back
-//! which task ids the sink holds, so it can hand lost tasks to other workers. The sink
-//! keeps one bit per task; a second result for a held task is a duplicate, dropped and
-//! counted. It never talks to workers and never decides who computes what.
+//! the ventilator's DEALER announces the batch here (the first announcement starts the
+//! clock; repeats are its heartbeat) and hears back which task ids the sink holds, so it can
+//! hand lost tasks to other workers. The sink keeps one bit per task; a second result for a
+//! held task is a duplicate, dropped and counted. With `--results` every result is written
+//! and synced to disk before the ventilator hears it is held, so `--resume` after a crash
+//! loses nothing and counts nothing twice. The sink never talks to workers.
 
 use crate::batch::ideal_ms;
 use crate::logging::RateLimited;
-use crate::protocol::{Message, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use crate::protocol::{Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
 use crate::report::{Report, ResultsFile, ResultsFormat, WorkerReport};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use anyhow::{bail, Context};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Everything a sink needs.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub struct SinkConfig {
     pub bind: String,
     /// Where to write one record per task, if anywhere.
     pub results: Option<(PathBuf, ResultsFormat)>,
+    /// Continue the batch recorded in the results file instead of starting it afresh.
+    pub resume: bool,
     /// How long to wait for the ventilator's last counters once every task is held.
     pub final_stats_wait: Duration,
 }
@@ -33,6 +37,7 @@ impl Default for SinkConfig {
         SinkConfig {
             bind: "tcp://*:5558".into(),
             results: None,
+            resume: false,
             final_stats_wait: Duration::from_secs(1),
         }
     }
@@ -52,9 +57,12 @@ struct BatchState {
     longest_ms: u32,
     held: Vec<u64>,
     held_count: usize,
+    /// Start of the batch, wall clock (kept in the results file for a resumed sink).
+    started_unix_ms: u64,
     started: Instant,
-    /// The ventilator's routing id: where `held` and `complete` go.
+    /// The ventilator's routing id and run: where `held` and `complete` go.
     ventilator: Vec<u8>,
+    session: u64,
     finished: Option<Instant>,
 }
 
@@ -65,6 +73,12 @@ impl BatchState {
     fn set_held(&mut self, id: usize) {
         self.held[id / 64] |= 1 << (id % 64);
         self.held_count += 1;
+    }
+    fn held_ids(&self) -> Vec<u32> {
+        (0..self.task_count)
+            .filter(|&i| self.is_held(i))
+            .map(|i| i as u32)
+            .collect()
     }
 }
 
@@ -77,8 +91,38 @@ struct Tally {
     kernel_us: u64,
 }
 
+use crate::report::RecoveredResults as Recovered;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Everything the sink counts while it runs.
+struct Collector {
+    batch: Option<BatchState>,
+    recovered: Option<Recovered>,
+    file: Option<ResultsFile>,
+    workers: BTreeMap<String, Tally>,
+    duplicates: u64,
+    rejected: u64,
+    mismatches: u64,
+    /// Measured task times: the basis of the ideal when tasks are computed, not slept.
+    measured_total_us: u64,
+    measured_longest_us: u32,
+    /// The ventilator's counters: (redispatched, rejected), and whether they are final.
+    ventilator_counts: (u64, u64),
+    final_counts: bool,
+    reject_log: RateLimited,
+    newly_held: Vec<u32>,
+}
+
 impl Sink {
     pub fn bind(ctx: &zmq::Context, config: SinkConfig) -> anyhow::Result<Sink> {
+        if config.resume && config.results.is_none() {
+            bail!("--resume needs --results FILE: the file is what the sink resumes from");
+        }
         let (socket, endpoint) =
             sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
         socket.set_router_mandatory(true)?;
@@ -96,37 +140,59 @@ impl Sink {
 
     /// Collects one batch and returns its report.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Report> {
-        let mut results_file = match &self.config.results {
-            Some((path, format)) => Some(ResultsFile::create(path, *format)?),
-            None => None,
+        let mut c = Collector {
+            batch: None,
+            recovered: None,
+            file: None,
+            workers: BTreeMap::new(),
+            duplicates: 0,
+            rejected: 0,
+            mismatches: 0,
+            measured_total_us: 0,
+            measured_longest_us: 0,
+            ventilator_counts: (0, 0),
+            final_counts: false,
+            reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            newly_held: Vec::new(),
         };
-        let mut batch: Option<BatchState> = None;
-        let mut workers: BTreeMap<String, Tally> = BTreeMap::new();
-        let mut duplicates = 0u64;
-        let mut rejected = 0u64;
-        let mut mismatches = 0u64;
-        // Measured task times, the basis of the ideal when tasks are computed rather than
-        // slept (their nominal milliseconds then say little about how long they take).
-        let mut measured_total_us = 0u64;
-        let mut measured_longest_us = 0u32;
-        let mut ventilator_counts = (0u64, 0u64); // (redispatched, rejected)
-        let mut final_counts = false;
-        let mut reject_log = RateLimited::new(5, Duration::from_secs(1));
-        let mut newly_held: Vec<u32> = Vec::new();
+        if let Some((path, format)) = &self.config.results {
+            if self.config.resume && path.exists() {
+                let (file, recovered) = ResultsFile::resume(path, *format)?;
+                match recovered {
+                    Some(r) => {
+                        log::warn!(
+                            "resuming batch {:016x} from {}: {} results already held",
+                            r.batch,
+                            path.display(),
+                            r.records.len()
+                        );
+                        c.recovered = Some(r);
+                    }
+                    None => log::warn!("--resume: {} holds no results yet", path.display()),
+                }
+                c.file = Some(file);
+            } else {
+                if self.config.resume {
+                    log::warn!(
+                        "--resume: {} does not exist yet; starting afresh",
+                        path.display()
+                    );
+                }
+                c.file = Some(ResultsFile::create(path, *format)?);
+            }
+        }
         log::info!("waiting for a batch on {}", self.endpoint);
 
         loop {
             if shutdown.is_requested() {
                 bail!("interrupted");
             }
-            if let Some(b) = &batch {
-                if let Some(finished) = b.finished {
-                    if final_counts || finished.elapsed() >= self.config.final_stats_wait {
-                        if !final_counts {
-                            log::warn!("the ventilator did not send its final counters; reporting the last ones it sent");
-                        }
-                        break;
+            if let Some(finished) = c.batch.as_ref().and_then(|b| b.finished) {
+                if c.final_counts || finished.elapsed() >= self.config.final_stats_wait {
+                    if !c.final_counts {
+                        log::warn!("the ventilator did not send its final counters; reporting the last ones it sent");
                     }
+                    break;
                 }
             }
             let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
@@ -140,157 +206,253 @@ impl Sink {
                     Err(zmq::Error::EAGAIN) => break,
                     Err(e) => return Err(e).context("receiving on the results socket"),
                 };
-                let mut reject = |peer: &[u8], why: String| {
-                    rejected += 1;
-                    let peer = sockets::peer_name(peer);
-                    reject_log.warn(|| format!("dropped a message from {peer}: {why}"));
-                };
                 let [peer, payload] = match <[Vec<u8>; 2]>::try_from(frames) {
                     Ok(pair) => pair,
                     Err(frames) => {
                         let peer = frames.first().cloned().unwrap_or_default();
-                        reject(
+                        c.reject(
                             &peer,
                             format!("{} frames, expected 1", frames.len().saturating_sub(1)),
                         );
                         continue;
                     }
                 };
-                let message = match Message::decode(&payload) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        reject(&peer, e.to_string());
-                        continue;
-                    }
-                };
-                match message {
-                    Message::Batch {
-                        batch: id,
+                match Message::decode(&payload) {
+                    Ok(message) => c.handle(&self.socket, peer, message)?,
+                    Err(e) => c.reject(&peer, e.to_string()),
+                }
+            }
+            c.acknowledge(&self.socket)?;
+        }
+        c.report()
+    }
+}
+
+impl Collector {
+    fn reject(&mut self, peer: &[u8], why: String) {
+        self.rejected += 1;
+        let peer = sockets::peer_name(peer);
+        self.reject_log
+            .warn(|| format!("dropped a message from {peer}: {why}"));
+    }
+
+    fn handle(
+        &mut self,
+        socket: &zmq::Socket,
+        peer: Vec<u8>,
+        message: Message,
+    ) -> anyhow::Result<()> {
+        match message {
+            Message::Batch {
+                batch: id,
+                session,
+                task_count,
+                expected_ms,
+                longest_ms,
+                ..
+            } => {
+                match &mut self.batch {
+                    None => self.adopt(
+                        socket,
+                        peer,
+                        id,
+                        session,
                         task_count,
                         expected_ms,
                         longest_ms,
-                        ..
-                    } => match &mut batch {
-                        None => {
-                            log::info!("batch {id:016x}: {task_count} tasks, {expected_ms} ms expected; clock started");
-                            let task_count = task_count as usize;
-                            batch = Some(BatchState {
-                                id,
-                                task_count,
-                                expected_ms,
-                                longest_ms,
-                                held: vec![0; task_count.div_ceil(64)],
-                                held_count: 0,
-                                started: Instant::now(),
-                                ventilator: peer.clone(),
-                                finished: None,
-                            });
-                            send(&self.socket, &peer, &Message::BatchAck { batch: id });
-                        }
-                        Some(b) if b.id == id => {
-                            // The ventilator restarted: tell it what we already hold.
-                            b.ventilator = peer.clone();
-                            send(&self.socket, &peer, &Message::BatchAck { batch: id });
-                            let ids: Vec<u32> = (0..b.task_count)
-                                .filter(|&i| b.is_held(i))
-                                .map(|i| i as u32)
-                                .collect();
-                            send_held(&self.socket, &peer, id, &ids);
-                        }
-                        Some(b) => reject(
-                            &peer,
-                            format!(
-                                "batch {id:016x} announced while batch {:016x} is in progress",
-                                b.id
-                            ),
-                        ),
-                    },
-                    Message::Results {
-                        batch: id,
-                        worker,
-                        results,
-                    } => {
-                        let Some(b) = batch.as_mut().filter(|b| b.id == id) else {
-                            reject(&peer, format!("results for batch {id:016x}, which this sink is not collecting"));
-                            continue;
-                        };
-                        if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
-                            reject(
-                                &peer,
-                                format!(
-                                    "result for task {} of a {}-task batch",
-                                    bad.id, b.task_count
-                                ),
+                    )?,
+                    Some(b) if b.id == id => {
+                        b.ventilator = peer.clone();
+                        if b.session != session {
+                            // The ventilator restarted: tell it everything we hold.
+                            log::warn!(
+                                "the ventilator restarted; sending it the {} results held",
+                                b.held_count
                             );
-                            continue;
-                        }
-                        let tally = tally_for(&mut workers, &worker);
-                        for r in &results {
-                            if r.status == Status::Failed {
-                                continue; // the ventilator hands it to another worker
-                            }
-                            if b.is_held(r.id as usize) {
-                                duplicates += 1;
-                                continue;
-                            }
-                            b.set_held(r.id as usize);
-                            newly_held.push(r.id);
-                            tally.tasks += 1;
-                            tally.busy_us += u64::from(r.wall_us);
-                            measured_total_us += u64::from(r.wall_us);
-                            measured_longest_us = measured_longest_us.max(r.wall_us);
-                            tally.kernel_us += u64::from(r.kernel_us);
-                            if r.status == Status::Mismatch {
-                                mismatches += 1;
-                                log::error!(
-                                    "task {} from {}: result does not match the CPU reference",
-                                    r.id,
-                                    worker.name
-                                );
-                            }
-                            if let Some(file) = results_file.as_mut() {
-                                file.record(&worker.name, r)?;
-                            }
+                            b.session = session;
+                            send_ack(socket, &peer, b);
                         }
                     }
-                    Message::Stats {
-                        batch: id,
-                        redispatched,
-                        rejected: vent_rejected,
-                        last,
-                    } if batch.as_ref().is_some_and(|b| b.id == id) => {
-                        ventilator_counts = (redispatched, vent_rejected);
-                        final_counts |= last;
+                    Some(b) => {
+                        let current = b.id;
+                        self.reject(
+                        &peer,
+                        format!("batch {id:016x} announced while batch {current:016x} is in progress"),
+                    );
                     }
-                    other => reject(&peer, format!("unexpected {} message", other.kind_name())),
                 }
             }
-            if let Some(b) = batch.as_mut() {
-                if !newly_held.is_empty() {
-                    if let Some(file) = results_file.as_mut() {
-                        file.flush()?;
-                    }
-                    send_held(&self.socket, &b.ventilator, b.id, &newly_held);
-                    newly_held.clear();
+            Message::Results {
+                batch: id,
+                worker,
+                results,
+            } => self.results(&peer, id, &worker, &results)?,
+            Message::Stats {
+                batch: id,
+                redispatched,
+                rejected,
+                last,
+            } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
+                self.ventilator_counts = (redispatched, rejected);
+                self.final_counts |= last;
+            }
+            other => self.reject(&peer, format!("unexpected {} message", other.kind_name())),
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adopt(
+        &mut self,
+        socket: &zmq::Socket,
+        peer: Vec<u8>,
+        id: u64,
+        session: u64,
+        task_count: u32,
+        expected_ms: u64,
+        longest_ms: u32,
+    ) -> anyhow::Result<()> {
+        let task_count = task_count as usize;
+        let mut b = BatchState {
+            id,
+            task_count,
+            expected_ms,
+            longest_ms,
+            held: vec![0; task_count.div_ceil(64)],
+            held_count: 0,
+            started_unix_ms: unix_ms(),
+            started: Instant::now(),
+            ventilator: peer.clone(),
+            session,
+            finished: None,
+        };
+        if let Some(recovered) = self.recovered.take() {
+            if recovered.batch != id {
+                bail!(
+                    "the results file holds batch {:016x} but the ventilator announces {id:016x}: \
+                     resume with the file of this batch, or start without --resume",
+                    recovered.batch
+                );
+            }
+            // The clock runs from the batch's original start, downtime included.
+            let since = unix_ms().saturating_sub(recovered.started_unix_ms);
+            b.started = Instant::now()
+                .checked_sub(Duration::from_millis(since))
+                .unwrap_or_else(Instant::now);
+            b.started_unix_ms = recovered.started_unix_ms;
+            for (task, worker, r) in &recovered.records {
+                let index = *task as usize;
+                if index < task_count && !b.is_held(index) {
+                    b.set_held(index);
+                    self.tally(worker, "", "", r);
                 }
-                if b.finished.is_none() && b.held_count == b.task_count {
-                    b.finished = Some(Instant::now());
-                    log::info!("all {} results held", b.task_count);
-                    send(
-                        &self.socket,
-                        &b.ventilator,
-                        &Message::Complete { batch: b.id },
-                    );
-                }
+            }
+        } else {
+            log::info!(
+                "batch {id:016x}: {task_count} tasks, {expected_ms} ms expected; clock started"
+            );
+        }
+        send_ack(socket, &peer, &b);
+        self.batch = Some(b);
+        Ok(())
+    }
+
+    fn tally(&mut self, worker: &str, backend: &str, adapter: &str, r: &TaskResult) {
+        let tally = self.workers.entry(worker.to_owned()).or_default();
+        if tally.backend.is_empty() {
+            tally.backend = backend.to_owned();
+            tally.adapter = adapter.to_owned();
+        }
+        tally.tasks += 1;
+        tally.busy_us += u64::from(r.wall_us);
+        tally.kernel_us += u64::from(r.kernel_us);
+        self.measured_total_us += u64::from(r.wall_us);
+        self.measured_longest_us = self.measured_longest_us.max(r.wall_us);
+        if r.status == Status::Mismatch {
+            self.mismatches += 1;
+        }
+    }
+
+    fn results(
+        &mut self,
+        peer: &[u8],
+        id: u64,
+        worker: &WorkerInfo,
+        results: &[TaskResult],
+    ) -> anyhow::Result<()> {
+        let Some(b) = self.batch.as_mut().filter(|b| b.id == id) else {
+            self.reject(
+                peer,
+                format!("results for batch {id:016x}, which this sink is not collecting"),
+            );
+            return Ok(());
+        };
+        if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
+            let why = format!(
+                "result for task {} of a {}-task batch",
+                bad.id, b.task_count
+            );
+            self.reject(peer, why);
+            return Ok(());
+        }
+        let mut fresh = Vec::new();
+        for r in results {
+            if r.status == Status::Failed {
+                continue; // the ventilator hands it to another worker
+            }
+            if b.is_held(r.id as usize) {
+                self.duplicates += 1;
+                continue;
+            }
+            b.set_held(r.id as usize);
+            self.newly_held.push(r.id);
+            fresh.push(*r);
+        }
+        let started_unix_ms = b.started_unix_ms;
+        for r in &fresh {
+            self.tally(&worker.name, &worker.backend, &worker.adapter, r);
+            if r.status == Status::Mismatch {
+                log::error!(
+                    "task {} from {}: result does not match the CPU reference",
+                    r.id,
+                    worker.name
+                );
+            }
+            if let Some(file) = self.file.as_mut() {
+                file.record(id, started_unix_ms, &worker.name, r)?;
             }
         }
+        Ok(())
+    }
 
-        let Some(b) = batch else {
+    /// Makes new results durable, then tells the ventilator they are held.
+    fn acknowledge(&mut self, socket: &zmq::Socket) -> anyhow::Result<()> {
+        let Some(b) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        if !self.newly_held.is_empty() {
+            if let Some(file) = self.file.as_mut() {
+                file.sync()?;
+            }
+            send_held(socket, &b.ventilator, b.id, &self.newly_held);
+            self.newly_held.clear();
+        }
+        if b.finished.is_none() && b.held_count == b.task_count {
+            b.finished = Some(Instant::now());
+            log::info!("all {} results held", b.task_count);
+            send(socket, &b.ventilator, &Message::Complete { batch: b.id });
+        }
+        Ok(())
+    }
+
+    fn report(self) -> anyhow::Result<Report> {
+        let Some(b) = self.batch else {
             bail!("no batch was collected");
         };
         let finished = b.finished.unwrap_or_else(Instant::now);
         let elapsed_ms = finished.duration_since(b.started).as_secs_f64() * 1000.0;
-        let worker_reports: Vec<WorkerReport> = workers
+        let workers: Vec<WorkerReport> = self
+            .workers
             .into_iter()
             .filter(|(_, t)| t.tasks > 0)
             .map(|(id, t)| WorkerReport {
@@ -302,16 +464,16 @@ impl Sink {
                 adapter: t.adapter,
             })
             .collect();
-        let slept = worker_reports.iter().all(|w| w.backend == "sleep");
+        let slept = workers.iter().all(|w| w.backend == "sleep");
         let (ideal, ideal_basis) = if slept {
             (
-                ideal_ms(b.expected_ms, b.longest_ms, worker_reports.len()),
+                ideal_ms(b.expected_ms, b.longest_ms, workers.len()),
                 "workload",
             )
         } else {
-            let share = measured_total_us as f64 / 1000.0 / worker_reports.len().max(1) as f64;
+            let share = self.measured_total_us as f64 / 1000.0 / workers.len().max(1) as f64;
             (
-                share.max(f64::from(measured_longest_us) / 1000.0),
+                share.max(f64::from(self.measured_longest_us) / 1000.0),
                 "measured",
             )
         };
@@ -333,22 +495,25 @@ impl Sink {
             } else {
                 0.0
             },
-            duplicates,
-            redispatched: ventilator_counts.0,
-            rejected: rejected + ventilator_counts.1,
-            mismatches,
-            workers: worker_reports,
+            duplicates: self.duplicates,
+            redispatched: self.ventilator_counts.0,
+            rejected: self.rejected + self.ventilator_counts.1,
+            mismatches: self.mismatches,
+            workers,
         })
     }
 }
 
-fn tally_for<'a>(workers: &'a mut BTreeMap<String, Tally>, worker: &WorkerInfo) -> &'a mut Tally {
-    let tally = workers.entry(worker.name.clone()).or_default();
-    if tally.backend.is_empty() {
-        tally.backend = worker.backend.clone();
-        tally.adapter = worker.adapter.clone();
-    }
-    tally
+fn send_ack(socket: &zmq::Socket, peer: &[u8], b: &BatchState) {
+    send(
+        socket,
+        peer,
+        &Message::BatchAck {
+            batch: b.id,
+            held: b.held_count as u32,
+        },
+    );
+    send_held(socket, peer, b.id, &b.held_ids());
 }
 
 fn send(socket: &zmq::Socket, peer: &[u8], message: &Message) {
@@ -387,13 +552,16 @@ mod tests {
             longest_ms: 0,
             held: vec![0; 3],
             held_count: 0,
+            started_unix_ms: 0,
             started: Instant::now(),
             ventilator: vec![],
+            session: 0,
             finished: None,
         };
         b.set_held(129);
         b.set_held(0);
         assert!(b.is_held(129) && b.is_held(0) && !b.is_held(64));
         assert_eq!(b.held_count, 2);
+        assert_eq!(b.held_ids(), vec![0, 129]);
     }
 }

@@ -64,8 +64,11 @@ pub struct VentilatorConfig {
     pub heartbeat: Heartbeat,
     /// Tell workers to exit when the batch is complete.
     pub shutdown_workers: bool,
-    /// Batch id; random when not given (give the same one to resume a batch).
+    /// Batch id; by default a hash of the tasks and the job, so a restarted ventilator
+    /// announces the same batch again.
     pub batch_id: Option<u64>,
+    /// Continue a batch the sink already holds results of (after a ventilator restart).
+    pub resume: bool,
     /// Print the seed's "Total expected cost" line on stdout (off when the report does).
     pub announce: bool,
 }
@@ -146,7 +149,10 @@ impl Ventilator {
 
     /// Runs the batch until the sink says it holds every result.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<VentilatorSummary> {
-        let batch_id = self.config.batch_id.unwrap_or_else(rand::random);
+        let batch_id = self
+            .config
+            .batch_id
+            .unwrap_or_else(|| self.config.batch.id(&self.config.job));
         let order = self
             .config
             .batch
@@ -166,7 +172,9 @@ impl Ventilator {
             rejected: 0,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             batch_id,
+            session: rand::random(),
             job: self.config.job,
+            resync: None,
             window: self.config.window,
             max_window: self.config.max_window.max(self.config.window),
             heartbeat: self.config.heartbeat,
@@ -229,20 +237,33 @@ impl Ventilator {
         }
     }
 
-    fn announce_batch(&self, state: &mut Dispatcher, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let announce = Message::Batch {
+    fn batch_message(&self, state: &Dispatcher) -> anyhow::Result<Message> {
+        Ok(Message::Batch {
             batch: state.batch_id,
+            session: state.session,
             task_count: u32::try_from(state.tasks.len()).context("batch too large")?,
             expected_ms: self.config.batch.expected_ms(),
             longest_ms: self.config.batch.longest_ms(),
             job: state.job,
-        };
+        })
+    }
+
+    /// Announces the batch and waits for the sink's acknowledgement and, when it already
+    /// holds results (a resumed batch), for the list of them, so none is dispatched again.
+    fn announce_batch(&self, state: &mut Dispatcher, shutdown: &Shutdown) -> anyhow::Result<()> {
         self.sink_socket
-            .send(announce.encode(), 0)
+            .send(self.batch_message(state)?.encode(), 0)
             .context("sending the batch to the sink")?;
         let start = Instant::now();
         let mut next_nag = Duration::from_secs(2);
+        let mut holding: Option<usize> = None;
         loop {
+            if let Some(held) = holding {
+                if state.held >= held {
+                    log::info!("dispatching {} tasks", state.tasks.len() - state.held);
+                    return Ok(());
+                }
+            }
             check_shutdown(shutdown)?;
             let mut items = [
                 self.sink_socket.as_poll_item(zmq::POLLIN),
@@ -255,9 +276,22 @@ impl Ventilator {
             if items[0].is_readable() {
                 while let Some(frame) = recv_nowait(&self.sink_socket)? {
                     match Message::decode(&frame) {
-                        Ok(Message::BatchAck { batch }) if batch == state.batch_id => {
-                            log::info!("the sink holds batch {batch:016x}; dispatching");
-                            return Ok(());
+                        Ok(Message::BatchAck { batch, held }) if batch == state.batch_id => {
+                            if held > 0 && !self.config.resume {
+                                bail!(
+                                    "the sink already holds {held} results of batch {batch:016x}: pass --resume \
+                                     to finish that batch, or --batch-id to run it afresh"
+                                );
+                            }
+                            if held > 0 {
+                                log::warn!(
+                                    "resuming batch {batch:016x}: the sink holds {held} results"
+                                );
+                            }
+                            holding = Some(held as usize);
+                        }
+                        Ok(Message::Held { batch, ids }) if batch == state.batch_id => {
+                            state.mark_held(&ids)
                         }
                         other => state.reject_from_sink(other),
                     }
@@ -312,7 +346,9 @@ impl Ventilator {
                             self.finish(state)?;
                             return Ok(());
                         }
-                        Ok(Message::BatchAck { batch }) if batch == state.batch_id => {}
+                        Ok(Message::BatchAck { batch, held }) if batch == state.batch_id => {
+                            state.sink_restarted(held)
+                        }
                         other => state.reject_from_sink(other),
                     }
                 }
@@ -321,6 +357,12 @@ impl Ventilator {
                 next_tick = Instant::now() + interval;
                 state.heartbeat_workers(&self.tasks_socket);
                 state.expire_silent_workers(&self.tasks_socket);
+                state.finish_resync_if_stale();
+                // Re-announcing the batch is the sink's heartbeat: a restarted sink learns
+                // the batch from it and answers with what it holds.
+                let _ = self
+                    .sink_socket
+                    .send(self.batch_message(state)?.encode(), zmq::DONTWAIT);
                 let stats = state.stats(false);
                 let _ = self.sink_socket.send(stats.encode(), zmq::DONTWAIT);
                 if state.alive_workers() == 0 && state.held < state.tasks.len() {
@@ -405,7 +447,12 @@ struct Dispatcher {
     rejected: u64,
     reject_log: RateLimited,
     batch_id: u64,
+    /// Random per run: lets the sink tell a restarted ventilator from a repeated announcement.
+    session: u64,
     job: Job,
+    /// After a sink restart: how many held results it announced, and since when we wait for
+    /// their ids before handing out again every task it does not hold.
+    resync: Option<(usize, Instant)>,
     window: u32,
     max_window: u32,
     heartbeat: Heartbeat,
@@ -467,8 +514,15 @@ impl Dispatcher {
                 Ok(Message::Done { batch, done }) if batch == self.batch_id => {
                     self.done(&routing_id, &done)
                 }
-                // Credit for an earlier batch from a worker that stayed up: harmless.
-                Ok(Message::Done { .. }) => self.touch(&routing_id),
+                Ok(Message::Done { batch, .. }) => {
+                    // Credit for another batch (perhaps a worker's leftovers from the last
+                    // one): it proves the worker alive, and is counted as foreign.
+                    self.touch(&routing_id);
+                    self.reject(
+                        &routing_id,
+                        format!("credit for batch {batch:016x}, not this one"),
+                    );
+                }
                 Ok(Message::Bye) => self.bye(&routing_id),
                 Ok(other) => self.reject(
                     &routing_id,
@@ -615,6 +669,55 @@ impl Dispatcher {
         }
     }
 
+    /// The sink acknowledged the batch again: it restarted and holds only `held` results
+    /// (from its results file, or none). Everything we believed held is in doubt until the
+    /// sink lists it; what it does not list is handed out again.
+    fn sink_restarted(&mut self, held: u32) {
+        log::warn!("the sink restarted holding {held} results; re-checking the batch against it");
+        for index in 0..self.tasks.len() {
+            if self.state[index] == TaskState::Held {
+                self.state[index] = TaskState::Reported;
+            }
+        }
+        self.held = 0;
+        self.resync = Some((held as usize, Instant::now()));
+        self.finish_resync_if_complete();
+    }
+
+    fn finish_resync_if_complete(&mut self) {
+        if let Some((expected, _)) = self.resync {
+            if self.held >= expected {
+                self.resync = None;
+                self.requeue_unconfirmed();
+            }
+        }
+    }
+
+    /// If the sink's list never completes (it lost messages, or restarted again), stop
+    /// waiting for it after a few heartbeats.
+    fn finish_resync_if_stale(&mut self) {
+        if let Some((_, since)) = self.resync {
+            if since.elapsed() > self.heartbeat.timeout() {
+                self.resync = None;
+                self.requeue_unconfirmed();
+            }
+        }
+    }
+
+    /// Hands out again every task reported done whose result the sink does not hold.
+    fn requeue_unconfirmed(&mut self) {
+        let mut count = 0;
+        for index in (0..self.tasks.len()).rev() {
+            if self.state[index] == TaskState::Reported {
+                self.requeue(index);
+                count += 1;
+            }
+        }
+        if count > 0 {
+            log::warn!("handing out {count} tasks again whose results the sink does not hold");
+        }
+    }
+
     fn mark_held(&mut self, ids: &[u32]) {
         for &id in ids {
             let index = id as usize;
@@ -637,6 +740,7 @@ impl Dispatcher {
             self.state[index] = TaskState::Held;
             self.held += 1;
         }
+        self.finish_resync_if_complete();
     }
 
     fn heartbeat_workers(&mut self, socket: &zmq::Socket) {

@@ -6,7 +6,11 @@ use crate::util::{self, free_endpoint, report, Proc};
 fn software_adapter_present() -> bool {
     let adapters = conquer::backend::gpu::adapters();
     matches!(
-        conquer::backend::gpu::choose(&adapters, conquer::backend::gpu::AdapterClass::Software, None),
+        conquer::backend::gpu::choose(
+            &adapters,
+            conquer::backend::gpu::AdapterClass::Software,
+            None
+        ),
         Ok(Some(_))
     )
 }
@@ -35,8 +39,18 @@ fn conquer_workers_serve_the_guides_ventilator_and_sink_until_kill() {
             Proc::start(
                 &format!("classic-{i}-{backend}"),
                 &[
-                    "worker", "--classic", "--backend", backend, "--ventilator", &tasks, "--sink",
-                    &results, "--control", &control, "--units-per-ms", "16",
+                    "worker",
+                    "--classic",
+                    "--backend",
+                    backend,
+                    "--ventilator",
+                    &tasks,
+                    "--sink",
+                    &results,
+                    "--control",
+                    &control,
+                    "--units-per-ms",
+                    "16",
                 ],
             )
         })
@@ -58,7 +72,10 @@ fn conquer_workers_serve_the_guides_ventilator_and_sink_until_kill() {
         assert!(log.contains("KILL received"), "{log}");
         total += tasks_done(&log);
     }
-    assert_eq!(total, 100, "every task of the Guide's batch done exactly once");
+    assert_eq!(
+        total, 100,
+        "every task of the Guide's batch done exactly once"
+    );
     let (status, stdout, _) = vent.finish();
     assert!(status.success());
     assert!(stdout.contains("Total expected cost: "), "{stdout}");
@@ -69,15 +86,30 @@ fn the_guides_workers_serve_a_classic_conquer_ventilator_and_sink() {
     let sink = Proc::start(
         "sink",
         &[
-            "sink", "--classic", "--bind", "tcp://127.0.0.1:0", "--control-bind",
-            "tcp://127.0.0.1:0", "--tasks", "60", "--json",
+            "sink",
+            "--classic",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--control-bind",
+            "tcp://127.0.0.1:0",
+            "--tasks",
+            "60",
+            "--json",
         ],
     );
     let results = sink.endpoint("results");
     let control = sink.endpoint("control");
     let (vent, tasks) = util::ventilator(
         &results,
-        &["--classic", "--wait-workers", "3", "--tasks", "60", "--max-ms", "20"],
+        &[
+            "--classic",
+            "--wait-workers",
+            "3",
+            "--tasks",
+            "60",
+            "--max-ms",
+            "20",
+        ],
     );
     let workers: Vec<Proc> = (0..3)
         .map(|_| Proc::example("taskwork2", &[&tasks, &results, &control]))
@@ -103,7 +135,15 @@ fn the_guides_plain_worker_and_sink_complete_with_a_classic_conquer_ventilator()
     let sink = Proc::example("tasksink", &[&results]);
     let (vent, tasks) = util::ventilator(
         &results,
-        &["--classic", "--wait-workers", "2", "--tasks", "100", "--max-ms", "5"],
+        &[
+            "--classic",
+            "--wait-workers",
+            "2",
+            "--tasks",
+            "100",
+            "--max-ms",
+            "5",
+        ],
     );
     let workers = [
         Proc::example("taskwork", &[&tasks, &results]),

@@ -73,6 +73,7 @@ fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::re
         heartbeat,
         shutdown_workers: true,
         batch_id: None,
+        resume: false,
         announce: false,
     };
     local::run(

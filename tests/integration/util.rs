@@ -28,7 +28,11 @@ impl Proc {
     /// Starts `conquer -v ARGS...` with extra environment variables.
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut command = Command::new(env!("CARGO_BIN_EXE_conquer"));
-        command.arg("-v").args(args).envs(env.iter().copied()).stdin(Stdio::null());
+        command
+            .arg("-v")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
         Self::spawn(name, command)
     }
 
@@ -38,7 +42,11 @@ impl Proc {
         let exe = std::env::current_exe().expect("test binary path");
         let profile_dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
         let path = profile_dir.join("examples").join(name);
-        assert!(path.exists(), "example {name} is not built at {}", path.display());
+        assert!(
+            path.exists(),
+            "example {name} is not built at {}",
+            path.display()
+        );
         let mut command = Command::new(path);
         command.args(args).stdin(Stdio::piped());
         Self::spawn(name, command)
