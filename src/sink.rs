@@ -116,7 +116,15 @@ struct Collector {
     final_counts: bool,
     reject_log: RateLimited,
     newly_held: Vec<u32>,
+    /// Results that arrived before the batch was announced (workers reconnecting to a
+    /// restarted sink flush their queues at once; the ventilator re-announces the batch
+    /// within a heartbeat). Replayed on adoption; bounded.
+    early: Vec<(Vec<u8>, u64, WorkerInfo, Vec<TaskResult>)>,
+    early_count: usize,
 }
+
+/// Most results held back while the sink waits to learn its batch.
+const MAX_EARLY_RESULTS: usize = 1 << 20;
 
 impl Sink {
     pub fn bind(ctx: &zmq::Context, config: SinkConfig) -> anyhow::Result<Sink> {
@@ -154,6 +162,8 @@ impl Sink {
             final_counts: false,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             newly_held: Vec::new(),
+            early: Vec::new(),
+            early_count: 0,
         };
         if let Some((path, format)) = &self.config.results {
             if self.config.resume && path.exists() {
@@ -352,8 +362,20 @@ impl Collector {
                 "batch {id:016x}: {task_count} tasks, {expected_ms} ms expected; clock started"
             );
         }
-        send_ack(socket, &peer, &b);
         self.batch = Some(b);
+        // Results that came before the announcement count now, so the acknowledgement's
+        // list is complete and the ventilator hands out nothing the sink already has.
+        for (peer, batch, worker, results) in std::mem::take(&mut self.early) {
+            self.results(&peer, batch, &worker, &results)?;
+        }
+        self.early_count = 0;
+        if let Some(file) = self.file.as_mut() {
+            file.sync()?;
+        }
+        self.newly_held.clear();
+        if let Some(b) = &self.batch {
+            send_ack(socket, &peer, b);
+        }
         Ok(())
     }
 
@@ -380,6 +402,12 @@ impl Collector {
         worker: &WorkerInfo,
         results: &[TaskResult],
     ) -> anyhow::Result<()> {
+        if self.batch.is_none() && self.early_count + results.len() <= MAX_EARLY_RESULTS {
+            self.early_count += results.len();
+            self.early
+                .push((peer.to_vec(), id, worker.clone(), results.to_vec()));
+            return Ok(());
+        }
         let Some(b) = self.batch.as_mut().filter(|b| b.id == id) else {
             self.reject(
                 peer,

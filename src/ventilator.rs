@@ -86,6 +86,9 @@ pub struct VentilatorSummary {
 enum TaskState {
     /// Waiting in the queue to be handed out.
     Pending,
+    /// Waiting to be handed out again: the worker that had it left, failed it, or its
+    /// result was lost with a sink.
+    Requeued,
     /// Held by a worker, counted against its credit.
     Assigned,
     /// The worker says it is done; not finished until the sink holds the result.
@@ -579,9 +582,11 @@ impl Dispatcher {
 
     fn done(&mut self, routing_id: &[u8], done: &[crate::protocol::Done]) {
         let Some(&slot) = self.by_routing_id.get(routing_id) else {
-            self.reject(
-                routing_id,
-                "credit from a worker that never said hello".into(),
+            // A worker of this batch that has not greeted this ventilator yet (it restarted):
+            // its hello follows within a heartbeat, and the sink's word decides what is done.
+            log::debug!(
+                "credit from {} before its hello; ignored",
+                sockets::peer_name(routing_id)
             );
             return;
         };
@@ -640,10 +645,9 @@ impl Dispatcher {
 
     fn requeue(&mut self, index: usize) {
         self.pending_count += 1;
-        self.state[index] = TaskState::Pending;
+        self.state[index] = TaskState::Requeued;
         self.owner[index] = NO_OWNER;
         self.pending.push_front(index as u32);
-        self.redispatched += 1;
     }
 
     /// A worker is gone: every task it held that the sink does not hold goes to others.
@@ -661,12 +665,10 @@ impl Dispatcher {
                 handed_on += 1;
             }
         }
-        if handed_on > 0 {
-            log::warn!(
-                "worker {} is gone; handing its {handed_on} unfinished tasks to other workers",
-                self.workers[slot].info.name
-            );
-        }
+        log::warn!(
+            "worker {} is gone; handing its {handed_on} unfinished tasks to other workers",
+            self.workers[slot].info.name
+        );
     }
 
     /// The sink acknowledged the batch again: it restarted and holds only `held` results
@@ -734,7 +736,7 @@ impl Dispatcher {
                     let slot = self.owner[index] as usize;
                     self.release(slot, index);
                 }
-                TaskState::Pending => self.pending_count -= 1,
+                TaskState::Pending | TaskState::Requeued => self.pending_count -= 1,
                 TaskState::Reported => {}
             }
             self.state[index] = TaskState::Held;
@@ -792,7 +794,10 @@ impl Dispatcher {
     /// The next task still pending, without removing it.
     fn peek_pending(&mut self) -> Option<u32> {
         while let Some(&id) = self.pending.front() {
-            if self.state[id as usize] == TaskState::Pending {
+            if matches!(
+                self.state[id as usize],
+                TaskState::Pending | TaskState::Requeued
+            ) {
                 return Some(id);
             }
             self.pending.pop_front();
@@ -808,6 +813,8 @@ impl Dispatcher {
             return;
         }
         let mut outgoing: Vec<Vec<Task>> = vec![Vec::new(); slots];
+        // Which of them are handed out again, counted in `redispatched` once sent.
+        let mut again: Vec<Vec<bool>> = vec![Vec::new(); slots];
         let alive = self.alive_workers();
         'rounds: loop {
             let mut progressed = false;
@@ -825,6 +832,7 @@ impl Dispatcher {
                 }
                 self.pending.pop_front();
                 self.pending_count -= 1;
+                again[slot].push(self.state[id as usize] == TaskState::Requeued);
                 self.state[id as usize] = TaskState::Assigned;
                 self.owner[id as usize] = slot as u32;
                 self.workers[slot].assigned += 1;
@@ -837,20 +845,26 @@ impl Dispatcher {
             }
         }
         self.next_worker = (self.next_worker + 1) % slots;
-        for (slot, tasks) in outgoing.into_iter().enumerate() {
+        for (slot, (tasks, again)) in outgoing.into_iter().zip(again).enumerate() {
             if tasks.is_empty() {
                 continue;
             }
             let message = Message::encode_tasks(self.batch_id, &self.job, &tasks);
             match send_to(socket, &self.workers[slot].routing_id, &message) {
-                SendOutcome::Sent => {}
+                SendOutcome::Sent => {
+                    self.redispatched += again.iter().filter(|&&a| a).count() as u64;
+                }
                 SendOutcome::Gone => self.lose_worker(slot),
                 SendOutcome::Busy => {
-                    // Its queue is full: take the tasks back without counting a redispatch.
-                    for task in tasks.iter().rev() {
+                    // Its queue is full: take the tasks back as they were.
+                    for (task, &was_requeued) in tasks.iter().zip(&again).rev() {
                         let index = task.id as usize;
                         self.release(slot, index);
-                        self.state[index] = TaskState::Pending;
+                        self.state[index] = if was_requeued {
+                            TaskState::Requeued
+                        } else {
+                            TaskState::Pending
+                        };
                         self.owner[index] = NO_OWNER;
                         self.pending.push_front(task.id);
                         self.pending_count += 1;

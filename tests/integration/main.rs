@@ -3,6 +3,7 @@
 
 mod classic;
 mod failures;
+mod faults;
 mod gpu;
 mod pipeline;
 mod util;

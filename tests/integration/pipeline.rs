@@ -187,6 +187,42 @@ fn garbage() -> Vec<Vec<Vec<u8>>> {
     frames
 }
 
+/// Messages a stranger could forge that look like ours but are not for this batch.
+fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
+    use conquer::protocol::{Done, Message, Status, TaskResult, WorkerInfo};
+    let worker = WorkerInfo {
+        name: "stranger".into(),
+        backend: "sleep".into(),
+        adapter: String::new(),
+        window_hint: 1,
+    };
+    vec![
+        vec![Message::Done {
+            batch: 0xdead,
+            done: vec![Done {
+                id: 1,
+                status: Status::Ok,
+                wall_us: 1,
+            }],
+        }
+        .encode()],
+        vec![Message::Results {
+            batch: 0xdead,
+            worker,
+            results: vec![TaskResult {
+                id: 1,
+                workload_ms: 1,
+                status: Status::Ok,
+                wall_us: 1,
+                kernel_us: 0,
+                checksum: 0,
+            }],
+        }
+        .encode()],
+        vec![Message::Complete { batch: 0xdead }.encode()],
+    ]
+}
+
 #[test]
 fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,9 +232,9 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
         &sink_ep,
         &[
             "--tasks",
-            "60",
+            "100",
             "--min-ms",
-            "5",
+            "10",
             "--max-ms",
             "20",
             "--wait-workers",
@@ -211,26 +247,35 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
     ];
     sink.wait_for("clock started");
 
+    // 10,000 malformed or foreign messages at each bound socket during the batch.
     let ctx = zmq::Context::new();
     let mut sent = 0u64;
+    let mut kinds = garbage();
+    kinds.extend(foreign_but_valid());
     for endpoint in [&vent_ep, &sink_ep] {
         let stranger = ctx.socket(zmq::DEALER).unwrap();
-        stranger.set_linger(1000).unwrap();
+        stranger.set_linger(5000).unwrap();
+        stranger.set_sndhwm(0).unwrap();
         stranger.connect(endpoint).unwrap();
-        for message in garbage() {
-            stranger.send_multipart(message, 0).unwrap();
+        for message in kinds.iter().cycle().take(10_000) {
+            stranger.send_multipart(message.clone(), 0).unwrap();
             sent += 1;
         }
-        // Close so that every frame is flushed before the batch can end.
-        drop(stranger);
+        // An oversized frame is refused by the size limit (libzmq drops that connection)
+        // before it is read into memory: it never reaches the role, so it is not counted.
+        let giant = ctx.socket(zmq::DEALER).unwrap();
+        giant.set_linger(1000).unwrap();
+        giant.connect(endpoint).unwrap();
+        giant.send(vec![b'C'; 5 << 20], 0).unwrap();
     }
+    drop(ctx); // waits until every frame is flushed, well before the batch can end
 
     let (status, stdout, log) = sink.finish();
     assert!(status.success(), "{log}");
     let r = report(&stdout);
-    assert_eq!(r["tasks"], 60);
+    assert_eq!(r["tasks"], 100);
     assert_eq!(r["duplicates"], 0);
-    assert_each_once(&result_ids(&results), 60);
+    assert_each_once(&result_ids(&results), 100);
     assert_eq!(r["rejected"].as_u64().unwrap(), sent, "{r}\n{log}");
     drop((vent, workers));
 }

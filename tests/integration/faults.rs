@@ -1,0 +1,260 @@
+//! Fault injection with real processes: workers killed or frozen mid-batch, a sink killed
+//! and resumed, floods of malformed messages. In every case each task is counted exactly
+//! once, in the report and in the results file.
+
+use crate::util::{self, assert_each_once, report, result_ids, Proc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Waits until the results file has at least `n` lines (results the sink made durable).
+fn wait_for_results(path: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + util::PATIENCE;
+    loop {
+        let lines = std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+        if lines >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {lines} results written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn workers_killed_with_sigkill_lose_no_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.jsonl");
+    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "2000",
+            "--min-ms",
+            "1",
+            "--max-ms",
+            "5",
+            "--wait-workers",
+            "4",
+        ],
+    );
+    let workers: Vec<Proc> = (0..4)
+        .map(|i| util::worker(&format!("k{i}"), &vent_ep, &sink_ep, &["--exit-when-done"]))
+        .collect();
+    sink.wait_for("clock started");
+    // Two kills at random moments in the first ~0.8 s of a ~1.5 s batch.
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let first = 100 + u64::from(seed % 300);
+    let second = first + 100 + u64::from((seed / 7) % 300);
+    eprintln!("killing k0 at {first} ms and k1 at {second} ms");
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(first).saturating_sub(start.elapsed()));
+    workers[0].signal("KILL");
+    std::thread::sleep(Duration::from_millis(second).saturating_sub(start.elapsed()));
+    workers[1].signal("KILL");
+
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 2000);
+    let delivered: u64 = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, 2000, "each task counted once: {r}");
+    assert!(
+        r["redispatched"].as_u64().unwrap() >= 1,
+        "the killed workers' tasks went to others: {r}"
+    );
+    assert_each_once(&result_ids(&results), 2000);
+    let (status, _, log) = vent.finish();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.jsonl");
+    let fast = ["--heartbeat-ms", "100", "--liveness", "5"];
+    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
+    let mut vent_args = vec![
+        "--tasks",
+        "400",
+        "--min-ms",
+        "2",
+        "--max-ms",
+        "8",
+        "--wait-workers",
+        "2",
+    ];
+    vent_args.extend(fast);
+    let (vent, vent_ep) = util::ventilator(&sink_ep, &vent_args);
+    let mut worker_args = vec!["--exit-when-done"];
+    worker_args.extend(fast);
+    let frozen = util::worker("frozen", &vent_ep, &sink_ep, &worker_args);
+    let steady = util::worker("steady", &vent_ep, &sink_ep, &worker_args);
+    sink.wait_for("clock started");
+    std::thread::sleep(Duration::from_millis(200)); // the scenario: freeze mid-batch
+    frozen.signal("STOP");
+    vent.wait_for("worker frozen silent for");
+    frozen.signal("CONT");
+
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 400);
+    assert!(r["redispatched"].as_u64().unwrap() >= 1, "{r}");
+    assert!(
+        r["duplicates"].as_u64().unwrap() >= 1,
+        "its late results were dropped as duplicates: {r}"
+    );
+    assert_each_once(&result_ids(&results), 400);
+    let (status, _, log) = vent.finish();
+    assert!(status.success(), "{log}");
+    drop((frozen, steady));
+}
+
+#[test]
+fn a_killed_sink_resumes_from_its_results_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.jsonl");
+    let path = results.to_str().unwrap();
+    let (sink, sink_ep) = util::sink(&["--results", path]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "600",
+            "--min-ms",
+            "2",
+            "--max-ms",
+            "6",
+            "--wait-workers",
+            "2",
+        ],
+    );
+    let workers = [
+        util::worker("r1", &vent_ep, &sink_ep, &["--exit-when-done"]),
+        util::worker("r2", &vent_ep, &sink_ep, &["--exit-when-done"]),
+    ];
+    wait_for_results(&results, 100);
+    sink.signal("KILL");
+    let (status, _, _) = sink.finish();
+    assert!(!status.success());
+
+    let resumed = Proc::start(
+        "resumed sink",
+        &[
+            "sink",
+            "--bind",
+            &sink_ep,
+            "--json",
+            "--results",
+            path,
+            "--resume",
+        ],
+    );
+    let (status, stdout, log) = resumed.finish();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("resuming batch"), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 600);
+    let delivered: u64 = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, 600, "{r}");
+    assert_each_once(&result_ids(&results), 600);
+    let (status, _, log) = vent.finish();
+    assert!(status.success(), "{log}");
+    drop(workers);
+}
+
+#[test]
+fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.jsonl");
+    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
+    let batch = [
+        "--tasks", "300", "--min-ms", "2", "--max-ms", "6", "--seed", "9",
+    ];
+    let mut args = batch.to_vec();
+    args.extend(["--wait-workers", "2"]);
+    let (vent, vent_ep) = util::ventilator(&sink_ep, &args);
+    let workers = [
+        util::worker("v1", &vent_ep, &sink_ep, &["--exit-when-done"]),
+        util::worker("v2", &vent_ep, &sink_ep, &["--exit-when-done"]),
+    ];
+    wait_for_results(&results, 60);
+    vent.signal("KILL");
+    let _ = vent.finish();
+
+    // The same batch again; without --resume the ventilator refuses to mix it up.
+    let mut again = vec![
+        "ventilator",
+        "--bind",
+        &vent_ep,
+        "--sink",
+        &sink_ep,
+        "--wait-workers",
+        "2",
+    ];
+    again.extend(batch);
+    let (status, _, log) = Proc::start("vent-again", &again).finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("pass --resume"), "{log}");
+
+    again.push("--resume");
+    let resumed = Proc::start("vent-resumed", &again);
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 300);
+    assert_each_once(&result_ids(&results), 300);
+    let (status, _, log) = resumed.finish();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("resuming batch"), "{log}");
+    drop(workers);
+}
+
+#[test]
+fn a_million_zero_work_tasks_on_two_worker_processes_complete() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "1000000",
+            "--min-ms",
+            "0",
+            "--max-ms",
+            "0",
+            "--wait-workers",
+            "2",
+        ],
+    );
+    let workers = [
+        util::worker("m1", &vent_ep, &sink_ep, &["--exit-when-done"]),
+        util::worker("m2", &vent_ep, &sink_ep, &["--exit-when-done"]),
+    ];
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 1_000_000);
+    assert_eq!(r["duplicates"], 0);
+    let delivered: u64 = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["tasks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, 1_000_000);
+    let (status, _, log) = vent.finish();
+    assert!(status.success(), "{log}");
+    drop(workers);
+}
