@@ -203,6 +203,7 @@ impl ReportArgs {
                         .unwrap_or_else(|| ResultsFormat::from_path(path)),
                 )
             }),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             ..SinkConfig::default()
         }
     }
@@ -386,6 +387,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         batch_id: None,
         resume: false,
         announce: false,
+        timeline: None,
     };
     let report = crate::local::run(
         crate::local::LocalRun {
@@ -439,6 +441,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         batch_id: args.batch_id,
         resume: args.resume,
         announce: true,
+        timeline: None,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;

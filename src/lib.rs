@@ -18,5 +18,6 @@ pub mod report;
 pub mod shutdown;
 pub mod sink;
 pub mod sockets;
+pub mod timeline;
 pub mod ventilator;
 pub mod worker;

@@ -30,6 +30,10 @@ pub struct SinkConfig {
     pub resume: bool,
     /// How long to wait for the ventilator's last counters once every task is held.
     pub final_stats_wait: Duration,
+    /// Show a progress bar (tasks held, rate, ETA) on stderr; for terminals.
+    pub progress: bool,
+    /// Records when each task is held, for latency benchmarks.
+    pub timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
 }
 
 impl Default for SinkConfig {
@@ -39,6 +43,8 @@ impl Default for SinkConfig {
             results: None,
             resume: false,
             final_stats_wait: Duration::from_secs(1),
+            progress: false,
+            timeline: None,
         }
     }
 }
@@ -121,6 +127,9 @@ struct Collector {
     /// within a heartbeat). Replayed on adoption; bounded.
     early: Vec<(Vec<u8>, u64, WorkerInfo, Vec<TaskResult>)>,
     early_count: usize,
+    timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
+    progress: Option<indicatif::ProgressBar>,
+    show_progress: bool,
 }
 
 /// Most results held back while the sink waits to learn its batch.
@@ -164,6 +173,9 @@ impl Sink {
             newly_held: Vec::new(),
             early: Vec::new(),
             early_count: 0,
+            timeline: self.config.timeline.clone(),
+            progress: None,
+            show_progress: self.config.progress,
         };
         if let Some((path, format)) = &self.config.results {
             if self.config.resume && path.exists() {
@@ -434,6 +446,9 @@ impl Collector {
             }
             b.set_held(r.id as usize);
             self.newly_held.push(r.id);
+            if let Some(timeline) = &self.timeline {
+                timeline.held(r.id);
+            }
             fresh.push(*r);
         }
         let started_unix_ms = b.started_unix_ms;
@@ -462,11 +477,20 @@ impl Collector {
             if let Some(file) = self.file.as_mut() {
                 file.sync()?;
             }
+            if self.show_progress {
+                let bar = self
+                    .progress
+                    .get_or_insert_with(|| progress_bar(b.task_count as u64));
+                bar.set_position(b.held_count as u64);
+            }
             send_held(socket, &b.ventilator, b.id, &self.newly_held);
             self.newly_held.clear();
         }
         if b.finished.is_none() && b.held_count == b.task_count {
             b.finished = Some(Instant::now());
+            if let Some(bar) = self.progress.take() {
+                bar.finish_and_clear();
+            }
             log::info!("all {} results held", b.task_count);
             send(socket, &b.ventilator, &Message::Complete { batch: b.id });
         }
@@ -530,6 +554,20 @@ impl Collector {
             workers,
         })
     }
+}
+
+/// A progress bar on stderr: tasks held of the batch, rate, time left.
+fn progress_bar(tasks: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(tasks),
+        indicatif::ProgressDrawTarget::stderr_with_hz(8),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn send_ack(socket: &zmq::Socket, peer: &[u8], b: &BatchState) {

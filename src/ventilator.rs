@@ -71,6 +71,8 @@ pub struct VentilatorConfig {
     pub resume: bool,
     /// Print the seed's "Total expected cost" line on stdout (off when the report does).
     pub announce: bool,
+    /// Records when each task is sent, for latency benchmarks.
+    pub timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
 }
 
 /// What the ventilator saw, for tests and logs.
@@ -176,6 +178,7 @@ impl Ventilator {
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             batch_id,
             session: rand::random(),
+            timeline: self.config.timeline.clone(),
             job: self.config.job,
             resync: None,
             window: self.config.window,
@@ -452,6 +455,7 @@ struct Dispatcher {
     batch_id: u64,
     /// Random per run: lets the sink tell a restarted ventilator from a repeated announcement.
     session: u64,
+    timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
     job: Job,
     /// After a sink restart: how many held results it announced, and since when we wait for
     /// their ids before handing out again every task it does not hold.
@@ -853,6 +857,9 @@ impl Dispatcher {
             match send_to(socket, &self.workers[slot].routing_id, &message) {
                 SendOutcome::Sent => {
                     self.redispatched += again.iter().filter(|&&a| a).count() as u64;
+                    if let Some(timeline) = &self.timeline {
+                        tasks.iter().for_each(|t| timeline.sent(t.id));
+                    }
                 }
                 SendOutcome::Gone => self.lose_worker(slot),
                 SendOutcome::Busy => {

@@ -75,6 +75,7 @@ fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::re
         batch_id: None,
         resume: false,
         announce: false,
+        timeline: None,
     };
     local::run(
         LocalRun {

@@ -1,7 +1,10 @@
 //! `conquer bench`: reproducible comparisons on loopback, printed as Markdown tables (or
 //! JSON). Each suite runs the real pipeline through `local`, repeated, and reports medians
 //! with their min–max spread. Plain libzmq PUSH/PULL is measured in the same run as the
-//! baseline for throughput. Benchmarks report numbers; they assert nothing.
+//! baseline for throughput. Benchmarks report numbers; they assert nothing. Plots (SVG)
+//! of scaling and of the backend comparison go to `--out` with the tables.
+
+mod plot;
 
 use crate::backend::sleep::Sleep;
 use crate::backend::Backend;
@@ -32,12 +35,26 @@ pub enum Suite {
     Device,
     /// Classic PUSH/PULL against credit dispatch: all joined, staggered joins, a slow worker.
     Dispatch,
+    /// Per-task latency from dispatch to the sink: p50, p90, p99.
+    Latency,
+}
+
+impl Suite {
+    /// Every suite, in the order they are reported.
+    pub const ALL: [Suite; 6] = [
+        Suite::Scaling,
+        Suite::Backends,
+        Suite::Dispatch,
+        Suite::Throughput,
+        Suite::Latency,
+        Suite::Device,
+    ];
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Suites to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Suite::Scaling, Suite::Throughput])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Suite::ALL)]
     pub suite: Vec<Suite>,
     /// Repetitions of every measurement; tables show the median and min–max.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -57,6 +74,9 @@ pub struct BenchArgs {
     /// Worker counts for the scaling suite.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2, 4, 8, 16])]
     pub workers: Vec<u32>,
+    /// Backends the scaling suite runs (gpu and software only where present).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendKind::Sleep, BackendKind::Gpu])]
+    pub scaling_backends: Vec<BackendKind>,
     /// Zero-work tasks in the throughput suite.
     #[arg(long, default_value_t = 200_000)]
     pub throughput_tasks: u32,
@@ -143,6 +163,21 @@ pub struct BenchResults {
     pub backends: Vec<BackendRow>,
     pub device: Vec<DeviceRow>,
     pub dispatch: Vec<DispatchRow>,
+    pub latency: Vec<LatencyRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyRow {
+    pub batch: String,
+    pub workers: u32,
+    /// What was measured: dispatch-to-sink time, minus each task's nominal workload when
+    /// the tasks sleep (so only the pipeline's own delay remains).
+    pub measure: String,
+    pub tasks: usize,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,16 +234,22 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         backends: Vec::new(),
         device: Vec::new(),
         dispatch: Vec::new(),
+        latency: Vec::new(),
     };
+    let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
         match suite {
-            Suite::Scaling => results.scaling = scaling(&args, repeat, shutdown)?,
-            Suite::Throughput => results.throughput = throughput(&args, repeat, shutdown)?,
-            Suite::Backends => results.backends = backends(&args, repeat, shutdown)?,
-            Suite::Device => results.device = device(&args, repeat)?,
-            Suite::Dispatch => results.dispatch = dispatch(&args, repeat, shutdown)?,
+            Suite::Scaling => results.scaling = scaling(&args, repeat, &progress, shutdown)?,
+            Suite::Throughput => {
+                results.throughput = throughput(&args, repeat, &progress, shutdown)?
+            }
+            Suite::Backends => results.backends = backends(&args, repeat, &progress, shutdown)?,
+            Suite::Device => results.device = device(&args, repeat, &progress)?,
+            Suite::Dispatch => results.dispatch = dispatch(&args, repeat, &progress, shutdown)?,
+            Suite::Latency => results.latency = latency(&args, repeat, &progress, shutdown)?,
         }
     }
+    progress.finish();
     let json = serde_json::to_string_pretty(&results)?;
     let md = markdown(&results);
     if let Some(dir) = &args.out {
@@ -219,6 +260,20 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
+        let m = &results.machine;
+        let when = format!("{}, {} ({} cores)", m.date, m.cpu, m.cores);
+        if !results.scaling.is_empty() {
+            let first = &results.scaling[0];
+            let title = format!(
+                "{} tasks, {} ms expected, longest first: {when}",
+                first.tasks, first.expected_ms
+            );
+            plot::scaling(&results.scaling, &title, &dir.join("scaling.svg"))?;
+        }
+        if !results.backends.is_empty() {
+            let title = format!("the same batch on one worker per backend: {when}");
+            plot::backends(&results.backends, &title, &dir.join("backends.svg"))?;
+        }
     }
     if args.json {
         println!("{json}");
@@ -226,6 +281,62 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         print!("{md}");
     }
     Ok(0)
+}
+
+/// A progress bar on stderr when it is a terminal; silent otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(args: &BenchArgs, repeat: u32) -> Progress {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Progress { bar: None };
+        }
+        let r = u64::from(repeat);
+        let runs: u64 = args
+            .suite
+            .iter()
+            .map(|suite| match suite {
+                Suite::Scaling => (args.workers.len() * args.scaling_backends.len()) as u64 * r,
+                Suite::Throughput => 2 * r,
+                Suite::Backends => args.backends.len() as u64 * r,
+                Suite::Dispatch => 6 * r,
+                Suite::Latency => 2 * r,
+                Suite::Device => 1,
+            })
+            .sum();
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(runs),
+            indicatif::ProgressDrawTarget::stderr_with_hz(4),
+        );
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs  {elapsed}  {msg}")
+        {
+            bar.set_style(style);
+        }
+        Progress { bar: Some(bar) }
+    }
+
+    /// Says what runs now.
+    fn step(&self, what: impl Into<std::borrow::Cow<'static, str>>) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(what);
+        }
+    }
+
+    /// One run done.
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn sleep_backends(n: u32) -> Vec<Box<dyn Backend>> {
@@ -252,6 +363,18 @@ pub fn run_job(
     backends: Vec<Box<dyn Backend>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
+    run_traced(batch, order, job, backends, None, shutdown)
+}
+
+/// Runs one batch in-process, recording each task's dispatch and arrival in `timeline`.
+pub fn run_traced(
+    batch: Batch,
+    order: Order,
+    job: Job,
+    backends: Vec<Box<dyn Backend>>,
+    timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Report> {
     let heartbeat = Heartbeat::default();
     let ventilator = VentilatorConfig {
         bind: String::new(),
@@ -269,11 +392,15 @@ pub fn run_job(
         batch_id: None,
         resume: false,
         announce: false,
+        timeline: timeline.clone(),
     };
     local::run(
         LocalRun {
             ventilator,
-            sink: SinkConfig::default(),
+            sink: SinkConfig {
+                timeline,
+                ..SinkConfig::default()
+            },
             backends,
             heartbeat,
             join_delays: Vec::new(),
@@ -282,38 +409,133 @@ pub fn run_job(
     )
 }
 
-fn scaling(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Result<Vec<ScalingRow>> {
+fn scaling(
+    args: &BenchArgs,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<ScalingRow>> {
     let (tasks, max_ms) = if args.quick { (20, 10) } else { (100, 100) };
     let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
+    let job = Job {
+        kernel: 0,
+        units_per_ms: args.units_per_ms,
+        verify: false,
+    };
+    let options = crate::backend::BackendOptions {
+        slowdown: 1.0,
+        ..Default::default()
+    };
     let mut rows = Vec::new();
-    for &workers in &args.workers {
-        if workers == 0 {
-            bail!("--workers counts must be at least 1");
+    for &kind in &args.scaling_backends {
+        if kind != BackendKind::Sleep {
+            if let Err(e) = crate::backend::build(kind, &options) {
+                log::info!("scaling: {kind:?} not present: {e:#}");
+                continue;
+            }
         }
-        let mut elapsed = Vec::new();
-        let mut efficiency = Vec::new();
-        let mut ideal = 0.0;
-        for _ in 0..repeat {
-            let report = run_batch(
+        for &workers in &args.workers {
+            if workers == 0 {
+                bail!("--workers counts must be at least 1");
+            }
+            let mut elapsed = Vec::new();
+            let mut efficiency = Vec::new();
+            let mut ideal = 0.0;
+            let mut name = String::new();
+            for r in 0..repeat {
+                progress.step(format!(
+                    "scaling: {kind:?} on {workers} workers ({}/{repeat})",
+                    r + 1
+                ));
+                let backends = (0..workers)
+                    .map(|_| crate::backend::build(kind, &options))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                name = backends[0].kind().to_owned();
+                let report = run_job(batch.clone(), Order::LongestFirst, job, backends, shutdown)
+                    .with_context(|| format!("scaling run on {workers} workers"))?;
+                elapsed.push(report.elapsed_ms);
+                efficiency.push(report.efficiency);
+                ideal = report.ideal_ms;
+                progress.done();
+            }
+            log::info!("scaling: {name} on {workers} workers done");
+            rows.push(ScalingRow {
+                workers,
+                backend: name,
+                tasks: batch.len(),
+                expected_ms: batch.expected_ms(),
+                ideal_ms: ideal,
+                elapsed_ms: Spread::of(&elapsed),
+                efficiency: Spread::of(&efficiency),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn latency(
+    args: &BenchArgs,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<LatencyRow>> {
+    let (seed_tasks, zero_tasks) = if args.quick {
+        (20, 2_000)
+    } else {
+        (100, 20_000)
+    };
+    let cases = [
+        (
+            format!("seed: {seed_tasks} tasks of 1-100 ms"),
+            Batch::generate(seed_tasks, 1, 100, args.seed)?,
+            4u32,
+            "dispatch to sink minus workload",
+        ),
+        (
+            format!("{zero_tasks} zero-work tasks"),
+            Batch::generate(zero_tasks, 0, 0, args.seed)?,
+            2u32,
+            "dispatch to sink",
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, batch, workers, measure) in cases {
+        let mut samples = Vec::new();
+        for r in 0..repeat {
+            progress.step(format!("latency: {name} ({}/{repeat})", r + 1));
+            let timeline = std::sync::Arc::new(crate::timeline::Timeline::new(batch.len()));
+            run_traced(
                 batch.clone(),
                 Order::LongestFirst,
+                Job::default(),
                 sleep_backends(workers),
+                Some(timeline.clone()),
                 shutdown,
-            )
-            .with_context(|| format!("scaling run on {workers} workers"))?;
-            elapsed.push(report.elapsed_ms);
-            efficiency.push(report.efficiency);
-            ideal = report.ideal_ms;
+            )?;
+            for (id, us) in timeline.latencies_us() {
+                let workload_us = f64::from(batch.tasks[id as usize].workload_ms) * 1000.0;
+                samples.push((us - workload_us).max(0.0));
+            }
+            progress.done();
         }
-        log::info!("scaling: {workers} workers done");
-        rows.push(ScalingRow {
+        samples.sort_by(f64::total_cmp);
+        rows.push(LatencyRow {
+            batch: name,
             workers,
-            backend: "sleep".into(),
+            measure: measure.to_owned(),
             tasks: batch.len(),
-            expected_ms: batch.expected_ms(),
-            ideal_ms: ideal,
-            elapsed_ms: Spread::of(&elapsed),
-            efficiency: Spread::of(&efficiency),
+            p50_us: percentile(&samples, 50.0),
+            p90_us: percentile(&samples, 90.0),
+            p99_us: percentile(&samples, 99.0),
+            max_us: samples.last().copied().unwrap_or(f64::NAN),
         });
     }
     Ok(rows)
@@ -322,6 +544,7 @@ fn scaling(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Result
 fn throughput(
     args: &BenchArgs,
     repeat: u32,
+    progress: &Progress,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<ThroughputRow>> {
     let tasks = if args.quick {
@@ -333,7 +556,8 @@ fn throughput(
     let batch = Batch::generate(tasks, 0, 0, args.seed)?;
     let mut ours = Vec::new();
     let mut plain = Vec::new();
-    for _ in 0..repeat {
+    for r in 0..repeat {
+        progress.step(format!("throughput ({}/{repeat})", r + 1));
         let report = run_batch(
             batch.clone(),
             Order::Given,
@@ -342,8 +566,10 @@ fn throughput(
         )
         .context("throughput run")?;
         ours.push(report.tasks_per_s);
+        progress.done();
         let elapsed = plain_push_pull(tasks, workers).context("plain PUSH/PULL run")?;
         plain.push(f64::from(tasks) / elapsed.as_secs_f64());
+        progress.done();
     }
     Ok(vec![
         ThroughputRow {
@@ -361,7 +587,12 @@ fn throughput(
     ])
 }
 
-fn backends(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Result<Vec<BackendRow>> {
+fn backends(
+    args: &BenchArgs,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<BackendRow>> {
     let (tasks, max_ms) = if args.quick { (20, 10) } else { (100, 100) };
     let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
     let job = Job {
@@ -385,7 +616,8 @@ fn backends(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Resul
         let mut overhead = Vec::new();
         let mut adapter = String::new();
         let mut name = String::new();
-        for _ in 0..repeat {
+        for r in 0..repeat {
+            progress.step(format!("backends: {kind:?} ({}/{repeat})", r + 1));
             let backend = crate::backend::build(kind, &options)?;
             adapter = backend.adapter();
             name = backend.kind().to_owned();
@@ -406,6 +638,7 @@ fn backends(args: &BenchArgs, repeat: u32, shutdown: &Shutdown) -> anyhow::Resul
                 w.busy_ms
             };
             overhead.push((w.busy_ms - measured_kernel).max(0.0) * 1000.0 / report.tasks as f64);
+            progress.done();
         }
         log::info!("backends: {name} done");
         rows.push(BackendRow {
@@ -462,6 +695,7 @@ pub fn capacity_ideal_ms(work_ms: f64, longest_ms: f64, joins: &[f64], speeds: &
 fn dispatch(
     args: &BenchArgs,
     repeat: u32,
+    progress: &Progress,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<DispatchRow>> {
     let (tasks, max_ms) = if args.quick { (40, 20) } else { (100, 100) };
@@ -502,7 +736,8 @@ fn dispatch(
             .collect();
         for mode in ["classic PUSH/PULL", "credit"] {
             let mut runs: Vec<(f64, Vec<u64>)> = Vec::new();
-            for _ in 0..repeat {
+            for r in 0..repeat {
+                progress.step(format!("dispatch: {name}, {mode} ({}/{repeat})", r + 1));
                 let run = if mode == "credit" {
                     let heartbeat = Heartbeat::default();
                     let report = local::run(
@@ -523,6 +758,7 @@ fn dispatch(
                                 batch_id: None,
                                 resume: false,
                                 announce: false,
+                                timeline: None,
                             },
                             sink: SinkConfig::default(),
                             backends: backends(),
@@ -554,6 +790,7 @@ fn dispatch(
                     (report.elapsed_ms, per_worker)
                 };
                 runs.push(run);
+                progress.done();
             }
             runs.sort_by(|a, b| a.0.total_cmp(&b.0));
             let makespans: Vec<f64> = runs.iter().map(|r| r.0).collect();
@@ -575,7 +812,8 @@ fn dispatch(
 /// Integer operations in one spin hash round: two multiplies, three shifts, three xors.
 pub const OPS_PER_ROUND: f64 = 8.0;
 
-fn device(args: &BenchArgs, repeat: u32) -> anyhow::Result<Vec<DeviceRow>> {
+fn device(args: &BenchArgs, repeat: u32, progress: &Progress) -> anyhow::Result<Vec<DeviceRow>> {
+    progress.step("device");
     use crate::backend::gpu::{adapters, AdapterClass, Gpu, GpuConfig};
     use crate::backend::Outcome;
     let adapters = adapters();
@@ -679,6 +917,7 @@ fn device(args: &BenchArgs, repeat: u32) -> anyhow::Result<Vec<DeviceRow>> {
             slots,
         });
     }
+    progress.done();
     Ok(rows)
 }
 
@@ -873,6 +1112,19 @@ pub fn markdown(r: &BenchResults) -> String {
                 row.ideal_ms,
                 row.efficiency.cell(3),
                 per.join(" / ")
+            );
+        }
+        s += "\n";
+    }
+    if !r.latency.is_empty() {
+        let _ = writeln!(s, "### Latency per task, all repetitions pooled\n");
+        s += "| batch | workers | measure | p50 µs | p90 µs | p99 µs | max µs |\n";
+        s += "|---|---:|---|---:|---:|---:|---:|\n";
+        for row in &r.latency {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                row.batch, row.workers, row.measure, row.p50_us, row.p90_us, row.p99_us, row.max_us
             );
         }
         s += "\n";

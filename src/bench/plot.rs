@@ -1,0 +1,146 @@
+//! Plots of benchmark results as SVG (plotters, no font files needed): scaling (elapsed
+//! against ideal, and efficiency) and the backend comparison. Drawing only; the numbers
+//! come from the suites.
+
+use super::{BackendRow, ScalingRow};
+use anyhow::{anyhow, Context};
+use plotters::prelude::*;
+use std::path::Path;
+
+fn err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("drawing {what}: {e:?}")
+}
+
+/// Efficiency against worker count, one line per backend, with the min–max spread and the
+/// 0.98 target, and a title that says what was measured where.
+pub fn scaling(rows: &[ScalingRow], title: &str, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err("scaling"))?;
+    let max_workers = rows.iter().map(|r| r.workers).max().unwrap_or(1);
+    let x_max = (f64::from(max_workers) * 2.0).log2();
+    let y_min = rows
+        .iter()
+        .map(|r| r.efficiency.min)
+        .fold(0.9_f64, f64::min)
+        .max(0.0)
+        - 0.02;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5f64..x_max, y_min..1.005f64)
+        .map_err(err("scaling"))?;
+    chart
+        .configure_mesh()
+        .x_desc("workers")
+        .y_desc("efficiency (ideal / elapsed)")
+        .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
+        .x_labels(((x_max + 0.5) as usize).max(2) + 1)
+        .draw()
+        .map_err(err("scaling"))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(-0.5, 0.98), (x_max, 0.98)],
+            RED.mix(0.6).stroke_width(1),
+        ))
+        .map_err(err("scaling"))?
+        .label("target 0.98")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.mix(0.6)));
+    let palette = [BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    let mut backends: Vec<&str> = rows.iter().map(|r| r.backend.as_str()).collect();
+    backends.dedup();
+    for (i, backend) in backends.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        let points: Vec<(f64, &ScalingRow)> = rows
+            .iter()
+            .filter(|r| r.backend == *backend)
+            .map(|r| (f64::from(r.workers).log2(), r))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|(x, r)| (*x, r.efficiency.median)),
+                color.stroke_width(2),
+            ))
+            .map_err(err("scaling"))?
+            .label(*backend)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|(x, r)| {
+                ErrorBar::new_vertical(
+                    *x,
+                    r.efficiency.min,
+                    r.efficiency.median,
+                    r.efficiency.max,
+                    color.filled(),
+                    8,
+                )
+            }))
+            .map_err(err("scaling"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err("scaling"))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Elapsed time of the same batch on each backend, as horizontal bars with the min–max.
+pub fn backends(rows: &[BackendRow], title: &str, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (720, 120 + 60 * rows.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err("backends"))?;
+    let x_max = rows.iter().map(|r| r.elapsed_ms.max).fold(1.0, f64::max) * 1.1;
+    let n = rows.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0f64..x_max, -0.5f64..n - 0.5)
+        .map_err(err("backends"))?;
+    let names: Vec<String> = rows.iter().map(|r| r.backend.clone()).collect();
+    chart
+        .configure_mesh()
+        .x_desc("elapsed ms (one worker)")
+        .y_labels(rows.len())
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 0.01 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .disable_y_mesh()
+        .draw()
+        .map_err(err("backends"))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            let y = i as f64;
+            Rectangle::new(
+                [(0.0, y - 0.3), (r.elapsed_ms.median, y + 0.3)],
+                BLUE.mix(0.6).filled(),
+            )
+        }))
+        .map_err(err("backends"))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            ErrorBar::new_horizontal(
+                i as f64,
+                r.elapsed_ms.min,
+                r.elapsed_ms.median,
+                r.elapsed_ms.max,
+                BLACK.filled(),
+                8,
+            )
+        }))
+        .map_err(err("backends"))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))
+}
