@@ -302,7 +302,7 @@ impl Progress {
                 Suite::Throughput => 2 * r,
                 Suite::Backends => args.backends.len() as u64 * r,
                 Suite::Dispatch => 6 * r,
-                Suite::Latency => 2 * r,
+                Suite::Latency => 3 * r,
                 Suite::Device => 1,
             })
             .sum();
@@ -363,7 +363,7 @@ pub fn run_job(
     backends: Vec<Box<dyn Backend>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
-    run_traced(batch, order, job, backends, None, shutdown)
+    run_traced(batch, order, job, 2, backends, None, shutdown)
 }
 
 /// Runs one batch in-process, recording each task's dispatch and arrival in `timeline`.
@@ -371,6 +371,7 @@ pub fn run_traced(
     batch: Batch,
     order: Order,
     job: Job,
+    window: u32,
     backends: Vec<Box<dyn Backend>>,
     timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
     shutdown: &Shutdown,
@@ -385,7 +386,7 @@ pub fn run_traced(
         job,
         wait_workers: backends.len(),
         wait_timeout: Duration::from_secs(60),
-        window: 2,
+        window,
         max_window: 2048,
         heartbeat,
         shutdown_workers: true,
@@ -492,22 +493,40 @@ fn latency(
     } else {
         (100, 20_000)
     };
+    let seed_batch = Batch::generate(seed_tasks, 1, 100, args.seed)?;
+    // (batch, its description, workers, window, subtract the workload?)
     let cases = [
         (
+            seed_batch.clone(),
             format!("seed: {seed_tasks} tasks of 1-100 ms"),
-            Batch::generate(seed_tasks, 1, 100, args.seed)?,
             4u32,
-            "dispatch to sink minus workload",
+            2u32,
+            false,
         ),
         (
-            format!("{zero_tasks} zero-work tasks"),
+            seed_batch,
+            format!("seed: {seed_tasks} tasks of 1-100 ms"),
+            4,
+            1,
+            true,
+        ),
+        (
             Batch::generate(zero_tasks, 0, 0, args.seed)?,
-            2u32,
-            "dispatch to sink",
+            format!("{zero_tasks} zero-work tasks"),
+            2,
+            2,
+            false,
         ),
     ];
     let mut rows = Vec::new();
-    for (name, batch, workers, measure) in cases {
+    for (batch, name, workers, window, minus_workload) in cases {
+        let measure = if minus_workload {
+            format!(
+                "dispatch to sink minus workload, --window {window} (no wait behind another task)"
+            )
+        } else {
+            format!("dispatch to sink, --window {window}")
+        };
         let mut samples = Vec::new();
         for r in 0..repeat {
             progress.step(format!("latency: {name} ({}/{repeat})", r + 1));
@@ -516,13 +535,18 @@ fn latency(
                 batch.clone(),
                 Order::LongestFirst,
                 Job::default(),
+                window,
                 sleep_backends(workers),
                 Some(timeline.clone()),
                 shutdown,
             )?;
             for (id, us) in timeline.latencies_us() {
                 let workload_us = f64::from(batch.tasks[id as usize].workload_ms) * 1000.0;
-                samples.push((us - workload_us).max(0.0));
+                samples.push(if minus_workload {
+                    (us - workload_us).max(0.0)
+                } else {
+                    us
+                });
             }
             progress.done();
         }
@@ -530,7 +554,7 @@ fn latency(
         rows.push(LatencyRow {
             batch: name,
             workers,
-            measure: measure.to_owned(),
+            measure,
             tasks: batch.len(),
             p50_us: percentile(&samples, 50.0),
             p90_us: percentile(&samples, 90.0),

@@ -108,6 +108,7 @@ pub fn backends(rows: &[BackendRow], title: &str, path: &Path) -> anyhow::Result
     chart
         .configure_mesh()
         .x_desc("elapsed ms (one worker)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_labels(rows.len())
         .y_label_formatter(&|y| {
             let i = y.round();
