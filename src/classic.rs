@@ -111,6 +111,15 @@ impl ClassicVentilator {
 
     /// Waits for the workers, signals the sink, and pushes every task.
     pub fn run(mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let outcome = self.push_batch(shutdown);
+        if outcome.is_err() {
+            // Interrupted or failed: queued tasks are not worth waiting for at exit.
+            let _ = self.tasks.set_linger(0);
+        }
+        outcome
+    }
+
+    fn push_batch(&mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
         let want = self.config.wait_workers;
         if want == 0 {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {

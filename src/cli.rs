@@ -372,30 +372,17 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let heartbeat = args.heartbeat.heartbeat();
     let ventilator = VentilatorConfig {
-        bind: String::new(),
-        sink: String::new(),
-        batch,
         order: args.batch.order,
         seed: args.batch.seed,
-        job: args.batch.job(args.verify),
-        wait_workers: args.workers as usize,
-        wait_timeout: Duration::from_secs(60),
         window: args.dispatch.window,
         max_window: args.dispatch.max_window,
         heartbeat,
-        shutdown_workers: true,
-        batch_id: None,
-        resume: false,
-        announce: false,
-        timeline: None,
+        ..VentilatorConfig::local(batch, args.batch.job(args.verify))
     };
     let report = crate::local::run(
         crate::local::LocalRun {
-            ventilator,
             sink: args.report.sink_config(String::new()),
-            backends,
-            heartbeat,
-            join_delays: Vec::new(),
+            ..crate::local::LocalRun::new(ventilator, backends)
         },
         shutdown,
     )?;

@@ -25,6 +25,20 @@ pub struct LocalRun {
     pub join_delays: Vec<std::time::Duration>,
 }
 
+impl LocalRun {
+    /// A run of `ventilator`'s batch on one worker per backend, joining at once, with the
+    /// ventilator's heartbeat and a default sink.
+    pub fn new(ventilator: VentilatorConfig, backends: Vec<Box<dyn Backend>>) -> LocalRun {
+        LocalRun {
+            heartbeat: ventilator.heartbeat,
+            ventilator,
+            sink: SinkConfig::default(),
+            backends,
+            join_delays: Vec::new(),
+        }
+    }
+}
+
 /// Runs the batch and returns the sink's report.
 pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let ctx = zmq::Context::new();

@@ -75,6 +75,31 @@ pub struct VentilatorConfig {
     pub timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
 }
 
+impl VentilatorConfig {
+    /// Settings for running `batch` inside one process (`conquer run`, benchmarks, tests):
+    /// endpoints and worker count are filled in by `local::run`; the rest are the defaults.
+    pub fn local(batch: Batch, job: Job) -> VentilatorConfig {
+        VentilatorConfig {
+            bind: String::new(),
+            sink: String::new(),
+            batch,
+            order: Order::LongestFirst,
+            seed: 0,
+            job,
+            wait_workers: 0,
+            wait_timeout: Duration::from_secs(60),
+            window: 2,
+            max_window: 2048,
+            heartbeat: Heartbeat::default(),
+            shutdown_workers: true,
+            batch_id: None,
+            resume: false,
+            announce: false,
+            timeline: None,
+        }
+    }
+}
+
 /// What the ventilator saw, for tests and logs.
 #[derive(Debug, Clone, Default)]
 pub struct VentilatorSummary {

@@ -15,7 +15,7 @@ use crate::protocol::Status;
 use crate::report::Report;
 use crate::shutdown::Shutdown;
 use crate::sink::SinkConfig;
-use crate::ventilator::{Heartbeat, VentilatorConfig};
+use crate::ventilator::VentilatorConfig;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -376,38 +376,36 @@ pub fn run_traced(
     timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
-    let heartbeat = Heartbeat::default();
     let ventilator = VentilatorConfig {
-        bind: String::new(),
-        sink: String::new(),
-        batch,
         order,
-        seed: 0,
-        job,
-        wait_workers: backends.len(),
-        wait_timeout: Duration::from_secs(60),
         window,
-        max_window: 2048,
-        heartbeat,
-        shutdown_workers: true,
-        batch_id: None,
-        resume: false,
-        announce: false,
         timeline: timeline.clone(),
+        ..VentilatorConfig::local(batch, job)
     };
     local::run(
         LocalRun {
-            ventilator,
             sink: SinkConfig {
                 timeline,
                 ..SinkConfig::default()
             },
-            backends,
-            heartbeat,
-            join_delays: Vec::new(),
+            ..LocalRun::new(ventilator, backends)
         },
         shutdown,
     )
+}
+
+/// The spin job and backend options the compute suites share.
+fn compute_setup(args: &BenchArgs) -> (Job, crate::backend::BackendOptions) {
+    let job = Job {
+        kernel: 0,
+        units_per_ms: args.units_per_ms,
+        verify: false,
+    };
+    let options = crate::backend::BackendOptions {
+        slowdown: 1.0,
+        ..Default::default()
+    };
+    (job, options)
 }
 
 fn scaling(
@@ -418,15 +416,7 @@ fn scaling(
 ) -> anyhow::Result<Vec<ScalingRow>> {
     let (tasks, max_ms) = if args.quick { (20, 10) } else { (100, 100) };
     let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
-    let job = Job {
-        kernel: 0,
-        units_per_ms: args.units_per_ms,
-        verify: false,
-    };
-    let options = crate::backend::BackendOptions {
-        slowdown: 1.0,
-        ..Default::default()
-    };
+    let (job, options) = compute_setup(args);
     let mut rows = Vec::new();
     for &kind in &args.scaling_backends {
         if kind != BackendKind::Sleep {
@@ -619,15 +609,7 @@ fn backends(
 ) -> anyhow::Result<Vec<BackendRow>> {
     let (tasks, max_ms) = if args.quick { (20, 10) } else { (100, 100) };
     let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
-    let job = Job {
-        kernel: 0,
-        units_per_ms: args.units_per_ms,
-        verify: false,
-    };
-    let options = crate::backend::BackendOptions {
-        slowdown: 1.0,
-        ..Default::default()
-    };
+    let (job, options) = compute_setup(args);
     let mut rows: Vec<BackendRow> = Vec::new();
     for &kind in &args.backends {
         // Probe once: a backend this machine lacks is left out of the table, not an error.
@@ -763,31 +745,16 @@ fn dispatch(
             for r in 0..repeat {
                 progress.step(format!("dispatch: {name}, {mode} ({}/{repeat})", r + 1));
                 let run = if mode == "credit" {
-                    let heartbeat = Heartbeat::default();
                     let report = local::run(
                         LocalRun {
-                            ventilator: VentilatorConfig {
-                                bind: String::new(),
-                                sink: String::new(),
-                                batch: batch.clone(),
-                                order: Order::LongestFirst,
-                                seed: 0,
-                                job: Job::default(),
-                                wait_workers: wait,
-                                wait_timeout: Duration::from_secs(60),
-                                window: 2,
-                                max_window: 2048,
-                                heartbeat,
-                                shutdown_workers: true,
-                                batch_id: None,
-                                resume: false,
-                                announce: false,
-                                timeline: None,
-                            },
-                            sink: SinkConfig::default(),
-                            backends: backends(),
-                            heartbeat,
                             join_delays: delays.clone(),
+                            ..LocalRun::new(
+                                VentilatorConfig {
+                                    wait_workers: wait,
+                                    ..VentilatorConfig::local(batch.clone(), Job::default())
+                                },
+                                backends(),
+                            )
                         },
                         shutdown,
                     )?;

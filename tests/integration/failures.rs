@@ -7,7 +7,6 @@ use conquer::batch::{Batch, Job, Order, Task};
 use conquer::local::{self, LocalRun};
 use conquer::protocol::Status;
 use conquer::shutdown::Shutdown;
-use conquer::sink::SinkConfig;
 use conquer::ventilator::{Heartbeat, VentilatorConfig};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -56,38 +55,19 @@ fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::re
         liveness: 5,
     };
     let ventilator = VentilatorConfig {
-        bind: String::new(),
-        sink: String::new(),
-        batch: Batch::generate(tasks, 0, 2, 3).unwrap(),
         order: Order::Given,
-        seed: 0,
-        job: Job {
-            kernel: 0,
-            units_per_ms: 50,
-            verify,
-        },
-        wait_workers: backends.len(),
-        wait_timeout: Duration::from_secs(30),
-        window: 2,
         max_window: 64,
         heartbeat,
-        shutdown_workers: true,
-        batch_id: None,
-        resume: false,
-        announce: false,
-        timeline: None,
+        ..VentilatorConfig::local(
+            Batch::generate(tasks, 0, 2, 3).unwrap(),
+            Job {
+                kernel: 0,
+                units_per_ms: 50,
+                verify,
+            },
+        )
     };
-    local::run(
-        LocalRun {
-            ventilator,
-            sink: SinkConfig::default(),
-            backends,
-            heartbeat,
-            join_delays: Vec::new(),
-        },
-        &Shutdown::new(),
-    )
-    .expect("the batch completes")
+    local::run(LocalRun::new(ventilator, backends), &Shutdown::new()).expect("the batch completes")
 }
 
 #[test]

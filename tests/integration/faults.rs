@@ -20,25 +20,18 @@ fn wait_for_results(path: &std::path::Path, n: usize) {
 
 #[test]
 fn workers_killed_with_sigkill_lose_no_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let results = dir.path().join("results.jsonl");
-    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
-    let (vent, vent_ep) = util::ventilator(
-        &sink_ep,
-        &[
-            "--tasks",
-            "2000",
-            "--min-ms",
-            "1",
-            "--max-ms",
-            "5",
-            "--wait-workers",
-            "4",
-        ],
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        results,
+        dir: _dir,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "2000", "--min-ms", "1", "--max-ms", "5"],
+        &["k0", "k1", "k2", "k3"],
+        &[],
     );
-    let workers: Vec<Proc> = (0..4)
-        .map(|i| util::worker(&format!("k{i}"), &vent_ep, &sink_ep, &["--exit-when-done"]))
-        .collect();
     sink.wait_for("clock started");
     // Two kills at random moments in the first ~0.8 s of a ~1.5 s batch.
     let seed = SystemTime::now()
@@ -58,12 +51,7 @@ fn workers_killed_with_sigkill_lose_no_task() {
     assert!(status.success(), "{log}");
     let r = report(&stdout);
     assert_eq!(r["tasks"], 2000);
-    let delivered: u64 = r["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["tasks"].as_u64().unwrap())
-        .sum();
+    let delivered = util::delivered(&r);
     assert_eq!(delivered, 2000, "each task counted once: {r}");
     assert!(
         r["redispatched"].as_u64().unwrap() >= 1,
@@ -76,26 +64,19 @@ fn workers_killed_with_sigkill_lose_no_task() {
 
 #[test]
 fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let results = dir.path().join("results.jsonl");
-    let fast = ["--heartbeat-ms", "100", "--liveness", "5"];
-    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
-    let mut vent_args = vec![
-        "--tasks",
-        "400",
-        "--min-ms",
-        "2",
-        "--max-ms",
-        "8",
-        "--wait-workers",
-        "2",
-    ];
-    vent_args.extend(fast);
-    let (vent, vent_ep) = util::ventilator(&sink_ep, &vent_args);
-    let mut worker_args = vec!["--exit-when-done"];
-    worker_args.extend(fast);
-    let frozen = util::worker("frozen", &vent_ep, &sink_ep, &worker_args);
-    let steady = util::worker("steady", &vent_ep, &sink_ep, &worker_args);
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        results,
+        dir: _dir,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "400", "--min-ms", "2", "--max-ms", "8"],
+        &["frozen", "steady"],
+        &["--heartbeat-ms", "100", "--liveness", "5"],
+    );
+    let frozen = &workers[0];
     sink.wait_for("clock started");
     std::thread::sleep(Duration::from_millis(200)); // the scenario: freeze mid-batch
     frozen.signal("STOP");
@@ -114,32 +95,24 @@ fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
     assert_each_once(&result_ids(&results), 400);
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
-    drop((frozen, steady));
 }
 
 #[test]
 fn a_killed_sink_resumes_from_its_results_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let results = dir.path().join("results.jsonl");
-    let path = results.to_str().unwrap();
-    let (sink, sink_ep) = util::sink(&["--results", path]);
-    let (vent, vent_ep) = util::ventilator(
-        &sink_ep,
-        &[
-            "--tasks",
-            "600",
-            "--min-ms",
-            "2",
-            "--max-ms",
-            "6",
-            "--wait-workers",
-            "2",
-        ],
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        sink_ep,
+        results,
+        dir: _dir,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "600", "--min-ms", "2", "--max-ms", "6"],
+        &["r1", "r2"],
+        &[],
     );
-    let workers = [
-        util::worker("r1", &vent_ep, &sink_ep, &["--exit-when-done"]),
-        util::worker("r2", &vent_ep, &sink_ep, &["--exit-when-done"]),
-    ];
+    let path = results.to_str().unwrap();
     wait_for_results(&results, 100);
     sink.signal("KILL");
     let (status, _, _) = sink.finish();
@@ -162,12 +135,7 @@ fn a_killed_sink_resumes_from_its_results_file() {
     assert!(log.contains("resuming batch"), "{log}");
     let r = report(&stdout);
     assert_eq!(r["tasks"], 600);
-    let delivered: u64 = r["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["tasks"].as_u64().unwrap())
-        .sum();
+    let delivered = util::delivered(&r);
     assert_eq!(delivered, 600, "{r}");
     assert_each_once(&result_ids(&results), 600);
     let (status, _, log) = vent.finish();
@@ -177,19 +145,18 @@ fn a_killed_sink_resumes_from_its_results_file() {
 
 #[test]
 fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
-    let dir = tempfile::tempdir().unwrap();
-    let results = dir.path().join("results.jsonl");
-    let (sink, sink_ep) = util::sink(&["--results", results.to_str().unwrap()]);
     let batch = [
         "--tasks", "300", "--min-ms", "2", "--max-ms", "6", "--seed", "9",
     ];
-    let mut args = batch.to_vec();
-    args.extend(["--wait-workers", "2"]);
-    let (vent, vent_ep) = util::ventilator(&sink_ep, &args);
-    let workers = [
-        util::worker("v1", &vent_ep, &sink_ep, &["--exit-when-done"]),
-        util::worker("v2", &vent_ep, &sink_ep, &["--exit-when-done"]),
-    ];
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        sink_ep,
+        vent_ep,
+        results,
+        dir: _dir,
+    } = util::Cluster::start(&batch, &["v1", "v2"], &[]);
     wait_for_results(&results, 60);
     vent.signal("KILL");
     let _ = vent.finish();
@@ -224,35 +191,22 @@ fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
 
 #[test]
 fn a_million_zero_work_tasks_on_two_worker_processes_complete() {
-    let (sink, sink_ep) = util::sink(&[]);
-    let (vent, vent_ep) = util::ventilator(
-        &sink_ep,
-        &[
-            "--tasks",
-            "1000000",
-            "--min-ms",
-            "0",
-            "--max-ms",
-            "0",
-            "--wait-workers",
-            "2",
-        ],
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "1000000", "--min-ms", "0", "--max-ms", "0"],
+        &["m1", "m2"],
+        &[],
     );
-    let workers = [
-        util::worker("m1", &vent_ep, &sink_ep, &["--exit-when-done"]),
-        util::worker("m2", &vent_ep, &sink_ep, &["--exit-when-done"]),
-    ];
     let (status, stdout, log) = sink.finish();
     assert!(status.success(), "{log}");
     let r = report(&stdout);
     assert_eq!(r["tasks"], 1_000_000);
     assert_eq!(r["duplicates"], 0);
-    let delivered: u64 = r["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["tasks"].as_u64().unwrap())
-        .sum();
+    let delivered = util::delivered(&r);
     assert_eq!(delivered, 1_000_000);
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");

@@ -32,12 +32,7 @@ fn worker_processes_complete_a_batch_each_task_once() {
     assert_eq!(r["tasks"], 200);
     assert_eq!(r["duplicates"], 0);
     assert_eq!(r["rejected"], 0);
-    let per_worker: u64 = r["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["tasks"].as_u64().unwrap())
-        .sum();
+    let per_worker = util::delivered(&r);
     assert_eq!(per_worker, 200, "{r}");
     assert_eq!(
         r["workers"].as_array().unwrap().len(),
@@ -363,4 +358,45 @@ fn usage_errors_exit_2_and_ctrl_c_exits_130() {
     worker.signal("INT");
     let (status, _, log) = worker.finish();
     assert_eq!(status.code(), Some(130), "{log}");
+}
+
+#[test]
+fn a_worker_stays_up_across_batches_and_follows_restarted_roles() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(&sink_ep, &["--tasks", "10", "--max-ms", "3"]);
+    let worker = util::worker("stayer", &vent_ep, &sink_ep, &[]);
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    assert_eq!(report(&stdout)["workers"][0]["id"], "stayer");
+    assert!(vent.finish().0.success());
+    worker.wait_for("complete; waiting for the next");
+
+    // A second batch on the same endpoints: the worker reconnects and takes part.
+    let sink = Proc::start("sink2", &["sink", "--bind", &sink_ep, "--json"]);
+    sink.wait_for("listening on");
+    let vent = Proc::start(
+        "vent2",
+        &[
+            "ventilator",
+            "--bind",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--tasks",
+            "12",
+            "--seed",
+            "5",
+            "--shutdown-workers",
+        ],
+    );
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 12);
+    assert_eq!(r["workers"][0]["id"], "stayer", "{r}");
+    assert!(vent.finish().0.success());
+    // --shutdown-workers ends it after the second batch.
+    let (status, _, log) = worker.finish();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("leaving as asked"), "{log}");
 }

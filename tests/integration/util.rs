@@ -210,6 +210,58 @@ pub fn worker(name: &str, ventilator: &str, sink: &str, extra: &[&str]) -> Proc 
     Proc::start(name, &args)
 }
 
+/// A sink (writing a JSON Lines results file), a ventilator waiting for all the workers, and
+/// named sleep workers that leave when the batch is done, all on loopback.
+pub struct Cluster {
+    pub sink: Proc,
+    pub vent: Proc,
+    pub workers: Vec<Proc>,
+    pub sink_ep: String,
+    pub vent_ep: String,
+    pub results: std::path::PathBuf,
+    /// Holds the results file; bind it (`dir: _dir`) when destructuring, or it is deleted.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `batch` are the ventilator's batch flags; `extra` go to the ventilator and workers.
+    pub fn start(batch: &[&str], workers: &[&str], extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let results = dir.path().join("results.jsonl");
+        let (sink, sink_ep) = sink(&["--results", results.to_str().expect("UTF-8 path")]);
+        let count = workers.len().to_string();
+        let mut vent_args = batch.to_vec();
+        vent_args.extend(["--wait-workers", count.as_str()]);
+        vent_args.extend_from_slice(extra);
+        let (vent, vent_ep) = ventilator(&sink_ep, &vent_args);
+        let mut worker_args = vec!["--exit-when-done"];
+        worker_args.extend_from_slice(extra);
+        let workers = workers
+            .iter()
+            .map(|name| worker(name, &vent_ep, &sink_ep, &worker_args))
+            .collect();
+        Cluster {
+            sink,
+            vent,
+            workers,
+            sink_ep,
+            vent_ep,
+            results,
+            dir,
+        }
+    }
+}
+
+/// Tasks the report's workers delivered, summed.
+pub fn delivered(report: &serde_json::Value) -> u64 {
+    report["workers"]
+        .as_array()
+        .expect("workers in the report")
+        .iter()
+        .map(|w| w["tasks"].as_u64().expect("tasks per worker"))
+        .sum()
+}
+
 /// Task ids in a JSON Lines results file, each as many times as it appears.
 pub fn result_ids(path: &std::path::Path) -> Vec<u64> {
     let text = std::fs::read_to_string(path).expect("results file");
