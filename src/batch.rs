@@ -30,8 +30,20 @@ pub struct Job {
     pub kernel: u8,
     /// Kernel work units per nominal millisecond of workload.
     pub units_per_ms: u32,
-    /// Ask workers to check each result against the CPU reference.
-    pub verify: bool,
+    /// Percentage of results workers check against the CPU reference (0 none, 100 all).
+    pub verify_percent: u8,
+}
+
+impl Job {
+    /// Whether the result of task `id` is to be checked: all of them at 100 %, else a
+    /// sample fixed by the task id, so every worker agrees on which.
+    pub fn verifies(&self, id: u32) -> bool {
+        match self.verify_percent {
+            0 => false,
+            p if p >= 100 => true,
+            p => crate::kernels::spin::mix(id ^ 0x5a17_7e57) % 100 < u32::from(p),
+        }
+    }
 }
 
 impl Default for Job {
@@ -39,7 +51,7 @@ impl Default for Job {
         Job {
             kernel: 0,
             units_per_ms: crate::kernels::spin::DEFAULT_UNITS_PER_MS,
-            verify: false,
+            verify_percent: 0,
         }
     }
 }
@@ -217,6 +229,21 @@ mod tests {
             ..job
         };
         assert_ne!(a.id(&job), a.id(&other_job));
+    }
+
+    #[test]
+    fn verification_samples_a_stable_share_of_tasks() {
+        let job = |p| Job {
+            verify_percent: p,
+            ..Job::default()
+        };
+        let count = |p| (0..10_000).filter(|&id| job(p).verifies(id)).count();
+        assert_eq!(count(0), 0);
+        assert_eq!(count(100), 10_000);
+        let quarter = count(25);
+        assert!((2_300..=2_700).contains(&quarter), "{quarter}");
+        // The same ids every time, whoever asks.
+        assert_eq!(job(25).verifies(1234), job(25).verifies(1234));
     }
 
     #[test]

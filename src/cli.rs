@@ -86,11 +86,33 @@ impl BatchArgs {
         }
     }
 
-    pub fn job(&self, verify: bool) -> Job {
+    pub fn job(&self, verify_percent: u8) -> Job {
         Job {
             kernel: self.kernel.id(),
             units_per_ms: self.units_per_ms,
-            verify,
+            verify_percent,
+        }
+    }
+}
+
+/// Checking compute results against the CPU reference.
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Check every compute result against the CPU reference; a mismatch fails the run.
+    #[arg(long)]
+    pub verify: bool,
+    /// Check a sample of PCT percent of the results instead (for big work, whose CPU
+    /// reference is slow); the sample is fixed by task id.
+    #[arg(long, value_name = "PCT", conflicts_with = "verify", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub verify_sample: Option<u8>,
+}
+
+impl VerifyArgs {
+    pub fn percent(&self) -> u8 {
+        if self.verify {
+            100
+        } else {
+            self.verify_sample.unwrap_or(0)
         }
     }
 }
@@ -224,9 +246,8 @@ pub struct RunArgs {
     pub report: ReportArgs,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
-    /// Check every compute result against the CPU reference; mismatches fail the run.
-    #[arg(long)]
-    pub verify: bool,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 #[derive(Args, Debug)]
@@ -252,9 +273,8 @@ pub struct VentilatorArgs {
     /// Tell the workers to exit when the batch is complete (the Guide's KILL).
     #[arg(long)]
     pub shutdown_workers: bool,
-    /// Ask workers to check every compute result against the CPU reference.
-    #[arg(long)]
-    pub verify: bool,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
     /// Batch id in hex (default: a hash of the tasks and the job, the same after a restart).
     #[arg(long, value_parser = parse_hex_u64)]
     pub batch_id: Option<u64>,
@@ -377,7 +397,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         window: args.dispatch.window,
         max_window: args.dispatch.max_window,
         heartbeat,
-        ..VentilatorConfig::local(batch, args.batch.job(args.verify))
+        ..VentilatorConfig::local(batch, args.batch.job(args.verify.percent()))
     };
     let report = crate::local::run(
         crate::local::LocalRun {
@@ -418,7 +438,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         batch: args.batch.batch()?,
         order: args.batch.order,
         seed: args.batch.seed,
-        job: args.batch.job(args.verify),
+        job: args.batch.job(args.verify.percent()),
         wait_workers: args.wait_workers,
         wait_timeout: Duration::from_secs_f64(args.wait_timeout),
         window: args.dispatch.window,
@@ -445,7 +465,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             job: Job {
                 kernel: 0,
                 units_per_ms: args.units_per_ms,
-                verify: false,
+                verify_percent: 0,
             },
         };
         let ctx = zmq::Context::new();

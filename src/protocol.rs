@@ -473,7 +473,7 @@ impl Writer {
     fn job(&mut self, job: &Job) {
         self.u8(job.kernel);
         self.u32(job.units_per_ms);
-        self.u8(u8::from(job.verify));
+        self.u8(job.verify_percent);
     }
 }
 
@@ -563,7 +563,15 @@ impl Reader<'_> {
         Ok(Job {
             kernel: self.u8()?,
             units_per_ms: self.u32()?,
-            verify: self.flag("verify")?,
+            verify_percent: match self.u8()? {
+                p @ 0..=100 => p,
+                other => {
+                    return Err(DecodeError::BadField {
+                        field: "verify_percent",
+                        value: u64::from(other),
+                    })
+                }
+            },
         })
     }
 }
@@ -620,7 +628,7 @@ mod tests {
         let job = Job {
             kernel: 1,
             units_per_ms: 1000,
-            verify: true,
+            verify_percent: 100,
         };
         vec![
             Message::Hello(info()),

@@ -361,7 +361,7 @@ impl Gpu {
         let job = Job {
             kernel: Kernel::Spin.id(),
             units_per_ms: 3 * spin::WORKGROUP_SIZE + 5,
-            verify: false,
+            verify_percent: 0,
         };
         let task = Task {
             id: 7,

@@ -160,8 +160,8 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
     }
 }
 
-/// Checks outcomes against the CPU reference when the job asks for it (`--verify`): a
-/// result that differs becomes a `mismatch`. Wraps the compute backends.
+/// Checks outcomes against the CPU reference when the job asks for it (`--verify`, or a
+/// sample with `--verify-sample`): a result that differs becomes a `mismatch`. Wraps the compute backends.
 pub struct Verifier {
     inner: Box<dyn Backend>,
 }
@@ -192,7 +192,7 @@ impl Backend for Verifier {
         done: &mut dyn FnMut(Outcome),
     ) {
         self.inner.run(job, next, &mut |mut outcome| {
-            if job.verify && outcome.status == Status::Ok {
+            if job.verifies(outcome.task.id) && outcome.status == Status::Ok {
                 let expected = cpu::reference(job, outcome.task);
                 if expected != Some(outcome.checksum) {
                     log::error!(

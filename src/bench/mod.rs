@@ -399,7 +399,7 @@ fn compute_setup(args: &BenchArgs) -> (Job, crate::backend::BackendOptions) {
     let job = Job {
         kernel: 0,
         units_per_ms: args.units_per_ms,
-        verify: false,
+        verify_percent: 0,
     };
     let options = crate::backend::BackendOptions {
         slowdown: 1.0,
@@ -834,7 +834,7 @@ fn device(args: &BenchArgs, repeat: u32, progress: &Progress) -> anyhow::Result<
         let spin_job = Job {
             kernel: 0,
             units_per_ms: invocations,
-            verify: false,
+            verify_percent: 0,
         };
         let run = |gpu: &mut Gpu, job: &Job, tasks: Vec<Task>| -> anyhow::Result<Vec<Outcome>> {
             let mut queue = tasks.into_iter();
@@ -868,7 +868,7 @@ fn device(args: &BenchArgs, repeat: u32, progress: &Progress) -> anyhow::Result<
         let zero = Job {
             kernel: 0,
             units_per_ms: 0,
-            verify: false,
+            verify_percent: 0,
         };
         let n: u32 = if args.quick { 50 } else { 2000 };
         let tasks = || {

@@ -63,7 +63,7 @@ fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::re
             Job {
                 kernel: 0,
                 units_per_ms: 50,
-                verify,
+                verify_percent: if verify { 100 } else { 0 },
             },
         )
     };

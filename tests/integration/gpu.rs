@@ -47,7 +47,7 @@ fn job(units_per_ms: u32) -> Job {
     Job {
         kernel: 0,
         units_per_ms,
-        verify: false,
+        verify_percent: 0,
     }
 }
 
