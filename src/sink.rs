@@ -583,12 +583,18 @@ fn send_ack(socket: &zmq::Socket, peer: &[u8], b: &BatchState) {
 }
 
 fn send(socket: &zmq::Socket, peer: &[u8], message: &Message) {
-    if let Err(e) = socket.send_multipart([peer, message.encode().as_slice()], zmq::DONTWAIT) {
-        log::warn!(
+    match socket.send_multipart([peer, message.encode().as_slice()], zmq::DONTWAIT) {
+        Ok(()) => {}
+        // The ventilator went away; when it is back it announces the batch and hears
+        // everything held then, so nothing is lost by dropping this.
+        Err(zmq::Error::EHOSTUNREACH) => {
+            log::debug!("ventilator gone; {} not sent", message.kind_name())
+        }
+        Err(e) => log::warn!(
             "cannot send {} to {}: {e}",
             message.kind_name(),
             sockets::peer_name(peer)
-        );
+        ),
     }
 }
 

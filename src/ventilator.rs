@@ -353,6 +353,8 @@ impl Ventilator {
         let interval = self.config.heartbeat.interval;
         let mut next_tick = Instant::now() + interval;
         let mut idle_since: Option<Instant> = None;
+        let mut heard_from_sink = Instant::now();
+        let mut sink_silence_said = false;
         loop {
             check_shutdown(shutdown)?;
             state.dispatch(&self.tasks_socket);
@@ -368,6 +370,11 @@ impl Ventilator {
                 state.drain_workers(&self.tasks_socket)?;
             }
             if items[1].is_readable() {
+                heard_from_sink = Instant::now();
+                if sink_silence_said {
+                    log::info!("the sink is answering again");
+                    sink_silence_said = false;
+                }
                 while let Some(frame) = recv_nowait(&self.sink_socket)? {
                     match Message::decode(&frame) {
                         Ok(Message::Held { batch, ids }) if batch == state.batch_id => {
@@ -389,6 +396,21 @@ impl Ventilator {
                 state.heartbeat_workers(&self.tasks_socket);
                 state.expire_silent_workers(&self.tasks_socket);
                 state.finish_resync_if_stale();
+                // The sink only speaks when results arrive; silence while workers report
+                // tasks done means it is gone or unreachable.
+                let reported = state.state.iter().any(|&t| t == TaskState::Reported);
+                if reported
+                    && !sink_silence_said
+                    && heard_from_sink.elapsed() > self.config.heartbeat.timeout() * 2
+                {
+                    log::warn!(
+                        "no word from the sink at {} for {:.0} s while workers report results; \
+                         is it running? (restart it with --resume to keep what it wrote)",
+                        self.config.sink,
+                        heard_from_sink.elapsed().as_secs_f64()
+                    );
+                    sink_silence_said = true;
+                }
                 // Re-announcing the batch is the sink's heartbeat: a restarted sink learns
                 // the batch from it and answers with what it holds.
                 let _ = self
