@@ -398,7 +398,7 @@ impl Ventilator {
                 state.finish_resync_if_stale();
                 // The sink only speaks when results arrive; silence while workers report
                 // tasks done means it is gone or unreachable.
-                let reported = state.state.iter().any(|&t| t == TaskState::Reported);
+                let reported = state.state.contains(&TaskState::Reported);
                 if reported
                     && !sink_silence_said
                     && heard_from_sink.elapsed() > self.config.heartbeat.timeout() * 2
