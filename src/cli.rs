@@ -43,7 +43,7 @@ pub enum Command {
     Worker(WorkerArgs),
     /// The sink: collects results, counts each task once, reports the batch.
     Sink(SinkArgs),
-    /// Benchmarks: worker scaling and zero-work throughput, as Markdown tables.
+    /// Benchmarks: scaling, backends, classic vs credit, throughput, latency, devices.
     Bench(crate::bench::BenchArgs),
     /// What this machine offers: libzmq version and GPU adapters.
     Info,
@@ -353,6 +353,7 @@ pub fn main() -> i32 {
         }
     };
     crate::logging::init(cli.verbose);
+    quiet_display_probing();
     if let Err(e) = shutdown::install_ctrl_c() {
         eprintln!("conquer: {e:#}");
         return 1;
@@ -367,6 +368,28 @@ pub fn main() -> i32 {
             eprintln!("conquer: {e:#}");
             1
         }
+    }
+}
+
+/// Mesa's Vulkan drivers probe for a Wayland display while wgpu enumerates adapters, and
+/// print `error: XDG_RUNTIME_DIR is invalid or not set` on headless machines, where no
+/// display is wanted. An empty private runtime folder makes that probe fail quietly.
+/// Runs before any thread starts, as changing the environment requires.
+fn quiet_display_probing() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("conquer-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    // Only a folder of our own, which nobody else can write to.
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+    if ours {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
     }
 }
 
