@@ -142,7 +142,7 @@ fn the_start_waits_until_enough_workers_are_ready() {
     for w in r["workers"].as_array().unwrap() {
         // Started together: neither got a head start on the other.
         let tasks = w["tasks"].as_u64().unwrap();
-        assert!((8..=12).contains(&tasks), "{r}");
+        assert!((6..=14).contains(&tasks), "{r}");
     }
     drop((vent, a, b));
 }
