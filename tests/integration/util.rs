@@ -7,6 +7,14 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The `conquer` executable under test: the one cargo built, or `CONQUER_BIN` (for a test
+/// binary copied to another machine, as `scripts/gpu-bench.sh` does).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("CONQUER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_conquer").into())
+}
+
 /// Generous bound for anything a test waits for; a healthy run takes a fraction of it.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -27,7 +35,7 @@ impl Proc {
 
     /// Starts `conquer -v ARGS...` with extra environment variables.
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_conquer"));
+        let mut command = Command::new(binary());
         command
             .arg("-v")
             .args(args)
