@@ -1,7 +1,8 @@
 //! The one-process runner behind `conquer run`: a sink, a ventilator and N workers as
 //! threads of this process, talking ZeroMQ over loopback TCP on ephemeral ports, exactly
 //! as separate processes would. It owns no socket itself; each role binds or connects its
-//! own, and a failure in any role stops the others.
+//! own. A failing worker leaves as a separate one would (the others take its tasks); a
+//! failing ventilator or sink, or the loss of every worker, stops the rest.
 
 use crate::backend::Backend;
 use crate::report::Report;
@@ -10,6 +11,8 @@ use crate::sink::{Sink, SinkConfig};
 use crate::ventilator::{Heartbeat, Ventilator, VentilatorConfig};
 use crate::worker::{self, WorkerConfig};
 use anyhow::{anyhow, Context};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// A one-process run: the ventilator's and sink's settings (their endpoints are replaced
@@ -65,6 +68,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
         ventilator.run(s).map(|_| ())
     })?;
     let mut worker_threads = Vec::with_capacity(workers);
+    let standing = Arc::new(AtomicUsize::new(workers));
     for (index, backend) in run.backends.into_iter().enumerate() {
         let config = WorkerConfig {
             ventilator: tasks_endpoint.clone(),
@@ -76,9 +80,19 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
         let ctx = ctx.clone();
         let name = config.name.clone();
         let delay = run.join_delays.get(index).copied().unwrap_or_default();
+        let standing = standing.clone();
         worker_threads.push(spawn(&name, shutdown, move |s| {
             std::thread::sleep(delay); // the scenario: this worker joins late
-            worker::run(&ctx, config, backend, s).map(|_| ())
+            let outcome = worker::run(&ctx, config, backend, s).map(|_| ());
+            if let Err(e) = &outcome {
+                log::error!("{e:#}");
+                // The others carry on with its tasks, as separate workers would; only when
+                // none is left is the run over.
+                if standing.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    s.request();
+                }
+            }
+            Ok(outcome)
         })?);
     }
 
@@ -88,18 +102,38 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     if report.is_err() || vent.is_err() {
         shutdown.request();
     }
-    let mut worker_error = None;
+    let mut errors = Vec::new();
     for handle in worker_threads {
-        if let Err(e) = join(handle) {
-            worker_error.get_or_insert(e);
+        match join(handle) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) | Err(e) => errors.push(e),
         }
     }
-    vent?;
-    let report = report?;
-    if let Some(e) = worker_error {
-        return Err(e);
-    }
-    Ok(report)
+    let report = match (report, vent) {
+        // The batch is complete: a worker that failed along the way (logged above) lost
+        // nothing, since the others took its tasks.
+        (Ok(report), Ok(())) => return Ok(report),
+        (report, vent) => {
+            errors.extend(vent.err());
+            errors.extend(report.err());
+            errors
+        }
+    };
+    // One role failing stops the others, which then report being interrupted: name the
+    // failure that started it, unless Ctrl-C did.
+    let cause = report
+        .iter()
+        .position(|e| !is_interruption(e))
+        .unwrap_or_default();
+    Err(report
+        .into_iter()
+        .nth(cause)
+        .unwrap_or_else(|| anyhow!("the run failed")))
+}
+
+/// Whether an error is only a role stopping because it was asked to.
+fn is_interruption(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.to_string() == "interrupted")
 }
 
 fn spawn<T: Send + 'static>(

@@ -6,6 +6,18 @@ use anyhow::{anyhow, Context};
 
 /// How long a closing socket may keep trying to deliver queued messages.
 pub const LINGER_MS: i32 = 1000;
+/// ZMTP-level PING interval and timeout: a connection whose peer vanished without closing it
+/// (a cut cable, a frozen host) is dropped and, on the connecting side, redialled. The
+/// application's own heartbeats decide when a worker is gone; this keeps TCP honest.
+const ZMTP_HEARTBEAT_MS: i32 = 1000;
+const ZMTP_HEARTBEAT_TIMEOUT_MS: i32 = 5000;
+
+fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
+    socket.set_linger(LINGER_MS)?;
+    socket.set_maxmsgsize(crate::protocol::MAX_MESSAGE_BYTES)?;
+    socket.set_heartbeat_ivl(ZMTP_HEARTBEAT_MS)?;
+    socket.set_heartbeat_timeout(ZMTP_HEARTBEAT_TIMEOUT_MS)
+}
 
 /// A socket bound to `endpoint`, with the given role name for error messages. Returns the
 /// socket and the endpoint it actually bound (with the port filled in for `:*` or `:0`).
@@ -19,8 +31,7 @@ pub fn bind(
     let socket = ctx
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
-    socket.set_linger(LINGER_MS)?;
-    socket.set_maxmsgsize(crate::protocol::MAX_MESSAGE_BYTES)?;
+    common_options(&socket)?;
     // Zero-length ports mean "any free port"; libzmq spells that `*`.
     let endpoint = endpoint
         .strip_suffix(":0")
@@ -58,8 +69,7 @@ pub fn connect(
     let socket = ctx
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
-    socket.set_linger(LINGER_MS)?;
-    socket.set_maxmsgsize(crate::protocol::MAX_MESSAGE_BYTES)?;
+    common_options(&socket)?;
     socket.set_reconnect_ivl(100)?;
     socket.set_reconnect_ivl_max(2000)?;
     if let Some(id) = identity {

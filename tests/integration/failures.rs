@@ -109,3 +109,76 @@ fn verify_marks_wrong_results_as_mismatches() {
         "only checked when asked"
     );
 }
+
+/// Runs one task, fails it, and then reports its device lost.
+struct Lost {
+    lost: bool,
+}
+
+impl Backend for Lost {
+    fn kind(&self) -> &'static str {
+        "gpu"
+    }
+    fn run(
+        &mut self,
+        _job: &Job,
+        next: &mut dyn FnMut() -> Option<Task>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        if let Some(task) = next() {
+            self.lost = true;
+            done(Outcome {
+                task,
+                status: Status::Failed,
+                wall_us: 1,
+                kernel_us: 0,
+                checksum: 0,
+            });
+        }
+    }
+    fn healthy(&self) -> Result<(), String> {
+        if self.lost {
+            Err("the device was lost".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn a_worker_whose_device_is_lost_leaves_and_the_others_finish_the_batch() {
+    let report = run(
+        vec![Box::new(Lost { lost: false }), Box::new(Sleep::new(1.0))],
+        60,
+        false,
+    );
+    assert_eq!(report.tasks, 60);
+    assert_eq!(
+        report.workers.len(),
+        1,
+        "only the healthy worker delivered: {report:?}"
+    );
+    assert_eq!(report.workers[0].tasks, 60);
+    assert!(report.redispatched >= 1, "{report:?}");
+}
+
+#[test]
+fn when_every_worker_is_lost_the_run_fails_naming_why() {
+    let heartbeat = Heartbeat {
+        interval: Duration::from_millis(100),
+        liveness: 5,
+    };
+    let ventilator = VentilatorConfig {
+        heartbeat,
+        ..VentilatorConfig::local(Batch::generate(10, 0, 2, 3).unwrap(), Job::default())
+    };
+    let error = local::run(
+        LocalRun::new(ventilator, vec![Box::new(Lost { lost: false })]),
+        &Shutdown::new(),
+    )
+    .expect_err("no worker is left");
+    assert!(
+        format!("{error:#}").contains("the device was lost"),
+        "{error:#}"
+    );
+}
