@@ -77,6 +77,14 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         s += &format!("Total elapsed time: {:.0} msec\n", self.elapsed_ms);
+        if self.workers.is_empty() {
+            // A classic batch: results carry neither worker nor (always) workload.
+            s += &format!(
+                "{} results, {:.0} per second, rejected {}\n",
+                self.tasks, self.tasks_per_s, self.rejected
+            );
+            return s;
+        }
         let efficiency = if self.ideal_ms > 0.0 {
             format!("efficiency {:.3}", self.efficiency)
         } else {
