@@ -75,7 +75,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2, 4, 8, 16])]
     pub workers: Vec<u32>,
     /// Backends the scaling suite runs (gpu and software only where present).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendKind::Sleep, BackendKind::Gpu])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendKind::Sleep, BackendKind::Software, BackendKind::Gpu])]
     pub scaling_backends: Vec<BackendKind>,
     /// Zero-work tasks in the throughput suite.
     #[arg(long, default_value_t = 200_000)]
