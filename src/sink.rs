@@ -143,6 +143,8 @@ impl Sink {
         let (socket, endpoint) =
             sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
         socket.set_router_mandatory(true)?;
+        // A reconnecting worker takes its name over at once (see the ventilator).
+        socket.set_router_handover(true)?;
         Ok(Sink {
             config,
             socket,

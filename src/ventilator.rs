@@ -163,6 +163,9 @@ impl Ventilator {
             sockets::bind(ctx, zmq::ROUTER, "tasks", &config.bind, "--bind")?;
         // Sending to a worker that has gone fails at once instead of vanishing silently.
         tasks_socket.set_router_mandatory(true)?;
+        // A worker that reconnects (after a network cut the old connection may linger until
+        // ZMTP heartbeats close it) takes its name over at once rather than being ignored.
+        tasks_socket.set_router_handover(true)?;
         let sink_socket = sockets::connect(ctx, zmq::DEALER, "sink", &config.sink, "--sink", None)?;
         Ok(Ventilator {
             config,
