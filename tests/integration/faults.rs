@@ -2,7 +2,7 @@
 //! and resumed, floods of malformed messages. In every case each task is counted exactly
 //! once, in the report and in the results file.
 
-use crate::util::{self, assert_each_once, report, result_ids, Proc};
+use crate::util::{self, Proc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Waits until the results file has at least `n` lines (results the sink made durable).
@@ -47,17 +47,11 @@ fn workers_killed_with_sigkill_lose_no_task() {
     std::thread::sleep(Duration::from_millis(second).saturating_sub(start.elapsed()));
     workers[1].signal("KILL");
 
-    let (status, stdout, log) = sink.finish();
-    assert!(status.success(), "{log}");
-    let r = report(&stdout);
-    assert_eq!(r["tasks"], 2000);
-    let delivered = util::delivered(&r);
-    assert_eq!(delivered, 2000, "each task counted once: {r}");
+    let r = util::completed(sink, 2000, Some(&results));
     assert!(
         r["redispatched"].as_u64().unwrap() >= 1,
         "the killed workers' tasks went to others: {r}"
     );
-    assert_each_once(&result_ids(&results), 2000);
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
 }
@@ -83,16 +77,12 @@ fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
     vent.wait_for("worker frozen silent for");
     frozen.signal("CONT");
 
-    let (status, stdout, log) = sink.finish();
-    assert!(status.success(), "{log}");
-    let r = report(&stdout);
-    assert_eq!(r["tasks"], 400);
+    let r = util::completed(sink, 400, Some(&results));
     assert!(r["redispatched"].as_u64().unwrap() >= 1, "{r}");
     assert!(
         r["duplicates"].as_u64().unwrap() >= 1,
         "its late results were dropped as duplicates: {r}"
     );
-    assert_each_once(&result_ids(&results), 400);
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
 }
@@ -130,14 +120,8 @@ fn a_killed_sink_resumes_from_its_results_file() {
             "--resume",
         ],
     );
-    let (status, stdout, log) = resumed.finish();
-    assert!(status.success(), "{log}");
-    assert!(log.contains("resuming batch"), "{log}");
-    let r = report(&stdout);
-    assert_eq!(r["tasks"], 600);
-    let delivered = util::delivered(&r);
-    assert_eq!(delivered, 600, "{r}");
-    assert_each_once(&result_ids(&results), 600);
+    resumed.wait_for("resuming batch");
+    util::completed(resumed, 600, Some(&results));
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
     drop(workers);
@@ -178,11 +162,7 @@ fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
 
     again.push("--resume");
     let resumed = Proc::start("vent-resumed", &again);
-    let (status, stdout, log) = sink.finish();
-    assert!(status.success(), "{log}");
-    let r = report(&stdout);
-    assert_eq!(r["tasks"], 300);
-    assert_each_once(&result_ids(&results), 300);
+    util::completed(sink, 300, Some(&results));
     let (status, _, log) = resumed.finish();
     assert!(status.success(), "{log}");
     assert!(log.contains("resuming batch"), "{log}");
@@ -201,13 +181,8 @@ fn a_million_zero_work_tasks_on_two_worker_processes_complete() {
         &["m1", "m2"],
         &[],
     );
-    let (status, stdout, log) = sink.finish();
-    assert!(status.success(), "{log}");
-    let r = report(&stdout);
-    assert_eq!(r["tasks"], 1_000_000);
+    let r = util::completed(sink, 1_000_000, None);
     assert_eq!(r["duplicates"], 0);
-    let delivered = util::delivered(&r);
-    assert_eq!(delivered, 1_000_000);
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
     drop(workers);

@@ -260,6 +260,21 @@ impl Cluster {
     }
 }
 
+/// Waits for the sink to finish a batch of `tasks` and checks what every complete batch
+/// must show: a clean exit, every task counted once by the workers' tallies, and (with a
+/// results file) every task exactly once in the file. Returns the JSON report.
+pub fn completed(sink: Proc, tasks: u64, results: Option<&std::path::Path>) -> serde_json::Value {
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "the sink failed: {log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], tasks, "{r}");
+    assert_eq!(delivered(&r), tasks, "each task counted once: {r}");
+    if let Some(path) = results {
+        assert_each_once(&result_ids(path), tasks);
+    }
+    r
+}
+
 /// Tasks the report's workers delivered, summed.
 pub fn delivered(report: &serde_json::Value) -> u64 {
     report["workers"]
