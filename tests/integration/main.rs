@@ -6,5 +6,6 @@ mod classic;
 mod failures;
 mod faults;
 mod gpu;
+mod netcut;
 mod pipeline;
 mod util;

@@ -44,6 +44,13 @@ impl Proc {
         Self::spawn(name, command)
     }
 
+    /// Starts any program (e.g. `ip netns exec … conquer …`).
+    pub fn program(name: &str, program: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null());
+        Self::spawn(name, command)
+    }
+
     /// Starts one of the Guide's example programs, with stdin to write to.
     pub fn example(name: &str, args: &[&str]) -> Proc {
         // Test binaries live in target/<profile>/deps; examples in target/<profile>/examples.
