@@ -25,7 +25,6 @@ fn workers_killed_with_sigkill_lose_no_task() {
         vent,
         workers,
         results,
-        dir: _dir,
         ..
     } = util::Cluster::start(
         &["--tasks", "2000", "--min-ms", "1", "--max-ms", "5"],
@@ -47,7 +46,7 @@ fn workers_killed_with_sigkill_lose_no_task() {
     std::thread::sleep(Duration::from_millis(second).saturating_sub(start.elapsed()));
     workers[1].signal("KILL");
 
-    let r = util::completed(sink, 2000, Some(&results));
+    let r = util::completed(sink, 2000, Some(&*results));
     assert!(
         r["redispatched"].as_u64().unwrap() >= 1,
         "the killed workers' tasks went to others: {r}"
@@ -63,7 +62,6 @@ fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
         vent,
         workers,
         results,
-        dir: _dir,
         ..
     } = util::Cluster::start(
         &["--tasks", "400", "--min-ms", "2", "--max-ms", "8"],
@@ -77,7 +75,7 @@ fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
     vent.wait_for("worker frozen silent for");
     frozen.signal("CONT");
 
-    let r = util::completed(sink, 400, Some(&results));
+    let r = util::completed(sink, 400, Some(&*results));
     assert!(r["redispatched"].as_u64().unwrap() >= 1, "{r}");
     assert!(
         r["duplicates"].as_u64().unwrap() >= 1,
@@ -95,7 +93,6 @@ fn a_killed_sink_resumes_from_its_results_file() {
         workers,
         sink_ep,
         results,
-        dir: _dir,
         ..
     } = util::Cluster::start(
         &["--tasks", "600", "--min-ms", "2", "--max-ms", "6"],
@@ -121,7 +118,7 @@ fn a_killed_sink_resumes_from_its_results_file() {
         ],
     );
     resumed.wait_for("resuming batch");
-    util::completed(resumed, 600, Some(&results));
+    util::completed(resumed, 600, Some(&*results));
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
     drop(workers);
@@ -139,7 +136,6 @@ fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
         sink_ep,
         vent_ep,
         results,
-        dir: _dir,
     } = util::Cluster::start(&batch, &["v1", "v2"], &[]);
     wait_for_results(&results, 60);
     vent.signal("KILL");
@@ -162,7 +158,7 @@ fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
 
     again.push("--resume");
     let resumed = Proc::start("vent-resumed", &again);
-    util::completed(sink, 300, Some(&results));
+    util::completed(sink, 300, Some(&*results));
     let (status, _, log) = resumed.finish();
     assert!(status.success(), "{log}");
     assert!(log.contains("resuming batch"), "{log}");

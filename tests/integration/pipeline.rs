@@ -12,14 +12,13 @@ fn worker_processes_complete_a_batch_each_task_once() {
         vent,
         workers,
         results,
-        dir: _dir,
         ..
     } = util::Cluster::start(
         &["--tasks", "200", "--min-ms", "0", "--max-ms", "5"],
         &["w0", "w1", "w2"],
         &[],
     );
-    let r = util::completed(sink, 200, Some(&results));
+    let r = util::completed(sink, 200, Some(&*results));
     assert_eq!(r["duplicates"], 0);
     assert_eq!(r["rejected"], 0);
     let workers_in_report = r["workers"].as_array().unwrap().len();
@@ -211,7 +210,6 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
         sink_ep,
         vent_ep,
         results,
-        dir: _dir,
     } = util::Cluster::start(
         &["--tasks", "100", "--min-ms", "10", "--max-ms", "20"],
         &["g1", "g2"],
@@ -242,7 +240,7 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
     }
     drop(ctx); // waits until every frame is flushed, well before the batch can end
 
-    let r = util::completed(sink, 100, Some(&results));
+    let r = util::completed(sink, 100, Some(&*results));
     assert_eq!(r["duplicates"], 0);
     assert_eq!(r["rejected"].as_u64().unwrap(), sent, "{r}");
     drop((vent, workers));

@@ -233,9 +233,20 @@ pub struct Cluster {
     pub workers: Vec<Proc>,
     pub sink_ep: String,
     pub vent_ep: String,
-    pub results: std::path::PathBuf,
-    /// Holds the results file; bind it (`dir: _dir`) when destructuring, or it is deleted.
-    pub dir: tempfile::TempDir,
+    pub results: ResultsPath,
+}
+
+/// The sink's results file, in a temporary folder that lives exactly as long as this.
+pub struct ResultsPath {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for ResultsPath {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
 }
 
 impl Cluster {
@@ -261,8 +272,10 @@ impl Cluster {
             workers,
             sink_ep,
             vent_ep,
-            results,
-            dir,
+            results: ResultsPath {
+                path: results,
+                _dir: dir,
+            },
         }
     }
 }
