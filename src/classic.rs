@@ -304,6 +304,8 @@ impl ClassicSink {
             duplicates: 0,
             redispatched: 0,
             rejected,
+            checked: 0,
+            verified: 0,
             mismatches: 0,
             workers: Vec::new(),
         })

@@ -4,11 +4,12 @@
 
 use crate::backend::{self, Backend, BackendKind};
 use crate::batch::{Batch, Job, Order};
+use crate::heartbeat::Heartbeat;
 use crate::kernels::Kernel;
 use crate::report::ResultsFormat;
 use crate::shutdown::{self, Shutdown};
 use crate::sink::{Sink, SinkConfig};
-use crate::ventilator::{Heartbeat, Ventilator, VentilatorConfig};
+use crate::ventilator::{Ventilator, VentilatorConfig};
 use crate::worker::{self, WorkerConfig};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -21,19 +22,24 @@ use std::time::Duration;
     version,
     about = "Divide and conquer over ZeroMQ: a ventilator hands out tasks, workers run them \
              (WGSL compute shaders on a GPU, or sleep), a sink collects and reports",
-    after_help = "Start with `conquer run`: the seed's batch (100 tasks of 1-100 ms) on 4 workers in one process."
+    after_help = "Without a command, `conquer` runs `conquer run`: the seed's batch (100 tasks of 1-100 ms) on 4 workers in one process."
 )]
 pub struct Cli {
-    /// More logging on stderr: -v info, -vv debug, -vvv trace.
+    /// More logging on stderr: -v connections and batch events, -vv per-worker flow,
+    /// -vvv per-task events.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log filter in `target=level` form, added to what -v sets (e.g. `wgpu_hal=info`);
+    /// other crates log only when named here or in RUST_LOG.
+    #[arg(long, value_name = "FILTER", global = true)]
+    pub log: Option<String>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run sink, ventilator and workers in one process over loopback (the demo and the default).
+    /// Run sink, ventilator and workers in one process over loopback (what bare `conquer` runs).
     Run(RunArgs),
     /// The ventilator: makes or reads a batch, waits for workers, hands out tasks on credit.
     #[command(visible_alias = "vent")]
@@ -184,6 +190,7 @@ impl BackendArgs {
                 slots: usize::from(self.gpu_slots),
                 ..Default::default()
             },
+            quiet: false,
         })
     }
 
@@ -207,10 +214,18 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct OverwriteArgs {
+    /// Replace a --results file that already holds records (without it such a file is
+    /// refused, never wiped).
+    #[arg(long, requires = "results")]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct ResumeArgs {
     /// Continue the batch recorded in --results after a crash: results the file holds are
-    /// not redone and not counted twice.
-    #[arg(long, requires = "results")]
+    /// not redone and not counted twice. A file that holds the whole batch is reported.
+    #[arg(long, requires = "results", conflicts_with = "overwrite")]
     pub resume: bool,
 }
 
@@ -244,6 +259,8 @@ pub struct RunArgs {
     pub backend: BackendArgs,
     #[command(flatten)]
     pub report: ReportArgs,
+    #[command(flatten)]
+    pub overwrite: OverwriteArgs,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
     #[command(flatten)]
@@ -326,6 +343,10 @@ pub struct SinkArgs {
     pub report: ReportArgs,
     #[command(flatten)]
     pub resume: ResumeArgs,
+    #[command(flatten)]
+    pub overwrite: OverwriteArgs,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
     /// Speak the Guide's classic format: PULL results (empty or the workload echoed), wait
     /// for "0", count --tasks results, then broadcast KILL on --control-bind.
     #[arg(long)]
@@ -352,23 +373,48 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    crate::logging::init(cli.verbose);
+    crate::logging::set_role(role_of(cli.command.as_ref()));
+    crate::logging::init(cli.verbose, cli.log.as_deref());
     quiet_display_probing();
     if let Err(e) = shutdown::install_ctrl_c() {
-        eprintln!("conquer: {e:#}");
+        eprintln!("conquer: error: {e:#}");
         return 1;
     }
     let outcome = dispatch(cli);
-    if shutdown::interrupted() {
+    if shutdown::interrupted() || outcome.as_ref().is_err_and(shutdown::Interrupted::is) {
         return 130;
     }
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("conquer: {e:#}");
+            eprintln!("conquer: error: {e:#}");
             1
         }
     }
+}
+
+/// The process's name in its log lines: the role, and a worker's name.
+fn role_of(command: Option<&Command>) -> String {
+    match command {
+        None | Some(Command::Run(_)) => "run".into(),
+        Some(Command::Ventilator(_)) => "ventilator".into(),
+        Some(Command::Worker(args)) => format!(
+            "worker {}",
+            crate::logging::printable(args.name.as_deref().unwrap_or("default"))
+        ),
+        Some(Command::Sink(_)) => "sink".into(),
+        Some(Command::Bench(_)) => "bench".into(),
+        Some(Command::Info) => "info".into(),
+    }
+}
+
+/// A duration in seconds from a flag, checked: positive, finite, at most a year.
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    const YEAR_S: f64 = 365.0 * 24.0 * 3600.0;
+    if !(value.is_finite() && value > 0.0 && value <= YEAR_S) {
+        bail!("{flag} must be a number of seconds above 0 and at most {YEAR_S:.0} (a year), got {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 /// Mesa's Vulkan drivers probe for a Wayland display while wgpu enumerates adapters, and
@@ -395,7 +441,15 @@ fn quiet_display_probing() {
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let shutdown = Shutdown::new();
-    match cli.command {
+    // Bare `conquer` is `conquer run` with its defaults.
+    let command = match cli.command {
+        Some(command) => command,
+        None => match Cli::try_parse_from(["conquer", "run"]).map(|c| c.command) {
+            Ok(Some(command)) => command,
+            _ => bail!("cannot make the default `run` command"),
+        },
+    };
+    match command {
         Command::Run(args) => run(args, &shutdown),
         Command::Ventilator(args) => ventilator(args, &shutdown),
         Command::Worker(args) => work(args, &shutdown),
@@ -410,9 +464,30 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 
 fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let batch = args.batch.batch()?;
-    let backends = (0..args.workers)
-        .map(|_| args.backend.build())
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = args.backend.options()?;
+    let mut backends = Vec::with_capacity(args.workers as usize);
+    for index in 0..args.workers {
+        // The choice is said once for the run, not once per worker.
+        let options = backend::BackendOptions {
+            quiet: index > 0,
+            ..options.clone()
+        };
+        backends.push(backend::build(args.backend.backend, &options)?);
+    }
+    if args.verify.percent() > 0 {
+        if let Some(sleeper) = backends.iter().find(|b| b.kind() == "sleep") {
+            bail!(
+                "--verify checks computed results against the CPU reference, but the {} backend computes \
+                 nothing{}: pass --backend cpu or --backend software, or drop --verify",
+                sleeper.kind(),
+                if args.backend.backend == BackendKind::Auto {
+                    " (--backend auto found no hardware GPU and chose sleep)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     let heartbeat = args.heartbeat.heartbeat();
     let ventilator = VentilatorConfig {
         order: args.batch.order,
@@ -422,9 +497,12 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         heartbeat,
         ..VentilatorConfig::local(batch, args.batch.job(args.verify.percent()))
     };
+    let mut sink = args.report.sink_config(String::new());
+    sink.overwrite = args.overwrite.overwrite;
+    sink.heartbeat = heartbeat;
     let report = crate::local::run(
         crate::local::LocalRun {
-            sink: args.report.sink_config(String::new()),
+            sink,
             ..crate::local::LocalRun::new(ventilator, backends)
         },
         shutdown,
@@ -437,9 +515,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
 }
 
 fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    if !(args.wait_timeout.is_finite() && args.wait_timeout > 0.0) {
-        bail!("--wait-timeout must be a positive number of seconds");
-    }
+    let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     if args.classic {
         let config = crate::classic::ClassicVentilatorConfig {
             bind: args.bind,
@@ -448,7 +524,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
             order: args.batch.order,
             seed: args.batch.seed,
             wait_workers: args.wait_workers,
-            wait_timeout: Duration::from_secs_f64(args.wait_timeout),
+            wait_timeout,
             announce: true,
         };
         let ctx = zmq::Context::new();
@@ -503,9 +579,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         exit_when_done: args.exit_when_done,
         heartbeat: args.heartbeat.heartbeat(),
     };
-    if config.name.is_empty() || config.name.len() > 255 {
-        bail!("--name must be 1 to 255 bytes");
-    }
+    crate::heartbeat::check_name(&config.name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
     let ctx = zmq::Context::new();
     let summary = worker::run(&ctx, config, backend, shutdown)?;
     log::info!(
@@ -530,6 +604,8 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     }
     let mut config = args.report.sink_config(args.bind);
     config.resume = args.resume.resume;
+    config.overwrite = args.overwrite.overwrite;
+    config.heartbeat = args.heartbeat.heartbeat();
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
     report.print(args.report.json)?;
     Ok(if report.mismatches > 0 { 1 } else { 0 })

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod bench;
 pub mod classic;
 pub mod cli;
+pub mod heartbeat;
 pub mod kernels;
 pub mod local;
 pub mod logging;

@@ -1,15 +1,18 @@
 //! The one-process runner behind `conquer run`: a sink, a ventilator and N workers as
 //! threads of this process, talking ZeroMQ over loopback TCP on ephemeral ports, exactly
 //! as separate processes would. It owns no socket itself; each role binds or connects its
-//! own. A failing worker leaves as a separate one would (the others take its tasks); a
-//! failing ventilator or sink, or the loss of every worker, stops the rest.
+//! own. Every worker connects before any thread starts, so one that cannot start (out of
+//! file descriptors, say) fails the run at once with its error. Once running, a failing
+//! worker leaves as a separate one would (the others take its tasks); a failing ventilator
+//! or sink, or the loss of every worker, stops the rest.
 
 use crate::backend::Backend;
+use crate::heartbeat::Heartbeat;
 use crate::report::Report;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Interrupted, Shutdown};
 use crate::sink::{Sink, SinkConfig};
-use crate::ventilator::{Heartbeat, Ventilator, VentilatorConfig};
-use crate::worker::{self, WorkerConfig};
+use crate::ventilator::{Ventilator, VentilatorConfig};
+use crate::worker::{Worker, WorkerConfig};
 use anyhow::{anyhow, Context};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,9 +49,12 @@ impl LocalRun {
 pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let ctx = zmq::Context::new();
     let workers = run.backends.len();
+    // The sink hears workers' greetings with the run's liveness.
+    run.sink.heartbeat = run.heartbeat;
     if workers == 0 {
         return Err(anyhow!("--workers must be at least 1"));
     }
+    make_room_for(workers)?;
     run.sink.bind = "tcp://127.0.0.1:*".into();
     let sink = Sink::bind(&ctx, run.sink)?;
     run.ventilator.bind = "tcp://127.0.0.1:*".into();
@@ -63,13 +69,13 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let tasks_endpoint = ventilator.endpoint().to_owned();
     let results_endpoint = sink.endpoint().to_owned();
 
-    let sink_thread = spawn("sink", shutdown, move |s| sink.run(s))?;
-    let vent_thread = spawn("ventilator", shutdown, move |s| {
-        ventilator.run(s).map(|_| ())
-    })?;
-    let mut worker_threads = Vec::with_capacity(workers);
-    let standing = Arc::new(AtomicUsize::new(workers));
+    // Every worker connects before anything runs: one that cannot start fails the run now.
+    let mut connected = Vec::with_capacity(workers);
+    let mut worker_ctx = zmq::Context::new();
     for (index, backend) in run.backends.into_iter().enumerate() {
+        if index > 0 && index % WORKERS_PER_CONTEXT == 0 {
+            worker_ctx = zmq::Context::new();
+        }
         let config = WorkerConfig {
             ventilator: tasks_endpoint.clone(),
             sink: results_endpoint.clone(),
@@ -77,13 +83,24 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             exit_when_done: true,
             heartbeat: run.heartbeat,
         };
-        let ctx = ctx.clone();
         let name = config.name.clone();
+        let worker = Worker::connect(&worker_ctx, config, backend)
+            .with_context(|| format!("starting {name} of {workers}"))?;
+        connected.push((name, worker));
+    }
+
+    let sink_thread = spawn("sink", shutdown, move |s| sink.run(s))?;
+    let vent_thread = spawn("ventilator", shutdown, move |s| {
+        ventilator.run(s).map(|_| ())
+    })?;
+    let mut worker_threads = Vec::with_capacity(workers);
+    let standing = Arc::new(AtomicUsize::new(workers));
+    for (index, (name, worker)) in connected.into_iter().enumerate() {
         let delay = run.join_delays.get(index).copied().unwrap_or_default();
         let standing = standing.clone();
         worker_threads.push(spawn(&name, shutdown, move |s| {
             std::thread::sleep(delay); // the scenario: this worker joins late
-            let outcome = worker::run(&ctx, config, backend, s).map(|_| ());
+            let outcome = worker.serve(s).map(|_| ());
             if let Err(e) = &outcome {
                 log::error!("{e:#}");
                 // The others carry on with its tasks, as separate workers would; only when
@@ -133,7 +150,49 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
 
 /// Whether an error is only a role stopping because it was asked to.
 fn is_interruption(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| cause.to_string() == "interrupted")
+    Interrupted::is(e)
+}
+
+/// Sockets each worker of a one-process run opens: tasks, results and the two ends of its
+/// wake pair.
+const SOCKETS_PER_WORKER: usize = 4;
+/// File descriptors each worker costs: a mailbox per socket, the two TCP connections on
+/// both ends, and some to spare.
+const FDS_PER_WORKER: u64 = 12;
+
+/// A ZeroMQ context holds at most 1023 sockets (ZMQ_MAX_SOCKETS, which the zmq crate
+/// does not let us raise); workers are spread over contexts of this many each.
+const WORKERS_PER_CONTEXT: usize = 1000 / SOCKETS_PER_WORKER;
+
+/// Raises this process's open-file limit (up to the hard limit) so that `workers` fit in
+/// one process.
+fn make_room_for(workers: usize) -> anyhow::Result<()> {
+    let need = workers as u64 * FDS_PER_WORKER + 256;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Ok(()); // cannot tell; the sockets say so if they run out
+    }
+    if limit.rlim_cur >= need {
+        return Ok(());
+    }
+    let raised = libc::rlimit {
+        rlim_cur: need.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 || raised.rlim_cur < need {
+        anyhow::bail!(
+            "{workers} workers in one process need about {need} open files, but this process may \
+             open at most {} (ulimit -Hn); raise the limit, run fewer --workers, or run workers as \
+             separate `conquer worker` processes",
+            limit.rlim_max
+        );
+    }
+    Ok(())
 }
 
 fn spawn<T: Send + 'static>(

@@ -1,56 +1,85 @@
-//! Logging to stderr: `conquer <role>: <level>: message`, with time since start. Results
-//! never go through here; they belong to `report`, on stdout.
+//! Logging to stderr, one line per event that several boxes' logs can be merged on:
+//! `2026-11-28T10:00:00.123Z INFO  sink: message` — a UTC RFC 3339 timestamp with
+//! milliseconds, the level, and the role with its name (a thread's name inside `conquer
+//! run`, else the process's role). Results never go through here; they belong to `report`,
+//! on stdout. Levels: the default shows what an operator needs (the backend chosen, what a
+//! role waits for, warnings); `-v` adds connections and batch events, `-vv` per-worker
+//! flow, `-vvv` per-task events. Other crates (wgpu, naga) log only when a `--log` filter or
+//! `RUST_LOG` names them, in the usual `target=level` syntax.
 
+use std::io::Write;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-struct StderrLogger {
-    start: Instant,
+/// Target of per-task events, shown from `-vvv`.
+pub const TASK_TARGET: &str = "conquer::task";
+
+static ROLE: OnceLock<String> = OnceLock::new();
+
+/// Names the process in its log lines (`ventilator`, `worker gpu-box-1`), for threads that
+/// carry no role name of their own. Call once, before logging starts.
+pub fn set_role(role: String) {
+    let _ = ROLE.set(role);
 }
 
-static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        // Our own lines at the chosen level; libraries' (wgpu, naga) only from -vv, since
-        // they report probing failures (an absent EGL, say) that are not errors for us.
-        let ours = metadata.target().starts_with("conquer");
-        metadata.level() <= log::max_level()
-            && (ours || log::max_level() >= log::LevelFilter::Debug)
+/// The filter for a verbosity count, before any `--log` or `RUST_LOG` directives.
+fn filter_for(verbosity: u8) -> &'static str {
+    match verbosity {
+        0 => "off,conquer=info",
+        1 => "off,conquer=debug",
+        2 => "off,conquer=trace,conquer::task=off",
+        _ => "off,conquer=trace",
     }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let t = self.start.elapsed().as_secs_f64();
-        let level = match record.level() {
-            log::Level::Error => "error",
-            log::Level::Warn => "warn",
-            log::Level::Info => "info",
-            log::Level::Debug => "debug",
-            log::Level::Trace => "trace",
-        };
-        let thread = std::thread::current();
-        let role = thread.name().unwrap_or("conquer");
-        eprintln!("[{t:8.3}s {role}] {level}: {}", record.args());
-    }
-
-    fn flush(&self) {}
 }
 
-/// Installs the logger; `verbosity` 0 is warn, 1 info, 2 debug, 3+ trace. Idempotent.
-pub fn init(verbosity: u8) {
-    let logger = LOGGER.get_or_init(|| StderrLogger {
-        start: Instant::now(),
-    });
-    let _ = log::set_logger(logger);
-    log::set_max_level(match verbosity {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        2 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    });
+/// Installs the logger. `filter` (from `--log`, else `RUST_LOG`) adds directives in
+/// env_logger's `target=level` syntax after those `verbosity` sets, so it can widen or
+/// narrow them. Idempotent: a second call keeps the first logger.
+pub fn init(verbosity: u8, filter: Option<&str>) {
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(filter_for(verbosity));
+    let env = std::env::var("RUST_LOG").ok();
+    if let Some(extra) = filter.or(env.as_deref()) {
+        builder.parse_filters(extra);
+    }
+    builder
+        .target(env_logger::Target::Stderr)
+        .format(|buf, record| {
+            let thread = std::thread::current();
+            let role = match thread.name() {
+                Some(name) if name != "main" => name.to_owned(),
+                _ => ROLE.get().cloned().unwrap_or_else(|| "conquer".to_owned()),
+            };
+            let ours = record.target().starts_with("conquer");
+            let level = record.level().as_str();
+            if ours {
+                writeln!(
+                    buf,
+                    "{} {level:<5} {role}: {}",
+                    buf.timestamp_millis(),
+                    record.args()
+                )
+            } else {
+                writeln!(
+                    buf,
+                    "{} {level:<5} {role}: [{}] {}",
+                    buf.timestamp_millis(),
+                    record.target(),
+                    record.args()
+                )
+            }
+        });
+    let _ = builder.try_init();
+}
+
+/// Text from a peer or a user (a worker's name), made safe to print: control characters
+/// (line breaks, terminal escapes) are escaped.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(text.escape_debug().to_string())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 /// Rate limit for warnings a peer can trigger at will (malformed messages): the first few
@@ -93,5 +122,24 @@ impl RateLimited {
         } else {
             self.suppressed += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_control_characters_print_escaped() {
+        assert_eq!(printable("w1"), "w1");
+        assert_eq!(printable("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+    }
+
+    #[test]
+    fn each_verbosity_adds_a_layer() {
+        assert!(filter_for(0).contains("conquer=info"));
+        assert!(filter_for(1).contains("conquer=debug"));
+        assert!(filter_for(2).contains("conquer::task=off"));
+        assert!(!filter_for(3).contains("task"));
     }
 }

@@ -14,12 +14,14 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest message any bound socket accepts (ZMQ_MAXMSGSIZE); larger ones are refused by
 /// libzmq before they are read into memory.
 pub const MAX_MESSAGE_BYTES: i64 = 4 * 1024 * 1024;
+/// Longest text a refusal's reason may carry.
+const MAX_LONG_STR: usize = 4096;
 /// Most tasks or results one message carries, so a message stays far below the size limit.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 8192;
 
@@ -34,6 +36,8 @@ pub enum Status {
     Failed,
     /// The result disagreed with the CPU reference (`--verify`): counted, reported, final.
     Mismatch,
+    /// The result was checked against the CPU reference and matched (`--verify`).
+    Verified,
 }
 
 impl Status {
@@ -42,6 +46,7 @@ impl Status {
             Status::Ok => 0,
             Status::Failed => 1,
             Status::Mismatch => 2,
+            Status::Verified => 3,
         }
     }
 
@@ -50,6 +55,7 @@ impl Status {
             0 => Ok(Status::Ok),
             1 => Ok(Status::Failed),
             2 => Ok(Status::Mismatch),
+            3 => Ok(Status::Verified),
             other => Err(DecodeError::BadField {
                 field: "status",
                 value: u64::from(other),
@@ -63,7 +69,25 @@ impl Status {
             Status::Ok => "ok",
             Status::Failed => "failed",
             Status::Mismatch => "mismatch",
+            Status::Verified => "verified",
         }
+    }
+
+    /// The status a results file names, for resuming.
+    pub fn parse(name: &str) -> Option<Status> {
+        [
+            Status::Ok,
+            Status::Failed,
+            Status::Mismatch,
+            Status::Verified,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// Whether the result was compared with the CPU reference.
+    pub fn checked(self) -> bool {
+        matches!(self, Status::Mismatch | Status::Verified)
     }
 }
 
@@ -72,6 +96,9 @@ impl Status {
 pub struct WorkerInfo {
     /// Human-readable worker name (host-pid-index by default); unique per worker.
     pub name: String,
+    /// Random per worker run: a reconnect of the same worker keeps it, so a second worker
+    /// that took the same name can be told apart and refused.
+    pub session: u64,
     /// The backend it runs tasks on (`sleep`, `cpu`, `software`, `gpu`).
     pub backend: String,
     /// The adapter's name for GPU backends, empty otherwise.
@@ -102,6 +129,50 @@ pub struct TaskResult {
     pub kernel_us: u32,
     /// The kernel's checksum over all invocations; 0 for the sleep backend.
     pub checksum: u64,
+    /// Wall-clock start and end of the task on the worker, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+}
+
+/// Why a ventilator or sink turned a peer away. The peer prints the reason and stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Another live worker already uses this name.
+    NameTaken,
+    /// The peer reached the wrong role (a worker's endpoints swapped, say).
+    WrongPeer,
+    /// The sink is collecting another batch.
+    Busy,
+    /// The worker's results do not reach the sink.
+    ResultsLost,
+    /// The worker's name is not printable text of 1 to 255 bytes.
+    BadName,
+}
+
+impl RefusalKind {
+    fn to_byte(self) -> u8 {
+        match self {
+            RefusalKind::NameTaken => 1,
+            RefusalKind::WrongPeer => 2,
+            RefusalKind::Busy => 3,
+            RefusalKind::ResultsLost => 4,
+            RefusalKind::BadName => 5,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Self, DecodeError> {
+        match byte {
+            1 => Ok(RefusalKind::NameTaken),
+            2 => Ok(RefusalKind::WrongPeer),
+            3 => Ok(RefusalKind::Busy),
+            4 => Ok(RefusalKind::ResultsLost),
+            5 => Ok(RefusalKind::BadName),
+            other => Err(DecodeError::BadField {
+                field: "refusal",
+                value: u64::from(other),
+            }),
+        }
+    }
 }
 
 /// Every message of the protocol, typed. Direction is noted on each variant.
@@ -155,6 +226,13 @@ pub enum Message {
     },
     /// sink → ventilator: every task is held; the batch is done.
     Complete { batch: u64 },
+    /// worker → sink: greeting and heartbeat; a worker takes no tasks until the sink
+    /// answers with [`Message::Welcome`].
+    Join(WorkerInfo),
+    /// sink → worker: the sink knows the worker and takes its results.
+    Welcome,
+    /// ventilator or sink → peer: turned away, with the reason to print; the peer stops.
+    Refused { kind: RefusalKind, reason: String },
 }
 
 /// Why a frame was not a message of ours. Callers count these in `rejected` and log them.
@@ -202,6 +280,9 @@ impl Message {
             Message::Held { .. } => 10,
             Message::Stats { .. } => 11,
             Message::Complete { .. } => 12,
+            Message::Join(_) => 13,
+            Message::Welcome => 14,
+            Message::Refused { .. } => 15,
         }
     }
 
@@ -226,6 +307,12 @@ impl Message {
                 w.u32(*held);
             }
             Message::Complete { batch } => w.u64(*batch),
+            Message::Join(info) => w.worker_info(info),
+            Message::Welcome => {}
+            Message::Refused { kind, reason } => {
+                w.u8(kind.to_byte());
+                w.long_str(reason);
+            }
             Message::End { batch, shutdown } => {
                 w.u64(*batch);
                 w.u8(u8::from(*shutdown));
@@ -246,6 +333,8 @@ impl Message {
                     w.u32(r.wall_us);
                     w.u32(r.kernel_us);
                     w.u64(r.checksum);
+                    w.u64(r.started_unix_ms);
+                    w.u64(r.finished_unix_ms);
                 }
             }
             Message::Batch {
@@ -357,7 +446,7 @@ impl Message {
             7 => {
                 let batch = r.u64()?;
                 let worker = r.worker_info()?;
-                let n = r.count(25)?;
+                let n = r.count(41)?;
                 let mut results = Vec::with_capacity(n);
                 for _ in 0..n {
                     results.push(TaskResult {
@@ -367,6 +456,8 @@ impl Message {
                         wall_us: r.u32()?,
                         kernel_us: r.u32()?,
                         checksum: r.u64()?,
+                        started_unix_ms: r.u64()?,
+                        finished_unix_ms: r.u64()?,
                     });
                 }
                 Message::Results {
@@ -403,6 +494,12 @@ impl Message {
                 last: r.flag("last")?,
             },
             12 => Message::Complete { batch: r.u64()? },
+            13 => Message::Join(r.worker_info()?),
+            14 => Message::Welcome,
+            15 => Message::Refused {
+                kind: RefusalKind::from_byte(r.u8()?)?,
+                reason: r.long_str()?,
+            },
             _ => return Err(DecodeError::UnknownKind(kind)),
         };
         if r.pos != frame.len() {
@@ -412,7 +509,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 15] = [
     "hello",
     "tasks",
     "done",
@@ -425,6 +522,9 @@ const KINDS: [&str; 12] = [
     "held",
     "stats",
     "complete",
+    "join",
+    "welcome",
+    "refused",
 ];
 
 struct Writer {
@@ -464,8 +564,18 @@ impl Writer {
         self.u8(end as u8);
         self.buf.extend_from_slice(&s.as_bytes()[..end]);
     }
+    /// A longer text (a refusal's reason), cut at 4096 bytes on a char boundary.
+    fn long_str(&mut self, s: &str) {
+        let mut end = s.len().min(MAX_LONG_STR);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u16(end as u16);
+        self.buf.extend_from_slice(&s.as_bytes()[..end]);
+    }
     fn worker_info(&mut self, info: &WorkerInfo) {
         self.str(&info.name);
+        self.u64(info.session);
         self.str(&info.backend);
         self.str(&info.adapter);
         self.u16(info.window_hint);
@@ -551,9 +661,23 @@ impl Reader<'_> {
             .map(str::to_owned)
             .map_err(|_| DecodeError::BadUtf8)
     }
+    fn long_str(&mut self) -> Result<String, DecodeError> {
+        let n = usize::from(self.u16()?);
+        if n > MAX_LONG_STR {
+            return Err(DecodeError::BadField {
+                field: "text length",
+                value: n as u64,
+            });
+        }
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::BadUtf8)
+    }
     fn worker_info(&mut self) -> Result<WorkerInfo, DecodeError> {
         Ok(WorkerInfo {
             name: self.str()?,
+            session: self.u64()?,
             backend: self.str()?,
             adapter: self.str()?,
             window_hint: self.u16()?,
@@ -618,6 +742,7 @@ mod tests {
     fn info() -> WorkerInfo {
         WorkerInfo {
             name: "box-42-0".into(),
+            session: 0x1234_5678_9abc,
             backend: "sleep".into(),
             adapter: String::new(),
             window_hint: 2,
@@ -670,6 +795,8 @@ mod tests {
                     wall_us: 3,
                     kernel_us: 4,
                     checksum: 0xdead_beef_0bad_f00d,
+                    started_unix_ms: 1_800_000_000_000,
+                    finished_unix_ms: 1_800_000_000_003,
                 }],
             },
             Message::Batch {
@@ -692,6 +819,12 @@ mod tests {
                 last: false,
             },
             Message::Complete { batch: 7 },
+            Message::Join(info()),
+            Message::Welcome,
+            Message::Refused {
+                kind: RefusalKind::NameTaken,
+                reason: "another worker is called box-42-0".into(),
+            },
         ]
     }
 
@@ -737,11 +870,11 @@ mod tests {
             Err(DecodeError::BadMagic(*b"XX"))
         );
         assert_eq!(
-            Message::decode(b"CQ\x01\x00"),
+            Message::decode(b"CQ\x02\x00"),
             Err(DecodeError::UnknownKind(0))
         );
         assert_eq!(
-            Message::decode(b"CQ\x01\xff"),
+            Message::decode(b"CQ\x02\xff"),
             Err(DecodeError::UnknownKind(255))
         );
     }
@@ -792,7 +925,7 @@ mod tests {
 
         /// Arbitrary bytes after a valid header exercise every body decoder.
         #[test]
-        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..14, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..17, body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut bytes = vec![b'C', b'Q', VERSION, kind];
             bytes.extend_from_slice(&body);
             if let Ok(message) = Message::decode(&bytes) {
@@ -804,7 +937,7 @@ mod tests {
         /// Flipping any one byte of a valid message either is rejected or decodes to a
         /// message that re-encodes to exactly the flipped bytes.
         #[test]
-        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..12, at in any::<usize>(), byte in any::<u8>()) {
+        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..15, at in any::<usize>(), byte in any::<u8>()) {
             let mut bytes = samples()[which].encode();
             let at = at % bytes.len();
             bytes[at] = byte;

@@ -49,9 +49,35 @@ pub struct Report {
     pub redispatched: u64,
     /// Messages dropped as malformed or foreign, at the sink and the ventilator.
     pub rejected: u64,
+    /// Results compared with the CPU reference (`--verify`, `--verify-sample`).
+    pub checked: u64,
+    /// Of those, the ones that matched it.
+    pub verified: u64,
     /// Results that disagreed with the CPU reference.
     pub mismatches: u64,
     pub workers: Vec<WorkerReport>,
+}
+
+/// `1 worker`, `2 workers`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A rate with sensible precision: whole numbers from 100 up, three significant figures below.
+pub fn rate(per_s: f64) -> String {
+    if !per_s.is_finite() || per_s <= 0.0 {
+        "0".to_owned()
+    } else if per_s >= 100.0 {
+        format!("{per_s:.0}")
+    } else if per_s >= 10.0 {
+        format!("{per_s:.1}")
+    } else {
+        format!("{per_s:.2}")
+    }
 }
 
 /// Prints the seed's ventilator line.
@@ -80,8 +106,10 @@ impl Report {
         if self.workers.is_empty() {
             // A classic batch: results carry neither worker nor (always) workload.
             s += &format!(
-                "{} results, {:.0} per second, rejected {}\n",
-                self.tasks, self.tasks_per_s, self.rejected
+                "{} results, {} per second, rejected {}\n",
+                self.tasks,
+                rate(self.tasks_per_s),
+                self.rejected
             );
             return s;
         }
@@ -91,22 +119,26 @@ impl Report {
             "efficiency n/a (no work)".to_owned()
         };
         s += &format!(
-            "{} tasks, {} ms expected, ideal {:.0} ms ({}) on {} workers, {efficiency}, {:.0} tasks/s\n",
-            self.tasks,
+            "{}, {} ms expected, ideal {:.0} ms ({}) on {}, {efficiency}, {} tasks/s\n",
+            plural(self.tasks, "task"),
             self.expected_ms,
             self.ideal_ms,
             self.ideal_basis,
-            self.workers.len(),
-            self.tasks_per_s
+            plural(self.workers.len() as u64, "worker"),
+            rate(self.tasks_per_s)
         );
         s += &format!(
             "duplicates {}, redispatched {}, rejected {}",
             self.duplicates, self.redispatched, self.rejected
         );
-        if self.mismatches > 0 {
-            s += &format!(", MISMATCHES {}", self.mismatches);
+        s += "\n";
+        if self.checked > 0 {
+            s += &format!(
+                "verified {} of {} results checked against the CPU reference, mismatches {}\n",
+                self.verified, self.checked, self.mismatches
+            );
         }
-        s += "\n\n";
+        s += "\n";
         let name_width = self
             .workers
             .iter()
@@ -156,60 +188,130 @@ impl ResultsFormat {
     }
 }
 
+/// What every record of a results file says of its batch: enough to resume it, and to
+/// report it again once every task is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub batch: u64,
+    pub tasks: u32,
+    /// Wall-clock start of the batch at the sink, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+}
+
 /// One record per task, written as results arrive and synced before they are acknowledged.
 pub struct ResultsFile {
     path: PathBuf,
     format: ResultsFormat,
-    out: BufWriter<File>,
+    out: ResultsWriter,
 }
 
-#[derive(Serialize, serde::Deserialize)]
+enum ResultsWriter {
+    Csv(csv::Writer<File>),
+    Jsonl(BufWriter<File>),
+}
+
+/// A results record, one per task held: the batch, who ran the task, when (the worker's
+/// wall clock), and what it came to.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 struct ResultRecord {
     batch: String,
+    batch_tasks: u32,
+    batch_started_unix_ms: u64,
     task: u32,
     worker: String,
+    backend: String,
     workload_ms: u32,
+    started_unix_ms: u64,
+    finished_unix_ms: u64,
     wall_us: u32,
     kernel_us: u32,
     checksum: String,
     status: String,
-    started_unix_ms: u64,
 }
 
-const CSV_HEADER: &str =
-    "batch,task,workload_ms,wall_us,kernel_us,checksum,status,started_unix_ms,worker";
+/// One recovered record: the task's result and who delivered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveredRecord {
+    pub worker: String,
+    pub backend: String,
+    pub result: TaskResult,
+}
 
-/// What a results file holds of a batch in progress, for `--resume`.
+/// What a results file holds of a batch, for `--resume`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecoveredResults {
-    pub batch: u64,
-    pub started_unix_ms: u64,
-    /// (task, worker, result) per record.
-    pub records: Vec<(u32, String, TaskResult)>,
+    pub header: BatchHeader,
+    pub records: Vec<RecoveredRecord>,
+}
+
+impl RecoveredResults {
+    /// Whether the file holds a result for every task of its batch.
+    pub fn is_complete(&self) -> bool {
+        let mut seen = vec![false; self.header.tasks as usize];
+        for r in &self.records {
+            if let Some(s) = seen.get_mut(r.result.id as usize) {
+                *s = true;
+            }
+        }
+        seen.iter().all(|&s| s)
+    }
 }
 
 impl ResultsFile {
-    pub fn create(path: &Path, format: ResultsFormat) -> anyhow::Result<ResultsFile> {
+    /// Starts a results file. An existing file that holds anything is refused unless
+    /// `overwrite`: results are not wiped by accident.
+    pub fn create(
+        path: &Path,
+        format: ResultsFormat,
+        overwrite: bool,
+    ) -> anyhow::Result<ResultsFile> {
+        if !overwrite {
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.len() > 0 {
+                    anyhow::bail!(
+                        "results file {} already holds {} bytes: pass --resume to continue the batch it \
+                         records, or --overwrite to start afresh and replace it",
+                        path.display(),
+                        meta.len()
+                    );
+                }
+            }
+        }
         let file = File::create(path)
             .with_context(|| format!("cannot create results file {}", path.display()))?;
-        let mut results = ResultsFile {
+        Ok(ResultsFile::over(path, format, file, true))
+    }
+
+    fn over(path: &Path, format: ResultsFormat, file: File, header: bool) -> ResultsFile {
+        let out = match format {
+            ResultsFormat::Csv => ResultsWriter::Csv(
+                csv::WriterBuilder::new()
+                    .has_headers(header)
+                    .from_writer(file),
+            ),
+            ResultsFormat::Jsonl => ResultsWriter::Jsonl(BufWriter::new(file)),
+        };
+        ResultsFile {
             path: path.to_owned(),
             format,
-            out: BufWriter::new(file),
-        };
-        if format == ResultsFormat::Csv {
-            writeln!(results.out, "{CSV_HEADER}").map_err(|e| results.error(e))?;
+            out,
         }
-        Ok(results)
     }
 
     /// Reopens a results file to append to it, after reading what it holds. A last line
-    /// cut short by a crash is cut off.
+    /// cut short by a crash is cut off. A missing file starts afresh.
     pub fn resume(
         path: &Path,
         format: ResultsFormat,
     ) -> anyhow::Result<(ResultsFile, Option<RecoveredResults>)> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read results file {}", path.display()))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read results file {}", path.display()))
+            }
+        };
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
         if complete < text.len() {
             log::warn!(
@@ -222,118 +324,128 @@ impl ResultsFile {
             .with_context(|| format!("cannot resume from results file {}", path.display()))?;
         let file = std::fs::OpenOptions::new()
             .write(true)
+            .create(true)
+            .truncate(false)
             .open(path)
             .with_context(|| format!("cannot open results file {}", path.display()))?;
         file.set_len(complete as u64)
             .with_context(|| format!("cannot trim results file {}", path.display()))?;
-        let mut out = BufWriter::new(file);
-        std::io::Seek::seek(&mut out, std::io::SeekFrom::End(0))?;
-        let mut results = ResultsFile {
-            path: path.to_owned(),
-            format,
-            out,
-        };
-        if format == ResultsFormat::Csv && complete == 0 {
-            writeln!(results.out, "{CSV_HEADER}").map_err(|e| results.error(e))?;
-        }
-        Ok((results, recovered))
+        let mut file = file;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))
+            .with_context(|| format!("cannot append to results file {}", path.display()))?;
+        Ok((
+            ResultsFile::over(path, format, file, complete == 0),
+            recovered,
+        ))
     }
 
-    fn error(&self, e: std::io::Error) -> anyhow::Error {
+    fn error(&self, e: impl std::fmt::Display) -> anyhow::Error {
         anyhow::anyhow!("cannot write results file {}: {e}", self.path.display())
     }
 
+    /// Appends one task's record (buffered; [`ResultsFile::sync`] makes it durable).
     pub fn record(
         &mut self,
-        batch: u64,
-        started_unix_ms: u64,
+        header: &BatchHeader,
         worker: &str,
+        backend: &str,
         r: &TaskResult,
     ) -> anyhow::Result<()> {
-        let status = r.status.as_str();
-        let written = match self.format {
-            ResultsFormat::Csv => writeln!(
-                self.out,
-                "{batch:016x},{},{},{},{},{:016x},{status},{started_unix_ms},{}",
-                r.id,
-                r.workload_ms,
-                r.wall_us,
-                r.kernel_us,
-                r.checksum,
-                csv_field(worker),
-            ),
-            ResultsFormat::Jsonl => {
-                let record = ResultRecord {
-                    batch: format!("{batch:016x}"),
-                    task: r.id,
-                    worker: worker.to_owned(),
-                    workload_ms: r.workload_ms,
-                    wall_us: r.wall_us,
-                    kernel_us: r.kernel_us,
-                    checksum: format!("{:016x}", r.checksum),
-                    status: status.to_owned(),
-                    started_unix_ms,
-                };
-                serde_json::to_writer(&mut self.out, &record)
-                    .map_err(std::io::Error::other)
-                    .and_then(|()| writeln!(self.out))
-            }
+        let record = ResultRecord {
+            batch: format!("{:016x}", header.batch),
+            batch_tasks: header.tasks,
+            batch_started_unix_ms: header.started_unix_ms,
+            task: r.id,
+            worker: worker.to_owned(),
+            backend: backend.to_owned(),
+            workload_ms: r.workload_ms,
+            started_unix_ms: r.started_unix_ms,
+            finished_unix_ms: r.finished_unix_ms,
+            wall_us: r.wall_us,
+            kernel_us: r.kernel_us,
+            checksum: format!("{:016x}", r.checksum),
+            status: r.status.as_str().to_owned(),
+        };
+        let written = match &mut self.out {
+            ResultsWriter::Csv(w) => w.serialize(&record).map_err(|e| e.to_string()),
+            ResultsWriter::Jsonl(w) => serde_json::to_writer(&mut *w, &record)
+                .map_err(|e| e.to_string())
+                .and_then(|()| writeln!(w).map_err(|e| e.to_string())),
         };
         written.map_err(|e| self.error(e))
     }
 
     /// Writes out what is buffered and waits until it is on disk.
     pub fn sync(&mut self) -> anyhow::Result<()> {
-        self.out.flush().map_err(|e| self.error(e))?;
-        self.out.get_ref().sync_data().map_err(|e| self.error(e))
+        let synced = match &mut self.out {
+            ResultsWriter::Csv(w) => w.flush().and_then(|()| w.get_ref().sync_data()),
+            ResultsWriter::Jsonl(w) => w.flush().and_then(|()| w.get_ref().sync_data()),
+        };
+        synced.map_err(|e| self.error(e))
+    }
+
+    pub fn format(&self) -> ResultsFormat {
+        self.format
     }
 }
 
+/// Reads every record; a value out of its field's range, a bad hex field or a record of
+/// another batch is an error naming the line, never truncated or skipped.
 fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<RecoveredResults>> {
-    let mut recovered: Option<RecoveredResults> = None;
-    for (index, line) in text.lines().enumerate() {
-        let line_no = index + 1;
-        if line.trim().is_empty() || (format == ResultsFormat::Csv && line == CSV_HEADER) {
-            continue;
-        }
-        let record: ResultRecord = match format {
-            ResultsFormat::Jsonl => serde_json::from_str(line)
-                .with_context(|| format!("line {line_no} is not a results record"))?,
-            ResultsFormat::Csv => {
-                let f: Vec<&str> = line.splitn(9, ',').collect();
-                let [batch, task, workload_ms, wall_us, kernel_us, checksum, status, started, worker] =
-                    <[&str; 9]>::try_from(f)
-                        .map_err(|_| anyhow::anyhow!("line {line_no} has fewer than 9 fields"))?;
-                let number = |s: &str| -> anyhow::Result<u64> {
-                    s.parse()
-                        .with_context(|| format!("line {line_no}: {s:?} is not a number"))
-                };
-                let worker = worker
-                    .strip_prefix('"')
-                    .and_then(|w| w.strip_suffix('"'))
-                    .map_or_else(|| worker.to_owned(), |w| w.replace("\"\"", "\""));
-                ResultRecord {
-                    batch: batch.to_owned(),
-                    task: number(task)? as u32,
-                    worker,
-                    workload_ms: number(workload_ms)? as u32,
-                    wall_us: number(wall_us)? as u32,
-                    kernel_us: number(kernel_us)? as u32,
-                    checksum: checksum.to_owned(),
-                    status: status.to_owned(),
-                    started_unix_ms: number(started)?,
+    let mut records: Vec<(usize, ResultRecord)> = Vec::new();
+    match format {
+        ResultsFormat::Jsonl => {
+            for (index, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
                 }
+                let record = serde_json::from_str(line)
+                    .with_context(|| format!("line {} is not a results record", index + 1))?;
+                records.push((index + 1, record));
             }
-        };
+        }
+        ResultsFormat::Csv => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_reader(text.as_bytes());
+            let headers = reader
+                .headers()
+                .map_err(|e| anyhow::anyhow!("line 1: {e}"))?
+                .clone();
+            for row in reader.records() {
+                let row = row.map_err(|e| {
+                    let line = e.position().map_or(0, |p| p.line());
+                    anyhow::anyhow!("line {line}: {e}")
+                })?;
+                let line = row.position().map_or(0, |p| p.line()) as usize;
+                let record = row
+                    .deserialize(Some(&headers))
+                    .map_err(|e| anyhow::anyhow!("line {line}: {e}"))?;
+                records.push((line, record));
+            }
+        }
+    }
+    let mut recovered: Option<RecoveredResults> = None;
+    for (line_no, record) in records {
         let hex = |s: &str, what: &str| {
             u64::from_str_radix(s, 16).with_context(|| format!("line {line_no}: bad {what} {s:?}"))
         };
-        let batch = hex(&record.batch, "batch id")?;
-        let status = match record.status.as_str() {
-            "ok" => crate::protocol::Status::Ok,
-            "mismatch" => crate::protocol::Status::Mismatch,
-            other => anyhow::bail!("line {line_no}: unknown status {other:?}"),
+        let header = BatchHeader {
+            batch: hex(&record.batch, "batch id")?,
+            tasks: record.batch_tasks,
+            started_unix_ms: record.batch_started_unix_ms,
         };
+        let status = match crate::protocol::Status::parse(&record.status) {
+            Some(s) if s != crate::protocol::Status::Failed => s,
+            _ => anyhow::bail!("line {line_no}: unknown status {:?}", record.status),
+        };
+        if record.task >= header.tasks {
+            anyhow::bail!(
+                "line {line_no}: task {} is outside its batch of {} tasks",
+                record.task,
+                header.tasks
+            );
+        }
         let result = TaskResult {
             id: record.task,
             workload_ms: record.workload_ms,
@@ -341,30 +453,32 @@ fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<Rec
             wall_us: record.wall_us,
             kernel_us: record.kernel_us,
             checksum: hex(&record.checksum, "checksum")?,
+            started_unix_ms: record.started_unix_ms,
+            finished_unix_ms: record.finished_unix_ms,
         };
         let r = recovered.get_or_insert_with(|| RecoveredResults {
-            batch,
-            started_unix_ms: record.started_unix_ms,
+            header,
             records: Vec::new(),
         });
-        if r.batch != batch {
+        if r.header != header {
             anyhow::bail!(
-                "line {line_no} is from batch {batch:016x}, earlier lines from {:016x}",
-                r.batch
+                "line {line_no} is from batch {:016x} of {} tasks started at {}, earlier lines from \
+                 {:016x} of {} started at {}",
+                header.batch,
+                header.tasks,
+                header.started_unix_ms,
+                r.header.batch,
+                r.header.tasks,
+                r.header.started_unix_ms
             );
         }
-        r.records.push((record.task, record.worker, result));
+        r.records.push(RecoveredRecord {
+            worker: record.worker,
+            backend: record.backend,
+            result,
+        });
     }
     Ok(recovered)
-}
-
-/// Quotes a CSV field when it needs it.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
 }
 
 #[cfg(test)]
@@ -385,6 +499,8 @@ mod tests {
             duplicates: 0,
             redispatched: 0,
             rejected: 3,
+            checked: 0,
+            verified: 0,
             mismatches: 0,
             workers: vec![WorkerReport {
                 id: "w1".into(),
@@ -431,22 +547,35 @@ mod tests {
         }
     }
 
+    fn sample_result(id: u32) -> TaskResult {
+        TaskResult {
+            id,
+            workload_ms: 7,
+            status: crate::protocol::Status::Ok,
+            wall_us: 7100,
+            kernel_us: 0,
+            checksum: 0xabc,
+            started_unix_ms: 1_800_000_000_000 + u64::from(id),
+            finished_unix_ms: 1_800_000_000_007 + u64::from(id),
+        }
+    }
+
+    const HEADER: BatchHeader = BatchHeader {
+        batch: 0xfeed,
+        tasks: 6,
+        started_unix_ms: 1234,
+    };
+
     #[test]
     fn results_files_round_trip_and_resume_past_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         for format in [ResultsFormat::Csv, ResultsFormat::Jsonl] {
             let path = dir.path().join(format!("r.{format:?}"));
-            let mut file = ResultsFile::create(&path, format).unwrap();
-            let r = TaskResult {
-                id: 3,
-                workload_ms: 7,
-                status: crate::protocol::Status::Ok,
-                wall_us: 7100,
-                kernel_us: 0,
-                checksum: 0xabc,
-            };
-            file.record(0xfeed, 1234, "box, \"one\"", &r).unwrap();
-            file.record(0xfeed, 1234, "w2", &TaskResult { id: 4, ..r })
+            let mut file = ResultsFile::create(&path, format, false).unwrap();
+            let r = sample_result(3);
+            file.record(&HEADER, "box, \"one\"\nline", "sleep", &r)
+                .unwrap();
+            file.record(&HEADER, "w2", "cpu", &sample_result(4))
                 .unwrap();
             file.sync().unwrap();
             drop(file);
@@ -457,19 +586,86 @@ mod tests {
 
             let (mut file, recovered) = ResultsFile::resume(&path, format).unwrap();
             let recovered = recovered.unwrap();
-            assert_eq!(recovered.batch, 0xfeed);
-            assert_eq!(recovered.started_unix_ms, 1234);
+            assert_eq!(recovered.header, HEADER);
             assert_eq!(recovered.records.len(), 2, "{format:?}");
-            assert_eq!(recovered.records[0].1, "box, \"one\"");
-            assert_eq!(recovered.records[0].2, r);
-            file.record(0xfeed, 1234, "w3", &TaskResult { id: 5, ..r })
+            assert_eq!(recovered.records[0].worker, "box, \"one\"\nline");
+            assert_eq!(recovered.records[0].result, r);
+            assert_eq!(recovered.records[1].backend, "cpu");
+            file.record(&HEADER, "w3", "sleep", &sample_result(5))
                 .unwrap();
             file.sync().unwrap();
             drop(file);
             let (_, again) = ResultsFile::resume(&path, format).unwrap();
-            let ids: Vec<u32> = again.unwrap().records.iter().map(|r| r.0).collect();
+            let ids: Vec<u32> = again.unwrap().records.iter().map(|r| r.result.id).collect();
             assert_eq!(ids, vec![3, 4, 5], "{format:?}: the torn line is gone");
         }
+    }
+
+    #[test]
+    fn an_existing_results_file_is_not_wiped_without_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, "something\n").unwrap();
+        let e = ResultsFile::create(&path, ResultsFormat::Csv, false)
+            .err()
+            .expect("refused");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("--resume") && text.contains("--overwrite"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "something\n");
+        ResultsFile::create(&path, ResultsFormat::Csv, true).unwrap();
+        // An empty file is no loss.
+        ResultsFile::create(&path, ResultsFormat::Csv, false).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_line_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [ResultsFormat::Csv, ResultsFormat::Jsonl] {
+            let path = dir.path().join(format!("r.{format:?}"));
+            let mut file = ResultsFile::create(&path, format, false).unwrap();
+            file.record(&HEADER, "w", "sleep", &sample_result(2))
+                .unwrap();
+            file.sync().unwrap();
+            drop(file);
+            // Task 2^32 + 3 would read as task 3 through a truncating cast.
+            let text = std::fs::read_to_string(&path).unwrap();
+            let forged = match format {
+                ResultsFormat::Csv => text.replacen(",2,w,", ",4294967299,w,", 1),
+                ResultsFormat::Jsonl => text.replacen("\"task\":2,", "\"task\":4294967299,", 1),
+            };
+            assert_ne!(forged, text, "{format:?}: the forgery applies");
+            std::fs::write(&path, forged).unwrap();
+            let e = ResultsFile::resume(&path, format).err().expect("refused");
+            let text = format!("{e:#}");
+            let line = if format == ResultsFormat::Csv {
+                "line 2"
+            } else {
+                "line 1"
+            };
+            assert!(text.contains(line), "{format:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_file_holding_every_task_is_complete() {
+        let mut r = RecoveredResults {
+            header: BatchHeader { tasks: 2, ..HEADER },
+            records: vec![RecoveredRecord {
+                worker: "w".into(),
+                backend: "sleep".into(),
+                result: sample_result(1),
+            }],
+        };
+        assert!(!r.is_complete());
+        r.records.push(RecoveredRecord {
+            worker: "w".into(),
+            backend: "sleep".into(),
+            result: sample_result(0),
+        });
+        assert!(r.is_complete());
     }
 
     #[test]
@@ -482,6 +678,5 @@ mod tests {
             ResultsFormat::from_path(Path::new("r.jsonl")),
             ResultsFormat::Jsonl
         );
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
     }
 }

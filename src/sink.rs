@@ -6,16 +6,24 @@
 //! hand lost tasks to other workers. The sink keeps one bit per task; a second result for a
 //! held task is a duplicate, dropped and counted. With `--results` every result is written
 //! and synced to disk before the ventilator hears it is held, so `--resume` after a crash
-//! loses nothing and counts nothing twice. The sink never talks to workers.
+//! loses nothing and counts nothing twice. Workers greet the sink (`join`) before they
+//! ask the ventilator for tasks; the sink welcomes them, or refuses a second live worker
+//! with the same name, a worker that mistook it for a ventilator, and a second ventilator
+//! while a batch is in progress, each with the reason. It never sends a worker tasks.
 
 use crate::batch::ideal_ms;
+use crate::heartbeat::{check_name, Heartbeat};
 use crate::logging::RateLimited;
-use crate::protocol::{Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
-use crate::report::{Report, ResultsFile, ResultsFormat, WorkerReport};
-use crate::shutdown::Shutdown;
+use crate::protocol::{
+    Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
+};
+use crate::report::{
+    BatchHeader, RecoveredResults, Report, ResultsFile, ResultsFormat, WorkerReport,
+};
+use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets;
-use anyhow::{bail, Context};
-use std::collections::BTreeMap;
+use anyhow::bail;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +36,11 @@ pub struct SinkConfig {
     pub results: Option<(PathBuf, ResultsFormat)>,
     /// Continue the batch recorded in the results file instead of starting it afresh.
     pub resume: bool,
+    /// Replace a results file that already holds records (without it, such a file is
+    /// refused rather than wiped).
+    pub overwrite: bool,
+    /// Liveness of workers' greetings: a worker silent this long gives up its name.
+    pub heartbeat: Heartbeat,
     /// How long to wait for the ventilator's last counters once every task is held.
     pub final_stats_wait: Duration,
     /// Show a progress bar (tasks held, rate, ETA) on stderr; for terminals.
@@ -42,6 +55,8 @@ impl Default for SinkConfig {
             bind: "tcp://*:5558".into(),
             results: None,
             resume: false,
+            overwrite: false,
+            heartbeat: Heartbeat::default(),
             final_stats_wait: Duration::from_secs(1),
             progress: false,
             timeline: None,
@@ -49,16 +64,31 @@ impl Default for SinkConfig {
     }
 }
 
-/// A sink with its socket bound.
+/// A sink with its results file open and its socket bound.
 pub struct Sink {
     config: SinkConfig,
     socket: zmq::Socket,
     endpoint: String,
+    file: Option<ResultsFile>,
+    recovered: Option<RecoveredResults>,
 }
+
+/// A worker that greeted this sink: who holds the name, and since when it is silent.
+struct Peer {
+    routing_id: Vec<u8>,
+    session: u64,
+    last_seen: Instant,
+}
+
+/// Most worker names remembered at once; silent ones are forgotten first.
+const MAX_PEERS: usize = 100_000;
 
 struct BatchState {
     id: u64,
     task_count: usize,
+    /// Whether the ventilator asked for any verification: checked statuses otherwise
+    /// make no sense and are not believed.
+    verifies: bool,
     expected_ms: u64,
     longest_ms: u32,
     held: Vec<u64>,
@@ -73,6 +103,13 @@ struct BatchState {
 }
 
 impl BatchState {
+    fn header(&self) -> BatchHeader {
+        BatchHeader {
+            batch: self.id,
+            tasks: self.task_count as u32,
+            started_unix_ms: self.started_unix_ms,
+        }
+    }
     fn is_held(&self, id: usize) -> bool {
         self.held[id / 64] & (1 << (id % 64)) != 0
     }
@@ -97,8 +134,6 @@ struct Tally {
     kernel_us: u64,
 }
 
-use crate::report::RecoveredResults as Recovered;
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -108,11 +143,19 @@ fn unix_ms() -> u64 {
 /// Everything the sink counts while it runs.
 struct Collector {
     batch: Option<BatchState>,
-    recovered: Option<Recovered>,
+    recovered: Option<RecoveredResults>,
     file: Option<ResultsFile>,
+    /// Where results go, for messages that say how to resume.
+    results_path: Option<PathBuf>,
     workers: BTreeMap<String, Tally>,
+    /// Workers that greeted this sink, by name.
+    peers: HashMap<String, Peer>,
+    heartbeat: Heartbeat,
+    endpoint: String,
     duplicates: u64,
     rejected: u64,
+    checked: u64,
+    verified: u64,
     mismatches: u64,
     /// Measured task times: the basis of the ideal when tasks are computed, not slept.
     measured_total_us: u64,
@@ -121,6 +164,7 @@ struct Collector {
     ventilator_counts: (u64, u64),
     final_counts: bool,
     reject_log: RateLimited,
+    refuse_log: RateLimited,
     newly_held: Vec<u32>,
     /// Results that arrived before the batch was announced (workers reconnecting to a
     /// restarted sink flush their queues at once; the ventilator re-announces the batch
@@ -140,6 +184,33 @@ impl Sink {
         if config.resume && config.results.is_none() {
             bail!("--resume needs --results FILE: the file is what the sink resumes from");
         }
+        if config.resume && config.overwrite {
+            bail!("--resume and --overwrite contradict each other: continue the results file, or replace it");
+        }
+        // The results file first: a path that cannot be written fails before anything binds.
+        let (file, recovered) = match &config.results {
+            None => (None, None),
+            Some((path, format)) if config.resume => {
+                let (file, recovered) = ResultsFile::resume(path, *format)?;
+                match &recovered {
+                    Some(r) => log::warn!(
+                        "resuming batch {:016x} from {}: {} results already held",
+                        r.header.batch,
+                        path.display(),
+                        r.records.len()
+                    ),
+                    None => log::warn!(
+                        "--resume: {} holds no results yet; starting afresh",
+                        path.display()
+                    ),
+                }
+                (Some(file), recovered)
+            }
+            Some((path, format)) => (
+                Some(ResultsFile::create(path, *format, config.overwrite)?),
+                None,
+            ),
+        };
         let (socket, endpoint) =
             sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
         socket.set_router_mandatory(true)?;
@@ -149,6 +220,8 @@ impl Sink {
             config,
             socket,
             endpoint,
+            file,
+            recovered,
         })
     }
 
@@ -157,84 +230,92 @@ impl Sink {
         &self.endpoint
     }
 
-    /// Collects one batch and returns its report.
+    /// Collects one batch and returns its report. A sink stopped before the batch is
+    /// complete says how to finish it.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Report> {
+        let Sink {
+            config,
+            socket,
+            endpoint,
+            file,
+            recovered,
+        } = self;
         let mut c = Collector {
             batch: None,
-            recovered: None,
-            file: None,
+            recovered,
+            file,
+            results_path: config.results.as_ref().map(|(path, _)| path.clone()),
             workers: BTreeMap::new(),
+            peers: HashMap::new(),
+            heartbeat: config.heartbeat,
+            endpoint: endpoint.clone(),
             duplicates: 0,
             rejected: 0,
+            checked: 0,
+            verified: 0,
             mismatches: 0,
             measured_total_us: 0,
             measured_longest_us: 0,
             ventilator_counts: (0, 0),
             final_counts: false,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            refuse_log: RateLimited::new(5, Duration::from_secs(1)),
             newly_held: Vec::new(),
             early: Vec::new(),
             early_count: 0,
-            timeline: self.config.timeline.clone(),
+            timeline: config.timeline.clone(),
             progress: None,
-            show_progress: self.config.progress,
+            show_progress: config.progress,
         };
-        if let Some((path, format)) = &self.config.results {
-            if self.config.resume && path.exists() {
-                let (file, recovered) = ResultsFile::resume(path, *format)?;
-                match recovered {
-                    Some(r) => {
-                        log::warn!(
-                            "resuming batch {:016x} from {}: {} results already held",
-                            r.batch,
-                            path.display(),
-                            r.records.len()
-                        );
-                        c.recovered = Some(r);
-                    }
-                    None => log::warn!("--resume: {} holds no results yet", path.display()),
-                }
-                c.file = Some(file);
-            } else {
-                if self.config.resume {
-                    log::warn!(
-                        "--resume: {} does not exist yet; starting afresh",
-                        path.display()
-                    );
-                }
-                c.file = Some(ResultsFile::create(path, *format)?);
-            }
+        if c.recovered
+            .as_ref()
+            .is_some_and(RecoveredResults::is_complete)
+        {
+            return c.report_recovered();
         }
-        log::info!("waiting for a batch on {}", self.endpoint);
+        log::info!("waiting for a batch on {endpoint}");
+        let outcome = c.collect(&socket, &config, shutdown);
+        if let Err(e) = &outcome {
+            c.say_how_to_resume(e);
+        }
+        outcome?;
+        c.report()
+    }
+}
 
+impl Collector {
+    fn collect(
+        &mut self,
+        socket: &zmq::Socket,
+        config: &SinkConfig,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        let mut next_tick = Instant::now() + config.heartbeat.interval;
         loop {
-            if shutdown.is_requested() {
-                bail!("interrupted");
-            }
-            if let Some(finished) = c.batch.as_ref().and_then(|b| b.finished) {
-                if c.final_counts || finished.elapsed() >= self.config.final_stats_wait {
-                    if !c.final_counts {
+            shutdown.check()?;
+            if let Some(finished) = self.batch.as_ref().and_then(|b| b.finished) {
+                if self.final_counts || finished.elapsed() >= config.final_stats_wait {
+                    if !self.final_counts {
                         log::warn!("the ventilator did not send its final counters; reporting the last ones it sent");
                     }
-                    break;
+                    return Ok(());
                 }
             }
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
-            zmq::poll(&mut items, 100).context("polling the results socket")?;
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + config.heartbeat.interval;
+                self.forget_silent_peers();
+            }
+            let mut items = [socket.as_poll_item(zmq::POLLIN)];
+            sockets::poll(&mut items, 100, "the results socket")?;
             if !items[0].is_readable() {
                 continue;
             }
-            loop {
-                let frames = match self.socket.recv_multipart(zmq::DONTWAIT) {
-                    Ok(frames) => frames,
-                    Err(zmq::Error::EAGAIN) => break,
-                    Err(e) => return Err(e).context("receiving on the results socket"),
-                };
+            while let Some(frames) = sockets::recv_multipart_nowait(socket, "the results socket")? {
                 let [peer, payload] = match <[Vec<u8>; 2]>::try_from(frames) {
                     Ok(pair) => pair,
                     Err(frames) => {
                         let peer = frames.first().cloned().unwrap_or_default();
-                        c.reject(
+                        self.reject(
                             &peer,
                             format!("{} frames, expected 1", frames.len().saturating_sub(1)),
                         );
@@ -242,17 +323,159 @@ impl Sink {
                     }
                 };
                 match Message::decode(&payload) {
-                    Ok(message) => c.handle(&self.socket, peer, message)?,
-                    Err(e) => c.reject(&peer, e.to_string()),
+                    Ok(message) => self.handle(socket, peer, message)?,
+                    Err(e) => self.reject(&peer, e.to_string()),
                 }
             }
-            c.acknowledge(&self.socket)?;
+            self.acknowledge(socket)?;
         }
-        c.report()
     }
-}
 
-impl Collector {
+    /// After a stop mid-batch: what was kept, and the command that finishes the batch.
+    fn say_how_to_resume(&self, e: &anyhow::Error) {
+        let Some(b) = self.batch.as_ref().filter(|b| b.finished.is_none()) else {
+            return;
+        };
+        let why = if Interrupted::is(e) {
+            "interrupted"
+        } else {
+            "stopped by an error"
+        };
+        match &self.results_path {
+            Some(path) => log::warn!(
+                "{why} with {} of {} tasks of batch {:016x} held; they are in {}. To finish the \
+                 batch, restart the sink with `conquer sink --results {} --resume` on the same --bind",
+                b.held_count,
+                b.task_count,
+                b.id,
+                path.display(),
+                path.display()
+            ),
+            None => log::warn!(
+                "{why} with {} of {} tasks of batch {:016x} held; nothing was saved (no --results), \
+                 so a new sink starts the batch again: run sinks with --results FILE to be able to resume",
+                b.held_count,
+                b.task_count,
+                b.id
+            ),
+        }
+    }
+
+    /// A results file that already holds every task: the batch is over; report it.
+    fn report_recovered(mut self) -> anyhow::Result<Report> {
+        let Some(recovered) = self.recovered.take() else {
+            bail!("no batch was collected");
+        };
+        let header = recovered.header;
+        let task_count = header.tasks as usize;
+        let last_unix_ms = recovered
+            .records
+            .iter()
+            .map(|r| r.result.finished_unix_ms)
+            .max()
+            .unwrap_or(header.started_unix_ms);
+        let elapsed = Duration::from_millis(last_unix_ms.saturating_sub(header.started_unix_ms));
+        let now = Instant::now();
+        let mut b = BatchState {
+            id: header.batch,
+            task_count,
+            verifies: true,
+            expected_ms: 0,
+            longest_ms: 0,
+            held: vec![0; task_count.div_ceil(64)],
+            held_count: 0,
+            started_unix_ms: header.started_unix_ms,
+            started: now.checked_sub(elapsed).unwrap_or(now),
+            ventilator: Vec::new(),
+            session: 0,
+            finished: Some(now),
+        };
+        for r in &recovered.records {
+            let index = r.result.id as usize;
+            if !b.is_held(index) {
+                b.set_held(index);
+                b.expected_ms += u64::from(r.result.workload_ms);
+                b.longest_ms = b.longest_ms.max(r.result.workload_ms);
+                self.tally(&r.worker, &r.backend, "", &r.result);
+            }
+        }
+        log::warn!(
+            "the results file already holds all {task_count} tasks of batch {:016x}: the batch is \
+             complete; reporting it from the file (no ventilator needed)",
+            header.batch
+        );
+        self.batch = Some(b);
+        self.report()
+    }
+
+    /// Forgets workers silent for many heartbeats, so the table stays bounded.
+    fn forget_silent_peers(&mut self) {
+        let forget_after = self.heartbeat.timeout() * 4;
+        self.peers
+            .retain(|_, p| p.last_seen.elapsed() < forget_after);
+    }
+
+    fn refuse(&mut self, socket: &zmq::Socket, peer: &[u8], kind: RefusalKind, reason: String) {
+        self.refuse_log.warn(|| {
+            format!(
+                "refused {}: {reason}",
+                crate::logging::printable(&sockets::peer_name(peer))
+            )
+        });
+        send(socket, peer, &Message::Refused { kind, reason });
+    }
+
+    /// A worker's greeting: welcome it, unless another live worker holds its name.
+    fn join(&mut self, socket: &zmq::Socket, routing_id: Vec<u8>, info: WorkerInfo) {
+        if let Err(why) = check_name(&info.name) {
+            self.refuse(socket, &routing_id, RefusalKind::BadName, why);
+            return;
+        }
+        let timeout = self.heartbeat.timeout();
+        if let Some(existing) = self.peers.get(&info.name) {
+            let clash = existing.session != info.session
+                && existing.routing_id != routing_id
+                && existing.last_seen.elapsed() < timeout
+                // A send to a peer whose connection is gone fails at once.
+                && socket
+                    .send_multipart(
+                        [existing.routing_id.as_slice(), &Message::Welcome.encode()],
+                        zmq::DONTWAIT,
+                    )
+                    .is_ok();
+            if clash {
+                let reason = format!(
+                    "another worker named {:?} is already connected to the sink at {}; give each \
+                     worker its own --name (the default, host-pid-N, is unique)",
+                    info.name, self.endpoint
+                );
+                self.refuse(socket, &routing_id, RefusalKind::NameTaken, reason);
+                return;
+            }
+        }
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&info.name) {
+            self.forget_silent_peers();
+        }
+        if self.peers.len() < MAX_PEERS || self.peers.contains_key(&info.name) {
+            let known = self.peers.insert(
+                info.name.clone(),
+                Peer {
+                    routing_id: routing_id.clone(),
+                    session: info.session,
+                    last_seen: Instant::now(),
+                },
+            );
+            if known.is_none() {
+                log::debug!(
+                    "worker {} joined ({})",
+                    crate::logging::printable(&info.name),
+                    info.backend
+                );
+            }
+        }
+        send(socket, &routing_id, &Message::Welcome);
+    }
+
     fn reject(&mut self, peer: &[u8], why: String) {
         self.rejected += 1;
         let peer = sockets::peer_name(peer);
@@ -267,45 +490,61 @@ impl Collector {
         message: Message,
     ) -> anyhow::Result<()> {
         match message {
+            Message::Join(info) => self.join(socket, peer, info),
+            Message::Hello(info) => {
+                let reason = format!(
+                    "this looks like a worker that connected its ventilator endpoint to a sink: {} is \
+                     conquer's sink (results), not a ventilator; pass the ventilator's endpoint \
+                     (port 5557 by default) as --ventilator and this one as --sink",
+                    self.endpoint
+                );
+                let _ = info;
+                self.refuse(socket, &peer, RefusalKind::WrongPeer, reason);
+            }
             Message::Batch {
                 batch: id,
                 session,
                 task_count,
                 expected_ms,
                 longest_ms,
-                ..
-            } => {
-                match &mut self.batch {
-                    None => self.adopt(
-                        socket,
-                        peer,
-                        id,
-                        session,
-                        task_count,
-                        expected_ms,
-                        longest_ms,
-                    )?,
-                    Some(b) if b.id == id => {
-                        b.ventilator = peer.clone();
-                        if b.session != session {
-                            // The ventilator restarted: tell it everything we hold.
-                            log::warn!(
-                                "the ventilator restarted; sending it the {} results held",
-                                b.held_count
-                            );
-                            b.session = session;
-                            send_ack(socket, &peer, b);
-                        }
-                    }
-                    Some(b) => {
-                        let current = b.id;
-                        self.reject(
-                        &peer,
-                        format!("batch {id:016x} announced while batch {current:016x} is in progress"),
-                    );
+                job,
+            } => match &mut self.batch {
+                None => self.adopt(
+                    socket,
+                    peer,
+                    id,
+                    session,
+                    task_count,
+                    expected_ms,
+                    longest_ms,
+                    job.verify_percent > 0,
+                )?,
+                Some(b) if b.id == id => {
+                    b.ventilator = peer.clone();
+                    if b.session != session {
+                        // The ventilator restarted: tell it everything we hold.
+                        log::warn!(
+                            "the ventilator restarted; sending it the {} results held",
+                            b.held_count
+                        );
+                        b.session = session;
+                        send_ack(socket, &peer, b);
+                    } else {
+                        // The announcement is the ventilator's heartbeat: answer it, so the
+                        // ventilator knows this sink is alive even while no results come.
+                        send(socket, &peer, &Message::Heartbeat { batch: id });
                     }
                 }
-            }
+                Some(b) => {
+                    let reason = format!(
+                        "the sink at {} is busy with batch {:016x} ({} of {} tasks held) and cannot \
+                         take batch {id:016x}; to run two batches at once, start another sink \
+                         (`conquer sink --bind tcp://*:PORT`) and point this ventilator's --sink at it",
+                        self.endpoint, b.id, b.held_count, b.task_count
+                    );
+                    self.refuse(socket, &peer, RefusalKind::Busy, reason);
+                }
+            },
             Message::Results {
                 batch: id,
                 worker,
@@ -335,11 +574,13 @@ impl Collector {
         task_count: u32,
         expected_ms: u64,
         longest_ms: u32,
+        verifies: bool,
     ) -> anyhow::Result<()> {
         let task_count = task_count as usize;
         let mut b = BatchState {
             id,
             task_count,
+            verifies,
             expected_ms,
             longest_ms,
             held: vec![0; task_count.div_ceil(64)],
@@ -351,24 +592,27 @@ impl Collector {
             finished: None,
         };
         if let Some(recovered) = self.recovered.take() {
-            if recovered.batch != id {
+            let header = recovered.header;
+            if header.batch != id || header.tasks as usize != task_count {
                 bail!(
-                    "the results file holds batch {:016x} but the ventilator announces {id:016x}: \
-                     resume with the file of this batch, or start without --resume",
-                    recovered.batch
+                    "the results file holds batch {:016x} ({} tasks) but the ventilator announces \
+                     {id:016x} ({task_count} tasks): resume with the file of this batch, or start \
+                     afresh with --overwrite (or another --results file)",
+                    header.batch,
+                    header.tasks
                 );
             }
             // The clock runs from the batch's original start, downtime included.
-            let since = unix_ms().saturating_sub(recovered.started_unix_ms);
+            let since = unix_ms().saturating_sub(header.started_unix_ms);
             b.started = Instant::now()
                 .checked_sub(Duration::from_millis(since))
                 .unwrap_or_else(Instant::now);
-            b.started_unix_ms = recovered.started_unix_ms;
-            for (task, worker, r) in &recovered.records {
-                let index = *task as usize;
+            b.started_unix_ms = header.started_unix_ms;
+            for r in &recovered.records {
+                let index = r.result.id as usize;
                 if index < task_count && !b.is_held(index) {
                     b.set_held(index);
-                    self.tally(worker, "", "", r);
+                    self.tally(&r.worker, &r.backend, "", &r.result);
                 }
             }
         } else {
@@ -404,8 +648,13 @@ impl Collector {
         tally.kernel_us += u64::from(r.kernel_us);
         self.measured_total_us += u64::from(r.wall_us);
         self.measured_longest_us = self.measured_longest_us.max(r.wall_us);
-        if r.status == Status::Mismatch {
-            self.mismatches += 1;
+        if r.status.checked() {
+            self.checked += 1;
+        }
+        match r.status {
+            Status::Mismatch => self.mismatches += 1,
+            Status::Verified => self.verified += 1,
+            Status::Ok | Status::Failed => {}
         }
     }
 
@@ -437,6 +686,17 @@ impl Collector {
             self.reject(peer, why);
             return Ok(());
         }
+        if !b.verifies {
+            if let Some(bad) = results.iter().find(|r| r.status.checked()) {
+                let why = format!(
+                    "result for task {} claims status {} in a batch that asked for no verification",
+                    bad.id,
+                    bad.status.as_str()
+                );
+                self.reject(peer, why);
+                return Ok(());
+            }
+        }
         let mut fresh = Vec::new();
         for r in results {
             if r.status == Status::Failed {
@@ -453,18 +713,18 @@ impl Collector {
             }
             fresh.push(*r);
         }
-        let started_unix_ms = b.started_unix_ms;
+        let header = b.header();
         for r in &fresh {
             self.tally(&worker.name, &worker.backend, &worker.adapter, r);
             if r.status == Status::Mismatch {
                 log::error!(
                     "task {} from {}: result does not match the CPU reference",
                     r.id,
-                    worker.name
+                    crate::logging::printable(&worker.name)
                 );
             }
             if let Some(file) = self.file.as_mut() {
-                file.record(id, started_unix_ms, &worker.name, r)?;
+                file.record(&header, &worker.name, &worker.backend, r)?;
             }
         }
         Ok(())
@@ -552,6 +812,8 @@ impl Collector {
             duplicates: self.duplicates,
             redispatched: self.ventilator_counts.0,
             rejected: self.rejected + self.ventilator_counts.1,
+            checked: self.checked,
+            verified: self.verified,
             mismatches: self.mismatches,
             workers,
         })
@@ -622,6 +884,7 @@ mod tests {
         let mut b = BatchState {
             id: 1,
             task_count: 130,
+            verifies: false,
             expected_ms: 0,
             longest_ms: 0,
             held: vec![0; 3],

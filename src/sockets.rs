@@ -10,6 +10,8 @@ pub const LINGER_MS: i32 = 1000;
 /// (a cut cable, a frozen host) is dropped and, on the connecting side, redialled. The
 /// application's own heartbeats decide when a worker is gone; this keeps TCP honest.
 const ZMTP_HEARTBEAT_MS: i32 = 1000;
+/// Longest wait between two attempts to reach a peer that is not there.
+const RECONNECT_MAX_MS: i32 = 250;
 const ZMTP_HEARTBEAT_TIMEOUT_MS: i32 = 5000;
 
 fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
@@ -32,6 +34,7 @@ pub fn bind(
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
     common_options(&socket)?;
+    check_endpoint(endpoint, flag, true)?;
     // Zero-length ports mean "any free port"; libzmq spells that `*`.
     let endpoint = endpoint
         .strip_suffix(":0")
@@ -70,11 +73,14 @@ pub fn connect(
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
     common_options(&socket)?;
+    // Redial a restarted or late peer within a quarter second, as the Guide's workers do
+    // (libzmq's default, 100 ms flat), backing off no further than that.
     socket.set_reconnect_ivl(100)?;
-    socket.set_reconnect_ivl_max(2000)?;
+    socket.set_reconnect_ivl_max(RECONNECT_MAX_MS)?;
     if let Some(id) = identity {
         socket.set_identity(id)?;
     }
+    check_endpoint(endpoint, flag, false)?;
     socket.connect(endpoint).map_err(|e| {
         anyhow!(
             "cannot connect {role} socket to {endpoint}: {e} (expected tcp://HOST:PORT in {flag})"
@@ -83,12 +89,58 @@ pub fn connect(
     Ok(socket)
 }
 
-/// A connectable form of a bound endpoint: `tcp://*:5557` and `tcp://0.0.0.0:5557` become
-/// `tcp://127.0.0.1:5557`, for processes on the same machine.
-pub fn local_form(bound: &str) -> String {
-    bound
-        .replace("tcp://*:", "tcp://127.0.0.1:")
-        .replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+/// Polls `items` for up to `timeout_ms`. A signal arriving mid-poll (EINTR, as Ctrl-C
+/// does) is a normal wake-up, not an error: it returns with nothing ready, and the
+/// caller's loop checks its `Shutdown` next.
+pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64, what: &str) -> anyhow::Result<()> {
+    match zmq::poll(items, timeout_ms) {
+        Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
+        Err(e) => Err(anyhow!("polling {what}: {e}")),
+    }
+}
+
+/// One receive without waiting; `None` when nothing is there or a signal interrupted it.
+pub fn recv_multipart_nowait(
+    socket: &zmq::Socket,
+    what: &str,
+) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+    match socket.recv_multipart(zmq::DONTWAIT) {
+        Ok(frames) => Ok(Some(frames)),
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(None),
+        Err(e) => Err(anyhow!("receiving on {what}: {e}")),
+    }
+}
+
+/// Checks an endpoint before anything binds or connects: `tcp://HOST:PORT` with a port in
+/// 1..=65535 (or `*`/0 where `bind` allows an ephemeral one), `ipc://PATH` or `inproc://NAME`.
+/// libzmq itself would wrap `:70000` to another port or take `:-1` as 65535.
+pub fn check_endpoint(endpoint: &str, flag: &str, bind: bool) -> anyhow::Result<()> {
+    let hint = if bind {
+        "tcp://*:PORT or tcp://ADDRESS:PORT"
+    } else {
+        "tcp://HOST:PORT"
+    };
+    if endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://") {
+        return Ok(());
+    }
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        anyhow::bail!("{flag} {endpoint:?}: expected {hint}");
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        anyhow::bail!("{flag} {endpoint:?}: no port; expected {hint}");
+    };
+    if host.is_empty() {
+        anyhow::bail!("{flag} {endpoint:?}: no host; expected {hint}");
+    }
+    if bind && (port == "*" || port == "0") {
+        return Ok(());
+    }
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => anyhow::bail!(
+            "{flag} {endpoint:?}: port {port:?} is not a number from 1 to 65535; expected {hint}"
+        ),
+    }
 }
 
 /// The peer's routing id as printable text for logs.
@@ -96,5 +148,31 @@ pub fn peer_name(routing_id: &[u8]) -> String {
     match std::str::from_utf8(routing_id) {
         Ok(s) if !s.is_empty() && s.chars().all(|c| !c.is_control()) => s.to_owned(),
         _ => routing_id.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_before_libzmq_wraps_them() {
+        assert!(check_endpoint("tcp://127.0.0.1:5557", "--bind", true).is_ok());
+        assert!(check_endpoint("tcp://*:0", "--bind", true).is_ok());
+        assert!(check_endpoint("tcp://*:*", "--bind", true).is_ok());
+        assert!(check_endpoint("tcp://box-a:5558", "--sink", false).is_ok());
+        for bad in [
+            "tcp://127.0.0.1:70000",
+            "tcp://*:-1",
+            "tcp://host",
+            "udp://x:1",
+            "tcp://:5",
+            "tcp://h:0",
+        ] {
+            let e = check_endpoint(bad, "--sink", false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--sink"), "{bad}: {e}");
+        }
     }
 }

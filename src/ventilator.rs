@@ -9,37 +9,14 @@
 
 use crate::batch::{Batch, Job, Order, Task};
 use crate::logging::RateLimited;
-use crate::protocol::{Message, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
-use crate::shutdown::Shutdown;
+use crate::protocol::{Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets;
 use anyhow::{bail, Context};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Liveness settings shared by ventilator and workers (the Paranoid Pirate pattern).
-#[derive(Debug, Clone, Copy)]
-pub struct Heartbeat {
-    /// How often each side says it is alive.
-    pub interval: Duration,
-    /// How many intervals of silence make a peer gone.
-    pub liveness: u32,
-}
-
-impl Heartbeat {
-    /// Silence after which a peer is declared gone.
-    pub fn timeout(&self) -> Duration {
-        self.interval * self.liveness
-    }
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Heartbeat {
-            interval: Duration::from_millis(500),
-            liveness: 5,
-        }
-    }
-}
+pub use crate::heartbeat::Heartbeat;
 
 /// Everything a ventilator needs to run one batch.
 #[derive(Debug, Clone)]
@@ -125,6 +102,11 @@ enum TaskState {
 }
 
 const NO_OWNER: u32 = u32::MAX;
+/// How often a ventilator waiting for workers repeats what it waits for.
+const WAIT_REMINDER: Duration = Duration::from_secs(5);
+/// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
+/// answers, before its worker is taken to be delivering results nowhere.
+const UNDELIVERED_TIMEOUTS: u32 = 4;
 
 struct WorkerSlot {
     routing_id: Vec<u8>,
@@ -212,6 +194,9 @@ impl Ventilator {
             window: self.config.window,
             max_window: self.config.max_window.max(self.config.window),
             heartbeat: self.config.heartbeat,
+            reported_log: VecDeque::new(),
+            endpoint: self.endpoint.clone(),
+            refuse_log: RateLimited::new(5, Duration::from_secs(1)),
         };
         let expected_ms = self.config.batch.expected_ms();
         if self.config.announce {
@@ -224,7 +209,19 @@ impl Ventilator {
 
         self.wait_for_workers(&mut state, shutdown)?;
         self.announce_batch(&mut state, shutdown)?;
-        self.dispatch_until_complete(&mut state, shutdown)?;
+        if let Err(e) = self.dispatch_until_complete(&mut state, shutdown) {
+            let why = if Interrupted::is(&e) {
+                "interrupted"
+            } else {
+                "stopped by an error"
+            };
+            log::warn!(
+                "{why} mid-batch {batch_id:016x} with {} of {n} tasks held at the sink; to continue \
+                 where the sink stands, restart this ventilator with the same batch flags and --resume",
+                state.held
+            );
+            return Err(e);
+        }
         Ok(VentilatorSummary {
             batch: batch_id,
             workers_seen: state.workers.len(),
@@ -239,33 +236,41 @@ impl Ventilator {
             return Ok(());
         }
         let start = Instant::now();
-        let mut last_said = None;
+        let mut last_said: Option<(usize, Instant)> = None;
+        let mut next_beat = Instant::now();
         loop {
             let ready = state.alive_workers();
             if ready >= want {
-                log::info!("{ready} workers ready; starting the batch");
+                log::info!("{ready} of {want} workers ready; starting the batch");
                 return Ok(());
             }
-            if last_said != Some(ready) {
+            // Say what we wait for when it changes, and at least every few seconds.
+            let due = last_said.is_none_or(|(n, at)| n != ready || at.elapsed() >= WAIT_REMINDER);
+            if due {
                 log::info!(
-                    "waiting for {want} workers ({ready} ready) on {}",
+                    "waiting for {want} workers: {ready} ready (workers connect to {})",
                     self.endpoint
                 );
-                last_said = Some(ready);
+                last_said = Some((ready, Instant::now()));
             }
             if start.elapsed() >= self.config.wait_timeout {
                 bail!(
                     "timed out after {:.1} s waiting for {want} workers ({ready} ready): start workers with \
-                     `conquer worker --ventilator tcp://HOST:PORT` against {}, or lower --wait-workers / raise --wait-timeout",
+                     `conquer worker --ventilator tcp://HOST:PORT --sink tcp://HOST:PORT` against {}, or lower \
+                     --wait-workers / raise --wait-timeout",
                     self.config.wait_timeout.as_secs_f64(),
                     self.endpoint
                 );
             }
-            check_shutdown(shutdown)?;
+            shutdown.check()?;
             let mut items = [self.tasks_socket.as_poll_item(zmq::POLLIN)];
-            zmq::poll(&mut items, 100).context("polling the tasks socket")?;
+            sockets::poll(&mut items, 100, "the tasks socket")?;
             if items[0].is_readable() {
                 state.drain_workers(&self.tasks_socket)?;
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + self.config.heartbeat.interval;
+                state.heartbeat_workers(&self.tasks_socket);
             }
             state.expire_silent_workers(&self.tasks_socket);
         }
@@ -298,12 +303,12 @@ impl Ventilator {
                     return Ok(());
                 }
             }
-            check_shutdown(shutdown)?;
+            shutdown.check()?;
             let mut items = [
                 self.sink_socket.as_poll_item(zmq::POLLIN),
                 self.tasks_socket.as_poll_item(zmq::POLLIN),
             ];
-            zmq::poll(&mut items, 100).context("polling the sink socket")?;
+            sockets::poll(&mut items, 100, "the sink socket")?;
             if items[1].is_readable() {
                 state.drain_workers(&self.tasks_socket)?;
             }
@@ -326,6 +331,13 @@ impl Ventilator {
                         }
                         Ok(Message::Held { batch, ids }) if batch == state.batch_id => {
                             state.mark_held(&ids)
+                        }
+                        Ok(Message::Heartbeat { batch }) if batch == state.batch_id => {}
+                        Ok(Message::Refused { reason, .. }) => {
+                            bail!(
+                                "the sink at {} refused the batch: {reason}",
+                                self.config.sink
+                            )
                         }
                         other => state.reject_from_sink(other),
                     }
@@ -359,7 +371,7 @@ impl Ventilator {
         let mut heard_from_sink = Instant::now();
         let mut sink_silence_said = false;
         loop {
-            check_shutdown(shutdown)?;
+            shutdown.check()?;
             state.dispatch(&self.tasks_socket);
             let timeout = next_tick
                 .saturating_duration_since(Instant::now())
@@ -368,7 +380,11 @@ impl Ventilator {
                 self.tasks_socket.as_poll_item(zmq::POLLIN),
                 self.sink_socket.as_poll_item(zmq::POLLIN),
             ];
-            zmq::poll(&mut items, timeout.as_millis() as i64).context("polling sockets")?;
+            sockets::poll(
+                &mut items,
+                timeout.as_millis() as i64,
+                "the ventilator's sockets",
+            )?;
             if items[0].is_readable() {
                 state.drain_workers(&self.tasks_socket)?;
             }
@@ -390,6 +406,13 @@ impl Ventilator {
                         Ok(Message::BatchAck { batch, held }) if batch == state.batch_id => {
                             state.sink_restarted(held)
                         }
+                        Ok(Message::Heartbeat { batch }) if batch == state.batch_id => {}
+                        Ok(Message::Refused { reason, .. }) => {
+                            bail!(
+                                "the sink at {} refused the batch: {reason}",
+                                self.config.sink
+                            )
+                        }
                         other => state.reject_from_sink(other),
                     }
                 }
@@ -399,6 +422,11 @@ impl Ventilator {
                 state.heartbeat_workers(&self.tasks_socket);
                 state.expire_silent_workers(&self.tasks_socket);
                 state.finish_resync_if_stale();
+                // Results a worker reports done that never reach a sink that answers: the
+                // worker's way to the sink is broken. Name it and hand its tasks on.
+                if heard_from_sink.elapsed() < self.config.heartbeat.timeout() {
+                    state.refuse_undelivering_workers(&self.tasks_socket, &self.config.sink);
+                }
                 // The sink only speaks when results arrive; silence while workers report
                 // tasks done means it is gone or unreachable.
                 let reported = state.state.contains(&TaskState::Reported);
@@ -466,22 +494,14 @@ impl Ventilator {
     }
 }
 
-fn check_shutdown(shutdown: &Shutdown) -> anyhow::Result<()> {
-    if shutdown.is_requested() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
 /// One frame from a DEALER without blocking; `None` when nothing is waiting.
 fn recv_nowait(socket: &zmq::Socket) -> anyhow::Result<Option<Vec<u8>>> {
-    match socket.recv_multipart(zmq::DONTWAIT) {
-        Ok(mut frames) if frames.len() == 1 => Ok(frames.pop()),
+    match sockets::recv_multipart_nowait(socket, "the sink socket")? {
+        Some(mut frames) if frames.len() == 1 => Ok(frames.pop()),
         // Our peers send single frames; a multi-frame message is foreign: hand back
         // something that fails to decode so the caller counts it.
-        Ok(_) => Ok(Some(Vec::new())),
-        Err(zmq::Error::EAGAIN) => Ok(None),
-        Err(e) => Err(e).context("receiving from the sink"),
+        Some(_) => Ok(Some(Vec::new())),
+        None => Ok(None),
     }
 }
 
@@ -513,6 +533,12 @@ struct Dispatcher {
     window: u32,
     max_window: u32,
     heartbeat: Heartbeat,
+    /// Tasks in the order workers reported them done, with when and by whom: the oldest
+    /// still not held tells of a worker whose results go nowhere.
+    reported_log: VecDeque<(Instant, u32, u32)>,
+    /// The tasks endpoint, for messages to peers.
+    endpoint: String,
+    refuse_log: RateLimited,
 }
 
 impl Dispatcher {
@@ -550,10 +576,8 @@ impl Dispatcher {
     /// Reads every waiting message on the tasks socket.
     fn drain_workers(&mut self, socket: &zmq::Socket) -> anyhow::Result<()> {
         loop {
-            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => frames,
-                Err(zmq::Error::EAGAIN) => return Ok(()),
-                Err(e) => return Err(e).context("receiving on the tasks socket"),
+            let Some(frames) = sockets::recv_multipart_nowait(socket, "the tasks socket")? else {
+                return Ok(());
             };
             let [routing_id, payload] = match <[Vec<u8>; 2]>::try_from(frames) {
                 Ok(pair) => pair,
@@ -567,7 +591,16 @@ impl Dispatcher {
                 }
             };
             match Message::decode(&payload) {
-                Ok(Message::Hello(info)) => self.hello(routing_id, info),
+                Ok(Message::Hello(info)) => self.hello(socket, routing_id, info),
+                Ok(Message::Join(_)) => {
+                    let reason = format!(
+                        "this looks like a worker that connected its sink endpoint to a ventilator: {} is \
+                         conquer's ventilator (tasks), not a sink; pass the sink's endpoint (port 5558 by \
+                         default) as --sink and this one as --ventilator",
+                        self.endpoint
+                    );
+                    self.refuse(socket, &routing_id, RefusalKind::WrongPeer, reason);
+                }
                 Ok(Message::Done { batch, done }) if batch == self.batch_id => {
                     self.done(&routing_id, &done)
                 }
@@ -599,27 +632,71 @@ impl Dispatcher {
         }
     }
 
-    fn hello(&mut self, routing_id: Vec<u8>, info: WorkerInfo) {
+    fn refuse(
+        &mut self,
+        socket: &zmq::Socket,
+        routing_id: &[u8],
+        kind: RefusalKind,
+        reason: String,
+    ) {
+        let peer = crate::logging::printable(&sockets::peer_name(routing_id)).into_owned();
+        self.refuse_log.warn(|| format!("refused {peer}: {reason}"));
+        let _ = send_to(
+            socket,
+            routing_id,
+            &Message::Refused { kind, reason }.encode(),
+        );
+    }
+
+    fn hello(&mut self, socket: &zmq::Socket, routing_id: Vec<u8>, info: WorkerInfo) {
+        if let Err(why) = crate::heartbeat::check_name(&info.name) {
+            self.refuse(socket, &routing_id, RefusalKind::BadName, why);
+            return;
+        }
+        let beat = Message::Heartbeat {
+            batch: self.batch_id,
+        }
+        .encode();
         match self.by_routing_id.get(&routing_id) {
             Some(&slot) => {
                 let worker = &mut self.workers[slot];
                 worker.last_seen = Instant::now();
                 if !worker.alive {
-                    log::info!("worker {} is back", info.name);
+                    log::debug!("worker {} is back", crate::logging::printable(&info.name));
                     worker.alive = true;
                     worker.assigned = 0;
                     worker.assigned_ms = 0;
+                    let _ = send_to(socket, &routing_id, &beat);
                 }
                 worker.info = info;
             }
             None => {
-                log::info!(
+                // Another live worker under the same name (a second process given the same
+                // --name) is refused; one whose connection is gone gives its name up.
+                let namesake = self.workers.iter().position(|w| {
+                    w.alive && w.info.name == info.name && w.info.session != info.session
+                });
+                if let Some(old) = namesake {
+                    if send_to(socket, &self.workers[old].routing_id, &beat) == SendOutcome::Gone {
+                        self.lose_worker(old);
+                    } else {
+                        let reason = format!(
+                            "another worker named {:?} is already connected to the ventilator at {}; give \
+                             each worker its own --name (the default, host-pid-N, is unique)",
+                            info.name, self.endpoint
+                        );
+                        self.refuse(socket, &routing_id, RefusalKind::NameTaken, reason);
+                        return;
+                    }
+                }
+                log::debug!(
                     "worker {} joined ({}{}{})",
-                    info.name,
+                    crate::logging::printable(&info.name),
                     info.backend,
                     if info.adapter.is_empty() { "" } else { " on " },
                     info.adapter
                 );
+                let _ = send_to(socket, &routing_id, &beat);
                 self.by_routing_id
                     .insert(routing_id.clone(), self.workers.len());
                 self.workers.push(WorkerSlot {
@@ -631,6 +708,51 @@ impl Dispatcher {
                     assigned_ms: 0,
                 });
             }
+        }
+    }
+
+    /// Workers whose reported-done tasks have not reached the sink (which answers) within
+    /// the bound: told why and dropped, their tasks handed to others.
+    fn refuse_undelivering_workers(&mut self, socket: &zmq::Socket, sink: &str) {
+        let bound = self.heartbeat.timeout() * UNDELIVERED_TIMEOUTS;
+        let mut stale: Vec<(u32, u32)> = Vec::new();
+        while let Some(&(at, index, slot)) = self.reported_log.front() {
+            if at.elapsed() < bound {
+                break;
+            }
+            self.reported_log.pop_front();
+            let i = index as usize;
+            if self.state[i] == TaskState::Reported && self.owner[i] == slot {
+                match stale.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, n)) => *n += 1,
+                    None => stale.push((slot, 1)),
+                }
+            }
+        }
+        for (slot, count) in stale {
+            let slot = slot as usize;
+            if !self.workers[slot].alive {
+                continue;
+            }
+            let name = self.workers[slot].info.name.clone();
+            let reason = format!(
+                "worker {name:?} reported {count} tasks done whose results have not reached the sink at \
+                 {sink} after {:.0} s, while the sink answers the ventilator; check the worker's --sink \
+                 (its tasks go to other workers)",
+                bound.as_secs_f64()
+            );
+            log::warn!("{}", crate::logging::printable(&reason));
+            let routing_id = self.workers[slot].routing_id.clone();
+            let _ = send_to(
+                socket,
+                &routing_id,
+                &Message::Refused {
+                    kind: RefusalKind::ResultsLost,
+                    reason,
+                }
+                .encode(),
+            );
+            self.lose_worker(slot);
         }
     }
 
@@ -675,6 +797,8 @@ impl Dispatcher {
                 self.requeue(index);
             } else {
                 self.state[index] = TaskState::Reported;
+                self.reported_log
+                    .push_back((Instant::now(), index as u32, slot as u32));
             }
         }
     }

@@ -80,6 +80,8 @@ pub struct BackendOptions {
     /// GPU/software: which adapter, by index from `conquer info` or part of its name.
     pub adapter: Option<String>,
     pub gpu: gpu::GpuConfig,
+    /// Keep the choice to debug level (the second and later workers of one run).
+    pub quiet: bool,
 }
 
 /// Builds the backend a worker asked for. `auto` never fails: without a usable hardware
@@ -87,9 +89,22 @@ pub struct BackendOptions {
 /// of adapters found when none fits.
 pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
     let sleep = || Box::new(sleep::Sleep::new(options.slowdown)) as Box<dyn Backend>;
+    let say = |line: String| {
+        if options.quiet {
+            log::debug!("{line}");
+        } else {
+            log::info!("{line}");
+        }
+    };
     match kind {
-        BackendKind::Sleep => Ok(sleep()),
-        BackendKind::Cpu => Ok(Box::new(cpu::Cpu)),
+        BackendKind::Sleep => {
+            say("backend sleep: sleeping each task's workload, as asked".into());
+            Ok(sleep())
+        }
+        BackendKind::Cpu => {
+            say("backend cpu: the kernels' Rust reference on this thread, as asked".into());
+            Ok(Box::new(cpu::Cpu))
+        }
         BackendKind::Auto => {
             let adapters = gpu::adapters();
             match gpu::choose(
@@ -99,7 +114,10 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
             ) {
                 Ok(Some(index)) => match gpu::Gpu::new(&adapters[index], options.gpu) {
                     Ok(g) => {
-                        log::info!("backend auto: using the GPU {}", g.adapter());
+                        say(format!(
+                            "backend auto: using the hardware GPU {}",
+                            g.adapter()
+                        ));
                         Ok(Box::new(Verifier::new(Box::new(g))))
                     }
                     Err(e) => {
@@ -108,10 +126,22 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
                     }
                 },
                 Ok(None) => {
-                    log::info!(
-                        "backend auto: no hardware GPU adapter among {} found; using sleep",
-                        adapters.len()
-                    );
+                    let found = if adapters.is_empty() {
+                        "no adapter at all (no Vulkan or GL driver: see `conquer info`)".to_owned()
+                    } else {
+                        format!(
+                            "only {}",
+                            adapters
+                                .iter()
+                                .map(|a| gpu::describe(&a.get_info()))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    };
+                    say(format!(
+                        "backend auto: no hardware GPU adapter, found {found}; using sleep \
+                         (--backend software runs the shaders on a CPU adapter)"
+                    ));
                     Ok(sleep())
                 }
                 Err(e) => Err(e),
@@ -154,7 +184,7 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
                 );
             };
             let g = gpu::Gpu::new(&adapters[index], options.gpu)?;
-            log::info!("backend {}: {}", g.kind(), g.adapter());
+            say(format!("backend {}: {}", g.kind(), g.adapter()));
             Ok(Box::new(Verifier::new(Box::new(g))))
         }
     }
@@ -202,6 +232,8 @@ impl Backend for Verifier {
                         expected.map_or("(none)".to_owned(), |e| format!("{e:016x}"))
                     );
                     outcome.status = Status::Mismatch;
+                } else {
+                    outcome.status = Status::Verified;
                 }
             }
             done(outcome)

@@ -86,7 +86,7 @@ fn the_start_waits_for_workers_then_times_out_clearly() {
         ],
     );
     let _one = util::worker("only", &vent_ep, &sink_ep, &[]);
-    vent.wait_for("(1 ready)");
+    vent.wait_for(": 1 ready");
     let (status, _, log) = vent.finish();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
@@ -117,7 +117,7 @@ fn the_start_waits_until_enough_workers_are_ready() {
         ],
     );
     let a = util::worker("a", &vent_ep, &sink_ep, &["--exit-when-done"]);
-    vent.wait_for("(1 ready)");
+    vent.wait_for(": 1 ready");
     let b = util::worker("b", &vent_ep, &sink_ep, &["--exit-when-done"]);
     let (status, stdout, log) = sink.finish();
     assert!(status.success(), "{log}");
@@ -170,6 +170,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
     use conquer::protocol::{Done, Message, Status, TaskResult, WorkerInfo};
     let worker = WorkerInfo {
         name: "stranger".into(),
+        session: 1,
         backend: "sleep".into(),
         adapter: String::new(),
         window_hint: 1,
@@ -194,6 +195,8 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
                 wall_us: 1,
                 kernel_us: 0,
                 checksum: 0,
+                started_unix_ms: 0,
+                finished_unix_ms: 0,
             }],
         }
         .encode()],
