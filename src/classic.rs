@@ -13,7 +13,7 @@ use crate::batch::{Batch, Job, Order, Task};
 use crate::logging::RateLimited;
 use crate::protocol::{classic, Status};
 use crate::report::Report;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets;
 use crate::worker::WorkerSummary;
 use anyhow::{bail, Context};
@@ -122,11 +122,28 @@ impl ClassicVentilator {
     fn push_batch(&mut self, shutdown: &Shutdown) -> anyhow::Result<()> {
         let want = self.config.wait_workers;
         if want == 0 {
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                eprintln!("Press Enter when the workers are ready: ");
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
+            // As taskvent does: wait for Enter on whatever stdin is (a terminal, a pipe); a
+            // closed stdin starts at once. Read on a thread so Ctrl-C is still seen.
+            println!("Press Enter when the workers are ready: ");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("stdin".into())
+                .spawn(move || {
+                    let mut line = String::new();
+                    let _ = std::io::stdin().read_line(&mut line);
+                    let _ = tx.send(());
+                })
+                .context("starting the stdin reader")?;
+            loop {
+                if shutdown.is_requested() {
+                    return Err(Interrupted.into());
+                }
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                }
             }
+            println!("Sending tasks to workers...");
         } else {
             let start = Instant::now();
             let mut said = usize::MAX;
@@ -151,10 +168,10 @@ impl ClassicVentilator {
                     );
                 }
                 if shutdown.is_requested() {
-                    bail!("interrupted");
+                    return Err(Interrupted.into());
                 }
                 let mut items = [self.peers.monitor.as_poll_item(zmq::POLLIN)];
-                zmq::poll(&mut items, 100)?;
+                sockets::poll(&mut items, 100, "classic sockets")?;
             }
         }
         self.sink
@@ -166,7 +183,7 @@ impl ClassicVentilator {
             .dispatch_order(self.config.order, self.config.seed);
         for id in order {
             if shutdown.is_requested() {
-                bail!("interrupted");
+                return Err(Interrupted.into());
             }
             let task = self.config.batch.tasks[id as usize];
             self.tasks
@@ -235,12 +252,13 @@ impl ClassicSink {
         let mut received = 0u32;
         let mut expected_ms = 0u64;
         let mut longest_ms = 0u32;
+        let dots = std::io::IsTerminal::is_terminal(&std::io::stdout());
         while received < self.config.tasks {
             if shutdown.is_requested() {
-                bail!("interrupted");
+                return Err(Interrupted.into());
             }
             let mut items = [self.results.as_poll_item(zmq::POLLIN)];
-            zmq::poll(&mut items, 100)?;
+            sockets::poll(&mut items, 100, "classic sockets")?;
             while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
                 let frame = match <[Vec<u8>; 1]>::try_from(frames) {
                     Ok([frame]) => frame,
@@ -251,29 +269,24 @@ impl ClassicSink {
                     }
                 };
                 if started.is_none() {
-                    if frame == classic::START {
-                        log::info!("start of batch; collecting {} results", self.config.tasks);
-                        started = Some(Instant::now());
-                    } else {
-                        rejected += 1;
-                        reject_log
-                            .warn(|| "dropped a message that came before the start signal".into());
+                    // As tasksink does: the first message, whatever it holds, starts the batch.
+                    if frame != classic::START {
+                        log::debug!("batch started by a {}-byte message", frame.len());
                     }
+                    log::info!("start of batch; collecting {} results", self.config.tasks);
+                    started = Some(Instant::now());
                     continue;
                 }
-                if !classic::is_result(&frame) {
-                    rejected += 1;
-                    reject_log.warn(|| {
-                        format!(
-                            "dropped a {}-byte message that is not a classic result",
-                            frame.len()
-                        )
-                    });
-                    continue;
-                }
+                // As tasksink does: every single-frame message is a result. Those that carry a
+                // workload add to the expected cost.
                 if let Some(ms) = classic::decode_task(&frame) {
                     expected_ms += u64::from(ms);
                     longest_ms = longest_ms.max(ms);
+                }
+                if dots {
+                    // The Guide's progress: a colon every ten results, a dot otherwise.
+                    print!("{}", if received % 10 == 0 { ":" } else { "." });
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
                 }
                 received += 1;
                 if received == self.config.tasks {
@@ -282,6 +295,9 @@ impl ClassicSink {
             }
         }
         let elapsed_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
+        if dots {
+            println!();
+        }
         self.control
             .send(classic::KILL, 0)
             .context("broadcasting KILL")?;
@@ -355,7 +371,7 @@ pub fn run_worker(
     let mut next_id = 0u32;
     loop {
         if shutdown.is_requested() {
-            bail!("interrupted");
+            return Err(Interrupted.into());
         }
         let connected = peers.update() > 0;
         if connected != was_connected {
@@ -369,7 +385,7 @@ pub fn run_worker(
             control.as_poll_item(zmq::POLLIN),
             peers.monitor.as_poll_item(zmq::POLLIN),
         ];
-        zmq::poll(&mut items, 100)?;
+        sockets::poll(&mut items, 100, "classic sockets")?;
         if items[1].is_readable() {
             let _ = control.recv_multipart(0)?;
             log::info!("KILL received; leaving after {} tasks", summary.tasks);

@@ -53,6 +53,22 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// What this machine offers: libzmq version and GPU adapters.
     Info,
+    /// Measure how many kernel work units one CPU core does per ms (the `cpu` backend):
+    /// pass the figure as --units-per-ms so that sleep's millisecond is one core's.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// Rounds to measure; the median is taken.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Milliseconds of work per round.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub round_ms: u64,
+    /// Print one JSON object per kernel instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The batch: seeded random workloads, or a file.
@@ -405,6 +421,7 @@ fn role_of(command: Option<&Command>) -> String {
         Some(Command::Sink(_)) => "sink".into(),
         Some(Command::Bench(_)) => "bench".into(),
         Some(Command::Info) => "info".into(),
+        Some(Command::Calibrate(_)) => "calibrate".into(),
     }
 }
 
@@ -457,6 +474,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(args) => crate::bench::run(args, &shutdown),
         Command::Info => {
             info()?;
+            Ok(0)
+        }
+        Command::Calibrate(args) => {
+            for kernel in [Kernel::Spin] {
+                let c = crate::calibrate::measure(
+                    kernel,
+                    Duration::from_millis(args.round_ms),
+                    args.rounds,
+                )?;
+                crate::report::print_calibration(&c, args.json)?;
+            }
             Ok(0)
         }
     }
@@ -577,6 +605,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         sink: args.sink,
         name: args.name.unwrap_or_else(|| worker::default_name(0)),
         exit_when_done: args.exit_when_done,
+        announce: true,
         heartbeat: args.heartbeat.heartbeat(),
     };
     crate::heartbeat::check_name(&config.name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;

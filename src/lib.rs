@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod batch;
 pub mod bench;
+pub mod calibrate;
 pub mod classic;
 pub mod cli;
 pub mod heartbeat;

@@ -81,6 +81,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             sink: results_endpoint.clone(),
             name: format!("worker-{}", index + 1),
             exit_when_done: true,
+            announce: false,
             heartbeat: run.heartbeat,
         };
         let name = config.name.clone();

@@ -80,6 +80,30 @@ pub fn rate(per_s: f64) -> String {
     }
 }
 
+/// Prints what `conquer calibrate` measured for one kernel.
+pub fn print_calibration(c: &crate::calibrate::Calibration, json: bool) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        serde_json::to_writer(&mut out, c).context("writing the calibration")?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} units per ms on one CPU core ({} rounds of {} units, {:.0} ms measured)",
+            c.kernel, c.units_per_ms, c.rounds, c.units_per_round, c.measured_ms
+        )?;
+        writeln!(
+            out,
+            "pass --units-per-ms {} to run, ventilator and bench so that one nominal ms is one core's ms \
+             (the default is {})",
+            c.units_per_ms,
+            crate::kernels::spin::DEFAULT_UNITS_PER_MS
+        )?;
+    }
+    out.flush().context("writing to stdout")
+}
+
 /// Prints the seed's ventilator line.
 pub fn print_expected_cost(expected_ms: u64) {
     println!("Total expected cost: {expected_ms} msec");

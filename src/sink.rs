@@ -616,7 +616,7 @@ impl Collector {
                 }
             }
         } else {
-            log::info!(
+            log::debug!(
                 "batch {id:016x}: {task_count} tasks, {expected_ms} ms expected; clock started"
             );
         }
@@ -753,7 +753,7 @@ impl Collector {
             if let Some(bar) = self.progress.take() {
                 bar.finish_and_clear();
             }
-            log::info!("all {} results held", b.task_count);
+            log::debug!("all {} results held", b.task_count);
             send(socket, &b.ventilator, &Message::Complete { batch: b.id });
         }
         Ok(())

@@ -55,7 +55,7 @@ pub fn bind(
     let bound = socket
         .get_last_endpoint()?
         .map_err(|_| anyhow!("{role} socket bound to a non-UTF-8 endpoint"))?;
-    log::info!("{role} socket listening on {bound}");
+    log::debug!("{role} socket listening on {bound}");
     Ok((socket, bound))
 }
 

@@ -133,6 +133,9 @@ impl Ventilator {
         if config.window == 0 {
             bail!("--window must be at least 1");
         }
+        // Both endpoints are checked before either socket exists.
+        sockets::check_endpoint(&config.bind, "--bind", true)?;
+        sockets::check_endpoint(&config.sink, "--sink", false)?;
         let longest = config.batch.longest_ms();
         if crate::kernels::spin::invocations(longest, config.job.units_per_ms).is_none() {
             bail!(
@@ -202,7 +205,7 @@ impl Ventilator {
         if self.config.announce {
             crate::report::print_expected_cost(expected_ms);
         }
-        log::info!(
+        log::debug!(
             "batch {batch_id:016x}: {n} tasks, {expected_ms} ms expected, workers connect to {}",
             self.endpoint
         );
@@ -248,17 +251,19 @@ impl Ventilator {
             let due = last_said.is_none_or(|(n, at)| n != ready || at.elapsed() >= WAIT_REMINDER);
             if due {
                 log::info!(
-                    "waiting for {want} workers: {ready} ready (workers connect to {})",
+                    "waiting for {}: {ready} ready (workers connect to {})",
+                    crate::report::plural(want as u64, "worker"),
                     self.endpoint
                 );
                 last_said = Some((ready, Instant::now()));
             }
             if start.elapsed() >= self.config.wait_timeout {
                 bail!(
-                    "timed out after {:.1} s waiting for {want} workers ({ready} ready): start workers with \
+                    "timed out after {:.1} s waiting for {} ({ready} ready): start workers with \
                      `conquer worker --ventilator tcp://HOST:PORT --sink tcp://HOST:PORT` against {}, or lower \
                      --wait-workers / raise --wait-timeout",
                     self.config.wait_timeout.as_secs_f64(),
+                    crate::report::plural(want as u64, "worker"),
                     self.endpoint
                 );
             }
@@ -299,7 +304,7 @@ impl Ventilator {
         loop {
             if let Some(held) = holding {
                 if state.held >= held {
-                    log::info!("dispatching {} tasks", state.tasks.len() - state.held);
+                    log::debug!("dispatching {} tasks", state.tasks.len() - state.held);
                     return Ok(());
                 }
             }
@@ -806,7 +811,10 @@ impl Dispatcher {
     fn bye(&mut self, routing_id: &[u8]) {
         if let Some(&slot) = self.by_routing_id.get(routing_id) {
             if self.workers[slot].alive {
-                log::info!("worker {} left", self.workers[slot].info.name);
+                log::debug!(
+                    "worker {} left",
+                    crate::logging::printable(&self.workers[slot].info.name)
+                );
                 self.lose_worker(slot);
             }
         }

@@ -36,6 +36,9 @@ pub struct WorkerConfig {
     pub name: String,
     /// Leave after the first batch completes.
     pub exit_when_done: bool,
+    /// Say at default verbosity when connected and ready (off for the many workers of
+    /// one `conquer run`, where the run speaks for them).
+    pub announce: bool,
     pub heartbeat: Heartbeat,
 }
 
@@ -384,7 +387,7 @@ impl Io {
                 let decoded = decode_single(frames);
                 if !heard_ventilator && decoded.is_ok() {
                     heard_ventilator = true;
-                    log::info!(
+                    let line = format!(
                         "worker {} ready ({}{}): connected to the ventilator at {} and the sink at {}",
                         crate::logging::printable(&self.info.name),
                         self.info.backend,
@@ -396,6 +399,11 @@ impl Io {
                         config.ventilator,
                         config.sink
                     );
+                    if config.announce {
+                        log::info!("{line}");
+                    } else {
+                        log::debug!("{line}");
+                    }
                 }
                 match decoded {
                     Ok(Message::Tasks { batch, job, tasks }) => {
@@ -417,7 +425,7 @@ impl Io {
                     Ok(Message::End { batch, shutdown }) => {
                         self.summary.batches += 1;
                         if shutdown || config.exit_when_done {
-                            log::info!("batch {batch:016x} complete; leaving as asked");
+                            log::debug!("batch {batch:016x} complete; leaving as asked");
                             return Ok(());
                         }
                         log::info!("batch {batch:016x} complete; waiting for the next");

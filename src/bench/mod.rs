@@ -80,11 +80,13 @@ pub struct BenchArgs {
     /// Zero-work tasks in the throughput suite.
     #[arg(long, default_value_t = 200_000)]
     pub throughput_tasks: u32,
-    /// Backends the backends suite compares (those absent here are left out).
+    /// Backends the backends suite compares. One absent here gets a row saying why; asked
+    /// for alone, an absent backend is an error.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendKind::Sleep, BackendKind::Cpu, BackendKind::Software, BackendKind::Gpu])]
     pub backends: Vec<BackendKind>,
-    /// Spin work units per ms in the backends suite (small enough for the CPU reference).
-    #[arg(long, default_value_t = 1024)]
+    /// Spin work units per ms in the compute suites (the same default as `run`; `conquer
+    /// calibrate` gives the figure at which one ms is one CPU core's ms).
+    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
     pub units_per_ms: u32,
     /// The adapter's peak 32-bit integer throughput in Gop/s, to rate spin against.
     #[arg(long, value_name = "GOPS")]
@@ -204,6 +206,9 @@ pub struct BackendRow {
     /// (busy - kernel) per task, where kernel time is measured.
     pub overhead_us_per_task: Spread,
     pub speedup_vs_sleep: f64,
+    /// Why this backend has no figures here (empty when it ran).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unavailable: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,7 +277,15 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         }
         if !results.backends.is_empty() {
             let title = format!("the same batch on one worker per backend: {when}");
-            plot::backends(&results.backends, &title, &dir.join("backends.svg"))?;
+            let ran: Vec<BackendRow> = results
+                .backends
+                .iter()
+                .filter(|r| r.unavailable.is_empty())
+                .cloned()
+                .collect();
+            if !ran.is_empty() {
+                plot::backends(&ran, &title, &dir.join("backends.svg"))?;
+            }
         }
     }
     if args.json {
@@ -601,6 +614,17 @@ fn throughput(
     ])
 }
 
+/// A backend's name as `--backend` spells it.
+fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Auto => "auto",
+        BackendKind::Gpu => "gpu",
+        BackendKind::Software => "software",
+        BackendKind::Cpu => "cpu",
+        BackendKind::Sleep => "sleep",
+    }
+}
+
 fn backends(
     args: &BenchArgs,
     repeat: u32,
@@ -612,9 +636,27 @@ fn backends(
     let (job, options) = compute_setup(args);
     let mut rows: Vec<BackendRow> = Vec::new();
     for &kind in &args.backends {
-        // Probe once: a backend this machine lacks is left out of the table, not an error.
+        // Probe once. Asked for alone, a backend this machine lacks is an error; among
+        // several, its row says why it has no figures.
         if let Err(e) = crate::backend::build(kind, &options) {
-            log::info!("backends: {kind:?} not present: {e:#}");
+            if args.backends.len() == 1 {
+                return Err(e.context(format!(
+                    "bench --backends {}: not available on this machine",
+                    kind_name(kind)
+                )));
+            }
+            log::warn!("backends: {} not available: {e:#}", kind_name(kind));
+            rows.push(BackendRow {
+                backend: kind_name(kind).to_owned(),
+                adapter: String::new(),
+                tasks: batch.len() as u64,
+                units_per_ms: job.units_per_ms,
+                elapsed_ms: Spread::of(&[]),
+                kernel_ms: Spread::of(&[]),
+                overhead_us_per_task: Spread::of(&[]),
+                speedup_vs_sleep: 0.0,
+                unavailable: format!("{e:#}"),
+            });
             continue;
         }
         let mut elapsed = Vec::new();
@@ -656,6 +698,7 @@ fn backends(
             kernel_ms: Spread::of(&kernel),
             overhead_us_per_task: Spread::of(&overhead),
             speedup_vs_sleep: 0.0,
+            unavailable: String::new(),
         });
     }
     if let Some(sleep_ms) = rows
@@ -663,7 +706,7 @@ fn backends(
         .find(|r| r.backend == "sleep")
         .map(|r| r.elapsed_ms.median)
     {
-        for row in &mut rows {
+        for row in rows.iter_mut().filter(|r| r.unavailable.is_empty()) {
             row.speedup_vs_sleep = sleep_ms / row.elapsed_ms.median;
         }
     }
@@ -1042,6 +1085,15 @@ pub fn markdown(r: &BenchResults) -> String {
         s += "| backend | adapter | elapsed ms | kernel ms | overhead µs/task | speed-up vs sleep |\n";
         s += "|---|---|---:|---:|---:|---:|\n";
         for row in &r.backends {
+            if !row.unavailable.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "| {} | not available: {} | - | - | - | - |",
+                    row.backend,
+                    row.unavailable.replace('|', "/")
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {:.2} |",

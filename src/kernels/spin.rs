@@ -7,10 +7,12 @@
 //! high 32 bits and their XOR in the low 32 bits: both are order-independent, so a task split
 //! into any number of dispatches, or reduced by atomics in any order, gives the same value.
 
-/// Default work units (invocations) per nominal millisecond. One unit is [`ROUNDS`] hash
-/// rounds, so a 1 ms task is 16,384 invocations and about 4.2 million rounds (~20 million
-/// 32-bit integer operations).
-pub const DEFAULT_UNITS_PER_MS: u32 = 16_384;
+/// Default work units (invocations) per nominal millisecond, the same in `run`, `ventilator`,
+/// classic workers and `bench`. One unit is [`ROUNDS`] hash rounds, so a 1 ms task is 1,024
+/// invocations and about 262,000 rounds: about what one server CPU core does in a
+/// millisecond with the `cpu` backend (`conquer calibrate` measures the figure for a
+/// machine, so that a sleep worker's millisecond and a core's agree).
+pub const DEFAULT_UNITS_PER_MS: u32 = 1024;
 /// Hash rounds per invocation: enough arithmetic per invocation that the kernel is bound by
 /// integer throughput, not by launching invocations.
 pub const ROUNDS: u32 = 256;

@@ -33,6 +33,20 @@ impl Proc {
         Self::start_with_env(name, args, &[])
     }
 
+    /// Starts `conquer ARGS...` at default verbosity, as a user would.
+    pub fn start_quiet(name: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(binary());
+        command.args(args).stdin(Stdio::null());
+        Self::spawn(name, command)
+    }
+
+    /// Starts `conquer -v ARGS...` with its stdin a pipe to write to.
+    pub fn start_with_stdin(name: &str, args: &[&str]) -> Proc {
+        let mut command = Command::new(binary());
+        command.arg("-v").args(args).stdin(Stdio::piped());
+        Self::spawn(name, command)
+    }
+
     /// Starts `conquer -v ARGS...` with extra environment variables.
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut command = Command::new(binary());
@@ -135,6 +149,11 @@ impl Proc {
     pub fn endpoint(&self, role: &str) -> String {
         let line = self.wait_for(&format!("{role} socket listening on "));
         line.rsplit(' ').next().unwrap().to_owned()
+    }
+
+    /// Whether it has logged a line containing `needle` so far.
+    pub fn has_logged(&self, needle: &str) -> bool {
+        self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
     /// Waits for the process to exit; returns its status, stdout and stderr.

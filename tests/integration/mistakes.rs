@@ -1,0 +1,844 @@
+//! The operator's usual mistakes, walked through end to end with the real executable: each
+//! ends with a clear message and the right exit code, or with correct behaviour. Numbers in
+//! the test names follow the "no silent surprises" list in the README's "When you get it
+//! wrong" section.
+
+use crate::util::{self, report, Proc};
+use conquer::protocol::{Done, Message, RefusalKind, Status, WorkerInfo};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// Runs `conquer ARGS` at default verbosity to its end.
+fn conquer(args: &[&str]) -> (ExitStatus, String, String) {
+    Proc::start_quiet("conquer", args).finish()
+}
+
+/// Runs `conquer -v ARGS` to its end.
+fn conquer_v(args: &[&str]) -> (ExitStatus, String, String) {
+    Proc::start("conquer", args).finish()
+}
+
+fn assert_fails_with(outcome: &(ExitStatus, String, String), code: i32, words: &[&str]) {
+    let (status, stdout, log) = outcome;
+    assert_eq!(status.code(), Some(code), "stdout: {stdout}\nlog: {log}");
+    for w in words {
+        assert!(log.contains(w), "missing {w:?} in:\n{log}");
+    }
+}
+
+/// Waits until `path` holds at least `lines` lines: an event, not a fixed sleep.
+fn wait_for_lines(path: &std::path::Path, lines: usize) {
+    let deadline = Instant::now() + util::PATIENCE;
+    while std::fs::read_to_string(path).map_or(0, |t| t.lines().count()) < lines {
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {lines} lines",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn m01_a_sink_refuses_to_wipe_a_results_file_and_overwrite_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.csv");
+    let old = "earlier results\n".repeat(301);
+    std::fs::write(&path, &old).unwrap();
+    let file = path.to_str().unwrap();
+    let bind = ["sink", "--bind", "tcp://127.0.0.1:0", "--results", file];
+    let refused = conquer_v(&bind);
+    assert_fails_with(&refused, 1, &["conquer: error:", "--resume", "--overwrite"]);
+    assert!(
+        !refused.2.contains("listening"),
+        "refused before binding: {}",
+        refused.2
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        old,
+        "nothing wiped"
+    );
+
+    let mut args = bind.to_vec();
+    args.push("--overwrite");
+    let sink = Proc::start("sink", &args);
+    sink.endpoint("results");
+    assert!(std::fs::read_to_string(&path).unwrap().len() < old.len());
+}
+
+#[test]
+fn m01_a_sink_interrupted_mid_batch_says_how_to_resume() {
+    let util::Cluster {
+        sink,
+        workers,
+        vent,
+        results,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "40", "--min-ms", "100", "--max-ms", "100"],
+        &["slow"],
+        &[],
+    );
+    wait_for_lines(&results, 1);
+    sink.signal("INT");
+    let outcome = sink.finish();
+    assert_fails_with(&outcome, 130, &["--resume", "results.jsonl"]);
+    drop((vent, workers));
+}
+
+#[test]
+fn m02_each_record_says_when_its_task_ran_and_on_which_worker() {
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        results,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "12", "--min-ms", "20", "--max-ms", "60"],
+        &["t1", "t2"],
+        &[],
+    );
+    util::completed(sink, 12, Some(&*results));
+    let text = std::fs::read_to_string(&*results).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut starts = std::collections::BTreeSet::new();
+    for r in &records {
+        let start = r["started_unix_ms"].as_u64().unwrap();
+        let end = r["finished_unix_ms"].as_u64().unwrap();
+        let workload = r["workload_ms"].as_u64().unwrap();
+        assert!(end >= start + workload.saturating_sub(1), "{r}");
+        assert!(end <= start + workload + 1000, "{r}");
+        assert!(
+            start >= r["batch_started_unix_ms"].as_u64().unwrap() - 1000,
+            "{r}"
+        );
+        assert!(["t1", "t2"].contains(&r["worker"].as_str().unwrap()), "{r}");
+        assert_eq!(r["backend"], "sleep");
+        starts.insert(start);
+    }
+    assert!(
+        starts.len() > 2,
+        "tasks have their own start times: {starts:?}"
+    );
+    drop((vent, workers));
+}
+
+#[test]
+fn m03_a_record_with_an_out_of_range_task_is_refused_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.jsonl");
+    let record = |task: u64| {
+        format!(
+            "{{\"batch\":\"00000000000000ab\",\"batch_tasks\":10,\"batch_started_unix_ms\":1,\"task\":{task},\
+             \"worker\":\"w\",\"backend\":\"sleep\",\"workload_ms\":1,\"started_unix_ms\":1,\
+             \"finished_unix_ms\":2,\"wall_us\":1000,\"kernel_us\":0,\"checksum\":\"0\",\"status\":\"ok\"}}\n"
+        )
+    };
+    // Task 2^32 + 3 would read as task 3 through a truncating cast.
+    std::fs::write(&path, record(1) + &record((1 << 32) + 3)).unwrap();
+    let outcome = conquer_v(&[
+        "sink",
+        "--bind",
+        "tcp://127.0.0.1:0",
+        "--results",
+        path.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_fails_with(&outcome, 1, &["line 2"]);
+}
+
+#[test]
+fn m04_verify_reports_what_it_checked_and_is_refused_where_nothing_is_computed() {
+    let (status, stdout, log) = conquer(&[
+        "run",
+        "--backend",
+        "cpu",
+        "--workers",
+        "2",
+        "--tasks",
+        "10",
+        "--min-ms",
+        "1",
+        "--max-ms",
+        "3",
+        "--verify",
+        "--json",
+    ]);
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(
+        (&r["checked"], &r["verified"], &r["mismatches"]),
+        (&10.into(), &10.into(), &0.into()),
+        "{r}"
+    );
+
+    let (status, stdout, log) = conquer(&[
+        "run",
+        "--backend",
+        "cpu",
+        "--tasks",
+        "40",
+        "--max-ms",
+        "2",
+        "--verify-sample",
+        "50",
+    ]);
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains("verified "), "{stdout}");
+    assert!(
+        stdout.contains(" results checked against the CPU reference"),
+        "{stdout}"
+    );
+
+    let refused = conquer(&["run", "--backend", "sleep", "--verify", "--tasks", "3"]);
+    assert_fails_with(
+        &refused,
+        1,
+        &["--verify", "computes nothing", "--backend cpu"],
+    );
+}
+
+#[test]
+fn m05_a_sink_resumed_on_a_finished_batch_reports_it_and_exits() {
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        results,
+        ..
+    } = util::Cluster::start(&["--tasks", "20", "--max-ms", "5"], &["f1", "f2"], &[]);
+    util::completed(sink, 20, Some(&*results));
+    drop((vent, workers));
+    // The first sink finished; a second one resumed on its file has nothing to wait for.
+    let again = Proc::start(
+        "sink-again",
+        &[
+            "sink",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--json",
+            "--results",
+            results.to_str().unwrap(),
+            "--resume",
+        ],
+    );
+    let r = util::completed(again, 20, None);
+    assert_eq!(r["duplicates"], 0);
+}
+
+#[test]
+fn m06_a_second_worker_with_a_taken_name_is_refused_at_once() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "20",
+            "--min-ms",
+            "50",
+            "--max-ms",
+            "50",
+            "--wait-workers",
+            "1",
+        ],
+    );
+    let first = util::worker("twin", &vent_ep, &sink_ep, &["--exit-when-done"]);
+    sink.wait_for("clock started");
+    let started = Instant::now();
+    let second = util::worker("twin", &vent_ep, &sink_ep, &["--exit-when-done"]);
+    let outcome = second.finish();
+    assert_fails_with(
+        &outcome,
+        1,
+        &["refused", "another worker named \"twin\"", "--name"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once"
+    );
+    let r = util::completed(sink, 20, None);
+    assert_eq!(r["workers"].as_array().unwrap().len(), 1, "{r}");
+    drop((vent, first));
+}
+
+#[test]
+fn m07_a_worker_with_a_wrong_sink_takes_no_tasks_and_says_so() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--tasks",
+            "10",
+            "--wait-workers",
+            "1",
+            "--wait-timeout",
+            "3",
+        ],
+    );
+    let nowhere = util::free_endpoint();
+    let lost = util::worker(
+        "lost",
+        &vent_ep,
+        &nowhere,
+        &["--heartbeat-ms", "100", "--liveness", "3"],
+    );
+    lost.wait_for("waiting for the sink at");
+    let outcome = vent.finish();
+    assert_fails_with(&outcome, 1, &["timed out", "(0 ready)"]);
+    drop((sink, lost));
+}
+
+/// A worker that joins the sink and takes tasks, reports them done to the ventilator, and
+/// never delivers a result. Returns the refusal it finally got.
+fn ack_only_worker(
+    sink_ep: &str,
+    vent_ep: &str,
+    took_tasks: std::sync::mpsc::Sender<()>,
+) -> String {
+    let ctx = zmq::Context::new();
+    let info = WorkerInfo {
+        name: "ackonly".into(),
+        session: 7,
+        backend: "sleep".into(),
+        adapter: String::new(),
+        window_hint: 1,
+    };
+    let results = ctx.socket(zmq::DEALER).unwrap();
+    results.set_identity(b"ackonly/7").unwrap();
+    results.set_linger(0).unwrap();
+    results.connect(sink_ep).unwrap();
+    results
+        .send(Message::Join(info.clone()).encode(), 0)
+        .unwrap();
+    results.set_rcvtimeo(30_000).unwrap();
+    let welcome = Message::decode(&results.recv_bytes(0).unwrap()).unwrap();
+    assert_eq!(welcome, Message::Welcome);
+    let tasks = ctx.socket(zmq::DEALER).unwrap();
+    tasks.set_identity(b"ackonly/7").unwrap();
+    tasks.set_linger(0).unwrap();
+    tasks.connect(vent_ep).unwrap();
+    let deadline = Instant::now() + util::PATIENCE;
+    let mut told = false;
+    while Instant::now() < deadline {
+        tasks
+            .send(Message::Hello(info.clone()).encode(), 0)
+            .unwrap();
+        results
+            .send(Message::Join(info.clone()).encode(), zmq::DONTWAIT)
+            .ok();
+        while results.recv_bytes(zmq::DONTWAIT).is_ok() {}
+        let mut items = [tasks.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, 100).unwrap();
+        while let Ok(frame) = tasks.recv_bytes(zmq::DONTWAIT) {
+            match Message::decode(&frame) {
+                Ok(Message::Tasks {
+                    batch, tasks: got, ..
+                }) => {
+                    let done = got
+                        .iter()
+                        .map(|t| Done {
+                            id: t.id,
+                            status: Status::Ok,
+                            wall_us: 1,
+                        })
+                        .collect();
+                    tasks
+                        .send(Message::Done { batch, done }.encode(), 0)
+                        .unwrap();
+                    if !told {
+                        took_tasks.send(()).unwrap();
+                        told = true;
+                    }
+                }
+                Ok(Message::Refused { kind, reason }) => {
+                    assert_eq!(kind, RefusalKind::ResultsLost);
+                    return reason;
+                }
+                _ => {}
+            }
+        }
+    }
+    panic!("the ventilator never named the worker whose results go nowhere");
+}
+
+#[test]
+fn m07_a_worker_whose_results_never_reach_the_sink_is_named_and_its_tasks_handed_on() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let beat = ["--heartbeat-ms", "100", "--liveness", "3"];
+    let mut vent_args = vec![
+        "--tasks",
+        "10",
+        "--min-ms",
+        "5",
+        "--max-ms",
+        "5",
+        "--wait-workers",
+        "1",
+    ];
+    vent_args.extend(beat);
+    let (vent, vent_ep) = util::ventilator(&sink_ep, &vent_args);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fake = {
+        let (sink_ep, vent_ep) = (sink_ep.clone(), vent_ep.clone());
+        std::thread::spawn(move || ack_only_worker(&sink_ep, &vent_ep, tx))
+    };
+    rx.recv_timeout(util::PATIENCE)
+        .expect("the fake worker took tasks");
+    let mut honest_args = vec!["--exit-when-done"];
+    honest_args.extend(beat);
+    let honest = util::worker("honest", &vent_ep, &sink_ep, &honest_args);
+    let r = util::completed(sink, 10, None);
+    let by: Vec<&str> = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["honest"], "{r}");
+    let reason = fake.join().unwrap();
+    assert!(reason.contains("have not reached the sink"), "{reason}");
+    let (status, _, log) = vent.finish();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("ackonly"),
+        "the ventilator names the worker: {log}"
+    );
+    drop(honest);
+}
+
+#[test]
+fn m08_a_worker_with_swapped_endpoints_is_told_so_on_both_sides() {
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(&sink_ep, &["--tasks", "5", "--wait-workers", "1"]);
+    let swapped = util::worker("swapped", &sink_ep, &vent_ep, &[]);
+    let outcome = swapped.finish();
+    assert_fails_with(
+        &outcome,
+        1,
+        &["looks like a worker that connected its sink endpoint to a ventilator"],
+    );
+    let said = vent.wait_for("looks like a worker that connected");
+    assert!(said.contains("--sink"), "{said}");
+    drop(sink);
+}
+
+#[test]
+fn m09_a_second_ventilator_is_told_the_sink_is_busy_with_another_batch() {
+    let util::Cluster {
+        sink,
+        vent,
+        workers,
+        sink_ep,
+        ..
+    } = util::Cluster::start(
+        &["--tasks", "20", "--min-ms", "50", "--max-ms", "50"],
+        &["b1"],
+        &[],
+    );
+    sink.wait_for("clock started");
+    let (second, _) = util::ventilator(
+        &sink_ep,
+        &["--tasks", "5", "--seed", "2", "--wait-workers", "0"],
+    );
+    let outcome = second.finish();
+    assert_fails_with(&outcome, 1, &["busy with batch", "another sink"]);
+    util::completed(sink, 20, None);
+    drop((vent, workers));
+}
+
+#[test]
+fn m10_one_process_runs_512_workers() {
+    let (status, stdout, log) = conquer(&[
+        "run",
+        "--workers",
+        "512",
+        "--tasks",
+        "1024",
+        "--min-ms",
+        "0",
+        "--max-ms",
+        "2",
+        "--backend",
+        "sleep",
+        "--json",
+    ]);
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(util::delivered(&r), 1024, "{r}");
+}
+
+#[test]
+fn m10_a_run_whose_workers_cannot_start_fails_at_once_with_the_reason() {
+    let bin = util::binary();
+    let script = format!(
+        "ulimit -n 128; exec {} run --workers 200 --backend sleep",
+        bin.display()
+    );
+    let started = Instant::now();
+    let outcome = Proc::program("run", "sh", &["-c", &script]).finish();
+    assert_fails_with(&outcome, 1, &["200 workers", "open files"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "at once, not after a timeout"
+    );
+}
+
+#[test]
+fn m11_checkable_mistakes_fail_before_anything_binds() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["run", "--results", "/nonexistent/dir/x.csv"],
+            "cannot create results file",
+        ),
+        (&["ventilator", "--sink", "tcp://127.0.0.1:70000"], "70000"),
+        (&["ventilator", "--bind", "tcp://*:-1"], "-1"),
+        (&["ventilator", "--wait-timeout", "1e300"], "--wait-timeout"),
+        (&["worker", "--name", "line1\nline2"], "--name"),
+    ];
+    for (args, words) in cases {
+        let outcome = conquer_v(args);
+        assert_fails_with(&outcome, 1, &[words, "conquer: error:"]);
+        assert!(
+            !outcome.2.contains("listening"),
+            "{args:?} bound first: {}",
+            outcome.2
+        );
+        assert!(outcome.1.is_empty(), "{args:?} printed: {}", outcome.1);
+    }
+}
+
+#[test]
+fn m12_auto_says_which_backend_it_took_and_why_at_default_verbosity() {
+    let (vent, sink) = (util::free_endpoint(), util::free_endpoint());
+    let worker = Proc::start_quiet(
+        "auto",
+        &[
+            "worker",
+            "--backend",
+            "auto",
+            "--ventilator",
+            &vent,
+            "--sink",
+            &sink,
+        ],
+    );
+    let line = worker.wait_for("backend auto: ");
+    assert!(line.contains("using"), "{line}");
+}
+
+#[test]
+fn m12_bench_of_a_missing_backend_fails_or_says_not_available() {
+    let (_, info, _) = conquer(&["info"]);
+    if info.contains("auto: adapter") {
+        // This machine has a hardware GPU: the trap cannot arise here.
+        let (status, _, log) = conquer(&[
+            "bench",
+            "--suite",
+            "backends",
+            "--backends",
+            "gpu",
+            "--quick",
+        ]);
+        assert!(status.success(), "{log}");
+        return;
+    }
+    let alone = conquer(&[
+        "bench",
+        "--suite",
+        "backends",
+        "--backends",
+        "gpu",
+        "--quick",
+    ]);
+    assert_fails_with(&alone, 1, &["--backends gpu", "not available"]);
+    let (status, stdout, log) = conquer(&[
+        "bench",
+        "--suite",
+        "backends",
+        "--backends",
+        "sleep,gpu",
+        "--quick",
+    ]);
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains("| gpu | not available: "), "{stdout}");
+}
+
+#[test]
+fn m13_waiting_is_said_at_default_verbosity() {
+    let (vent_ep, sink_ep) = (util::free_endpoint(), util::free_endpoint());
+    let sink = Proc::start_quiet("sink", &["sink", "--bind", &sink_ep]);
+    let vent = Proc::start_quiet(
+        "vent",
+        &[
+            "ventilator",
+            "--bind",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--wait-workers",
+            "2",
+            "--tasks",
+            "4",
+        ],
+    );
+    vent.wait_for("waiting for 2 workers: 0 ready");
+    let w = Proc::start_quiet(
+        "w",
+        &[
+            "worker",
+            "--backend",
+            "sleep",
+            "--ventilator",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+        ],
+    );
+    w.wait_for("ready (sleep): connected to the ventilator");
+    vent.wait_for("waiting for 2 workers: 1 ready");
+    // A worker whose ventilator is not there says so.
+    let lonely = Proc::start_quiet(
+        "lonely",
+        &[
+            "worker",
+            "--backend",
+            "sleep",
+            "--ventilator",
+            &util::free_endpoint(),
+            "--sink",
+            &sink_ep,
+            "--heartbeat-ms",
+            "100",
+            "--liveness",
+            "3",
+        ],
+    );
+    lonely.wait_for("waiting for the ventilator at");
+    drop((sink, vent, w));
+}
+
+/// `2026-11-28T10:00:00.123Z`: 24 characters of RFC 3339 UTC with milliseconds.
+fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'.',
+            23 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn m14_log_lines_carry_a_utc_timestamp_the_role_and_the_name() {
+    let (vent_ep, sink_ep) = (util::free_endpoint(), util::free_endpoint());
+    let worker = Proc::start(
+        "w9",
+        &[
+            "-vv",
+            "worker",
+            "--name",
+            "w9",
+            "--backend",
+            "auto",
+            "--ventilator",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--heartbeat-ms",
+            "100",
+            "--liveness",
+            "3",
+        ],
+    );
+    worker.wait_for("waiting for the sink at");
+    let log = worker.log();
+    for line in log.lines() {
+        let (stamp, rest) = line.split_at(24.min(line.len()));
+        assert!(is_timestamp(stamp), "no timestamp: {line}");
+        let rest = rest.trim_start();
+        let rest = rest.split_once(' ').map_or("", |(_, r)| r).trim_start();
+        assert!(rest.starts_with("worker w9: "), "no role and name: {line}");
+        assert!(
+            !rest.contains("[wgpu") && !rest.contains("[naga"),
+            "third-party line: {line}"
+        );
+    }
+    drop(worker);
+    let sink = Proc::start("sink", &["sink", "--bind", "tcp://127.0.0.1:0"]);
+    let line = sink.wait_for("listening on");
+    assert!(line.contains(" sink: "), "{line}");
+}
+
+#[test]
+fn m15_ctrl_c_exits_130_in_every_role_and_phase() {
+    for _ in 0..8 {
+        let sink = Proc::start("sink", &["sink", "--bind", "tcp://127.0.0.1:0"]);
+        sink.wait_for("waiting for a batch");
+        sink.signal("INT");
+        let (status, _, log) = sink.finish();
+        assert_eq!(status.code(), Some(130), "{log}");
+        assert!(!log.contains("Interrupted system call"), "{log}");
+    }
+    let (_, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(&sink_ep, &["--wait-workers", "3"]);
+    vent.wait_for("waiting for 3 workers");
+    vent.signal("INT");
+    assert_eq!(vent.finish().0.code(), Some(130));
+    let w = util::worker("w", &vent_ep, &util::free_endpoint(), &[]);
+    w.wait_for("connecting to the sink");
+    w.signal("INT");
+    assert_eq!(w.finish().0.code(), Some(130));
+    let run = Proc::start(
+        "run",
+        &["run", "--tasks", "40", "--min-ms", "100", "--max-ms", "100"],
+    );
+    run.wait_for("clock started");
+    run.signal("INT");
+    assert_eq!(run.finish().0.code(), Some(130));
+}
+
+#[test]
+fn m16_calibrate_measures_one_core_and_every_command_shares_the_default() {
+    let (status, stdout, log) =
+        conquer(&["calibrate", "--rounds", "1", "--round-ms", "20", "--json"]);
+    assert!(status.success(), "{log}");
+    let c: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(c["kernel"], "spin");
+    assert!(c["units_per_ms"].as_u64().unwrap() > 0, "{c}");
+    let default = format!(
+        "[default: {}]",
+        conquer::kernels::spin::DEFAULT_UNITS_PER_MS
+    );
+    for command in ["run", "ventilator", "bench"] {
+        let (_, help, _) = conquer(&[command, "--help"]);
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains("--units-per-ms"))
+            .take(4)
+            .collect::<String>();
+        assert!(line.contains(&default), "{command}: {line}");
+    }
+}
+
+#[test]
+fn m17_connecting_sockets_redial_within_a_quarter_second() {
+    let ctx = zmq::Context::new();
+    let socket = conquer::sockets::connect(
+        &ctx,
+        zmq::PULL,
+        "tasks",
+        &util::free_endpoint(),
+        "--ventilator",
+        None,
+    )
+    .unwrap();
+    assert!(socket.get_reconnect_ivl_max().unwrap() <= 250);
+    assert!(socket.get_reconnect_ivl().unwrap() <= 100);
+}
+
+#[test]
+fn m18_a_classic_ventilator_waits_for_enter_on_a_pipe_and_the_sink_counts_any_message() {
+    let (vent_ep, sink_ep, control) = (
+        util::free_endpoint(),
+        util::free_endpoint(),
+        util::free_endpoint(),
+    );
+    let sink = Proc::start(
+        "classic-sink",
+        &[
+            "sink",
+            "--classic",
+            "--bind",
+            &sink_ep,
+            "--control-bind",
+            &control,
+            "--tasks",
+            "6",
+        ],
+    );
+    sink.wait_for("listening");
+    let mut vent = Proc::start_with_stdin(
+        "classic-vent",
+        &[
+            "ventilator",
+            "--classic",
+            "--bind",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--wait-workers",
+            "0",
+            "--tasks",
+            "5",
+            "--max-ms",
+            "2",
+        ],
+    );
+    let worker = Proc::start(
+        "classic-worker",
+        &[
+            "worker",
+            "--classic",
+            "--backend",
+            "sleep",
+            "--ventilator",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--control",
+            &control,
+        ],
+    );
+    vent.wait_for("listening");
+    assert!(
+        !sink.has_logged("start of batch"),
+        "the ventilator waits for Enter"
+    );
+    vent.type_line("");
+    // Five results from the worker, and one message a Guide sink would count too.
+    let ctx = zmq::Context::new();
+    let stranger = ctx.socket(zmq::PUSH).unwrap();
+    stranger.set_linger(2000).unwrap();
+    stranger.connect(&sink_ep).unwrap();
+    sink.wait_for("start of batch");
+    stranger.send(&b"not a workload"[..], 0).unwrap();
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains("6 results"), "{stdout}");
+    let (status, stdout, log) = vent.finish();
+    assert!(status.success(), "{log}");
+    assert!(
+        stdout.contains("Press Enter when the workers are ready"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Sending tasks to workers..."), "{stdout}");
+    drop(worker);
+}
+
+#[test]
+fn m19_bare_conquer_runs_the_default_batch_and_counts_workers_in_words() {
+    let (status, stdout, log) = conquer(&[]);
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains("Total elapsed time"), "{stdout}");
+    assert!(stdout.contains(" on 4 workers,"), "{stdout}");
+    let (status, stdout, log) =
+        conquer(&["run", "--workers", "1", "--tasks", "3", "--max-ms", "2"]);
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains(" on 1 worker,"), "{stdout}");
+    let (_, _, log) = conquer(&["run", "--tasks-file", "/nonexistent"]);
+    assert!(
+        log.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("conquer: error: "),
+        "{log}"
+    );
+}
