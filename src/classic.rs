@@ -124,7 +124,7 @@ impl ClassicVentilator {
         if want == 0 {
             // As taskvent does: wait for Enter on whatever stdin is (a terminal, a pipe); a
             // closed stdin starts at once. Read on a thread so Ctrl-C is still seen.
-            println!("Press Enter when the workers are ready: ");
+            crate::report::print_classic_line("Press Enter when the workers are ready: ");
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name("stdin".into())
@@ -143,7 +143,7 @@ impl ClassicVentilator {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 }
             }
-            println!("Sending tasks to workers...");
+            crate::report::print_classic_line("Sending tasks to workers...");
         } else {
             let start = Instant::now();
             let mut said = usize::MAX;
@@ -284,9 +284,7 @@ impl ClassicSink {
                     longest_ms = longest_ms.max(ms);
                 }
                 if dots {
-                    // The Guide's progress: a colon every ten results, a dot otherwise.
-                    print!("{}", if received % 10 == 0 { ":" } else { "." });
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    crate::report::print_classic_progress(received);
                 }
                 received += 1;
                 if received == self.config.tasks {
@@ -296,7 +294,7 @@ impl ClassicSink {
         }
         let elapsed_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
         if dots {
-            println!();
+            crate::report::print_classic_line("");
         }
         self.control
             .send(classic::KILL, 0)

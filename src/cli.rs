@@ -477,7 +477,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Calibrate(args) => {
-            for kernel in [Kernel::Spin] {
+            // Every kernel the project ships (spin, for now), one figure each.
+            let kernels = [Kernel::Spin];
+            for kernel in kernels.iter().copied() {
                 let c = crate::calibrate::measure(
                     kernel,
                     Duration::from_millis(args.round_ms),

@@ -104,6 +104,21 @@ pub fn print_calibration(c: &crate::calibrate::Calibration, json: bool) -> anyho
     out.flush().context("writing to stdout")
 }
 
+/// A line the Guide's classic programs print on stdout (taskvent's prompt and "Sending
+/// tasks to workers..."), printed the same way by the classic roles.
+pub fn print_classic_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// tasksink's progress, for a terminal: a colon every ten results, a dot otherwise.
+pub fn print_classic_progress(received: u32) {
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", if received % 10 == 0 { ":" } else { "." });
+    let _ = out.flush();
+}
+
 /// Prints the seed's ventilator line.
 pub fn print_expected_cost(expected_ms: u64) {
     println!("Total expected cost: {expected_ms} msec");
@@ -230,7 +245,7 @@ pub struct ResultsFile {
 }
 
 enum ResultsWriter {
-    Csv(csv::Writer<File>),
+    Csv(Box<csv::Writer<File>>),
     Jsonl(BufWriter<File>),
 }
 
@@ -308,11 +323,11 @@ impl ResultsFile {
 
     fn over(path: &Path, format: ResultsFormat, file: File, header: bool) -> ResultsFile {
         let out = match format {
-            ResultsFormat::Csv => ResultsWriter::Csv(
+            ResultsFormat::Csv => ResultsWriter::Csv(Box::new(
                 csv::WriterBuilder::new()
                     .has_headers(header)
                     .from_writer(file),
-            ),
+            )),
             ResultsFormat::Jsonl => ResultsWriter::Jsonl(BufWriter::new(file)),
         };
         ResultsFile {

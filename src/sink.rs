@@ -713,6 +713,12 @@ impl Collector {
             }
             fresh.push(*r);
         }
+        log::trace!(
+            "{} new of {} from worker {}",
+            crate::report::plural(fresh.len() as u64, "result"),
+            results.len(),
+            crate::logging::printable(&worker.name)
+        );
         let header = b.header();
         for r in &fresh {
             self.tally(&worker.name, &worker.backend, &worker.adapter, r);

@@ -1038,6 +1038,11 @@ impl Dispatcher {
             let message = Message::encode_tasks(self.batch_id, &self.job, &tasks);
             match send_to(socket, &self.workers[slot].routing_id, &message) {
                 SendOutcome::Sent => {
+                    log::trace!(
+                        "sent {} to worker {}",
+                        crate::report::plural(tasks.len() as u64, "task"),
+                        crate::logging::printable(&self.workers[slot].info.name)
+                    );
                     self.redispatched += again.iter().filter(|&&a| a).count() as u64;
                     if let Some(timeline) = &self.timeline {
                         tasks.iter().for_each(|t| timeline.sent(t.id));

@@ -300,7 +300,13 @@ impl Io {
                 while let Some(frames) =
                     sockets::recv_multipart_nowait(&self.results, "the results socket")?
                 {
-                    if self.from_sink(frames, config, &hello, &mut link, &mut last_from_sink)? {
+                    if self.heard_from_sink(
+                        frames,
+                        config,
+                        &hello,
+                        &mut link,
+                        &mut last_from_sink,
+                    )? {
                         said_sink_wait = false;
                         hello_since.get_or_insert_with(Instant::now);
                     }
@@ -367,7 +373,13 @@ impl Io {
                 while let Some(frames) =
                     sockets::recv_multipart_nowait(&self.results, "the results socket")?
                 {
-                    if self.from_sink(frames, config, &hello, &mut link, &mut last_from_sink)? {
+                    if self.heard_from_sink(
+                        frames,
+                        config,
+                        &hello,
+                        &mut link,
+                        &mut last_from_sink,
+                    )? {
                         said_sink_wait = false;
                         hello_since.get_or_insert_with(Instant::now);
                     }
@@ -444,7 +456,7 @@ impl Io {
     }
 
     /// One message from the sink. Returns whether it welcomed this worker anew.
-    fn from_sink(
+    fn heard_from_sink(
         &mut self,
         frames: Vec<Vec<u8>>,
         config: &WorkerConfig,
@@ -519,6 +531,15 @@ impl Io {
                         }
                     })
                     .collect();
+                for r in &results {
+                    log::trace!(
+                        target: crate::logging::TASK_TARGET,
+                        "task {} of batch {batch:016x}: {} in {} µs",
+                        r.id,
+                        r.status.as_str(),
+                        r.wall_us
+                    );
+                }
                 self.summary.tasks += results.len() as u64;
                 if !results.is_empty() {
                     let message = Message::Results {
