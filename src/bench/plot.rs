@@ -17,7 +17,9 @@ pub fn scaling(rows: &[ScalingRow], title: &str, path: &Path) -> anyhow::Result<
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(err("scaling"))?;
     let max_workers = rows.iter().map(|r| r.workers).max().unwrap_or(1);
-    let x_max = (f64::from(max_workers) * 2.0).log2();
+    // The axis ends a quarter step past the largest worker count measured, not a doubling.
+    let x_min = -0.25;
+    let x_max = f64::from(max_workers).log2() + 0.25;
     let y_min = rows
         .iter()
         .map(|r| r.efficiency.min)
@@ -29,19 +31,19 @@ pub fn scaling(rows: &[ScalingRow], title: &str, path: &Path) -> anyhow::Result<
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(56)
-        .build_cartesian_2d(-0.5f64..x_max, y_min..1.005f64)
+        .build_cartesian_2d(x_min..x_max, y_min..1.005f64)
         .map_err(err("scaling"))?;
     chart
         .configure_mesh()
         .x_desc("workers")
         .y_desc("efficiency (ideal / elapsed)")
         .x_label_formatter(&|x| format!("{}", 2f64.powf(*x).round()))
-        .x_labels(((x_max + 0.5) as usize).max(2) + 1)
+        .x_labels((f64::from(max_workers).log2() as usize).max(1) + 1)
         .draw()
         .map_err(err("scaling"))?;
     chart
         .draw_series(LineSeries::new(
-            [(-0.5, 0.98), (x_max, 0.98)],
+            [(x_min, 0.98), (x_max, 0.98)],
             RED.mix(0.6).stroke_width(1),
         ))
         .map_err(err("scaling"))?
