@@ -12,6 +12,11 @@ use std::path::Path;
 
 /// Largest workload a task may carry: one hour.
 pub const MAX_WORKLOAD_MS: u32 = 3_600_000;
+/// Most tasks in one batch: the ventilator keeps a few dozen bytes per task, so this is
+/// about 2 GiB at most.
+pub const MAX_TASKS: u32 = 50_000_000;
+/// Longest line of a tasks file: a workload with comments or padding fits many times over.
+pub const MAX_LINE_BYTES: usize = 4096;
 
 /// One unit of work: run the batch's kernel for `workload_ms` nominal milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +91,9 @@ impl Batch {
         if count == 0 {
             bail!("a batch needs at least one task (--tasks 0 given)");
         }
+        if count > MAX_TASKS {
+            bail!("--tasks {count} is over the limit of {MAX_TASKS} tasks in one batch; split the work into several batches");
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let tasks = (0..count)
             .map(|id| Task {
@@ -99,16 +107,39 @@ impl Batch {
     /// Reads a tasks file: one workload in milliseconds per line; blank lines and lines
     /// starting with `#` are ignored. Any other line fails the whole file, naming its number.
     pub fn read(path: &Path) -> anyhow::Result<Batch> {
-        let text = std::fs::read_to_string(path)
+        let file = std::fs::File::open(path)
             .with_context(|| format!("cannot read tasks file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("bad tasks file {}", path.display()))
+        Self::parse_from(std::io::BufReader::new(file))
+            .with_context(|| format!("bad tasks file {}", path.display()))
     }
 
     /// Parses the tasks-file format (see [`Batch::read`]).
     pub fn parse(text: &str) -> anyhow::Result<Batch> {
+        Self::parse_from(text.as_bytes())
+    }
+
+    /// Parses the tasks-file format from a stream, a line at a time: a line longer than
+    /// [`MAX_LINE_BYTES`] (such as endless `/dev/zero`) or more than [`MAX_TASKS`] tasks
+    /// stop the read, so no input can take all memory.
+    fn parse_from(mut input: impl std::io::BufRead) -> anyhow::Result<Batch> {
+        use std::io::{BufRead, Read};
         let mut tasks = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
+        let mut raw = Vec::new();
+        for line_no in 1usize.. {
+            raw.clear();
+            let read = (&mut input)
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut raw)
+                .with_context(|| format!("line {line_no}: cannot read"))?;
+            if read == 0 {
+                break;
+            }
+            if raw.len() > MAX_LINE_BYTES {
+                bail!("line {line_no} is longer than {MAX_LINE_BYTES} bytes: not a tasks file");
+            }
+            let line = std::str::from_utf8(&raw)
+                .map_err(|_| anyhow::anyhow!("line {line_no} is not UTF-8 text"))?
+                .trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
@@ -118,11 +149,15 @@ impl Batch {
                 .filter(|&ms| ms <= MAX_WORKLOAD_MS)
                 .with_context(|| {
                     format!(
-                        "line {}: {line:?} is not a workload (expected whole milliseconds, 0 to {MAX_WORKLOAD_MS})",
-                        index + 1
+                        "line {line_no}: {line:?} is not a workload (expected whole milliseconds, 0 to {MAX_WORKLOAD_MS})"
                     )
                 })?;
-            let id = u32::try_from(tasks.len()).context("more than 4 billion tasks")?;
+            let id = u32::try_from(tasks.len())
+                .ok()
+                .filter(|&id| id < MAX_TASKS)
+                .with_context(|| {
+                    format!("more than {MAX_TASKS} tasks; split the work into several batches")
+                })?;
             tasks.push(Task { id, workload_ms });
         }
         if tasks.is_empty() {

@@ -1,6 +1,6 @@
 //! The command line: clap definitions and the glue that turns flags into role configs.
 //! Errors print as `conquer: {err:#}` on stderr; exit 0 success, 1 failure, 2 usage,
-//! 130 interrupted.
+//! 130 interrupted by Ctrl-C, 143 by SIGTERM.
 
 use crate::backend::{self, Backend, BackendKind};
 use crate::batch::{Batch, Job, Order};
@@ -74,14 +74,14 @@ pub struct CalibrateArgs {
 /// The batch: seeded random workloads, or a file.
 #[derive(Args, Debug, Clone)]
 pub struct BatchArgs {
-    /// Number of tasks in a seeded batch.
-    #[arg(long, default_value_t = 100)]
+    /// Number of tasks in a seeded batch (at most 50,000,000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
     pub tasks: u32,
     /// Shortest workload in milliseconds.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
     pub min_ms: u32,
-    /// Longest workload in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    /// Longest workload in milliseconds (at most 3,600,000: an hour).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
     pub max_ms: u32,
     /// Seed of the batch: the same seed makes the same batch on every machine.
     #[arg(long, default_value_t = 1)]
@@ -148,6 +148,28 @@ pub struct DispatchArgs {
     /// Cap on tasks a worker may hold while the tasks cost nothing (zero-ms workloads).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub max_window: u32,
+    /// A task held longer than this many times what its worker's measured speed predicts
+    /// (plus --backup-slack-ms) is handed to another worker too; the first result wins.
+    #[arg(long, default_value_t = 4.0)]
+    pub backup_factor: f64,
+    /// Slack added to that bound, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub backup_slack_ms: u64,
+}
+
+impl DispatchArgs {
+    pub fn backup(&self) -> anyhow::Result<crate::ventilator::Backup> {
+        if !(self.backup_factor.is_finite() && (1.0..=1000.0).contains(&self.backup_factor)) {
+            bail!(
+                "--backup-factor must be a number from 1 to 1000, got {}",
+                self.backup_factor
+            );
+        }
+        Ok(crate::ventilator::Backup {
+            factor: self.backup_factor,
+            slack: Duration::from_millis(self.backup_slack_ms),
+        })
+    }
 }
 
 /// Liveness between ventilator and workers.
@@ -192,9 +214,9 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     pub fn options(&self) -> anyhow::Result<backend::BackendOptions> {
-        if !(self.slowdown.is_finite() && self.slowdown > 0.0) {
+        if !(self.slowdown.is_finite() && self.slowdown > 0.0 && self.slowdown <= MAX_SLOWDOWN) {
             bail!(
-                "--slowdown must be a positive number, got {}",
+                "--slowdown must be a number above 0 and at most {MAX_SLOWDOWN}, got {}",
                 self.slowdown
             );
         }
@@ -303,6 +325,10 @@ pub struct VentilatorArgs {
     /// Seconds to wait for those workers, and for the sink, before giving up.
     #[arg(long, default_value_t = 60.0)]
     pub wait_timeout: f64,
+    /// Seconds of silence from the sink, during a batch, after which the ventilator stops
+    /// with a message instead of waiting for it forever.
+    #[arg(long, default_value_t = 60.0)]
+    pub sink_timeout: f64,
     /// Tell the workers to exit when the batch is complete (the Guide's KILL).
     #[arg(long)]
     pub shutdown_workers: bool,
@@ -375,6 +401,10 @@ pub struct SinkArgs {
     pub control_bind: String,
 }
 
+/// Largest `--slowdown`: an hour's task then sleeps about 114 years, which a `Duration`
+/// still holds.
+const MAX_SLOWDOWN: f64 = 1e6;
+
 fn parse_hex_u64(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16)
         .map_err(|e| format!("expected a hexadecimal batch id: {e}"))
@@ -398,7 +428,7 @@ pub fn main() -> i32 {
     }
     let outcome = dispatch(cli);
     if shutdown::interrupted() || outcome.as_ref().is_err_and(shutdown::Interrupted::is) {
-        return 130;
+        return shutdown::exit_status();
     }
     match outcome {
         Ok(code) => code,
@@ -524,6 +554,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         seed: args.batch.seed,
         window: args.dispatch.window,
         max_window: args.dispatch.max_window,
+        backup: args.dispatch.backup()?,
         heartbeat,
         ..VentilatorConfig::local(batch, args.batch.job(args.verify.percent()))
     };
@@ -573,6 +604,8 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         window: args.dispatch.window,
         max_window: args.dispatch.max_window,
         heartbeat: args.heartbeat.heartbeat(),
+        backup: args.dispatch.backup()?,
+        sink_timeout: seconds(args.sink_timeout, "--sink-timeout")?,
         shutdown_workers: args.shutdown_workers,
         batch_id: args.batch_id,
         resume: args.resume,

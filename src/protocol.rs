@@ -206,6 +206,9 @@ pub enum Message {
         batch: u64,
         /// Random per ventilator process: a new one means the ventilator restarted.
         session: u64,
+        /// When the batch started (the ventilator's first announcement), ms since the Unix
+        /// epoch: a sink that learns the batch late still reports the true elapsed time.
+        started_unix_ms: u64,
         task_count: u32,
         expected_ms: u64,
         longest_ms: u32,
@@ -340,6 +343,7 @@ impl Message {
             Message::Batch {
                 batch,
                 session,
+                started_unix_ms,
                 task_count,
                 expected_ms,
                 longest_ms,
@@ -347,6 +351,7 @@ impl Message {
             } => {
                 w.u64(*batch);
                 w.u64(*session);
+                w.u64(*started_unix_ms);
                 w.u32(*task_count);
                 w.u64(*expected_ms);
                 w.u32(*longest_ms);
@@ -469,6 +474,7 @@ impl Message {
             8 => Message::Batch {
                 batch: r.u64()?,
                 session: r.u64()?,
+                started_unix_ms: r.u64()?,
                 task_count: r.u32()?,
                 expected_ms: r.u64()?,
                 longest_ms: r.u32()?,
@@ -802,6 +808,7 @@ mod tests {
             Message::Batch {
                 batch: 7,
                 session: 99,
+                started_unix_ms: 1_800_000_000_000,
                 task_count: 100,
                 expected_ms: 5050,
                 longest_ms: 100,

@@ -1,28 +1,57 @@
-//! Shutdown: the one signal every long-running loop checks. A first Ctrl-C asks every role
-//! to finish cleanly (workers say goodbye so their tasks are handed on); a second exits at
-//! once with status 130. With the `termination` feature of ctrlc, SIGTERM and SIGHUP are
-//! handled the same way. Loops poll with bounded timeouts so a request is seen promptly.
+//! Shutdown: the one signal every long-running loop checks. A first Ctrl-C (SIGINT) or
+//! SIGTERM (what `kill` and systemd send) asks every role to finish cleanly (workers say
+//! goodbye so their tasks are handed on, a sink syncs its results); a second exits at once.
+//! The exit status is 128 + the first signal's number: 130 for SIGINT, 143 for SIGTERM.
+//! Loops poll with bounded timeouts so a request is seen promptly.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
-static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+/// The first stop signal received, 0 before any.
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// Installs the handler for Ctrl-C (SIGINT), SIGTERM and SIGHUP. Call once, from `main`.
+/// Installs the handler for SIGINT and SIGTERM: a thread that hears them. Call once, from
+/// `main`.
 pub fn install_ctrl_c() -> anyhow::Result<()> {
-    ctrlc::set_handler(|| {
-        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
-            eprintln!("conquer: error: interrupted twice, exiting now");
-            std::process::exit(130);
-        }
-        eprintln!("conquer: interrupted, finishing (Ctrl-C again to exit at once)");
-    })
-    .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = if signal == SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "Ctrl-C"
+                };
+                match FIRST_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => eprintln!(
+                        "conquer: interrupted ({name}), finishing ({name} again to exit at once)"
+                    ),
+                    Err(first) => {
+                        eprintln!("conquer: error: interrupted twice, exiting now");
+                        std::process::exit(128 + first);
+                    }
+                }
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }
 
-/// Whether Ctrl-C was pressed.
+/// Whether Ctrl-C or SIGTERM arrived.
 pub fn interrupted() -> bool {
-    INTERRUPTS.load(Ordering::SeqCst) > 0
+    FIRST_SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+/// The exit status for an interrupted run: 128 + the first signal (130 when the stop
+/// came from within, such as a failing role of a one-process run).
+pub fn exit_status() -> i32 {
+    match FIRST_SIGNAL.load(Ordering::SeqCst) {
+        0 => 130,
+        signal => 128 + signal,
+    }
 }
 
 /// The error a role returns when it stopped because it was asked to (Ctrl-C, SIGTERM, or

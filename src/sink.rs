@@ -73,6 +73,20 @@ pub struct Sink {
     recovered: Option<RecoveredResults>,
 }
 
+/// A batch as the ventilator announces it.
+struct Announced {
+    id: u64,
+    session: u64,
+    started_unix_ms: u64,
+    task_count: u32,
+    expected_ms: u64,
+    longest_ms: u32,
+    verifies: bool,
+}
+
+/// A day in ms: a batch start further back than this is taken for a clock error.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
 /// A worker that greeted this sink: who holds the name, and since when it is silent.
 struct Peer {
     routing_id: Vec<u8>,
@@ -176,8 +190,11 @@ struct Collector {
     show_progress: bool,
 }
 
-/// Most results held back while the sink waits to learn its batch.
+/// Most results held back while the sink waits to learn its batch (41 bytes each on the
+/// wire, about 64 in memory: 64 MiB at most).
 const MAX_EARLY_RESULTS: usize = 1 << 20;
+/// Most messages held back meanwhile, however few results each carries.
+const MAX_EARLY_MESSAGES: usize = 1 << 14;
 
 impl Sink {
     pub fn bind(ctx: &zmq::Context, config: SinkConfig) -> anyhow::Result<Sink> {
@@ -504,20 +521,27 @@ impl Collector {
             Message::Batch {
                 batch: id,
                 session,
+                started_unix_ms,
                 task_count,
                 expected_ms,
                 longest_ms,
                 job,
             } => match &mut self.batch {
+                None if task_count == 0 => {
+                    self.reject(&peer, format!("batch {id:016x} of no tasks"));
+                }
                 None => self.adopt(
                     socket,
                     peer,
-                    id,
-                    session,
-                    task_count,
-                    expected_ms,
-                    longest_ms,
-                    job.verify_percent > 0,
+                    Announced {
+                        id,
+                        session,
+                        started_unix_ms,
+                        task_count,
+                        expected_ms,
+                        longest_ms,
+                        verifies: job.verify_percent > 0,
+                    },
                 )?,
                 Some(b) if b.id == id => {
                     b.ventilator = peer.clone();
@@ -564,19 +588,37 @@ impl Collector {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn adopt(
         &mut self,
         socket: &zmq::Socket,
         peer: Vec<u8>,
-        id: u64,
-        session: u64,
-        task_count: u32,
-        expected_ms: u64,
-        longest_ms: u32,
-        verifies: bool,
+        announced: Announced,
     ) -> anyhow::Result<()> {
+        let Announced {
+            id,
+            session,
+            started_unix_ms,
+            task_count,
+            expected_ms,
+            longest_ms,
+            verifies,
+        } = announced;
         let task_count = task_count as usize;
+        // The batch's clock runs from its start at the ventilator, so a sink that joins a
+        // batch late (restarted without a results file) reports the true elapsed time. A
+        // start in the future or over a day ago (clocks apart) is not believed.
+        let now_unix_ms = unix_ms();
+        let since = now_unix_ms.saturating_sub(started_unix_ms);
+        let (started_unix_ms, started) = if started_unix_ms <= now_unix_ms && since < DAY_MS {
+            (
+                started_unix_ms,
+                Instant::now()
+                    .checked_sub(Duration::from_millis(since))
+                    .unwrap_or_else(Instant::now),
+            )
+        } else {
+            (now_unix_ms, Instant::now())
+        };
         let mut b = BatchState {
             id,
             task_count,
@@ -585,8 +627,8 @@ impl Collector {
             longest_ms,
             held: vec![0; task_count.div_ceil(64)],
             held_count: 0,
-            started_unix_ms: unix_ms(),
-            started: Instant::now(),
+            started_unix_ms,
+            started,
             ventilator: peer.clone(),
             session,
             finished: None,
@@ -665,10 +707,26 @@ impl Collector {
         worker: &WorkerInfo,
         results: &[TaskResult],
     ) -> anyhow::Result<()> {
-        if self.batch.is_none() && self.early_count + results.len() <= MAX_EARLY_RESULTS {
-            self.early_count += results.len();
-            self.early
-                .push((peer.to_vec(), id, worker.clone(), results.to_vec()));
+        if results.is_empty() {
+            self.reject(peer, "a results message with no results".into());
+            return Ok(());
+        }
+        if self.batch.is_none() {
+            // Held back until the batch is announced, within bounds on results and messages;
+            // beyond them dropped and counted (their workers send them again once the batch
+            // is known, since the ventilator hands out what the sink does not hold).
+            if self.early_count + results.len() <= MAX_EARLY_RESULTS
+                && self.early.len() < MAX_EARLY_MESSAGES
+            {
+                self.early_count += results.len();
+                self.early
+                    .push((peer.to_vec(), id, worker.clone(), results.to_vec()));
+            } else {
+                self.reject(
+                    peer,
+                    "results before any batch, beyond what is held back".into(),
+                );
+            }
             return Ok(());
         }
         let Some(b) = self.batch.as_mut().filter(|b| b.id == id) else {

@@ -50,7 +50,31 @@ pub struct VentilatorConfig {
     pub announce: bool,
     /// Records when each task is sent, for latency benchmarks.
     pub timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
+    /// When a task held too long is given to another worker as a backup.
+    pub backup: Backup,
+    /// Longest silence from the sink, during a batch, before the ventilator gives up.
+    pub sink_timeout: Duration,
 }
+
+/// Backup tasks for stragglers: a task held longer than `factor` times what its worker's
+/// measured speed predicts, plus `slack`, is handed to another worker too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backup {
+    pub factor: f64,
+    pub slack: Duration,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            factor: 4.0,
+            slack: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How long a ventilator waits for a sink that does not answer during a batch.
+pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl VentilatorConfig {
     /// Settings for running `batch` inside one process (`conquer run`, benchmarks, tests):
@@ -73,6 +97,8 @@ impl VentilatorConfig {
             resume: false,
             announce: false,
             timeline: None,
+            backup: Backup::default(),
+            sink_timeout: DEFAULT_SINK_TIMEOUT,
         }
     }
 }
@@ -102,6 +128,9 @@ enum TaskState {
 }
 
 const NO_OWNER: u32 = u32::MAX;
+/// Most tasks a worker's own window hint (a GPU's pipeline depth) can earn it; a peer that
+/// asks for more gets this many. `--window` above it wins.
+const MAX_HINTED_WINDOW: u32 = 16;
 /// How often a ventilator waiting for workers repeats what it waits for.
 const WAIT_REMINDER: Duration = Duration::from_secs(5);
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
@@ -117,6 +146,32 @@ struct WorkerSlot {
     assigned: u32,
     /// Sum of their workloads.
     assigned_ms: u64,
+    /// Tasks handed to it, in order, with when: what it may still hold (entries go stale
+    /// when a task is held or handed elsewhere, and are dropped from the front). Losing the
+    /// worker costs what it held, not a scan of the batch; its oldest task tells whether it
+    /// straggles.
+    given: VecDeque<(Instant, u32)>,
+    /// Measured wall time per nominal ms of workload (smoothed), from its reports.
+    us_per_ms: Option<f64>,
+    /// A task of its was given to another worker as a backup: no new tasks until it
+    /// reports again.
+    stalled: bool,
+}
+
+impl WorkerSlot {
+    fn new(routing_id: Vec<u8>, info: WorkerInfo) -> WorkerSlot {
+        WorkerSlot {
+            routing_id,
+            info,
+            alive: true,
+            last_seen: Instant::now(),
+            assigned: 0,
+            assigned_ms: 0,
+            given: VecDeque::new(),
+            us_per_ms: None,
+            stalled: false,
+        }
+    }
 }
 
 /// A ventilator with its socket bound, ready to run.
@@ -140,7 +195,8 @@ impl Ventilator {
         if crate::kernels::spin::invocations(longest, config.job.units_per_ms).is_none() {
             bail!(
                 "the longest task ({longest} ms) at --units-per-ms {} needs more than 2^32 shader \
-                 invocations; lower --units-per-ms or --max-ms",
+                 invocations on compute backends; lower --units-per-ms, or shorten the longest task \
+                 (--max-ms, or the tasks file)",
                 config.job.units_per_ms
             );
         }
@@ -191,6 +247,7 @@ impl Ventilator {
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             batch_id,
             session: rand::random(),
+            started_unix_ms: crate::worker::unix_ms(),
             timeline: self.config.timeline.clone(),
             job: self.config.job,
             resync: None,
@@ -200,6 +257,9 @@ impl Ventilator {
             reported_log: VecDeque::new(),
             endpoint: self.endpoint.clone(),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
+            gone_log: RateLimited::new(5, Duration::from_secs(1)),
+            backup: self.config.backup,
+            backups: 0,
         };
         let expected_ms = self.config.batch.expected_ms();
         if self.config.announce {
@@ -285,6 +345,7 @@ impl Ventilator {
         Ok(Message::Batch {
             batch: state.batch_id,
             session: state.session,
+            started_unix_ms: state.started_unix_ms,
             task_count: u32::try_from(state.tasks.len()).context("batch too large")?,
             expected_ms: self.config.batch.expected_ms(),
             longest_ms: self.config.batch.longest_ms(),
@@ -324,7 +385,8 @@ impl Ventilator {
                             if held > 0 && !self.config.resume {
                                 bail!(
                                     "the sink already holds {held} results of batch {batch:016x}: pass --resume \
-                                     to finish that batch, or --batch-id to run it afresh"
+                                     to finish that batch, or start a new sink (`conquer sink --overwrite` on \
+                                     its results file) to run it afresh"
                                 );
                             }
                             if held > 0 {
@@ -427,6 +489,7 @@ impl Ventilator {
                 state.heartbeat_workers(&self.tasks_socket);
                 state.expire_silent_workers(&self.tasks_socket);
                 state.finish_resync_if_stale();
+                state.back_up_stragglers();
                 // Results a worker reports done that never reach a sink that answers: the
                 // worker's way to the sink is broken. Name it and hand its tasks on.
                 if heard_from_sink.elapsed() < self.config.heartbeat.timeout() {
@@ -434,6 +497,17 @@ impl Ventilator {
                 }
                 // The sink only speaks when results arrive; silence while workers report
                 // tasks done means it is gone or unreachable.
+                if heard_from_sink.elapsed() > self.config.sink_timeout {
+                    bail!(
+                        "no word from the sink at {} for {:.0} s (--sink-timeout): it is gone or \
+                         unreachable; {} of {} tasks are held there. Start it again (with --results F \
+                         --resume if it wrote results) and restart this ventilator with --resume",
+                        self.config.sink,
+                        heard_from_sink.elapsed().as_secs_f64(),
+                        state.held,
+                        state.tasks.len()
+                    );
+                }
                 let reported = state.state.contains(&TaskState::Reported);
                 if reported
                     && !sink_silence_said
@@ -530,6 +604,8 @@ struct Dispatcher {
     batch_id: u64,
     /// Random per run: lets the sink tell a restarted ventilator from a repeated announcement.
     session: u64,
+    /// When this ventilator started the batch, ms since the epoch (travels with it).
+    started_unix_ms: u64,
     timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
     job: Job,
     /// After a sink restart: how many held results it announced, and since when we wait for
@@ -544,6 +620,11 @@ struct Dispatcher {
     /// The tasks endpoint, for messages to peers.
     endpoint: String,
     refuse_log: RateLimited,
+    /// Workers lost or backed up: summarised when many go at once.
+    gone_log: RateLimited,
+    backup: Backup,
+    /// Tasks given to another worker as backups for a straggler.
+    backups: u64,
 }
 
 impl Dispatcher {
@@ -671,6 +752,7 @@ impl Dispatcher {
                     worker.alive = true;
                     worker.assigned = 0;
                     worker.assigned_ms = 0;
+                    worker.stalled = false;
                     let _ = send_to(socket, &routing_id, &beat);
                 }
                 worker.info = info;
@@ -704,14 +786,7 @@ impl Dispatcher {
                 let _ = send_to(socket, &routing_id, &beat);
                 self.by_routing_id
                     .insert(routing_id.clone(), self.workers.len());
-                self.workers.push(WorkerSlot {
-                    routing_id,
-                    info,
-                    alive: true,
-                    last_seen: Instant::now(),
-                    assigned: 0,
-                    assigned_ms: 0,
-                });
+                self.workers.push(WorkerSlot::new(routing_id, info));
             }
         }
     }
@@ -777,6 +852,7 @@ impl Dispatcher {
             // sink, which drops the duplicates.
             return;
         }
+        self.workers[slot].stalled = false;
         for d in done {
             let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.tasks.len()) else {
                 self.reject(
@@ -793,6 +869,7 @@ impl Dispatcher {
                 continue; // already reported or handed to another worker
             }
             self.release(slot, index);
+            self.learn_rate(slot, self.tasks[index].workload_ms, d.wall_us);
             if d.status == Status::Failed {
                 log::warn!(
                     "worker {} failed task {}; handing it to another worker",
@@ -837,24 +914,115 @@ impl Dispatcher {
     }
 
     /// A worker is gone: every task it held that the sink does not hold goes to others.
+    /// Costs what the worker was given and not yet seen held, never a scan of the batch.
     fn lose_worker(&mut self, slot: usize) {
         self.workers[slot].alive = false;
         self.workers[slot].assigned = 0;
         self.workers[slot].assigned_ms = 0;
+        let given = std::mem::take(&mut self.workers[slot].given);
         let mut handed_on = 0;
-        // Walk backwards so the requeued tasks keep their dispatch order at the front.
-        for index in (0..self.tasks.len()).rev() {
-            if self.owner[index] == slot as u32
-                && matches!(self.state[index], TaskState::Assigned | TaskState::Reported)
+        // Backwards, so the requeued tasks keep their dispatch order at the front.
+        for &(_, index) in given.iter().rev() {
+            let i = index as usize;
+            if self.owner[i] == slot as u32
+                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported)
             {
-                self.requeue(index);
+                self.requeue(i);
                 handed_on += 1;
             }
         }
-        log::warn!(
-            "worker {} is gone; handing its {handed_on} unfinished tasks to other workers",
-            self.workers[slot].info.name
-        );
+        let name = crate::logging::printable(&self.workers[slot].info.name).into_owned();
+        self.gone_log.warn(|| {
+            format!(
+                "worker {name} is gone; handing its {handed_on} unfinished tasks to other workers"
+            )
+        });
+    }
+
+    /// Folds a report's wall time into the worker's measured speed.
+    fn learn_rate(&mut self, slot: usize, workload_ms: u32, wall_us: u32) {
+        if workload_ms == 0 {
+            return;
+        }
+        let sample = f64::from(wall_us) / f64::from(workload_ms);
+        let rate = &mut self.workers[slot].us_per_ms;
+        *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
+    }
+
+    /// How long `slot` may hold a task of `workload_ms` before another worker is given a
+    /// backup: `factor` times what its measured speed predicts (nominal speed until it
+    /// reports), plus the slack.
+    fn straggle_bound(&self, slot: usize, workload_ms: u32) -> Duration {
+        let us_per_ms = self.workers[slot].us_per_ms.unwrap_or(1000.0).max(1000.0);
+        let expected_us = us_per_ms * f64::from(workload_ms) * self.backup.factor;
+        self.backup.slack + Duration::from_secs_f64(expected_us.min(1e12) / 1e6)
+    }
+
+    /// Drops the front entries of a worker's list that no longer name a task it holds.
+    fn prune_given(&mut self, slot: usize) {
+        while let Some(&(_, index)) = self.workers[slot].given.front() {
+            let i = index as usize;
+            let ours = self.owner[i] == slot as u32
+                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported);
+            if ours {
+                break;
+            }
+            self.workers[slot].given.pop_front();
+        }
+    }
+
+    /// A task held far longer than its worker's speed predicts, by a worker that still
+    /// heartbeats (a straggler, or a worker whose task thread is stuck), is handed to
+    /// another worker as a backup, as MapReduce does: the first result wins and the other
+    /// is a duplicate. The straggler gets no new tasks until it reports again. Looks at
+    /// each worker's oldest task only.
+    fn back_up_stragglers(&mut self) {
+        if self.alive_workers() < 2 {
+            return;
+        }
+        for slot in 0..self.workers.len() {
+            if !self.workers[slot].alive {
+                continue;
+            }
+            self.prune_given(slot);
+            let Some(&(given_at, index)) = self.workers[slot].given.front() else {
+                continue;
+            };
+            let i = index as usize;
+            if self.state[i] != TaskState::Assigned {
+                continue;
+            }
+            let bound = self.straggle_bound(slot, self.tasks[i].workload_ms);
+            if given_at.elapsed() <= bound {
+                continue;
+            }
+            // Every task it still holds unreported goes out again, oldest first.
+            let held: Vec<u32> = self.workers[slot]
+                .given
+                .iter()
+                .map(|&(_, index)| index)
+                .filter(|&index| {
+                    self.owner[index as usize] == slot as u32
+                        && self.state[index as usize] == TaskState::Assigned
+                })
+                .collect();
+            for &index in held.iter().rev() {
+                self.release(slot, index as usize);
+                self.requeue(index as usize);
+            }
+            self.workers[slot].stalled = true;
+            self.backups += held.len() as u64;
+            let name = crate::logging::printable(&self.workers[slot].info.name).into_owned();
+            let count = held.len();
+            self.gone_log.warn(|| {
+                format!(
+                    "worker {name} has held task {index} for {:.1} s (bound {:.1} s) while it heartbeats; \
+                     handing its {count} unreported tasks to other workers as backups",
+                    given_at.elapsed().as_secs_f64(),
+                    bound.as_secs_f64()
+                )
+            });
+        }
     }
 
     /// The sink acknowledged the batch again: it restarted and holds only `held` results
@@ -949,11 +1117,10 @@ impl Dispatcher {
         let timeout = self.heartbeat.timeout();
         for slot in 0..self.workers.len() {
             if self.workers[slot].alive && self.workers[slot].last_seen.elapsed() > timeout {
-                log::warn!(
-                    "worker {} silent for {:.1} s; declaring it gone",
-                    self.workers[slot].info.name,
-                    self.workers[slot].last_seen.elapsed().as_secs_f64()
-                );
+                let name = crate::logging::printable(&self.workers[slot].info.name).into_owned();
+                let silent = self.workers[slot].last_seen.elapsed().as_secs_f64();
+                self.gone_log
+                    .warn(|| format!("worker {name} silent for {silent:.1} s; declaring it gone"));
                 self.lose_worker(slot);
             }
         }
@@ -965,15 +1132,25 @@ impl Dispatcher {
     /// of a batch the last tasks wait here for whichever worker frees up first, instead of
     /// queueing behind a busy one while another idles. Tasks that cost nothing stream up to
     /// the larger cap, since they cannot make a tail.
+    ///
+    /// Whatever a worker asks for, it never holds more than its window (its pipeline depth,
+    /// capped at [`MAX_HINTED_WINDOW`] or `--window` if larger), and never more than its
+    /// share of what is left; a worker whose task was backed up gets nothing until it
+    /// reports again.
     fn has_credit(&self, slot: usize, task: &Task, alive: usize) -> bool {
         let worker = &self.workers[slot];
+        if worker.stalled {
+            return false;
+        }
         if worker.assigned == 0 {
             return true;
         }
         if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
-            return worker.assigned < self.max_window;
+            let share = self.pending_count.div_ceil(alive.max(1));
+            return worker.assigned < self.max_window && (worker.assigned as usize) < share.max(1);
         }
-        let window = self.window.max(u32::from(worker.info.window_hint));
+        let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
+        let window = self.window.max(hinted);
         worker.assigned < window && self.pending_count > alive
     }
 
@@ -1021,6 +1198,7 @@ impl Dispatcher {
                 again[slot].push(self.state[id as usize] == TaskState::Requeued);
                 self.state[id as usize] = TaskState::Assigned;
                 self.owner[id as usize] = slot as u32;
+                self.workers[slot].given.push_back((Instant::now(), id));
                 self.workers[slot].assigned += 1;
                 self.workers[slot].assigned_ms += u64::from(task.workload_ms);
                 outgoing[slot].push(task);

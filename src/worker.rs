@@ -580,6 +580,14 @@ fn decode_single(frames: Vec<Vec<u8>>) -> Result<Message, String> {
 
 /// Longest a finished outcome waits in the executor for company before it is sent.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// Test hook: set to `panic` to make the task thread panic on its first task, as a broken
+/// backend would.
+const FAULT_VAR: &str = "CONQUER_TEST_FAULT";
+
+fn fault_injected() -> bool {
+    std::env::var(FAULT_VAR).is_ok_and(|v| v == "panic")
+}
+
 /// Heartbeat timeouts without a word from the sink after which a worker stops taking
 /// tasks: generous, since a sink working through a backlog answers late.
 const SINK_LOSS_TIMEOUTS: u32 = 2;
@@ -653,21 +661,39 @@ fn execute(
                 }
             }
         };
-        backend.run(&job, &mut next, &mut |outcome| {
-            buffer.push(Finished {
-                batch,
-                outcome,
-                finished_unix_ms: unix_ms(),
-            });
-            if outcome.wall_us >= FLUSH_AT_US
-                || buffer.len() >= FLUSH_COUNT
-                || last_flush.elapsed() >= FLUSH_AFTER
-            {
-                flush(&mut buffer, &mut last_flush);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if fault_injected() {
+                panic!("injected fault ({FAULT_VAR}=panic)");
             }
-        });
+            backend.run(&job, &mut next, &mut |outcome| {
+                buffer.push(Finished {
+                    batch,
+                    outcome,
+                    finished_unix_ms: unix_ms(),
+                });
+                if outcome.wall_us >= FLUSH_AT_US
+                    || buffer.len() >= FLUSH_COUNT
+                    || last_flush.elapsed() >= FLUSH_AFTER
+                {
+                    flush(&mut buffer, &mut last_flush);
+                }
+            })
+        }));
         flush(&mut buffer, &mut last_flush);
-        if let Err(reason) = backend.healthy() {
+        // A panic in the task thread or a backend that can run nothing more takes the whole
+        // worker out (goodbye, non-zero exit): never a zombie that heartbeats on its tasks.
+        let broken = match ran {
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                Some(format!("the task thread panicked: {what}"))
+            }
+            Ok(()) => backend.healthy().err(),
+        };
+        if let Some(reason) = broken {
             log::error!("{reason}");
             if let Ok(mut failure) = failure.lock() {
                 *failure = Some(reason);

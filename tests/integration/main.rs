@@ -6,6 +6,7 @@ mod classic;
 mod failures;
 mod faults;
 mod gpu;
+mod hostile;
 mod mistakes;
 mod netcut;
 mod pipeline;
