@@ -31,7 +31,7 @@ pub struct Cli {
     pub verbose: u8,
     /// Log filter in `target=level` form, added to what -v sets (e.g. `wgpu_hal=info`);
     /// other crates log only when named here or in RUST_LOG.
-    #[arg(long, value_name = "FILTER", global = true)]
+    #[arg(long, env = "CONQUER_LOG", value_name = "FILTER", global = true)]
     pub log: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -51,11 +51,31 @@ pub enum Command {
     Sink(SinkArgs),
     /// Benchmarks: scaling, backends, classic vs credit, throughput, latency, devices.
     Bench(crate::bench::BenchArgs),
-    /// What this machine offers: libzmq version and GPU adapters.
-    Info,
+    /// What this machine offers: libzmq version, GPU adapters, and why no GPU is visible.
+    Info(InfoArgs),
+    /// Print a shell completion script: `conquer completions bash > /etc/bash_completion.d/conquer`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `conquer man | man -l -`; with --dir, write one page per
+    /// command there (conquer.1, conquer-run.1, …).
+    Man {
+        /// Folder to write every command's page into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Measure how many kernel work units one CPU core does per ms (the `cpu` backend):
     /// pass the figure as --units-per-ms so that sleep's millisecond is one core's.
     Calibrate(CalibrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -87,7 +107,7 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Read the batch from a file instead: one workload in ms per line, `#` comments.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["tasks", "min_ms", "max_ms"])]
+    #[arg(long, env = "CONQUER_TASKS_FILE", value_name = "FILE", conflicts_with_all = ["tasks", "min_ms", "max_ms"])]
     pub tasks_file: Option<PathBuf>,
     /// Order in which tasks are handed out.
     #[arg(long, value_enum, default_value_t = Order::LongestFirst)]
@@ -96,7 +116,7 @@ pub struct BatchArgs {
     #[arg(long, value_enum, default_value_t = Kernel::Spin)]
     pub kernel: Kernel,
     /// Kernel work units (spin: shader invocations of 256 hash rounds) per ms of workload.
-    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
+    #[arg(long, env = "CONQUER_UNITS_PER_MS", default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
     pub units_per_ms: u32,
 }
 
@@ -143,7 +163,7 @@ impl VerifyArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DispatchArgs {
     /// Tasks a worker may hold at once; it gets more as it finishes.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    #[arg(long, env = "CONQUER_WINDOW", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub window: u32,
     /// Cap on tasks a worker may hold while the tasks cost nothing (zero-ms workloads).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65535))]
@@ -176,10 +196,10 @@ impl DispatchArgs {
 #[derive(Args, Debug, Clone)]
 pub struct HeartbeatArgs {
     /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(long, env = "CONQUER_HEARTBEAT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub heartbeat_ms: u64,
     /// Missed heartbeats after which a peer is declared gone.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    #[arg(long, env = "CONQUER_LIVENESS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub liveness: u32,
 }
 
@@ -196,16 +216,16 @@ impl HeartbeatArgs {
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
     /// Backend: auto takes a hardware GPU if there is one, else sleep.
-    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    #[arg(long, env = "CONQUER_BACKEND", value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
     /// Sleep backend only: multiply every workload, to emulate a slower machine.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "CONQUER_SLOWDOWN", default_value_t = 1.0)]
     pub slowdown: f64,
     /// GPU adapter to use: its index in `conquer info`, or part of its name.
-    #[arg(long, value_name = "NAME|INDEX")]
+    #[arg(long, env = "CONQUER_ADAPTER", value_name = "NAME|INDEX")]
     pub adapter: Option<String>,
     /// GPU: tasks in flight at once on the device.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "CONQUER_GPU_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub gpu_slots: u16,
     /// GPU: most shader invocations per dispatch; larger tasks are split into several.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
@@ -244,7 +264,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub json: bool,
     /// Write one record per task to FILE as results arrive (.csv for CSV, else JSON Lines).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "CONQUER_RESULTS", value_name = "FILE")]
     pub results: Option<PathBuf>,
     /// Format of --results, overriding the extension.
     #[arg(long, value_enum, requires = "results")]
@@ -255,7 +275,7 @@ pub struct ReportArgs {
 pub struct OverwriteArgs {
     /// Replace a --results file that already holds records (without it such a file is
     /// refused, never wiped).
-    #[arg(long, requires = "results")]
+    #[arg(long, env = "CONQUER_OVERWRITE", requires = "results")]
     pub overwrite: bool,
 }
 
@@ -263,7 +283,12 @@ pub struct OverwriteArgs {
 pub struct ResumeArgs {
     /// Continue the batch recorded in --results after a crash: results the file holds are
     /// not redone and not counted twice. A file that holds the whole batch is reported.
-    #[arg(long, requires = "results", conflicts_with = "overwrite")]
+    #[arg(
+        long,
+        env = "CONQUER_RESUME",
+        requires = "results",
+        conflicts_with = "overwrite"
+    )]
     pub resume: bool,
 }
 
@@ -308,10 +333,10 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 pub struct VentilatorArgs {
     /// Endpoint the tasks socket binds; workers connect here.
-    #[arg(long, default_value = "tcp://*:5557")]
+    #[arg(long, env = "CONQUER_VENTILATOR_BIND", default_value = "tcp://*:5557")]
     pub bind: String,
     /// The sink's endpoint.
-    #[arg(long, default_value = "tcp://localhost:5558")]
+    #[arg(long, env = "CONQUER_SINK", default_value = "tcp://localhost:5558")]
     pub sink: String,
     #[command(flatten)]
     pub batch: BatchArgs,
@@ -320,14 +345,14 @@ pub struct VentilatorArgs {
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
     /// Wait until this many workers are connected and ready before starting (0: start at once).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "CONQUER_WAIT_WORKERS", default_value_t = 1)]
     pub wait_workers: usize,
     /// Seconds to wait for those workers, and for the sink, before giving up.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, env = "CONQUER_WAIT_TIMEOUT", default_value_t = 60.0)]
     pub wait_timeout: f64,
     /// Seconds of silence from the sink, during a batch, after which the ventilator stops
     /// with a message instead of waiting for it forever.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, env = "CONQUER_SINK_TIMEOUT", default_value_t = 60.0)]
     pub sink_timeout: f64,
     /// Tell the workers to exit when the batch is complete (the Guide's KILL).
     #[arg(long)]
@@ -349,18 +374,22 @@ pub struct VentilatorArgs {
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The ventilator's tasks endpoint.
-    #[arg(long, default_value = "tcp://localhost:5557")]
+    #[arg(
+        long,
+        env = "CONQUER_VENTILATOR",
+        default_value = "tcp://localhost:5557"
+    )]
     pub ventilator: String,
     /// The sink's results endpoint.
-    #[arg(long, default_value = "tcp://localhost:5558")]
+    #[arg(long, env = "CONQUER_SINK", default_value = "tcp://localhost:5558")]
     pub sink: String,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Worker name in reports (default host-pid-0); must be unique among workers.
-    #[arg(long)]
+    #[arg(long, env = "CONQUER_NAME")]
     pub name: Option<String>,
     /// Exit after the first batch completes (default: stay up for the next batch).
-    #[arg(long)]
+    #[arg(long, env = "CONQUER_EXIT_WHEN_DONE")]
     pub exit_when_done: bool,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
@@ -379,7 +408,7 @@ pub struct WorkerArgs {
 #[derive(Args, Debug)]
 pub struct SinkArgs {
     /// Endpoint the results socket binds; workers and the ventilator connect here.
-    #[arg(long, default_value = "tcp://*:5558")]
+    #[arg(long, env = "CONQUER_SINK_BIND", default_value = "tcp://*:5558")]
     pub bind: String,
     #[command(flatten)]
     pub report: ReportArgs,
@@ -450,7 +479,9 @@ fn role_of(command: Option<&Command>) -> String {
         ),
         Some(Command::Sink(_)) => "sink".into(),
         Some(Command::Bench(_)) => "bench".into(),
-        Some(Command::Info) => "info".into(),
+        Some(Command::Info(_)) => "info".into(),
+        Some(Command::Completions { .. }) => "completions".into(),
+        Some(Command::Man { .. }) => "man".into(),
         Some(Command::Calibrate(_)) => "calibrate".into(),
     }
 }
@@ -502,8 +533,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Worker(args) => work(args, &shutdown),
         Command::Sink(args) => sink(args, &shutdown),
         Command::Bench(args) => crate::bench::run(args, &shutdown),
-        Command::Info => {
-            info()?;
+        Command::Info(args) => {
+            info(args.json)?;
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "conquer", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    clap_mangen::generate_to(command, &dir).with_context(|| {
+                        format!("cannot write man pages into {}", dir.display())
+                    })?;
+                }
+                None => clap_mangen::Man::new(command)
+                    .render(&mut std::io::stdout())
+                    .context("writing the man page")?,
+            }
             Ok(0)
         }
         Command::Calibrate(args) => {
@@ -675,8 +727,15 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     Ok(if report.mismatches > 0 { 1 } else { 0 })
 }
 
-fn info() -> anyhow::Result<()> {
+fn info(json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &backend::info_report())
+            .context("writing the JSON")?;
+        println!();
+        return Ok(());
+    }
     let (major, minor, patch) = zmq::version();
     println!("libzmq {major}.{minor}.{patch}");
-    backend::describe_adapters(&mut std::io::stdout()).context("listing adapters")
+    backend::describe_adapters(&mut out).context("listing adapters")
 }

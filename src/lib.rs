@@ -11,6 +11,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod classic;
 pub mod cli;
+pub mod diagnose;
 pub mod heartbeat;
 pub mod kernels;
 pub mod local;

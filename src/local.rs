@@ -29,6 +29,8 @@ pub struct LocalRun {
     /// entries join at once. The ventilator waits for `ventilator.wait_workers` of them,
     /// or for all when that is 0.
     pub join_delays: Vec<std::time::Duration>,
+    /// Told the ventilator's tasks endpoint once it is bound (benchmarks that add peers).
+    pub tasks_endpoint: Option<std::sync::mpsc::Sender<String>>,
 }
 
 impl LocalRun {
@@ -41,6 +43,7 @@ impl LocalRun {
             sink: SinkConfig::default(),
             backends,
             join_delays: Vec::new(),
+            tasks_endpoint: None,
         }
     }
 }
@@ -67,6 +70,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     run.ventilator.heartbeat = run.heartbeat;
     let ventilator = Ventilator::bind(&ctx, run.ventilator)?;
     let tasks_endpoint = ventilator.endpoint().to_owned();
+    if let Some(tx) = &run.tasks_endpoint {
+        let _ = tx.send(tasks_endpoint.clone());
+    }
     let results_endpoint = sink.endpoint().to_owned();
 
     // Every worker connects before anything runs: one that cannot start fails the run now.

@@ -131,6 +131,9 @@ const NO_OWNER: u32 = u32::MAX;
 /// Most tasks a worker's own window hint (a GPU's pipeline depth) can earn it; a peer that
 /// asks for more gets this many. `--window` above it wins.
 const MAX_HINTED_WINDOW: u32 = 16;
+/// How often, in a batch's tail, the ventilator checks that the workers holding its last
+/// tasks are still connected.
+const TAIL_PROBE: Duration = Duration::from_millis(20);
 /// How often a ventilator waiting for workers repeats what it waits for.
 const WAIT_REMINDER: Duration = Duration::from_secs(5);
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
@@ -156,6 +159,10 @@ struct WorkerSlot {
     /// A task of its was given to another worker as a backup: no new tasks until it
     /// reports again.
     stalled: bool,
+    /// Whether it ever reported a task done: until then it is on probation and gets no
+    /// more than `--window` tasks, even of zero-work streams, so a flood of peers that greet
+    /// and vanish costs a few tasks each.
+    proven: bool,
 }
 
 impl WorkerSlot {
@@ -170,6 +177,7 @@ impl WorkerSlot {
             given: VecDeque::new(),
             us_per_ms: None,
             stalled: false,
+            proven: false,
         }
     }
 }
@@ -356,6 +364,9 @@ impl Ventilator {
     /// Announces the batch and waits for the sink's acknowledgement and, when it already
     /// holds results (a resumed batch), for the list of them, so none is dispatched again.
     fn announce_batch(&self, state: &mut Dispatcher, shutdown: &Shutdown) -> anyhow::Result<()> {
+        // The batch starts now, when it is first announced: waiting for workers is not part
+        // of its elapsed time.
+        state.started_unix_ms = crate::worker::unix_ms();
         self.sink_socket
             .send(self.batch_message(state)?.encode(), 0)
             .context("sending the batch to the sink")?;
@@ -437,12 +448,23 @@ impl Ventilator {
         let mut idle_since: Option<Instant> = None;
         let mut heard_from_sink = Instant::now();
         let mut sink_silence_said = false;
+        let mut next_probe = Instant::now();
         loop {
             shutdown.check()?;
             state.dispatch(&self.tasks_socket);
-            let timeout = next_tick
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
+            // In the tail (nothing left to hand out), a worker that vanished holding tasks
+            // holds up the batch: look for such workers often, not once a heartbeat.
+            if state.pending_count == 0 && Instant::now() >= next_probe {
+                next_probe = Instant::now() + TAIL_PROBE;
+                state.probe_holders(&self.tasks_socket);
+            }
+            let timeout = next_tick.saturating_duration_since(Instant::now()).min(
+                if state.pending_count == 0 {
+                    TAIL_PROBE
+                } else {
+                    Duration::from_millis(100)
+                },
+            );
             let mut items = [
                 self.tasks_socket.as_poll_item(zmq::POLLIN),
                 self.sink_socket.as_poll_item(zmq::POLLIN),
@@ -490,6 +512,7 @@ impl Ventilator {
                 state.expire_silent_workers(&self.tasks_socket);
                 state.finish_resync_if_stale();
                 state.back_up_stragglers();
+                state.prune_reported_log();
                 // Results a worker reports done that never reach a sink that answers: the
                 // worker's way to the sink is broken. Name it and hand its tasks on.
                 if heard_from_sink.elapsed() < self.config.heartbeat.timeout() {
@@ -508,7 +531,8 @@ impl Ventilator {
                         state.tasks.len()
                     );
                 }
-                let reported = state.state.contains(&TaskState::Reported);
+                // Tasks reported and not yet held are at the front of the pruned log.
+                let reported = !state.reported_log.is_empty();
                 if reported
                     && !sink_silence_said
                     && heard_from_sink.elapsed() > self.config.heartbeat.timeout() * 2
@@ -791,6 +815,18 @@ impl Dispatcher {
         }
     }
 
+    /// Drops the front of the reported log while it names tasks no longer waiting for the
+    /// sink, so the log holds only what is in doubt, not every task of the batch.
+    fn prune_reported_log(&mut self) {
+        while let Some(&(_, index, slot)) = self.reported_log.front() {
+            let i = index as usize;
+            if self.state[i] == TaskState::Reported && self.owner[i] == slot {
+                break;
+            }
+            self.reported_log.pop_front();
+        }
+    }
+
     /// Workers whose reported-done tasks have not reached the sink (which answers) within
     /// the bound: told why and dropped, their tasks handed to others.
     fn refuse_undelivering_workers(&mut self, socket: &zmq::Socket, sink: &str) {
@@ -846,13 +882,16 @@ impl Dispatcher {
             );
             return;
         };
-        self.workers[slot].last_seen = Instant::now();
+        // One clock read per message, not per task.
+        let now = Instant::now();
+        self.workers[slot].last_seen = now;
         if !self.workers[slot].alive {
             // Declared gone already and its tasks handed on; its results still reach the
             // sink, which drops the duplicates.
             return;
         }
         self.workers[slot].stalled = false;
+        self.workers[slot].proven = true;
         for d in done {
             let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.tasks.len()) else {
                 self.reject(
@@ -880,7 +919,7 @@ impl Dispatcher {
             } else {
                 self.state[index] = TaskState::Reported;
                 self.reported_log
-                    .push_back((Instant::now(), index as u32, slot as u32));
+                    .push_back((now, index as u32, slot as u32));
             }
         }
     }
@@ -1113,6 +1152,23 @@ impl Dispatcher {
         }
     }
 
+    /// Sends a heartbeat to every live worker that holds tasks: one whose connection is
+    /// gone fails at once (ROUTER_MANDATORY) and its tasks go to others.
+    fn probe_holders(&mut self, socket: &zmq::Socket) {
+        let beat = Message::Heartbeat {
+            batch: self.batch_id,
+        }
+        .encode();
+        for slot in 0..self.workers.len() {
+            if self.workers[slot].alive
+                && self.workers[slot].assigned > 0
+                && send_to(socket, &self.workers[slot].routing_id, &beat) == SendOutcome::Gone
+            {
+                self.lose_worker(slot);
+            }
+        }
+    }
+
     fn expire_silent_workers(&mut self, _socket: &zmq::Socket) {
         let timeout = self.heartbeat.timeout();
         for slot in 0..self.workers.len() {
@@ -1146,8 +1202,13 @@ impl Dispatcher {
             return true;
         }
         if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
+            let cap = if worker.proven {
+                self.max_window
+            } else {
+                self.window
+            };
             let share = self.pending_count.div_ceil(alive.max(1));
-            return worker.assigned < self.max_window && (worker.assigned as usize) < share.max(1);
+            return worker.assigned < cap && (worker.assigned as usize) < share.max(1);
         }
         let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
         let window = self.window.max(hinted);
@@ -1172,18 +1233,29 @@ impl Dispatcher {
     /// longest tasks spread across workers; then one message per worker.
     fn dispatch(&mut self, socket: &zmq::Socket) {
         let slots = self.workers.len();
-        if slots == 0 {
+        if slots == 0 || self.pending_count == 0 {
             return;
         }
-        let mut outgoing: Vec<Vec<Task>> = vec![Vec::new(); slots];
-        // Which of them are handed out again, counted in `redispatched` once sent.
-        let mut again: Vec<Vec<bool>> = vec![Vec::new(); slots];
+        // The workers that may take tasks, starting with a different one each call; each
+        // round gives each of them one task, and a worker without credit drops out, so the
+        // cost is one look at each worker per call plus one per task handed out.
+        let mut entries: Vec<Outgoing> = (0..slots)
+            .map(|step| (self.next_worker + step) % slots)
+            .filter(|&slot| self.workers[slot].alive && !self.workers[slot].stalled)
+            .map(|slot| Outgoing {
+                slot,
+                tasks: Vec::new(),
+                again: Vec::new(),
+            })
+            .collect();
         let alive = self.alive_workers();
-        'rounds: loop {
-            let mut progressed = false;
-            for step in 0..slots {
-                let slot = (self.next_worker + step) % slots;
-                if !self.workers[slot].alive || outgoing[slot].len() >= MAX_ITEMS_PER_MESSAGE {
+        let now = Instant::now();
+        let mut active: Vec<usize> = (0..entries.len()).collect();
+        'rounds: while !active.is_empty() {
+            let mut still = Vec::with_capacity(active.len());
+            for &e in &active {
+                let slot = entries[e].slot;
+                if entries[e].tasks.len() >= MAX_ITEMS_PER_MESSAGE {
                     continue;
                 }
                 let Some(id) = self.peek_pending() else {
@@ -1195,21 +1267,21 @@ impl Dispatcher {
                 }
                 self.pending.pop_front();
                 self.pending_count -= 1;
-                again[slot].push(self.state[id as usize] == TaskState::Requeued);
+                entries[e]
+                    .again
+                    .push(self.state[id as usize] == TaskState::Requeued);
                 self.state[id as usize] = TaskState::Assigned;
                 self.owner[id as usize] = slot as u32;
-                self.workers[slot].given.push_back((Instant::now(), id));
+                self.workers[slot].given.push_back((now, id));
                 self.workers[slot].assigned += 1;
                 self.workers[slot].assigned_ms += u64::from(task.workload_ms);
-                outgoing[slot].push(task);
-                progressed = true;
+                entries[e].tasks.push(task);
+                still.push(e);
             }
-            if !progressed {
-                break;
-            }
+            active = still;
         }
         self.next_worker = (self.next_worker + 1) % slots;
-        for (slot, (tasks, again)) in outgoing.into_iter().zip(again).enumerate() {
+        for Outgoing { slot, tasks, again } in entries {
             if tasks.is_empty() {
                 continue;
             }
@@ -1245,6 +1317,13 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Tasks one dispatch call hands one worker, and which of them go out again.
+struct Outgoing {
+    slot: usize,
+    tasks: Vec<Task>,
+    again: Vec<bool>,
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -177,9 +177,10 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
                         "CPU (software)"
                     },
                     if kind == BackendKind::Gpu {
-                        "Use --backend software or sleep, or check the GPU driver (`conquer info`)"
+                        gpu_diagnosis(&adapters)
                     } else {
                         "Install Mesa's software Vulkan driver (Debian: mesa-vulkan-drivers) and check WGPU_BACKEND"
+                            .to_owned()
                     }
                 );
             };
@@ -187,6 +188,29 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
             say(format!("backend {}: {}", g.kind(), g.adapter()));
             Ok(Box::new(Verifier::new(Box::new(g))))
         }
+    }
+}
+
+/// Software adapters among `adapters`, described.
+pub fn software_adapters(adapters: &[wgpu::Adapter]) -> Vec<String> {
+    adapters
+        .iter()
+        .map(|a| a.get_info())
+        .filter(|i| gpu::AdapterClass::of(i.device_type) == Some(gpu::AdapterClass::Software))
+        .map(|i| gpu::describe(&i))
+        .collect()
+}
+
+/// Why no hardware GPU is visible, with the fixes (see `diagnose`).
+fn gpu_diagnosis(adapters: &[wgpu::Adapter]) -> String {
+    let why = crate::diagnose::findings().explain(&software_adapters(adapters));
+    if why.is_empty() {
+        "Use --backend software or sleep, or check the GPU driver (`conquer info`)".to_owned()
+    } else {
+        format!(
+            "Why: {}. Or use --backend software or sleep",
+            why.join("; ")
+        )
     }
 }
 
@@ -285,6 +309,82 @@ pub fn describe_adapters(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     }
     match gpu::choose(&adapters, gpu::AdapterClass::Hardware, None) {
         Ok(Some(i)) => writeln!(out, "auto: adapter {i} (gpu)"),
-        _ => writeln!(out, "auto: sleep (no hardware GPU adapter)"),
+        _ => {
+            writeln!(out, "auto: sleep (no hardware GPU adapter)")?;
+            let findings = crate::diagnose::findings();
+            for reason in findings.explain(&software_adapters(&adapters)) {
+                writeln!(out, "why: {reason}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What `conquer info --json` prints: the adapters, `auto`'s choice, and the diagnosis.
+#[derive(Debug, serde::Serialize)]
+pub struct InfoReport {
+    pub libzmq: String,
+    pub adapters: Vec<AdapterReport>,
+    /// `gpu` (with `auto_adapter`) or `sleep`.
+    pub auto: String,
+    pub auto_adapter: Option<usize>,
+    pub findings: crate::diagnose::Findings,
+    /// Why no hardware adapter is visible (empty when one is).
+    pub why: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub name: String,
+    pub device_type: String,
+    pub api: String,
+    pub driver: String,
+    /// `gpu`, `software` or `-`: which conquer backend takes it.
+    pub class: String,
+}
+
+/// Everything `conquer info` says, as data.
+pub fn info_report() -> InfoReport {
+    let adapters = gpu::adapters();
+    let (major, minor, patch) = zmq::version();
+    let list = adapters
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let info = a.get_info();
+            AdapterReport {
+                index,
+                name: info.name.clone(),
+                device_type: format!("{:?}", info.device_type),
+                api: format!("{:?}", info.backend),
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_owned(),
+                class: match gpu::AdapterClass::of(info.device_type) {
+                    Some(gpu::AdapterClass::Hardware) => "gpu",
+                    Some(gpu::AdapterClass::Software) => "software",
+                    None => "-",
+                }
+                .to_owned(),
+            }
+        })
+        .collect();
+    let chosen = gpu::choose(&adapters, gpu::AdapterClass::Hardware, None)
+        .ok()
+        .flatten();
+    let findings = crate::diagnose::findings();
+    let why = if chosen.is_some() {
+        Vec::new()
+    } else {
+        findings.explain(&software_adapters(&adapters))
+    };
+    InfoReport {
+        libzmq: format!("{major}.{minor}.{patch}"),
+        adapters: list,
+        auto: if chosen.is_some() { "gpu" } else { "sleep" }.to_owned(),
+        auto_adapter: chosen,
+        findings,
+        why,
     }
 }

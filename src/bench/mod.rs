@@ -4,6 +4,7 @@
 //! baseline for throughput. Benchmarks report numbers; they assert nothing. Plots (SVG)
 //! of scaling and of the backend comparison go to `--out` with the tables.
 
+mod faults;
 mod plot;
 
 use crate::backend::sleep::Sleep;
@@ -37,16 +38,19 @@ pub enum Suite {
     Dispatch,
     /// Per-task latency from dispatch to the sink: p50, p90, p99.
     Latency,
+    /// Misbehaving peers: a straggler that heartbeats, a flood of fake workers.
+    Faults,
 }
 
 impl Suite {
     /// Every suite, in the order they are reported.
-    pub const ALL: [Suite; 6] = [
+    pub const ALL: [Suite; 7] = [
         Suite::Scaling,
         Suite::Backends,
         Suite::Dispatch,
         Suite::Throughput,
         Suite::Latency,
+        Suite::Faults,
         Suite::Device,
     ];
 }
@@ -166,6 +170,7 @@ pub struct BenchResults {
     pub device: Vec<DeviceRow>,
     pub dispatch: Vec<DispatchRow>,
     pub latency: Vec<LatencyRow>,
+    pub faults: Vec<faults::FaultRow>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,6 +245,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         device: Vec::new(),
         dispatch: Vec::new(),
         latency: Vec::new(),
+        faults: Vec::new(),
     };
     let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
@@ -252,6 +258,9 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             Suite::Device => results.device = device(&args, repeat, &progress)?,
             Suite::Dispatch => results.dispatch = dispatch(&args, repeat, &progress, shutdown)?,
             Suite::Latency => results.latency = latency(&args, repeat, &progress, shutdown)?,
+            Suite::Faults => {
+                results.faults = faults::faults(args.quick, repeat, &progress, shutdown)?
+            }
         }
     }
     progress.finish();
@@ -316,6 +325,7 @@ impl Progress {
                 Suite::Backends => args.backends.len() as u64 * r,
                 Suite::Dispatch => 6 * r,
                 Suite::Latency => 3 * r,
+                Suite::Faults => 4 * r,
                 Suite::Device => 1,
             })
             .sum();
@@ -1183,6 +1193,25 @@ pub fn markdown(r: &BenchResults) -> String {
                 row.workers,
                 row.tasks,
                 row.tasks_per_s.cell(0)
+            );
+        }
+        s += "\n";
+    }
+    if !r.faults.is_empty() {
+        let _ = writeln!(s, "### Faults: misbehaving peers\n");
+        s += "| scenario | defence | tasks | measured against ms | elapsed ms | ratio | redispatched |\n";
+        s += "|---|---|---:|---:|---:|---:|---:|\n";
+        for row in &r.faults {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {} | {} | {} |",
+                row.scenario,
+                row.defence,
+                row.tasks,
+                row.ideal_ms,
+                row.elapsed_ms.cell(0),
+                row.ratio.cell(2),
+                row.redispatched.cell(0)
             );
         }
         s += "\n";

@@ -722,7 +722,7 @@ fn m16_calibrate_measures_one_core_and_every_command_shares_the_default() {
         let line = help
             .lines()
             .skip_while(|l| !l.contains("--units-per-ms"))
-            .take(4)
+            .take(8)
             .collect::<String>();
         assert!(line.contains(&default), "{command}: {line}");
     }
