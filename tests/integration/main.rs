@@ -3,6 +3,7 @@
 
 mod bench;
 mod classic;
+mod deploy;
 mod failures;
 mod faults;
 mod gpu;
