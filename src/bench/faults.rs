@@ -1,6 +1,6 @@
 //! `conquer bench --suite faults`: what a misbehaving peer costs a batch, with the defences
 //! on and (where they can be turned off) off. A straggler that heartbeats (one sleep worker
-//! a thousand times slower among four), with backup tasks and without; and a flood of
+//! a thousand times slower among four, which holds its first task past any bound), with backup tasks and without; and a flood of
 //! fake workers that greet the ventilator and vanish during a zero-work batch, against the
 //! same batch without them.
 
@@ -27,6 +27,8 @@ pub struct FaultRow {
     pub redispatched: Spread,
 }
 
+/// How much slower the straggler is.
+const STRAGGLER_SLOWDOWN: f64 = 1000.0;
 /// Fake workers in the flood, and how long each stays before it vanishes.
 const FAKES: usize = 3000;
 const FAKE_STAY: Duration = Duration::from_millis(100);
@@ -66,7 +68,7 @@ pub fn faults(
                 "faults: a straggler, {defence} ({}/{repeat})",
                 r + 1
             ));
-            let backends: Vec<Box<dyn Backend>> = [1.0, 1.0, 1.0, 1000.0]
+            let backends: Vec<Box<dyn Backend>> = [1.0, 1.0, 1.0, STRAGGLER_SLOWDOWN]
                 .into_iter()
                 .map(|s| Box::new(Sleep::new(s)) as Box<dyn Backend>)
                 .collect();

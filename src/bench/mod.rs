@@ -665,7 +665,13 @@ fn backends(
                 kernel_ms: Spread::of(&[]),
                 overhead_us_per_task: Spread::of(&[]),
                 speedup_vs_sleep: 0.0,
-                unavailable: format!("{e:#}"),
+                // The first clause names what is missing; `conquer info` has the rest.
+                unavailable: format!("{e:#}")
+                    .split(" (adapters found")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+                    + " (see `conquer info`)",
             });
             continue;
         }
