@@ -297,19 +297,9 @@ impl Io {
                 // The greetings double as heartbeats, so a restarted peer learns of us.
                 let _ = self.results.send(join.as_slice(), zmq::DONTWAIT);
                 // Whatever the sink said meanwhile counts before its silence is judged.
-                while let Some(frames) =
-                    sockets::recv_multipart_nowait(&self.results, "the results socket")?
-                {
-                    if self.heard_from_sink(
-                        frames,
-                        config,
-                        &hello,
-                        &mut link,
-                        &mut last_from_sink,
-                    )? {
-                        said_sink_wait = false;
-                        hello_since.get_or_insert_with(Instant::now);
-                    }
+                if self.drain_sink(config, &hello, &mut link, &mut last_from_sink)? {
+                    said_sink_wait = false;
+                    hello_since.get_or_insert_with(Instant::now);
                 }
                 match link {
                     SinkLink::Welcomed => {
@@ -370,19 +360,9 @@ impl Io {
                 }
             }
             if sink_ready {
-                while let Some(frames) =
-                    sockets::recv_multipart_nowait(&self.results, "the results socket")?
-                {
-                    if self.heard_from_sink(
-                        frames,
-                        config,
-                        &hello,
-                        &mut link,
-                        &mut last_from_sink,
-                    )? {
-                        said_sink_wait = false;
-                        hello_since.get_or_insert_with(Instant::now);
-                    }
+                if self.drain_sink(config, &hello, &mut link, &mut last_from_sink)? {
+                    said_sink_wait = false;
+                    hello_since.get_or_insert_with(Instant::now);
                 }
             }
             if !tasks_ready {
@@ -453,6 +433,23 @@ impl Io {
                 }
             }
         }
+    }
+
+    /// Everything the sink sent that is waiting. Returns whether it welcomed this worker anew.
+    fn drain_sink(
+        &mut self,
+        config: &WorkerConfig,
+        hello: &[u8],
+        link: &mut SinkLink,
+        last_from_sink: &mut Instant,
+    ) -> anyhow::Result<bool> {
+        let mut welcomed = false;
+        while let Some(frames) =
+            sockets::recv_multipart_nowait(&self.results, "the results socket")?
+        {
+            welcomed |= self.heard_from_sink(frames, config, hello, link, last_from_sink)?;
+        }
+        Ok(welcomed)
     }
 
     /// One message from the sink. Returns whether it welcomed this worker anew.
