@@ -552,9 +552,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         format!("cannot write man pages into {}", dir.display())
                     })?;
                 }
-                None => clap_mangen::Man::new(command)
-                    .render(&mut std::io::stdout())
-                    .context("writing the man page")?,
+                // A reader that stops early (`| head`) is no error.
+                None => match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                    other => other.context("writing the man page")?,
+                },
             }
             Ok(0)
         }

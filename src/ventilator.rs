@@ -1075,6 +1075,9 @@ impl Dispatcher {
             }
         }
         self.held = 0;
+        // What is in doubt now is the resync's to settle: no worker is to blame for results
+        // a restarted sink lost.
+        self.reported_log.clear();
         self.resync = Some((held as usize, Instant::now()));
         self.finish_resync_if_complete();
     }
