@@ -359,11 +359,9 @@ impl Io {
                     bail!("{reason}; this worker leaves so its tasks go to other workers");
                 }
             }
-            if sink_ready {
-                if self.drain_sink(config, &hello, &mut link, &mut last_from_sink)? {
-                    said_sink_wait = false;
-                    hello_since.get_or_insert_with(Instant::now);
-                }
+            if sink_ready && self.drain_sink(config, &hello, &mut link, &mut last_from_sink)? {
+                said_sink_wait = false;
+                hello_since.get_or_insert_with(Instant::now);
             }
             if !tasks_ready {
                 continue;
