@@ -73,6 +73,17 @@ pub struct Sink {
     recovered: Option<RecoveredResults>,
 }
 
+/// A worker's backend or adapter name: no control characters.
+fn check_text(text: &str) -> Result<(), String> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the control character {c:?} in {:?}",
+            text.escape_debug().to_string()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A batch as the ventilator announces it.
 struct Announced {
     id: u64,
@@ -527,8 +538,8 @@ impl Collector {
                 longest_ms,
                 job,
             } => match &mut self.batch {
-                None if task_count == 0 => {
-                    self.reject(&peer, format!("batch {id:016x} of no tasks"));
+                None if task_count == 0 || task_count > crate::batch::MAX_TASKS => {
+                    self.reject(&peer, format!("batch {id:016x} of {task_count} tasks"));
                 }
                 None => self.adopt(
                     socket,
@@ -711,10 +722,18 @@ impl Collector {
             self.reject(peer, "a results message with no results".into());
             return Ok(());
         }
+        // Names end up in the report and the results file: printable text only.
+        if let Err(why) = check_name(&worker.name)
+            .and_then(|()| check_text(&worker.backend))
+            .and_then(|()| check_text(&worker.adapter))
+        {
+            self.reject(peer, format!("results from a worker with {why}"));
+            return Ok(());
+        }
         if self.batch.is_none() {
             // Held back until the batch is announced, within bounds on results and messages;
-            // beyond them dropped and counted (their workers send them again once the batch
-            // is known, since the ventilator hands out what the sink does not hold).
+            // beyond them dropped and counted (the ventilator hands out again what the sink
+            // does not hold once the batch is known).
             if self.early_count + results.len() <= MAX_EARLY_RESULTS
                 && self.early.len() < MAX_EARLY_MESSAGES
             {

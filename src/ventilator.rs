@@ -159,9 +159,14 @@ struct WorkerSlot {
     /// A task of its was given to another worker as a backup: no new tasks until it
     /// reports again.
     stalled: bool,
+    /// When it last reported a task it held: a worker runs its tasks one after another, so
+    /// a queued task's time starts no earlier than this.
+    last_report: Instant,
+    /// Turned away (its results never reached the sink): its greetings are not believed.
+    refused: bool,
     /// Whether it ever reported a task done: until then it is on probation and gets no
-    /// more than `--window` tasks, even of zero-work streams, so a flood of peers that greet
-    /// and vanish costs a few tasks each.
+    /// more than `--window` tasks of a zero-work stream, so a flood of peers that greet and
+    /// vanish costs a few tasks each.
     proven: bool,
 }
 
@@ -178,6 +183,8 @@ impl WorkerSlot {
             us_per_ms: None,
             stalled: false,
             proven: false,
+            last_report: Instant::now(),
+            refused: false,
         }
     }
 }
@@ -518,8 +525,8 @@ impl Ventilator {
                 if heard_from_sink.elapsed() < self.config.heartbeat.timeout() {
                     state.refuse_undelivering_workers(&self.tasks_socket, &self.config.sink);
                 }
-                // The sink only speaks when results arrive; silence while workers report
-                // tasks done means it is gone or unreachable.
+                // The sink answers every announcement; silence while workers report tasks
+                // done means it is gone or unreachable.
                 if heard_from_sink.elapsed() > self.config.sink_timeout {
                     bail!(
                         "no word from the sink at {} for {:.0} s (--sink-timeout): it is gone or \
@@ -768,6 +775,14 @@ impl Dispatcher {
         }
         .encode();
         match self.by_routing_id.get(&routing_id) {
+            Some(&slot) if self.workers[slot].refused => {
+                let reason = format!(
+                    "worker {:?} was turned away: its results did not reach the sink; restart it with a \
+                     working --sink",
+                    self.workers[slot].info.name
+                );
+                self.refuse(socket, &routing_id, RefusalKind::ResultsLost, reason);
+            }
             Some(&slot) => {
                 let worker = &mut self.workers[slot];
                 worker.last_seen = Instant::now();
@@ -858,6 +873,7 @@ impl Dispatcher {
                 bound.as_secs_f64()
             );
             log::warn!("{}", crate::logging::printable(&reason));
+            self.workers[slot].refused = true;
             let routing_id = self.workers[slot].routing_id.clone();
             let _ = send_to(
                 socket,
@@ -890,8 +906,6 @@ impl Dispatcher {
             // sink, which drops the duplicates.
             return;
         }
-        self.workers[slot].stalled = false;
-        self.workers[slot].proven = true;
         for d in done {
             let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.tasks.len()) else {
                 self.reject(
@@ -908,6 +922,11 @@ impl Dispatcher {
                 continue; // already reported or handed to another worker
             }
             self.release(slot, index);
+            // Only a report that frees a task it held proves the worker and ends a stall.
+            let worker = &mut self.workers[slot];
+            worker.stalled = false;
+            worker.proven = true;
+            worker.last_report = now;
             self.learn_rate(slot, self.tasks[index].workload_ms, d.wall_us);
             if d.status == Status::Failed {
                 log::warn!(
@@ -1032,7 +1051,10 @@ impl Dispatcher {
                 continue;
             }
             let bound = self.straggle_bound(slot, self.tasks[i].workload_ms);
-            if given_at.elapsed() <= bound {
+            // A queued task waited behind the ones before it: its time runs from the later
+            // of when it was given and the worker's last report.
+            let since = given_at.max(self.workers[slot].last_report);
+            if since.elapsed() <= bound {
                 continue;
             }
             // Every task it still holds unreported goes out again, oldest first.
@@ -1057,7 +1079,7 @@ impl Dispatcher {
                 format!(
                     "worker {name} has held task {index} for {:.1} s (bound {:.1} s) while it heartbeats; \
                      handing its {count} unreported tasks to other workers as backups",
-                    given_at.elapsed().as_secs_f64(),
+                    since.elapsed().as_secs_f64(),
                     bound.as_secs_f64()
                 )
             });

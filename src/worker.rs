@@ -689,6 +689,8 @@ fn execute(
             })
         }));
         flush(&mut buffer, &mut last_flush);
+        // The next run starts with a fresh clock reading, not this one's.
+        stamp = None;
         // A panic in the task thread or a backend that can run nothing more takes the whole
         // worker out (goodbye, non-zero exit): never a zombie that heartbeats on its tasks.
         let broken = match ran {
