@@ -564,6 +564,9 @@ impl Collector {
                         );
                         b.session = session;
                         send_ack(socket, &peer, b);
+                    } else if b.finished.is_some() {
+                        // Every task is held: say so again, in case the first word was lost.
+                        send(socket, &peer, &Message::Complete { batch: id });
                     } else {
                         // The announcement is the ventilator's heartbeat: answer it, so the
                         // ventilator knows this sink is alive even while no results come.
