@@ -26,33 +26,12 @@ fn hoarder(
     stop: Arc<AtomicBool>,
     took: std::sync::mpsc::Sender<()>,
 ) -> usize {
-    let ctx = zmq::Context::new();
-    let me = info("hoarder", u16::MAX);
-    let results = ctx.socket(zmq::DEALER).unwrap();
-    results.set_identity(b"hoarder/42").unwrap();
-    results.set_linger(0).unwrap();
-    results.connect(sink_ep).unwrap();
-    results.send(Message::Join(me.clone()).encode(), 0).unwrap();
-    results.set_rcvtimeo(30_000).unwrap();
-    assert_eq!(
-        Message::decode(&results.recv_bytes(0).unwrap()),
-        Ok(Message::Welcome)
-    );
-    let tasks = ctx.socket(zmq::DEALER).unwrap();
-    tasks.set_identity(b"hoarder/42").unwrap();
-    tasks.set_linger(0).unwrap();
-    tasks.connect(vent_ep).unwrap();
+    let me = util::RawWorker::join(sink_ep, vent_ep, info("hoarder", u16::MAX));
     let mut given = 0;
     while !stop.load(Ordering::SeqCst) {
-        tasks.send(Message::Hello(me.clone()).encode(), 0).unwrap();
-        results
-            .send(Message::Join(me.clone()).encode(), zmq::DONTWAIT)
-            .ok();
-        while results.recv_bytes(zmq::DONTWAIT).is_ok() {}
-        let mut items = [tasks.as_poll_item(zmq::POLLIN)];
-        zmq::poll(&mut items, 100).unwrap();
-        while let Ok(frame) = tasks.recv_bytes(zmq::DONTWAIT) {
-            if let Ok(Message::Tasks { tasks: got, .. }) = Message::decode(&frame) {
+        me.beat();
+        for message in me.heard_from_ventilator() {
+            if let Message::Tasks { tasks: got, .. } = message {
                 if given == 0 {
                     took.send(()).unwrap();
                 }

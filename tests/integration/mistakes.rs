@@ -300,45 +300,26 @@ fn ack_only_worker(
     vent_ep: &str,
     took_tasks: std::sync::mpsc::Sender<()>,
 ) -> String {
-    let ctx = zmq::Context::new();
-    let info = WorkerInfo {
-        name: "ackonly".into(),
-        session: 7,
-        backend: "sleep".into(),
-        adapter: String::new(),
-        window_hint: 1,
-    };
-    let results = ctx.socket(zmq::DEALER).unwrap();
-    results.set_identity(b"ackonly/7").unwrap();
-    results.set_linger(0).unwrap();
-    results.connect(sink_ep).unwrap();
-    results
-        .send(Message::Join(info.clone()).encode(), 0)
-        .unwrap();
-    results.set_rcvtimeo(30_000).unwrap();
-    let welcome = Message::decode(&results.recv_bytes(0).unwrap()).unwrap();
-    assert_eq!(welcome, Message::Welcome);
-    let tasks = ctx.socket(zmq::DEALER).unwrap();
-    tasks.set_identity(b"ackonly/7").unwrap();
-    tasks.set_linger(0).unwrap();
-    tasks.connect(vent_ep).unwrap();
+    let me = util::RawWorker::join(
+        sink_ep,
+        vent_ep,
+        WorkerInfo {
+            name: "ackonly".into(),
+            session: 7,
+            backend: "sleep".into(),
+            adapter: String::new(),
+            window_hint: 1,
+        },
+    );
     let deadline = Instant::now() + util::PATIENCE;
     let mut told = false;
     while Instant::now() < deadline {
-        tasks
-            .send(Message::Hello(info.clone()).encode(), 0)
-            .unwrap();
-        results
-            .send(Message::Join(info.clone()).encode(), zmq::DONTWAIT)
-            .ok();
-        while results.recv_bytes(zmq::DONTWAIT).is_ok() {}
-        let mut items = [tasks.as_poll_item(zmq::POLLIN)];
-        zmq::poll(&mut items, 100).unwrap();
-        while let Ok(frame) = tasks.recv_bytes(zmq::DONTWAIT) {
-            match Message::decode(&frame) {
-                Ok(Message::Tasks {
+        me.beat();
+        for message in me.heard_from_ventilator() {
+            match message {
+                Message::Tasks {
                     batch, tasks: got, ..
-                }) => {
+                } => {
                     let done = got
                         .iter()
                         .map(|t| Done {
@@ -347,7 +328,7 @@ fn ack_only_worker(
                             wall_us: 1,
                         })
                         .collect();
-                    tasks
+                    me.tasks
                         .send(Message::Done { batch, done }.encode(), 0)
                         .unwrap();
                     if !told {
@@ -355,7 +336,7 @@ fn ack_only_worker(
                         told = true;
                     }
                 }
-                Ok(Message::Refused { kind, reason }) => {
+                Message::Refused { kind, reason } => {
                     assert_eq!(kind, RefusalKind::ResultsLost);
                     return reason;
                 }

@@ -354,3 +354,66 @@ pub fn assert_each_once(ids: &[u64], n: u64) {
         "tasks not seen exactly once (id, count): {wrong:?}"
     );
 }
+
+/// A worker played by the test with raw sockets: it joins the sink (and is welcomed), then
+/// greets the ventilator. `beat` sends both greetings again (heartbeats) and drains the
+/// sink's answers; `heard_from_ventilator` waits up to 100 ms for frames from the ventilator.
+pub struct RawWorker {
+    pub info: conquer::protocol::WorkerInfo,
+    pub tasks: zmq::Socket,
+    pub results: zmq::Socket,
+    _ctx: zmq::Context,
+}
+
+impl RawWorker {
+    pub fn join(sink_ep: &str, vent_ep: &str, info: conquer::protocol::WorkerInfo) -> RawWorker {
+        use conquer::protocol::Message;
+        let ctx = zmq::Context::new();
+        let id = format!("{}/{}", info.name, info.session);
+        let socket = |endpoint: &str| {
+            let s = ctx.socket(zmq::DEALER).unwrap();
+            s.set_identity(id.as_bytes()).unwrap();
+            s.set_linger(0).unwrap();
+            s.connect(endpoint).unwrap();
+            s
+        };
+        let results = socket(sink_ep);
+        results
+            .send(Message::Join(info.clone()).encode(), 0)
+            .unwrap();
+        results.set_rcvtimeo(30_000).unwrap();
+        let welcome = Message::decode(&results.recv_bytes(0).expect("the sink answers a join"));
+        assert_eq!(welcome, Ok(Message::Welcome));
+        let tasks = socket(vent_ep);
+        RawWorker {
+            info,
+            tasks,
+            results,
+            _ctx: ctx,
+        }
+    }
+
+    pub fn beat(&self) {
+        use conquer::protocol::Message;
+        self.tasks
+            .send(Message::Hello(self.info.clone()).encode(), 0)
+            .unwrap();
+        self.results
+            .send(Message::Join(self.info.clone()).encode(), zmq::DONTWAIT)
+            .ok();
+        while self.results.recv_bytes(zmq::DONTWAIT).is_ok() {}
+    }
+
+    /// Frames from the ventilator that arrive within 100 ms, decoded.
+    pub fn heard_from_ventilator(&self) -> Vec<conquer::protocol::Message> {
+        let mut items = [self.tasks.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, 100).unwrap();
+        let mut messages = Vec::new();
+        while let Ok(frame) = self.tasks.recv_bytes(zmq::DONTWAIT) {
+            if let Ok(m) = conquer::protocol::Message::decode(&frame) {
+                messages.push(m);
+            }
+        }
+        messages
+    }
+}
