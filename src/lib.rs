@@ -12,6 +12,7 @@ pub mod calibrate;
 pub mod classic;
 pub mod cli;
 pub mod diagnose;
+pub mod dispatch;
 pub mod heartbeat;
 pub mod kernels;
 pub mod local;

@@ -106,7 +106,11 @@ impl RateLimited {
     /// Logs `message()` at warn unless the limit is reached; then counts it silently and
     /// reports the count when the interval has passed.
     pub fn warn(&mut self, message: impl FnOnce() -> String) {
-        let now = Instant::now();
+        self.warn_at(Instant::now(), message)
+    }
+
+    /// [`RateLimited::warn`] on the caller's clock (state machines have none of their own).
+    pub fn warn_at(&mut self, now: Instant, message: impl FnOnce() -> String) {
         let start = *self.window_start.get_or_insert(now);
         if now.duration_since(start) >= self.interval {
             if self.suppressed > 0 {

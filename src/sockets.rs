@@ -111,6 +111,63 @@ pub fn recv_multipart_nowait(
     }
 }
 
+/// One message off a socket, as every role's pump sees it: who sent it (the routing id on
+/// a ROUTER, empty on a DEALER) and what it was, or why it was not one of ours.
+pub struct Inbound {
+    pub peer: Vec<u8>,
+    pub message: Result<crate::protocol::Message, String>,
+}
+
+/// Reads every message waiting on `socket` without blocking, decodes it and hands it to
+/// `each`: the one receive/decode/reject loop every role's pump uses. On a ROUTER a
+/// message is a routing id and one frame; on a DEALER one frame. Anything else is handed
+/// on as an error naming what was wrong, for the role to count and log.
+pub fn drain(
+    socket: &zmq::Socket,
+    router: bool,
+    what: &str,
+    mut each: impl FnMut(Inbound) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    while let Some(mut frames) = recv_multipart_nowait(socket, what)? {
+        let peer = if router && !frames.is_empty() {
+            frames.remove(0)
+        } else {
+            Vec::new()
+        };
+        let message = match <[Vec<u8>; 1]>::try_from(frames) {
+            Ok([payload]) => {
+                crate::protocol::Message::decode(&payload).map_err(|e| e.to_string())
+            }
+            Err(frames) => Err(format!("{} frames, expected 1", frames.len())),
+        };
+        each(Inbound { peer, message })?;
+    }
+    Ok(())
+}
+
+/// What became of a message sent without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    Sent,
+    /// The peer is not connected (ROUTER_MANDATORY): it is gone.
+    Gone,
+    /// The peer's queue is full: try again later.
+    Busy,
+}
+
+/// Sends `payload` to the peer `routing_id` on a ROUTER, never waiting.
+pub fn send_to(socket: &zmq::Socket, routing_id: &[u8], payload: &[u8]) -> SendOutcome {
+    match socket.send_multipart([routing_id, payload], zmq::DONTWAIT) {
+        Ok(()) => SendOutcome::Sent,
+        Err(zmq::Error::EHOSTUNREACH) => SendOutcome::Gone,
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => SendOutcome::Busy,
+        Err(e) => {
+            log::warn!("sending to {}: {e}", peer_name(routing_id));
+            SendOutcome::Busy
+        }
+    }
+}
+
 /// Checks an endpoint before anything binds or connects: `tcp://HOST:PORT` with a port in
 /// 1..=65535 (or `*`/0 where `bind` allows an ephemeral one), `ipc://PATH` or `inproc://NAME`.
 /// libzmq itself would wrap `:70000` to another port or take `:-1` as 65535.

@@ -1,0 +1,1512 @@
+//! The ventilator's rules as a state machine: who holds which task, who has credit, when a
+//! worker is gone, when a task goes out again, and when the batch is complete.
+//!
+//! No socket, clock, file or thread in here (CI greps for them). The ventilator's pump
+//! feeds [`Dispatcher::handle`] decoded messages, send failures and ticks, each with the
+//! time it happened, and carries out the [`Command`]s that come back, in order. A send that
+//! fails comes back as an event before the pump reads anything else; a tick comes after the
+//! pump has read everything waiting. Tests and the simulator drive it on a fake clock.
+//!
+//! Costs: a task handed out, reported or held costs O(1); losing a worker costs what it
+//! held; a tick costs one look at each worker (heartbeats, silence), never at each task.
+
+use crate::batch::{Job, Task};
+use crate::heartbeat::Heartbeat;
+use crate::logging::{printable, RateLimited};
+use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Backup tasks for stragglers: a task held longer than `factor` times what its worker's
+/// measured speed predicts, plus `slack`, is handed to another worker too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backup {
+    pub factor: f64,
+    pub slack: Duration,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            factor: 4.0,
+            slack: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Most tasks a worker's own window hint (a GPU's pipeline depth) can earn it; a peer that
+/// asks for more gets this many. `--window` above it wins.
+pub const MAX_HINTED_WINDOW: u32 = 16;
+/// How often, in a batch's tail, the ventilator checks that the workers holding its last
+/// tasks are still connected.
+pub const TAIL_PROBE: Duration = Duration::from_millis(20);
+/// How often a ventilator waiting for workers repeats what it waits for.
+const WAIT_REMINDER: Duration = Duration::from_secs(5);
+/// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
+/// answers, before its worker is taken to be delivering results nowhere.
+const UNDELIVERED_TIMEOUTS: u32 = 4;
+/// How long a ventilator with unfinished tasks and no workers waits between reminders.
+const IDLE_REMINDER: Duration = Duration::from_secs(5);
+/// When a ventilator waiting for the sink's acknowledgement first says so.
+const FIRST_SINK_NAG: Duration = Duration::from_secs(2);
+/// And how often after that.
+const SINK_NAG: Duration = Duration::from_secs(5);
+
+/// What the dispatcher needs to know of its batch and settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub batch_id: u64,
+    /// Random per ventilator process: tells the sink a restarted ventilator from a repeat.
+    pub session: u64,
+    /// The batch's tasks, indexed by id.
+    pub tasks: Vec<Task>,
+    /// Task ids in the order they are first handed out.
+    pub order: Vec<u32>,
+    pub job: Job,
+    pub expected_ms: u64,
+    pub longest_ms: u32,
+    /// Workers to wait for before the batch starts; 0 starts at once.
+    pub wait_workers: usize,
+    /// How long to wait for them, and for the sink's acknowledgement.
+    pub wait_timeout: Duration,
+    pub window: u32,
+    pub max_window: u32,
+    pub heartbeat: Heartbeat,
+    pub backup: Backup,
+    pub sink_timeout: Duration,
+    /// Continue a batch the sink already holds results of.
+    pub resume: bool,
+    /// Ask workers to exit when the batch is complete.
+    pub shutdown_workers: bool,
+    /// Where workers connect and where the sink is, for messages only.
+    pub endpoint: String,
+    pub sink: String,
+}
+
+/// A worker, by its place in the dispatcher's table (stable for the batch).
+pub type WorkerId = u32;
+
+/// What happened, as the pump saw it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A decoded message on the tasks socket from the peer with this routing id.
+    FromWorker { routing_id: Vec<u8>, message: Message },
+    /// A decoded message from the sink.
+    FromSink(Message),
+    /// A frame that was not one of our messages (the pump could not decode it).
+    Rejected { peer: String, why: String },
+    /// Sending to this worker failed: it is not connected.
+    Unreachable(WorkerId),
+    /// Tasks sent to this worker came back: its queue is full. They are taken back.
+    Bounced {
+        worker: WorkerId,
+        tasks: Vec<Task>,
+        again: Vec<bool>,
+    },
+    /// The pump has handled everything waiting (or a deadline passed): run what is due and
+    /// hand out tasks.
+    Tick,
+}
+
+/// What to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A message to a worker; if it is not connected, answer with [`Event::Unreachable`].
+    ToWorker { worker: WorkerId, message: Message },
+    /// Tasks for a worker, in one message; answer a full queue with [`Event::Bounced`]
+    /// carrying them back, a lost connection with [`Event::Unreachable`]. `again` marks
+    /// those handed out before.
+    Tasks {
+        worker: WorkerId,
+        tasks: Vec<Task>,
+        again: Vec<bool>,
+    },
+    /// A message to a peer that is not (or no longer) a worker of ours: refusals.
+    Reply { routing_id: Vec<u8>, message: Message },
+    /// A message to the sink (never waits; the batch is announced again every heartbeat).
+    ToSink(Message),
+    /// The sink holds every result; the final counters and `End`s have been issued.
+    Complete,
+    /// The batch cannot go on.
+    Stop(Stopped),
+}
+
+/// Why a batch stopped before it was complete.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Stopped {
+    #[error(
+        "timed out after {waited:.1} s waiting for {want} ({ready} ready): start workers with \
+         `conquer worker --ventilator tcp://HOST:PORT --sink tcp://HOST:PORT` against {endpoint}, or \
+         lower --wait-workers / raise --wait-timeout"
+    )]
+    NoWorkers {
+        waited: f64,
+        want: String,
+        ready: usize,
+        endpoint: String,
+    },
+    #[error("timed out after {waited:.1} s waiting for the sink at {sink}: start `conquer sink` there or pass --sink")]
+    NoSink { waited: f64, sink: String },
+    #[error(
+        "the sink already holds {held} results of batch {batch:016x}: pass --resume to finish that \
+         batch, or start a new sink (`conquer sink --overwrite` on its results file) to run it afresh"
+    )]
+    SinkHoldsResults { held: u32, batch: u64 },
+    #[error("the sink at {sink} refused the batch: {reason}")]
+    SinkRefused { sink: String, reason: String },
+    #[error(
+        "no word from the sink at {sink} for {silent:.0} s (--sink-timeout): it is gone or \
+         unreachable; {held} of {tasks} tasks are held there. Start it again (with --results F \
+         --resume if it wrote results) and restart this ventilator with --resume"
+    )]
+    SinkSilent {
+        sink: String,
+        silent: f64,
+        held: usize,
+        tasks: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// Waiting in the queue to be handed out.
+    Pending,
+    /// Waiting to be handed out again: the worker that had it left, failed it, or its
+    /// result was lost with a sink.
+    Requeued,
+    /// Held by a worker, counted against its credit.
+    Assigned,
+    /// The worker says it is done; not finished until the sink holds the result.
+    Reported,
+    /// The sink holds the result: finished.
+    Held,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for `wait_workers` workers.
+    Waiting,
+    /// The batch is announced; waiting for the sink's acknowledgement (`holding`: how many
+    /// results it already holds, whose ids must arrive before dispatch begins).
+    Announcing { holding: Option<usize> },
+    Dispatching,
+    /// Complete or stopped: nothing more happens.
+    Over,
+}
+
+const NO_OWNER: u32 = u32::MAX;
+
+/// Whether a worker may take a task now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credit {
+    Yes,
+    /// Not now, and not until it reports (or it is gone, or stalled).
+    None,
+    /// Not while tasks are this scarce: it may again when tasks are requeued.
+    Scarce,
+}
+
+/// A worker as the dispatcher sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerSlot {
+    pub routing_id: Vec<u8>,
+    pub info: WorkerInfo,
+    pub alive: bool,
+    last_seen: Instant,
+    /// Tasks assigned and not yet reported: what its credit is spent on.
+    pub assigned: u32,
+    /// Sum of their workloads.
+    assigned_ms: u64,
+    /// Tasks handed to it, in order, with when: what it may still hold (entries go stale
+    /// when a task is held or handed elsewhere, and are dropped from the front). Losing the
+    /// worker costs what it held, not a scan of the batch; its oldest task tells whether it
+    /// straggles.
+    given: VecDeque<(Instant, u32)>,
+    /// Measured wall time per nominal ms of workload (smoothed), from its reports.
+    us_per_ms: Option<f64>,
+    /// A task of its was given to another worker as a backup: no new tasks until it
+    /// reports again.
+    pub stalled: bool,
+    /// When it last reported a task it held: a worker runs its tasks one after another, so
+    /// a queued task's time starts no earlier than this.
+    last_report: Instant,
+    /// Turned away (its results never reached the sink): its greetings are not believed.
+    pub refused: bool,
+    /// Whether it ever reported a task done: until then it is on probation and gets no
+    /// more than `--window` tasks of a zero-work stream, so a flood of peers that greet and
+    /// vanish costs a few tasks each.
+    proven: bool,
+    /// In the ready queue (may have credit).
+    queued: bool,
+    /// In the tail queue (dropped from the ready queue while tasks were scarce).
+    in_tail: bool,
+}
+
+impl WorkerSlot {
+    fn new(routing_id: Vec<u8>, info: WorkerInfo, now: Instant) -> WorkerSlot {
+        WorkerSlot {
+            routing_id,
+            info,
+            alive: true,
+            last_seen: now,
+            assigned: 0,
+            assigned_ms: 0,
+            given: VecDeque::new(),
+            us_per_ms: None,
+            stalled: false,
+            last_report: now,
+            refused: false,
+            proven: false,
+            queued: false,
+            in_tail: false,
+        }
+    }
+}
+
+/// A newcomer whose name a live worker holds: admitted if that worker turns out to be gone
+/// (the heartbeat sent to it fails), refused otherwise.
+#[derive(Debug, Clone)]
+struct Claim {
+    old: WorkerId,
+    routing_id: Vec<u8>,
+    info: WorkerInfo,
+}
+
+/// The dispatch state of one batch.
+pub struct Dispatcher {
+    config: DispatchConfig,
+    phase: Phase,
+    state: Vec<TaskState>,
+    owner: Vec<u32>,
+    /// Task ids to hand out; requeued tasks go to the front. May hold ids no longer
+    /// pending (held through a late result): those are skipped when reached.
+    pending: VecDeque<u32>,
+    /// Tasks in the `Pending` or `Requeued` state (the queue may also hold stale entries).
+    pending_count: usize,
+    held: usize,
+    workers: Vec<WorkerSlot>,
+    by_routing_id: HashMap<Vec<u8>, WorkerId>,
+    alive: usize,
+    /// Workers that may have credit, in turn: handing out a task costs O(1), not a look at
+    /// every worker. A worker leaves it when it has no credit and comes back when it may
+    /// (a report frees a task, it joins, a stall ends).
+    ready: VecDeque<WorkerId>,
+    /// Workers that left `ready` because tasks were scarce (the tail rule, a zero-work
+    /// share): they come back when tasks are requeued.
+    tail: Vec<WorkerId>,
+    /// Workers whose message of this dispatch call is full: back in the queue after it.
+    deferred: Vec<WorkerId>,
+    claims: Vec<Claim>,
+    /// Dispatch has begun (the sink acknowledged the batch).
+    dispatching: bool,
+    redispatched: u64,
+    rejected: u64,
+    backups: u64,
+    /// Tasks in the order workers reported them done, with when and by whom: the oldest
+    /// still not held tells of a worker whose results go nowhere.
+    reported_log: VecDeque<(Instant, u32, u32)>,
+    /// After a sink restart: how many held results it announced, and since when we wait for
+    /// their ids before handing out again every task it does not hold.
+    resync: Option<(usize, Instant)>,
+    started: Instant,
+    /// Wall-clock ms at `started` (set when the batch is announced).
+    started_unix_ms: u64,
+    /// `started` in wall-clock terms: (an instant, the Unix ms at that instant).
+    unix_base: (Instant, u64),
+    next_beat: Instant,
+    next_probe: Instant,
+    heard_from_sink: Instant,
+    sink_silence_said: bool,
+    idle_since: Option<Instant>,
+    last_said: Option<(usize, Instant)>,
+    next_nag: Instant,
+    reject_log: RateLimited,
+    refuse_log: RateLimited,
+    /// Workers lost or backed up: summarised when many go at once.
+    gone_log: RateLimited,
+}
+
+/// Counters for the summary and the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub workers_seen: usize,
+    pub redispatched: u64,
+    pub rejected: u64,
+    pub backups: u64,
+    pub held: usize,
+}
+
+impl Dispatcher {
+    /// A dispatcher for one batch; `now` and `unix_ms` are the same moment on the pump's
+    /// monotonic and wall clocks (the wall clock only stamps the batch's start).
+    pub fn new(config: DispatchConfig, now: Instant, unix_ms: u64) -> Dispatcher {
+        let n = config.tasks.len();
+        let pending: VecDeque<u32> = config.order.iter().copied().collect();
+        Dispatcher {
+            phase: Phase::Waiting,
+            state: vec![TaskState::Pending; n],
+            owner: vec![NO_OWNER; n],
+            pending_count: pending.len(),
+            pending,
+            held: 0,
+            workers: Vec::new(),
+            by_routing_id: HashMap::new(),
+            alive: 0,
+            ready: VecDeque::new(),
+            tail: Vec::new(),
+            deferred: Vec::new(),
+            claims: Vec::new(),
+            dispatching: false,
+            redispatched: 0,
+            rejected: 0,
+            backups: 0,
+            reported_log: VecDeque::new(),
+            resync: None,
+            started: now,
+            started_unix_ms: unix_ms,
+            unix_base: (now, unix_ms),
+            next_beat: now,
+            next_probe: now,
+            heard_from_sink: now,
+            sink_silence_said: false,
+            idle_since: None,
+            last_said: None,
+            next_nag: now,
+            reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            refuse_log: RateLimited::new(5, Duration::from_secs(1)),
+            gone_log: RateLimited::new(5, Duration::from_secs(1)),
+            config,
+        }
+    }
+
+    /// Handles one event at `now`, appending what to do to `out`.
+    pub fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Command>) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        match event {
+            Event::FromWorker {
+                routing_id,
+                message,
+            } => {
+                self.settle_claims(now, out);
+                self.from_worker(now, routing_id, message, out)
+            }
+            Event::FromSink(message) => {
+                self.settle_claims(now, out);
+                self.from_sink(now, message, out)
+            }
+            Event::Rejected { peer, why } => self.reject_at(now, &peer, why),
+            Event::Unreachable(worker) => self.unreachable(now, worker, out),
+            Event::Bounced {
+                worker,
+                tasks,
+                again,
+            } => self.bounced(worker, &tasks, &again),
+            Event::Tick => {
+                self.settle_claims(now, out);
+                self.tick(now, out)
+            }
+        }
+    }
+
+    /// The earliest time something is due without any message arriving: the pump's poll
+    /// timeout.
+    pub fn next_deadline(&self) -> Instant {
+        let mut at = self.next_beat;
+        if self.phase == Phase::Dispatching && self.pending_count == 0 && self.held < self.len() {
+            at = at.min(self.next_probe);
+        }
+        at
+    }
+
+    /// Whether the sink acknowledged the batch and tasks began to go out.
+    pub fn has_dispatched(&self) -> bool {
+        self.dispatching
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Over
+    }
+
+    pub fn len(&self) -> usize {
+        self.config.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.config.tasks.is_empty()
+    }
+
+    pub fn batch_id(&self) -> u64 {
+        self.config.batch_id
+    }
+
+    pub fn job(&self) -> &Job {
+        &self.config.job
+    }
+
+    pub fn worker(&self, id: WorkerId) -> &WorkerSlot {
+        &self.workers[id as usize]
+    }
+
+    pub fn workers(&self) -> &[WorkerSlot] {
+        &self.workers
+    }
+
+    pub fn alive_workers(&self) -> usize {
+        self.alive
+    }
+
+    pub fn task_state(&self, id: u32) -> TaskState {
+        self.state[id as usize]
+    }
+
+    /// The worker holding task `id`, if one does.
+    pub fn owner(&self, id: u32) -> Option<WorkerId> {
+        let o = self.owner[id as usize];
+        (o != NO_OWNER).then_some(o)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending_count
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            workers_seen: self.workers.len(),
+            redispatched: self.redispatched,
+            rejected: self.rejected,
+            backups: self.backups,
+            held: self.held,
+        }
+    }
+
+    /// Entries in the queues that grow with events rather than with the batch: the
+    /// pending queue, the reported log and each worker's list of tasks given. Each is
+    /// pruned so that it stays within a small multiple of the batch and the workers.
+    pub fn queue_entries(&self) -> usize {
+        self.pending.len()
+            + self.reported_log.len()
+            + self.ready.len()
+            + self.tail.len()
+            + self.workers.iter().map(|w| w.given.len()).sum::<usize>()
+    }
+
+    fn batch_message(&self) -> Message {
+        Message::Batch {
+            batch: self.config.batch_id,
+            session: self.config.session,
+            started_unix_ms: self.started_unix_ms,
+            task_count: self.len() as u32,
+            expected_ms: self.config.expected_ms,
+            longest_ms: self.config.longest_ms,
+            job: self.config.job,
+        }
+    }
+
+    fn stats(&self, last: bool) -> Message {
+        Message::Stats {
+            batch: self.config.batch_id,
+            redispatched: self.redispatched,
+            rejected: self.rejected,
+            last,
+        }
+    }
+
+    fn heartbeat(&self) -> Message {
+        Message::Heartbeat {
+            batch: self.config.batch_id,
+        }
+    }
+
+    // ---- phases -------------------------------------------------------------------------
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Command>) {
+        match self.phase {
+            Phase::Waiting => self.tick_waiting(now, out),
+            Phase::Announcing { .. } => self.tick_announcing(now, out),
+            Phase::Dispatching => self.tick_dispatching(now, out),
+            Phase::Over => {}
+        }
+    }
+
+    fn tick_waiting(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let want = self.config.wait_workers;
+        if now >= self.next_beat {
+            self.next_beat = now + self.config.heartbeat.interval;
+            self.heartbeat_workers(out);
+            self.expire_silent_workers(now);
+        }
+        let ready = self.alive;
+        if ready >= want {
+            if want > 0 {
+                log::info!("{ready} of {want} workers ready; starting the batch");
+            }
+            self.announce(now, out);
+            return;
+        }
+        let due = self
+            .last_said
+            .is_none_or(|(n, at)| n != ready || now.duration_since(at) >= WAIT_REMINDER);
+        if due {
+            log::info!(
+                "waiting for {}: {ready} ready (workers connect to {})",
+                crate::report::plural(want as u64, "worker"),
+                self.config.endpoint
+            );
+            self.last_said = Some((ready, now));
+        }
+        let waited = now.duration_since(self.started);
+        if waited >= self.config.wait_timeout {
+            self.stop(
+                Stopped::NoWorkers {
+                    waited: waited.as_secs_f64(),
+                    want: crate::report::plural(want as u64, "worker"),
+                    ready,
+                    endpoint: self.config.endpoint.clone(),
+                },
+                out,
+            );
+        }
+    }
+
+    /// The batch starts now, when it is first announced: waiting for workers is not part
+    /// of its elapsed time.
+    fn announce(&mut self, now: Instant, out: &mut Vec<Command>) {
+        self.started = now;
+        self.started_unix_ms =
+            self.unix_base.1 + now.duration_since(self.unix_base.0).as_millis() as u64;
+        self.phase = Phase::Announcing { holding: None };
+        self.next_nag = now + FIRST_SINK_NAG;
+        self.heard_from_sink = now;
+        out.push(Command::ToSink(self.batch_message()));
+    }
+
+    fn tick_announcing(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if let Phase::Announcing {
+            holding: Some(holding),
+        } = self.phase
+        {
+            if self.held >= holding {
+                log::debug!("dispatching {} tasks", self.len() - self.held);
+                self.phase = Phase::Dispatching;
+                self.dispatching = true;
+                self.heard_from_sink = now;
+                self.tick_dispatching(now, out);
+                return;
+            }
+        }
+        if now >= self.next_beat {
+            self.next_beat = now + self.config.heartbeat.interval;
+            self.heartbeat_workers(out);
+            self.expire_silent_workers(now);
+            out.push(Command::ToSink(self.batch_message()));
+        }
+        if now >= self.next_nag {
+            log::warn!(
+                "waiting for the sink at {} to acknowledge the batch (is `conquer sink` running there?)",
+                self.config.sink
+            );
+            self.next_nag = now + SINK_NAG;
+        }
+        let waited = now.duration_since(self.started);
+        if waited >= self.config.wait_timeout {
+            self.stop(
+                Stopped::NoSink {
+                    waited: waited.as_secs_f64(),
+                    sink: self.config.sink.clone(),
+                },
+                out,
+            );
+        }
+    }
+
+    fn tick_dispatching(&mut self, now: Instant, out: &mut Vec<Command>) {
+        self.dispatch(now, out);
+        // In the tail (nothing left to hand out), a worker that vanished holding tasks
+        // holds up the batch: look for such workers often, not once a heartbeat.
+        if self.pending_count == 0 && now >= self.next_probe {
+            self.next_probe = now + TAIL_PROBE;
+            self.probe_holders(out);
+        }
+        if now < self.next_beat {
+            return;
+        }
+        self.next_beat = now + self.config.heartbeat.interval;
+        self.heartbeat_workers(out);
+        self.expire_silent_workers(now);
+        self.finish_resync_if_stale(now);
+        self.back_up_stragglers(now);
+        self.prune_reported_log();
+        let silent = now.duration_since(self.heard_from_sink);
+        // Results a worker reports done that never reach a sink that answers: the worker's
+        // way to the sink is broken. Name it and hand its tasks on.
+        if silent < self.config.heartbeat.timeout() {
+            self.refuse_undelivering_workers(now, out);
+        }
+        // The sink answers every announcement; silence while workers report tasks done
+        // means it is gone or unreachable.
+        if silent > self.config.sink_timeout {
+            let stop = Stopped::SinkSilent {
+                sink: self.config.sink.clone(),
+                silent: silent.as_secs_f64(),
+                held: self.held,
+                tasks: self.len(),
+            };
+            self.stop(stop, out);
+            return;
+        }
+        // Tasks reported and not yet held are at the front of the pruned log.
+        if !self.reported_log.is_empty()
+            && !self.sink_silence_said
+            && silent > self.config.heartbeat.timeout() * 2
+        {
+            log::warn!(
+                "no word from the sink at {} for {:.0} s while workers report results; is it \
+                 running? (restart it with --resume to keep what it wrote)",
+                self.config.sink,
+                silent.as_secs_f64()
+            );
+            self.sink_silence_said = true;
+        }
+        // Re-announcing the batch is the sink's heartbeat: a restarted sink learns the
+        // batch from it and answers with what it holds.
+        out.push(Command::ToSink(self.batch_message()));
+        out.push(Command::ToSink(self.stats(false)));
+        if self.alive == 0 && self.held < self.len() {
+            let since = *self.idle_since.get_or_insert(now);
+            if now.duration_since(since) >= IDLE_REMINDER {
+                log::warn!(
+                    "no workers connected; {} of {} tasks not finished (start workers against {})",
+                    self.len() - self.held,
+                    self.len(),
+                    self.config.endpoint
+                );
+                self.idle_since = Some(now);
+            }
+        } else {
+            self.idle_since = None;
+        }
+    }
+
+    fn stop(&mut self, why: Stopped, out: &mut Vec<Command>) {
+        self.phase = Phase::Over;
+        out.push(Command::Stop(why));
+    }
+
+    /// The sink holds everything: give it the final counters and release the workers.
+    fn complete(&mut self, out: &mut Vec<Command>) {
+        self.phase = Phase::Over;
+        out.push(Command::ToSink(self.stats(true)));
+        let end = Message::End {
+            batch: self.config.batch_id,
+            shutdown: self.config.shutdown_workers,
+        };
+        for (id, worker) in self.workers.iter().enumerate() {
+            if worker.alive {
+                out.push(Command::ToWorker {
+                    worker: id as WorkerId,
+                    message: end.clone(),
+                });
+            }
+        }
+        log::info!(
+            "batch {:016x} complete: {} tasks, {} redispatched, {} rejected",
+            self.config.batch_id,
+            self.len(),
+            self.redispatched,
+            self.rejected
+        );
+        out.push(Command::Complete);
+    }
+
+    // ---- the sink -----------------------------------------------------------------------
+
+    fn from_sink(&mut self, now: Instant, message: Message, out: &mut Vec<Command>) {
+        let batch_id = self.config.batch_id;
+        let announced = !matches!(self.phase, Phase::Waiting);
+        if announced {
+            self.heard_from_sink = now;
+            if self.sink_silence_said {
+                log::info!("the sink is answering again");
+                self.sink_silence_said = false;
+            }
+        }
+        match message {
+            Message::Refused { reason, .. } if announced => {
+                let sink = self.config.sink.clone();
+                self.stop(Stopped::SinkRefused { sink, reason }, out);
+            }
+            Message::BatchAck { batch, held } if announced && batch == batch_id => {
+                match self.phase {
+                    Phase::Announcing { .. } => {
+                        if held > 0 && !self.config.resume {
+                            self.stop(Stopped::SinkHoldsResults { held, batch }, out);
+                            return;
+                        }
+                        if held > 0 {
+                            log::warn!("resuming batch {batch:016x}: the sink holds {held} results");
+                        }
+                        self.phase = Phase::Announcing {
+                            holding: Some(held as usize),
+                        };
+                    }
+                    _ => self.sink_restarted(now, held),
+                }
+            }
+            Message::Held { batch, ids } if announced && batch == batch_id => {
+                self.mark_held(now, &ids)
+            }
+            Message::Complete { batch } if batch == batch_id && self.phase == Phase::Dispatching => {
+                self.complete(out)
+            }
+            Message::Heartbeat { batch } if announced && batch == batch_id => {}
+            other => self.reject_at(
+                now,
+                "sink",
+                format!(
+                    "unexpected {} message (batch mismatch or wrong direction)",
+                    other.kind_name()
+                ),
+            ),
+        }
+    }
+
+    /// The sink acknowledged the batch again: it restarted and holds only `held` results
+    /// (from its results file, or none). Everything we believed held is in doubt until the
+    /// sink lists it; what it does not list is handed out again.
+    fn sink_restarted(&mut self, now: Instant, held: u32) {
+        log::warn!("the sink restarted holding {held} results; re-checking the batch against it");
+        for s in self.state.iter_mut() {
+            if *s == TaskState::Held {
+                *s = TaskState::Reported;
+            }
+        }
+        self.held = 0;
+        // What is in doubt now is the resync's to settle: no worker is to blame for results
+        // a restarted sink lost.
+        self.reported_log.clear();
+        self.resync = Some((held as usize, now));
+        self.finish_resync_if_complete();
+    }
+
+    fn finish_resync_if_complete(&mut self) {
+        if let Some((expected, _)) = self.resync {
+            if self.held >= expected {
+                self.resync = None;
+                self.requeue_unconfirmed();
+            }
+        }
+    }
+
+    /// If the sink's list never completes (it lost messages, or restarted again), stop
+    /// waiting for it after a few heartbeats.
+    fn finish_resync_if_stale(&mut self, now: Instant) {
+        if let Some((_, since)) = self.resync {
+            if now.duration_since(since) > self.config.heartbeat.timeout() {
+                self.resync = None;
+                self.requeue_unconfirmed();
+            }
+        }
+    }
+
+    /// Hands out again every task reported done whose result the sink does not hold.
+    fn requeue_unconfirmed(&mut self) {
+        let mut count = 0;
+        for index in (0..self.len()).rev() {
+            if self.state[index] == TaskState::Reported {
+                self.requeue(index);
+                count += 1;
+            }
+        }
+        if count > 0 {
+            log::warn!("handing out {count} tasks again whose results the sink does not hold");
+        }
+    }
+
+    fn mark_held(&mut self, now: Instant, ids: &[u32]) {
+        for &id in ids {
+            let index = id as usize;
+            if index >= self.len() {
+                let why = format!("sink holds task {id} of a {}-task batch", self.len());
+                self.reject_at(now, "sink", why);
+                continue;
+            }
+            match self.state[index] {
+                TaskState::Held => continue,
+                TaskState::Assigned => {
+                    let slot = self.owner[index];
+                    self.release(slot, index);
+                }
+                TaskState::Pending | TaskState::Requeued => self.pending_count -= 1,
+                TaskState::Reported => {}
+            }
+            self.state[index] = TaskState::Held;
+            self.held += 1;
+        }
+        self.finish_resync_if_complete();
+    }
+
+    // ---- workers ------------------------------------------------------------------------
+
+    fn from_worker(
+        &mut self,
+        now: Instant,
+        routing_id: Vec<u8>,
+        message: Message,
+        out: &mut Vec<Command>,
+    ) {
+        let batch_id = self.config.batch_id;
+        match message {
+            Message::Hello(info) => self.hello(now, routing_id, info, out),
+            Message::Join(_) => {
+                let reason = format!(
+                    "this looks like a worker that connected its sink endpoint to a ventilator: {} is \
+                     conquer's ventilator (tasks), not a sink; pass the sink's endpoint (port 5558 by \
+                     default) as --sink and this one as --ventilator",
+                    self.config.endpoint
+                );
+                self.refuse(now, routing_id, RefusalKind::WrongPeer, reason, out);
+            }
+            Message::Done { batch, done } if batch == batch_id => self.done(now, &routing_id, &done),
+            Message::Done { batch, .. } => {
+                // Credit for another batch (perhaps a worker's leftovers from the last one):
+                // it proves the worker alive, and is counted as foreign.
+                if let Some(&slot) = self.by_routing_id.get(&routing_id) {
+                    self.workers[slot as usize].last_seen = now;
+                }
+                let peer = crate::sockets::peer_name(&routing_id);
+                self.reject_at(now, &peer, format!("credit for batch {batch:016x}, not this one"));
+            }
+            Message::Bye => self.bye(now, &routing_id),
+            other => {
+                let peer = crate::sockets::peer_name(&routing_id);
+                let why = format!(
+                    "unexpected {} message on the tasks socket",
+                    other.kind_name()
+                );
+                self.reject_at(now, &peer, why);
+            }
+        }
+    }
+
+    fn reject_at(&mut self, now: Instant, peer: &str, why: String) {
+        self.rejected += 1;
+        self.reject_log
+            .warn_at(now, || format!("dropped a message from {peer}: {why}"));
+    }
+
+    fn refuse(
+        &mut self,
+        now: Instant,
+        routing_id: Vec<u8>,
+        kind: RefusalKind,
+        reason: String,
+        out: &mut Vec<Command>,
+    ) {
+        let peer = printable(&crate::sockets::peer_name(&routing_id)).into_owned();
+        self.refuse_log
+            .warn_at(now, || format!("refused {peer}: {reason}"));
+        out.push(Command::Reply {
+            routing_id,
+            message: Message::Refused { kind, reason },
+        });
+    }
+
+    fn hello(
+        &mut self,
+        now: Instant,
+        routing_id: Vec<u8>,
+        info: WorkerInfo,
+        out: &mut Vec<Command>,
+    ) {
+        if let Err(why) = crate::heartbeat::check_name(&info.name) {
+            self.refuse(now, routing_id, RefusalKind::BadName, why, out);
+            return;
+        }
+        match self.by_routing_id.get(&routing_id).copied() {
+            Some(slot) if self.workers[slot as usize].refused => {
+                let reason = format!(
+                    "worker {:?} was turned away: its results did not reach the sink; restart it with a \
+                     working --sink",
+                    self.workers[slot as usize].info.name
+                );
+                self.refuse(now, routing_id, RefusalKind::ResultsLost, reason, out);
+            }
+            Some(slot) => {
+                let worker = &mut self.workers[slot as usize];
+                worker.last_seen = now;
+                worker.info = info;
+                if !worker.alive {
+                    log::debug!("worker {} is back", printable(&worker.info.name));
+                    worker.alive = true;
+                    worker.assigned = 0;
+                    worker.assigned_ms = 0;
+                    worker.stalled = false;
+                    self.alive += 1;
+                    self.enqueue(slot);
+                    out.push(Command::ToWorker {
+                        worker: slot,
+                        message: self.heartbeat(),
+                    });
+                }
+            }
+            None => {
+                if self.claims.iter().any(|c| c.routing_id == routing_id) {
+                    return; // its first greeting is being settled
+                }
+                // Another live worker under the same name (a second process given the same
+                // --name) is refused; one whose connection is gone gives its name up. Which
+                // it is, the heartbeat sent to it now tells: `Unreachable` comes back at
+                // once if its connection is gone.
+                let namesake = self.workers.iter().position(|w| {
+                    w.alive && w.info.name == info.name && w.info.session != info.session
+                });
+                if let Some(old) = namesake {
+                    out.push(Command::ToWorker {
+                        worker: old as WorkerId,
+                        message: self.heartbeat(),
+                    });
+                    self.claims.push(Claim {
+                        old: old as WorkerId,
+                        routing_id,
+                        info,
+                    });
+                    return;
+                }
+                self.admit(routing_id, info, now, out);
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        routing_id: Vec<u8>,
+        info: WorkerInfo,
+        now: Instant,
+        out: &mut Vec<Command>,
+    ) {
+        log::debug!(
+            "worker {} joined ({}{}{})",
+            printable(&info.name),
+            info.backend,
+            if info.adapter.is_empty() { "" } else { " on " },
+            info.adapter
+        );
+        let slot = self.workers.len() as WorkerId;
+        self.by_routing_id.insert(routing_id.clone(), slot);
+        self.workers.push(WorkerSlot::new(routing_id, info, now));
+        self.alive += 1;
+        self.enqueue(slot);
+        out.push(Command::ToWorker {
+            worker: slot,
+            message: self.heartbeat(),
+        });
+    }
+
+    /// Newcomers whose namesake answered no `Unreachable` are refused: the name is taken.
+    /// (Those whose namesake was gone were admitted when it was lost.)
+    fn settle_claims(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.claims.is_empty() {
+            return;
+        }
+        for claim in std::mem::take(&mut self.claims) {
+            let reason = format!(
+                "another worker named {:?} is already connected to the ventilator at {}; give each \
+                 worker its own --name (the default, host-pid-N, is unique)",
+                claim.info.name, self.config.endpoint
+            );
+            let peer = printable(&crate::sockets::peer_name(&claim.routing_id)).into_owned();
+            self.refuse_log
+                .warn_at(now, || format!("refused {peer}: {reason}"));
+            out.push(Command::Reply {
+                routing_id: claim.routing_id,
+                message: Message::Refused {
+                    kind: RefusalKind::NameTaken,
+                    reason,
+                },
+            });
+        }
+    }
+
+    fn unreachable(&mut self, now: Instant, worker: WorkerId, out: &mut Vec<Command>) {
+        if (worker as usize) < self.workers.len() && self.workers[worker as usize].alive {
+            self.lose_worker(worker, now);
+        }
+        // Newcomers waiting on this worker's name take it now.
+        let mut i = 0;
+        while i < self.claims.len() {
+            if self.claims[i].old == worker {
+                let claim = self.claims.swap_remove(i);
+                if !self.by_routing_id.contains_key(&claim.routing_id) {
+                    self.admit(claim.routing_id, claim.info, now, out);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn done(&mut self, now: Instant, routing_id: &[u8], done: &[Done]) {
+        let Some(&slot) = self.by_routing_id.get(routing_id) else {
+            // A worker of this batch that has not greeted this ventilator yet (it restarted):
+            // its hello follows within a heartbeat, and the sink's word decides what is done.
+            log::debug!(
+                "credit from {} before its hello; ignored",
+                crate::sockets::peer_name(routing_id)
+            );
+            return;
+        };
+        let s = slot as usize;
+        self.workers[s].last_seen = now;
+        if !self.workers[s].alive {
+            // Declared gone already and its tasks handed on; its results still reach the
+            // sink, which drops the duplicates.
+            return;
+        }
+        for d in done {
+            let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.len()) else {
+                let peer = crate::sockets::peer_name(routing_id);
+                let why = format!("credit for task {} of a {}-task batch", d.id, self.len());
+                self.reject_at(now, &peer, why);
+                continue;
+            };
+            if self.state[index] != TaskState::Assigned || self.owner[index] != slot {
+                continue; // already reported or handed to another worker
+            }
+            self.release(slot, index);
+            // Only a report that frees a task it held proves the worker and ends a stall.
+            let worker = &mut self.workers[s];
+            worker.stalled = false;
+            worker.proven = true;
+            worker.last_report = now;
+            self.enqueue(slot);
+            self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+            if d.status == Status::Failed {
+                log::warn!(
+                    "worker {} failed task {}; handing it to another worker",
+                    printable(&self.workers[s].info.name),
+                    d.id
+                );
+                self.requeue(index);
+            } else {
+                self.state[index] = TaskState::Reported;
+                self.reported_log.push_back((now, index as u32, slot));
+            }
+        }
+    }
+
+    fn bye(&mut self, now: Instant, routing_id: &[u8]) {
+        if let Some(&slot) = self.by_routing_id.get(routing_id) {
+            if self.workers[slot as usize].alive {
+                log::debug!(
+                    "worker {} left",
+                    printable(&self.workers[slot as usize].info.name)
+                );
+                self.lose_worker(slot, now);
+            }
+        }
+    }
+
+    /// Frees the credit a task held at its owner.
+    fn release(&mut self, slot: WorkerId, index: usize) {
+        let workload = u64::from(self.config.tasks[index].workload_ms);
+        let worker = &mut self.workers[slot as usize];
+        worker.assigned = worker.assigned.saturating_sub(1);
+        worker.assigned_ms = worker.assigned_ms.saturating_sub(workload);
+        self.enqueue(slot);
+    }
+
+    /// Puts a worker in the ready queue if it may take tasks and is not there yet.
+    fn enqueue(&mut self, slot: WorkerId) {
+        let w = &mut self.workers[slot as usize];
+        if w.alive && !w.stalled && !w.queued {
+            w.queued = true;
+            self.ready.push_back(slot);
+        }
+    }
+
+    fn requeue(&mut self, index: usize) {
+        self.pending_count += 1;
+        self.state[index] = TaskState::Requeued;
+        self.owner[index] = NO_OWNER;
+        self.pending.push_front(index as u32);
+        // Tasks are no longer scarce: workers set aside for the tail may take more.
+        if !self.tail.is_empty() && self.pending_count > self.alive {
+            for slot in std::mem::take(&mut self.tail) {
+                self.workers[slot as usize].in_tail = false;
+                self.enqueue(slot);
+            }
+        }
+    }
+
+    /// A worker is gone: every task it held that the sink does not hold goes to others.
+    /// Costs what the worker was given and not yet seen held, never a scan of the batch.
+    fn lose_worker(&mut self, slot: WorkerId, now: Instant) {
+        let s = slot as usize;
+        if self.workers[s].alive {
+            self.alive -= 1;
+        }
+        self.workers[s].alive = false;
+        self.workers[s].assigned = 0;
+        self.workers[s].assigned_ms = 0;
+        let given = std::mem::take(&mut self.workers[s].given);
+        let mut handed_on = 0;
+        // Backwards, so the requeued tasks keep their dispatch order at the front.
+        for &(_, index) in given.iter().rev() {
+            let i = index as usize;
+            if self.owner[i] == slot
+                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported)
+            {
+                self.requeue(i);
+                handed_on += 1;
+            }
+        }
+        let name = printable(&self.workers[s].info.name).into_owned();
+        self.gone_log.warn_at(now, || {
+            format!("worker {name} is gone; handing its {handed_on} unfinished tasks to other workers")
+        });
+    }
+
+    /// Folds a report's wall time into the worker's measured speed.
+    fn learn_rate(&mut self, slot: usize, workload_ms: u32, wall_us: u32) {
+        if workload_ms == 0 {
+            return;
+        }
+        let sample = f64::from(wall_us) / f64::from(workload_ms);
+        let rate = &mut self.workers[slot].us_per_ms;
+        *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
+    }
+
+    /// How long `slot` may hold a task of `workload_ms` before another worker is given a
+    /// backup: `factor` times what its measured speed predicts (nominal speed until it
+    /// reports), plus the slack.
+    fn straggle_bound(&self, slot: usize, workload_ms: u32) -> Duration {
+        let us_per_ms = self.workers[slot].us_per_ms.unwrap_or(1000.0).max(1000.0);
+        let expected_us = us_per_ms * f64::from(workload_ms) * self.config.backup.factor;
+        self.config.backup.slack + Duration::from_secs_f64(expected_us.min(1e12) / 1e6)
+    }
+
+    /// Drops the front entries of a worker's list that no longer name a task it holds.
+    fn prune_given(&mut self, slot: usize) {
+        while let Some(&(_, index)) = self.workers[slot].given.front() {
+            let i = index as usize;
+            let ours = self.owner[i] == slot as u32
+                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported);
+            if ours {
+                break;
+            }
+            self.workers[slot].given.pop_front();
+        }
+    }
+
+    /// A task held far longer than its worker's speed predicts, by a worker that still
+    /// heartbeats (a straggler, or a worker whose task thread is stuck), is handed to
+    /// another worker as a backup, as MapReduce does: the first result wins and the other
+    /// is a duplicate. The straggler gets no new tasks until it reports again. Looks at
+    /// each worker's oldest task only.
+    fn back_up_stragglers(&mut self, now: Instant) {
+        if self.alive < 2 {
+            return;
+        }
+        for slot in 0..self.workers.len() {
+            if !self.workers[slot].alive {
+                continue;
+            }
+            self.prune_given(slot);
+            let Some(&(given_at, index)) = self.workers[slot].given.front() else {
+                continue;
+            };
+            let i = index as usize;
+            if self.state[i] != TaskState::Assigned {
+                continue;
+            }
+            let bound = self.straggle_bound(slot, self.config.tasks[i].workload_ms);
+            // A queued task waited behind the ones before it: its time runs from the later
+            // of when it was given and the worker's last report.
+            let since = given_at.max(self.workers[slot].last_report);
+            let held_for = now.saturating_duration_since(since);
+            if held_for <= bound {
+                continue;
+            }
+            // Every task it still holds unreported goes out again, oldest first.
+            let held: Vec<u32> = self.workers[slot]
+                .given
+                .iter()
+                .map(|&(_, index)| index)
+                .filter(|&index| {
+                    self.owner[index as usize] == slot as u32
+                        && self.state[index as usize] == TaskState::Assigned
+                })
+                .collect();
+            self.workers[slot].stalled = true;
+            for &index in held.iter().rev() {
+                self.release(slot as WorkerId, index as usize);
+                self.requeue(index as usize);
+            }
+            self.backups += held.len() as u64;
+            let name = printable(&self.workers[slot].info.name).into_owned();
+            let count = held.len();
+            self.gone_log.warn_at(now, || {
+                format!(
+                    "worker {name} has held task {index} for {:.1} s (bound {:.1} s) while it heartbeats; \
+                     handing its {count} unreported tasks to other workers as backups",
+                    held_for.as_secs_f64(),
+                    bound.as_secs_f64()
+                )
+            });
+        }
+    }
+
+    /// Drops the front of the reported log while it names tasks no longer waiting for the
+    /// sink, so the log holds only what is in doubt, not every task of the batch.
+    fn prune_reported_log(&mut self) {
+        while let Some(&(_, index, slot)) = self.reported_log.front() {
+            let i = index as usize;
+            if self.state[i] == TaskState::Reported && self.owner[i] == slot {
+                break;
+            }
+            self.reported_log.pop_front();
+        }
+    }
+
+    /// Workers whose reported-done tasks have not reached the sink (which answers) within
+    /// the bound: told why and dropped, their tasks handed to others.
+    fn refuse_undelivering_workers(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let bound = self.config.heartbeat.timeout() * UNDELIVERED_TIMEOUTS;
+        let mut stale: Vec<(u32, u32)> = Vec::new();
+        while let Some(&(at, index, slot)) = self.reported_log.front() {
+            if now.saturating_duration_since(at) < bound {
+                break;
+            }
+            self.reported_log.pop_front();
+            let i = index as usize;
+            if self.state[i] == TaskState::Reported && self.owner[i] == slot {
+                match stale.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, n)) => *n += 1,
+                    None => stale.push((slot, 1)),
+                }
+            }
+        }
+        for (slot, count) in stale {
+            let s = slot as usize;
+            if !self.workers[s].alive {
+                continue;
+            }
+            let name = self.workers[s].info.name.clone();
+            let reason = format!(
+                "worker {name:?} reported {count} tasks done whose results have not reached the sink at \
+                 {} after {:.0} s, while the sink answers the ventilator; check the worker's --sink \
+                 (its tasks go to other workers)",
+                self.config.sink,
+                bound.as_secs_f64()
+            );
+            log::warn!("{}", printable(&reason));
+            self.workers[s].refused = true;
+            out.push(Command::ToWorker {
+                worker: slot,
+                message: Message::Refused {
+                    kind: RefusalKind::ResultsLost,
+                    reason,
+                },
+            });
+            self.lose_worker(slot, now);
+        }
+    }
+
+    fn heartbeat_workers(&self, out: &mut Vec<Command>) {
+        let beat = self.heartbeat();
+        for (id, w) in self.workers.iter().enumerate() {
+            if w.alive {
+                out.push(Command::ToWorker {
+                    worker: id as WorkerId,
+                    message: beat.clone(),
+                });
+            }
+        }
+    }
+
+    /// A heartbeat to every live worker that holds tasks: one whose connection is gone
+    /// fails at once and its tasks go to others.
+    fn probe_holders(&self, out: &mut Vec<Command>) {
+        let beat = self.heartbeat();
+        for (id, w) in self.workers.iter().enumerate() {
+            if w.alive && w.assigned > 0 {
+                out.push(Command::ToWorker {
+                    worker: id as WorkerId,
+                    message: beat.clone(),
+                });
+            }
+        }
+    }
+
+    fn expire_silent_workers(&mut self, now: Instant) {
+        let timeout = self.config.heartbeat.timeout();
+        for slot in 0..self.workers.len() {
+            let silent = now.saturating_duration_since(self.workers[slot].last_seen);
+            if self.workers[slot].alive && silent > timeout {
+                let name = printable(&self.workers[slot].info.name).into_owned();
+                self.gone_log.warn_at(now, || {
+                    format!(
+                        "worker {name} silent for {:.1} s; declaring it gone",
+                        silent.as_secs_f64()
+                    )
+                });
+                self.lose_worker(slot as WorkerId, now);
+            }
+        }
+    }
+
+    // ---- handing out ----------------------------------------------------------------------
+
+    /// Tasks whose send found the worker's queue full: taken back as they were.
+    fn bounced(&mut self, slot: WorkerId, tasks: &[Task], again: &[bool]) {
+        for (task, &was_requeued) in tasks.iter().zip(again).rev() {
+            let index = task.id as usize;
+            if index >= self.len()
+                || self.owner[index] != slot
+                || self.state[index] != TaskState::Assigned
+            {
+                continue;
+            }
+            self.release(slot, index);
+            self.state[index] = if was_requeued {
+                self.redispatched = self.redispatched.saturating_sub(1);
+                TaskState::Requeued
+            } else {
+                TaskState::Pending
+            };
+            self.owner[index] = NO_OWNER;
+            self.pending.push_front(task.id);
+            self.pending_count += 1;
+        }
+    }
+
+    /// Whether `slot` may take `task` now, and if not, whether only because tasks are
+    /// scarce. A worker always gets a task when it has none. Beyond that it may hold up to
+    /// its window (so it never waits a round trip between tasks), but only while more tasks
+    /// are pending than there are workers: near the end of a batch the last tasks wait
+    /// here for whichever worker frees up first, instead of queueing behind a busy one
+    /// while another idles. Tasks that cost nothing stream up to the larger cap, since
+    /// they cannot make a tail.
+    ///
+    /// Whatever a worker asks for, it never holds more than its window (its pipeline depth,
+    /// capped at [`MAX_HINTED_WINDOW`] or `--window` if larger), and never more than its
+    /// share of what is left; a worker whose task was backed up gets nothing until it
+    /// reports again.
+    fn credit(&self, slot: usize, task: &Task) -> Credit {
+        let worker = &self.workers[slot];
+        if !worker.alive || worker.stalled {
+            return Credit::None;
+        }
+        if worker.assigned == 0 {
+            return Credit::Yes;
+        }
+        if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
+            let cap = if worker.proven {
+                self.config.max_window
+            } else {
+                self.config.window
+            };
+            if worker.assigned >= cap {
+                return Credit::None;
+            }
+            let share = self.pending_count.div_ceil(self.alive.max(1));
+            return if (worker.assigned as usize) < share.max(1) {
+                Credit::Yes
+            } else {
+                Credit::Scarce
+            };
+        }
+        let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
+        let window = self.config.window.max(hinted);
+        if worker.assigned >= window {
+            Credit::None
+        } else if self.pending_count > self.alive {
+            Credit::Yes
+        } else {
+            Credit::Scarce
+        }
+    }
+
+    /// The next task still pending, without removing it.
+    fn peek_pending(&mut self) -> Option<u32> {
+        while let Some(&id) = self.pending.front() {
+            if matches!(
+                self.state[id as usize],
+                TaskState::Pending | TaskState::Requeued
+            ) {
+                return Some(id);
+            }
+            self.pending.pop_front();
+        }
+        None
+    }
+
+    /// Hands out tasks to the workers in the ready queue, one task per worker per turn, so
+    /// the longest tasks spread across workers; then one message per worker. A worker
+    /// without credit leaves the queue; the cost is one queue step per task handed out,
+    /// plus one per worker that leaves.
+    fn dispatch(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let mut batches: Vec<(WorkerId, Vec<Task>, Vec<bool>)> = Vec::new();
+        // Where in `batches` each worker's tasks of this call are.
+        let mut slot_batch: HashMap<WorkerId, usize> = HashMap::new();
+        while self.pending_count > 0 {
+            let Some(slot) = self.ready.pop_front() else {
+                break;
+            };
+            let s = slot as usize;
+            self.workers[s].queued = false;
+            let Some(id) = self.peek_pending() else {
+                self.enqueue(slot);
+                break;
+            };
+            let task = self.config.tasks[id as usize];
+            match self.credit(s, &task) {
+                Credit::None => continue,
+                Credit::Scarce => {
+                    if !self.workers[s].in_tail {
+                        self.workers[s].in_tail = true;
+                        self.tail.push(slot);
+                    }
+                    continue;
+                }
+                Credit::Yes => {}
+            }
+            let b = *slot_batch.entry(slot).or_insert_with(|| {
+                batches.push((slot, Vec::new(), Vec::new()));
+                batches.len() - 1
+            });
+            if batches[b].1.len() >= MAX_ITEMS_PER_MESSAGE {
+                // A full message this call; its turn comes again on the next.
+                self.deferred.push(slot);
+                continue;
+            }
+            self.pending.pop_front();
+            self.pending_count -= 1;
+            batches[b]
+                .2
+                .push(self.state[id as usize] == TaskState::Requeued);
+            self.state[id as usize] = TaskState::Assigned;
+            self.owner[id as usize] = slot;
+            let worker = &mut self.workers[s];
+            worker.given.push_back((now, id));
+            worker.assigned += 1;
+            worker.assigned_ms += u64::from(task.workload_ms);
+            batches[b].1.push(task);
+            self.enqueue(slot);
+        }
+        // Workers set aside for a full message go back for the next call.
+        for slot in std::mem::take(&mut self.deferred) {
+            self.enqueue(slot);
+        }
+        for (worker, tasks, again) in batches {
+            self.redispatched += again.iter().filter(|&&a| a).count() as u64;
+            out.push(Command::Tasks {
+                worker,
+                tasks,
+                again,
+            });
+        }
+    }
+}
