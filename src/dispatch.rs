@@ -622,6 +622,13 @@ impl Dispatcher {
     }
 
     fn tick_dispatching(&mut self, now: Instant, out: &mut Vec<Command>) {
+        // What is due first, so no task goes to a worker about to be declared gone.
+        if now >= self.next_beat {
+            self.next_beat = now + self.config.heartbeat.interval;
+            if !self.every_heartbeat(now, out) {
+                return;
+            }
+        }
         self.dispatch(now, out);
         // In the tail (nothing left to hand out), a worker that vanished holding tasks
         // holds up the batch: look for such workers often, not once a heartbeat.
@@ -629,10 +636,11 @@ impl Dispatcher {
             self.next_probe = now + TAIL_PROBE;
             self.probe_holders(out);
         }
-        if now < self.next_beat {
-            return;
-        }
-        self.next_beat = now + self.config.heartbeat.interval;
+    }
+
+    /// Once a heartbeat interval: liveness both ways, stragglers, the sink's silence.
+    /// False when the batch stopped.
+    fn every_heartbeat(&mut self, now: Instant, out: &mut Vec<Command>) -> bool {
         self.heartbeat_workers(out);
         self.expire_silent_workers(now);
         self.finish_resync_if_stale(now);
@@ -654,7 +662,7 @@ impl Dispatcher {
                 tasks: self.len(),
             };
             self.stop(stop, out);
-            return;
+            return false;
         }
         // Tasks reported and not yet held are at the front of the pruned log.
         if !self.reported_log.is_empty()
@@ -687,6 +695,7 @@ impl Dispatcher {
         } else {
             self.idle_since = None;
         }
+        true
     }
 
     fn stop(&mut self, why: Stopped, out: &mut Vec<Command>) {
@@ -1240,13 +1249,18 @@ impl Dispatcher {
                 })
                 .collect();
             self.workers[slot].stalled = true;
+            let mut count = 0;
             for &index in held.iter().rev() {
-                self.release(slot as WorkerId, index as usize);
-                self.requeue(index as usize);
+                // A task bounced and given again appears twice in the list: once is enough.
+                let i = index as usize;
+                if self.owner[i] == slot as u32 && self.state[i] == TaskState::Assigned {
+                    self.release(slot as WorkerId, i);
+                    self.requeue(i);
+                    count += 1;
+                }
             }
-            self.backups += held.len() as u64;
+            self.backups += count;
             let name = printable(&self.workers[slot].info.name).into_owned();
-            let count = held.len();
             self.gone_log.warn_at(now, || {
                 format!(
                     "worker {name} has held task {index} for {:.1} s (bound {:.1} s) while it heartbeats; \
@@ -1510,3 +1524,7 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "dispatch_tests.rs"]
+mod tests;

@@ -1,0 +1,660 @@
+//! Properties of the dispatcher, on a fake clock, against a model of workers and a sink
+//! that do everything peers can do: join, heartbeat, finish, fail, report twice, die,
+//! freeze, hoard, flood, heartbeat without working, lose their results, fill their queues,
+//! and a sink and a ventilator that restart. After any sequence of those, one honest
+//! worker finishes the batch, and every step keeps the invariants.
+
+use super::*;
+use crate::protocol::{Done, Message, Status, WorkerInfo};
+use proptest::prelude::*;
+
+const INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Worker i greets (a new process if it has none, a heartbeat otherwise).
+    Join(u8),
+    /// Worker i greets asking for an enormous window.
+    Hoard(u8),
+    /// Worker i finishes its oldest task (or fails it).
+    Finish(u8, bool),
+    /// Worker i reports its last finished task again, and sends its result again.
+    Repeat(u8),
+    /// Worker i's process is killed: its connection is gone.
+    Kill(u8),
+    /// Worker i hangs: it never sends again, its connection stays.
+    Freeze(u8),
+    /// Worker i keeps heartbeating and never finishes a task.
+    Zombie(u8),
+    /// Worker i reports tasks done whose results never reach the sink.
+    Lossy(u8),
+    /// Worker i says goodbye and goes.
+    Bye(u8),
+    /// The next tasks sent to worker i find its queue full.
+    Full(u8),
+    /// Every worker still running heartbeats.
+    Beat,
+    /// The sink tells the ventilator what it now holds.
+    SinkFlush,
+    /// The sink restarts keeping this percentage of its results (a results file).
+    SinkRestart(u8),
+    /// The ventilator restarts with --resume.
+    VentRestart,
+    /// This many peers greet once, are handed tasks, and hang.
+    Flood(u8),
+    /// Time passes.
+    Advance(u16),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (0u8..6).prop_map(Action::Join),
+        1 => (0u8..6).prop_map(Action::Hoard),
+        8 => (0u8..6, proptest::bool::weighted(0.1)).prop_map(|(w, f)| Action::Finish(w, f)),
+        1 => (0u8..6).prop_map(Action::Repeat),
+        1 => (0u8..6).prop_map(Action::Kill),
+        1 => (0u8..6).prop_map(Action::Freeze),
+        1 => (0u8..6).prop_map(Action::Zombie),
+        1 => (0u8..6).prop_map(Action::Lossy),
+        1 => (0u8..6).prop_map(Action::Bye),
+        1 => (0u8..6).prop_map(Action::Full),
+        3 => Just(Action::Beat),
+        3 => Just(Action::SinkFlush),
+        1 => (0u8..=100).prop_map(Action::SinkRestart),
+        1 => Just(Action::VentRestart),
+        1 => (1u8..20).prop_map(Action::Flood),
+        3 => (1u16..800).prop_map(Action::Advance),
+    ]
+}
+
+#[derive(Debug)]
+struct ModelWorker {
+    routing_id: Vec<u8>,
+    info: WorkerInfo,
+    queue: VecDeque<Task>,
+    last_done: Option<Task>,
+    connected: bool,
+    frozen: bool,
+    zombie: bool,
+    lossy: bool,
+    full_next: bool,
+}
+
+impl ModelWorker {
+    fn runs(&self) -> bool {
+        self.connected && !self.frozen
+    }
+    fn honest(&self) -> bool {
+        self.runs() && !self.zombie && !self.lossy
+    }
+}
+
+struct Farm {
+    base: Instant,
+    t: Duration,
+    config: DispatchConfig,
+    d: Dispatcher,
+    workers: Vec<ModelWorker>,
+    /// Worker index for each of the 6 names the actions use.
+    named: [Option<usize>; 6],
+    sink_held: Vec<bool>,
+    /// Held at the sink and not yet told to the ventilator.
+    untold: Vec<u32>,
+    /// What the ventilator has been told the sink holds (since the sink's last restart).
+    told: Vec<bool>,
+    /// Session of the ventilator the sink acknowledged last.
+    sink_session: Option<u64>,
+    duplicates: u64,
+    complete: bool,
+    stopped: Option<Stopped>,
+    next_session: u64,
+}
+
+impl Farm {
+    fn new(workloads: &[u32], window: u32, max_window: u32) -> Farm {
+        let tasks: Vec<Task> = workloads
+            .iter()
+            .enumerate()
+            .map(|(id, &workload_ms)| Task {
+                id: id as u32,
+                workload_ms,
+            })
+            .collect();
+        let config = DispatchConfig {
+            batch_id: 0xba7c,
+            session: 1,
+            order: (0..tasks.len() as u32).collect(),
+            tasks,
+            job: Job::default(),
+            expected_ms: workloads.iter().map(|&w| u64::from(w)).sum(),
+            longest_ms: workloads.iter().copied().max().unwrap_or(0),
+            wait_workers: 0,
+            wait_timeout: Duration::from_secs(3600),
+            window,
+            max_window,
+            heartbeat: Heartbeat {
+                interval: INTERVAL,
+                liveness: 3,
+            },
+            backup: Backup {
+                factor: 4.0,
+                slack: Duration::from_millis(500),
+            },
+            sink_timeout: Duration::from_secs(3600),
+            resume: false,
+            shutdown_workers: true,
+            endpoint: "tcp://test:1".into(),
+            sink: "tcp://test:2".into(),
+        };
+        let base = Instant::now();
+        let n = workloads.len();
+        let mut farm = Farm {
+            base,
+            t: Duration::ZERO,
+            d: Dispatcher::new(config.clone(), base, 0),
+            config,
+            workers: Vec::new(),
+            named: [None; 6],
+            sink_held: vec![false; n],
+            untold: Vec::new(),
+            told: vec![false; n],
+            sink_session: None,
+            duplicates: 0,
+            complete: false,
+            stopped: None,
+            next_session: 2,
+        };
+        farm.event(Event::Tick);
+        farm
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.t
+    }
+
+    fn by_routing_id(&self, id: &[u8]) -> Option<usize> {
+        self.workers.iter().position(|w| w.routing_id == id)
+    }
+
+    fn event(&mut self, event: Event) {
+        let mut out = Vec::new();
+        self.d.handle(self.now(), event, &mut out);
+        self.carry_out(out);
+        self.check();
+    }
+
+    /// The model pump: carries out commands in order, failures straight back.
+    fn carry_out(&mut self, mut out: Vec<Command>) {
+        let mut from_sink = Vec::new();
+        while !out.is_empty() {
+            let mut failed = Vec::new();
+            for command in std::mem::take(&mut out) {
+                match command {
+                    Command::ToWorker { worker, message } => {
+                        let rid = self.d.worker(worker).routing_id.clone();
+                        let w = self.by_routing_id(&rid).expect("a worker we know");
+                        if !self.workers[w].connected {
+                            failed.push(Event::Unreachable(worker));
+                        } else if let Message::Refused { .. } = message {
+                            self.workers[w].connected = false;
+                        }
+                    }
+                    Command::Tasks { worker, tasks, .. } if !self.d.worker(worker).alive => {
+                        panic!("tasks {tasks:?} sent to worker {worker}, declared gone");
+                    }
+                    Command::Tasks {
+                        worker,
+                        tasks,
+                        again,
+                    } => {
+                        for t in &tasks {
+                            assert!(
+                                !self.told[t.id as usize],
+                                "task {} handed out again though the sink holds it",
+                                t.id
+                            );
+                        }
+                        let rid = self.d.worker(worker).routing_id.clone();
+                        let w = self.by_routing_id(&rid).expect("a worker we know");
+                        let mw = &mut self.workers[w];
+                        if !mw.connected {
+                            failed.push(Event::Unreachable(worker));
+                        } else if mw.full_next {
+                            mw.full_next = false;
+                            failed.push(Event::Bounced {
+                                worker,
+                                tasks,
+                                again,
+                            });
+                        } else {
+                            mw.queue.extend(tasks);
+                        }
+                    }
+                    Command::Reply {
+                        routing_id,
+                        message,
+                    } => {
+                        if let (Some(w), Message::Refused { .. }) =
+                            (self.by_routing_id(&routing_id), message)
+                        {
+                            self.workers[w].connected = false;
+                        }
+                    }
+                    Command::ToSink(Message::Batch { session, .. }) => {
+                        if self.sink_session != Some(session) {
+                            // A ventilator the sink has not acknowledged: it answers with
+                            // what it holds.
+                            self.sink_session = Some(session);
+                            let held: Vec<u32> = (0..self.sink_held.len() as u32)
+                                .filter(|&i| self.sink_held[i as usize])
+                                .collect();
+                            self.untold.clear();
+                            from_sink.push(Message::BatchAck {
+                                batch: self.config.batch_id,
+                                held: held.len() as u32,
+                            });
+                            from_sink.push(Message::Held {
+                                batch: self.config.batch_id,
+                                ids: held,
+                            });
+                        } else {
+                            from_sink.push(Message::Heartbeat {
+                                batch: self.config.batch_id,
+                            });
+                        }
+                    }
+                    Command::ToSink(_) => {}
+                    Command::Complete => {
+                        assert!(
+                            self.sink_held.iter().all(|&h| h),
+                            "complete, yet a task never reached the sink"
+                        );
+                        assert_eq!(self.d.counters().held, self.d.len());
+                        self.complete = true;
+                    }
+                    Command::Stop(why) => self.stopped = Some(why),
+                }
+            }
+            for event in failed {
+                self.d.handle(self.now(), event, &mut out);
+            }
+        }
+        for message in from_sink {
+            if let Message::Held { ids, .. } = &message {
+                ids.iter().for_each(|&i| self.told[i as usize] = true);
+            }
+            let mut out = Vec::new();
+            self.d.handle(self.now(), Event::FromSink(message), &mut out);
+            self.carry_out(out);
+        }
+    }
+
+    fn from_worker(&mut self, w: usize, message: Message) {
+        let routing_id = self.workers[w].routing_id.clone();
+        self.event(Event::FromWorker {
+            routing_id,
+            message,
+        });
+    }
+
+    fn spawn(&mut self, name: &str, window_hint: u16) -> usize {
+        let session = self.next_session;
+        self.next_session += 1;
+        let info = WorkerInfo {
+            name: name.into(),
+            session,
+            backend: "sleep".into(),
+            adapter: String::new(),
+            window_hint,
+        };
+        self.workers.push(ModelWorker {
+            routing_id: format!("{name}/{session}").into_bytes(),
+            info,
+            queue: VecDeque::new(),
+            last_done: None,
+            connected: true,
+            frozen: false,
+            zombie: false,
+            lossy: false,
+            full_next: false,
+        });
+        self.workers.len() - 1
+    }
+
+    fn greet(&mut self, i: u8, window_hint: u16) {
+        let slot = usize::from(i);
+        let w = match self.named[slot] {
+            Some(w) if self.workers[w].connected => w,
+            // The process is gone (or never was): a new one under the same name.
+            _ => {
+                let w = self.spawn(&format!("w{i}"), window_hint);
+                self.named[slot] = Some(w);
+                w
+            }
+        };
+        if self.workers[w].runs() {
+            self.workers[w].info.window_hint = window_hint;
+            let info = self.workers[w].info.clone();
+            self.from_worker(w, Message::Hello(info));
+        }
+    }
+
+    fn named(&self, i: u8) -> Option<usize> {
+        self.named[usize::from(i)]
+    }
+
+    fn finish(&mut self, w: usize, fail: bool) {
+        let worker = &mut self.workers[w];
+        if !worker.runs() || worker.zombie {
+            return;
+        }
+        let Some(task) = worker.queue.pop_front() else {
+            return;
+        };
+        worker.last_done = Some(task);
+        self.deliver(w, task, fail);
+    }
+
+    fn deliver(&mut self, w: usize, task: Task, fail: bool) {
+        let status = if fail { Status::Failed } else { Status::Ok };
+        if !fail && !self.workers[w].lossy {
+            let i = task.id as usize;
+            if self.sink_held[i] {
+                self.duplicates += 1;
+            } else {
+                self.sink_held[i] = true;
+                self.untold.push(task.id);
+            }
+        }
+        let done = Done {
+            id: task.id,
+            status,
+            wall_us: task.workload_ms * 1000,
+        };
+        self.from_worker(
+            w,
+            Message::Done {
+                batch: self.config.batch_id,
+                done: vec![done],
+            },
+        );
+    }
+
+    fn sink_flush(&mut self) {
+        if self.sink_session.is_none() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.untold);
+        ids.iter().for_each(|&i| self.told[i as usize] = true);
+        let batch = self.config.batch_id;
+        self.event(Event::FromSink(Message::Held { batch, ids }));
+        if self.sink_held.iter().all(|&h| h) {
+            self.event(Event::FromSink(Message::Complete { batch }));
+        }
+    }
+
+    fn beat(&mut self) {
+        for w in 0..self.workers.len() {
+            if self.workers[w].runs() {
+                let info = self.workers[w].info.clone();
+                self.from_worker(w, Message::Hello(info));
+            }
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.t += by;
+        self.event(Event::Tick);
+    }
+
+    fn apply(&mut self, action: &Action) {
+        match *action {
+            Action::Join(i) => self.greet(i, 1),
+            Action::Hoard(i) => self.greet(i, u16::MAX),
+            Action::Finish(i, fail) => {
+                if let Some(w) = self.named(i) {
+                    self.finish(w, fail)
+                }
+            }
+            Action::Repeat(i) => {
+                if let Some(w) = self.named(i) {
+                    if let (true, Some(task)) = (self.workers[w].runs(), self.workers[w].last_done) {
+                        self.deliver(w, task, false);
+                    }
+                }
+            }
+            Action::Kill(i) => {
+                if let Some(w) = self.named(i) {
+                    self.workers[w].connected = false;
+                }
+            }
+            Action::Freeze(i) => {
+                if let Some(w) = self.named(i) {
+                    self.workers[w].frozen = true;
+                }
+            }
+            Action::Zombie(i) => {
+                if let Some(w) = self.named(i) {
+                    self.workers[w].zombie = true;
+                }
+            }
+            Action::Lossy(i) => {
+                if let Some(w) = self.named(i) {
+                    self.workers[w].lossy = true;
+                }
+            }
+            Action::Bye(i) => {
+                if let Some(w) = self.named(i) {
+                    if self.workers[w].runs() {
+                        self.from_worker(w, Message::Bye);
+                        self.workers[w].connected = false;
+                    }
+                }
+            }
+            Action::Full(i) => {
+                if let Some(w) = self.named(i) {
+                    self.workers[w].full_next = true;
+                }
+            }
+            Action::Beat => self.beat(),
+            Action::SinkFlush => self.sink_flush(),
+            Action::SinkRestart(keep) => {
+                for (id, held) in self.sink_held.iter_mut().enumerate() {
+                    if *held && (id as u64 * 2_654_435_761) % 100 >= u64::from(keep) {
+                        *held = false;
+                    }
+                }
+                self.untold.clear();
+                self.told.iter_mut().for_each(|t| *t = false);
+                self.sink_session = None;
+                self.event(Event::Tick);
+            }
+            Action::VentRestart => {
+                let mut config = self.config.clone();
+                config.resume = true;
+                config.session = self.next_session;
+                self.next_session += 1;
+                self.d = Dispatcher::new(config, self.now(), 0);
+                self.told.iter_mut().for_each(|t| *t = false);
+                self.event(Event::Tick);
+            }
+            Action::Flood(count) => {
+                let mut flood = Vec::new();
+                for _ in 0..count {
+                    let w = self.spawn(&format!("flood{}", self.next_session), u16::MAX);
+                    let info = self.workers[w].info.clone();
+                    self.from_worker(w, Message::Hello(info));
+                    flood.push(w);
+                }
+                self.event(Event::Tick);
+                flood.iter().for_each(|&w| self.workers[w].frozen = true);
+            }
+            Action::Advance(ms) => self.advance(Duration::from_millis(u64::from(ms))),
+        }
+        self.event(Event::Tick);
+    }
+
+    /// The invariants, after every event.
+    fn check(&self) {
+        let d = &self.d;
+        let n = d.len();
+        let mut assigned = vec![0u32; d.workers().len()];
+        let mut pending = 0;
+        for id in 0..n as u32 {
+            match d.task_state(id) {
+                TaskState::Assigned => {
+                    let owner = d.owner(id).expect("an assigned task has an owner");
+                    assert!(
+                        d.worker(owner).alive,
+                        "task {id} assigned to worker {owner}, declared gone"
+                    );
+                    assigned[owner as usize] += 1;
+                }
+                TaskState::Pending | TaskState::Requeued => pending += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(pending, d.pending_count(), "pending count drifted: {:?}", (0..n as u32).map(|i| d.task_state(i)).collect::<Vec<_>>());
+        let cap = self
+            .config
+            .window
+            .max(MAX_HINTED_WINDOW)
+            .max(self.config.max_window);
+        for (id, w) in d.workers().iter().enumerate() {
+            if w.alive {
+                assert_eq!(w.assigned, assigned[id], "worker {id}'s credit drifted");
+            }
+            assert!(
+                assigned[id] <= cap,
+                "worker {id} holds {} tasks, more than any credit ({cap})",
+                assigned[id]
+            );
+        }
+        // Memory grows with the batch and the workers, not with time.
+        let bound = 4 * n + 4 * d.workers().len() + 64;
+        assert!(
+            d.queue_entries() <= bound,
+            "{} queue entries for {n} tasks and {} workers",
+            d.queue_entries(),
+            d.workers().len()
+        );
+        assert!(self.stopped.is_none(), "stopped: {:?}", self.stopped);
+    }
+
+    /// One honest worker joins; everyone honest works and heartbeats; the batch must end.
+    fn finish_batch(&mut self) {
+        let finisher = self.spawn("finisher", 1);
+        let info = self.workers[finisher].info.clone();
+        self.from_worker(finisher, Message::Hello(info));
+        for _ in 0..5_000 {
+            if self.complete {
+                break;
+            }
+            for w in 0..self.workers.len() {
+                while self.workers[w].honest() && !self.workers[w].queue.is_empty() {
+                    self.finish(w, false);
+                }
+            }
+            self.beat();
+            self.sink_flush();
+            self.advance(INTERVAL);
+        }
+        assert!(
+            self.complete,
+            "the batch did not finish with an honest worker: {} of {} held, {} pending",
+            self.d.counters().held,
+            self.d.len(),
+            self.d.pending_count()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn any_interleaving_ends_with_every_task_held_once(
+        workloads in proptest::collection::vec(prop_oneof![1 => Just(0u32), 4 => 1u32..50], 1..40),
+        window in 1u32..4,
+        max_window in 1u32..10,
+        actions in proptest::collection::vec(action(), 0..120),
+    ) {
+        let mut farm = Farm::new(&workloads, window, max_window);
+        for a in &actions {
+            farm.apply(a);
+        }
+        farm.finish_batch();
+    }
+}
+
+#[test]
+fn a_hoarder_gets_no_more_than_its_window() {
+    let mut farm = Farm::new(&[10; 200], 2, 8);
+    farm.apply(&Action::Hoard(0));
+    farm.apply(&Action::Join(1));
+    let w = farm.named(0).expect("the hoarder joined");
+    let held = farm.workers[w].queue.len();
+    assert!(held <= MAX_HINTED_WINDOW as usize, "the hoarder holds {held} tasks");
+    assert!(held >= 2, "the hoarder holds {held} tasks: not even its window");
+    farm.finish_batch();
+}
+
+#[test]
+fn a_zombie_that_heartbeats_has_its_tasks_backed_up() {
+    let mut farm = Farm::new(&[10; 6], 2, 8);
+    farm.apply(&Action::Join(0));
+    farm.apply(&Action::Zombie(0));
+    farm.apply(&Action::Join(1));
+    // Well past the straggle bound (4 × 10 ms + 500 ms), heartbeating all along.
+    for _ in 0..10 {
+        farm.apply(&Action::Beat);
+        farm.apply(&Action::Advance(100));
+    }
+    assert!(farm.d.counters().backups > 0, "no backup for the zombie's tasks");
+    let zombie = farm.d.workers().iter().position(|w| w.info.name == "w0");
+    assert!(zombie.is_some_and(|z| farm.d.workers()[z].stalled));
+    farm.finish_batch();
+}
+
+#[test]
+fn a_flood_of_vanishing_peers_costs_a_few_tasks_each_and_the_batch_ends() {
+    let mut farm = Farm::new(&[0; 5_000], 2, 2048);
+    farm.apply(&Action::Join(0));
+    for _ in 0..20 {
+        farm.apply(&Action::Flood(19));
+    }
+    // A peer that never reported is on probation: at most --window tasks of a stream,
+    // however deep a pipeline it claims.
+    let flood: Vec<&ModelWorker> = farm
+        .workers
+        .iter()
+        .filter(|w| w.info.name.starts_with("flood"))
+        .collect();
+    assert_eq!(flood.len(), 380);
+    assert!(flood.iter().all(|w| w.queue.len() <= 2));
+    assert!(flood.iter().any(|w| !w.queue.is_empty()));
+    farm.finish_batch();
+}
+
+#[test]
+fn a_name_taken_by_a_live_worker_is_refused_and_a_dead_ones_is_handed_over() {
+    let mut farm = Farm::new(&[10; 4], 2, 8);
+    farm.apply(&Action::Join(0));
+    let first = farm.named(0).expect("joined");
+    // A second process with the same name while the first is connected: refused.
+    let second = farm.spawn("w0", 1);
+    let info = farm.workers[second].info.clone();
+    farm.from_worker(second, Message::Hello(info));
+    farm.event(Event::Tick);
+    assert!(!farm.workers[second].connected, "the second w0 was not refused");
+    // The first one dies; a third takes the name at once.
+    farm.workers[first].connected = false;
+    let third = farm.spawn("w0", 1);
+    let info = farm.workers[third].info.clone();
+    farm.from_worker(third, Message::Hello(info));
+    farm.event(Event::Tick);
+    assert!(farm.workers[third].connected, "the name of a dead worker was not handed over");
+    assert!(!farm.workers[third].queue.is_empty(), "the new w0 got no tasks");
+    farm.finish_batch();
+}
+
