@@ -5,6 +5,7 @@
 //! of scaling and of the backend comparison go to `--out` with the tables.
 
 mod faults;
+pub mod simulate;
 mod plot;
 
 use crate::backend::sleep::Sleep;
@@ -40,17 +41,20 @@ pub enum Suite {
     Latency,
     /// Misbehaving peers: a straggler that heartbeats, a flood of fake workers.
     Faults,
+    /// The real dispatcher in virtual time: 1 to 10,000 simulated workers, a million tasks.
+    Simulate,
 }
 
 impl Suite {
     /// Every suite, in the order they are reported.
-    pub const ALL: [Suite; 7] = [
+    pub const ALL: [Suite; 8] = [
         Suite::Scaling,
         Suite::Backends,
         Suite::Dispatch,
         Suite::Throughput,
         Suite::Latency,
         Suite::Faults,
+        Suite::Simulate,
         Suite::Device,
     ];
 }
@@ -171,6 +175,7 @@ pub struct BenchResults {
     pub dispatch: Vec<DispatchRow>,
     pub latency: Vec<LatencyRow>,
     pub faults: Vec<faults::FaultRow>,
+    pub simulate: Vec<simulate::SimRow>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +251,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         dispatch: Vec::new(),
         latency: Vec::new(),
         faults: Vec::new(),
+        simulate: Vec::new(),
     };
     let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
@@ -261,6 +267,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             Suite::Faults => {
                 results.faults = faults::faults(args.quick, repeat, &progress, shutdown)?
             }
+            Suite::Simulate => results.simulate = simulate::suite(args.quick, &progress)?,
         }
     }
     progress.finish();
@@ -296,6 +303,13 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 plot::backends(&ran, &title, &dir.join("backends.svg"))?;
             }
         }
+        if !results.simulate.is_empty() {
+            let title = format!(
+                "simulated farm, {} tasks: efficiency against worker count",
+                results.simulate[0].tasks
+            );
+            plot::simulate(&results.simulate, &title, &dir.join("simulate.svg"))?;
+        }
     }
     if args.json {
         println!("{json}");
@@ -326,6 +340,7 @@ impl Progress {
                 Suite::Dispatch => 6 * r,
                 Suite::Latency => 3 * r,
                 Suite::Faults => 4 * r,
+                Suite::Simulate => 6,
                 Suite::Device => 1,
             })
             .sum();
@@ -1221,6 +1236,9 @@ pub fn markdown(r: &BenchResults) -> String {
             );
         }
         s += "\n";
+    }
+    if !r.simulate.is_empty() {
+        s += &simulate::markdown(&r.simulate);
     }
     s
 }

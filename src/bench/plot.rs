@@ -147,3 +147,72 @@ pub fn backends(rows: &[BackendRow], title: &str, path: &Path) -> anyhow::Result
     root.present()
         .with_context(|| format!("writing {}", path.display()))
 }
+
+/// The simulated farm: efficiency against the LPT bound and the ideal, by worker count
+/// (log scale), without churn, with the 0.99 target.
+pub fn simulate(rows: &[super::simulate::SimRow], title: &str, path: &Path) -> anyhow::Result<()> {
+    let calm: Vec<&super::simulate::SimRow> =
+        rows.iter().filter(|r| r.scenario == "no churn").collect();
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err("simulate"))?;
+    let max_workers = calm.iter().map(|r| r.workers).max().unwrap_or(1) as f64;
+    let x_max = max_workers.log10() + 0.25;
+    let y_min = calm
+        .iter()
+        .map(|r| r.efficiency_ideal.min(r.efficiency_lpt))
+        .fold(0.9_f64, f64::min)
+        - 0.02;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.25f64..x_max, y_min..1.01f64)
+        .map_err(err("simulate"))?;
+    chart
+        .configure_mesh()
+        .x_desc("workers")
+        .y_desc("efficiency (bound / makespan)")
+        .x_label_formatter(&|x| format!("{}", 10f64.powf(*x).round()))
+        .x_labels(max_workers.log10() as usize + 1)
+        .draw()
+        .map_err(err("simulate"))?;
+    chart
+        .draw_series(LineSeries::new(
+            [(-0.25, 0.99), (x_max, 0.99)],
+            RED.mix(0.6).stroke_width(1),
+        ))
+        .map_err(err("simulate"))?
+        .label("target 0.99 of LPT")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.mix(0.6)));
+    type Pick = fn(&super::simulate::SimRow) -> f64;
+    let lines: [(&str, RGBColor, Pick); 2] = [
+        ("against the LPT bound", BLUE, |r| r.efficiency_lpt),
+        ("against the ideal", GREEN, |r| r.efficiency_ideal),
+    ];
+    for (label, color, pick) in lines {
+        let points: Vec<(f64, f64)> = calm
+            .iter()
+            .map(|r| ((r.workers as f64).log10(), pick(r)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(err("simulate"))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(err("simulate"))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err("simulate"))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,693 @@
+//! `conquer bench --suite simulate`: the real dispatcher in virtual time against simulated
+//! workers and a modelled sink, at sizes no machine here can run for real: up to 10,000
+//! workers and a million tasks of the seed's workload (1–100 ms), with heterogeneous speeds
+//! (log-normal, plus a few 10× stragglers), per-message latency, and churn (workers joining
+//! during the batch, 1 % killed, 1 % frozen). It reports the makespan against the LPT
+//! bound and the ideal, what went out again, and the ventilator's real CPU time per task.
+//!
+//! Only the dispatcher is real; workers and the sink are event handlers on one virtual
+//! clock, so the figures are the dispatch rules' own, free of scheduling noise.
+
+use crate::batch::{Batch, Job, Task};
+use crate::dispatch::{Backup, Command, DispatchConfig, Dispatcher, Event, WorkerId};
+use crate::heartbeat::Heartbeat;
+use crate::protocol::{Done, Message, Status, WorkerInfo};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// One simulated farm.
+#[derive(Debug, Clone)]
+pub struct SimSpec {
+    pub workers: usize,
+    pub tasks: u32,
+    /// Joins during the batch, 1 % killed, 1 % frozen.
+    pub churn: bool,
+    /// One-way latency of every message.
+    pub latency: Duration,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimRow {
+    pub scenario: String,
+    pub workers: usize,
+    pub tasks: u32,
+    pub makespan_s: f64,
+    /// List scheduling, longest first, onto the worker that frees up first, with the
+    /// workers' real speeds and no latency: what dispatch can hope for.
+    pub lpt_s: f64,
+    /// Total work over total speed (never below the longest task on the fastest worker).
+    pub ideal_s: f64,
+    pub efficiency_lpt: f64,
+    pub efficiency_ideal: f64,
+    pub redispatched: u64,
+    pub backups: u64,
+    pub duplicates: u64,
+    /// Tasks handed out (redispatches included).
+    pub decisions: u64,
+    /// The dispatcher's own CPU time (inside `handle`) per task handed out.
+    pub cpu_ns_per_decision: f64,
+    /// Most queue entries the dispatcher held at once, per task of the batch.
+    pub peak_entries_per_task: f64,
+    /// Real time the simulation took.
+    pub wall_s: f64,
+}
+
+/// What arrives or happens, at a virtual time.
+#[derive(Debug)]
+enum Ev {
+    /// A worker's message reaches the ventilator.
+    ToVent(usize, Message),
+    /// The sink's message reaches the ventilator.
+    FromSink(Message),
+    /// Tasks reach a worker.
+    Tasks(usize, Vec<Task>),
+    /// A worker finishes the task it runs.
+    Finished(usize),
+    /// A worker's heartbeat is due.
+    Beat(usize),
+    /// A result reaches the sink.
+    Result(u32),
+    /// The ventilator announces the batch; it reaches the sink.
+    Announce(u64),
+    /// The sink sends what it holds since the last flush.
+    SinkFlush,
+    Join(usize),
+    Kill(usize),
+    Freeze(usize),
+    /// The ventilator's deadline.
+    Tick,
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    NotYet,
+    Running,
+    Killed,
+    Frozen,
+    Refused,
+}
+
+struct SimWorker {
+    /// Time per nominal ms, as a multiple (1.0 is nominal speed).
+    slowness: f64,
+    life: Life,
+    queue: VecDeque<Task>,
+    busy: bool,
+    routing_id: Vec<u8>,
+    info: WorkerInfo,
+}
+
+const INTERVAL: Duration = Duration::from_millis(500);
+/// How often the sink tells the ventilator what it holds.
+const SINK_FLUSH: Duration = Duration::from_millis(1);
+
+struct Sim {
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    base: Instant,
+    d: Dispatcher,
+    workers: Vec<SimWorker>,
+    latency: u64,
+    by_routing_id: std::collections::HashMap<Vec<u8>, usize>,
+    sink_held: Vec<bool>,
+    sink_count: usize,
+    sink_session: Option<u64>,
+    untold: Vec<u32>,
+    flush_scheduled: bool,
+    tick_at: Option<u64>,
+    duplicates: u64,
+    decisions: u64,
+    handle_time: Duration,
+    complete_at: Option<u64>,
+    /// When the ventilator first announced the batch: the batch's start.
+    start_at: Option<u64>,
+    stopped: Option<String>,
+    peak_entries: usize,
+    events: u64,
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+impl Sim {
+    fn at(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn after(&mut self, delay: u64, ev: Ev) {
+        self.at(self.now + delay, ev);
+    }
+
+    fn vent(&mut self, event: Event) {
+        let mut out = Vec::new();
+        let now = self.base + Duration::from_nanos(self.now);
+        let started = Instant::now();
+        self.d.handle(now, event, &mut out);
+        self.d.handle(now, Event::Tick, &mut out);
+        self.handle_time += started.elapsed();
+        self.carry_out(out);
+        let deadline = ns(self.d.next_deadline().saturating_duration_since(self.base));
+        if self.tick_at.is_none_or(|t| deadline < t || t <= self.now) {
+            self.tick_at = Some(deadline.max(self.now + 1));
+            self.at(deadline.max(self.now + 1), Ev::Tick);
+        }
+    }
+
+    fn carry_out(&mut self, mut out: Vec<Command>) {
+        while !out.is_empty() {
+            let mut failed = Vec::new();
+            for command in std::mem::take(&mut out) {
+                match command {
+                    Command::ToWorker { worker, message } => {
+                        let w = self.worker_index(worker);
+                        match self.workers[w].life {
+                            Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
+                            _ => {
+                                if let Message::Refused { .. } = message {
+                                    self.workers[w].life = Life::Refused;
+                                }
+                            }
+                        }
+                    }
+                    Command::Tasks { worker, tasks, .. } => {
+                        let w = self.worker_index(worker);
+                        self.decisions += tasks.len() as u64;
+                        match self.workers[w].life {
+                            Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
+                            _ => self.after(self.latency, Ev::Tasks(w, tasks)),
+                        }
+                    }
+                    Command::Reply { .. } => {}
+                    Command::ToSink(Message::Batch { session, .. }) => {
+                        self.start_at.get_or_insert(self.now);
+                        self.after(self.latency, Ev::Announce(session))
+                    }
+                    Command::ToSink(_) => {}
+                    Command::Complete => self.complete_at = Some(self.now),
+                    Command::Stop(why) => self.stopped = Some(why.to_string()),
+                }
+            }
+            let now = self.base + Duration::from_nanos(self.now);
+            let started = Instant::now();
+            for event in failed {
+                self.d.handle(now, event, &mut out);
+            }
+            self.handle_time += started.elapsed();
+        }
+    }
+
+    fn worker_index(&self, id: WorkerId) -> usize {
+        self.by_routing_id[&self.d.worker(id).routing_id]
+    }
+
+    fn hello(&mut self, w: usize) {
+        let info = self.workers[w].info.clone();
+        self.after(self.latency, Ev::ToVent(w, Message::Hello(info)));
+    }
+
+    fn start_next(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        if worker.busy || worker.life != Life::Running {
+            return;
+        }
+        if let Some(task) = worker.queue.front() {
+            worker.busy = true;
+            let run = (f64::from(task.workload_ms) * 1e6 * worker.slowness) as u64;
+            self.after(run.max(1), Ev::Finished(w));
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        self.events += 1;
+        match ev {
+            Ev::ToVent(w, message) => {
+                if self.workers[w].life == Life::Refused {
+                    return;
+                }
+                let routing_id = self.workers[w].routing_id.clone();
+                self.vent(Event::FromWorker {
+                    routing_id,
+                    message,
+                });
+            }
+            Ev::FromSink(message) => self.vent(Event::FromSink(message)),
+            Ev::Tasks(w, tasks) => {
+                if matches!(self.workers[w].life, Life::Running | Life::Frozen) {
+                    self.workers[w].queue.extend(tasks);
+                    self.start_next(w);
+                }
+            }
+            Ev::Finished(w) => {
+                if self.workers[w].life != Life::Running {
+                    return;
+                }
+                let worker = &mut self.workers[w];
+                worker.busy = false;
+                let Some(task) = worker.queue.pop_front() else {
+                    return;
+                };
+                let wall_us = (f64::from(task.workload_ms) * 1e3 * worker.slowness) as u32;
+                let done = Message::Done {
+                    batch: self.d.batch_id(),
+                    done: vec![Done {
+                        id: task.id,
+                        status: Status::Ok,
+                        wall_us,
+                    }],
+                };
+                self.after(self.latency, Ev::ToVent(w, done));
+                self.after(self.latency, Ev::Result(task.id));
+                self.start_next(w);
+            }
+            Ev::Beat(w) => {
+                if self.workers[w].life == Life::Running {
+                    self.hello(w);
+                    self.after(ns(INTERVAL), Ev::Beat(w));
+                }
+            }
+            Ev::Result(id) => {
+                let i = id as usize;
+                if self.sink_held[i] {
+                    self.duplicates += 1;
+                    return;
+                }
+                self.sink_held[i] = true;
+                self.sink_count += 1;
+                self.untold.push(id);
+                if !self.flush_scheduled {
+                    self.flush_scheduled = true;
+                    self.after(ns(SINK_FLUSH), Ev::SinkFlush);
+                }
+            }
+            Ev::SinkFlush => {
+                self.flush_scheduled = false;
+                let batch = self.d.batch_id();
+                let ids = std::mem::take(&mut self.untold);
+                self.after(self.latency, Ev::FromSink(Message::Held { batch, ids }));
+                if self.sink_count == self.sink_held.len() {
+                    self.after(self.latency, Ev::FromSink(Message::Complete { batch }));
+                }
+            }
+            Ev::Announce(session) => {
+                let batch = self.d.batch_id();
+                let reply = if self.sink_session != Some(session) {
+                    self.sink_session = Some(session);
+                    Message::BatchAck { batch, held: 0 }
+                } else {
+                    Message::Heartbeat { batch }
+                };
+                self.after(self.latency, Ev::FromSink(reply));
+            }
+            Ev::Join(w) => {
+                self.workers[w].life = Life::Running;
+                self.hello(w);
+                self.after(ns(INTERVAL), Ev::Beat(w));
+            }
+            Ev::Kill(w) => {
+                if self.workers[w].life == Life::Running {
+                    self.workers[w].life = Life::Killed;
+                }
+            }
+            Ev::Freeze(w) => {
+                if self.workers[w].life == Life::Running {
+                    self.workers[w].life = Life::Frozen;
+                }
+            }
+            Ev::Tick => {
+                if self.tick_at == Some(self.now) {
+                    self.tick_at = None;
+                }
+                self.vent(Event::Tick);
+            }
+        }
+        if self.events % 65_536 == 0 {
+            self.peak_entries = self.peak_entries.max(self.d.queue_entries());
+        }
+    }
+}
+
+/// Box–Muller: one standard normal draw.
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// List scheduling, longest first, onto whichever worker frees up first.
+fn lpt_s(workloads: &[u32], slowness: &[f64]) -> f64 {
+    let mut sorted = workloads.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let mut free: BinaryHeap<Reverse<(u64, usize)>> =
+        (0..slowness.len()).map(|w| Reverse((0, w))).collect();
+    let mut makespan = 0;
+    for w in sorted {
+        let Some(Reverse((at, worker))) = free.pop() else {
+            break;
+        };
+        let end = at + (f64::from(w) * 1e6 * slowness[worker]) as u64;
+        makespan = makespan.max(end);
+        free.push(Reverse((end, worker)));
+    }
+    makespan as f64 / 1e9
+}
+
+/// Runs one simulated farm to completion.
+pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
+    let wall = Instant::now();
+    let batch = Batch::generate(spec.tasks, 1, 100, spec.seed)?;
+    let workloads: Vec<u32> = batch.tasks.iter().map(|t| t.workload_ms).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed);
+    let initial = spec.workers;
+    // Speeds: log-normal spread (σ 0.3) and one 10× straggler per thousand workers.
+    let stragglers = if initial >= 10 {
+        initial.div_ceil(1000)
+    } else {
+        0
+    };
+    let joiners = if spec.churn { initial / 50 } else { 0 };
+    let total = initial + joiners;
+    let slowness: Vec<f64> = (0..total)
+        .map(|w| {
+            let s = (0.3 * normal(&mut rng)).exp();
+            if w < stragglers {
+                s * 10.0
+            } else {
+                s
+            }
+        })
+        .collect();
+    let work_ms: f64 = workloads.iter().map(|&w| f64::from(w)).sum();
+    let speed: f64 = slowness[..initial].iter().map(|s| 1.0 / s).sum();
+    let fastest = slowness[..initial]
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let ideal_s = (work_ms / speed).max(f64::from(batch.longest_ms()) * fastest) / 1e3;
+    let lpt = lpt_s(&workloads, &slowness[..initial]);
+
+    let n = batch.len();
+    let config = DispatchConfig {
+        batch_id: 1,
+        session: 1,
+        order: batch.dispatch_order(crate::batch::Order::LongestFirst, spec.seed),
+        tasks: batch.tasks.clone(),
+        job: Job::default(),
+        expected_ms: batch.expected_ms(),
+        longest_ms: batch.longest_ms(),
+        wait_workers: initial,
+        wait_timeout: Duration::from_secs(3600),
+        window: 2,
+        max_window: 2048,
+        heartbeat: Heartbeat {
+            interval: INTERVAL,
+            liveness: 5,
+        },
+        backup: Backup::default(),
+        sink_timeout: Duration::from_secs(3600),
+        resume: false,
+        shutdown_workers: true,
+        endpoint: "tcp://sim:5557".into(),
+        sink: "tcp://sim:5558".into(),
+    };
+    let base = Instant::now();
+    let mut sim = Sim {
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        base,
+        d: Dispatcher::new(config, base, 0),
+        workers: Vec::with_capacity(total),
+        latency: ns(spec.latency),
+        by_routing_id: std::collections::HashMap::with_capacity(total),
+        sink_held: vec![false; n],
+        sink_count: 0,
+        sink_session: None,
+        untold: Vec::new(),
+        flush_scheduled: false,
+        tick_at: None,
+        duplicates: 0,
+        decisions: 0,
+        handle_time: Duration::ZERO,
+        complete_at: None,
+        start_at: None,
+        stopped: None,
+        peak_entries: 0,
+        events: 0,
+    };
+    for (w, &s) in slowness.iter().enumerate() {
+        let name = format!("sim-{w}");
+        let routing_id = name.clone().into_bytes();
+        sim.by_routing_id.insert(routing_id.clone(), w);
+        sim.workers.push(SimWorker {
+            slowness: s,
+            life: Life::NotYet,
+            queue: VecDeque::new(),
+            busy: false,
+            routing_id,
+            info: WorkerInfo {
+                name,
+                session: w as u64,
+                backend: "sleep".into(),
+                adapter: String::new(),
+                window_hint: 1,
+            },
+        });
+    }
+    // Everyone joins within the first 100 ms; the batch starts when all have.
+    for w in 0..initial {
+        let at = rng.random_range(0..ns(Duration::from_millis(100)));
+        sim.at(at, Ev::Join(w));
+    }
+    if spec.churn {
+        // Joins, kills and freezes spread over the first half of the expected makespan.
+        let span = ns(Duration::from_secs_f64(lpt / 2.0)).max(1);
+        for w in initial..total {
+            let at = rng.random_range(0..span);
+            sim.at(at, Ev::Join(w));
+        }
+        let hit = initial / 100;
+        for k in 0..2 * hit {
+            // Never the stragglers: they are measured on their own.
+            let w = stragglers + rng.random_range(0..initial - stragglers);
+            let at = rng.random_range(0..span);
+            sim.at(at, if k < hit { Ev::Kill(w) } else { Ev::Freeze(w) });
+        }
+    }
+    sim.vent(Event::Tick);
+    let limit = ns(Duration::from_secs_f64(lpt * 100.0 + 3600.0));
+    while let Some(Reverse(q)) = sim.queue.pop() {
+        sim.now = q.at;
+        if sim.now > limit {
+            anyhow::bail!("the simulated batch did not finish within 100 times its LPT bound");
+        }
+        sim.step(q.ev);
+        if let Some(why) = &sim.stopped {
+            anyhow::bail!("the simulated ventilator stopped: {why}");
+        }
+        if sim.complete_at.is_some() {
+            break;
+        }
+    }
+    let Some(done_at) = sim.complete_at else {
+        anyhow::bail!("the simulated batch ran out of events before it was complete");
+    };
+    if sim.sink_count != n {
+        anyhow::bail!(
+            "the simulated sink holds {} of {n} results at the end",
+            sim.sink_count
+        );
+    }
+    let counters = sim.d.counters();
+    // The batch starts when every initial worker has joined and it is announced.
+    let makespan_s = (done_at - sim.start_at.unwrap_or(0)) as f64 / 1e9;
+    Ok(SimRow {
+        scenario: if spec.churn {
+            format!(
+                "churn: +{joiners} joining, {} killed, {} frozen",
+                initial / 100,
+                initial / 100
+            )
+        } else {
+            "no churn".into()
+        },
+        workers: initial,
+        tasks: spec.tasks,
+        makespan_s,
+        lpt_s: lpt,
+        ideal_s,
+        efficiency_lpt: lpt / makespan_s,
+        efficiency_ideal: ideal_s / makespan_s,
+        redispatched: counters.redispatched,
+        backups: counters.backups,
+        duplicates: sim.duplicates,
+        decisions: sim.decisions,
+        cpu_ns_per_decision: sim.handle_time.as_nanos() as f64 / sim.decisions.max(1) as f64,
+        peak_entries_per_task: sim.peak_entries as f64 / n.max(1) as f64,
+        wall_s: wall.elapsed().as_secs_f64(),
+    })
+}
+
+/// The suite: efficiency from 1 to 10,000 workers without churn, then 10,000 with it.
+pub(crate) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<Vec<SimRow>> {
+    let (tasks, counts): (u32, &[usize]) = if quick {
+        (20_000, &[1, 10, 100])
+    } else {
+        (1_000_000, &[1, 10, 100, 1_000, 10_000])
+    };
+    let latency = Duration::from_micros(200);
+    let mut rows = Vec::new();
+    for &workers in counts {
+        progress.step(format!("simulate: {workers} workers"));
+        rows.push(simulate(&SimSpec {
+            workers,
+            tasks,
+            churn: false,
+            latency,
+            seed: 1,
+        })?);
+        progress.done();
+    }
+    let most = counts[counts.len() - 1];
+    progress.step(format!("simulate: {most} workers with churn"));
+    rows.push(simulate(&SimSpec {
+        workers: most,
+        tasks,
+        churn: true,
+        latency,
+        seed: 1,
+    })?);
+    progress.done();
+    Ok(rows)
+}
+
+/// The table, with each target stated as met or not.
+pub fn markdown(rows: &[SimRow]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### Simulated farm: the real dispatcher in virtual time, 200 µs one-way latency\n"
+    );
+    s += "| scenario | workers | tasks | makespan s | LPT bound s | ideal s | of LPT | of ideal | redispatched | backups | duplicates | CPU ns/task | peak entries/task |\n";
+    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.4} | {:.4} | {} | {} | {} | {:.0} | {:.2} |",
+            r.scenario,
+            r.workers,
+            r.tasks,
+            r.makespan_s,
+            r.lpt_s,
+            r.ideal_s,
+            r.efficiency_lpt,
+            r.efficiency_ideal,
+            r.redispatched,
+            r.backups,
+            r.duplicates,
+            r.cpu_ns_per_decision,
+            r.peak_entries_per_task
+        );
+    }
+    let verdict = |ok: bool| if ok { "met" } else { "not met" };
+    if let Some(big) = rows.iter().filter(|r| r.scenario == "no churn").max_by_key(|r| r.workers)
+    {
+        let _ = writeln!(
+            s,
+            "\n- ≥ 0.99 of the LPT bound without churn at {} workers: {} ({:.4})",
+            big.workers,
+            verdict(big.efficiency_lpt >= 0.99),
+            big.efficiency_lpt
+        );
+        let _ = writeln!(
+            s,
+            "- ≤ 1 µs of ventilator CPU per task at {} workers: {} ({:.0} ns)",
+            big.workers,
+            verdict(big.cpu_ns_per_decision <= 1000.0),
+            big.cpu_ns_per_decision
+        );
+    }
+    if let Some(churn) = rows.iter().find(|r| r.scenario != "no churn") {
+        let _ = writeln!(
+            s,
+            "- ≥ 0.95 of the LPT bound (of the workers present at the start) with churn: {} ({:.4})",
+            verdict(churn.efficiency_lpt >= 0.95),
+            churn.efficiency_lpt
+        );
+    }
+    s += "\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_farm_finishes_near_its_bound_and_churn_loses_nothing() {
+        let calm = simulate(&SimSpec {
+            workers: 20,
+            tasks: 2_000,
+            churn: false,
+            latency: Duration::from_micros(200),
+            seed: 3,
+        })
+        .expect("the calm farm finishes");
+        assert!(calm.efficiency_lpt > 0.9, "{calm:?}");
+        assert_eq!(calm.duplicates, 0, "{calm:?}");
+        assert!(calm.decisions >= 2_000);
+        let rough = simulate(&SimSpec {
+            workers: 200,
+            tasks: 5_000,
+            churn: true,
+            latency: Duration::from_micros(200),
+            seed: 3,
+        })
+        .expect("the churning farm finishes with every result held");
+        assert!(
+            rough.redispatched > 0,
+            "killed and frozen workers' tasks go out again: {rough:?}"
+        );
+    }
+
+    #[test]
+    fn lpt_on_equal_workers_is_the_classic_schedule() {
+        // 3, 3, 2, 2, 2 on two workers: longest first gives 3+2+2 / 3+2 = 7.
+        assert!((lpt_s(&[2, 3, 2, 3, 2], &[1.0, 1.0]) - 0.007).abs() < 1e-9);
+    }
+}
