@@ -62,18 +62,12 @@ pub fn measure(kernel: Kernel, round: Duration, rounds: u32) -> anyhow::Result<C
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     Ok(Calibration {
-        kernel: kernel_name(kernel),
+        kernel: kernel.name(),
         units_per_ms: median.round().clamp(1.0, f64::from(u32::MAX)) as u32,
         units_per_round: u64::from(units),
         rounds: rounds.max(1),
         measured_ms: measured.as_secs_f64() * 1000.0,
     })
-}
-
-fn kernel_name(kernel: Kernel) -> &'static str {
-    match kernel {
-        Kernel::Spin => "spin",
-    }
 }
 
 #[cfg(test)]

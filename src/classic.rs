@@ -41,6 +41,7 @@ impl Peers {
             .monitor(&endpoint, i32::from(events))
             .context("monitoring the socket")?;
         let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
         monitor.connect(&endpoint)?;
         Ok(Peers {
             monitor,

@@ -90,7 +90,10 @@ pub type WorkerId = u32;
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A decoded message on the tasks socket from the peer with this routing id.
-    FromWorker { routing_id: Vec<u8>, message: Message },
+    FromWorker {
+        routing_id: Vec<u8>,
+        message: Message,
+    },
     /// A decoded message from the sink.
     FromSink(Message),
     /// A frame that was not one of our messages (the pump could not decode it).
@@ -122,7 +125,10 @@ pub enum Command {
         again: Vec<bool>,
     },
     /// A message to a peer that is not (or no longer) a worker of ours: refusals.
-    Reply { routing_id: Vec<u8>, message: Message },
+    Reply {
+        routing_id: Vec<u8>,
+        message: Message,
+    },
     /// A message to the sink (never waits; the batch is announced again every heartbeat).
     ToSink(Message),
     /// The sink holds every result; the final counters and `End`s have been issued.
@@ -188,13 +194,20 @@ enum Phase {
     Waiting,
     /// The batch is announced; waiting for the sink's acknowledgement (`holding`: how many
     /// results it already holds, whose ids must arrive before dispatch begins).
-    Announcing { holding: Option<usize> },
+    Announcing {
+        holding: Option<usize>,
+    },
     Dispatching,
     /// Complete or stopped: nothing more happens.
     Over,
 }
 
 const NO_OWNER: u32 = u32::MAX;
+
+/// A worker's speed as a multiple of nominal (1.0 until it reports).
+fn speed_of(worker: &WorkerSlot) -> f64 {
+    worker.us_per_ms.map_or(1.0, |r| 1000.0 / r.max(1e-3))
+}
 
 /// Whether a worker may take a task now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +251,8 @@ pub struct WorkerSlot {
     proven: bool,
     /// In the ready queue (may have credit).
     queued: bool,
+    /// Where its tasks of the dispatch call in progress are collected.
+    outgoing: Option<u32>,
     /// In the tail queue (dropped from the ready queue while tasks were scarce).
     in_tail: bool,
 }
@@ -259,6 +274,7 @@ impl WorkerSlot {
             proven: false,
             queued: false,
             in_tail: false,
+            outgoing: None,
         }
     }
 }
@@ -283,9 +299,18 @@ pub struct Dispatcher {
     pending: VecDeque<u32>,
     /// Tasks in the `Pending` or `Requeued` state (the queue may also hold stale entries).
     pending_count: usize,
+    /// Their workloads, summed.
+    pending_ms: u64,
+    /// Workloads assigned to live workers and not yet reported, summed.
+    assigned_ms: u64,
+    /// Live workers' speeds (nominal ms per ms: 1.0 until a worker's reports say
+    /// otherwise), summed; recomputed every heartbeat so rounding never drifts.
+    speed: f64,
     held: usize,
     workers: Vec<WorkerSlot>,
     by_routing_id: HashMap<Vec<u8>, WorkerId>,
+    /// Live workers by name: a newcomer's name is checked without a scan.
+    by_name: HashMap<String, WorkerId>,
     alive: usize,
     /// Workers that may have credit, in turn: handing out a task costs O(1), not a look at
     /// every worker. A worker leaves it when it has no credit and comes back when it may
@@ -347,10 +372,14 @@ impl Dispatcher {
             state: vec![TaskState::Pending; n],
             owner: vec![NO_OWNER; n],
             pending_count: pending.len(),
+            pending_ms: config.tasks.iter().map(|t| u64::from(t.workload_ms)).sum(),
+            assigned_ms: 0,
+            speed: 0.0,
             pending,
             held: 0,
             workers: Vec::new(),
             by_routing_id: HashMap::new(),
+            by_name: HashMap::new(),
             alive: 0,
             ready: VecDeque::new(),
             tail: Vec::new(),
@@ -390,11 +419,11 @@ impl Dispatcher {
                 message,
             } => {
                 self.settle_claims(now, out);
-                self.from_worker(now, routing_id, message, out)
+                self.on_worker(now, routing_id, message, out)
             }
             Event::FromSink(message) => {
                 self.settle_claims(now, out);
-                self.from_sink(now, message, out)
+                self.on_sink(now, message, out)
             }
             Event::Rejected { peer, why } => self.reject_at(now, &peer, why),
             Event::Unreachable(worker) => self.unreachable(now, worker, out),
@@ -479,6 +508,41 @@ impl Dispatcher {
             backups: self.backups,
             held: self.held,
         }
+    }
+
+    /// Checks the running sums against the tables they summarise (tests only: it scans).
+    #[cfg(test)]
+    pub(crate) fn audit(&self) -> Result<(), String> {
+        let mut pending_ms = 0;
+        let mut assigned_ms = 0;
+        for (i, task) in self.config.tasks.iter().enumerate() {
+            match self.state[i] {
+                TaskState::Pending | TaskState::Requeued => {
+                    pending_ms += u64::from(task.workload_ms)
+                }
+                TaskState::Assigned => assigned_ms += u64::from(task.workload_ms),
+                _ => {}
+            }
+        }
+        let alive = self.workers.iter().filter(|w| w.alive).count();
+        let speed: f64 = self.workers.iter().filter(|w| w.alive).map(speed_of).sum();
+        let per_worker: u64 = self
+            .workers
+            .iter()
+            .filter(|w| w.alive)
+            .map(|w| w.assigned_ms)
+            .sum();
+        if (pending_ms, assigned_ms, alive) != (self.pending_ms, self.assigned_ms, self.alive)
+            || per_worker != assigned_ms
+            || (speed - self.speed).abs() > 1e-6 * speed.max(1.0)
+        {
+            return Err(format!(
+                "sums drifted: pending_ms {pending_ms} vs {}, assigned_ms {assigned_ms} vs {} \
+                 (workers {per_worker}), alive {alive} vs {}, speed {speed} vs {}",
+                self.pending_ms, self.assigned_ms, self.alive, self.speed
+            ));
+        }
+        Ok(())
     }
 
     /// Entries in the queues that grow with events rather than with the batch: the
@@ -641,6 +705,7 @@ impl Dispatcher {
     /// Once a heartbeat interval: liveness both ways, stragglers, the sink's silence.
     /// False when the batch stopped.
     fn every_heartbeat(&mut self, now: Instant, out: &mut Vec<Command>) -> bool {
+        self.speed = self.workers.iter().filter(|w| w.alive).map(speed_of).sum();
         self.heartbeat_workers(out);
         self.expire_silent_workers(now);
         self.finish_resync_if_stale(now);
@@ -731,7 +796,7 @@ impl Dispatcher {
 
     // ---- the sink -----------------------------------------------------------------------
 
-    fn from_sink(&mut self, now: Instant, message: Message, out: &mut Vec<Command>) {
+    fn on_sink(&mut self, now: Instant, message: Message, out: &mut Vec<Command>) {
         let batch_id = self.config.batch_id;
         let announced = !matches!(self.phase, Phase::Waiting);
         if announced {
@@ -754,7 +819,9 @@ impl Dispatcher {
                             return;
                         }
                         if held > 0 {
-                            log::warn!("resuming batch {batch:016x}: the sink holds {held} results");
+                            log::warn!(
+                                "resuming batch {batch:016x}: the sink holds {held} results"
+                            );
                         }
                         self.phase = Phase::Announcing {
                             holding: Some(held as usize),
@@ -766,7 +833,9 @@ impl Dispatcher {
             Message::Held { batch, ids } if announced && batch == batch_id => {
                 self.mark_held(now, &ids)
             }
-            Message::Complete { batch } if batch == batch_id && self.phase == Phase::Dispatching => {
+            Message::Complete { batch }
+                if batch == batch_id && self.phase == Phase::Dispatching =>
+            {
                 self.complete(out)
             }
             Message::Heartbeat { batch } if announced && batch == batch_id => {}
@@ -847,7 +916,10 @@ impl Dispatcher {
                     let slot = self.owner[index];
                     self.release(slot, index);
                 }
-                TaskState::Pending | TaskState::Requeued => self.pending_count -= 1,
+                TaskState::Pending | TaskState::Requeued => {
+                    self.pending_count -= 1;
+                    self.pending_ms -= u64::from(self.config.tasks[index].workload_ms);
+                }
                 TaskState::Reported => {}
             }
             self.state[index] = TaskState::Held;
@@ -858,7 +930,7 @@ impl Dispatcher {
 
     // ---- workers ------------------------------------------------------------------------
 
-    fn from_worker(
+    fn on_worker(
         &mut self,
         now: Instant,
         routing_id: Vec<u8>,
@@ -877,7 +949,9 @@ impl Dispatcher {
                 );
                 self.refuse(now, routing_id, RefusalKind::WrongPeer, reason, out);
             }
-            Message::Done { batch, done } if batch == batch_id => self.done(now, &routing_id, &done),
+            Message::Done { batch, done } if batch == batch_id => {
+                self.done(now, &routing_id, &done)
+            }
             Message::Done { batch, .. } => {
                 // Credit for another batch (perhaps a worker's leftovers from the last one):
                 // it proves the worker alive, and is counted as foreign.
@@ -885,7 +959,11 @@ impl Dispatcher {
                     self.workers[slot as usize].last_seen = now;
                 }
                 let peer = crate::sockets::peer_name(&routing_id);
-                self.reject_at(now, &peer, format!("credit for batch {batch:016x}, not this one"));
+                self.reject_at(
+                    now,
+                    &peer,
+                    format!("credit for batch {batch:016x}, not this one"),
+                );
             }
             Message::Bye => self.bye(now, &routing_id),
             other => {
@@ -945,7 +1023,11 @@ impl Dispatcher {
             Some(slot) => {
                 let worker = &mut self.workers[slot as usize];
                 worker.last_seen = now;
-                worker.info = info;
+                // The routing id carries the name and session: a greeting may update what
+                // the worker runs on, never who it is.
+                worker.info.backend = info.backend;
+                worker.info.adapter = info.adapter;
+                worker.info.window_hint = info.window_hint;
                 if !worker.alive {
                     log::debug!("worker {} is back", printable(&worker.info.name));
                     worker.alive = true;
@@ -953,6 +1035,9 @@ impl Dispatcher {
                     worker.assigned_ms = 0;
                     worker.stalled = false;
                     self.alive += 1;
+                    self.speed += speed_of(&self.workers[slot as usize]);
+                    let name = self.workers[slot as usize].info.name.clone();
+                    self.by_name.insert(name, slot);
                     self.enqueue(slot);
                     out.push(Command::ToWorker {
                         worker: slot,
@@ -968,8 +1053,9 @@ impl Dispatcher {
                 // --name) is refused; one whose connection is gone gives its name up. Which
                 // it is, the heartbeat sent to it now tells: `Unreachable` comes back at
                 // once if its connection is gone.
-                let namesake = self.workers.iter().position(|w| {
-                    w.alive && w.info.name == info.name && w.info.session != info.session
+                let namesake = self.by_name.get(&info.name).copied().filter(|&w| {
+                    let w = &self.workers[w as usize];
+                    w.alive && w.info.session != info.session
                 });
                 if let Some(old) = namesake {
                     out.push(Command::ToWorker {
@@ -1004,8 +1090,10 @@ impl Dispatcher {
         );
         let slot = self.workers.len() as WorkerId;
         self.by_routing_id.insert(routing_id.clone(), slot);
+        self.by_name.insert(info.name.clone(), slot);
         self.workers.push(WorkerSlot::new(routing_id, info, now));
         self.alive += 1;
+        self.speed += 1.0;
         self.enqueue(slot);
         out.push(Command::ToWorker {
             worker: slot,
@@ -1121,8 +1209,12 @@ impl Dispatcher {
     fn release(&mut self, slot: WorkerId, index: usize) {
         let workload = u64::from(self.config.tasks[index].workload_ms);
         let worker = &mut self.workers[slot as usize];
-        worker.assigned = worker.assigned.saturating_sub(1);
-        worker.assigned_ms = worker.assigned_ms.saturating_sub(workload);
+        if worker.alive {
+            worker.assigned = worker.assigned.saturating_sub(1);
+            let freed = workload.min(worker.assigned_ms);
+            worker.assigned_ms -= freed;
+            self.assigned_ms -= freed;
+        }
         self.enqueue(slot);
     }
 
@@ -1137,6 +1229,7 @@ impl Dispatcher {
 
     fn requeue(&mut self, index: usize) {
         self.pending_count += 1;
+        self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
         self.state[index] = TaskState::Requeued;
         self.owner[index] = NO_OWNER;
         self.pending.push_front(index as u32);
@@ -1154,7 +1247,12 @@ impl Dispatcher {
     fn lose_worker(&mut self, slot: WorkerId, now: Instant) {
         let s = slot as usize;
         if self.workers[s].alive {
+            if self.by_name.get(&self.workers[s].info.name) == Some(&slot) {
+                self.by_name.remove(&self.workers[s].info.name);
+            }
             self.alive -= 1;
+            self.speed -= speed_of(&self.workers[s]);
+            self.assigned_ms -= self.workers[s].assigned_ms;
         }
         self.workers[s].alive = false;
         self.workers[s].assigned = 0;
@@ -1173,7 +1271,9 @@ impl Dispatcher {
         }
         let name = printable(&self.workers[s].info.name).into_owned();
         self.gone_log.warn_at(now, || {
-            format!("worker {name} is gone; handing its {handed_on} unfinished tasks to other workers")
+            format!(
+                "worker {name} is gone; handing its {handed_on} unfinished tasks to other workers"
+            )
         });
     }
 
@@ -1182,9 +1282,18 @@ impl Dispatcher {
         if workload_ms == 0 {
             return;
         }
-        let sample = f64::from(wall_us) / f64::from(workload_ms);
+        let sample = f64::from(wall_us).max(1.0) / f64::from(workload_ms);
+        let before = speed_of(&self.workers[slot]);
         let rate = &mut self.workers[slot].us_per_ms;
         *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
+        self.speed += speed_of(&self.workers[slot]) - before;
+    }
+
+    /// How long, in µs, the work not yet done takes the live workers at their measured
+    /// speeds: a task queued behind others on a worker that cannot finish them within this
+    /// would end the batch late (a straggler's second task), so it is not queued there.
+    fn horizon_us(&self) -> f64 {
+        (self.pending_ms + self.assigned_ms) as f64 * 1000.0 / self.speed.max(1e-9)
     }
 
     /// How long `slot` may hold a task of `workload_ms` before another worker is given a
@@ -1393,6 +1502,7 @@ impl Dispatcher {
             self.owner[index] = NO_OWNER;
             self.pending.push_front(task.id);
             self.pending_count += 1;
+            self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
         }
     }
 
@@ -1433,13 +1543,28 @@ impl Dispatcher {
             };
         }
         let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
+        let Some(us_per_ms) = worker.us_per_ms else {
+            // Speed unknown until its first report: no more than its own pipeline depth,
+            // so a straggler never starts with a queue it cannot finish.
+            return if worker.assigned < hinted.max(1) && self.pending_count > self.alive {
+                Credit::Yes
+            } else {
+                Credit::None
+            };
+        };
         let window = self.config.window.max(hinted);
         if worker.assigned >= window {
-            Credit::None
-        } else if self.pending_count > self.alive {
+            return Credit::None;
+        }
+        if self.pending_count <= self.alive {
+            return Credit::Scarce;
+        }
+        // Queued behind what it holds, the task must end within the batch's horizon.
+        let finish_us = (worker.assigned_ms + u64::from(task.workload_ms)) as f64 * us_per_ms;
+        if finish_us <= self.horizon_us() {
             Credit::Yes
         } else {
-            Credit::Scarce
+            Credit::None
         }
     }
 
@@ -1463,8 +1588,6 @@ impl Dispatcher {
     /// plus one per worker that leaves.
     fn dispatch(&mut self, now: Instant, out: &mut Vec<Command>) {
         let mut batches: Vec<(WorkerId, Vec<Task>, Vec<bool>)> = Vec::new();
-        // Where in `batches` each worker's tasks of this call are.
-        let mut slot_batch: HashMap<WorkerId, usize> = HashMap::new();
         while self.pending_count > 0 {
             let Some(slot) = self.ready.pop_front() else {
                 break;
@@ -1487,10 +1610,14 @@ impl Dispatcher {
                 }
                 Credit::Yes => {}
             }
-            let b = *slot_batch.entry(slot).or_insert_with(|| {
-                batches.push((slot, Vec::new(), Vec::new()));
-                batches.len() - 1
-            });
+            let b = match self.workers[s].outgoing {
+                Some(b) => b as usize,
+                None => {
+                    batches.push((slot, Vec::new(), Vec::new()));
+                    self.workers[s].outgoing = Some(batches.len() as u32 - 1);
+                    batches.len() - 1
+                }
+            };
             if batches[b].1.len() >= MAX_ITEMS_PER_MESSAGE {
                 // A full message this call; its turn comes again on the next.
                 self.deferred.push(slot);
@@ -1498,6 +1625,8 @@ impl Dispatcher {
             }
             self.pending.pop_front();
             self.pending_count -= 1;
+            self.pending_ms -= u64::from(task.workload_ms);
+            self.assigned_ms += u64::from(task.workload_ms);
             batches[b]
                 .2
                 .push(self.state[id as usize] == TaskState::Requeued);
@@ -1515,6 +1644,7 @@ impl Dispatcher {
             self.enqueue(slot);
         }
         for (worker, tasks, again) in batches {
+            self.workers[worker as usize].outgoing = None;
             self.redispatched += again.iter().filter(|&&a| a).count() as u64;
             out.push(Command::Tasks {
                 worker,

@@ -284,12 +284,13 @@ impl Farm {
                 ids.iter().for_each(|&i| self.told[i as usize] = true);
             }
             let mut out = Vec::new();
-            self.d.handle(self.now(), Event::FromSink(message), &mut out);
+            self.d
+                .handle(self.now(), Event::FromSink(message), &mut out);
             self.carry_out(out);
         }
     }
 
-    fn from_worker(&mut self, w: usize, message: Message) {
+    fn send(&mut self, w: usize, message: Message) {
         let routing_id = self.workers[w].routing_id.clone();
         self.event(Event::FromWorker {
             routing_id,
@@ -335,7 +336,7 @@ impl Farm {
         if self.workers[w].runs() {
             self.workers[w].info.window_hint = window_hint;
             let info = self.workers[w].info.clone();
-            self.from_worker(w, Message::Hello(info));
+            self.send(w, Message::Hello(info));
         }
     }
 
@@ -371,7 +372,7 @@ impl Farm {
             status,
             wall_us: task.workload_ms * 1000,
         };
-        self.from_worker(
+        self.send(
             w,
             Message::Done {
                 batch: self.config.batch_id,
@@ -397,7 +398,7 @@ impl Farm {
         for w in 0..self.workers.len() {
             if self.workers[w].runs() {
                 let info = self.workers[w].info.clone();
-                self.from_worker(w, Message::Hello(info));
+                self.send(w, Message::Hello(info));
             }
         }
     }
@@ -418,7 +419,8 @@ impl Farm {
             }
             Action::Repeat(i) => {
                 if let Some(w) = self.named(i) {
-                    if let (true, Some(task)) = (self.workers[w].runs(), self.workers[w].last_done) {
+                    if let (true, Some(task)) = (self.workers[w].runs(), self.workers[w].last_done)
+                    {
                         self.deliver(w, task, false);
                     }
                 }
@@ -446,7 +448,7 @@ impl Farm {
             Action::Bye(i) => {
                 if let Some(w) = self.named(i) {
                     if self.workers[w].runs() {
-                        self.from_worker(w, Message::Bye);
+                        self.send(w, Message::Bye);
                         self.workers[w].connected = false;
                     }
                 }
@@ -483,7 +485,7 @@ impl Farm {
                 for _ in 0..count {
                     let w = self.spawn(&format!("flood{}", self.next_session), u16::MAX);
                     let info = self.workers[w].info.clone();
-                    self.from_worker(w, Message::Hello(info));
+                    self.send(w, Message::Hello(info));
                     flood.push(w);
                 }
                 self.event(Event::Tick);
@@ -514,7 +516,10 @@ impl Farm {
                 _ => {}
             }
         }
-        assert_eq!(pending, d.pending_count(), "pending count drifted: {:?}", (0..n as u32).map(|i| d.task_state(i)).collect::<Vec<_>>());
+        assert_eq!(pending, d.pending_count(), "pending count drifted");
+        if let Err(e) = d.audit() {
+            panic!("{e}");
+        }
         let cap = self
             .config
             .window
@@ -545,7 +550,7 @@ impl Farm {
     fn finish_batch(&mut self) {
         let finisher = self.spawn("finisher", 1);
         let info = self.workers[finisher].info.clone();
-        self.from_worker(finisher, Message::Hello(info));
+        self.send(finisher, Message::Hello(info));
         for _ in 0..5_000 {
             if self.complete {
                 break;
@@ -570,7 +575,7 @@ impl Farm {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn any_interleaving_ends_with_every_task_held_once(
@@ -594,8 +599,14 @@ fn a_hoarder_gets_no_more_than_its_window() {
     farm.apply(&Action::Join(1));
     let w = farm.named(0).expect("the hoarder joined");
     let held = farm.workers[w].queue.len();
-    assert!(held <= MAX_HINTED_WINDOW as usize, "the hoarder holds {held} tasks");
-    assert!(held >= 2, "the hoarder holds {held} tasks: not even its window");
+    assert!(
+        held <= MAX_HINTED_WINDOW as usize,
+        "the hoarder holds {held} tasks"
+    );
+    assert!(
+        held >= 2,
+        "the hoarder holds {held} tasks: not even its window"
+    );
     farm.finish_batch();
 }
 
@@ -610,7 +621,10 @@ fn a_zombie_that_heartbeats_has_its_tasks_backed_up() {
         farm.apply(&Action::Beat);
         farm.apply(&Action::Advance(100));
     }
-    assert!(farm.d.counters().backups > 0, "no backup for the zombie's tasks");
+    assert!(
+        farm.d.counters().backups > 0,
+        "no backup for the zombie's tasks"
+    );
     let zombie = farm.d.workers().iter().position(|w| w.info.name == "w0");
     assert!(zombie.is_some_and(|z| farm.d.workers()[z].stalled));
     farm.finish_batch();
@@ -644,17 +658,25 @@ fn a_name_taken_by_a_live_worker_is_refused_and_a_dead_ones_is_handed_over() {
     // A second process with the same name while the first is connected: refused.
     let second = farm.spawn("w0", 1);
     let info = farm.workers[second].info.clone();
-    farm.from_worker(second, Message::Hello(info));
+    farm.send(second, Message::Hello(info));
     farm.event(Event::Tick);
-    assert!(!farm.workers[second].connected, "the second w0 was not refused");
+    assert!(
+        !farm.workers[second].connected,
+        "the second w0 was not refused"
+    );
     // The first one dies; a third takes the name at once.
     farm.workers[first].connected = false;
     let third = farm.spawn("w0", 1);
     let info = farm.workers[third].info.clone();
-    farm.from_worker(third, Message::Hello(info));
+    farm.send(third, Message::Hello(info));
     farm.event(Event::Tick);
-    assert!(farm.workers[third].connected, "the name of a dead worker was not handed over");
-    assert!(!farm.workers[third].queue.is_empty(), "the new w0 got no tasks");
+    assert!(
+        farm.workers[third].connected,
+        "the name of a dead worker was not handed over"
+    );
+    assert!(
+        !farm.workers[third].queue.is_empty(),
+        "the new w0 got no tasks"
+    );
     farm.finish_batch();
 }
-

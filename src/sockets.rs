@@ -135,9 +135,7 @@ pub fn drain(
             Vec::new()
         };
         let message = match <[Vec<u8>; 1]>::try_from(frames) {
-            Ok([payload]) => {
-                crate::protocol::Message::decode(&payload).map_err(|e| e.to_string())
-            }
+            Ok([payload]) => crate::protocol::Message::decode(&payload).map_err(|e| e.to_string()),
             Err(frames) => Err(format!("{} frames, expected 1", frames.len())),
         };
         each(Inbound { peer, message })?;

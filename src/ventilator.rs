@@ -145,7 +145,9 @@ impl Ventilator {
     /// Runs the batch until the sink says it holds every result.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<VentilatorSummary> {
         let config = &self.config;
-        let batch_id = config.batch_id.unwrap_or_else(|| config.batch.id(&config.job));
+        let batch_id = config
+            .batch_id
+            .unwrap_or_else(|| config.batch.id(&config.job));
         let n = config.batch.len();
         let expected_ms = config.batch.expected_ms();
         u32::try_from(n).context("batch too large")?;

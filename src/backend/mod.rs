@@ -33,7 +33,9 @@ pub struct Outcome {
     pub status: Status,
     /// Wall time from the start of this task's execution to its outcome, in microseconds.
     pub wall_us: u32,
-    /// Device time from timestamp queries; 0 where not measured.
+    /// Time the kernel itself took: device time from timestamp queries on GPU backends,
+    /// the computation's own wall time on `cpu`, 0 where nothing is measured (`sleep`, or
+    /// an adapter without timestamp queries).
     pub kernel_us: u32,
     /// The kernel's checksum; 0 for `sleep`.
     pub checksum: u64,

@@ -5,8 +5,8 @@
 //! of scaling and of the backend comparison go to `--out` with the tables.
 
 mod faults;
-pub mod simulate;
 mod plot;
+pub mod simulate;
 
 use crate::backend::sleep::Sleep;
 use crate::backend::Backend;

@@ -178,8 +178,12 @@ fn a_million_zero_work_tasks_on_two_worker_processes_complete() {
         &[],
     );
     let r = util::completed(sink, 1_000_000, None);
-    assert_eq!(r["duplicates"], 0);
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
+    // A worker stalled past the backup bound on a loaded machine has its tasks handed out
+    // again: a duplicate is only ever a task that went out twice.
+    let duplicates = r["duplicates"].as_u64().expect("duplicates");
+    let redispatched = r["redispatched"].as_u64().expect("redispatched");
+    assert!(duplicates <= redispatched, "{r}\n{log}");
     drop(workers);
 }

@@ -141,7 +141,22 @@ fn many_tasks_in_flight_each_get_their_own_result() {
             })
             .collect();
         let outcomes = run_tasks(&mut gpu, &job(96), &tasks);
+        assert_eq!(
+            outcomes.len(),
+            tasks.len(),
+            "{class:?}: one outcome per task"
+        );
         for (task, outcome) in tasks.iter().zip(&outcomes) {
+            assert_eq!(
+                outcome.task, *task,
+                "{class:?}: outcomes come back in order"
+            );
+            assert_eq!(
+                outcome.status,
+                Status::Ok,
+                "{class:?}: task {} failed",
+                task.id
+            );
             assert_eq!(
                 outcome.checksum,
                 spin::reference(task.id, task.workload_ms * 96),
