@@ -11,6 +11,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod classic;
 pub mod cli;
+pub mod collect;
 pub mod diagnose;
 pub mod dispatch;
 pub mod heartbeat;

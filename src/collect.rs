@@ -1,0 +1,950 @@
+//! The sink's rules as a state machine: which batch it serves, which results it holds (one
+//! bit per task, each counted once), who may join, and when the batch is complete.
+//!
+//! No socket, clock, file or thread in here (CI greps for them). The sink's pump feeds
+//! [`Collector::handle`] decoded messages, send failures and ticks with the time they
+//! happened, and carries out the [`SinkCommand`]s in order: results are recorded, then
+//! synced, and only then does the ventilator hear they are held, because the commands come
+//! in that order and the pump stops at the first that fails.
+
+use crate::batch::ideal_ms;
+use crate::heartbeat::{check_name, Heartbeat};
+use crate::logging::{printable, RateLimited};
+use crate::protocol::{
+    Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
+};
+use crate::report::{BatchHeader, RecoveredResults, Report, WorkerReport};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Most results held back while the sink waits to learn its batch (41 bytes each on the
+/// wire, about 64 in memory: 64 MiB at most).
+pub const MAX_EARLY_RESULTS: usize = 1 << 20;
+/// Most messages held back meanwhile, however few results each carries.
+pub const MAX_EARLY_MESSAGES: usize = 1 << 14;
+/// Most worker names remembered at once; silent ones are forgotten first.
+const MAX_PEERS: usize = 100_000;
+/// A day in ms: a batch start further back than this is taken for a clock error.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// What the collector needs to know.
+#[derive(Debug, Clone)]
+pub struct CollectConfig {
+    /// Liveness of workers' greetings: a worker silent this long gives up its name.
+    pub heartbeat: Heartbeat,
+    /// How long to wait for the ventilator's last counters once every task is held.
+    pub final_stats_wait: Duration,
+    /// The sink's endpoint, for messages only.
+    pub endpoint: String,
+    /// Whether results are recorded (a results file): a stop then says how to resume.
+    pub results_path: Option<String>,
+}
+
+/// What happened, as the pump saw it.
+#[derive(Debug, Clone)]
+pub enum SinkEvent {
+    /// A decoded message from the peer with this routing id.
+    FromPeer {
+        routing_id: Vec<u8>,
+        message: Message,
+    },
+    /// A frame that was not one of our messages.
+    Rejected { peer: String, why: String },
+    /// A message to this peer could not be sent: its connection is gone.
+    Unreachable(Vec<u8>),
+    /// The pump has read everything waiting (or its poll timed out).
+    Tick,
+}
+
+/// What to do, in order; the pump stops at the first command that fails.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkCommand {
+    /// A message to a peer, never waiting; a lost connection comes back as
+    /// [`SinkEvent::Unreachable`].
+    Send { to: Vec<u8>, message: Message },
+    /// Results to append to the results file (where there is one).
+    Record {
+        header: BatchHeader,
+        worker: String,
+        backend: String,
+        results: Vec<TaskResult>,
+    },
+    /// Make every recorded result durable before the next command.
+    Sync,
+    /// The batch is complete and its last counters are in (or waited for): report.
+    Finished,
+    /// The sink cannot go on.
+    Stop(SinkStop),
+}
+
+/// Why a sink stopped before its batch was complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkStop {
+    #[error(
+        "the results file holds batch {file_batch:016x} ({file_tasks} tasks) but the ventilator \
+         announces {batch:016x} ({tasks} tasks): resume with the file of this batch, or start \
+         afresh with --overwrite (or another --results file)"
+    )]
+    ResumeMismatch {
+        file_batch: u64,
+        file_tasks: u32,
+        batch: u64,
+        tasks: u32,
+    },
+}
+
+/// A batch as the ventilator announced it.
+struct BatchState {
+    id: u64,
+    task_count: usize,
+    /// Whether the ventilator asked for any verification: checked statuses otherwise
+    /// make no sense and are not believed.
+    verifies: bool,
+    expected_ms: u64,
+    longest_ms: u32,
+    held: Vec<u64>,
+    held_count: usize,
+    /// Start of the batch, wall clock (kept in the results file for a resumed sink).
+    started_unix_ms: u64,
+    started: Instant,
+    /// The ventilator's routing id and run: where `held` and `complete` go.
+    ventilator: Vec<u8>,
+    session: u64,
+    finished: Option<Instant>,
+}
+
+impl BatchState {
+    fn header(&self) -> BatchHeader {
+        BatchHeader {
+            batch: self.id,
+            tasks: self.task_count as u32,
+            started_unix_ms: self.started_unix_ms,
+        }
+    }
+    fn is_held(&self, id: usize) -> bool {
+        self.held[id / 64] & (1 << (id % 64)) != 0
+    }
+    fn set_held(&mut self, id: usize) {
+        self.held[id / 64] |= 1 << (id % 64);
+        self.held_count += 1;
+    }
+    fn held_ids(&self) -> Vec<u32> {
+        (0..self.task_count)
+            .filter(|&i| self.is_held(i))
+            .map(|i| i as u32)
+            .collect()
+    }
+}
+
+/// A worker that greeted this sink: who holds the name, and since when it is silent.
+struct Peer {
+    routing_id: Vec<u8>,
+    session: u64,
+    last_seen: Instant,
+}
+
+/// A newcomer whose name a recently heard worker holds: welcomed if that worker's
+/// connection turns out to be gone, refused otherwise.
+struct Claim {
+    old: Vec<u8>,
+    routing_id: Vec<u8>,
+    info: WorkerInfo,
+}
+
+#[derive(Default)]
+struct Tally {
+    backend: String,
+    adapter: String,
+    tasks: u64,
+    busy_us: u64,
+    kernel_us: u64,
+}
+
+/// Results that came before their batch was announced.
+struct Early {
+    peer: Vec<u8>,
+    batch: u64,
+    worker: WorkerInfo,
+    results: Vec<TaskResult>,
+}
+
+/// Everything the sink counts while it runs.
+pub struct Collector {
+    config: CollectConfig,
+    batch: Option<BatchState>,
+    recovered: Option<RecoveredResults>,
+    workers: BTreeMap<String, Tally>,
+    /// Workers that greeted this sink, by name.
+    peers: HashMap<String, Peer>,
+    claims: Vec<Claim>,
+    duplicates: u64,
+    rejected: u64,
+    checked: u64,
+    verified: u64,
+    mismatches: u64,
+    /// Measured task times: the basis of the ideal when tasks are computed, not slept.
+    measured_total_us: u64,
+    measured_longest_us: u32,
+    /// The ventilator's counters: (redispatched, rejected), and whether they are final.
+    ventilator_counts: (u64, u64),
+    final_counts: bool,
+    reject_log: RateLimited,
+    refuse_log: RateLimited,
+    newly_held: Vec<u32>,
+    /// Results that arrived before the batch was announced (workers reconnecting to a
+    /// restarted sink flush their queues at once; the ventilator re-announces the batch
+    /// within a heartbeat). Replayed on adoption; bounded in results and in messages.
+    early: Vec<Early>,
+    early_count: usize,
+    /// `now` and the Unix ms at the same moment: batch starts are wall-clock stamps.
+    unix_base: (Instant, u64),
+    next_forget: Instant,
+    done: bool,
+}
+
+/// Progress of the batch in hand: (held, tasks).
+pub type Progress = Option<(usize, usize)>;
+
+impl Collector {
+    /// A collector, with what a results file recovered for `--resume`; `now` and `unix_ms`
+    /// are one moment on the pump's monotonic and wall clocks.
+    pub fn new(
+        config: CollectConfig,
+        recovered: Option<RecoveredResults>,
+        now: Instant,
+        unix_ms: u64,
+    ) -> Collector {
+        Collector {
+            next_forget: now + config.heartbeat.interval,
+            config,
+            batch: None,
+            recovered,
+            workers: BTreeMap::new(),
+            peers: HashMap::new(),
+            claims: Vec::new(),
+            duplicates: 0,
+            rejected: 0,
+            checked: 0,
+            verified: 0,
+            mismatches: 0,
+            measured_total_us: 0,
+            measured_longest_us: 0,
+            ventilator_counts: (0, 0),
+            final_counts: false,
+            reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            refuse_log: RateLimited::new(5, Duration::from_secs(1)),
+            newly_held: Vec::new(),
+            early: Vec::new(),
+            early_count: 0,
+            unix_base: (now, unix_ms),
+            done: false,
+        }
+    }
+
+    /// Whether the results file already holds every task of its batch: nothing to collect.
+    pub fn recovered_complete(&self) -> bool {
+        self.recovered
+            .as_ref()
+            .is_some_and(RecoveredResults::is_complete)
+    }
+
+    /// (held, tasks) of the batch in hand.
+    pub fn progress(&self) -> Progress {
+        self.batch.as_ref().map(|b| (b.held_count, b.task_count))
+    }
+
+    /// Messages held back before a batch was announced: (messages, results).
+    pub fn early_held_back(&self) -> (usize, usize) {
+        (self.early.len(), self.early_count)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.done
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.unix_base.1 + now.saturating_duration_since(self.unix_base.0).as_millis() as u64
+    }
+
+    /// Handles one event at `now`, appending what to do to `out`.
+    pub fn handle(&mut self, now: Instant, event: SinkEvent, out: &mut Vec<SinkCommand>) {
+        if self.done {
+            return;
+        }
+        match event {
+            SinkEvent::FromPeer {
+                routing_id,
+                message,
+            } => {
+                self.settle_claims(now, out);
+                self.message(now, routing_id, message, out)
+            }
+            SinkEvent::Rejected { peer, why } => self.reject(now, &peer, why),
+            SinkEvent::Unreachable(routing_id) => self.unreachable(now, &routing_id, out),
+            SinkEvent::Tick => {
+                self.settle_claims(now, out);
+                self.tick(now, out)
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<SinkCommand>) {
+        if now >= self.next_forget {
+            self.next_forget = now + self.config.heartbeat.interval;
+            self.forget_silent_peers(now);
+        }
+        self.acknowledge(now, out);
+        if let Some(finished) = self.batch.as_ref().and_then(|b| b.finished) {
+            if self.final_counts || now.duration_since(finished) >= self.config.final_stats_wait {
+                if !self.final_counts {
+                    log::warn!(
+                        "the ventilator did not send its final counters; reporting the last ones it sent"
+                    );
+                }
+                self.done = true;
+                out.push(SinkCommand::Finished);
+            }
+        }
+    }
+
+    /// When the next tick is due without any message (the pump's poll timeout).
+    pub fn next_deadline(&self) -> Instant {
+        let mut at = self.next_forget;
+        if let Some(finished) = self.batch.as_ref().and_then(|b| b.finished) {
+            at = at.min(finished + self.config.final_stats_wait);
+        }
+        at
+    }
+
+    /// After a stop mid-batch: what was kept, and the command that finishes the batch.
+    pub fn say_how_to_resume(&self, interrupted: bool) {
+        let Some(b) = self.batch.as_ref().filter(|b| b.finished.is_none()) else {
+            return;
+        };
+        let why = if interrupted {
+            "interrupted"
+        } else {
+            "stopped by an error"
+        };
+        match &self.config.results_path {
+            Some(path) => log::warn!(
+                "{why} with {} of {} tasks of batch {:016x} held; they are in {path}. To finish the \
+                 batch, restart the sink with `conquer sink --results {path} --resume` on the same --bind",
+                b.held_count,
+                b.task_count,
+                b.id,
+            ),
+            None => log::warn!(
+                "{why} with {} of {} tasks of batch {:016x} held; nothing was saved (no --results), \
+                 so a new sink starts the batch again: run sinks with --results FILE to be able to resume",
+                b.held_count,
+                b.task_count,
+                b.id
+            ),
+        }
+    }
+
+    /// Forgets workers silent for many heartbeats, so the table stays bounded.
+    fn forget_silent_peers(&mut self, now: Instant) {
+        let forget_after = self.config.heartbeat.timeout() * 4;
+        self.peers
+            .retain(|_, p| now.saturating_duration_since(p.last_seen) < forget_after);
+    }
+
+    fn send(out: &mut Vec<SinkCommand>, to: &[u8], message: Message) {
+        out.push(SinkCommand::Send {
+            to: to.to_vec(),
+            message,
+        });
+    }
+
+    fn refuse(
+        &mut self,
+        now: Instant,
+        peer: &[u8],
+        kind: RefusalKind,
+        reason: String,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        let name = printable(&crate::sockets::peer_name(peer)).into_owned();
+        self.refuse_log
+            .warn_at(now, || format!("refused {name}: {reason}"));
+        Self::send(out, peer, Message::Refused { kind, reason });
+    }
+
+    fn reject(&mut self, now: Instant, peer: &str, why: String) {
+        self.rejected += 1;
+        self.reject_log
+            .warn_at(now, || format!("dropped a message from {peer}: {why}"));
+    }
+
+    fn reject_peer(&mut self, now: Instant, peer: &[u8], why: String) {
+        let name = crate::sockets::peer_name(peer);
+        self.reject(now, &name, why);
+    }
+
+    /// A worker's greeting: welcome it, unless another live worker holds its name. Which
+    /// the other is, the welcome sent to it now tells: a lost connection comes back as
+    /// `Unreachable` before anything else happens.
+    fn join(
+        &mut self,
+        now: Instant,
+        routing_id: Vec<u8>,
+        info: WorkerInfo,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        if let Err(why) = check_name(&info.name) {
+            self.refuse(now, &routing_id, RefusalKind::BadName, why, out);
+            return;
+        }
+        if self.claims.iter().any(|c| c.routing_id == routing_id) {
+            return;
+        }
+        let timeout = self.config.heartbeat.timeout();
+        if let Some(existing) = self.peers.get(&info.name) {
+            let maybe_clash = existing.session != info.session
+                && existing.routing_id != routing_id
+                && now.saturating_duration_since(existing.last_seen) < timeout;
+            if maybe_clash {
+                let old = existing.routing_id.clone();
+                Self::send(out, &old, Message::Welcome);
+                self.claims.push(Claim {
+                    old,
+                    routing_id,
+                    info,
+                });
+                return;
+            }
+        }
+        self.welcome(now, routing_id, info, out);
+    }
+
+    fn welcome(
+        &mut self,
+        now: Instant,
+        routing_id: Vec<u8>,
+        info: WorkerInfo,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&info.name) {
+            self.forget_silent_peers(now);
+        }
+        if self.peers.len() < MAX_PEERS || self.peers.contains_key(&info.name) {
+            let known = self.peers.insert(
+                info.name.clone(),
+                Peer {
+                    routing_id: routing_id.clone(),
+                    session: info.session,
+                    last_seen: now,
+                },
+            );
+            if known.is_none() {
+                log::debug!("worker {} joined ({})", printable(&info.name), info.backend);
+            }
+        }
+        Self::send(out, &routing_id, Message::Welcome);
+    }
+
+    fn unreachable(&mut self, now: Instant, routing_id: &[u8], out: &mut Vec<SinkCommand>) {
+        let mut i = 0;
+        while i < self.claims.len() {
+            if self.claims[i].old == routing_id {
+                let claim = self.claims.swap_remove(i);
+                self.welcome(now, claim.routing_id, claim.info, out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Newcomers whose namesake's connection stood are refused: the name is taken.
+    fn settle_claims(&mut self, now: Instant, out: &mut Vec<SinkCommand>) {
+        for claim in std::mem::take(&mut self.claims) {
+            let reason = format!(
+                "another worker named {:?} is already connected to the sink at {}; give each \
+                 worker its own --name (the default, host-pid-N, is unique)",
+                claim.info.name, self.config.endpoint
+            );
+            self.refuse(now, &claim.routing_id, RefusalKind::NameTaken, reason, out);
+        }
+    }
+
+    fn message(
+        &mut self,
+        now: Instant,
+        peer: Vec<u8>,
+        message: Message,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        match message {
+            Message::Join(info) => self.join(now, peer, info, out),
+            Message::Hello(_) => {
+                let reason = format!(
+                    "this looks like a worker that connected its ventilator endpoint to a sink: {} is \
+                     conquer's sink (results), not a ventilator; pass the ventilator's endpoint \
+                     (port 5557 by default) as --ventilator and this one as --sink",
+                    self.config.endpoint
+                );
+                self.refuse(now, &peer, RefusalKind::WrongPeer, reason, out);
+            }
+            Message::Batch {
+                batch: id,
+                session,
+                started_unix_ms,
+                task_count,
+                expected_ms,
+                longest_ms,
+                job,
+            } => match &mut self.batch {
+                None if task_count == 0 || task_count > crate::batch::MAX_TASKS => {
+                    self.reject_peer(now, &peer, format!("batch {id:016x} of {task_count} tasks"));
+                }
+                None => {
+                    let announced = Announced {
+                        id,
+                        session,
+                        started_unix_ms,
+                        task_count,
+                        expected_ms,
+                        longest_ms,
+                        verifies: job.verify_percent > 0,
+                    };
+                    self.adopt(now, peer, announced, out)
+                }
+                Some(b) if b.id == id => {
+                    b.ventilator = peer.clone();
+                    if b.session != session {
+                        // The ventilator restarted: tell it everything we hold.
+                        log::warn!(
+                            "the ventilator restarted; sending it the {} results held",
+                            b.held_count
+                        );
+                        b.session = session;
+                        ack(out, &peer, b);
+                    } else if b.finished.is_some() {
+                        // Every task is held: say so again, in case the first word was lost.
+                        Self::send(out, &peer, Message::Complete { batch: id });
+                    } else {
+                        // The announcement is the ventilator's heartbeat: answer it, so the
+                        // ventilator knows this sink is alive even while no results come.
+                        Self::send(out, &peer, Message::Heartbeat { batch: id });
+                    }
+                }
+                Some(b) => {
+                    let reason = format!(
+                        "the sink at {} is busy with batch {:016x} ({} of {} tasks held) and cannot \
+                         take batch {id:016x}; to run two batches at once, start another sink \
+                         (`conquer sink --bind tcp://*:PORT`) and point this ventilator's --sink at it",
+                        self.config.endpoint, b.id, b.held_count, b.task_count
+                    );
+                    self.refuse(now, &peer, RefusalKind::Busy, reason, out);
+                }
+            },
+            Message::Results {
+                batch: id,
+                worker,
+                results,
+            } => self.results(now, &peer, id, worker, results, out),
+            Message::Stats {
+                batch: id,
+                redispatched,
+                rejected,
+                last,
+            } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
+                self.ventilator_counts = (redispatched, rejected);
+                self.final_counts |= last;
+            }
+            other => self.reject_peer(
+                now,
+                &peer,
+                format!("unexpected {} message", other.kind_name()),
+            ),
+        }
+    }
+
+    fn adopt(
+        &mut self,
+        now: Instant,
+        peer: Vec<u8>,
+        announced: Announced,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        let Announced {
+            id,
+            session,
+            started_unix_ms,
+            task_count,
+            expected_ms,
+            longest_ms,
+            verifies,
+        } = announced;
+        let tasks = task_count as usize;
+        // The batch's clock runs from its start at the ventilator, so a sink that joins a
+        // batch late (restarted without a results file) reports the true elapsed time. A
+        // start in the future or over a day ago (clocks apart) is not believed.
+        let now_unix_ms = self.unix_ms(now);
+        let since = now_unix_ms.saturating_sub(started_unix_ms);
+        let (started_unix_ms, started) = if started_unix_ms <= now_unix_ms && since < DAY_MS {
+            (
+                started_unix_ms,
+                now.checked_sub(Duration::from_millis(since)).unwrap_or(now),
+            )
+        } else {
+            (now_unix_ms, now)
+        };
+        let mut b = BatchState {
+            id,
+            task_count: tasks,
+            verifies,
+            expected_ms,
+            longest_ms,
+            held: vec![0; tasks.div_ceil(64)],
+            held_count: 0,
+            started_unix_ms,
+            started,
+            ventilator: peer.clone(),
+            session,
+            finished: None,
+        };
+        if let Some(recovered) = self.recovered.take() {
+            let header = recovered.header;
+            if header.batch != id || header.tasks != task_count {
+                self.done = true;
+                out.push(SinkCommand::Stop(SinkStop::ResumeMismatch {
+                    file_batch: header.batch,
+                    file_tasks: header.tasks,
+                    batch: id,
+                    tasks: task_count,
+                }));
+                return;
+            }
+            // The clock runs from the batch's original start, downtime included.
+            let since = now_unix_ms.saturating_sub(header.started_unix_ms);
+            b.started = now.checked_sub(Duration::from_millis(since)).unwrap_or(now);
+            b.started_unix_ms = header.started_unix_ms;
+            for r in &recovered.records {
+                let index = r.result.id as usize;
+                if index < tasks && !b.is_held(index) {
+                    b.set_held(index);
+                    self.tally(&r.worker, &r.backend, "", &r.result);
+                }
+            }
+        } else {
+            log::debug!("batch {id:016x}: {tasks} tasks, {expected_ms} ms expected; clock started");
+        }
+        self.batch = Some(b);
+        // Results that came before the announcement count now, so the acknowledgement's
+        // list is complete and the ventilator hands out nothing the sink already has.
+        for early in std::mem::take(&mut self.early) {
+            self.results(
+                now,
+                &early.peer,
+                early.batch,
+                early.worker,
+                early.results,
+                out,
+            );
+        }
+        self.early_count = 0;
+        out.push(SinkCommand::Sync);
+        self.newly_held.clear();
+        if let Some(b) = &self.batch {
+            ack(out, &peer, b);
+        }
+    }
+
+    fn tally(&mut self, worker: &str, backend: &str, adapter: &str, r: &TaskResult) {
+        let tally = self.workers.entry(worker.to_owned()).or_default();
+        if tally.backend.is_empty() {
+            tally.backend = backend.to_owned();
+            tally.adapter = adapter.to_owned();
+        }
+        tally.tasks += 1;
+        tally.busy_us += u64::from(r.wall_us);
+        tally.kernel_us += u64::from(r.kernel_us);
+        self.measured_total_us += u64::from(r.wall_us);
+        self.measured_longest_us = self.measured_longest_us.max(r.wall_us);
+        if r.status.checked() {
+            self.checked += 1;
+        }
+        match r.status {
+            Status::Mismatch => self.mismatches += 1,
+            Status::Verified => self.verified += 1,
+            Status::Ok | Status::Failed => {}
+        }
+    }
+
+    fn results(
+        &mut self,
+        now: Instant,
+        peer: &[u8],
+        id: u64,
+        worker: WorkerInfo,
+        results: Vec<TaskResult>,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        if results.is_empty() {
+            self.reject_peer(now, peer, "a results message with no results".into());
+            return;
+        }
+        // Names end up in the report and the results file: printable text only.
+        if let Err(why) = check_name(&worker.name)
+            .and_then(|()| check_text(&worker.backend))
+            .and_then(|()| check_text(&worker.adapter))
+        {
+            self.reject_peer(now, peer, format!("results from a worker with {why}"));
+            return;
+        }
+        if self.batch.is_none() {
+            // Held back until the batch is announced, within bounds on results and messages;
+            // beyond them dropped and counted (the ventilator hands out again what the sink
+            // does not hold once the batch is known).
+            if self.early_count + results.len() <= MAX_EARLY_RESULTS
+                && self.early.len() < MAX_EARLY_MESSAGES
+            {
+                self.early_count += results.len();
+                self.early.push(Early {
+                    peer: peer.to_vec(),
+                    batch: id,
+                    worker,
+                    results,
+                });
+            } else {
+                self.reject_peer(
+                    now,
+                    peer,
+                    "results before any batch, beyond what is held back".into(),
+                );
+            }
+            return;
+        }
+        let Some(b) = self.batch.as_mut().filter(|b| b.id == id) else {
+            let why = format!("results for batch {id:016x}, which this sink is not collecting");
+            self.reject_peer(now, peer, why);
+            return;
+        };
+        if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
+            let why = format!(
+                "result for task {} of a {}-task batch",
+                bad.id, b.task_count
+            );
+            self.reject_peer(now, peer, why);
+            return;
+        }
+        if !b.verifies {
+            if let Some(bad) = results.iter().find(|r| r.status.checked()) {
+                let why = format!(
+                    "result for task {} claims status {} in a batch that asked for no verification",
+                    bad.id,
+                    bad.status.as_str()
+                );
+                self.reject_peer(now, peer, why);
+                return;
+            }
+        }
+        let mut fresh = Vec::with_capacity(results.len());
+        for r in results {
+            if r.status == Status::Failed {
+                continue; // the ventilator hands it to another worker
+            }
+            if b.is_held(r.id as usize) {
+                self.duplicates += 1;
+                continue;
+            }
+            b.set_held(r.id as usize);
+            self.newly_held.push(r.id);
+            fresh.push(r);
+        }
+        let header = b.header();
+        for r in &fresh {
+            self.tally(&worker.name, &worker.backend, &worker.adapter, r);
+            if r.status == Status::Mismatch {
+                log::error!(
+                    "task {} from {}: result does not match the CPU reference",
+                    r.id,
+                    printable(&worker.name)
+                );
+            }
+        }
+        if !fresh.is_empty() {
+            out.push(SinkCommand::Record {
+                header,
+                worker: worker.name,
+                backend: worker.backend,
+                results: fresh,
+            });
+        }
+    }
+
+    /// New results are made durable, then the ventilator hears they are held.
+    fn acknowledge(&mut self, now: Instant, out: &mut Vec<SinkCommand>) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        if !self.newly_held.is_empty() {
+            out.push(SinkCommand::Sync);
+            let ids = std::mem::take(&mut self.newly_held);
+            held(out, &b.ventilator, b.id, &ids);
+        }
+        if b.finished.is_none() && b.held_count == b.task_count {
+            b.finished = Some(now);
+            log::debug!("all {} results held", b.task_count);
+            let ventilator = b.ventilator.clone();
+            Self::send(out, &ventilator, Message::Complete { batch: b.id });
+        }
+    }
+
+    /// A results file that already holds every task: the batch is over; its report.
+    pub fn report_recovered(mut self, now: Instant) -> Option<Report> {
+        let recovered = self.recovered.take()?;
+        let header = recovered.header;
+        let task_count = header.tasks as usize;
+        let last_unix_ms = recovered
+            .records
+            .iter()
+            .map(|r| r.result.finished_unix_ms)
+            .max()
+            .unwrap_or(header.started_unix_ms);
+        let elapsed = Duration::from_millis(last_unix_ms.saturating_sub(header.started_unix_ms));
+        let mut b = BatchState {
+            id: header.batch,
+            task_count,
+            verifies: true,
+            expected_ms: 0,
+            longest_ms: 0,
+            held: vec![0; task_count.div_ceil(64)],
+            held_count: 0,
+            started_unix_ms: header.started_unix_ms,
+            started: now.checked_sub(elapsed).unwrap_or(now),
+            ventilator: Vec::new(),
+            session: 0,
+            finished: Some(now),
+        };
+        for r in &recovered.records {
+            let index = r.result.id as usize;
+            if index < task_count && !b.is_held(index) {
+                b.set_held(index);
+                b.expected_ms += u64::from(r.result.workload_ms);
+                b.longest_ms = b.longest_ms.max(r.result.workload_ms);
+                self.tally(&r.worker, &r.backend, "", &r.result);
+            }
+        }
+        log::warn!(
+            "the results file already holds all {task_count} tasks of batch {:016x}: the batch is \
+             complete; reporting it from the file (no ventilator needed)",
+            header.batch
+        );
+        self.batch = Some(b);
+        self.report(now)
+    }
+
+    /// The report of the batch collected, if one was.
+    pub fn report(self, now: Instant) -> Option<Report> {
+        let b = self.batch?;
+        let finished = b.finished.unwrap_or(now);
+        let elapsed_ms = finished.duration_since(b.started).as_secs_f64() * 1000.0;
+        let workers: Vec<WorkerReport> = self
+            .workers
+            .into_iter()
+            .filter(|(_, t)| t.tasks > 0)
+            .map(|(id, t)| WorkerReport {
+                id,
+                tasks: t.tasks,
+                busy_ms: t.busy_us as f64 / 1000.0,
+                kernel_ms: t.kernel_us as f64 / 1000.0,
+                backend: t.backend,
+                adapter: t.adapter,
+            })
+            .collect();
+        let slept = workers.iter().all(|w| w.backend == "sleep");
+        let (ideal, ideal_basis) = if slept {
+            (
+                ideal_ms(b.expected_ms, b.longest_ms, workers.len()),
+                "workload",
+            )
+        } else {
+            let share = self.measured_total_us as f64 / 1000.0 / workers.len().max(1) as f64;
+            (
+                share.max(f64::from(self.measured_longest_us) / 1000.0),
+                "measured",
+            )
+        };
+        Some(Report {
+            batch: format!("{:016x}", b.id),
+            tasks: b.task_count as u64,
+            expected_ms: b.expected_ms,
+            longest_ms: b.longest_ms,
+            elapsed_ms,
+            ideal_ms: ideal,
+            ideal_basis: ideal_basis.to_owned(),
+            efficiency: if elapsed_ms > 0.0 {
+                ideal / elapsed_ms
+            } else {
+                1.0
+            },
+            tasks_per_s: if elapsed_ms > 0.0 {
+                b.task_count as f64 * 1000.0 / elapsed_ms
+            } else {
+                0.0
+            },
+            duplicates: self.duplicates,
+            redispatched: self.ventilator_counts.0,
+            rejected: self.rejected + self.ventilator_counts.1,
+            checked: self.checked,
+            verified: self.verified,
+            mismatches: self.mismatches,
+            workers,
+        })
+    }
+}
+
+/// A batch as the ventilator announces it.
+struct Announced {
+    id: u64,
+    session: u64,
+    started_unix_ms: u64,
+    task_count: u32,
+    expected_ms: u64,
+    longest_ms: u32,
+    verifies: bool,
+}
+
+/// A worker's backend or adapter name: no control characters.
+fn check_text(text: &str) -> Result<(), String> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the control character {c:?} in {:?}",
+            text.escape_debug().to_string()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn ack(out: &mut Vec<SinkCommand>, peer: &[u8], b: &BatchState) {
+    Collector::send(
+        out,
+        peer,
+        Message::BatchAck {
+            batch: b.id,
+            held: b.held_count as u32,
+        },
+    );
+    held(out, peer, b.id, &b.held_ids());
+}
+
+fn held(out: &mut Vec<SinkCommand>, peer: &[u8], batch: u64, ids: &[u32]) {
+    for chunk in ids.chunks(MAX_ITEMS_PER_MESSAGE) {
+        Collector::send(
+            out,
+            peer,
+            Message::Held {
+                batch,
+                ids: chunk.to_vec(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+#[path = "collect_tests.rs"]
+mod tests;

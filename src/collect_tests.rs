@@ -1,0 +1,307 @@
+//! Properties of the collector on a fake clock: whatever workers send, in whatever order,
+//! with whatever repeats, each task is recorded once, made durable before the ventilator
+//! hears of it, and the batch completes exactly when every task is held.
+
+use super::*;
+use crate::batch::Job;
+use proptest::prelude::*;
+
+const VENT: &[u8] = b"ventilator";
+
+fn config() -> CollectConfig {
+    CollectConfig {
+        heartbeat: Heartbeat {
+            interval: Duration::from_millis(100),
+            liveness: 3,
+        },
+        final_stats_wait: Duration::from_millis(500),
+        endpoint: "tcp://test:5558".into(),
+        results_path: None,
+    }
+}
+
+fn worker(name: &str, session: u64) -> WorkerInfo {
+    WorkerInfo {
+        name: name.into(),
+        session,
+        backend: "sleep".into(),
+        adapter: String::new(),
+        window_hint: 1,
+    }
+}
+
+fn result(id: u32, status: Status) -> TaskResult {
+    TaskResult {
+        id,
+        workload_ms: 1,
+        status,
+        wall_us: 1000,
+        kernel_us: 0,
+        checksum: 0,
+        started_unix_ms: 1,
+        finished_unix_ms: 2,
+    }
+}
+
+fn announce(batch: u64, session: u64, tasks: u32) -> Message {
+    Message::Batch {
+        batch,
+        session,
+        started_unix_ms: 0,
+        task_count: tasks,
+        expected_ms: u64::from(tasks),
+        longest_ms: 1,
+        job: Job::default(),
+    }
+}
+
+/// The collector, its clock, and everything it asked for, in order.
+struct Harness {
+    base: Instant,
+    t: Duration,
+    c: Collector,
+    log: Vec<SinkCommand>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let base = Instant::now();
+        Harness {
+            base,
+            t: Duration::ZERO,
+            c: Collector::new(config(), None, base, 1_000_000),
+            log: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, event: SinkEvent) {
+        let mut out = Vec::new();
+        self.c.handle(self.base + self.t, event, &mut out);
+        self.log.extend(out);
+    }
+
+    fn from(&mut self, peer: &[u8], message: Message) {
+        self.event(SinkEvent::FromPeer {
+            routing_id: peer.to_vec(),
+            message,
+        });
+        self.event(SinkEvent::Tick);
+    }
+
+    fn sent_to(&self, peer: &[u8]) -> Vec<&Message> {
+        self.log
+            .iter()
+            .filter_map(|c| match c {
+                SinkCommand::Send { to, message } if to == peer => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A results message from worker w with these (id, failed) results.
+    Results(u8, Vec<(u32, bool)>),
+    /// The ventilator announces again (a heartbeat), or restarts (a new session).
+    Announce { restart: bool },
+    /// Time passes.
+    Advance(u16),
+}
+
+fn step(tasks: u32) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0u8..4, proptest::collection::vec((0..tasks, proptest::bool::weighted(0.1)), 1..8))
+            .prop_map(|(w, r)| Step::Results(w, r)),
+        1 => proptest::bool::ANY.prop_map(|restart| Step::Announce { restart }),
+        1 => (1u16..300).prop_map(Step::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn each_task_is_recorded_once_and_durable_before_it_is_acknowledged(
+        tasks in 1u32..60,
+        early in proptest::collection::vec((0u32..60, proptest::bool::weighted(0.1)), 0..10),
+        steps in (1u32..60).prop_flat_map(|n| proptest::collection::vec(step(n), 0..80)),
+    ) {
+        let mut h = Harness::new();
+        let batch = 7;
+        let mut session = 1;
+        // Results may come before the batch is known (a restarted sink).
+        let early: Vec<TaskResult> = early
+            .iter()
+            .filter(|(id, _)| *id < tasks)
+            .map(|&(id, failed)| result(id, if failed { Status::Failed } else { Status::Ok }))
+            .collect();
+        if !early.is_empty() {
+            h.from(b"w9", Message::Results { batch, worker: worker("w9", 9), results: early });
+        }
+        h.from(VENT, announce(batch, session, tasks));
+        let mut complete_at = None;
+        for s in &steps {
+            match s {
+                Step::Results(w, r) => {
+                    let results = r
+                        .iter()
+                        .filter(|(id, _)| *id < tasks)
+                        .map(|&(id, failed)| result(id, if failed { Status::Failed } else { Status::Ok }))
+                        .collect::<Vec<_>>();
+                    if results.is_empty() {
+                        continue;
+                    }
+                    let name = format!("w{w}");
+                    h.from(name.as_bytes(), Message::Results { batch, worker: worker(&name, u64::from(*w)), results });
+                }
+                Step::Announce { restart } => {
+                    if *restart {
+                        session += 1;
+                    }
+                    h.from(VENT, announce(batch, session, tasks));
+                }
+                Step::Advance(ms) => {
+                    h.t += Duration::from_millis(u64::from(*ms));
+                    h.event(SinkEvent::Tick);
+                }
+            }
+            if complete_at.is_none() && h.c.progress() == Some((tasks as usize, tasks as usize)) {
+                complete_at = Some(h.log.len());
+            }
+        }
+        // Every id recorded at most once, and only ids that were sent without failure.
+        let mut recorded = vec![0u32; tasks as usize];
+        let mut synced = vec![false; tasks as usize];
+        let mut completes = 0;
+        for command in &h.log {
+            match command {
+                SinkCommand::Record { results, .. } => {
+                    for r in results {
+                        prop_assert_ne!(r.status, Status::Failed);
+                        recorded[r.id as usize] += 1;
+                        synced[r.id as usize] = false;
+                    }
+                }
+                SinkCommand::Sync => synced.iter_mut().for_each(|s| *s = true),
+                SinkCommand::Send { message: Message::Held { ids, .. }, .. } => {
+                    for &id in ids {
+                        prop_assert!(recorded[id as usize] == 1 && synced[id as usize],
+                            "task {} acknowledged before it was recorded and synced", id);
+                    }
+                }
+                SinkCommand::Send { message: Message::Complete { .. }, .. } => completes += 1,
+                _ => {}
+            }
+        }
+        prop_assert!(recorded.iter().all(|&n| n <= 1), "a task recorded twice: {:?}", recorded);
+        let held = recorded.iter().filter(|&&n| n == 1).count();
+        prop_assert_eq!(h.c.progress(), Some((held, tasks as usize)));
+        // Complete is said once when every task is held, and again only when asked.
+        if held == tasks as usize {
+            prop_assert!(completes >= 1);
+        } else {
+            prop_assert_eq!(completes, 0);
+        }
+        let report = h.c.report(h.base + h.t).expect("a report");
+        prop_assert_eq!(report.workers.iter().map(|w| w.tasks).sum::<u64>(), held as u64);
+    }
+}
+
+#[test]
+fn a_second_ventilator_is_refused_while_a_batch_runs() {
+    let mut h = Harness::new();
+    h.from(VENT, announce(1, 1, 10));
+    h.from(b"intruder", announce(2, 5, 10));
+    let refusals = h.sent_to(b"intruder");
+    assert!(
+        matches!(refusals.as_slice(), [Message::Refused { kind: RefusalKind::Busy, reason }] if reason.contains("0000000000000001")),
+        "{refusals:?}"
+    );
+    // The first ventilator is still the one served.
+    h.from(
+        b"w",
+        Message::Results {
+            batch: 1,
+            worker: worker("w", 1),
+            results: vec![result(3, Status::Ok)],
+        },
+    );
+    assert!(h
+        .sent_to(VENT)
+        .iter()
+        .any(|m| matches!(m, Message::Held { ids, .. } if ids == &[3])));
+}
+
+#[test]
+fn early_results_are_bounded_in_messages() {
+    let mut h = Harness::new();
+    for i in 0..(MAX_EARLY_MESSAGES + 100) {
+        h.event(SinkEvent::FromPeer {
+            routing_id: b"flood".to_vec(),
+            message: Message::Results {
+                batch: 1,
+                worker: worker("flood", 1),
+                results: vec![result(i as u32 % 10, Status::Ok)],
+            },
+        });
+    }
+    assert_eq!(h.c.early_held_back().0, MAX_EARLY_MESSAGES);
+    assert_eq!(h.c.rejected, 100);
+}
+
+#[test]
+fn a_live_name_is_refused_and_a_dead_ones_is_handed_over() {
+    let mut h = Harness::new();
+    h.from(b"a/1", Message::Join(worker("a", 1)));
+    assert!(matches!(h.sent_to(b"a/1").as_slice(), [Message::Welcome]));
+    // A second process named "a" while the first answers: refused.
+    h.from(b"a/2", Message::Join(worker("a", 2)));
+    assert!(matches!(
+        h.sent_to(b"a/2").as_slice(),
+        [Message::Refused {
+            kind: RefusalKind::NameTaken,
+            ..
+        }]
+    ));
+    // The first one's connection is gone: a third takes the name.
+    let mut out = Vec::new();
+    h.c.handle(
+        h.base,
+        SinkEvent::FromPeer {
+            routing_id: b"a/3".to_vec(),
+            message: Message::Join(worker("a", 3)),
+        },
+        &mut out,
+    );
+    assert!(out
+        .iter()
+        .any(|c| matches!(c, SinkCommand::Send { to, message: Message::Welcome } if to == b"a/1")));
+    h.log.extend(out);
+    h.event(SinkEvent::Unreachable(b"a/1".to_vec()));
+    h.event(SinkEvent::Tick);
+    assert!(matches!(h.sent_to(b"a/3").as_slice(), [Message::Welcome]));
+}
+
+#[test]
+fn the_batch_finishes_after_the_final_counters_or_the_wait() {
+    let mut h = Harness::new();
+    h.from(VENT, announce(1, 1, 1));
+    h.from(
+        b"w",
+        Message::Results {
+            batch: 1,
+            worker: worker("w", 1),
+            results: vec![result(0, Status::Ok)],
+        },
+    );
+    assert!(h
+        .sent_to(VENT)
+        .iter()
+        .any(|m| matches!(m, Message::Complete { .. })));
+    assert!(!h.c.is_finished());
+    h.t += Duration::from_millis(600);
+    h.event(SinkEvent::Tick);
+    assert!(h.c.is_finished());
+    assert!(h.log.contains(&SinkCommand::Finished));
+}
