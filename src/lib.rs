@@ -14,6 +14,7 @@ pub mod cli;
 pub mod collect;
 pub mod diagnose;
 pub mod dispatch;
+pub mod flow;
 pub mod heartbeat;
 pub mod kernels;
 pub mod local;

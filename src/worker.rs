@@ -12,15 +12,14 @@
 //! tasks); it wakes this thread over an inproc PAIR when outcomes are ready. The worker
 //! does not know which backend it drives.
 
-use crate::backend::{Backend, Outcome};
-use crate::batch::{Job, Task};
+use crate::backend::Backend;
+use crate::batch::Task;
+use crate::flow::{Chunk, Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
-use crate::logging::RateLimited;
-use crate::protocol::{Done, Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use crate::protocol::WorkerInfo;
 use crate::shutdown::Shutdown;
 use crate::sockets;
-use anyhow::{bail, Context};
-use std::collections::BTreeMap;
+use anyhow::Context;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,20 +58,6 @@ pub fn default_name(index: usize) -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "worker".into());
     format!("{host}-{}-{index}", std::process::id())
-}
-
-/// Tasks from one message of the ventilator, as the executor receives them.
-struct Chunk {
-    batch: u64,
-    job: Job,
-    tasks: Vec<Task>,
-}
-
-/// An outcome to forward, with its batch and when it was known (worker's wall clock).
-struct Finished {
-    batch: u64,
-    outcome: Outcome,
-    finished_unix_ms: u64,
 }
 
 type Outcomes = Vec<Finished>;
@@ -206,9 +191,6 @@ impl Worker {
                 info,
                 tasks,
                 results,
-                summary: WorkerSummary::default(),
-                reject_log: RateLimited::new(5, Duration::from_secs(1)),
-                warned_unverifiable: false,
             },
             config,
             wake,
@@ -224,7 +206,7 @@ impl Worker {
     pub fn serve(self, shutdown: &Shutdown) -> anyhow::Result<WorkerSummary> {
         let Worker {
             config,
-            mut io,
+            io,
             wake,
             chunk_tx,
             outcome_rx,
@@ -232,16 +214,39 @@ impl Worker {
             failure,
             executor,
         } = self;
-        let outcome = io.serve(&config, &wake, &chunk_tx, &outcome_rx, &failure, shutdown);
+        let mut flow = Flow::new(
+            FlowConfig {
+                info: io.info.clone(),
+                heartbeat: config.heartbeat,
+                ventilator: config.ventilator.clone(),
+                sink: config.sink.clone(),
+                announce: config.announce,
+                exit_when_done: config.exit_when_done,
+            },
+            Instant::now(),
+        );
+        let pump = Pump {
+            io: &io,
+            wake: &wake,
+            chunk_tx: &chunk_tx,
+            outcome_rx: &outcome_rx,
+            failure: &failure,
+        };
+        let outcome = pump.run(&mut flow, shutdown);
         // Leaving: stop the executor after its current task and tell the ventilator, so the
         // tasks this worker held go to others at once.
         stop.store(true, Ordering::SeqCst);
         drop(chunk_tx);
-        let _ = io.tasks.send(Message::Bye.encode(), zmq::DONTWAIT);
+        let _ = io.tasks.send(Flow::goodbye().encode(), zmq::DONTWAIT);
         if executor.join().is_err() {
             log::error!("the executor thread panicked");
         }
-        outcome.map(|()| io.summary)
+        let counters = flow.counters();
+        outcome.map(|()| WorkerSummary {
+            tasks: counters.tasks,
+            batches: counters.batches,
+            rejected: counters.rejected,
+        })
     }
 }
 
@@ -249,327 +254,133 @@ struct Io {
     info: WorkerInfo,
     tasks: zmq::Socket,
     results: zmq::Socket,
-    summary: WorkerSummary,
-    reject_log: RateLimited,
-    /// Said once: the batch asks for verification this backend cannot give.
-    warned_unverifiable: bool,
 }
 
-/// Where a worker stands with its sink, which decides whether it may ask for tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SinkLink {
-    /// Greeting the sink; no tasks asked for yet.
-    Joining,
-    /// The sink answers: greet the ventilator and take tasks.
-    Welcomed,
-    /// The sink stopped answering: the ventilator was told goodbye until it is back.
-    Lost,
+/// The worker's run loop: receive from both peers and the executor, decode, hand to the
+/// flow state, carry out what it says. No send here ever waits.
+struct Pump<'a> {
+    io: &'a Io,
+    wake: &'a zmq::Socket,
+    chunk_tx: &'a mpsc::Sender<Chunk>,
+    outcome_rx: &'a mpsc::Receiver<Outcomes>,
+    failure: &'a Mutex<Option<String>>,
 }
 
-impl Io {
-    fn serve(
-        &mut self,
-        config: &WorkerConfig,
-        wake: &zmq::Socket,
-        chunk_tx: &mpsc::Sender<Chunk>,
-        outcome_rx: &mpsc::Receiver<Outcomes>,
-        failure: &Mutex<Option<String>>,
-        shutdown: &Shutdown,
-    ) -> anyhow::Result<()> {
-        let hello = Message::Hello(self.info.clone()).encode();
-        let join = Message::Join(self.info.clone()).encode();
-        let interval = config.heartbeat.interval;
-        let timeout = config.heartbeat.timeout();
-        let mut next_beat = Instant::now();
-        let started = Instant::now();
-        let mut link = SinkLink::Joining;
-        let mut last_from_sink = Instant::now();
-        let mut said_sink_wait = false;
-        let mut last_from_ventilator = Instant::now();
-        let mut hello_since: Option<Instant> = None;
-        let mut heard_ventilator = false;
-        let mut warned_silence = false;
+/// Longest the pump sleeps in one poll, so a shutdown request is seen promptly.
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+impl Pump<'_> {
+    fn run(&self, flow: &mut Flow, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let mut out = Vec::new();
         loop {
             shutdown.check()?;
-            let now = Instant::now();
-            if now >= next_beat {
-                next_beat = now + interval;
-                // The greetings double as heartbeats, so a restarted peer learns of us.
-                let _ = self.results.send(join.as_slice(), zmq::DONTWAIT);
-                // Whatever the sink said meanwhile counts before its silence is judged.
-                if self.drain_sink(config, &hello, &mut link, &mut last_from_sink)? {
-                    said_sink_wait = false;
-                    hello_since.get_or_insert_with(Instant::now);
-                }
-                match link {
-                    SinkLink::Welcomed => {
-                        let _ = self.tasks.send(hello.as_slice(), zmq::DONTWAIT);
-                        if last_from_sink.elapsed() > timeout * SINK_LOSS_TIMEOUTS {
-                            log::warn!(
-                                "the sink at {} has not answered for {:.1} s; not taking tasks until it does \
-                                 (the ventilator hands this worker's tasks to others)",
-                                config.sink,
-                                last_from_sink.elapsed().as_secs_f64()
-                            );
-                            let _ = self.tasks.send(Message::Bye.encode(), zmq::DONTWAIT);
-                            link = SinkLink::Lost;
-                        }
-                    }
-                    SinkLink::Joining | SinkLink::Lost => {
-                        if !said_sink_wait && started.elapsed() > timeout {
-                            log::warn!(
-                                "waiting for the sink at {} to answer (is `conquer sink` running there? \
-                                 check --sink); no tasks are taken until it does",
-                                config.sink
-                            );
-                            said_sink_wait = true;
-                        }
-                    }
-                }
-                if let Some(since) = hello_since {
-                    let silent = last_from_ventilator.elapsed().min(since.elapsed());
-                    if silent > timeout && !warned_silence {
-                        log::info!(
-                            "waiting for the ventilator at {} (no word for {:.1} s; still trying)",
-                            config.ventilator,
-                            silent.as_secs_f64()
-                        );
-                        warned_silence = true;
-                    }
-                }
+            flow.handle(Instant::now(), FlowEvent::Tick, &mut out);
+            if let Some(end) = self.carry_out(flow, &mut out) {
+                return end;
             }
-            let wait = next_beat
+            let wait = flow
+                .next_deadline()
                 .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
+                .min(MAX_POLL);
             let mut items = [
-                self.tasks.as_poll_item(zmq::POLLIN),
-                wake.as_poll_item(zmq::POLLIN),
-                self.results.as_poll_item(zmq::POLLIN),
+                self.io.tasks.as_poll_item(zmq::POLLIN),
+                self.wake.as_poll_item(zmq::POLLIN),
+                self.io.results.as_poll_item(zmq::POLLIN),
             ];
             sockets::poll(&mut items, wait.as_millis() as i64, "the worker's sockets")?;
-            let (tasks_ready, wake_ready, sink_ready) = (
-                items[0].is_readable(),
-                items[1].is_readable(),
-                items[2].is_readable(),
-            );
-            if wake_ready {
-                while wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
-                self.forward(outcome_rx)?;
-                if let Some(reason) = failure.lock().ok().and_then(|f| f.clone()) {
-                    bail!("{reason}; this worker leaves so its tasks go to other workers");
+            let mut end = None;
+            if items[1].is_readable() {
+                while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+                let mut finished = Vec::new();
+                while let Ok(outcomes) = self.outcome_rx.try_recv() {
+                    finished.extend(outcomes);
                 }
-            }
-            if sink_ready && self.drain_sink(config, &hello, &mut link, &mut last_from_sink)? {
-                said_sink_wait = false;
-                hello_since.get_or_insert_with(Instant::now);
-            }
-            if !tasks_ready {
-                continue;
-            }
-            while let Some(frames) =
-                sockets::recv_multipart_nowait(&self.tasks, "the tasks socket")?
-            {
-                last_from_ventilator = Instant::now();
-                if warned_silence {
-                    log::info!("the ventilator at {} is back", config.ventilator);
-                    warned_silence = false;
+                if !finished.is_empty() {
+                    flow.handle(Instant::now(), FlowEvent::Finished(finished), &mut out);
                 }
-                let decoded = decode_single(frames);
-                if !heard_ventilator && decoded.is_ok() {
-                    heard_ventilator = true;
-                    let line = format!(
-                        "worker {} ready ({}{}): connected to the ventilator at {} and the sink at {}",
-                        crate::logging::printable(&self.info.name),
-                        self.info.backend,
-                        if self.info.adapter.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" on {}", self.info.adapter)
-                        },
-                        config.ventilator,
-                        config.sink
+                if let Some(reason) = self.failure.lock().ok().and_then(|f| f.clone()) {
+                    flow.handle(Instant::now(), FlowEvent::ExecutorFailed(reason), &mut out);
+                }
+                end = end.or(self.carry_out(flow, &mut out));
+            }
+            if items[2].is_readable() {
+                sockets::drain(&self.io.results, false, "the results socket", |inbound| {
+                    flow.handle(
+                        Instant::now(),
+                        FlowEvent::FromSink(inbound.message),
+                        &mut out,
                     );
-                    if config.announce {
-                        log::info!("{line}");
-                    } else {
-                        log::debug!("{line}");
-                    }
-                }
-                match decoded {
-                    Ok(Message::Tasks { batch, job, tasks }) => {
-                        if job.verify_percent > 0
-                            && self.info.backend == "sleep"
-                            && !self.warned_unverifiable
-                        {
-                            log::warn!(
-                                "batch {batch:016x} asks for verification, but this worker's sleep backend \
-                                 computes nothing to check; its results count as unchecked"
-                            );
-                            self.warned_unverifiable = true;
-                        }
-                        if chunk_tx.send(Chunk { batch, job, tasks }).is_err() {
-                            bail!("the executor thread stopped unexpectedly");
-                        }
-                    }
-                    Ok(Message::Heartbeat { .. }) => {}
-                    Ok(Message::End { batch, shutdown }) => {
-                        self.summary.batches += 1;
-                        if shutdown || config.exit_when_done {
-                            log::debug!("batch {batch:016x} complete; leaving as asked");
-                            return Ok(());
-                        }
-                        log::info!("batch {batch:016x} complete; waiting for the next");
-                    }
-                    Ok(Message::Refused { reason, .. }) => {
-                        bail!(
-                            "the ventilator at {} refused this worker: {reason}",
-                            config.ventilator
-                        )
-                    }
-                    Ok(other) => self.reject(format!("unexpected {} message", other.kind_name())),
-                    Err(why) => self.reject(why),
-                }
+                    end = end.take().or_else(|| self.carry_out(flow, &mut out));
+                    Ok(())
+                })?;
             }
-        }
-    }
-
-    /// Everything the sink sent that is waiting. Returns whether it welcomed this worker anew.
-    fn drain_sink(
-        &mut self,
-        config: &WorkerConfig,
-        hello: &[u8],
-        link: &mut SinkLink,
-        last_from_sink: &mut Instant,
-    ) -> anyhow::Result<bool> {
-        let mut welcomed = false;
-        while let Some(frames) =
-            sockets::recv_multipart_nowait(&self.results, "the results socket")?
-        {
-            welcomed |= self.heard_from_sink(frames, config, hello, link, last_from_sink)?;
-        }
-        Ok(welcomed)
-    }
-
-    /// One message from the sink. Returns whether it welcomed this worker anew.
-    fn heard_from_sink(
-        &mut self,
-        frames: Vec<Vec<u8>>,
-        config: &WorkerConfig,
-        hello: &[u8],
-        link: &mut SinkLink,
-        last_from_sink: &mut Instant,
-    ) -> anyhow::Result<bool> {
-        match decode_single(frames) {
-            Ok(Message::Welcome) => {
-                *last_from_sink = Instant::now();
-                if *link == SinkLink::Welcomed {
-                    return Ok(false);
-                }
-                if *link == SinkLink::Lost {
-                    log::warn!("the sink at {} answers again; taking tasks", config.sink);
-                } else {
-                    log::debug!("the sink at {} welcomed this worker", config.sink);
-                }
-                *link = SinkLink::Welcomed;
-                let _ = self.tasks.send(hello, zmq::DONTWAIT);
-                Ok(true)
-            }
-            Ok(Message::Refused { reason, .. }) => {
-                bail!("the sink at {} refused this worker: {reason}", config.sink)
-            }
-            Ok(other) => {
-                self.reject(format!(
-                    "unexpected {} message from the sink",
-                    other.kind_name()
-                ));
-                Ok(false)
-            }
-            Err(why) => {
-                self.reject(format!("from the sink: {why}"));
-                Ok(false)
-            }
-        }
-    }
-
-    fn reject(&mut self, why: String) {
-        self.summary.rejected += 1;
-        self.reject_log
-            .warn(|| format!("dropped a message from a peer: {why}"));
-    }
-
-    /// Sends ready outcomes: results to the sink first, then credit to the ventilator.
-    fn forward(&mut self, outcome_rx: &mpsc::Receiver<Outcomes>) -> anyhow::Result<()> {
-        let mut by_batch: BTreeMap<u64, Vec<Finished>> = BTreeMap::new();
-        while let Ok(outcomes) = outcome_rx.try_recv() {
-            for finished in outcomes {
-                by_batch.entry(finished.batch).or_default().push(finished);
-            }
-        }
-        for (batch, outcomes) in by_batch {
-            for chunk in outcomes.chunks(MAX_ITEMS_PER_MESSAGE) {
-                let results: Vec<TaskResult> = chunk
-                    .iter()
-                    .filter(|f| f.outcome.status != Status::Failed)
-                    .map(|f| {
-                        let o = &f.outcome;
-                        TaskResult {
-                            id: o.task.id,
-                            workload_ms: o.task.workload_ms,
-                            status: o.status,
-                            wall_us: o.wall_us,
-                            kernel_us: o.kernel_us,
-                            checksum: o.checksum,
-                            started_unix_ms: f
-                                .finished_unix_ms
-                                .saturating_sub(u64::from(o.wall_us) / 1000),
-                            finished_unix_ms: f.finished_unix_ms,
-                        }
-                    })
-                    .collect();
-                for r in &results {
-                    log::trace!(
-                        target: crate::logging::TASK_TARGET,
-                        "task {} of batch {batch:016x}: {} in {} µs",
-                        r.id,
-                        r.status.as_str(),
-                        r.wall_us
+            if items[0].is_readable() {
+                sockets::drain(&self.io.tasks, false, "the tasks socket", |inbound| {
+                    flow.handle(
+                        Instant::now(),
+                        FlowEvent::FromVentilator(inbound.message),
+                        &mut out,
                     );
-                }
-                self.summary.tasks += results.len() as u64;
-                if !results.is_empty() {
-                    let message = Message::Results {
-                        batch,
-                        worker: self.info.clone(),
-                        results,
-                    };
-                    // Blocking send: if the sink is away, ZeroMQ queues up to the HWM; beyond
-                    // it we wait rather than drop a result.
-                    self.results
-                        .send(message.encode(), 0)
-                        .context("sending results to the sink")?;
-                }
-                let done: Vec<Done> = chunk
-                    .iter()
-                    .map(|f| Done {
-                        id: f.outcome.task.id,
-                        status: f.outcome.status,
-                        wall_us: f.outcome.wall_us,
-                    })
-                    .collect();
-                let _ = self
-                    .tasks
-                    .send(Message::Done { batch, done }.encode(), zmq::DONTWAIT);
+                    end = end.take().or_else(|| self.carry_out(flow, &mut out));
+                    Ok(())
+                })?;
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
-        Ok(())
     }
-}
 
-/// The one frame of a message from a DEALER's peer, decoded.
-fn decode_single(frames: Vec<Vec<u8>>) -> Result<Message, String> {
-    match <[Vec<u8>; 1]>::try_from(frames) {
-        Ok([frame]) => Message::decode(&frame).map_err(|e| e.to_string()),
-        Err(frames) => Err(format!("{} frames, expected 1", frames.len())),
+    /// Carries out the flow's commands in order; `Some` when the worker is to leave.
+    fn carry_out(&self, flow: &mut Flow, out: &mut Vec<FlowCommand>) -> Option<anyhow::Result<()>> {
+        let mut end = None;
+        while !out.is_empty() {
+            let mut failed = Vec::new();
+            for command in out.drain(..) {
+                match command {
+                    FlowCommand::ToVentilator(message) => {
+                        let _ = self.io.tasks.send(message.encode(), zmq::DONTWAIT);
+                    }
+                    FlowCommand::ToSink(message) => {
+                        let _ = self.io.results.send(message.encode(), zmq::DONTWAIT);
+                    }
+                    FlowCommand::Deliver(delivery) => {
+                        if let Some(results) = &delivery.results {
+                            // Never waits: a full queue keeps the delivery, and its
+                            // credit, for a moment later.
+                            match self.io.results.send(results.encode(), zmq::DONTWAIT) {
+                                Ok(()) => {}
+                                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                                    failed.push(FlowEvent::Undelivered(delivery));
+                                    continue;
+                                }
+                                Err(e) => {
+                                    end = Some(Err(anyhow::anyhow!(
+                                        "sending results to the sink: {e}"
+                                    )));
+                                    continue;
+                                }
+                            }
+                        }
+                        let _ = self.io.tasks.send(delivery.done.encode(), zmq::DONTWAIT);
+                    }
+                    FlowCommand::Run(chunk) => {
+                        if self.chunk_tx.send(chunk).is_err() {
+                            end = Some(Err(anyhow::anyhow!(
+                                "the executor thread stopped unexpectedly"
+                            )));
+                        }
+                    }
+                    FlowCommand::Leave => end = Some(Ok(())),
+                    FlowCommand::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
+                }
+            }
+            let now = Instant::now();
+            for event in failed {
+                flow.handle(now, event, out);
+            }
+        }
+        end
     }
 }
 
@@ -583,9 +394,6 @@ fn fault_injected() -> bool {
     std::env::var(FAULT_VAR).is_ok_and(|v| v == "panic")
 }
 
-/// Heartbeat timeouts without a word from the sink after which a worker stops taking
-/// tasks: generous, since a sink working through a backlog answers late.
-const SINK_LOSS_TIMEOUTS: u32 = 2;
 /// A task this long (µs) is sent on at once: its credit matters more than company.
 const FLUSH_AT_US: u32 = 200;
 /// Outcomes between two looks at the clock for FLUSH_AFTER.

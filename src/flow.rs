@@ -1,0 +1,457 @@
+//! The worker's rules as a state machine: greet the sink before asking for tasks, stop
+//! taking tasks while the sink is silent, pass tasks to the executor, and send each
+//! finished task's result to the sink before its credit goes back to the ventilator.
+//!
+//! No socket, clock, file or thread in here (CI greps for them). The worker's pump feeds
+//! [`Flow::handle`] what its two peers and its executor said, send failures and ticks, and
+//! carries out the [`FlowCommand`]s in order. A result the sink's queue cannot take now is
+//! kept, in order, and its credit with it: nothing is dropped and nothing blocks the loop.
+
+use crate::backend::Outcome;
+use crate::batch::{Job, Task};
+use crate::heartbeat::Heartbeat;
+use crate::logging::{printable, RateLimited, TASK_TARGET};
+use crate::protocol::{Done, Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Heartbeat timeouts without a word from the sink after which a worker stops taking
+/// tasks: generous, since a sink working through a backlog answers late.
+const SINK_LOSS_TIMEOUTS: u32 = 2;
+/// How soon a delivery the sink's queue refused is tried again.
+const RETRY: Duration = Duration::from_millis(5);
+
+/// Tasks from one message of the ventilator, as the executor receives them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub batch: u64,
+    pub job: Job,
+    pub tasks: Vec<Task>,
+}
+
+/// An outcome to forward, with its batch and when it was known (worker's wall clock).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub batch: u64,
+    pub outcome: Outcome,
+    pub finished_unix_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    pub info: WorkerInfo,
+    pub heartbeat: Heartbeat,
+    /// The peers' endpoints, for messages only.
+    pub ventilator: String,
+    pub sink: String,
+    /// Say at default verbosity when ready.
+    pub announce: bool,
+    /// Leave after the first batch completes.
+    pub exit_when_done: bool,
+}
+
+/// What happened, as the pump saw it.
+#[derive(Debug, Clone)]
+pub enum FlowEvent {
+    /// A message from the ventilator, or why a frame was not one.
+    FromVentilator(Result<Message, String>),
+    /// A message from the sink, or why a frame was not one.
+    FromSink(Result<Message, String>),
+    /// Tasks the executor finished.
+    Finished(Vec<Finished>),
+    /// The executor can run nothing more (a panic, a lost device).
+    ExecutorFailed(String),
+    /// A delivery's results found the sink's queue full: neither was sent.
+    Undelivered(Delivery),
+    /// The pump has read everything waiting, or a deadline passed.
+    Tick,
+}
+
+/// Results for the sink and the credit that may follow them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// None when every task of it failed (nothing for the sink).
+    pub results: Option<Message>,
+    pub done: Message,
+}
+
+/// What to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlowCommand {
+    ToVentilator(Message),
+    /// To the sink, never waiting; dropped if its queue is full (greetings only).
+    ToSink(Message),
+    /// Results to the sink, then the credit to the ventilator; if the sink's queue is full,
+    /// neither is sent and the delivery comes back as [`FlowEvent::Undelivered`].
+    Deliver(Delivery),
+    /// Tasks for the executor.
+    Run(Chunk),
+    /// The batch is complete and the worker was asked to leave.
+    Leave,
+    /// The worker cannot go on.
+    Stop(FlowStop),
+}
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowStop {
+    #[error("the ventilator at {ventilator} refused this worker: {reason}")]
+    RefusedByVentilator { ventilator: String, reason: String },
+    #[error("the sink at {sink} refused this worker: {reason}")]
+    RefusedBySink { sink: String, reason: String },
+    #[error("{0}; this worker leaves so its tasks go to other workers")]
+    ExecutorFailed(String),
+}
+
+/// Where a worker stands with its sink, which decides whether it may ask for tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkLink {
+    /// Greeting the sink; no tasks asked for yet.
+    Joining,
+    /// The sink answers: greet the ventilator and take tasks.
+    Welcomed,
+    /// The sink stopped answering: the ventilator was told goodbye until it is back.
+    Lost,
+}
+
+/// A worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub tasks: u64,
+    pub batches: u64,
+    pub rejected: u64,
+}
+
+/// The flow state of one worker.
+pub struct Flow {
+    config: FlowConfig,
+    link: SinkLink,
+    started: Instant,
+    next_beat: Instant,
+    last_from_sink: Instant,
+    said_sink_wait: bool,
+    last_from_ventilator: Instant,
+    hello_since: Option<Instant>,
+    heard_ventilator: bool,
+    warned_silence: bool,
+    warned_unverifiable: bool,
+    /// Deliveries waiting for room in the sink's queue, oldest first.
+    outbox: VecDeque<Delivery>,
+    retry_at: Option<Instant>,
+    counters: FlowCounters,
+    reject_log: RateLimited,
+    over: bool,
+}
+
+impl Flow {
+    pub fn new(config: FlowConfig, now: Instant) -> Flow {
+        Flow {
+            config,
+            link: SinkLink::Joining,
+            started: now,
+            next_beat: now,
+            last_from_sink: now,
+            said_sink_wait: false,
+            last_from_ventilator: now,
+            hello_since: None,
+            heard_ventilator: false,
+            warned_silence: false,
+            warned_unverifiable: false,
+            outbox: VecDeque::new(),
+            retry_at: None,
+            counters: FlowCounters::default(),
+            reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            over: false,
+        }
+    }
+
+    pub fn counters(&self) -> FlowCounters {
+        self.counters
+    }
+
+    pub fn link(&self) -> SinkLink {
+        self.link
+    }
+
+    /// Deliveries waiting for the sink's queue.
+    pub fn waiting_deliveries(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// When the next tick is due without any message.
+    pub fn next_deadline(&self) -> Instant {
+        match self.retry_at {
+            Some(at) => at.min(self.next_beat),
+            None => self.next_beat,
+        }
+    }
+
+    /// The goodbye to send when the worker leaves for any reason.
+    pub fn goodbye() -> Message {
+        Message::Bye
+    }
+
+    pub fn handle(&mut self, now: Instant, event: FlowEvent, out: &mut Vec<FlowCommand>) {
+        if self.over {
+            return;
+        }
+        match event {
+            FlowEvent::FromVentilator(message) => self.ventilator_message(now, message, out),
+            FlowEvent::FromSink(message) => self.sink_message(now, message, out),
+            FlowEvent::Finished(finished) => self.finished(finished, out),
+            FlowEvent::ExecutorFailed(reason) => self.stop(FlowStop::ExecutorFailed(reason), out),
+            FlowEvent::Undelivered(delivery) => {
+                // Back at the front: it goes before anything finished after it.
+                self.outbox.push_front(delivery);
+                self.retry_at = Some(now + RETRY);
+            }
+            FlowEvent::Tick => self.tick(now, out),
+        }
+    }
+
+    fn stop(&mut self, why: FlowStop, out: &mut Vec<FlowCommand>) {
+        self.over = true;
+        out.push(FlowCommand::Stop(why));
+    }
+
+    fn hello(&self) -> Message {
+        Message::Hello(self.config.info.clone())
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<FlowCommand>) {
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+            // Everything waiting goes again, in order; the first refused comes back and
+            // the rest wait behind it.
+            let waiting: Vec<Delivery> = self.outbox.drain(..).collect();
+            out.extend(waiting.into_iter().map(FlowCommand::Deliver));
+        }
+        if now < self.next_beat {
+            return;
+        }
+        let interval = self.config.heartbeat.interval;
+        let timeout = self.config.heartbeat.timeout();
+        self.next_beat = now + interval;
+        // The greetings double as heartbeats, so a restarted peer learns of us.
+        out.push(FlowCommand::ToSink(Message::Join(self.config.info.clone())));
+        match self.link {
+            SinkLink::Welcomed => {
+                out.push(FlowCommand::ToVentilator(self.hello()));
+                let silent = now.saturating_duration_since(self.last_from_sink);
+                if silent > timeout * SINK_LOSS_TIMEOUTS {
+                    log::warn!(
+                        "the sink at {} has not answered for {:.1} s; not taking tasks until it does \
+                         (the ventilator hands this worker's tasks to others)",
+                        self.config.sink,
+                        silent.as_secs_f64()
+                    );
+                    out.push(FlowCommand::ToVentilator(Message::Bye));
+                    self.link = SinkLink::Lost;
+                }
+            }
+            SinkLink::Joining | SinkLink::Lost => {
+                if !self.said_sink_wait && now.saturating_duration_since(self.started) > timeout {
+                    log::warn!(
+                        "waiting for the sink at {} to answer (is `conquer sink` running there? \
+                         check --sink); no tasks are taken until it does",
+                        self.config.sink
+                    );
+                    self.said_sink_wait = true;
+                }
+            }
+        }
+        if let Some(since) = self.hello_since {
+            let silent = now
+                .saturating_duration_since(self.last_from_ventilator)
+                .min(now.saturating_duration_since(since));
+            if silent > timeout && !self.warned_silence {
+                log::info!(
+                    "waiting for the ventilator at {} (no word for {:.1} s; still trying)",
+                    self.config.ventilator,
+                    silent.as_secs_f64()
+                );
+                self.warned_silence = true;
+            }
+        }
+    }
+
+    fn reject(&mut self, now: Instant, why: String) {
+        self.counters.rejected += 1;
+        self.reject_log
+            .warn_at(now, || format!("dropped a message from a peer: {why}"));
+    }
+
+    fn sink_message(
+        &mut self,
+        now: Instant,
+        message: Result<Message, String>,
+        out: &mut Vec<FlowCommand>,
+    ) {
+        match message {
+            Ok(Message::Welcome) => {
+                self.last_from_sink = now;
+                if self.link == SinkLink::Welcomed {
+                    return;
+                }
+                if self.link == SinkLink::Lost {
+                    log::warn!(
+                        "the sink at {} answers again; taking tasks",
+                        self.config.sink
+                    );
+                } else {
+                    log::debug!("the sink at {} welcomed this worker", self.config.sink);
+                }
+                self.link = SinkLink::Welcomed;
+                self.said_sink_wait = false;
+                self.hello_since.get_or_insert(now);
+                out.push(FlowCommand::ToVentilator(self.hello()));
+            }
+            Ok(Message::Refused { reason, .. }) => {
+                let sink = self.config.sink.clone();
+                self.stop(FlowStop::RefusedBySink { sink, reason }, out)
+            }
+            Ok(other) => {
+                let why = format!("unexpected {} message from the sink", other.kind_name());
+                self.reject(now, why)
+            }
+            Err(why) => self.reject(now, format!("from the sink: {why}")),
+        }
+    }
+
+    fn ventilator_message(
+        &mut self,
+        now: Instant,
+        message: Result<Message, String>,
+        out: &mut Vec<FlowCommand>,
+    ) {
+        self.last_from_ventilator = now;
+        if self.warned_silence {
+            log::info!("the ventilator at {} is back", self.config.ventilator);
+            self.warned_silence = false;
+        }
+        if !self.heard_ventilator && message.is_ok() {
+            self.heard_ventilator = true;
+            let info = &self.config.info;
+            let line = format!(
+                "worker {} ready ({}{}): connected to the ventilator at {} and the sink at {}",
+                printable(&info.name),
+                info.backend,
+                if info.adapter.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", info.adapter)
+                },
+                self.config.ventilator,
+                self.config.sink
+            );
+            if self.config.announce {
+                log::info!("{line}");
+            } else {
+                log::debug!("{line}");
+            }
+        }
+        match message {
+            Ok(Message::Tasks { batch, job, tasks }) => {
+                if job.verify_percent > 0
+                    && self.config.info.backend == "sleep"
+                    && !self.warned_unverifiable
+                {
+                    log::warn!(
+                        "batch {batch:016x} asks for verification, but this worker's sleep backend \
+                         computes nothing to check; its results count as unchecked"
+                    );
+                    self.warned_unverifiable = true;
+                }
+                out.push(FlowCommand::Run(Chunk { batch, job, tasks }));
+            }
+            Ok(Message::Heartbeat { .. }) => {}
+            Ok(Message::End { batch, shutdown }) => {
+                self.counters.batches += 1;
+                if shutdown || self.config.exit_when_done {
+                    log::debug!("batch {batch:016x} complete; leaving as asked");
+                    self.over = true;
+                    out.push(FlowCommand::Leave);
+                } else {
+                    log::info!("batch {batch:016x} complete; waiting for the next");
+                }
+            }
+            Ok(Message::Refused { reason, .. }) => {
+                let ventilator = self.config.ventilator.clone();
+                self.stop(FlowStop::RefusedByVentilator { ventilator, reason }, out)
+            }
+            Ok(other) => {
+                let why = format!("unexpected {} message", other.kind_name());
+                self.reject(now, why)
+            }
+            Err(why) => self.reject(now, why),
+        }
+    }
+
+    /// Finished tasks: results to the sink first, then credit to the ventilator, per batch
+    /// and in messages of bounded size.
+    fn finished(&mut self, finished: Vec<Finished>, out: &mut Vec<FlowCommand>) {
+        let mut by_batch: BTreeMap<u64, Vec<Finished>> = BTreeMap::new();
+        for f in finished {
+            by_batch.entry(f.batch).or_default().push(f);
+        }
+        for (batch, outcomes) in by_batch {
+            for chunk in outcomes.chunks(MAX_ITEMS_PER_MESSAGE) {
+                let results: Vec<TaskResult> = chunk
+                    .iter()
+                    .filter(|f| f.outcome.status != Status::Failed)
+                    .map(|f| {
+                        let o = &f.outcome;
+                        TaskResult {
+                            id: o.task.id,
+                            workload_ms: o.task.workload_ms,
+                            status: o.status,
+                            wall_us: o.wall_us,
+                            kernel_us: o.kernel_us,
+                            checksum: o.checksum,
+                            started_unix_ms: f
+                                .finished_unix_ms
+                                .saturating_sub(u64::from(o.wall_us) / 1000),
+                            finished_unix_ms: f.finished_unix_ms,
+                        }
+                    })
+                    .collect();
+                for r in &results {
+                    log::trace!(
+                        target: TASK_TARGET,
+                        "task {} of batch {batch:016x}: {} in {} µs",
+                        r.id,
+                        r.status.as_str(),
+                        r.wall_us
+                    );
+                }
+                self.counters.tasks += results.len() as u64;
+                let done: Vec<Done> = chunk
+                    .iter()
+                    .map(|f| Done {
+                        id: f.outcome.task.id,
+                        status: f.outcome.status,
+                        wall_us: f.outcome.wall_us,
+                    })
+                    .collect();
+                let delivery = Delivery {
+                    results: (!results.is_empty()).then(|| Message::Results {
+                        batch,
+                        worker: self.config.info.clone(),
+                        results,
+                    }),
+                    done: Message::Done { batch, done },
+                };
+                if self.outbox.is_empty() {
+                    out.push(FlowCommand::Deliver(delivery));
+                } else {
+                    // Behind the deliveries already waiting, in order.
+                    self.outbox.push_back(delivery);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "flow_tests.rs"]
+mod tests;
