@@ -27,3 +27,41 @@ pub mod sockets;
 pub mod timeline;
 pub mod ventilator;
 pub mod worker;
+
+/// The roles' state machines touch no socket, clock, file or thread: their pumps do.
+#[cfg(test)]
+mod sans_io {
+    const MACHINES: [(&str, &str); 3] = [
+        ("dispatch.rs", include_str!("dispatch.rs")),
+        ("collect.rs", include_str!("collect.rs")),
+        ("flow.rs", include_str!("flow.rs")),
+    ];
+    const FORBIDDEN: [&str; 10] = [
+        "zmq",
+        "Instant::now",
+        "SystemTime",
+        "std::fs",
+        "File::",
+        "std::thread",
+        "thread::spawn",
+        "std::net",
+        "std::io",
+        "sleep(",
+    ];
+
+    #[test]
+    fn state_machines_use_no_socket_clock_file_or_thread() {
+        for (file, text) in MACHINES {
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for word in FORBIDDEN {
+                    assert!(
+                        !code.contains(word),
+                        "{file}:{}: `{word}` in a state machine: {line}",
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
+}
