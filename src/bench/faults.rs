@@ -4,6 +4,7 @@
 //! fake workers that greet the ventilator and vanish during a zero-work batch, against the
 //! same batch without them.
 
+use super::table::Table;
 use super::{Progress, Spread};
 use crate::backend::{sleep::Sleep, Backend};
 use crate::batch::{Batch, Job, Order};
@@ -186,4 +187,31 @@ fn flood_with_fakes(endpoint: &str, count: usize) -> anyhow::Result<()> {
     std::thread::sleep(FAKE_STAY);
     drop(sockets);
     Ok(())
+}
+
+pub(super) fn table(rows: &[FaultRow]) -> Table {
+    let mut t = Table::new(
+        "Faults: misbehaving peers",
+        &[
+            "scenario",
+            "defence",
+            "tasks>",
+            "measured against ms>",
+            "elapsed ms>",
+            "ratio>",
+            "redispatched>",
+        ],
+    );
+    for row in rows {
+        t.row(vec![
+            row.scenario.clone(),
+            row.defence.clone(),
+            row.tasks.to_string(),
+            format!("{:.0}", row.ideal_ms),
+            row.elapsed_ms.cell(0),
+            row.ratio.cell(2),
+            row.redispatched.cell(0),
+        ]);
+    }
+    t
 }

@@ -664,34 +664,43 @@ pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<V
 }
 
 /// The table, with each target stated as met or not.
-pub fn markdown(rows: &[SimRow]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "### Simulated farm: the real dispatcher in virtual time, 200 µs one-way latency\n"
+pub(super) fn table(rows: &[SimRow]) -> super::table::Table {
+    let mut t = super::table::Table::new(
+        "Simulated farm: the real dispatcher in virtual time, 200 µs one-way latency",
+        &[
+            "scenario",
+            "workers>",
+            "tasks>",
+            "makespan s>",
+            "LPT bound s>",
+            "ideal s>",
+            "of LPT>",
+            "of ideal>",
+            "redispatched>",
+            "backups>",
+            "duplicates>",
+            "CPU ns/task, all>",
+            "of which deciding>",
+            "peak entries/task>",
+        ],
     );
-    s += "| scenario | workers | tasks | makespan s | LPT bound s | ideal s | of LPT | of ideal | redispatched | backups | duplicates | CPU ns/task, all | of which deciding | peak entries/task |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.4} | {:.4} | {} | {} | {} | {:.0} | {:.0} | {:.2} |",
-            r.scenario,
-            r.workers,
-            r.tasks,
-            r.makespan_s,
-            r.lpt_s,
-            r.ideal_s,
-            r.efficiency_lpt,
-            r.efficiency_ideal,
-            r.redispatched,
-            r.backups,
-            r.duplicates,
-            r.cpu_ns_per_task,
-            r.cpu_ns_per_decision,
-            r.peak_entries_per_task
-        );
+        t.row(vec![
+            r.scenario.clone(),
+            r.workers.to_string(),
+            r.tasks.to_string(),
+            format!("{:.3}", r.makespan_s),
+            format!("{:.3}", r.lpt_s),
+            format!("{:.3}", r.ideal_s),
+            format!("{:.4}", r.efficiency_lpt),
+            format!("{:.4}", r.efficiency_ideal),
+            r.redispatched.to_string(),
+            r.backups.to_string(),
+            r.duplicates.to_string(),
+            format!("{:.0}", r.cpu_ns_per_task),
+            format!("{:.0}", r.cpu_ns_per_decision),
+            format!("{:.2}", r.peak_entries_per_task),
+        ]);
     }
     let verdict = |ok: bool| if ok { "met" } else { "not met" };
     if let Some(big) = rows
@@ -699,17 +708,15 @@ pub fn markdown(rows: &[SimRow]) -> String {
         .filter(|r| r.scenario == "no churn")
         .max_by_key(|r| r.workers)
     {
-        let _ = writeln!(
-            s,
-            "\n- ≥ 0.99 of the LPT bound without churn at {} workers: {} ({:.4})",
+        t.note(format!(
+            "≥ 0.99 of the LPT bound without churn at {} workers: {} ({:.4})",
             big.workers,
             verdict(big.efficiency_lpt >= 0.99),
             big.efficiency_lpt
-        );
-        let _ = writeln!(
-            s,
-            "- ≤ 1 µs of ventilator CPU per dispatch decision at {} workers: {} ({:.0} ns); \
-             with the handling of every message that feeds it, {:.0} ns per task ({})",
+        ));
+        t.note(format!(
+            "≤ 1 µs of ventilator CPU per dispatch decision at {} workers: {} ({:.0} ns); with the \
+             handling of every message that feeds it, {:.0} ns per task ({})",
             big.workers,
             verdict(big.cpu_ns_per_decision <= 1000.0),
             big.cpu_ns_per_decision,
@@ -719,18 +726,16 @@ pub fn markdown(rows: &[SimRow]) -> String {
             } else {
                 "above 1 µs"
             }
-        );
+        ));
     }
     if let Some(churn) = rows.iter().find(|r| r.scenario != "no churn") {
-        let _ = writeln!(
-            s,
-            "- ≥ 0.95 of the LPT bound (of the workers present at the start) with churn: {} ({:.4})",
+        t.note(format!(
+            "≥ 0.95 of the LPT bound (of the workers present at the start) with churn: {} ({:.4})",
             verdict(churn.efficiency_lpt >= 0.95),
             churn.efficiency_lpt
-        );
+        ));
     }
-    s += "\n";
-    s
+    t
 }
 
 #[cfg(test)]
