@@ -451,11 +451,12 @@ pub fn main() -> i32 {
     crate::logging::set_role(role_of(cli.command.as_ref()));
     crate::logging::init(cli.verbose, cli.log.as_deref());
     quiet_display_probing();
-    if let Err(e) = shutdown::install_ctrl_c() {
+    let stop = Shutdown::new();
+    if let Err(e) = shutdown::install_ctrl_c(&stop) {
         eprintln!("conquer: error: {e:#}");
         return 1;
     }
-    let outcome = dispatch(cli);
+    let outcome = dispatch(cli, &stop);
     if shutdown::interrupted() || outcome.as_ref().is_err_and(shutdown::Interrupted::is) {
         return shutdown::exit_status();
     }
@@ -517,8 +518,7 @@ fn quiet_display_probing() {
     }
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let shutdown = Shutdown::new();
+fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
     // Bare `conquer` is `conquer run` with its defaults.
     let command = match cli.command {
         Some(command) => command,
@@ -528,11 +528,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         },
     };
     match command {
-        Command::Run(args) => run(args, &shutdown),
-        Command::Ventilator(args) => ventilator(args, &shutdown),
-        Command::Worker(args) => work(args, &shutdown),
-        Command::Sink(args) => sink(args, &shutdown),
-        Command::Bench(args) => crate::bench::run(args, &shutdown),
+        Command::Run(args) => run(args, shutdown),
+        Command::Ventilator(args) => ventilator(args, shutdown),
+        Command::Worker(args) => work(args, shutdown),
+        Command::Sink(args) => sink(args, shutdown),
+        Command::Bench(args) => crate::bench::run(args, shutdown),
         Command::Info(args) => {
             info(args.json)?;
             Ok(0)

@@ -10,9 +10,11 @@ use std::sync::Arc;
 /// The first stop signal received, 0 before any.
 static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// Installs the handler for SIGINT and SIGTERM: a thread that hears them. Call once, from
-/// `main`.
-pub fn install_ctrl_c() -> anyhow::Result<()> {
+/// Installs the handler for SIGINT and SIGTERM: a thread that hears them and requests a
+/// stop of `shutdown`. Call once, from `main`; roles see only the token they are given, so
+/// tests and embedders stop them with [`Shutdown::request`] alone.
+pub fn install_ctrl_c(shutdown: &Shutdown) -> anyhow::Result<()> {
+    let shutdown = shutdown.clone();
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| anyhow::anyhow!("cannot install the SIGINT/SIGTERM handler: {e}"))?;
@@ -26,9 +28,12 @@ pub fn install_ctrl_c() -> anyhow::Result<()> {
                     "Ctrl-C"
                 };
                 match FIRST_SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst) {
-                    Ok(_) => eprintln!(
-                        "conquer: interrupted ({name}), finishing ({name} again to exit at once)"
-                    ),
+                    Ok(_) => {
+                        shutdown.request();
+                        eprintln!(
+                            "conquer: interrupted ({name}), finishing ({name} again to exit at once)"
+                        )
+                    }
                     Err(first) => {
                         eprintln!("conquer: error: interrupted twice, exiting now");
                         std::process::exit(128 + first);
@@ -68,7 +73,8 @@ impl Interrupted {
     }
 }
 
-/// A stop request shared by the parts of one run: set by [`Shutdown::request`] or by Ctrl-C.
+/// A stop request shared by the parts of one run: set by [`Shutdown::request`] (which the
+/// signal handler calls on the token `main` gave it).
 #[derive(Clone, Default)]
 pub struct Shutdown {
     requested: Arc<AtomicBool>,
@@ -84,9 +90,9 @@ impl Shutdown {
         self.requested.store(true, Ordering::SeqCst);
     }
 
-    /// True once a stop was requested here or Ctrl-C was pressed.
+    /// True once a stop was requested of this token (or a clone of it).
     pub fn is_requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst) || interrupted()
+        self.requested.load(Ordering::SeqCst)
     }
 
     /// `Err(Interrupted)` once a stop was requested: `shutdown.check()?` in every loop.
