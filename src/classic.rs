@@ -175,9 +175,12 @@ impl ClassicVentilator {
                 sockets::poll(&mut items, 100, "classic sockets")?;
             }
         }
-        self.sink
-            .send(classic::START, 0)
-            .context("sending the start signal to the sink")?;
+        sockets::send_patiently(
+            &self.sink,
+            classic::START,
+            shutdown,
+            "sending the start signal to the sink",
+        )?;
         let order = self
             .config
             .batch
@@ -187,9 +190,8 @@ impl ClassicVentilator {
                 return Err(Interrupted.into());
             }
             let task = self.config.batch.tasks[id as usize];
-            self.tasks
-                .send(classic::encode_task(task.workload_ms), 0)
-                .context("sending a task")?;
+            let frame = classic::encode_task(task.workload_ms);
+            sockets::send_patiently(&self.tasks, &frame, shutdown, "sending a task")?;
         }
         if self.config.announce {
             crate::report::print_expected_cost(self.config.batch.expected_ms());
@@ -423,7 +425,7 @@ pub fn run_worker(
         if status == Status::Failed {
             log::error!("task of {workload_ms} ms failed three times; reporting it done so the classic sink can finish");
         }
-        results.send(&b""[..], 0).context("sending a result")?;
+        sockets::send_patiently(&results, b"", shutdown, "sending a result")?;
         summary.tasks += 1;
     }
 }

@@ -143,6 +143,28 @@ pub fn drain(
     Ok(())
 }
 
+/// Sends `payload`, waiting for room in the queue (as PUSH does when every peer is busy)
+/// in polls of at most 100 ms, so a stop request is seen while it waits: the one way a
+/// loop here sends with back-pressure and still never blocks.
+pub fn send_patiently(
+    socket: &zmq::Socket,
+    payload: &[u8],
+    shutdown: &crate::shutdown::Shutdown,
+    what: &str,
+) -> anyhow::Result<()> {
+    loop {
+        match socket.send(payload, zmq::DONTWAIT) {
+            Ok(()) => return Ok(()),
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                shutdown.check()?;
+                let mut items = [socket.as_poll_item(zmq::POLLOUT)];
+                poll(&mut items, 100, what)?;
+            }
+            Err(e) => return Err(anyhow!("{what}: {e}")),
+        }
+    }
+}
+
 /// What became of a message sent without waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendOutcome {
