@@ -45,6 +45,9 @@ const WAIT_REMINDER: Duration = Duration::from_secs(5);
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
 /// answers, before its worker is taken to be delivering results nowhere.
 const UNDELIVERED_TIMEOUTS: u32 = 4;
+/// Heartbeat intervals of silence after which a worker's tasks are backed up (it is
+/// declared gone only after `liveness` intervals).
+const SILENT_BACKUP_BEATS: u32 = 3;
 /// How long a ventilator with unfinished tasks and no workers waits between reminders.
 const IDLE_REMINDER: Duration = Duration::from_secs(5);
 /// When a ventilator waiting for the sink's acknowledgement first says so.
@@ -1335,16 +1338,19 @@ impl Dispatcher {
             let Some(&(given_at, index)) = self.workers[slot].given.front() else {
                 continue;
             };
+            // Silence short of the liveness timeout: a worker that missed a few heartbeats
+            // while holding tasks is likely frozen; its tasks start elsewhere now rather
+            // than when it is declared gone.
+            let silent = now.saturating_duration_since(self.workers[slot].last_seen);
+            let quiet = silent > self.config.heartbeat.interval * SILENT_BACKUP_BEATS;
             let i = index as usize;
-            if self.state[i] != TaskState::Assigned {
-                continue;
-            }
             let bound = self.straggle_bound(slot, self.config.tasks[i].workload_ms);
             // A queued task waited behind the ones before it: its time runs from the later
             // of when it was given and the worker's last report.
             let since = given_at.max(self.workers[slot].last_report);
             let held_for = now.saturating_duration_since(since);
-            if held_for <= bound {
+            let straggling = self.state[i] == TaskState::Assigned && held_for > bound;
+            if !straggling && !quiet {
                 continue;
             }
             // Every task it still holds unreported goes out again, oldest first.
@@ -1357,6 +1363,9 @@ impl Dispatcher {
                         && self.state[index as usize] == TaskState::Assigned
                 })
                 .collect();
+            if held.is_empty() {
+                continue;
+            }
             self.workers[slot].stalled = true;
             let mut count = 0;
             for &index in held.iter().rev() {
@@ -1370,12 +1379,19 @@ impl Dispatcher {
             }
             self.backups += count;
             let name = printable(&self.workers[slot].info.name).into_owned();
-            self.gone_log.warn_at(now, || {
+            let why = if straggling {
                 format!(
-                    "worker {name} has held task {index} for {:.1} s (bound {:.1} s) while it heartbeats; \
-                     handing its {count} unreported tasks to other workers as backups",
+                    "has held task {index} for {:.1} s (bound {:.1} s)",
                     held_for.as_secs_f64(),
                     bound.as_secs_f64()
+                )
+            } else {
+                format!("has been silent for {:.1} s", silent.as_secs_f64())
+            };
+            self.gone_log.warn_at(now, || {
+                format!(
+                    "worker {name} {why}; handing its {count} unreported tasks to other workers as \
+                     backups"
                 )
             });
         }

@@ -8,7 +8,7 @@
 //! The ventilator never sees results and never writes to stdout except through `report`.
 
 use crate::batch::{Batch, Job, Order};
-use crate::dispatch::{Command, DispatchConfig, Dispatcher, Event};
+use crate::dispatch::{Command, Counters, DispatchConfig, Dispatcher, Event};
 use crate::protocol::Message;
 use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets::{self, SendOutcome};
@@ -86,15 +86,6 @@ impl VentilatorConfig {
     }
 }
 
-/// What the ventilator saw, for tests and logs.
-#[derive(Debug, Clone, Default)]
-pub struct VentilatorSummary {
-    pub batch: u64,
-    pub workers_seen: usize,
-    pub redispatched: u64,
-    pub rejected: u64,
-}
-
 /// A ventilator with its socket bound, ready to run.
 pub struct Ventilator {
     config: VentilatorConfig,
@@ -143,7 +134,7 @@ impl Ventilator {
     }
 
     /// Runs the batch until the sink says it holds every result.
-    pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<VentilatorSummary> {
+    pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Counters> {
         let config = &self.config;
         let batch_id = config
             .batch_id
@@ -195,13 +186,7 @@ impl Ventilator {
             }
             return Err(e);
         }
-        let counters = dispatcher.counters();
-        Ok(VentilatorSummary {
-            batch: batch_id,
-            workers_seen: counters.workers_seen,
-            redispatched: counters.redispatched,
-            rejected: counters.rejected,
-        })
+        Ok(dispatcher.counters())
     }
 
     /// The ventilator's run loop: receive, decode, hand to the dispatcher, carry out what

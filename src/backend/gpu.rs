@@ -4,7 +4,8 @@
 //! `software`), so the shader that runs in production is the shader CI tests.
 //!
 //! The context (device, queue, pipeline, buffers, bind groups) is built once per worker and
-//! reused: no allocation per task. A warm-up task, checked against the CPU reference, keeps
+//! reused: no GPU buffer, bind group or pipeline is created per task (each dispatch's
+//! parameters are written from a small vector). A warm-up task, checked against the CPU reference, keeps
 //! shader compilation out of task timings and proves the adapter computes correctly. Several
 //! tasks are in flight at once (one "slot" each) so encoding, execution and read-back
 //! overlap. Big tasks are split into dispatches of bounded size. Errors never panic: wgpu's
