@@ -1559,15 +1559,6 @@ impl Dispatcher {
             };
         }
         let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
-        let Some(us_per_ms) = worker.us_per_ms else {
-            // Speed unknown until its first report: no more than its own pipeline depth,
-            // so a straggler never starts with a queue it cannot finish.
-            return if worker.assigned < hinted.max(1) && self.pending_count > self.alive {
-                Credit::Yes
-            } else {
-                Credit::None
-            };
-        };
         let window = self.config.window.max(hinted);
         if worker.assigned >= window {
             return Credit::None;
@@ -1575,6 +1566,8 @@ impl Dispatcher {
         if self.pending_count <= self.alive {
             return Credit::Scarce;
         }
+        // Nominal speed until its reports say otherwise.
+        let us_per_ms = worker.us_per_ms.unwrap_or(1000.0);
         // Queued behind what it holds, the task must end within the batch's horizon.
         let finish_us = (worker.assigned_ms + u64::from(task.workload_ms)) as f64 * us_per_ms;
         if finish_us <= self.horizon_us() {
