@@ -417,7 +417,8 @@ fn machine() -> Machine {
     }
 }
 
-/// The results as Markdown tables, one per suite that ran, all through [`table::Table`].
+/// The results as Markdown tables, one per suite that ran, all through one renderer
+/// (`bench/table.rs`).
 pub fn markdown(r: &BenchResults) -> String {
     let m = &r.machine;
     let mut s = format!(
