@@ -258,6 +258,11 @@ impl Collector {
         (self.early.len(), self.early_count)
     }
 
+    /// Results for tasks already held, dropped and counted.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
     pub fn is_finished(&self) -> bool {
         self.done
     }

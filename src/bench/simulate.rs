@@ -9,9 +9,10 @@
 //! clock, so the figures are the dispatch rules' own, free of scheduling noise.
 
 use crate::batch::{Batch, Job, Task};
+use crate::collect::{CollectConfig, Collector, SinkCommand, SinkEvent};
 use crate::dispatch::{Backup, Command, DispatchConfig, Dispatcher, Event, WorkerId};
 use crate::heartbeat::Heartbeat;
-use crate::protocol::{Done, Message, Status, WorkerInfo};
+use crate::protocol::{Done, Message, Status, TaskResult, WorkerInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -73,12 +74,12 @@ enum Ev {
     Finished(usize),
     /// A worker's heartbeat is due.
     Beat(usize),
-    /// A result reaches the sink.
-    Result(u32),
-    /// The ventilator announces the batch; it reaches the sink.
-    Announce(u64),
-    /// The sink sends what it holds since the last flush.
-    SinkFlush,
+    /// A worker's message reaches the sink.
+    ToSink(usize, Message),
+    /// The ventilator's message reaches the sink.
+    VentToSink(Message),
+    /// The sink's poll returns: it reads everything that arrived, then ticks.
+    SinkWake,
     Join(usize),
     Kill(usize),
     Freeze(usize),
@@ -133,8 +134,8 @@ struct SimWorker {
 const INTERVAL: Duration = Duration::from_millis(500);
 /// From a message's arrival to the ventilator's poll returning with it.
 const POLL_WAKE: Duration = Duration::from_micros(10);
-/// How often the sink tells the ventilator what it holds.
-const SINK_FLUSH: Duration = Duration::from_millis(1);
+/// The ventilator's routing id at the simulated sink.
+const VENTILATOR: &[u8] = b"ventilator";
 
 struct Sim {
     now: u64,
@@ -145,13 +146,12 @@ struct Sim {
     workers: Vec<SimWorker>,
     latency: u64,
     by_routing_id: std::collections::HashMap<Vec<u8>, usize>,
-    sink_held: Vec<bool>,
-    sink_count: usize,
-    sink_session: Option<u64>,
-    untold: Vec<u32>,
-    flush_scheduled: bool,
+    /// The real sink state machine, and what reached it since its last wake-up.
+    sink: Collector,
+    sink_inbox: Vec<SinkEvent>,
+    sink_wake_scheduled: bool,
+    sink_stopped: Option<String>,
     tick_at: Option<u64>,
-    duplicates: u64,
     decisions: u64,
     /// Every event the dispatcher was given, with its virtual time.
     trace: Vec<(u64, Event)>,
@@ -239,11 +239,12 @@ impl Sim {
                         }
                     }
                     Command::Reply { .. } => {}
-                    Command::ToSink(Message::Batch { session, .. }) => {
-                        self.start_at.get_or_insert(self.now);
-                        self.after(self.latency, Ev::Announce(session))
+                    Command::ToSink(message) => {
+                        if let Message::Batch { .. } = message {
+                            self.start_at.get_or_insert(self.now);
+                        }
+                        self.after(self.latency, Ev::VentToSink(message))
                     }
-                    Command::ToSink(_) => {}
                     Command::Complete => self.complete_at = Some(self.now),
                     Command::Stop(why) => self.stopped = Some(why.to_string()),
                 }
@@ -253,6 +254,15 @@ impl Sim {
                 self.trace.push((self.now, event.clone()));
                 self.d.handle(now, event, &mut out);
             }
+        }
+    }
+
+    /// A message for the sink: read at its next wake-up, with whatever else arrived.
+    fn deliver_to_sink(&mut self, event: SinkEvent) {
+        self.sink_inbox.push(event);
+        if !self.sink_wake_scheduled {
+            self.sink_wake_scheduled = true;
+            self.after(ns(POLL_WAKE), Ev::SinkWake);
         }
     }
 
@@ -316,7 +326,21 @@ impl Sim {
                     }],
                 };
                 self.after(self.latency, Ev::ToVent(w, done));
-                self.after(self.latency, Ev::Result(task.id));
+                let results = Message::Results {
+                    batch: self.d.batch_id(),
+                    worker: self.workers[w].info.clone(),
+                    results: vec![TaskResult {
+                        id: task.id,
+                        workload_ms: task.workload_ms,
+                        status: Status::Ok,
+                        wall_us,
+                        kernel_us: 0,
+                        checksum: 0,
+                        started_unix_ms: 0,
+                        finished_unix_ms: 0,
+                    }],
+                };
+                self.after(self.latency, Ev::ToSink(w, results));
                 self.start_next(w);
             }
             Ev::Beat(w) => {
@@ -325,38 +349,41 @@ impl Sim {
                     self.after(ns(INTERVAL), Ev::Beat(w));
                 }
             }
-            Ev::Result(id) => {
-                let i = id as usize;
-                if self.sink_held[i] {
-                    self.duplicates += 1;
-                    return;
-                }
-                self.sink_held[i] = true;
-                self.sink_count += 1;
-                self.untold.push(id);
-                if !self.flush_scheduled {
-                    self.flush_scheduled = true;
-                    self.after(ns(SINK_FLUSH), Ev::SinkFlush);
-                }
+            Ev::ToSink(w, message) => {
+                let routing_id = self.workers[w].routing_id.clone();
+                self.deliver_to_sink(SinkEvent::FromPeer {
+                    routing_id,
+                    message,
+                });
             }
-            Ev::SinkFlush => {
-                self.flush_scheduled = false;
-                let batch = self.d.batch_id();
-                let ids = std::mem::take(&mut self.untold);
-                self.after(self.latency, Ev::FromSink(Message::Held { batch, ids }));
-                if self.sink_count == self.sink_held.len() {
-                    self.after(self.latency, Ev::FromSink(Message::Complete { batch }));
+            Ev::VentToSink(message) => self.deliver_to_sink(SinkEvent::FromPeer {
+                routing_id: VENTILATOR.to_vec(),
+                message,
+            }),
+            Ev::SinkWake => {
+                self.sink_wake_scheduled = false;
+                let now = self.base + Duration::from_nanos(self.now);
+                let mut out = Vec::new();
+                for event in std::mem::take(&mut self.sink_inbox)
+                    .into_iter()
+                    .chain([SinkEvent::Tick])
+                {
+                    self.sink.handle(now, event, &mut out);
                 }
-            }
-            Ev::Announce(session) => {
-                let batch = self.d.batch_id();
-                let reply = if self.sink_session != Some(session) {
-                    self.sink_session = Some(session);
-                    Message::BatchAck { batch, held: 0 }
-                } else {
-                    Message::Heartbeat { batch }
-                };
-                self.after(self.latency, Ev::FromSink(reply));
+                for command in out {
+                    match command {
+                        SinkCommand::Send { to, message } if to == VENTILATOR => {
+                            self.after(self.latency, Ev::FromSink(message))
+                        }
+                        // Welcomes and refusals to workers, records and syncs: nothing to
+                        // simulate.
+                        SinkCommand::Send { .. }
+                        | SinkCommand::Record { .. }
+                        | SinkCommand::Sync
+                        | SinkCommand::Finished => {}
+                        SinkCommand::Stop(why) => self.sink_stopped = Some(why.to_string()),
+                    }
+                }
             }
             Ev::Join(w) => {
                 self.workers[w].life = Life::Running;
@@ -518,13 +545,24 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         workers: Vec::with_capacity(total),
         latency: ns(spec.latency),
         by_routing_id: std::collections::HashMap::with_capacity(total),
-        sink_held: vec![false; n],
-        sink_count: 0,
-        sink_session: None,
-        untold: Vec::new(),
-        flush_scheduled: false,
+        sink: Collector::new(
+            CollectConfig {
+                heartbeat: Heartbeat {
+                    interval: INTERVAL,
+                    liveness: 5,
+                },
+                final_stats_wait: Duration::from_secs(1),
+                endpoint: "tcp://sim:5558".into(),
+                results_path: None,
+            },
+            None,
+            base,
+            0,
+        ),
+        sink_inbox: Vec::new(),
+        sink_wake_scheduled: false,
+        sink_stopped: None,
         tick_at: None,
-        duplicates: 0,
         decisions: 0,
         trace: Vec::new(),
         complete_at: None,
@@ -585,6 +623,9 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         if let Some(why) = &sim.stopped {
             anyhow::bail!("the simulated ventilator stopped: {why}");
         }
+        if let Some(why) = &sim.sink_stopped {
+            anyhow::bail!("the simulated sink stopped: {why}");
+        }
         if sim.complete_at.is_some() {
             break;
         }
@@ -592,13 +633,12 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
     let Some(done_at) = sim.complete_at else {
         anyhow::bail!("the simulated batch ran out of events before it was complete");
     };
-    if sim.sink_count != n {
-        anyhow::bail!(
-            "the simulated sink holds {} of {n} results at the end",
-            sim.sink_count
-        );
+    let held = sim.sink.progress().map_or(0, |(held, _)| held);
+    if held != n {
+        anyhow::bail!("the simulated sink holds {held} of {n} results at the end");
     }
     let counters = sim.d.counters();
+    let duplicates = sim.sink.duplicates();
     let (cpu, deciding) = replay(dispatch, base, std::mem::take(&mut sim.trace), counters)?;
     // The batch starts when every initial worker has joined and it is announced.
     let makespan_s = (done_at - sim.start_at.unwrap_or(0)) as f64 / 1e9;
@@ -621,7 +661,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         efficiency_ideal: ideal_s / makespan_s,
         redispatched: counters.redispatched,
         backups: counters.backups,
-        duplicates: sim.duplicates,
+        duplicates,
         decisions: sim.decisions,
         cpu_ns_per_task: cpu.as_nanos() as f64 / sim.decisions.max(1) as f64,
         cpu_ns_per_decision: deciding.as_nanos() as f64 / sim.decisions.max(1) as f64,

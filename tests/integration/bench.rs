@@ -14,7 +14,15 @@ fn quick_bench_reports_every_suite_with_numbers_and_plots() {
     .finish();
     assert!(status.success(), "{log}");
     let r: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
-    for suite in ["scaling", "backends", "dispatch", "throughput", "latency"] {
+    for suite in [
+        "scaling",
+        "backends",
+        "dispatch",
+        "throughput",
+        "latency",
+        "faults",
+        "simulate",
+    ] {
         let rows = r[suite]
             .as_array()
             .unwrap_or_else(|| panic!("no {suite} in {r}"));
