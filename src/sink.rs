@@ -101,6 +101,7 @@ impl Sink {
         let (socket, endpoint) =
             sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
         socket.set_router_mandatory(true)?;
+        sockets::never_stop_input(&socket)?;
         // A reconnecting worker takes its name over at once (see the ventilator).
         socket.set_router_handover(true)?;
         Ok(Sink {

@@ -21,6 +21,19 @@ fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
     socket.set_heartbeat_timeout(ZMTP_HEARTBEAT_TIMEOUT_MS)
 }
 
+/// Lifts the receive high-water mark of a bound role's ROUTER. With a finite one, a peer
+/// that outruns the role has its connection's input stopped, and libzmq 4.3.4 then aborts
+/// the whole process (`Assertion failed: !_io_error`, stream_engine_base.cpp:331) if that
+/// connection errs while stopped and the role sends to the peer, as it does with every
+/// welcome and heartbeat. Unbounded here is still bounded by the batch: workers send
+/// results and credit only for tasks they were given, and each message is at most
+/// `MAX_MESSAGE_BYTES`.
+pub fn never_stop_input(socket: &zmq::Socket) -> anyhow::Result<()> {
+    socket
+        .set_rcvhwm(0)
+        .map_err(|e| anyhow!("cannot set the receive high-water mark: {e}"))
+}
+
 /// A socket bound to `endpoint`, with the given role name for error messages. Returns the
 /// socket and the endpoint it actually bound (with the port filled in for `:*` or `:0`).
 pub fn bind(

@@ -116,6 +116,7 @@ impl Ventilator {
             sockets::bind(ctx, zmq::ROUTER, "tasks", &config.bind, "--bind")?;
         // Sending to a worker that has gone fails at once instead of vanishing silently.
         tasks_socket.set_router_mandatory(true)?;
+        sockets::never_stop_input(&tasks_socket)?;
         // A worker that reconnects (after a network cut the old connection may linger until
         // ZMTP heartbeats close it) takes its name over at once rather than being ignored.
         tasks_socket.set_router_handover(true)?;
