@@ -519,13 +519,16 @@ impl Collector {
                 Some(b) if b.id == id => {
                     b.ventilator = peer.clone();
                     if b.session != session {
-                        // The ventilator restarted: tell it everything we hold.
+                        // The ventilator restarted: tell it everything we hold, once it is
+                        // all on disk.
                         log::warn!(
                             "the ventilator restarted; sending it the {} results held",
                             b.held_count
                         );
                         b.session = session;
+                        out.push(SinkCommand::Sync);
                         ack(out, &peer, b);
+                        self.newly_held.clear();
                     } else if b.finished.is_some() {
                         // Every task is held: say so again, in case the first word was lost.
                         Self::send(out, &peer, Message::Complete { batch: id });

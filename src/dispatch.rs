@@ -243,6 +243,9 @@ pub struct WorkerSlot {
     /// A task of its was given to another worker as a backup: no new tasks until it
     /// reports again.
     pub stalled: bool,
+    /// The stall came from silence, not from a task held too long: it ends when the
+    /// worker is heard again.
+    stalled_silent: bool,
     /// When it last reported a task it held: a worker runs its tasks one after another, so
     /// a queued task's time starts no earlier than this.
     last_report: Instant,
@@ -272,6 +275,7 @@ impl WorkerSlot {
             given: VecDeque::new(),
             us_per_ms: None,
             stalled: false,
+            stalled_silent: false,
             last_report: now,
             refused: false,
             proven: false,
@@ -1031,12 +1035,20 @@ impl Dispatcher {
                 worker.info.backend = info.backend;
                 worker.info.adapter = info.adapter;
                 worker.info.window_hint = info.window_hint;
+                if worker.alive && worker.stalled && worker.stalled_silent {
+                    // Heard again after a silence that cost it its tasks: it may take more.
+                    worker.stalled = false;
+                    worker.stalled_silent = false;
+                    self.enqueue(slot);
+                    return;
+                }
                 if !worker.alive {
                     log::debug!("worker {} is back", printable(&worker.info.name));
                     worker.alive = true;
                     worker.assigned = 0;
                     worker.assigned_ms = 0;
                     worker.stalled = false;
+                    worker.stalled_silent = false;
                     self.alive += 1;
                     self.speed += speed_of(&self.workers[slot as usize]);
                     let name = self.workers[slot as usize].info.name.clone();
@@ -1172,7 +1184,14 @@ impl Dispatcher {
                 continue;
             };
             if self.state[index] != TaskState::Assigned || self.owner[index] != slot {
-                continue; // already reported or handed to another worker
+                // Already reported, or handed to another worker as a backup: a report of a
+                // task it was given still proves the worker works, and ends its stall.
+                if self.workers[s].stalled {
+                    self.workers[s].stalled = false;
+                    self.workers[s].stalled_silent = false;
+                    self.enqueue(slot);
+                }
+                continue;
             }
             self.release(slot, index);
             // Only a report that frees a task it held proves the worker and ends a stall.
@@ -1367,6 +1386,7 @@ impl Dispatcher {
                 continue;
             }
             self.workers[slot].stalled = true;
+            self.workers[slot].stalled_silent = !straggling;
             let mut count = 0;
             for &index in held.iter().rev() {
                 // A task bounced and given again appears twice in the list: once is enough.

@@ -134,7 +134,7 @@ impl Farm {
             max_window,
             heartbeat: Heartbeat {
                 interval: INTERVAL,
-                liveness: 3,
+                liveness: 5,
             },
             backup: Backup {
                 factor: 4.0,
@@ -677,6 +677,64 @@ fn a_name_taken_by_a_live_worker_is_refused_and_a_dead_ones_is_handed_over() {
     assert!(
         !farm.workers[third].queue.is_empty(),
         "the new w0 got no tasks"
+    );
+    farm.finish_batch();
+}
+
+#[test]
+fn workers_that_go_quiet_and_come_back_finish_the_batch_themselves() {
+    let mut farm = Farm::new(&[50; 20], 2, 8);
+    farm.apply(&Action::Join(0));
+    farm.apply(&Action::Join(1));
+    // Both fall silent for 350 ms: past three heartbeat intervals of 100 ms, short of the
+    // 500 ms timeout. Their tasks are backed up and they are stalled, not gone.
+    farm.advance(Duration::from_millis(350));
+    assert!(farm.d.workers().iter().all(|w| w.stalled && w.alive));
+    // They are heard again and work on, with no fresh worker to save the batch.
+    for _ in 0..200 {
+        if farm.complete {
+            break;
+        }
+        farm.apply(&Action::Beat);
+        for w in 0..farm.workers.len() {
+            while !farm.workers[w].queue.is_empty() {
+                farm.finish(w, false);
+            }
+        }
+        farm.apply(&Action::SinkFlush);
+        farm.apply(&Action::Advance(50));
+    }
+    assert!(farm.complete, "the batch stalled with both workers back");
+}
+
+#[test]
+fn a_straggler_that_reports_its_backed_up_task_takes_tasks_again() {
+    let mut farm = Farm::new(&[10; 40], 1, 8);
+    farm.apply(&Action::Join(0));
+    farm.apply(&Action::Join(1));
+    let slow = farm.named(0).expect("joined");
+    // Worker 0 sits on its task past the bound while heartbeating; worker 1 works.
+    for _ in 0..12 {
+        farm.apply(&Action::Beat);
+        farm.apply(&Action::Finish(1, false));
+        farm.apply(&Action::Advance(100));
+    }
+    let id = farm
+        .d
+        .workers()
+        .iter()
+        .position(|w| w.info.name == "w0")
+        .expect("w0");
+    assert!(
+        farm.d.workers()[id].stalled,
+        "the straggler was not backed up"
+    );
+    // It finally reports the task it was given (now someone else's): no longer stalled.
+    farm.finish(slow, false);
+    farm.event(Event::Tick);
+    assert!(
+        !farm.d.workers()[id].stalled,
+        "a report did not end the stall"
     );
     farm.finish_batch();
 }

@@ -137,6 +137,9 @@ pub struct Flow {
     warned_unverifiable: bool,
     /// Deliveries waiting for room in the sink's queue, oldest first.
     outbox: VecDeque<Delivery>,
+    /// Deliveries put back since the last retry: the next one goes in behind them, so the
+    /// outbox keeps the order they were first sent in.
+    put_back: usize,
     retry_at: Option<Instant>,
     counters: FlowCounters,
     reject_log: RateLimited,
@@ -158,6 +161,7 @@ impl Flow {
             warned_silence: false,
             warned_unverifiable: false,
             outbox: VecDeque::new(),
+            put_back: 0,
             retry_at: None,
             counters: FlowCounters::default(),
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -201,8 +205,10 @@ impl Flow {
             FlowEvent::Finished(finished) => self.finished(finished, out),
             FlowEvent::ExecutorFailed(reason) => self.stop(FlowStop::ExecutorFailed(reason), out),
             FlowEvent::Undelivered(delivery) => {
-                // Back at the front: it goes before anything finished after it.
-                self.outbox.push_front(delivery);
+                // Back in front of anything finished after it, behind those put back before.
+                let at = self.put_back.min(self.outbox.len());
+                self.outbox.insert(at, delivery);
+                self.put_back += 1;
                 self.retry_at = Some(now + RETRY);
             }
             FlowEvent::Tick => self.tick(now, out),
@@ -221,8 +227,9 @@ impl Flow {
     fn tick(&mut self, now: Instant, out: &mut Vec<FlowCommand>) {
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
-            // Everything waiting goes again, in order; the first refused comes back and
-            // the rest wait behind it.
+            self.put_back = 0;
+            // Everything waiting goes again, in order; the pump hands back, in order, the
+            // first the sink's queue refuses and every one after it.
             let waiting: Vec<Delivery> = self.outbox.drain(..).collect();
             out.extend(waiting.into_iter().map(FlowCommand::Deliver));
         }

@@ -336,8 +336,13 @@ impl Pump<'_> {
         let mut end = None;
         while !out.is_empty() {
             let mut failed = Vec::new();
+            // Once the sink's queue refuses a delivery, the later ones wait behind it.
+            let mut sink_full = false;
             for command in out.drain(..) {
                 match command {
+                    FlowCommand::Deliver(delivery) if sink_full => {
+                        failed.push(FlowEvent::Undelivered(delivery));
+                    }
                     FlowCommand::ToVentilator(message) => {
                         let _ = self.io.tasks.send(message.encode(), zmq::DONTWAIT);
                     }
@@ -351,6 +356,7 @@ impl Pump<'_> {
                             match self.io.results.send(results.encode(), zmq::DONTWAIT) {
                                 Ok(()) => {}
                                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                                    sink_full = true;
                                     failed.push(FlowEvent::Undelivered(delivery));
                                     continue;
                                 }
