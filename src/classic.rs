@@ -17,26 +17,26 @@ use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets;
 use crate::worker::WorkerSummary;
 use anyhow::{bail, Context};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-static MONITORS: AtomicU64 = AtomicU64::new(0);
-
 /// Watches a socket's connections through a ZeroMQ monitor: how many peers completed the
-/// handshake and are still there.
+/// handshake and are still there, and the handshakes that failed.
 struct Peers {
     monitor: zmq::Socket,
     connected: usize,
+    /// Failed handshakes whose disconnection is still to come (it is no peer leaving).
+    failing: usize,
+    /// The first failed handshake seen, for a connecting role to report.
+    failure: Option<crate::auth::Failure>,
 }
 
 impl Peers {
     fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> anyhow::Result<Peers> {
-        let endpoint = format!(
-            "inproc://conquer-monitor-{}",
-            MONITORS.fetch_add(1, Ordering::Relaxed)
-        );
+        let endpoint = crate::auth::monitor_endpoint();
         let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
-            | zmq::SocketEvent::DISCONNECTED.to_raw();
+            | zmq::SocketEvent::DISCONNECTED.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw();
         socket
             .monitor(&endpoint, i32::from(events))
             .context("monitoring the socket")?;
@@ -46,19 +46,29 @@ impl Peers {
         Ok(Peers {
             monitor,
             connected: 0,
+            failing: 0,
+            failure: None,
         })
     }
 
     /// Applies every pending event; returns the count of connected peers.
     fn update(&mut self) -> usize {
         while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
-            let Some(event) = frames.first().filter(|f| f.len() >= 2) else {
+            let Some((event, value)) = crate::auth::event(&frames) else {
                 continue;
             };
-            match zmq::SocketEvent::from_raw(u16::from_le_bytes([event[0], event[1]])) {
+            match zmq::SocketEvent::from_raw(event) {
                 zmq::SocketEvent::HANDSHAKE_SUCCEEDED => self.connected += 1,
+                // A failed handshake's connection closes next (libzmq reports both from
+                // the one I/O thread, in order): that is no connected peer leaving.
+                zmq::SocketEvent::DISCONNECTED if self.failing > 0 => self.failing -= 1,
                 zmq::SocketEvent::DISCONNECTED => self.connected = self.connected.saturating_sub(1),
-                _ => {}
+                _ => {
+                    if let Some(failure) = crate::auth::Failure::of(event, value) {
+                        self.failing += 1;
+                        self.failure.get_or_insert(failure);
+                    }
+                }
             }
         }
         self.connected
@@ -78,6 +88,8 @@ pub struct ClassicVentilatorConfig {
     pub wait_timeout: Duration,
     /// Print "Total expected cost" on stdout.
     pub announce: bool,
+    /// Who may take tasks; the secret presented to the sink.
+    pub access: crate::auth::Access,
 }
 
 /// A classic ventilator with its socket bound.
@@ -87,17 +99,36 @@ pub struct ClassicVentilator {
     sink: zmq::Socket,
     peers: Peers,
     endpoint: String,
+    /// Guards the tasks socket, when the access rules say so. Last: dropped after it.
+    _gate: Option<crate::auth::Gate>,
 }
 
 impl ClassicVentilator {
     pub fn bind(ctx: &zmq::Context, config: ClassicVentilatorConfig) -> anyhow::Result<Self> {
-        let (tasks, endpoint) = sockets::bind(ctx, zmq::PUSH, "tasks", &config.bind, "--bind")?;
+        config.access.check_exposure(&config.bind, "--bind")?;
+        let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
+        let (tasks, endpoint) = sockets::bind(
+            ctx,
+            zmq::PUSH,
+            "tasks",
+            &config.bind,
+            "--bind",
+            gate.as_ref(),
+        )?;
         // PUSH hands a burst to the first connected worker: queued tasks must survive until
         // slow workers take them, so closing waits longer than for our own sockets.
         tasks.set_linger(30_000)?;
+        // Its own monitor replaces the gate's (libzmq allows one per socket): workers it
+        // refused are logged by the handler, not counted.
         let peers = Peers::watch(ctx, &tasks)?;
-        let sink = sockets::connect(ctx, zmq::PUSH, "sink", &config.sink, "--sink", None)?;
+        let caller = sockets::Caller {
+            identity: None,
+            access: &config.access,
+            user: crate::auth::VENTILATOR_USER,
+        };
+        let sink = sockets::connect(ctx, zmq::PUSH, "sink", &config.sink, "--sink", &caller)?;
         Ok(ClassicVentilator {
+            _gate: gate,
             config,
             tasks,
             sink,
@@ -209,6 +240,8 @@ pub struct ClassicSinkConfig {
     pub control_bind: String,
     /// Results to collect (the Guide's sink counts 100).
     pub tasks: u32,
+    /// Who may send results and hear the KILL.
+    pub access: crate::auth::Access,
 }
 
 /// A classic sink with its sockets bound.
@@ -218,19 +251,35 @@ pub struct ClassicSink {
     control: zmq::Socket,
     endpoint: String,
     control_endpoint: String,
+    /// Guards both sockets, when the access rules say so. Last: dropped after them.
+    gate: Option<crate::auth::Gate>,
 }
 
 impl ClassicSink {
     pub fn bind(ctx: &zmq::Context, config: ClassicSinkConfig) -> anyhow::Result<Self> {
-        let (results, endpoint) = sockets::bind(ctx, zmq::PULL, "results", &config.bind, "--bind")?;
+        config.access.check_exposure(&config.bind, "--bind")?;
+        config
+            .access
+            .check_exposure(&config.control_bind, "--control-bind")?;
+        let gate = crate::auth::Gate::start(ctx, &config.access, "sink")?;
+        let (results, endpoint) = sockets::bind(
+            ctx,
+            zmq::PULL,
+            "results",
+            &config.bind,
+            "--bind",
+            gate.as_ref(),
+        )?;
         let (control, control_endpoint) = sockets::bind(
             ctx,
             zmq::PUB,
             "control",
             &config.control_bind,
             "--control-bind",
+            gate.as_ref(),
         )?;
         Ok(ClassicSink {
+            gate,
             config,
             results,
             control,
@@ -321,6 +370,7 @@ impl ClassicSink {
             duplicates: 0,
             redispatched: 0,
             rejected,
+            refused: self.gate.as_ref().map_or(0, crate::auth::Gate::refused),
             checked: 0,
             verified: 0,
             mismatches: 0,
@@ -338,6 +388,8 @@ pub struct ClassicWorkerConfig {
     pub control: String,
     /// What compute backends run: classic tasks carry only milliseconds.
     pub job: Job,
+    /// The secret presented to the ventilator and the sink.
+    pub access: crate::auth::Access,
 }
 
 /// Serves a classic pipeline until KILL (any message on the control socket) or Ctrl-C.
@@ -347,17 +399,30 @@ pub fn run_worker(
     mut backend: Box<dyn Backend>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<WorkerSummary> {
+    let caller = sockets::Caller {
+        identity: None,
+        access: &config.access,
+        user: "worker:classic",
+    };
     let tasks = sockets::connect(
         ctx,
         zmq::PULL,
         "tasks",
         &config.ventilator,
         "--ventilator",
-        None,
+        &caller,
     )?;
     let mut peers = Peers::watch(ctx, &tasks)?;
-    let results = sockets::connect(ctx, zmq::PUSH, "results", &config.sink, "--sink", None)?;
-    let control = sockets::connect(ctx, zmq::SUB, "control", &config.control, "--control", None)?;
+    let results = sockets::connect(ctx, zmq::PUSH, "results", &config.sink, "--sink", &caller)?;
+    let control = sockets::connect(
+        ctx,
+        zmq::SUB,
+        "control",
+        &config.control,
+        "--control",
+        &caller,
+    )?;
+    let mut sink_peers = Peers::watch(ctx, &results)?;
     control.set_subscribe(b"")?;
     log::info!(
         "classic worker ({}) connecting to {}, {} and {}",
@@ -375,6 +440,20 @@ pub fn run_worker(
             return Err(Interrupted.into());
         }
         let connected = peers.update() > 0;
+        sink_peers.update();
+        for (peer, endpoint, failure) in [
+            ("ventilator", &config.ventilator, peers.failure),
+            ("sink", &config.sink, sink_peers.failure),
+        ] {
+            if let Some(failure) = failure {
+                bail!(crate::auth::refusal_message(
+                    failure,
+                    peer,
+                    endpoint,
+                    &config.access
+                ));
+            }
+        }
         if connected != was_connected {
             if connected {
                 log::info!("connected to the ventilator at {}", config.ventilator);
@@ -385,6 +464,7 @@ pub fn run_worker(
             tasks.as_poll_item(zmq::POLLIN),
             control.as_poll_item(zmq::POLLIN),
             peers.monitor.as_poll_item(zmq::POLLIN),
+            sink_peers.monitor.as_poll_item(zmq::POLLIN),
         ];
         sockets::poll(&mut items, 100, "classic sockets")?;
         if items[1].is_readable() {
@@ -448,6 +528,7 @@ pub fn run_local(
             bind: "tcp://127.0.0.1:*".into(),
             control_bind: "tcp://127.0.0.1:*".into(),
             tasks,
+            access: crate::auth::Access::default(),
         },
     )?;
     let vent = ClassicVentilator::bind(
@@ -461,6 +542,7 @@ pub fn run_local(
             wait_workers: wait_workers.max(1),
             wait_timeout: Duration::from_secs(60),
             announce: false,
+            access: crate::auth::Access::default(),
         },
     )?;
     let config = ClassicWorkerConfig {
@@ -468,6 +550,7 @@ pub fn run_local(
         sink: sink.endpoint().to_owned(),
         control: sink.control_endpoint().to_owned(),
         job: Job::default(),
+        access: crate::auth::Access::default(),
     };
     let mut handles = Vec::new();
     for (i, (backend, delay)) in workers.into_iter().enumerate() {

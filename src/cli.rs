@@ -69,6 +69,82 @@ pub enum Command {
     /// Measure how many kernel work units one CPU core does per ms (the `cpu` backend):
     /// pass the figure as --units-per-ms so that sleep's millisecond is one core's.
     Calibrate(CalibrateArgs),
+    /// Make or check the shared secret that admits ventilator, workers and sink to each
+    /// other (`--secret-file`).
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretAction {
+    /// Write a new random secret (256 bits, as hex) to FILE with mode 0600; copy it to
+    /// every machine of the farm the same way (scp -p, or your secrets manager).
+    New {
+        /// Where to write it.
+        file: PathBuf,
+        /// Replace FILE if it exists (every role must then get the new one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check that FILE is a usable secret: a file only its owner can read, 16 to 127 bytes.
+    Check {
+        /// The secret file.
+        file: PathBuf,
+    },
+}
+
+/// The shared secret a role presents and demands.
+#[derive(Args, Debug, Clone)]
+pub struct SecretArgs {
+    /// Shared secret, a file made by `conquer secret new` (mode 0600): bound sockets admit
+    /// only peers presenting it, connecting sockets present it. Give every role the same one.
+    #[arg(long, env = "CONQUER_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    pub fn access(&self) -> anyhow::Result<crate::auth::Access> {
+        Ok(crate::auth::Access {
+            secret: self
+                .secret_file
+                .as_deref()
+                .map(crate::auth::Secret::load)
+                .transpose()?,
+            ..Default::default()
+        })
+    }
+}
+
+/// Who may connect to a role's bound sockets.
+#[derive(Args, Debug, Clone)]
+pub struct AccessArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Admit connections only from this address range (repeatable or comma-separated:
+    /// 10.0.0.0/8, 192.168.1.7, fd00::/8), with or without a secret.
+    #[arg(
+        long,
+        env = "CONQUER_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<crate::auth::Cidr>,
+    /// Bind an address other machines can reach with neither --secret-file nor --allow:
+    /// anyone who reaches it may take tasks and submit results.
+    #[arg(long, env = "CONQUER_INSECURE")]
+    pub insecure: bool,
+}
+
+impl AccessArgs {
+    pub fn access(&self) -> anyhow::Result<crate::auth::Access> {
+        Ok(crate::auth::Access {
+            allow: self.allow.clone(),
+            insecure: self.insecure,
+            ..self.secret.access()?
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -328,6 +404,8 @@ pub struct RunArgs {
     pub heartbeat: HeartbeatArgs,
     #[command(flatten)]
     pub verify: VerifyArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 #[derive(Args, Debug)]
@@ -369,6 +447,8 @@ pub struct VentilatorArgs {
     /// --wait-workers counts connected workers; 0 waits for Enter as taskvent does.
     #[arg(long)]
     pub classic: bool,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 #[derive(Args, Debug)]
@@ -403,6 +483,8 @@ pub struct WorkerArgs {
     /// Classic mode: kernel work units per ms (classic tasks carry only milliseconds).
     #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, requires = "classic")]
     pub units_per_ms: u32,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 #[derive(Args, Debug)]
@@ -428,6 +510,8 @@ pub struct SinkArgs {
     /// Classic mode: where the KILL broadcast binds.
     #[arg(long, default_value = "tcp://*:5559", requires = "classic")]
     pub control_bind: String,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 /// Largest `--slowdown`: an hour's task then sleeps about 114 years, which a `Duration`
@@ -484,6 +568,7 @@ fn role_of(command: Option<&Command>) -> String {
         Some(Command::Completions { .. }) => "completions".into(),
         Some(Command::Man { .. }) => "man".into(),
         Some(Command::Calibrate(_)) => "calibrate".into(),
+        Some(Command::Secret { .. }) => "secret".into(),
     }
 }
 
@@ -560,6 +645,23 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Secret { action } => {
+            match action {
+                SecretAction::New { file, force } => {
+                    crate::auth::Secret::create(&file, force)?;
+                    eprintln!(
+                        "wrote a new secret to {}; give every role --secret-file with a copy of it \
+                         (mode 0600 on each machine)",
+                        file.display()
+                    );
+                }
+                SecretAction::Check { file } => {
+                    crate::auth::Secret::load(&file)?;
+                    eprintln!("{} is a usable secret", file.display());
+                }
+            }
+            Ok(0)
+        }
         Command::Calibrate(args) => {
             // Every kernel the project ships (spin, for now), one figure each.
             let kernels = [Kernel::Spin];
@@ -577,6 +679,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
 }
 
 fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let access = args.secret.access()?;
     let batch = args.batch.batch()?;
     let options = args.backend.options()?;
     let mut backends = Vec::with_capacity(args.workers as usize);
@@ -618,6 +721,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let report = crate::local::run(
         crate::local::LocalRun {
             sink,
+            access,
             ..crate::local::LocalRun::new(ventilator, backends)
         },
         shutdown,
@@ -641,6 +745,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
             wait_workers: args.wait_workers,
             wait_timeout,
             announce: true,
+            access: args.access.access()?,
         };
         let ctx = zmq::Context::new();
         crate::classic::ClassicVentilator::bind(&ctx, config)?.run(shutdown)?;
@@ -665,6 +770,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         resume: args.resume,
         announce: true,
         timeline: None,
+        access: args.access.access()?,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;
@@ -672,6 +778,8 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
 }
 
 fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    // A secret that cannot be used fails before any adapter is probed.
+    let access = args.secret.access()?;
     let backend = args.backend.build()?;
     if args.classic {
         let config = crate::classic::ClassicWorkerConfig {
@@ -683,6 +791,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 units_per_ms: args.units_per_ms,
                 verify_percent: 0,
             },
+            access: access.clone(),
         };
         let ctx = zmq::Context::new();
         let summary = crate::classic::run_worker(&ctx, config, backend, shutdown)?;
@@ -696,6 +805,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         exit_when_done: args.exit_when_done,
         announce: true,
         heartbeat: args.heartbeat.heartbeat(),
+        access,
     };
     crate::heartbeat::check_name(&config.name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
     let ctx = zmq::Context::new();
@@ -715,12 +825,14 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             bind: args.bind,
             control_bind: args.control_bind,
             tasks: args.tasks,
+            access: args.access.access()?,
         };
         let report = crate::classic::ClassicSink::bind(&ctx, config)?.run(shutdown)?;
         report.print(args.report.json)?;
         return Ok(0);
     }
     let mut config = args.report.sink_config(args.bind);
+    config.access = args.access.access()?;
     config.resume = args.resume.resume;
     config.overwrite = args.overwrite.overwrite;
     config.heartbeat = args.heartbeat.heartbeat();

@@ -185,8 +185,9 @@ pub struct Collector {
     /// Measured task times: the basis of the ideal when tasks are computed, not slept.
     measured_total_us: u64,
     measured_longest_us: u32,
-    /// The ventilator's counters: (redispatched, rejected), and whether they are final.
-    ventilator_counts: (u64, u64),
+    /// The ventilator's counters: (redispatched, rejected, refused), and whether they are
+    /// final.
+    ventilator_counts: (u64, u64, u64),
     final_counts: bool,
     reject_log: RateLimited,
     refuse_log: RateLimited,
@@ -229,7 +230,7 @@ impl Collector {
             mismatches: 0,
             measured_total_us: 0,
             measured_longest_us: 0,
-            ventilator_counts: (0, 0),
+            ventilator_counts: (0, 0, 0),
             final_counts: false,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -557,9 +558,10 @@ impl Collector {
                 batch: id,
                 redispatched,
                 rejected,
+                refused,
                 last,
             } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
-                self.ventilator_counts = (redispatched, rejected);
+                self.ventilator_counts = (redispatched, rejected, refused);
                 self.final_counts |= last;
             }
             other => self.reject_peer(
@@ -898,6 +900,8 @@ impl Collector {
             duplicates: self.duplicates,
             redispatched: self.ventilator_counts.0,
             rejected: self.rejected + self.ventilator_counts.1,
+            // The sink's own refusals are added by its pump, which holds the gate.
+            refused: self.ventilator_counts.2,
             checked: self.checked,
             verified: self.verified,
             mismatches: self.mismatches,

@@ -112,6 +112,8 @@ pub enum Event {
     /// The pump has handled everything waiting (or a deadline passed): run what is due and
     /// hand out tasks.
     Tick,
+    /// Handshakes refused by authentication so far (a running total), for the report.
+    Refused(u64),
 }
 
 /// What to do, in order.
@@ -333,6 +335,7 @@ pub struct Dispatcher {
     dispatching: bool,
     redispatched: u64,
     rejected: u64,
+    refused: u64,
     backups: u64,
     /// Tasks in the order workers reported them done, with when and by whom: the oldest
     /// still not held tells of a worker whose results go nowhere.
@@ -364,6 +367,8 @@ pub struct Counters {
     pub workers_seen: usize,
     pub redispatched: u64,
     pub rejected: u64,
+    /// Handshakes refused by authentication.
+    pub refused: u64,
     pub backups: u64,
     pub held: usize,
 }
@@ -395,6 +400,7 @@ impl Dispatcher {
             dispatching: false,
             redispatched: 0,
             rejected: 0,
+            refused: 0,
             backups: 0,
             reported_log: VecDeque::new(),
             resync: None,
@@ -443,6 +449,7 @@ impl Dispatcher {
                 self.settle_claims(now, out);
                 self.tick(now, out)
             }
+            Event::Refused(total) => self.refused = self.refused.max(total),
         }
     }
 
@@ -512,6 +519,7 @@ impl Dispatcher {
             workers_seen: self.workers.len(),
             redispatched: self.redispatched,
             rejected: self.rejected,
+            refused: self.refused,
             backups: self.backups,
             held: self.held,
         }
@@ -580,6 +588,7 @@ impl Dispatcher {
             batch: self.config.batch_id,
             redispatched: self.redispatched,
             rejected: self.rejected,
+            refused: self.refused,
             last,
         }
     }

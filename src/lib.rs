@@ -5,6 +5,7 @@
 //! The binary is the CLI definition plus glue (`cli`); everything else is here. See
 //! ARCHITECTURE.md for the map and the invariants.
 
+pub mod auth;
 pub mod backend;
 pub mod batch;
 pub mod bench;

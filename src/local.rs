@@ -31,6 +31,8 @@ pub struct LocalRun {
     pub join_delays: Vec<std::time::Duration>,
     /// Told the ventilator's tasks endpoint once it is bound (benchmarks that add peers).
     pub tasks_endpoint: Option<std::sync::mpsc::Sender<String>>,
+    /// The secret every role presents and demands (`--secret-file`); none by default.
+    pub access: crate::auth::Access,
 }
 
 impl LocalRun {
@@ -44,13 +46,17 @@ impl LocalRun {
             backends,
             join_delays: Vec::new(),
             tasks_endpoint: None,
+            access: crate::auth::Access::default(),
         }
     }
 }
 
 /// Runs the batch and returns the sink's report.
 pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
-    let ctx = zmq::Context::new();
+    // A context each for the sink and the ventilator: with a secret, each runs its own
+    // authentication handler, and libzmq allows one per context.
+    let sink_ctx = zmq::Context::new();
+    let vent_ctx = zmq::Context::new();
     let workers = run.backends.len();
     // The sink hears workers' greetings with the run's liveness.
     run.sink.heartbeat = run.heartbeat;
@@ -59,7 +65,8 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     }
     make_room_for(workers)?;
     run.sink.bind = "tcp://127.0.0.1:*".into();
-    let sink = Sink::bind(&ctx, run.sink)?;
+    run.sink.access = run.access.clone();
+    let sink = Sink::bind(&sink_ctx, run.sink)?;
     run.ventilator.bind = "tcp://127.0.0.1:*".into();
     run.ventilator.sink = sink.endpoint().to_owned();
     if run.ventilator.wait_workers == 0 || run.ventilator.wait_workers > workers {
@@ -68,7 +75,8 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     run.ventilator.shutdown_workers = true;
     run.ventilator.announce = false;
     run.ventilator.heartbeat = run.heartbeat;
-    let ventilator = Ventilator::bind(&ctx, run.ventilator)?;
+    run.ventilator.access = run.access.clone();
+    let ventilator = Ventilator::bind(&vent_ctx, run.ventilator)?;
     let tasks_endpoint = ventilator.endpoint().to_owned();
     if let Some(tx) = &run.tasks_endpoint {
         let _ = tx.send(tasks_endpoint.clone());
@@ -89,6 +97,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             exit_when_done: true,
             announce: false,
             heartbeat: run.heartbeat,
+            access: run.access.clone(),
         };
         let name = config.name.clone();
         let worker = Worker::connect(&worker_ctx, config, backend)
@@ -160,12 +169,12 @@ fn is_interruption(e: &anyhow::Error) -> bool {
     Interrupted::is(e)
 }
 
-/// Sockets each worker of a one-process run opens: tasks, results and the two ends of its
-/// wake pair.
-const SOCKETS_PER_WORKER: usize = 4;
+/// Sockets each worker of a one-process run opens: tasks, results, the two ends of its
+/// wake pair, and both ends of the monitors that watch tasks and results for refusals.
+const SOCKETS_PER_WORKER: usize = 8;
 /// File descriptors each worker costs: a mailbox per socket, the two TCP connections on
 /// both ends, and some to spare.
-const FDS_PER_WORKER: u64 = 12;
+const FDS_PER_WORKER: u64 = 16;
 
 /// A ZeroMQ context holds at most 1023 sockets (ZMQ_MAX_SOCKETS, which the zmq crate
 /// does not let us raise); workers are spread over contexts of this many each.

@@ -14,7 +14,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest message any bound socket accepts (ZMQ_MAXMSGSIZE); larger ones are refused by
@@ -224,6 +224,8 @@ pub enum Message {
         batch: u64,
         redispatched: u64,
         rejected: u64,
+        /// Handshakes the ventilator's authentication refused.
+        refused: u64,
         /// Set on the answer to [`Message::Complete`]: the last word for this batch.
         last: bool,
     },
@@ -368,11 +370,13 @@ impl Message {
                 batch,
                 redispatched,
                 rejected,
+                refused,
                 last,
             } => {
                 w.u64(*batch);
                 w.u64(*redispatched);
                 w.u64(*rejected);
+                w.u64(*refused);
                 w.u8(u8::from(*last));
             }
         }
@@ -497,6 +501,7 @@ impl Message {
                 batch: r.u64()?,
                 redispatched: r.u64()?,
                 rejected: r.u64()?,
+                refused: r.u64()?,
                 last: r.flag("last")?,
             },
             12 => Message::Complete { batch: r.u64()? },
@@ -823,6 +828,7 @@ mod tests {
                 batch: 7,
                 redispatched: 2,
                 rejected: 10_000,
+                refused: 3,
                 last: false,
             },
             Message::Complete { batch: 7 },
@@ -877,11 +883,11 @@ mod tests {
             Err(DecodeError::BadMagic(*b"XX"))
         );
         assert_eq!(
-            Message::decode(b"CQ\x02\x00"),
+            Message::decode(&[b'C', b'Q', VERSION, 0x00]),
             Err(DecodeError::UnknownKind(0))
         );
         assert_eq!(
-            Message::decode(b"CQ\x02\xff"),
+            Message::decode(&[b'C', b'Q', VERSION, 0xff]),
             Err(DecodeError::UnknownKind(255))
         );
     }

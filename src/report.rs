@@ -49,6 +49,9 @@ pub struct Report {
     pub redispatched: u64,
     /// Messages dropped as malformed or foreign, at the sink and the ventilator.
     pub rejected: u64,
+    /// Connections refused during the handshake (wrong or no secret, address not
+    /// allowed), at the sink and the ventilator.
+    pub refused: u64,
     /// Results compared with the CPU reference (`--verify`, `--verify-sample`).
     pub checked: u64,
     /// Of those, the ones that matched it.
@@ -145,10 +148,11 @@ impl Report {
         if self.workers.is_empty() {
             // A classic batch: results carry neither worker nor (always) workload.
             s += &format!(
-                "{} results, {} per second, rejected {}\n",
+                "{} results, {} per second, rejected {}, refused {}\n",
                 self.tasks,
                 rate(self.tasks_per_s),
-                self.rejected
+                self.rejected,
+                self.refused
             );
             return s;
         }
@@ -167,8 +171,8 @@ impl Report {
             rate(self.tasks_per_s)
         );
         s += &format!(
-            "duplicates {}, redispatched {}, rejected {}",
-            self.duplicates, self.redispatched, self.rejected
+            "duplicates {}, redispatched {}, rejected {}, refused {}",
+            self.duplicates, self.redispatched, self.rejected, self.refused
         );
         s += "\n";
         if self.checked > 0 {
@@ -538,6 +542,7 @@ mod tests {
             duplicates: 0,
             redispatched: 0,
             rejected: 3,
+            refused: 2,
             checked: 0,
             verified: 0,
             mismatches: 0,
@@ -559,7 +564,7 @@ mod tests {
             text.starts_with("Total elapsed time: 1300 msec\n"),
             "{text}"
         );
-        assert!(text.contains("rejected 3"));
+        assert!(text.contains("rejected 3, refused 2"));
     }
 
     #[test]
@@ -574,6 +579,7 @@ mod tests {
             "duplicates",
             "redispatched",
             "rejected",
+            "refused",
             "workers",
         ] {
             assert!(value.get(key).is_some(), "missing {key}");

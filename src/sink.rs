@@ -40,6 +40,8 @@ pub struct SinkConfig {
     pub progress: bool,
     /// Records when each task is held, for latency benchmarks.
     pub timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
+    /// Who may connect to the results socket.
+    pub access: crate::auth::Access,
 }
 
 impl Default for SinkConfig {
@@ -53,6 +55,7 @@ impl Default for SinkConfig {
             final_stats_wait: Duration::from_secs(1),
             progress: false,
             timeline: None,
+            access: crate::auth::Access::default(),
         }
     }
 }
@@ -61,6 +64,8 @@ impl Default for SinkConfig {
 pub struct Sink {
     config: SinkConfig,
     socket: zmq::Socket,
+    /// The authentication handler guarding the socket, when there is one.
+    gate: Option<crate::auth::Gate>,
     endpoint: String,
     file: Option<ResultsFile>,
     recovered: Option<RecoveredResults>,
@@ -74,6 +79,7 @@ impl Sink {
         if config.resume && config.overwrite {
             bail!("--resume and --overwrite contradict each other: continue the results file, or replace it");
         }
+        config.access.check_exposure(&config.bind, "--bind")?;
         // The results file first: a path that cannot be written fails before anything binds.
         let (file, recovered) = match &config.results {
             None => (None, None),
@@ -98,8 +104,15 @@ impl Sink {
                 None,
             ),
         };
-        let (socket, endpoint) =
-            sockets::bind(ctx, zmq::ROUTER, "results", &config.bind, "--bind")?;
+        let gate = crate::auth::Gate::start(ctx, &config.access, "sink")?;
+        let (socket, endpoint) = sockets::bind(
+            ctx,
+            zmq::ROUTER,
+            "results",
+            &config.bind,
+            "--bind",
+            gate.as_ref(),
+        )?;
         socket.set_router_mandatory(true)?;
         sockets::never_stop_input(&socket)?;
         // A reconnecting worker takes its name over at once (see the ventilator).
@@ -107,6 +120,7 @@ impl Sink {
         Ok(Sink {
             config,
             socket,
+            gate,
             endpoint,
             file,
             recovered,
@@ -124,6 +138,7 @@ impl Sink {
         let Sink {
             config,
             socket,
+            gate,
             endpoint,
             mut file,
             recovered,
@@ -137,30 +152,58 @@ impl Sink {
                 .as_ref()
                 .map(|(path, _)| path.display().to_string()),
         };
-        let mut c = Collector::new(collect, recovered, Instant::now(), crate::worker::unix_ms());
-        if c.recovered_complete() {
-            return c
-                .report_recovered(Instant::now())
-                .ok_or_else(|| anyhow!("no batch was collected"));
-        }
-        log::info!("waiting for a batch on {endpoint}");
-        let mut pump = Pump {
-            socket: &socket,
-            file: file.as_mut(),
-            config: &config,
-            bar: None,
-        };
-        let outcome = pump.run(&mut c, shutdown);
-        if let Some(bar) = pump.bar.take() {
-            bar.finish_and_clear();
-        }
-        if let Err(e) = &outcome {
-            c.say_how_to_resume(Interrupted::is(e));
-        }
-        outcome?;
-        c.report(Instant::now())
-            .ok_or_else(|| anyhow!("no batch was collected"))
+        let outcome = collect_batch(
+            collect,
+            &config,
+            &socket,
+            file.as_mut(),
+            recovered,
+            shutdown,
+        );
+        // The socket closes before its authentication handler stops: no connection is
+        // ever without one.
+        drop(socket);
+        let refused = gate.as_ref().map_or(0, crate::auth::Gate::refused);
+        drop(gate);
+        let mut report = outcome?;
+        report.refused += refused;
+        Ok(report)
     }
+}
+
+/// Collects one batch on `socket` and returns its report.
+fn collect_batch(
+    collect: CollectConfig,
+    config: &SinkConfig,
+    socket: &zmq::Socket,
+    file: Option<&mut ResultsFile>,
+    recovered: Option<RecoveredResults>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Report> {
+    let endpoint = collect.endpoint.clone();
+    let mut c = Collector::new(collect, recovered, Instant::now(), crate::worker::unix_ms());
+    if c.recovered_complete() {
+        return c
+            .report_recovered(Instant::now())
+            .ok_or_else(|| anyhow!("no batch was collected"));
+    }
+    log::info!("waiting for a batch on {endpoint}");
+    let mut pump = Pump {
+        socket,
+        file,
+        config,
+        bar: None,
+    };
+    let outcome = pump.run(&mut c, shutdown);
+    if let Some(bar) = pump.bar.take() {
+        bar.finish_and_clear();
+    }
+    if let Err(e) = &outcome {
+        c.say_how_to_resume(Interrupted::is(e));
+    }
+    outcome?;
+    c.report(Instant::now())
+        .ok_or_else(|| anyhow!("no batch was collected"))
 }
 
 /// The sink's run loop: receive, decode, hand to the collector, carry out what it says.
@@ -187,8 +230,15 @@ impl Pump<'_> {
             sockets::poll(&mut items, timeout.as_millis() as i64, "the results socket")?;
             if items[0].is_readable() {
                 let socket = self.socket;
+                let secret = self.config.access.secret.is_some();
                 sockets::drain(socket, true, "the results socket", |inbound| {
-                    let event = match inbound.message {
+                    let message = inbound.message.and_then(|message| {
+                        if secret {
+                            crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
+                        }
+                        Ok(message)
+                    });
+                    let event = match message {
                         Ok(message) => SinkEvent::FromPeer {
                             routing_id: inbound.peer,
                             message,

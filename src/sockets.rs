@@ -34,20 +34,26 @@ pub fn never_stop_input(socket: &zmq::Socket) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("cannot set the receive high-water mark: {e}"))
 }
 
-/// A socket bound to `endpoint`, with the given role name for error messages. Returns the
-/// socket and the endpoint it actually bound (with the port filled in for `:*` or `:0`).
+/// A socket bound to `endpoint`, with the given role name for error messages, guarded by
+/// `gate` when the role has one (protected mode is checked by the caller's `Access`).
+/// Returns the socket and the endpoint it actually bound (with the port filled in for
+/// `:*` or `:0`).
 pub fn bind(
     ctx: &zmq::Context,
     kind: zmq::SocketType,
     role: &str,
     endpoint: &str,
     flag: &str,
+    gate: Option<&crate::auth::Gate>,
 ) -> anyhow::Result<(zmq::Socket, String)> {
     let socket = ctx
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
     common_options(&socket)?;
     check_endpoint(endpoint, flag, true)?;
+    if let Some(gate) = gate {
+        gate.guard(&socket, role)?;
+    }
     // Zero-length ports mean "any free port"; libzmq spells that `*`.
     let endpoint = endpoint
         .strip_suffix(":0")
@@ -72,6 +78,14 @@ pub fn bind(
     Ok((socket, bound))
 }
 
+/// Who a connecting socket is: its routing id (if any), and the credentials it presents.
+pub struct Caller<'a> {
+    pub identity: Option<&'a [u8]>,
+    pub access: &'a crate::auth::Access,
+    /// The user id it authenticates as with a secret (`worker:NAME`, `ventilator`).
+    pub user: &'a str,
+}
+
 /// A socket connected to `endpoint`. Connecting succeeds before the peer exists (ZeroMQ
 /// reconnects in the background), so errors here are only malformed endpoints.
 pub fn connect(
@@ -80,7 +94,7 @@ pub fn connect(
     role: &str,
     endpoint: &str,
     flag: &str,
-    identity: Option<&[u8]>,
+    caller: &Caller,
 ) -> anyhow::Result<zmq::Socket> {
     let socket = ctx
         .socket(kind)
@@ -90,9 +104,10 @@ pub fn connect(
     // (libzmq's default, 100 ms flat), backing off no further than that.
     socket.set_reconnect_ivl(100)?;
     socket.set_reconnect_ivl_max(RECONNECT_MAX_MS)?;
-    if let Some(id) = identity {
+    if let Some(id) = caller.identity {
         socket.set_identity(id)?;
     }
+    caller.access.present(&socket, caller.user)?;
     check_endpoint(endpoint, flag, false)?;
     socket.connect(endpoint).map_err(|e| {
         anyhow!(
@@ -128,6 +143,8 @@ pub fn recv_multipart_nowait(
 /// a ROUTER, empty on a DEALER) and what it was, or why it was not one of ours.
 pub struct Inbound {
     pub peer: Vec<u8>,
+    /// The user id its connection authenticated as (with a secret; else empty).
+    pub user: String,
     pub message: Result<crate::protocol::Message, String>,
 }
 
@@ -141,19 +158,44 @@ pub fn drain(
     what: &str,
     mut each: impl FnMut(Inbound) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    while let Some(mut frames) = recv_multipart_nowait(socket, what)? {
+    loop {
+        let mut frames: Vec<zmq::Message> = Vec::with_capacity(2);
+        loop {
+            let mut frame = zmq::Message::new();
+            match socket.recv(&mut frame, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if frames.is_empty() => {
+                    return Ok(())
+                }
+                // The rest of a message already begun is there: parts arrive together.
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(anyhow!("receiving on {what}: {e}")),
+            }
+            let more = frame.get_more();
+            frames.push(frame);
+            if !more {
+                break;
+            }
+        }
+        let user = frames
+            .last_mut()
+            .and_then(|f| f.gets("User-Id").map(str::to_owned))
+            .unwrap_or_default();
         let peer = if router && !frames.is_empty() {
-            frames.remove(0)
+            frames.remove(0).to_vec()
         } else {
             Vec::new()
         };
-        let message = match <[Vec<u8>; 1]>::try_from(frames) {
+        let message = match <[zmq::Message; 1]>::try_from(frames) {
             Ok([payload]) => crate::protocol::Message::decode(&payload).map_err(|e| e.to_string()),
             Err(frames) => Err(format!("{} frames, expected 1", frames.len())),
         };
-        each(Inbound { peer, message })?;
+        each(Inbound {
+            peer,
+            user,
+            message,
+        })?;
     }
-    Ok(())
 }
 
 /// Sends `payload`, waiting for room in the queue (as PUSH does when every peer is busy)

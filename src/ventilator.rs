@@ -54,6 +54,8 @@ pub struct VentilatorConfig {
     pub backup: Backup,
     /// Longest silence from the sink, during a batch, before the ventilator gives up.
     pub sink_timeout: Duration,
+    /// Who may connect to the tasks socket; the secret presented to the sink.
+    pub access: crate::auth::Access,
 }
 
 /// How long a ventilator waits for a sink that does not answer during a batch.
@@ -82,6 +84,7 @@ impl VentilatorConfig {
             timeline: None,
             backup: Backup::default(),
             sink_timeout: DEFAULT_SINK_TIMEOUT,
+            access: crate::auth::Access::default(),
         }
     }
 }
@@ -91,7 +94,12 @@ pub struct Ventilator {
     config: VentilatorConfig,
     tasks_socket: zmq::Socket,
     sink_socket: zmq::Socket,
+    /// Failed handshakes with the sink: a refusal ends the ventilator with the reason.
+    sink_monitor: zmq::Socket,
     endpoint: String,
+    /// The authentication handler guarding the tasks socket, when there is one. Last:
+    /// fields drop in order, and the socket must close before its handler stops.
+    gate: Option<crate::auth::Gate>,
 }
 
 impl Ventilator {
@@ -112,19 +120,36 @@ impl Ventilator {
                 config.job.units_per_ms
             );
         }
-        let (tasks_socket, endpoint) =
-            sockets::bind(ctx, zmq::ROUTER, "tasks", &config.bind, "--bind")?;
+        config.access.check_exposure(&config.bind, "--bind")?;
+        let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
+        let (tasks_socket, endpoint) = sockets::bind(
+            ctx,
+            zmq::ROUTER,
+            "tasks",
+            &config.bind,
+            "--bind",
+            gate.as_ref(),
+        )?;
         // Sending to a worker that has gone fails at once instead of vanishing silently.
         tasks_socket.set_router_mandatory(true)?;
         sockets::never_stop_input(&tasks_socket)?;
         // A worker that reconnects (after a network cut the old connection may linger until
         // ZMTP heartbeats close it) takes its name over at once rather than being ignored.
         tasks_socket.set_router_handover(true)?;
-        let sink_socket = sockets::connect(ctx, zmq::DEALER, "sink", &config.sink, "--sink", None)?;
+        let caller = sockets::Caller {
+            identity: None,
+            access: &config.access,
+            user: crate::auth::VENTILATOR_USER,
+        };
+        let sink_socket =
+            sockets::connect(ctx, zmq::DEALER, "sink", &config.sink, "--sink", &caller)?;
+        let sink_monitor = crate::auth::watch(ctx, &sink_socket)?;
         Ok(Ventilator {
             config,
             tasks_socket,
             sink_socket,
+            sink_monitor,
+            gate,
             endpoint,
         })
     }
@@ -207,16 +232,40 @@ impl Ventilator {
             let mut items = [
                 self.tasks_socket.as_poll_item(zmq::POLLIN),
                 self.sink_socket.as_poll_item(zmq::POLLIN),
+                self.sink_monitor.as_poll_item(zmq::POLLIN),
             ];
             sockets::poll(
                 &mut items,
                 timeout.as_millis() as i64,
                 "the ventilator's sockets",
             )?;
+            if items[2].is_readable() {
+                let refused = crate::auth::failures(&self.sink_monitor)
+                    .into_iter()
+                    .find(|f| *f != crate::auth::Failure::Closed);
+                if let Some(failure) = refused {
+                    bail!(crate::auth::refusal_message(
+                        failure,
+                        "sink",
+                        &self.config.sink,
+                        &self.config.access
+                    ));
+                }
+            }
+            if let Some(gate) = &self.gate {
+                dispatcher.handle(Instant::now(), Event::Refused(gate.refused()), &mut out);
+            }
+            let secret = self.config.access.secret.is_some();
             let mut end = None;
             if items[0].is_readable() {
                 sockets::drain(&self.tasks_socket, true, "the tasks socket", |inbound| {
-                    let event = match inbound.message {
+                    let message = inbound.message.and_then(|message| {
+                        if secret {
+                            crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
+                        }
+                        Ok(message)
+                    });
+                    let event = match message {
                         Ok(message) => Event::FromWorker {
                             routing_id: inbound.peer,
                             message,

@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     /// one `conquer run`, where the run speaks for them).
     pub announce: bool,
     pub heartbeat: Heartbeat,
+    /// The secret it presents to the ventilator and the sink.
+    pub access: crate::auth::Access,
 }
 
 /// What a worker did, for tests and logs.
@@ -73,11 +75,8 @@ pub fn unix_ms() -> u64 {
 /// limit) and its session, so two workers that share a name never take over each other's
 /// connection while a reconnect of the same worker takes its own back.
 fn routing_id(name: &str, session: u64) -> Vec<u8> {
-    let mut end = name.len().min(200);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}/{session:016x}", &name[..end]).into_bytes()
+    let name = crate::auth::truncated(name, crate::auth::NAME_IN_ID);
+    format!("{name}/{session:016x}").into_bytes()
 }
 
 static INPROC_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -123,22 +122,28 @@ impl Worker {
             window_hint: backend.window_hint(),
         };
         let id = routing_id(&info.name, info.session);
+        let user = crate::auth::worker_user(&info.name);
+        let caller = sockets::Caller {
+            identity: Some(&id),
+            access: &config.access,
+            user: &user,
+        };
         let tasks = sockets::connect(
             ctx,
             zmq::DEALER,
             "tasks",
             &config.ventilator,
             "--ventilator",
-            Some(&id),
+            &caller,
         )?;
-        let results = sockets::connect(
-            ctx,
-            zmq::DEALER,
-            "results",
-            &config.sink,
-            "--sink",
-            Some(&id),
-        )?;
+        let results =
+            sockets::connect(ctx, zmq::DEALER, "results", &config.sink, "--sink", &caller)?;
+        // A peer that refuses this worker's credentials ends it with the reason, where
+        // ZeroMQ alone would redial forever.
+        let monitors = [
+            crate::auth::watch(ctx, &tasks)?,
+            crate::auth::watch(ctx, &results)?,
+        ];
         // Goodbyes and credit for a ventilator that is gone need not hold up the exit.
         tasks.set_linger(200)?;
 
@@ -191,6 +196,7 @@ impl Worker {
                 info,
                 tasks,
                 results,
+                monitors,
             },
             config,
             wake,
@@ -226,6 +232,7 @@ impl Worker {
             Instant::now(),
         );
         let pump = Pump {
+            config: &config,
             io: &io,
             wake: &wake,
             chunk_tx: &chunk_tx,
@@ -254,11 +261,14 @@ struct Io {
     info: WorkerInfo,
     tasks: zmq::Socket,
     results: zmq::Socket,
+    /// Failed handshakes of `tasks` and `results`.
+    monitors: [zmq::Socket; 2],
 }
 
 /// The worker's run loop: receive from both peers and the executor, decode, hand to the
 /// flow state, carry out what it says. No send here ever waits.
 struct Pump<'a> {
+    config: &'a WorkerConfig,
     io: &'a Io,
     wake: &'a zmq::Socket,
     chunk_tx: &'a mpsc::Sender<Chunk>,
@@ -286,8 +296,26 @@ impl Pump<'_> {
                 self.io.tasks.as_poll_item(zmq::POLLIN),
                 self.wake.as_poll_item(zmq::POLLIN),
                 self.io.results.as_poll_item(zmq::POLLIN),
+                self.io.monitors[0].as_poll_item(zmq::POLLIN),
+                self.io.monitors[1].as_poll_item(zmq::POLLIN),
             ];
             sockets::poll(&mut items, wait.as_millis() as i64, "the worker's sockets")?;
+            for (monitor, (peer, endpoint)) in self.io.monitors.iter().zip([
+                ("ventilator", &self.config.ventilator),
+                ("sink", &self.config.sink),
+            ]) {
+                let refused = crate::auth::failures(monitor)
+                    .into_iter()
+                    .find(|f| *f != crate::auth::Failure::Closed);
+                if let Some(failure) = refused {
+                    anyhow::bail!(crate::auth::refusal_message(
+                        failure,
+                        peer,
+                        endpoint,
+                        &self.config.access
+                    ));
+                }
+            }
             let mut end = None;
             if items[1].is_readable() {
                 while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}

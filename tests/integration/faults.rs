@@ -5,19 +5,6 @@
 use crate::util::{self, Proc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Waits until the results file has at least `n` lines (results the sink made durable).
-fn wait_for_results(path: &std::path::Path, n: usize) {
-    let deadline = Instant::now() + util::PATIENCE;
-    loop {
-        let lines = std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
-        if lines >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "only {lines} results written");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn workers_killed_with_sigkill_lose_no_task() {
     let util::Cluster {
@@ -100,7 +87,7 @@ fn a_killed_sink_resumes_from_its_results_file() {
         &[],
     );
     let path = results.to_str().unwrap();
-    wait_for_results(&results, 100);
+    util::wait_for_lines(&results, 100);
     sink.signal("KILL");
     let (status, _, _) = sink.finish();
     assert!(!status.success());
@@ -137,7 +124,7 @@ fn a_restarted_ventilator_resumes_without_redoing_held_tasks() {
         vent_ep,
         results,
     } = util::Cluster::start(&batch, &["v1", "v2"], &[]);
-    wait_for_results(&results, 60);
+    util::wait_for_lines(&results, 60);
     vent.signal("KILL");
     let _ = vent.finish();
 

@@ -718,7 +718,11 @@ fn m17_connecting_sockets_redial_within_a_quarter_second() {
         "tasks",
         &util::free_endpoint(),
         "--ventilator",
-        None,
+        &conquer::sockets::Caller {
+            identity: None,
+            access: &conquer::auth::Access::default(),
+            user: "worker:test",
+        },
     )
     .unwrap();
     assert!(socket.get_reconnect_ivl_max().unwrap() <= 250);

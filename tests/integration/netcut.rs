@@ -5,95 +5,12 @@
 //! fails rather than skips.
 
 use crate::util::{self, Proc};
-use std::process::Command;
 use std::time::Duration;
-
-/// A namespace and the veth pair into it; removed on drop.
-struct Netns {
-    name: String,
-    outside: String,
-    /// Address of this side of the link, which the namespace reaches us at.
-    host_ip: String,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Netns {
-    fn create() -> Result<Netns, String> {
-        let id = std::process::id() % 10_000;
-        // A /30 of our own inside this sandbox; the octet keeps parallel runs apart.
-        let octet = id % 250 + 1;
-        let ns = Netns {
-            name: format!("cq-netcut-{id}"),
-            outside: format!("cqa{id}"),
-            host_ip: format!("10.231.{octet}.1"),
-        };
-        let inside = format!("cqb{id}");
-        let guest_ip = format!("10.231.{octet}.2/30");
-        ip(&["netns", "add", &ns.name])?;
-        ip(&[
-            "link",
-            "add",
-            &ns.outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &inside,
-        ])?;
-        ip(&["link", "set", &inside, "netns", &ns.name])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", ns.host_ip),
-            "dev",
-            &ns.outside,
-        ])?;
-        ip(&["link", "set", &ns.outside, "up"])?;
-        ip(&["-n", &ns.name, "addr", "add", &guest_ip, "dev", &inside])?;
-        ip(&["-n", &ns.name, "link", "set", &inside, "up"])?;
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    fn link(&self, up: bool) {
-        ip(&["link", "set", &self.outside, if up { "up" } else { "down" }])
-            .expect("changing the link");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.outside]);
-        let _ = ip(&["netns", "del", &self.name]);
-    }
-}
 
 #[test]
 fn a_worker_cut_off_by_the_network_is_declared_gone_and_nothing_is_lost() {
-    let ns = match Netns::create() {
-        Ok(ns) => ns,
-        Err(why) => {
-            if std::env::var("CONQUER_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
-                panic!("CONQUER_REQUIRE_NETNS=1 but no network namespace: {why}");
-            }
-            eprintln!("skipping: cannot make a network namespace ({why}); run as root");
-            return;
-        }
+    let Some(ns) = util::Netns::create_or_skip() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results.jsonl");
@@ -105,6 +22,8 @@ fn a_worker_cut_off_by_the_network_is_declared_gone_and_nothing_is_lost() {
             "sink",
             "--bind",
             "tcp://0.0.0.0:0",
+            // On purpose: this test is about the network, not who may join.
+            "--insecure",
             "--json",
             "--results",
             results.to_str().unwrap(),
@@ -120,6 +39,7 @@ fn a_worker_cut_off_by_the_network_is_declared_gone_and_nothing_is_lost() {
         "ventilator",
         "--bind",
         "tcp://0.0.0.0:0",
+        "--insecure",
         "--wait-workers",
         "2",
         "--tasks",

@@ -417,3 +417,123 @@ impl RawWorker {
         messages
     }
 }
+
+/// A network namespace and the veth pair into it, removed on drop: a second machine for
+/// tests, reaching this one at `host_ip` from `guest_ip`. Needs root and iproute2.
+pub struct Netns {
+    pub name: String,
+    outside: String,
+    /// Address of this side of the link, which the namespace reaches us at.
+    pub host_ip: String,
+    /// The namespace's own address: where its connections come from.
+    pub guest_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+static NETNS_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Netns {
+    /// A namespace, or `None` (the test skips) where none can be made, unless
+    /// CONQUER_REQUIRE_NETNS=1 (as CI sets) makes that a failure.
+    pub fn create_or_skip() -> Option<Netns> {
+        match Netns::create() {
+            Ok(ns) => Some(ns),
+            Err(why) => {
+                if std::env::var("CONQUER_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+                    panic!("CONQUER_REQUIRE_NETNS=1 but no network namespace: {why}");
+                }
+                eprintln!("skipping: cannot make a network namespace ({why}); run as root");
+                None
+            }
+        }
+    }
+
+    fn create() -> Result<Netns, String> {
+        // Distinct per process and per namespace of this process: a /30 of our own.
+        let n = NETNS_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}{n}", std::process::id() % 10_000);
+        let octet = std::process::id() % 250 + 1;
+        let base = (n % 60) * 4;
+        let ns = Netns {
+            name: format!("cq-netns-{id}"),
+            outside: format!("cqa{id}"),
+            host_ip: format!("10.231.{octet}.{}", base + 1),
+            guest_ip: format!("10.231.{octet}.{}", base + 2),
+        };
+        let inside = format!("cqb{id}");
+        ip(&["netns", "add", &ns.name])?;
+        ip(&[
+            "link",
+            "add",
+            &ns.outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inside,
+        ])?;
+        ip(&["link", "set", &inside, "netns", &ns.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.outside,
+        ])?;
+        ip(&["link", "set", &ns.outside, "up"])?;
+        let guest = format!("{}/30", ns.guest_ip);
+        ip(&["-n", &ns.name, "addr", "add", &guest, "dev", &inside])?;
+        ip(&["-n", &ns.name, "link", "set", &inside, "up"])?;
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Takes the link down (packets vanish, nothing closes) or up again.
+    pub fn link(&self, up: bool) {
+        ip(&["link", "set", &self.outside, if up { "up" } else { "down" }])
+            .expect("changing the link");
+    }
+
+    /// A `conquer` process inside the namespace.
+    pub fn conquer(&self, name: &str, args: &[&str]) -> Proc {
+        let binary = binary();
+        let mut full = vec!["netns", "exec", &self.name, binary.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Proc::program(name, "ip", &full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.outside]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Waits until the results file has at least `n` lines (results the sink made durable).
+pub fn wait_for_lines(path: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let lines = std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+        if lines >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {lines} results written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
