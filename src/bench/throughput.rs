@@ -25,7 +25,9 @@ pub(super) fn throughput(
     };
     let workers = 2;
     let batch = Batch::generate(tasks, 0, 0, args.seed)?;
+    let secret = BenchSecret::new()?;
     let mut ours = Vec::new();
+    let mut guarded = Vec::new();
     let mut plain = Vec::new();
     for r in 0..repeat {
         progress.step(format!("throughput ({}/{repeat})", r + 1));
@@ -37,6 +39,20 @@ pub(super) fn throughput(
         )
         .context("throughput run")?;
         ours.push(report.tasks_per_s);
+        progress.done();
+        let ventilator = VentilatorConfig {
+            order: Order::Given,
+            ..VentilatorConfig::local(batch.clone(), Job::default())
+        };
+        let report = local::run(
+            LocalRun {
+                access: secret.access.clone(),
+                ..LocalRun::new(ventilator, sleep_backends(workers))
+            },
+            shutdown,
+        )
+        .context("throughput run with a secret")?;
+        guarded.push(report.tasks_per_s);
         progress.done();
         let elapsed = plain_push_pull(tasks, workers).context("plain PUSH/PULL run")?;
         plain.push(f64::from(tasks) / elapsed.as_secs_f64());
@@ -50,12 +66,54 @@ pub(super) fn throughput(
             tasks_per_s: Spread::of(&ours),
         },
         ThroughputRow {
+            pipeline: "conquer with --secret-file (PLAIN, ZAP)".into(),
+            workers,
+            tasks,
+            tasks_per_s: Spread::of(&guarded),
+        },
+        ThroughputRow {
             pipeline: "plain libzmq PUSH/PULL".into(),
             workers,
             tasks,
             tasks_per_s: Spread::of(&plain),
         },
     ])
+}
+
+/// A secret made for one benchmark run in a private temporary folder, removed after.
+struct BenchSecret {
+    access: crate::auth::Access,
+    dir: std::path::PathBuf,
+}
+
+impl BenchSecret {
+    fn new() -> anyhow::Result<BenchSecret> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "conquer-bench-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // Removed on drop from here on, whatever fails next.
+        let mut made = BenchSecret {
+            access: crate::auth::Access::default(),
+            dir,
+        };
+        let path = made.dir.join("secret");
+        crate::auth::Secret::create(&path, false)?;
+        made.access.secret = Some(crate::auth::Secret::load(&path)?);
+        Ok(made)
+    }
+}
+
+impl Drop for BenchSecret {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The Guide's pipeline stripped to the sockets: PUSH empty tasks to `workers` threads that
