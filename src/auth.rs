@@ -19,8 +19,9 @@ use std::time::Duration;
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 /// The ZAP domain of every guarded socket.
 const DOMAIN: &str = "conquer";
-/// Shortest secret accepted: 128 bits.
-const MIN_SECRET_BYTES: usize = 16;
+/// Shortest secret accepted, in bytes of the file: 32, so that even a hex secret carries
+/// 128 bits (`conquer secret new` writes 64 hex digits, 256 bits).
+const MIN_SECRET_BYTES: usize = 32;
 /// Longest secret: hex-encoded, it must fit PLAIN's 255-byte password.
 const MAX_SECRET_BYTES: usize = 127;
 /// What `conquer secret new` writes: 256 random bits, as hex.
@@ -51,12 +52,17 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     /// Reads the secret in `path`: the file's bytes, trailing whitespace dropped. A file
-    /// that group or others may read or write is refused, as ssh refuses such a key.
+    /// that group or others may read or write, or that another user owns, is refused, as
+    /// ssh refuses such a key. The checks and the read are on one open file.
     pub fn load(path: &Path) -> anyhow::Result<Secret> {
+        use std::io::Read;
         use std::os::unix::fs::MetadataExt;
         let make = format!("make one with `conquer secret new {}`", path.display());
-        let meta = std::fs::metadata(path)
+        let mut file = std::fs::File::open(path)
             .with_context(|| format!("cannot read the secret file {} ({make})", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read the secret file {}", path.display()))?;
         if !meta.is_file() {
             bail!("the secret file {} is not a file ({make})", path.display());
         }
@@ -69,7 +75,20 @@ impl Secret {
                 path.display()
             );
         }
-        let bytes = std::fs::read(path)
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            bail!(
+                "the secret file {} belongs to user {}, not to this user ({me}): give it to the \
+                 user each role runs as (`chown`), mode 0600",
+                path.display(),
+                meta.uid()
+            );
+        }
+        let mut bytes = Vec::with_capacity(256);
+        file.by_ref()
+            .take(4096)
+            .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read the secret file {}", path.display()))?;
         let secret = bytes.trim_ascii_end();
         if secret.len() < MIN_SECRET_BYTES || secret.len() > MAX_SECRET_BYTES {
@@ -87,36 +106,53 @@ impl Secret {
     }
 
     /// Writes a new secret to `path`: 256 bits from the operating system's generator, as
-    /// hex, mode 0600. An existing file is kept unless `force`.
+    /// hex, mode 0600. An existing file is kept unless `force`, which writes a new file
+    /// beside it and renames it over (never writing through an existing file or link).
     pub fn create(path: &Path, force: bool) -> anyhow::Result<()> {
         use rand::TryRngCore;
         use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
+        if !force && std::fs::symlink_metadata(path).is_ok() {
+            bail!(
+                "{} exists; keep it, or pass --force to replace it (every role must then get the \
+                 new one)",
+                path.display()
+            );
+        }
         let mut bytes = [0u8; NEW_SECRET_BYTES];
         rand::rngs::OsRng
             .try_fill_bytes(&mut bytes)
             .map_err(|e| anyhow!("the operating system's random generator failed: {e}"))?;
-        let mut file = std::fs::OpenOptions::new()
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".new-{}", std::process::id()));
+        let fresh = path.with_file_name(name);
+        let written = std::fs::OpenOptions::new()
             .write(true)
-            .create(force)
-            .create_new(!force)
-            .truncate(force)
+            .create_new(true)
             .mode(0o600)
-            .open(path)
-            .map_err(|e| match e.kind() {
+            .open(&fresh)
+            .and_then(|mut file| {
+                writeln!(file, "{}", hex(&bytes))?;
+                file.sync_all()
+            })
+            .and_then(|()| {
+                if force {
+                    std::fs::rename(&fresh, path)
+                } else {
+                    // Never over a file that appeared meanwhile.
+                    std::fs::hard_link(&fresh, path).and_then(|()| std::fs::remove_file(&fresh))
+                }
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(match e.kind() {
                 std::io::ErrorKind::AlreadyExists => anyhow!(
-                    "{} exists; keep it, or pass --force to replace it (every role must then \
-                     get the new one)",
+                    "{} exists; keep it, or pass --force to replace it",
                     path.display()
                 ),
-                _ => anyhow!("cannot create {}: {e}", path.display()),
-            })?;
-        // An existing file replaced with --force keeps its mode otherwise.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
-        writeln!(file, "{}", hex(&bytes))
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+                _ => anyhow!("cannot write {}: {e}", path.display()),
+            });
+        }
         Ok(())
     }
 
@@ -357,11 +393,20 @@ enum Verdict {
     Broken(String),
 }
 
-/// The rules one handler enforces.
-#[derive(Debug, Clone)]
+/// The rules one handler enforces. Printing one never shows the password.
+#[derive(Clone)]
 struct Policy {
     password: Option<String>,
     allow: Vec<Cidr>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("secret", &self.password.is_some())
+            .field("allow", &self.allow)
+            .finish()
+    }
 }
 
 impl Policy {
@@ -441,7 +486,7 @@ impl Policy {
 /// Refusals are counted here and logged with the reason.
 pub struct Gate {
     refused: Arc<AtomicU64>,
-    monitors: mpsc::Sender<(zmq::Socket, String)>,
+    monitors: mpsc::Sender<Watched>,
     plain: bool,
     ctx: zmq::Context,
     stop: Arc<AtomicBool>,
@@ -451,8 +496,8 @@ pub struct Gate {
 }
 
 /// How long dropping a gate waits for its guarded sockets to be closed before it leaves
-/// the handler running on its own (and says so).
-const GATE_DROP_WAIT: Duration = Duration::from_secs(1);
+/// the handler running on its own (and says so): longer than a socket's LINGER.
+const GATE_DROP_WAIT: Duration = Duration::from_millis(crate::sockets::LINGER_MS as u64 + 1000);
 
 static MONITOR_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -497,7 +542,17 @@ impl Gate {
             };
             std::thread::Builder::new()
                 .name(format!("{role}-auth"))
-                .spawn(move || serve(handler, policy, inbox, &refused, &stop, &role))
+                .spawn(move || {
+                    // A handler that dies would leave allowlist-only sockets admitting
+                    // everyone (libzmq fails open without one): end the process instead.
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        serve(handler, policy, inbox, &refused, &stop, &role)
+                    }));
+                    if served.is_err() {
+                        log::error!("the authentication handler panicked; stopping the process");
+                        std::process::abort();
+                    }
+                })
                 .context("cannot start the authentication handler's thread")?
         };
         // The socket was bound above, in this thread: requests queue from now on, so no
@@ -516,13 +571,46 @@ impl Gate {
     /// Guards `socket` (not yet bound): every connection to it goes through this handler,
     /// and its refused handshakes are counted. `what` names it in logs.
     pub fn guard(&self, socket: &zmq::Socket, what: &str) -> anyhow::Result<()> {
+        self.enlist(socket, what, None)
+    }
+
+    /// [`Gate::guard`], for a role that also watches the socket's connections itself:
+    /// libzmq allows one monitor per socket, which is the gate's, so every event it reads
+    /// (connections, disconnections, failed handshakes) is passed on to the PAIR returned.
+    pub fn guard_and_share(&self, socket: &zmq::Socket, what: &str) -> anyhow::Result<zmq::Socket> {
+        let endpoint = monitor_endpoint();
+        let forward = self.ctx.socket(zmq::PAIR)?;
+        forward.set_linger(0)?;
+        forward.bind(&endpoint)?;
+        let shared = self.ctx.socket(zmq::PAIR)?;
+        shared.set_linger(0)?;
+        shared.connect(&endpoint)?;
+        self.enlist(socket, what, Some(forward))?;
+        Ok(shared)
+    }
+
+    fn enlist(
+        &self,
+        socket: &zmq::Socket,
+        what: &str,
+        forward: Option<zmq::Socket>,
+    ) -> anyhow::Result<()> {
         socket
             .set_zap_domain(DOMAIN)
             .and_then(|()| socket.set_plain_server(self.plain))
             .map_err(|e| anyhow!("cannot set up authentication on the {what} socket: {e}"))?;
-        let monitor = watch(&self.ctx, socket)?;
+        let events = if forward.is_some() {
+            WATCHED_EVENTS | SHARED_EVENTS
+        } else {
+            WATCHED_EVENTS
+        };
+        let monitor = watch_events(&self.ctx, socket, events)?;
         self.monitors
-            .send((monitor, what.to_owned()))
+            .send(Watched {
+                monitor,
+                what: what.to_owned(),
+                forward,
+            })
             .map_err(|_| anyhow!("the authentication handler has stopped"))?;
         // Read from now on, so that no refusal waits for the handler's next round.
         let _ = self.wake.send("", zmq::DONTWAIT);
@@ -532,6 +620,12 @@ impl Gate {
     /// Handshakes refused so far on the guarded sockets.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The count behind [`Gate::refused`], to read after the gate is dropped (when every
+    /// event of its closed sockets has been counted).
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.refused.clone()
     }
 }
 
@@ -567,9 +661,22 @@ pub fn monitor_endpoint() -> String {
 
 /// A PAIR socket receiving `socket`'s failed-handshake events.
 pub fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> anyhow::Result<zmq::Socket> {
+    watch_events(ctx, socket, WATCHED_EVENTS)
+}
+
+/// Connections and disconnections too, for a role that counts its peers.
+const SHARED_EVENTS: i32 = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+    | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+    | zmq::SocketEvent::DISCONNECTED as i32;
+
+fn watch_events(
+    ctx: &zmq::Context,
+    socket: &zmq::Socket,
+    events: i32,
+) -> anyhow::Result<zmq::Socket> {
     let endpoint = monitor_endpoint();
     socket
-        .monitor(&endpoint, WATCHED_EVENTS)
+        .monitor(&endpoint, events)
         .map_err(|e| anyhow!("cannot monitor a socket: {e}"))?;
     let pair = ctx
         .socket(zmq::PAIR)
@@ -621,6 +728,26 @@ impl Failure {
     }
 }
 
+/// The first failure on a connecting socket that means its peer will never admit it (its
+/// secret or address refused, or a mechanism mismatch); other handshake errors are logged
+/// and the socket redials.
+pub fn refusal(failures: Vec<Failure>, peer: &str) -> Option<Failure> {
+    let mut refusal = None;
+    for failure in failures {
+        match failure {
+            Failure::Refused(_) | Failure::MechanismMismatch => {
+                refusal.get_or_insert(failure);
+            }
+            Failure::Protocol(code) => log::warn!(
+                "the handshake with the {peer} failed (ZeroMQ protocol error {code:#x}); trying \
+                 again (is it a conquer {peer} of this version?)"
+            ),
+            Failure::Closed => {}
+        }
+    }
+    refusal
+}
+
 /// The failures waiting on a monitor socket, read without blocking.
 pub fn failures(monitor: &zmq::Socket) -> Vec<Failure> {
     let mut out = Vec::new();
@@ -663,8 +790,15 @@ pub fn refusal_message(failure: Failure, peer: &str, endpoint: &str, access: &Ac
 /// What reaches the handler's thread besides ZAP requests: the monitors of newly guarded
 /// sockets, and a nudge to look at them (or at the stop flag).
 struct Inbox {
-    monitors: mpsc::Receiver<(zmq::Socket, String)>,
+    monitors: mpsc::Receiver<Watched>,
     woken: zmq::Socket,
+}
+
+/// A guarded socket's monitor, its name in logs, and where its events are passed on.
+struct Watched {
+    monitor: zmq::Socket,
+    what: String,
+    forward: Option<zmq::Socket>,
 }
 
 fn serve(
@@ -676,7 +810,7 @@ fn serve(
     role: &str,
 ) {
     let mut log = crate::logging::RateLimited::new(10, Duration::from_secs(10));
-    let mut monitors: Vec<(zmq::Socket, String)> = Vec::new();
+    let mut monitors: Vec<Watched> = Vec::new();
     loop {
         while inbox.woken.recv_bytes(zmq::DONTWAIT).is_ok() {}
         // Read before the monitors: a socket guarded just before the stop is seen.
@@ -688,14 +822,14 @@ fn serve(
         let mut items = Vec::with_capacity(monitors.len() + 2);
         items.push(handler.as_poll_item(zmq::POLLIN));
         items.push(inbox.woken.as_poll_item(zmq::POLLIN));
-        items.extend(monitors.iter().map(|(m, _)| m.as_poll_item(zmq::POLLIN)));
+        items.extend(monitors.iter().map(|w| w.monitor.as_poll_item(zmq::POLLIN)));
         match zmq::poll(&mut items, 100) {
             Ok(_) | Err(zmq::Error::EINTR) => {}
             Err(zmq::Error::ETERM) => return,
             Err(e) => {
-                // Nothing can be answered: PLAIN sockets then refuse everyone, loudly.
-                log::error!("the authentication handler stopped: {e}");
-                return;
+                // Unanswered, an allowlist-only socket would admit everyone: stop it all.
+                log::error!("the authentication handler failed ({e}); stopping the process");
+                std::process::abort();
             }
         }
         while let Ok(request) = handler.recv_multipart(zmq::DONTWAIT) {
@@ -709,9 +843,17 @@ fn serve(
                 }
             }
         }
-        monitors.retain(|(monitor, what)| {
+        monitors.retain(|watched| {
+            let what = &watched.what;
             let mut open = true;
-            for failure in failures(monitor) {
+            let mut seen = Vec::new();
+            while let Ok(frames) = watched.monitor.recv_multipart(zmq::DONTWAIT) {
+                seen.extend(event(&frames).and_then(|(e, v)| Failure::of(e, v)));
+                if let Some(forward) = &watched.forward {
+                    let _ = forward.send_multipart(frames, zmq::DONTWAIT);
+                }
+            }
+            for failure in seen {
                 if failure == Failure::Closed {
                     open = false;
                     continue;
@@ -1034,6 +1176,43 @@ mod tests {
         peer.send("in", 0).unwrap();
         let frames = router.recv_multipart(0).unwrap();
         assert_eq!(frames[1], b"in");
+    }
+
+    #[test]
+    fn a_role_that_counts_its_peers_shares_the_gates_monitor() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access {
+            secret: Some(secret_in(dir.path(), "a")),
+            ..Access::default()
+        };
+        let ctx = zmq::Context::new();
+        let gate = Gate::start(&ctx, &access, "ventilator").unwrap().unwrap();
+        let push = ctx.socket(zmq::PUSH).unwrap();
+        push.set_linger(0).unwrap();
+        let shared = gate.guard_and_share(&push, "tasks").unwrap();
+        push.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = push.get_last_endpoint().unwrap().unwrap();
+        let pull = |access: &Access| {
+            let pull = ctx.socket(zmq::PULL).unwrap();
+            pull.set_linger(0).unwrap();
+            access.present(&pull, "worker:w").unwrap();
+            let monitor = watch(&ctx, &pull).unwrap();
+            pull.connect(&endpoint).unwrap();
+            (pull, monitor)
+        };
+        let (_member, _m) = pull(&access);
+        let (_stranger, monitor) = pull(&Access::default());
+        assert_eq!(first_failure(&monitor), Failure::MechanismMismatch);
+        // The role sees the member connect; the gate counts the stranger.
+        let mut connected = false;
+        wait_for("the member's handshake passed on", || {
+            while let Ok(frames) = shared.recv_multipart(zmq::DONTWAIT) {
+                connected |= event(&frames).map(|(e, _)| e)
+                    == Some(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16);
+            }
+            connected
+        });
+        wait_for("the stranger counted", || gate.refused() >= 1);
     }
 
     #[test]

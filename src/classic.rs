@@ -31,10 +31,21 @@ struct Peers {
 }
 
 impl Peers {
+    /// Counts peers from events a gate passes on (see `Gate::guard_and_share`).
+    fn shared(monitor: zmq::Socket) -> Peers {
+        Peers {
+            monitor,
+            connected: 0,
+            failing: 0,
+            failure: None,
+        }
+    }
+
     fn watch(ctx: &zmq::Context, socket: &zmq::Socket) -> anyhow::Result<Peers> {
         let endpoint = crate::auth::monitor_endpoint();
         let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED.to_raw()
             | zmq::SocketEvent::DISCONNECTED.to_raw()
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH.to_raw()
             | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL.to_raw();
         socket
@@ -63,10 +74,18 @@ impl Peers {
                 // the one I/O thread, in order): that is no connected peer leaving.
                 zmq::SocketEvent::DISCONNECTED if self.failing > 0 => self.failing -= 1,
                 zmq::SocketEvent::DISCONNECTED => self.connected = self.connected.saturating_sub(1),
+                // A connection dropped mid-handshake (a port scanner, a peer gone): no peer.
+                zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL => self.failing += 1,
                 _ => {
                     if let Some(failure) = crate::auth::Failure::of(event, value) {
                         self.failing += 1;
-                        self.failure.get_or_insert(failure);
+                        if matches!(
+                            failure,
+                            crate::auth::Failure::Refused(_)
+                                | crate::auth::Failure::MechanismMismatch
+                        ) {
+                            self.failure.get_or_insert(failure);
+                        }
                     }
                 }
             }
@@ -107,20 +126,22 @@ impl ClassicVentilator {
     pub fn bind(ctx: &zmq::Context, config: ClassicVentilatorConfig) -> anyhow::Result<Self> {
         config.access.check_exposure(&config.bind, "--bind")?;
         let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
-        let (tasks, endpoint) = sockets::bind(
-            ctx,
-            zmq::PUSH,
-            "tasks",
-            &config.bind,
-            "--bind",
-            gate.as_ref(),
-        )?;
+        let mut shared = None;
+        let (tasks, endpoint) =
+            sockets::bind_prepared(ctx, zmq::PUSH, "tasks", &config.bind, "--bind", |socket| {
+                if let Some(gate) = &gate {
+                    shared = Some(gate.guard_and_share(socket, "tasks")?);
+                }
+                Ok(())
+            })?;
         // PUSH hands a burst to the first connected worker: queued tasks must survive until
         // slow workers take them, so closing waits longer than for our own sockets.
         tasks.set_linger(30_000)?;
-        // Its own monitor replaces the gate's (libzmq allows one per socket): workers it
-        // refused are logged by the handler, not counted.
-        let peers = Peers::watch(ctx, &tasks)?;
+        // One monitor per socket: a guarded one's is the gate's, which passes events on.
+        let peers = match shared {
+            Some(monitor) => Peers::shared(monitor),
+            None => Peers::watch(ctx, &tasks)?,
+        };
         let caller = sockets::Caller {
             identity: None,
             access: &config.access,

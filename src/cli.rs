@@ -88,7 +88,7 @@ pub enum SecretAction {
         #[arg(long)]
         force: bool,
     },
-    /// Check that FILE is a usable secret: a file only its owner can read, 16 to 127 bytes.
+    /// Check that FILE is a usable secret: a file only its owner can read, 32 to 127 bytes.
     Check {
         /// The secret file.
         file: PathBuf,

@@ -162,11 +162,11 @@ impl Sink {
         );
         // The socket closes before its authentication handler stops: no connection is
         // ever without one.
+        let refused = gate.as_ref().map(crate::auth::Gate::counter);
         drop(socket);
-        let refused = gate.as_ref().map_or(0, crate::auth::Gate::refused);
         drop(gate);
         let mut report = outcome?;
-        report.refused += refused;
+        report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
         Ok(report)
     }
 }

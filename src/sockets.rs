@@ -46,14 +46,28 @@ pub fn bind(
     flag: &str,
     gate: Option<&crate::auth::Gate>,
 ) -> anyhow::Result<(zmq::Socket, String)> {
+    bind_prepared(ctx, kind, role, endpoint, flag, |socket| match gate {
+        Some(gate) => gate.guard(socket, role),
+        None => Ok(()),
+    })
+}
+
+/// [`bind`], with `prepare` run on the socket just before it binds (instead of a gate's
+/// plain guard).
+pub fn bind_prepared(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    role: &str,
+    endpoint: &str,
+    flag: &str,
+    prepare: impl FnOnce(&zmq::Socket) -> anyhow::Result<()>,
+) -> anyhow::Result<(zmq::Socket, String)> {
     let socket = ctx
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
     common_options(&socket)?;
     check_endpoint(endpoint, flag, true)?;
-    if let Some(gate) = gate {
-        gate.guard(&socket, role)?;
-    }
+    prepare(&socket)?;
     // Zero-length ports mean "any free port"; libzmq spells that `*`.
     let endpoint = endpoint
         .strip_suffix(":0")

@@ -240,9 +240,8 @@ impl Ventilator {
                 "the ventilator's sockets",
             )?;
             if items[2].is_readable() {
-                let refused = crate::auth::failures(&self.sink_monitor)
-                    .into_iter()
-                    .find(|f| *f != crate::auth::Failure::Closed);
+                let refused =
+                    crate::auth::refusal(crate::auth::failures(&self.sink_monitor), "sink");
                 if let Some(failure) = refused {
                     bail!(crate::auth::refusal_message(
                         failure,

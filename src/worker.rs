@@ -304,9 +304,7 @@ impl Pump<'_> {
                 ("ventilator", &self.config.ventilator),
                 ("sink", &self.config.sink),
             ]) {
-                let refused = crate::auth::failures(monitor)
-                    .into_iter()
-                    .find(|f| *f != crate::auth::Failure::Closed);
+                let refused = crate::auth::refusal(crate::auth::failures(monitor), peer);
                 if let Some(failure) = refused {
                     anyhow::bail!(crate::auth::refusal_message(
                         failure,

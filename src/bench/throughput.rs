@@ -10,6 +10,9 @@ pub struct ThroughputRow {
     pub workers: u32,
     pub tasks: u32,
     pub tasks_per_s: Spread,
+    /// Against the run without a secret in the same repetition (the runs alternate, so a
+    /// slow spell of the machine hits both): only on the run with one.
+    pub paired_ratio: Option<Spread>,
 }
 
 pub(super) fn throughput(
@@ -58,24 +61,28 @@ pub(super) fn throughput(
         plain.push(f64::from(tasks) / elapsed.as_secs_f64());
         progress.done();
     }
+    let ratios: Vec<f64> = guarded.iter().zip(&ours).map(|(g, o)| g / o).collect();
     Ok(vec![
         ThroughputRow {
             pipeline: "conquer (credit, full protocol)".into(),
             workers,
             tasks,
             tasks_per_s: Spread::of(&ours),
+            paired_ratio: None,
         },
         ThroughputRow {
             pipeline: "conquer with --secret-file (PLAIN, ZAP)".into(),
             workers,
             tasks,
             tasks_per_s: Spread::of(&guarded),
+            paired_ratio: Some(Spread::of(&ratios)),
         },
         ThroughputRow {
             pipeline: "plain libzmq PUSH/PULL".into(),
             workers,
             tasks,
             tasks_per_s: Spread::of(&plain),
+            paired_ratio: None,
         },
     ])
 }
@@ -179,7 +186,13 @@ pub fn plain_push_pull(tasks: u32, workers: u32) -> anyhow::Result<Duration> {
 pub(super) fn table(rows: &[ThroughputRow]) -> Table {
     let mut t = Table::new(
         "Throughput: zero-work tasks on loopback",
-        &["pipeline", "workers>", "tasks>", "tasks/s>"],
+        &[
+            "pipeline",
+            "workers>",
+            "tasks>",
+            "tasks/s>",
+            "÷ same repetition without a secret>",
+        ],
     );
     for row in rows {
         t.row(vec![
@@ -187,6 +200,9 @@ pub(super) fn table(rows: &[ThroughputRow]) -> Table {
             row.workers.to_string(),
             row.tasks.to_string(),
             row.tasks_per_s.cell(0),
+            row.paired_ratio
+                .as_ref()
+                .map_or_else(String::new, |r| r.cell(3)),
         ]);
     }
     t
