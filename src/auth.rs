@@ -156,6 +156,12 @@ impl Secret {
         Ok(())
     }
 
+    /// The bearer token the live view asks for on a bind other machines can reach: the
+    /// secret as hex (what PLAIN presents too).
+    pub fn token(&self) -> &str {
+        &self.password
+    }
+
     /// The file it was read from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -174,6 +180,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     }
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
+}
+
+/// [`same`] for text (bearer tokens).
+pub fn same_text(a: &str, b: &str) -> bool {
+    same(a.as_bytes(), b.as_bytes())
 }
 
 /// An address range for `--allow`: `10.0.0.0/8`, `192.168.1.7` (one host), `fd00::/8`.
@@ -288,6 +299,26 @@ impl Access {
              reach it could take tasks and submit forged results. Make a secret with `conquer \
              secret new FILE` and give every role --secret-file FILE, or admit only some addresses \
              with --allow CIDR, or bind a loopback address; --insecure accepts the risk"
+        )
+    }
+
+    /// The live view's bearer token for `--http ADDR` (`HOST:PORT`): none on loopback; the
+    /// secret elsewhere; without one, protected mode refuses unless `--insecure`.
+    pub fn http_token(&self, addr: &str) -> anyhow::Result<Option<String>> {
+        if is_local(&format!("tcp://{addr}")) {
+            return Ok(None);
+        }
+        if let Some(secret) = &self.secret {
+            return Ok(Some(secret.token().to_owned()));
+        }
+        if self.insecure {
+            log::warn!("--http {addr} serves the live view to anyone who reaches it (--insecure)");
+            return Ok(None);
+        }
+        bail!(
+            "refusing to serve the live view on {addr} (--http) without authentication: give \
+             --secret-file (clients then send it as a bearer token), bind a loopback address, \
+             or pass --insecure"
         )
     }
 

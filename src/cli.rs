@@ -69,6 +69,8 @@ pub enum Command {
     /// Measure how many kernel work units one CPU core does per ms (the `cpu` backend):
     /// pass the figure as --units-per-ms so that sleep's millisecond is one core's.
     Calibrate(CalibrateArgs),
+    /// Print a running ventilator's live view (`--http`) as a table.
+    Status(StatusArgs),
     /// Make or check the shared secret that admits ventilator, workers and sink to each
     /// other (`--secret-file`).
     Secret {
@@ -114,6 +116,43 @@ impl SecretArgs {
                 .transpose()?,
             ..Default::default()
         })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The ventilator's live view, as given to its --http (http://HOST:PORT).
+    #[arg(long, env = "CONQUER_STATUS_URL", value_name = "URL")]
+    pub http: String,
+    /// Refresh every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the JSON instead of a table.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+/// The live view.
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Serve a live page (`/`), Prometheus metrics (`/metrics`) and the status as JSON
+    /// (`/api/status`) on HOST:PORT, e.g. 127.0.0.1:8080. A non-loopback address needs
+    /// --secret-file (clients send it as a bearer token) or --insecure.
+    #[arg(long, env = "CONQUER_HTTP", value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Keep serving the final state this many seconds after the batch ends.
+    #[arg(long, default_value_t = 0.0, requires = "http", value_name = "SECONDS")]
+    pub http_linger: f64,
+}
+
+impl HttpArgs {
+    fn linger(&self) -> anyhow::Result<Duration> {
+        if self.http_linger == 0.0 {
+            return Ok(Duration::ZERO);
+        }
+        seconds(self.http_linger, "--http-linger")
     }
 }
 
@@ -345,6 +384,10 @@ pub struct ReportArgs {
     /// Format of --results, overriding the extension.
     #[arg(long, value_enum, requires = "results")]
     pub results_format: Option<ResultsFormat>,
+    /// When the batch completes, write every task to FILE as a Chrome trace (one track per
+    /// worker; open it in Perfetto or chrome://tracing).
+    #[arg(long, env = "CONQUER_TIMELINE", value_name = "FILE.json")]
+    pub timeline: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -380,6 +423,7 @@ impl ReportArgs {
                 )
             }),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            trace: self.timeline.clone(),
             ..SinkConfig::default()
         }
     }
@@ -406,6 +450,8 @@ pub struct RunArgs {
     pub verify: VerifyArgs,
     #[command(flatten)]
     pub secret: SecretArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -449,6 +495,8 @@ pub struct VentilatorArgs {
     pub classic: bool,
     #[command(flatten)]
     pub access: AccessArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -569,6 +617,7 @@ fn role_of(command: Option<&Command>) -> String {
         Some(Command::Man { .. }) => "man".into(),
         Some(Command::Calibrate(_)) => "calibrate".into(),
         Some(Command::Secret { .. }) => "secret".into(),
+        Some(Command::Status(_)) => "status".into(),
     }
 }
 
@@ -645,6 +694,34 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Status(args) => {
+            let access = args.secret.access()?;
+            let token = access.secret.as_ref().map(|s| s.token().to_owned());
+            let base = if args.http.contains("://") {
+                args.http.clone()
+            } else {
+                format!("http://{}", args.http)
+            };
+            loop {
+                let status = crate::status::fetch(&base, token.as_deref())?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&status)?);
+                    return Ok(0);
+                }
+                let table = crate::status::render(&status);
+                if !args.watch {
+                    print!("{table}");
+                    return Ok(0);
+                }
+                // Clear the screen and draw again, as `watch` does.
+                print!("\x1b[H\x1b[2J{table}");
+                std::io::Write::flush(&mut std::io::stdout())?;
+                for _ in 0..10 {
+                    shutdown.check()?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
         Command::Secret { action } => {
             match action {
                 SecretAction::New { file, force } => {
@@ -713,6 +790,8 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         max_window: args.dispatch.max_window,
         backup: args.dispatch.backup()?,
         heartbeat,
+        http: args.http.http.clone(),
+        http_linger: args.http.linger()?,
         ..VentilatorConfig::local(batch, args.batch.job(args.verify.percent()))
     };
     let mut sink = args.report.sink_config(String::new());
@@ -771,6 +850,8 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         announce: true,
         timeline: None,
         access: args.access.access()?,
+        http: args.http.http.clone(),
+        http_linger: args.http.linger()?,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;

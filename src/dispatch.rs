@@ -266,6 +266,11 @@ pub struct WorkerSlot {
 }
 
 impl WorkerSlot {
+    /// When anything was last heard from it.
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen
+    }
+
     fn new(routing_id: Vec<u8>, info: WorkerInfo, now: Instant) -> WorkerSlot {
         WorkerSlot {
             routing_id,
@@ -490,6 +495,21 @@ impl Dispatcher {
 
     pub fn worker(&self, id: WorkerId) -> &WorkerSlot {
         &self.workers[id as usize]
+    }
+
+    /// The worker with this routing id, if it greeted this ventilator.
+    pub fn worker_id(&self, routing_id: &[u8]) -> Option<WorkerId> {
+        self.by_routing_id.get(routing_id).copied()
+    }
+
+    /// Where the batch stands, in a word (for the live view).
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Waiting => "waiting",
+            Phase::Announcing { .. } => "announcing",
+            Phase::Dispatching => "dispatching",
+            Phase::Over => "over",
+        }
     }
 
     pub fn workers(&self) -> &[WorkerSlot] {

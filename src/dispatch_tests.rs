@@ -371,6 +371,7 @@ impl Farm {
             id: task.id,
             status,
             wall_us: task.workload_ms * 1000,
+            kernel_us: 0,
         };
         self.send(
             w,

@@ -438,6 +438,7 @@ impl Flow {
                         id: f.outcome.task.id,
                         status: f.outcome.status,
                         wall_us: f.outcome.wall_us,
+                        kernel_us: f.outcome.kernel_us,
                     })
                     .collect();
                 let delivery = Delivery {

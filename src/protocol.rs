@@ -115,6 +115,8 @@ pub struct Done {
     pub status: Status,
     /// Wall time the task took on the worker, in microseconds.
     pub wall_us: u32,
+    /// Of which on the device (compute backends), in microseconds; 0 for sleep.
+    pub kernel_us: u32,
 }
 
 /// One task's result as the sink receives it.
@@ -304,6 +306,7 @@ impl Message {
                     w.u32(d.id);
                     w.u8(d.status.to_byte());
                     w.u32(d.wall_us);
+                    w.u32(d.kernel_us);
                 }
             }
             Message::Heartbeat { batch } => w.u64(*batch),
@@ -435,13 +438,14 @@ impl Message {
             }
             3 => {
                 let batch = r.u64()?;
-                let n = r.count(9)?;
+                let n = r.count(13)?;
                 let mut done = Vec::with_capacity(n);
                 for _ in 0..n {
                     done.push(Done {
                         id: r.u32()?,
                         status: Status::from_byte(r.u8()?)?,
                         wall_us: r.u32()?,
+                        kernel_us: r.u32()?,
                     });
                 }
                 Message::Done { batch, done }
@@ -788,6 +792,7 @@ mod tests {
                     id: 3,
                     status: Status::Failed,
                     wall_us: 12,
+                    kernel_us: 5,
                 }],
             },
             Message::Heartbeat { batch: 0 },

@@ -42,6 +42,8 @@ pub struct SinkConfig {
     pub timeline: Option<std::sync::Arc<crate::timeline::Timeline>>,
     /// Who may connect to the results socket.
     pub access: crate::auth::Access,
+    /// Write every held task to this file as a Chrome trace when the batch completes.
+    pub trace: Option<PathBuf>,
 }
 
 impl Default for SinkConfig {
@@ -56,6 +58,7 @@ impl Default for SinkConfig {
             progress: false,
             timeline: None,
             access: crate::auth::Access::default(),
+            trace: None,
         }
     }
 }
@@ -152,12 +155,17 @@ impl Sink {
                 .as_ref()
                 .map(|(path, _)| path.display().to_string()),
         };
+        let mut trace = config
+            .trace
+            .as_ref()
+            .map(|_| crate::trace::Trace::default());
         let outcome = collect_batch(
             collect,
             &config,
             &socket,
             file.as_mut(),
             recovered,
+            trace.as_mut(),
             shutdown,
         );
         // The socket closes before its authentication handler stops: no connection is
@@ -167,6 +175,10 @@ impl Sink {
         drop(gate);
         let mut report = outcome?;
         report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
+        if let (Some(trace), Some(path)) = (&trace, &config.trace) {
+            trace.write(path)?;
+            log::info!("timeline written to {}", path.display());
+        }
         Ok(report)
     }
 }
@@ -178,6 +190,7 @@ fn collect_batch(
     socket: &zmq::Socket,
     file: Option<&mut ResultsFile>,
     recovered: Option<RecoveredResults>,
+    trace: Option<&mut crate::trace::Trace>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
     let endpoint = collect.endpoint.clone();
@@ -192,6 +205,7 @@ fn collect_batch(
         socket,
         file,
         config,
+        trace,
         bar: None,
     };
     let outcome = pump.run(&mut c, shutdown);
@@ -211,6 +225,7 @@ struct Pump<'a> {
     socket: &'a zmq::Socket,
     file: Option<&'a mut ResultsFile>,
     config: &'a SinkConfig,
+    trace: Option<&'a mut crate::trace::Trace>,
     bar: Option<indicatif::ProgressBar>,
 }
 
@@ -291,6 +306,9 @@ impl Pump<'_> {
                         backend,
                         results,
                     } => {
+                        if let Some(trace) = self.trace.as_deref_mut() {
+                            trace.record(&worker, &backend, &results, crate::worker::unix_ms());
+                        }
                         for r in &results {
                             if let Some(timeline) = &self.config.timeline {
                                 timeline.held(r.id);

@@ -159,6 +159,8 @@ pub struct Inbound {
     pub peer: Vec<u8>,
     /// The user id its connection authenticated as (with a secret; else empty).
     pub user: String,
+    /// Where its connection comes from, read for greetings only (`Hello`, `Join`).
+    pub address: Option<String>,
     pub message: Result<crate::protocol::Message, String>,
 }
 
@@ -200,13 +202,23 @@ pub fn drain(
         } else {
             Vec::new()
         };
+        let mut address = None;
         let message = match <[zmq::Message; 1]>::try_from(frames) {
-            Ok([payload]) => crate::protocol::Message::decode(&payload).map_err(|e| e.to_string()),
+            Ok([mut payload]) => {
+                let message = crate::protocol::Message::decode(&payload).map_err(|e| e.to_string());
+                if let Ok(crate::protocol::Message::Hello(_) | crate::protocol::Message::Join(_)) =
+                    &message
+                {
+                    address = payload.gets("Peer-Address").map(str::to_owned);
+                }
+                message
+            }
             Err(frames) => Err(format!("{} frames, expected 1", frames.len())),
         };
         each(Inbound {
             peer,
             user,
+            address,
             message,
         })?;
     }

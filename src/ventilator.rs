@@ -56,6 +56,10 @@ pub struct VentilatorConfig {
     pub sink_timeout: Duration,
     /// Who may connect to the tasks socket; the secret presented to the sink.
     pub access: crate::auth::Access,
+    /// Serve the live view (`/`, `/api/status`, `/metrics`) on this `HOST:PORT`.
+    pub http: Option<String>,
+    /// Keep serving it this long after the batch ends, showing the final state.
+    pub http_linger: Duration,
 }
 
 /// How long a ventilator waits for a sink that does not answer during a batch.
@@ -85,6 +89,8 @@ impl VentilatorConfig {
             backup: Backup::default(),
             sink_timeout: DEFAULT_SINK_TIMEOUT,
             access: crate::auth::Access::default(),
+            http: None,
+            http_linger: Duration::ZERO,
         }
     }
 }
@@ -96,6 +102,8 @@ pub struct Ventilator {
     sink_socket: zmq::Socket,
     /// Failed handshakes with the sink: a refusal ends the ventilator with the reason.
     sink_monitor: zmq::Socket,
+    /// The live view, with `--http`.
+    http: Option<crate::http::Server>,
     endpoint: String,
     /// The authentication handler guarding the tasks socket, when there is one. Last:
     /// fields drop in order, and the socket must close before its handler stops.
@@ -144,11 +152,21 @@ impl Ventilator {
         let sink_socket =
             sockets::connect(ctx, zmq::DEALER, "sink", &config.sink, "--sink", &caller)?;
         let sink_monitor = crate::auth::watch(ctx, &sink_socket)?;
+        let http = match &config.http {
+            Some(addr) => {
+                let token = config.access.http_token(addr)?;
+                let server = crate::http::Server::start(addr, token)?;
+                log::info!("live view on http://{}/", server.address());
+                Some(server)
+            }
+            None => None,
+        };
         Ok(Ventilator {
             config,
             tasks_socket,
             sink_socket,
             sink_monitor,
+            http,
             gate,
             endpoint,
         })
@@ -196,7 +214,22 @@ impl Ventilator {
             sink: config.sink.clone(),
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
-        if let Err(e) = self.pump(&mut dispatcher, shutdown) {
+        let mut observer = self
+            .http
+            .as_ref()
+            .map(|_| crate::observe::Observer::new(n, Instant::now()));
+        let outcome = self.pump(&mut dispatcher, &mut observer, shutdown);
+        if let Some(o) = observer.as_mut() {
+            self.publish(o, &dispatcher);
+            if outcome.is_ok() && !self.config.http_linger.is_zero() {
+                // The final state stays up for a look (or a last scrape).
+                let until = Instant::now() + self.config.http_linger;
+                while Instant::now() < until && !shutdown.is_requested() {
+                    std::thread::sleep(MAX_POLL);
+                }
+            }
+        }
+        if let Err(e) = outcome {
             if dispatcher.has_dispatched() {
                 let why = if Interrupted::is(&e) {
                     "interrupted"
@@ -217,12 +250,25 @@ impl Ventilator {
 
     /// The ventilator's run loop: receive, decode, hand to the dispatcher, carry out what
     /// it says; a tick after each round of reads, and at its deadlines.
-    fn pump(&self, dispatcher: &mut Dispatcher, shutdown: &Shutdown) -> anyhow::Result<()> {
+    fn pump(
+        &self,
+        dispatcher: &mut Dispatcher,
+        observer: &mut Option<crate::observe::Observer>,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
         let mut out = Vec::new();
+        let mut next_publish = Instant::now();
         loop {
             dispatcher.handle(Instant::now(), Event::Tick, &mut out);
-            if let Some(end) = self.carry_out(dispatcher, &mut out) {
+            if let Some(end) = self.carry_out(dispatcher, observer, &mut out) {
                 return end;
+            }
+            if let Some(o) = observer.as_mut() {
+                let now = Instant::now();
+                if now >= next_publish {
+                    self.publish(o, dispatcher);
+                    next_publish = now + PUBLISH_EVERY;
+                }
             }
             shutdown.check()?;
             let timeout = dispatcher
@@ -264,6 +310,17 @@ impl Ventilator {
                         }
                         Ok(message)
                     });
+                    let now = Instant::now();
+                    if let (Some(o), Ok(Message::Done { done, .. })) = (observer.as_mut(), &message)
+                    {
+                        if let Some(w) = dispatcher.worker_id(&inbound.peer) {
+                            o.done(now, w, done);
+                        }
+                    }
+                    let greeted = match (&inbound.address, observer.is_some()) {
+                        (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
+                        _ => None,
+                    };
                     let event = match message {
                         Ok(message) => Event::FromWorker {
                             routing_id: inbound.peer,
@@ -274,13 +331,25 @@ impl Ventilator {
                             why,
                         },
                     };
-                    dispatcher.handle(Instant::now(), event, &mut out);
-                    end = end.take().or_else(|| self.carry_out(dispatcher, &mut out));
+                    dispatcher.handle(now, event, &mut out);
+                    if let (Some(o), Some((peer, address))) = (observer.as_mut(), greeted) {
+                        if let Some(w) = dispatcher.worker_id(&peer) {
+                            o.address(w, &address);
+                        }
+                    }
+                    end = end
+                        .take()
+                        .or_else(|| self.carry_out(dispatcher, observer, &mut out));
                     Ok(())
                 })?;
             }
             if items[1].is_readable() {
                 sockets::drain(&self.sink_socket, false, "the sink socket", |inbound| {
+                    if let (Some(o), Ok(Message::Held { ids, .. })) =
+                        (observer.as_mut(), &inbound.message)
+                    {
+                        o.held(Instant::now(), ids);
+                    }
                     let event = match inbound.message {
                         Ok(message) => Event::FromSink(message),
                         Err(why) => Event::Rejected {
@@ -289,7 +358,9 @@ impl Ventilator {
                         },
                     };
                     dispatcher.handle(Instant::now(), event, &mut out);
-                    end = end.take().or_else(|| self.carry_out(dispatcher, &mut out));
+                    end = end
+                        .take()
+                        .or_else(|| self.carry_out(dispatcher, observer, &mut out));
                     Ok(())
                 })?;
             }
@@ -304,6 +375,7 @@ impl Ventilator {
     fn carry_out(
         &self,
         dispatcher: &mut Dispatcher,
+        observer: &mut Option<crate::observe::Observer>,
         out: &mut Vec<Command>,
     ) -> Option<anyhow::Result<()>> {
         let mut end = None;
@@ -331,6 +403,9 @@ impl Ventilator {
                             SendOutcome::Sent => {
                                 if let Some(timeline) = &self.config.timeline {
                                     tasks.iter().for_each(|t| timeline.sent(t.id));
+                                }
+                                if let Some(o) = observer.as_mut() {
+                                    o.sent(Instant::now(), worker, tasks.iter().map(|t| t.id));
                                 }
                             }
                             SendOutcome::Gone => failed.push(Event::Unreachable(worker)),
@@ -367,3 +442,21 @@ impl Ventilator {
 
 /// Longest the pump sleeps in one poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// How often the live view's data is refreshed (`--http`).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+impl Ventilator {
+    /// Hands the live view a fresh status and metrics.
+    fn publish(&self, o: &mut crate::observe::Observer, d: &Dispatcher) {
+        let Some(server) = &self.http else {
+            return;
+        };
+        let now = Instant::now();
+        let status = o.status(now, d, self.config.heartbeat.interval);
+        let metrics = o.metrics(now, &status);
+        match serde_json::to_string(&status) {
+            Ok(json) => server.publish(json, metrics),
+            Err(e) => log::warn!("cannot encode the live view's status: {e}"),
+        }
+    }
+}

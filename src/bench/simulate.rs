@@ -323,6 +323,7 @@ impl Sim {
                         id: task.id,
                         status: Status::Ok,
                         wall_us,
+                        kernel_us: 0,
                     }],
                 };
                 self.after(self.latency, Ev::ToVent(w, done));

@@ -13,3 +13,4 @@ mod mistakes;
 mod netcut;
 mod pipeline;
 mod util;
+mod watch;

@@ -182,6 +182,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
                 id: 1,
                 status: Status::Ok,
                 wall_us: 1,
+                kernel_us: 0,
             }],
         }
         .encode()],

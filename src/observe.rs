@@ -1,0 +1,548 @@
+//! What the live view shows (`--http`): the ventilator's pump feeds an [`Observer`] what
+//! it sends and hears, and publishes a [`FarmStatus`] (the page's and `/api/status`'s
+//! JSON) and the Prometheus text a few times a second. Sans-I/O like the dispatcher: the
+//! caller's clock, no socket, no thread; it costs nothing unless `--http` is given.
+
+use crate::dispatch::{Dispatcher, WorkerId};
+use crate::protocol::{Done, Status};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// How far back the task stream reaches.
+pub const STREAM_WINDOW: Duration = Duration::from_secs(30);
+/// Most bars kept for the stream (a zero-work stream makes millions a second).
+const MAX_BARS: usize = 4096;
+/// A worker that left is dropped from the per-worker metrics after this long.
+const FORGET_GONE_AFTER: Duration = Duration::from_secs(60);
+/// A worker not heard from for this many heartbeat intervals shows as silent.
+const SILENT_BEATS: u32 = 2;
+/// Histogram bucket bounds in seconds: 1 ms to about 2 minutes, doubling.
+const BUCKETS: [f64; 18] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+    8.192, 16.384, 32.768, 65.536, 131.072,
+];
+
+/// A fixed-bucket histogram in seconds, as Prometheus shows one.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    over: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        self.sum += seconds;
+        match BUCKETS.iter().position(|&b| seconds <= b) {
+            Some(i) => self.counts[i] += 1,
+            None => self.over += 1,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum::<u64>() + self.over
+    }
+}
+
+/// One task's bar in the stream.
+#[derive(Debug, Clone, Copy)]
+struct Bar {
+    worker: WorkerId,
+    start: Instant,
+    end: Instant,
+    status: BarStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BarStatus {
+    Ok,
+    Failed,
+    /// Its worker left with it; another worker does it again.
+    Redispatched,
+}
+
+/// What the observer adds to the dispatcher's view of a worker.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    done: u64,
+    failed: u64,
+    busy_us: u64,
+    kernel_us: u64,
+    address: String,
+    /// When it was first seen gone, to drop it from the metrics later.
+    gone_at: Option<Instant>,
+}
+
+/// The live view's state.
+pub struct Observer {
+    start: Instant,
+    /// Per task: who was last sent it (slot + 1; 0 when none holds it) and when (µs since
+    /// `start`, saturating).
+    sent: Vec<(u32, u64)>,
+    bars: VecDeque<Bar>,
+    tallies: Vec<Tally>,
+    latency: Histogram,
+    kernel: Histogram,
+    ok: u64,
+    failed: u64,
+    /// Reports of tasks the ventilator no longer expected from that worker.
+    duplicates: u64,
+}
+
+impl Observer {
+    pub fn new(tasks: usize, now: Instant) -> Observer {
+        Observer {
+            start: now,
+            sent: vec![(0, 0); tasks],
+            bars: VecDeque::new(),
+            tallies: Vec::new(),
+            latency: Histogram::default(),
+            kernel: Histogram::default(),
+            ok: 0,
+            failed: 0,
+            duplicates: 0,
+        }
+    }
+
+    fn tally(&mut self, worker: WorkerId) -> &mut Tally {
+        let w = worker as usize;
+        if self.tallies.len() <= w {
+            self.tallies.resize_with(w + 1, Tally::default);
+        }
+        &mut self.tallies[w]
+    }
+
+    fn micros(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Tasks sent to `worker` at `now`. One still out with another worker (gone, or
+    /// straggling) is a redispatch: the other's attempt becomes a redispatched bar.
+    pub fn sent(&mut self, now: Instant, worker: WorkerId, ids: impl Iterator<Item = u32>) {
+        let at = self.micros(now);
+        for id in ids {
+            let Some(slot) = self.sent.get_mut(id as usize) else {
+                continue;
+            };
+            let before = std::mem::replace(slot, (worker + 1, at));
+            if before.0 != 0 && before.0 != worker + 1 {
+                let start = self.start + Duration::from_micros(before.1);
+                self.bar(Bar {
+                    worker: before.0 - 1,
+                    start,
+                    end: now,
+                    status: BarStatus::Redispatched,
+                });
+            }
+        }
+    }
+
+    /// Where a worker's connection comes from (ZeroMQ's Peer-Address).
+    pub fn address(&mut self, worker: WorkerId, address: &str) {
+        let tally = self.tally(worker);
+        if tally.address != address {
+            tally.address = address.to_owned();
+        }
+    }
+
+    /// A worker reported tasks finished.
+    pub fn done(&mut self, now: Instant, worker: WorkerId, done: &[Done]) {
+        for d in done {
+            let Some(slot) = self.sent.get_mut(d.id as usize) else {
+                continue;
+            };
+            if slot.0 != worker + 1 {
+                self.duplicates += 1;
+                continue;
+            }
+            slot.0 = 0;
+            let status = if d.status == Status::Failed {
+                self.failed += 1;
+                BarStatus::Failed
+            } else {
+                self.ok += 1;
+                BarStatus::Ok
+            };
+            self.kernel.observe(f64::from(d.kernel_us) / 1e6);
+            let tally = self.tally(worker);
+            tally.busy_us += u64::from(d.wall_us);
+            tally.kernel_us += u64::from(d.kernel_us);
+            if status == BarStatus::Failed {
+                tally.failed += 1;
+            } else {
+                tally.done += 1;
+            }
+            let start = now
+                .checked_sub(Duration::from_micros(u64::from(d.wall_us)))
+                .unwrap_or(now);
+            self.bar(Bar {
+                worker,
+                start,
+                end: now,
+                status,
+            });
+        }
+    }
+
+    /// The sink holds these tasks: their latency from first send is known.
+    pub fn held(&mut self, now: Instant, ids: &[u32]) {
+        let at = self.micros(now);
+        for &id in ids {
+            if let Some(&(_, sent)) = self.sent.get(id as usize) {
+                self.latency.observe(at.saturating_sub(sent) as f64 / 1e6);
+            }
+        }
+    }
+
+    fn bar(&mut self, bar: Bar) {
+        if self.bars.len() == MAX_BARS {
+            self.bars.pop_front();
+        }
+        self.bars.push_back(bar);
+    }
+
+    /// Notes workers the dispatcher has declared gone since the last look: the tasks they
+    /// held become redispatched bars.
+    fn notice_losses(&mut self, now: Instant, d: &Dispatcher) {
+        for (w, slot) in d.workers().iter().enumerate() {
+            let w = w as WorkerId;
+            if slot.alive {
+                self.tally(w).gone_at = None;
+                continue;
+            }
+            if self.tally(w).gone_at.is_some() {
+                continue;
+            }
+            self.tally(w).gone_at = Some(now);
+            let mut lost = Vec::new();
+            for (id, entry) in self.sent.iter_mut().enumerate() {
+                if entry.0 == w + 1 {
+                    entry.0 = 0;
+                    lost.push((id, entry.1));
+                }
+            }
+            for (_, at) in lost {
+                let start = self.start + Duration::from_micros(at);
+                self.bar(Bar {
+                    worker: w,
+                    start,
+                    end: now,
+                    status: BarStatus::Redispatched,
+                });
+            }
+        }
+    }
+
+    /// Where the farm stands: the page's and `/api/status`'s data.
+    pub fn status(&mut self, now: Instant, d: &Dispatcher, beat: Duration) -> FarmStatus {
+        self.notice_losses(now, d);
+        let counters = d.counters();
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        let tasks = d.len();
+        let held = counters.held;
+        let pending = d.pending_count();
+        let rate = if elapsed > 0.0 {
+            held as f64 / elapsed
+        } else {
+            0.0
+        };
+        let left = tasks.saturating_sub(held);
+        let eta = (rate > 0.0).then(|| left as f64 / rate);
+        let mut workers = Vec::new();
+        let mut busy_total = 0.0;
+        let mut alive = 0usize;
+        for (w, slot) in d.workers().iter().enumerate() {
+            let tally = self.tallies.get(w).cloned().unwrap_or_default();
+            let silent = now.saturating_duration_since(slot.last_seen()) > beat * SILENT_BEATS;
+            let state = if !slot.alive {
+                "gone"
+            } else if silent {
+                "silent"
+            } else if slot.assigned > 0 {
+                "busy"
+            } else {
+                "ready"
+            };
+            if slot.alive {
+                alive += 1;
+            }
+            let busy_s = tally.busy_us as f64 / 1e6;
+            busy_total += busy_s;
+            workers.push(WorkerStatus {
+                name: slot.info.name.clone(),
+                address: tally.address.clone(),
+                backend: slot.info.backend.clone(),
+                adapter: slot.info.adapter.clone(),
+                state: state.to_owned(),
+                done: tally.done,
+                failed: tally.failed,
+                holding: slot.assigned,
+                busy_share: if elapsed > 0.0 {
+                    (busy_s / elapsed).min(1.0)
+                } else {
+                    0.0
+                },
+                kernel_ms: tally.kernel_us as f64 / 1e3,
+            });
+        }
+        let seen = d.workers().len().max(1) as f64;
+        let horizon = now.checked_sub(STREAM_WINDOW).unwrap_or(self.start);
+        let since = |t: Instant| t.saturating_duration_since(self.start).as_secs_f64();
+        let bars = self
+            .bars
+            .iter()
+            .filter(|b| b.end >= horizon)
+            .map(|b| BarView {
+                worker: b.worker,
+                start_s: since(b.start),
+                end_s: since(b.end),
+                status: b.status,
+            })
+            .collect();
+        FarmStatus {
+            batch: format!("{:016x}", d.batch_id()),
+            phase: d.phase_name().to_owned(),
+            tasks,
+            held,
+            pending,
+            in_flight: tasks.saturating_sub(held).saturating_sub(pending),
+            elapsed_s: elapsed,
+            tasks_per_s: rate,
+            eta_s: eta,
+            efficiency: if elapsed > 0.0 {
+                busy_total / (elapsed * seen)
+            } else {
+                0.0
+            },
+            ok: self.ok,
+            failed: self.failed,
+            duplicates: self.duplicates,
+            redispatched: counters.redispatched,
+            rejected: counters.rejected,
+            refused: counters.refused,
+            backups: counters.backups,
+            alive,
+            workers,
+            now_s: elapsed,
+            window_s: STREAM_WINDOW.as_secs_f64(),
+            bars,
+        }
+    }
+
+    /// The Prometheus text exposition of `status` and the histograms.
+    pub fn metrics(&self, now: Instant, status: &FarmStatus) -> String {
+        let mut m = String::with_capacity(4096);
+        head(
+            &mut m,
+            "conquer_tasks_total",
+            "counter",
+            "Tasks by outcome: held (the sink holds the result), failed (a worker reported a failure; the task went to another).",
+        );
+        let _ = writeln!(m, "conquer_tasks_total{{status=\"held\"}} {}", status.held);
+        let _ = writeln!(
+            m,
+            "conquer_tasks_total{{status=\"failed\"}} {}",
+            status.failed
+        );
+        let single = [
+            (
+                "conquer_redispatched_total",
+                "counter",
+                "Tasks handed to another worker after their first went away or failed.",
+                status.redispatched,
+            ),
+            (
+                "conquer_duplicates_total",
+                "counter",
+                "Reports of tasks the ventilator no longer expected from that worker.",
+                status.duplicates,
+            ),
+            (
+                "conquer_rejected_total",
+                "counter",
+                "Messages dropped by the ventilator as malformed or foreign.",
+                status.rejected,
+            ),
+            (
+                "conquer_refused_total",
+                "counter",
+                "Connections the ventilator refused during the handshake.",
+                status.refused,
+            ),
+            (
+                "conquer_backups_total",
+                "counter",
+                "Backup tasks handed out for stragglers.",
+                status.backups,
+            ),
+            (
+                "conquer_tasks_pending",
+                "gauge",
+                "Tasks waiting to be handed out.",
+                status.pending as u64,
+            ),
+            (
+                "conquer_tasks_in_flight",
+                "gauge",
+                "Tasks handed out and not yet held.",
+                status.in_flight as u64,
+            ),
+            (
+                "conquer_batch_tasks",
+                "gauge",
+                "Tasks in the batch.",
+                status.tasks as u64,
+            ),
+        ];
+        for (name, kind, help, value) in single {
+            head(&mut m, name, kind, help);
+            let _ = writeln!(m, "{name} {value}");
+        }
+        head(&mut m, "conquer_workers", "gauge", "Workers by state.");
+        for state in ["ready", "busy", "silent", "gone"] {
+            let n = status.workers.iter().filter(|w| w.state == state).count();
+            let _ = writeln!(m, "conquer_workers{{state=\"{state}\"}} {n}");
+        }
+        histogram(
+            &mut m,
+            "conquer_task_latency_seconds",
+            "From a task's last send to the sink holding its result.",
+            &self.latency,
+        );
+        histogram(
+            &mut m,
+            "conquer_kernel_seconds",
+            "Device time per task (0 on sleep workers).",
+            &self.kernel,
+        );
+        // Per worker, bounded: those gone for a while are dropped.
+        let shown: Vec<(&WorkerStatus, &Tally)> = status
+            .workers
+            .iter()
+            .zip(&self.tallies)
+            .filter(|(_, t)| {
+                t.gone_at
+                    .is_none_or(|at| now.saturating_duration_since(at) < FORGET_GONE_AFTER)
+            })
+            .collect();
+        let per_worker: [WorkerSeries; 3] = [
+            (
+                "conquer_worker_tasks_total",
+                "Tasks a worker finished.",
+                |t| t.done.to_string(),
+            ),
+            (
+                "conquer_worker_busy_seconds_total",
+                "Wall time a worker spent on tasks.",
+                |t| (t.busy_us as f64 / 1e6).to_string(),
+            ),
+            (
+                "conquer_worker_kernel_seconds_total",
+                "Device time a worker spent on tasks.",
+                |t| (t.kernel_us as f64 / 1e6).to_string(),
+            ),
+        ];
+        for (name, help, value) in per_worker {
+            head(&mut m, name, "counter", help);
+            for (worker, tally) in &shown {
+                let _ = writeln!(
+                    m,
+                    "{name}{{worker=\"{}\",backend=\"{}\",adapter=\"{}\"}} {}",
+                    label(&worker.name),
+                    label(&worker.backend),
+                    label(&worker.adapter),
+                    value(tally)
+                );
+            }
+        }
+        m
+    }
+}
+
+/// A per-worker series: its name, help text, and how to read its value.
+type WorkerSeries = (&'static str, &'static str, fn(&Tally) -> String);
+
+fn head(m: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value escaped as the exposition format asks: backslash, quote, newline.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(m: &mut String, name: &str, help: &str, h: &Histogram) {
+    let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, count) in BUCKETS.iter().zip(h.counts) {
+        cumulative += count;
+        let _ = writeln!(m, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(m, "{name}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(m, "{name}_sum {}", h.sum);
+    let _ = writeln!(m, "{name}_count {}", h.count());
+}
+
+/// The farm as the page and `/api/status` show it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FarmStatus {
+    pub batch: String,
+    pub phase: String,
+    pub tasks: usize,
+    pub held: usize,
+    pub pending: usize,
+    pub in_flight: usize,
+    pub elapsed_s: f64,
+    /// Held tasks per second since the observer started.
+    pub tasks_per_s: f64,
+    /// Seconds left at that rate (absent before the first result).
+    pub eta_s: Option<f64>,
+    /// Busy time of all workers over elapsed × workers seen.
+    pub efficiency: f64,
+    pub ok: u64,
+    pub failed: u64,
+    pub duplicates: u64,
+    pub redispatched: u64,
+    pub rejected: u64,
+    pub refused: u64,
+    pub backups: u64,
+    /// Workers alive now.
+    pub alive: usize,
+    pub workers: Vec<WorkerStatus>,
+    /// The stream's clock: seconds since the observer started.
+    pub now_s: f64,
+    pub window_s: f64,
+    /// Task bars of the last `window_s` seconds; `worker` indexes `workers`.
+    pub bars: Vec<BarView>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    /// Where its connection comes from.
+    pub address: String,
+    pub backend: String,
+    pub adapter: String,
+    /// `ready`, `busy`, `silent` or `gone`.
+    pub state: String,
+    pub done: u64,
+    pub failed: u64,
+    /// Tasks it holds now.
+    pub holding: u32,
+    /// Share of the elapsed time it spent on tasks.
+    pub busy_share: f64,
+    pub kernel_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BarView {
+    pub worker: WorkerId,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub status: BarStatus,
+}

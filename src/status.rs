@@ -1,0 +1,108 @@
+//! `conquer status --http URL`: the ventilator's live view (`/api/status`) as a table in a
+//! terminal, once or refreshing (`--watch`).
+
+use crate::observe::FarmStatus;
+use crate::report::rate;
+use anyhow::{anyhow, Context};
+use std::time::Duration;
+
+/// Fetches the status from `base` (`http://HOST:PORT`), with `token` as a bearer token.
+pub fn fetch(base: &str, token: Option<&str>) -> anyhow::Result<FarmStatus> {
+    let url = format!("{}/api/status", base.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(&url);
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.call().map_err(|e| {
+        anyhow!("cannot reach the live view at {url}: {e} (is the ventilator running with --http?)")
+    })?;
+    let code = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading {url}"))?;
+    match code {
+        200 => {}
+        401 => anyhow::bail!("{url} wants the farm's secret: pass --secret-file"),
+        _ => anyhow::bail!("{url} answered {code}: {}", body.trim()),
+    }
+    if body.trim() == "{}" {
+        anyhow::bail!("{url}: the ventilator has no batch yet; try again in a moment");
+    }
+    serde_json::from_str(&body).with_context(|| format!("{url} did not send a conquer status"))
+}
+
+/// The status as a table.
+pub fn render(s: &FarmStatus) -> String {
+    let mut out = format!(
+        "batch {} ({}): {} of {} held, {} in flight, {} pending; {} tasks/s, ETA {}, efficiency {:.3}\n\
+         ok {}, failed {}, redispatched {}, duplicates {}, rejected {}, refused {}\n\n",
+        s.batch,
+        s.phase,
+        s.held,
+        s.tasks,
+        s.in_flight,
+        s.pending,
+        rate(s.tasks_per_s),
+        match s.eta_s {
+            _ if s.held >= s.tasks => "done".to_owned(),
+            Some(eta) => format!("{eta:.1} s"),
+            None => "unknown".to_owned(),
+        },
+        s.efficiency,
+        s.ok,
+        s.failed,
+        s.redispatched,
+        s.duplicates,
+        s.rejected,
+        s.refused,
+    );
+    out += &format!(
+        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>6} {:>10}\n",
+        "worker", "host", "backend", "adapter", "state", "done", "busy", "kernel s"
+    );
+    for w in &s.workers {
+        out += &format!(
+            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>5.0}% {:>10.2}\n",
+            cut(&w.name, 24),
+            cut(
+                if w.address.is_empty() {
+                    "-"
+                } else {
+                    &w.address
+                },
+                16
+            ),
+            cut(&w.backend, 9),
+            cut(
+                if w.adapter.is_empty() {
+                    "-"
+                } else {
+                    &w.adapter
+                },
+                24
+            ),
+            w.state,
+            w.done,
+            100.0 * w.busy_share,
+            w.kernel_ms / 1e3
+        );
+    }
+    out
+}
+
+fn cut(text: &str, width: usize) -> String {
+    let text = crate::logging::printable(text);
+    if text.chars().count() <= width {
+        text.into_owned()
+    } else {
+        let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
