@@ -630,10 +630,12 @@ impl Gate {
             .set_zap_domain(DOMAIN)
             .and_then(|()| socket.set_plain_server(self.plain))
             .map_err(|e| anyhow!("cannot set up authentication on the {what} socket: {e}"))?;
+        // CLOSED: its listener is gone (the socket is closing), so no connection can
+        // arrive that the handler would have to judge, even while old ones linger.
         let events = if forward.is_some() {
-            WATCHED_EVENTS | SHARED_EVENTS
+            WATCHED_EVENTS | SHARED_EVENTS | zmq::SocketEvent::CLOSED as i32
         } else {
-            WATCHED_EVENTS
+            WATCHED_EVENTS | zmq::SocketEvent::CLOSED as i32
         };
         let monitor = watch_events(&self.ctx, socket, events)?;
         self.monitors
@@ -727,7 +729,8 @@ pub enum Failure {
     MechanismMismatch,
     /// Some other protocol error during the handshake (a stranger speaking something else).
     Protocol(u32),
-    /// The monitored socket closed: nothing more will come.
+    /// The monitored socket closed, or (for a bound one) its listener did: no new
+    /// connection can arrive.
     Closed,
 }
 
@@ -751,7 +754,9 @@ impl Failure {
             } else {
                 Failure::Protocol(value)
             })
-        } else if event == zmq::SocketEvent::MONITOR_STOPPED as u16 {
+        } else if event == zmq::SocketEvent::MONITOR_STOPPED as u16
+            || event == zmq::SocketEvent::CLOSED as u16
+        {
             Some(Failure::Closed)
         } else {
             None
@@ -886,6 +891,7 @@ fn serve(
             }
             for failure in seen {
                 if failure == Failure::Closed {
+                    log::debug!("the {role}'s {what} socket closed");
                     open = false;
                     continue;
                 }

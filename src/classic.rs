@@ -77,7 +77,9 @@ impl Peers {
                 // A connection dropped mid-handshake (a port scanner, a peer gone): no peer.
                 zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL => self.failing += 1,
                 _ => {
-                    if let Some(failure) = crate::auth::Failure::of(event, value) {
+                    let failure = crate::auth::Failure::of(event, value)
+                        .filter(|f| *f != crate::auth::Failure::Closed);
+                    if let Some(failure) = failure {
                         self.failing += 1;
                         if matches!(
                             failure,

@@ -31,6 +31,8 @@ pub struct LocalRun {
     pub join_delays: Vec<std::time::Duration>,
     /// Told the ventilator's tasks endpoint once it is bound (benchmarks that add peers).
     pub tasks_endpoint: Option<std::sync::mpsc::Sender<String>>,
+    /// Told the live view's address once it listens (`ventilator.http`), for scrapers.
+    pub http_endpoint: Option<std::sync::mpsc::Sender<String>>,
     /// The secret every role presents and demands (`--secret-file`); none by default.
     pub access: crate::auth::Access,
 }
@@ -46,6 +48,7 @@ impl LocalRun {
             backends,
             join_delays: Vec::new(),
             tasks_endpoint: None,
+            http_endpoint: None,
             access: crate::auth::Access::default(),
         }
     }
@@ -80,6 +83,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let tasks_endpoint = ventilator.endpoint().to_owned();
     if let Some(tx) = &run.tasks_endpoint {
         let _ = tx.send(tasks_endpoint.clone());
+    }
+    if let (Some(tx), Some(address)) = (&run.http_endpoint, ventilator.http_address()) {
+        let _ = tx.send(address.to_owned());
     }
     let results_endpoint = sink.endpoint().to_owned();
 

@@ -33,10 +33,18 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn observe(&mut self, seconds: f64) {
-        self.sum += seconds;
-        match BUCKETS.iter().position(|&b| seconds <= b) {
-            Some(i) => self.counts[i] += 1,
+    /// Counts one observation of `us` microseconds. The bucket comes from the bit length
+    /// (bounds are 1 ms doubling), not a search: this runs per task.
+    pub fn observe_us(&mut self, us: u64) {
+        self.sum += us as f64 / 1e6;
+        let q = us.saturating_sub(1) / 1000;
+        let i = if q == 0 {
+            0
+        } else {
+            64 - q.leading_zeros() as usize
+        };
+        match self.counts.get_mut(i) {
+            Some(count) => *count += 1,
             None => self.over += 1,
         }
     }
@@ -166,7 +174,7 @@ impl Observer {
                 self.ok += 1;
                 BarStatus::Ok
             };
-            self.kernel.observe(f64::from(d.kernel_us) / 1e6);
+            self.kernel.observe_us(u64::from(d.kernel_us));
             let tally = self.tally(worker);
             tally.busy_us += u64::from(d.wall_us);
             tally.kernel_us += u64::from(d.kernel_us);
@@ -192,7 +200,7 @@ impl Observer {
         let at = self.micros(now);
         for &id in ids {
             if let Some(&(_, sent)) = self.sent.get(id as usize) {
-                self.latency.observe(at.saturating_sub(sent) as f64 / 1e6);
+                self.latency.observe_us(at.saturating_sub(sent));
             }
         }
     }
@@ -545,4 +553,31 @@ pub struct BarView {
     pub start_s: f64,
     pub end_s: f64,
     pub status: BarStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_hold_what_their_bounds_say() {
+        for (us, bucket) in [
+            (0, 0),
+            (1000, 0),
+            (1001, 1),
+            (2000, 1),
+            (2001, 2),
+            (4000, 2),
+            (131_072_000, 17),
+        ] {
+            let mut h = Histogram::default();
+            h.observe_us(us);
+            assert_eq!(h.counts[bucket], 1, "{us} µs");
+            assert!(us as f64 / 1e6 <= BUCKETS[bucket]);
+            assert!(bucket == 0 || us as f64 / 1e6 > BUCKETS[bucket - 1]);
+        }
+        let mut h = Histogram::default();
+        h.observe_us(131_072_001);
+        assert_eq!((h.over, h.count()), (1, 1));
+    }
 }

@@ -177,6 +177,11 @@ impl Ventilator {
         &self.endpoint
     }
 
+    /// Where the live view listens (`--http`, port filled in).
+    pub fn http_address(&self) -> Option<&str> {
+        self.http.as_ref().map(crate::http::Server::address)
+    }
+
     /// Runs the batch until the sink says it holds every result.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Counters> {
         let config = &self.config;

@@ -277,7 +277,7 @@ impl Progress {
             .iter()
             .map(|suite| match suite {
                 Suite::Scaling => (args.workers.len() * args.scaling_backends.len()) as u64 * r,
-                Suite::Throughput => 3 * r,
+                Suite::Throughput => 4 * r,
                 Suite::Backends => args.backends.len() as u64 * r,
                 Suite::Dispatch => 6 * r,
                 Suite::Latency => 3 * r,

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The live page in a real browser. Installs Debian's chromium if it is missing (as root,
+# idempotently), runs a batch with --http, loads the page headless twice mid-batch (the
+# DOM after its script ran), checks from the DOM that every worker appears and that
+# progress advances between the two reads, and saves a screenshot to docs/dashboard.png.
+# Exits non-zero on the first check that fails. Usage: scripts/ui-check.sh [BINARY]
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "ui-check: chromium is missing; run as root to install it, or apt-get install chromium" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+
+bin="${1:-}"
+if [ -z "$bin" ]; then
+  cargo build --quiet --locked
+  bin="$repo/target/debug/conquer"
+fi
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+url="http://127.0.0.1:$port/"
+workers=6
+"$bin" run --workers "$workers" --tasks 600 --min-ms 20 --max-ms 120 --backend sleep \
+  --http "127.0.0.1:$port" --http-linger 30 --json > "$work/report.json" 2> "$work/run.log" &
+pid=$!
+
+# Ready when the status names every worker and results are coming in.
+held() { curl -fsS "${url}api/status" 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s.get("held",0) if len(s.get("workers",[]))=='"$workers"' else 0)' 2>/dev/null || echo 0; }
+for _ in $(seq 1 300); do
+  [ "$(held)" -gt 0 ] && break
+  sleep 0.1
+done
+[ "$(held)" -gt 0 ] || { echo "ui-check: the live view never showed results" >&2; cat "$work/run.log" >&2; exit 1; }
+
+browse() {
+  chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --user-data-dir="$work/profile" --virtual-time-budget=3000 "$@" 2>/dev/null
+}
+dom_held() { python3 -c 'import re,sys; m=re.search(r"id=\"held\">([0-9,]+) /", sys.stdin.read()); print(m.group(1).replace(",","") if m else -1)'; }
+
+browse --dump-dom "$url" > "$work/dom1.html"
+first="$(dom_held < "$work/dom1.html")"
+# The second read after the batch has moved on (the status, not a fixed pause, decides).
+target=$(( $(held) + 20 ))
+for _ in $(seq 1 300); do
+  [ "$(held)" -ge "$target" ] && break
+  sleep 0.1
+done
+browse --dump-dom "$url" > "$work/dom2.html"
+second="$(dom_held < "$work/dom2.html")"
+for n in $(seq 1 "$workers"); do
+  grep -q "data-worker=\"worker-$n\"" "$work/dom2.html" || {
+    echo "ui-check: worker-$n is missing from the page" >&2; exit 1; }
+done
+if [ "$first" -lt 0 ] || [ "$second" -le "$first" ]; then
+  echo "ui-check: progress did not advance on the page ($first, then $second)" >&2
+  exit 1
+fi
+browse --hide-scrollbars --window-size=1280,860 --screenshot="$work/dashboard.png" "$url" >/dev/null
+cp "$work/dashboard.png" "$repo/docs/dashboard.png"
+echo "ui-check: the page listed all $workers workers, progress went from $first to $second held; screenshot in docs/dashboard.png"
