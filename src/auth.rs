@@ -182,7 +182,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// [`same`] for text (bearer tokens).
+/// Constant-time equality for text (bearer tokens), as the handler compares passwords.
 pub fn same_text(a: &str, b: &str) -> bool {
     same(a.as_bytes(), b.as_bytes())
 }
