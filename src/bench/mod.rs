@@ -112,6 +112,13 @@ pub struct BenchArgs {
     /// The adapter's peak 32-bit integer throughput in Gop/s, to rate spin against.
     #[arg(long, value_name = "GOPS")]
     pub int_peak_gops: Option<f64>,
+    /// Scaling suite: run every batch with the live view on (`--http`) and a scraper
+    /// reading `/metrics` and `/api/status` every 100 ms, to compare with a run without.
+    #[arg(long)]
+    pub http_scrape: bool,
+    /// Scaling suite: write each run's timeline (a Chrome trace, as `--timeline`) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub timelines: Option<std::path::PathBuf>,
 }
 
 /// Median and spread of repeated measurements.
@@ -372,6 +379,67 @@ pub fn run_traced(
         },
         shutdown,
     )
+}
+
+/// What a benchmark run adds to a plain one.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The live view on, scraped every 100 ms.
+    pub http_scrape: bool,
+    /// Write the run's timeline here.
+    pub timeline: Option<std::path::PathBuf>,
+}
+
+/// Runs one batch of `job` in-process with `extras` and returns the sink's report.
+pub fn run_with(
+    batch: Batch,
+    order: Order,
+    job: Job,
+    backends: Vec<Box<dyn Backend>>,
+    extras: &Extras,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Report> {
+    let ventilator = VentilatorConfig {
+        order,
+        http: extras.http_scrape.then(|| "127.0.0.1:0".to_owned()),
+        ..VentilatorConfig::local(batch, job)
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = extras.http_scrape.then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let Ok(address) = rx.recv() else {
+                return;
+            };
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(1)))
+                .build()
+                .into();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for path in ["metrics", "api/status"] {
+                    let _ = agent.get(&format!("http://{address}/{path}")).call();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    });
+    let report = local::run(
+        LocalRun {
+            sink: SinkConfig {
+                trace: extras.timeline.clone(),
+                ..SinkConfig::default()
+            },
+            http_endpoint: extras.http_scrape.then_some(tx),
+            ..LocalRun::new(ventilator, backends)
+        },
+        shutdown,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        let _ = scraper.join();
+    }
+    report
 }
 
 /// The spin job and backend options the compute suites share.

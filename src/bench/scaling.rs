@@ -24,6 +24,10 @@ pub(super) fn scaling(
     let (tasks, max_ms) = if args.quick { (20, 10) } else { (100, 100) };
     let batch = Batch::generate(tasks, 1, max_ms, args.seed)?;
     let (job, options) = compute_setup(args);
+    if let Some(dir) = &args.timelines {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {} (--timelines)", dir.display()))?;
+    }
     let mut rows = Vec::new();
     for &kind in &args.scaling_backends {
         if kind != BackendKind::Sleep {
@@ -49,8 +53,22 @@ pub(super) fn scaling(
                     .map(|_| crate::backend::build(kind, &options))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 name = backends[0].kind().to_owned();
-                let report = run_job(batch.clone(), Order::LongestFirst, job, backends, shutdown)
-                    .with_context(|| format!("scaling run on {workers} workers"))?;
+                let extras = Extras {
+                    http_scrape: args.http_scrape,
+                    timeline: args
+                        .timelines
+                        .as_ref()
+                        .map(|dir| dir.join(format!("scaling-{name}-{workers}w-{}.json", r + 1))),
+                };
+                let report = run_with(
+                    batch.clone(),
+                    Order::LongestFirst,
+                    job,
+                    backends,
+                    &extras,
+                    shutdown,
+                )
+                .with_context(|| format!("scaling run on {workers} workers"))?;
                 elapsed.push(report.elapsed_ms);
                 efficiency.push(report.efficiency);
                 ideal = report.ideal_ms;

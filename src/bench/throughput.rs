@@ -58,8 +58,19 @@ pub(super) fn throughput(
         .context("throughput run with a secret")?;
         guarded.push(report.tasks_per_s);
         progress.done();
-        let report =
-            scraped_run(&batch, workers, shutdown).context("throughput run with --http")?;
+        let extras = Extras {
+            http_scrape: true,
+            ..Extras::default()
+        };
+        let report = run_with(
+            batch.clone(),
+            Order::Given,
+            Job::default(),
+            sleep_backends(workers),
+            &extras,
+            shutdown,
+        )
+        .context("throughput run with --http")?;
         watched.push(report.tasks_per_s);
         progress.done();
         let elapsed = plain_push_pull(tasks, workers).context("plain PUSH/PULL run")?;
@@ -98,59 +109,6 @@ pub(super) fn throughput(
             paired_ratio: None,
         },
     ])
-}
-
-/// One run with the live view on and a scraper reading `/metrics` and `/api/status`
-/// every 100 ms, as Prometheus and the page would.
-fn scraped_run(
-    batch: &Batch,
-    workers: u32,
-    shutdown: &Shutdown,
-) -> anyhow::Result<crate::report::Report> {
-    let ventilator = VentilatorConfig {
-        order: Order::Given,
-        http: Some("127.0.0.1:0".into()),
-        ..VentilatorConfig::local(batch.clone(), Job::default())
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let scraper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || -> u64 {
-            let Ok(address) = rx.recv() else {
-                return 0;
-            };
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(1)))
-                .build()
-                .into();
-            let mut scrapes = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for path in ["metrics", "api/status"] {
-                    if agent
-                        .get(&format!("http://{address}/{path}"))
-                        .call()
-                        .is_ok()
-                    {
-                        scrapes += 1;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            scrapes
-        })
-    };
-    let report = local::run(
-        LocalRun {
-            http_endpoint: Some(tx),
-            ..LocalRun::new(ventilator, sleep_backends(workers))
-        },
-        shutdown,
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let scrapes = scraper.join().unwrap_or(0);
-    log::debug!("{scrapes} scrapes of the live view during the run");
-    report
 }
 
 /// A secret made for one benchmark run in a private temporary folder, removed after.
