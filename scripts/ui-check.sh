@@ -2,8 +2,9 @@
 # The live page in a real browser. Installs Debian's chromium if it is missing (as root,
 # idempotently), runs a batch with --http, loads the page headless twice mid-batch (the
 # DOM after its script ran), checks from the DOM that every worker appears and that
-# progress advances between the two reads, and saves a screenshot to docs/dashboard.png.
-# Exits non-zero on the first check that fails. Usage: scripts/ui-check.sh [BINARY]
+# progress advances between the two reads, and saves a screenshot (docs/dashboard.png
+# unless --screenshot PATH). Exits non-zero on the first check that fails.
+# Usage: scripts/ui-check.sh [--screenshot PATH] [BINARY]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -18,6 +19,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get install -y -qq chromium >/dev/null
 fi
 
+shot="$repo/docs/dashboard.png"
+if [ "${1:-}" = "--screenshot" ]; then
+  shot="$2"
+  shift 2
+fi
 bin="${1:-}"
 if [ -z "$bin" ]; then
   cargo build --quiet --locked
@@ -31,12 +37,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-url="http://127.0.0.1:$port/"
 workers=6
-"$bin" run --workers "$workers" --tasks 600 --min-ms 20 --max-ms 120 --backend sleep \
-  --http "127.0.0.1:$port" --http-linger 30 --json > "$work/report.json" 2> "$work/run.log" &
+tasks=1200
+# About 14 s of work: room for two cold browser starts mid-batch.
+"$bin" run --workers "$workers" --tasks "$tasks" --min-ms 20 --max-ms 120 --backend sleep \
+  --http 127.0.0.1:0 --http-linger 30 --json > "$work/report.json" 2> "$work/run.log" &
 pid=$!
+url=""
+for _ in $(seq 1 300); do
+  url="$(sed -n 's/.*live view on \(http:[^ ]*\).*/\1/p' "$work/run.log" | head -1)"
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "ui-check: the run never served its live view" >&2; cat "$work/run.log" >&2; exit 1; }
 
 # Ready when the status names every worker and results are coming in.
 held() { curl -fsS "${url}api/status" 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s.get("held",0) if len(s.get("workers",[]))=='"$workers"' else 0)' 2>/dev/null || echo 0; }
@@ -48,12 +61,20 @@ done
 
 browse() {
   chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
-    --user-data-dir="$work/profile" --virtual-time-budget=3000 "$@" 2>/dev/null
+    --user-data-dir="$work/profile" --virtual-time-budget=3000 "$@" 2>>"$work/chromium.log" || {
+    echo "ui-check: chromium failed; its log:" >&2; tail -20 "$work/chromium.log" >&2; exit 1; }
 }
 dom_held() { python3 -c 'import re,sys; m=re.search(r"id=\"held\">([0-9,]+) /", sys.stdin.read()); print(m.group(1).replace(",","") if m else -1)'; }
 
 browse --dump-dom "$url" > "$work/dom1.html"
 first="$(dom_held < "$work/dom1.html")"
+if [ "$first" -lt 0 ]; then
+  echo "ui-check: the page showed no progress; its DOM:" >&2; head -c 2000 "$work/dom1.html" >&2; exit 1
+fi
+if [ "$first" -ge "$tasks" ]; then
+  echo "ui-check: the batch ended before the second read (the machine is slow?); run again" >&2
+  exit 1
+fi
 # The second read after the batch has moved on (the status, not a fixed pause, decides).
 target=$(( $(held) + 20 ))
 for _ in $(seq 1 300); do
@@ -71,5 +92,5 @@ if [ "$first" -lt 0 ] || [ "$second" -le "$first" ]; then
   exit 1
 fi
 browse --hide-scrollbars --window-size=1280,860 --screenshot="$work/dashboard.png" "$url" >/dev/null
-cp "$work/dashboard.png" "$repo/docs/dashboard.png"
-echo "ui-check: the page listed all $workers workers, progress went from $first to $second held; screenshot in docs/dashboard.png"
+cp "$work/dashboard.png" "$shot"
+echo "ui-check: the page listed all $workers workers, progress went from $first to $second held; screenshot in $shot"

@@ -156,10 +156,15 @@ impl Secret {
         Ok(())
     }
 
-    /// The bearer token the live view asks for on a bind other machines can reach: the
-    /// secret as hex (what PLAIN presents too).
-    pub fn token(&self) -> &str {
-        &self.password
+    /// The bearer token the live view asks for on a bind other machines can reach:
+    /// HMAC-SHA256 of a fixed label under the secret, as hex. It lets a reader see the
+    /// farm without being able to join it.
+    pub fn token(&self) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.password.as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"conquer live view");
+        hex(&mac.finalize().into_bytes())
     }
 
     /// The file it was read from.
@@ -302,14 +307,18 @@ impl Access {
         )
     }
 
-    /// The live view's bearer token for `--http ADDR` (`HOST:PORT`): none on loopback; the
-    /// secret elsewhere; without one, protected mode refuses unless `--insecure`.
+    /// The live view's bearer token for `--http ADDR` (`HOST:PORT`): none on loopback; one
+    /// derived from the secret elsewhere; with only `--allow`, none (the addresses are
+    /// checked); with neither, protected mode refuses unless `--insecure`.
     pub fn http_token(&self, addr: &str) -> anyhow::Result<Option<String>> {
         if is_local(&format!("tcp://{addr}")) {
             return Ok(None);
         }
         if let Some(secret) = &self.secret {
-            return Ok(Some(secret.token().to_owned()));
+            return Ok(Some(secret.token()));
+        }
+        if !self.allow.is_empty() {
+            return Ok(None);
         }
         if self.insecure {
             log::warn!("--http {addr} serves the live view to anyone who reaches it (--insecure)");
@@ -317,8 +326,8 @@ impl Access {
         }
         bail!(
             "refusing to serve the live view on {addr} (--http) without authentication: give \
-             --secret-file (clients then send it as a bearer token), bind a loopback address, \
-             or pass --insecure"
+             --secret-file (clients then send the token `conquer secret token FILE` prints), \
+             or --allow CIDR, bind a loopback address, or pass --insecure"
         )
     }
 

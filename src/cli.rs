@@ -95,6 +95,12 @@ pub enum SecretAction {
         /// The secret file.
         file: PathBuf,
     },
+    /// Print the token the live view (`--http` on a non-loopback address) asks for,
+    /// derived from FILE: it lets a reader see the farm, not join it.
+    Token {
+        /// The secret file.
+        file: PathBuf,
+    },
 }
 
 /// The shared secret a role presents and demands.
@@ -452,6 +458,9 @@ pub struct RunArgs {
     pub secret: SecretArgs,
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Serve --http on an address other machines can reach without --secret-file.
+    #[arg(long, env = "CONQUER_INSECURE", requires = "http")]
+    pub insecure: bool,
 }
 
 #[derive(Args, Debug)]
@@ -736,6 +745,9 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                     crate::auth::Secret::load(&file)?;
                     eprintln!("{} is a usable secret", file.display());
                 }
+                SecretAction::Token { file } => {
+                    println!("{}", crate::auth::Secret::load(&file)?.token());
+                }
             }
             Ok(0)
         }
@@ -756,7 +768,10 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
 }
 
 fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    let access = args.secret.access()?;
+    let access = crate::auth::Access {
+        insecure: args.insecure,
+        ..args.secret.access()?
+    };
     let batch = args.batch.batch()?;
     let options = args.backend.options()?;
     let mut backends = Vec::with_capacity(args.workers as usize);
@@ -814,6 +829,9 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
 
 fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
+    if args.classic && args.http.http.is_some() {
+        bail!("--http needs the credit protocol: classic mode has no live view (drop --classic or --http)");
+    }
     if args.classic {
         let config = crate::classic::ClassicVentilatorConfig {
             bind: args.bind,

@@ -2,21 +2,35 @@
 //! serving what the ventilator's pump last published, so a page load or a scrape never
 //! touches the dispatch loop. `/` is the page (embedded, no CDN), `/api/status` the JSON
 //! and `/metrics` the Prometheus text. A bind other machines can reach asks for
-//! `Authorization: Bearer TOKEN`, the token being the farm's secret (`--secret-file`).
+//! `Authorization: Bearer TOKEN` (or `?token=TOKEN`, for the page), the token derived from
+//! the farm's secret (`conquer secret token F`), and admits only `--allow` addresses when
+//! those are given. Each answer is written by a thread of its own (at most
+//! `MAX_WRITERS`), so a client that never reads stalls nobody.
 
 use anyhow::anyhow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The page: one file, its script and style inline.
 const PAGE: &str = include_str!("../web/dashboard.html");
+/// Answers being written at once; requests beyond are dropped.
+const MAX_WRITERS: usize = 32;
+
+/// Who may read the view.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// Required as a bearer token, when set.
+    pub token: Option<String>,
+    /// Only these addresses, when not empty.
+    pub allow: Vec<crate::auth::Cidr>,
+}
 
 /// What the pump last published.
 #[derive(Default)]
 struct Published {
-    status: String,
-    metrics: String,
+    status: Arc<String>,
+    metrics: Arc<String>,
 }
 
 /// A running endpoint; stops when dropped.
@@ -28,9 +42,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves on `addr` (`HOST:PORT`; port 0 takes a free one). `token`, when given, is
-    /// required as a bearer token on every request.
-    pub fn start(addr: &str, token: Option<String>) -> anyhow::Result<Server> {
+    /// Serves on `addr` (`HOST:PORT`; port 0 takes a free one) to whom `guard` admits.
+    pub fn start(addr: &str, guard: Guard) -> anyhow::Result<Server> {
         let server = tiny_http::Server::http(addr)
             .map_err(|e| anyhow!("cannot serve the live view on {addr} (--http): {e}"))?;
         let address = server
@@ -38,8 +51,8 @@ impl Server {
             .to_ip()
             .map_or_else(|| addr.to_owned(), |a| a.to_string());
         let published = Arc::new(Mutex::new(Published {
-            status: "{}".into(),
-            metrics: String::new(),
+            status: Arc::new("{}".into()),
+            metrics: Arc::new(String::new()),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -47,7 +60,7 @@ impl Server {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("http".into())
-                .spawn(move || serve(&server, &published, &stop, token.as_deref()))
+                .spawn(move || serve(&server, &published, &stop, &guard))
                 .map_err(|e| anyhow!("cannot start the live view's thread: {e}"))?
         };
         Ok(Server {
@@ -63,8 +76,9 @@ impl Server {
         &self.address
     }
 
-    /// Replaces what is served.
+    /// Replaces what is served (the lock is held only to swap two pointers).
     pub fn publish(&self, status: String, metrics: String) {
+        let (status, metrics) = (Arc::new(status), Arc::new(metrics));
         if let Ok(mut p) = self.published.lock() {
             p.status = status;
             p.metrics = metrics;
@@ -85,8 +99,9 @@ fn serve(
     server: &tiny_http::Server,
     published: &Mutex<Published>,
     stop: &AtomicBool,
-    token: Option<&str>,
+    guard: &Guard,
 ) {
+    let writers = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         let request = match server.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(request)) => request,
@@ -96,63 +111,93 @@ fn serve(
                 return;
             }
         };
-        let response = answer(&request, published, token);
-        if let Err(e) = request.respond(response) {
-            log::debug!("answering an HTTP request: {e}");
+        if writers.load(Ordering::Relaxed) >= MAX_WRITERS {
+            continue; // dropped: its connection closes
+        }
+        let response = answer(&request, published, guard);
+        writers.fetch_add(1, Ordering::Relaxed);
+        let writing = writers.clone();
+        let spawned = std::thread::Builder::new()
+            .name("http-write".into())
+            .spawn(move || {
+                if let Err(e) = request.respond(response) {
+                    log::debug!("answering an HTTP request: {e}");
+                }
+                writing.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            writers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
 type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
-fn answer(
-    request: &tiny_http::Request,
-    published: &Mutex<Published>,
-    token: Option<&str>,
-) -> Response {
-    if let Some(token) = token {
-        let expected = format!("Bearer {token}");
-        let presented = request
+fn answer(request: &tiny_http::Request, published: &Mutex<Published>, guard: &Guard) -> Response {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if !guard.allow.is_empty() {
+        let from = request.remote_addr().map(|a| a.ip());
+        if !from.is_some_and(|ip| guard.allow.iter().any(|c| c.contains(ip))) {
+            return text(403, PLAIN, "this address is not in --allow\n");
+        }
+    }
+    if let Some(token) = &guard.token {
+        let header = request
             .headers()
             .iter()
             .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str());
-        if !presented.is_some_and(|p| crate::auth::same_text(p, &expected)) {
-            return text(401, "text/plain; charset=utf-8", "a bearer token is needed (the farm's secret; `conquer status --secret-file F` sends it)\n".into());
+            .and_then(|h| h.value.as_str().strip_prefix("Bearer "));
+        let query = request
+            .url()
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        if !header
+            .or(query)
+            .is_some_and(|p| crate::auth::same_text(p, token))
+        {
+            let mut response = text(
+                401,
+                PLAIN,
+                "a token is needed: `conquer secret token FILE` prints it; send it as \
+                 `Authorization: Bearer TOKEN`, or open /?token=TOKEN (`conquer status \
+                 --secret-file FILE` sends it)\n",
+            );
+            if let Some(h) = header_of("WWW-Authenticate", "Bearer") {
+                response = response.with_header(h);
+            }
+            return response;
         }
     }
     if *request.method() != tiny_http::Method::Get && *request.method() != tiny_http::Method::Head {
-        return text(405, "text/plain; charset=utf-8", "only GET\n".into());
+        return text(405, PLAIN, "only GET\n");
     }
     let path = request.url().split('?').next().unwrap_or("");
-    let Ok(p) = published.lock() else {
-        return text(500, "text/plain; charset=utf-8", "unavailable\n".into());
+    let (status, metrics) = match published.lock() {
+        Ok(p) => (p.status.clone(), p.metrics.clone()),
+        Err(_) => return text(500, PLAIN, "unavailable\n"),
     };
     match path {
-        "/" | "/index.html" => text(200, "text/html; charset=utf-8", PAGE.to_owned()),
-        "/api/status" => text(200, "application/json", p.status.clone()),
-        "/metrics" => text(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            p.metrics.clone(),
-        ),
-        _ => text(
-            404,
-            "text/plain; charset=utf-8",
-            "not found: try /, /api/status or /metrics\n".into(),
-        ),
+        "/" | "/index.html" => text(200, "text/html; charset=utf-8", PAGE),
+        "/api/status" => text(200, "application/json", &status),
+        "/metrics" => text(200, "text/plain; version=0.0.4; charset=utf-8", &metrics),
+        _ => text(404, PLAIN, "not found: try /, /api/status or /metrics\n"),
     }
 }
 
-fn text(code: u16, content_type: &str, body: String) -> Response {
+fn header_of(field: &str, value: &str) -> Option<tiny_http::Header> {
+    tiny_http::Header::from_bytes(field.as_bytes(), value.as_bytes()).ok()
+}
+
+fn text(code: u16, content_type: &str, body: &str) -> Response {
     let mut response = tiny_http::Response::from_string(body).with_status_code(code);
-    for (field, value) in [
-        ("Content-Type", content_type),
-        ("Cache-Control", "no-store"),
-    ] {
-        if let Ok(header) = tiny_http::Header::from_bytes(field.as_bytes(), value.as_bytes()) {
-            response = response.with_header(header);
-        }
+    for h in [
+        header_of("Content-Type", content_type),
+        header_of("Cache-Control", "no-store"),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        response = response.with_header(h);
     }
     response
 }

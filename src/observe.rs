@@ -80,6 +80,8 @@ struct Tally {
     busy_us: u64,
     kernel_us: u64,
     address: String,
+    /// When it was first seen (at a status), for its share of the busy time.
+    seen_at: Option<Instant>,
     /// When it was first seen gone, to drop it from the metrics later.
     gone_at: Option<Instant>,
 }
@@ -94,9 +96,19 @@ pub struct Observer {
     tallies: Vec<Tally>,
     latency: Histogram,
     kernel: Histogram,
+    /// Per task: whether the sink was seen holding it (a restarted sink lists its tasks
+    /// again; they count once).
+    held: Vec<bool>,
+    /// Tasks held, each once: never goes down.
+    held_count: u64,
+    /// Of those, the ones this observer sent (the rate's numerator: a resumed batch's
+    /// earlier results do not make it look faster).
+    held_sent: u64,
+    /// When the first task was sent: the rate's and efficiency's clock.
+    first_sent: Option<Instant>,
     ok: u64,
     failed: u64,
-    /// Reports of tasks the ventilator no longer expected from that worker.
+    /// Reports of tasks that had been handed to another worker since.
     duplicates: u64,
 }
 
@@ -109,6 +121,10 @@ impl Observer {
             tallies: Vec::new(),
             latency: Histogram::default(),
             kernel: Histogram::default(),
+            held: vec![false; tasks],
+            held_count: 0,
+            held_sent: 0,
+            first_sent: None,
             ok: 0,
             failed: 0,
             duplicates: 0,
@@ -127,16 +143,24 @@ impl Observer {
         u64::try_from(now.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Tasks sent to `worker` at `now`. One still out with another worker (gone, or
-    /// straggling) is a redispatch: the other's attempt becomes a redispatched bar.
-    pub fn sent(&mut self, now: Instant, worker: WorkerId, ids: impl Iterator<Item = u32>) {
+    /// Tasks sent to `worker` at `now`. One still out with a worker that is gone is a
+    /// redispatch: that attempt becomes a redispatched bar (a backup, sent while the
+    /// first worker still runs it, is not).
+    pub fn sent(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        ids: impl Iterator<Item = u32>,
+        alive: impl Fn(WorkerId) -> bool,
+    ) {
+        self.first_sent.get_or_insert(now);
         let at = self.micros(now);
         for id in ids {
             let Some(slot) = self.sent.get_mut(id as usize) else {
                 continue;
             };
             let before = std::mem::replace(slot, (worker + 1, at));
-            if before.0 != 0 && before.0 != worker + 1 {
+            if before.0 != 0 && before.0 != worker + 1 && !alive(before.0 - 1) {
                 let start = self.start + Duration::from_micros(before.1);
                 self.bar(Bar {
                     worker: before.0 - 1,
@@ -195,12 +219,21 @@ impl Observer {
         }
     }
 
-    /// The sink holds these tasks: their latency from first send is known.
+    /// The sink holds these tasks. The first time for each: counted, and its latency from
+    /// its last send recorded if this observer sent it.
     pub fn held(&mut self, now: Instant, ids: &[u32]) {
         let at = self.micros(now);
         for &id in ids {
-            if let Some(&(_, sent)) = self.sent.get(id as usize) {
-                self.latency.observe_us(at.saturating_sub(sent));
+            let i = id as usize;
+            if self.held.get(i) != Some(&false) {
+                continue;
+            }
+            self.held[i] = true;
+            self.held_count += 1;
+            // A task this observer never sent (held before a resume) has no latency.
+            if self.sent[i].1 > 0 {
+                self.held_sent += 1;
+                self.latency.observe_us(at.saturating_sub(self.sent[i].1));
             }
         }
     }
@@ -249,11 +282,14 @@ impl Observer {
         self.notice_losses(now, d);
         let counters = d.counters();
         let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        // Rates run from the first task sent, not from the wait for workers.
+        let base = self.first_sent.unwrap_or(now);
+        let working = now.saturating_duration_since(base).as_secs_f64();
         let tasks = d.len();
-        let held = counters.held;
+        let held = usize::try_from(self.held_count).unwrap_or(usize::MAX);
         let pending = d.pending_count();
-        let rate = if elapsed > 0.0 {
-            held as f64 / elapsed
+        let rate = if working > 0.0 {
+            self.held_sent as f64 / working
         } else {
             0.0
         };
@@ -261,9 +297,12 @@ impl Observer {
         let eta = (rate > 0.0).then(|| left as f64 / rate);
         let mut workers = Vec::new();
         let mut busy_total = 0.0;
+        let mut present_total = 0.0;
         let mut alive = 0usize;
         for (w, slot) in d.workers().iter().enumerate() {
-            let tally = self.tallies.get(w).cloned().unwrap_or_default();
+            let tally = self.tally(w as WorkerId);
+            let seen_at = *tally.seen_at.get_or_insert(now);
+            let tally = tally.clone();
             let silent = now.saturating_duration_since(slot.last_seen()) > beat * SILENT_BEATS;
             let state = if !slot.alive {
                 "gone"
@@ -277,8 +316,17 @@ impl Observer {
             if slot.alive {
                 alive += 1;
             }
+            // The time it was there to work: from the first send (or its arrival) to now
+            // (or its loss).
+            let from = seen_at.max(base);
+            let present = tally
+                .gone_at
+                .unwrap_or(now)
+                .saturating_duration_since(from)
+                .as_secs_f64();
             let busy_s = tally.busy_us as f64 / 1e6;
             busy_total += busy_s;
+            present_total += present;
             workers.push(WorkerStatus {
                 name: slot.info.name.clone(),
                 address: tally.address.clone(),
@@ -288,15 +336,14 @@ impl Observer {
                 done: tally.done,
                 failed: tally.failed,
                 holding: slot.assigned,
-                busy_share: if elapsed > 0.0 {
-                    (busy_s / elapsed).min(1.0)
+                busy_share: if present > 0.0 {
+                    (busy_s / present).min(1.0)
                 } else {
                     0.0
                 },
                 kernel_ms: tally.kernel_us as f64 / 1e3,
             });
         }
-        let seen = d.workers().len().max(1) as f64;
         let horizon = now.checked_sub(STREAM_WINDOW).unwrap_or(self.start);
         let since = |t: Instant| t.saturating_duration_since(self.start).as_secs_f64();
         let bars = self
@@ -320,8 +367,8 @@ impl Observer {
             elapsed_s: elapsed,
             tasks_per_s: rate,
             eta_s: eta,
-            efficiency: if elapsed > 0.0 {
-                busy_total / (elapsed * seen)
+            efficiency: if present_total > 0.0 {
+                (busy_total / present_total).min(1.0)
             } else {
                 0.0
             },
@@ -431,10 +478,18 @@ impl Observer {
             .workers
             .iter()
             .zip(&self.tallies)
-            .filter(|(_, t)| {
-                t.gone_at
-                    .is_none_or(|at| now.saturating_duration_since(at) < FORGET_GONE_AFTER)
+            .enumerate()
+            .filter(|(w, (worker, t))| {
+                // A gone worker is dropped after a while, and at once when a worker of the
+                // same name took its place (the series would repeat).
+                let replaced = status.workers[w + 1..]
+                    .iter()
+                    .any(|o| o.name == worker.name);
+                t.gone_at.is_none_or(|at| {
+                    !replaced && now.saturating_duration_since(at) < FORGET_GONE_AFTER
+                })
             })
+            .map(|(_, pair)| pair)
             .collect();
         let per_worker: [WorkerSeries; 3] = [
             (
@@ -506,11 +561,12 @@ pub struct FarmStatus {
     pub pending: usize,
     pub in_flight: usize,
     pub elapsed_s: f64,
-    /// Held tasks per second since the observer started.
+    /// Tasks held per second since the first was sent (only tasks sent in this run).
     pub tasks_per_s: f64,
     /// Seconds left at that rate (absent before the first result).
     pub eta_s: Option<f64>,
-    /// Busy time of all workers over elapsed × workers seen.
+    /// Busy time of all workers over the time each was there to work (since the first
+    /// task was sent, until it left).
     pub efficiency: f64,
     pub ok: u64,
     pub failed: u64,
@@ -542,7 +598,7 @@ pub struct WorkerStatus {
     pub failed: u64,
     /// Tasks it holds now.
     pub holding: u32,
-    /// Share of the elapsed time it spent on tasks.
+    /// Share of the time it was there (since the first send, until it left) spent on tasks.
     pub busy_share: f64,
     pub kernel_ms: f64,
 }
@@ -558,6 +614,56 @@ pub struct BarView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn done(id: u32) -> Done {
+        Done {
+            id,
+            status: Status::Ok,
+            wall_us: 1000,
+            kernel_us: 10,
+        }
+    }
+
+    #[test]
+    fn a_task_is_held_once_however_often_the_sink_says_so() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(4, t0);
+        o.sent(t0 + Duration::from_millis(1), 0, [0, 1].into_iter(), |_| {
+            true
+        });
+        o.held(t0 + Duration::from_millis(5), &[0, 1]);
+        // A restarted sink lists what it holds again; a resumed one, tasks never sent.
+        o.held(t0 + Duration::from_millis(9), &[0, 1, 2]);
+        assert_eq!((o.held_count, o.held_sent), (3, 2));
+        assert_eq!(o.latency.count(), 2);
+        o.held(t0, &[7]); // an id past the batch: ignored
+        assert_eq!(o.held_count, 3);
+    }
+
+    #[test]
+    fn only_a_lost_workers_attempt_shows_as_redispatched() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(2, t0);
+        let t = |ms| t0 + Duration::from_millis(ms);
+        o.sent(t(1), 0, [0, 1].into_iter(), |_| true);
+        // A backup of task 0 while worker 0 still runs it: no redispatched bar.
+        o.sent(t(2), 1, [0].into_iter(), |_| true);
+        assert!(o.bars.iter().all(|b| b.status != BarStatus::Redispatched));
+        // Task 1 handed on after worker 0 was lost: its attempt is redispatched.
+        o.sent(t(3), 1, [1].into_iter(), |w| w != 0);
+        let redispatched: Vec<&Bar> = o
+            .bars
+            .iter()
+            .filter(|b| b.status == BarStatus::Redispatched)
+            .collect();
+        assert_eq!(redispatched.len(), 1);
+        assert_eq!(redispatched[0].worker, 0);
+        // Worker 0's late report of task 0 is a duplicate; worker 1's counts.
+        o.done(t(4), 0, &[done(0)]);
+        o.done(t(5), 1, &[done(0), done(1)]);
+        assert_eq!((o.ok, o.duplicates), (2, 1));
+        assert_eq!(o.tallies[1].done, 2);
+    }
 
     #[test]
     fn buckets_hold_what_their_bounds_say() {

@@ -14,7 +14,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest message any bound socket accepts (ZMQ_MAXMSGSIZE); larger ones are refused by

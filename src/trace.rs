@@ -21,8 +21,9 @@ struct Entry {
 pub struct Trace {
     workers: Vec<(String, String)>,
     by_name: HashMap<String, u32>,
-    /// Per worker: the least (arrival at the sink − end on the worker), in ms.
-    offset_ms: Vec<i64>,
+    /// Per worker: the least (arrival at the sink − end on the worker), in ms (the times
+    /// are the worker's word: wide arithmetic, so no value overflows).
+    offset_ms: Vec<i128>,
     entries: Vec<Entry>,
 }
 
@@ -77,12 +78,12 @@ impl Trace {
                 let id = self.workers.len() as u32;
                 self.workers.push((worker.to_owned(), backend.to_owned()));
                 self.by_name.insert(worker.to_owned(), id);
-                self.offset_ms.push(i64::MAX);
+                self.offset_ms.push(i128::MAX);
                 id
             }
         };
         for r in results {
-            let gap = arrival_unix_ms as i64 - r.finished_unix_ms as i64;
+            let gap = i128::from(arrival_unix_ms) - i128::from(r.finished_unix_ms);
             let offset = &mut self.offset_ms[id as usize];
             *offset = (*offset).min(gap);
             self.entries.push(Entry {
@@ -116,8 +117,8 @@ impl Trace {
             }
             for e in &self.entries {
                 let (worker, backend) = &self.workers[e.worker as usize];
-                let offset = self.offset_ms[e.worker as usize].max(i64::MIN / 2);
-                let end_us = (e.result.finished_unix_ms as i64 + offset) as f64 * 1e3;
+                let offset = self.offset_ms[e.worker as usize];
+                let end_us = (i128::from(e.result.finished_unix_ms) + offset) as f64 * 1e3;
                 let dur = f64::from(e.result.wall_us);
                 let event = Event {
                     name: format!("task {}", e.result.id),

@@ -155,7 +155,11 @@ impl Ventilator {
         let http = match &config.http {
             Some(addr) => {
                 let token = config.access.http_token(addr)?;
-                let server = crate::http::Server::start(addr, token)?;
+                let guard = crate::http::Guard {
+                    token,
+                    allow: config.access.allow.clone(),
+                };
+                let server = crate::http::Server::start(addr, guard)?;
                 log::info!("live view on http://{}/", server.address());
                 Some(server)
             }
@@ -316,9 +320,15 @@ impl Ventilator {
                         Ok(message)
                     });
                     let now = Instant::now();
-                    if let (Some(o), Ok(Message::Done { done, .. })) = (observer.as_mut(), &message)
+                    // Reports the dispatcher believes: this batch's, from a worker not
+                    // declared gone.
+                    if let (Some(o), Ok(Message::Done { batch, done })) =
+                        (observer.as_mut(), &message)
                     {
-                        if let Some(w) = dispatcher.worker_id(&inbound.peer) {
+                        let from = dispatcher
+                            .worker_id(&inbound.peer)
+                            .filter(|&w| dispatcher.worker(w).alive);
+                        if let (Some(w), true) = (from, *batch == dispatcher.batch_id()) {
                             o.done(now, w, done);
                         }
                     }
@@ -410,7 +420,12 @@ impl Ventilator {
                                     tasks.iter().for_each(|t| timeline.sent(t.id));
                                 }
                                 if let Some(o) = observer.as_mut() {
-                                    o.sent(Instant::now(), worker, tasks.iter().map(|t| t.id));
+                                    o.sent(
+                                        Instant::now(),
+                                        worker,
+                                        tasks.iter().map(|t| t.id),
+                                        |w| dispatcher.worker(w).alive,
+                                    );
                                 }
                             }
                             SendOutcome::Gone => failed.push(Event::Unreachable(worker)),

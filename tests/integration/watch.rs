@@ -334,3 +334,83 @@ fn the_live_view_follows_a_batch_and_ends_equal_to_the_report() {
     assert!(tracks.contains("w1") && tracks.contains("w2"), "{tracks:?}");
     drop((vent, workers));
 }
+
+#[test]
+fn a_live_view_other_machines_can_reach_needs_the_token() {
+    // Without a secret or --insecure, a non-loopback --http refuses to start.
+    let (status, _, log) = Proc::start(
+        "open ventilator",
+        &[
+            "ventilator",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--http",
+            "0.0.0.0:0",
+        ],
+    )
+    .finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--http") && log.contains("--insecure"),
+        "{log}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("secret");
+    let key = key.to_str().unwrap();
+    let (made, _, log) = Proc::start("secret", &["secret", "new", key]).finish();
+    assert!(made.success(), "{log}");
+    let (made, token, log) = Proc::start("token", &["secret", "token", key]).finish();
+    assert!(made.success(), "{log}");
+    let token = token.trim().to_owned();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(
+        !std::fs::read_to_string(key).unwrap().contains(&token),
+        "derived, not the secret"
+    );
+
+    let vent = Proc::start(
+        "ventilator",
+        &[
+            "ventilator",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--secret-file",
+            key,
+            "--http",
+            "0.0.0.0:0",
+        ],
+    );
+    let line = vent.wait_for("live view on http://");
+    let port = line
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let code = |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| {
+        request.call().unwrap().status().as_u16()
+    };
+    assert_eq!(code(agent.get(&url)), 401);
+    assert_eq!(
+        code(agent.get(&url).header("Authorization", "Bearer nope")),
+        401
+    );
+    assert_eq!(
+        code(
+            agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {token}"))
+        ),
+        200
+    );
+    assert_eq!(
+        code(agent.get(&format!("http://127.0.0.1:{port}/?token={token}"))),
+        200
+    );
+}
