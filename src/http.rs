@@ -26,10 +26,11 @@ pub struct Guard {
     pub allow: Vec<crate::auth::Cidr>,
 }
 
-/// What the pump last published.
+/// What the pump last published. The status stays a struct: it is turned into JSON by
+/// the thread that answers, not by the dispatch loop.
 #[derive(Default)]
 struct Published {
-    status: Arc<String>,
+    status: Option<Arc<crate::observe::FarmStatus>>,
     metrics: Arc<String>,
 }
 
@@ -50,10 +51,7 @@ impl Server {
             .server_addr()
             .to_ip()
             .map_or_else(|| addr.to_owned(), |a| a.to_string());
-        let published = Arc::new(Mutex::new(Published {
-            status: Arc::new("{}".into()),
-            metrics: Arc::new(String::new()),
-        }));
+        let published = Arc::new(Mutex::new(Published::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let published = published.clone();
@@ -77,10 +75,10 @@ impl Server {
     }
 
     /// Replaces what is served (the lock is held only to swap two pointers).
-    pub fn publish(&self, status: String, metrics: String) {
+    pub fn publish(&self, status: crate::observe::FarmStatus, metrics: String) {
         let (status, metrics) = (Arc::new(status), Arc::new(metrics));
         if let Ok(mut p) = self.published.lock() {
-            p.status = status;
+            p.status = Some(status);
             p.metrics = metrics;
         }
     }
@@ -114,12 +112,19 @@ fn serve(
         if writers.load(Ordering::Relaxed) >= MAX_WRITERS {
             continue; // dropped: its connection closes
         }
-        let response = answer(&request, published, guard);
+        let reply = answer(&request, published, guard);
         writers.fetch_add(1, Ordering::Relaxed);
         let writing = writers.clone();
         let spawned = std::thread::Builder::new()
             .name("http-write".into())
             .spawn(move || {
+                let response = match reply {
+                    Reply::Ready(response) => response,
+                    Reply::Status(status) => match serde_json::to_string(&*status) {
+                        Ok(json) => text(200, "application/json", &json),
+                        Err(e) => text(500, "text/plain; charset=utf-8", &format!("{e}\n")),
+                    },
+                };
                 if let Err(e) = request.respond(response) {
                     log::debug!("answering an HTTP request: {e}");
                 }
@@ -133,12 +138,26 @@ fn serve(
 
 type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
-fn answer(request: &tiny_http::Request, published: &Mutex<Published>, guard: &Guard) -> Response {
+/// An answer, or the status to answer with once turned into JSON.
+enum Reply {
+    Ready(Response),
+    Status(Arc<crate::observe::FarmStatus>),
+}
+
+fn answer(request: &tiny_http::Request, published: &Mutex<Published>, guard: &Guard) -> Reply {
+    match check(request, guard) {
+        Some(refusal) => Reply::Ready(refusal),
+        None => route(request, published),
+    }
+}
+
+/// A refusal, when the request may not be answered.
+fn check(request: &tiny_http::Request, guard: &Guard) -> Option<Response> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if !guard.allow.is_empty() {
         let from = request.remote_addr().map(|a| a.ip());
         if !from.is_some_and(|ip| guard.allow.iter().any(|c| c.contains(ip))) {
-            return text(403, PLAIN, "this address is not in --allow\n");
+            return Some(text(403, PLAIN, "this address is not in --allow\n"));
         }
     }
     if let Some(token) = &guard.token {
@@ -165,23 +184,31 @@ fn answer(request: &tiny_http::Request, published: &Mutex<Published>, guard: &Gu
             if let Some(h) = header_of("WWW-Authenticate", "Bearer") {
                 response = response.with_header(h);
             }
-            return response;
+            return Some(response);
         }
     }
     if *request.method() != tiny_http::Method::Get && *request.method() != tiny_http::Method::Head {
-        return text(405, PLAIN, "only GET\n");
+        return Some(text(405, PLAIN, "only GET\n"));
     }
+    None
+}
+
+fn route(request: &tiny_http::Request, published: &Mutex<Published>) -> Reply {
+    const PLAIN: &str = "text/plain; charset=utf-8";
     let path = request.url().split('?').next().unwrap_or("");
     let (status, metrics) = match published.lock() {
         Ok(p) => (p.status.clone(), p.metrics.clone()),
-        Err(_) => return text(500, PLAIN, "unavailable\n"),
+        Err(_) => return Reply::Ready(text(500, PLAIN, "unavailable\n")),
     };
-    match path {
+    Reply::Ready(match path {
         "/" | "/index.html" => text(200, "text/html; charset=utf-8", PAGE),
-        "/api/status" => text(200, "application/json", &status),
+        "/api/status" => match status {
+            Some(status) => return Reply::Status(status),
+            None => text(200, "application/json", "{}"),
+        },
         "/metrics" => text(200, "text/plain; version=0.0.4; charset=utf-8", &metrics),
         _ => text(404, PLAIN, "not found: try /, /api/status or /metrics\n"),
-    }
+    })
 }
 
 fn header_of(field: &str, value: &str) -> Option<tiny_http::Header> {

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 /// How far back the task stream reaches.
 pub const STREAM_WINDOW: Duration = Duration::from_secs(30);
-/// Most bars kept for the stream (a zero-work stream makes millions a second).
-const MAX_BARS: usize = 4096;
+/// Most bars kept for the stream (a zero-work stream makes millions a second; a lane on
+/// a laptop screen shows about a thousand).
+const MAX_BARS: usize = 2048;
+/// Bars drawn from one report: a worker reports many tasks at once only when they are
+/// short, and then the stream cannot tell them apart (its latest ones stand for them).
+const BARS_PER_REPORT: usize = 32;
 /// A worker that left is dropped from the per-worker metrics after this long.
 const FORGET_GONE_AFTER: Duration = Duration::from_secs(60);
 /// A worker not heard from for this many heartbeat intervals shows as silent.
@@ -114,14 +118,22 @@ pub struct Observer {
 
 impl Observer {
     pub fn new(tasks: usize, now: Instant) -> Observer {
+        // Written here, element by element, so that their pages are touched now and not
+        // one page fault at a time while the batch streams (vec! of zeros maps them lazily).
+        let mut sent = Vec::with_capacity(tasks);
+        sent.resize(tasks, (u32::MAX, 0));
+        sent.fill((0, 0));
+        let mut held = Vec::with_capacity(tasks);
+        held.resize(tasks, true);
+        held.fill(false);
         Observer {
             start: now,
-            sent: vec![(0, 0); tasks],
+            sent,
             bars: VecDeque::new(),
             tallies: Vec::new(),
             latency: Histogram::default(),
             kernel: Histogram::default(),
-            held: vec![false; tasks],
+            held,
             held_count: 0,
             held_sent: 0,
             first_sent: None,
@@ -182,7 +194,11 @@ impl Observer {
 
     /// A worker reported tasks finished.
     pub fn done(&mut self, now: Instant, worker: WorkerId, done: &[Done]) {
-        for d in done {
+        // Runs per report message on the dispatch thread: sums first, one tally update,
+        // and bars only for the tasks the stream can show.
+        let (mut ok, mut failed, mut busy_us, mut kernel_us) = (0u64, 0u64, 0u64, 0u64);
+        let bars_from = done.len().saturating_sub(BARS_PER_REPORT);
+        for (n, d) in done.iter().enumerate() {
             let Some(slot) = self.sent.get_mut(d.id as usize) else {
                 continue;
             };
@@ -192,31 +208,34 @@ impl Observer {
             }
             slot.0 = 0;
             let status = if d.status == Status::Failed {
-                self.failed += 1;
+                failed += 1;
                 BarStatus::Failed
             } else {
-                self.ok += 1;
+                ok += 1;
                 BarStatus::Ok
             };
             self.kernel.observe_us(u64::from(d.kernel_us));
-            let tally = self.tally(worker);
-            tally.busy_us += u64::from(d.wall_us);
-            tally.kernel_us += u64::from(d.kernel_us);
-            if status == BarStatus::Failed {
-                tally.failed += 1;
-            } else {
-                tally.done += 1;
+            busy_us += u64::from(d.wall_us);
+            kernel_us += u64::from(d.kernel_us);
+            if n >= bars_from {
+                let start = now
+                    .checked_sub(Duration::from_micros(u64::from(d.wall_us)))
+                    .unwrap_or(now);
+                self.bar(Bar {
+                    worker,
+                    start,
+                    end: now,
+                    status,
+                });
             }
-            let start = now
-                .checked_sub(Duration::from_micros(u64::from(d.wall_us)))
-                .unwrap_or(now);
-            self.bar(Bar {
-                worker,
-                start,
-                end: now,
-                status,
-            });
         }
+        self.ok += ok;
+        self.failed += failed;
+        let tally = self.tally(worker);
+        tally.done += ok;
+        tally.failed += failed;
+        tally.busy_us += busy_us;
+        tally.kernel_us += kernel_us;
     }
 
     /// The sink holds these tasks. The first time for each: counted, and its latency from
@@ -345,7 +364,10 @@ impl Observer {
             });
         }
         let horizon = now.checked_sub(STREAM_WINDOW).unwrap_or(self.start);
-        let since = |t: Instant| t.saturating_duration_since(self.start).as_secs_f64();
+        // Milliseconds are all a bar can show; rounded, the JSON is half the size.
+        let since = |t: Instant| {
+            (t.saturating_duration_since(self.start).as_secs_f64() * 1e3).round() / 1e3
+        };
         let bars = self
             .bars
             .iter()

@@ -462,8 +462,9 @@ impl Ventilator {
 
 /// Longest the pump sleeps in one poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(100);
-/// How often the live view's data is refreshed (`--http`).
-const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How often the live view's data is refreshed (`--http`): the page reads it twice a
+/// second (the JSON is made by the thread that answers, not here).
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 impl Ventilator {
     /// Hands the live view a fresh status and metrics.
@@ -474,9 +475,6 @@ impl Ventilator {
         let now = Instant::now();
         let status = o.status(now, d, self.config.heartbeat.interval);
         let metrics = o.metrics(now, &status);
-        match serde_json::to_string(&status) {
-            Ok(json) => server.publish(json, metrics),
-            Err(e) => log::warn!("cannot encode the live view's status: {e}"),
-        }
+        server.publish(status, metrics);
     }
 }

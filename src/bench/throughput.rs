@@ -95,7 +95,7 @@ pub(super) fn throughput(
             paired_ratio: Some(Spread::of(&ratios)),
         },
         ThroughputRow {
-            pipeline: "conquer with --http, scraped every 100 ms".into(),
+            pipeline: "conquer with --http: /metrics every 100 ms, the page open".into(),
             workers,
             tasks,
             tasks_per_s: Spread::of(&watched),
