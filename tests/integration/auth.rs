@@ -17,6 +17,21 @@ fn secret(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// Sleep workers with the secret, leaving when the batch is done.
+fn members(names: &[&str], vent_ep: &str, sink_ep: &str, key: &str) -> Vec<Proc> {
+    names
+        .iter()
+        .map(|name| {
+            util::worker(
+                name,
+                vent_ep,
+                sink_ep,
+                &["--secret-file", key, "--exit-when-done"],
+            )
+        })
+        .collect()
+}
+
 /// Waits for a failed handshake on a raw socket's monitor: the peer refused it.
 fn wait_refused(ctx: &zmq::Context, socket: &zmq::Socket, endpoint: &str) {
     let monitor = conquer::auth::watch(ctx, socket).unwrap();
@@ -113,17 +128,7 @@ fn a_peer_without_the_secret_gets_no_task_and_nothing_it_sends_counts() {
         },
     );
 
-    let workers: Vec<Proc> = ["w1", "w2"]
-        .iter()
-        .map(|name| {
-            util::worker(
-                name,
-                &vent_ep,
-                &sink_ep,
-                &["--secret-file", key, "--exit-when-done"],
-            )
-        })
-        .collect();
+    let workers = members(&["w1", "w2"], &vent_ep, &sink_ep, key);
     let r = util::completed(sink, 200, Some(&results));
     let names: Vec<&str> = r["workers"]
         .as_array()
@@ -370,17 +375,7 @@ fn a_killed_sink_resumes_with_the_secret_and_counts_each_task_once() {
             "2",
         ],
     );
-    let workers: Vec<Proc> = ["k1", "k2"]
-        .iter()
-        .map(|name| {
-            util::worker(
-                name,
-                &vent_ep,
-                &sink_ep,
-                &["--secret-file", key, "--exit-when-done"],
-            )
-        })
-        .collect();
+    let workers = members(&["k1", "k2"], &vent_ep, &sink_ep, key);
     util::wait_for_lines(&results, 100);
     sink.signal("KILL");
     let (status, _, _) = sink.finish();
