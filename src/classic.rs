@@ -376,6 +376,11 @@ impl ClassicSink {
             .context("broadcasting KILL")?;
         log::info!("batch complete; KILL sent on {}", self.control_endpoint);
         let tasks = u64::from(received);
+        // Counted once the sockets are closed and the gate has stopped: then every
+        // refusal on them has been read from their monitors.
+        let counter = self.gate.as_ref().map(crate::auth::Gate::counter);
+        drop(self);
+        let refused = counter.map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
         Ok(Report {
             batch: "classic".into(),
             tasks,
@@ -393,7 +398,7 @@ impl ClassicSink {
             duplicates: 0,
             redispatched: 0,
             rejected,
-            refused: self.gate.as_ref().map_or(0, crate::auth::Gate::refused),
+            refused,
             checked: 0,
             verified: 0,
             mismatches: 0,
