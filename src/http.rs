@@ -26,6 +26,24 @@ pub struct Guard {
     pub allow: Vec<crate::auth::Cidr>,
 }
 
+/// Checks `--http ADDR` before anything binds: `HOST:PORT` with a port from 0 to 65535
+/// (0: any free one).
+pub fn check_address(addr: &str) -> anyhow::Result<()> {
+    match addr.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok() =>
+        {
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "--http {addr:?}: expected HOST:PORT with a port from 0 to 65535, e.g. 127.0.0.1:8080"
+        ),
+    }
+}
+
 /// What the pump last published. The status stays a struct: it is turned into JSON by
 /// the thread that answers, not by the dispatch loop.
 #[derive(Default)]
@@ -227,4 +245,26 @@ fn text(code: u16, content_type: &str, body: &str) -> Response {
         response = response.with_header(h);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_are_checked_before_anything_binds() {
+        for good in ["127.0.0.1:8080", "0.0.0.0:0", "[::1]:9000", "localhost:1"] {
+            assert!(super::check_address(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "notaport",
+            "127.0.0.1",
+            ":80",
+            "host:",
+            "host:65536",
+            "host:-1",
+            "h:+8",
+        ] {
+            let e = super::check_address(bad).unwrap_err().to_string();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+    }
 }

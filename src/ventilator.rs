@@ -129,6 +129,14 @@ impl Ventilator {
             );
         }
         config.access.check_exposure(&config.bind, "--bind")?;
+        // The live view's address and access too, before anything binds.
+        let http_token = match &config.http {
+            Some(addr) => {
+                crate::http::check_address(addr)?;
+                config.access.http_token(addr)?
+            }
+            None => None,
+        };
         let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
         let (tasks_socket, endpoint) = sockets::bind(
             ctx,
@@ -154,9 +162,8 @@ impl Ventilator {
         let sink_monitor = crate::auth::watch(ctx, &sink_socket)?;
         let http = match &config.http {
             Some(addr) => {
-                let token = config.access.http_token(addr)?;
                 let guard = crate::http::Guard {
-                    token,
+                    token: http_token.clone(),
                     allow: config.access.allow.clone(),
                 };
                 let server = crate::http::Server::start(addr, guard)?;

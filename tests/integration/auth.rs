@@ -376,25 +376,7 @@ fn a_killed_sink_resumes_with_the_secret_and_counts_each_task_once() {
         ],
     );
     let workers = members(&["k1", "k2"], &vent_ep, &sink_ep, key);
-    util::wait_for_lines(&results, 100);
-    sink.signal("KILL");
-    let (status, _, _) = sink.finish();
-    assert!(!status.success());
-
-    let resumed = Proc::start(
-        "resumed sink",
-        &[
-            "sink",
-            "--bind",
-            &sink_ep,
-            "--json",
-            "--results",
-            path,
-            "--resume",
-            "--secret-file",
-            key,
-        ],
-    );
+    let resumed = util::kill_and_resume_sink(sink, &sink_ep, &results, &["--secret-file", key]);
     util::completed(resumed, 600, Some(&results));
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");

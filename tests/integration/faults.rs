@@ -86,24 +86,7 @@ fn a_killed_sink_resumes_from_its_results_file() {
         &["r1", "r2"],
         &[],
     );
-    let path = results.to_str().unwrap();
-    util::wait_for_lines(&results, 100);
-    sink.signal("KILL");
-    let (status, _, _) = sink.finish();
-    assert!(!status.success());
-
-    let resumed = Proc::start(
-        "resumed sink",
-        &[
-            "sink",
-            "--bind",
-            &sink_ep,
-            "--json",
-            "--results",
-            path,
-            "--resume",
-        ],
-    );
+    let resumed = util::kill_and_resume_sink(sink, &sink_ep, &results, &[]);
     resumed.wait_for("resuming batch");
     util::completed(resumed, 600, Some(&*results));
     let (status, _, log) = vent.finish();

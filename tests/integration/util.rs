@@ -537,3 +537,29 @@ pub fn wait_for_lines(path: &std::path::Path, n: usize) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Once the sink has made 100 results durable, SIGKILLs it and starts another on the same
+/// endpoint resuming its results file (with `extra` flags).
+pub fn kill_and_resume_sink(
+    sink: Proc,
+    endpoint: &str,
+    results: &std::path::Path,
+    extra: &[&str],
+) -> Proc {
+    wait_for_lines(results, 100);
+    sink.signal("KILL");
+    let (status, _, _) = sink.finish();
+    assert!(!status.success(), "a SIGKILLed sink does not exit cleanly");
+    let path = results.to_str().expect("UTF-8 path");
+    let mut args = vec![
+        "sink",
+        "--bind",
+        endpoint,
+        "--json",
+        "--results",
+        path,
+        "--resume",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start("resumed sink", &args)
+}
