@@ -641,11 +641,12 @@ impl Gate {
             .map_err(|e| anyhow!("cannot set up authentication on the {what} socket: {e}"))?;
         // CLOSED: its listener is gone (the socket is closing), so no connection can
         // arrive that the handler would have to judge, even while old ones linger.
-        let events = if forward.is_some() {
-            WATCHED_EVENTS | SHARED_EVENTS | zmq::SocketEvent::CLOSED as i32
-        } else {
-            WATCHED_EVENTS | zmq::SocketEvent::CLOSED as i32
-        };
+        // NO_DETAIL: a peer without the secret often closes first when both sides see
+        // the mechanisms differ, and this side then sees only a connection reset.
+        let events = WATCHED_EVENTS
+            | zmq::SocketEvent::CLOSED as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
+            | if forward.is_some() { SHARED_EVENTS } else { 0 };
         let monitor = watch_events(&self.ctx, socket, events)?;
         self.monitors
             .send(Watched {
@@ -738,6 +739,8 @@ pub enum Failure {
     MechanismMismatch,
     /// Some other protocol error during the handshake (a stranger speaking something else).
     Protocol(u32),
+    /// The connection dropped during the handshake (watched on bound sockets only).
+    Dropped,
     /// The monitored socket closed, or (for a bound one) its listener did: no new
     /// connection can arrive.
     Closed,
@@ -763,6 +766,8 @@ impl Failure {
             } else {
                 Failure::Protocol(value)
             })
+        } else if event == zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16 {
+            Some(Failure::Dropped)
         } else if event == zmq::SocketEvent::MONITOR_STOPPED as u16
             || event == zmq::SocketEvent::CLOSED as u16
         {
@@ -787,7 +792,7 @@ pub fn refusal(failures: Vec<Failure>, peer: &str) -> Option<Failure> {
                 "the handshake with the {peer} failed (ZeroMQ protocol error {code:#x}); trying \
                  again (is it a conquer {peer} of this version?)"
             ),
-            Failure::Closed => {}
+            Failure::Closed | Failure::Dropped => {}
         }
     }
     refusal
@@ -823,6 +828,9 @@ pub fn refusal_message(failure: Failure, peer: &str, endpoint: &str, access: &Ac
              given (made by `conquer secret new`)"
         ),
         Failure::Closed => format!("the connection to the {peer} at {endpoint} closed"),
+        Failure::Dropped => {
+            format!("the connection to the {peer} at {endpoint} dropped during the handshake")
+        }
         Failure::Protocol(code) => format!(
             "the handshake with the {peer} at {endpoint} failed (ZeroMQ protocol error \
              {code:#x}): is it a conquer {peer} of this version?"
@@ -911,6 +919,10 @@ fn serve(
                         Failure::MechanismMismatch => format!(
                             "refused a connection to the {role}'s {what} socket: the peer \
                              presented no secret (libzmq does not say from where)"
+                        ),
+                        Failure::Dropped => format!(
+                            "a connection to the {role}'s {what} socket dropped during the \
+                             handshake (a peer without the secret, or one that hung up)"
                         ),
                         other => {
                             format!("refused a connection to the {role}'s {what} socket: {other:?}")

@@ -49,8 +49,8 @@ pub struct Report {
     pub redispatched: u64,
     /// Messages dropped as malformed or foreign, at the sink and the ventilator.
     pub rejected: u64,
-    /// Connections refused during the handshake (wrong or no secret, address not
-    /// allowed), at the sink and the ventilator.
+    /// Handshakes that failed on a guarded socket (wrong or no secret, address not
+    /// allowed, dropped mid-handshake), at the sink and the ventilator.
     pub refused: u64,
     /// Results compared with the CPU reference (`--verify`, `--verify-sample`).
     pub checked: u64,
