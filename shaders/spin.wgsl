@@ -1,10 +1,10 @@
 // spin.wgsl: compute-bound integer work for one slice of one task (see src/kernels/spin.rs).
 //
-// Bindings (group 0):
-//   binding 0: `params`, uniform, dynamic offset: which task, which slice of its invocations.
-//              One 256-byte-aligned slot per dispatch, so many dispatches share one buffer.
-//   binding 1: `result`, storage read_write, two atomic u32: (wrapping sum, xor) of every
-//              invocation's final value, accumulated across all the task's dispatches.
+// The kernel interface (docs/kernels.md): `params` at binding 0 (one 256-byte-aligned slot
+// per dispatch, selected by a dynamic offset), `input` at binding 1 (unused here), `output`
+// at binding 2. One invocation per item; a task of `w` ms has `w * units_per_ms` items.
+// Output: two atomic u32, the (wrapping sum, xor) of every invocation's final value,
+// accumulated across all the task's dispatches (the buffer starts zeroed).
 // Workgroup size 64: a multiple of the SIMD width of every common GPU (32 or 64) and of CPU
 // adapters' vector lanes; the per-workgroup reduction in shared memory turns 64 atomics into
 // two, so atomics never bound the kernel. Invocations past `count` contribute 0, the identity
@@ -14,11 +14,16 @@ struct Params {
     task_id: u32,
     offset: u32,
     count: u32,
-    _pad: u32,
+    items: u32,
+    input_bytes: u32,
+    output_bytes: u32,
+    _pad0: u32,
+    _pad1: u32,
+    c: array<vec4<u32>, 2>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> result: array<atomic<u32>, 2>;
+@group(0) @binding(2) var<storage, read_write> output: array<atomic<u32>>;
 
 const ROUNDS: u32 = 256u;
 const GOLDEN: u32 = 0x9e3779b9u;
@@ -62,7 +67,7 @@ fn main(
         workgroupBarrier();
     }
     if (lid == 0u) {
-        atomicAdd(&result[0], sums[0]);
-        atomicXor(&result[1], xors[0]);
+        atomicAdd(&output[0], sums[0]);
+        atomicXor(&output[1], xors[0]);
     }
 }

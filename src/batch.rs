@@ -19,7 +19,7 @@ pub const MAX_TASKS: u32 = 50_000_000;
 pub const MAX_LINE_BYTES: usize = 4096;
 
 /// One unit of work: run the batch's kernel for `workload_ms` nominal milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Task {
     /// Index of the task in its batch: `0..task_count`.
     pub id: u32,
@@ -37,6 +37,16 @@ pub struct Job {
     pub units_per_ms: u32,
     /// Percentage of results workers check against the CPU reference (0 none, 100 all).
     pub verify_percent: u8,
+    /// The kernel's constants (`params.c` in WGSL): image geometry for `mandelbrot`, the
+    /// keyspace for `search`, `--constants` for a user kernel (see `kernels`).
+    pub constants: [u32; crate::kernels::CONSTANTS],
+    /// A user kernel's source hash (FNV-1a 64); 0 for the built-in kernels.
+    pub source: u64,
+    /// A user kernel's bytes per item of its input (items = input bytes / this).
+    pub item_bytes: u32,
+    /// A user kernel's output bytes per task; [`crate::kernels::SAME_AS_INPUT`] for as many
+    /// as its input.
+    pub output_bytes: u32,
 }
 
 impl Job {
@@ -57,7 +67,127 @@ impl Default for Job {
             kernel: 0,
             units_per_ms: crate::kernels::spin::DEFAULT_UNITS_PER_MS,
             verify_percent: 0,
+            constants: [0; crate::kernels::CONSTANTS],
+            source: 0,
+            item_bytes: 4,
+            output_bytes: 0,
         }
+    }
+}
+
+/// A user kernel's inputs: one task per file, matched by a glob pattern (`--inputs`).
+/// Files are read when their task is handed out, not before: the ventilator holds names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    /// By task id.
+    pub paths: Vec<std::path::PathBuf>,
+    /// Each file's name (no directory): what its output is named after.
+    pub names: Vec<String>,
+    /// FNV-1a over every file's name, size and modification time: part of the batch id,
+    /// so changed inputs make a new batch.
+    pub digest: u64,
+}
+
+impl Inputs {
+    /// The files `pattern` matches, sorted by path; each at most `max_payload` bytes, names
+    /// unique. Fails naming the pattern, the file, or the flag to change.
+    pub fn find(pattern: &str, max_payload: u64) -> anyhow::Result<Inputs> {
+        let matches = glob::glob(pattern)
+            .with_context(|| format!("--inputs {pattern:?} is not a valid glob pattern"))?;
+        let mut paths = Vec::new();
+        for entry in matches {
+            let path = entry.with_context(|| format!("--inputs {pattern:?}: cannot read a match"))?;
+            if path.is_file() {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        if paths.is_empty() {
+            bail!("--inputs {pattern:?} matches no file (quote the pattern so the shell does not expand it)");
+        }
+        if paths.len() > MAX_TASKS as usize {
+            bail!("--inputs {pattern:?} matches {} files, over the limit of {MAX_TASKS} tasks", paths.len());
+        }
+        let mut names = Vec::with_capacity(paths.len());
+        let mut seen = std::collections::HashMap::new();
+        let mut digest_input = Vec::new();
+        for path in &paths {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("cannot read input {}", path.display()))?;
+            if meta.len() > max_payload {
+                bail!(
+                    "input {} is {} bytes, over --max-payload {max_payload}: raise --max-payload (on \
+                     every role) or split the file",
+                    path.display(),
+                    meta.len()
+                );
+            }
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("input {} has no UTF-8 file name", path.display()))?;
+            if let Some(other) = seen.insert(name.clone(), path.clone()) {
+                bail!(
+                    "inputs {} and {} share the name {name:?}: outputs are named after inputs, so \
+                     names must be unique",
+                    other.display(),
+                    path.display()
+                );
+            }
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as u64);
+            digest_input.extend_from_slice(name.as_bytes());
+            digest_input.extend_from_slice(&meta.len().to_le_bytes());
+            digest_input.extend_from_slice(&modified.to_le_bytes());
+            names.push(name);
+        }
+        Ok(Inputs {
+            paths,
+            names,
+            digest: crate::kernels::fnv1a(&digest_input),
+        })
+    }
+
+    /// The batch of these inputs: one task per file, each task's nominal cost its size in
+    /// 64 KiB units (at least 1), so longest-first hands out the biggest files first.
+    pub fn batch(&self) -> anyhow::Result<Batch> {
+        let tasks = self
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(id, path)| {
+                let len = std::fs::metadata(path)
+                    .with_context(|| format!("cannot read input {}", path.display()))?
+                    .len();
+                Ok(Task {
+                    id: id as u32,
+                    workload_ms: (len.div_ceil(64 * 1024)).clamp(1, u64::from(MAX_WORKLOAD_MS)) as u32,
+                })
+            })
+            .collect::<anyhow::Result<Vec<Task>>>()?;
+        Ok(Batch { tasks })
+    }
+
+    /// Task `id`'s input bytes, checked against `max_payload` again (a file may have grown).
+    pub fn read(&self, id: u32, max_payload: u64) -> anyhow::Result<Vec<u8>> {
+        let path = self
+            .paths
+            .get(id as usize)
+            .ok_or_else(|| anyhow::anyhow!("no input for task {id}"))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+        if bytes.len() as u64 > max_payload {
+            bail!(
+                "input {} grew to {} bytes, over --max-payload {max_payload}",
+                path.display(),
+                bytes.len()
+            );
+        }
+        Ok(bytes)
     }
 }
 
@@ -190,7 +320,28 @@ impl Batch {
         }
         feed(&[job.kernel]);
         feed(&job.units_per_ms.to_le_bytes());
+        // Data kernels: their constants, source and sizes make a different batch. Spin's
+        // ids stay what they were, so a spin batch resumes across this change.
+        if job.kernel != 0 {
+            for c in job.constants {
+                feed(&c.to_le_bytes());
+            }
+            feed(&job.source.to_le_bytes());
+            feed(&job.item_bytes.to_le_bytes());
+            feed(&job.output_bytes.to_le_bytes());
+        }
         hash
+    }
+
+    /// [`Batch::id`] mixed with a digest of the tasks' inputs (a user kernel's files), so
+    /// changed inputs make a different batch and `--resume` never mixes them.
+    pub fn id_with_inputs(&self, job: &Job, inputs_digest: u64) -> u64 {
+        let id = self.id(job);
+        if inputs_digest == 0 {
+            id
+        } else {
+            crate::kernels::fnv1a(&[id.to_le_bytes(), inputs_digest.to_le_bytes()].concat())
+        }
     }
 
     /// Sum of all workloads: the seed's "total expected cost".

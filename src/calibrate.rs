@@ -29,6 +29,7 @@ pub fn measure(kernel: Kernel, round: Duration, rounds: u32) -> anyhow::Result<C
         kernel: kernel.id(),
         units_per_ms: 1,
         verify_percent: 0,
+        ..Job::default()
     };
     // Grow a task until one round takes long enough to time well.
     let mut units: u32 = 1024;
@@ -40,7 +41,7 @@ pub fn measure(kernel: Kernel, round: Duration, rounds: u32) -> anyhow::Result<C
         .into_iter();
         let mut outcome: Option<Outcome> = None;
         let start = Instant::now();
-        backend.run(&job, &mut || tasks.next(), &mut |o| outcome = Some(o));
+        backend.run(&job, &mut || tasks.next().map(crate::backend::Work::from), &mut |o| outcome = Some(o));
         let elapsed = start.elapsed();
         match outcome {
             Some(o) if o.status == crate::protocol::Status::Ok => Ok(elapsed),

@@ -402,6 +402,10 @@ impl ClassicSink {
             checked: 0,
             verified: 0,
             mismatches: 0,
+            compared: 0,
+            differing: 0,
+            outputs: 0,
+            hits: Vec::new(),
             workers: Vec::new(),
         })
     }
@@ -523,7 +527,7 @@ pub fn run_worker(
         let mut status = Status::Failed;
         for attempt in 1..=3 {
             let mut one = Some(task);
-            backend.run(&config.job, &mut || one.take(), &mut |o| status = o.status);
+            backend.run(&config.job, &mut || one.take().map(crate::backend::Work::from), &mut |o| status = o.status);
             if status != Status::Failed {
                 break;
             }

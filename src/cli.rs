@@ -33,6 +33,11 @@ pub struct Cli {
     /// other crates log only when named here or in RUST_LOG.
     #[arg(long, env = "CONQUER_LOG", value_name = "FILTER", global = true)]
     pub log: Option<String>,
+    /// Largest task input or output this process sends or accepts, in bytes (suffixes K, M,
+    /// G: powers of 1024). Every role of a batch needs it at least as large as the biggest
+    /// payload; larger inputs are refused before anything binds.
+    #[arg(long, env = "CONQUER_MAX_PAYLOAD", value_name = "BYTES", global = true, value_parser = parse_bytes)]
+    pub max_payload: Option<u64>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -233,12 +238,77 @@ pub struct BatchArgs {
     /// Order in which tasks are handed out.
     #[arg(long, value_enum, default_value_t = Order::LongestFirst)]
     pub order: Order,
-    /// Kernel every task runs on compute backends.
+    /// Kernel every task runs on compute backends: `spin` (millisecond tasks), or a data
+    /// kernel whose tasks produce outputs (`mandelbrot`, `search`; see docs/kernels.md).
     #[arg(long, value_enum, default_value_t = Kernel::Spin)]
     pub kernel: Kernel,
     /// Kernel work units (spin: shader invocations of 256 hash rounds) per ms of workload.
     #[arg(long, env = "CONQUER_UNITS_PER_MS", default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
     pub units_per_ms: u32,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// Data kernels: the user's WGSL and its inputs, the Mandelbrot image, the search.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Your own WGSL kernel (docs/kernels.md), checked before anything binds; one task per
+    /// --inputs file.
+    #[arg(long, value_name = "FILE.wgsl", conflicts_with = "kernel", requires = "inputs", help_heading = "User kernels")]
+    pub kernel_file: Option<PathBuf>,
+    /// The user kernel's inputs: a glob pattern (quote it), one task per matching file.
+    #[arg(long, value_name = "GLOB", requires = "kernel_file", help_heading = "User kernels")]
+    pub inputs: Option<String>,
+    /// Bytes per item of each input: a task runs one invocation per item.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "User kernels")]
+    pub item_bytes: u32,
+    /// Output bytes per task: `same` (as many as the input), N per task, or N/item.
+    #[arg(long, default_value = "same", value_parser = crate::kernels::parse_output_bytes, help_heading = "User kernels")]
+    pub output_bytes: u32,
+    /// Up to 8 constants for the kernel (`params.c`), comma-separated: integers are passed
+    /// as u32, numbers with a point or exponent as f32 bits (read with bitcast<f32>).
+    #[arg(long, value_name = "LIST", value_parser = parse_constants, help_heading = "User kernels")]
+    pub constants: Option<[u32; crate::kernels::CONSTANTS]>,
+    /// Mandelbrot: image width in pixels.
+    #[arg(long, default_value_t = 1920, help_heading = "Mandelbrot")]
+    pub width: u32,
+    /// Mandelbrot: image height in pixels.
+    #[arg(long, default_value_t = 1080, help_heading = "Mandelbrot")]
+    pub height: u32,
+    /// Mandelbrot: iterations before a point counts as inside the set.
+    #[arg(long, default_value_t = 500, help_heading = "Mandelbrot")]
+    pub max_iter: u32,
+    /// Mandelbrot: rows per band; each band is one task.
+    #[arg(long, default_value_t = 16, help_heading = "Mandelbrot")]
+    pub band_rows: u32,
+    /// Mandelbrot: the point at the image's centre, `RE,IM`.
+    #[arg(long, default_value = "-0.5,0", value_parser = parse_point, allow_hyphen_values = true, help_heading = "Mandelbrot")]
+    pub centre: (f32, f32),
+    /// Mandelbrot: width of the view on the complex plane.
+    #[arg(long, default_value_t = 3.0, help_heading = "Mandelbrot")]
+    pub view_width: f32,
+    /// Search: leading zero bits a hit's 32-bit hash has at least.
+    #[arg(long, default_value_t = 20, help_heading = "Search")]
+    pub bits: u32,
+    /// Search: keys in the keyspace (0..N).
+    #[arg(long, default_value_t = 1 << 28, help_heading = "Search")]
+    pub keys: u32,
+    /// Search: keys per task.
+    #[arg(long, default_value_t = 1 << 22, help_heading = "Search")]
+    pub keys_per_task: u32,
+    /// Search: salt mixed into the hash (a different salt, different hits).
+    #[arg(long, default_value_t = 0, help_heading = "Search")]
+    pub salt: u32,
+}
+
+/// A batch ready to hand out: its tasks, its job, and a user kernel's inputs and source.
+pub struct Prepared {
+    pub batch: Batch,
+    pub job: Job,
+    pub inputs: Option<std::sync::Arc<crate::batch::Inputs>>,
+    pub source: Option<std::sync::Arc<str>>,
+    /// The batch id (including the inputs' digest).
+    pub batch_id: u64,
 }
 
 impl BatchArgs {
@@ -254,8 +324,175 @@ impl BatchArgs {
             kernel: self.kernel.id(),
             units_per_ms: self.units_per_ms,
             verify_percent,
+            ..Job::default()
         }
     }
+
+    /// The batch and job these flags describe, checked before anything binds: a user
+    /// kernel is validated (errors name file:line:column), every payload is within
+    /// `--max-payload`.
+    pub fn prepare(&self, verify_percent: u8) -> anyhow::Result<Prepared> {
+        use crate::kernels::{mandelbrot, search, user, PER_ITEM, SAME_AS_INPUT};
+        let max_payload = crate::protocol::max_payload();
+        let d = &self.data;
+        let base = self.job(verify_percent);
+        let (batch, job, inputs, source) = if let Some(path) = &d.kernel_file {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --kernel-file {}", path.display()))?;
+            if source.len() > crate::protocol::MAX_SOURCE_BYTES {
+                bail!(
+                    "--kernel-file {} is {} bytes, over the limit of {} for a kernel's source",
+                    path.display(),
+                    source.len(),
+                    crate::protocol::MAX_SOURCE_BYTES
+                );
+            }
+            user::check(&source, &path.display().to_string())
+                .map_err(|e| anyhow::anyhow!("invalid WGSL in --kernel-file: {e}"))?;
+            let pattern = d.inputs.as_deref().unwrap_or_default();
+            let inputs = crate::batch::Inputs::find(pattern, max_payload)?;
+            let job = Job {
+                kernel: Kernel::User.id(),
+                source: crate::kernels::fnv1a(source.as_bytes()),
+                item_bytes: d.item_bytes,
+                output_bytes: d.output_bytes,
+                constants: d.constants.unwrap_or_default(),
+                ..base
+            };
+            if d.output_bytes != SAME_AS_INPUT {
+                for path in &inputs.paths {
+                    let len = std::fs::metadata(path)
+                        .with_context(|| format!("cannot read input {}", path.display()))?
+                        .len();
+                    let items = len.div_ceil(u64::from(d.item_bytes));
+                    let out = if d.output_bytes & PER_ITEM != 0 {
+                        items * u64::from(d.output_bytes & !PER_ITEM)
+                    } else {
+                        u64::from(d.output_bytes)
+                    };
+                    if out > max_payload {
+                        bail!(
+                            "input {} makes {out} output bytes, over --max-payload {max_payload}:                              raise --max-payload (on every role) or lower --output-bytes",
+                            path.display()
+                        );
+                    }
+                }
+            }
+            (
+                inputs.batch()?,
+                job,
+                Some(std::sync::Arc::new(inputs)),
+                Some(std::sync::Arc::<str>::from(source)),
+            )
+        } else {
+            match self.kernel {
+                Kernel::Spin | Kernel::User => (self.batch()?, base, None, None),
+                Kernel::Mandelbrot => {
+                    let view = mandelbrot::View::new(
+                        d.width,
+                        d.height,
+                        d.max_iter,
+                        d.band_rows,
+                        d.centre,
+                        d.view_width,
+                    )
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                    let band_bytes = u64::from(view.width) * u64::from(view.rows) * 4;
+                    if band_bytes > max_payload {
+                        bail!(
+                            "a band of {} rows of {} pixels is {band_bytes} bytes, over                              --max-payload {max_payload}: lower --band-rows",
+                            view.rows,
+                            view.width
+                        );
+                    }
+                    let tasks = (0..view.bands())
+                        .map(|id| crate::batch::Task { id, workload_ms: 1 })
+                        .collect();
+                    let job = Job {
+                        constants: view.constants(),
+                        ..base
+                    };
+                    (Batch { tasks }, job, None, None)
+                }
+                Kernel::Search => {
+                    let space = search::Space::new(d.bits, d.keys, d.keys_per_task, d.salt)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    let tasks = (0..space.tasks())
+                        .map(|id| crate::batch::Task { id, workload_ms: 1 })
+                        .collect();
+                    let job = Job {
+                        constants: space.constants(),
+                        ..base
+                    };
+                    (Batch { tasks }, job, None, None)
+                }
+            }
+        };
+        let batch_id = batch.id_with_inputs(&job, inputs.as_ref().map_or(0, |i| i.digest));
+        Ok(Prepared {
+            batch,
+            job,
+            inputs,
+            source,
+            batch_id,
+        })
+    }
+}
+
+/// Parses a byte count with an optional K, M or G suffix (powers of 1024; `KiB` etc. too).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = t[digits.len()..].to_ascii_lowercase();
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{text:?}: give bytes, such as 65536, 64K or 64M")),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?}: give bytes, such as 65536, 64K or 64M"))
+}
+
+/// Parses `--constants`: up to 8 comma-separated numbers, integers as u32 (or i32 when
+/// negative), others as f32 bits.
+fn parse_constants(text: &str) -> Result<[u32; crate::kernels::CONSTANTS], String> {
+    let mut out = [0u32; crate::kernels::CONSTANTS];
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    if parts.len() > out.len() {
+        return Err(format!("{} constants given; the interface has 8", parts.len()));
+    }
+    for (slot, part) in out.iter_mut().zip(&parts) {
+        *slot = if let Ok(n) = part.parse::<u32>() {
+            n
+        } else if let Ok(n) = part.parse::<i32>() {
+            n as u32
+        } else if let Ok(x) = part.parse::<f32>() {
+            if !x.is_finite() {
+                return Err(format!("constant {part:?} is not finite"));
+            }
+            x.to_bits()
+        } else {
+            return Err(format!(
+                "constant {part:?} is neither an integer nor a number"
+            ));
+        };
+    }
+    Ok(out)
+}
+
+/// Parses `RE,IM`.
+fn parse_point(text: &str) -> Result<(f32, f32), String> {
+    let bad = || format!("{text:?}: give the point as RE,IM, such as -0.5,0");
+    let (re, im) = text.split_once(',').ok_or_else(bad)?;
+    let re: f32 = re.trim().parse().map_err(|_| bad())?;
+    let im: f32 = im.trim().parse().map_err(|_| bad())?;
+    Ok((re, im))
 }
 
 /// Checking compute results against the CPU reference.
@@ -394,6 +631,13 @@ pub struct ReportArgs {
     /// worker; open it in Perfetto or chrome://tracing).
     #[arg(long, env = "CONQUER_TIMELINE", value_name = "FILE.json")]
     pub timeline: Option<PathBuf>,
+    /// Keep each data task's output as a file in DIR, named after its input (written,
+    /// synced and renamed before the task counts as held).
+    #[arg(long, env = "CONQUER_OUTPUTS", value_name = "DIR")]
+    pub outputs: Option<PathBuf>,
+    /// Mandelbrot: assemble the bands into this PNG when the batch completes.
+    #[arg(long, value_name = "FILE.png")]
+    pub image: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -430,6 +674,10 @@ impl ReportArgs {
             }),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             trace: self.timeline.clone(),
+            outputs: crate::outputs::OutputsConfig {
+                dir: self.outputs.clone(),
+                image: self.image.clone(),
+            },
             ..SinkConfig::default()
         }
     }
@@ -662,6 +910,9 @@ fn quiet_display_probing() {
 }
 
 fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    if let Some(bytes) = cli.max_payload {
+        crate::protocol::set_max_payload(bytes)?;
+    }
     // Bare `conquer` is `conquer run` with its defaults.
     let command = match cli.command {
         Some(command) => command,
@@ -772,7 +1023,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         insecure: args.insecure,
         ..args.secret.access()?
     };
-    let batch = args.batch.batch()?;
+    let prepared = args.batch.prepare(args.verify.percent())?;
     let options = args.backend.options()?;
     let mut backends = Vec::with_capacity(args.workers as usize);
     for index in 0..args.workers {
@@ -783,7 +1034,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         };
         backends.push(backend::build(args.backend.backend, &options)?);
     }
-    if args.verify.percent() > 0 {
+    if args.verify.percent() > 0 && !crate::kernels::is_data(&prepared.job) {
         if let Some(sleeper) = backends.iter().find(|b| b.kind() == "sleep") {
             bail!(
                 "--verify checks computed results against the CPU reference, but the {} backend computes \
@@ -807,7 +1058,10 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         heartbeat,
         http: args.http.http.clone(),
         http_linger: args.http.linger()?,
-        ..VentilatorConfig::local(batch, args.batch.job(args.verify.percent()))
+        inputs: prepared.inputs,
+        kernel_source: prepared.source,
+        batch_id: Some(prepared.batch_id),
+        ..VentilatorConfig::local(prepared.batch, prepared.job)
     };
     let mut sink = args.report.sink_config(String::new());
     sink.overwrite = args.overwrite.overwrite;
@@ -824,7 +1078,13 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         crate::report::print_expected_cost(report.expected_ms);
     }
     report.print(args.report.json)?;
-    Ok(if report.mismatches > 0 { 1 } else { 0 })
+    Ok(match report.verdict() {
+        Ok(()) => 0,
+        Err(why) => {
+            log::error!("the batch failed verification: {why}");
+            1
+        }
+    })
 }
 
 fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
@@ -848,13 +1108,14 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         crate::classic::ClassicVentilator::bind(&ctx, config)?.run(shutdown)?;
         return Ok(0);
     }
+    let prepared = args.batch.prepare(args.verify.percent())?;
     let config = VentilatorConfig {
         bind: args.bind,
         sink: args.sink,
-        batch: args.batch.batch()?,
+        batch: prepared.batch,
         order: args.batch.order,
         seed: args.batch.seed,
-        job: args.batch.job(args.verify.percent()),
+        job: prepared.job,
         wait_workers: args.wait_workers,
         wait_timeout: Duration::from_secs_f64(args.wait_timeout),
         window: args.dispatch.window,
@@ -863,13 +1124,16 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         backup: args.dispatch.backup()?,
         sink_timeout: seconds(args.sink_timeout, "--sink-timeout")?,
         shutdown_workers: args.shutdown_workers,
-        batch_id: args.batch_id,
+        batch_id: args.batch_id.or(Some(prepared.batch_id)),
         resume: args.resume,
         announce: true,
         timeline: None,
         access: args.access.access()?,
         http: args.http.http.clone(),
         http_linger: args.http.linger()?,
+        inputs: prepared.inputs,
+        kernel_source: prepared.source,
+        fixed_workers: 0,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;
@@ -889,6 +1153,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 kernel: 0,
                 units_per_ms: args.units_per_ms,
                 verify_percent: 0,
+                ..Job::default()
             },
             access: access.clone(),
         };
@@ -937,7 +1202,13 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     config.heartbeat = args.heartbeat.heartbeat();
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
     report.print(args.report.json)?;
-    Ok(if report.mismatches > 0 { 1 } else { 0 })
+    Ok(match report.verdict() {
+        Ok(()) => 0,
+        Err(why) => {
+            log::error!("the batch failed verification: {why}");
+            1
+        }
+    })
 }
 
 fn info(json: bool) -> anyhow::Result<()> {

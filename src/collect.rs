@@ -100,6 +100,8 @@ struct BatchState {
     /// Whether the ventilator asked for any verification: checked statuses otherwise
     /// make no sense and are not believed.
     verifies: bool,
+    /// What the batch's tasks run (default for a batch recovered from a file alone).
+    job: crate::batch::Job,
     expected_ms: u64,
     longest_ms: u32,
     held: Vec<u64>,
@@ -182,6 +184,10 @@ pub struct Collector {
     checked: u64,
     verified: u64,
     mismatches: u64,
+    /// Items compared with a tolerance (Mandelbrot pixels of checked bands), and how many
+    /// of them differed from the CPU reference.
+    compared: u64,
+    differing: u64,
     /// Measured task times: the basis of the ideal when tasks are computed, not slept.
     measured_total_us: u64,
     measured_longest_us: u32,
@@ -228,6 +234,8 @@ impl Collector {
             checked: 0,
             verified: 0,
             mismatches: 0,
+            compared: 0,
+            differing: 0,
             measured_total_us: 0,
             measured_longest_us: 0,
             ventilator_counts: (0, 0, 0),
@@ -514,11 +522,13 @@ impl Collector {
                         expected_ms,
                         longest_ms,
                         verifies: job.verify_percent > 0,
+                        job,
                     };
                     self.adopt(now, peer, announced, out)
                 }
                 Some(b) if b.id == id => {
                     b.ventilator = peer.clone();
+                    b.job = job;
                     if b.session != session {
                         // The ventilator restarted: tell it everything we hold, once it is
                         // all on disk.
@@ -587,6 +597,7 @@ impl Collector {
             expected_ms,
             longest_ms,
             verifies,
+            job,
         } = announced;
         let tasks = task_count as usize;
         // The batch's clock runs from its start at the ventilator, so a sink that joins a
@@ -606,6 +617,7 @@ impl Collector {
             id,
             task_count: tasks,
             verifies,
+            job,
             expected_ms,
             longest_ms,
             held: vec![0; tasks.div_ceil(64)],
@@ -676,6 +688,15 @@ impl Collector {
         self.measured_longest_us = self.measured_longest_us.max(r.wall_us);
         if r.status.checked() {
             self.checked += 1;
+        }
+        if r.status.checked()
+            && self.batch.as_ref().is_some_and(|b| {
+                crate::kernels::Kernel::from_id(b.job.kernel)
+                    == Some(crate::kernels::Kernel::Mandelbrot)
+            })
+        {
+            self.compared += r.output.len() as u64 / 4;
+            self.differing += u64::from(r.differing);
         }
         match r.status {
             Status::Mismatch => self.mismatches += 1,
@@ -786,6 +807,11 @@ impl Collector {
         }
     }
 
+    /// The job of the batch being collected, once announced.
+    pub fn job(&self) -> Option<crate::batch::Job> {
+        self.batch.as_ref().map(|b| b.job)
+    }
+
     /// New results are made durable, then the ventilator hears they are held.
     fn acknowledge(&mut self, now: Instant, out: &mut Vec<SinkCommand>) {
         let Some(b) = self.batch.as_mut() else {
@@ -820,6 +846,7 @@ impl Collector {
             id: header.batch,
             task_count,
             verifies: true,
+            job: crate::batch::Job::default(),
             expected_ms: 0,
             longest_ms: 0,
             held: vec![0; task_count.div_ceil(64)],
@@ -905,6 +932,10 @@ impl Collector {
             checked: self.checked,
             verified: self.verified,
             mismatches: self.mismatches,
+            compared: self.compared,
+            differing: self.differing,
+            outputs: 0,
+            hits: Vec::new(),
             workers,
         })
     }
@@ -919,6 +950,7 @@ struct Announced {
     expected_ms: u64,
     longest_ms: u32,
     verifies: bool,
+    job: crate::batch::Job,
 }
 
 /// A worker's backend or adapter name: no control characters.

@@ -40,6 +40,7 @@ fn result(id: u32, status: Status) -> TaskResult {
         checksum: 0,
         started_unix_ms: 1,
         finished_unix_ms: 2,
+        ..TaskResult::default()
     }
 }
 

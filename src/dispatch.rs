@@ -84,6 +84,10 @@ pub struct DispatchConfig {
     /// Where workers connect and where the sink is, for messages only.
     pub endpoint: String,
     pub sink: String,
+    /// The farm is exactly this many workers (a one-process run): once every one of them
+    /// declined the batch's kernel, nothing can run it and the batch stops. 0: workers may
+    /// still join, so the ventilator waits for one that can.
+    pub fixed_workers: usize,
 }
 
 /// A worker, by its place in the dispatcher's table (stable for the batch).
@@ -165,6 +169,8 @@ pub enum Stopped {
     SinkHoldsResults { held: u32, batch: u64 },
     #[error("the sink at {sink} refused the batch: {reason}")]
     SinkRefused { sink: String, reason: String },
+    #[error("no worker can run this batch: all {workers} declined it; the last said: {reason}")]
+    AllDeclined { workers: usize, reason: String },
     #[error(
         "no word from the sink at {sink} for {silent:.0} s (--sink-timeout): it is gone or \
          unreachable; {held} of {tasks} tasks are held there. Start it again (with --results F \
@@ -253,6 +259,9 @@ pub struct WorkerSlot {
     last_report: Instant,
     /// Turned away (its results never reached the sink): its greetings are not believed.
     pub refused: bool,
+    /// It cannot run this batch's kernel (said so with `decline`): it gets none of its
+    /// tasks, and its greetings do not bring it back.
+    pub declined: bool,
     /// Whether it ever reported a task done: until then it is on probation and gets no
     /// more than `--window` tasks of a zero-work stream, so a flood of peers that greet and
     /// vanish costs a few tasks each.
@@ -285,6 +294,7 @@ impl WorkerSlot {
             stalled_silent: false,
             last_report: now,
             refused: false,
+            declined: false,
             proven: false,
             queued: false,
             in_tail: false,
@@ -358,6 +368,8 @@ pub struct Dispatcher {
     heard_from_sink: Instant,
     sink_silence_said: bool,
     idle_since: Option<Instant>,
+    /// Workers that declined the batch (they cannot run its kernel).
+    declines: usize,
     last_said: Option<(usize, Instant)>,
     next_nag: Instant,
     reject_log: RateLimited,
@@ -417,6 +429,7 @@ impl Dispatcher {
             heard_from_sink: now,
             sink_silence_said: false,
             idle_since: None,
+            declines: 0,
             last_said: None,
             next_nag: now,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -786,7 +799,15 @@ impl Dispatcher {
             let since = *self.idle_since.get_or_insert(now);
             if now.duration_since(since) >= IDLE_REMINDER {
                 log::warn!(
-                    "no workers connected; {} of {} tasks not finished (start workers against {})",
+                    "no workers connected{}; {} of {} tasks not finished (start workers against {})",
+                    if self.declines > 0 {
+                        format!(
+                            " that can run this batch's kernel ({} declined it)",
+                            self.declines
+                        )
+                    } else {
+                        String::new()
+                    },
                     self.len() - self.held,
                     self.len(),
                     self.config.endpoint
@@ -1002,6 +1023,9 @@ impl Dispatcher {
                 );
             }
             Message::Bye => self.bye(now, &routing_id),
+            Message::Decline { batch, reason } if batch == batch_id => {
+                self.decline(now, &routing_id, &reason, out)
+            }
             other => {
                 let peer = crate::sockets::peer_name(&routing_id);
                 let why = format!(
@@ -1055,6 +1079,9 @@ impl Dispatcher {
                     self.workers[slot as usize].info.name
                 );
                 self.refuse(now, routing_id, RefusalKind::ResultsLost, reason, out);
+            }
+            Some(slot) if self.workers[slot as usize].declined => {
+                self.workers[slot as usize].last_seen = now;
             }
             Some(slot) => {
                 let worker = &mut self.workers[slot as usize];
@@ -1241,6 +1268,38 @@ impl Dispatcher {
                 self.state[index] = TaskState::Reported;
                 self.reported_log.push_back((now, index as u32, slot));
             }
+        }
+    }
+
+    /// A worker cannot run this batch's kernel: what it holds goes to others, and it gets
+    /// nothing more of this batch (it stays known, so its greetings do not revive it).
+    fn decline(
+        &mut self,
+        now: Instant,
+        routing_id: &[u8],
+        reason: &str,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(&slot) = self.by_routing_id.get(routing_id) else {
+            return;
+        };
+        let worker = &mut self.workers[slot as usize];
+        worker.last_seen = now;
+        if worker.declined {
+            return;
+        }
+        log::warn!(
+            "worker {} cannot run this batch: {}; it gets none of its tasks",
+            printable(&worker.info.name),
+            printable(reason)
+        );
+        self.declines += 1;
+        self.lose_worker(slot, now);
+        self.workers[slot as usize].declined = true;
+        let workers = self.config.fixed_workers;
+        if workers > 0 && self.declines >= workers {
+            let reason = reason.to_owned();
+            self.stop(Stopped::AllDeclined { workers, reason }, out);
         }
     }
 

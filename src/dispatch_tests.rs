@@ -145,6 +145,7 @@ impl Farm {
             shutdown_workers: true,
             endpoint: "tcp://test:1".into(),
             sink: "tcp://test:2".into(),
+            fixed_workers: 0,
         };
         let base = Instant::now();
         let n = workloads.len();

@@ -11,7 +11,9 @@ use crate::backend::Outcome;
 use crate::batch::{Job, Task};
 use crate::heartbeat::Heartbeat;
 use crate::logging::{printable, RateLimited, TASK_TARGET};
-use crate::protocol::{Done, Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use crate::protocol::{
+    Done, Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE, RESULTS_BYTES_PER_MESSAGE,
+};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,14 @@ pub struct Chunk {
     pub batch: u64,
     pub job: Job,
     pub tasks: Vec<Task>,
+    /// A data task's input name and bytes (a [`Message::Data`] carries one task).
+    pub input: Option<(String, Vec<u8>)>,
+    /// The user kernel's source for `job.source`, when the ventilator sent it.
+    pub source: Option<std::sync::Arc<str>>,
 }
+
+/// User kernel sources a worker keeps (by hash), the most recent ones.
+const KEPT_SOURCES: usize = 8;
 
 /// An outcome to forward, with its batch and when it was known (worker's wall clock).
 #[derive(Debug, Clone)]
@@ -61,6 +70,8 @@ pub enum FlowEvent {
     Finished(Vec<Finished>),
     /// The executor can run nothing more (a panic, a lost device).
     ExecutorFailed(String),
+    /// The backend cannot run this batch's kernel: the ventilator is told, once.
+    Declined { batch: u64, reason: String },
     /// A delivery's results found the sink's queue full: neither was sent.
     Undelivered(Delivery),
     /// The pump has read everything waiting, or a deadline passed.
@@ -135,6 +146,10 @@ pub struct Flow {
     heard_ventilator: bool,
     warned_silence: bool,
     warned_unverifiable: bool,
+    /// User kernel sources by hash, oldest first.
+    sources: VecDeque<(u64, std::sync::Arc<str>)>,
+    /// Batches this worker declined.
+    declined: Vec<u64>,
     /// Deliveries waiting for room in the sink's queue, oldest first.
     outbox: VecDeque<Delivery>,
     /// Deliveries put back since the last retry: the next one goes in behind them, so the
@@ -160,6 +175,8 @@ impl Flow {
             heard_ventilator: false,
             warned_silence: false,
             warned_unverifiable: false,
+            sources: VecDeque::new(),
+            declined: Vec::new(),
             outbox: VecDeque::new(),
             put_back: 0,
             retry_at: None,
@@ -204,6 +221,13 @@ impl Flow {
             FlowEvent::FromSink(message) => self.sink_message(now, message, out),
             FlowEvent::Finished(finished) => self.finished(finished, out),
             FlowEvent::ExecutorFailed(reason) => self.stop(FlowStop::ExecutorFailed(reason), out),
+            FlowEvent::Declined { batch, reason } => {
+                if !self.declined.contains(&batch) {
+                    log::warn!("declining batch {batch:016x}: {reason}");
+                    self.declined.push(batch);
+                    out.push(FlowCommand::ToVentilator(Message::Decline { batch, reason }));
+                }
+            }
             FlowEvent::Undelivered(delivery) => {
                 // Back in front of anything finished after it, behind those put back before.
                 let at = self.put_back.min(self.outbox.len());
@@ -369,7 +393,39 @@ impl Flow {
                     );
                     self.warned_unverifiable = true;
                 }
-                out.push(FlowCommand::Run(Chunk { batch, job, tasks }));
+                let source = self.source(&job);
+                out.push(FlowCommand::Run(Chunk {
+                    batch,
+                    job,
+                    tasks,
+                    input: None,
+                    source,
+                }));
+            }
+            Ok(Message::Data {
+                batch,
+                job,
+                task,
+                name,
+                input,
+            }) => {
+                let source = self.source(&job);
+                out.push(FlowCommand::Run(Chunk {
+                    batch,
+                    job,
+                    tasks: vec![task],
+                    input: Some((name, input)),
+                    source,
+                }));
+            }
+            Ok(Message::Kernel { source, .. }) => {
+                let hash = crate::kernels::fnv1a(source.as_bytes());
+                if !self.sources.iter().any(|(h, _)| *h == hash) {
+                    if self.sources.len() == KEPT_SOURCES {
+                        self.sources.pop_front();
+                    }
+                    self.sources.push_back((hash, source.into()));
+                }
             }
             Ok(Message::Heartbeat { .. }) => {}
             Ok(Message::End { batch, shutdown }) => {
@@ -394,20 +450,52 @@ impl Flow {
         }
     }
 
+    /// The user kernel source a job names, if this worker was sent it.
+    fn source(&self, job: &Job) -> Option<std::sync::Arc<str>> {
+        (job.source != 0)
+            .then(|| {
+                self.sources
+                    .iter()
+                    .find(|(h, _)| *h == job.source)
+                    .map(|(_, s)| s.clone())
+            })
+            .flatten()
+    }
+
     /// Finished tasks: results to the sink first, then credit to the ventilator, per batch
-    /// and in messages of bounded size.
+    /// and in messages of bounded size (count, and output bytes).
     fn finished(&mut self, finished: Vec<Finished>, out: &mut Vec<FlowCommand>) {
         let mut by_batch: BTreeMap<u64, Vec<Finished>> = BTreeMap::new();
         for f in finished {
             by_batch.entry(f.batch).or_default().push(f);
         }
         for (batch, outcomes) in by_batch {
-            for chunk in outcomes.chunks(MAX_ITEMS_PER_MESSAGE) {
+            // Messages of at most MAX_ITEMS_PER_MESSAGE outcomes and, past the first output,
+            // RESULTS_BYTES_PER_MESSAGE output bytes.
+            let mut outcomes = outcomes;
+            let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+            let (mut start, mut bytes) = (0, 0);
+            for (i, f) in outcomes.iter().enumerate() {
+                let size = f.outcome.output.len();
+                if i > start
+                    && (i - start == MAX_ITEMS_PER_MESSAGE
+                        || bytes + size > RESULTS_BYTES_PER_MESSAGE)
+                {
+                    groups.push(start..i);
+                    (start, bytes) = (i, 0);
+                }
+                bytes += size;
+            }
+            if start < outcomes.len() {
+                groups.push(start..outcomes.len());
+            }
+            for range in groups {
+                let chunk = &mut outcomes[range];
                 let results: Vec<TaskResult> = chunk
-                    .iter()
+                    .iter_mut()
                     .filter(|f| f.outcome.status != Status::Failed)
                     .map(|f| {
-                        let o = &f.outcome;
+                        let o = &mut f.outcome;
                         TaskResult {
                             id: o.task.id,
                             workload_ms: o.task.workload_ms,
@@ -419,6 +507,10 @@ impl Flow {
                                 .finished_unix_ms
                                 .saturating_sub(u64::from(o.wall_us) / 1000),
                             finished_unix_ms: f.finished_unix_ms,
+                            name: std::mem::take(&mut o.name),
+                            // Moved, not copied: an output may be many megabytes.
+                            output: std::mem::take(&mut o.output),
+                            differing: o.differing,
                         }
                     })
                     .collect();

@@ -32,8 +32,7 @@ fn finished(id: u32, status: Status) -> Finished {
             task: Task { id, workload_ms: 1 },
             status,
             wall_us: 1000,
-            kernel_us: 0,
-            checksum: 0,
+            ..Outcome::default()
         },
         finished_unix_ms: 5,
     }

@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod local;
 pub mod logging;
 pub mod observe;
+pub mod outputs;
 pub mod protocol;
 pub mod report;
 pub mod shutdown;

@@ -72,6 +72,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     let sink = Sink::bind(&sink_ctx, run.sink)?;
     run.ventilator.bind = "tcp://127.0.0.1:*".into();
     run.ventilator.sink = sink.endpoint().to_owned();
+    run.ventilator.fixed_workers = workers;
     if run.ventilator.wait_workers == 0 || run.ventilator.wait_workers > workers {
         run.ventilator.wait_workers = workers;
     }

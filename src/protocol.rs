@@ -14,22 +14,57 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
-/// Largest message any bound socket accepts (ZMQ_MAXMSGSIZE); larger ones are refused by
-/// libzmq before they are read into memory.
-pub const MAX_MESSAGE_BYTES: i64 = 4 * 1024 * 1024;
+/// Largest task input or output by default (`--max-payload`).
+pub const DEFAULT_MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
+/// Largest `--max-payload` accepted: lengths travel as u32, and a gigabyte per task is
+/// already far past what one message should carry.
+pub const MAX_MAX_PAYLOAD: u64 = 1024 * 1024 * 1024;
+/// What a message may carry besides one payload (header, job, names, a result's fields).
+const ENVELOPE_BYTES: u64 = 1024 * 1024;
+/// This process's `--max-payload`.
+static MAX_PAYLOAD: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_PAYLOAD);
+
+/// Sets the largest task input or output this process sends or accepts (`--max-payload`),
+/// before any socket exists.
+pub fn set_max_payload(bytes: u64) -> anyhow::Result<()> {
+    if bytes == 0 || bytes > MAX_MAX_PAYLOAD {
+        anyhow::bail!(
+            "--max-payload {bytes}: give 1 to {MAX_MAX_PAYLOAD} bytes (the default is {DEFAULT_MAX_PAYLOAD}, 64 MiB)"
+        );
+    }
+    MAX_PAYLOAD.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The largest task input or output this process sends or accepts.
+pub fn max_payload() -> u64 {
+    MAX_PAYLOAD.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Largest message any socket accepts (ZMQ_MAXMSGSIZE): one payload and its envelope.
+/// Larger ones are refused by libzmq before they are read into memory.
+pub fn max_message_bytes() -> i64 {
+    i64::try_from(max_payload() + ENVELOPE_BYTES).unwrap_or(i64::MAX)
+}
+
+/// Output bytes a worker gathers into one results message before starting another (a
+/// single larger output travels alone).
+pub const RESULTS_BYTES_PER_MESSAGE: usize = 4 * 1024 * 1024;
 /// Longest text a refusal's reason may carry.
 const MAX_LONG_STR: usize = 4096;
 /// Most tasks or results one message carries, so a message stays far below the size limit.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 8192;
 
 /// The status of one task's execution, as a worker reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// The backend computed the task.
+    #[default]
     Ok,
     /// The backend could not compute it (shader error, lost device); the ventilator hands it
     /// to another worker and the sink does not count it.
@@ -120,7 +155,7 @@ pub struct Done {
 }
 
 /// One task's result as the sink receives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskResult {
     pub id: u32,
     pub workload_ms: u32,
@@ -134,6 +169,26 @@ pub struct TaskResult {
     /// Wall-clock start and end of the task on the worker, ms since the Unix epoch.
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
+    /// The task's input name (a user kernel's input file), echoed so the sink can name the
+    /// output after it; empty for tasks without one.
+    pub name: String,
+    /// The kernel's output bytes (data kernels); empty for `spin`, whose result is its
+    /// checksum.
+    pub output: Vec<u8>,
+    /// Items that differed from the CPU reference in a check with a tolerance
+    /// (`mandelbrot`'s pixels, `--verify`); 0 otherwise.
+    pub differing: u32,
+}
+
+impl TaskResult {
+    /// This result without its output bytes: what a record of it keeps.
+    pub fn summary(&self) -> TaskResult {
+        TaskResult {
+            name: self.name.clone(),
+            output: Vec::new(),
+            ..*self
+        }
+    }
 }
 
 /// Why a ventilator or sink turned a peer away. The peer prints the reason and stops.
@@ -240,7 +295,27 @@ pub enum Message {
     Welcome,
     /// ventilator or sink → peer: turned away, with the reason to print; the peer stops.
     Refused { kind: RefusalKind, reason: String },
+    /// ventilator → worker: one task of a data batch with its input (a user kernel's
+    /// file), on the worker's credit like [`Message::Tasks`].
+    Data {
+        batch: u64,
+        job: Job,
+        task: Task,
+        name: String,
+        input: Vec<u8>,
+    },
+    /// ventilator → worker: a user kernel's WGSL source, sent once per batch to each worker
+    /// before its first task; its FNV-1a hash is `job.source`.
+    Kernel { batch: u64, source: String },
+    /// worker → ventilator: this worker cannot run the batch's kernel (no adapter, a limit,
+    /// a compile error); it gets none of the batch's tasks and those it holds go to others.
+    Decline { batch: u64, reason: String },
 }
+
+/// Longest user kernel source a [`Message::Kernel`] carries.
+pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// Longest input name a [`Message::Data`] or result carries.
+pub const MAX_NAME_BYTES: usize = 255;
 
 /// Why a frame was not a message of ours. Callers count these in `rejected` and log them.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -290,6 +365,9 @@ impl Message {
             Message::Join(_) => 13,
             Message::Welcome => 14,
             Message::Refused { .. } => 15,
+            Message::Data { .. } => 16,
+            Message::Kernel { .. } => 17,
+            Message::Decline { .. } => 18,
         }
     }
 
@@ -321,6 +399,21 @@ impl Message {
                 w.u8(kind.to_byte());
                 w.long_str(reason);
             }
+            Message::Data {
+                batch,
+                job,
+                task,
+                name,
+                input,
+            } => return Self::encode_data(*batch, job, *task, name, input),
+            Message::Kernel { batch, source } => {
+                w.u64(*batch);
+                w.bytes(source.as_bytes());
+            }
+            Message::Decline { batch, reason } => {
+                w.u64(*batch);
+                w.long_str(reason);
+            }
             Message::End { batch, shutdown } => {
                 w.u64(*batch);
                 w.u8(u8::from(*shutdown));
@@ -343,6 +436,9 @@ impl Message {
                     w.u64(r.checksum);
                     w.u64(r.started_unix_ms);
                     w.u64(r.finished_unix_ms);
+                    w.str(&r.name);
+                    w.bytes(&r.output);
+                    w.u32(r.differing);
                 }
             }
             Message::Batch {
@@ -397,6 +493,19 @@ impl Message {
             w.u32(task.id);
             w.u32(task.workload_ms);
         }
+        w.buf
+    }
+
+    /// Encodes a [`Message::Data`] from borrowed parts, so the sender keeps its input.
+    pub fn encode_data(batch: u64, job: &Job, task: Task, name: &str, input: &[u8]) -> Vec<u8> {
+        let mut w = Writer::with_header(16);
+        w.buf.reserve(128 + name.len() + input.len());
+        w.u64(batch);
+        w.job(job);
+        w.u32(task.id);
+        w.u32(task.workload_ms);
+        w.str(name);
+        w.bytes(input);
         w.buf
     }
 
@@ -459,7 +568,7 @@ impl Message {
             7 => {
                 let batch = r.u64()?;
                 let worker = r.worker_info()?;
-                let n = r.count(41)?;
+                let n = r.count(50)?;
                 let mut results = Vec::with_capacity(n);
                 for _ in 0..n {
                     results.push(TaskResult {
@@ -471,6 +580,9 @@ impl Message {
                         checksum: r.u64()?,
                         started_unix_ms: r.u64()?,
                         finished_unix_ms: r.u64()?,
+                        name: r.str()?,
+                        output: r.bytes(usize::MAX)?.to_vec(),
+                        differing: r.u32()?,
                     });
                 }
                 Message::Results {
@@ -515,6 +627,26 @@ impl Message {
                 kind: RefusalKind::from_byte(r.u8()?)?,
                 reason: r.long_str()?,
             },
+            16 => Message::Data {
+                batch: r.u64()?,
+                job: r.job()?,
+                task: Task {
+                    id: r.u32()?,
+                    workload_ms: r.u32()?,
+                },
+                name: r.str()?,
+                input: r.bytes(usize::MAX)?.to_vec(),
+            },
+            17 => Message::Kernel {
+                batch: r.u64()?,
+                source: std::str::from_utf8(r.bytes(MAX_SOURCE_BYTES)?)
+                    .map_err(|_| DecodeError::BadUtf8)?
+                    .to_owned(),
+            },
+            18 => Message::Decline {
+                batch: r.u64()?,
+                reason: r.long_str()?,
+            },
             _ => return Err(DecodeError::UnknownKind(kind)),
         };
         if r.pos != frame.len() {
@@ -524,7 +656,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 15] = [
+const KINDS: [&str; 18] = [
     "hello",
     "tasks",
     "done",
@@ -540,6 +672,9 @@ const KINDS: [&str; 15] = [
     "join",
     "welcome",
     "refused",
+    "data",
+    "kernel",
+    "decline",
 ];
 
 struct Writer {
@@ -588,6 +723,11 @@ impl Writer {
         self.u16(end as u16);
         self.buf.extend_from_slice(&s.as_bytes()[..end]);
     }
+    /// A length-prefixed (u32) byte string.
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+        self.buf.extend_from_slice(bytes);
+    }
     fn worker_info(&mut self, info: &WorkerInfo) {
         self.str(&info.name);
         self.u64(info.session);
@@ -599,6 +739,12 @@ impl Writer {
         self.u8(job.kernel);
         self.u32(job.units_per_ms);
         self.u8(job.verify_percent);
+        for c in job.constants {
+            self.u32(c);
+        }
+        self.u64(job.source);
+        self.u32(job.item_bytes);
+        self.u32(job.output_bytes);
     }
 }
 
@@ -676,6 +822,18 @@ impl Reader<'_> {
             .map(str::to_owned)
             .map_err(|_| DecodeError::BadUtf8)
     }
+    /// A length-prefixed (u32) byte string of at most `limit` bytes, borrowed from the
+    /// frame (its length is checked against the bytes present before anything is copied).
+    fn bytes(&mut self, limit: usize) -> Result<&[u8], DecodeError> {
+        let n = self.u32()? as usize;
+        if n > limit {
+            return Err(DecodeError::BadField {
+                field: "byte string length",
+                value: n as u64,
+            });
+        }
+        self.take(n)
+    }
     fn long_str(&mut self) -> Result<String, DecodeError> {
         let n = usize::from(self.u16()?);
         if n > MAX_LONG_STR {
@@ -711,6 +869,24 @@ impl Reader<'_> {
                     })
                 }
             },
+            constants: {
+                let mut c = [0u32; crate::kernels::CONSTANTS];
+                for slot in &mut c {
+                    *slot = self.u32()?;
+                }
+                c
+            },
+            source: self.u64()?,
+            item_bytes: match self.u32()? {
+                0 => {
+                    return Err(DecodeError::BadField {
+                        field: "item_bytes",
+                        value: 0,
+                    })
+                }
+                n => n,
+            },
+            output_bytes: self.u32()?,
         })
     }
 }
@@ -769,6 +945,7 @@ mod tests {
             kernel: 1,
             units_per_ms: 1000,
             verify_percent: 100,
+            ..Job::default()
         };
         vec![
             Message::Hello(info()),
@@ -813,6 +990,7 @@ mod tests {
                     checksum: 0xdead_beef_0bad_f00d,
                     started_unix_ms: 1_800_000_000_000,
                     finished_unix_ms: 1_800_000_000_003,
+                    ..TaskResult::default()
                 }],
             },
             Message::Batch {

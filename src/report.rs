@@ -58,6 +58,15 @@ pub struct Report {
     pub verified: u64,
     /// Results that disagreed with the CPU reference.
     pub mismatches: u64,
+    /// Items compared with the CPU reference under a tolerance (Mandelbrot pixels of
+    /// checked bands), and how many differed: above the kernel's tolerance fails the batch.
+    pub compared: u64,
+    pub differing: u64,
+    /// Output files the sink wrote (`--outputs`) in this run.
+    pub outputs: u64,
+    /// The search kernel's hits, ascending (empty for other kernels).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hits: Vec<u32>,
     pub workers: Vec<WorkerReport>,
 }
 
@@ -128,6 +137,18 @@ pub fn print_expected_cost(expected_ms: u64) {
 }
 
 impl Report {
+    /// Whether the batch's results are good: no mismatch, and compared pixels within the
+    /// tolerance. `Err` says what failed.
+    pub fn verdict(&self) -> Result<(), String> {
+        if self.mismatches > 0 {
+            return Err(format!(
+                "{} results did not match the CPU reference",
+                self.mismatches
+            ));
+        }
+        crate::kernels::mandelbrot::judge(self.differing, self.compared)
+    }
+
     /// Prints the report on stdout: text for people, or one JSON object.
     pub fn print(&self, json: bool) -> anyhow::Result<()> {
         let stdout = std::io::stdout();
@@ -179,6 +200,15 @@ impl Report {
             s += &format!(
                 "verified {} of {} results checked against the CPU reference, mismatches {}\n",
                 self.verified, self.checked, self.mismatches
+            );
+        }
+        if self.compared > 0 {
+            s += &format!(
+                "pixels differing from the CPU reference: {} of {} ({:.4} %, tolerance {:.1} %)\n",
+                self.differing,
+                self.compared,
+                100.0 * self.differing as f64 / self.compared as f64,
+                100.0 * crate::kernels::mandelbrot::TOLERANCE
             );
         }
         s += "\n";
@@ -498,6 +528,7 @@ fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<Rec
             checksum: hex(&record.checksum, "checksum")?,
             started_unix_ms: record.started_unix_ms,
             finished_unix_ms: record.finished_unix_ms,
+            ..TaskResult::default()
         };
         let r = recovered.get_or_insert_with(|| RecoveredResults {
             header,
@@ -546,6 +577,10 @@ mod tests {
             checked: 0,
             verified: 0,
             mismatches: 0,
+            compared: 0,
+            differing: 0,
+            outputs: 0,
+            hits: Vec::new(),
             workers: vec![WorkerReport {
                 id: "w1".into(),
                 tasks: 100,
@@ -602,6 +637,7 @@ mod tests {
             checksum: 0xabc,
             started_unix_ms: 1_800_000_000_000 + u64::from(id),
             finished_unix_ms: 1_800_000_000_007 + u64::from(id),
+            ..TaskResult::default()
         }
     }
 

@@ -44,6 +44,8 @@ pub struct SinkConfig {
     pub access: crate::auth::Access,
     /// Write every held task to this file as a Chrome trace when the batch completes.
     pub trace: Option<PathBuf>,
+    /// Where data tasks' outputs go (`--outputs`, `--image`).
+    pub outputs: crate::outputs::OutputsConfig,
 }
 
 impl Default for SinkConfig {
@@ -59,6 +61,7 @@ impl Default for SinkConfig {
             timeline: None,
             access: crate::auth::Access::default(),
             trace: None,
+            outputs: crate::outputs::OutputsConfig::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl Sink {
             bail!("--resume and --overwrite contradict each other: continue the results file, or replace it");
         }
         config.access.check_exposure(&config.bind, "--bind")?;
+        config.outputs.check(config.resume)?;
         // The results file first: a path that cannot be written fails before anything binds.
         let (file, recovered) = match &config.results {
             None => (None, None),
@@ -159,11 +163,13 @@ impl Sink {
             .trace
             .as_ref()
             .map(|_| crate::trace::Trace::default());
+        let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
         let outcome = collect_batch(
             collect,
             &config,
             &socket,
             file.as_mut(),
+            &mut outputs,
             recovered,
             trace.as_mut(),
             shutdown,
@@ -173,8 +179,13 @@ impl Sink {
         let refused = gate.as_ref().map(crate::auth::Gate::counter);
         drop(socket);
         drop(gate);
-        let mut report = outcome?;
+        let (mut report, job) = outcome?;
         report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(job) = job {
+            outputs.finish(&job)?;
+        }
+        report.outputs = outputs.written();
+        report.hits = outputs.hits();
         if let (Some(trace), Some(path)) = (&trace, &config.trace) {
             trace.write(path)?;
             log::info!("timeline written to {}", path.display());
@@ -183,27 +194,32 @@ impl Sink {
     }
 }
 
-/// Collects one batch on `socket` and returns its report.
+/// Collects one batch on `socket` and returns its report, with the batch's job when it
+/// was announced in this run.
+#[allow(clippy::too_many_arguments)]
 fn collect_batch(
     collect: CollectConfig,
     config: &SinkConfig,
     socket: &zmq::Socket,
     file: Option<&mut ResultsFile>,
+    outputs: &mut crate::outputs::Outputs,
     recovered: Option<RecoveredResults>,
     trace: Option<&mut crate::trace::Trace>,
     shutdown: &Shutdown,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, Option<crate::batch::Job>)> {
     let endpoint = collect.endpoint.clone();
     let mut c = Collector::new(collect, recovered, Instant::now(), crate::worker::unix_ms());
     if c.recovered_complete() {
         return c
             .report_recovered(Instant::now())
+            .map(|r| (r, None))
             .ok_or_else(|| anyhow!("no batch was collected"));
     }
     log::info!("waiting for a batch on {endpoint}");
     let mut pump = Pump {
         socket,
         file,
+        outputs,
         config,
         trace,
         bar: None,
@@ -216,7 +232,9 @@ fn collect_batch(
         c.say_how_to_resume(Interrupted::is(e));
     }
     outcome?;
+    let job = c.job();
     c.report(Instant::now())
+        .map(|r| (r, job))
         .ok_or_else(|| anyhow!("no batch was collected"))
 }
 
@@ -224,6 +242,7 @@ fn collect_batch(
 struct Pump<'a> {
     socket: &'a zmq::Socket,
     file: Option<&'a mut ResultsFile>,
+    outputs: &'a mut crate::outputs::Outputs,
     config: &'a SinkConfig,
     trace: Option<&'a mut crate::trace::Trace>,
     bar: Option<indicatif::ProgressBar>,
@@ -309,7 +328,11 @@ impl Pump<'_> {
                         if let Some(trace) = self.trace.as_deref_mut() {
                             trace.record(&worker, &backend, &results, crate::worker::unix_ms());
                         }
+                        let job = c.job().unwrap_or_default();
                         for r in &results {
+                            // The output file first: a task counts only once its output is
+                            // whole on disk.
+                            self.outputs.record(&job, r)?;
                             if let Some(timeline) = &self.config.timeline {
                                 timeline.held(r.id);
                             }
@@ -319,6 +342,7 @@ impl Pump<'_> {
                         }
                     }
                     SinkCommand::Sync => {
+                        self.outputs.sync()?;
                         if let Some(file) = self.file.as_deref_mut() {
                             file.sync()?;
                         }

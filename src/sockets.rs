@@ -16,7 +16,7 @@ const ZMTP_HEARTBEAT_TIMEOUT_MS: i32 = 5000;
 
 fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
     socket.set_linger(LINGER_MS)?;
-    socket.set_maxmsgsize(crate::protocol::MAX_MESSAGE_BYTES)?;
+    socket.set_maxmsgsize(crate::protocol::max_message_bytes())?;
     socket.set_heartbeat_ivl(ZMTP_HEARTBEAT_MS)?;
     socket.set_heartbeat_timeout(ZMTP_HEARTBEAT_TIMEOUT_MS)
 }
@@ -27,7 +27,7 @@ fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
 /// connection errs while stopped and the role sends to the peer, as it does with every
 /// welcome and heartbeat. Unbounded here is still bounded by the batch: workers send
 /// results and credit only for tasks they were given, and each message is at most
-/// `MAX_MESSAGE_BYTES`.
+/// `protocol::max_message_bytes()`.
 pub fn never_stop_input(socket: &zmq::Socket) -> anyhow::Result<()> {
     socket
         .set_rcvhwm(0)

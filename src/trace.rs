@@ -88,7 +88,7 @@ impl Trace {
             *offset = (*offset).min(gap);
             self.entries.push(Entry {
                 worker: id,
-                result: *r,
+                result: r.summary(),
             });
         }
     }

@@ -60,6 +60,14 @@ pub struct VentilatorConfig {
     pub http: Option<String>,
     /// Keep serving it this long after the batch ends, showing the final state.
     pub http_linger: Duration,
+    /// A user kernel's inputs, one per task (`--inputs`): each task travels with its file.
+    pub inputs: Option<std::sync::Arc<crate::batch::Inputs>>,
+    /// A user kernel's WGSL (`--kernel-file`), sent once to each worker before its first
+    /// task; `job.source` is its hash.
+    pub kernel_source: Option<std::sync::Arc<str>>,
+    /// The farm is exactly this many workers (`conquer run`): the batch stops once all of
+    /// them declined it. 0 for a ventilator that workers may still join.
+    pub fixed_workers: usize,
 }
 
 /// How long a ventilator waits for a sink that does not answer during a batch.
@@ -91,6 +99,9 @@ impl VentilatorConfig {
             access: crate::auth::Access::default(),
             http: None,
             http_linger: Duration::ZERO,
+            inputs: None,
+            kernel_source: None,
+            fixed_workers: 0,
         }
     }
 }
@@ -105,6 +116,8 @@ pub struct Ventilator {
     /// The live view, with `--http`.
     http: Option<crate::http::Server>,
     endpoint: String,
+    /// Workers (by routing id) that were sent the user kernel's source.
+    sent_source: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
     /// The authentication handler guarding the tasks socket, when there is one. Last:
     /// fields drop in order, and the socket must close before its handler stops.
     gate: Option<crate::auth::Gate>,
@@ -120,7 +133,9 @@ impl Ventilator {
         sockets::check_endpoint(&config.bind, "--bind", true)?;
         sockets::check_endpoint(&config.sink, "--sink", false)?;
         let longest = config.batch.longest_ms();
-        if crate::kernels::spin::invocations(longest, config.job.units_per_ms).is_none() {
+        if config.job.kernel == crate::kernels::Kernel::Spin.id()
+            && crate::kernels::spin::invocations(longest, config.job.units_per_ms).is_none()
+        {
             bail!(
                 "the longest task ({longest} ms) at --units-per-ms {} needs more than 2^32 shader \
                  invocations on compute backends; lower --units-per-ms, or shorten the longest task \
@@ -180,6 +195,7 @@ impl Ventilator {
             http,
             gate,
             endpoint,
+            sent_source: Default::default(),
         })
     }
 
@@ -228,6 +244,7 @@ impl Ventilator {
             shutdown_workers: config.shutdown_workers,
             endpoint: self.endpoint.clone(),
             sink: config.sink.clone(),
+            fixed_workers: config.fixed_workers,
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
         let mut observer = self
@@ -420,27 +437,90 @@ impl Ventilator {
                     } => {
                         let to = &dispatcher.worker(worker).routing_id;
                         let job = dispatcher.job();
-                        let message = Message::encode_tasks(dispatcher.batch_id(), job, &tasks);
-                        match sockets::send_to(&self.tasks_socket, to, &message) {
-                            SendOutcome::Sent => {
-                                if let Some(timeline) = &self.config.timeline {
-                                    tasks.iter().for_each(|t| timeline.sent(t.id));
-                                }
-                                if let Some(o) = observer.as_mut() {
-                                    o.sent(
-                                        Instant::now(),
-                                        worker,
-                                        tasks.iter().map(|t| t.id),
-                                        |w| dispatcher.worker(w).alive,
-                                    );
+                        let batch = dispatcher.batch_id();
+                        let mark_sent = |observer: &mut Option<crate::observe::Observer>,
+                                         sent: &[crate::batch::Task]| {
+                            if let Some(timeline) = &self.config.timeline {
+                                sent.iter().for_each(|t| timeline.sent(t.id));
+                            }
+                            if let Some(o) = observer.as_mut() {
+                                o.sent(
+                                    Instant::now(),
+                                    worker,
+                                    sent.iter().map(|t| t.id),
+                                    |w| dispatcher.worker(w).alive,
+                                );
+                            }
+                        };
+                        // A user kernel's source goes first, once per worker: messages to
+                        // one peer arrive in order.
+                        if let Some(source) = &self.config.kernel_source {
+                            if !self.sent_source.borrow().contains(to) {
+                                let message = Message::Kernel {
+                                    batch,
+                                    source: source.to_string(),
+                                };
+                                match sockets::send_to(&self.tasks_socket, to, &message.encode()) {
+                                    SendOutcome::Sent => {
+                                        self.sent_source.borrow_mut().insert(to.clone());
+                                    }
+                                    SendOutcome::Gone => {
+                                        failed.push(Event::Unreachable(worker));
+                                        continue;
+                                    }
+                                    SendOutcome::Busy => {
+                                        failed.push(Event::Bounced {
+                                            worker,
+                                            tasks,
+                                            again,
+                                        });
+                                        continue;
+                                    }
                                 }
                             }
-                            SendOutcome::Gone => failed.push(Event::Unreachable(worker)),
-                            SendOutcome::Busy => failed.push(Event::Bounced {
-                                worker,
-                                tasks,
-                                again,
-                            }),
+                        }
+                        let Some(inputs) = &self.config.inputs else {
+                            let message = Message::encode_tasks(batch, job, &tasks);
+                            match sockets::send_to(&self.tasks_socket, to, &message) {
+                                SendOutcome::Sent => mark_sent(observer, &tasks),
+                                SendOutcome::Gone => failed.push(Event::Unreachable(worker)),
+                                SendOutcome::Busy => failed.push(Event::Bounced {
+                                    worker,
+                                    tasks,
+                                    again,
+                                }),
+                            }
+                            continue;
+                        };
+                        // Data tasks travel one per message, each with its input file.
+                        for (k, task) in tasks.iter().enumerate() {
+                            let input = match inputs.read(task.id, crate::protocol::max_payload())
+                            {
+                                Ok(input) => input,
+                                Err(e) => {
+                                    end = Some(Err(e));
+                                    break;
+                                }
+                            };
+                            let name = &inputs.names[task.id as usize];
+                            let message = Message::encode_data(batch, job, *task, name, &input);
+                            match sockets::send_to(&self.tasks_socket, to, &message) {
+                                SendOutcome::Sent => mark_sent(observer, std::slice::from_ref(task)),
+                                SendOutcome::Gone => {
+                                    // Every task of the command is the worker's: losing it
+                                    // hands them all on.
+                                    failed.push(Event::Unreachable(worker));
+                                    break;
+                                }
+                                SendOutcome::Busy => {
+                                    failed.push(Event::Bounced {
+                                        worker,
+                                        tasks: tasks[k..].to_vec(),
+                                        again,
+                                    });
+                                    break;
+                                }
+                            }
                         }
                     }
                     Command::Reply {

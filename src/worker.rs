@@ -12,8 +12,8 @@
 //! tasks); it wakes this thread over an inproc PAIR when outcomes are ready. The worker
 //! does not know which backend it drives.
 
-use crate::backend::Backend;
-use crate::batch::Task;
+use crate::backend::{Backend, Work};
+use crate::batch::Job;
 use crate::flow::{Chunk, Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
 use crate::protocol::WorkerInfo;
@@ -62,7 +62,12 @@ pub fn default_name(index: usize) -> String {
     format!("{host}-{}-{index}", std::process::id())
 }
 
-type Outcomes = Vec<Finished>;
+/// What the executor thread tells the I/O thread.
+enum Outcomes {
+    Finished(Vec<Finished>),
+    /// The backend cannot run this batch's job.
+    Declined { batch: u64, reason: String },
+}
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
 pub fn unix_ms() -> u64 {
@@ -319,7 +324,14 @@ impl Pump<'_> {
                 while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
                 let mut finished = Vec::new();
                 while let Ok(outcomes) = self.outcome_rx.try_recv() {
-                    finished.extend(outcomes);
+                    match outcomes {
+                        Outcomes::Finished(outcomes) => finished.extend(outcomes),
+                        Outcomes::Declined { batch, reason } => flow.handle(
+                            Instant::now(),
+                            FlowEvent::Declined { batch, reason },
+                            &mut out,
+                        ),
+                    }
                 }
                 if !finished.is_empty() {
                     flow.handle(Instant::now(), FlowEvent::Finished(finished), &mut out);
@@ -456,10 +468,14 @@ fn execute(
             return;
         }
     };
-    let mut buffer: Outcomes = Vec::new();
+    let mut buffer: Vec<Finished> = Vec::new();
     let mut last_flush = Instant::now();
-    let flush = |buffer: &mut Outcomes, last_flush: &mut Instant| {
-        if !buffer.is_empty() && outcome_tx.send(std::mem::take(buffer)).is_ok() {
+    let flush = |buffer: &mut Vec<Finished>, last_flush: &mut Instant| {
+        if !buffer.is_empty()
+            && outcome_tx
+                .send(Outcomes::Finished(std::mem::take(buffer)))
+                .is_ok()
+        {
             // A wake already queued is as good as a new one.
             let _ = wake.send(&b""[..], zmq::DONTWAIT);
         }
@@ -468,6 +484,8 @@ fn execute(
     let mut stash: Option<Chunk> = None;
     // The wall-clock time shared by the short outcomes of one flush.
     let mut stamp: Option<u64> = None;
+    // The job the backend was last prepared for, and whether it accepted it.
+    let mut prepared: Option<(u64, Job, bool)> = None;
     loop {
         let chunk = match stash.take() {
             Some(chunk) => chunk,
@@ -477,20 +495,41 @@ fn execute(
             },
         };
         let (batch, job) = (chunk.batch, chunk.job);
+        if prepared.as_ref().is_none_or(|(b, j, _)| (*b, *j) != (batch, job)) {
+            let ready = match backend.prepare(&job, chunk.source.as_deref()) {
+                Ok(()) => true,
+                Err(reason) => {
+                    // Told once per batch; its tasks are dropped here and handed to other
+                    // workers by the ventilator.
+                    let _ = outcome_tx.send(Outcomes::Declined { batch, reason });
+                    let _ = wake.send(&b""[..], zmq::DONTWAIT);
+                    false
+                }
+            };
+            prepared = Some((batch, job, ready));
+        }
+        if prepared.as_ref().is_some_and(|(_, _, ready)| !ready) {
+            continue;
+        }
         let mut current = chunk.tasks.into_iter();
+        let mut input = chunk.input;
         // Tasks of the same batch and job keep flowing into one `run`, so a pipelined
         // backend never drains between messages from the ventilator.
-        let mut next = || -> Option<Task> {
+        let mut next = || -> Option<Work> {
             if stop.load(Ordering::SeqCst) {
                 return None;
             }
             loop {
                 if let Some(task) = current.next() {
-                    return Some(task);
+                    return Some(match input.take() {
+                        Some((name, input)) => Work { task, name, input },
+                        None => Work::from(task),
+                    });
                 }
                 match chunks.try_recv() {
                     Ok(more) if more.batch == batch && more.job == job => {
-                        current = more.tasks.into_iter()
+                        current = more.tasks.into_iter();
+                        input = more.input;
                     }
                     Ok(other) => {
                         stash = Some(other);
@@ -511,6 +550,7 @@ fn execute(
                     Some(ms) if outcome.wall_us < FLUSH_AT_US => ms,
                     _ => *stamp.insert(unix_ms()),
                 };
+                let wall_us = outcome.wall_us;
                 buffer.push(Finished {
                     batch,
                     outcome,
@@ -518,7 +558,7 @@ fn execute(
                 });
                 // The clock is read every few outcomes only: for zero-work tasks a read per
                 // task costs as much as the task.
-                if outcome.wall_us >= FLUSH_AT_US
+                if wall_us >= FLUSH_AT_US
                     || buffer.len() >= FLUSH_COUNT
                     || (buffer.len() % FLUSH_CHECK_EVERY == 0
                         && last_flush.elapsed() >= FLUSH_AFTER)

@@ -1,62 +1,77 @@
-//! The `cpu` backend: each kernel's Rust reference, on the worker's thread. It is what GPU
-//! results are verified against and the CPU side of the CPU-vs-GPU comparison.
+//! The `cpu` backend: each built-in kernel's Rust reference, on the worker's thread. It is
+//! what GPU results are verified against and the CPU side of the CPU-vs-GPU comparison.
+//! User kernels have no reference: this backend declines them.
 
-use super::{micros, Backend, Outcome};
-use crate::batch::{Job, Task};
-use crate::kernels::{spin, Kernel};
+use super::{micros, Backend, Outcome, Work};
+use crate::batch::Job;
+use crate::kernels::{self, Kernel};
 use crate::protocol::Status;
 use std::time::Instant;
 
 #[derive(Default)]
 pub struct Cpu;
 
-/// Runs one task's kernel on the CPU: the reference checksum, or `None` for a job this
-/// build cannot run (unknown kernel, or more invocations than a u32 index holds).
-pub fn reference(job: &Job, task: Task) -> Option<u64> {
-    match Kernel::from_id(job.kernel)? {
-        Kernel::Spin => {
-            let n = spin::invocations(task.workload_ms, job.units_per_ms)?;
-            Some(spin::reference(task.id, n))
-        }
-    }
-}
-
 impl Backend for Cpu {
     fn kind(&self) -> &'static str {
         "cpu"
     }
 
+    fn prepare(&mut self, job: &Job, _source: Option<&str>) -> Result<(), String> {
+        match Kernel::from_id(job.kernel) {
+            Some(Kernel::User) => Err(
+                "the cpu backend runs the built-in kernels' Rust references only; a user kernel \
+                 needs --backend gpu or software"
+                    .to_owned(),
+            ),
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "kernel id {} is unknown to this build: upgrade the worker",
+                job.kernel
+            )),
+        }
+    }
+
     fn run(
         &mut self,
         job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
-        while let Some(task) = next() {
+        while let Some(work) = next() {
             let start = Instant::now();
-            let (status, checksum) = match reference(job, task) {
-                // This backend is the reference: a result it was asked to check matches.
-                Some(sum) if job.verifies(task.id) => (Status::Verified, sum),
-                Some(sum) => (Status::Ok, sum),
-                None => {
-                    log::error!(
-                        "task {}: kernel {} with {} units/ms x {} ms cannot run here",
-                        task.id,
-                        job.kernel,
-                        job.units_per_ms,
-                        task.workload_ms
-                    );
-                    (Status::Failed, 0)
-                }
-            };
+            let computed = kernels::reference(job, work.task, &work.input);
             let wall_us = micros(start.elapsed());
-            done(Outcome {
-                task,
-                status,
-                wall_us,
-                kernel_us: wall_us,
-                checksum,
-            });
+            match computed {
+                Some(Ok(mut output)) => {
+                    let checksum = kernels::checksum(job, &output);
+                    if !Kernel::from_id(job.kernel).is_some_and(Kernel::carries_output) {
+                        output = Vec::new();
+                    }
+                    done(Outcome {
+                        task: work.task,
+                        // This backend is the reference: a result it was asked to check matches.
+                        status: if job.verifies(work.task.id) {
+                            Status::Verified
+                        } else {
+                            Status::Ok
+                        },
+                        wall_us,
+                        kernel_us: wall_us,
+                        checksum,
+                        name: work.name,
+                        output,
+                        differing: 0,
+                    });
+                }
+                other => {
+                    let why = match other {
+                        Some(Err(why)) => why,
+                        _ => "the kernel has no CPU reference".to_owned(),
+                    };
+                    log::error!("task {} cannot run here: {why}", work.task.id);
+                    done(Outcome::failed(work, wall_us));
+                }
+            }
         }
     }
 }

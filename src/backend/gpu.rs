@@ -3,30 +3,33 @@
 //! (hardware GPUs for `gpu`, CPU implementations such as lavapipe or llvmpipe for
 //! `software`), so the shader that runs in production is the shader CI tests.
 //!
-//! The context (device, queue, pipeline, buffers, bind groups) is built once per worker and
-//! reused: no GPU buffer, bind group or pipeline is created per task (each dispatch's
-//! parameters are written from a small vector). A warm-up task, checked against the CPU reference, keeps
-//! shader compilation out of task timings and proves the adapter computes correctly. Several
-//! tasks are in flight at once (one "slot" each) so encoding, execution and read-back
-//! overlap. Big tasks are split into dispatches of bounded size. Errors never panic: wgpu's
-//! error handler is replaced, and a failing task is reported as failed for the ventilator
-//! to hand on. This module never touches a socket.
+//! Every kernel goes through one path, the kernel interface (`kernels`, docs/kernels.md):
+//! one bind group layout (`params` uniform with a dynamic offset, `input` read-only
+//! storage, `output` read-write storage), one pipeline per kernel source (compiled once by
+//! `prepare` and cached by its hash), one invocation per item, a task's items split into
+//! dispatches of bounded size. The context (device, queue, layout, buffers, bind groups) is
+//! built once per worker and reused: a slot's input and output buffers grow (to the next
+//! power of two) when a task needs more, within the adapter's limits, which the device is
+//! opened with. A warm-up task, checked against the CPU reference, keeps shader
+//! compilation out of task timings and proves the adapter computes correctly. Several tasks
+//! are in flight at once (one "slot" each) so upload, execution and read-back overlap.
+//! Errors never panic: wgpu's error handler is replaced, and a failing task is reported as
+//! failed for the ventilator to hand on. This module never touches a socket.
 
-use super::{micros, Backend, Outcome};
+use super::{micros, Backend, Outcome, Work};
 use crate::batch::{Job, Task};
-use crate::kernels::{spin, Kernel};
+use crate::kernels::{self, spin, Kernel, PARAMS_BYTES};
 use crate::protocol::Status;
 use anyhow::{anyhow, bail, Context};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The spin kernel's WGSL source, compiled into the binary.
-pub const SPIN_WGSL: &str = include_str!("../../shaders/spin.wgsl");
-
-/// Bytes of one dispatch's parameters (`Params` in the shader).
-const PARAMS_BYTES: u64 = 16;
+/// Bytes reserved at the start of a slot's read-back buffer for the two timestamps.
+const TIMESTAMP_BYTES: u64 = 16;
+/// Smallest input or output buffer a slot has: room for spin and small tasks.
+const MIN_BUFFER: u64 = 256;
 /// Dispatches recorded per submission; a task needing more is submitted in several rounds.
 const DISPATCHES_PER_SUBMIT: usize = 256;
 /// Longest single wait on the device; the GL backend caps waits near 2 s, so we loop.
@@ -200,40 +203,27 @@ pub fn choose(
         .map(|(i, _)| i))
 }
 
-/// The buffers and bindings of one task in flight.
-struct Slot {
-    params: wgpu::Buffer,
-    result: wgpu::Buffer,
-    resolve: Option<wgpu::Buffer>,
-    readback: wgpu::Buffer,
-    queries: Option<wgpu::QuerySet>,
-    bind_group: wgpu::BindGroup,
-}
-
-/// A task submitted to a slot.
-struct InFlight {
-    slot: usize,
-    task: Task,
-    submitted: Instant,
-    index: Option<wgpu::SubmissionIndex>,
-    /// 0 waiting, 1 mapped, 2 mapping failed: set by the map callback.
-    mapped: Arc<AtomicU8>,
-    /// Set when the task failed before or during submission.
-    failure: Option<String>,
-}
-
 /// A GPU context for one worker.
 pub struct Gpu {
     class: AdapterClass,
     adapter_name: String,
     device: wgpu::Device,
     queue: wgpu::Queue,
-    pipeline: wgpu::ComputePipeline,
+    /// The kernel interface's bindings, shared by every kernel.
+    layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    /// Compiled kernels by [`pipeline_key`].
+    pipelines: HashMap<u64, Pipeline>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     /// Byte distance between dispatch parameters (the uniform offset alignment).
     params_stride: u64,
+    /// Most invocations in one dispatch (rounded down to whole workgroups per kernel).
     max_invocations_per_dispatch: u32,
+    max_workgroups: u32,
+    max_workgroup_invocations: u32,
+    /// Largest storage buffer this device binds.
+    max_binding: u64,
     /// Nanoseconds per timestamp tick, when timestamps are supported.
     timestamp_period_ns: Option<f64>,
     task_timeout: Duration,
@@ -283,12 +273,8 @@ impl Gpu {
             });
         }
 
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("spin.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(SPIN_WGSL.into()),
-        });
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("spin"),
+            label: Some("kernel interface"),
             entries: &[
                 wgpu::BindGroupLayoutEntry {
                     binding: 0,
@@ -304,47 +290,53 @@ impl Gpu {
                     binding: 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: true },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
+                wgpu::BindGroupLayoutEntry {
+                    binding: 2,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Storage { read_only: false },
                         has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(8),
+                        min_binding_size: None,
                     },
                     count: None,
                 },
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("spin"),
+            label: Some("kernel interface"),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("spin"),
-            layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
         });
 
         let params_stride = u64::from(limits.min_uniform_buffer_offset_alignment).max(PARAMS_BYTES);
         let max_workgroups = limits.max_compute_workgroups_per_dimension.min(65_535);
-        let max_invocations_per_dispatch = config
-            .max_invocations_per_dispatch
-            .clamp(spin::WORKGROUP_SIZE, max_workgroups * spin::WORKGROUP_SIZE);
         let slots = (0..config.slots.max(1))
-            .map(|i| make_slot(&device, &layout, params_stride, timestamps, i))
+            .map(|i| Slot::new(&device, &layout, params_stride, timestamps, i))
             .collect::<Vec<_>>();
         let timestamp_period_ns = timestamps.then(|| f64::from(queue.get_timestamp_period()));
+        let max_binding =
+            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
         let mut gpu = Gpu {
             class,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
             device,
             queue,
-            pipeline,
+            layout,
+            pipeline_layout,
+            pipelines: HashMap::new(),
             free: (0..slots.len()).rev().collect(),
             slots,
             params_stride,
-            max_invocations_per_dispatch,
+            max_invocations_per_dispatch: config.max_invocations_per_dispatch.max(1),
+            max_workgroups,
+            max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+            max_binding,
             timestamp_period_ns,
             task_timeout: config.task_timeout,
             errors,
@@ -362,16 +354,17 @@ impl Gpu {
         let job = Job {
             kernel: Kernel::Spin.id(),
             units_per_ms: 3 * spin::WORKGROUP_SIZE + 5,
-            verify_percent: 0,
+            ..Job::default()
         };
         let task = Task {
             id: 7,
             workload_ms: 1,
         };
+        self.prepare(&job, None).map_err(|e| anyhow!(e))?;
         let saved = self.max_invocations_per_dispatch;
         self.max_invocations_per_dispatch = spin::WORKGROUP_SIZE;
         let mut outcome = None;
-        let mut tasks = std::iter::once(task);
+        let mut tasks = std::iter::once(Work::from(task));
         self.run(&job, &mut || tasks.next(), &mut |o| outcome = Some(o));
         self.max_invocations_per_dispatch = saved;
         let outcome = outcome.ok_or_else(|| anyhow!("no outcome"))?;
@@ -406,36 +399,300 @@ impl Gpu {
         self.lost.lock().ok().and_then(|l| l.clone())
     }
 
-    /// Encodes and submits `task` on a free slot.
-    fn submit(&mut self, slot: usize, job: &Job, task: Task) -> InFlight {
+}
+
+/// A compiled kernel.
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    /// Invocations per workgroup (`@workgroup_size`).
+    workgroup: u32,
+}
+
+/// Which cached pipeline a job runs: its user kernel's source hash, or the built-in's id.
+fn pipeline_key(job: &Job) -> u64 {
+    if job.source != 0 {
+        job.source
+    } else {
+        u64::from(job.kernel)
+    }
+}
+
+/// The buffers and bindings of one task in flight.
+struct Slot {
+    params: wgpu::Buffer,
+    input: wgpu::Buffer,
+    output: wgpu::Buffer,
+    resolve: Option<wgpu::Buffer>,
+    /// Timestamps (16 bytes), then the output.
+    readback: wgpu::Buffer,
+    queries: Option<wgpu::QuerySet>,
+    bind_group: wgpu::BindGroup,
+    index: usize,
+}
+
+impl Slot {
+    fn new(
+        device: &wgpu::Device,
+        layout: &wgpu::BindGroupLayout,
+        params_stride: u64,
+        timestamps: bool,
+        index: usize,
+    ) -> Slot {
+        let label = format!("slot {index}");
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&label),
+            size: params_stride * DISPATCHES_PER_SUBMIT as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let (input, output, readback) = data_buffers(device, index, MIN_BUFFER, MIN_BUFFER);
+        let (queries, resolve) = if timestamps {
+            (
+                Some(device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some(&label),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                })),
+                Some(device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&label),
+                    size: TIMESTAMP_BYTES,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })),
+            )
+        } else {
+            (None, None)
+        };
+        let bind_group = bind(device, layout, &params, &input, &output, index);
+        Slot {
+            params,
+            input,
+            output,
+            resolve,
+            readback,
+            queries,
+            bind_group,
+            index,
+        }
+    }
+
+    /// Grows the input and output buffers to hold `input` and `output` bytes (to the next
+    /// power of two, so a batch of growing tasks reallocates a few times at most).
+    fn fit(
+        &mut self,
+        device: &wgpu::Device,
+        layout: &wgpu::BindGroupLayout,
+        input: u64,
+        output: u64,
+    ) {
+        if input <= self.input.size() && output <= self.output.size() {
+            return;
+        }
+        let grow = |need: u64, have: u64| need.max(have).next_power_of_two();
+        let (i, o, r) = data_buffers(
+            device,
+            self.index,
+            grow(input, self.input.size()),
+            grow(output, self.output.size()),
+        );
+        self.input = i;
+        self.output = o;
+        self.readback = r;
+        self.bind_group = bind(
+            device,
+            layout,
+            &self.params,
+            &self.input,
+            &self.output,
+            self.index,
+        );
+    }
+}
+
+/// A slot's input, output and read-back buffers.
+fn data_buffers(
+    device: &wgpu::Device,
+    index: usize,
+    input: u64,
+    output: u64,
+) -> (wgpu::Buffer, wgpu::Buffer, wgpu::Buffer) {
+    let label = format!("slot {index}");
+    let input = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: input,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let output_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: output,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let readback = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&label),
+        size: TIMESTAMP_BYTES + output,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    (input, output_buffer, readback)
+}
+
+fn bind(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    params: &wgpu::Buffer,
+    input: &wgpu::Buffer,
+    output: &wgpu::Buffer,
+    index: usize,
+) -> wgpu::BindGroup {
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&format!("slot {index}")),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: params,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_BYTES),
+                }),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: input.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: output.as_entire_binding(),
+            },
+        ],
+    })
+}
+
+/// Rounds `n` up to a multiple of 4 (wgpu's copy alignment).
+fn pad4(n: u64) -> u64 {
+    n.div_ceil(4) * 4
+}
+
+/// A task submitted to a slot.
+struct InFlight {
+    slot: usize,
+    task: Task,
+    name: String,
+    submitted: Instant,
+    index: Option<wgpu::SubmissionIndex>,
+    /// 0 waiting, 1 mapped, 2 mapping failed: set by the map callback.
+    mapped: Arc<AtomicU8>,
+    /// Output bytes the task produces (the mapped range holds them padded).
+    output_bytes: u64,
+    /// End of the read-back buffer's mapped range.
+    map_end: u64,
+    /// Set when the task failed before or during submission.
+    failure: Option<String>,
+}
+
+impl Gpu {
+    /// Compiles `source` (a user kernel's WGSL, or the job's built-in kernel) unless it is
+    /// cached, capturing compile and validation errors instead of panicking.
+    fn compile(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
+        let key = pipeline_key(job);
+        if self.pipelines.contains_key(&key) {
+            return Ok(());
+        }
+        let kernel = Kernel::from_id(job.kernel)
+            .ok_or_else(|| format!("kernel id {} is unknown to this build", job.kernel))?;
+        let (source, label) = match (kernel.builtin_source(), source) {
+            (Some(builtin), _) => (builtin, kernel.name().to_owned()),
+            (None, Some(user)) => (user, format!("kernel {key:016x}")),
+            (None, None) => return Err("the user kernel's source never arrived".to_owned()),
+        };
+        let checked = kernels::user::check(source, &label)?;
+        let workgroup = checked.invocations_per_workgroup();
+        if workgroup == 0 || workgroup > self.max_workgroup_invocations {
+            return Err(format!(
+                "{label}: @workgroup_size({workgroup}) is over this adapter's limit of {} \
+                 invocations per workgroup",
+                self.max_workgroup_invocations
+            ));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&self.pipeline_layout),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(format!(
+                "{label} does not compile on {}: {error}",
+                self.adapter_name
+            ));
+        }
+        self.pipelines
+            .insert(key, Pipeline { pipeline, workgroup });
+        Ok(())
+    }
+
+    /// Encodes and submits `work` on a free slot.
+    fn submit(&mut self, slot: usize, job: &Job, work: Work) -> InFlight {
+        let Work { task, name, input } = work;
         let mut flight = InFlight {
             slot,
             task,
+            name,
             submitted: Instant::now(),
             index: None,
             mapped: Arc::new(AtomicU8::new(0)),
+            output_bytes: 0,
+            map_end: 0,
             failure: None,
         };
-        let invocations = match Kernel::from_id(job.kernel) {
-            Some(Kernel::Spin) => spin::invocations(task.workload_ms, job.units_per_ms),
-            None => None,
+        let shape = match kernels::shape(job, task, input.len()) {
+            Ok(shape) => shape,
+            Err(why) => {
+                flight.failure = Some(why);
+                return flight;
+            }
         };
-        let Some(invocations) = invocations else {
-            flight.failure = Some(format!(
-                "kernel {} with {} units/ms x {} ms is not runnable here",
-                job.kernel, job.units_per_ms, task.workload_ms
-            ));
+        let Some(pipeline) = self.pipelines.get(&pipeline_key(job)) else {
+            flight.failure = Some("the kernel was never compiled on this worker".to_owned());
             return flight;
         };
         if let Some(reason) = self.lost_reason() {
             flight.failure = Some(format!("device lost: {reason}"));
             return flight;
         }
-        let per = self.max_invocations_per_dispatch;
-        let dispatches: Vec<(u32, u32)> = (0..invocations.div_ceil(per))
+        let (input_bytes, output_bytes) = (input.len() as u64, shape.output_bytes as u64);
+        if pad4(input_bytes) > self.max_binding || pad4(output_bytes) > self.max_binding {
+            flight.failure = Some(format!(
+                "the task needs {input_bytes} bytes of input and {output_bytes} of output; {} \
+                 binds at most {} bytes per buffer",
+                self.adapter_name, self.max_binding
+            ));
+            return flight;
+        }
+        flight.output_bytes = output_bytes;
+        let workgroup = pipeline.workgroup;
+        let per = (self.max_invocations_per_dispatch / workgroup).clamp(1, self.max_workgroups)
+            * workgroup;
+        let items = shape.items;
+        let dispatches: Vec<(u32, u32)> = (0..items.div_ceil(per))
             .map(|d| {
                 let start = d * per;
-                (start, per.min(invocations - start))
+                (start, per.min(items - start))
             })
             .collect();
         let rounds: Vec<&[(u32, u32)]> = if dispatches.is_empty() {
@@ -443,7 +700,29 @@ impl Gpu {
         } else {
             dispatches.chunks(DISPATCHES_PER_SUBMIT).collect()
         };
+        self.slots[slot].fit(
+            &self.device,
+            &self.layout,
+            pad4(input_bytes),
+            pad4(output_bytes),
+        );
         let s = &self.slots[slot];
+        if !input.is_empty() {
+            if input.len() % 4 == 0 {
+                self.queue.write_buffer(&s.input, 0, &input);
+            } else {
+                let mut padded = input;
+                padded.resize(pad4(input_bytes) as usize, 0);
+                self.queue.write_buffer(&s.input, 0, &padded);
+            }
+        }
+        let fixed = [
+            items,
+            u32::try_from(input_bytes).unwrap_or(u32::MAX),
+            u32::try_from(output_bytes).unwrap_or(u32::MAX),
+            0,
+            0,
+        ];
         let last_round = rounds.len() - 1;
         let mut index = None;
         for (round, chunk) in rounds.iter().enumerate() {
@@ -451,8 +730,12 @@ impl Gpu {
                 let mut params = vec![0u8; chunk.len() * self.params_stride as usize];
                 for (i, &(start, count)) in chunk.iter().enumerate() {
                     let at = i * self.params_stride as usize;
-                    let words = [task.id, start, count, 0];
-                    params[at..at + 16].copy_from_slice(bytemuck::cast_slice(&words));
+                    let mut words = [0u32; 16];
+                    words[..3].copy_from_slice(&[task.id, start, count]);
+                    words[3..8].copy_from_slice(&fixed);
+                    words[8..].copy_from_slice(&job.constants);
+                    params[at..at + PARAMS_BYTES as usize]
+                        .copy_from_slice(bytemuck::cast_slice(&words));
                 }
                 self.queue.write_buffer(&s.params, 0, &params);
             }
@@ -461,8 +744,8 @@ impl Gpu {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("task"),
                 });
-            if round == 0 {
-                encoder.clear_buffer(&s.result, 0, None);
+            if round == 0 && output_bytes > 0 {
+                encoder.clear_buffer(&s.output, 0, Some(pad4(output_bytes)));
             }
             {
                 let timestamp_writes =
@@ -474,54 +757,70 @@ impl Gpu {
                             end_of_pass_write_index: (round == last_round).then_some(1),
                         });
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("spin"),
+                    label: Some("kernel"),
                     timestamp_writes,
                 });
-                pass.set_pipeline(&self.pipeline);
+                pass.set_pipeline(&pipeline.pipeline);
                 for (i, &(_, count)) in chunk.iter().enumerate() {
                     let offset = (i as u64 * self.params_stride) as u32;
                     pass.set_bind_group(0, &s.bind_group, &[offset]);
-                    pass.dispatch_workgroups(count.div_ceil(spin::WORKGROUP_SIZE), 1, 1);
+                    pass.dispatch_workgroups(count.div_ceil(workgroup), 1, 1);
                 }
             }
             if round == last_round {
-                encoder.copy_buffer_to_buffer(&s.result, 0, &s.readback, 0, 8);
+                if output_bytes > 0 {
+                    encoder.copy_buffer_to_buffer(
+                        &s.output,
+                        0,
+                        &s.readback,
+                        TIMESTAMP_BYTES,
+                        pad4(output_bytes),
+                    );
+                }
                 if let (Some(q), Some(resolve)) = (&s.queries, &s.resolve) {
                     encoder.resolve_query_set(q, 0..2, resolve, 0);
-                    encoder.copy_buffer_to_buffer(resolve, 0, &s.readback, 8, 16);
+                    encoder.copy_buffer_to_buffer(resolve, 0, &s.readback, 0, TIMESTAMP_BYTES);
                 }
             }
             index = Some(self.queue.submit(Some(encoder.finish())));
         }
         let mapped = flight.mapped.clone();
-        s.readback.map_async(wgpu::MapMode::Read, .., move |r| {
-            mapped.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
-        });
+        // Map ranges are multiples of 8 bytes.
+        let map_end = (TIMESTAMP_BYTES + pad4(output_bytes)).div_ceil(8) * 8;
+        let map_end = map_end.min(s.readback.size());
+        s.readback
+            .map_async(wgpu::MapMode::Read, 0..map_end, move |r| {
+                mapped.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+            });
         flight.index = index;
+        flight.map_end = map_end;
         flight
     }
 
     /// Waits for a submitted task and reads its result.
-    fn complete(&mut self, flight: InFlight) -> Outcome {
-        let failed = |gpu: &mut Gpu, why: String| {
+    fn complete(&mut self, job: &Job, flight: InFlight) -> Outcome {
+        let failed = |gpu: &mut Gpu, flight: InFlight, why: String| {
             log::error!(
                 "task {} failed on {}: {why}",
                 flight.task.id,
                 gpu.adapter_name
             );
             gpu.last_completion = Instant::now();
-            Outcome {
-                task: flight.task,
-                status: Status::Failed,
-                wall_us: micros(flight.submitted.elapsed()),
-                kernel_us: 0,
-                checksum: 0,
-            }
+            let wall_us = micros(flight.submitted.elapsed());
+            Outcome::failed(
+                Work {
+                    task: flight.task,
+                    name: flight.name,
+                    input: Vec::new(),
+                },
+                wall_us,
+            )
         };
         if let Some(why) = flight.failure.clone() {
             self.free.push(flight.slot);
-            return failed(self, why);
+            return failed(self, flight, why);
         }
+        debug_assert!(flight.map_end > 0);
         let deadline = flight.submitted + self.task_timeout;
         let outcome = loop {
             match flight.mapped.load(Ordering::SeqCst) {
@@ -549,10 +848,14 @@ impl Gpu {
         };
         let slot = &self.slots[flight.slot];
         let read = outcome.and_then(|()| {
-            let bytes = slot
+            let view = slot
                 .readback
-                .get_mapped_range(..)
-                .map_err(|e| format!("reading the result: {e}"))?
+                .get_mapped_range(0..flight.map_end)
+                .map_err(|e| format!("reading the result: {e}"))?;
+            let end = (TIMESTAMP_BYTES + flight.output_bytes) as usize;
+            let bytes = view
+                .get(..end)
+                .ok_or_else(|| "the read-back buffer is too small".to_owned())?
                 .to_vec();
             Ok(bytes)
         });
@@ -567,21 +870,25 @@ impl Gpu {
         }
         let bytes = match read {
             Ok(bytes) => bytes,
-            Err(why) => return failed(self, why),
+            Err(why) => return failed(self, flight, why),
         };
         if let Some(errors) = self.take_errors() {
-            return failed(self, errors);
+            return failed(self, flight, errors);
         }
-        let words: &[u32] = bytemuck::cast_slice(&bytes[..8]);
-        let checksum = spin::checksum((words[0], words[1]));
         let kernel_us = match self.timestamp_period_ns {
             Some(period) => {
-                let ticks: &[u64] = bytemuck::cast_slice(&bytes[8..24]);
+                let ticks: &[u64] = bytemuck::cast_slice(&bytes[..TIMESTAMP_BYTES as usize]);
                 let ns = ticks[1].saturating_sub(ticks[0]) as f64 * period;
                 (ns / 1000.0).round().min(f64::from(u32::MAX)) as u32
             }
             None => 0,
         };
+        let mut output = bytes[TIMESTAMP_BYTES as usize..].to_vec();
+        kernels::canonical(job, &mut output);
+        let checksum = kernels::checksum(job, &output);
+        if !Kernel::from_id(job.kernel).is_some_and(Kernel::carries_output) {
+            output = Vec::new();
+        }
         // Time this task had the device to itself: from when it was submitted or the task
         // before it finished, whichever is later, so in-flight tasks' times add up.
         let now = Instant::now();
@@ -593,80 +900,10 @@ impl Gpu {
             wall_us: micros(now.duration_since(start)),
             kernel_us,
             checksum,
+            name: flight.name,
+            output,
+            differing: 0,
         }
-    }
-}
-
-fn make_slot(
-    device: &wgpu::Device,
-    layout: &wgpu::BindGroupLayout,
-    params_stride: u64,
-    timestamps: bool,
-    index: usize,
-) -> Slot {
-    let label = format!("slot {index}");
-    let params = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&label),
-        size: params_stride * DISPATCHES_PER_SUBMIT as u64,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let result = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&label),
-        size: 8,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let readback = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&label),
-        size: 24,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let (queries, resolve) = if timestamps {
-        (
-            Some(device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some(&label),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            })),
-            Some(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&label),
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            })),
-        )
-    } else {
-        (None, None)
-    };
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(&label),
-        layout,
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &params,
-                    offset: 0,
-                    size: wgpu::BufferSize::new(PARAMS_BYTES),
-                }),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: result.as_entire_binding(),
-            },
-        ],
-    });
-    Slot {
-        params,
-        result,
-        resolve,
-        readback,
-        queries,
-        bind_group,
     }
 }
 
@@ -694,10 +931,14 @@ impl Backend for Gpu {
         }
     }
 
+    fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
+        self.compile(job, source)
+    }
+
     fn run(
         &mut self,
         job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -706,8 +947,8 @@ impl Backend for Gpu {
             while !exhausted {
                 let Some(slot) = self.free.pop() else { break };
                 match next() {
-                    Some(task) => {
-                        let flight = self.submit(slot, job, task);
+                    Some(work) => {
+                        let flight = self.submit(slot, job, work);
                         in_flight.push_back(flight);
                     }
                     None => {
@@ -719,19 +960,13 @@ impl Backend for Gpu {
             let Some(oldest) = in_flight.pop_front() else {
                 if self.free.is_empty() && !exhausted {
                     // Every slot was retired by timeouts: fail what is left rather than hang.
-                    while let Some(task) = next() {
-                        done(Outcome {
-                            task,
-                            status: Status::Failed,
-                            wall_us: 0,
-                            kernel_us: 0,
-                            checksum: 0,
-                        });
+                    while let Some(work) = next() {
+                        done(Outcome::failed(work, 0));
                     }
                 }
                 return;
             };
-            let outcome = self.complete(oldest);
+            let outcome = self.complete(job, oldest);
             done(outcome);
         }
     }

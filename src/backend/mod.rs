@@ -26,8 +26,26 @@ pub enum BackendKind {
     Sleep,
 }
 
+/// One task as a backend receives it: the task, and for data batches its input's name and
+/// bytes (empty for built-in kernels, which compute from the task id and constants).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Work {
+    pub task: Task,
+    pub name: String,
+    pub input: Vec<u8>,
+}
+
+impl From<Task> for Work {
+    fn from(task: Task) -> Work {
+        Work {
+            task,
+            ..Work::default()
+        }
+    }
+}
+
 /// What one task came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub task: Task,
     pub status: Status,
@@ -39,6 +57,26 @@ pub struct Outcome {
     pub kernel_us: u32,
     /// The kernel's checksum; 0 for `sleep`.
     pub checksum: u64,
+    /// The input's name, passed through (the sink names the output after it).
+    pub name: String,
+    /// The kernel's output (data kernels); empty for `spin` and `sleep`.
+    pub output: Vec<u8>,
+    /// Items that differ from the CPU reference when the result was checked with a
+    /// tolerance (`mandelbrot`'s pixels); 0 otherwise.
+    pub differing: u32,
+}
+
+impl Outcome {
+    /// A task that could not run: failed, nothing computed.
+    pub fn failed(work: Work, wall_us: u32) -> Outcome {
+        Outcome {
+            task: work.task,
+            status: Status::Failed,
+            wall_us,
+            name: work.name,
+            ..Outcome::default()
+        }
+    }
 }
 
 /// A backend as the worker sees it.
@@ -53,14 +91,18 @@ pub trait Backend: Send {
     fn window_hint(&self) -> u16 {
         1
     }
+    /// Gets ready for a batch's job before its first task: compiles its kernel (`source`
+    /// is a user kernel's WGSL, `None` for built-in kernels). `Err` with the reason when
+    /// this backend cannot run the job at all (the worker then declines the batch).
+    fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String>;
     /// Runs tasks taken from `next` until it returns `None`, calling `done` with each
     /// outcome as soon as it is known. A pipelined backend takes a new task whenever it has
     /// room, so its device never waits for the worker. Must call `done` exactly once for
-    /// every task it took, whatever fails.
+    /// every task it took, whatever fails. Called only after `prepare` accepted the job.
     fn run(
         &mut self,
         job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     );
     /// `Err` with the reason once the backend can run nothing more (a lost GPU device).
@@ -144,7 +186,13 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
                         "backend auto: no hardware GPU adapter, found {found}; using sleep \
                          (--backend software runs the shaders on a CPU adapter)"
                     ));
-                    Ok(sleep())
+                    Ok(Box::new(AutoFallback {
+                        sleep: sleep::Sleep::new(options.slowdown),
+                        data: None,
+                        tried: false,
+                        options: options.clone(),
+                        on_data: false,
+                    }))
                 }
                 Err(e) => Err(e),
             }
@@ -189,6 +237,85 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
             let g = gpu::Gpu::new(&adapters[index], options.gpu)?;
             say(format!("backend {}: {}", g.kind(), g.adapter()));
             Ok(Box::new(Verifier::new(Box::new(g))))
+        }
+    }
+}
+
+/// `auto` without a hardware GPU: sleep stands in for millisecond batches, as the seed's
+/// simulation; a data batch gets a software adapter if there is one, else the CPU
+/// reference of a built-in kernel, built on first need. Nothing here invents an output.
+struct AutoFallback {
+    sleep: sleep::Sleep,
+    data: Option<Box<dyn Backend>>,
+    tried: bool,
+    options: BackendOptions,
+    /// The prepared job is a data job.
+    on_data: bool,
+}
+
+impl AutoFallback {
+    fn data_backend(&mut self) -> Option<&mut Box<dyn Backend>> {
+        if !self.tried {
+            self.tried = true;
+            let adapters = gpu::adapters();
+            let software = gpu::choose(&adapters, gpu::AdapterClass::Software, None)
+                .ok()
+                .flatten()
+                .and_then(|i| match gpu::Gpu::new(&adapters[i], self.options.gpu) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        log::warn!("backend auto: the software adapter is not usable ({e:#})");
+                        None
+                    }
+                });
+            self.data = Some(match software {
+                Some(g) => {
+                    log::info!(
+                        "backend auto: data batch: no hardware GPU, running it on the software \
+                         adapter {}",
+                        g.adapter()
+                    );
+                    Box::new(Verifier::new(Box::new(g)))
+                }
+                None => {
+                    log::info!(
+                        "backend auto: data batch: no GPU adapter at all, running built-in \
+                         kernels' CPU references"
+                    );
+                    Box::new(cpu::Cpu)
+                }
+            });
+        }
+        self.data.as_mut()
+    }
+}
+
+impl Backend for AutoFallback {
+    fn kind(&self) -> &'static str {
+        "sleep"
+    }
+    fn healthy(&self) -> Result<(), String> {
+        self.data.as_ref().map_or(Ok(()), |d| d.healthy())
+    }
+    fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
+        self.on_data = crate::kernels::is_data(job);
+        if !self.on_data {
+            return self.sleep.prepare(job, source);
+        }
+        match self.data_backend() {
+            Some(data) => data.prepare(job, source),
+            None => Err("no backend for data batches could be built".to_owned()),
+        }
+    }
+    fn run(
+        &mut self,
+        job: &Job,
+        next: &mut dyn FnMut() -> Option<Work>,
+        done: &mut dyn FnMut(Outcome),
+    ) {
+        match (self.on_data, self.data.as_mut()) {
+            (true, Some(data)) => data.run(job, next, done),
+            _ => self.sleep.run(job, next, done),
         }
     }
 }
@@ -241,29 +368,64 @@ impl Backend for Verifier {
     fn healthy(&self) -> Result<(), String> {
         self.inner.healthy()
     }
+    fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
+        if job.verify_percent > 0 && crate::kernels::reference(job, Task::default(), &[]).is_none()
+        {
+            log::warn!(
+                "--verify: a user kernel has no CPU reference; its results count as unchecked"
+            );
+        }
+        self.inner.prepare(job, source)
+    }
     fn run(
         &mut self,
         job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
         self.inner.run(job, next, &mut |mut outcome| {
             if job.verifies(outcome.task.id) && outcome.status == Status::Ok {
-                let expected = cpu::reference(job, outcome.task);
-                if expected != Some(outcome.checksum) {
-                    log::error!(
-                        "task {}: checksum {:016x} differs from the CPU reference {}",
-                        outcome.task.id,
-                        outcome.checksum,
-                        expected.map_or("(none)".to_owned(), |e| format!("{e:016x}"))
-                    );
-                    outcome.status = Status::Mismatch;
-                } else {
-                    outcome.status = Status::Verified;
-                }
+                check(job, &mut outcome);
             }
             done(outcome)
         })
+    }
+}
+
+/// Checks one outcome against the CPU reference, where the kernel has one: `verified`,
+/// or `mismatch` with the reason logged. User kernels have none and stay `ok`.
+pub fn check(job: &Job, outcome: &mut Outcome) {
+    let Some(expected) = crate::kernels::reference(job, outcome.task, &[]) else {
+        return;
+    };
+    let verdict = expected.and_then(|expected| {
+        if crate::kernels::Kernel::from_id(job.kernel) == Some(crate::kernels::Kernel::Spin) {
+            let sum = crate::kernels::checksum(job, &expected);
+            if sum == outcome.checksum {
+                Ok(())
+            } else {
+                Err(format!(
+                    "checksum {:016x} differs from the CPU reference {sum:016x}",
+                    outcome.checksum
+                ))
+            }
+        } else {
+            if crate::kernels::Kernel::from_id(job.kernel)
+                == Some(crate::kernels::Kernel::Mandelbrot)
+            {
+                outcome.differing = crate::kernels::mandelbrot::differing(&outcome.output, &expected)
+                    .try_into()
+                    .unwrap_or(u32::MAX);
+            }
+            crate::kernels::agrees(job, &outcome.output, &expected)
+        }
+    });
+    match verdict {
+        Ok(()) => outcome.status = Status::Verified,
+        Err(why) => {
+            log::error!("task {}: {why}", outcome.task.id);
+            outcome.status = Status::Mismatch;
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The `sleep` backend: the seed's simulation. Each task sleeps its workload in milliseconds
 //! (times a slowdown factor, to emulate a slower box) and computes nothing.
 
-use super::{micros, Backend, Outcome};
-use crate::batch::{Job, Task};
+use super::{micros, Backend, Outcome, Work};
+use crate::batch::Job;
 use crate::protocol::Status;
 use std::time::{Duration, Instant};
 
@@ -22,13 +22,26 @@ impl Backend for Sleep {
         "sleep"
     }
 
+    fn prepare(&mut self, job: &Job, _source: Option<&str>) -> Result<(), String> {
+        // Sleeping stands in for millisecond work only: a data batch's outputs would be
+        // invented, and no backend returns outputs it did not compute.
+        match crate::kernels::Kernel::from_id(job.kernel) {
+            Some(crate::kernels::Kernel::Spin) => Ok(()),
+            other => Err(format!(
+                "the sleep backend computes nothing, so it cannot run the {} kernel's data batch: \
+                 start this worker with --backend gpu, software or cpu",
+                other.map_or("unknown", |k| k.name())
+            )),
+        }
+    }
+
     fn run(
         &mut self,
         _job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
-        while let Some(task) = next() {
+        while let Some(Work { task, name, .. }) = next() {
             // A zero-work task sleeps nothing and takes under a microsecond: no clock reads.
             let wall_us = if task.workload_ms > 0 {
                 let start = Instant::now();
@@ -42,8 +55,8 @@ impl Backend for Sleep {
                 task,
                 status: Status::Ok,
                 wall_us,
-                kernel_us: 0,
-                checksum: 0,
+                name,
+                ..Outcome::default()
             });
         }
     }
@@ -67,6 +80,7 @@ fn sleep_until(deadline: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Task;
 
     #[test]
     fn sleeps_at_least_the_workload_and_reports_every_task() {
@@ -83,7 +97,7 @@ mod tests {
         ];
         let mut outcomes = Vec::new();
         let mut queue = tasks.into_iter();
-        backend.run(&Job::default(), &mut || queue.next(), &mut |o| {
+        backend.run(&Job::default(), &mut || queue.next().map(Work::from), &mut |o| {
             outcomes.push(o)
         });
         assert_eq!(outcomes.len(), 2);
@@ -103,7 +117,7 @@ mod tests {
             id: 0,
             workload_ms: 2,
         });
-        backend.run(&Job::default(), &mut || queue.next(), &mut |o| {
+        backend.run(&Job::default(), &mut || queue.next().map(Work::from), &mut |o| {
             wall = o.wall_us
         });
         assert!(wall >= 6000, "{wall}");

@@ -60,11 +60,12 @@ pub(super) fn device(
             kernel: 0,
             units_per_ms: invocations,
             verify_percent: 0,
+            ..Job::default()
         };
         let run = |gpu: &mut Gpu, job: &Job, tasks: Vec<Task>| -> anyhow::Result<Vec<Outcome>> {
             let mut queue = tasks.into_iter();
             let mut outcomes = Vec::new();
-            gpu.run(job, &mut || queue.next(), &mut |o| outcomes.push(o));
+            gpu.run(job, &mut || queue.next().map(crate::backend::Work::from), &mut |o| outcomes.push(o));
             if let Some(bad) = outcomes.iter().find(|o| o.status != Status::Ok) {
                 bail!("task {} failed on {}", bad.task.id, info.name);
             }
@@ -94,6 +95,7 @@ pub(super) fn device(
             kernel: 0,
             units_per_ms: 0,
             verify_percent: 0,
+            ..Job::default()
         };
         let n: u32 = if args.quick { 50 } else { 2000 };
         let tasks = || {

@@ -454,6 +454,7 @@ fn compute_setup(args: &BenchArgs) -> (Job, crate::backend::BackendOptions) {
         kernel: 0,
         units_per_ms: args.units_per_ms,
         verify_percent: 0,
+        ..Job::default()
     };
     let options = crate::backend::BackendOptions {
         slowdown: 1.0,

@@ -339,6 +339,7 @@ impl Sim {
                         checksum: 0,
                         started_unix_ms: 0,
                         finished_unix_ms: 0,
+                        ..TaskResult::default()
                     }],
                 };
                 self.after(self.latency, Ev::ToSink(w, results));
@@ -535,6 +536,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         shutdown_workers: true,
         endpoint: "tcp://sim:5557".into(),
         sink: "tcp://sim:5558".into(),
+        fixed_workers: 0,
     };
     let base = Instant::now();
     let mut sim = Sim {

@@ -108,6 +108,7 @@ fn a_peer_without_the_secret_gets_no_task_and_nothing_it_sends_counts() {
             checksum: 0,
             started_unix_ms: 0,
             finished_unix_ms: 0,
+            ..TaskResult::default()
         })
         .collect();
     // Queued, or refused at once where no connection is being tried: never delivered.

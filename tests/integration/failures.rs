@@ -2,8 +2,8 @@
 //! to another worker, a wrong result is caught by `--verify` and reported, never counted as
 //! good.
 
-use conquer::backend::{sleep::Sleep, Backend, Outcome, Verifier};
-use conquer::batch::{Batch, Job, Order, Task};
+use conquer::backend::{sleep::Sleep, Backend, Outcome, Verifier, Work};
+use conquer::batch::{Batch, Job, Order};
 use conquer::local::{self, LocalRun};
 use conquer::protocol::Status;
 use conquer::shutdown::Shutdown;
@@ -22,15 +22,19 @@ impl Backend for Flaky {
     fn kind(&self) -> &'static str {
         "cpu"
     }
+    fn prepare(&mut self, _job: &Job, _source: Option<&str>) -> Result<(), String> {
+        Ok(())
+    }
     fn run(
         &mut self,
         job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
-        while let Some(task) = next() {
+        while let Some(Work { task, .. }) = next() {
             let first_time = self.seen.insert(task.id);
-            let reference = conquer::backend::cpu::reference(job, task).unwrap();
+            let output = conquer::kernels::reference(job, task, &[]).unwrap().unwrap();
+            let reference = conquer::kernels::checksum(job, &output);
             let (status, checksum) = if task.id % 5 == 0 && first_time {
                 (Status::Failed, 0)
             } else if self.lie && task.id % 7 == 0 {
@@ -42,8 +46,8 @@ impl Backend for Flaky {
                 task,
                 status,
                 wall_us: 10,
-                kernel_us: 0,
                 checksum,
+                ..Outcome::default()
             });
         }
     }
@@ -64,6 +68,7 @@ fn run(backends: Vec<Box<dyn Backend>>, tasks: u32, verify: bool) -> conquer::re
                 kernel: 0,
                 units_per_ms: 50,
                 verify_percent: if verify { 100 } else { 0 },
+                ..Job::default()
             },
         )
     };
@@ -119,21 +124,18 @@ impl Backend for Lost {
     fn kind(&self) -> &'static str {
         "gpu"
     }
+    fn prepare(&mut self, _job: &Job, _source: Option<&str>) -> Result<(), String> {
+        Ok(())
+    }
     fn run(
         &mut self,
         _job: &Job,
-        next: &mut dyn FnMut() -> Option<Task>,
+        next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
-        if let Some(task) = next() {
+        if let Some(work) = next() {
             self.lost = true;
-            done(Outcome {
-                task,
-                status: Status::Failed,
-                wall_us: 1,
-                kernel_us: 0,
-                checksum: 0,
-            });
+            done(Outcome::failed(work, 1));
         }
     }
     fn healthy(&self) -> Result<(), String> {

@@ -5,13 +5,13 @@
 
 use crate::util::{report, Proc};
 use conquer::backend::gpu::{self, AdapterClass, Gpu, GpuConfig};
-use conquer::backend::{Backend, Outcome};
+use conquer::backend::{Backend, Outcome, Work};
 use conquer::batch::{Job, Task};
 use conquer::kernels::spin;
 use conquer::protocol::Status;
 
 /// The adapters of `class` to test on: none (skipping, or failing where required) or one.
-fn adapter(class: AdapterClass) -> Option<wgpu::Adapter> {
+pub fn adapter(class: AdapterClass) -> Option<wgpu::Adapter> {
     let mut adapters = gpu::adapters();
     if let Ok(Some(index)) = gpu::choose(&adapters, class, None) {
         return Some(adapters.swap_remove(index));
@@ -39,7 +39,7 @@ fn classes() -> impl Iterator<Item = (AdapterClass, wgpu::Adapter)> {
 fn run_tasks(gpu: &mut Gpu, job: &Job, tasks: &[Task]) -> Vec<Outcome> {
     let mut queue = tasks.iter().copied();
     let mut outcomes = Vec::new();
-    gpu.run(job, &mut || queue.next(), &mut |o| outcomes.push(o));
+    gpu.run(job, &mut || queue.next().map(Work::from), &mut |o| outcomes.push(o));
     outcomes
 }
 
@@ -47,7 +47,7 @@ fn job(units_per_ms: u32) -> Job {
     Job {
         kernel: 0,
         units_per_ms,
-        verify_percent: 0,
+        ..Job::default()
     }
 }
 

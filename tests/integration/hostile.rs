@@ -151,6 +151,7 @@ fn h03_h04_h05_results_before_a_batch_are_bounded_and_forged_batches_and_statuse
         checksum: 0,
         started_unix_ms: 0,
         finished_unix_ms: 0,
+        ..TaskResult::default()
     };
     // A forged batch of no tasks would complete at once; it is refused.
     stranger

@@ -9,6 +9,7 @@ mod failures;
 mod faults;
 mod gpu;
 mod hostile;
+mod kernels;
 mod mistakes;
 mod netcut;
 mod pipeline;

@@ -198,6 +198,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
                 checksum: 0,
                 started_unix_ms: 0,
                 finished_unix_ms: 0,
+                ..TaskResult::default()
             }],
         }
         .encode()],

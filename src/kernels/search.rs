@@ -1,0 +1,202 @@
+//! The `search` kernel: find every key of a keyspace whose 32-bit hash has at least `bits`
+//! leading zero bits, one slice of keys per task. Exact: the hash is u32 arithmetic only,
+//! so every backend returns the same hits, bit for bit. (The natural job for early
+//! cancellation: a hit can end the search.)
+//!
+//! A task's output is a count followed by the hits in ascending order. The shader appends
+//! hits with an atomic counter in arrival order, into room for [`Space::capacity`] of them
+//! (four times the expected count plus 64, so a task overflows with negligible
+//! probability); the worker sorts them ([`canonical`]).
+
+use crate::batch::Job;
+use crate::kernels::{spin, Shape};
+
+/// A keyspace and its split into tasks, as carried in a job's constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Leading zero bits a hit's hash has at least (1 to 32).
+    pub bits: u32,
+    /// Keys per task (the last task may have fewer).
+    pub per_task: u32,
+    pub salt: u32,
+    /// Hits a task's output has room for.
+    pub capacity: u32,
+    /// Keys in all: `0..keys`.
+    pub keys: u32,
+}
+
+/// The hash whose leading zeros are counted; must match `hash` in `shaders/search.wgsl`.
+pub fn hash(key: u32, salt: u32) -> u32 {
+    spin::mix(spin::mix(key ^ spin::mix(salt.wrapping_add(spin::GOLDEN))).wrapping_add(key))
+}
+
+impl Space {
+    /// The search `--bits`, `--keys`, `--keys-per-task` and `--salt` describe, checked.
+    pub fn new(bits: u32, keys: u32, per_task: u32, salt: u32) -> Result<Space, String> {
+        if !(1..=32).contains(&bits) {
+            return Err(format!("--bits {bits}: give 1 to 32 leading zero bits"));
+        }
+        if keys == 0 || per_task == 0 {
+            return Err("--keys and --keys-per-task must be at least 1".to_owned());
+        }
+        let per_task = per_task.min(keys);
+        let expected = u64::from(per_task) >> bits;
+        let capacity = (expected * 4 + 64).min(u64::from(per_task)) as u32;
+        Ok(Space {
+            bits,
+            per_task,
+            salt,
+            capacity,
+            keys,
+        })
+    }
+
+    pub fn constants(&self) -> [u32; crate::kernels::CONSTANTS] {
+        [
+            self.bits,
+            self.per_task,
+            self.salt,
+            self.capacity,
+            self.keys,
+            0,
+            0,
+            0,
+        ]
+    }
+
+    pub fn of(job: &Job) -> Result<Space, String> {
+        let c = job.constants;
+        let space = Space {
+            bits: c[0],
+            per_task: c[1],
+            salt: c[2],
+            capacity: c[3],
+            keys: c[4],
+        };
+        if !(1..=32).contains(&space.bits)
+            || space.per_task == 0
+            || space.keys == 0
+            || space.capacity == 0
+            || space.capacity > space.per_task
+        {
+            return Err(format!("not a search space: {space:?}"));
+        }
+        Ok(space)
+    }
+
+    /// Tasks the keyspace takes.
+    pub fn tasks(&self) -> u32 {
+        self.keys.div_ceil(self.per_task)
+    }
+
+    /// Keys of task `task`: `first..first + count`.
+    pub fn range(&self, task: u32) -> Result<(u32, u32), String> {
+        let first = u64::from(task) * u64::from(self.per_task);
+        if first >= u64::from(self.keys) {
+            return Err(format!(
+                "task {task} is past the keyspace's {} tasks",
+                self.tasks()
+            ));
+        }
+        let count = (u64::from(self.keys) - first).min(u64::from(self.per_task));
+        Ok((first as u32, count as u32))
+    }
+
+    pub fn shape(&self, task: u32) -> Result<Shape, String> {
+        let (_, items) = self.range(task)?;
+        Ok(Shape {
+            items,
+            output_bytes: 4 + 4 * self.capacity as usize,
+        })
+    }
+
+    /// The CPU reference of task `task`: the canonical output.
+    pub fn reference(&self, task: u32) -> Vec<u8> {
+        let Ok((first, count)) = self.range(task) else {
+            return Vec::new();
+        };
+        let hits: Vec<u32> = (first..first + count)
+            .filter(|&k| hash(k, self.salt).leading_zeros() >= self.bits)
+            .collect();
+        let mut out = Vec::with_capacity(4 + 4 * hits.len());
+        out.extend_from_slice(&(hits.len() as u32).to_le_bytes());
+        for k in hits.iter().take(self.capacity as usize) {
+            out.extend_from_slice(&k.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// Sorts the hits of a raw output and drops the unused room: count, then the hits held
+/// (at most the capacity), ascending.
+pub fn canonical(output: &mut Vec<u8>) {
+    if output.len() < 4 {
+        output.clear();
+        return;
+    }
+    let count = u32::from_le_bytes([output[0], output[1], output[2], output[3]]) as usize;
+    let held = count.min((output.len() - 4) / 4);
+    let mut hits: Vec<u32> = output[4..4 + 4 * held]
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    hits.sort_unstable();
+    output.truncate(4);
+    for k in hits {
+        output.extend_from_slice(&k.to_le_bytes());
+    }
+}
+
+/// The hits of a canonical output.
+pub fn hits(output: &[u8]) -> Vec<u32> {
+    output
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_pinned() {
+        // Guards the WGSL copy: these values come from the Rust definition.
+        assert_eq!(hash(0, 0), PINNED_HASH_0_0);
+        assert_eq!(hash(12_345, 7), PINNED_HASH_12345_7);
+    }
+    const PINNED_HASH_0_0: u32 = 0x944f_b554;
+    const PINNED_HASH_12345_7: u32 = 0x96bc_6a7f;
+
+    #[test]
+    fn tasks_cover_the_keyspace_and_find_the_expected_share() {
+        let s = Space::new(8, 100_000, 30_000, 1).unwrap();
+        assert_eq!(s.tasks(), 4);
+        assert_eq!(s.range(3), Ok((90_000, 10_000)));
+        assert!(s.range(4).is_err());
+        let total: usize = (0..s.tasks()).map(|t| hits(&s.reference(t)).len()).sum();
+        // 100,000 keys / 2^8 is about 390 hits.
+        assert!((300..500).contains(&total), "{total}");
+        for t in 0..s.tasks() {
+            let out = s.reference(t);
+            let h = hits(&out);
+            assert!(h.windows(2).all(|w| w[0] < w[1]));
+            assert!(h.iter().all(|&k| hash(k, 1).leading_zeros() >= 8));
+        }
+    }
+
+    #[test]
+    fn canonical_sorts_and_trims() {
+        let mut raw = Vec::new();
+        for w in [2u32, 9, 4, 0, 0] {
+            raw.extend_from_slice(&w.to_le_bytes());
+        }
+        canonical(&mut raw);
+        assert_eq!(hits(&raw), vec![4, 9]);
+        assert_eq!(raw.len(), 12);
+        assert!(Space::new(0, 1, 1, 0).is_err());
+        assert!(Space::new(33, 1, 1, 0).is_err());
+    }
+}

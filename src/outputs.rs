@@ -1,0 +1,294 @@
+//! What a sink keeps of data tasks' outputs: one file per task in `--outputs DIR`, the
+//! Mandelbrot picture (`--image`), and the search kernel's hits for the report.
+//!
+//! A task's output file is written to a hidden temporary name, synced and renamed before
+//! the task counts as held; the directory itself is synced with the results file, before
+//! the ventilator hears the task is held. So after a crash every task the sink
+//! acknowledged has its output file complete, and `--resume` needs nothing else. Output
+//! files are named after the task's input (`NAME.out`), or after the kernel and task id
+//! for built-in kernels (`mandelbrot-00000012.out`); a name a worker sends that is not a
+//! plain file name is never used as a path.
+
+use crate::batch::Job;
+use crate::kernels::{mandelbrot, search, Kernel};
+use crate::protocol::TaskResult;
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where a sink puts outputs.
+#[derive(Debug, Clone, Default)]
+pub struct OutputsConfig {
+    /// One file per task.
+    pub dir: Option<PathBuf>,
+    /// The Mandelbrot picture, as PNG.
+    pub image: Option<PathBuf>,
+}
+
+impl OutputsConfig {
+    /// Checks the settings and prepares the directory before anything binds.
+    pub fn check(&self, resume: bool) -> anyhow::Result<()> {
+        if let Some(dir) = &self.dir {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the outputs directory {} (--outputs)",
+                    dir.display()
+                )
+            })?;
+            let probe = dir.join(".conquer-probe");
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .with_context(|| {
+                    format!("cannot write in the outputs directory {}", dir.display())
+                })?;
+        }
+        if let Some(image) = &self.image {
+            if image.extension().and_then(|e| e.to_str()) != Some("png") {
+                bail!("--image {}: the picture is written as PNG; name it *.png", image.display());
+            }
+            if resume && self.dir.is_none() {
+                bail!(
+                    "--image with --resume needs --outputs DIR: the bands held before the restart \
+                     are read back from there"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outputs of the batch being collected.
+pub struct Outputs {
+    config: OutputsConfig,
+    /// Files renamed into the directory since it was last synced.
+    unsynced: bool,
+    written: u64,
+    /// Iteration counts of the picture, row-major, and which bands arrived.
+    canvas: Option<(mandelbrot::View, Vec<u32>, Vec<bool>)>,
+    hits: Vec<u32>,
+    warned_discarded: bool,
+}
+
+/// Whether `name` is safe to use as a file name in the outputs directory.
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 240
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+/// The output file name of task `id` (see the module documentation).
+pub fn output_name(job: &Job, id: u32, name: &str) -> String {
+    if plain_file_name(name) {
+        format!("{name}.out")
+    } else {
+        let kernel = Kernel::from_id(job.kernel).map_or("task", Kernel::name);
+        format!("{kernel}-{id:08}.out")
+    }
+}
+
+impl Outputs {
+    pub fn new(config: OutputsConfig) -> Outputs {
+        Outputs {
+            config,
+            unsynced: false,
+            written: 0,
+            canvas: None,
+            hits: Vec::new(),
+            warned_discarded: false,
+        }
+    }
+
+    /// Keeps one held task's output: its file, its band of the picture, its hits.
+    pub fn record(&mut self, job: &Job, r: &TaskResult) -> anyhow::Result<()> {
+        let Some(kernel) = Kernel::from_id(job.kernel).filter(|k| k.carries_output()) else {
+            return Ok(());
+        };
+        if let Some(dir) = &self.config.dir {
+            if !r.name.is_empty() && !plain_file_name(&r.name) {
+                log::warn!(
+                    "task {}: the input name {:?} is not a plain file name; writing its output by id",
+                    r.id,
+                    r.name.escape_debug().to_string()
+                );
+            }
+            let name = output_name(job, r.id, &r.name);
+            write_synced(dir, &name, &r.output)?;
+            self.unsynced = true;
+            self.written += 1;
+        } else if self.config.image.is_none()
+            && kernel != Kernel::Search
+            && !self.warned_discarded
+        {
+            log::warn!("outputs are not kept: pass --outputs DIR to keep each task's output");
+            self.warned_discarded = true;
+        }
+        match kernel {
+            Kernel::Mandelbrot if self.config.image.is_some() => self.paint(job, r.id, &r.output),
+            Kernel::Search => self.hits.extend(search::hits(&r.output)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn paint(&mut self, job: &Job, band: u32, counts: &[u8]) {
+        let Ok(view) = mandelbrot::View::of(job) else {
+            return;
+        };
+        let (_, pixels, filled) = self.canvas.get_or_insert_with(|| {
+            (
+                view,
+                vec![0; view.width as usize * view.height as usize],
+                vec![false; view.bands() as usize],
+            )
+        });
+        let start = band as usize * view.rows as usize * view.width as usize;
+        let Some(slot) = filled.get_mut(band as usize) else {
+            return;
+        };
+        for (i, word) in counts.chunks_exact(4).enumerate() {
+            if let Some(p) = pixels.get_mut(start + i) {
+                *p = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+            }
+        }
+        *slot = true;
+    }
+
+    /// Makes the renames durable: called before the ventilator hears tasks are held.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        if let (true, Some(dir)) = (self.unsynced, &self.config.dir) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync the outputs directory {}", dir.display()))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Output files written in this run.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The search kernel's hits, ascending.
+    pub fn hits(&mut self) -> Vec<u32> {
+        let mut hits = std::mem::take(&mut self.hits);
+        hits.sort_unstable();
+        hits.dedup();
+        hits
+    }
+
+    /// Once the batch is complete: reads back bands held before a restart, and writes the
+    /// picture.
+    pub fn finish(&mut self, job: &Job) -> anyhow::Result<()> {
+        let Some(path) = self.config.image.clone() else {
+            return Ok(());
+        };
+        let view = mandelbrot::View::of(job)
+            .map_err(|_| anyhow::anyhow!("--image: this batch is not a Mandelbrot image"))?;
+        for band in 0..view.bands() {
+            let filled = self
+                .canvas
+                .as_ref()
+                .is_some_and(|(_, _, f)| f.get(band as usize) == Some(&true));
+            if filled {
+                continue;
+            }
+            let Some(dir) = &self.config.dir else {
+                bail!("band {band} of the picture never arrived");
+            };
+            let file = dir.join(output_name(job, band, ""));
+            let counts = std::fs::read(&file)
+                .with_context(|| format!("reading band {band} back from {}", file.display()))?;
+            self.paint(job, band, &counts);
+        }
+        let Some((view, counts, _)) = &self.canvas else {
+            bail!("no band of the picture arrived");
+        };
+        write_png(&path, view, counts)?;
+        log::info!(
+            "picture written to {} ({} x {})",
+            path.display(),
+            view.width,
+            view.height
+        );
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file: written, synced, renamed.
+fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, &target)
+        .with_context(|| format!("cannot rename {} to {}", temporary.display(), target.display()))
+}
+
+/// The picture of `counts` (iteration counts, row-major) as an RGB PNG.
+pub fn write_png(path: &Path, view: &mandelbrot::View, counts: &[u32]) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create the picture {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), view.width, view.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder
+        .write_header()
+        .with_context(|| format!("cannot write the picture {}", path.display()))?;
+    let rgb: Vec<u8> = counts
+        .iter()
+        .flat_map(|&n| mandelbrot::colour(n, view.max_iter))
+        .collect();
+    writer
+        .write_image_data(&rgb)
+        .and_then(|()| writer.finish())
+        .with_context(|| format!("cannot write the picture {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_a_worker_sends_never_become_paths() {
+        let job = Job {
+            kernel: Kernel::User.id(),
+            ..Job::default()
+        };
+        assert_eq!(output_name(&job, 3, "a.bin"), "a.bin.out");
+        for bad in ["", "../x", "a/b", ".hidden", "a\nb"] {
+            assert_eq!(output_name(&job, 3, bad), "user-00000003.out", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_output_is_written_whole_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutputsConfig {
+            dir: Some(dir.path().to_owned()),
+            image: None,
+        };
+        config.check(false).unwrap();
+        let mut outputs = Outputs::new(config);
+        let job = Job {
+            kernel: Kernel::User.id(),
+            ..Job::default()
+        };
+        let r = TaskResult {
+            id: 1,
+            name: "in.bin".into(),
+            output: vec![1, 2, 3],
+            ..TaskResult::default()
+        };
+        outputs.record(&job, &r).unwrap();
+        outputs.sync().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("in.bin.out")).unwrap(), vec![1, 2, 3]);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left");
+    }
+}

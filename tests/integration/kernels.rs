@@ -1,0 +1,201 @@
+//! Data kernels on the real software adapter, checked against the CPU: Mandelbrot bands,
+//! the search kernel's hits, the example user kernels; and the kernel interface's refusals.
+//! End-to-end runs (`conquer run` with outputs, images, restarts) are in `data.rs`.
+
+use crate::gpu::adapter;
+use conquer::backend::gpu::{AdapterClass, Gpu, GpuConfig};
+use conquer::backend::{Backend, Outcome, Work};
+use conquer::batch::{Job, Task};
+use conquer::kernels::{self, mandelbrot, search, Kernel};
+use conquer::protocol::Status;
+
+fn software(config: GpuConfig) -> Option<Gpu> {
+    let adapter = adapter(AdapterClass::Software)?;
+    Some(Gpu::new(&adapter, config).expect("a context on the software adapter"))
+}
+
+fn run(gpu: &mut Gpu, job: &Job, source: Option<&str>, work: Vec<Work>) -> Vec<Outcome> {
+    gpu.prepare(job, source).expect("the kernel compiles");
+    let mut queue = work.into_iter();
+    let mut outcomes = Vec::new();
+    gpu.run(job, &mut || queue.next(), &mut |o| outcomes.push(o));
+    outcomes
+}
+
+fn tasks(n: u32) -> Vec<Work> {
+    (0..n)
+        .map(|id| Work::from(Task { id, workload_ms: 1 }))
+        .collect()
+}
+
+#[test]
+fn mandelbrot_bands_match_the_cpu_reference_in_one_dispatch_or_many() {
+    // The default view, small: the boundary is a larger share of a small image's pixels
+    // than of a large one's, so this is the harder case for the tolerance.
+    let view = mandelbrot::View::new(640, 360, 500, 16, (-0.5, 0.0), 3.0).unwrap();
+    let job = Job {
+        kernel: Kernel::Mandelbrot.id(),
+        constants: view.constants(),
+        ..Job::default()
+    };
+    for per_dispatch in [1 << 20, 64 * 3] {
+        let Some(mut gpu) = software(GpuConfig {
+            max_invocations_per_dispatch: per_dispatch,
+            ..GpuConfig::default()
+        }) else {
+            return;
+        };
+        let outcomes = run(&mut gpu, &job, None, tasks(view.bands()));
+        assert_eq!(outcomes.len(), view.bands() as usize);
+        let (mut differ, mut pixels) = (0, 0);
+        for o in &outcomes {
+            assert_eq!(o.status, Status::Ok, "{o:?}");
+            let expected = view.reference(o.task.id);
+            assert_eq!(o.output.len(), expected.len(), "band {}", o.task.id);
+            differ += mandelbrot::differing(&o.output, &expected);
+            pixels += expected.len() / 4;
+        }
+        assert_eq!(pixels, 640 * 360);
+        eprintln!("{per_dispatch} per dispatch: {differ} of {pixels} pixels differ");
+        assert!(
+            differ as f64 / pixels as f64 <= mandelbrot::TOLERANCE,
+            "{differ} of {pixels} pixels differ from the CPU reference"
+        );
+    }
+}
+
+#[test]
+fn search_hits_equal_the_cpus_bit_for_bit() {
+    let Some(mut gpu) = software(GpuConfig::default()) else {
+        return;
+    };
+    let space = search::Space::new(10, 1_000_000, 150_000, 42).unwrap();
+    let job = Job {
+        kernel: Kernel::Search.id(),
+        constants: space.constants(),
+        ..Job::default()
+    };
+    let outcomes = run(&mut gpu, &job, None, tasks(space.tasks()));
+    let mut total = 0;
+    for o in &outcomes {
+        assert_eq!(o.status, Status::Ok);
+        assert_eq!(o.output, space.reference(o.task.id), "task {}", o.task.id);
+        assert_eq!(o.checksum, kernels::checksum(&job, &o.output));
+        total += search::hits(&o.output).len();
+    }
+    // A million keys at 10 bits: about 977 hits.
+    assert!((850..1100).contains(&total), "{total}");
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+#[test]
+fn the_example_kernels_equal_their_rust_references() {
+    let Some(mut gpu) = software(GpuConfig::default()) else {
+        return;
+    };
+    let saxpy = std::fs::read_to_string("examples/kernels/saxpy.wgsl").unwrap();
+    let a = 2.5f32;
+    let job = Job {
+        kernel: Kernel::User.id(),
+        source: kernels::fnv1a(saxpy.as_bytes()),
+        item_bytes: 8,
+        output_bytes: kernels::parse_output_bytes("4/item").unwrap(),
+        constants: [a.to_bits(), 0, 0, 0, 0, 0, 0, 0],
+        ..Job::default()
+    };
+    let inputs: Vec<Vec<u8>> = [1usize, 1000, 70_001]
+        .iter()
+        .map(|&n| {
+            let x = (0..n).map(|i| i as f32 * 0.5);
+            let y = (0..n).map(|i| 3.0 - i as f32);
+            x.chain(y).flat_map(f32::to_le_bytes).collect()
+        })
+        .collect();
+    let work = inputs
+        .iter()
+        .enumerate()
+        .map(|(id, input)| Work {
+            task: Task {
+                id: id as u32,
+                workload_ms: 1,
+            },
+            name: format!("in{id}"),
+            input: input.clone(),
+        })
+        .collect();
+    let outcomes = run(&mut gpu, &job, Some(&saxpy), work);
+    for o in &outcomes {
+        let values = f32s(&inputs[o.task.id as usize]);
+        let n = values.len() / 2;
+        let expected: Vec<f32> = (0..n).map(|i| a * values[i] + values[n + i]).collect();
+        assert_eq!(o.status, Status::Ok);
+        assert_eq!(o.name, format!("in{}", o.task.id));
+        assert_eq!(f32s(&o.output), expected, "saxpy task {}", o.task.id);
+    }
+
+    let histogram = std::fs::read_to_string("examples/kernels/histogram.wgsl").unwrap();
+    let job = Job {
+        kernel: Kernel::User.id(),
+        source: kernels::fnv1a(histogram.as_bytes()),
+        item_bytes: 4,
+        output_bytes: 1024,
+        ..Job::default()
+    };
+    // 300,003 bytes: not a whole number of words, so the padding rule is exercised.
+    let input: Vec<u8> = (0..300_003u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut expected = [0u32; 256];
+    input.iter().for_each(|&b| expected[usize::from(b)] += 1);
+    let outcomes = run(
+        &mut gpu,
+        &job,
+        Some(&histogram),
+        vec![Work {
+            task: Task::default(),
+            name: "bytes".into(),
+            input: input.clone(),
+        }],
+    );
+    let counts: Vec<u32> = outcomes[0]
+        .output
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    assert_eq!(counts, expected.to_vec());
+}
+
+#[test]
+fn a_kernel_that_does_not_fit_is_declined_with_the_reason() {
+    let Some(mut gpu) = software(GpuConfig::default()) else {
+        return;
+    };
+    let source = "@compute @workgroup_size(64) fn main() { let x: u32 = 1.5; }";
+    let job = Job {
+        kernel: Kernel::User.id(),
+        source: kernels::fnv1a(source.as_bytes()),
+        ..Job::default()
+    };
+    let err = gpu.prepare(&job, Some(source)).unwrap_err();
+    assert!(err.starts_with("kernel "), "{err}");
+    assert!(err.contains(":1:"), "names the line: {err}");
+    // Without its source a user kernel cannot run at all.
+    let other = Job {
+        source: 7,
+        ..job
+    };
+    assert!(gpu
+        .prepare(&other, None)
+        .unwrap_err()
+        .contains("never arrived"));
+    // Built-in kernels still run on the same context afterwards.
+    let spin = Job::default();
+    let out = run(&mut gpu, &spin, None, tasks(2));
+    assert!(out.iter().all(|o| o.status == Status::Ok));
+}
