@@ -4,6 +4,7 @@
 mod auth;
 mod bench;
 mod classic;
+mod data;
 mod deploy;
 mod failures;
 mod faults;
