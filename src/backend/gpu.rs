@@ -34,6 +34,13 @@ const MIN_BUFFER: u64 = 256;
 const DISPATCHES_PER_SUBMIT: usize = 256;
 /// Longest single wait on the device; the GL backend caps waits near 2 s, so we loop.
 const POLL_SLICE: Duration = Duration::from_secs(1);
+/// Device losses within [`LOSS_WINDOW`] after which a worker gives up on its device.
+const MAX_LOSSES: usize = 3;
+const LOSS_WINDOW: Duration = Duration::from_secs(60);
+/// Test hook: with `CONQUER_FAULT=lose-device`, the first context of the process destroys
+/// its device right after submitting its fifth task, as a driver reset would.
+const FAULT_VAR: &str = "CONQUER_FAULT";
+static FAULT_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Which adapters a backend accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +231,17 @@ pub struct Gpu {
     max_workgroup_invocations: u32,
     /// Largest storage buffer this device binds.
     max_binding: u64,
+    /// What a rebuilt device is opened on and with.
+    adapter: wgpu::Adapter,
+    config: GpuConfig,
+    /// Every kernel compiled, to compile again on a rebuilt device.
+    compiled: Vec<(Job, Option<String>)>,
+    /// When the device was lost recently.
+    losses: VecDeque<Instant>,
+    /// Why this context can run nothing more (lost too often, or not rebuilt).
+    broken: Option<String>,
+    /// Tasks submitted, for the test hook.
+    submitted: u64,
     /// Nanoseconds per timestamp tick, when timestamps are supported.
     timestamp_period_ns: Option<f64>,
     task_timeout: Duration,
@@ -337,6 +355,12 @@ impl Gpu {
             max_workgroups,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
             max_binding,
+            adapter: adapter.clone(),
+            config,
+            compiled: Vec::new(),
+            losses: VecDeque::new(),
+            broken: None,
+            submitted: 0,
             timestamp_period_ns,
             task_timeout: config.task_timeout,
             errors,
@@ -392,6 +416,13 @@ impl Gpu {
             None
         } else {
             Some(std::mem::take(&mut *errors).join("; "))
+        }
+    }
+
+    /// Records that the device is lost, unless its own callback said so first.
+    fn mark_lost(&self, why: &str) {
+        if let Ok(mut lost) = self.lost.lock() {
+            lost.get_or_insert_with(|| why.to_owned());
         }
     }
 
@@ -602,6 +633,7 @@ impl Gpu {
         if self.pipelines.contains_key(&key) {
             return Ok(());
         }
+        let given = source.map(str::to_owned);
         let kernel = Kernel::from_id(job.kernel)
             .ok_or_else(|| format!("kernel id {} is unknown to this build", job.kernel))?;
         let (source, label) = match (kernel.builtin_source(), source) {
@@ -643,7 +675,56 @@ impl Gpu {
         }
         self.pipelines
             .insert(key, Pipeline { pipeline, workgroup });
+        self.compiled.push((*job, given));
         Ok(())
+    }
+
+    /// The device was lost: opens a new one on the same adapter (warm-up included) and
+    /// compiles every kernel again, or gives up after [`MAX_LOSSES`] losses within
+    /// [`LOSS_WINDOW`] (or when the adapter cannot open a device).
+    fn recover(&mut self) {
+        let reason = self.lost_reason().unwrap_or_else(|| "unknown".to_owned());
+        let now = Instant::now();
+        self.losses
+            .retain(|&t| now.duration_since(t) < LOSS_WINDOW);
+        self.losses.push_back(now);
+        if self.losses.len() >= MAX_LOSSES {
+            self.broken = Some(format!(
+                "the device on {} was lost {} times within {} s (last: {reason}); this worker \
+                 leaves rather than fail task after task",
+                self.adapter_name,
+                self.losses.len(),
+                LOSS_WINDOW.as_secs()
+            ));
+            return;
+        }
+        log::warn!(
+            "the device on {} was lost ({reason}); its tasks in flight go back to the \
+             ventilator, and the device is being rebuilt",
+            self.adapter_name
+        );
+        let rebuilt = Gpu::new(&self.adapter, self.config).and_then(|mut fresh| {
+            for (job, source) in &self.compiled {
+                fresh
+                    .compile(job, source.as_deref())
+                    .map_err(|e| anyhow!(e))?;
+            }
+            Ok(fresh)
+        });
+        match rebuilt {
+            Ok(mut fresh) => {
+                fresh.losses = std::mem::take(&mut self.losses);
+                fresh.submitted = self.submitted;
+                log::info!("the device on {} is rebuilt", fresh.adapter_name);
+                *self = fresh;
+            }
+            Err(e) => {
+                self.broken = Some(format!(
+                    "the device on {} was lost ({reason}) and cannot be rebuilt: {e:#}",
+                    self.adapter_name
+                ))
+            }
+        }
     }
 
     /// Encodes and submits `work` on a free slot.
@@ -784,6 +865,14 @@ impl Gpu {
             }
             index = Some(self.queue.submit(Some(encoder.finish())));
         }
+        self.submitted += 1;
+        if self.submitted == 5
+            && std::env::var(FAULT_VAR).is_ok_and(|v| v == "lose-device")
+            && !FAULT_USED.swap(true, Ordering::SeqCst)
+        {
+            log::warn!("{FAULT_VAR}=lose-device: destroying the device");
+            self.device.destroy();
+        }
         let mapped = flight.mapped.clone();
         // Map ranges are multiples of 8 bytes.
         let map_end = (TIMESTAMP_BYTES + pad4(output_bytes)).div_ceil(8) * 8;
@@ -825,7 +914,12 @@ impl Gpu {
         let outcome = loop {
             match flight.mapped.load(Ordering::SeqCst) {
                 1 => break Ok(()),
-                2 => break Err("mapping the result failed".to_owned()),
+                2 => {
+                    // A healthy device maps every result; one that cannot is gone (a
+                    // destroyed device reports its loss only once its queue drains).
+                    self.mark_lost("mapping a result failed");
+                    break Err("mapping the result failed".to_owned());
+                }
                 _ => {}
             }
             if let Some(reason) = self.lost_reason() {
@@ -843,7 +937,10 @@ impl Gpu {
             };
             match self.device.poll(wait) {
                 Ok(_) | Err(wgpu::PollError::Timeout) => {}
-                Err(e) => break Err(format!("waiting for the device: {e}")),
+                Err(e) => {
+                    self.mark_lost(&format!("waiting for it failed: {e}"));
+                    break Err(format!("waiting for the device: {e}"));
+                }
             }
         };
         let slot = &self.slots[flight.slot];
@@ -922,11 +1019,8 @@ impl Backend for Gpu {
     }
 
     fn healthy(&self) -> Result<(), String> {
-        match self.lost_reason() {
-            Some(reason) => Err(format!(
-                "the device on {} was lost: {reason}",
-                self.adapter_name
-            )),
+        match &self.broken {
+            Some(why) => Err(why.clone()),
             None => Ok(()),
         }
     }
@@ -968,6 +1062,18 @@ impl Backend for Gpu {
             };
             let outcome = self.complete(job, oldest);
             done(outcome);
+            if self.lost_reason().is_some() {
+                // Everything in flight was on the lost device: it fails at once and goes
+                // back to the ventilator; then a new device, or this context gives up.
+                while let Some(flight) = in_flight.pop_front() {
+                    let outcome = self.complete(job, flight);
+                    done(outcome);
+                }
+                self.recover();
+                if self.broken.is_some() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -470,3 +470,42 @@ fn a_sink_restarted_with_resume_keeps_the_outputs_already_written() {
     assert_picture_matches(&image, &view);
     drop((vent, worker));
 }
+
+#[test]
+fn a_device_destroyed_mid_batch_is_rebuilt_and_the_batch_completes_verified() {
+    if adapter(AdapterClass::Software).is_none() {
+        return;
+    }
+    // One worker: had its device not been rebuilt, nothing could finish the batch.
+    let (status, stdout, log) = Proc::start_with_env(
+        "run",
+        &[
+            "run",
+            "--backend",
+            "software",
+            "--workers",
+            "1",
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--band-rows",
+            "4",
+            "--verify",
+            "--json",
+        ],
+        &[("CONQUER_FAULT", "lose-device")],
+    )
+    .finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["tasks"], 60, "{r}");
+    assert_eq!(r["verified"], 60, "every result checked: {r}");
+    assert_eq!(r["mismatches"], 0, "{r}");
+    assert!(
+        r["redispatched"].as_u64().unwrap() >= 1,
+        "the tasks in flight on the lost device were handed back: {r}"
+    );
+}
