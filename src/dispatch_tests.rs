@@ -30,6 +30,9 @@ enum Action {
     Lossy(u8),
     /// Worker i says goodbye and goes.
     Bye(u8),
+    /// Worker i cannot run the batch's kernel: it declines, drops what it holds, and
+    /// keeps heartbeating.
+    Decline(u8),
     /// The next tasks sent to worker i find its queue full.
     Full(u8),
     /// Every worker still running heartbeats.
@@ -57,6 +60,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u8..6).prop_map(Action::Zombie),
         1 => (0u8..6).prop_map(Action::Lossy),
         1 => (0u8..6).prop_map(Action::Bye),
+        1 => (0u8..6).prop_map(Action::Decline),
         1 => (0u8..6).prop_map(Action::Full),
         3 => Just(Action::Beat),
         3 => Just(Action::SinkFlush),
@@ -78,6 +82,7 @@ struct ModelWorker {
     zombie: bool,
     lossy: bool,
     full_next: bool,
+    declined: bool,
 }
 
 impl ModelWorker {
@@ -85,7 +90,7 @@ impl ModelWorker {
         self.connected && !self.frozen
     }
     fn honest(&self) -> bool {
-        self.runs() && !self.zombie && !self.lossy
+        self.runs() && !self.zombie && !self.lossy && !self.declined
     }
 }
 
@@ -187,6 +192,7 @@ impl Farm {
     /// The model pump: carries out commands in order, failures straight back.
     fn carry_out(&mut self, mut out: Vec<Command>) {
         let mut from_sink = Vec::new();
+        let mut redeclined = Vec::new();
         while !out.is_empty() {
             let mut failed = Vec::new();
             for command in std::mem::take(&mut out) {
@@ -202,6 +208,9 @@ impl Farm {
                     }
                     Command::Tasks { worker, tasks, .. } if !self.d.worker(worker).alive => {
                         panic!("tasks {tasks:?} sent to worker {worker}, declared gone");
+                    }
+                    Command::Tasks { worker, .. } if self.d.worker(worker).declined => {
+                        panic!("tasks sent to worker {worker}, which declined the batch");
                     }
                     Command::Tasks {
                         worker,
@@ -227,6 +236,10 @@ impl Farm {
                                 tasks,
                                 again,
                             });
+                        } else if mw.declined {
+                            // A worker that declined says so again (to a restarted
+                            // ventilator) and runs nothing.
+                            redeclined.push(w);
                         } else {
                             mw.queue.extend(tasks);
                         }
@@ -280,6 +293,9 @@ impl Farm {
                 self.d.handle(self.now(), event, &mut out);
             }
         }
+        for w in redeclined {
+            self.decline(w);
+        }
         for message in from_sink {
             if let Message::Held { ids, .. } = &message {
                 ids.iter().for_each(|&i| self.told[i as usize] = true);
@@ -289,6 +305,17 @@ impl Farm {
                 .handle(self.now(), Event::FromSink(message), &mut out);
             self.carry_out(out);
         }
+    }
+
+    fn decline(&mut self, w: usize) {
+        let batch = self.config.batch_id;
+        self.send(
+            w,
+            Message::Decline {
+                batch,
+                reason: "cannot run this kernel".into(),
+            },
+        );
     }
 
     fn send(&mut self, w: usize, message: Message) {
@@ -319,6 +346,7 @@ impl Farm {
             zombie: false,
             lossy: false,
             full_next: false,
+            declined: false,
         });
         self.workers.len() - 1
     }
@@ -455,6 +483,15 @@ impl Farm {
                     }
                 }
             }
+            Action::Decline(i) => {
+                if let Some(w) = self.named(i) {
+                    if self.workers[w].runs() {
+                        self.workers[w].declined = true;
+                        self.workers[w].queue.clear();
+                        self.decline(w);
+                    }
+                }
+            }
             Action::Full(i) => {
                 if let Some(w) = self.named(i) {
                     self.workers[w].full_next = true;
@@ -545,7 +582,14 @@ impl Farm {
             d.queue_entries(),
             d.workers().len()
         );
-        assert!(self.stopped.is_none(), "stopped: {:?}", self.stopped);
+        // Only a fixed farm whose workers all declined may stop.
+        assert!(
+            self.stopped.is_none()
+                || (self.config.fixed_workers > 0
+                    && matches!(self.stopped, Some(Stopped::AllDeclined { .. }))),
+            "stopped: {:?}",
+            self.stopped
+        );
     }
 
     /// One honest worker joins; everyone honest works and heartbeats; the batch must end.
@@ -739,4 +783,42 @@ fn a_straggler_that_reports_its_backed_up_task_takes_tasks_again() {
         "a report did not end the stall"
     );
     farm.finish_batch();
+}
+
+#[test]
+fn a_worker_that_declines_gets_none_of_the_batch_and_others_finish_it() {
+    let mut farm = Farm::new(&[10; 40], 2, 8);
+    farm.apply(&Action::Join(0));
+    farm.apply(&Action::Join(1));
+    farm.apply(&Action::Decline(0));
+    let w = farm.named(0).expect("joined");
+    // Its greetings go on; it never gets a task again (the model pump panics if it does).
+    for _ in 0..20 {
+        farm.apply(&Action::Beat);
+        farm.apply(&Action::Finish(1, false));
+        farm.apply(&Action::SinkFlush);
+    }
+    assert!(farm.workers[w].queue.is_empty());
+    farm.finish_batch();
+}
+
+#[test]
+fn a_fixed_farm_that_all_declines_stops_with_the_reason() {
+    let mut farm = Farm::new(&[10; 10], 2, 8);
+    farm.config.fixed_workers = 2;
+    farm.d = Dispatcher::new(farm.config.clone(), farm.now(), 0);
+    farm.event(Event::Tick);
+    farm.apply(&Action::Join(0));
+    farm.apply(&Action::Join(1));
+    farm.apply(&Action::Decline(0));
+    assert!(farm.stopped.is_none());
+    let w = farm.named(1).expect("joined");
+    farm.workers[w].declined = true;
+    farm.decline(w);
+    match &farm.stopped {
+        Some(Stopped::AllDeclined { workers: 2, reason }) => {
+            assert!(reason.contains("cannot run"))
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -148,8 +148,9 @@ pub struct Flow {
     warned_unverifiable: bool,
     /// User kernel sources by hash, oldest first.
     sources: VecDeque<(u64, std::sync::Arc<str>)>,
-    /// Batches this worker declined.
-    declined: Vec<u64>,
+    /// Batches this worker declined, with why (said again to a ventilator that sends
+    /// their tasks anyway, such as one restarted since).
+    declined: Vec<(u64, String)>,
     /// Deliveries waiting for room in the sink's queue, oldest first.
     outbox: VecDeque<Delivery>,
     /// Deliveries put back since the last retry: the next one goes in behind them, so the
@@ -222,9 +223,12 @@ impl Flow {
             FlowEvent::Finished(finished) => self.finished(finished, out),
             FlowEvent::ExecutorFailed(reason) => self.stop(FlowStop::ExecutorFailed(reason), out),
             FlowEvent::Declined { batch, reason } => {
-                if !self.declined.contains(&batch) {
+                if !self.declined.iter().any(|(b, _)| *b == batch) {
                     log::warn!("declining batch {batch:016x}: {reason}");
-                    self.declined.push(batch);
+                    if self.declined.len() == KEPT_SOURCES {
+                        self.declined.remove(0);
+                    }
+                    self.declined.push((batch, reason.clone()));
                     out.push(FlowCommand::ToVentilator(Message::Decline { batch, reason }));
                 }
             }
@@ -380,6 +384,16 @@ impl Flow {
             } else {
                 log::debug!("{line}");
             }
+        }
+        let declined = match &message {
+            Ok(Message::Tasks { batch, .. } | Message::Data { batch, .. }) => {
+                self.declined.iter().find(|(b, _)| b == batch).cloned()
+            }
+            _ => None,
+        };
+        if let Some((batch, reason)) = declined {
+            out.push(FlowCommand::ToVentilator(Message::Decline { batch, reason }));
+            return;
         }
         match message {
             Ok(Message::Tasks { batch, job, tasks }) => {
