@@ -96,7 +96,8 @@ impl Inputs {
             .with_context(|| format!("--inputs {pattern:?} is not a valid glob pattern"))?;
         let mut paths = Vec::new();
         for entry in matches {
-            let path = entry.with_context(|| format!("--inputs {pattern:?}: cannot read a match"))?;
+            let path =
+                entry.with_context(|| format!("--inputs {pattern:?}: cannot read a match"))?;
             if path.is_file() {
                 paths.push(path);
             }
@@ -106,7 +107,10 @@ impl Inputs {
             bail!("--inputs {pattern:?} matches no file (quote the pattern so the shell does not expand it)");
         }
         if paths.len() > MAX_TASKS as usize {
-            bail!("--inputs {pattern:?} matches {} files, over the limit of {MAX_TASKS} tasks", paths.len());
+            bail!(
+                "--inputs {pattern:?} matches {} files, over the limit of {MAX_TASKS} tasks",
+                paths.len()
+            );
         }
         let mut names = Vec::with_capacity(paths.len());
         let mut seen = std::collections::HashMap::new();
@@ -126,7 +130,9 @@ impl Inputs {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .map(str::to_owned)
-                .ok_or_else(|| anyhow::anyhow!("input {} has no UTF-8 file name", path.display()))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("input {} has no UTF-8 file name", path.display())
+                })?;
             if let Some(other) = seen.insert(name.clone(), path.clone()) {
                 bail!(
                     "inputs {} and {} share the name {name:?}: outputs are named after inputs, so \
@@ -165,7 +171,8 @@ impl Inputs {
                     .len();
                 Ok(Task {
                     id: id as u32,
-                    workload_ms: (len.div_ceil(64 * 1024)).clamp(1, u64::from(MAX_WORKLOAD_MS)) as u32,
+                    workload_ms: (len.div_ceil(64 * 1024)).clamp(1, u64::from(MAX_WORKLOAD_MS))
+                        as u32,
                 })
             })
             .collect::<anyhow::Result<Vec<Task>>>()?;
@@ -178,8 +185,8 @@ impl Inputs {
             .paths
             .get(id as usize)
             .ok_or_else(|| anyhow::anyhow!("no input for task {id}"))?;
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read input {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
         if bytes.len() as u64 > max_payload {
             bail!(
                 "input {} grew to {} bytes, over --max-payload {max_payload}",

@@ -41,7 +41,11 @@ pub fn measure(kernel: Kernel, round: Duration, rounds: u32) -> anyhow::Result<C
         .into_iter();
         let mut outcome: Option<Outcome> = None;
         let start = Instant::now();
-        backend.run(&job, &mut || tasks.next().map(crate::backend::Work::from), &mut |o| outcome = Some(o));
+        backend.run(
+            &job,
+            &mut || tasks.next().map(crate::backend::Work::from),
+            &mut |o| outcome = Some(o),
+        );
         let elapsed = start.elapsed();
         match outcome {
             Some(o) if o.status == crate::protocol::Status::Ok => Ok(elapsed),

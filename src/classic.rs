@@ -527,7 +527,11 @@ pub fn run_worker(
         let mut status = Status::Failed;
         for attempt in 1..=3 {
             let mut one = Some(task);
-            backend.run(&config.job, &mut || one.take().map(crate::backend::Work::from), &mut |o| status = o.status);
+            backend.run(
+                &config.job,
+                &mut || one.take().map(crate::backend::Work::from),
+                &mut |o| status = o.status,
+            );
             if status != Status::Failed {
                 break;
             }

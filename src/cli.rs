@@ -254,10 +254,21 @@ pub struct BatchArgs {
 pub struct DataArgs {
     /// Your own WGSL kernel (docs/kernels.md), checked before anything binds; one task per
     /// --inputs file.
-    #[arg(long, value_name = "FILE.wgsl", conflicts_with = "kernel", requires = "inputs", help_heading = "User kernels")]
+    #[arg(
+        long,
+        value_name = "FILE.wgsl",
+        conflicts_with = "kernel",
+        requires = "inputs",
+        help_heading = "User kernels"
+    )]
     pub kernel_file: Option<PathBuf>,
     /// The user kernel's inputs: a glob pattern (quote it), one task per matching file.
-    #[arg(long, value_name = "GLOB", requires = "kernel_file", help_heading = "User kernels")]
+    #[arg(
+        long,
+        value_name = "GLOB",
+        requires = "kernel_file",
+        help_heading = "User kernels"
+    )]
     pub inputs: Option<String>,
     /// Bytes per item of each input: a task runs one invocation per item.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "User kernels")]
@@ -465,7 +476,10 @@ fn parse_constants(text: &str) -> Result<[u32; crate::kernels::CONSTANTS], Strin
     let mut out = [0u32; crate::kernels::CONSTANTS];
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     if parts.len() > out.len() {
-        return Err(format!("{} constants given; the interface has 8", parts.len()));
+        return Err(format!(
+            "{} constants given; the interface has 8",
+            parts.len()
+        ));
     }
     for (slot, part) in out.iter_mut().zip(&parts) {
         *slot = if let Ok(n) = part.parse::<u32>() {

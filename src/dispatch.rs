@@ -1273,13 +1273,7 @@ impl Dispatcher {
 
     /// A worker cannot run this batch's kernel: what it holds goes to others, and it gets
     /// nothing more of this batch (it stays known, so its greetings do not revive it).
-    fn decline(
-        &mut self,
-        now: Instant,
-        routing_id: &[u8],
-        reason: &str,
-        out: &mut Vec<Command>,
-    ) {
+    fn decline(&mut self, now: Instant, routing_id: &[u8], reason: &str, out: &mut Vec<Command>) {
         let Some(&slot) = self.by_routing_id.get(routing_id) else {
             return;
         };

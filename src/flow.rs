@@ -229,7 +229,10 @@ impl Flow {
                         self.declined.remove(0);
                     }
                     self.declined.push((batch, reason.clone()));
-                    out.push(FlowCommand::ToVentilator(Message::Decline { batch, reason }));
+                    out.push(FlowCommand::ToVentilator(Message::Decline {
+                        batch,
+                        reason,
+                    }));
                 }
             }
             FlowEvent::Undelivered(delivery) => {
@@ -392,7 +395,10 @@ impl Flow {
             _ => None,
         };
         if let Some((batch, reason)) = declined {
-            out.push(FlowCommand::ToVentilator(Message::Decline { batch, reason }));
+            out.push(FlowCommand::ToVentilator(Message::Decline {
+                batch,
+                reason,
+            }));
             return;
         }
         match message {

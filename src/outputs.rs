@@ -44,7 +44,10 @@ impl OutputsConfig {
         }
         if let Some(image) = &self.image {
             if image.extension().and_then(|e| e.to_str()) != Some("png") {
-                bail!("--image {}: the picture is written as PNG; name it *.png", image.display());
+                bail!(
+                    "--image {}: the picture is written as PNG; name it *.png",
+                    image.display()
+                );
             }
             if resume && self.dir.is_none() {
                 bail!(
@@ -117,9 +120,7 @@ impl Outputs {
             write_synced(dir, &name, &r.output)?;
             self.unsynced = true;
             self.written += 1;
-        } else if self.config.image.is_none()
-            && kernel != Kernel::Search
-            && !self.warned_discarded
+        } else if self.config.image.is_none() && kernel != Kernel::Search && !self.warned_discarded
         {
             log::warn!("outputs are not kept: pass --outputs DIR to keep each task's output");
             self.warned_discarded = true;
@@ -226,8 +227,13 @@ fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, &target)
-        .with_context(|| format!("cannot rename {} to {}", temporary.display(), target.display()))
+    std::fs::rename(&temporary, &target).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            temporary.display(),
+            target.display()
+        )
+    })
 }
 
 /// The picture of `counts` (iteration counts, row-major) as an RGB PNG.
@@ -287,7 +293,10 @@ mod tests {
         };
         outputs.record(&job, &r).unwrap();
         outputs.sync().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("in.bin.out")).unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            std::fs::read(dir.path().join("in.bin.out")).unwrap(),
+            vec![1, 2, 3]
+        );
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left");
     }

@@ -438,20 +438,21 @@ impl Ventilator {
                         let to = &dispatcher.worker(worker).routing_id;
                         let job = dispatcher.job();
                         let batch = dispatcher.batch_id();
-                        let mark_sent = |observer: &mut Option<crate::observe::Observer>,
-                                         sent: &[crate::batch::Task]| {
-                            if let Some(timeline) = &self.config.timeline {
-                                sent.iter().for_each(|t| timeline.sent(t.id));
-                            }
-                            if let Some(o) = observer.as_mut() {
-                                o.sent(
-                                    Instant::now(),
-                                    worker,
-                                    sent.iter().map(|t| t.id),
-                                    |w| dispatcher.worker(w).alive,
-                                );
-                            }
-                        };
+                        let mark_sent =
+                            |observer: &mut Option<crate::observe::Observer>,
+                             sent: &[crate::batch::Task]| {
+                                if let Some(timeline) = &self.config.timeline {
+                                    sent.iter().for_each(|t| timeline.sent(t.id));
+                                }
+                                if let Some(o) = observer.as_mut() {
+                                    o.sent(
+                                        Instant::now(),
+                                        worker,
+                                        sent.iter().map(|t| t.id),
+                                        |w| dispatcher.worker(w).alive,
+                                    );
+                                }
+                            };
                         // A user kernel's source goes first, once per worker: messages to
                         // one peer arrive in order.
                         if let Some(source) = &self.config.kernel_source {
@@ -494,8 +495,7 @@ impl Ventilator {
                         };
                         // Data tasks travel one per message, each with its input file.
                         for (k, task) in tasks.iter().enumerate() {
-                            let input = match inputs.read(task.id, crate::protocol::max_payload())
-                            {
+                            let input = match inputs.read(task.id, crate::protocol::max_payload()) {
                                 Ok(input) => input,
                                 Err(e) => {
                                     end = Some(Err(e));
@@ -505,7 +505,9 @@ impl Ventilator {
                             let name = &inputs.names[task.id as usize];
                             let message = Message::encode_data(batch, job, *task, name, &input);
                             match sockets::send_to(&self.tasks_socket, to, &message) {
-                                SendOutcome::Sent => mark_sent(observer, std::slice::from_ref(task)),
+                                SendOutcome::Sent => {
+                                    mark_sent(observer, std::slice::from_ref(task))
+                                }
                                 SendOutcome::Gone => {
                                     // Every task of the command is the worker's: losing it
                                     // hands them all on.

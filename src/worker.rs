@@ -66,7 +66,10 @@ pub fn default_name(index: usize) -> String {
 enum Outcomes {
     Finished(Vec<Finished>),
     /// The backend cannot run this batch's job.
-    Declined { batch: u64, reason: String },
+    Declined {
+        batch: u64,
+        reason: String,
+    },
 }
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
@@ -495,7 +498,10 @@ fn execute(
             },
         };
         let (batch, job) = (chunk.batch, chunk.job);
-        if prepared.as_ref().is_none_or(|(b, j, _)| (*b, *j) != (batch, job)) {
+        if prepared
+            .as_ref()
+            .is_none_or(|(b, j, _)| (*b, *j) != (batch, job))
+        {
             let ready = match backend.prepare(&job, chunk.source.as_deref()) {
                 Ok(()) => true,
                 Err(reason) => {

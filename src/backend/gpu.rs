@@ -338,8 +338,9 @@ impl Gpu {
             .map(|i| Slot::new(&device, &layout, params_stride, timestamps, i))
             .collect::<Vec<_>>();
         let timestamp_period_ns = timestamps.then(|| f64::from(queue.get_timestamp_period()));
-        let max_binding =
-            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         let mut gpu = Gpu {
             class,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
@@ -429,7 +430,6 @@ impl Gpu {
     fn lost_reason(&self) -> Option<String> {
         self.lost.lock().ok().and_then(|l| l.clone())
     }
-
 }
 
 /// A compiled kernel.
@@ -673,8 +673,13 @@ impl Gpu {
                 self.adapter_name
             ));
         }
-        self.pipelines
-            .insert(key, Pipeline { pipeline, workgroup });
+        self.pipelines.insert(
+            key,
+            Pipeline {
+                pipeline,
+                workgroup,
+            },
+        );
         self.compiled.push((*job, given));
         Ok(())
     }
@@ -685,8 +690,7 @@ impl Gpu {
     fn recover(&mut self) {
         let reason = self.lost_reason().unwrap_or_else(|| "unknown".to_owned());
         let now = Instant::now();
-        self.losses
-            .retain(|&t| now.duration_since(t) < LOSS_WINDOW);
+        self.losses.retain(|&t| now.duration_since(t) < LOSS_WINDOW);
         self.losses.push_back(now);
         if self.losses.len() >= MAX_LOSSES {
             self.broken = Some(format!(

@@ -413,9 +413,10 @@ pub fn check(job: &Job, outcome: &mut Outcome) {
             if crate::kernels::Kernel::from_id(job.kernel)
                 == Some(crate::kernels::Kernel::Mandelbrot)
             {
-                outcome.differing = crate::kernels::mandelbrot::differing(&outcome.output, &expected)
-                    .try_into()
-                    .unwrap_or(u32::MAX);
+                outcome.differing =
+                    crate::kernels::mandelbrot::differing(&outcome.output, &expected)
+                        .try_into()
+                        .unwrap_or(u32::MAX);
             }
             crate::kernels::agrees(job, &outcome.output, &expected)
         }

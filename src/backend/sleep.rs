@@ -97,9 +97,11 @@ mod tests {
         ];
         let mut outcomes = Vec::new();
         let mut queue = tasks.into_iter();
-        backend.run(&Job::default(), &mut || queue.next().map(Work::from), &mut |o| {
-            outcomes.push(o)
-        });
+        backend.run(
+            &Job::default(),
+            &mut || queue.next().map(Work::from),
+            &mut |o| outcomes.push(o),
+        );
         assert_eq!(outcomes.len(), 2);
         assert!(outcomes[0].wall_us >= 3000, "{outcomes:?}");
         assert!(
@@ -117,9 +119,11 @@ mod tests {
             id: 0,
             workload_ms: 2,
         });
-        backend.run(&Job::default(), &mut || queue.next().map(Work::from), &mut |o| {
-            wall = o.wall_us
-        });
+        backend.run(
+            &Job::default(),
+            &mut || queue.next().map(Work::from),
+            &mut |o| wall = o.wall_us,
+        );
         assert!(wall >= 6000, "{wall}");
     }
 }

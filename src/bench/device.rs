@@ -65,7 +65,11 @@ pub(super) fn device(
         let run = |gpu: &mut Gpu, job: &Job, tasks: Vec<Task>| -> anyhow::Result<Vec<Outcome>> {
             let mut queue = tasks.into_iter();
             let mut outcomes = Vec::new();
-            gpu.run(job, &mut || queue.next().map(crate::backend::Work::from), &mut |o| outcomes.push(o));
+            gpu.run(
+                job,
+                &mut || queue.next().map(crate::backend::Work::from),
+                &mut |o| outcomes.push(o),
+            );
             if let Some(bad) = outcomes.iter().find(|o| o.status != Status::Ok) {
                 bail!("task {} failed on {}", bad.task.id, info.name);
             }

@@ -53,10 +53,8 @@ impl View {
         if rows == 0 {
             return Err("--band-rows must be at least 1".to_owned());
         }
-        if !(view_width.is_finite() && view_width > 0.0)
-            || !centre.0.is_finite()
-            || !centre.1.is_finite()
-        {
+        let finite = view_width.is_finite() && centre.0.is_finite() && centre.1.is_finite();
+        if !(finite && view_width > 0.0) {
             return Err(format!(
                 "--view-width {view_width} and --centre {},{} must be finite, the width above 0",
                 centre.0, centre.1

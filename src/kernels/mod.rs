@@ -177,15 +177,17 @@ pub fn reference(job: &Job, task: Task, input: &[u8]) -> Option<Result<Vec<u8>, 
     if kernel == Kernel::User {
         return None;
     }
-    Some(shape(job, task, input.len()).and_then(|shape| match kernel {
-        Kernel::Spin => {
-            let (sum, xor) = spin::reference_range(task.id, 0, shape.items);
-            Ok([sum.to_le_bytes(), xor.to_le_bytes()].concat())
-        }
-        Kernel::Mandelbrot => Ok(mandelbrot::View::of(job)?.reference(task.id)),
-        Kernel::Search => Ok(search::Space::of(job)?.reference(task.id)),
-        Kernel::User => Err("user kernels have no CPU reference".to_owned()),
-    }))
+    Some(
+        shape(job, task, input.len()).and_then(|shape| match kernel {
+            Kernel::Spin => {
+                let (sum, xor) = spin::reference_range(task.id, 0, shape.items);
+                Ok([sum.to_le_bytes(), xor.to_le_bytes()].concat())
+            }
+            Kernel::Mandelbrot => Ok(mandelbrot::View::of(job)?.reference(task.id)),
+            Kernel::Search => Ok(search::Space::of(job)?.reference(task.id)),
+            Kernel::User => Err("user kernels have no CPU reference".to_owned()),
+        }),
+    )
 }
 
 /// How a backend's output compares with the reference: `Ok` when it agrees within the

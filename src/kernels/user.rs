@@ -41,10 +41,7 @@ pub fn check(source: &str, path: &str) -> Result<Checked, String> {
             Some(loc) => format!("{path}:{}:{}", loc.line_number, loc.line_position),
             None => path.to_owned(),
         };
-        format!(
-            "{place}: {e}\n{}",
-            e.emit_to_string_with_path(source, path)
-        )
+        format!("{place}: {e}\n{}", e.emit_to_string_with_path(source, path))
     })?;
     naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -107,9 +104,7 @@ pub fn check(source: &str, path: &str) -> Result<Checked, String> {
         return Err(format!(
             "{path}: `main` has @workgroup_size({}, {}, {}); the interface runs one dimension: \
              use @workgroup_size(N)",
-            checked.workgroup_size[0],
-            checked.workgroup_size[1],
-            checked.workgroup_size[2]
+            checked.workgroup_size[0], checked.workgroup_size[1], checked.workgroup_size[2]
         ));
     }
     Ok(checked)
@@ -119,8 +114,8 @@ pub fn check(source: &str, path: &str) -> Result<Checked, String> {
 /// as the job says: per task, per item, or as many as the input.
 pub fn shape(job: &Job, input_len: usize) -> Result<Shape, String> {
     let items = input_len.div_ceil(job.item_bytes.max(1) as usize);
-    let items = u32::try_from(items)
-        .map_err(|_| format!("{input_len} bytes is more than 2^32 items"))?;
+    let items =
+        u32::try_from(items).map_err(|_| format!("{input_len} bytes is more than 2^32 items"))?;
     let output_bytes = if job.output_bytes == SAME_AS_INPUT {
         input_len
     } else if job.output_bytes & PER_ITEM != 0 {
@@ -151,7 +146,10 @@ mod tests {
              vec3<u32>) {{ if (g.x < params.count) {{ let i = params.offset + g.x; output[i] = \
              2.0 * input[i]; }} }}\n"
         );
-        assert_eq!(check(&src, "k.wgsl").map(|c| c.workgroup_size), Ok([128, 1, 1]));
+        assert_eq!(
+            check(&src, "k.wgsl").map(|c| c.workgroup_size),
+            Ok([128, 1, 1])
+        );
     }
 
     #[test]
@@ -159,21 +157,34 @@ mod tests {
         let src = format!("{HEADER}@compute @workgroup_size(64)\nfn main() {{ let x = ; }}\n");
         let err = check(&src, "bad.wgsl").unwrap_err();
         assert!(err.starts_with("bad.wgsl:6:"), "{err}");
-        let src = format!("{HEADER}@compute @workgroup_size(64)\nfn main() {{ output[0] = 1u; }}\n");
+        let src =
+            format!("{HEADER}@compute @workgroup_size(64)\nfn main() {{ output[0] = 1u; }}\n");
         let err = check(&src, "types.wgsl").unwrap_err();
         assert!(err.starts_with("types.wgsl:"), "{err}");
-        assert!(err.split(':').nth(1).is_some_and(|l| l.parse::<u32>().is_ok()), "{err}");
+        assert!(
+            err.split(':')
+                .nth(1)
+                .is_some_and(|l| l.parse::<u32>().is_ok()),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_interface_is_enforced() {
         let no_main = format!("{HEADER}@compute @workgroup_size(64)\nfn run() {{}}\n");
-        assert!(check(&no_main, "k.wgsl").unwrap_err().contains("no compute entry point"));
+        assert!(check(&no_main, "k.wgsl")
+            .unwrap_err()
+            .contains("no compute entry point"));
         let writable_input = HEADER.replace("storage, read> input", "storage, read_write> input")
             + "@compute @workgroup_size(64)\nfn main() { input[0] = 1.0; }\n";
         let err = check(&writable_input, "k.wgsl").unwrap_err();
-        assert!(err.contains("binding 1") && err.starts_with("k.wgsl:3:"), "{err}");
+        assert!(
+            err.contains("binding 1") && err.starts_with("k.wgsl:3:"),
+            "{err}"
+        );
         let two_d = format!("{HEADER}@compute @workgroup_size(8, 8)\nfn main() {{}}\n");
-        assert!(check(&two_d, "k.wgsl").unwrap_err().contains("one dimension"));
+        assert!(check(&two_d, "k.wgsl")
+            .unwrap_err()
+            .contains("one dimension"));
     }
 }

@@ -84,7 +84,10 @@ fn the_mandelbrot_picture_decodes_at_its_size_and_matches_the_cpu_reference() {
     assert_eq!(r["compared"], 480 * 270, "{r}");
     let view = mandelbrot::View::new(480, 270, 300, 8, (-0.5, 0.0), 3.0).unwrap();
     let differ = assert_picture_matches(&image, &view);
-    assert_eq!(r["differing"], differ as u64, "the report counts what differs: {r}");
+    assert_eq!(
+        r["differing"], differ as u64,
+        "the report counts what differs: {r}"
+    );
 }
 
 /// Writes `inputs` into `dir/in`, returning the glob that matches them.
@@ -304,7 +307,10 @@ fn an_oversized_payload_is_refused_naming_the_flag() {
     )
     .finish();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("big.bin is 2097152 bytes, over --max-payload 1048576"), "{log}");
+    assert!(
+        log.contains("big.bin is 2097152 bytes, over --max-payload 1048576"),
+        "{log}"
+    );
     assert!(log.contains("raise --max-payload"), "{log}");
 }
 
@@ -461,11 +467,17 @@ fn a_sink_restarted_with_resume_keeps_the_outputs_already_written() {
     let after = outputs(&out);
     for id in &held_before {
         let name = format!("mandelbrot-{id:08}.out");
-        assert!(before.contains_key(&name), "acknowledged {name} was on disk");
+        assert!(
+            before.contains_key(&name),
+            "acknowledged {name} was on disk"
+        );
         assert_eq!(before[&name], after[&name], "{name} was not written again");
     }
     assert_eq!(after.len(), 300);
-    assert!(r["outputs"].as_u64().unwrap() <= 300 - held_before.len() as u64, "{r}");
+    assert!(
+        r["outputs"].as_u64().unwrap() <= 300 - held_before.len() as u64,
+        "{r}"
+    );
     let view = mandelbrot::View::new(600, 600, 600, 2, (-0.5, 0.0), 3.0).unwrap();
     assert_picture_matches(&image, &view);
     drop((vent, worker));

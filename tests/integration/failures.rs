@@ -33,7 +33,9 @@ impl Backend for Flaky {
     ) {
         while let Some(Work { task, .. }) = next() {
             let first_time = self.seen.insert(task.id);
-            let output = conquer::kernels::reference(job, task, &[]).unwrap().unwrap();
+            let output = conquer::kernels::reference(job, task, &[])
+                .unwrap()
+                .unwrap();
             let reference = conquer::kernels::checksum(job, &output);
             let (status, checksum) = if task.id % 5 == 0 && first_time {
                 (Status::Failed, 0)

@@ -39,7 +39,9 @@ fn classes() -> impl Iterator<Item = (AdapterClass, wgpu::Adapter)> {
 fn run_tasks(gpu: &mut Gpu, job: &Job, tasks: &[Task]) -> Vec<Outcome> {
     let mut queue = tasks.iter().copied();
     let mut outcomes = Vec::new();
-    gpu.run(job, &mut || queue.next().map(Work::from), &mut |o| outcomes.push(o));
+    gpu.run(job, &mut || queue.next().map(Work::from), &mut |o| {
+        outcomes.push(o)
+    });
     outcomes
 }
 

@@ -186,10 +186,7 @@ fn a_kernel_that_does_not_fit_is_declined_with_the_reason() {
     assert!(err.starts_with("kernel "), "{err}");
     assert!(err.contains(":1:"), "names the line: {err}");
     // Without its source a user kernel cannot run at all.
-    let other = Job {
-        source: 7,
-        ..job
-    };
+    let other = Job { source: 7, ..job };
     assert!(gpu
         .prepare(&other, None)
         .unwrap_err()
