@@ -262,13 +262,9 @@ pub struct DataArgs {
         help_heading = "User kernels"
     )]
     pub kernel_file: Option<PathBuf>,
-    /// The user kernel's inputs: a glob pattern (quote it), one task per matching file.
-    #[arg(
-        long,
-        value_name = "GLOB",
-        requires = "kernel_file",
-        help_heading = "User kernels"
-    )]
+    /// The inputs of a user kernel (or of `--kernel copy`): a glob pattern (quote it), one
+    /// task per matching file.
+    #[arg(long, value_name = "GLOB", help_heading = "User kernels")]
     pub inputs: Option<String>,
     /// Bytes per item of each input: a task runs one invocation per item.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "User kernels")]
@@ -395,9 +391,26 @@ impl BatchArgs {
                 Some(std::sync::Arc::new(inputs)),
                 Some(std::sync::Arc::<str>::from(source)),
             )
+        } else if self.kernel == Kernel::Copy {
+            let Some(pattern) = d.inputs.as_deref() else {
+                bail!("--kernel copy copies input files: pass --inputs 'GLOB'");
+            };
+            let inputs = crate::batch::Inputs::find(pattern, max_payload)?;
+            let job = Job {
+                output_bytes: SAME_AS_INPUT,
+                ..base
+            };
+            (inputs.batch()?, job, Some(std::sync::Arc::new(inputs)), None)
         } else {
+            if d.inputs.is_some() {
+                bail!(
+                    "--inputs feeds a user kernel (--kernel-file) or --kernel copy; the {} kernel \
+                     takes none",
+                    self.kernel.name()
+                );
+            }
             match self.kernel {
-                Kernel::Spin | Kernel::User => (self.batch()?, base, None, None),
+                Kernel::Spin | Kernel::User | Kernel::Copy => (self.batch()?, base, None, None),
                 Kernel::Mandelbrot => {
                     let view = mandelbrot::View::new(
                         d.width,

@@ -8,6 +8,7 @@ mod backends;
 mod device;
 mod dispatch;
 mod faults;
+mod kernels;
 mod latency;
 mod plot;
 mod scaling;
@@ -56,11 +57,14 @@ pub enum Suite {
     Faults,
     /// The real dispatcher in virtual time: 1 to 10,000 simulated workers, a million tasks.
     Simulate,
+    /// Data kernels per backend (Mandelbrot megapixels/s, search keys/s) and payloads of
+    /// 64 KiB, 1 MiB and 16 MiB through the pipeline next to plain PUSH/PULL.
+    Kernels,
 }
 
 impl Suite {
     /// Every suite, in the order they are reported.
-    pub const ALL: [Suite; 8] = [
+    pub const ALL: [Suite; 9] = [
         Suite::Scaling,
         Suite::Backends,
         Suite::Dispatch,
@@ -69,6 +73,7 @@ impl Suite {
         Suite::Faults,
         Suite::Simulate,
         Suite::Device,
+        Suite::Kernels,
     ];
 }
 
@@ -120,6 +125,25 @@ pub struct BenchArgs {
     /// Scaling suite: write each run's timeline (a Chrome trace, as `--timeline`) into DIR.
     #[arg(long, value_name = "DIR")]
     pub timelines: Option<std::path::PathBuf>,
+    /// Kernels suite: the Mandelbrot image, WIDTHxHEIGHT.
+    #[arg(long, value_name = "WxH", default_value = "1920x1080", value_parser = parse_size)]
+    pub mandelbrot: (u32, u32),
+    /// Kernels suite: Mandelbrot's iteration limit.
+    #[arg(long, default_value_t = 500)]
+    pub max_iter: u32,
+    /// Kernels suite: keys the search kernel tries (16 tasks).
+    #[arg(long, default_value_t = 1 << 26)]
+    pub search_keys: u32,
+}
+
+/// Parses `WIDTHxHEIGHT`.
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?}: give the size as WIDTHxHEIGHT, such as 1920x1080");
+    let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+    Ok((
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    ))
 }
 
 /// Median and spread of repeated measurements.
@@ -178,6 +202,7 @@ pub struct BenchResults {
     pub latency: Vec<LatencyRow>,
     pub faults: Vec<faults::FaultRow>,
     pub simulate: Vec<simulate::SimRow>,
+    pub kernels: kernels::KernelsResults,
 }
 
 pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
@@ -194,6 +219,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         latency: Vec::new(),
         faults: Vec::new(),
         simulate: Vec::new(),
+        kernels: kernels::KernelsResults::default(),
     };
     let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
@@ -218,6 +244,9 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 results.faults = faults::faults(args.quick, repeat, &progress, shutdown)?
             }
             Suite::Simulate => results.simulate = simulate::suite(args.quick, &progress)?,
+            Suite::Kernels => {
+                results.kernels = kernels::kernels(&args, repeat, &progress, shutdown)?
+            }
         }
     }
     progress.finish();
@@ -292,6 +321,7 @@ impl Progress {
                 Suite::Faults => 4 * r,
                 Suite::Simulate => 6,
                 Suite::Device => 1,
+                Suite::Kernels => 12 * r,
             })
             .sum();
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -512,6 +542,11 @@ pub fn markdown(r: &BenchResults) -> String {
     ];
     for t in tables.into_iter().flatten() {
         s += &t.markdown();
+    }
+    if !r.kernels.compute.is_empty() || !r.kernels.payload.is_empty() {
+        for t in kernels::tables(&r.kernels) {
+            s += &t.markdown();
+        }
     }
     s
 }

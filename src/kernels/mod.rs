@@ -66,6 +66,9 @@ pub enum Kernel {
     /// The user's WGSL (`--kernel-file`), one task per input file.
     #[value(skip)]
     User,
+    /// The output is the input (`--inputs`, one task per file): measures how fast the
+    /// farm moves data.
+    Copy,
 }
 
 impl Kernel {
@@ -75,6 +78,7 @@ impl Kernel {
             Kernel::Mandelbrot => 1,
             Kernel::Search => 2,
             Kernel::User => 3,
+            Kernel::Copy => 4,
         }
     }
 
@@ -84,6 +88,7 @@ impl Kernel {
             1 => Some(Kernel::Mandelbrot),
             2 => Some(Kernel::Search),
             3 => Some(Kernel::User),
+            4 => Some(Kernel::Copy),
             _ => None,
         }
     }
@@ -94,6 +99,7 @@ impl Kernel {
             Kernel::Mandelbrot => "mandelbrot",
             Kernel::Search => "search",
             Kernel::User => "user",
+            Kernel::Copy => "copy",
         }
     }
 
@@ -103,6 +109,7 @@ impl Kernel {
             Kernel::Spin => Some(include_str!("../../shaders/spin.wgsl")),
             Kernel::Mandelbrot => Some(include_str!("../../shaders/mandelbrot.wgsl")),
             Kernel::Search => Some(include_str!("../../shaders/search.wgsl")),
+            Kernel::Copy => Some(include_str!("../../shaders/copy.wgsl")),
             Kernel::User => None,
         }
     }
@@ -111,6 +118,11 @@ impl Kernel {
     /// whose result is its checksum).
     pub fn carries_output(self) -> bool {
         !matches!(self, Kernel::Spin)
+    }
+
+    /// Whether tasks carry input files (`--inputs`).
+    pub fn takes_inputs(self) -> bool {
+        matches!(self, Kernel::User | Kernel::Copy)
     }
 }
 
@@ -145,6 +157,11 @@ pub fn shape(job: &Job, task: Task, input_len: usize) -> Result<Shape, String> {
         Some(Kernel::Mandelbrot) => mandelbrot::View::of(job)?.shape(task.id),
         Some(Kernel::Search) => search::Space::of(job)?.shape(task.id),
         Some(Kernel::User) => user::shape(job, input_len),
+        Some(Kernel::Copy) => Ok(Shape {
+            items: u32::try_from(input_len.div_ceil(4))
+                .map_err(|_| format!("{input_len} bytes is more than 2^32 words"))?,
+            output_bytes: input_len,
+        }),
         None => Err(format!("unknown kernel id {}", job.kernel)),
     }
 }
@@ -185,6 +202,7 @@ pub fn reference(job: &Job, task: Task, input: &[u8]) -> Option<Result<Vec<u8>, 
             }
             Kernel::Mandelbrot => Ok(mandelbrot::View::of(job)?.reference(task.id)),
             Kernel::Search => Ok(search::Space::of(job)?.reference(task.id)),
+            Kernel::Copy => Ok(input.to_vec()),
             Kernel::User => Err("user kernels have no CPU reference".to_owned()),
         }),
     )
@@ -227,6 +245,7 @@ mod tests {
             Kernel::Mandelbrot,
             Kernel::Search,
             Kernel::User,
+            Kernel::Copy,
         ] {
             assert_eq!(Kernel::from_id(k.id()), Some(k));
             assert_eq!(k.builtin_source().is_some(), k != Kernel::User);
@@ -236,7 +255,7 @@ mod tests {
 
     #[test]
     fn every_builtin_kernel_follows_the_interface() {
-        for k in [Kernel::Spin, Kernel::Mandelbrot, Kernel::Search] {
+        for k in [Kernel::Spin, Kernel::Mandelbrot, Kernel::Search, Kernel::Copy] {
             let source = k.builtin_source().unwrap_or_default();
             let checked = user::check(source, k.name());
             assert!(checked.is_ok(), "{}: {:?}", k.name(), checked.err());

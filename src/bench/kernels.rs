@@ -1,0 +1,357 @@
+//! `--suite kernels`: the data kernels' speed on every backend present (Mandelbrot in
+//! megapixels per second, the search in keys per second, each backend on its own), and
+//! payloads through the full pipeline (the `copy` kernel on two cpu workers: ventilator,
+//! worker and sink each move every byte) next to a plain libzmq PUSH/PULL pipeline moving
+//! the same messages over the same hops, in the same repetition.
+
+use super::table::Table;
+use super::*;
+use crate::backend::Work;
+use crate::kernels::{mandelbrot, search, Kernel};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelRow {
+    pub kernel: String,
+    pub backend: String,
+    pub adapter: String,
+    /// What one run computes (pixels, keys).
+    pub items: u64,
+    /// Million items per second.
+    pub mitems_per_s: Spread,
+    /// Why this backend has no figures here (empty when it ran).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unavailable: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PayloadRow {
+    pub payload_bytes: u64,
+    pub tasks: u32,
+    /// Payload bytes per second through conquer (each byte goes in and comes back out).
+    pub conquer_mib_per_s: Spread,
+    pub plain_mib_per_s: Spread,
+    /// conquer ÷ plain, paired by repetition.
+    pub ratio: Spread,
+    /// Tasks handed to another worker (a worker thought gone): 0 when no heartbeat was
+    /// missed during the stream.
+    pub redispatched: u64,
+    /// Results the sink held more than once, and tasks it never held, over all runs.
+    pub duplicates: u64,
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct KernelsResults {
+    pub compute: Vec<KernelRow>,
+    pub payload: Vec<PayloadRow>,
+}
+
+pub(super) fn kernels(
+    args: &BenchArgs,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<KernelsResults> {
+    let mut results = KernelsResults::default();
+    let (width, height, max_iter) = if args.quick {
+        (320, 180, 200)
+    } else {
+        (args.mandelbrot.0, args.mandelbrot.1, args.max_iter)
+    };
+    let view = mandelbrot::View::new(width, height, max_iter, 16, (-0.5, 0.0), 3.0)
+        .map_err(anyhow::Error::msg)?;
+    let mandel = Job {
+        kernel: Kernel::Mandelbrot.id(),
+        constants: view.constants(),
+        ..Job::default()
+    };
+    let keys = if args.quick { 1 << 20 } else { args.search_keys };
+    let space = search::Space::new(24, keys, (keys / 16).max(1), 1).map_err(anyhow::Error::msg)?;
+    let find = Job {
+        kernel: Kernel::Search.id(),
+        constants: space.constants(),
+        ..Job::default()
+    };
+    let options = crate::backend::BackendOptions {
+        slowdown: 1.0,
+        quiet: true,
+        ..Default::default()
+    };
+    for kind in [BackendKind::Cpu, BackendKind::Software, BackendKind::Gpu] {
+        for (name, job, tasks, items) in [
+            (
+                "mandelbrot",
+                mandel,
+                view.bands(),
+                u64::from(width) * u64::from(height),
+            ),
+            ("search", find, space.tasks(), u64::from(keys)),
+        ] {
+            progress.step(format!("kernels: {name} on {}", backends::kind_name(kind)));
+            let mut row = KernelRow {
+                kernel: name.to_owned(),
+                backend: backends::kind_name(kind).to_owned(),
+                adapter: String::new(),
+                items,
+                mitems_per_s: Spread::of(&[]),
+                unavailable: String::new(),
+            };
+            let mut backend = match crate::backend::build(kind, &options) {
+                Ok(b) => b,
+                Err(e) => {
+                    row.unavailable = format!("{e:#}");
+                    results.compute.push(row);
+                    continue;
+                }
+            };
+            row.adapter = backend.adapter();
+            backend
+                .prepare(&job, None)
+                .map_err(|e| anyhow::anyhow!("{name} on {}: {e}", row.backend))?;
+            let mut rates = Vec::new();
+            for _ in 0..repeat {
+                let mut queue = (0..tasks).map(|id| Work::from(Task { id, workload_ms: 1 }));
+                let mut failed = 0;
+                let start = Instant::now();
+                backend.run(&job, &mut || queue.next(), &mut |o| {
+                    if o.status == Status::Failed {
+                        failed += 1;
+                    }
+                });
+                let elapsed = start.elapsed().as_secs_f64();
+                if failed > 0 {
+                    bail!("{name} on {}: {failed} tasks failed", row.backend);
+                }
+                rates.push(items as f64 / elapsed / 1e6);
+                progress.done();
+            }
+            row.mitems_per_s = Spread::of(&rates);
+            results.compute.push(row);
+        }
+    }
+
+    // Payloads through the whole pipeline, against plain PUSH/PULL.
+    let total: u64 = if args.quick { 8 << 20 } else { 256 << 20 };
+    let workers = 2;
+    let dir = tempfile_dir()?;
+    for size in [64u64 << 10, 1 << 20, 16 << 20] {
+        if size > crate::protocol::max_payload() {
+            bail!("payload {size} bytes is over --max-payload");
+        }
+        let tasks = (total / size).max(4) as u32;
+        let folder = dir.join(format!("{size}"));
+        std::fs::create_dir_all(&folder)?;
+        let mut seed = size as u32 | 1;
+        for t in 0..tasks {
+            let bytes: Vec<u8> = (0..size)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            std::fs::write(folder.join(format!("{t:05}.bin")), bytes)?;
+        }
+        let pattern = format!("{}/*.bin", folder.display());
+        let inputs = std::sync::Arc::new(crate::batch::Inputs::find(
+            &pattern,
+            crate::protocol::max_payload(),
+        )?);
+        let batch = inputs.batch()?;
+        let job = Job {
+            kernel: Kernel::Copy.id(),
+            output_bytes: crate::kernels::SAME_AS_INPUT,
+            ..Job::default()
+        };
+        let bytes = size as f64 * f64::from(tasks);
+        let (mut ours, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut redispatched, mut duplicates, mut lost) = (0, 0, 0);
+        for r in 0..repeat {
+            progress.step(format!("kernels: {size}-byte payloads ({}/{repeat})", r + 1));
+            let ventilator = VentilatorConfig {
+                order: Order::Given,
+                inputs: Some(inputs.clone()),
+                ..VentilatorConfig::local(batch.clone(), job)
+            };
+            let backends: Vec<Box<dyn Backend>> = (0..workers)
+                .map(|_| Box::new(crate::backend::cpu::Cpu) as Box<dyn Backend>)
+                .collect();
+            let report = local::run(LocalRun::new(ventilator, backends), shutdown)
+                .with_context(|| format!("payload run of {size}-byte tasks"))?;
+            redispatched += report.redispatched;
+            duplicates += report.duplicates;
+            lost += u64::from(tasks).saturating_sub(delivered(&report));
+            let rate = bytes / (report.elapsed_ms / 1e3) / f64::from(1 << 20);
+            progress.done();
+            let elapsed = plain_payload(size as usize, tasks, workers)?;
+            let base = bytes / elapsed.as_secs_f64() / f64::from(1 << 20);
+            progress.done();
+            ours.push(rate);
+            plain.push(base);
+            ratios.push(rate / base);
+        }
+        std::fs::remove_dir_all(&folder).ok();
+        results.payload.push(PayloadRow {
+            payload_bytes: size,
+            tasks,
+            conquer_mib_per_s: Spread::of(&ours),
+            plain_mib_per_s: Spread::of(&plain),
+            ratio: Spread::of(&ratios),
+            redispatched,
+            duplicates,
+            lost,
+        });
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(results)
+}
+
+/// Tasks the report's workers delivered.
+pub fn delivered(report: &Report) -> u64 {
+    report.workers.iter().map(|w| w.tasks).sum()
+}
+
+/// A private temporary folder for the payload files.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("conquer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The Guide's pipeline moving payloads: PUSH `tasks` messages of `size` bytes to
+/// `workers` threads that PULL each and PUSH it on to a PULL sink. Times first send to
+/// last receipt, once every worker has shown it is connected.
+pub fn plain_payload(size: usize, tasks: u32, workers: u32) -> anyhow::Result<Duration> {
+    let ctx = zmq::Context::new();
+    let vent = ctx.socket(zmq::PUSH)?;
+    vent.bind("tcp://127.0.0.1:*")?;
+    let vent_ep = vent
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("bad endpoint"))?;
+    let sink = ctx.socket(zmq::PULL)?;
+    sink.bind("tcp://127.0.0.1:*")?;
+    let sink_ep = sink
+        .get_last_endpoint()?
+        .map_err(|_| anyhow::anyhow!("bad endpoint"))?;
+    let mut threads = Vec::new();
+    for _ in 0..workers {
+        let ctx = ctx.clone();
+        let (vent_ep, sink_ep) = (vent_ep.clone(), sink_ep.clone());
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let from = ctx.socket(zmq::PULL)?;
+            from.connect(&vent_ep)?;
+            let to = ctx.socket(zmq::PUSH)?;
+            to.connect(&sink_ep)?;
+            to.send(&b"ready"[..], 0)?;
+            loop {
+                let task = from.recv_bytes(0)?;
+                if task == b"END" {
+                    return Ok(());
+                }
+                to.send(task, 0)?;
+            }
+        }));
+    }
+    for _ in 0..workers {
+        sink.recv_bytes(0)?;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // The sender runs beside the receiving loop, as a ventilator beside its sink; it owns
+    // its socket (a socket is used by one thread at a time).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
+        let payload = vec![0x5au8; size];
+        for _ in 0..tasks {
+            vent.send(&payload[..], 0)?;
+        }
+        let _ = done_rx.recv();
+        for _ in 0..workers {
+            vent.send(&b"END"[..], 0)?;
+        }
+        Ok(())
+    });
+    for _ in 0..tasks {
+        sink.recv_bytes(0)?;
+    }
+    let elapsed = start.elapsed();
+    let _ = done_tx.send(());
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("plain sender panicked"))??;
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("plain worker panicked"))??;
+    }
+    Ok(elapsed)
+}
+
+pub(super) fn tables(r: &KernelsResults) -> Vec<Table> {
+    let mut compute = Table::new(
+        "Kernels: each backend on its own",
+        &["kernel", "backend", "adapter", "items>", "M items/s>"],
+    );
+    for row in &r.compute {
+        compute.row(vec![
+            row.kernel.clone(),
+            row.backend.clone(),
+            if row.unavailable.is_empty() {
+                row.adapter.clone()
+            } else {
+                format!("not available: {}", first_sentence(&row.unavailable))
+            },
+            row.items.to_string(),
+            if row.unavailable.is_empty() {
+                row.mitems_per_s.cell(2)
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    compute.note("Mandelbrot items are pixels (megapixels per second), search items are keys.");
+    let mut payload = Table::new(
+        "Payloads through the pipeline (copy kernel, 2 cpu workers) and plain PUSH/PULL",
+        &[
+            "payload",
+            "tasks>",
+            "conquer MiB/s>",
+            "plain MiB/s>",
+            "conquer ÷ plain>",
+            "redispatched>",
+            "duplicates>",
+            "lost>",
+        ],
+    );
+    for row in &r.payload {
+        payload.row(vec![
+            bytes_label(row.payload_bytes),
+            row.tasks.to_string(),
+            row.conquer_mib_per_s.cell(0),
+            row.plain_mib_per_s.cell(0),
+            row.ratio.cell(2),
+            row.redispatched.to_string(),
+            row.duplicates.to_string(),
+            row.lost.to_string(),
+        ]);
+    }
+    payload.note(
+        "Both move every payload ventilator → worker → sink over loopback; conquer also reads \
+         each input file and runs the copy kernel. redispatched 0 means no worker missed its \
+         heartbeats during the stream.",
+    );
+    vec![compute, payload]
+}
+
+fn bytes_label(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+fn first_sentence(text: &str) -> String {
+    text.split(['.', '(']).next().unwrap_or(text).trim().to_owned()
+}
