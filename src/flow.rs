@@ -72,6 +72,9 @@ pub enum FlowEvent {
     ExecutorFailed(String),
     /// The backend cannot run this batch's kernel: the ventilator is told, once.
     Declined { batch: u64, reason: String },
+    /// The backend runs on something else now (`auto` for a data batch): greetings and
+    /// results say so from here on.
+    Running { backend: String, adapter: String },
     /// A delivery's results found the sink's queue full: neither was sent.
     Undelivered(Delivery),
     /// The pump has read everything waiting, or a deadline passed.
@@ -222,6 +225,10 @@ impl Flow {
             FlowEvent::FromSink(message) => self.sink_message(now, message, out),
             FlowEvent::Finished(finished) => self.finished(finished, out),
             FlowEvent::ExecutorFailed(reason) => self.stop(FlowStop::ExecutorFailed(reason), out),
+            FlowEvent::Running { backend, adapter } => {
+                self.config.info.backend = backend;
+                self.config.info.adapter = adapter;
+            }
             FlowEvent::Declined { batch, reason } => {
                 if !self.declined.iter().any(|(b, _)| *b == batch) {
                     log::warn!("declining batch {batch:016x}: {reason}");

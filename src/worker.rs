@@ -70,6 +70,12 @@ enum Outcomes {
         batch: u64,
         reason: String,
     },
+    /// The backend now runs on something else (`auto` turned to an adapter for a data
+    /// batch): greetings and results name it from now on.
+    Running {
+        backend: String,
+        adapter: String,
+    },
 }
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
@@ -334,6 +340,11 @@ impl Pump<'_> {
                             FlowEvent::Declined { batch, reason },
                             &mut out,
                         ),
+                        Outcomes::Running { backend, adapter } => flow.handle(
+                            Instant::now(),
+                            FlowEvent::Running { backend, adapter },
+                            &mut out,
+                        ),
                     }
                 }
                 if !finished.is_empty() {
@@ -489,6 +500,8 @@ fn execute(
     let mut stamp: Option<u64> = None;
     // The job the backend was last prepared for, and whether it accepted it.
     let mut prepared: Option<(u64, Job, bool)> = None;
+    // What the backend runs on, as the worker last said.
+    let mut running: (&'static str, String) = (backend.kind(), backend.adapter());
     loop {
         let chunk = match stash.take() {
             Some(chunk) => chunk,
@@ -503,7 +516,17 @@ fn execute(
             .is_none_or(|(b, j, _)| (*b, *j) != (batch, job))
         {
             let ready = match backend.prepare(&job, chunk.source.as_deref()) {
-                Ok(()) => true,
+                Ok(()) => {
+                    let now_running = (backend.kind(), backend.adapter());
+                    if running != now_running {
+                        let _ = outcome_tx.send(Outcomes::Running {
+                            backend: now_running.0.to_owned(),
+                            adapter: now_running.1.clone(),
+                        });
+                        running = now_running;
+                    }
+                    true
+                }
                 Err(reason) => {
                     // Told once per batch; its tasks are dropped here and handed to other
                     // workers by the ventilator.

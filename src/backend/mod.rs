@@ -292,7 +292,16 @@ impl AutoFallback {
 
 impl Backend for AutoFallback {
     fn kind(&self) -> &'static str {
-        "sleep"
+        match (&self.data, self.on_data) {
+            (Some(data), true) => data.kind(),
+            _ => "sleep",
+        }
+    }
+    fn adapter(&self) -> String {
+        match (&self.data, self.on_data) {
+            (Some(data), true) => data.adapter(),
+            _ => String::new(),
+        }
     }
     fn healthy(&self) -> Result<(), String> {
         self.data.as_ref().map_or(Ok(()), |d| d.healthy())
