@@ -179,6 +179,52 @@ impl Inputs {
         Ok(Batch { tasks })
     }
 
+    /// Task `id`'s [`crate::protocol::Message::Data`], the file read straight into the
+    /// message after its head (one copy from the page cache, none after).
+    pub fn data_message(
+        &self,
+        batch: u64,
+        job: &Job,
+        task: Task,
+        max_payload: u64,
+    ) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read;
+        let path = self
+            .paths
+            .get(task.id as usize)
+            .ok_or_else(|| anyhow::anyhow!("no input for task {}", task.id))?;
+        let mut file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot read input {}", path.display()))?
+            .len();
+        if len > max_payload {
+            bail!(
+                "input {} grew to {len} bytes, over --max-payload {max_payload}",
+                path.display()
+            );
+        }
+        let name = &self.names[task.id as usize];
+        let mut message = crate::protocol::Message::encode_data_head(
+            batch,
+            job,
+            task,
+            name,
+            len as usize,
+            len as usize,
+        );
+        let head = message.len();
+        (&mut file)
+            .take(len)
+            .read_to_end(&mut message)
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+        if (message.len() - head) as u64 != len {
+            bail!("input {} changed while it was read", path.display());
+        }
+        Ok(message)
+    }
+
     /// Task `id`'s input bytes, checked against `max_payload` again (a file may have grown).
     pub fn read(&self, id: u32, max_payload: u64) -> anyhow::Result<Vec<u8>> {
         let path = self

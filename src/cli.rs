@@ -400,7 +400,12 @@ impl BatchArgs {
                 output_bytes: SAME_AS_INPUT,
                 ..base
             };
-            (inputs.batch()?, job, Some(std::sync::Arc::new(inputs)), None)
+            (
+                inputs.batch()?,
+                job,
+                Some(std::sync::Arc::new(inputs)),
+                None,
+            )
         } else {
             if d.inputs.is_some() {
                 bail!(

@@ -498,14 +498,30 @@ impl Message {
 
     /// Encodes a [`Message::Data`] from borrowed parts, so the sender keeps its input.
     pub fn encode_data(batch: u64, job: &Job, task: Task, name: &str, input: &[u8]) -> Vec<u8> {
+        let mut buf = Self::encode_data_head(batch, job, task, name, input.len(), 0);
+        buf.extend_from_slice(input);
+        buf
+    }
+
+    /// A [`Message::Data`] up to its input: append exactly `input_len` bytes of input to
+    /// complete it. `room` more bytes are reserved, so a sender can read the input straight
+    /// into the message (no copy between a file and the frame).
+    pub fn encode_data_head(
+        batch: u64,
+        job: &Job,
+        task: Task,
+        name: &str,
+        input_len: usize,
+        room: usize,
+    ) -> Vec<u8> {
         let mut w = Writer::with_header(16);
-        w.buf.reserve(128 + name.len() + input.len());
+        w.buf.reserve_exact(128 + name.len() + room);
         w.u64(batch);
         w.job(job);
         w.u32(task.id);
         w.u32(task.workload_ms);
         w.str(name);
-        w.bytes(input);
+        w.u32(u32::try_from(input_len).unwrap_or(u32::MAX));
         w.buf
     }
 

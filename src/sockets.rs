@@ -269,6 +269,23 @@ pub fn send_to(socket: &zmq::Socket, routing_id: &[u8], payload: &[u8]) -> SendO
     }
 }
 
+/// [`send_to`] for a message the caller gives up: handed to libzmq without a copy (a
+/// task's input may be many megabytes).
+pub fn send_owned_to(socket: &zmq::Socket, routing_id: &[u8], payload: Vec<u8>) -> SendOutcome {
+    // The routing frame decides: once it is taken, the rest of the message is too.
+    let first = socket.send(routing_id, zmq::SNDMORE | zmq::DONTWAIT);
+    let sent = first.and_then(|()| socket.send(payload, zmq::DONTWAIT));
+    match sent {
+        Ok(()) => SendOutcome::Sent,
+        Err(zmq::Error::EHOSTUNREACH) => SendOutcome::Gone,
+        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => SendOutcome::Busy,
+        Err(e) => {
+            log::warn!("sending to {}: {e}", peer_name(routing_id));
+            SendOutcome::Busy
+        }
+    }
+}
+
 /// Checks an endpoint before anything binds or connects: `tcp://HOST:PORT` with a port in
 /// 1..=65535 (or `*`/0 where `bind` allows an ephemeral one), `ipc://PATH` or `inproc://NAME`.
 /// libzmq itself would wrap `:70000` to another port or take `:-1` as 65535.

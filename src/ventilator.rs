@@ -495,16 +495,15 @@ impl Ventilator {
                         };
                         // Data tasks travel one per message, each with its input file.
                         for (k, task) in tasks.iter().enumerate() {
-                            let input = match inputs.read(task.id, crate::protocol::max_payload()) {
-                                Ok(input) => input,
+                            let max = crate::protocol::max_payload();
+                            let message = match inputs.data_message(batch, job, *task, max) {
+                                Ok(message) => message,
                                 Err(e) => {
                                     end = Some(Err(e));
                                     break;
                                 }
                             };
-                            let name = &inputs.names[task.id as usize];
-                            let message = Message::encode_data(batch, job, *task, name, &input);
-                            match sockets::send_to(&self.tasks_socket, to, &message) {
+                            match sockets::send_owned_to(&self.tasks_socket, to, message) {
                                 SendOutcome::Sent => {
                                     mark_sent(observer, std::slice::from_ref(task))
                                 }

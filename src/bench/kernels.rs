@@ -65,7 +65,11 @@ pub(super) fn kernels(
         constants: view.constants(),
         ..Job::default()
     };
-    let keys = if args.quick { 1 << 20 } else { args.search_keys };
+    let keys = if args.quick {
+        1 << 20
+    } else {
+        args.search_keys
+    };
     let space = search::Space::new(24, keys, (keys / 16).max(1), 1).map_err(anyhow::Error::msg)?;
     let find = Job {
         kernel: Kernel::Search.id(),
@@ -168,7 +172,10 @@ pub(super) fn kernels(
         let (mut ours, mut plain, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut redispatched, mut duplicates, mut lost) = (0, 0, 0);
         for r in 0..repeat {
-            progress.step(format!("kernels: {size}-byte payloads ({}/{repeat})", r + 1));
+            progress.step(format!(
+                "kernels: {size}-byte payloads ({}/{repeat})",
+                r + 1
+            ));
             let ventilator = VentilatorConfig {
                 order: Order::Given,
                 inputs: Some(inputs.clone()),
@@ -215,8 +222,7 @@ pub fn delivered(report: &Report) -> u64 {
 /// A private temporary folder for the payload files.
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("conquer-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -353,5 +359,9 @@ fn bytes_label(bytes: u64) -> String {
 }
 
 fn first_sentence(text: &str) -> String {
-    text.split(['.', '(']).next().unwrap_or(text).trim().to_owned()
+    text.split(['.', '('])
+        .next()
+        .unwrap_or(text)
+        .trim()
+        .to_owned()
 }

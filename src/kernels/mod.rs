@@ -175,7 +175,7 @@ pub fn canonical(job: &Job, output: &mut Vec<u8>) {
     }
 }
 
-/// The checksum a result carries: spin's (sum, xor) pair, or FNV-1a 64 over the output.
+/// The checksum a result carries: spin's (sum, xor) pair, or [`digest`] of the output.
 pub fn checksum(job: &Job, output: &[u8]) -> u64 {
     match Kernel::from_id(job.kernel) {
         Some(Kernel::Spin) if output.len() >= 8 => {
@@ -183,8 +183,33 @@ pub fn checksum(job: &Job, output: &[u8]) -> u64 {
             let xor = u32::from_le_bytes([output[4], output[5], output[6], output[7]]);
             spin::checksum((sum, xor))
         }
-        _ => fnv1a(output),
+        _ => digest(output),
     }
+}
+
+/// A fast 64-bit digest of an output: FNV-1a's step over little-endian u64 words in four
+/// independent lanes (so the multiplies overlap), the lanes and the last bytes folded at
+/// the end: megabytes cost a fraction of a millisecond. For telling outputs apart in a
+/// results file, not against an adversary.
+pub fn digest(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let basis: u64 = 0xcbf2_9ce4_8422_2325 ^ bytes.len() as u64;
+    let mut lanes = [basis, basis ^ 1, basis ^ 2, basis ^ 3];
+    let mut blocks = bytes.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+            let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            *lane = (*lane ^ word).wrapping_mul(PRIME);
+        }
+    }
+    let mut hash = basis;
+    for lane in lanes {
+        hash = (hash ^ lane).wrapping_mul(PRIME);
+    }
+    for &b in blocks.remainder() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    hash
 }
 
 /// The CPU reference of a built-in kernel's task: its canonical output. `None` for user
@@ -216,9 +241,9 @@ pub fn agrees(job: &Job, output: &[u8], reference: &[u8]) -> Result<(), String> 
         _ if output == reference => Ok(()),
         _ => Err(format!(
             "output {:016x} ({} bytes) differs from the CPU reference {:016x} ({} bytes)",
-            fnv1a(output),
+            digest(output),
             output.len(),
-            fnv1a(reference),
+            digest(reference),
             reference.len()
         )),
     }
@@ -255,11 +280,29 @@ mod tests {
 
     #[test]
     fn every_builtin_kernel_follows_the_interface() {
-        for k in [Kernel::Spin, Kernel::Mandelbrot, Kernel::Search, Kernel::Copy] {
+        for k in [
+            Kernel::Spin,
+            Kernel::Mandelbrot,
+            Kernel::Search,
+            Kernel::Copy,
+        ] {
             let source = k.builtin_source().unwrap_or_default();
             let checked = user::check(source, k.name());
             assert!(checked.is_ok(), "{}: {:?}", k.name(), checked.err());
         }
+    }
+
+    #[test]
+    fn the_digest_sees_every_byte_and_the_length() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let d = digest(&data);
+        for at in [0, 31, 32, 500, 999] {
+            let mut changed = data.clone();
+            changed[at] ^= 1;
+            assert_ne!(digest(&changed), d, "byte {at}");
+        }
+        assert_ne!(digest(&data[..999]), d);
+        assert_ne!(digest(&[]), digest(&[0]));
     }
 
     #[test]
