@@ -4,8 +4,12 @@
 # adapters and the Vulkan driver files present, runs the GPU tests against the hardware
 # adapter, and measures: spin throughput against the card's int32 peak, per-task overhead
 # with zero-work tasks at 1 and several in flight, and the seed batch on one GPU worker
-# against sleep. Everything lands in the output folder (first argument, else $OUT, else
-# ./gpu-bench-out): log.txt, info.txt, tests.txt, device/bench.{md,json}, backends/bench.{md,json}.
+# against sleep; and the data kernels: a 3840x2160 Mandelbrot picture (verified against the
+# CPU) and the search kernel on the GPU, and the kernels suite (Mandelbrot and search per
+# backend, payloads through the pipeline). Everything lands in the output folder (first
+# argument, else $OUT, else ./gpu-bench-out): log.txt, info.txt, tests.txt,
+# device/bench.{md,json}, backends/bench.{md,json}, kernels/bench.{md,json}, mandelbrot.png,
+# mandelbrot.json, search.json.
 #
 # INT_PEAK_GOPS overrides the peak; otherwise it is SMs x 64 INT32 lanes x max SM clock for
 # the NVIDIA cards named below (H100 SXM/H200: 132 SMs, H100 PCIe: 114).
@@ -67,4 +71,16 @@ timeout 180 "$bin" bench --suite device --repeat 5 "${peak_arg[@]}" --out "$out/
 echo "== backends suite: seed batch on one GPU worker against sleep"
 timeout 120 "$bin" bench --suite backends --backends sleep,gpu --units-per-ms 16384 --repeat 3 \
   --out "$out/backends"
+echo "== data kernels on the GPU: Mandelbrot 3840x2160 (verified), search"
+timeout 120 "$bin" run --backend gpu --workers 1 --kernel mandelbrot --width 3840 --height 2160 \
+  --max-iter 1000 --centre=-0.7436,0.1318 --view-width 0.012 --verify \
+  --image "$out/mandelbrot.png" --json > "$out/mandelbrot.json"
+echo "mandelbrot exit $?"; tail -c 600 "$out/mandelbrot.json"; echo
+timeout 120 "$bin" run --backend gpu --workers 1 --kernel search --bits 24 --keys 4294967295 \
+  --keys-per-task 67108864 --json > "$out/search.json"
+echo "search exit $?"; tail -c 400 "$out/search.json"; echo
+
+echo "== kernels suite: per backend, and payloads through the pipeline"
+timeout 240 "$bin" bench --suite kernels --repeat 3 --mandelbrot 3840x2160 --max-iter 1000 \
+  --search-keys 1073741824 --out "$out/kernels"
 echo "== done: results in $out"

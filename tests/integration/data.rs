@@ -521,3 +521,27 @@ fn a_device_destroyed_mid_batch_is_rebuilt_and_the_batch_completes_verified() {
         "the tasks in flight on the lost device were handed back: {r}"
     );
 }
+
+#[test]
+fn workers_that_cannot_run_a_data_batch_decline_it_and_a_run_of_them_stops_with_why() {
+    let (status, _, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--backend",
+            "sleep",
+            "--workers",
+            "2",
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ],
+    )
+    .finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("no worker can run this batch: all 2 declined it"), "{log}");
+    assert!(log.contains("the sleep backend computes nothing"), "says why: {log}");
+}
