@@ -29,6 +29,19 @@ fn quick_bench_reports_every_suite_with_numbers_and_plots() {
         assert!(!rows.is_empty(), "{suite} has no rows");
     }
     assert!(r["device"].is_array());
+    for part in ["compute", "payload"] {
+        let rows = r["kernels"][part]
+            .as_array()
+            .unwrap_or_else(|| panic!("no kernels.{part} in {r}"));
+        assert!(!rows.is_empty(), "kernels.{part} has no rows");
+    }
+    for row in r["kernels"]["payload"].as_array().unwrap() {
+        assert!(
+            row["ratio"]["median"].as_f64().is_some_and(f64::is_finite),
+            "payload ratio: {row}"
+        );
+        assert_eq!(row["lost"], 0, "{row}");
+    }
     let number = |v: &serde_json::Value, what: &str| {
         assert!(
             v.as_f64().is_some_and(f64::is_finite),
@@ -72,6 +85,8 @@ fn quick_bench_reports_every_suite_with_numbers_and_plots() {
         "### Dispatch",
         "### Throughput",
         "### Latency",
+        "### Kernels",
+        "### Payloads",
     ] {
         assert!(md.contains(heading), "{heading} missing from the Markdown");
     }

@@ -542,6 +542,12 @@ fn workers_that_cannot_run_a_data_batch_decline_it_and_a_run_of_them_stops_with_
     )
     .finish();
     assert_eq!(status.code(), Some(1), "{log}");
-    assert!(log.contains("no worker can run this batch: all 2 declined it"), "{log}");
-    assert!(log.contains("the sleep backend computes nothing"), "says why: {log}");
+    assert!(
+        log.contains("no worker can run this batch: all 2 declined it"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the sleep backend computes nothing"),
+        "says why: {log}"
+    );
 }
