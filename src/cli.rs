@@ -273,7 +273,7 @@ pub struct DataArgs {
     #[arg(long, default_value = "same", value_parser = crate::kernels::parse_output_bytes, help_heading = "User kernels")]
     pub output_bytes: u32,
     /// Up to 8 constants for the kernel (`params.c`), comma-separated: integers are passed
-    /// as u32, numbers with a point or exponent as f32 bits (read with bitcast<f32>).
+    /// as u32, numbers with a point or exponent as f32 bits (read them back with a bitcast to f32).
     #[arg(long, value_name = "LIST", value_parser = parse_constants, help_heading = "User kernels")]
     pub constants: Option<[u32; crate::kernels::CONSTANTS]>,
     /// Mandelbrot: image width in pixels.
