@@ -133,6 +133,13 @@ impl Inputs {
                 .ok_or_else(|| {
                     anyhow::anyhow!("input {} has no UTF-8 file name", path.display())
                 })?;
+            if !crate::outputs::plain_file_name(&name) {
+                bail!(
+                    "input {}: its output is named after it, and {name:?} is not a plain file name \
+                     (no leading dot, no control characters, at most 240 bytes); rename it",
+                    path.display()
+                );
+            }
             if let Some(other) = seen.insert(name.clone(), path.clone()) {
                 bail!(
                     "inputs {} and {} share the name {name:?}: outputs are named after inputs, so \

@@ -379,7 +379,7 @@ impl BatchArgs {
                     };
                     if out > max_payload {
                         bail!(
-                            "input {} makes {out} output bytes, over --max-payload {max_payload}:                              raise --max-payload (on every role) or lower --output-bytes",
+                            "input {} makes {out} output bytes, over --max-payload {max_payload}: raise --max-payload (on every role) or lower --output-bytes",
                             path.display()
                         );
                     }
@@ -429,7 +429,7 @@ impl BatchArgs {
                     let band_bytes = u64::from(view.width) * u64::from(view.rows) * 4;
                     if band_bytes > max_payload {
                         bail!(
-                            "a band of {} rows of {} pixels is {band_bytes} bytes, over                              --max-payload {max_payload}: lower --band-rows",
+                            "a band of {} rows of {} pixels is {band_bytes} bytes, over --max-payload {max_payload}: lower --band-rows",
                             view.rows,
                             view.width
                         );

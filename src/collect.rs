@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 pub const MAX_EARLY_RESULTS: usize = 1 << 20;
 /// Most messages held back meanwhile, however few results each carries.
 pub const MAX_EARLY_MESSAGES: usize = 1 << 14;
+/// Most output bytes held back meanwhile (data tasks' outputs).
+pub const MAX_EARLY_OUTPUT_BYTES: usize = 256 << 20;
 /// Most worker names remembered at once; silent ones are forgotten first.
 const MAX_PEERS: usize = 100_000;
 /// A day in ms: a batch start further back than this is taken for a clock error.
@@ -203,6 +205,8 @@ pub struct Collector {
     /// within a heartbeat). Replayed on adoption; bounded in results and in messages.
     early: Vec<Early>,
     early_count: usize,
+    /// Output bytes in `early`.
+    early_bytes: usize,
     /// `now` and the Unix ms at the same moment: batch starts are wall-clock stamps.
     unix_base: (Instant, u64),
     next_forget: Instant,
@@ -245,6 +249,7 @@ impl Collector {
             newly_held: Vec::new(),
             early: Vec::new(),
             early_count: 0,
+            early_bytes: 0,
             unix_base: (now, unix_ms),
             done: false,
         }
@@ -668,6 +673,7 @@ impl Collector {
             );
         }
         self.early_count = 0;
+        self.early_bytes = 0;
         out.push(SinkCommand::Sync);
         self.newly_held.clear();
         if let Some(b) = &self.batch {
@@ -730,10 +736,13 @@ impl Collector {
             // Held back until the batch is announced, within bounds on results and messages;
             // beyond them dropped and counted (the ventilator hands out again what the sink
             // does not hold once the batch is known).
+            let bytes: usize = results.iter().map(|r| r.output.len()).sum();
             if self.early_count + results.len() <= MAX_EARLY_RESULTS
                 && self.early.len() < MAX_EARLY_MESSAGES
+                && self.early_bytes + bytes <= MAX_EARLY_OUTPUT_BYTES
             {
                 self.early_count += results.len();
+                self.early_bytes += bytes;
                 self.early.push(Early {
                     peer: peer.to_vec(),
                     batch: id,

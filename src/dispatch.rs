@@ -833,8 +833,9 @@ impl Dispatcher {
             batch: self.config.batch_id,
             shutdown: self.config.shutdown_workers,
         };
+        // Workers that declined the batch are released too (they wait for its end).
         for (id, worker) in self.workers.iter().enumerate() {
-            if worker.alive {
+            if worker.alive || worker.declined {
                 out.push(Command::ToWorker {
                     worker: id as WorkerId,
                     message: end.clone(),
@@ -1558,7 +1559,8 @@ impl Dispatcher {
     fn heartbeat_workers(&self, out: &mut Vec<Command>) {
         let beat = self.heartbeat();
         for (id, w) in self.workers.iter().enumerate() {
-            if w.alive {
+            // A worker that declined still hears the ventilator: it is not gone.
+            if w.alive || w.declined {
                 out.push(Command::ToWorker {
                     worker: id as WorkerId,
                     message: beat.clone(),

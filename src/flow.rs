@@ -57,6 +57,9 @@ pub struct FlowConfig {
     pub announce: bool,
     /// Leave after the first batch completes.
     pub exit_when_done: bool,
+    /// Largest output a result may carry (`--max-payload`): a larger one could not reach
+    /// the sink, so its task fails here, saying why.
+    pub max_payload: u64,
 }
 
 /// What happened, as the pump saw it.
@@ -151,8 +154,11 @@ pub struct Flow {
     warned_unverifiable: bool,
     /// User kernel sources by hash, oldest first.
     sources: VecDeque<(u64, std::sync::Arc<str>)>,
+    /// The batch the ventilator last said is running (its heartbeats name it).
+    current_batch: Option<u64>,
     /// Batches this worker declined, with why (said again to a ventilator that sends
-    /// their tasks anyway, such as one restarted since).
+    /// their tasks anyway, such as one restarted since, and with every greeting while the
+    /// batch runs).
     declined: Vec<(u64, String)>,
     /// Deliveries waiting for room in the sink's queue, oldest first.
     outbox: VecDeque<Delivery>,
@@ -181,6 +187,7 @@ impl Flow {
             warned_unverifiable: false,
             sources: VecDeque::new(),
             declined: Vec::new(),
+            current_batch: None,
             outbox: VecDeque::new(),
             put_back: 0,
             retry_at: None,
@@ -230,6 +237,7 @@ impl Flow {
                 self.config.info.adapter = adapter;
             }
             FlowEvent::Declined { batch, reason } => {
+                self.current_batch = Some(batch);
                 if !self.declined.iter().any(|(b, _)| *b == batch) {
                     log::warn!("declining batch {batch:016x}: {reason}");
                     if self.declined.len() == KEPT_SOURCES {
@@ -282,6 +290,18 @@ impl Flow {
         match self.link {
             SinkLink::Welcomed => {
                 out.push(FlowCommand::ToVentilator(self.hello()));
+                // A decline is said again with every greeting while its batch runs: one lost
+                // on a full queue would leave the tasks this worker dropped assigned to it.
+                if let Some((batch, reason)) = self
+                    .declined
+                    .iter()
+                    .find(|(b, _)| Some(*b) == self.current_batch)
+                {
+                    out.push(FlowCommand::ToVentilator(Message::Decline {
+                        batch: *batch,
+                        reason: reason.clone(),
+                    }));
+                }
                 let silent = now.saturating_duration_since(self.last_from_sink);
                 if silent > timeout * SINK_LOSS_TIMEOUTS {
                     log::warn!(
@@ -454,8 +474,11 @@ impl Flow {
                     self.sources.push_back((hash, source.into()));
                 }
             }
-            Ok(Message::Heartbeat { .. }) => {}
+            Ok(Message::Heartbeat { batch }) => {
+                self.current_batch = (batch != 0).then_some(batch);
+            }
             Ok(Message::End { batch, shutdown }) => {
+                self.current_batch = None;
                 self.counters.batches += 1;
                 if shutdown || self.config.exit_when_done {
                     log::debug!("batch {batch:016x} complete; leaving as asked");
@@ -500,14 +523,28 @@ impl Flow {
             // Messages of at most MAX_ITEMS_PER_MESSAGE outcomes and, past the first output,
             // RESULTS_BYTES_PER_MESSAGE output bytes.
             let mut outcomes = outcomes;
+            for f in &mut outcomes {
+                let o = &mut f.outcome;
+                if o.output.len() as u64 > self.config.max_payload {
+                    log::error!(
+                        "task {}: its output of {} bytes is over --max-payload {}: failed (give \
+                         every role the same, large enough --max-payload)",
+                        o.task.id,
+                        o.output.len(),
+                        self.config.max_payload
+                    );
+                    o.status = Status::Failed;
+                    o.output = Vec::new();
+                }
+            }
+            // Each message stays within one payload and its envelope: outputs and names
+            // counted, with room for each result's fixed fields.
+            let budget = RESULTS_BYTES_PER_MESSAGE.min(self.config.max_payload as usize);
             let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
             let (mut start, mut bytes) = (0, 0);
             for (i, f) in outcomes.iter().enumerate() {
-                let size = f.outcome.output.len();
-                if i > start
-                    && (i - start == MAX_ITEMS_PER_MESSAGE
-                        || bytes + size > RESULTS_BYTES_PER_MESSAGE)
-                {
+                let size = f.outcome.output.len() + f.outcome.name.len() + 64;
+                if i > start && (i - start == MAX_ITEMS_PER_MESSAGE || bytes + size > budget) {
                     groups.push(start..i);
                     (start, bytes) = (i, 0);
                 }

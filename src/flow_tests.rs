@@ -20,6 +20,7 @@ fn config() -> FlowConfig {
         },
         ventilator: "tcp://v:5557".into(),
         sink: "tcp://s:5558".into(),
+        max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         announce: false,
         exit_when_done: false,
     }

@@ -73,7 +73,7 @@ pub struct Outputs {
 }
 
 /// Whether `name` is safe to use as a file name in the outputs directory.
-fn plain_file_name(name: &str) -> bool {
+pub fn plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 240
         && !name.starts_with('.')
@@ -137,6 +137,14 @@ impl Outputs {
         let Ok(view) = mandelbrot::View::of(job) else {
             return;
         };
+        // A band of the wrong size (a faulty worker) must not paint over its neighbours.
+        if view.shape(band).map(|s| s.output_bytes) != Ok(counts.len()) {
+            log::warn!(
+                "band {band}: {} bytes of counts do not fit the picture; not painted",
+                counts.len()
+            );
+            return;
+        }
         let (_, pixels, filled) = self.canvas.get_or_insert_with(|| {
             (
                 view,
@@ -207,7 +215,18 @@ impl Outputs {
         let Some((view, counts, _)) = &self.canvas else {
             bail!("no band of the picture arrived");
         };
-        write_png(&path, view, counts)?;
+        // The picture, like every output, appears whole under its name or not at all.
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("picture.png")
+            .to_owned();
+        let temporary = path.with_file_name(format!(".{name}.tmp"));
+        write_png(&temporary, view, counts)?;
+        std::fs::File::open(&temporary)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .with_context(|| format!("cannot write the picture {}", path.display()))?;
         log::info!(
             "picture written to {} ({} x {})",
             path.display(),

@@ -329,10 +329,13 @@ impl Pump<'_> {
                             trace.record(&worker, &backend, &results, crate::worker::unix_ms());
                         }
                         let job = c.job().unwrap_or_default();
+                        // The output files first, their renames durable, then the records:
+                        // a record on disk always has its output under its name.
                         for r in &results {
-                            // The output file first: a task counts only once its output is
-                            // whole on disk.
                             self.outputs.record(&job, r)?;
+                        }
+                        self.outputs.sync()?;
+                        for r in &results {
                             if let Some(timeline) = &self.config.timeline {
                                 timeline.held(r.id);
                             }

@@ -360,6 +360,12 @@ impl Ventilator {
                         (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
                         _ => None,
                     };
+                    if let (Ok(Message::Hello(_)), Some(_)) = (&message, &self.config.kernel_source)
+                    {
+                        // A greeting may follow a reconnect, which drops what was queued to
+                        // the old connection: the kernel goes again before the next task.
+                        self.sent_source.borrow_mut().remove(&inbound.peer);
+                    }
                     let event = match message {
                         Ok(message) => Event::FromWorker {
                             routing_id: inbound.peer,
@@ -517,7 +523,7 @@ impl Ventilator {
                                     failed.push(Event::Bounced {
                                         worker,
                                         tasks: tasks[k..].to_vec(),
-                                        again,
+                                        again: again.get(k..).unwrap_or_default().to_vec(),
                                     });
                                     break;
                                 }

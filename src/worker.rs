@@ -242,6 +242,7 @@ impl Worker {
                 sink: config.sink.clone(),
                 announce: config.announce,
                 exit_when_done: config.exit_when_done,
+                max_payload: crate::protocol::max_payload(),
             },
             Instant::now(),
         );

@@ -420,6 +420,12 @@ impl Gpu {
         }
     }
 
+    /// Largest input or output a slot holds: what the device binds, less the read-back
+    /// buffer's timestamps, in whole words.
+    fn buffer_limit(&self) -> u64 {
+        (self.max_binding.saturating_sub(TIMESTAMP_BYTES) / 4) * 4
+    }
+
     /// Records that the device is lost, unless its own callback said so first.
     fn mark_lost(&self, why: &str) {
         if let Ok(mut lost) = self.lost.lock() {
@@ -508,18 +514,20 @@ impl Slot {
     }
 
     /// Grows the input and output buffers to hold `input` and `output` bytes (to the next
-    /// power of two, so a batch of growing tasks reallocates a few times at most).
+    /// power of two, so a batch of growing tasks reallocates a few times at most, but never
+    /// past `limit`, what the device binds and maps with the timestamps).
     fn fit(
         &mut self,
         device: &wgpu::Device,
         layout: &wgpu::BindGroupLayout,
         input: u64,
         output: u64,
+        limit: u64,
     ) {
         if input <= self.input.size() && output <= self.output.size() {
             return;
         }
-        let grow = |need: u64, have: u64| need.max(have).next_power_of_two();
+        let grow = |need: u64, have: u64| need.max(have).next_power_of_two().min(limit).max(need);
         let (i, o, r) = data_buffers(
             device,
             self.index,
@@ -761,7 +769,16 @@ impl Gpu {
             return flight;
         }
         let (input_bytes, output_bytes) = (input.len() as u64, shape.output_bytes as u64);
-        if pad4(input_bytes) > self.max_binding || pad4(output_bytes) > self.max_binding {
+        // What the kernel may read: whole items, the part past the input zeroed (never a
+        // previous task's bytes).
+        let whole_items = u64::from(shape.items) * u64::from(job.item_bytes.max(1));
+        let extent = if Kernel::from_id(job.kernel).is_some_and(Kernel::takes_inputs) {
+            pad4(input_bytes.max(whole_items))
+        } else {
+            pad4(input_bytes)
+        };
+        let limit = self.buffer_limit();
+        if extent > limit || pad4(output_bytes) > limit {
             flight.failure = Some(format!(
                 "the task needs {input_bytes} bytes of input and {output_bytes} of output; {} \
                  binds at most {} bytes per buffer",
@@ -785,11 +802,16 @@ impl Gpu {
         } else {
             dispatches.chunks(DISPATCHES_PER_SUBMIT).collect()
         };
+        // Errors of this task's commands (a buffer that cannot be allocated, a dispatch the
+        // device refuses) are caught here and fail this task, not the next one completed.
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.slots[slot].fit(
             &self.device,
             &self.layout,
-            pad4(input_bytes),
+            extent,
             pad4(output_bytes),
+            limit,
         );
         let s = &self.slots[slot];
         if !input.is_empty() {
@@ -831,6 +853,10 @@ impl Gpu {
                 });
             if round == 0 && output_bytes > 0 {
                 encoder.clear_buffer(&s.output, 0, Some(pad4(output_bytes)));
+            }
+            if round == 0 && extent > pad4(input_bytes) {
+                let from = pad4(input_bytes);
+                encoder.clear_buffer(&s.input, from, Some(extent - from));
             }
             {
                 let timestamp_writes =
@@ -877,6 +903,23 @@ impl Gpu {
             log::warn!("{FAULT_VAR}=lose-device: destroying the device");
             self.device.destroy();
         }
+        let errors = [
+            pollster::block_on(invalid.pop()),
+            pollster::block_on(out_of_memory.pop()),
+        ];
+        if let Some(error) = errors.into_iter().flatten().next() {
+            // The slot's buffers may be what failed: it starts afresh, small.
+            self.slots[slot] = Slot::new(
+                &self.device,
+                &self.layout,
+                self.params_stride,
+                self.timestamp_period_ns.is_some(),
+                slot,
+            );
+            flight.failure = Some(format!("the device refused the task: {error}"));
+            return flight;
+        }
+        let s = &self.slots[slot];
         let mapped = flight.mapped.clone();
         // Map ranges are multiples of 8 bytes.
         let map_end = (TIMESTAMP_BYTES + pad4(output_bytes)).div_ceil(8) * 8;

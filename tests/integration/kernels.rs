@@ -196,3 +196,57 @@ fn a_kernel_that_does_not_fit_is_declined_with_the_reason() {
     let out = run(&mut gpu, &spin, None, tasks(2));
     assert!(out.iter().all(|o| o.status == Status::Ok));
 }
+
+#[test]
+fn a_partial_last_item_reads_zeros_never_a_previous_tasks_bytes() {
+    let Some(mut gpu) = software(GpuConfig {
+        slots: 1,
+        ..GpuConfig::default()
+    }) else {
+        return;
+    };
+    // Items of two words: output[i] = input[2i] + input[2i + 1].
+    let source = "struct Params { task_id: u32, offset: u32, count: u32, items: u32, \
+        input_bytes: u32, output_bytes: u32, _pad0: u32, _pad1: u32, c: array<vec4<u32>, 2> }\n\
+        @group(0) @binding(0) var<uniform> params: Params;\n\
+        @group(0) @binding(1) var<storage, read> input: array<u32>;\n\
+        @group(0) @binding(2) var<storage, read_write> output: array<u32>;\n\
+        @compute @workgroup_size(64)\n\
+        fn main(@builtin(global_invocation_id) g: vec3<u32>) {\n\
+            if (g.x >= params.count) { return; }\n\
+            let i = params.offset + g.x;\n\
+            output[i] = input[2u * i] + input[2u * i + 1u];\n\
+        }\n";
+    let job = Job {
+        kernel: Kernel::User.id(),
+        source: kernels::fnv1a(source.as_bytes()),
+        item_bytes: 8,
+        output_bytes: kernels::parse_output_bytes("4/item").unwrap(),
+        ..Job::default()
+    };
+    let words = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // First a task that fills the slot's input buffer with 7s, then one of three words:
+    // its second item is half an item, and its missing word must read 0.
+    let work = vec![
+        Work {
+            task: Task {
+                id: 0,
+                workload_ms: 1,
+            },
+            name: "full".into(),
+            input: words(&[7; 64]),
+        },
+        Work {
+            task: Task {
+                id: 1,
+                workload_ms: 1,
+            },
+            name: "short".into(),
+            input: words(&[1, 2, 3]),
+        },
+    ];
+    let outcomes = run(&mut gpu, &job, Some(source), work);
+    let short = outcomes.iter().find(|o| o.name == "short").unwrap();
+    assert_eq!(short.status, Status::Ok);
+    assert_eq!(short.output, words(&[3, 3]));
+}
