@@ -236,3 +236,86 @@ fn tasks_go_to_the_executor_and_end_counts_the_batch() {
     h.event(FlowEvent::FromVentilator(Err("garbage".into())));
     assert_eq!(h.flow.counters().rejected, 1);
 }
+
+#[test]
+fn a_declined_batch_is_said_again_while_it_runs_and_its_tasks_never_run() {
+    let mut h = Harness::new(Vec::new());
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromVentilator(Ok(Message::Heartbeat {
+        batch: 7,
+    })));
+    h.event(FlowEvent::Declined {
+        batch: 7,
+        reason: "no adapter".into(),
+    });
+    let declines = |h: &Harness| {
+        h.to_ventilator
+            .iter()
+            .filter(|m| matches!(m, Message::Decline { batch: 7, .. }))
+            .count()
+    };
+    assert_eq!(declines(&h), 1);
+    // Said again with the next greeting, in case the first was lost.
+    h.advance(150);
+    assert_eq!(declines(&h), 2);
+    // Tasks of the batch (from a ventilator that restarted) are declined, not run.
+    h.event(FlowEvent::FromVentilator(Ok(Message::Data {
+        batch: 7,
+        job: Job::default(),
+        task: Task {
+            id: 0,
+            workload_ms: 1,
+        },
+        name: "in".into(),
+        input: vec![1, 2, 3],
+    })));
+    assert!(h.ran.is_empty());
+    assert_eq!(declines(&h), 3);
+    // Once the batch is over, no more.
+    h.event(FlowEvent::FromVentilator(Ok(Message::End {
+        batch: 7,
+        shutdown: false,
+    })));
+    h.advance(150);
+    assert_eq!(declines(&h), 3);
+}
+
+#[test]
+fn a_user_kernels_source_travels_with_its_tasks_and_the_backend_name_follows_auto() {
+    let mut h = Harness::new(Vec::new());
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    let source = "@compute @workgroup_size(1) fn main() {}".to_owned();
+    let job = Job {
+        kernel: crate::kernels::Kernel::User.id(),
+        source: crate::kernels::fnv1a(source.as_bytes()),
+        ..Job::default()
+    };
+    h.event(FlowEvent::FromVentilator(Ok(Message::Kernel {
+        batch: 2,
+        source: source.clone(),
+    })));
+    h.event(FlowEvent::FromVentilator(Ok(Message::Tasks {
+        batch: 2,
+        job,
+        tasks: vec![Task::default()],
+    })));
+    assert_eq!(h.ran[0].source.as_deref(), Some(source.as_str()));
+    h.event(FlowEvent::Running {
+        backend: "software".into(),
+        adapter: "llvmpipe".into(),
+    });
+    h.advance(150);
+    let last_hello = h
+        .to_ventilator
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            Message::Hello(info) => Some(info.clone()),
+            _ => None,
+        })
+        .expect("a greeting");
+    assert_eq!(
+        (last_hello.backend.as_str(), last_hello.adapter.as_str()),
+        ("software", "llvmpipe")
+    );
+}

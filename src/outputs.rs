@@ -191,6 +191,19 @@ impl Outputs {
     /// Once the batch is complete: reads back bands held before a restart, and writes the
     /// picture.
     pub fn finish(&mut self, job: &Job) -> anyhow::Result<()> {
+        if let (Some(Kernel::Search), Some(dir)) = (Kernel::from_id(job.kernel), &self.config.dir) {
+            // Every task's hits, those held before a restart too, from their files.
+            let space = search::Space::of(job).map_err(anyhow::Error::msg)?;
+            let mut hits = Vec::new();
+            for task in 0..space.tasks() {
+                let file = dir.join(output_name(job, task, ""));
+                let bytes = std::fs::read(&file).with_context(|| {
+                    format!("reading task {task}'s hits from {}", file.display())
+                })?;
+                hits.extend(search::hits(&bytes));
+            }
+            self.hits = hits;
+        }
         let Some(path) = self.config.image.clone() else {
             return Ok(());
         };

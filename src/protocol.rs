@@ -51,6 +51,10 @@ pub fn max_message_bytes() -> i64 {
     i64::try_from(max_payload() + ENVELOPE_BYTES).unwrap_or(i64::MAX)
 }
 
+/// Largest message a socket that carries no payload accepts (the ventilator's tasks
+/// socket, which hears greetings and credit).
+pub const CONTROL_MESSAGE_BYTES: i64 = 4 * 1024 * 1024;
+
 /// Output bytes a worker gathers into one results message before starting another (a
 /// single larger output travels alone).
 pub const RESULTS_BYTES_PER_MESSAGE: usize = 4 * 1024 * 1024;

@@ -153,13 +153,21 @@ impl Ventilator {
             None => None,
         };
         let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
-        let (tasks_socket, endpoint) = sockets::bind(
+        // Workers send this socket greetings and credit only, never a payload: it keeps the
+        // small limit whatever --max-payload is.
+        let (tasks_socket, endpoint) = sockets::bind_prepared(
             ctx,
             zmq::ROUTER,
             "tasks",
             &config.bind,
             "--bind",
-            gate.as_ref(),
+            |socket| {
+                socket.set_maxmsgsize(crate::protocol::CONTROL_MESSAGE_BYTES)?;
+                match gate.as_ref() {
+                    Some(gate) => gate.guard(socket, "tasks"),
+                    None => Ok(()),
+                }
+            },
         )?;
         // Sending to a worker that has gone fails at once instead of vanishing silently.
         tasks_socket.set_router_mandatory(true)?;
