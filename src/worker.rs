@@ -173,6 +173,8 @@ impl Worker {
         let (outcome_tx, outcome_rx) = mpsc::channel::<Outcomes>();
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
+        let mut backend = backend;
+        backend.stop_with(stop.clone());
         let executor = {
             let ctx = ctx.clone();
             let stop = stop.clone();

@@ -38,7 +38,8 @@ const POLL_SLICE: Duration = Duration::from_secs(1);
 const MAX_LOSSES: usize = 3;
 const LOSS_WINDOW: Duration = Duration::from_secs(60);
 /// Test hook: with `CONQUER_FAULT=lose-device`, the first context of the process destroys
-/// its device right after submitting its fifth task, as a driver reset would.
+/// its device right after submitting its fifth task, as a driver reset would;
+/// `lose-device-always` destroys it after every fifth task (rebuilt devices too).
 const FAULT_VAR: &str = "CONQUER_FAULT";
 static FAULT_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -242,6 +243,8 @@ pub struct Gpu {
     broken: Option<String>,
     /// Tasks submitted, for the test hook.
     submitted: u64,
+    /// The worker's stop flag: waits on the device end when it is set.
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Nanoseconds per timestamp tick, when timestamps are supported.
     timestamp_period_ns: Option<f64>,
     task_timeout: Duration,
@@ -362,6 +365,7 @@ impl Gpu {
             losses: VecDeque::new(),
             broken: None,
             submitted: 0,
+            stop: None,
             timestamp_period_ns,
             task_timeout: config.task_timeout,
             errors,
@@ -727,6 +731,7 @@ impl Gpu {
             Ok(mut fresh) => {
                 fresh.losses = std::mem::take(&mut self.losses);
                 fresh.submitted = self.submitted;
+                fresh.stop = self.stop.take();
                 log::info!("the device on {} is rebuilt", fresh.adapter_name);
                 *self = fresh;
             }
@@ -896,10 +901,13 @@ impl Gpu {
             index = Some(self.queue.submit(Some(encoder.finish())));
         }
         self.submitted += 1;
-        if self.submitted == 5
-            && std::env::var(FAULT_VAR).is_ok_and(|v| v == "lose-device")
-            && !FAULT_USED.swap(true, Ordering::SeqCst)
-        {
+        let fault = std::env::var(FAULT_VAR).unwrap_or_default();
+        let lose = match fault.as_str() {
+            "lose-device" => self.submitted == 5 && !FAULT_USED.swap(true, Ordering::SeqCst),
+            "lose-device-always" => self.submitted % 5 == 0,
+            _ => false,
+        };
+        if lose {
             log::warn!("{FAULT_VAR}=lose-device: destroying the device");
             self.device.destroy();
         }
@@ -977,6 +985,9 @@ impl Gpu {
                     "no result after {:.0} s",
                     self.task_timeout.as_secs_f64()
                 ));
+            }
+            if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                break Err("the worker is stopping".to_owned());
             }
             let wait = wgpu::PollType::Wait {
                 submission_index: flight.index.clone(),
@@ -1074,6 +1085,10 @@ impl Backend for Gpu {
 
     fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
         self.compile(job, source)
+    }
+
+    fn stop_with(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(stop);
     }
 
     fn run(

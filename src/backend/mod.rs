@@ -109,6 +109,9 @@ pub trait Backend: Send {
     fn healthy(&self) -> Result<(), String> {
         Ok(())
     }
+    /// The worker's stop flag: a backend that waits on a device checks it while waiting,
+    /// so a stopping worker never waits out a task timeout.
+    fn stop_with(&mut self, _stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
 }
 
 /// Microseconds in a duration, saturated to u32 (71 minutes).
@@ -192,6 +195,7 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
                         tried: false,
                         options: options.clone(),
                         on_data: false,
+                        stop: None,
                     }))
                 }
                 Err(e) => Err(e),
@@ -251,6 +255,8 @@ struct AutoFallback {
     options: BackendOptions,
     /// The prepared job is a data job.
     on_data: bool,
+    /// The worker's stop flag, for the data backend once built.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl AutoFallback {
@@ -269,7 +275,10 @@ impl AutoFallback {
                     }
                 });
             self.data = Some(match software {
-                Some(g) => {
+                Some(mut g) => {
+                    if let Some(stop) = &self.stop {
+                        g.stop_with(stop.clone());
+                    }
                     log::info!(
                         "backend auto: data batch: no hardware GPU, running it on the software \
                          adapter {}",
@@ -305,6 +314,9 @@ impl Backend for AutoFallback {
     }
     fn healthy(&self) -> Result<(), String> {
         self.data.as_ref().map_or(Ok(()), |d| d.healthy())
+    }
+    fn stop_with(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(stop);
     }
     fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
         self.on_data = crate::kernels::is_data(job);
@@ -376,6 +388,9 @@ impl Backend for Verifier {
     }
     fn healthy(&self) -> Result<(), String> {
         self.inner.healthy()
+    }
+    fn stop_with(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.inner.stop_with(stop)
     }
     fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
         if job.verify_percent > 0

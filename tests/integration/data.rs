@@ -551,3 +551,51 @@ fn workers_that_cannot_run_a_data_batch_decline_it_and_a_run_of_them_stops_with_
         "says why: {log}"
     );
 }
+
+#[test]
+fn a_worker_whose_device_keeps_failing_leaves_saying_why_and_others_finish() {
+    if adapter(AdapterClass::Software).is_none() {
+        return;
+    }
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "320",
+            "--height",
+            "480",
+            "--band-rows",
+            "2",
+            "--wait-workers",
+            "2",
+        ],
+    );
+    let failing = Proc::start_with_env(
+        "failing",
+        &[
+            "worker",
+            "--ventilator",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--name",
+            "failing",
+            "--backend",
+            "software",
+        ],
+        &[("CONQUER_FAULT", "lose-device-always")],
+    );
+    let healthy = software_worker("healthy", &vent_ep, &sink_ep);
+    let (status, _, log) = failing.finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("was lost 3 times within 60 s"),
+        "says why: {log}"
+    );
+    let r = util::completed(sink, 240, None);
+    assert!(r["redispatched"].as_u64().unwrap() >= 1, "{r}");
+    drop((vent, healthy));
+}
