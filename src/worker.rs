@@ -601,6 +601,12 @@ fn execute(
             })
         }));
         flush(&mut buffer, &mut last_flush);
+        if let Some(reason) = backend.take_decline() {
+            // The tasks it failed go to other workers; this one takes no more of the batch.
+            let _ = outcome_tx.send(Outcomes::Declined { batch, reason });
+            let _ = wake.send(&b""[..], zmq::DONTWAIT);
+            prepared = Some((batch, job, false));
+        }
         // The next run starts with a fresh clock reading, not this one's.
         stamp = None;
         // A panic in the task thread or a backend that can run nothing more takes the whole

@@ -81,6 +81,9 @@ pub struct GpuConfig {
     pub slots: usize,
     /// Longest a task may take before it is failed and handed to another worker.
     pub task_timeout: Duration,
+    /// Largest storage buffer to use, below the adapter's own limit (tests; `None`: the
+    /// adapter's).
+    pub max_buffer: Option<u64>,
 }
 
 impl Default for GpuConfig {
@@ -89,6 +92,7 @@ impl Default for GpuConfig {
             max_invocations_per_dispatch: 1 << 20,
             slots: 4,
             task_timeout: Duration::from_secs(120),
+            max_buffer: None,
         }
     }
 }
@@ -245,6 +249,8 @@ pub struct Gpu {
     submitted: u64,
     /// The worker's stop flag: waits on the device end when it is set.
     stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Why this context cannot run the current batch (a task beyond its limits).
+    decline: Option<String>,
     /// Nanoseconds per timestamp tick, when timestamps are supported.
     timestamp_period_ns: Option<f64>,
     task_timeout: Duration,
@@ -343,7 +349,8 @@ impl Gpu {
         let timestamp_period_ns = timestamps.then(|| f64::from(queue.get_timestamp_period()));
         let max_binding = limits
             .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+            .min(limits.max_buffer_size)
+            .min(config.max_buffer.unwrap_or(u64::MAX));
         let mut gpu = Gpu {
             class,
             adapter_name: format!("{} ({:?})", info.name, info.backend),
@@ -366,6 +373,7 @@ impl Gpu {
             broken: None,
             submitted: 0,
             stop: None,
+            decline: None,
             timestamp_period_ns,
             task_timeout: config.task_timeout,
             errors,
@@ -784,11 +792,15 @@ impl Gpu {
         };
         let limit = self.buffer_limit();
         if extent > limit || pad4(output_bytes) > limit {
-            flight.failure = Some(format!(
-                "the task needs {input_bytes} bytes of input and {output_bytes} of output; {} \
-                 binds at most {} bytes per buffer",
-                self.adapter_name, self.max_binding
-            ));
+            let why = format!(
+                "task {} needs {input_bytes} bytes of input and {output_bytes} of output; {} \
+                 binds at most {limit} bytes per buffer",
+                task.id, self.adapter_name
+            );
+            // Every worker on such an adapter would fail it again: this one declines the
+            // batch (the task goes to a worker with room, if there is one).
+            self.decline.get_or_insert_with(|| why.clone());
+            flight.failure = Some(why);
             return flight;
         }
         flight.output_bytes = output_bytes;
@@ -1089,6 +1101,10 @@ impl Backend for Gpu {
 
     fn stop_with(&mut self, stop: Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(stop);
+    }
+
+    fn take_decline(&mut self) -> Option<String> {
+        self.decline.take()
     }
 
     fn run(

@@ -112,6 +112,11 @@ pub trait Backend: Send {
     /// The worker's stop flag: a backend that waits on a device checks it while waiting,
     /// so a stopping worker never waits out a task timeout.
     fn stop_with(&mut self, _stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
+    /// Why the backend found, while running, that it cannot run this batch (a task beyond
+    /// its adapter's limits): the worker declines the batch. Taken once.
+    fn take_decline(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Microseconds in a duration, saturated to u32 (71 minutes).
@@ -318,6 +323,9 @@ impl Backend for AutoFallback {
     fn stop_with(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(stop);
     }
+    fn take_decline(&mut self) -> Option<String> {
+        self.data.as_mut().and_then(|d| d.take_decline())
+    }
     fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
         self.on_data = crate::kernels::is_data(job);
         if !self.on_data {
@@ -391,6 +399,9 @@ impl Backend for Verifier {
     }
     fn stop_with(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.inner.stop_with(stop)
+    }
+    fn take_decline(&mut self) -> Option<String> {
+        self.inner.take_decline()
     }
     fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
         if job.verify_percent > 0

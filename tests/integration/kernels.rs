@@ -250,3 +250,48 @@ fn a_partial_last_item_reads_zeros_never_a_previous_tasks_bytes() {
     assert_eq!(short.status, Status::Ok);
     assert_eq!(short.output, words(&[3, 3]));
 }
+
+#[test]
+fn a_task_beyond_the_adapters_limits_fails_and_the_worker_declines_the_batch() {
+    // An adapter that binds at most 1 KiB per buffer (a cap for the test; real adapters
+    // bind 128 MiB and more).
+    let Some(mut gpu) = software(GpuConfig {
+        max_buffer: Some(1024),
+        ..GpuConfig::default()
+    }) else {
+        return;
+    };
+    let job = Job {
+        kernel: Kernel::Copy.id(),
+        output_bytes: kernels::SAME_AS_INPUT,
+        ..Job::default()
+    };
+    let work = vec![
+        Work {
+            task: Task {
+                id: 0,
+                workload_ms: 1,
+            },
+            name: "small".into(),
+            input: vec![1; 256],
+        },
+        Work {
+            task: Task {
+                id: 1,
+                workload_ms: 1,
+            },
+            name: "big".into(),
+            input: vec![2; 4096],
+        },
+    ];
+    let outcomes = run(&mut gpu, &job, None, work);
+    let status = |name: &str| outcomes.iter().find(|o| o.name == name).unwrap().status;
+    assert_eq!(status("small"), Status::Ok);
+    assert_eq!(status("big"), Status::Failed);
+    let why = gpu.take_decline().expect("the batch is declined");
+    assert!(
+        why.contains("task 1 needs 4096 bytes") && why.contains("at most"),
+        "{why}"
+    );
+    assert_eq!(gpu.take_decline(), None, "said once");
+}
