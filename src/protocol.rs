@@ -432,17 +432,7 @@ impl Message {
                 w.worker_info(worker);
                 w.count(results.len());
                 for r in results {
-                    w.u32(r.id);
-                    w.u32(r.workload_ms);
-                    w.u8(r.status.to_byte());
-                    w.u32(r.wall_us);
-                    w.u32(r.kernel_us);
-                    w.u64(r.checksum);
-                    w.u64(r.started_unix_ms);
-                    w.u64(r.finished_unix_ms);
-                    w.str(&r.name);
-                    w.bytes(&r.output);
-                    w.u32(r.differing);
+                    w.result(r);
                 }
             }
             Message::Batch {
@@ -531,6 +521,54 @@ impl Message {
 
     /// Decodes one frame. Every byte must be accounted for.
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        Self::decode_parts(frame, &[])
+    }
+
+    /// Encodes a [`Message::Results`] whose results carry outputs as a head frame and one
+    /// frame per output, moved out of `results` (no copy of an output). `None` (and nothing
+    /// taken) when no result has an output: send [`Message::encode`]'s one frame then.
+    /// [`Message::restore_outputs`] puts the outputs back if the frames were not sent.
+    pub fn encode_results_split(
+        batch: u64,
+        worker: &WorkerInfo,
+        results: &mut [TaskResult],
+    ) -> Option<(Vec<u8>, Vec<(usize, Vec<u8>)>)> {
+        if results.iter().all(|r| r.output.is_empty()) {
+            return None;
+        }
+        let parts: Vec<(usize, Vec<u8>)> = results
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, r)| !r.output.is_empty())
+            .map(|(i, r)| (i, std::mem::take(&mut r.output)))
+            .collect();
+        let mut w = Writer::with_header(19);
+        w.u64(batch);
+        w.worker_info(worker);
+        w.count(results.len());
+        for r in results.iter() {
+            w.result(r);
+        }
+        w.count(parts.len());
+        for (i, _) in &parts {
+            w.u32(*i as u32);
+        }
+        Some((w.buf, parts))
+    }
+
+    /// Puts back outputs taken by [`Message::encode_results_split`].
+    pub fn restore_outputs(results: &mut [TaskResult], parts: Vec<(usize, Vec<u8>)>) {
+        for (i, output) in parts {
+            if let Some(r) = results.get_mut(i) {
+                r.output = output;
+            }
+        }
+    }
+
+    /// Decodes a message of one frame or more: the frames after the first carry a results
+    /// message's outputs (see [`Message::encode_results_split`]); any other message is one
+    /// frame. Every byte must be accounted for.
+    pub fn decode_parts(frame: &[u8], parts: &[&[u8]]) -> Result<Message, DecodeError> {
         if frame.len() < HEADER_LEN {
             return Err(DecodeError::TooShort(frame.len()));
         }
@@ -585,7 +623,7 @@ impl Message {
                 shutdown: r.flag("shutdown")?,
             },
             6 => Message::Bye,
-            7 => {
+            7 | 19 => {
                 let batch = r.u64()?;
                 let worker = r.worker_info()?;
                 let n = r.count(50)?;
@@ -604,6 +642,30 @@ impl Message {
                         output: r.bytes(usize::MAX)?.to_vec(),
                         differing: r.u32()?,
                     });
+                }
+                if kind == 19 {
+                    // The outputs travel as the frames after this one, in the order of the
+                    // results named here (ascending, each once).
+                    let k = r.count(4)?;
+                    // At least one: without outputs the one-frame form is the only form.
+                    if k == 0 || k != parts.len() {
+                        return Err(DecodeError::BadField {
+                            field: "output frames",
+                            value: parts.len() as u64,
+                        });
+                    }
+                    let mut last = None;
+                    for part in parts {
+                        let index = r.u32()? as usize;
+                        if index >= results.len() || last.is_some_and(|l| index <= l) {
+                            return Err(DecodeError::BadField {
+                                field: "output index",
+                                value: index as u64,
+                            });
+                        }
+                        last = Some(index);
+                        results[index].output = part.to_vec();
+                    }
                 }
                 Message::Results {
                     batch,
@@ -669,6 +731,12 @@ impl Message {
             },
             _ => return Err(DecodeError::UnknownKind(kind)),
         };
+        if kind != 19 && !parts.is_empty() {
+            return Err(DecodeError::BadField {
+                field: "frames",
+                value: parts.len() as u64 + 1,
+            });
+        }
         if r.pos != frame.len() {
             return Err(DecodeError::Trailing(frame.len() - r.pos, name));
         }
@@ -676,7 +744,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 18] = [
+const KINDS: [&str; 19] = [
     "hello",
     "tasks",
     "done",
@@ -695,6 +763,7 @@ const KINDS: [&str; 18] = [
     "data",
     "kernel",
     "decline",
+    "results",
 ];
 
 struct Writer {
@@ -742,6 +811,19 @@ impl Writer {
         }
         self.u16(end as u16);
         self.buf.extend_from_slice(&s.as_bytes()[..end]);
+    }
+    fn result(&mut self, r: &TaskResult) {
+        self.u32(r.id);
+        self.u32(r.workload_ms);
+        self.u8(r.status.to_byte());
+        self.u32(r.wall_us);
+        self.u32(r.kernel_us);
+        self.u64(r.checksum);
+        self.u64(r.started_unix_ms);
+        self.u64(r.finished_unix_ms);
+        self.str(&r.name);
+        self.bytes(&r.output);
+        self.u32(r.differing);
     }
     /// A length-prefixed (u32) byte string.
     fn bytes(&mut self, bytes: &[u8]) {
@@ -1117,6 +1199,46 @@ mod tests {
     }
 
     #[test]
+    fn outputs_travel_as_frames_after_their_results_and_come_back_whole() {
+        let result = |id: u32, output: Vec<u8>| TaskResult {
+            id,
+            name: format!("in{id}"),
+            output,
+            ..TaskResult::default()
+        };
+        let original = vec![
+            result(0, vec![1, 2, 3]),
+            result(1, Vec::new()),
+            result(2, vec![9; 1000]),
+        ];
+        let mut results = original.clone();
+        let (head, parts) = Message::encode_results_split(5, &info(), &mut results).unwrap();
+        assert!(results.iter().all(|r| r.output.is_empty()), "moved out");
+        let frames: Vec<&[u8]> = parts.iter().map(|(_, p)| &p[..]).collect();
+        let decoded = Message::decode_parts(&head, &frames).unwrap();
+        assert_eq!(
+            decoded,
+            Message::Results {
+                batch: 5,
+                worker: info(),
+                results: original.clone(),
+            }
+        );
+        // A frame missing, one too many, or frames after a message that takes none: refused.
+        assert!(Message::decode_parts(&head, &frames[..1]).is_err());
+        let mut more = frames.clone();
+        more.push(&[0]);
+        assert!(Message::decode_parts(&head, &more).is_err());
+        assert!(Message::decode_parts(&Message::Bye.encode(), &frames).is_err());
+        // Put back when the frames could not be sent.
+        Message::restore_outputs(&mut results, parts);
+        assert_eq!(results, original);
+        // Nothing to split: one frame, nothing taken.
+        let mut plain = vec![result(3, Vec::new())];
+        assert!(Message::encode_results_split(5, &info(), &mut plain).is_none());
+    }
+
+    #[test]
     fn classic_tasks_parse_like_the_guides_senders() {
         assert_eq!(classic::decode_task(b"42"), Some(42));
         assert_eq!(classic::decode_task(b"42\0"), Some(42));
@@ -1141,7 +1263,7 @@ mod tests {
 
         /// Arbitrary bytes after a valid header exercise every body decoder.
         #[test]
-        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..17, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..21, body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut bytes = vec![b'C', b'Q', VERSION, kind];
             bytes.extend_from_slice(&body);
             if let Ok(message) = Message::decode(&bytes) {

@@ -203,9 +203,12 @@ pub fn drain(
             Vec::new()
         };
         let mut address = None;
-        let message = match <[zmq::Message; 1]>::try_from(frames) {
-            Ok([mut payload]) => {
-                let message = crate::protocol::Message::decode(&payload).map_err(|e| e.to_string());
+        let message = match frames.split_first_mut() {
+            Some((payload, rest)) => {
+                // A results message may carry its outputs as frames after its own.
+                let parts: Vec<&[u8]> = rest.iter().map(|f| &f[..]).collect();
+                let message = crate::protocol::Message::decode_parts(payload, &parts)
+                    .map_err(|e| e.to_string());
                 if let Ok(crate::protocol::Message::Hello(_) | crate::protocol::Message::Join(_)) =
                     &message
                 {
@@ -213,7 +216,7 @@ pub fn drain(
                 }
                 message
             }
-            Err(frames) => Err(format!("{} frames, expected 1", frames.len())),
+            None => Err("an empty message".to_owned()),
         };
         each(Inbound {
             peer,

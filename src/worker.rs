@@ -78,6 +78,36 @@ enum Outcomes {
     },
 }
 
+/// Sends a results message without waiting: outputs as frames after the message's own
+/// (moved to libzmq, never copied), or one frame when there are none. On `EAGAIN` nothing
+/// was sent and the message is whole again, for a later try.
+fn send_results(socket: &zmq::Socket, message: &mut crate::protocol::Message) -> zmq::Result<()> {
+    let crate::protocol::Message::Results {
+        batch,
+        worker,
+        results,
+    } = message
+    else {
+        return socket.send(message.encode(), zmq::DONTWAIT);
+    };
+    let Some((head, parts)) =
+        crate::protocol::Message::encode_results_split(*batch, worker, results)
+    else {
+        return socket.send(message.encode(), zmq::DONTWAIT);
+    };
+    if let Err(e) = socket.send(head, zmq::SNDMORE | zmq::DONTWAIT) {
+        crate::protocol::Message::restore_outputs(results, parts);
+        return Err(e);
+    }
+    // The first frame taken, the rest of the message is too (parts travel together).
+    let last = parts.len() - 1;
+    for (n, (_, output)) in parts.into_iter().enumerate() {
+        let more = if n < last { zmq::SNDMORE } else { 0 };
+        socket.send(output, more | zmq::DONTWAIT)?;
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch, by this machine's clock.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -404,11 +434,11 @@ impl Pump<'_> {
                     FlowCommand::ToSink(message) => {
                         let _ = self.io.results.send(message.encode(), zmq::DONTWAIT);
                     }
-                    FlowCommand::Deliver(delivery) => {
-                        if let Some(results) = &delivery.results {
+                    FlowCommand::Deliver(mut delivery) => {
+                        if let Some(results) = delivery.results.as_mut() {
                             // Never waits: a full queue keeps the delivery, and its
                             // credit, for a moment later.
-                            match self.io.results.send(results.encode(), zmq::DONTWAIT) {
+                            match send_results(&self.io.results, results) {
                                 Ok(()) => {}
                                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
                                     sink_full = true;
