@@ -316,6 +316,10 @@ pub enum Message {
     Decline { batch: u64, reason: String },
 }
 
+/// Outputs taken out of a results message to travel as frames of their own: each with the
+/// index of its result.
+pub type OutputParts = Vec<(usize, Vec<u8>)>;
+
 /// Longest user kernel source a [`Message::Kernel`] carries.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
 /// Longest input name a [`Message::Data`] or result carries.
@@ -532,7 +536,7 @@ impl Message {
         batch: u64,
         worker: &WorkerInfo,
         results: &mut [TaskResult],
-    ) -> Option<(Vec<u8>, Vec<(usize, Vec<u8>)>)> {
+    ) -> Option<(Vec<u8>, OutputParts)> {
         if results.iter().all(|r| r.output.is_empty()) {
             return None;
         }
@@ -557,7 +561,7 @@ impl Message {
     }
 
     /// Puts back outputs taken by [`Message::encode_results_split`].
-    pub fn restore_outputs(results: &mut [TaskResult], parts: Vec<(usize, Vec<u8>)>) {
+    pub fn restore_outputs(results: &mut [TaskResult], parts: OutputParts) {
         for (i, output) in parts {
             if let Some(r) = results.get_mut(i) {
                 r.output = output;
