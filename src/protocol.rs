@@ -2,7 +2,9 @@
 //!
 //! Every message is one ZeroMQ frame: a four-byte header (`b"CQ"`, a version byte, a kind
 //! byte) followed by a body of little-endian fixed-width integers and length-prefixed UTF-8
-//! strings. Decoding is total: any byte string yields either a typed [`Message`] or a
+//! strings and bytes. One exception: a results message may carry its outputs as frames of
+//! their own after it (so megabytes of output go to libzmq without a copy), named by index
+//! in its last field. Decoding is total: any byte string yields either a typed [`Message`] or a
 //! [`DecodeError`] naming what was wrong, never a panic, and the decoder never allocates more
 //! than the input can justify (counts are checked against the bytes actually present).
 //! The Guide's classic text format lives in [`classic`], beside ours, so that this file stays
