@@ -7,19 +7,7 @@
 // Constants: c[0] = (width, height, max_iter, rows per band),
 //            c[1] = (centre re, centre im, complex units per pixel, unused) as f32 bits.
 
-struct Params {
-    task_id: u32,
-    offset: u32,
-    count: u32,
-    items: u32,
-    input_bytes: u32,
-    output_bytes: u32,
-    _pad0: u32,
-    _pad1: u32,
-    c: array<vec4<u32>, 2>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// Params, `params` (binding 0), GOLDEN and mix() come from interface.wgsl, prepended.
 @group(0) @binding(2) var<storage, read_write> output: array<u32>;
 
 @compute @workgroup_size(64)

@@ -10,37 +10,13 @@
 // two, so atomics never bound the kernel. Invocations past `count` contribute 0, the identity
 // of both sum and xor, so the last partial workgroup needs no special case.
 
-struct Params {
-    task_id: u32,
-    offset: u32,
-    count: u32,
-    items: u32,
-    input_bytes: u32,
-    output_bytes: u32,
-    _pad0: u32,
-    _pad1: u32,
-    c: array<vec4<u32>, 2>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// Params, `params` (binding 0), GOLDEN and mix() come from interface.wgsl, prepended.
 @group(0) @binding(2) var<storage, read_write> output: array<atomic<u32>>;
 
 const ROUNDS: u32 = 256u;
-const GOLDEN: u32 = 0x9e3779b9u;
 
 var<workgroup> sums: array<u32, 64>;
 var<workgroup> xors: array<u32, 64>;
-
-// lowbias32 finaliser; must match `spin::mix` bit for bit.
-fn mix(v: u32) -> u32 {
-    var x = v;
-    x ^= x >> 16u;
-    x *= 0x7feb352du;
-    x ^= x >> 15u;
-    x *= 0x846ca68bu;
-    x ^= x >> 16u;
-    return x;
-}
 
 @compute @workgroup_size(64)
 fn main(

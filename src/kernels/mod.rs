@@ -103,13 +103,26 @@ impl Kernel {
         }
     }
 
-    /// The WGSL of a built-in kernel, compiled into the binary; `None` for user kernels.
+    /// The WGSL of a built-in kernel, compiled into the binary (`shaders/interface.wgsl`
+    /// then the kernel's file); `None` for user kernels.
     pub fn builtin_source(self) -> Option<&'static str> {
         match self {
-            Kernel::Spin => Some(include_str!("../../shaders/spin.wgsl")),
-            Kernel::Mandelbrot => Some(include_str!("../../shaders/mandelbrot.wgsl")),
-            Kernel::Search => Some(include_str!("../../shaders/search.wgsl")),
-            Kernel::Copy => Some(include_str!("../../shaders/copy.wgsl")),
+            Kernel::Spin => Some(concat!(
+                include_str!("../../shaders/interface.wgsl"),
+                include_str!("../../shaders/spin.wgsl")
+            )),
+            Kernel::Mandelbrot => Some(concat!(
+                include_str!("../../shaders/interface.wgsl"),
+                include_str!("../../shaders/mandelbrot.wgsl")
+            )),
+            Kernel::Search => Some(concat!(
+                include_str!("../../shaders/interface.wgsl"),
+                include_str!("../../shaders/search.wgsl")
+            )),
+            Kernel::Copy => Some(concat!(
+                include_str!("../../shaders/interface.wgsl"),
+                include_str!("../../shaders/copy.wgsl")
+            )),
             Kernel::User => None,
         }
     }
