@@ -105,7 +105,7 @@ mod tests {
         assert_eq!(s.insert(10..20), 10);
         assert_eq!(s.insert(30..40), 10);
         assert_eq!(s.insert(15..35), 10, "only 20..30 is new");
-        assert_eq!(s.ranges(), &[10..40]);
+        assert_eq!(s.ranges().to_vec(), vec![Range { start: 10, end: 40 }]);
         assert_eq!(s.insert(40..45), 5, "adjacent: merged");
         assert_eq!(s.pieces(), 1);
         assert_eq!(s.insert(12..13), 0, "a duplicate adds nothing");
