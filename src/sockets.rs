@@ -261,7 +261,15 @@ pub enum SendOutcome {
 
 /// Sends `payload` to the peer `routing_id` on a ROUTER, never waiting.
 pub fn send_to(socket: &zmq::Socket, routing_id: &[u8], payload: &[u8]) -> SendOutcome {
-    match socket.send_multipart([routing_id, payload], zmq::DONTWAIT) {
+    outcome(
+        socket.send_multipart([routing_id, payload], zmq::DONTWAIT),
+        routing_id,
+    )
+}
+
+/// What a send's result means for the peer it went to.
+fn outcome(sent: zmq::Result<()>, routing_id: &[u8]) -> SendOutcome {
+    match sent {
         Ok(()) => SendOutcome::Sent,
         Err(zmq::Error::EHOSTUNREACH) => SendOutcome::Gone,
         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => SendOutcome::Busy,
@@ -278,15 +286,7 @@ pub fn send_owned_to(socket: &zmq::Socket, routing_id: &[u8], payload: Vec<u8>) 
     // The routing frame decides: once it is taken, the rest of the message is too.
     let first = socket.send(routing_id, zmq::SNDMORE | zmq::DONTWAIT);
     let sent = first.and_then(|()| socket.send(payload, zmq::DONTWAIT));
-    match sent {
-        Ok(()) => SendOutcome::Sent,
-        Err(zmq::Error::EHOSTUNREACH) => SendOutcome::Gone,
-        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => SendOutcome::Busy,
-        Err(e) => {
-            log::warn!("sending to {}: {e}", peer_name(routing_id));
-            SendOutcome::Busy
-        }
-    }
+    outcome(sent, routing_id)
 }
 
 /// Checks an endpoint before anything binds or connects: `tcp://HOST:PORT` with a port in

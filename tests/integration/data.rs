@@ -9,6 +9,13 @@ use conquer::kernels::{mandelbrot, search};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// `conquer run --backend software --workers 2 ARGS...`.
+fn software_run(name: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["run", "--backend", "software", "--workers", "2"];
+    all.extend_from_slice(args);
+    Proc::start(name, &all)
+}
+
 /// Decodes an RGB PNG: (width, height, pixels).
 fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::BufReader::new(
@@ -52,14 +59,9 @@ fn the_mandelbrot_picture_decodes_at_its_size_and_matches_the_cpu_reference() {
     }
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("mandel.png");
-    let (status, stdout, log) = Proc::start(
+    let (status, stdout, log) = software_run(
         "run",
         &[
-            "run",
-            "--backend",
-            "software",
-            "--workers",
-            "2",
             "--kernel",
             "mandelbrot",
             "--width",
@@ -127,14 +129,9 @@ fn each_example_kernel_runs_end_to_end_and_equals_its_rust_reference() {
         .collect();
     let glob = write_inputs(&dir.path().join("saxpy"), &saxpy_inputs);
     let out = dir.path().join("saxpy-out");
-    let (status, stdout, log) = Proc::start(
+    let (status, stdout, log) = software_run(
         "saxpy",
         &[
-            "run",
-            "--backend",
-            "software",
-            "--workers",
-            "2",
             "--kernel-file",
             "examples/kernels/saxpy.wgsl",
             "--inputs",
@@ -173,14 +170,9 @@ fn each_example_kernel_runs_end_to_end_and_equals_its_rust_reference() {
         .collect();
     let glob = write_inputs(&dir.path().join("histogram"), &histogram_inputs);
     let out = dir.path().join("histogram-out");
-    let (status, _, log) = Proc::start(
+    let (status, _, log) = software_run(
         "histogram",
         &[
-            "run",
-            "--backend",
-            "software",
-            "--workers",
-            "2",
             "--kernel-file",
             "examples/kernels/histogram.wgsl",
             "--inputs",
@@ -210,14 +202,9 @@ fn the_search_kernels_hits_through_the_pipeline_equal_the_cpus() {
     if adapter(AdapterClass::Software).is_none() {
         return;
     }
-    let (status, stdout, log) = Proc::start(
+    let (status, stdout, log) = software_run(
         "search",
         &[
-            "run",
-            "--backend",
-            "software",
-            "--workers",
-            "2",
             "--kernel",
             "search",
             "--bits",
