@@ -25,6 +25,42 @@ pub struct Task {
     pub id: u32,
     /// Nominal cost in milliseconds: what the sleep backend sleeps, what the kernels scale by.
     pub workload_ms: u32,
+    /// A chunk of a divisible job: its first item (see [`Job::items`]).
+    pub first: u64,
+    /// A chunk of a divisible job: how many items from `first`; 0 for a task of a task
+    /// list, which is whole.
+    pub items: u32,
+}
+
+impl Task {
+    /// Task `id` of a task list (whole, not a chunk) with no workload.
+    pub fn numbered(id: u32) -> Task {
+        Task {
+            id,
+            ..Task::default()
+        }
+    }
+
+    /// Whether this is a chunk of a divisible job (an item range) rather than a task.
+    pub fn is_chunk(&self) -> bool {
+        self.items > 0
+    }
+
+    /// What the kernel sees as the task id (`params.task_id`): a chunk's first item (a
+    /// divisible job's kernel has one item per unit, so item `first` is unit `first`),
+    /// else the task's id.
+    pub fn kernel_id(&self) -> u32 {
+        if self.is_chunk() {
+            self.first as u32
+        } else {
+            self.id
+        }
+    }
+
+    /// The chunk's items as a half-open range.
+    pub fn range(&self) -> (u64, u64) {
+        (self.first, self.first + u64::from(self.items))
+    }
 }
 
 /// What every task of a batch runs: the kernel and its parameters. Sent with the tasks so a
@@ -47,6 +83,9 @@ pub struct Job {
     /// A user kernel's output bytes per task; [`crate::kernels::SAME_AS_INPUT`] for as many
     /// as its input.
     pub output_bytes: u32,
+    /// A divisible job's item count: its tasks are chunks (item ranges) carved while it
+    /// runs; 0 for a task list.
+    pub items: u64,
 }
 
 impl Job {
@@ -71,6 +110,7 @@ impl Default for Job {
             source: 0,
             item_bytes: 4,
             output_bytes: 0,
+            items: 0,
         }
     }
 }
@@ -180,6 +220,7 @@ impl Inputs {
                     id: id as u32,
                     workload_ms: (len.div_ceil(64 * 1024)).clamp(1, u64::from(MAX_WORKLOAD_MS))
                         as u32,
+                    ..Default::default()
                 })
             })
             .collect::<anyhow::Result<Vec<Task>>>()?;
@@ -289,6 +330,7 @@ impl Batch {
             .map(|id| Task {
                 id,
                 workload_ms: rng.random_range(min_ms..=max_ms),
+                ..Task::default()
             })
             .collect();
         Ok(Batch { tasks })
@@ -348,7 +390,7 @@ impl Batch {
                 .with_context(|| {
                     format!("more than {MAX_TASKS} tasks; split the work into several batches")
                 })?;
-            tasks.push(Task { id, workload_ms });
+            tasks.push(Task { id, workload_ms, ..Default::default() });
         }
         if tasks.is_empty() {
             bail!("no tasks: every line is blank or a comment");
@@ -389,6 +431,13 @@ impl Batch {
             feed(&job.source.to_le_bytes());
             feed(&job.item_bytes.to_le_bytes());
             feed(&job.output_bytes.to_le_bytes());
+        }
+        // A divisible job: its size, and spin's constants (the cost of an item).
+        if job.items > 0 {
+            feed(&job.items.to_le_bytes());
+            for c in job.constants {
+                feed(&c.to_le_bytes());
+            }
         }
         hash
     }

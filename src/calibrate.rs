@@ -37,6 +37,7 @@ pub fn measure(kernel: Kernel, round: Duration, rounds: u32) -> anyhow::Result<C
         let mut tasks = vec![Task {
             id: 0,
             workload_ms: units,
+            ..Default::default()
         }]
         .into_iter();
         let mut outcome: Option<Outcome> = None;

@@ -521,6 +521,7 @@ pub fn run_worker(
         let task = Task {
             id: next_id,
             workload_ms,
+            ..Default::default()
         };
         next_id = next_id.wrapping_add(1);
         // The classic protocol cannot hand a failed task to another worker: retry here.

@@ -435,7 +435,7 @@ impl BatchArgs {
                         );
                     }
                     let tasks = (0..view.bands())
-                        .map(|id| crate::batch::Task { id, workload_ms: 1 })
+                        .map(|id| crate::batch::Task { id, workload_ms: 1, ..Default::default() })
                         .collect();
                     let job = Job {
                         constants: view.constants(),
@@ -447,7 +447,7 @@ impl BatchArgs {
                     let space = search::Space::new(d.bits, d.keys, d.keys_per_task, d.salt)
                         .map_err(|e| anyhow::anyhow!(e))?;
                     let tasks = (0..space.tasks())
-                        .map(|id| crate::batch::Task { id, workload_ms: 1 })
+                        .map(|id| crate::batch::Task { id, workload_ms: 1, ..Default::default() })
                         .collect();
                     let job = Job {
                         constants: space.constants(),

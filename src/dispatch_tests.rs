@@ -123,6 +123,7 @@ impl Farm {
             .map(|(id, &workload_ms)| Task {
                 id: id as u32,
                 workload_ms,
+                ..Default::default()
             })
             .collect();
         let config = DispatchConfig {

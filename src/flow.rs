@@ -575,6 +575,8 @@ impl Flow {
                             // Moved, not copied: an output may be many megabytes.
                             output: std::mem::take(&mut o.output),
                             differing: o.differing,
+                            first: o.task.first,
+                            items: o.task.items,
                         }
                     })
                     .collect();

@@ -30,7 +30,7 @@ fn finished(id: u32, status: Status) -> Finished {
     Finished {
         batch: 9,
         outcome: Outcome {
-            task: Task { id, workload_ms: 1 },
+            task: Task { id, workload_ms: 1, ..Default::default() },
             status,
             wall_us: 1000,
             ..Outcome::default()
@@ -225,6 +225,7 @@ fn tasks_go_to_the_executor_and_end_counts_the_batch() {
         tasks: vec![Task {
             id: 1,
             workload_ms: 2,
+            ..Default::default()
         }],
     })));
     assert_eq!(h.ran.len(), 1);
@@ -265,6 +266,7 @@ fn a_declined_batch_is_said_again_while_it_runs_and_its_tasks_never_run() {
         task: Task {
             id: 0,
             workload_ms: 1,
+            ..Default::default()
         },
         name: "in".into(),
         input: vec![1, 2, 3],

@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod flow;
 pub mod heartbeat;
 pub mod http;
+pub mod chunking;
 pub mod intervals;
 pub mod kernels;
 pub mod local;

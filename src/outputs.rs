@@ -6,10 +6,11 @@
 //! the ventilator hears the task is held. So after a crash every task the sink
 //! acknowledged has its output file complete, and `--resume` needs nothing else. Output
 //! files are named after the task's input (`NAME.out`), or after the kernel and task id
-//! for built-in kernels (`mandelbrot-00000012.out`); a name a worker sends that is not a
-//! plain file name is never used as a path.
+//! for built-in kernels (`mandelbrot-00000012.out`), or for a divisible job's chunk after
+//! the kernel and its items (`mandelbrot-items-000000000064-000000000128.out`: rows 64 to
+//! 127); a name a worker sends that is not a plain file name is never used as a path.
 
-use crate::batch::Job;
+use crate::batch::{Job, Task};
 use crate::kernels::{mandelbrot, search, Kernel};
 use crate::protocol::TaskResult;
 use anyhow::{bail, Context};
@@ -66,7 +67,8 @@ pub struct Outputs {
     /// Files renamed into the directory since it was last synced.
     unsynced: bool,
     written: u64,
-    /// Iteration counts of the picture, row-major, and which bands arrived.
+    /// Iteration counts of the picture, row-major, and which bands (a divisible job's
+    /// rows) arrived.
     canvas: Option<(mandelbrot::View, Vec<u32>, Vec<bool>)>,
     hits: Vec<u32>,
     warned_discarded: bool,
@@ -81,13 +83,42 @@ pub fn plain_file_name(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
-/// The output file name of task `id` (see the module documentation).
-pub fn output_name(job: &Job, id: u32, name: &str) -> String {
-    if plain_file_name(name) {
+/// The output file name of `task` (see the module documentation).
+pub fn output_name(job: &Job, task: Task, name: &str) -> String {
+    let kernel = Kernel::from_id(job.kernel).map_or("task", Kernel::name);
+    if task.is_chunk() {
+        let (first, end) = task.range();
+        format!("{kernel}-items-{first:012}-{end:012}.out")
+    } else if plain_file_name(name) {
         format!("{name}.out")
     } else {
-        let kernel = Kernel::from_id(job.kernel).map_or("task", Kernel::name);
-        format!("{kernel}-{id:08}.out")
+        format!("{kernel}-{:08}.out", task.id)
+    }
+}
+
+/// The chunk an output file of a divisible job holds, from its name.
+fn chunk_of_name(kernel: &str, file_name: &str) -> Option<Task> {
+    let rest = file_name
+        .strip_prefix(kernel)?
+        .strip_prefix("-items-")?
+        .strip_suffix(".out")?;
+    let (first, end) = rest.split_once('-')?;
+    let (first, end): (u64, u64) = (first.parse().ok()?, end.parse().ok()?);
+    let items = u32::try_from(end.checked_sub(first)?).ok()?;
+    (items > 0).then_some(Task {
+        first,
+        items,
+        ..Task::default()
+    })
+}
+
+/// The task a result is of: its id and, for a chunk, its items.
+fn task_of(r: &TaskResult) -> Task {
+    Task {
+        id: r.id,
+        workload_ms: r.workload_ms,
+        first: r.first,
+        items: r.items,
     }
 }
 
@@ -116,7 +147,7 @@ impl Outputs {
                     r.name.escape_debug().to_string()
                 );
             }
-            let name = output_name(job, r.id, &r.name);
+            let name = output_name(job, task_of(r), &r.name);
             write_synced(dir, &name, &r.output)?;
             self.unsynced = true;
             self.written += 1;
@@ -126,21 +157,27 @@ impl Outputs {
             self.warned_discarded = true;
         }
         match kernel {
-            Kernel::Mandelbrot if self.config.image.is_some() => self.paint(job, r.id, &r.output),
+            Kernel::Mandelbrot if self.config.image.is_some() => {
+                self.paint(job, task_of(r), &r.output)
+            }
             Kernel::Search => self.hits.extend(search::hits(&r.output)),
             _ => {}
         }
         Ok(())
     }
 
-    fn paint(&mut self, job: &Job, band: u32, counts: &[u8]) {
+    fn paint(&mut self, job: &Job, task: Task, counts: &[u8]) {
         let Ok(view) = mandelbrot::View::of(job) else {
             return;
         };
         // A band of the wrong size (a faulty worker) must not paint over its neighbours.
-        if view.shape(band).map(|s| s.output_bytes) != Ok(counts.len()) {
+        let (Ok((first_row, rows)), Ok(shape)) = (view.span(task), view.shape(task)) else {
+            return;
+        };
+        if shape.output_bytes != counts.len() {
             log::warn!(
-                "band {band}: {} bytes of counts do not fit the picture; not painted",
+                "rows {first_row}..{}: {} bytes of counts do not fit the picture; not painted",
+                first_row + rows,
                 counts.len()
             );
             return;
@@ -152,16 +189,40 @@ impl Outputs {
                 vec![false; view.bands() as usize],
             )
         });
-        let start = band as usize * view.rows as usize * view.width as usize;
-        let Some(slot) = filled.get_mut(band as usize) else {
-            return;
-        };
+        let start = first_row as usize * view.width as usize;
         for (i, word) in counts.chunks_exact(4).enumerate() {
             if let Some(p) = pixels.get_mut(start + i) {
                 *p = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
             }
         }
-        *slot = true;
+        // Bands are of `view.rows` rows (one for a divisible job's view).
+        let bands = if task.is_chunk() {
+            first_row..first_row + rows
+        } else {
+            task.id..task.id + 1
+        };
+        for band in bands {
+            if let Some(slot) = filled.get_mut(band as usize) {
+                *slot = true;
+            }
+        }
+    }
+
+    /// A divisible job's chunks whose outputs are in the directory, from the files' names.
+    fn chunks_in_dir(job: &Job, dir: &Path) -> anyhow::Result<Vec<Task>> {
+        let kernel = Kernel::from_id(job.kernel).map_or("task", Kernel::name);
+        let mut chunks = Vec::new();
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list the outputs directory {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            if let Some(chunk) = entry.file_name().to_str().and_then(|n| chunk_of_name(kernel, n))
+            {
+                chunks.push(chunk);
+            }
+        }
+        chunks.sort_by_key(|c| c.first);
+        Ok(chunks)
     }
 
     /// Makes the renames durable: called before the ventilator hears tasks are held.
@@ -194,11 +255,21 @@ impl Outputs {
         if let (Some(Kernel::Search), Some(dir)) = (Kernel::from_id(job.kernel), &self.config.dir) {
             // Every task's hits, those held before a restart too, from their files.
             let space = search::Space::of(job).map_err(anyhow::Error::msg)?;
+            let tasks: Vec<Task> = if job.items > 0 {
+                Self::chunks_in_dir(job, dir)?
+            } else {
+                (0..space.tasks())
+                    .map(|id| Task {
+                        id,
+                        ..Task::default()
+                    })
+                    .collect()
+            };
             let mut hits = Vec::new();
-            for task in 0..space.tasks() {
+            for task in tasks {
                 let file = dir.join(output_name(job, task, ""));
                 let bytes = std::fs::read(&file).with_context(|| {
-                    format!("reading task {task}'s hits from {}", file.display())
+                    format!("reading hits back from {}", file.display())
                 })?;
                 hits.extend(search::hits(&bytes));
             }
@@ -209,6 +280,22 @@ impl Outputs {
         };
         let view = mandelbrot::View::of(job)
             .map_err(|_| anyhow::anyhow!("--image: this batch is not a Mandelbrot image"))?;
+        let missing = |canvas: &Option<(mandelbrot::View, Vec<u32>, Vec<bool>)>| {
+            canvas
+                .as_ref()
+                .is_none_or(|(_, _, f)| f.iter().any(|filled| !filled))
+        };
+        if job.items > 0 && missing(&self.canvas) {
+            // Rows held before a restart: read back from the chunks' files.
+            if let Some(dir) = self.config.dir.clone() {
+                for chunk in Self::chunks_in_dir(job, &dir)? {
+                    let file = dir.join(output_name(job, chunk, ""));
+                    let counts = std::fs::read(&file)
+                        .with_context(|| format!("reading rows back from {}", file.display()))?;
+                    self.paint(job, chunk, &counts);
+                }
+            }
+        }
         for band in 0..view.bands() {
             let filled = self
                 .canvas
@@ -220,10 +307,17 @@ impl Outputs {
             let Some(dir) = &self.config.dir else {
                 bail!("band {band} of the picture never arrived");
             };
-            let file = dir.join(output_name(job, band, ""));
+            if job.items > 0 {
+                bail!("row {band} of the picture never arrived");
+            }
+            let task = Task {
+                id: band,
+                ..Task::default()
+            };
+            let file = dir.join(output_name(job, task, ""));
             let counts = std::fs::read(&file)
                 .with_context(|| format!("reading band {band} back from {}", file.display()))?;
-            self.paint(job, band, &counts);
+            self.paint(job, task, &counts);
         }
         let Some((view, counts, _)) = &self.canvas else {
             bail!("no band of the picture arrived");
@@ -298,9 +392,13 @@ mod tests {
             kernel: Kernel::User.id(),
             ..Job::default()
         };
-        assert_eq!(output_name(&job, 3, "a.bin"), "a.bin.out");
+        let three = Task {
+            id: 3,
+            ..Task::default()
+        };
+        assert_eq!(output_name(&job, three, "a.bin"), "a.bin.out");
         for bad in ["", "../x", "a/b", ".hidden", "a\nb"] {
-            assert_eq!(output_name(&job, 3, bad), "user-00000003.out", "{bad:?}");
+            assert_eq!(output_name(&job, three, bad), "user-00000003.out", "{bad:?}");
         }
     }
 

@@ -16,7 +16,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest task input or output by default (`--max-payload`).
@@ -184,6 +184,10 @@ pub struct TaskResult {
     /// Items that differed from the CPU reference in a check with a tolerance
     /// (`mandelbrot`'s pixels, `--verify`); 0 otherwise.
     pub differing: u32,
+    /// A chunk of a divisible job: the items it covered (`first..first + items`); 0 items
+    /// for a task of a task list.
+    pub first: u64,
+    pub items: u32,
 }
 
 impl TaskResult {
@@ -282,6 +286,10 @@ pub enum Message {
     BatchAck { batch: u64, held: u32 },
     /// sink → ventilator: task ids whose results the sink now holds.
     Held { batch: u64, ids: Vec<u32> },
+    /// sink → ventilator, for a divisible job: item ranges (`start..end`) the sink now
+    /// holds. Chunks are named by their items, not their ids, so a chunk carved by an
+    /// earlier ventilator (whose ids meant other items) is counted right.
+    HeldItems { batch: u64, ranges: Vec<(u64, u64)> },
     /// ventilator → sink: counters only the ventilator knows, for the report.
     Stats {
         batch: u64,
@@ -378,6 +386,7 @@ impl Message {
             Message::Data { .. } => 16,
             Message::Kernel { .. } => 17,
             Message::Decline { .. } => 18,
+            Message::HeldItems { .. } => 20,
         }
     }
 
@@ -465,6 +474,14 @@ impl Message {
                     w.u32(*id);
                 }
             }
+            Message::HeldItems { batch, ranges } => {
+                w.u64(*batch);
+                w.count(ranges.len());
+                for &(start, end) in ranges {
+                    w.u64(start);
+                    w.u64(end);
+                }
+            }
             Message::Stats {
                 batch,
                 redispatched,
@@ -490,8 +507,7 @@ impl Message {
         w.job(job);
         w.count(tasks.len());
         for task in tasks {
-            w.u32(task.id);
-            w.u32(task.workload_ms);
+            w.task(job, task);
         }
         w.buf
     }
@@ -518,8 +534,7 @@ impl Message {
         w.buf.reserve_exact(128 + name.len() + room);
         w.u64(batch);
         w.job(job);
-        w.u32(task.id);
-        w.u32(task.workload_ms);
+        w.task(job, &task);
         w.str(name);
         w.u32(u32::try_from(input_len).unwrap_or(u32::MAX));
         w.buf
@@ -602,10 +617,7 @@ impl Message {
                 let n = r.count(8)?;
                 let mut tasks = Vec::with_capacity(n);
                 for _ in 0..n {
-                    tasks.push(Task {
-                        id: r.u32()?,
-                        workload_ms: r.u32()?,
-                    });
+                    tasks.push(r.task(&job)?);
                 }
                 Message::Tasks { batch, job, tasks }
             }
@@ -632,7 +644,7 @@ impl Message {
             7 | 19 => {
                 let batch = r.u64()?;
                 let worker = r.worker_info()?;
-                let n = r.count(50)?;
+                let n = r.count(62)?;
                 let mut results = Vec::with_capacity(n);
                 for _ in 0..n {
                     results.push(TaskResult {
@@ -647,6 +659,8 @@ impl Message {
                         name: r.str()?,
                         output: r.bytes(usize::MAX)?.to_vec(),
                         differing: r.u32()?,
+                        first: r.u64()?,
+                        items: r.u32()?,
                     });
                 }
                 if kind == 19 {
@@ -701,6 +715,22 @@ impl Message {
                 }
                 Message::Held { batch, ids }
             }
+            20 => {
+                let batch = r.u64()?;
+                let n = r.count(16)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (start, end) = (r.u64()?, r.u64()?);
+                    if start >= end {
+                        return Err(DecodeError::BadField {
+                            field: "item range",
+                            value: start,
+                        });
+                    }
+                    ranges.push((start, end));
+                }
+                Message::HeldItems { batch, ranges }
+            }
             11 => Message::Stats {
                 batch: r.u64()?,
                 redispatched: r.u64()?,
@@ -715,16 +745,17 @@ impl Message {
                 kind: RefusalKind::from_byte(r.u8()?)?,
                 reason: r.long_str()?,
             },
-            16 => Message::Data {
-                batch: r.u64()?,
-                job: r.job()?,
-                task: Task {
-                    id: r.u32()?,
-                    workload_ms: r.u32()?,
-                },
-                name: r.str()?,
-                input: r.bytes(usize::MAX)?.to_vec(),
-            },
+            16 => {
+                let batch = r.u64()?;
+                let job = r.job()?;
+                Message::Data {
+                    batch,
+                    job,
+                    task: r.task(&job)?,
+                    name: r.str()?,
+                    input: r.bytes(usize::MAX)?.to_vec(),
+                }
+            }
             17 => Message::Kernel {
                 batch: r.u64()?,
                 source: std::str::from_utf8(r.bytes(MAX_SOURCE_BYTES)?)
@@ -750,7 +781,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 19] = [
+const KINDS: [&str; 20] = [
     "hello",
     "tasks",
     "done",
@@ -770,6 +801,7 @@ const KINDS: [&str; 19] = [
     "kernel",
     "decline",
     "results",
+    "held-items",
 ];
 
 struct Writer {
@@ -830,6 +862,17 @@ impl Writer {
         self.str(&r.name);
         self.bytes(&r.output);
         self.u32(r.differing);
+        self.u64(r.first);
+        self.u32(r.items);
+    }
+    /// A task: its id and workload, and a divisible job's chunk its item range.
+    fn task(&mut self, job: &Job, task: &Task) {
+        self.u32(task.id);
+        self.u32(task.workload_ms);
+        if job.items > 0 {
+            self.u64(task.first);
+            self.u32(task.items);
+        }
     }
     /// A length-prefixed (u32) byte string.
     fn bytes(&mut self, bytes: &[u8]) {
@@ -853,6 +896,7 @@ impl Writer {
         self.u64(job.source);
         self.u32(job.item_bytes);
         self.u32(job.output_bytes);
+        self.u64(job.items);
     }
 }
 
@@ -995,7 +1039,28 @@ impl Reader<'_> {
                 n => n,
             },
             output_bytes: self.u32()?,
+            items: self.u64()?,
         })
+    }
+    /// A task under `job`: a divisible job's tasks are chunks, each a non-empty item range
+    /// within the job.
+    fn task(&mut self, job: &Job) -> Result<Task, DecodeError> {
+        let mut task = Task {
+            id: self.u32()?,
+            workload_ms: self.u32()?,
+            ..Task::default()
+        };
+        if job.items > 0 {
+            task.first = self.u64()?;
+            task.items = self.u32()?;
+            if task.items == 0 || task.first.saturating_add(u64::from(task.items)) > job.items {
+                return Err(DecodeError::BadField {
+                    field: "chunk",
+                    value: task.first,
+                });
+            }
+        }
+        Ok(task)
     }
 }
 
@@ -1064,10 +1129,12 @@ mod tests {
                     Task {
                         id: 0,
                         workload_ms: 5,
+                        ..Default::default()
                     },
                     Task {
                         id: 9,
                         workload_ms: 0,
+                        ..Default::default()
                     },
                 ],
             },
@@ -1098,6 +1165,8 @@ mod tests {
                     checksum: 0xdead_beef_0bad_f00d,
                     started_unix_ms: 1_800_000_000_000,
                     finished_unix_ms: 1_800_000_000_003,
+                    first: 1 << 33,
+                    items: 77,
                     ..TaskResult::default()
                 }],
             },
@@ -1114,6 +1183,23 @@ mod tests {
             Message::Held {
                 batch: 7,
                 ids: vec![1, 2, 3],
+            },
+            Message::HeldItems {
+                batch: 7,
+                ranges: vec![(0, 10), (12, 1 << 40)],
+            },
+            Message::Tasks {
+                batch: 8,
+                job: Job {
+                    items: 1 << 40,
+                    ..job
+                },
+                tasks: vec![Task {
+                    id: 4,
+                    workload_ms: 3,
+                    first: (1 << 40) - 5,
+                    items: 5,
+                }],
             },
             Message::Stats {
                 batch: 7,

@@ -396,6 +396,7 @@ impl Gpu {
         let task = Task {
             id: 7,
             workload_ms: 1,
+            ..Default::default()
         };
         self.prepare(&job, None).map_err(|e| anyhow!(e))?;
         let saved = self.max_invocations_per_dispatch;
@@ -855,7 +856,7 @@ impl Gpu {
                 for (i, &(start, count)) in chunk.iter().enumerate() {
                     let at = i * self.params_stride as usize;
                     let mut words = [0u32; 16];
-                    words[..3].copy_from_slice(&[task.id, start, count]);
+                    words[..3].copy_from_slice(&[task.kernel_id(), start, count]);
                     words[3..8].copy_from_slice(&fixed);
                     words[8..].copy_from_slice(&job.constants);
                     params[at..at + PARAMS_BYTES as usize]

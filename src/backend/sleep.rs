@@ -2,7 +2,7 @@
 //! (times a slowdown factor, to emulate a slower box) and computes nothing.
 
 use super::{micros, Backend, Outcome, Work};
-use crate::batch::Job;
+use crate::batch::{Job, Task};
 use crate::protocol::Status;
 use std::time::{Duration, Instant};
 
@@ -37,16 +37,17 @@ impl Backend for Sleep {
 
     fn run(
         &mut self,
-        _job: &Job,
+        job: &Job,
         next: &mut dyn FnMut() -> Option<Work>,
         done: &mut dyn FnMut(Outcome),
     ) {
         while let Some(Work { task, name, .. }) = next() {
             // A zero-work task sleeps nothing and takes under a microsecond: no clock reads.
-            let wall_us = if task.workload_ms > 0 {
+            let nominal_us = nominal_us(job, &task);
+            let wall_us = if nominal_us > 0.0 {
                 let start = Instant::now();
-                let ms = f64::from(task.workload_ms) * self.slowdown;
-                sleep_until(start + Duration::from_secs_f64(ms / 1000.0));
+                let us = nominal_us * self.slowdown;
+                sleep_until(start + Duration::from_secs_f64(us / 1e6));
                 micros(start.elapsed())
             } else {
                 0
@@ -59,6 +60,16 @@ impl Backend for Sleep {
                 ..Outcome::default()
             });
         }
+    }
+}
+
+/// What a task costs at nominal speed, in µs: its workload, or for a chunk of a divisible
+/// spin job its items at the job's µs per item (`--item-us`, `constants[0]`).
+fn nominal_us(job: &Job, task: &Task) -> f64 {
+    if task.is_chunk() {
+        f64::from(task.items) * f64::from(job.constants[0])
+    } else {
+        f64::from(task.workload_ms) * 1000.0
     }
 }
 
@@ -89,10 +100,12 @@ mod tests {
             Task {
                 id: 0,
                 workload_ms: 3,
+                ..Default::default()
             },
             Task {
                 id: 1,
                 workload_ms: 0,
+                ..Default::default()
             },
         ];
         let mut outcomes = Vec::new();
@@ -118,6 +131,7 @@ mod tests {
         let mut queue = std::iter::once(Task {
             id: 0,
             workload_ms: 2,
+            ..Default::default()
         });
         backend.run(
             &Job::default(),

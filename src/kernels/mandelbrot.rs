@@ -9,7 +9,7 @@
 //! set's boundary (fused multiply-add, rounding of its own), so results are compared with a
 //! tolerance ([`TOLERANCE`]) instead of bit for bit.
 
-use crate::batch::Job;
+use crate::batch::{Job, Task};
 use crate::kernels::Shape;
 
 /// Largest fraction of a band's pixels whose counts may differ from the CPU reference.
@@ -126,8 +126,33 @@ impl View {
         Ok((u64::from(self.height) - first).min(u64::from(self.rows)) as u32)
     }
 
-    pub fn shape(&self, band: u32) -> Result<Shape, String> {
-        let items = u64::from(self.width) * u64::from(self.rows_of(band)?);
+    /// The rows a task covers, `(first row, rows)`: a band of `rows` rows, or a divisible
+    /// job's chunk of rows (whose view has one row per band, so the shader's
+    /// `task_id * rows` is the chunk's first row).
+    pub fn span(&self, task: Task) -> Result<(u32, u32), String> {
+        if !task.is_chunk() {
+            return Ok((task.id.saturating_mul(self.rows), self.rows_of(task.id)?));
+        }
+        if self.rows != 1 {
+            return Err(format!(
+                "a chunk of rows needs a view of one row per band, not {}",
+                self.rows
+            ));
+        }
+        let (first, end) = task.range();
+        if end > u64::from(self.height) {
+            return Err(format!(
+                "rows {first}..{end} are past the image's {} rows",
+                self.height
+            ));
+        }
+        Ok((first as u32, task.items))
+    }
+
+    pub fn shape(&self, task: Task) -> Result<Shape, String> {
+        let (_, rows) = self.span(task)?;
+        let band = task.id;
+        let items = u64::from(self.width) * u64::from(rows);
         let items = u32::try_from(items)
             .map_err(|_| format!("band {band} has more than 2^32 pixels: lower --band-rows"))?;
         Ok(Shape {
@@ -156,11 +181,11 @@ impl View {
     }
 
     /// The CPU reference of band `band`: its counts, row-major, little-endian u32.
-    pub fn reference(&self, band: u32) -> Vec<u8> {
-        let rows = self.rows_of(band).unwrap_or(0);
+    pub fn reference(&self, task: Task) -> Vec<u8> {
+        let (first, rows) = self.span(task).unwrap_or((0, 0));
         let mut out = Vec::with_capacity((self.width * rows) as usize * 4);
         for row in 0..rows {
-            let y = band * self.rows + row;
+            let y = first + row;
             for x in 0..self.width {
                 out.extend_from_slice(&self.count(x, y).to_le_bytes());
             }
@@ -243,7 +268,30 @@ mod tests {
         assert_eq!(rows, 48);
         assert_eq!(v.rows_of(9), Ok(3));
         assert!(v.rows_of(10).is_err());
-        assert_eq!(v.shape(9).unwrap().output_bytes, 64 * 3 * 4);
+        assert_eq!(v.shape(Task::numbered(9)).unwrap().output_bytes, 64 * 3 * 4);
+    }
+
+    #[test]
+    fn a_chunk_of_rows_computes_what_the_bands_compute() {
+        let banded = View::new(64, 48, 100, 8, (-0.5, 0.0), 3.0).unwrap();
+        let job = Job {
+            kernel: 1,
+            constants: View { rows: 1, ..banded }.constants(),
+            items: 48,
+            ..Job::default()
+        };
+        let rows = View::of(&job).unwrap();
+        let chunk = Task {
+            id: 77,
+            first: 16,
+            items: 16,
+            ..Task::default()
+        };
+        assert_eq!(rows.span(chunk), Ok((16, 16)));
+        let both = [banded.reference(Task::numbered(2)), banded.reference(Task::numbered(3))];
+        assert_eq!(rows.reference(chunk), both.concat());
+        assert!(rows.span(Task { first: 40, ..chunk }).is_err());
+        assert!(banded.span(chunk).is_err(), "a banded view takes no chunks");
     }
 
     #[test]

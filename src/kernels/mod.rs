@@ -155,6 +155,19 @@ pub struct Shape {
 /// A task's shape under its job, or why it cannot run (unknown kernel, sizes out of range).
 pub fn shape(job: &Job, task: Task, input_len: usize) -> Result<Shape, String> {
     match Kernel::from_id(job.kernel) {
+        Some(Kernel::Spin) if task.is_chunk() => {
+            let per_item = u64::from(job.constants[0]) * u64::from(job.units_per_ms) / 1000;
+            let items = u32::try_from(u64::from(task.items) * per_item.max(1)).map_err(|_| {
+                format!(
+                    "{} items of {} µs at {} units/ms is more than 2^32 invocations",
+                    task.items, job.constants[0], job.units_per_ms
+                )
+            })?;
+            Ok(Shape {
+                items,
+                output_bytes: 8,
+            })
+        }
         Some(Kernel::Spin) => {
             let items = spin::invocations(task.workload_ms, job.units_per_ms).ok_or_else(|| {
                 format!(
@@ -167,8 +180,8 @@ pub fn shape(job: &Job, task: Task, input_len: usize) -> Result<Shape, String> {
                 output_bytes: 8,
             })
         }
-        Some(Kernel::Mandelbrot) => mandelbrot::View::of(job)?.shape(task.id),
-        Some(Kernel::Search) => search::Space::of(job)?.shape(task.id),
+        Some(Kernel::Mandelbrot) => mandelbrot::View::of(job)?.shape(task),
+        Some(Kernel::Search) => search::Space::of(job)?.shape(task),
         Some(Kernel::User) => user::shape(job, input_len),
         Some(Kernel::Copy) => Ok(Shape {
             items: u32::try_from(input_len.div_ceil(4))
@@ -217,11 +230,11 @@ pub fn reference(job: &Job, task: Task, input: &[u8]) -> Option<Result<Vec<u8>, 
     Some(
         shape(job, task, input.len()).and_then(|shape| match kernel {
             Kernel::Spin => {
-                let (sum, xor) = spin::reference_range(task.id, 0, shape.items);
+                let (sum, xor) = spin::reference_range(task.kernel_id(), 0, shape.items);
                 Ok([sum.to_le_bytes(), xor.to_le_bytes()].concat())
             }
-            Kernel::Mandelbrot => Ok(mandelbrot::View::of(job)?.reference(task.id)),
-            Kernel::Search => Ok(search::Space::of(job)?.reference(task.id)),
+            Kernel::Mandelbrot => Ok(mandelbrot::View::of(job)?.reference(task)),
+            Kernel::Search => Ok(search::Space::of(job)?.reference(task)),
             Kernel::Copy => Ok(input.to_vec()),
             Kernel::User => Err("user kernels have no CPU reference".to_owned()),
         }),
@@ -309,6 +322,7 @@ mod tests {
         let task = Task {
             id: 3,
             workload_ms: 2,
+            ..Default::default()
         };
         let out = reference(&job, task, &[]).unwrap().unwrap();
         assert_eq!(checksum(&job, &out), spin::reference(3, 200));

@@ -8,7 +8,7 @@
 //! (four times the expected count plus 64, so a task overflows with negligible
 //! probability); the worker sorts them ([`canonical`]).
 
-use crate::batch::Job;
+use crate::batch::{Job, Task};
 use crate::kernels::{spin, Shape};
 
 /// A keyspace and its split into tasks, as carried in a job's constants.
@@ -102,8 +102,30 @@ impl Space {
         Ok((first as u32, count as u32))
     }
 
-    pub fn shape(&self, task: u32) -> Result<Shape, String> {
-        let (_, items) = self.range(task)?;
+    /// Keys of a task or of a divisible job's chunk (whose space has one key per task,
+    /// so the shader's `task_id * per_task` is the chunk's first key): `(first, count)`.
+    pub fn keys_of(&self, task: Task) -> Result<(u32, u32), String> {
+        if !task.is_chunk() {
+            return self.range(task.id);
+        }
+        if self.per_task != 1 {
+            return Err(format!(
+                "a chunk of keys needs a space of one key per task, not {}",
+                self.per_task
+            ));
+        }
+        let (first, end) = task.range();
+        if end > u64::from(self.keys) {
+            return Err(format!(
+                "keys {first}..{end} are past the keyspace's {}",
+                self.keys
+            ));
+        }
+        Ok((first as u32, task.items))
+    }
+
+    pub fn shape(&self, task: Task) -> Result<Shape, String> {
+        let (_, items) = self.keys_of(task)?;
         Ok(Shape {
             items,
             output_bytes: 4 + 4 * self.capacity as usize,
@@ -111,8 +133,8 @@ impl Space {
     }
 
     /// The CPU reference of task `task`: the canonical output.
-    pub fn reference(&self, task: u32) -> Vec<u8> {
-        let Ok((first, count)) = self.range(task) else {
+    pub fn reference(&self, task: Task) -> Vec<u8> {
+        let Ok((first, count)) = self.keys_of(task) else {
             return Vec::new();
         };
         let hits: Vec<u32> = (first..first + count)
@@ -176,11 +198,11 @@ mod tests {
         assert_eq!(s.tasks(), 4);
         assert_eq!(s.range(3), Ok((90_000, 10_000)));
         assert!(s.range(4).is_err());
-        let total: usize = (0..s.tasks()).map(|t| hits(&s.reference(t)).len()).sum();
+        let total: usize = (0..s.tasks()).map(|t| hits(&s.reference(Task::numbered(t))).len()).sum();
         // 100,000 keys / 2^8 is about 390 hits.
         assert!((300..500).contains(&total), "{total}");
         for t in 0..s.tasks() {
-            let out = s.reference(t);
+            let out = s.reference(Task::numbered(t));
             let h = hits(&out);
             assert!(h.windows(2).all(|w| w[0] < w[1]));
             assert!(h.iter().all(|&k| hash(k, 1).leading_zeros() >= 8));

@@ -67,7 +67,7 @@ fn spin_equals_the_cpu_reference_for_several_workloads_and_tasks() {
                 (12_345, 7),
             ]
             .iter()
-            .map(|&(id, workload_ms)| Task { id, workload_ms })
+            .map(|&(id, workload_ms)| Task { id, workload_ms, ..Default::default() })
             .collect();
             let outcomes = run_tasks(&mut gpu, &job(units), &tasks);
             assert_eq!(
@@ -100,6 +100,7 @@ fn a_task_split_into_many_dispatches_gives_the_unsplit_result() {
         let task = Task {
             id: 4242,
             workload_ms: 1,
+            ..Default::default()
         };
         let mut split = Gpu::new(
             &adapter,
@@ -140,6 +141,7 @@ fn many_tasks_in_flight_each_get_their_own_result() {
             .map(|id| Task {
                 id,
                 workload_ms: id % 4,
+                ..Default::default()
             })
             .collect();
         let outcomes = run_tasks(&mut gpu, &job(96), &tasks);

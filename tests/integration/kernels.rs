@@ -24,7 +24,7 @@ fn run(gpu: &mut Gpu, job: &Job, source: Option<&str>, work: Vec<Work>) -> Vec<O
 
 fn tasks(n: u32) -> Vec<Work> {
     (0..n)
-        .map(|id| Work::from(Task { id, workload_ms: 1 }))
+        .map(|id| Work::from(Task { id, workload_ms: 1, ..Default::default() }))
         .collect()
 }
 
@@ -124,6 +124,7 @@ fn the_example_kernels_equal_their_rust_references() {
             task: Task {
                 id: id as u32,
                 workload_ms: 1,
+                ..Default::default()
             },
             name: format!("in{id}"),
             input: input.clone(),
@@ -232,6 +233,7 @@ fn a_partial_last_item_reads_zeros_never_a_previous_tasks_bytes() {
             task: Task {
                 id: 0,
                 workload_ms: 1,
+                ..Default::default()
             },
             name: "full".into(),
             input: words(&[7; 64]),
@@ -240,6 +242,7 @@ fn a_partial_last_item_reads_zeros_never_a_previous_tasks_bytes() {
             task: Task {
                 id: 1,
                 workload_ms: 1,
+                ..Default::default()
             },
             name: "short".into(),
             input: words(&[1, 2, 3]),
@@ -271,6 +274,7 @@ fn a_task_beyond_the_adapters_limits_fails_and_the_worker_declines_the_batch() {
             task: Task {
                 id: 0,
                 workload_ms: 1,
+                ..Default::default()
             },
             name: "small".into(),
             input: vec![1; 256],
@@ -279,6 +283,7 @@ fn a_task_beyond_the_adapters_limits_fails_and_the_worker_declines_the_batch() {
             task: Task {
                 id: 1,
                 workload_ms: 1,
+                ..Default::default()
             },
             name: "big".into(),
             input: vec![2; 4096],

@@ -1,0 +1,329 @@
+//! Divisible jobs: one job of N items carved, while it runs, into chunks sized to each
+//! worker's measured speed.
+//!
+//! A [`Carver`] holds the items not yet handed out (a few ranges: the whole job at first,
+//! and the gaps a resumed sink leaves) and answers one question: how many items should this
+//! worker get now? The answer is a [`Policy`]:
+//!
+//! - `static`: an equal split, one chunk per worker (the size fixed from the workers there
+//!   at the first carve);
+//! - `fixed`: chunks of one size (`--chunk-items`, else an eighth of an equal split);
+//! - `adaptive`: a small probe first; then chunks sized to take `--chunk-ms` at the
+//!   worker's measured rate, shrinking toward the end by weighted factoring (a worker's
+//!   chunk is at most its share, by rate, of half of what is left: Hummel et al.'s
+//!   factoring with Cariño and Banicescu's weights), so every worker finishes within about
+//!   one small chunk of the others.
+//!
+//! Rates are items per second, measured from the wall time a worker reports for each chunk
+//! and smoothed so that long chunks weigh more than short ones. No socket, clock or thread:
+//! the dispatcher feeds it, the simulator and tests drive it directly.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// How chunks are sized (`--chunking`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Policy {
+    /// One equal chunk per worker.
+    Static,
+    /// Chunks of this many items (0: an eighth of an equal split).
+    Fixed(u64),
+    /// Chunks that take this long at each worker's measured rate, shrinking at the end.
+    Adaptive(Duration),
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Static => "static",
+            Policy::Fixed(_) => "fixed",
+            Policy::Adaptive(_) => "adaptive",
+        }
+    }
+}
+
+/// A divisible job as the carver sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub policy: Policy,
+    /// Items in the job.
+    pub items: u64,
+    /// Most items in one chunk: what one task message, output or kernel dispatch can take.
+    pub max_chunk: u32,
+    /// What an item is expected to cost at nominal speed, in µs (a sleep job's
+    /// `--item-us`); 0 when unknown (computed kernels): probes are then tiny.
+    pub nominal_us: f64,
+}
+
+/// Most items a probe takes when nothing is known of the cost of an item: a ten-thousandth
+/// of the job (so a worker a hundred times slower than the rest loses at most about 1 % of
+/// the job's time on it), at least one item.
+const PROBE_FRACTION: u64 = 10_000;
+
+/// Chunks never shrink below this fraction of `--chunk-ms` at the worker's rate: the
+/// factoring tail stops where a round trip would start to cost more than the balance gains.
+const MIN_CHUNK_FRACTION: f64 = 1.0 / 32.0;
+
+/// A worker's measured speed: items and µs of its recent chunks, decayed by half per
+/// chunk, so the rate is a time-weighted mean that follows a worker that changes speed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rate {
+    items: f64,
+    us: f64,
+}
+
+impl Rate {
+    fn per_s(&self) -> Option<f64> {
+        (self.us > 0.0).then(|| self.items * 1e6 / self.us)
+    }
+}
+
+/// What is left of a job and how fast each worker eats it.
+#[derive(Debug, Clone)]
+pub struct Carver {
+    plan: Plan,
+    /// Items not handed out yet, as ranges in order.
+    free: VecDeque<(u64, u64)>,
+    left: u64,
+    /// By worker slot (the dispatcher's ids).
+    rates: Vec<Rate>,
+    /// The size of every chunk under `static` and `fixed`, fixed at the first carve.
+    size: Option<u64>,
+    carved: u64,
+}
+
+impl Carver {
+    pub fn new(plan: Plan) -> Carver {
+        let free = if plan.items > 0 {
+            VecDeque::from([(0, plan.items)])
+        } else {
+            VecDeque::new()
+        };
+        Carver {
+            left: plan.items,
+            plan,
+            free,
+            rates: Vec::new(),
+            size: None,
+            carved: 0,
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Items not handed out yet.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Chunks carved so far.
+    pub fn carved(&self) -> u64 {
+        self.carved
+    }
+
+    /// A worker's measured rate in items per second, once it finished a chunk.
+    pub fn rate(&self, worker: usize) -> Option<f64> {
+        self.rates.get(worker).and_then(Rate::per_s)
+    }
+
+    /// Takes items out of what is left without carving them (a resumed sink holds them).
+    pub fn remove(&mut self, start: u64, end: u64) {
+        let mut kept = VecDeque::with_capacity(self.free.len() + 1);
+        for &(a, b) in &self.free {
+            if b <= start || a >= end {
+                kept.push_back((a, b));
+                continue;
+            }
+            if a < start {
+                kept.push_back((a, start));
+            }
+            if b > end {
+                kept.push_back((end, b));
+            }
+        }
+        self.free = kept;
+        self.left = self.free.iter().map(|&(a, b)| b - a).sum();
+    }
+
+    /// A chunk finished: `items` in `wall_us` on `worker`.
+    pub fn learn(&mut self, worker: usize, items: u32, wall_us: u32) {
+        if items == 0 {
+            return;
+        }
+        if self.rates.len() <= worker {
+            self.rates.resize(worker + 1, Rate::default());
+        }
+        let r = &mut self.rates[worker];
+        r.items = r.items * 0.5 + f64::from(items);
+        r.us = r.us * 0.5 + f64::from(wall_us.max(1));
+    }
+
+    /// The next chunk for `worker`, `(first item, items)`, or `None` when nothing is left.
+    /// `workers` are the live workers' slots (those that may take chunks), `worker` among
+    /// them.
+    pub fn carve(&mut self, worker: usize, workers: &[usize]) -> Option<(u64, u32)> {
+        let &(start, end) = self.free.front()?;
+        let want = self.size_for(worker, workers).clamp(1, u64::from(self.plan.max_chunk.max(1)));
+        let take = want.min(end - start);
+        if start + take == end {
+            self.free.pop_front();
+        } else if let Some(front) = self.free.front_mut() {
+            front.0 = start + take;
+        }
+        self.left -= take;
+        self.carved += 1;
+        Some((start, take as u32))
+    }
+
+    /// Items `worker` should get now under the policy.
+    fn size_for(&mut self, worker: usize, workers: &[usize]) -> u64 {
+        let n = workers.len().max(1) as u64;
+        match self.plan.policy {
+            Policy::Static => *self.size.get_or_insert(self.plan.items.div_ceil(n)),
+            Policy::Fixed(items) => *self.size.get_or_insert(if items > 0 {
+                items
+            } else {
+                self.plan.items.div_ceil(8 * n)
+            }),
+            Policy::Adaptive(target) => self.adaptive(worker, workers, target),
+        }
+    }
+
+    fn adaptive(&self, worker: usize, workers: &[usize], target: Duration) -> u64 {
+        let target_s = target.as_secs_f64().max(1e-3);
+        let Some(rate) = self.rate(worker) else {
+            // A probe: a quarter of the target at the nominal cost where one is known, else
+            // a sliver of the job.
+            let sliver = (self.plan.items / PROBE_FRACTION).max(1);
+            return if self.plan.nominal_us > 0.0 {
+                ((target_s / 4.0) * 1e6 / self.plan.nominal_us).max(1.0) as u64
+            } else {
+                sliver
+            };
+        };
+        // Workers not measured yet count at the slowest measured rate: their share is then
+        // not given away to the fast.
+        let known: Vec<f64> = workers.iter().filter_map(|&w| self.rate(w)).collect();
+        let slowest = known.iter().copied().fold(f64::INFINITY, f64::min);
+        let total_rate: f64 = workers
+            .iter()
+            .map(|&w| self.rate(w).unwrap_or(slowest))
+            .sum::<f64>()
+            .max(rate);
+        let by_time = rate * target_s;
+        let share = self.left as f64 * rate / (2.0 * total_rate);
+        let floor = rate * target_s * MIN_CHUNK_FRACTION;
+        by_time.min(share).max(floor).max(1.0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn plan(policy: Policy, items: u64) -> Plan {
+        Plan {
+            policy,
+            items,
+            max_chunk: u32::MAX,
+            nominal_us: 0.0,
+        }
+    }
+
+    /// Runs a farm of workers of the given speeds (items per second) in virtual time: each
+    /// asks for a chunk when idle. Returns (makespan, ideal, chunks, every chunk).
+    fn simulate(policy: Policy, items: u64, speeds: &[f64]) -> (f64, f64, u64, Vec<(u64, u32)>) {
+        let mut carver = Carver::new(plan(policy, items));
+        let workers: Vec<usize> = (0..speeds.len()).collect();
+        let mut free_at = vec![0.0f64; speeds.len()];
+        let mut chunks = Vec::new();
+        loop {
+            // The worker idle first asks next.
+            let (w, &t) = free_at
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .expect("workers");
+            let Some((first, n)) = carver.carve(w, &workers) else {
+                break;
+            };
+            let secs = f64::from(n) / speeds[w];
+            carver.learn(w, n, (secs * 1e6) as u32);
+            free_at[w] = t + secs;
+            chunks.push((first, n));
+        }
+        let makespan = free_at.iter().copied().fold(0.0, f64::max);
+        let ideal = items as f64 / speeds.iter().sum::<f64>();
+        (makespan, ideal, carver.carved(), chunks)
+    }
+
+    #[test]
+    fn adaptive_balances_a_farm_of_unequal_workers() {
+        let speeds = [8000.0, 4000.0, 2000.0, 1000.0];
+        let (makespan, ideal, chunks, _) =
+            simulate(Policy::Adaptive(Duration::from_millis(200)), 1_000_000, &speeds);
+        assert!(ideal / makespan > 0.97, "efficiency {}", ideal / makespan);
+        // Far fewer chunks than items: a chunk is hundreds of milliseconds of work.
+        assert!(chunks < 2000, "{chunks} chunks");
+        let (makespan, ideal, _, _) = simulate(Policy::Static, 1_000_000, &speeds);
+        assert!(ideal / makespan < 0.6, "static is not balanced: {}", ideal / makespan);
+    }
+
+    #[test]
+    fn a_worker_a_hundred_times_slower_costs_little() {
+        let (makespan, ideal, _, _) = simulate(
+            Policy::Adaptive(Duration::from_millis(200)),
+            2_000_000,
+            &[100_000.0, 1000.0],
+        );
+        assert!(ideal / makespan > 0.95, "efficiency {}", ideal / makespan);
+    }
+
+    #[test]
+    fn removed_items_are_never_carved() {
+        let mut carver = Carver::new(plan(Policy::Fixed(7), 100));
+        carver.remove(10, 20);
+        carver.remove(95, 200);
+        assert_eq!(carver.left(), 85);
+        let mut seen = Vec::new();
+        while let Some((first, n)) = carver.carve(0, &[0]) {
+            seen.extend(first..first + u64::from(n));
+        }
+        let want: Vec<u64> = (0..10).chain(20..95).collect();
+        assert_eq!(seen, want);
+    }
+
+    proptest! {
+        /// Whatever the policy, speeds and limit, the chunks cover every item exactly once,
+        /// each within the limit.
+        #[test]
+        fn chunks_cover_every_item_once(
+            policy in prop_oneof![
+                Just(Policy::Static),
+                (0u64..50).prop_map(Policy::Fixed),
+                (1u64..500).prop_map(|ms| Policy::Adaptive(Duration::from_millis(ms))),
+            ],
+            items in 1u64..5000,
+            speeds in proptest::collection::vec(1.0f64..1e5, 1..6),
+            max_chunk in 1u32..2000,
+        ) {
+            let mut carver = Carver::new(Plan { max_chunk, ..plan(policy, items) });
+            let workers: Vec<usize> = (0..speeds.len()).collect();
+            let mut next = 0u64;
+            let mut turn = 0;
+            while let Some((first, n)) = carver.carve(turn % speeds.len(), &workers) {
+                prop_assert_eq!(first, next);
+                prop_assert!(n >= 1 && n <= max_chunk);
+                next += u64::from(n);
+                let w = turn % speeds.len();
+                carver.learn(w, n, (f64::from(n) / speeds[w] * 1e6) as u32);
+                turn += 1;
+            }
+            prop_assert_eq!(next, items);
+            prop_assert_eq!(carver.left(), 0);
+        }
+    }
+}
