@@ -1338,6 +1338,8 @@ mod tests {
             redispatched: 0,
             rejected: 0,
             refused: 0,
+            chunks: 0,
+            items_redone: 0,
             last: true,
         };
         assert!(speaks_for_itself(VENTILATOR_USER, b"x", &stats).is_ok());

@@ -406,6 +406,7 @@ impl ClassicSink {
             differing: 0,
             outputs: 0,
             hits: Vec::new(),
+            job: None,
             workers: Vec::new(),
         })
     }

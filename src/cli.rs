@@ -4,6 +4,7 @@
 
 use crate::backend::{self, Backend, BackendKind};
 use crate::batch::{Batch, Job, Order};
+use crate::chunking::{Plan, Policy};
 use crate::heartbeat::Heartbeat;
 use crate::kernels::Kernel;
 use crate::report::ResultsFormat;
@@ -247,6 +248,56 @@ pub struct BatchArgs {
     pub units_per_ms: u32,
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub chunks: ChunkArgs,
+}
+
+/// How a divisible job's chunks are sized (`--chunking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChunkingKind {
+    /// One equal chunk per worker.
+    Static,
+    /// Chunks of `--chunk-items` items (default: an eighth of an equal split).
+    Fixed,
+    /// A probe, then chunks of `--chunk-ms` at each worker's measured rate, shrinking
+    /// toward the end (weighted factoring).
+    Adaptive,
+}
+
+/// One big job carved into chunks while it runs, instead of a list of tasks.
+#[derive(Args, Debug, Clone)]
+pub struct ChunkArgs {
+    /// Run one divisible job carved into chunks while it runs, instead of a task list:
+    /// the Mandelbrot image's rows, the search's keys, or `--items` spin items (which
+    /// sleep workers take too). Workers get chunks sized by this policy.
+    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Divisible jobs")]
+    pub chunking: Option<ChunkingKind>,
+    /// How long an adaptive chunk should take on its worker, in ms.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000), help_heading = "Divisible jobs")]
+    pub chunk_ms: u64,
+    /// Items per chunk under `--chunking fixed` (0: an eighth of an equal split).
+    #[arg(long, default_value_t = 0, help_heading = "Divisible jobs")]
+    pub chunk_items: u64,
+    /// Spin job: items in the job.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Divisible jobs")]
+    pub items: u64,
+    /// Spin job: what an item costs at nominal speed, in µs (what a sleep worker sleeps).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Divisible jobs")]
+    pub item_us: u32,
+    /// Search job: stop once this many hits are held; the workers abandon their chunks
+    /// (0 searches the whole keyspace).
+    #[arg(long, default_value_t = 0, help_heading = "Divisible jobs")]
+    pub hits: u32,
+}
+
+impl ChunkArgs {
+    pub fn policy(&self) -> Option<Policy> {
+        Some(match self.chunking? {
+            ChunkingKind::Static => Policy::Static,
+            ChunkingKind::Fixed => Policy::Fixed(self.chunk_items),
+            ChunkingKind::Adaptive => Policy::Adaptive(Duration::from_millis(self.chunk_ms)),
+        })
+    }
 }
 
 /// Data kernels: the user's WGSL and its inputs, the Mandelbrot image, the search.
@@ -316,6 +367,8 @@ pub struct Prepared {
     pub source: Option<std::sync::Arc<str>>,
     /// The batch id (including the inputs' digest).
     pub batch_id: u64,
+    /// A divisible job's plan (`--chunking`); `None` for a task list.
+    pub chunking: Option<Plan>,
 }
 
 impl BatchArgs {
@@ -339,6 +392,12 @@ impl BatchArgs {
     /// kernel is validated (errors name file:line:column), every payload is within
     /// `--max-payload`.
     pub fn prepare(&self, verify_percent: u8) -> anyhow::Result<Prepared> {
+        if let Some(policy) = self.chunks.policy() {
+            return self.prepare_job(verify_percent, policy);
+        }
+        if self.chunks.hits > 0 {
+            bail!("--hits stops a search job: pass --kernel search --chunking adaptive (or static, fixed)");
+        }
         use crate::kernels::{mandelbrot, search, user, PER_ITEM, SAME_AS_INPUT};
         let max_payload = crate::protocol::max_payload();
         let d = &self.data;
@@ -464,6 +523,89 @@ impl BatchArgs {
             inputs,
             source,
             batch_id,
+            chunking: None,
+        })
+    }
+
+    /// A divisible job: no tasks up front, a plan for the chunks.
+    fn prepare_job(&self, verify_percent: u8, policy: Policy) -> anyhow::Result<Prepared> {
+        use crate::kernels::{mandelbrot, search};
+        let max_payload = crate::protocol::max_payload();
+        let d = &self.data;
+        if d.kernel_file.is_some() || d.inputs.is_some() || self.kernel == Kernel::Copy {
+            bail!(
+                "--chunking carves a built-in kernel's job (spin items, Mandelbrot rows, search                  keys); a user kernel's inputs are tasks of their own: drop --chunking"
+            );
+        }
+        if self.chunks.hits > 0 && self.kernel != Kernel::Search {
+            bail!("--hits stops a search job: pass --kernel search");
+        }
+        let base = self.job(verify_percent);
+        let (job, max_chunk, nominal_us) = match self.kernel {
+            Kernel::Spin => {
+                let item_us = self.chunks.item_us;
+                // Invocations per item, so a chunk's invocations fit in 32 bits.
+                let per_item = (u64::from(item_us) * u64::from(self.units_per_ms) / 1000).max(1);
+                let max_chunk = (u64::from(u32::MAX) / per_item)
+                    .min(u64::from(crate::batch::MAX_WORKLOAD_MS) * 1000 / u64::from(item_us))
+                    .max(1);
+                let mut constants = [0; crate::kernels::CONSTANTS];
+                constants[0] = item_us;
+                let job = Job {
+                    items: self.chunks.items,
+                    constants,
+                    ..base
+                };
+                (job, max_chunk, f64::from(item_us))
+            }
+            Kernel::Mandelbrot => {
+                // One row per band: a chunk of rows is a band the shader computes as is.
+                let view = mandelbrot::View::new(
+                    d.width,
+                    d.height,
+                    d.max_iter,
+                    1,
+                    d.centre,
+                    d.view_width,
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                let row_bytes = u64::from(view.width) * 4;
+                let job = Job {
+                    items: u64::from(view.height),
+                    constants: view.constants(),
+                    ..base
+                };
+                (job, (max_payload / row_bytes).max(1), 0.0)
+            }
+            Kernel::Search => {
+                // Chunks of at most --keys-per-task keys, with room for their hits.
+                let space = search::Space::for_chunks(d.bits, d.keys, d.keys_per_task, d.salt)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let mut constants = space.constants();
+                constants[search::HITS_WANTED] = self.chunks.hits;
+                let job = Job {
+                    items: u64::from(d.keys),
+                    constants,
+                    ..base
+                };
+                (job, u64::from(d.keys_per_task.max(1)), 0.0)
+            }
+            Kernel::User | Kernel::Copy => unreachable!("refused above"),
+        };
+        let batch = Batch { tasks: Vec::new() };
+        let batch_id = batch.id(&job);
+        Ok(Prepared {
+            batch,
+            job,
+            inputs: None,
+            source: None,
+            batch_id,
+            chunking: Some(Plan {
+                policy,
+                items: job.items,
+                max_chunk: u32::try_from(max_chunk).unwrap_or(u32::MAX),
+                nominal_us,
+            }),
         })
     }
 }
@@ -1093,6 +1235,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         inputs: prepared.inputs,
         kernel_source: prepared.source,
         batch_id: Some(prepared.batch_id),
+        chunking: prepared.chunking,
         ..VentilatorConfig::local(prepared.batch, prepared.job)
     };
     let mut sink = args.report.sink_config(String::new());
@@ -1148,6 +1291,7 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         order: args.batch.order,
         seed: args.batch.seed,
         job: prepared.job,
+        chunking: prepared.chunking,
         wait_workers: args.wait_workers,
         wait_timeout: Duration::from_secs_f64(args.wait_timeout),
         window: args.dispatch.window,

@@ -13,7 +13,8 @@ use crate::logging::{printable, RateLimited};
 use crate::protocol::{
     Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
 };
-use crate::report::{BatchHeader, RecoveredResults, Report, WorkerReport};
+use crate::report::{BatchHeader, JobReport, RecoveredResults, Report, WorkerReport};
+use crate::intervals::IntervalSet;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -115,13 +116,59 @@ struct BatchState {
     ventilator: Vec<u8>,
     session: u64,
     finished: Option<Instant>,
+    /// A divisible job: the items held (its results are counted by items, not ids).
+    items: Option<IntervalSet>,
+    /// A search job that stops at this many hits (0: searches the whole keyspace), and
+    /// the hits held so far.
+    hits_wanted: u64,
+    hits_seen: u64,
 }
 
 impl BatchState {
+    fn new(id: u64, task_count: usize, job: crate::batch::Job) -> BatchState {
+        let search = crate::kernels::Kernel::from_id(job.kernel)
+            == Some(crate::kernels::Kernel::Search);
+        BatchState {
+            id,
+            task_count,
+            verifies: job.verify_percent > 0,
+            job,
+            expected_ms: 0,
+            longest_ms: 0,
+            held: vec![0; task_count.div_ceil(64)],
+            held_count: 0,
+            started_unix_ms: 0,
+            started: Instant::now(),
+            ventilator: Vec::new(),
+            session: 0,
+            finished: None,
+            items: (job.items > 0).then(IntervalSet::new),
+            hits_wanted: if search && job.items > 0 {
+                u64::from(job.constants[crate::kernels::search::HITS_WANTED])
+            } else {
+                0
+            },
+            hits_seen: 0,
+        }
+    }
+
+    /// Whether every task (every item of a divisible job) is held, or a search has the
+    /// hits it asked for.
+    fn all_held(&self) -> bool {
+        match &self.items {
+            Some(items) => {
+                items.covered() == self.job.items
+                    || (self.hits_wanted > 0 && self.hits_seen >= self.hits_wanted)
+            }
+            None => self.held_count == self.task_count,
+        }
+    }
+
     fn header(&self) -> BatchHeader {
         BatchHeader {
             batch: self.id,
             tasks: self.task_count as u32,
+            items: self.job.items,
             started_unix_ms: self.started_unix_ms,
         }
     }
@@ -160,6 +207,7 @@ struct Tally {
     backend: String,
     adapter: String,
     tasks: u64,
+    items: u64,
     busy_us: u64,
     kernel_us: u64,
 }
@@ -200,6 +248,12 @@ pub struct Collector {
     reject_log: RateLimited,
     refuse_log: RateLimited,
     newly_held: Vec<u32>,
+    /// A divisible job's items newly held, for the ventilator.
+    newly_ranges: Vec<(u64, u64)>,
+    /// Items in late results of a divisible job, already held: dropped.
+    late_items: u64,
+    /// The ventilator's count of a divisible job's chunks and items handed out again.
+    job_counts: (u64, u64),
     /// Results that arrived before the batch was announced (workers reconnecting to a
     /// restarted sink flush their queues at once; the ventilator re-announces the batch
     /// within a heartbeat). Replayed on adoption; bounded in results and in messages.
@@ -247,6 +301,9 @@ impl Collector {
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
             newly_held: Vec::new(),
+            newly_ranges: Vec::new(),
+            late_items: 0,
+            job_counts: (0, 0),
             early: Vec::new(),
             early_count: 0,
             early_bytes: 0,
@@ -264,7 +321,10 @@ impl Collector {
 
     /// (held, tasks) of the batch in hand.
     pub fn progress(&self) -> Progress {
-        self.batch.as_ref().map(|b| (b.held_count, b.task_count))
+        self.batch.as_ref().map(|b| match &b.items {
+            Some(items) => (items.covered() as usize, b.job.items as usize),
+            None => (b.held_count, b.task_count),
+        })
     }
 
     /// Messages held back before a batch was announced: (messages, results).
@@ -515,7 +575,10 @@ impl Collector {
                 longest_ms,
                 job,
             } => match &mut self.batch {
-                None if task_count == 0 || task_count > crate::batch::MAX_TASKS => {
+                None if (task_count == 0 && job.items == 0)
+                    || (task_count > 0 && job.items > 0)
+                    || task_count > crate::batch::MAX_TASKS =>
+                {
                     self.reject_peer(now, &peer, format!("batch {id:016x} of {task_count} tasks"));
                 }
                 None => {
@@ -574,9 +637,12 @@ impl Collector {
                 redispatched,
                 rejected,
                 refused,
+                chunks,
+                items_redone,
                 last,
             } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
                 self.ventilator_counts = (redispatched, rejected, refused);
+                self.job_counts = (chunks, items_redone);
                 self.final_counts |= last;
             }
             other => self.reject_peer(
@@ -619,23 +685,18 @@ impl Collector {
             (now_unix_ms, now)
         };
         let mut b = BatchState {
-            id,
-            task_count: tasks,
             verifies,
-            job,
             expected_ms,
             longest_ms,
-            held: vec![0; tasks.div_ceil(64)],
-            held_count: 0,
             started_unix_ms,
             started,
             ventilator: peer.clone(),
             session,
-            finished: None,
+            ..BatchState::new(id, tasks, job)
         };
         if let Some(recovered) = self.recovered.take() {
             let header = recovered.header;
-            if header.batch != id || header.tasks != task_count {
+            if header.batch != id || header.tasks != task_count || header.items != job.items {
                 self.done = true;
                 out.push(SinkCommand::Stop(SinkStop::ResumeMismatch {
                     file_batch: header.batch,
@@ -650,6 +711,13 @@ impl Collector {
             b.started = now.checked_sub(Duration::from_millis(since)).unwrap_or(now);
             b.started_unix_ms = header.started_unix_ms;
             for r in &recovered.records {
+                if let Some(items) = b.items.as_mut() {
+                    let (first, end) = (r.result.first, r.result.first + u64::from(r.result.items));
+                    if items.insert(first..end) > 0 {
+                        self.tally(&r.worker, &r.backend, "", &r.result);
+                    }
+                    continue;
+                }
                 let index = r.result.id as usize;
                 if index < tasks && !b.is_held(index) {
                     b.set_held(index);
@@ -688,6 +756,7 @@ impl Collector {
             tally.adapter = adapter.to_owned();
         }
         tally.tasks += 1;
+        tally.items += u64::from(r.items);
         tally.busy_us += u64::from(r.wall_us);
         tally.kernel_us += u64::from(r.kernel_us);
         self.measured_total_us += u64::from(r.wall_us);
@@ -763,7 +832,21 @@ impl Collector {
             self.reject_peer(now, peer, why);
             return;
         };
-        if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
+        if b.items.is_some() {
+            let items = b.job.items;
+            let outside = |r: &TaskResult| {
+                r.items == 0 || r.first.saturating_add(u64::from(r.items)) > items
+            };
+            if let Some(bad) = results.iter().find(|r| outside(r)) {
+                let why = format!(
+                    "result for items {}..{} of a {items}-item job",
+                    bad.first,
+                    bad.first.saturating_add(u64::from(bad.items))
+                );
+                self.reject_peer(now, peer, why);
+                return;
+            }
+        } else if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
             let why = format!(
                 "result for task {} of a {}-task batch",
                 bad.id, b.task_count
@@ -786,6 +869,24 @@ impl Collector {
         for r in results {
             if r.status == Status::Failed {
                 continue; // the ventilator hands it to another worker
+            }
+            if let Some(items) = b.items.as_mut() {
+                // Counted by items: a chunk redone after its worker was thought lost, or
+                // carved otherwise by a restarted ventilator, adds only what is new.
+                let (first, end) = (r.first, r.first + u64::from(r.items));
+                let new = items.insert(first..end);
+                if new == 0 {
+                    self.duplicates += 1;
+                    self.late_items += u64::from(r.items);
+                    continue;
+                }
+                self.late_items += u64::from(r.items) - new;
+                if b.hits_wanted > 0 {
+                    b.hits_seen += crate::kernels::search::hits(&r.output).len() as u64;
+                }
+                self.newly_ranges.push((first, end));
+                fresh.push(r);
+                continue;
             }
             if b.is_held(r.id as usize) {
                 self.duplicates += 1;
@@ -831,7 +932,12 @@ impl Collector {
             let ids = std::mem::take(&mut self.newly_held);
             held(out, &b.ventilator, b.id, &ids);
         }
-        if b.finished.is_none() && b.held_count == b.task_count {
+        if !self.newly_ranges.is_empty() {
+            out.push(SinkCommand::Sync);
+            let ranges = std::mem::take(&mut self.newly_ranges);
+            held_items(out, &b.ventilator, b.id, &ranges);
+        }
+        if b.finished.is_none() && b.all_held() {
             b.finished = Some(now);
             log::debug!("all {} results held", b.task_count);
             let ventilator = b.ventilator.clone();
@@ -851,22 +957,25 @@ impl Collector {
             .max()
             .unwrap_or(header.started_unix_ms);
         let elapsed = Duration::from_millis(last_unix_ms.saturating_sub(header.started_unix_ms));
+        let job = crate::batch::Job {
+            items: header.items,
+            ..crate::batch::Job::default()
+        };
         let mut b = BatchState {
-            id: header.batch,
-            task_count,
             verifies: true,
-            job: crate::batch::Job::default(),
-            expected_ms: 0,
-            longest_ms: 0,
-            held: vec![0; task_count.div_ceil(64)],
-            held_count: 0,
             started_unix_ms: header.started_unix_ms,
             started: now.checked_sub(elapsed).unwrap_or(now),
-            ventilator: Vec::new(),
-            session: 0,
             finished: Some(now),
+            ..BatchState::new(header.batch, task_count, job)
         };
         for r in &recovered.records {
+            if let Some(items) = b.items.as_mut() {
+                let end = r.result.first + u64::from(r.result.items);
+                if items.insert(r.result.first..end) > 0 {
+                    self.tally(&r.worker, &r.backend, "", &r.result);
+                }
+                continue;
+            }
             let index = r.result.id as usize;
             if index < task_count && !b.is_held(index) {
                 b.set_held(index);
@@ -900,10 +1009,26 @@ impl Collector {
                 kernel_ms: t.kernel_us as f64 / 1000.0,
                 backend: t.backend,
                 adapter: t.adapter,
+                items: t.items,
+                items_per_s: if t.busy_us > 0 {
+                    t.items as f64 * 1e6 / t.busy_us as f64
+                } else {
+                    0.0
+                },
             })
             .collect();
         let slept = workers.iter().all(|w| w.backend == "sleep");
-        let (ideal, ideal_basis) = if slept {
+        let held_items = b.items.as_ref().map_or(0, IntervalSet::covered);
+        let (ideal, ideal_basis) = if b.items.is_some() {
+            // Every worker at its measured rate from start to end: no split does better.
+            let rates: f64 = workers.iter().map(|w| w.items_per_s).sum();
+            let ideal = if rates > 0.0 {
+                held_items as f64 * 1000.0 / rates
+            } else {
+                0.0
+            };
+            (ideal, "rates")
+        } else if slept {
             (
                 ideal_ms(b.expected_ms, b.longest_ms, workers.len()),
                 "workload",
@@ -945,6 +1070,16 @@ impl Collector {
             differing: self.differing,
             outputs: 0,
             hits: Vec::new(),
+            job: b.items.as_ref().map(|_| JobReport {
+                items: b.job.items,
+                held_items,
+                chunking: String::new(),
+                chunks: self.job_counts.0,
+                items_redone: self.job_counts.1,
+                late_items: self.late_items,
+                hits_wanted: b.hits_wanted,
+                cancel_ms: None,
+            }),
             workers,
         })
     }
@@ -974,6 +1109,20 @@ fn check_text(text: &str) -> Result<(), String> {
 }
 
 fn ack(out: &mut Vec<SinkCommand>, peer: &[u8], b: &BatchState) {
+    if let Some(items) = &b.items {
+        // A divisible job: `held` counts the `held-items` messages that follow.
+        let ranges: Vec<(u64, u64)> = items.ranges().iter().map(|r| (r.start, r.end)).collect();
+        Collector::send(
+            out,
+            peer,
+            Message::BatchAck {
+                batch: b.id,
+                held: ranges.len().div_ceil(MAX_ITEMS_PER_MESSAGE) as u32,
+            },
+        );
+        held_items(out, peer, b.id, &ranges);
+        return;
+    }
     Collector::send(
         out,
         peer,
@@ -983,6 +1132,19 @@ fn ack(out: &mut Vec<SinkCommand>, peer: &[u8], b: &BatchState) {
         },
     );
     held(out, peer, b.id, &b.held_ids());
+}
+
+fn held_items(out: &mut Vec<SinkCommand>, peer: &[u8], batch: u64, ranges: &[(u64, u64)]) {
+    for chunk in ranges.chunks(MAX_ITEMS_PER_MESSAGE) {
+        Collector::send(
+            out,
+            peer,
+            Message::HeldItems {
+                batch,
+                ranges: chunk.to_vec(),
+            },
+        );
+    }
 }
 
 fn held(out: &mut Vec<SinkCommand>, peer: &[u8], batch: u64, ids: &[u32]) {

@@ -14,7 +14,9 @@ use crate::batch::{Job, Task};
 use crate::heartbeat::Heartbeat;
 use crate::logging::{printable, RateLimited};
 use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
-use std::collections::{HashMap, VecDeque};
+use crate::chunking::{Carver, Plan, Policy};
+use crate::intervals::IntervalSet;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Backup tasks for stragglers: a task held longer than `factor` times what its worker's
@@ -88,6 +90,9 @@ pub struct DispatchConfig {
     /// declined the batch's kernel, nothing can run it and the batch stops. 0: workers may
     /// still join, so the ventilator waits for one that can.
     pub fixed_workers: usize,
+    /// A divisible job: its tasks are chunks carved as workers ask (`tasks` and `order`
+    /// start empty). `None` for a task list.
+    pub chunking: Option<Plan>,
 }
 
 /// A worker, by its place in the dispatcher's table (stable for the batch).
@@ -218,6 +223,15 @@ const NO_OWNER: u32 = u32::MAX;
 /// A worker's speed as a multiple of nominal (1.0 until it reports).
 fn speed_of(worker: &WorkerSlot) -> f64 {
     worker.us_per_ms.map_or(1.0, |r| 1000.0 / r.max(1e-3))
+}
+
+/// What carving a chunk for a worker came to.
+enum Carved {
+    Chunk(u32),
+    /// Not for this worker now (it holds a chunk, or is stalled).
+    NotNow,
+    /// The job is all handed out.
+    Nothing,
 }
 
 /// Whether a worker may take a task now.
@@ -376,6 +390,18 @@ pub struct Dispatcher {
     refuse_log: RateLimited,
     /// Workers lost or backed up: summarised when many go at once.
     gone_log: RateLimited,
+    /// A divisible job: what is left to carve, and each worker's rate.
+    carver: Option<Carver>,
+    /// Chunks not known held, by first item: a range the sink holds names the chunks it
+    /// covers.
+    chunk_at: BTreeMap<u64, u32>,
+    /// Items the sink says it holds (a divisible job).
+    covered: IntervalSet,
+    /// `held-items` messages heard since the sink's acknowledgement: a divisible job's
+    /// count for the acknowledgement's `held` (ranges, not tasks).
+    ranges_heard: usize,
+    /// Items of chunks handed out again after their worker was lost or failed them.
+    items_redone: u64,
 }
 
 /// Counters for the summary and the report.
@@ -388,6 +414,9 @@ pub struct Counters {
     pub refused: u64,
     pub backups: u64,
     pub held: usize,
+    /// A divisible job's chunks handed out, and items handed out again.
+    pub chunks: u64,
+    pub items_redone: u64,
 }
 
 impl Dispatcher {
@@ -435,6 +464,11 @@ impl Dispatcher {
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
             gone_log: RateLimited::new(5, Duration::from_secs(1)),
+            carver: config.chunking.map(Carver::new),
+            chunk_at: BTreeMap::new(),
+            covered: IntervalSet::new(),
+            ranges_heard: 0,
+            items_redone: 0,
             config,
         }
     }
@@ -475,7 +509,7 @@ impl Dispatcher {
     /// timeout.
     pub fn next_deadline(&self) -> Instant {
         let mut at = self.next_beat;
-        if self.phase == Phase::Dispatching && self.pending_count == 0 && self.held < self.len() {
+        if self.phase == Phase::Dispatching && self.in_tail() && self.held < self.len() {
             at = at.min(self.next_probe);
         }
         at
@@ -555,6 +589,8 @@ impl Dispatcher {
             refused: self.refused,
             backups: self.backups,
             held: self.held,
+            chunks: self.carver.as_ref().map_or(0, Carver::carved),
+            items_redone: self.items_redone,
         }
     }
 
@@ -609,7 +645,12 @@ impl Dispatcher {
             batch: self.config.batch_id,
             session: self.config.session,
             started_unix_ms: self.started_unix_ms,
-            task_count: self.len() as u32,
+            // A divisible job's chunks are counted by items (the job's), not by tasks.
+            task_count: if self.carver.is_some() {
+                0
+            } else {
+                self.len() as u32
+            },
             expected_ms: self.config.expected_ms,
             longest_ms: self.config.longest_ms,
             job: self.config.job,
@@ -622,6 +663,8 @@ impl Dispatcher {
             redispatched: self.redispatched,
             rejected: self.rejected,
             refused: self.refused,
+            chunks: self.carver.as_ref().map_or(0, Carver::carved),
+            items_redone: self.items_redone,
             last,
         }
     }
@@ -700,7 +743,7 @@ impl Dispatcher {
             holding: Some(holding),
         } = self.phase
         {
-            if self.held >= holding {
+            if self.acks_heard() >= holding {
                 log::debug!("dispatching {} tasks", self.len() - self.held);
                 self.phase = Phase::Dispatching;
                 self.dispatching = true;
@@ -745,7 +788,7 @@ impl Dispatcher {
         self.dispatch(now, out);
         // In the tail (nothing left to hand out), a worker that vanished holding tasks
         // holds up the batch: look for such workers often, not once a heartbeat.
-        if self.pending_count == 0 && now >= self.next_probe {
+        if self.in_tail() && now >= self.next_probe {
             self.next_probe = now + TAIL_PROBE;
             self.probe_holders(out);
         }
@@ -888,8 +931,15 @@ impl Dispatcher {
                     _ => self.sink_restarted(now, held),
                 }
             }
-            Message::Held { batch, ids } if announced && batch == batch_id => {
+            Message::Held { batch, ids }
+                if announced && batch == batch_id && self.carver.is_none() =>
+            {
                 self.mark_held(now, &ids)
+            }
+            Message::HeldItems { batch, ranges }
+                if announced && batch == batch_id && self.carver.is_some() =>
+            {
+                self.held_items(now, &ranges)
             }
             Message::Complete { batch }
                 if batch == batch_id && self.phase == Phase::Dispatching =>
@@ -919,6 +969,8 @@ impl Dispatcher {
             }
         }
         self.held = 0;
+        self.covered = IntervalSet::new();
+        self.ranges_heard = 0;
         // What is in doubt now is the resync's to settle: no worker is to blame for results
         // a restarted sink lost.
         self.reported_log.clear();
@@ -928,7 +980,7 @@ impl Dispatcher {
 
     fn finish_resync_if_complete(&mut self) {
         if let Some((expected, _)) = self.resync {
-            if self.held >= expected {
+            if self.acks_heard() >= expected {
                 self.resync = None;
                 self.requeue_unconfirmed();
             }
@@ -958,6 +1010,56 @@ impl Dispatcher {
         if count > 0 {
             log::warn!("handing out {count} tasks again whose results the sink does not hold");
         }
+    }
+
+    /// Nothing is left to hand out: the batch's tail, where a worker that vanished holding
+    /// tasks holds up the batch.
+    fn in_tail(&self) -> bool {
+        self.pending_count == 0 && self.carver.as_ref().is_none_or(|c| c.left() == 0)
+    }
+
+    /// What the sink's acknowledgement counts: held tasks, or a divisible job's
+    /// `held-items` messages.
+    fn acks_heard(&self) -> usize {
+        if self.carver.is_some() {
+            self.ranges_heard
+        } else {
+            self.held
+        }
+    }
+
+    /// The sink holds these items (a divisible job): they are never carved, and every
+    /// chunk they cover is held, whoever carved it.
+    fn held_items(&mut self, now: Instant, ranges: &[(u64, u64)]) {
+        self.ranges_heard += 1;
+        let items = self.carver.as_ref().map_or(0, |c| c.plan().items);
+        let mut ids = Vec::new();
+        for &(start, end) in ranges {
+            if end > items {
+                let why = format!("sink holds items {start}..{end} of a {items}-item job");
+                self.reject_at(now, "sink", why);
+                continue;
+            }
+            self.covered.insert(start..end);
+            if let Some(carver) = self.carver.as_mut() {
+                carver.remove(start, end);
+            }
+            // The chunk that holds `start` (chunks are disjoint) and those that begin
+            // within the range.
+            let before = self.chunk_at.range(..=start).next_back().map(|(&f, &id)| (f, id));
+            let within = self.chunk_at.range(start + 1..end).map(|(&f, &id)| (f, id));
+            for (_, id) in before.into_iter().chain(within) {
+                let (a, b) = self.config.tasks[id as usize].range();
+                if self.covered.contains_all(a..b) {
+                    ids.push(id);
+                }
+            }
+        }
+        for &id in &ids {
+            let first = self.config.tasks[id as usize].first;
+            self.chunk_at.remove(&first);
+        }
+        self.mark_held(now, &ids);
     }
 
     fn mark_held(&mut self, now: Instant, ids: &[u32]) {
@@ -1258,6 +1360,10 @@ impl Dispatcher {
             worker.last_report = now;
             self.enqueue(slot);
             self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+            if let (Some(carver), Status::Ok | Status::Verified) = (self.carver.as_mut(), d.status)
+            {
+                carver.learn(s, self.config.tasks[index].items, d.wall_us);
+            }
             if d.status == Status::Failed {
                 log::warn!(
                     "worker {} failed task {}; handing it to another worker",
@@ -1681,6 +1787,54 @@ impl Dispatcher {
         }
     }
 
+    /// A new chunk of a divisible job for `slot`, queued first: a worker holds one chunk at
+    /// a time (the next is sized when it reports, from its rate then), so chunks are carved
+    /// only for workers with none.
+    fn carve(&mut self, slot: usize) -> Carved {
+        let worker = &self.workers[slot];
+        if !worker.alive || worker.stalled || worker.assigned > 0 {
+            return Carved::NotNow;
+        }
+        let Some(carver) = self.carver.as_mut() else {
+            return Carved::Nothing;
+        };
+        let live: Vec<usize> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.alive)
+            .map(|(i, _)| i)
+            .collect();
+        let Some((first, items)) = carver.carve(slot, &live) else {
+            return Carved::Nothing;
+        };
+        // Its workload is what it should take on this worker, in ms (what the backup rule
+        // measures it by); the target until the worker's rate is known.
+        let plan = *carver.plan();
+        let expected_ms = match (carver.rate(slot), plan.policy) {
+            (Some(rate), _) => f64::from(items) * 1000.0 / rate,
+            (None, _) if plan.nominal_us > 0.0 => f64::from(items) * plan.nominal_us / 1000.0,
+            (None, Policy::Adaptive(target)) => target.as_secs_f64() * 1000.0,
+            (None, _) => 1000.0,
+        };
+        let id = self.config.tasks.len() as u32;
+        let task = Task {
+            id,
+            workload_ms: expected_ms.ceil().clamp(1.0, f64::from(crate::batch::MAX_WORKLOAD_MS))
+                as u32,
+            first,
+            items,
+        };
+        self.config.tasks.push(task);
+        self.state.push(TaskState::Pending);
+        self.owner.push(NO_OWNER);
+        self.chunk_at.insert(first, id);
+        self.pending.push_front(id);
+        self.pending_count += 1;
+        self.pending_ms += u64::from(task.workload_ms);
+        Carved::Chunk(id)
+    }
+
     /// The next task still pending, without removing it.
     fn peek_pending(&mut self) -> Option<u32> {
         while let Some(&id) = self.pending.front() {
@@ -1701,15 +1855,23 @@ impl Dispatcher {
     /// plus one per worker that leaves.
     fn dispatch(&mut self, now: Instant, out: &mut Vec<Command>) {
         let mut batches: Vec<(WorkerId, Vec<Task>, Vec<bool>)> = Vec::new();
-        while self.pending_count > 0 {
+        while self.pending_count > 0 || self.carver.as_ref().is_some_and(|c| c.left() > 0) {
             let Some(slot) = self.ready.pop_front() else {
                 break;
             };
             let s = slot as usize;
             self.workers[s].queued = false;
-            let Some(id) = self.peek_pending() else {
-                self.enqueue(slot);
-                break;
+            let id = match self.peek_pending() {
+                Some(id) => id,
+                None => match self.carve(s) {
+                    Carved::Chunk(id) => id,
+                    // Back in the queue when its chunk is reported.
+                    Carved::NotNow => continue,
+                    Carved::Nothing => {
+                        self.enqueue(slot);
+                        break;
+                    }
+                },
             };
             let task = self.config.tasks[id as usize];
             match self.credit(s, &task) {
@@ -1740,9 +1902,11 @@ impl Dispatcher {
             self.pending_count -= 1;
             self.pending_ms -= u64::from(task.workload_ms);
             self.assigned_ms += u64::from(task.workload_ms);
-            batches[b]
-                .2
-                .push(self.state[id as usize] == TaskState::Requeued);
+            let again = self.state[id as usize] == TaskState::Requeued;
+            if again {
+                self.items_redone += u64::from(task.items);
+            }
+            batches[b].2.push(again);
             self.state[id as usize] = TaskState::Assigned;
             self.owner[id as usize] = slot;
             let worker = &mut self.workers[s];

@@ -152,6 +152,7 @@ impl Farm {
             endpoint: "tcp://test:1".into(),
             sink: "tcp://test:2".into(),
             fixed_workers: 0,
+            chunking: None,
         };
         let base = Instant::now();
         let n = workloads.len();

@@ -297,6 +297,10 @@ pub enum Message {
         rejected: u64,
         /// Handshakes the ventilator's authentication refused.
         refused: u64,
+        /// A divisible job: chunks handed out, and items handed out again after their
+        /// worker was lost or failed them (0 for a task list).
+        chunks: u64,
+        items_redone: u64,
         /// Set on the answer to [`Message::Complete`]: the last word for this batch.
         last: bool,
     },
@@ -487,12 +491,16 @@ impl Message {
                 redispatched,
                 rejected,
                 refused,
+                chunks,
+                items_redone,
                 last,
             } => {
                 w.u64(*batch);
                 w.u64(*redispatched);
                 w.u64(*rejected);
                 w.u64(*refused);
+                w.u64(*chunks);
+                w.u64(*items_redone);
                 w.u8(u8::from(*last));
             }
         }
@@ -736,6 +744,8 @@ impl Message {
                 redispatched: r.u64()?,
                 rejected: r.u64()?,
                 refused: r.u64()?,
+                chunks: r.u64()?,
+                items_redone: r.u64()?,
                 last: r.flag("last")?,
             },
             12 => Message::Complete { batch: r.u64()? },
@@ -1206,6 +1216,8 @@ mod tests {
                 redispatched: 2,
                 rejected: 10_000,
                 refused: 3,
+                chunks: 12,
+                items_redone: 1 << 35,
                 last: false,
             },
             Message::Complete { batch: 7 },

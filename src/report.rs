@@ -22,6 +22,45 @@ pub struct WorkerReport {
     pub kernel_ms: f64,
     pub backend: String,
     pub adapter: String,
+    /// A divisible job: items in the chunks it delivered first, and its measured rate
+    /// (those items over its busy time).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub items: u64,
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub items_per_s: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
+}
+
+/// What a report says of a divisible job beyond a batch's figures. Its `ideal_ms` is the
+/// job's items over the sum of the workers' measured rates: no split does better with
+/// these workers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobReport {
+    /// Items in the job, and how many the sink holds (fewer when a search stopped early).
+    pub items: u64,
+    pub held_items: u64,
+    /// How chunks were sized (`static`, `fixed`, `adaptive`).
+    pub chunking: String,
+    /// Chunks handed out (the ventilator's count), and results delivered.
+    pub chunks: u64,
+    /// Items handed out again after their worker was lost or failed them.
+    pub items_redone: u64,
+    /// Items in late results for items already held: dropped.
+    pub late_items: u64,
+    /// A search stopped early (`--hits N`): the hits it asked for, and ms from the result
+    /// that completed them to every worker idle (the ventilator's measure; `None` when it
+    /// did not say).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hits_wanted: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_ms: Option<f64>,
 }
 
 /// A batch's report: what the sink prints and `--json` emits.
@@ -67,6 +106,9 @@ pub struct Report {
     /// The search kernel's hits, ascending (empty for other kernels).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hits: Vec<u32>,
+    /// A divisible job's figures; absent for a task list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobReport>,
     pub workers: Vec<WorkerReport>,
 }
 
@@ -196,6 +238,28 @@ impl Report {
             self.duplicates, self.redispatched, self.rejected, self.refused
         );
         s += "\n";
+        if let Some(job) = &self.job {
+            s += &format!(
+                "job of {} items ({} held){}: {} chunks, {} items redone, {} late items dropped\n",
+                job.items,
+                job.held_items,
+                if job.chunking.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} chunking", job.chunking)
+                },
+                job.chunks,
+                job.items_redone,
+                job.late_items
+            );
+            if job.hits_wanted > 0 {
+                s += &format!("stopped at {} hits", job.hits_wanted);
+                if let Some(ms) = job.cancel_ms {
+                    s += &format!(", every worker idle {ms:.1} ms after");
+                }
+                s += "\n";
+            }
+        }
         if self.checked > 0 {
             s += &format!(
                 "verified {} of {} results checked against the CPU reference, mismatches {}\n",
@@ -219,15 +283,30 @@ impl Report {
             .max()
             .unwrap_or(0)
             .max(6);
+        let job = self.job.is_some();
         s += &format!(
-            "{:<name_width$}  {:>6}  {:>9}  {:>9}  {:<8}  adapter\n",
-            "worker", "tasks", "busy ms", "kernel ms", "backend"
+            "{:<name_width$}  {:>6}  {}{:>9}  {:>9}  {:<8}  adapter\n",
+            "worker",
+            if job { "chunks" } else { "tasks" },
+            if job {
+                format!("{:>12}  {:>12}  ", "items", "items/s")
+            } else {
+                String::new()
+            },
+            "busy ms",
+            "kernel ms",
+            "backend"
         );
         for w in &self.workers {
             s += &format!(
-                "{:<name_width$}  {:>6}  {:>9.1}  {:>9.1}  {:<8}  {}\n",
+                "{:<name_width$}  {:>6}  {}{:>9.1}  {:>9.1}  {:<8}  {}\n",
                 w.id,
                 w.tasks,
+                if job {
+                    format!("{:>12}  {:>12.0}  ", w.items, w.items_per_s)
+                } else {
+                    String::new()
+                },
                 w.busy_ms,
                 w.kernel_ms,
                 w.backend,
@@ -267,6 +346,8 @@ impl ResultsFormat {
 pub struct BatchHeader {
     pub batch: u64,
     pub tasks: u32,
+    /// A divisible job's items (0 for a task list, whose `tasks` count).
+    pub items: u64,
     /// Wall-clock start of the batch at the sink, ms since the Unix epoch.
     pub started_unix_ms: u64,
 }
@@ -300,6 +381,13 @@ struct ResultRecord {
     kernel_us: u32,
     checksum: String,
     status: String,
+    /// A divisible job's items, and the chunk's: absent (0) for a task list's records.
+    #[serde(default)]
+    batch_items: u64,
+    #[serde(default)]
+    first: u64,
+    #[serde(default)]
+    items: u32,
 }
 
 /// One recovered record: the task's result and who delivered it.
@@ -318,8 +406,16 @@ pub struct RecoveredResults {
 }
 
 impl RecoveredResults {
-    /// Whether the file holds a result for every task of its batch.
+    /// Whether the file holds a result for every task of its batch (every item of a
+    /// divisible job).
     pub fn is_complete(&self) -> bool {
+        if self.header.items > 0 {
+            let mut held = crate::intervals::IntervalSet::new();
+            for r in &self.records {
+                held.insert(r.result.first..r.result.first + u64::from(r.result.items));
+            }
+            return held.covered() == self.header.items;
+        }
         let mut seen = vec![false; self.header.tasks as usize];
         for r in &self.records {
             if let Some(s) = seen.get_mut(r.result.id as usize) {
@@ -438,6 +534,9 @@ impl ResultsFile {
             kernel_us: r.kernel_us,
             checksum: format!("{:016x}", r.checksum),
             status: r.status.as_str().to_owned(),
+            batch_items: header.items,
+            first: r.first,
+            items: r.items,
         };
         let written = match &mut self.out {
             ResultsWriter::Csv(w) => w.serialize(&record).map_err(|e| e.to_string()),
@@ -506,13 +605,23 @@ fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<Rec
         let header = BatchHeader {
             batch: hex(&record.batch, "batch id")?,
             tasks: record.batch_tasks,
+            items: record.batch_items,
             started_unix_ms: record.batch_started_unix_ms,
         };
         let status = match crate::protocol::Status::parse(&record.status) {
             Some(s) if s != crate::protocol::Status::Failed => s,
             _ => anyhow::bail!("line {line_no}: unknown status {:?}", record.status),
         };
-        if record.task >= header.tasks {
+        if header.items > 0 {
+            let end = record.first.saturating_add(u64::from(record.items));
+            if record.items == 0 || end > header.items {
+                anyhow::bail!(
+                    "line {line_no}: items {}..{end} are outside its job of {} items",
+                    record.first,
+                    header.items
+                );
+            }
+        } else if record.task >= header.tasks {
             anyhow::bail!(
                 "line {line_no}: task {} is outside its batch of {} tasks",
                 record.task,
@@ -528,6 +637,8 @@ fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<Rec
             checksum: hex(&record.checksum, "checksum")?,
             started_unix_ms: record.started_unix_ms,
             finished_unix_ms: record.finished_unix_ms,
+            first: record.first,
+            items: record.items,
             ..TaskResult::default()
         };
         let r = recovered.get_or_insert_with(|| RecoveredResults {

@@ -30,6 +30,8 @@ pub struct VentilatorConfig {
     /// Seed for `--order shuffle`.
     pub seed: u64,
     pub job: Job,
+    /// A divisible job's plan: `batch` is empty and chunks are carved as workers ask.
+    pub chunking: Option<crate::chunking::Plan>,
     /// Workers to wait for before the batch starts; 0 starts at once.
     pub wait_workers: usize,
     /// How long to wait for them (and for the sink) before giving up.
@@ -84,6 +86,7 @@ impl VentilatorConfig {
             order: Order::LongestFirst,
             seed: 0,
             job,
+            chunking: None,
             wait_workers: 0,
             wait_timeout: Duration::from_secs(60),
             window: 2,
@@ -253,6 +256,7 @@ impl Ventilator {
             endpoint: self.endpoint.clone(),
             sink: config.sink.clone(),
             fixed_workers: config.fixed_workers,
+            chunking: config.chunking,
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
         let mut observer = self

@@ -537,6 +537,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         endpoint: "tcp://sim:5557".into(),
         sink: "tcp://sim:5558".into(),
         fixed_workers: 0,
+        chunking: None,
     };
     let base = Instant::now();
     let mut sim = Sim {

@@ -51,6 +51,16 @@ impl Space {
         })
     }
 
+    /// The space of a divisible search job: one key per unit (a chunk's first key is its
+    /// kernel task id), room for the hits of a chunk of up to `max_chunk` keys.
+    pub fn for_chunks(bits: u32, keys: u32, max_chunk: u32, salt: u32) -> Result<Space, String> {
+        let most = Space::new(bits, keys, max_chunk, salt)?;
+        Ok(Space {
+            per_task: 1,
+            ..most
+        })
+    }
+
     pub fn constants(&self) -> [u32; crate::kernels::CONSTANTS] {
         [
             self.bits,
@@ -77,7 +87,7 @@ impl Space {
             || space.per_task == 0
             || space.keys == 0
             || space.capacity == 0
-            || space.capacity > space.per_task
+            || (space.capacity > space.per_task && job.items == 0)
         {
             return Err(format!("not a search space: {space:?}"));
         }
@@ -148,6 +158,10 @@ impl Space {
         out
     }
 }
+
+/// Where a search job keeps the hits it stops at (`--hits`; 0 searches everything) among
+/// the constants: the first free one.
+pub const HITS_WANTED: usize = 5;
 
 /// Sorts the hits of a raw output and drops the unused room: count, then the hits held
 /// (at most the capacity), ascending.
