@@ -1340,6 +1340,7 @@ mod tests {
             refused: 0,
             chunks: 0,
             items_redone: 0,
+            cancel_us: 0,
             last: true,
         };
         assert!(speaks_for_itself(VENTILATOR_USER, b"x", &stats).is_ok());

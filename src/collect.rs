@@ -253,7 +253,7 @@ pub struct Collector {
     /// Items in late results of a divisible job, already held: dropped.
     late_items: u64,
     /// The ventilator's count of a divisible job's chunks and items handed out again.
-    job_counts: (u64, u64),
+    job_counts: (u64, u64, u64),
     /// Results that arrived before the batch was announced (workers reconnecting to a
     /// restarted sink flush their queues at once; the ventilator re-announces the batch
     /// within a heartbeat). Replayed on adoption; bounded in results and in messages.
@@ -303,7 +303,7 @@ impl Collector {
             newly_held: Vec::new(),
             newly_ranges: Vec::new(),
             late_items: 0,
-            job_counts: (0, 0),
+            job_counts: (0, 0, 0),
             early: Vec::new(),
             early_count: 0,
             early_bytes: 0,
@@ -639,10 +639,11 @@ impl Collector {
                 refused,
                 chunks,
                 items_redone,
+                cancel_us,
                 last,
             } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
                 self.ventilator_counts = (redispatched, rejected, refused);
-                self.job_counts = (chunks, items_redone);
+                self.job_counts = (chunks, items_redone, cancel_us);
                 self.final_counts |= last;
             }
             other => self.reject_peer(
@@ -1078,7 +1079,7 @@ impl Collector {
                 items_redone: self.job_counts.1,
                 late_items: self.late_items,
                 hits_wanted: b.hits_wanted,
-                cancel_ms: None,
+                cancel_ms: (self.job_counts.2 > 0).then(|| self.job_counts.2 as f64 / 1000.0),
             }),
             workers,
         })

@@ -214,6 +214,9 @@ enum Phase {
         holding: Option<usize>,
     },
     Dispatching,
+    /// A divisible job ended while chunks were out (a search found its hits): the workers
+    /// were told to abandon them; waiting until none holds one, or `until`.
+    Draining { since: Instant, until: Instant },
     /// Complete or stopped: nothing more happens.
     Over,
 }
@@ -402,6 +405,8 @@ pub struct Dispatcher {
     ranges_heard: usize,
     /// Items of chunks handed out again after their worker was lost or failed them.
     items_redone: u64,
+    /// A divisible job that ended with chunks out: how long until every worker was idle.
+    drained: Option<Duration>,
 }
 
 /// Counters for the summary and the report.
@@ -469,6 +474,7 @@ impl Dispatcher {
             covered: IntervalSet::new(),
             ranges_heard: 0,
             items_redone: 0,
+            drained: None,
             config,
         }
     }
@@ -503,12 +509,28 @@ impl Dispatcher {
             }
             Event::Refused(total) => self.refused = self.refused.max(total),
         }
+        if let Phase::Draining { since, until } = self.phase {
+            let idle = !self.workers.iter().any(|w| w.alive && w.assigned > 0);
+            if idle || now >= until {
+                if !idle {
+                    log::warn!(
+                        "workers still hold chunks {:.1} s after the job ended; not waiting for them",
+                        now.duration_since(since).as_secs_f64()
+                    );
+                }
+                self.drained = Some(now.duration_since(since));
+                self.complete(out);
+            }
+        }
     }
 
     /// The earliest time something is due without any message arriving: the pump's poll
     /// timeout.
     pub fn next_deadline(&self) -> Instant {
         let mut at = self.next_beat;
+        if let Phase::Draining { until, .. } = self.phase {
+            at = at.min(until);
+        }
         if self.phase == Phase::Dispatching && self.in_tail() && self.held < self.len() {
             at = at.min(self.next_probe);
         }
@@ -555,6 +577,7 @@ impl Dispatcher {
             Phase::Waiting => "waiting",
             Phase::Announcing { .. } => "announcing",
             Phase::Dispatching => "dispatching",
+            Phase::Draining { .. } => "draining",
             Phase::Over => "over",
         }
     }
@@ -665,6 +688,7 @@ impl Dispatcher {
             refused: self.refused,
             chunks: self.carver.as_ref().map_or(0, Carver::carved),
             items_redone: self.items_redone,
+            cancel_us: self.drained.map_or(0, |d| d.as_micros().max(1) as u64),
             last,
         }
     }
@@ -682,7 +706,7 @@ impl Dispatcher {
             Phase::Waiting => self.tick_waiting(now, out),
             Phase::Announcing { .. } => self.tick_announcing(now, out),
             Phase::Dispatching => self.tick_dispatching(now, out),
-            Phase::Over => {}
+            Phase::Draining { .. } | Phase::Over => {}
         }
     }
 
@@ -870,20 +894,11 @@ impl Dispatcher {
 
     /// The sink holds everything: give it the final counters and release the workers.
     fn complete(&mut self, out: &mut Vec<Command>) {
+        let ended = matches!(self.phase, Phase::Draining { .. });
         self.phase = Phase::Over;
         out.push(Command::ToSink(self.stats(true)));
-        let end = Message::End {
-            batch: self.config.batch_id,
-            shutdown: self.config.shutdown_workers,
-        };
-        // Workers that declined the batch are released too (they wait for its end).
-        for (id, worker) in self.workers.iter().enumerate() {
-            if worker.alive || worker.declined {
-                out.push(Command::ToWorker {
-                    worker: id as WorkerId,
-                    message: end.clone(),
-                });
-            }
+        if !ended {
+            self.end_workers(out);
         }
         log::info!(
             "batch {:016x} complete: {} tasks, {} redispatched, {} rejected",
@@ -893,6 +908,40 @@ impl Dispatcher {
             self.rejected
         );
         out.push(Command::Complete);
+    }
+
+    /// Tells every worker the batch is over: they abandon what they hold of it. Workers
+    /// that declined the batch are released too (they wait for its end).
+    fn end_workers(&self, out: &mut Vec<Command>) {
+        let end = Message::End {
+            batch: self.config.batch_id,
+            shutdown: self.config.shutdown_workers,
+        };
+        for (id, worker) in self.workers.iter().enumerate() {
+            if worker.alive || worker.declined {
+                out.push(Command::ToWorker {
+                    worker: id as WorkerId,
+                    message: end.clone(),
+                });
+            }
+        }
+    }
+
+    /// The sink holds all it needs. A divisible job may end with chunks still out (a
+    /// search stops at its hits; a backup's twin): the workers are told at once, and the
+    /// batch completes once none holds a chunk, so the report can say how long that took.
+    fn sink_complete(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let out_there = self.workers.iter().any(|w| w.alive && w.assigned > 0);
+        if self.carver.is_none() || !out_there {
+            self.complete(out);
+            return;
+        }
+        log::info!("the job is done with chunks still out; telling the workers to abandon them");
+        self.end_workers(out);
+        self.phase = Phase::Draining {
+            since: now,
+            until: now + self.config.heartbeat.timeout(),
+        };
     }
 
     // ---- the sink -----------------------------------------------------------------------
@@ -944,7 +993,7 @@ impl Dispatcher {
             Message::Complete { batch }
                 if batch == batch_id && self.phase == Phase::Dispatching =>
             {
-                self.complete(out)
+                self.sink_complete(now, out)
             }
             Message::Heartbeat { batch } if announced && batch == batch_id => {}
             other => self.reject_at(
@@ -1479,6 +1528,9 @@ impl Dispatcher {
                 self.requeue(i);
                 handed_on += 1;
             }
+        }
+        if !matches!(self.phase, Phase::Dispatching) {
+            return;
         }
         let name = printable(&self.workers[s].info.name).into_owned();
         self.gone_log.warn_at(now, || {

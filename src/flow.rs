@@ -103,6 +103,9 @@ pub enum FlowCommand {
     Deliver(Delivery),
     /// Tasks for the executor.
     Run(Chunk),
+    /// The batch is over: tasks of it still queued or running are abandoned (a divisible
+    /// job can end with chunks out; a finished batch has none).
+    Abandon(u64),
     /// The batch is complete and the worker was asked to leave.
     Leave,
     /// The worker cannot go on.
@@ -480,6 +483,7 @@ impl Flow {
             Ok(Message::End { batch, shutdown }) => {
                 self.current_batch = None;
                 self.counters.batches += 1;
+                out.push(FlowCommand::Abandon(batch));
                 if shutdown || self.config.exit_when_done {
                     log::debug!("batch {batch:016x} complete; leaving as asked");
                     self.over = true;

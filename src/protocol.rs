@@ -301,6 +301,9 @@ pub enum Message {
         /// worker was lost or failed them (0 for a task list).
         chunks: u64,
         items_redone: u64,
+        /// A divisible job that ended with chunks out (a search at its hits): µs from the
+        /// end to every worker idle; 0 otherwise.
+        cancel_us: u64,
         /// Set on the answer to [`Message::Complete`]: the last word for this batch.
         last: bool,
     },
@@ -493,6 +496,7 @@ impl Message {
                 refused,
                 chunks,
                 items_redone,
+                cancel_us,
                 last,
             } => {
                 w.u64(*batch);
@@ -501,6 +505,7 @@ impl Message {
                 w.u64(*refused);
                 w.u64(*chunks);
                 w.u64(*items_redone);
+                w.u64(*cancel_us);
                 w.u8(u8::from(*last));
             }
         }
@@ -746,6 +751,7 @@ impl Message {
                 refused: r.u64()?,
                 chunks: r.u64()?,
                 items_redone: r.u64()?,
+                cancel_us: r.u64()?,
                 last: r.flag("last")?,
             },
             12 => Message::Complete { batch: r.u64()? },
@@ -1218,6 +1224,7 @@ mod tests {
                 refused: 3,
                 chunks: 12,
                 items_redone: 1 << 35,
+                cancel_us: 1234,
                 last: false,
             },
             Message::Complete { batch: 7 },

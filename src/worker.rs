@@ -12,8 +12,8 @@
 //! tasks); it wakes this thread over an inproc PAIR when outcomes are ready. The worker
 //! does not know which backend it drives.
 
-use crate::backend::{Backend, Work};
-use crate::batch::Job;
+use crate::backend::{Abandon, Backend, Outcome, Work};
+use crate::batch::{Job, Task};
 use crate::flow::{Chunk, Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
 use crate::protocol::WorkerInfo;
@@ -145,6 +145,8 @@ pub struct Worker {
     chunk_tx: mpsc::Sender<Chunk>,
     outcome_rx: mpsc::Receiver<Outcomes>,
     stop: Arc<AtomicBool>,
+    /// Which batch is over (its tasks are abandoned), shared with the executor.
+    abandon: Arc<Abandon>,
     failure: Arc<Mutex<Option<String>>>,
     executor: std::thread::JoinHandle<()>,
 }
@@ -203,11 +205,14 @@ impl Worker {
         let (outcome_tx, outcome_rx) = mpsc::channel::<Outcomes>();
         let stop = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(Mutex::new(None));
+        let abandon = Arc::new(Abandon::default());
         let mut backend = backend;
         backend.stop_with(stop.clone());
+        backend.abandon_with(abandon.flag());
         let executor = {
             let ctx = ctx.clone();
             let stop = stop.clone();
+            let abandon = abandon.clone();
             let failure = failure.clone();
             let thread_name = format!("{}-exec", config.name);
             std::thread::Builder::new()
@@ -220,6 +225,7 @@ impl Worker {
                         chunk_rx,
                         outcome_tx,
                         &stop,
+                        &abandon,
                         &failure,
                     )
                 })
@@ -249,6 +255,7 @@ impl Worker {
             chunk_tx,
             outcome_rx,
             stop,
+            abandon,
             failure,
             executor,
         })
@@ -263,6 +270,7 @@ impl Worker {
             chunk_tx,
             outcome_rx,
             stop,
+            abandon,
             failure,
             executor,
         } = self;
@@ -284,16 +292,27 @@ impl Worker {
             wake: &wake,
             chunk_tx: &chunk_tx,
             outcome_rx: &outcome_rx,
+            abandon: &abandon,
             failure: &failure,
         };
         let outcome = pump.run(&mut flow, shutdown);
         // Leaving: stop the executor after its current task and tell the ventilator, so the
-        // tasks this worker held go to others at once.
+        // tasks this worker held go to others at once. Leaving because the batch is over
+        // (asked to), the goodbye waits for the executor: the ventilator of a job that ended
+        // with chunks out takes it to mean this worker is idle.
         stop.store(true, Ordering::SeqCst);
         drop(chunk_tx);
-        let _ = io.tasks.send(Flow::goodbye().encode(), zmq::DONTWAIT);
-        if executor.join().is_err() {
-            log::error!("the executor thread panicked");
+        let joined = |executor: std::thread::JoinHandle<()>| {
+            if executor.join().is_err() {
+                log::error!("the executor thread panicked");
+            }
+        };
+        if outcome.is_ok() {
+            joined(executor);
+            let _ = io.tasks.send(Flow::goodbye().encode(), zmq::DONTWAIT);
+        } else {
+            let _ = io.tasks.send(Flow::goodbye().encode(), zmq::DONTWAIT);
+            joined(executor);
         }
         let counters = flow.counters();
         outcome.map(|()| WorkerSummary {
@@ -320,6 +339,7 @@ struct Pump<'a> {
     wake: &'a zmq::Socket,
     chunk_tx: &'a mpsc::Sender<Chunk>,
     outcome_rx: &'a mpsc::Receiver<Outcomes>,
+    abandon: &'a Abandon,
     failure: &'a Mutex<Option<String>>,
 }
 
@@ -455,7 +475,9 @@ impl Pump<'_> {
                         }
                         let _ = self.io.tasks.send(delivery.done.encode(), zmq::DONTWAIT);
                     }
+                    FlowCommand::Abandon(batch) => self.abandon.batch_over(batch),
                     FlowCommand::Run(chunk) => {
+                        self.abandon.batch_again(chunk.batch);
                         if self.chunk_tx.send(chunk).is_err() {
                             end = Some(Err(anyhow::anyhow!(
                                 "the executor thread stopped unexpectedly"
@@ -503,6 +525,7 @@ fn execute(
     chunks: mpsc::Receiver<Chunk>,
     outcome_tx: mpsc::Sender<Outcomes>,
     stop: &AtomicBool,
+    abandon: &Abandon,
     failure: &Mutex<Option<String>>,
 ) {
     let wake = match ctx.socket(zmq::PAIR).and_then(|s| {
@@ -575,10 +598,27 @@ fn execute(
         }
         let mut current = chunk.tasks.into_iter();
         let mut input = chunk.input;
+        // Tasks of a batch that is over are not started: they go back as failed.
+        let mut abandoned: Vec<Task> = Vec::new();
+        abandon.begin(batch);
         // Tasks of the same batch and job keep flowing into one `run`, so a pipelined
         // backend never drains between messages from the ventilator.
         let mut next = || -> Option<Work> {
             if stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            if abandon.is_over(batch) {
+                abandoned.extend(current.by_ref());
+                loop {
+                    match chunks.try_recv() {
+                        Ok(more) if more.batch == batch => abandoned.extend(more.tasks),
+                        Ok(other) => {
+                            stash = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 return None;
             }
             loop {
@@ -630,6 +670,13 @@ fn execute(
                 }
             })
         }));
+        for task in abandoned {
+            buffer.push(Finished {
+                batch,
+                outcome: Outcome::failed(Work::from(task), 0),
+                finished_unix_ms: unix_ms(),
+            });
+        }
         flush(&mut buffer, &mut last_flush);
         if let Some(reason) = backend.take_decline() {
             // The tasks it failed go to other workers; this one takes no more of the batch.

@@ -79,6 +79,53 @@ impl Outcome {
     }
 }
 
+/// Which batch the ventilator said is over, shared by a worker's I/O thread (which hears
+/// it) and its executor (which runs the batch's tasks): the executor starts no task of a
+/// batch that is over, and the backend's flag ([`Backend::abandon_with`]) is set while it
+/// runs one.
+#[derive(Debug, Default)]
+pub struct Abandon {
+    over: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicU64,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Abandon {
+    /// The backend's flag.
+    pub fn flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.flag.clone()
+    }
+
+    /// The I/O thread heard that `batch` is over.
+    pub fn batch_over(&self, batch: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.over.store(batch, SeqCst);
+        if self.running.load(SeqCst) == batch {
+            self.flag.store(true, SeqCst);
+        }
+    }
+
+    /// The I/O thread got tasks of `batch` after hearing it was over: a new run of the
+    /// same batch (messages from one ventilator arrive in order, so these were sent after
+    /// the end).
+    pub fn batch_again(&self, batch: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = self.over.compare_exchange(batch, 0, SeqCst, SeqCst);
+    }
+
+    /// The executor starts running tasks of `batch`.
+    pub fn begin(&self, batch: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.running.store(batch, SeqCst);
+        self.flag.store(self.over.load(SeqCst) == batch, SeqCst);
+    }
+
+    /// Whether `batch` is over: its tasks are not started.
+    pub fn is_over(&self, batch: u64) -> bool {
+        batch != 0 && self.over.load(std::sync::atomic::Ordering::SeqCst) == batch
+    }
+}
+
 /// A backend as the worker sees it.
 pub trait Backend: Send {
     /// Short name: `sleep`, `cpu`, `software`, `gpu`.
@@ -112,6 +159,10 @@ pub trait Backend: Send {
     /// The worker's stop flag: a backend that waits on a device checks it while waiting,
     /// so a stopping worker never waits out a task timeout.
     fn stop_with(&mut self, _stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
+    /// Set while the task running belongs to a batch the ventilator said is over (a search
+    /// job that has its hits): a backend that can stop a task part-way checks it and fails
+    /// the task. Others finish the task in hand; the worker starts no other of the batch.
+    fn abandon_with(&mut self, _abandon: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
     /// Why the backend found, while running, that it cannot run this batch (a task beyond
     /// its adapter's limits): the worker declines the batch. Taken once.
     fn take_decline(&mut self) -> Option<String> {
@@ -323,6 +374,9 @@ impl Backend for AutoFallback {
     fn stop_with(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(stop);
     }
+    fn abandon_with(&mut self, abandon: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.sleep.abandon_with(abandon);
+    }
     fn take_decline(&mut self) -> Option<String> {
         self.data.as_mut().and_then(|d| d.take_decline())
     }
@@ -399,6 +453,9 @@ impl Backend for Verifier {
     }
     fn stop_with(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.inner.stop_with(stop)
+    }
+    fn abandon_with(&mut self, abandon: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.inner.abandon_with(abandon)
     }
     fn take_decline(&mut self) -> Option<String> {
         self.inner.take_decline()

@@ -4,22 +4,33 @@
 use super::{micros, Backend, Outcome, Work};
 use crate::batch::{Job, Task};
 use crate::protocol::Status;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Sleep {
     /// Multiplies every workload: 3.0 makes this worker three times slower than nominal.
     slowdown: f64,
+    /// Set while the task in hand belongs to a batch that is over: the sleep ends early.
+    abandon: Option<Arc<AtomicBool>>,
 }
 
 impl Sleep {
     pub fn new(slowdown: f64) -> Self {
-        Sleep { slowdown }
+        Sleep {
+            slowdown,
+            abandon: None,
+        }
     }
 }
 
 impl Backend for Sleep {
     fn kind(&self) -> &'static str {
         "sleep"
+    }
+
+    fn abandon_with(&mut self, abandon: Arc<AtomicBool>) {
+        self.abandon = Some(abandon);
     }
 
     fn prepare(&mut self, job: &Job, _source: Option<&str>) -> Result<(), String> {
@@ -47,7 +58,18 @@ impl Backend for Sleep {
             let wall_us = if nominal_us > 0.0 {
                 let start = Instant::now();
                 let us = nominal_us * self.slowdown;
-                sleep_until(start + Duration::from_secs_f64(us / 1e6));
+                let deadline = start + Duration::from_secs_f64(us / 1e6);
+                if !sleep_until(deadline, self.abandon.as_deref()) {
+                    done(Outcome::failed(
+                        Work {
+                            task,
+                            name,
+                            input: Vec::new(),
+                        },
+                        micros(start.elapsed()),
+                    ));
+                    continue;
+                }
                 micros(start.elapsed())
             } else {
                 0
@@ -78,14 +100,32 @@ fn nominal_us(job: &Job, task: &Task) -> f64 {
 /// until it, so a task takes its nominal time to within a few microseconds.
 const OVERSHOOT_MARGIN: Duration = Duration::from_micros(400);
 
-fn sleep_until(deadline: Instant) {
-    let now = Instant::now();
-    if deadline > now + OVERSHOOT_MARGIN {
-        std::thread::sleep(deadline - now - OVERSHOOT_MARGIN);
+/// How often a sleep looks at its abandon flag.
+const ABANDON_CHECK: Duration = Duration::from_millis(2);
+
+/// Sleeps until `deadline`; `false` if `abandon` was set first (looked at every
+/// [`ABANDON_CHECK`]).
+fn sleep_until(deadline: Instant, abandon: Option<&AtomicBool>) -> bool {
+    let abandoned = || abandon.is_some_and(|a| a.load(Ordering::Relaxed));
+    loop {
+        let now = Instant::now();
+        if deadline <= now + OVERSHOOT_MARGIN {
+            break;
+        }
+        if abandoned() {
+            return false;
+        }
+        let slice = (deadline - now - OVERSHOOT_MARGIN).min(if abandon.is_some() {
+            ABANDON_CHECK
+        } else {
+            Duration::MAX
+        });
+        std::thread::sleep(slice);
     }
     while Instant::now() < deadline {
         std::thread::yield_now();
     }
+    true
 }
 
 #[cfg(test)]
