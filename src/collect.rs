@@ -125,7 +125,7 @@ struct BatchState {
 }
 
 impl BatchState {
-    fn new(id: u64, task_count: usize, job: crate::batch::Job) -> BatchState {
+    fn new(id: u64, task_count: usize, job: crate::batch::Job, started: Instant) -> BatchState {
         let search = crate::kernels::Kernel::from_id(job.kernel)
             == Some(crate::kernels::Kernel::Search);
         BatchState {
@@ -138,7 +138,7 @@ impl BatchState {
             held: vec![0; task_count.div_ceil(64)],
             held_count: 0,
             started_unix_ms: 0,
-            started: Instant::now(),
+            started,
             ventilator: Vec::new(),
             session: 0,
             finished: None,
@@ -690,10 +690,9 @@ impl Collector {
             expected_ms,
             longest_ms,
             started_unix_ms,
-            started,
             ventilator: peer.clone(),
             session,
-            ..BatchState::new(id, tasks, job)
+            ..BatchState::new(id, tasks, job, started)
         };
         if let Some(recovered) = self.recovered.take() {
             let header = recovered.header;
@@ -965,9 +964,13 @@ impl Collector {
         let mut b = BatchState {
             verifies: true,
             started_unix_ms: header.started_unix_ms,
-            started: now.checked_sub(elapsed).unwrap_or(now),
             finished: Some(now),
-            ..BatchState::new(header.batch, task_count, job)
+            ..BatchState::new(
+                header.batch,
+                task_count,
+                job,
+                now.checked_sub(elapsed).unwrap_or(now),
+            )
         };
         for r in &recovered.records {
             if let Some(items) = b.items.as_mut() {

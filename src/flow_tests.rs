@@ -88,7 +88,7 @@ impl Harness {
                         self.to_ventilator.push(d.done);
                     }
                     FlowCommand::Run(chunk) => self.ran.push(chunk),
-                    FlowCommand::Leave => {}
+                    FlowCommand::Leave | FlowCommand::Abandon(_) => {}
                     FlowCommand::Stop(why) => self.stopped = Some(why),
                 }
             }

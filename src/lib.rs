@@ -39,8 +39,9 @@ pub mod worker;
 /// The roles' state machines touch no socket, clock, file or thread: their pumps do.
 #[cfg(test)]
 mod sans_io {
-    const MACHINES: [(&str, &str); 3] = [
+    const MACHINES: [(&str, &str); 4] = [
         ("dispatch.rs", include_str!("dispatch.rs")),
+        ("chunking.rs", include_str!("chunking.rs")),
         ("collect.rs", include_str!("collect.rs")),
         ("flow.rs", include_str!("flow.rs")),
     ];

@@ -692,6 +692,7 @@ mod tests {
             differing: 0,
             outputs: 0,
             hits: Vec::new(),
+            job: None,
             workers: vec![WorkerReport {
                 id: "w1".into(),
                 tasks: 100,
@@ -699,6 +700,8 @@ mod tests {
                 kernel_ms: 0.0,
                 backend: "sleep".into(),
                 adapter: String::new(),
+                items: 0,
+                items_per_s: 0.0,
             }],
         }
     }
@@ -755,6 +758,7 @@ mod tests {
     const HEADER: BatchHeader = BatchHeader {
         batch: 0xfeed,
         tasks: 6,
+        items: 0,
         started_unix_ms: 1234,
     };
 

@@ -223,7 +223,7 @@ fn the_search_kernels_hits_through_the_pipeline_equal_the_cpus() {
     let r = report(&stdout);
     let space = search::Space::new(14, 3_000_000, 250_000, 9).unwrap();
     let expected: Vec<u64> = (0..space.tasks())
-        .flat_map(|t| search::hits(&space.reference(t)))
+        .flat_map(|t| search::hits(&space.reference(conquer::batch::Task::numbered(t))))
         .map(u64::from)
         .collect();
     let got: Vec<u64> = r["hits"]

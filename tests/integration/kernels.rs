@@ -50,7 +50,7 @@ fn mandelbrot_bands_match_the_cpu_reference_in_one_dispatch_or_many() {
         let (mut differ, mut pixels) = (0, 0);
         for o in &outcomes {
             assert_eq!(o.status, Status::Ok, "{o:?}");
-            let expected = view.reference(o.task.id);
+            let expected = view.reference(o.task);
             assert_eq!(o.output.len(), expected.len(), "band {}", o.task.id);
             differ += mandelbrot::differing(&o.output, &expected);
             pixels += expected.len() / 4;
@@ -79,7 +79,7 @@ fn search_hits_equal_the_cpus_bit_for_bit() {
     let mut total = 0;
     for o in &outcomes {
         assert_eq!(o.status, Status::Ok);
-        assert_eq!(o.output, space.reference(o.task.id), "task {}", o.task.id);
+        assert_eq!(o.output, space.reference(o.task), "task {}", o.task.id);
         assert_eq!(o.checksum, kernels::checksum(&job, &o.output));
         total += search::hits(&o.output).len();
     }

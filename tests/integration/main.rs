@@ -3,6 +3,7 @@
 
 mod auth;
 mod bench;
+mod chunking;
 mod classic;
 mod data;
 mod deploy;

@@ -1,0 +1,222 @@
+//! Divisible jobs end to end, real processes on loopback: a job carved into chunks while it
+//! runs keeps every item exactly once when a worker is killed or frozen and when the sink
+//! restarts, a search job stops at its hits, and a Mandelbrot job's picture is the task
+//! list's.
+
+use crate::gpu::adapter;
+use crate::util::{self, report, Cluster, Proc};
+use conquer::backend::gpu::AdapterClass;
+use conquer::kernels::search;
+
+/// Quick liveness, so a frozen worker is declared gone within a second.
+const BEAT: [&str; 4] = ["--heartbeat-ms", "100", "--liveness", "5"];
+
+/// A spin job of `items` items of 1 ms each, chunks of about 100 ms.
+fn spin_job(items: &str) -> Vec<&str> {
+    vec![
+        "--chunking",
+        "adaptive",
+        "--items",
+        items,
+        "--item-us",
+        "1000",
+        "--chunk-ms",
+        "100",
+    ]
+}
+
+/// The item ranges a JSON Lines results file holds, sorted.
+fn ranges(path: &std::path::Path) -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string(path).expect("results file");
+    let mut ranges: Vec<(u64, u64)> = text
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            let first = v["first"].as_u64().expect("first item");
+            (first, first + v["items"].as_u64().expect("items"))
+        })
+        .collect();
+    ranges.sort_unstable();
+    ranges
+}
+
+/// Asserts the results file holds every item of `0..items` exactly once: its chunks tile
+/// the job with no gap and no overlap.
+fn assert_items_once(path: &std::path::Path, items: u64) {
+    let mut next = 0;
+    for (first, end) in ranges(path) {
+        assert_eq!(first, next, "items {next}..{first} missing or held twice");
+        assert!(end > first, "an empty chunk {first}..{end}");
+        next = end;
+    }
+    assert_eq!(next, items, "the chunks end at {next} of {items} items");
+}
+
+/// Workers named in the results file.
+fn delivered_by(path: &std::path::Path, name: &str) -> bool {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .any(|v| v["worker"] == name)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The sink's report of a finished job, checked: a clean exit, every item held.
+fn job_done(sink: Proc, items: u64) -> serde_json::Value {
+    let (status, stdout, log) = sink.finish();
+    assert!(status.success(), "the sink failed: {log}");
+    let r = report(&stdout);
+    assert_eq!(r["job"]["items"], items, "{r}");
+    assert_eq!(r["job"]["held_items"], items, "{r}");
+    let by_workers: u64 = r["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["items"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(by_workers, items, "each item counted once by the workers' tallies: {r}");
+    r
+}
+
+#[test]
+fn a_divisible_job_holds_every_item_once_when_a_worker_is_killed() {
+    let c = Cluster::start(&spin_job("3000"), &["a", "b", "victim"], &BEAT);
+    // The victim has delivered a chunk and holds its next one.
+    wait_until("a result from the victim", || delivered_by(&c.results, "victim"));
+    c.workers[2].signal("KILL");
+    let r = job_done(c.sink, 3000);
+    assert_items_once(&c.results, 3000);
+    eprintln!("after the kill: {}", r["job"]);
+    drop((c.vent, c.workers));
+}
+
+#[test]
+fn a_divisible_job_holds_every_item_once_when_a_worker_is_frozen() {
+    let c = Cluster::start(&spin_job("3000"), &["a", "b", "frozen"], &BEAT);
+    wait_until("a result from the frozen worker", || {
+        delivered_by(&c.results, "frozen")
+    });
+    c.workers[2].signal("STOP");
+    // The job completes without it: its chunk went to the others.
+    let r = job_done(c.sink, 3000);
+    assert_items_once(&c.results, 3000);
+    assert!(
+        r["job"]["items_redone"].as_u64().unwrap_or(0) > 0 || r["redispatched"] != 0,
+        "the frozen worker's chunk was handed out again: {r}"
+    );
+    c.workers[2].signal("CONT");
+    drop((c.vent, c.workers));
+}
+
+#[test]
+fn a_sink_restarted_with_resume_finishes_the_job_with_every_item_once() {
+    // Fixed chunks of 10 items (10 ms each): 200 chunks, so the sink dies half way.
+    let job = [
+        "--chunking",
+        "fixed",
+        "--chunk-items",
+        "10",
+        "--items",
+        "2000",
+        "--item-us",
+        "1000",
+    ];
+    let c = Cluster::start(&job, &["a", "b"], &BEAT);
+    let resumed = util::kill_and_resume_sink(c.sink, &c.sink_ep, &c.results, &[]);
+    job_done(resumed, 2000);
+    assert_items_once(&c.results, 2000);
+    drop((c.vent, c.workers));
+}
+
+#[test]
+fn a_search_job_stops_at_its_hits_and_every_worker_goes_idle() {
+    let (status, stdout, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--backend",
+            "cpu",
+            "--workers",
+            "4",
+            "--kernel",
+            "search",
+            "--keys",
+            "400000000",
+            "--bits",
+            "16",
+            "--chunking",
+            "adaptive",
+            "--chunk-ms",
+            "50",
+            "--hits",
+            "2",
+            "--json",
+        ],
+    )
+    .finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    let job = &r["job"];
+    assert_eq!(job["hits_wanted"], 2, "{r}");
+    let held = job["held_items"].as_u64().expect("held items");
+    assert!(held < 400_000_000, "the search stopped early: {r}");
+    assert!(job["cancel_ms"].as_f64().is_some(), "the time to idle is reported: {r}");
+    let hits: Vec<u32> = r["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| h.as_u64().expect("a key") as u32)
+        .collect();
+    assert!(hits.len() >= 2, "{r}");
+    for key in hits {
+        assert!(
+            search::hash(key, 0).leading_zeros() >= 16,
+            "key {key} is not a hit"
+        );
+    }
+}
+
+#[test]
+fn a_mandelbrot_job_paints_the_picture_the_task_list_paints() {
+    if adapter(AdapterClass::Software).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let picture = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let mut args = vec![
+            "run",
+            "--backend",
+            "software",
+            "--workers",
+            "2",
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "320",
+            "--height",
+            "240",
+            "--max-iter",
+            "300",
+            "--image",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (status, _, log) = Proc::start(name, &args).finish();
+        assert!(status.success(), "{log}");
+        std::fs::read(&path).expect("the picture")
+    };
+    let tasks = picture("tasks.png", &["--band-rows", "8"]);
+    for policy in ["adaptive", "static", "fixed"] {
+        let job = picture(&format!("{policy}.png"), &["--chunking", policy]);
+        assert!(job == tasks, "the {policy} job's picture differs from the task list's");
+    }
+}
