@@ -208,6 +208,8 @@ struct Tally {
     adapter: String,
     tasks: u64,
     items: u64,
+    /// Its last result's end, on its clock (ms since the Unix epoch).
+    last_unix_ms: u64,
     busy_us: u64,
     kernel_us: u64,
 }
@@ -757,6 +759,7 @@ impl Collector {
         }
         tally.tasks += 1;
         tally.items += u64::from(r.items);
+        tally.last_unix_ms = tally.last_unix_ms.max(r.finished_unix_ms);
         tally.busy_us += u64::from(r.wall_us);
         tally.kernel_us += u64::from(r.kernel_us);
         self.measured_total_us += u64::from(r.wall_us);
@@ -1016,6 +1019,11 @@ impl Collector {
                 items: t.items,
                 items_per_s: if t.busy_us > 0 {
                     t.items as f64 * 1e6 / t.busy_us as f64
+                } else {
+                    0.0
+                },
+                finished_ms: if b.items.is_some() {
+                    t.last_unix_ms.saturating_sub(b.started_unix_ms) as f64
                 } else {
                     0.0
                 },

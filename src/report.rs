@@ -28,6 +28,10 @@ pub struct WorkerReport {
     pub items: u64,
     #[serde(skip_serializing_if = "is_zero_f64")]
     pub items_per_s: f64,
+    /// A divisible job: ms from the job's start to this worker's last result. Less its busy
+    /// time, what it spent waiting for chunks (round trips; a worker done early, idle).
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub finished_ms: f64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -702,6 +706,7 @@ mod tests {
                 adapter: String::new(),
                 items: 0,
                 items_per_s: 0.0,
+                finished_ms: 0.0,
             }],
         }
     }

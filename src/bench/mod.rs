@@ -5,6 +5,7 @@
 //! of scaling and of the backend comparison go to `--out` with the tables.
 
 mod backends;
+mod chunking;
 mod device;
 mod dispatch;
 mod faults;
@@ -60,11 +61,14 @@ pub enum Suite {
     /// Data kernels per backend (Mandelbrot megapixels/s, search keys/s) and payloads of
     /// 64 KiB, 1 MiB and 16 MiB through the pipeline next to plain PUSH/PULL.
     Kernels,
+    /// Divisible jobs: static, fixed and adaptive chunks on unequal farms (sleep 1/2/4/8, a
+    /// 1 : 100 pair, software + cpu, 1,000 simulated workers), and a search stopped early.
+    Chunking,
 }
 
 impl Suite {
     /// Every suite, in the order they are reported.
-    pub const ALL: [Suite; 9] = [
+    pub const ALL: [Suite; 10] = [
         Suite::Scaling,
         Suite::Backends,
         Suite::Dispatch,
@@ -74,6 +78,7 @@ impl Suite {
         Suite::Simulate,
         Suite::Device,
         Suite::Kernels,
+        Suite::Chunking,
     ];
 }
 
@@ -134,6 +139,9 @@ pub struct BenchArgs {
     /// Kernels suite: keys the search kernel tries (16 tasks).
     #[arg(long, default_value_t = 1 << 26)]
     pub search_keys: u32,
+    /// Chunking suite: how long an adaptive chunk should take, in ms.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub chunk_ms: u64,
 }
 
 /// Parses `WIDTHxHEIGHT`.
@@ -203,6 +211,7 @@ pub struct BenchResults {
     pub faults: Vec<faults::FaultRow>,
     pub simulate: Vec<simulate::SimRow>,
     pub kernels: kernels::KernelsResults,
+    pub chunking: chunking::ChunkingResults,
 }
 
 pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
@@ -220,6 +229,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         faults: Vec::new(),
         simulate: Vec::new(),
         kernels: kernels::KernelsResults::default(),
+        chunking: chunking::ChunkingResults::default(),
     };
     let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
@@ -246,6 +256,9 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             Suite::Simulate => results.simulate = simulate::suite(args.quick, &progress)?,
             Suite::Kernels => {
                 results.kernels = kernels::kernels(&args, repeat, &progress, shutdown)?
+            }
+            Suite::Chunking => {
+                results.chunking = chunking::chunking(&args, repeat, &progress, shutdown)?
             }
         }
     }
@@ -289,6 +302,16 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             );
             plot::simulate(&results.simulate, &title, &dir.join("simulate.svg"))?;
         }
+        let farm: Vec<&chunking::ChunkRow> = results
+            .chunking
+            .farms
+            .iter()
+            .filter(|r| r.farm == "sleep 1/2/4/8" && !r.busy_ms.is_empty())
+            .collect();
+        if !farm.is_empty() {
+            let title = format!("busy time per worker, sleep 1/2/4/8: {when}");
+            plot::chunking(&farm, &title, &dir.join("chunking.svg"))?;
+        }
     }
     if args.json {
         println!("{json}");
@@ -322,6 +345,7 @@ impl Progress {
                 Suite::Simulate => 6,
                 Suite::Device => 1,
                 Suite::Kernels => 12 * r,
+                Suite::Chunking => 9 * r + 3 + u64::from(repeat.max(5)),
             })
             .sum();
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -545,6 +569,11 @@ pub fn markdown(r: &BenchResults) -> String {
     }
     if !r.kernels.compute.is_empty() || !r.kernels.payload.is_empty() {
         for t in kernels::tables(&r.kernels) {
+            s += &t.markdown();
+        }
+    }
+    if !r.chunking.farms.is_empty() {
+        for t in chunking::tables(&r.chunking) {
             s += &t.markdown();
         }
     }

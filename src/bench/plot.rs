@@ -216,3 +216,64 @@ pub fn simulate(rows: &[super::simulate::SimRow], title: &str, path: &Path) -> a
     root.present()
         .with_context(|| format!("writing {}", path.display()))
 }
+
+/// Per-worker time on one farm under each policy: busy (solid) and up to its last result
+/// (light), one group of bars per policy, so an unbalanced split shows as ragged ends.
+pub fn chunking(rows: &[&super::chunking::ChunkRow], title: &str, path: &Path) -> anyhow::Result<()> {
+    let workers = rows.iter().map(|r| r.busy_ms.len()).max().unwrap_or(1);
+    let bars = rows.len() * (workers + 1);
+    let root = SVGBackend::new(path, (720, 100 + 22 * bars as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err("chunking"))?;
+    let x_max = rows
+        .iter()
+        .flat_map(|r| r.finished_ms.iter().chain(&r.busy_ms))
+        .copied()
+        .fold(1.0, f64::max)
+        * 1.05;
+    let mut labels = vec![String::new(); bars];
+    for (g, r) in rows.iter().enumerate() {
+        for w in 0..r.busy_ms.len() {
+            labels[g * (workers + 1) + w] = format!("{} w{}", r.policy, w + 1);
+        }
+    }
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(110)
+        .build_cartesian_2d(0f64..x_max, -0.5f64..bars as f64 - 0.5)
+        .map_err(err("chunking"))?;
+    chart
+        .configure_mesh()
+        .x_desc("ms from the job's start (solid: busy; light: until its last result)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(bars)
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 0.01 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .disable_y_mesh()
+        .draw()
+        .map_err(err("chunking"))?;
+    let palette = [BLUE, GREEN, MAGENTA];
+    for (g, r) in rows.iter().enumerate() {
+        let color = palette[g % palette.len()];
+        let at = |w: usize| (g * (workers + 1) + w) as f64;
+        chart
+            .draw_series(r.finished_ms.iter().enumerate().map(|(w, &ms)| {
+                Rectangle::new([(0.0, at(w) - 0.35), (ms, at(w) + 0.35)], color.mix(0.25).filled())
+            }))
+            .map_err(err("chunking"))?;
+        chart
+            .draw_series(r.busy_ms.iter().enumerate().map(|(w, &ms)| {
+                Rectangle::new([(0.0, at(w) - 0.35), (ms, at(w) + 0.35)], color.mix(0.8).filled())
+            }))
+            .map_err(err("chunking"))?;
+    }
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -9,6 +9,7 @@
 //! clock, so the figures are the dispatch rules' own, free of scheduling noise.
 
 use crate::batch::{Batch, Job, Task};
+use crate::chunking::{Plan, Policy};
 use crate::collect::{CollectConfig, Collector, SinkCommand, SinkEvent};
 use crate::dispatch::{Backup, Command, DispatchConfig, Dispatcher, Event, WorkerId};
 use crate::heartbeat::Heartbeat;
@@ -30,6 +31,10 @@ pub struct SimSpec {
     /// One-way latency of every message.
     pub latency: Duration,
     pub seed: u64,
+    /// A divisible job instead of the seed's batch: `tasks` items of `item_us` each, carved
+    /// by this policy.
+    pub chunking: Option<Policy>,
+    pub item_us: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,10 +169,21 @@ struct Sim {
     stopped: Option<String>,
     peak_entries: usize,
     events: u64,
+    /// A divisible job's cost of an item at nominal speed.
+    item_us: u32,
 }
 
 fn ns(d: Duration) -> u64 {
     d.as_nanos() as u64
+}
+
+/// What a task (or a chunk of `item_us` items) costs at nominal speed, in µs.
+fn task_us(task: &Task, item_us: u32) -> f64 {
+    if task.is_chunk() {
+        f64::from(task.items) * f64::from(item_us)
+    } else {
+        f64::from(task.workload_ms) * 1e3
+    }
 }
 
 impl Sim {
@@ -282,7 +298,7 @@ impl Sim {
         }
         if let Some(task) = worker.queue.front() {
             worker.busy = true;
-            let run = (f64::from(task.workload_ms) * 1e6 * worker.slowness) as u64;
+            let run = (task_us(task, self.item_us) * 1e3 * worker.slowness) as u64;
             self.after(run.max(1), Ev::Finished(w));
         }
     }
@@ -316,7 +332,7 @@ impl Sim {
                 let Some(task) = worker.queue.pop_front() else {
                     return;
                 };
-                let wall_us = (f64::from(task.workload_ms) * 1e3 * worker.slowness) as u32;
+                let wall_us = (task_us(&task, self.item_us) * worker.slowness) as u32;
                 let done = Message::Done {
                     batch: self.d.batch_id(),
                     done: vec![Done {
@@ -339,6 +355,8 @@ impl Sim {
                         checksum: 0,
                         started_unix_ms: 0,
                         finished_unix_ms: 0,
+                        first: task.first,
+                        items: task.items,
                         ..TaskResult::default()
                     }],
                 };
@@ -482,7 +500,10 @@ fn replay(
 /// Runs one simulated farm to completion.
 pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
     let wall = Instant::now();
-    let batch = Batch::generate(spec.tasks, 1, 100, spec.seed)?;
+    let batch = match spec.chunking {
+        Some(_) => Batch { tasks: Vec::new() },
+        None => Batch::generate(spec.tasks, 1, 100, spec.seed)?,
+    };
     let workloads: Vec<u32> = batch.tasks.iter().map(|t| t.workload_ms).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed);
     let initial = spec.workers;
@@ -504,22 +525,47 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
             }
         })
         .collect();
-    let work_ms: f64 = workloads.iter().map(|&w| f64::from(w)).sum();
+    let work_ms: f64 = match spec.chunking {
+        Some(_) => f64::from(spec.tasks) * f64::from(spec.item_us) / 1e3,
+        None => workloads.iter().map(|&w| f64::from(w)).sum(),
+    };
     let speed: f64 = slowness[..initial].iter().map(|s| 1.0 / s).sum();
     let fastest = slowness[..initial]
         .iter()
         .copied()
         .fold(f64::INFINITY, f64::min);
     let ideal_s = (work_ms / speed).max(f64::from(batch.longest_ms()) * fastest) / 1e3;
-    let lpt = lpt_s(&workloads, &slowness[..initial]);
+    // A job divides to the item: its bound is the ideal.
+    let lpt = match spec.chunking {
+        Some(_) => ideal_s,
+        None => lpt_s(&workloads, &slowness[..initial]),
+    };
 
-    let n = batch.len();
+    let (n, job, plan) = match spec.chunking {
+        Some(policy) => {
+            let mut constants = [0; crate::kernels::CONSTANTS];
+            constants[0] = spec.item_us;
+            let job = Job {
+                items: u64::from(spec.tasks),
+                constants,
+                ..Job::default()
+            };
+            let plan = Plan {
+                policy,
+                items: job.items,
+                max_chunk: u32::MAX,
+                nominal_us: f64::from(spec.item_us),
+            };
+            (spec.tasks as usize, job, Some(plan))
+        }
+        None => (batch.len(), Job::default(), None),
+    };
     let dispatch = DispatchConfig {
         batch_id: 1,
         session: 1,
         order: batch.dispatch_order(crate::batch::Order::LongestFirst, spec.seed),
         tasks: batch.tasks.clone(),
-        job: Job::default(),
+        job,
         expected_ms: batch.expected_ms(),
         longest_ms: batch.longest_ms(),
         wait_workers: initial,
@@ -537,7 +583,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         endpoint: "tcp://sim:5557".into(),
         sink: "tcp://sim:5558".into(),
         fixed_workers: 0,
-        chunking: None,
+        chunking: plan,
     };
     let base = Instant::now();
     let mut sim = Sim {
@@ -576,6 +622,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         stopped: None,
         peak_entries: 0,
         events: 0,
+        item_us: spec.item_us,
     };
     for (w, &s) in slowness.iter().enumerate() {
         let name = format!("sim-{w}");
@@ -647,7 +694,13 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
     // The batch starts when every initial worker has joined and it is announced.
     let makespan_s = (done_at - sim.start_at.unwrap_or(0)) as f64 / 1e9;
     Ok(SimRow {
-        scenario: if spec.churn {
+        scenario: if let Some(policy) = spec.chunking {
+            format!(
+                "{} job{}",
+                policy.name(),
+                if spec.churn { ", churn" } else { "" }
+            )
+        } else if spec.churn {
             format!(
                 "churn: +{joiners} joining, {} killed, {} frozen",
                 initial / 100,
@@ -691,6 +744,8 @@ pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<V
             churn: false,
             latency,
             seed: 1,
+            chunking: None,
+            item_us: 0,
         })?);
         progress.done();
     }
@@ -702,6 +757,8 @@ pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<V
         churn: true,
         latency,
         seed: 1,
+        chunking: None,
+        item_us: 0,
     })?);
     progress.done();
     Ok(rows)
@@ -794,6 +851,8 @@ mod tests {
             churn: false,
             latency: Duration::from_micros(200),
             seed: 3,
+            chunking: None,
+            item_us: 0,
         })
         .expect("the calm farm finishes");
         assert!(calm.efficiency_lpt > 0.9, "{calm:?}");
@@ -805,12 +864,51 @@ mod tests {
             churn: true,
             latency: Duration::from_micros(200),
             seed: 3,
+            chunking: None,
+            item_us: 0,
         })
         .expect("the churning farm finishes with every result held");
         assert!(
             rough.redispatched > 0,
             "killed and frozen workers' tasks go out again: {rough:?}"
         );
+    }
+
+    /// A divisible job through the real dispatcher and sink: whatever the policy and
+    /// whatever dies or freezes, every item is held (the sink counts by items) and the job
+    /// completes; adaptive chunks balance log-normal speeds.
+    #[test]
+    fn a_simulated_job_holds_every_item_under_churn_and_adaptive_balances_it() {
+        for policy in [
+            Policy::Static,
+            Policy::Fixed(0),
+            Policy::Adaptive(Duration::from_millis(200)),
+        ] {
+            for seed in 1..4 {
+                let row = simulate(&SimSpec {
+                    workers: 100,
+                    tasks: 200_000,
+                    churn: true,
+                    latency: Duration::from_micros(200),
+                    seed,
+                    chunking: Some(policy),
+                    item_us: 1000,
+                })
+                .unwrap_or_else(|e| panic!("{policy:?}, seed {seed}: {e}"));
+                assert!(row.decisions > 0, "{row:?}");
+            }
+        }
+        let calm = simulate(&SimSpec {
+            workers: 100,
+            tasks: 200_000,
+            churn: false,
+            latency: Duration::from_micros(200),
+            seed: 1,
+            chunking: Some(Policy::Adaptive(Duration::from_millis(200))),
+            item_us: 1000,
+        })
+        .expect("the calm job finishes");
+        assert!(calm.efficiency_ideal > 0.9, "{calm:?}");
     }
 
     #[test]

@@ -1,0 +1,429 @@
+//! `--suite chunking`: one divisible job carved by each policy (`static`, `fixed`,
+//! `adaptive`) side by side in one run, on farms of unequal workers: four sleep workers
+//! at 1, 2, 4 and 8 times nominal time, a pair a hundred times apart, the software adapter
+//! beside the CPU on a Mandelbrot job, and the simulated farm of 1,000 log-normal workers
+//! through the real dispatcher and sink; then a search job stopped at its first hit, timed
+//! from the hit to every worker idle.
+//!
+//! Efficiency is the report's: the job's items over the sum of the workers' measured rates
+//! (the ideal), against the makespan. Overhead is what the workers spent not computing
+//! before their last result (waiting for chunks), over that span.
+
+use super::table::Table;
+use super::*;
+use crate::chunking::{Plan, Policy};
+use crate::kernels::{mandelbrot, search, Kernel};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkRow {
+    pub farm: String,
+    pub policy: String,
+    pub workers: usize,
+    pub items: u64,
+    pub makespan_ms: Spread,
+    pub ideal_ms: Spread,
+    pub efficiency: Spread,
+    pub chunks: Spread,
+    /// Share of the workers' time before their last result spent waiting for chunks.
+    pub overhead: Spread,
+    /// Per worker (in the farm's order), busy and finished ms of the median run.
+    pub busy_ms: Vec<f64>,
+    pub finished_ms: Vec<f64>,
+    /// Why this farm has no figures here (empty when it ran).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unavailable: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CancelRow {
+    pub workers: usize,
+    pub backend: String,
+    pub keys: u64,
+    /// From the hit held at the sink (the ventilator told) to every worker idle.
+    pub hit_to_idle_ms: Spread,
+    /// Keys searched before the stop.
+    pub searched: Spread,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ChunkingResults {
+    pub farms: Vec<ChunkRow>,
+    pub simulated: Vec<super::simulate::SimRow>,
+    pub cancel: Vec<CancelRow>,
+}
+
+/// The three policies, as compared.
+fn policies(chunk_ms: u64) -> [Policy; 3] {
+    [
+        Policy::Static,
+        Policy::Fixed(0),
+        Policy::Adaptive(Duration::from_millis(chunk_ms)),
+    ]
+}
+
+/// A farm to run a job on: its name and a way to build its backends.
+struct Farm {
+    name: String,
+    backends: Box<dyn Fn() -> anyhow::Result<Vec<Box<dyn Backend>>>>,
+    job: Job,
+    plan: Plan,
+}
+
+fn sleep_farm(name: &str, slowdowns: &[f64], items: u64, item_us: u32) -> Farm {
+    let slowdowns = slowdowns.to_vec();
+    let mut constants = [0; crate::kernels::CONSTANTS];
+    constants[0] = item_us;
+    let job = Job {
+        items,
+        constants,
+        ..Job::default()
+    };
+    Farm {
+        name: name.to_owned(),
+        backends: Box::new(move || {
+            Ok(slowdowns
+                .iter()
+                .map(|&s| Box::new(Sleep::new(s)) as Box<dyn Backend>)
+                .collect())
+        }),
+        job,
+        plan: Plan {
+            policy: Policy::Static,
+            items,
+            max_chunk: u32::MAX,
+            nominal_us: f64::from(item_us),
+        },
+    }
+}
+
+fn run_farm(
+    farm: &Farm,
+    policy: Policy,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ChunkRow> {
+    let plan = Plan { policy, ..farm.plan };
+    let mut runs = Vec::new();
+    for r in 0..repeat {
+        progress.step(format!(
+            "chunking: {} {} ({}/{repeat})",
+            farm.name,
+            policy.name(),
+            r + 1
+        ));
+        let backends = (farm.backends)()?;
+        let ventilator = VentilatorConfig {
+            chunking: Some(plan),
+            ..VentilatorConfig::local(Batch { tasks: Vec::new() }, farm.job)
+        };
+        let report = local::run(LocalRun::new(ventilator, backends), shutdown)
+            .with_context(|| format!("{} with {} chunks", farm.name, policy.name()))?;
+        let job = report.job.clone().context("a job's report says how it went")?;
+        if job.held_items != job.items {
+            bail!(
+                "{} with {} chunks: the sink holds {} of {} items",
+                farm.name,
+                policy.name(),
+                job.held_items,
+                job.items
+            );
+        }
+        progress.done();
+        runs.push(report);
+    }
+    let pick = |f: &dyn Fn(&Report) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let overhead = |r: &Report| {
+        let span: f64 = r.workers.iter().map(|w| w.finished_ms).sum();
+        let busy: f64 = r.workers.iter().map(|w| w.busy_ms).sum();
+        if span > 0.0 {
+            ((span - busy) / span).max(0.0)
+        } else {
+            0.0
+        }
+    };
+    // The median run's workers, for the plot.
+    let mut by_makespan: Vec<&Report> = runs.iter().collect();
+    by_makespan.sort_by(|a, b| a.elapsed_ms.total_cmp(&b.elapsed_ms));
+    let median = by_makespan[by_makespan.len() / 2];
+    let mut workers = median.workers.clone();
+    workers.sort_by_key(|w| {
+        w.id.trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+            .unwrap_or(0)
+    });
+    Ok(ChunkRow {
+        farm: farm.name.clone(),
+        policy: policy.name().to_owned(),
+        workers: (farm.backends)().map_or(0, |b| b.len()),
+        items: farm.job.items,
+        makespan_ms: pick(&|r| r.elapsed_ms),
+        ideal_ms: pick(&|r| r.ideal_ms),
+        efficiency: pick(&|r| r.efficiency),
+        chunks: pick(&|r| r.job.as_ref().map_or(0.0, |j| j.chunks as f64)),
+        overhead: pick(&overhead),
+        busy_ms: workers.iter().map(|w| w.busy_ms).collect(),
+        finished_ms: workers.iter().map(|w| w.finished_ms).collect(),
+        unavailable: String::new(),
+    })
+}
+
+pub(super) fn chunking(
+    args: &BenchArgs,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ChunkingResults> {
+    let mut results = ChunkingResults::default();
+    // Jobs sized so the ideal is about 2 s (0.2 s with --quick); the 1 : 100 pair's static
+    // split takes fifty times its ideal, so it is smaller.
+    let scale = if args.quick { 0.1 } else { 1.0 };
+    let item_us = 100;
+    let items = |ideal_s: f64, speed: f64| (ideal_s * scale * speed * 1e6 / f64::from(item_us)) as u64;
+    let mut farms = vec![
+        sleep_farm(
+            "sleep 1/2/4/8",
+            &[1.0, 2.0, 4.0, 8.0],
+            items(2.0, 1.875),
+            item_us,
+        ),
+        sleep_farm("sleep 1:100", &[1.0, 100.0], items(0.4, 1.01), item_us),
+    ];
+    // The software adapter beside the CPU, on a Mandelbrot job (its rows).
+    let (width, height) = if args.quick { (640, 360) } else { (3840, 2160) };
+    let view = mandelbrot::View::new(width, height, args.max_iter, 1, (-0.5, 0.0), 3.0)
+        .map_err(anyhow::Error::msg)?;
+    let mandel = Job {
+        kernel: Kernel::Mandelbrot.id(),
+        constants: view.constants(),
+        items: u64::from(height),
+        ..Job::default()
+    };
+    let options = crate::backend::BackendOptions {
+        slowdown: 1.0,
+        quiet: true,
+        ..Default::default()
+    };
+    let mixed_name = format!("software + cpu, Mandelbrot {width}x{height}");
+    let software = crate::backend::build(BackendKind::Software, &options);
+    match software {
+        Ok(_) => farms.push(Farm {
+            name: mixed_name,
+            backends: Box::new(move || {
+                Ok(vec![
+                    crate::backend::build(BackendKind::Software, &options)?,
+                    Box::new(crate::backend::cpu::Cpu) as Box<dyn Backend>,
+                ])
+            }),
+            job: mandel,
+            plan: Plan {
+                policy: Policy::Static,
+                items: mandel.items,
+                max_chunk: (crate::protocol::max_payload() / (u64::from(width) * 4)).max(1) as u32,
+                nominal_us: 0.0,
+            },
+        }),
+        Err(e) => {
+            for policy in policies(args.chunk_ms) {
+                results.farms.push(ChunkRow {
+                    farm: mixed_name.clone(),
+                    policy: policy.name().to_owned(),
+                    workers: 2,
+                    items: mandel.items,
+                    makespan_ms: Spread::of(&[]),
+                    ideal_ms: Spread::of(&[]),
+                    efficiency: Spread::of(&[]),
+                    chunks: Spread::of(&[]),
+                    overhead: Spread::of(&[]),
+                    busy_ms: Vec::new(),
+                    finished_ms: Vec::new(),
+                    unavailable: format!("{e:#}"),
+                });
+            }
+        }
+    }
+    for farm in &farms {
+        for policy in policies(args.chunk_ms) {
+            results
+                .farms
+                .push(run_farm(farm, policy, repeat, progress, shutdown)?);
+        }
+    }
+
+    // The simulated farm: 1,000 workers, log-normal speeds, 1 ms items.
+    let (workers, sim_items) = if args.quick {
+        (100, 200_000)
+    } else {
+        (1_000, 10_000_000)
+    };
+    for policy in policies(args.chunk_ms) {
+        progress.step(format!("chunking: simulated {workers} workers, {}", policy.name()));
+        results
+            .simulated
+            .push(super::simulate::simulate(&super::simulate::SimSpec {
+                workers,
+                tasks: sim_items,
+                churn: false,
+                latency: Duration::from_micros(200),
+                seed: args.seed,
+                chunking: Some(policy),
+                item_us: 1000,
+            })?);
+        progress.done();
+    }
+
+    // Early cancel: a search job with the first hit wanted, on four cpu workers.
+    let keys: u32 = if args.quick { 1 << 26 } else { u32::MAX };
+    let space = search::Space::for_chunks(24, keys, 1 << 22, 7).map_err(anyhow::Error::msg)?;
+    let mut constants = space.constants();
+    constants[search::HITS_WANTED] = 1;
+    let find = Job {
+        kernel: Kernel::Search.id(),
+        constants,
+        items: u64::from(keys),
+        ..Job::default()
+    };
+    let (mut idle, mut searched) = (Vec::new(), Vec::new());
+    for r in 0..repeat.max(5) {
+        progress.step(format!("chunking: search stopped at its hit ({}/{})", r + 1, repeat.max(5)));
+        let ventilator = VentilatorConfig {
+            chunking: Some(Plan {
+                policy: Policy::Adaptive(Duration::from_millis(args.chunk_ms)),
+                items: find.items,
+                max_chunk: 1 << 22,
+                nominal_us: 0.0,
+            }),
+            ..VentilatorConfig::local(Batch { tasks: Vec::new() }, find)
+        };
+        let backends: Vec<Box<dyn Backend>> = (0..4)
+            .map(|_| Box::new(crate::backend::cpu::Cpu) as Box<dyn Backend>)
+            .collect();
+        let report = local::run(LocalRun::new(ventilator, backends), shutdown)
+            .context("the search stopped at its hit")?;
+        let job = report.job.context("a job's report")?;
+        if let Some(ms) = job.cancel_ms {
+            idle.push(ms);
+        }
+        searched.push(job.held_items as f64);
+        progress.done();
+    }
+    results.cancel.push(CancelRow {
+        workers: 4,
+        backend: "cpu".into(),
+        keys: u64::from(keys),
+        hit_to_idle_ms: Spread::of(&idle),
+        searched: Spread::of(&searched),
+    });
+    Ok(results)
+}
+
+fn spread(s: &Spread, digits: usize) -> String {
+    if s.median.is_nan() {
+        return "–".into();
+    }
+    format!(
+        "{:.digits$} ({:.digits$}–{:.digits$})",
+        s.median, s.min, s.max
+    )
+}
+
+/// The tables, with the targets stated as met or not.
+pub(super) fn tables(r: &ChunkingResults) -> Vec<Table> {
+    let mut farms = Table::new(
+        "Divisible jobs: one job carved by each policy, efficiency against the measured ideal",
+        &[
+            "farm",
+            "policy",
+            "workers>",
+            "items>",
+            "makespan ms>",
+            "ideal ms>",
+            "efficiency>",
+            "chunks>",
+            "waiting>",
+            "target",
+        ],
+    );
+    for row in &r.farms {
+        if !row.unavailable.is_empty() {
+            farms.row(vec![
+                row.farm.clone(),
+                row.policy.clone(),
+                row.workers.to_string(),
+                row.items.to_string(),
+                format!("not measured: {}", row.unavailable),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        }
+        let target = match (row.policy.as_str(), row.farm.as_str()) {
+            ("adaptive", "sleep 1/2/4/8") => Some(0.95),
+            ("adaptive", "sleep 1:100") => Some(0.90),
+            _ => None,
+        };
+        let verdict = match target {
+            Some(t) => format!(
+                "≥ {t:.2}, overhead < 2 %: {}",
+                if row.efficiency.median >= t && row.overhead.median < 0.02 {
+                    "met"
+                } else {
+                    "not met"
+                }
+            ),
+            None => String::new(),
+        };
+        farms.row(vec![
+            row.farm.clone(),
+            row.policy.clone(),
+            row.workers.to_string(),
+            row.items.to_string(),
+            spread(&row.makespan_ms, 0),
+            spread(&row.ideal_ms, 0),
+            spread(&row.efficiency, 3),
+            spread(&row.chunks, 0),
+            format!("{:.2} %", 100.0 * row.overhead.median),
+            verdict,
+        ]);
+    }
+    farms.note(
+        "Ideal: the job's items over the sum of the workers' measured rates (items over busy \
+         time). Waiting: the share of the workers' time up to their last result spent without \
+         a chunk (round trips for chunks), median run.",
+    );
+    let mut sim = Table::new(
+        "Divisible jobs in the simulated farm: the real dispatcher and sink, log-normal speeds, 200 µs latency",
+        &["policy", "workers>", "items>", "makespan s>", "ideal s>", "efficiency>", "chunks>"],
+    );
+    for row in &r.simulated {
+        sim.row(vec![
+            row.scenario.clone(),
+            row.workers.to_string(),
+            row.tasks.to_string(),
+            format!("{:.2}", row.makespan_s),
+            format!("{:.2}", row.ideal_s),
+            format!("{:.3}", row.efficiency_ideal),
+            row.decisions.to_string(),
+        ]);
+    }
+    let mut cancel = Table::new(
+        "Early cancel: a search stopped at its first hit",
+        &["workers>", "backend", "keyspace>", "hit to all idle ms>", "keys searched>"],
+    );
+    for row in &r.cancel {
+        cancel.row(vec![
+            row.workers.to_string(),
+            row.backend.clone(),
+            row.keys.to_string(),
+            format!(
+                "median {:.1}, max {:.1}",
+                row.hit_to_idle_ms.median, row.hit_to_idle_ms.max
+            ),
+            spread(&row.searched, 0),
+        ]);
+    }
+    vec![farms, sim, cancel]
+}
