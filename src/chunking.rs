@@ -9,10 +9,10 @@
 //!   at the first carve);
 //! - `fixed`: chunks of one size (`--chunk-items`, else an eighth of an equal split);
 //! - `adaptive`: a small probe first; then chunks sized to take `--chunk-ms` at the
-//!   worker's measured rate, shrinking toward the end by weighted factoring (a worker's
-//!   chunk is at most its share, by rate, of half of what is left: Hummel et al.'s
-//!   factoring with Cariño and Banicescu's weights), so every worker finishes within about
-//!   one small chunk of the others.
+//!   worker's measured rate (growing at most twofold from one chunk to the next), shrinking
+//!   toward the end by weighted factoring (a worker's chunk is at most its share, by rate,
+//!   of half of what is left: Hummel et al.'s factoring with Cariño and Banicescu's
+//!   weights), so every worker finishes within about one small chunk of the others.
 //!
 //! Rates are items per second, measured from the wall time a worker reports for each chunk
 //! and smoothed so that long chunks weigh more than short ones. No socket, clock or thread:
@@ -51,13 +51,13 @@ pub struct Plan {
     /// Most items in one chunk: what one task message, output or kernel dispatch can take.
     pub max_chunk: u32,
     /// What an item is expected to cost at nominal speed, in µs (a sleep job's
-    /// `--item-us`); 0 when unknown (computed kernels): probes are then tiny.
+    /// `--item-us`); 0 when unknown (computed kernels). It sizes no chunk (a worker's own
+    /// rate does); the dispatcher uses it to expect a first chunk's duration.
     pub nominal_us: f64,
 }
 
-/// Most items a probe takes when nothing is known of the cost of an item: a ten-thousandth
-/// of the job (so a worker a hundred times slower than the rest loses at most about 1 % of
-/// the job's time on it), at least one item.
+/// A probe is a ten-thousandth of an equal share of the job, at least one item: a worker a
+/// hundred times slower than the others then spends about 1 % of the job's time on it.
 const PROBE_FRACTION: u64 = 10_000;
 
 /// Chunks never shrink below this fraction of `--chunk-ms` at the worker's rate: the
@@ -70,7 +70,14 @@ const MIN_CHUNK_FRACTION: f64 = 1.0 / 32.0;
 struct Rate {
     items: f64,
     us: f64,
+    /// Items of its last chunk: the next is at most [`GROWTH`] times as large, so a rate
+    /// measured on cheap items (the edge of a picture) is not bet on expensive ones all
+    /// at once.
+    last: u64,
 }
+
+/// How much larger than its last chunk a worker's next chunk may be.
+const GROWTH: u64 = 2;
 
 impl Rate {
     fn per_s(&self) -> Option<f64> {
@@ -156,6 +163,7 @@ impl Carver {
             self.rates.resize(worker + 1, Rate::default());
         }
         let r = &mut self.rates[worker];
+        r.last = u64::from(items);
         r.items = r.items * 0.5 + f64::from(items);
         r.us = r.us * 0.5 + f64::from(wall_us.max(1));
     }
@@ -194,14 +202,12 @@ impl Carver {
     fn adaptive(&self, worker: usize, workers: &[usize], target: Duration) -> u64 {
         let target_s = target.as_secs_f64().max(1e-3);
         let Some(rate) = self.rate(worker) else {
-            // A probe: a quarter of the target at the nominal cost where one is known, else
-            // a sliver of the job.
-            let sliver = (self.plan.items / PROBE_FRACTION).max(1);
-            return if self.plan.nominal_us > 0.0 {
-                ((target_s / 4.0) * 1e6 / self.plan.nominal_us).max(1.0) as u64
-            } else {
-                sliver
-            };
+            // A probe: a sliver of an equal share, whatever an item is said to cost (a
+            // worker may be a hundred times slower than nominal, and its probe must not
+            // outlast the job). The chunks after it grow to the target at the rate it
+            // measures, doubling at most, so a tiny probe costs a few round trips.
+            let n = workers.len().max(1) as u64;
+            return (self.left / (PROBE_FRACTION * n)).max(1);
         };
         // Workers not measured yet count at the slowest measured rate: their share is then
         // not given away to the fast.
@@ -215,7 +221,9 @@ impl Carver {
         let by_time = rate * target_s;
         let share = self.left as f64 * rate / (2.0 * total_rate);
         let floor = rate * target_s * MIN_CHUNK_FRACTION;
-        by_time.min(share).max(floor).max(1.0) as u64
+        let size = by_time.min(share).max(floor).max(1.0) as u64;
+        let last = self.rates.get(worker).map_or(1, |r| r.last.max(1));
+        size.min(last.saturating_mul(GROWTH))
     }
 }
 
