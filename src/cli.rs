@@ -1238,6 +1238,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         chunking: prepared.chunking,
         ..VentilatorConfig::local(prepared.batch, prepared.job)
     };
+    let policy = prepared.chunking.map(|plan| plan.policy.name());
     let mut sink = args.report.sink_config(String::new());
     sink.overwrite = args.overwrite.overwrite;
     sink.heartbeat = heartbeat;
@@ -1249,7 +1250,11 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         },
         shutdown,
     )?;
-    if !args.report.json {
+    let mut report = report;
+    if let (Some(job), Some(policy)) = (report.job.as_mut(), policy) {
+        job.chunking = policy.to_owned();
+    }
+    if !args.report.json && (report.job.is_none() || report.expected_ms > 0) {
         crate::report::print_expected_cost(report.expected_ms);
     }
     report.print(args.report.json)?;

@@ -1052,9 +1052,14 @@ impl Collector {
                 "measured",
             )
         };
+        // A job's tasks are its chunks delivered.
+        let tasks = match &b.items {
+            Some(_) => workers.iter().map(|w| w.tasks).sum(),
+            None => b.task_count as u64,
+        };
         Some(Report {
             batch: format!("{:016x}", b.id),
-            tasks: b.task_count as u64,
+            tasks,
             expected_ms: b.expected_ms,
             longest_ms: b.longest_ms,
             elapsed_ms,
@@ -1066,7 +1071,7 @@ impl Collector {
                 1.0
             },
             tasks_per_s: if elapsed_ms > 0.0 {
-                b.task_count as f64 * 1000.0 / elapsed_ms
+                tasks as f64 * 1000.0 / elapsed_ms
             } else {
                 0.0
             },

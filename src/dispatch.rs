@@ -407,6 +407,8 @@ pub struct Dispatcher {
     items_redone: u64,
     /// A divisible job that ended with chunks out: how long until every worker was idle.
     drained: Option<Duration>,
+    /// Chunks found held, not yet taken by the live view.
+    chunks_held: Vec<u32>,
 }
 
 /// Counters for the summary and the report.
@@ -475,6 +477,7 @@ impl Dispatcher {
             ranges_heard: 0,
             items_redone: 0,
             drained: None,
+            chunks_held: Vec::new(),
             config,
         }
     }
@@ -1109,6 +1112,14 @@ impl Dispatcher {
             self.chunk_at.remove(&first);
         }
         self.mark_held(now, &ids);
+        if self.config.chunking.is_some() {
+            self.chunks_held.extend_from_slice(&ids);
+        }
+    }
+
+    /// Chunks found held since the last call (a divisible job; the live view counts them).
+    pub fn take_chunks_held(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.chunks_held)
     }
 
     fn mark_held(&mut self, now: Instant, ids: &[u32]) {

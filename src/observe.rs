@@ -108,6 +108,9 @@ pub struct Observer {
     /// Of those, the ones this observer sent (the rate's numerator: a resumed batch's
     /// earlier results do not make it look faster).
     held_sent: u64,
+    /// A divisible job: its chunks are numbered as they are carved, so the per-task tables
+    /// grow with them.
+    grows: bool,
     /// When the first task was sent: the rate's and efficiency's clock.
     first_sent: Option<Instant>,
     ok: u64,
@@ -127,6 +130,7 @@ impl Observer {
         held.resize(tasks, true);
         held.fill(false);
         Observer {
+            grows: false,
             start: now,
             sent,
             bars: VecDeque::new(),
@@ -168,6 +172,7 @@ impl Observer {
         self.first_sent.get_or_insert(now);
         let at = self.micros(now);
         for id in ids {
+            self.make_room(id);
             let Some(slot) = self.sent.get_mut(id as usize) else {
                 continue;
             };
@@ -189,6 +194,23 @@ impl Observer {
         let tally = self.tally(worker);
         if tally.address != address {
             tally.address = address.to_owned();
+        }
+    }
+
+    /// An observer of a divisible job, whose chunks are numbered as they are carved.
+    pub fn for_job(now: Instant) -> Observer {
+        Observer {
+            grows: true,
+            ..Observer::new(0, now)
+        }
+    }
+
+    /// Room for task `id` in a job's tables.
+    fn make_room(&mut self, id: u32) {
+        let i = id as usize;
+        if self.grows && i >= self.sent.len() {
+            self.sent.resize(i + 1, (0, 0));
+            self.held.resize(i + 1, false);
         }
     }
 

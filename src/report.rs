@@ -228,15 +228,31 @@ impl Report {
         } else {
             "efficiency n/a (no work)".to_owned()
         };
-        s += &format!(
-            "{}, {} ms expected, ideal {:.0} ms ({}) on {}, {efficiency}, {} tasks/s\n",
-            plural(self.tasks, "task"),
-            self.expected_ms,
-            self.ideal_ms,
-            self.ideal_basis,
-            plural(self.workers.len() as u64, "worker"),
-            rate(self.tasks_per_s)
-        );
+        if let Some(job) = &self.job {
+            s += &format!(
+                "{} items in {}, ideal {:.0} ms ({}) on {}, {efficiency}, {} items/s\n",
+                job.held_items,
+                plural(self.tasks, "chunk"),
+                self.ideal_ms,
+                self.ideal_basis,
+                plural(self.workers.len() as u64, "worker"),
+                rate(if self.elapsed_ms > 0.0 {
+                    job.held_items as f64 * 1000.0 / self.elapsed_ms
+                } else {
+                    0.0
+                })
+            );
+        } else {
+            s += &format!(
+                "{}, {} ms expected, ideal {:.0} ms ({}) on {}, {efficiency}, {} tasks/s\n",
+                plural(self.tasks, "task"),
+                self.expected_ms,
+                self.ideal_ms,
+                self.ideal_basis,
+                plural(self.workers.len() as u64, "worker"),
+                rate(self.tasks_per_s)
+            );
+        }
         s += &format!(
             "duplicates {}, redispatched {}, rejected {}, refused {}",
             self.duplicates, self.redispatched, self.rejected, self.refused

@@ -227,9 +227,13 @@ impl Ventilator {
             .batch_id
             .unwrap_or_else(|| config.batch.id(&config.job));
         let n = config.batch.len();
-        let expected_ms = config.batch.expected_ms();
+        // A job of sleep-able items has a nominal cost; a computed job's is unknown (0).
+        let expected_ms = match config.chunking {
+            Some(plan) => (plan.items as f64 * plan.nominal_us / 1000.0).round() as u64,
+            None => config.batch.expected_ms(),
+        };
         u32::try_from(n).context("batch too large")?;
-        if config.announce {
+        if config.announce && (config.chunking.is_none() || expected_ms > 0) {
             crate::report::print_expected_cost(expected_ms);
         }
         log::debug!(
@@ -262,7 +266,10 @@ impl Ventilator {
         let mut observer = self
             .http
             .as_ref()
-            .map(|_| crate::observe::Observer::new(n, Instant::now()));
+            .map(|_| match config.chunking {
+                Some(_) => crate::observe::Observer::for_job(Instant::now()),
+                None => crate::observe::Observer::new(n, Instant::now()),
+            });
         let outcome = self.pump(&mut dispatcher, &mut observer, shutdown);
         if let Some(o) = observer.as_mut() {
             self.publish(o, &dispatcher);
@@ -415,6 +422,11 @@ impl Ventilator {
                         },
                     };
                     dispatcher.handle(Instant::now(), event, &mut out);
+                    // A divisible job's chunks held, as the sink's item ranges named them.
+                    let chunks = dispatcher.take_chunks_held();
+                    if let Some(o) = observer.as_mut().filter(|_| !chunks.is_empty()) {
+                        o.held(Instant::now(), &chunks);
+                    }
                     end = end
                         .take()
                         .or_else(|| self.carry_out(dispatcher, observer, &mut out));

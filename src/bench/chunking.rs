@@ -146,24 +146,33 @@ fn run_farm(
     let mut by_makespan: Vec<&Report> = runs.iter().collect();
     by_makespan.sort_by(|a, b| a.elapsed_ms.total_cmp(&b.elapsed_ms));
     let median = by_makespan[by_makespan.len() / 2];
-    let mut workers = median.workers.clone();
-    workers.sort_by_key(|w| {
-        w.id.trim_start_matches(|c: char| !c.is_ascii_digit())
-            .parse::<u32>()
-            .unwrap_or(0)
-    });
+    // Workers are `worker-1` … in the farm's order; one that delivered nothing first (its
+    // chunk was backed up and the backup won) is not in the report: zero here.
+    let n = (farm.backends)().map_or(0, |b| b.len());
+    let (mut busy_ms, mut finished_ms) = (vec![0.0; n], vec![0.0; n]);
+    for w in &median.workers {
+        let index = w
+            .id
+            .strip_prefix("worker-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| i.checked_sub(1));
+        if let Some(i) = index.filter(|&i| i < n) {
+            busy_ms[i] = w.busy_ms;
+            finished_ms[i] = w.finished_ms;
+        }
+    }
     Ok(ChunkRow {
         farm: farm.name.clone(),
         policy: policy.name().to_owned(),
-        workers: (farm.backends)().map_or(0, |b| b.len()),
+        workers: n,
         items: farm.job.items,
         makespan_ms: pick(&|r| r.elapsed_ms),
         ideal_ms: pick(&|r| r.ideal_ms),
         efficiency: pick(&|r| r.efficiency),
         chunks: pick(&|r| r.job.as_ref().map_or(0.0, |j| j.chunks as f64)),
         overhead: pick(&overhead),
-        busy_ms: workers.iter().map(|w| w.busy_ms).collect(),
-        finished_ms: workers.iter().map(|w| w.finished_ms).collect(),
+        busy_ms,
+        finished_ms,
         unavailable: String::new(),
     })
 }

@@ -230,10 +230,12 @@ pub fn chunking(rows: &[&super::chunking::ChunkRow], title: &str, path: &Path) -
         .copied()
         .fold(1.0, f64::max)
         * 1.05;
+    // From the top: the first policy's workers in order, a gap, the next policy's.
+    let slot = |g: usize, w: usize| bars - 1 - (g * (workers + 1) + w);
     let mut labels = vec![String::new(); bars];
     for (g, r) in rows.iter().enumerate() {
         for w in 0..r.busy_ms.len() {
-            labels[g * (workers + 1) + w] = format!("{} w{}", r.policy, w + 1);
+            labels[slot(g, w)] = format!("{} w{}", r.policy, w + 1);
         }
     }
     let mut chart = ChartBuilder::on(&root)
@@ -262,7 +264,7 @@ pub fn chunking(rows: &[&super::chunking::ChunkRow], title: &str, path: &Path) -
     let palette = [BLUE, GREEN, MAGENTA];
     for (g, r) in rows.iter().enumerate() {
         let color = palette[g % palette.len()];
-        let at = |w: usize| (g * (workers + 1) + w) as f64;
+        let at = |w: usize| slot(g, w) as f64;
         chart
             .draw_series(r.finished_ms.iter().enumerate().map(|(w, &ms)| {
                 Rectangle::new([(0.0, at(w) - 0.35), (ms, at(w) + 0.35)], color.mix(0.25).filled())
