@@ -390,7 +390,11 @@ impl Batch {
                 .with_context(|| {
                     format!("more than {MAX_TASKS} tasks; split the work into several batches")
                 })?;
-            tasks.push(Task { id, workload_ms, ..Default::default() });
+            tasks.push(Task {
+                id,
+                workload_ms,
+                ..Default::default()
+            });
         }
         if tasks.is_empty() {
             bail!("no tasks: every line is blank or a comment");

@@ -173,7 +173,9 @@ impl Carver {
     /// them.
     pub fn carve(&mut self, worker: usize, workers: &[usize]) -> Option<(u64, u32)> {
         let &(start, end) = self.free.front()?;
-        let want = self.size_for(worker, workers).clamp(1, u64::from(self.plan.max_chunk.max(1)));
+        let want = self
+            .size_for(worker, workers)
+            .clamp(1, u64::from(self.plan.max_chunk.max(1)));
         let take = want.min(end - start);
         if start + take == end {
             self.free.pop_front();
@@ -271,13 +273,20 @@ mod tests {
     #[test]
     fn adaptive_balances_a_farm_of_unequal_workers() {
         let speeds = [8000.0, 4000.0, 2000.0, 1000.0];
-        let (makespan, ideal, chunks, _) =
-            simulate(Policy::Adaptive(Duration::from_millis(200)), 1_000_000, &speeds);
+        let (makespan, ideal, chunks, _) = simulate(
+            Policy::Adaptive(Duration::from_millis(200)),
+            1_000_000,
+            &speeds,
+        );
         assert!(ideal / makespan > 0.97, "efficiency {}", ideal / makespan);
         // Far fewer chunks than items: a chunk is hundreds of milliseconds of work.
         assert!(chunks < 2000, "{chunks} chunks");
         let (makespan, ideal, _, _) = simulate(Policy::Static, 1_000_000, &speeds);
-        assert!(ideal / makespan < 0.6, "static is not balanced: {}", ideal / makespan);
+        assert!(
+            ideal / makespan < 0.6,
+            "static is not balanced: {}",
+            ideal / makespan
+        );
     }
 
     #[test]

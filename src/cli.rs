@@ -270,7 +270,12 @@ pub struct ChunkArgs {
     /// Run one divisible job carved into chunks while it runs, instead of a task list:
     /// the Mandelbrot image's rows, the search's keys, or `--items` spin items (which
     /// sleep workers take too). Workers get chunks sized by this policy.
-    #[arg(long, value_enum, value_name = "POLICY", help_heading = "Divisible jobs")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        help_heading = "Divisible jobs"
+    )]
     pub chunking: Option<ChunkingKind>,
     /// How long an adaptive chunk should take on its worker, in ms.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000), help_heading = "Divisible jobs")]
@@ -494,7 +499,11 @@ impl BatchArgs {
                         );
                     }
                     let tasks = (0..view.bands())
-                        .map(|id| crate::batch::Task { id, workload_ms: 1, ..Default::default() })
+                        .map(|id| crate::batch::Task {
+                            id,
+                            workload_ms: 1,
+                            ..Default::default()
+                        })
                         .collect();
                     let job = Job {
                         constants: view.constants(),
@@ -506,7 +515,11 @@ impl BatchArgs {
                     let space = search::Space::new(d.bits, d.keys, d.keys_per_task, d.salt)
                         .map_err(|e| anyhow::anyhow!(e))?;
                     let tasks = (0..space.tasks())
-                        .map(|id| crate::batch::Task { id, workload_ms: 1, ..Default::default() })
+                        .map(|id| crate::batch::Task {
+                            id,
+                            workload_ms: 1,
+                            ..Default::default()
+                        })
                         .collect();
                     let job = Job {
                         constants: space.constants(),
@@ -560,15 +573,9 @@ impl BatchArgs {
             }
             Kernel::Mandelbrot => {
                 // One row per band: a chunk of rows is a band the shader computes as is.
-                let view = mandelbrot::View::new(
-                    d.width,
-                    d.height,
-                    d.max_iter,
-                    1,
-                    d.centre,
-                    d.view_width,
-                )
-                .map_err(|e| anyhow::anyhow!(e))?;
+                let view =
+                    mandelbrot::View::new(d.width, d.height, d.max_iter, 1, d.centre, d.view_width)
+                        .map_err(|e| anyhow::anyhow!(e))?;
                 let row_bytes = u64::from(view.width) * 4;
                 let job = Job {
                     items: u64::from(view.height),

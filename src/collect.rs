@@ -9,12 +9,12 @@
 
 use crate::batch::ideal_ms;
 use crate::heartbeat::{check_name, Heartbeat};
+use crate::intervals::IntervalSet;
 use crate::logging::{printable, RateLimited};
 use crate::protocol::{
     Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
 };
 use crate::report::{BatchHeader, JobReport, RecoveredResults, Report, WorkerReport};
-use crate::intervals::IntervalSet;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -126,8 +126,8 @@ struct BatchState {
 
 impl BatchState {
     fn new(id: u64, task_count: usize, job: crate::batch::Job, started: Instant) -> BatchState {
-        let search = crate::kernels::Kernel::from_id(job.kernel)
-            == Some(crate::kernels::Kernel::Search);
+        let search =
+            crate::kernels::Kernel::from_id(job.kernel) == Some(crate::kernels::Kernel::Search);
         BatchState {
             id,
             task_count,
@@ -837,9 +837,8 @@ impl Collector {
         };
         if b.items.is_some() {
             let items = b.job.items;
-            let outside = |r: &TaskResult| {
-                r.items == 0 || r.first.saturating_add(u64::from(r.items)) > items
-            };
+            let outside =
+                |r: &TaskResult| r.items == 0 || r.first.saturating_add(u64::from(r.items)) > items;
             if let Some(bad) = results.iter().find(|r| outside(r)) {
                 let why = format!(
                     "result for items {}..{} of a {items}-item job",

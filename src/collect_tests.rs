@@ -306,3 +306,152 @@ fn the_batch_finishes_after_the_final_counters_or_the_wait() {
     assert!(h.c.is_finished());
     assert!(h.log.contains(&SinkCommand::Finished));
 }
+
+/// A divisible job of `items` items announced by the ventilator.
+fn announce_job(items: u64, hits: u32) -> Message {
+    let mut constants = [0; crate::kernels::CONSTANTS];
+    constants[crate::kernels::search::HITS_WANTED] = hits;
+    Message::Batch {
+        batch: 7,
+        session: 1,
+        started_unix_ms: 0,
+        task_count: 0,
+        expected_ms: 0,
+        longest_ms: 0,
+        job: Job {
+            kernel: if hits > 0 {
+                crate::kernels::Kernel::Search.id()
+            } else {
+                0
+            },
+            items,
+            constants,
+            ..Job::default()
+        },
+    }
+}
+
+fn chunk(id: u32, first: u64, items: u32) -> TaskResult {
+    TaskResult {
+        first,
+        items,
+        ..result(id, Status::Ok)
+    }
+}
+
+/// What the collector told the ventilator it holds, as one set of items.
+fn told_items(h: &Harness) -> crate::intervals::IntervalSet {
+    let mut told = crate::intervals::IntervalSet::new();
+    for m in h.sent_to(VENT) {
+        if let Message::HeldItems { ranges, .. } = m {
+            for &(a, b) in ranges {
+                told.insert(a..b);
+            }
+        }
+    }
+    told
+}
+
+proptest! {
+    /// Chunks in any order, overlapping (a chunk redone after its worker was thought lost,
+    /// carved otherwise by a restarted ventilator) and repeated: each item is recorded once,
+    /// the ventilator hears exactly the items held, and the job completes exactly when
+    /// every item is held.
+    #[test]
+    fn a_job_counts_items_once(
+        items in 1u64..400,
+        chunks in proptest::collection::vec((0u64..400, 1u32..60), 1..80),
+    ) {
+        let mut h = Harness::new();
+        h.from(VENT, announce_job(items, 0));
+        let mut model = vec![false; items as usize];
+        for (n, &(first, len)) in chunks.iter().enumerate() {
+            let first = first % items;
+            let len = len.min((items - first) as u32);
+            h.from(b"w", Message::Results {
+                batch: 7,
+                worker: worker("w", 1),
+                results: vec![chunk(n as u32, first, len)],
+            });
+            for i in first..first + u64::from(len) {
+                model[i as usize] = true;
+            }
+        }
+        let recorded: u64 = h.log.iter().filter_map(|c| match c {
+            SinkCommand::Record { results, .. } => Some(results.iter().map(|r| u64::from(r.items)).sum::<u64>()),
+            _ => None,
+        }).sum();
+        let held = model.iter().filter(|&&b| b).count() as u64;
+        // Records keep whole chunks: at least every held item, and a chunk adding nothing
+        // new is never recorded.
+        prop_assert!(recorded >= held);
+        let told = told_items(&h);
+        prop_assert_eq!(told.covered(), held);
+        prop_assert_eq!(h.c.progress(), Some((held as usize, items as usize)));
+        let complete = h.sent_to(VENT).iter().any(|m| matches!(m, Message::Complete { .. }));
+        prop_assert_eq!(complete, held == items);
+    }
+}
+
+#[test]
+fn a_late_chunk_adds_nothing_and_is_counted_as_late() {
+    let mut h = Harness::new();
+    h.from(VENT, announce_job(100, 0));
+    let results = |rs: Vec<TaskResult>| Message::Results {
+        batch: 7,
+        worker: worker("w", 1),
+        results: rs,
+    };
+    h.from(b"w", results(vec![chunk(0, 0, 60)]));
+    h.from(b"w", results(vec![chunk(0, 0, 60)]));
+    h.from(b"w", results(vec![chunk(1, 50, 50)]));
+    assert_eq!(h.c.duplicates(), 1);
+    assert!(h
+        .sent_to(VENT)
+        .iter()
+        .any(|m| matches!(m, Message::Complete { .. })));
+    // A chunk outside the job is refused, not counted.
+    h.from(b"w", results(vec![chunk(2, 90, 20)]));
+    let report = h.c.report(h.base).expect("a report");
+    let job = report.job.expect("a job's figures");
+    assert_eq!((job.items, job.held_items, job.late_items), (100, 100, 70));
+    assert_eq!(report.rejected, 1);
+}
+
+#[test]
+fn a_search_job_completes_at_its_hits() {
+    let mut h = Harness::new();
+    h.from(VENT, announce_job(1000, 3));
+    let with_hits = |id: u32, first: u64, hits: &[u32]| {
+        let mut output = (hits.len() as u32).to_le_bytes().to_vec();
+        for k in hits {
+            output.extend_from_slice(&k.to_le_bytes());
+        }
+        TaskResult {
+            output,
+            ..chunk(id, first, 100)
+        }
+    };
+    let send = |h: &mut Harness, r: TaskResult| {
+        h.from(
+            b"w",
+            Message::Results {
+                batch: 7,
+                worker: worker("w", 1),
+                results: vec![r],
+            },
+        )
+    };
+    send(&mut h, with_hits(0, 0, &[5, 17]));
+    assert!(!h
+        .sent_to(VENT)
+        .iter()
+        .any(|m| matches!(m, Message::Complete { .. })));
+    send(&mut h, with_hits(1, 500, &[512]));
+    assert!(h
+        .sent_to(VENT)
+        .iter()
+        .any(|m| matches!(m, Message::Complete { .. })));
+    let job = h.c.report(h.base).and_then(|r| r.job).expect("a job");
+    assert_eq!((job.held_items, job.hits_wanted), (200, 3));
+}

@@ -11,11 +11,11 @@
 //! held; a tick costs one look at each worker (heartbeats, silence), never at each task.
 
 use crate::batch::{Job, Task};
+use crate::chunking::{Carver, Plan, Policy};
 use crate::heartbeat::Heartbeat;
+use crate::intervals::IntervalSet;
 use crate::logging::{printable, RateLimited};
 use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
-use crate::chunking::{Carver, Plan, Policy};
-use crate::intervals::IntervalSet;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -216,7 +216,10 @@ enum Phase {
     Dispatching,
     /// A divisible job ended while chunks were out (a search found its hits): the workers
     /// were told to abandon them; waiting until none holds one, or `until`.
-    Draining { since: Instant, until: Instant },
+    Draining {
+        since: Instant,
+        until: Instant,
+    },
     /// Complete or stopped: nothing more happens.
     Over,
 }
@@ -1098,7 +1101,11 @@ impl Dispatcher {
             }
             // The chunk that holds `start` (chunks are disjoint) and those that begin
             // within the range.
-            let before = self.chunk_at.range(..=start).next_back().map(|(&f, &id)| (f, id));
+            let before = self
+                .chunk_at
+                .range(..=start)
+                .next_back()
+                .map(|(&f, &id)| (f, id));
             let within = self.chunk_at.range(start + 1..end).map(|(&f, &id)| (f, id));
             for (_, id) in before.into_iter().chain(within) {
                 let (a, b) = self.config.tasks[id as usize].range();
@@ -1883,7 +1890,9 @@ impl Dispatcher {
         let id = self.config.tasks.len() as u32;
         let task = Task {
             id,
-            workload_ms: expected_ms.ceil().clamp(1.0, f64::from(crate::batch::MAX_WORKLOAD_MS))
+            workload_ms: expected_ms
+                .ceil()
+                .clamp(1.0, f64::from(crate::batch::MAX_WORKLOAD_MS))
                 as u32,
             first,
             items,

@@ -824,3 +824,209 @@ fn a_fixed_farm_that_all_declines_stops_with_the_reason() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A dispatcher of a divisible job of `items` items, its sink's acknowledgement given.
+fn job_dispatcher(items: u64, policy: Policy, base: Instant) -> Dispatcher {
+    let mut constants = [0; crate::kernels::CONSTANTS];
+    constants[0] = 1000;
+    let job = Job {
+        items,
+        constants,
+        ..Job::default()
+    };
+    let config = DispatchConfig {
+        batch_id: 0x10b,
+        session: 1,
+        tasks: Vec::new(),
+        order: Vec::new(),
+        job,
+        expected_ms: items,
+        longest_ms: 0,
+        wait_workers: 0,
+        wait_timeout: Duration::from_secs(3600),
+        window: 2,
+        max_window: 2048,
+        heartbeat: Heartbeat {
+            interval: INTERVAL,
+            liveness: 5,
+        },
+        backup: Backup::default(),
+        sink_timeout: Duration::from_secs(3600),
+        resume: true,
+        shutdown_workers: true,
+        endpoint: "tcp://test:1".into(),
+        sink: "tcp://test:2".into(),
+        fixed_workers: 0,
+        chunking: Some(Plan {
+            policy,
+            items,
+            max_chunk: u32::MAX,
+            nominal_us: 1000.0,
+        }),
+    };
+    Dispatcher::new(config, base, 0)
+}
+
+fn greet(d: &mut Dispatcher, now: Instant, name: &str, out: &mut Vec<Command>) {
+    let info = WorkerInfo {
+        name: name.into(),
+        session: 1,
+        backend: "sleep".into(),
+        adapter: String::new(),
+        window_hint: 4,
+    };
+    d.handle(
+        now,
+        Event::FromWorker {
+            routing_id: name.as_bytes().to_vec(),
+            message: Message::Hello(info),
+        },
+        out,
+    );
+}
+
+/// The chunks handed out in `out`, by worker.
+fn chunks_in(out: &[Command]) -> Vec<(WorkerId, Task)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Tasks { worker, tasks, .. } => Some(tasks.iter().map(move |t| (*worker, *t))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_job_gives_each_worker_one_chunk_at_a_time_and_a_lost_workers_chunk_to_another() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(10_000, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    greet(&mut d, base, "b", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    d.handle(
+        base,
+        Event::FromSink(Message::BatchAck {
+            batch: 0x10b,
+            held: 0,
+        }),
+        &mut out,
+    );
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    let first = chunks_in(&out);
+    // One chunk each, whatever their window: the next is sized when they report.
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_ne!(first[0].0, first[1].0);
+    assert_eq!((first[0].1.first, first[0].1.items), (0, 100));
+    assert_eq!((first[1].1.first, first[1].1.items), (100, 100));
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    assert!(chunks_in(&out).is_empty(), "nothing more until they report");
+    // Worker b says goodbye holding its chunk: a reports, and gets b's chunk first.
+    let (b_slot, b_chunk) = first
+        .iter()
+        .copied()
+        .find(|(w, _)| d.worker(*w).routing_id == b"b")
+        .unwrap();
+    let (a_slot, a_chunk) = first.iter().copied().find(|(w, _)| *w != b_slot).unwrap();
+    d.handle(
+        base,
+        Event::FromWorker {
+            routing_id: b"b".to_vec(),
+            message: Message::Bye,
+        },
+        &mut out,
+    );
+    let done = Message::Done {
+        batch: 0x10b,
+        done: vec![Done {
+            id: a_chunk.id,
+            status: Status::Ok,
+            wall_us: 100_000,
+            kernel_us: 0,
+        }],
+    };
+    out.clear();
+    d.handle(
+        base,
+        Event::FromWorker {
+            routing_id: b"a".to_vec(),
+            message: done,
+        },
+        &mut out,
+    );
+    d.handle(base, Event::Tick, &mut out);
+    let next = chunks_in(&out);
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].0, a_slot);
+    assert_eq!(next[0].1, b_chunk, "the lost worker's chunk, whole");
+    assert_eq!(d.counters().items_redone, 100);
+}
+
+#[test]
+fn items_a_sink_holds_are_never_carved_and_cover_chunks_whoever_carved_them() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(1000, Policy::Fixed(300), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    // A resumed sink holds items 0..250 and 600..700 (carved by an earlier ventilator).
+    d.handle(
+        base,
+        Event::FromSink(Message::BatchAck {
+            batch: 0x10b,
+            held: 1,
+        }),
+        &mut out,
+    );
+    d.handle(
+        base,
+        Event::FromSink(Message::HeldItems {
+            batch: 0x10b,
+            ranges: vec![(0, 250), (600, 700)],
+        }),
+        &mut out,
+    );
+    let mut carved = Vec::new();
+    for n in 0..10 {
+        out.clear();
+        d.handle(base, Event::Tick, &mut out);
+        let Some((_, chunk)) = chunks_in(&out).first().copied() else {
+            break;
+        };
+        carved.push(chunk.range());
+        // The sink holds it in two pieces, as two ventilators might have carved it.
+        let (a, b) = chunk.range();
+        let mid = a + (b - a) / 2;
+        for range in [(mid, b), (a, mid)] {
+            d.handle(
+                base,
+                Event::FromSink(Message::HeldItems {
+                    batch: 0x10b,
+                    ranges: vec![range],
+                }),
+                &mut out,
+            );
+        }
+        assert_eq!(d.task_state(chunk.id), TaskState::Held, "chunk {n}");
+        let done = Message::Done {
+            batch: 0x10b,
+            done: vec![Done {
+                id: chunk.id,
+                status: Status::Ok,
+                wall_us: 1000,
+                kernel_us: 0,
+            }],
+        };
+        d.handle(
+            base,
+            Event::FromWorker {
+                routing_id: b"a".to_vec(),
+                message: done,
+            },
+            &mut out,
+        );
+    }
+    assert_eq!(carved, vec![(250, 550), (550, 600), (700, 1000)]);
+}

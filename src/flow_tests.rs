@@ -30,7 +30,11 @@ fn finished(id: u32, status: Status) -> Finished {
     Finished {
         batch: 9,
         outcome: Outcome {
-            task: Task { id, workload_ms: 1, ..Default::default() },
+            task: Task {
+                id,
+                workload_ms: 1,
+                ..Default::default()
+            },
             status,
             wall_us: 1000,
             ..Outcome::default()

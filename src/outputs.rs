@@ -216,7 +216,10 @@ impl Outputs {
             .with_context(|| format!("cannot list the outputs directory {}", dir.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            if let Some(chunk) = entry.file_name().to_str().and_then(|n| chunk_of_name(kernel, n))
+            if let Some(chunk) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| chunk_of_name(kernel, n))
             {
                 chunks.push(chunk);
             }
@@ -268,9 +271,8 @@ impl Outputs {
             let mut hits = Vec::new();
             for task in tasks {
                 let file = dir.join(output_name(job, task, ""));
-                let bytes = std::fs::read(&file).with_context(|| {
-                    format!("reading hits back from {}", file.display())
-                })?;
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("reading hits back from {}", file.display()))?;
                 hits.extend(search::hits(&bytes));
             }
             self.hits = hits;
@@ -398,7 +400,11 @@ mod tests {
         };
         assert_eq!(output_name(&job, three, "a.bin"), "a.bin.out");
         for bad in ["", "../x", "a/b", ".hidden", "a\nb"] {
-            assert_eq!(output_name(&job, three, bad), "user-00000003.out", "{bad:?}");
+            assert_eq!(
+                output_name(&job, three, bad),
+                "user-00000003.out",
+                "{bad:?}"
+            );
         }
     }
 

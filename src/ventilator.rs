@@ -263,13 +263,10 @@ impl Ventilator {
             chunking: config.chunking,
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
-        let mut observer = self
-            .http
-            .as_ref()
-            .map(|_| match config.chunking {
-                Some(_) => crate::observe::Observer::for_job(Instant::now()),
-                None => crate::observe::Observer::new(n, Instant::now()),
-            });
+        let mut observer = self.http.as_ref().map(|_| match config.chunking {
+            Some(_) => crate::observe::Observer::for_job(Instant::now()),
+            None => crate::observe::Observer::new(n, Instant::now()),
+        });
         let outcome = self.pump(&mut dispatcher, &mut observer, shutdown);
         if let Some(o) = observer.as_mut() {
             self.publish(o, &dispatcher);

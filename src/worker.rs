@@ -224,9 +224,11 @@ impl Worker {
                         backend,
                         chunk_rx,
                         outcome_tx,
-                        &stop,
-                        &abandon,
-                        &failure,
+                        Shared {
+                            stop: &stop,
+                            abandon: &abandon,
+                            failure: &failure,
+                        },
                     )
                 })
                 .context("starting the executor thread")?
@@ -514,6 +516,14 @@ const FLUSH_CHECK_EVERY: usize = 16;
 /// Most outcomes gathered before they are sent regardless.
 const FLUSH_COUNT: usize = 1024;
 
+/// What the executor shares with the worker's I/O thread: the stop flag, which batch is
+/// over, and why the backend failed.
+struct Shared<'a> {
+    stop: &'a AtomicBool,
+    abandon: &'a Abandon,
+    failure: &'a Mutex<Option<String>>,
+}
+
 /// The executor thread: feeds queued tasks to the backend and hands outcomes back in
 /// groups, as soon as a task took noticeable time or nothing else is queued, so that credit
 /// returns promptly for long tasks and zero-work tasks travel in bulk. If the backend
@@ -524,10 +534,13 @@ fn execute(
     mut backend: Box<dyn Backend>,
     chunks: mpsc::Receiver<Chunk>,
     outcome_tx: mpsc::Sender<Outcomes>,
-    stop: &AtomicBool,
-    abandon: &Abandon,
-    failure: &Mutex<Option<String>>,
+    shared: Shared,
 ) {
+    let Shared {
+        stop,
+        abandon,
+        failure,
+    } = shared;
     let wake = match ctx.socket(zmq::PAIR).and_then(|s| {
         s.set_linger(0)?;
         s.connect(wake_endpoint).map(|()| s)

@@ -61,10 +61,13 @@ fn policies(chunk_ms: u64) -> [Policy; 3] {
     ]
 }
 
+/// Builds a farm's backends afresh for each run.
+type MakeBackends = Box<dyn Fn() -> anyhow::Result<Vec<Box<dyn Backend>>>>;
+
 /// A farm to run a job on: its name and a way to build its backends.
 struct Farm {
     name: String,
-    backends: Box<dyn Fn() -> anyhow::Result<Vec<Box<dyn Backend>>>>,
+    backends: MakeBackends,
     job: Job,
     plan: Plan,
 }
@@ -103,7 +106,10 @@ fn run_farm(
     progress: &Progress,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ChunkRow> {
-    let plan = Plan { policy, ..farm.plan };
+    let plan = Plan {
+        policy,
+        ..farm.plan
+    };
     let mut runs = Vec::new();
     for r in 0..repeat {
         progress.step(format!(
@@ -119,7 +125,10 @@ fn run_farm(
         };
         let report = local::run(LocalRun::new(ventilator, backends), shutdown)
             .with_context(|| format!("{} with {} chunks", farm.name, policy.name()))?;
-        let job = report.job.clone().context("a job's report says how it went")?;
+        let job = report
+            .job
+            .clone()
+            .context("a job's report says how it went")?;
         if job.held_items != job.items {
             bail!(
                 "{} with {} chunks: the sink holds {} of {} items",
@@ -151,11 +160,10 @@ fn run_farm(
     let n = (farm.backends)().map_or(0, |b| b.len());
     let (mut busy_ms, mut finished_ms) = (vec![0.0; n], vec![0.0; n]);
     for w in &median.workers {
-        let index = w
-            .id
-            .strip_prefix("worker-")
-            .and_then(|i| i.parse::<usize>().ok())
-            .and_then(|i| i.checked_sub(1));
+        let index =
+            w.id.strip_prefix("worker-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| i.checked_sub(1));
         if let Some(i) = index.filter(|&i| i < n) {
             busy_ms[i] = w.busy_ms;
             finished_ms[i] = w.finished_ms;
@@ -189,7 +197,8 @@ pub(super) fn chunking(
     // worker after a few seconds.
     let scale = if args.quick { 0.1 } else { 1.0 };
     let item_us = 100;
-    let items = |ideal_s: f64, speed: f64| (ideal_s * scale * speed * 1e6 / f64::from(item_us)) as u64;
+    let items =
+        |ideal_s: f64, speed: f64| (ideal_s * scale * speed * 1e6 / f64::from(item_us)) as u64;
     let mut farms = vec![
         sleep_farm(
             "sleep 1/2/4/8",
@@ -267,7 +276,10 @@ pub(super) fn chunking(
         (1_000, 10_000_000)
     };
     for policy in policies(args.chunk_ms) {
-        progress.step(format!("chunking: simulated {workers} workers, {}", policy.name()));
+        progress.step(format!(
+            "chunking: simulated {workers} workers, {}",
+            policy.name()
+        ));
         results
             .simulated
             .push(super::simulate::simulate(&super::simulate::SimSpec {
@@ -295,7 +307,11 @@ pub(super) fn chunking(
     };
     let (mut idle, mut searched) = (Vec::new(), Vec::new());
     for r in 0..repeat.max(5) {
-        progress.step(format!("chunking: search stopped at its hit ({}/{})", r + 1, repeat.max(5)));
+        progress.step(format!(
+            "chunking: search stopped at its hit ({}/{})",
+            r + 1,
+            repeat.max(5)
+        ));
         let ventilator = VentilatorConfig {
             chunking: Some(Plan {
                 policy: Policy::Adaptive(Duration::from_millis(args.chunk_ms)),
@@ -421,7 +437,13 @@ pub(super) fn tables(r: &ChunkingResults) -> Vec<Table> {
     }
     let mut cancel = Table::new(
         "Early cancel: a search stopped at its first hit",
-        &["workers>", "backend", "keyspace>", "hit to all idle ms>", "keys searched>"],
+        &[
+            "workers>",
+            "backend",
+            "keyspace>",
+            "hit to all idle ms>",
+            "keys searched>",
+        ],
     );
     for row in &r.cancel {
         cancel.row(vec![

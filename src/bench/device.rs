@@ -105,7 +105,11 @@ pub(super) fn device(
         let n: u32 = if args.quick { 50 } else { 2000 };
         let tasks = || {
             (0..n)
-                .map(|id| Task { id, workload_ms: 0, ..Default::default() })
+                .map(|id| Task {
+                    id,
+                    workload_ms: 0,
+                    ..Default::default()
+                })
                 .collect::<Vec<_>>()
         };
         let per_task = |gpu: &mut Gpu| -> anyhow::Result<f64> {

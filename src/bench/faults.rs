@@ -98,7 +98,11 @@ pub fn faults(
     let fakes = if quick { 300 } else { FAKES };
     let batch = Batch {
         tasks: (0..tasks)
-            .map(|id| crate::batch::Task { id, workload_ms: 0, ..Default::default() })
+            .map(|id| crate::batch::Task {
+                id,
+                workload_ms: 0,
+                ..Default::default()
+            })
             .collect(),
     };
     let mut baseline = Vec::new();

@@ -114,7 +114,13 @@ pub(super) fn kernels(
                 .map_err(|e| anyhow::anyhow!("{name} on {}: {e}", row.backend))?;
             let mut rates = Vec::new();
             for _ in 0..repeat {
-                let mut queue = (0..tasks).map(|id| Work::from(Task { id, workload_ms: 1, ..Default::default() }));
+                let mut queue = (0..tasks).map(|id| {
+                    Work::from(Task {
+                        id,
+                        workload_ms: 1,
+                        ..Default::default()
+                    })
+                });
                 let mut failed = 0;
                 let start = Instant::now();
                 backend.run(&job, &mut || queue.next(), &mut |o| {

@@ -219,7 +219,11 @@ pub fn simulate(rows: &[super::simulate::SimRow], title: &str, path: &Path) -> a
 
 /// Per-worker time on one farm under each policy: busy (solid) and up to its last result
 /// (light), one group of bars per policy, so an unbalanced split shows as ragged ends.
-pub fn chunking(rows: &[&super::chunking::ChunkRow], title: &str, path: &Path) -> anyhow::Result<()> {
+pub fn chunking(
+    rows: &[&super::chunking::ChunkRow],
+    title: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
     let workers = rows.iter().map(|r| r.busy_ms.len()).max().unwrap_or(1);
     let bars = rows.len() * (workers + 1);
     let root = SVGBackend::new(path, (720, 100 + 22 * bars as u32)).into_drawing_area();
@@ -267,12 +271,18 @@ pub fn chunking(rows: &[&super::chunking::ChunkRow], title: &str, path: &Path) -
         let at = |w: usize| slot(g, w) as f64;
         chart
             .draw_series(r.finished_ms.iter().enumerate().map(|(w, &ms)| {
-                Rectangle::new([(0.0, at(w) - 0.35), (ms, at(w) + 0.35)], color.mix(0.25).filled())
+                Rectangle::new(
+                    [(0.0, at(w) - 0.35), (ms, at(w) + 0.35)],
+                    color.mix(0.25).filled(),
+                )
             }))
             .map_err(err("chunking"))?;
         chart
             .draw_series(r.busy_ms.iter().enumerate().map(|(w, &ms)| {
-                Rectangle::new([(0.0, at(w) - 0.35), (ms, at(w) + 0.35)], color.mix(0.8).filled())
+                Rectangle::new(
+                    [(0.0, at(w) - 0.35), (ms, at(w) + 0.35)],
+                    color.mix(0.8).filled(),
+                )
             }))
             .map_err(err("chunking"))?;
     }

@@ -288,7 +288,10 @@ mod tests {
             ..Task::default()
         };
         assert_eq!(rows.span(chunk), Ok((16, 16)));
-        let both = [banded.reference(Task::numbered(2)), banded.reference(Task::numbered(3))];
+        let both = [
+            banded.reference(Task::numbered(2)),
+            banded.reference(Task::numbered(3)),
+        ];
         assert_eq!(rows.reference(chunk), both.concat());
         assert!(rows.span(Task { first: 40, ..chunk }).is_err());
         assert!(banded.span(chunk).is_err(), "a banded view takes no chunks");

@@ -212,7 +212,9 @@ mod tests {
         assert_eq!(s.tasks(), 4);
         assert_eq!(s.range(3), Ok((90_000, 10_000)));
         assert!(s.range(4).is_err());
-        let total: usize = (0..s.tasks()).map(|t| hits(&s.reference(Task::numbered(t))).len()).sum();
+        let total: usize = (0..s.tasks())
+            .map(|t| hits(&s.reference(Task::numbered(t))).len())
+            .sum();
         // 100,000 keys / 2^8 is about 390 hits.
         assert!((300..500).contains(&total), "{total}");
         for t in 0..s.tasks() {

@@ -64,7 +64,10 @@ fn delivered_by(path: &std::path::Path, name: &str) -> bool {
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
@@ -82,7 +85,10 @@ fn job_done(sink: Proc, items: u64) -> serde_json::Value {
         .iter()
         .map(|w| w["items"].as_u64().unwrap_or(0))
         .sum();
-    assert_eq!(by_workers, items, "each item counted once by the workers' tallies: {r}");
+    assert_eq!(
+        by_workers, items,
+        "each item counted once by the workers' tallies: {r}"
+    );
     r
 }
 
@@ -90,7 +96,9 @@ fn job_done(sink: Proc, items: u64) -> serde_json::Value {
 fn a_divisible_job_holds_every_item_once_when_a_worker_is_killed() {
     let c = Cluster::start(&spin_job("3000"), &["a", "b", "victim"], &BEAT);
     // The victim has delivered a chunk and holds its next one.
-    wait_until("a result from the victim", || delivered_by(&c.results, "victim"));
+    wait_until("a result from the victim", || {
+        delivered_by(&c.results, "victim")
+    });
     c.workers[2].signal("KILL");
     let r = job_done(c.sink, 3000);
     assert_items_once(&c.results, 3000);
@@ -168,7 +176,10 @@ fn a_search_job_stops_at_its_hits_and_every_worker_goes_idle() {
     assert_eq!(job["hits_wanted"], 2, "{r}");
     let held = job["held_items"].as_u64().expect("held items");
     assert!(held < 400_000_000, "the search stopped early: {r}");
-    assert!(job["cancel_ms"].as_f64().is_some(), "the time to idle is reported: {r}");
+    assert!(
+        job["cancel_ms"].as_f64().is_some(),
+        "the time to idle is reported: {r}"
+    );
     let hits: Vec<u32> = r["hits"]
         .as_array()
         .expect("hits")
@@ -217,6 +228,9 @@ fn a_mandelbrot_job_paints_the_picture_the_task_list_paints() {
     let tasks = picture("tasks.png", &["--band-rows", "8"]);
     for policy in ["adaptive", "static", "fixed"] {
         let job = picture(&format!("{policy}.png"), &["--chunking", policy]);
-        assert!(job == tasks, "the {policy} job's picture differs from the task list's");
+        assert!(
+            job == tasks,
+            "the {policy} job's picture differs from the task list's"
+        );
     }
 }

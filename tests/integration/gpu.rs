@@ -67,7 +67,11 @@ fn spin_equals_the_cpu_reference_for_several_workloads_and_tasks() {
                 (12_345, 7),
             ]
             .iter()
-            .map(|&(id, workload_ms)| Task { id, workload_ms, ..Default::default() })
+            .map(|&(id, workload_ms)| Task {
+                id,
+                workload_ms,
+                ..Default::default()
+            })
             .collect();
             let outcomes = run_tasks(&mut gpu, &job(units), &tasks);
             assert_eq!(

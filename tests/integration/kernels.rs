@@ -24,7 +24,13 @@ fn run(gpu: &mut Gpu, job: &Job, source: Option<&str>, work: Vec<Work>) -> Vec<O
 
 fn tasks(n: u32) -> Vec<Work> {
     (0..n)
-        .map(|id| Work::from(Task { id, workload_ms: 1, ..Default::default() }))
+        .map(|id| {
+            Work::from(Task {
+                id,
+                workload_ms: 1,
+                ..Default::default()
+            })
+        })
         .collect()
 }
 
