@@ -227,8 +227,22 @@ impl Inputs {
         Ok(Batch { tasks })
     }
 
+    /// One large input of a divisible job (`--chunking` with `--inputs`): the pattern must
+    /// match exactly one file, of any size; its chunks are slices of it.
+    pub fn single(pattern: &str) -> anyhow::Result<Inputs> {
+        let inputs = Inputs::find(pattern, u64::MAX)?;
+        if inputs.paths.len() != 1 {
+            bail!(
+                "--inputs {pattern:?} matches {} files; a divisible job (--chunking) carves one                  input: name one file, or drop --chunking for one task per file",
+                inputs.paths.len()
+            );
+        }
+        Ok(inputs)
+    }
+
     /// Task `id`'s [`crate::protocol::Message::Data`], the file read straight into the
-    /// message after its head (one copy from the page cache, none after).
+    /// message after its head (one copy from the page cache, none after). A divisible
+    /// job's chunk carries its items' slice of the one input.
     pub fn data_message(
         &self,
         batch: u64,
@@ -236,24 +250,43 @@ impl Inputs {
         task: Task,
         max_payload: u64,
     ) -> anyhow::Result<Vec<u8>> {
-        use std::io::Read;
+        use std::io::{Read, Seek};
+        let index = if task.is_chunk() { 0 } else { task.id as usize };
         let path = self
             .paths
-            .get(task.id as usize)
+            .get(index)
             .ok_or_else(|| anyhow::anyhow!("no input for task {}", task.id))?;
         let mut file = std::fs::File::open(path)
             .with_context(|| format!("cannot read input {}", path.display()))?;
-        let len = file
+        let size = file
             .metadata()
             .with_context(|| format!("cannot read input {}", path.display()))?
             .len();
+        let (offset, len) = if task.is_chunk() {
+            let item = u64::from(job.item_bytes.max(1));
+            let start = task.first.saturating_mul(item);
+            let end = task.range().1.saturating_mul(item).min(size);
+            if start >= end {
+                bail!(
+                    "input {} is {size} bytes, too short for items {}..{} of {item} bytes: it                      changed since the job started",
+                    path.display(),
+                    task.first,
+                    task.range().1
+                );
+            }
+            (start, end - start)
+        } else {
+            (0, size)
+        };
         if len > max_payload {
             bail!(
                 "input {} grew to {len} bytes, over --max-payload {max_payload}",
                 path.display()
             );
         }
-        let name = &self.names[task.id as usize];
+        file.seek(std::io::SeekFrom::Start(offset))
+            .with_context(|| format!("cannot read input {}", path.display()))?;
+        let name = &self.names[index];
         let mut message = crate::protocol::Message::encode_data_head(
             batch,
             job,

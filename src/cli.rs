@@ -252,6 +252,24 @@ pub struct BatchArgs {
     pub chunks: ChunkArgs,
 }
 
+/// A user kernel's WGSL (`--kernel-file`), read and checked against the interface before
+/// anything binds: errors name `file:line:column`.
+fn read_kernel_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --kernel-file {}", path.display()))?;
+    if source.len() > crate::protocol::MAX_SOURCE_BYTES {
+        bail!(
+            "--kernel-file {} is {} bytes, over the limit of {} for a kernel's source",
+            path.display(),
+            source.len(),
+            crate::protocol::MAX_SOURCE_BYTES
+        );
+    }
+    crate::kernels::user::check(&source, &path.display().to_string())
+        .map_err(|e| anyhow::anyhow!("invalid WGSL in --kernel-file: {e}"))?;
+    Ok(source)
+}
+
 /// How a divisible job's chunks are sized (`--chunking`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ChunkingKind {
@@ -403,23 +421,12 @@ impl BatchArgs {
         if self.chunks.hits > 0 {
             bail!("--hits stops a search job: pass --kernel search --chunking adaptive (or static, fixed)");
         }
-        use crate::kernels::{mandelbrot, search, user, PER_ITEM, SAME_AS_INPUT};
+        use crate::kernels::{mandelbrot, search, PER_ITEM, SAME_AS_INPUT};
         let max_payload = crate::protocol::max_payload();
         let d = &self.data;
         let base = self.job(verify_percent);
         let (batch, job, inputs, source) = if let Some(path) = &d.kernel_file {
-            let source = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --kernel-file {}", path.display()))?;
-            if source.len() > crate::protocol::MAX_SOURCE_BYTES {
-                bail!(
-                    "--kernel-file {} is {} bytes, over the limit of {} for a kernel's source",
-                    path.display(),
-                    source.len(),
-                    crate::protocol::MAX_SOURCE_BYTES
-                );
-            }
-            user::check(&source, &path.display().to_string())
-                .map_err(|e| anyhow::anyhow!("invalid WGSL in --kernel-file: {e}"))?;
+            let source = read_kernel_file(path)?;
             let pattern = d.inputs.as_deref().unwrap_or_default();
             let inputs = crate::batch::Inputs::find(pattern, max_payload)?;
             let job = Job {
@@ -540,18 +547,98 @@ impl BatchArgs {
         })
     }
 
+    /// A divisible job over one large input (a user kernel, or `copy`): its items are the
+    /// input's `--item-bytes` pieces, each chunk travels with its slice.
+    fn prepare_input_job(&self, verify_percent: u8, policy: Policy) -> anyhow::Result<Prepared> {
+        use crate::kernels::{PER_ITEM, SAME_AS_INPUT};
+        let max_payload = crate::protocol::max_payload();
+        let d = &self.data;
+        let Some(pattern) = d.inputs.as_deref() else {
+            bail!("--chunking over an input needs --inputs FILE: the one file the job carves");
+        };
+        let inputs = crate::batch::Inputs::single(pattern)?;
+        let path = &inputs.paths[0];
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read input {}", path.display()))?
+            .len();
+        if size == 0 {
+            bail!("input {} is empty: nothing to carve", path.display());
+        }
+        let base = self.job(verify_percent);
+        let (job, source) = match &d.kernel_file {
+            Some(kernel) => {
+                let source = read_kernel_file(kernel)?;
+                let job = Job {
+                    kernel: Kernel::User.id(),
+                    source: crate::kernels::fnv1a(source.as_bytes()),
+                    item_bytes: d.item_bytes,
+                    output_bytes: d.output_bytes,
+                    constants: d.constants.unwrap_or_default(),
+                    ..base
+                };
+                (job, Some(std::sync::Arc::<str>::from(source)))
+            }
+            // `copy` moves 4-byte words.
+            None => (
+                Job {
+                    item_bytes: 4,
+                    output_bytes: SAME_AS_INPUT,
+                    ..base
+                },
+                None,
+            ),
+        };
+        let item_bytes = u64::from(job.item_bytes.max(1));
+        let items = size.div_ceil(item_bytes);
+        // A chunk's input and output each fit in --max-payload.
+        let out_per_item = match job.output_bytes {
+            SAME_AS_INPUT => item_bytes,
+            n if n & PER_ITEM != 0 => u64::from(n & !PER_ITEM),
+            n => {
+                if u64::from(n) > max_payload {
+                    bail!("--output-bytes {n} is over --max-payload {max_payload}");
+                }
+                0
+            }
+        };
+        let max_chunk = (max_payload / item_bytes)
+            .min(max_payload.checked_div(out_per_item).unwrap_or(u64::MAX))
+            .clamp(1, u64::from(u32::MAX));
+        let job = Job { items, ..job };
+        let batch = Batch { tasks: Vec::new() };
+        let batch_id = batch.id_with_inputs(&job, inputs.digest);
+        Ok(Prepared {
+            batch,
+            job,
+            inputs: Some(std::sync::Arc::new(inputs)),
+            source,
+            batch_id,
+            chunking: Some(Plan {
+                policy,
+                items,
+                max_chunk: max_chunk as u32,
+                nominal_us: 0.0,
+            }),
+        })
+    }
+
     /// A divisible job: no tasks up front, a plan for the chunks.
     fn prepare_job(&self, verify_percent: u8, policy: Policy) -> anyhow::Result<Prepared> {
         use crate::kernels::{mandelbrot, search};
         let max_payload = crate::protocol::max_payload();
         let d = &self.data;
-        if d.kernel_file.is_some() || d.inputs.is_some() || self.kernel == Kernel::Copy {
-            bail!(
-                "--chunking carves a built-in kernel's job (spin items, Mandelbrot rows, search                  keys); a user kernel's inputs are tasks of their own: drop --chunking"
-            );
-        }
-        if self.chunks.hits > 0 && self.kernel != Kernel::Search {
+        if self.chunks.hits > 0 && (self.kernel != Kernel::Search || d.kernel_file.is_some()) {
             bail!("--hits stops a search job: pass --kernel search");
+        }
+        if d.kernel_file.is_some() || self.kernel == Kernel::Copy {
+            return self.prepare_input_job(verify_percent, policy);
+        }
+        if d.inputs.is_some() {
+            bail!(
+                "--inputs feeds a user kernel (--kernel-file) or --kernel copy; the {} kernel \
+                 takes none",
+                self.kernel.name()
+            );
         }
         let base = self.job(verify_percent);
         let (job, max_chunk, nominal_us) = match self.kernel {

@@ -939,6 +939,11 @@ impl Dispatcher {
     fn sink_complete(&mut self, now: Instant, out: &mut Vec<Command>) {
         let out_there = self.workers.iter().any(|w| w.alive && w.assigned > 0);
         if self.carver.is_none() || !out_there {
+            // A job that ended early with no chunk out: every worker was idle already.
+            let early = self.carver.as_ref().is_some_and(|c| c.left() > 0);
+            if early {
+                self.drained = Some(Duration::ZERO);
+            }
             self.complete(out);
             return;
         }

@@ -72,6 +72,9 @@ pub struct Outputs {
     canvas: Option<(mandelbrot::View, Vec<u32>, Vec<bool>)>,
     hits: Vec<u32>,
     warned_discarded: bool,
+    /// A divisible job's input name, as its chunks' results echo it: what the assembled
+    /// output is named after.
+    input_name: Option<String>,
 }
 
 /// Whether `name` is safe to use as a file name in the outputs directory.
@@ -131,6 +134,7 @@ impl Outputs {
             canvas: None,
             hits: Vec::new(),
             warned_discarded: false,
+            input_name: None,
         }
     }
 
@@ -146,6 +150,9 @@ impl Outputs {
                     r.id,
                     r.name.escape_debug().to_string()
                 );
+            }
+            if r.items > 0 && plain_file_name(&r.name) && self.input_name.is_none() {
+                self.input_name = Some(r.name.clone());
             }
             let name = output_name(job, task_of(r), &r.name);
             write_synced(dir, &name, &r.output)?;
@@ -277,6 +284,7 @@ impl Outputs {
             }
             self.hits = hits;
         }
+        self.assemble(job)?;
         let Some(path) = self.config.image.clone() else {
             return Ok(());
         };
@@ -341,6 +349,78 @@ impl Outputs {
             path.display(),
             view.width,
             view.height
+        );
+        Ok(())
+    }
+}
+
+impl Outputs {
+    /// A divisible job over one input whose output is per item (`same`, `N/item`): its
+    /// chunks' outputs, in item order, as one file named after the input (`NAME.out`),
+    /// written, synced and renamed like every output. The chunks' files stay (a resumed
+    /// sink reads them). Overlapping chunks (carved differently by a restarted
+    /// ventilator) give each item's bytes once.
+    fn assemble(&mut self, job: &Job) -> anyhow::Result<()> {
+        use crate::kernels::{PER_ITEM, SAME_AS_INPUT};
+        let (Some(dir), Some(kernel)) = (self.config.dir.clone(), Kernel::from_id(job.kernel))
+        else {
+            return Ok(());
+        };
+        if job.items == 0 || !kernel.takes_inputs() {
+            return Ok(());
+        }
+        let per_item = match job.output_bytes {
+            SAME_AS_INPUT => u64::from(job.item_bytes.max(1)),
+            n if n & PER_ITEM != 0 => u64::from(n & !PER_ITEM),
+            // A fixed output per chunk (a reduction): the chunks' files are the result.
+            _ => return Ok(()),
+        };
+        let name = match &self.input_name {
+            Some(input) => format!("{input}.out"),
+            None => format!("{}-job.out", kernel.name()),
+        };
+        let temporary = dir.join(format!(".{name}.tmp"));
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&temporary)
+                .with_context(|| format!("cannot create {}", temporary.display()))?,
+        );
+        let mut next = 0u64;
+        for chunk in Self::chunks_in_dir(job, &dir)? {
+            let (first, end) = chunk.range();
+            if end <= next {
+                continue;
+            }
+            if first > next {
+                bail!(
+                    "items {next}..{first} of the job have no output in {}",
+                    dir.display()
+                );
+            }
+            let path = dir.join(output_name(job, chunk, ""));
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            // The last chunk's output may be short (a partial last item of `same`).
+            let skip = ((next - first) * per_item).min(bytes.len() as u64) as usize;
+            file.write_all(&bytes[skip..])
+                .with_context(|| format!("cannot write {}", temporary.display()))?;
+            next = end;
+        }
+        if next < job.items {
+            bail!(
+                "items {next}..{} of the job have no output in {}",
+                job.items,
+                dir.display()
+            );
+        }
+        let file = file
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", temporary.display()))?;
+        file.sync_all()
+            .and_then(|()| std::fs::rename(&temporary, dir.join(&name)))
+            .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
+        log::info!(
+            "the job's output assembled in {}",
+            dir.join(&name).display()
         );
         Ok(())
     }

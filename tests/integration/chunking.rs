@@ -234,3 +234,127 @@ fn a_mandelbrot_job_paints_the_picture_the_task_list_paints() {
         );
     }
 }
+
+#[test]
+fn a_job_over_one_large_input_assembles_its_output_in_item_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a whole number of 4-byte items: the last item is one byte.
+    let mut seed = 0x2545_f491u32;
+    let bytes: Vec<u8> = (0..(3 << 20) + 1)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as u8
+        })
+        .collect();
+    let input = dir.path().join("big.bin");
+    std::fs::write(&input, &bytes).unwrap();
+    let out = dir.path().join("out");
+    let (status, stdout, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--backend",
+            "cpu",
+            "--workers",
+            "3",
+            "--kernel",
+            "copy",
+            "--inputs",
+            input.to_str().unwrap(),
+            "--chunking",
+            "adaptive",
+            "--outputs",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["job"]["items"], (3u64 << 20) / 4 + 1, "{r}");
+    assert!(r["job"]["chunks"].as_u64().unwrap() > 3, "carved: {r}");
+    let assembled = std::fs::read(out.join("big.bin.out")).expect("the assembled output");
+    assert!(assembled == bytes, "the output is the input, in order");
+}
+
+#[test]
+fn a_user_kernel_job_sees_each_chunks_first_item_as_its_task_id() {
+    if adapter(AdapterClass::Software).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // output[i] = 3 * input[i] + the item's index in the whole input.
+    let kernel = dir.path().join("index.wgsl");
+    std::fs::write(
+        &kernel,
+        "struct Params { task_id: u32, offset: u32, count: u32, items: u32, input_bytes: u32, \
+         output_bytes: u32, _pad0: u32, _pad1: u32, c: array<vec4<u32>, 2> }\n\
+         @group(0) @binding(0) var<uniform> params: Params;\n\
+         @group(0) @binding(1) var<storage, read> input: array<u32>;\n\
+         @group(0) @binding(2) var<storage, read_write> output: array<u32>;\n\
+         @compute @workgroup_size(64)\n\
+         fn main(@builtin(global_invocation_id) gid: vec3<u32>) {\n\
+             if (gid.x >= params.count) { return; }\n\
+             let i = params.offset + gid.x;\n\
+             output[i] = 3u * input[i] + params.task_id + i;\n\
+         }\n",
+    )
+    .unwrap();
+    let n = 200_000u32;
+    let values: Vec<u32> = (0..n).map(|i| i.wrapping_mul(2_654_435_761) >> 8).collect();
+    let input = dir.path().join("values.u32");
+    std::fs::write(
+        &input,
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (status, stdout, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--backend",
+            "software",
+            "--workers",
+            "2",
+            "--kernel-file",
+            kernel.to_str().unwrap(),
+            "--inputs",
+            input.to_str().unwrap(),
+            "--item-bytes",
+            "4",
+            "--output-bytes",
+            "4/item",
+            "--chunking",
+            "fixed",
+            "--chunk-items",
+            "7000",
+            "--outputs",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .finish();
+    assert!(status.success(), "{log}");
+    let r = report(&stdout);
+    assert_eq!(r["job"]["chunks"], 29, "{r}");
+    let got: Vec<u32> = std::fs::read(out.join("values.u32.out"))
+        .expect("the assembled output")
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    let expected: Vec<u32> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.wrapping_mul(3).wrapping_add(i as u32))
+        .collect();
+    assert!(
+        got == expected,
+        "every item computed once, in order, knowing its index"
+    );
+}
