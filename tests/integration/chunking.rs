@@ -52,6 +52,16 @@ fn assert_items_once(path: &std::path::Path, items: u64) {
     assert_eq!(next, items, "the chunks end at {next} of {items} items");
 }
 
+/// Asserts the results file's chunks cover every item of `0..items`, overlaps allowed.
+fn assert_items_covered(path: &std::path::Path, items: u64) {
+    let mut next = 0;
+    for (first, end) in ranges(path) {
+        assert!(first <= next, "items {next}..{first} missing");
+        next = next.max(end);
+    }
+    assert_eq!(next, items, "the chunks end at {next} of {items} items");
+}
+
 /// Workers named in the results file.
 fn delivered_by(path: &std::path::Path, name: &str) -> bool {
     std::fs::read_to_string(path)
@@ -357,4 +367,39 @@ fn a_user_kernel_job_sees_each_chunks_first_item_as_its_task_id() {
         got == expected,
         "every item computed once, in order, knowing its index"
     );
+}
+
+#[test]
+fn a_restarted_ventilator_carves_only_what_the_sink_does_not_hold() {
+    let job = spin_job("3000");
+    let c = Cluster::start(&job, &["a", "b"], &BEAT);
+    util::wait_for_lines(&c.results, 5);
+    c.vent.signal("KILL");
+    let _ = c.vent.finish();
+    let held_before: u64 = ranges(&c.results).iter().map(|(a, b)| b - a).sum();
+    // The same job again on the same endpoint, resuming: its chunk ids mean other items
+    // now, so the sink names what it holds by items.
+    let mut again = vec![
+        "ventilator",
+        "--bind",
+        &c.vent_ep,
+        "--sink",
+        &c.sink_ep,
+        "--wait-workers",
+        "2",
+        "--resume",
+    ];
+    again.extend(job.iter().copied());
+    again.extend(BEAT);
+    let resumed = Proc::start("vent-resumed", &again);
+    let r = job_done(c.sink, 3000);
+    // A chunk the first ventilator handed out may finish after the second carved some of
+    // its items again: both are recorded (the second for its new items only, as the
+    // report's count shows), so the records cover the job, possibly overlapping.
+    assert_items_covered(&c.results, 3000);
+    let (status, _, log) = resumed.finish();
+    assert!(status.success(), "{log}");
+    assert!(held_before > 0 && held_before < 3000, "killed mid-job: {held_before} held");
+    eprintln!("resumed after {held_before} items held: {}", r["job"]);
+    drop(c.workers);
 }
