@@ -154,6 +154,13 @@ impl Carver {
         self.left = self.free.iter().map(|&(a, b)| b - a).sum();
     }
 
+    /// What is left to carve, replaced (after a sink restart, from what it holds and what
+    /// is out).
+    pub fn set_free(&mut self, free: &[(u64, u64)]) {
+        self.free = free.iter().copied().filter(|&(a, b)| a < b).collect();
+        self.left = self.free.iter().map(|&(a, b)| b - a).sum();
+    }
+
     /// A chunk finished: `items` in `wall_us` on `worker`.
     pub fn learn(&mut self, worker: usize, items: u32, wall_us: u32) {
         if items == 0 {

@@ -590,6 +590,14 @@ impl BatchArgs {
         };
         let item_bytes = u64::from(job.item_bytes.max(1));
         let items = size.div_ceil(item_bytes);
+        // The kernel learns a chunk's first item as a u32 (`params.task_id`).
+        if items > u64::from(u32::MAX) {
+            bail!(
+                "input {} is {items} items of {item_bytes} bytes, over the 2^32 a kernel can \
+                 number: raise --item-bytes or split the file",
+                path.display()
+            );
+        }
         // A chunk's input and output each fit in --max-payload.
         let out_per_item = match job.output_bytes {
             SAME_AS_INPUT => item_bytes,

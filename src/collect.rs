@@ -121,7 +121,7 @@ struct BatchState {
     /// A search job that stops at this many hits (0: searches the whole keyspace), and
     /// the hits held so far.
     hits_wanted: u64,
-    hits_seen: u64,
+    hits: std::collections::BTreeSet<u32>,
 }
 
 impl BatchState {
@@ -148,7 +148,7 @@ impl BatchState {
             } else {
                 0
             },
-            hits_seen: 0,
+            hits: std::collections::BTreeSet::new(),
         }
     }
 
@@ -158,7 +158,7 @@ impl BatchState {
         match &self.items {
             Some(items) => {
                 items.covered() == self.job.items
-                    || (self.hits_wanted > 0 && self.hits_seen >= self.hits_wanted)
+                    || (self.hits_wanted > 0 && self.hits.len() as u64 >= self.hits_wanted)
             }
             None => self.held_count == self.task_count,
         }
@@ -169,6 +169,7 @@ impl BatchState {
             batch: self.id,
             tasks: self.task_count as u32,
             items: self.job.items,
+            hits_wanted: self.hits_wanted,
             started_unix_ms: self.started_unix_ms,
         }
     }
@@ -718,6 +719,7 @@ impl Collector {
                     if items.insert(first..end) > 0 {
                         self.tally(&r.worker, &r.backend, "", &r.result);
                     }
+                    b.hits.extend(r.hits.iter().copied());
                     continue;
                 }
                 let index = r.result.id as usize;
@@ -877,6 +879,9 @@ impl Collector {
                 // carved otherwise by a restarted ventilator, adds only what is new.
                 let (first, end) = (r.first, r.first + u64::from(r.items));
                 let new = items.insert(first..end);
+                // Said held either way: a chunk redone after its items were held (a restart
+                // lost the word) is then held at the ventilator too.
+                self.newly_ranges.push((first, end));
                 if new == 0 {
                     self.duplicates += 1;
                     self.late_items += u64::from(r.items);
@@ -884,9 +889,9 @@ impl Collector {
                 }
                 self.late_items += u64::from(r.items) - new;
                 if b.hits_wanted > 0 {
-                    b.hits_seen += crate::kernels::search::hits(&r.output).len() as u64;
+                    // Distinct keys: a chunk overlapping one held counts its hits once.
+                    b.hits.extend(crate::kernels::search::hits(&r.output));
                 }
-                self.newly_ranges.push((first, end));
                 fresh.push(r);
                 continue;
             }

@@ -398,8 +398,8 @@ pub struct Dispatcher {
     gone_log: RateLimited,
     /// A divisible job: what is left to carve, and each worker's rate.
     carver: Option<Carver>,
-    /// Chunks not known held, by first item: a range the sink holds names the chunks it
-    /// covers.
+    /// Every chunk carved, by first item (chunks are disjoint): a range the sink holds
+    /// names the chunks it covers.
     chunk_at: BTreeMap<u64, u32>,
     /// Items the sink says it holds (a divisible job).
     covered: IntervalSet,
@@ -518,13 +518,15 @@ impl Dispatcher {
         if let Phase::Draining { since, until } = self.phase {
             let idle = !self.workers.iter().any(|w| w.alive && w.assigned > 0);
             if idle || now >= until {
-                if !idle {
+                if idle {
+                    self.drained = Some(now.duration_since(since));
+                } else {
+                    // Not a time to idle: the report says nothing rather than this wait.
                     log::warn!(
                         "workers still hold chunks {:.1} s after the job ended; not waiting for them",
                         now.duration_since(since).as_secs_f64()
                     );
                 }
-                self.drained = Some(now.duration_since(since));
                 self.complete(out);
             }
         }
@@ -1070,6 +1072,31 @@ impl Dispatcher {
         if count > 0 {
             log::warn!("handing out {count} tasks again whose results the sink does not hold");
         }
+        self.recarve_unheld();
+    }
+
+    /// A divisible job after the sink restarted: every item neither held by it nor in a
+    /// chunk still to be (re)done goes back to the carver, so items a previous sink held
+    /// (and a fresh one lost) are carved again.
+    fn recarve_unheld(&mut self) {
+        let Some(items) = self.carver.as_ref().map(|c| c.plan().items) else {
+            return;
+        };
+        let mut taken = self.covered.clone();
+        for (index, task) in self.config.tasks.iter().enumerate() {
+            if self.state[index] != TaskState::Held {
+                let (a, b) = task.range();
+                taken.insert(a..b);
+            }
+        }
+        let free: Vec<(u64, u64)> = taken
+            .gaps(items)
+            .into_iter()
+            .map(|r| (r.start, r.end))
+            .collect();
+        if let Some(carver) = self.carver.as_mut() {
+            carver.set_free(&free);
+        }
     }
 
     /// Nothing is left to hand out: the batch's tail, where a worker that vanished holding
@@ -1119,10 +1146,8 @@ impl Dispatcher {
                 }
             }
         }
-        for &id in &ids {
-            let first = self.config.tasks[id as usize].first;
-            self.chunk_at.remove(&first);
-        }
+        // Chunks stay in `chunk_at` once held: a restarted sink lists its ranges again, and
+        // they must find the chunks they cover then too.
         self.mark_held(now, &ids);
         if self.config.chunking.is_some() {
             self.chunks_held.extend_from_slice(&ids);
@@ -1552,7 +1577,8 @@ impl Dispatcher {
                 handed_on += 1;
             }
         }
-        if !matches!(self.phase, Phase::Dispatching) {
+        if matches!(self.phase, Phase::Draining { .. }) {
+            // The job is over; workers leaving now are expected.
             return;
         }
         let name = printable(&self.workers[s].info.name).into_owned();

@@ -1030,3 +1030,167 @@ fn items_a_sink_holds_are_never_carved_and_cover_chunks_whoever_carved_them() {
     }
     assert_eq!(carved, vec![(250, 550), (550, 600), (700, 1000)]);
 }
+
+/// Carves and finishes chunks on worker "a" until `n` are held (the sink saying so by
+/// items); returns their ranges.
+fn hold_chunks(d: &mut Dispatcher, now: Instant, n: usize) -> Vec<(u64, u64)> {
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    while held.len() < n {
+        out.clear();
+        d.handle(now, Event::Tick, &mut out);
+        let (_, chunk) = chunks_in(&out)[0];
+        let done = Message::Done {
+            batch: 0x10b,
+            done: vec![Done {
+                id: chunk.id,
+                status: Status::Ok,
+                wall_us: 1000,
+                kernel_us: 0,
+            }],
+        };
+        d.handle(
+            now,
+            Event::FromWorker {
+                routing_id: b"a".to_vec(),
+                message: done,
+            },
+            &mut out,
+        );
+        d.handle(
+            now,
+            Event::FromSink(Message::HeldItems {
+                batch: 0x10b,
+                ranges: vec![chunk.range()],
+            }),
+            &mut out,
+        );
+        assert_eq!(d.task_state(chunk.id), TaskState::Held);
+        held.push(chunk.range());
+    }
+    held
+}
+
+#[test]
+fn after_a_sink_restart_the_chunks_it_lists_are_held_again_and_nothing_is_redone() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(1000, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    d.handle(
+        base,
+        Event::FromSink(Message::BatchAck {
+            batch: 0x10b,
+            held: 0,
+        }),
+        &mut out,
+    );
+    let held = hold_chunks(&mut d, base, 3);
+    // A resumed sink acknowledges again and lists what it holds, in one range.
+    d.handle(
+        base,
+        Event::FromSink(Message::BatchAck {
+            batch: 0x10b,
+            held: 1,
+        }),
+        &mut out,
+    );
+    d.handle(
+        base,
+        Event::FromSink(Message::HeldItems {
+            batch: 0x10b,
+            ranges: vec![(0, 300)],
+        }),
+        &mut out,
+    );
+    for id in 0..3 {
+        assert_eq!(d.task_state(id), TaskState::Held, "chunk {id} of {held:?}");
+    }
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    let next = chunks_in(&out);
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].1.range(),
+        (300, 400),
+        "the next new chunk, nothing redone"
+    );
+}
+
+#[test]
+fn after_a_fresh_sink_restart_items_it_lost_are_carved_again() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(1000, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    // The first sink held items 800..1000 from an earlier ventilator (never carved here).
+    d.handle(
+        base,
+        Event::FromSink(Message::BatchAck {
+            batch: 0x10b,
+            held: 1,
+        }),
+        &mut out,
+    );
+    d.handle(
+        base,
+        Event::FromSink(Message::HeldItems {
+            batch: 0x10b,
+            ranges: vec![(800, 1000)],
+        }),
+        &mut out,
+    );
+    hold_chunks(&mut d, base, 2);
+    // A fresh sink (no results file) holds nothing: everything goes out again.
+    d.handle(
+        base,
+        Event::FromSink(Message::BatchAck {
+            batch: 0x10b,
+            held: 0,
+        }),
+        &mut out,
+    );
+    let mut carved = crate::intervals::IntervalSet::new();
+    for _ in 0..20 {
+        out.clear();
+        d.handle(base, Event::Tick, &mut out);
+        let Some((_, chunk)) = chunks_in(&out).first().copied() else {
+            break;
+        };
+        let (a, b) = chunk.range();
+        carved.insert(a..b);
+        let done = Message::Done {
+            batch: 0x10b,
+            done: vec![Done {
+                id: chunk.id,
+                status: Status::Ok,
+                wall_us: 1000,
+                kernel_us: 0,
+            }],
+        };
+        d.handle(
+            base,
+            Event::FromWorker {
+                routing_id: b"a".to_vec(),
+                message: done,
+            },
+            &mut out,
+        );
+        d.handle(
+            base,
+            Event::FromSink(Message::HeldItems {
+                batch: 0x10b,
+                ranges: vec![(a, b)],
+            }),
+            &mut out,
+        );
+    }
+    assert_eq!(
+        carved.covered(),
+        1000,
+        "every item handed out again: {:?}",
+        carved.ranges()
+    );
+}

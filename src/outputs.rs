@@ -36,6 +36,25 @@ impl OutputsConfig {
                     dir.display()
                 )
             })?;
+            if !resume {
+                // A divisible job's chunk files are read back by range at the end: those
+                // of an earlier run would be mixed into this one's.
+                let entries = std::fs::read_dir(dir).with_context(|| {
+                    format!("cannot list the outputs directory {}", dir.display())
+                })?;
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    let kernel = name.split("-items-").next().unwrap_or_default();
+                    if chunk_of_name(kernel, &name).is_some() {
+                        bail!(
+                            "the outputs directory {} holds {name}, a chunk of an earlier job: \
+                             pass --resume to continue that job, or give an empty directory",
+                            dir.display()
+                        );
+                    }
+                }
+            }
             let probe = dir.join(".conquer-probe");
             std::fs::write(&probe, b"")
                 .and_then(|()| std::fs::remove_file(&probe))
@@ -227,11 +246,12 @@ impl Outputs {
                 .file_name()
                 .to_str()
                 .and_then(|n| chunk_of_name(kernel, n))
+                .filter(|c| c.range().1 <= job.items)
             {
                 chunks.push(chunk);
             }
         }
-        chunks.sort_by_key(|c| c.first);
+        chunks.sort_by_key(Task::range);
         Ok(chunks)
     }
 

@@ -368,6 +368,8 @@ pub struct BatchHeader {
     pub tasks: u32,
     /// A divisible job's items (0 for a task list, whose `tasks` count).
     pub items: u64,
+    /// A search job that stops at this many hits (`--hits`; 0 otherwise).
+    pub hits_wanted: u64,
     /// Wall-clock start of the batch at the sink, ms since the Unix epoch.
     pub started_unix_ms: u64,
 }
@@ -408,6 +410,12 @@ struct ResultRecord {
     first: u64,
     #[serde(default)]
     items: u32,
+    /// A search job stopped at its hits: the job's `--hits`, and this chunk's hits
+    /// (keys, space-separated), so a resumed sink knows how many it holds.
+    #[serde(default)]
+    batch_hits_wanted: u64,
+    #[serde(default)]
+    hits: String,
 }
 
 /// One recovered record: the task's result and who delivered it.
@@ -416,6 +424,8 @@ pub struct RecoveredRecord {
     pub worker: String,
     pub backend: String,
     pub result: TaskResult,
+    /// A search job's hits in this chunk (recorded when it stops at `--hits`).
+    pub hits: Vec<u32>,
 }
 
 /// What a results file holds of a batch, for `--resume`.
@@ -431,10 +441,14 @@ impl RecoveredResults {
     pub fn is_complete(&self) -> bool {
         if self.header.items > 0 {
             let mut held = crate::intervals::IntervalSet::new();
+            let mut hits = std::collections::BTreeSet::new();
             for r in &self.records {
                 held.insert(r.result.first..r.result.first + u64::from(r.result.items));
+                hits.extend(r.hits.iter().copied());
             }
-            return held.covered() == self.header.items;
+            let wanted = self.header.hits_wanted;
+            return held.covered() == self.header.items
+                || (wanted > 0 && hits.len() as u64 >= wanted);
         }
         let mut seen = vec![false; self.header.tasks as usize];
         for r in &self.records {
@@ -557,6 +571,16 @@ impl ResultsFile {
             batch_items: header.items,
             first: r.first,
             items: r.items,
+            batch_hits_wanted: header.hits_wanted,
+            hits: if header.hits_wanted > 0 {
+                crate::kernels::search::hits(&r.output)
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                String::new()
+            },
         };
         let written = match &mut self.out {
             ResultsWriter::Csv(w) => w.serialize(&record).map_err(|e| e.to_string()),
@@ -626,8 +650,15 @@ fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<Rec
             batch: hex(&record.batch, "batch id")?,
             tasks: record.batch_tasks,
             items: record.batch_items,
+            hits_wanted: record.batch_hits_wanted,
             started_unix_ms: record.batch_started_unix_ms,
         };
+        let hits = record
+            .hits
+            .split_whitespace()
+            .map(|k| k.parse::<u32>())
+            .collect::<Result<Vec<u32>, _>>()
+            .with_context(|| format!("line {line_no}: bad hits {:?}", record.hits))?;
         let status = match crate::protocol::Status::parse(&record.status) {
             Some(s) if s != crate::protocol::Status::Failed => s,
             _ => anyhow::bail!("line {line_no}: unknown status {:?}", record.status),
@@ -681,6 +712,7 @@ fn parse_records(text: &str, format: ResultsFormat) -> anyhow::Result<Option<Rec
             worker: record.worker,
             backend: record.backend,
             result,
+            hits,
         });
     }
     Ok(recovered)
@@ -780,6 +812,7 @@ mod tests {
         batch: 0xfeed,
         tasks: 6,
         items: 0,
+        hits_wanted: 0,
         started_unix_ms: 1234,
     };
 
@@ -874,6 +907,7 @@ mod tests {
                 worker: "w".into(),
                 backend: "sleep".into(),
                 result: sample_result(1),
+                hits: Vec::new(),
             }],
         };
         assert!(!r.is_complete());
@@ -881,8 +915,43 @@ mod tests {
             worker: "w".into(),
             backend: "sleep".into(),
             result: sample_result(0),
+            hits: Vec::new(),
         });
         assert!(r.is_complete());
+    }
+
+    #[test]
+    fn a_search_job_that_has_its_hits_is_complete_and_its_hits_survive_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let header = BatchHeader {
+            tasks: 0,
+            items: 1000,
+            hits_wanted: 3,
+            ..HEADER
+        };
+        let mut file = ResultsFile::create(&path, ResultsFormat::Jsonl, false).unwrap();
+        // Chunks of 100 keys with 2, 0 and 2 hits (one of them seen twice).
+        for (first, hits) in [(0u64, vec![7u32, 42]), (100, vec![]), (200, vec![42, 250])] {
+            let mut output = (hits.len() as u32).to_le_bytes().to_vec();
+            for k in &hits {
+                output.extend_from_slice(&k.to_le_bytes());
+            }
+            let r = TaskResult {
+                first,
+                items: 100,
+                output,
+                ..sample_result(0)
+            };
+            file.record(&header, "w", "cpu", &r).unwrap();
+            file.sync().unwrap();
+            let (_, recovered) = ResultsFile::resume(&path, ResultsFormat::Jsonl).unwrap();
+            let recovered = recovered.unwrap();
+            assert_eq!(recovered.header, header);
+            assert_eq!(recovered.records.last().unwrap().hits, hits);
+            // 7 and 42, then 7, 42 and 250: three distinct hits complete it.
+            assert_eq!(recovered.is_complete(), first == 200, "after chunk {first}");
+        }
     }
 
     #[test]

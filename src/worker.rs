@@ -622,7 +622,9 @@ fn execute(
             }
             if abandon.is_over(batch) {
                 abandoned.extend(current.by_ref());
-                loop {
+                // Tasks of the batch queued before its end; a new run of it (heard after
+                // the end) clears `is_over` and is left to run.
+                while abandon.is_over(batch) {
                     match chunks.try_recv() {
                         Ok(more) if more.batch == batch => abandoned.extend(more.tasks),
                         Ok(other) => {

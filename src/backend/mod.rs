@@ -110,7 +110,11 @@ impl Abandon {
     /// the end).
     pub fn batch_again(&self, batch: u64) {
         use std::sync::atomic::Ordering::SeqCst;
-        let _ = self.over.compare_exchange(batch, 0, SeqCst, SeqCst);
+        if self.over.compare_exchange(batch, 0, SeqCst, SeqCst).is_ok()
+            && self.running.load(SeqCst) == batch
+        {
+            self.flag.store(false, SeqCst);
+        }
     }
 
     /// The executor starts running tasks of `batch`.
@@ -118,6 +122,10 @@ impl Abandon {
         use std::sync::atomic::Ordering::SeqCst;
         self.running.store(batch, SeqCst);
         self.flag.store(self.over.load(SeqCst) == batch, SeqCst);
+        // An end heard between the two lines above stored `true` and was overwritten.
+        if self.over.load(SeqCst) == batch {
+            self.flag.store(true, SeqCst);
+        }
     }
 
     /// Whether `batch` is over: its tasks are not started.

@@ -399,7 +399,10 @@ fn a_restarted_ventilator_carves_only_what_the_sink_does_not_hold() {
     assert_items_covered(&c.results, 3000);
     let (status, _, log) = resumed.finish();
     assert!(status.success(), "{log}");
-    assert!(held_before > 0 && held_before < 3000, "killed mid-job: {held_before} held");
+    assert!(
+        held_before > 0 && held_before < 3000,
+        "killed mid-job: {held_before} held"
+    );
     eprintln!("resumed after {held_before} items held: {}", r["job"]);
     drop(c.workers);
 }
