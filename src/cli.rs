@@ -252,6 +252,19 @@ pub struct BatchArgs {
     pub chunks: ChunkArgs,
 }
 
+/// `n` tasks of one nominal ms each: a built-in data kernel's bands or key ranges.
+fn unit_tasks(n: u32) -> Batch {
+    Batch {
+        tasks: (0..n)
+            .map(|id| crate::batch::Task {
+                id,
+                workload_ms: 1,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 /// A user kernel's WGSL (`--kernel-file`), read and checked against the interface before
 /// anything binds: errors name `file:line:column`.
 fn read_kernel_file(path: &std::path::Path) -> anyhow::Result<String> {
@@ -505,34 +518,20 @@ impl BatchArgs {
                             view.width
                         );
                     }
-                    let tasks = (0..view.bands())
-                        .map(|id| crate::batch::Task {
-                            id,
-                            workload_ms: 1,
-                            ..Default::default()
-                        })
-                        .collect();
                     let job = Job {
                         constants: view.constants(),
                         ..base
                     };
-                    (Batch { tasks }, job, None, None)
+                    (unit_tasks(view.bands()), job, None, None)
                 }
                 Kernel::Search => {
                     let space = search::Space::new(d.bits, d.keys, d.keys_per_task, d.salt)
                         .map_err(|e| anyhow::anyhow!(e))?;
-                    let tasks = (0..space.tasks())
-                        .map(|id| crate::batch::Task {
-                            id,
-                            workload_ms: 1,
-                            ..Default::default()
-                        })
-                        .collect();
                     let job = Job {
                         constants: space.constants(),
                         ..base
                     };
-                    (Batch { tasks }, job, None, None)
+                    (unit_tasks(space.tasks()), job, None, None)
                 }
             }
         };

@@ -885,6 +885,34 @@ fn greet(d: &mut Dispatcher, now: Instant, name: &str, out: &mut Vec<Command>) {
     );
 }
 
+/// Worker `name` reports task `id` done in `wall_us`.
+fn report(
+    d: &mut Dispatcher,
+    now: Instant,
+    name: &str,
+    id: u32,
+    wall_us: u32,
+    out: &mut Vec<Command>,
+) {
+    let done = Message::Done {
+        batch: 0x10b,
+        done: vec![Done {
+            id,
+            status: Status::Ok,
+            wall_us,
+            kernel_us: 0,
+        }],
+    };
+    d.handle(
+        now,
+        Event::FromWorker {
+            routing_id: name.as_bytes().to_vec(),
+            message: done,
+        },
+        out,
+    );
+}
+
 /// The chunks handed out in `out`, by worker.
 fn chunks_in(out: &[Command]) -> Vec<(WorkerId, Task)> {
     out.iter()
@@ -938,24 +966,8 @@ fn a_job_gives_each_worker_one_chunk_at_a_time_and_a_lost_workers_chunk_to_anoth
         },
         &mut out,
     );
-    let done = Message::Done {
-        batch: 0x10b,
-        done: vec![Done {
-            id: a_chunk.id,
-            status: Status::Ok,
-            wall_us: 100_000,
-            kernel_us: 0,
-        }],
-    };
     out.clear();
-    d.handle(
-        base,
-        Event::FromWorker {
-            routing_id: b"a".to_vec(),
-            message: done,
-        },
-        &mut out,
-    );
+    report(&mut d, base, "a", a_chunk.id, 100_000, &mut out);
     d.handle(base, Event::Tick, &mut out);
     let next = chunks_in(&out);
     assert_eq!(next.len(), 1, "{next:?}");
@@ -1010,23 +1022,7 @@ fn items_a_sink_holds_are_never_carved_and_cover_chunks_whoever_carved_them() {
             );
         }
         assert_eq!(d.task_state(chunk.id), TaskState::Held, "chunk {n}");
-        let done = Message::Done {
-            batch: 0x10b,
-            done: vec![Done {
-                id: chunk.id,
-                status: Status::Ok,
-                wall_us: 1000,
-                kernel_us: 0,
-            }],
-        };
-        d.handle(
-            base,
-            Event::FromWorker {
-                routing_id: b"a".to_vec(),
-                message: done,
-            },
-            &mut out,
-        );
+        report(&mut d, base, "a", chunk.id, 1000, &mut out);
     }
     assert_eq!(carved, vec![(250, 550), (550, 600), (700, 1000)]);
 }
@@ -1040,23 +1036,7 @@ fn hold_chunks(d: &mut Dispatcher, now: Instant, n: usize) -> Vec<(u64, u64)> {
         out.clear();
         d.handle(now, Event::Tick, &mut out);
         let (_, chunk) = chunks_in(&out)[0];
-        let done = Message::Done {
-            batch: 0x10b,
-            done: vec![Done {
-                id: chunk.id,
-                status: Status::Ok,
-                wall_us: 1000,
-                kernel_us: 0,
-            }],
-        };
-        d.handle(
-            now,
-            Event::FromWorker {
-                routing_id: b"a".to_vec(),
-                message: done,
-            },
-            &mut out,
-        );
+        report(d, now, "a", chunk.id, 1000, &mut out);
         d.handle(
             now,
             Event::FromSink(Message::HeldItems {
@@ -1161,23 +1141,7 @@ fn after_a_fresh_sink_restart_items_it_lost_are_carved_again() {
         };
         let (a, b) = chunk.range();
         carved.insert(a..b);
-        let done = Message::Done {
-            batch: 0x10b,
-            done: vec![Done {
-                id: chunk.id,
-                status: Status::Ok,
-                wall_us: 1000,
-                kernel_us: 0,
-            }],
-        };
-        d.handle(
-            base,
-            Event::FromWorker {
-                routing_id: b"a".to_vec(),
-                message: done,
-            },
-            &mut out,
-        );
+        report(&mut d, base, "a", chunk.id, 1000, &mut out);
         d.handle(
             base,
             Event::FromSink(Message::HeldItems {
