@@ -233,7 +233,7 @@ impl Inputs {
         let inputs = Inputs::find(pattern, u64::MAX)?;
         if inputs.paths.len() != 1 {
             bail!(
-                "--inputs {pattern:?} matches {} files; a divisible job (--chunking) carves one                  input: name one file, or drop --chunking for one task per file",
+                "--inputs {pattern:?} matches {} files; a divisible job (--chunking) carves one input: name one file, or drop --chunking for one task per file",
                 inputs.paths.len()
             );
         }
@@ -268,7 +268,7 @@ impl Inputs {
             let end = task.range().1.saturating_mul(item).min(size);
             if start >= end {
                 bail!(
-                    "input {} is {size} bytes, too short for items {}..{} of {item} bytes: it                      changed since the job started",
+                    "input {} is {size} bytes, too short for items {}..{} of {item} bytes: it changed since the job started",
                     path.display(),
                     task.first,
                     task.range().1

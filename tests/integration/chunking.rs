@@ -406,3 +406,59 @@ fn a_restarted_ventilator_carves_only_what_the_sink_does_not_hold() {
     eprintln!("resumed after {held_before} items held: {}", r["job"]);
     drop(c.workers);
 }
+
+#[test]
+fn a_job_refuses_several_inputs_and_a_directory_of_earlier_chunks_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.bin", "b.bin", "c.bin"] {
+        std::fs::write(dir.path().join(name), [1u8; 64]).unwrap();
+    }
+    let pattern = format!("{}/*.bin", dir.path().display());
+    let (status, _, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--kernel",
+            "copy",
+            "--inputs",
+            &pattern,
+            "--chunking",
+            "adaptive",
+        ],
+    )
+    .finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("matches 3 files; a divisible job (--chunking) carves one input"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("waiting for"),
+        "refused before anything binds: {log}"
+    );
+
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("copy-items-000000000000-000000000010.out"), b"").unwrap();
+    let one = dir.path().join("a.bin");
+    let (status, _, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--kernel",
+            "copy",
+            "--inputs",
+            one.to_str().unwrap(),
+            "--chunking",
+            "adaptive",
+            "--outputs",
+            out.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("a chunk of an earlier job: pass --resume"),
+        "{log}"
+    );
+}
