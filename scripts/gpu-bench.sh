@@ -8,7 +8,7 @@
 # CPU) and the search kernel on the GPU, and the kernels suite (Mandelbrot and search per
 # backend, payloads through the pipeline). Everything lands in the output folder (first
 # argument, else $OUT, else ./gpu-bench-out): log.txt, info.txt, tests.txt,
-# device/bench.{md,json}, backends/bench.{md,json}, kernels/bench.{md,json}, mandelbrot.png,
+# device/bench.{md,json}, backends/bench.{md,json}, kernels/bench.{md,json}, mandelbrot.png, big.png, big-job.json,
 # mandelbrot.json, search.json.
 #
 # INT_PEAK_GOPS overrides the peak; otherwise it is SMs x 64 INT32 lanes x max SM clock for
@@ -79,6 +79,11 @@ echo "mandelbrot exit $?"; tail -c 600 "$out/mandelbrot.json"; echo
 timeout 120 "$bin" run --backend gpu --workers 1 --kernel search --bits 24 --keys 4294967295 \
   --keys-per-task 67108864 --json > "$out/search.json"
 echo "search exit $?"; tail -c 400 "$out/search.json"; echo
+
+echo "== a divisible job on the GPU: Mandelbrot 16384x16384 carved adaptively"
+timeout 180 "$bin" run --backend gpu --workers 1 --kernel mandelbrot --width 16384 --height 16384 \
+  --chunking adaptive --image "$out/big.png" --json > "$out/big-job.json"
+echo "big job exit $?"; tail -c 600 "$out/big-job.json"; echo
 
 echo "== kernels suite: per backend, and payloads through the pipeline"
 timeout 240 "$bin" bench --suite kernels --repeat 3 --mandelbrot 3840x2160 --max-iter 1000 \
