@@ -913,6 +913,32 @@ fn report(
     );
 }
 
+/// The sink acknowledges the job, `held` held-items messages to follow.
+fn sink_acks(d: &mut Dispatcher, now: Instant, held: u32, out: &mut Vec<Command>) {
+    let ack = Message::BatchAck { batch: 0x10b, held };
+    d.handle(now, Event::FromSink(ack), out);
+}
+
+/// The sink says it holds these item ranges.
+fn sink_holds(d: &mut Dispatcher, now: Instant, ranges: Vec<(u64, u64)>, out: &mut Vec<Command>) {
+    let held = Message::HeldItems {
+        batch: 0x10b,
+        ranges,
+    };
+    d.handle(now, Event::FromSink(held), out);
+}
+
+/// A resumed sink acknowledges the job and lists what it holds.
+fn sink_resumed_holding(
+    d: &mut Dispatcher,
+    now: Instant,
+    ranges: Vec<(u64, u64)>,
+    out: &mut Vec<Command>,
+) {
+    sink_acks(d, now, 1, out);
+    sink_holds(d, now, ranges, out);
+}
+
 /// The chunks handed out in `out`, by worker.
 fn chunks_in(out: &[Command]) -> Vec<(WorkerId, Task)> {
     out.iter()
@@ -932,14 +958,7 @@ fn a_job_gives_each_worker_one_chunk_at_a_time_and_a_lost_workers_chunk_to_anoth
     greet(&mut d, base, "a", &mut out);
     greet(&mut d, base, "b", &mut out);
     d.handle(base, Event::Tick, &mut out);
-    d.handle(
-        base,
-        Event::FromSink(Message::BatchAck {
-            batch: 0x10b,
-            held: 0,
-        }),
-        &mut out,
-    );
+    sink_acks(&mut d, base, 0, &mut out);
     out.clear();
     d.handle(base, Event::Tick, &mut out);
     let first = chunks_in(&out);
@@ -984,22 +1003,7 @@ fn items_a_sink_holds_are_never_carved_and_cover_chunks_whoever_carved_them() {
     greet(&mut d, base, "a", &mut out);
     d.handle(base, Event::Tick, &mut out);
     // A resumed sink holds items 0..250 and 600..700 (carved by an earlier ventilator).
-    d.handle(
-        base,
-        Event::FromSink(Message::BatchAck {
-            batch: 0x10b,
-            held: 1,
-        }),
-        &mut out,
-    );
-    d.handle(
-        base,
-        Event::FromSink(Message::HeldItems {
-            batch: 0x10b,
-            ranges: vec![(0, 250), (600, 700)],
-        }),
-        &mut out,
-    );
+    sink_resumed_holding(&mut d, base, vec![(0, 250), (600, 700)], &mut out);
     let mut carved = Vec::new();
     for n in 0..10 {
         out.clear();
@@ -1012,14 +1016,7 @@ fn items_a_sink_holds_are_never_carved_and_cover_chunks_whoever_carved_them() {
         let (a, b) = chunk.range();
         let mid = a + (b - a) / 2;
         for range in [(mid, b), (a, mid)] {
-            d.handle(
-                base,
-                Event::FromSink(Message::HeldItems {
-                    batch: 0x10b,
-                    ranges: vec![range],
-                }),
-                &mut out,
-            );
+            sink_holds(&mut d, base, vec![range], &mut out);
         }
         assert_eq!(d.task_state(chunk.id), TaskState::Held, "chunk {n}");
         report(&mut d, base, "a", chunk.id, 1000, &mut out);
@@ -1037,14 +1034,7 @@ fn hold_chunks(d: &mut Dispatcher, now: Instant, n: usize) -> Vec<(u64, u64)> {
         d.handle(now, Event::Tick, &mut out);
         let (_, chunk) = chunks_in(&out)[0];
         report(d, now, "a", chunk.id, 1000, &mut out);
-        d.handle(
-            now,
-            Event::FromSink(Message::HeldItems {
-                batch: 0x10b,
-                ranges: vec![chunk.range()],
-            }),
-            &mut out,
-        );
+        sink_holds(d, now, vec![chunk.range()], &mut out);
         assert_eq!(d.task_state(chunk.id), TaskState::Held);
         held.push(chunk.range());
     }
@@ -1058,32 +1048,10 @@ fn after_a_sink_restart_the_chunks_it_lists_are_held_again_and_nothing_is_redone
     let mut out = Vec::new();
     greet(&mut d, base, "a", &mut out);
     d.handle(base, Event::Tick, &mut out);
-    d.handle(
-        base,
-        Event::FromSink(Message::BatchAck {
-            batch: 0x10b,
-            held: 0,
-        }),
-        &mut out,
-    );
+    sink_acks(&mut d, base, 0, &mut out);
     let held = hold_chunks(&mut d, base, 3);
     // A resumed sink acknowledges again and lists what it holds, in one range.
-    d.handle(
-        base,
-        Event::FromSink(Message::BatchAck {
-            batch: 0x10b,
-            held: 1,
-        }),
-        &mut out,
-    );
-    d.handle(
-        base,
-        Event::FromSink(Message::HeldItems {
-            batch: 0x10b,
-            ranges: vec![(0, 300)],
-        }),
-        &mut out,
-    );
+    sink_resumed_holding(&mut d, base, vec![(0, 300)], &mut out);
     for id in 0..3 {
         assert_eq!(d.task_state(id), TaskState::Held, "chunk {id} of {held:?}");
     }
@@ -1106,32 +1074,10 @@ fn after_a_fresh_sink_restart_items_it_lost_are_carved_again() {
     greet(&mut d, base, "a", &mut out);
     d.handle(base, Event::Tick, &mut out);
     // The first sink held items 800..1000 from an earlier ventilator (never carved here).
-    d.handle(
-        base,
-        Event::FromSink(Message::BatchAck {
-            batch: 0x10b,
-            held: 1,
-        }),
-        &mut out,
-    );
-    d.handle(
-        base,
-        Event::FromSink(Message::HeldItems {
-            batch: 0x10b,
-            ranges: vec![(800, 1000)],
-        }),
-        &mut out,
-    );
+    sink_resumed_holding(&mut d, base, vec![(800, 1000)], &mut out);
     hold_chunks(&mut d, base, 2);
     // A fresh sink (no results file) holds nothing: everything goes out again.
-    d.handle(
-        base,
-        Event::FromSink(Message::BatchAck {
-            batch: 0x10b,
-            held: 0,
-        }),
-        &mut out,
-    );
+    sink_acks(&mut d, base, 0, &mut out);
     let mut carved = crate::intervals::IntervalSet::new();
     for _ in 0..20 {
         out.clear();
@@ -1142,14 +1088,7 @@ fn after_a_fresh_sink_restart_items_it_lost_are_carved_again() {
         let (a, b) = chunk.range();
         carved.insert(a..b);
         report(&mut d, base, "a", chunk.id, 1000, &mut out);
-        d.handle(
-            base,
-            Event::FromSink(Message::HeldItems {
-                batch: 0x10b,
-                ranges: vec![(a, b)],
-            }),
-            &mut out,
-        );
+        sink_holds(&mut d, base, vec![(a, b)], &mut out);
     }
     assert_eq!(
         carved.covered(),

@@ -102,36 +102,34 @@ fn job_done(sink: Proc, items: u64) -> serde_json::Value {
     r
 }
 
-#[test]
-fn a_divisible_job_holds_every_item_once_when_a_worker_is_killed() {
-    let c = Cluster::start(&spin_job("3000"), &["a", "b", "victim"], &BEAT);
-    // The victim has delivered a chunk and holds its next one.
-    wait_until("a result from the victim", || {
-        delivered_by(&c.results, "victim")
+/// A spin job on three workers, the third sent `signal` once it has delivered a chunk (so
+/// it holds its next): the job completes with every item held once by the results file.
+fn job_losing_a_worker(signal: &str) -> serde_json::Value {
+    let c = Cluster::start(&spin_job("3000"), &["a", "b", "lost"], &BEAT);
+    wait_until("a result from the worker to lose", || {
+        delivered_by(&c.results, "lost")
     });
-    c.workers[2].signal("KILL");
+    c.workers[2].signal(signal);
     let r = job_done(c.sink, 3000);
     assert_items_once(&c.results, 3000);
-    eprintln!("after the kill: {}", r["job"]);
+    // Almost always the lost worker held a chunk, handed out again (`items_redone`); it
+    // may have been between chunks, so that is reported, not asserted.
+    eprintln!("after SIG{signal}: {}", r["job"]);
+    if signal == "STOP" {
+        c.workers[2].signal("CONT");
+    }
     drop((c.vent, c.workers));
+    r
+}
+
+#[test]
+fn a_divisible_job_holds_every_item_once_when_a_worker_is_killed() {
+    job_losing_a_worker("KILL");
 }
 
 #[test]
 fn a_divisible_job_holds_every_item_once_when_a_worker_is_frozen() {
-    let c = Cluster::start(&spin_job("3000"), &["a", "b", "frozen"], &BEAT);
-    wait_until("a result from the frozen worker", || {
-        delivered_by(&c.results, "frozen")
-    });
-    c.workers[2].signal("STOP");
-    // The job completes without it: its chunk went to the others.
-    let r = job_done(c.sink, 3000);
-    assert_items_once(&c.results, 3000);
-    assert!(
-        r["job"]["items_redone"].as_u64().unwrap_or(0) > 0 || r["redispatched"] != 0,
-        "the frozen worker's chunk was handed out again: {r}"
-    );
-    c.workers[2].signal("CONT");
-    drop((c.vent, c.workers));
+    job_losing_a_worker("STOP");
 }
 
 #[test]
