@@ -863,6 +863,15 @@ pub struct BackendArgs {
     /// GPU: most shader invocations per dispatch; larger tasks are split into several.
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
     pub dispatch_invocations: u32,
+    /// GPU: seconds a task may have the device before it fails; its kernel is then
+    /// abandoned and the device rebuilt (nothing can stop a kernel that runs on).
+    #[arg(
+        long,
+        env = "CONQUER_TASK_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 120.0
+    )]
+    pub task_timeout: f64,
 }
 
 impl BackendArgs {
@@ -879,6 +888,7 @@ impl BackendArgs {
             gpu: backend::gpu::GpuConfig {
                 max_invocations_per_dispatch: self.dispatch_invocations,
                 slots: usize::from(self.gpu_slots),
+                task_timeout: seconds(self.task_timeout, "--task-timeout")?,
                 ..Default::default()
             },
             quiet: false,
@@ -1048,9 +1058,20 @@ pub struct WorkerArgs {
     /// Worker name in reports (default host-pid-0); must be unique among workers.
     #[arg(long, env = "CONQUER_NAME")]
     pub name: Option<String>,
-    /// Exit after the first batch completes (default: stay up for the next batch).
+    /// Exit after the first batch completes (default: stay up for the next batch). A
+    /// worker that hears of no batch within --wait-timeout (its batch may have ended
+    /// before it arrived) exits with status 3.
     #[arg(long, env = "CONQUER_EXIT_WHEN_DONE")]
     pub exit_when_done: bool,
+    /// With --exit-when-done: seconds to wait for a batch before leaving with status 3.
+    #[arg(
+        long,
+        env = "CONQUER_WAIT_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        requires = "exit_when_done"
+    )]
+    pub wait_timeout: f64,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
     /// Serve a classic pipeline (the Guide's taskvent and tasksink, any language): PULL
@@ -1449,13 +1470,23 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         sink: args.sink,
         name: args.name.unwrap_or_else(|| worker::default_name(0)),
         exit_when_done: args.exit_when_done,
+        batch_wait: Some(seconds(args.wait_timeout, "--wait-timeout")?),
         announce: true,
         heartbeat: args.heartbeat.heartbeat(),
         access,
     };
     crate::heartbeat::check_name(&config.name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
     let ctx = zmq::Context::new();
-    let summary = worker::run(&ctx, config, backend, shutdown)?;
+    let summary = match worker::run(&ctx, config, backend, shutdown) {
+        Ok(summary) => summary,
+        Err(e) => match e.downcast_ref::<crate::flow::FlowStop>() {
+            Some(why @ crate::flow::FlowStop::NoBatch { .. }) => {
+                eprintln!("conquer: {why}");
+                return Ok(EXIT_NO_BATCH);
+            }
+            _ => return Err(e),
+        },
+    };
     log::info!(
         "worker done: {} tasks over {} batches",
         summary.tasks,
@@ -1463,6 +1494,9 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     );
     Ok(0)
 }
+
+/// Exit status of a worker with --exit-when-done that heard of no batch in time.
+pub const EXIT_NO_BATCH: i32 = 3;
 
 fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let ctx = zmq::Context::new();

@@ -57,6 +57,9 @@ pub struct FlowConfig {
     pub announce: bool,
     /// Leave after the first batch completes.
     pub exit_when_done: bool,
+    /// With `exit_when_done`: how long to wait for a batch before leaving without one (it
+    /// may have ended before this worker arrived); `None` waits for ever.
+    pub batch_wait: Option<Duration>,
     /// Largest output a result may carry (`--max-payload`): a larger one could not reach
     /// the sink, so its task fails here, saying why.
     pub max_payload: u64,
@@ -121,6 +124,16 @@ pub enum FlowStop {
     RefusedBySink { sink: String, reason: String },
     #[error("{0}; this worker leaves so its tasks go to other workers")]
     ExecutorFailed(String),
+    /// Asked to leave after one batch, it heard of none in time.
+    #[error(
+        "no batch reached this worker within {waited:?} (--wait-timeout): its batch may have \
+         ended before it arrived, or no ventilator runs at {ventilator}; leaving, as \
+         --exit-when-done asks"
+    )]
+    NoBatch {
+        ventilator: String,
+        waited: Duration,
+    },
 }
 
 /// Where a worker stands with its sink, which decides whether it may ask for tasks.
@@ -171,6 +184,8 @@ pub struct Flow {
     retry_at: Option<Instant>,
     counters: FlowCounters,
     reject_log: RateLimited,
+    /// The ventilator named a batch (a task, a heartbeat, an end).
+    seen_batch: bool,
     over: bool,
 }
 
@@ -196,6 +211,7 @@ impl Flow {
             retry_at: None,
             counters: FlowCounters::default(),
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
+            seen_batch: false,
             over: false,
         }
     }
@@ -274,6 +290,22 @@ impl Flow {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<FlowCommand>) {
+        if let Some(wait) = self
+            .config
+            .batch_wait
+            .filter(|_| self.config.exit_when_done)
+        {
+            if !self.seen_batch && now.saturating_duration_since(self.started) >= wait {
+                let ventilator = self.config.ventilator.clone();
+                return self.stop(
+                    FlowStop::NoBatch {
+                        ventilator,
+                        waited: wait,
+                    },
+                    out,
+                );
+            }
+        }
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
             self.put_back = 0;
@@ -417,6 +449,16 @@ impl Flow {
             } else {
                 log::debug!("{line}");
             }
+        }
+        if matches!(
+            &message,
+            Ok(Message::Tasks { .. }
+                | Message::Data { .. }
+                | Message::Kernel { .. }
+                | Message::End { .. })
+                | Ok(Message::Heartbeat { batch: 1.. })
+        ) {
+            self.seen_batch = true;
         }
         let declined = match &message {
             Ok(Message::Tasks { batch, .. } | Message::Data { batch, .. }) => {

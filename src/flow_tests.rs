@@ -23,6 +23,7 @@ fn config() -> FlowConfig {
         max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         announce: false,
         exit_when_done: false,
+        batch_wait: None,
     }
 }
 

@@ -102,6 +102,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             sink: results_endpoint.clone(),
             name: format!("worker-{}", index + 1),
             exit_when_done: true,
+            batch_wait: None,
             announce: false,
             heartbeat: run.heartbeat,
             access: run.access.clone(),

@@ -35,6 +35,9 @@ pub struct WorkerConfig {
     pub name: String,
     /// Leave after the first batch completes.
     pub exit_when_done: bool,
+    /// With `exit_when_done`: leave if no batch is heard of within this long (it may have
+    /// ended before this worker arrived); `None` waits for ever.
+    pub batch_wait: Option<Duration>,
     /// Say at default verbosity when connected and ready (off for the many workers of
     /// one `conquer run`, where the run speaks for them).
     pub announce: bool,
@@ -148,7 +151,44 @@ pub struct Worker {
     /// Which batch is over (its tasks are abandoned), shared with the executor.
     abandon: Arc<Abandon>,
     failure: Arc<Mutex<Option<String>>>,
+    /// The executor's end of the wake PAIR: closed by the I/O thread when it leaves without
+    /// waiting for the executor, so the ZeroMQ context can end while a task still runs.
+    executor_wake: ExecutorWake,
     executor: std::thread::JoinHandle<()>,
+}
+
+/// The executor's wake socket, shared so the I/O thread can close it (see [`Worker`]).
+type ExecutorWake = Arc<Mutex<Option<zmq::Socket>>>;
+
+/// Wakes the I/O thread, never waiting; nothing once the socket was closed.
+fn wake_io(wake: &Mutex<Option<zmq::Socket>>) {
+    if let Ok(socket) = wake.lock() {
+        if let Some(socket) = socket.as_ref() {
+            // A wake already queued is as good as a new one.
+            let _ = socket.send(&b""[..], zmq::DONTWAIT);
+        }
+    }
+}
+
+/// How long a worker leaving after its batch (asked to) waits for its executor to wind
+/// down before it says goodbye regardless: a backend stuck in a kernel must not keep it.
+const EXECUTOR_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits up to `grace` for the executor thread; `false` if it is still running (it is then
+/// left behind: the process ends without it).
+fn join_within(executor: std::thread::JoinHandle<()>, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while !executor.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // Polling a thread's end: std offers no timed join.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if executor.join().is_err() {
+        log::error!("the executor thread panicked");
+    }
+    true
 }
 
 impl Worker {
@@ -201,6 +241,14 @@ impl Worker {
         wake.set_linger(0)?;
         wake.bind(&wake_endpoint)
             .context("binding the wake socket")?;
+        let executor_wake = ctx
+            .socket(zmq::PAIR)
+            .and_then(|s| {
+                s.set_linger(0)?;
+                s.connect(&wake_endpoint).map(|()| s)
+            })
+            .context("connecting the executor's wake socket")?;
+        let executor_wake: ExecutorWake = Arc::new(Mutex::new(Some(executor_wake)));
         let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>();
         let (outcome_tx, outcome_rx) = mpsc::channel::<Outcomes>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -210,7 +258,7 @@ impl Worker {
         backend.stop_with(stop.clone());
         backend.abandon_with(abandon.flag());
         let executor = {
-            let ctx = ctx.clone();
+            let wake = executor_wake.clone();
             let stop = stop.clone();
             let abandon = abandon.clone();
             let failure = failure.clone();
@@ -219,8 +267,7 @@ impl Worker {
                 .name(thread_name)
                 .spawn(move || {
                     execute(
-                        &ctx,
-                        &wake_endpoint,
+                        &wake,
                         backend,
                         chunk_rx,
                         outcome_tx,
@@ -259,6 +306,7 @@ impl Worker {
             stop,
             abandon,
             failure,
+            executor_wake,
             executor,
         })
     }
@@ -274,6 +322,7 @@ impl Worker {
             stop,
             abandon,
             failure,
+            executor_wake,
             executor,
         } = self;
         let mut flow = Flow::new(
@@ -284,6 +333,7 @@ impl Worker {
                 sink: config.sink.clone(),
                 announce: config.announce,
                 exit_when_done: config.exit_when_done,
+                batch_wait: config.batch_wait,
                 max_payload: crate::protocol::max_payload(),
             },
             Instant::now(),
@@ -298,23 +348,32 @@ impl Worker {
             failure: &failure,
         };
         let outcome = pump.run(&mut flow, shutdown);
-        // Leaving: stop the executor after its current task and tell the ventilator, so the
-        // tasks this worker held go to others at once. Leaving because the batch is over
-        // (asked to), the goodbye waits for the executor: the ventilator of a job that ended
-        // with chunks out takes it to mean this worker is idle.
+        // Leaving: stop the executor and tell the ventilator, so the tasks this worker held
+        // go to others at once. Leaving because the batch is over (asked to), the goodbye
+        // waits for the executor (a while): the ventilator of a job that ended with chunks
+        // out takes it to mean this worker is idle. Otherwise (Ctrl-C, SIGTERM, a refusal)
+        // nothing waits for it: a kernel, a CPU task or a sleep in hand is left behind,
+        // its task handed back by the goodbye, and the process ends without it.
         stop.store(true, Ordering::SeqCst);
         drop(chunk_tx);
-        let joined = |executor: std::thread::JoinHandle<()>| {
-            if executor.join().is_err() {
-                log::error!("the executor thread panicked");
-            }
-        };
         if outcome.is_ok() {
-            joined(executor);
+            if !join_within(executor, EXECUTOR_GRACE) {
+                log::warn!(
+                    "the task in hand did not stop within {} s; leaving it behind",
+                    EXECUTOR_GRACE.as_secs()
+                );
+            }
             let _ = io.tasks.send(Flow::goodbye().encode(), zmq::DONTWAIT);
         } else {
             let _ = io.tasks.send(Flow::goodbye().encode(), zmq::DONTWAIT);
-            joined(executor);
+            if !join_within(executor, Duration::ZERO) {
+                log::debug!("leaving without waiting for the task in hand");
+            }
+        }
+        // The executor's socket closes here, whether or not it still runs, so the ZeroMQ
+        // context can end.
+        if let Ok(mut wake) = executor_wake.lock() {
+            wake.take();
         }
         let counters = flow.counters();
         outcome.map(|()| WorkerSummary {
@@ -529,8 +588,7 @@ struct Shared<'a> {
 /// returns promptly for long tasks and zero-work tasks travel in bulk. If the backend
 /// becomes unusable it records why and stops; the I/O thread then leaves.
 fn execute(
-    ctx: &zmq::Context,
-    wake_endpoint: &str,
+    wake: &Mutex<Option<zmq::Socket>>,
     mut backend: Box<dyn Backend>,
     chunks: mpsc::Receiver<Chunk>,
     outcome_tx: mpsc::Sender<Outcomes>,
@@ -541,16 +599,6 @@ fn execute(
         abandon,
         failure,
     } = shared;
-    let wake = match ctx.socket(zmq::PAIR).and_then(|s| {
-        s.set_linger(0)?;
-        s.connect(wake_endpoint).map(|()| s)
-    }) {
-        Ok(socket) => socket,
-        Err(e) => {
-            log::error!("executor cannot reach its worker: {e}");
-            return;
-        }
-    };
     let mut buffer: Vec<Finished> = Vec::new();
     let mut last_flush = Instant::now();
     let flush = |buffer: &mut Vec<Finished>, last_flush: &mut Instant| {
@@ -559,8 +607,7 @@ fn execute(
                 .send(Outcomes::Finished(std::mem::take(buffer)))
                 .is_ok()
         {
-            // A wake already queued is as good as a new one.
-            let _ = wake.send(&b""[..], zmq::DONTWAIT);
+            wake_io(wake);
         }
         *last_flush = Instant::now();
     };
@@ -600,7 +647,7 @@ fn execute(
                     // Told once per batch; its tasks are dropped here and handed to other
                     // workers by the ventilator.
                     let _ = outcome_tx.send(Outcomes::Declined { batch, reason });
-                    let _ = wake.send(&b""[..], zmq::DONTWAIT);
+                    wake_io(wake);
                     false
                 }
             };
@@ -613,6 +660,10 @@ fn execute(
         let mut input = chunk.input;
         // Tasks of a batch that is over are not started: they go back as failed.
         let mut abandoned: Vec<Task> = Vec::new();
+        // Tasks beyond this worker's --max-payload are not started either: they fail, and
+        // the worker declines the batch.
+        let mut oversized: Vec<Work> = Vec::new();
+        let mut too_big: Option<String> = None;
         abandon.begin(batch);
         // Tasks of the same batch and job keep flowing into one `run`, so a pipelined
         // backend never drains between messages from the ventilator.
@@ -638,10 +689,19 @@ fn execute(
             }
             loop {
                 if let Some(task) = current.next() {
-                    return Some(match input.take() {
+                    let work = match input.take() {
                         Some((name, input)) => Work { task, name, input },
                         None => Work::from(task),
-                    });
+                    };
+                    match crate::backend::fits(&job, &work) {
+                        Ok(()) => return Some(work),
+                        Err(why) => {
+                            log::error!("{why}");
+                            too_big.get_or_insert(why);
+                            oversized.push(work);
+                            continue;
+                        }
+                    }
                 }
                 match chunks.try_recv() {
                     Ok(more) if more.batch == batch && more.job == job => {
@@ -685,18 +745,19 @@ fn execute(
                 }
             })
         }));
-        for task in abandoned {
+        let refused = abandoned.into_iter().map(Work::from).chain(oversized);
+        for work in refused {
             buffer.push(Finished {
                 batch,
-                outcome: Outcome::failed(Work::from(task), 0),
+                outcome: Outcome::failed(work, 0),
                 finished_unix_ms: unix_ms(),
             });
         }
         flush(&mut buffer, &mut last_flush);
-        if let Some(reason) = backend.take_decline() {
+        if let Some(reason) = too_big.or_else(|| backend.take_decline()) {
             // The tasks it failed go to other workers; this one takes no more of the batch.
             let _ = outcome_tx.send(Outcomes::Declined { batch, reason });
-            let _ = wake.send(&b""[..], zmq::DONTWAIT);
+            wake_io(wake);
             prepared = Some((batch, job, false));
         }
         // The next run starts with a fresh clock reading, not this one's.
@@ -719,7 +780,7 @@ fn execute(
             if let Ok(mut failure) = failure.lock() {
                 *failure = Some(reason);
             }
-            let _ = wake.send(&b""[..], zmq::DONTWAIT);
+            wake_io(wake);
             return;
         }
         if stop.load(Ordering::SeqCst) {

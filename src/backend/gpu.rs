@@ -79,7 +79,9 @@ pub struct GpuConfig {
     pub max_invocations_per_dispatch: u32,
     /// Tasks in flight at once.
     pub slots: usize,
-    /// Longest a task may take before it is failed and handed to another worker.
+    /// Longest a task may have the device (`--task-timeout`), from its submission or the
+    /// end of the task before it, whichever is later: past it the task fails and the device
+    /// is abandoned and rebuilt, as after a device loss.
     pub task_timeout: Duration,
     /// Largest storage buffer to use, below the adapter's own limit (tests; `None`: the
     /// adapter's).
@@ -343,7 +345,14 @@ impl Gpu {
 
         let params_stride = u64::from(limits.min_uniform_buffer_offset_alignment).max(PARAMS_BYTES);
         let max_workgroups = limits.max_compute_workgroups_per_dimension.min(65_535);
-        let slots = (0..config.slots.max(1))
+        // A software adapter (lavapipe) may block a submission until the kernel before it
+        // ends, so a runaway kernel would hold the worker inside the driver where no
+        // timeout is seen: it gets one task at a time, waited on with the timeout.
+        let slot_count = match class {
+            AdapterClass::Software => 1,
+            AdapterClass::Hardware => config.slots.max(1),
+        };
+        let slots = (0..slot_count)
             .map(|i| Slot::new(&device, &layout, params_stride, timestamps, i))
             .collect::<Vec<_>>();
         let timestamp_period_ns = timestamps.then(|| f64::from(queue.get_timestamp_period()));
@@ -448,6 +457,33 @@ impl Gpu {
 
     fn lost_reason(&self) -> Option<String> {
         self.lost.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// A duration in seconds as a flag takes it: `2`, `0.5`.
+fn seconds(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+/// The adapter matching `adapter` (name, type, API) on a new instance, if one is found.
+fn same_adapter(adapter: &wgpu::Adapter) -> Option<wgpu::Adapter> {
+    let want = adapter.get_info();
+    adapters().into_iter().find(|a| {
+        let info = a.get_info();
+        (&info.name, info.device_type, info.backend) == (&want.name, want.device_type, want.backend)
+    })
+}
+
+/// Drops a context given up on, on a thread of its own: a device whose kernel never ends
+/// may block its drop, and the worker must never wait on it. Leaked if no thread starts.
+fn abandon(old: Gpu) {
+    // Not dropped with the closure when the thread cannot start.
+    let old = std::mem::ManuallyDrop::new(old);
+    let spawned = std::thread::Builder::new()
+        .name("abandoned-device".into())
+        .spawn(move || drop(std::mem::ManuallyDrop::into_inner(old)));
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to drop the abandoned device ({e}); it is leaked");
     }
 }
 
@@ -728,7 +764,10 @@ impl Gpu {
              ventilator, and the device is being rebuilt",
             self.adapter_name
         );
-        let rebuilt = Gpu::new(&self.adapter, self.config).and_then(|mut fresh| {
+        // A fresh instance's adapter where it can: a software adapter runs every device of
+        // one instance on one pool of threads, which a runaway kernel may still hold.
+        let adapter = same_adapter(&self.adapter).unwrap_or_else(|| self.adapter.clone());
+        let rebuilt = Gpu::new(&adapter, self.config).and_then(|mut fresh| {
             for (job, source) in &self.compiled {
                 fresh
                     .compile(job, source.as_deref())
@@ -742,7 +781,7 @@ impl Gpu {
                 fresh.submitted = self.submitted;
                 fresh.stop = self.stop.take();
                 log::info!("the device on {} is rebuilt", fresh.adapter_name);
-                *self = fresh;
+                abandon(std::mem::replace(self, fresh));
             }
             Err(e) => {
                 self.broken = Some(format!(
@@ -978,7 +1017,9 @@ impl Gpu {
             return failed(self, flight, why);
         }
         debug_assert!(flight.map_end > 0);
-        let deadline = flight.submitted + self.task_timeout;
+        // The clock starts when the task can have the device: tasks queued behind another
+        // are not charged for its time.
+        let deadline = flight.submitted.max(self.last_completion) + self.task_timeout;
         let outcome = loop {
             match flight.mapped.load(Ordering::SeqCst) {
                 1 => break Ok(()),
@@ -994,9 +1035,18 @@ impl Gpu {
                 break Err(format!("device lost: {reason}"));
             }
             if Instant::now() >= deadline {
+                // The kernel may never end, and nothing cancels it: the device is given up
+                // and rebuilt, everything on it failed, as after a loss.
+                let why = format!(
+                    "task {} ran past --task-timeout {} s",
+                    flight.task.id,
+                    seconds(self.task_timeout)
+                );
+                self.mark_lost(&why);
                 break Err(format!(
-                    "no result after {:.0} s",
-                    self.task_timeout.as_secs_f64()
+                    "it ran past --task-timeout {} s (raise --task-timeout for kernels that \
+                     take longer; the device is rebuilt)",
+                    seconds(self.task_timeout)
                 ));
             }
             if self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {

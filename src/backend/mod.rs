@@ -178,6 +178,24 @@ pub trait Backend: Send {
     }
 }
 
+/// Whether a task fits this worker's `--max-payload`: every buffer a backend allocates for
+/// it (output, staging, a CPU reference) is bounded by its output and its input, and the
+/// input already arrived within the bound. `Err` with why when the output would not (a
+/// ventilator asking for more than this worker takes): the worker declines the batch
+/// before anything is allocated. A task whose shape is invalid is left to the backend,
+/// which fails it.
+pub fn fits(job: &Job, work: &Work) -> Result<(), String> {
+    let limit = crate::protocol::max_payload();
+    match crate::kernels::shape(job, work.task, work.input.len()) {
+        Ok(shape) if shape.output_bytes as u64 > limit => Err(format!(
+            "task {} asks for {} bytes of output, over this worker's --max-payload {limit} \
+             (raise --max-payload on every role if such tasks are meant)",
+            work.task.id, shape.output_bytes
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Microseconds in a duration, saturated to u32 (71 minutes).
 pub fn micros(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)

@@ -147,14 +147,19 @@ impl Space {
         let Ok((first, count)) = self.keys_of(task) else {
             return Vec::new();
         };
-        let hits: Vec<u32> = (first..first + count)
-            .filter(|&k| hash(k, self.salt).leading_zeros() >= self.bits)
-            .collect();
-        let mut out = Vec::with_capacity(4 + 4 * hits.len());
-        out.extend_from_slice(&(hits.len() as u32).to_le_bytes());
-        for k in hits.iter().take(self.capacity as usize) {
-            out.extend_from_slice(&k.to_le_bytes());
+        // Hits are counted, and only the first `capacity` kept: a task of 2^32 keys that all
+        // hit holds no more than its output.
+        let mut out = Vec::with_capacity(4 + 4 * self.capacity.min(count) as usize);
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut hits = 0u32;
+        for k in (first..first + count).filter(|&k| hash(k, self.salt).leading_zeros() >= self.bits)
+        {
+            if hits < self.capacity {
+                out.extend_from_slice(&k.to_le_bytes());
+            }
+            hits = hits.wrapping_add(1);
         }
+        out[..4].copy_from_slice(&hits.to_le_bytes());
         out
     }
 }

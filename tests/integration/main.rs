@@ -15,5 +15,6 @@ mod kernels;
 mod mistakes;
 mod netcut;
 mod pipeline;
+mod runaway;
 mod util;
 mod watch;
