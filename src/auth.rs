@@ -41,12 +41,17 @@ const WATCHED_EVENTS: i32 = zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32
 pub struct Secret {
     /// The secret as PLAIN's password: its bytes in lowercase hex.
     password: String,
+    /// The file it was read from; empty for one made for a single run ([`Secret::fresh`]).
     path: PathBuf,
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret({})", self.path.display())
+        if self.is_fresh() {
+            write!(f, "Secret(made for this run)")
+        } else {
+            write!(f, "Secret({})", self.path.display())
+        }
     }
 }
 
@@ -103,6 +108,27 @@ impl Secret {
             password: hex(secret),
             path: path.to_owned(),
         })
+    }
+
+    /// A new random secret (256 bits from the operating system's generator) that lives in
+    /// this process only: `conquer run` makes one for each run, so that its own workers
+    /// authenticate and nobody else on the machine can join its loopback sockets.
+    pub fn fresh() -> anyhow::Result<Secret> {
+        use rand::TryRngCore;
+        let mut bytes = [0u8; NEW_SECRET_BYTES];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| anyhow!("the operating system's random generator failed: {e}"))?;
+        Ok(Secret {
+            password: hex(&hex(&bytes).into_bytes()),
+            path: PathBuf::new(),
+        })
+    }
+
+    /// Whether it was made for this run ([`Secret::fresh`]) rather than read from a file:
+    /// nobody outside the process knows it.
+    pub fn is_fresh(&self) -> bool {
+        self.path.as_os_str().is_empty()
     }
 
     /// Writes a new secret to `path`: 256 bits from the operating system's generator, as
@@ -314,7 +340,8 @@ impl Access {
         if is_local(&format!("tcp://{addr}")) {
             return Ok(None);
         }
-        if let Some(secret) = &self.secret {
+        // A run's own secret is known to no reader: it cannot make a token for them.
+        if let Some(secret) = self.secret.as_ref().filter(|s| !s.is_fresh()) {
             return Ok(Some(secret.token()));
         }
         if !self.allow.is_empty() {

@@ -1315,10 +1315,15 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
 }
 
 fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    let access = crate::auth::Access {
+    let mut access = crate::auth::Access {
         insecure: args.insecure,
         ..args.secret.access()?
     };
+    // Loopback admits every local user: `run` owns every role, so without --secret-file it
+    // makes a secret of its own that only its workers present.
+    if access.secret.is_none() {
+        access.secret = Some(crate::auth::Secret::fresh()?);
+    }
     let prepared = args.batch.prepare(args.verify.percent())?;
     let options = args.backend.options()?;
     let mut backends = Vec::with_capacity(args.workers as usize);

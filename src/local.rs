@@ -33,7 +33,8 @@ pub struct LocalRun {
     pub tasks_endpoint: Option<std::sync::mpsc::Sender<String>>,
     /// Told the live view's address once it listens (`ventilator.http`), for scrapers.
     pub http_endpoint: Option<std::sync::mpsc::Sender<String>>,
-    /// The secret every role presents and demands (`--secret-file`); none by default.
+    /// The secret every role presents and demands: `--secret-file`, or the one `conquer run`
+    /// makes for each run. None by default here (benchmarks choose).
     pub access: crate::auth::Access,
 }
 

@@ -9,13 +9,17 @@
 //! for built-in kernels (`mandelbrot-00000012.out`), or for a divisible job's chunk after
 //! the kernel and its items (`mandelbrot-items-000000000064-000000000128.out`: rows 64 to
 //! 127); a name a worker sends that is not a plain file name is never used as a path.
+//! Every file here is made new through one handle on the directory and read back without
+//! following links (`files`): a link planted in the directory is an error naming it.
 
 use crate::batch::{Job, Task};
+use crate::files::{self, Dir};
 use crate::kernels::{mandelbrot, search, Kernel};
 use crate::protocol::TaskResult;
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a sink puts outputs.
 #[derive(Debug, Clone, Default)]
@@ -55,9 +59,10 @@ impl OutputsConfig {
                     }
                 }
             }
-            let probe = dir.join(".conquer-probe");
-            std::fs::write(&probe, b"")
-                .and_then(|()| std::fs::remove_file(&probe))
+            let handle = Dir::open(dir).context("--outputs")?;
+            handle
+                .create_temporary(PROBE)
+                .and_then(|_| handle.remove(PROBE))
                 .with_context(|| {
                     format!("cannot write in the outputs directory {}", dir.display())
                 })?;
@@ -80,9 +85,15 @@ impl OutputsConfig {
     }
 }
 
+/// The file [`OutputsConfig::check`] makes and removes to see that the sink may write.
+const PROBE: &str = ".conquer-probe";
+
 /// The outputs of the batch being collected.
 pub struct Outputs {
     config: OutputsConfig,
+    /// The outputs directory, opened at the first output and kept: every file is made
+    /// through it.
+    handle: Option<Arc<Dir>>,
     /// Files renamed into the directory since it was last synced.
     unsynced: bool,
     written: u64,
@@ -148,6 +159,7 @@ impl Outputs {
     pub fn new(config: OutputsConfig) -> Outputs {
         Outputs {
             config,
+            handle: None,
             unsynced: false,
             written: 0,
             canvas: None,
@@ -157,12 +169,20 @@ impl Outputs {
         }
     }
 
+    /// The outputs directory's handle (`None` without `--outputs`), opened once.
+    fn handle(&mut self) -> anyhow::Result<Option<Arc<Dir>>> {
+        if let (None, Some(dir)) = (&self.handle, &self.config.dir) {
+            self.handle = Some(Arc::new(Dir::open(dir).context("--outputs")?));
+        }
+        Ok(self.handle.clone())
+    }
+
     /// Keeps one held task's output: its file, its band of the picture, its hits.
     pub fn record(&mut self, job: &Job, r: &TaskResult) -> anyhow::Result<()> {
         let Some(kernel) = Kernel::from_id(job.kernel).filter(|k| k.carries_output()) else {
             return Ok(());
         };
-        if let Some(dir) = &self.config.dir {
+        if self.config.dir.is_some() {
             if !r.name.is_empty() && !plain_file_name(&r.name) {
                 log::warn!(
                     "task {}: the input name {:?} is not a plain file name; writing its output by id",
@@ -174,7 +194,12 @@ impl Outputs {
                 self.input_name = Some(r.name.clone());
             }
             let name = output_name(job, task_of(r), &r.name);
-            write_synced(dir, &name, &r.output)?;
+            if let Some(handle) = self.handle()? {
+                files::write_whole(&handle, &name, |file| {
+                    file.write_all(&r.output)
+                        .with_context(|| format!("cannot write {}", handle.show(&name)))
+                })?;
+            }
             self.unsynced = true;
             self.written += 1;
         } else if self.config.image.is_none() && kernel != Kernel::Search && !self.warned_discarded
@@ -257,10 +282,8 @@ impl Outputs {
 
     /// Makes the renames durable: called before the ventilator hears tasks are held.
     pub fn sync(&mut self) -> anyhow::Result<()> {
-        if let (true, Some(dir)) = (self.unsynced, &self.config.dir) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("cannot sync the outputs directory {}", dir.display()))?;
+        if let (true, Some(handle)) = (self.unsynced, &self.handle) {
+            handle.sync()?;
             self.unsynced = false;
         }
         Ok(())
@@ -282,7 +305,10 @@ impl Outputs {
     /// Once the batch is complete: reads back bands held before a restart, and writes the
     /// picture.
     pub fn finish(&mut self, job: &Job) -> anyhow::Result<()> {
-        if let (Some(Kernel::Search), Some(dir)) = (Kernel::from_id(job.kernel), &self.config.dir) {
+        let handle = self.handle()?;
+        if let (Some(Kernel::Search), Some(dir), Some(handle)) =
+            (Kernel::from_id(job.kernel), &self.config.dir, &handle)
+        {
             // Every task's hits, those held before a restart too, from their files.
             let space = search::Space::of(job).map_err(anyhow::Error::msg)?;
             let tasks: Vec<Task> = if job.items > 0 {
@@ -297,9 +323,9 @@ impl Outputs {
             };
             let mut hits = Vec::new();
             for task in tasks {
-                let file = dir.join(output_name(job, task, ""));
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("reading hits back from {}", file.display()))?;
+                let bytes = handle
+                    .read(&output_name(job, task, ""))
+                    .context("reading hits back")?;
                 hits.extend(search::hits(&bytes));
             }
             self.hits = hits;
@@ -317,11 +343,11 @@ impl Outputs {
         };
         if job.items > 0 && missing(&self.canvas) {
             // Rows held before a restart: read back from the chunks' files.
-            if let Some(dir) = self.config.dir.clone() {
+            if let (Some(dir), Some(handle)) = (self.config.dir.clone(), &handle) {
                 for chunk in Self::chunks_in_dir(job, &dir)? {
-                    let file = dir.join(output_name(job, chunk, ""));
-                    let counts = std::fs::read(&file)
-                        .with_context(|| format!("reading rows back from {}", file.display()))?;
+                    let counts = handle
+                        .read(&output_name(job, chunk, ""))
+                        .context("reading rows back")?;
                     self.paint(job, chunk, &counts);
                 }
             }
@@ -334,7 +360,7 @@ impl Outputs {
             if filled {
                 continue;
             }
-            let Some(dir) = &self.config.dir else {
+            let Some(handle) = &handle else {
                 bail!("band {band} of the picture never arrived");
             };
             if job.items > 0 {
@@ -344,9 +370,9 @@ impl Outputs {
                 id: band,
                 ..Task::default()
             };
-            let file = dir.join(output_name(job, task, ""));
-            let counts = std::fs::read(&file)
-                .with_context(|| format!("reading band {band} back from {}", file.display()))?;
+            let counts = handle
+                .read(&output_name(job, task, ""))
+                .with_context(|| format!("reading band {band} back"))?;
             self.paint(job, task, &counts);
         }
         let Some((view, counts, _)) = &self.canvas else {
@@ -358,11 +384,12 @@ impl Outputs {
             .and_then(|n| n.to_str())
             .unwrap_or("picture.png")
             .to_owned();
-        let temporary = path.with_file_name(format!(".{name}.tmp"));
-        write_png(&temporary, view, counts)?;
-        std::fs::File::open(&temporary)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&temporary, &path))
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let folder = Dir::open(parent).context("--image")?;
+        files::write_whole(&folder, &name, |file| write_png(file, view, counts))
             .with_context(|| format!("cannot write the picture {}", path.display()))?;
         log::info!(
             "picture written to {} ({} x {})",
@@ -399,81 +426,67 @@ impl Outputs {
             Some(input) => format!("{input}.out"),
             None => format!("{}-job.out", kernel.name()),
         };
-        let temporary = dir.join(format!(".{name}.tmp"));
-        let mut file = std::io::BufWriter::new(
-            std::fs::File::create(&temporary)
-                .with_context(|| format!("cannot create {}", temporary.display()))?,
-        );
-        let mut next = 0u64;
-        for chunk in Self::chunks_in_dir(job, &dir)? {
-            let (first, end) = chunk.range();
-            if end <= next {
-                continue;
-            }
-            if first > next {
-                bail!(
-                    "items {next}..{first} of the job have no output in {}",
-                    dir.display()
-                );
-            }
-            let path = dir.join(output_name(job, chunk, ""));
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            // The last chunk's output may be short (a partial last item of `same`).
-            let skip = ((next - first) * per_item).min(bytes.len() as u64) as usize;
-            file.write_all(&bytes[skip..])
-                .with_context(|| format!("cannot write {}", temporary.display()))?;
-            next = end;
-        }
-        if next < job.items {
-            bail!(
-                "items {next}..{} of the job have no output in {}",
-                job.items,
-                dir.display()
-            );
-        }
-        let file = file
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", temporary.display()))?;
-        file.sync_all()
-            .and_then(|()| std::fs::rename(&temporary, dir.join(&name)))
-            .with_context(|| format!("cannot write {}", dir.join(&name).display()))?;
+        let Some(handle) = self.handle()? else {
+            return Ok(());
+        };
+        let chunks = Self::chunks_in_dir(job, &dir)?;
+        files::write_whole(&handle, &name, |file| {
+            Self::concatenate(job, &handle, &chunks, per_item, file)
+        })?;
         log::info!(
             "the job's output assembled in {}",
             dir.join(&name).display()
         );
         Ok(())
     }
+
+    /// Writes the chunks' outputs to `file`, each item's bytes once, in item order.
+    fn concatenate(
+        job: &Job,
+        handle: &Dir,
+        chunks: &[Task],
+        per_item: u64,
+        file: &mut std::fs::File,
+    ) -> anyhow::Result<()> {
+        let dir = handle.show("");
+        let mut file = std::io::BufWriter::new(file);
+        let mut next = 0u64;
+        for &chunk in chunks {
+            let (first, end) = chunk.range();
+            if end <= next {
+                continue;
+            }
+            if first > next {
+                bail!("items {next}..{first} of the job have no output in {dir}");
+            }
+            let bytes = handle.read(&output_name(job, chunk, ""))?;
+            // The last chunk's output may be short (a partial last item of `same`).
+            let skip = ((next - first) * per_item).min(bytes.len() as u64) as usize;
+            file.write_all(&bytes[skip..])
+                .with_context(|| format!("cannot write the job's output in {dir}"))?;
+            next = end;
+        }
+        if next < job.items {
+            bail!(
+                "items {next}..{} of the job have no output in {dir}",
+                job.items
+            );
+        }
+        file.flush()
+            .with_context(|| format!("cannot write the job's output in {dir}"))
+    }
 }
 
-/// Writes `bytes` to `dir/name` through a temporary file: written, synced, renamed.
-fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("cannot create {}", temporary.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, &target).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            temporary.display(),
-            target.display()
-        )
-    })
-}
-
-/// The picture of `counts` (iteration counts, row-major) as an RGB PNG.
-pub fn write_png(path: &Path, view: &mandelbrot::View, counts: &[u32]) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create the picture {}", path.display()))?;
+/// The picture of `counts` (iteration counts, row-major) as an RGB PNG, into `file`.
+pub fn write_png(
+    file: &mut std::fs::File,
+    view: &mandelbrot::View,
+    counts: &[u32],
+) -> anyhow::Result<()> {
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), view.width, view.height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("cannot write the picture {}", path.display()))?;
+    let mut writer = encoder.write_header().context("cannot write the picture")?;
     let rgb: Vec<u8> = counts
         .iter()
         .flat_map(|&n| mandelbrot::colour(n, view.max_iter))
@@ -481,7 +494,7 @@ pub fn write_png(path: &Path, view: &mandelbrot::View, counts: &[u32]) -> anyhow
     writer
         .write_image_data(&rgb)
         .and_then(|()| writer.finish())
-        .with_context(|| format!("cannot write the picture {}", path.display()))
+        .context("cannot write the picture")
 }
 
 #[cfg(test)]

@@ -200,8 +200,9 @@ impl Report {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         if json {
-            serde_json::to_writer(&mut out, self).context("writing the JSON report")?;
-            writeln!(out)?;
+            // Worker names may hold invisible characters: escaped, the values unchanged.
+            let text = serde_json::to_string(self).context("writing the JSON report")?;
+            writeln!(out, "{}", crate::logging::json_printable(text))?;
         } else {
             out.write_all(self.to_text().as_bytes())?;
         }
@@ -299,7 +300,7 @@ impl Report {
         let name_width = self
             .workers
             .iter()
-            .map(|w| w.id.len())
+            .map(|w| crate::logging::printable(&w.id).chars().count())
             .max()
             .unwrap_or(0)
             .max(6);
@@ -320,7 +321,7 @@ impl Report {
         for w in &self.workers {
             s += &format!(
                 "{:<name_width$}  {:>6}  {}{:>9.1}  {:>9.1}  {:<8}  {}\n",
-                w.id,
+                crate::logging::printable(&w.id),
                 w.tasks,
                 if job {
                     format!("{:>12}  {:>12.0}  ", w.items, w.items_per_s)
@@ -329,11 +330,11 @@ impl Report {
                 },
                 w.busy_ms,
                 w.kernel_ms,
-                w.backend,
+                crate::logging::printable(&w.backend),
                 if w.adapter.is_empty() {
-                    "-"
+                    "-".into()
                 } else {
-                    &w.adapter
+                    crate::logging::printable(&w.adapter)
                 }
             );
         }
@@ -480,8 +481,8 @@ impl ResultsFile {
                 }
             }
         }
-        let file = File::create(path)
-            .with_context(|| format!("cannot create results file {}", path.display()))?;
+        // Never through a link: the sink may run as a service user in a shared directory.
+        let file = crate::files::create_file(path, false).context("the results file")?;
         Ok(ResultsFile::over(path, format, file, true))
     }
 
@@ -525,12 +526,7 @@ impl ResultsFile {
         }
         let recovered = parse_records(&text[..complete], format)
             .with_context(|| format!("cannot resume from results file {}", path.display()))?;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot open results file {}", path.display()))?;
+        let file = crate::files::create_file(path, true).context("the results file")?;
         file.set_len(complete as u64)
             .with_context(|| format!("cannot trim results file {}", path.display()))?;
         let mut file = file;
@@ -767,6 +763,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rejected 3, refused 2"));
+    }
+
+    #[test]
+    fn a_name_that_would_reverse_the_line_is_shown_escaped() {
+        let mut r = report();
+        r.workers[0].id = "w\u{202e}1".into();
+        let text = r.to_text();
+        assert!(!text.contains('\u{202e}'), "{text}");
+        assert!(text.contains("w\\u{202e}1"), "{text}");
     }
 
     #[test]

@@ -67,11 +67,17 @@ pub fn bind_prepared(
         .with_context(|| format!("cannot create the {role} socket"))?;
     common_options(&socket)?;
     check_endpoint(endpoint, flag, true)?;
+    let (endpoint, ipv6) = bind_address(endpoint, flag)?;
+    if ipv6 {
+        socket
+            .set_ipv6(true)
+            .map_err(|e| anyhow!("cannot enable IPv6 on the {role} socket: {e}"))?;
+    }
     prepare(&socket)?;
     // Zero-length ports mean "any free port"; libzmq spells that `*`.
     let endpoint = endpoint
         .strip_suffix(":0")
-        .map_or_else(|| endpoint.to_owned(), |e| format!("{e}:*"));
+        .map_or_else(|| endpoint.clone(), |e| format!("{e}:*"));
     socket.bind(&endpoint).map_err(|e| {
         let hint = match e {
             zmq::Error::EADDRINUSE => format!(" (is another conquer running? pass {flag} with another port)"),
@@ -123,6 +129,12 @@ pub fn connect(
     }
     caller.access.present(&socket, caller.user)?;
     check_endpoint(endpoint, flag, false)?;
+    if tcp_host(endpoint).is_some_and(|host| host.starts_with('[')) {
+        // An IPv6 address: libzmq resolves only IPv4 without this.
+        socket
+            .set_ipv6(true)
+            .map_err(|e| anyhow!("cannot enable IPv6 on the {role} socket: {e}"))?;
+    }
     socket.connect(endpoint).map_err(|e| {
         anyhow!(
             "cannot connect {role} socket to {endpoint}: {e} (expected tcp://HOST:PORT in {flag})"
@@ -321,10 +333,73 @@ pub fn check_endpoint(endpoint: &str, flag: &str, bind: bool) -> anyhow::Result<
     }
 }
 
+/// The host of a `tcp://HOST:PORT` endpoint (an IPv6 address keeps its brackets).
+fn tcp_host(endpoint: &str) -> Option<&str> {
+    let (host, _port) = endpoint.strip_prefix("tcp://")?.rsplit_once(':')?;
+    Some(host)
+}
+
+/// What a checked bind endpoint becomes for libzmq, and whether its address is IPv6 (the
+/// socket then needs ZMQ_IPV6, without which libzmq takes only IPv4). libzmq binds
+/// addresses and interface names, not host names (`localhost` fails with "No such
+/// device"): a name is resolved here to an address of this machine, IPv4 first, since a
+/// connecting socket resolves names to IPv4 as well.
+fn bind_address(endpoint: &str, flag: &str) -> anyhow::Result<(String, bool)> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let unchanged = |ipv6| Ok((endpoint.to_owned(), ipv6));
+    let Some(host) = tcp_host(endpoint) else {
+        return unchanged(false);
+    };
+    // `:PORT`, as given (`:*` and `:0` included).
+    let port = &endpoint[endpoint.rfind(':').unwrap_or(endpoint.len())..];
+    if host == "*" || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return unchanged(false);
+    }
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if bracketed.is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()) {
+        return unchanged(true);
+    }
+    if bracketed.is_some() || host.contains(':') {
+        anyhow::bail!(
+            "{flag} {endpoint:?}: {host} is not an IPv6 address; write one in brackets, e.g.              tcp://[::1]:PORT"
+        );
+    }
+    if is_interface(host) {
+        return unchanged(false); // libzmq binds the interface's address itself
+    }
+    let addresses: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| {
+            anyhow!(
+                "{flag} {endpoint:?}: cannot resolve {host} ({e}); give an address of this                  machine, e.g. tcp://127.0.0.1:PORT, or tcp://*:PORT for all of them"
+            )
+        })?
+        .map(|a| a.ip())
+        .collect();
+    let chosen = addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .ok_or_else(|| anyhow!("{flag} {endpoint:?}: {host} resolves to no address"))?;
+    Ok(match chosen {
+        IpAddr::V4(a) => (format!("tcp://{a}{port}"), false),
+        IpAddr::V6(a) => (format!("tcp://[{a}]{port}"), true),
+    })
+}
+
+/// Whether `name` is one of this machine's network interfaces (`eth0`, `lo`).
+fn is_interface(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
 /// The peer's routing id as printable text for logs.
 pub fn peer_name(routing_id: &[u8]) -> String {
     match std::str::from_utf8(routing_id) {
-        Ok(s) if !s.is_empty() && s.chars().all(|c| !c.is_control()) => s.to_owned(),
+        Ok(s) if !s.is_empty() && !s.chars().any(crate::logging::unsafe_to_print) => s.to_owned(),
         _ => routing_id.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
@@ -351,6 +426,50 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("--sink"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_names_are_resolved_before_binding_and_ipv6_is_switched_on() {
+        let at = |e: &str| bind_address(e, "--bind").unwrap();
+        assert_eq!(
+            at("tcp://localhost:5557"),
+            ("tcp://127.0.0.1:5557".into(), false)
+        );
+        assert_eq!(at("tcp://localhost:0"), ("tcp://127.0.0.1:0".into(), false));
+        assert_eq!(at("tcp://[::1]:5557"), ("tcp://[::1]:5557".into(), true));
+        assert_eq!(at("tcp://*:5557"), ("tcp://*:5557".into(), false));
+        assert_eq!(at("tcp://10.0.0.1:*"), ("tcp://10.0.0.1:*".into(), false));
+        assert_eq!(at("tcp://lo:5557"), ("tcp://lo:5557".into(), false));
+        assert_eq!(at("ipc:///tmp/x"), ("ipc:///tmp/x".into(), false));
+        let e = bind_address("tcp://[nonsense]:1", "--bind").unwrap_err();
+        assert!(e.to_string().contains("brackets"), "{e}");
+        let e = bind_address("tcp://no-such-host.invalid:1", "--bind").unwrap_err();
+        assert!(e.to_string().contains("cannot resolve"), "{e}");
+    }
+
+    #[test]
+    fn a_socket_bound_by_name_or_on_ipv6_loopback_is_reached() {
+        let ctx = zmq::Context::new();
+        let access = crate::auth::Access::default();
+        let caller = Caller {
+            identity: None,
+            access: &access,
+            user: "",
+        };
+        for endpoint in ["tcp://localhost:0", "tcp://[::1]:0"] {
+            let (server, bound) =
+                bind(&ctx, zmq::ROUTER, "test", endpoint, "--bind", None).unwrap();
+            let client = connect(&ctx, zmq::DEALER, "test", &bound, "--sink", &caller).unwrap();
+            client.send("ping", 0).unwrap();
+            let mut items = [server.as_poll_item(zmq::POLLIN)];
+            poll(&mut items, 10_000, "the test socket").unwrap();
+            let frames = server.recv_multipart(zmq::DONTWAIT).unwrap();
+            assert_eq!(
+                frames.last().unwrap(),
+                b"ping",
+                "{endpoint} bound as {bound}"
+            );
         }
     }
 }

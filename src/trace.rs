@@ -95,8 +95,7 @@ impl Trace {
 
     /// Writes the trace to `path` (JSON Object Format: `{"traceEvents": [...]}`).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create the timeline {}", path.display()))?;
+        let file = crate::files::create_file(path, false).context("the timeline")?;
         let mut out = std::io::BufWriter::new(file);
         let write = |out: &mut std::io::BufWriter<std::fs::File>| -> anyhow::Result<()> {
             out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n")?;
