@@ -18,5 +18,6 @@ mod netcut;
 mod pipeline;
 mod runaway;
 mod planted;
+mod slowloris;
 mod util;
 mod watch;
