@@ -18,7 +18,7 @@
 //! and smoothed so that long chunks weigh more than short ones. No socket, clock or thread:
 //! the dispatcher feeds it, the simulator and tests drive it directly.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How chunks are sized (`--chunking`).
@@ -89,8 +89,9 @@ impl Rate {
 #[derive(Debug, Clone)]
 pub struct Carver {
     plan: Plan,
-    /// Items not handed out yet, as ranges in order.
-    free: VecDeque<(u64, u64)>,
+    /// Items not handed out yet: start to end of each range, in order (a B-tree, so taking
+    /// out what a sink holds costs O(log n) per range, however fragmented the job).
+    free: BTreeMap<u64, u64>,
     left: u64,
     /// By worker slot (the dispatcher's ids).
     rates: Vec<Rate>,
@@ -102,9 +103,9 @@ pub struct Carver {
 impl Carver {
     pub fn new(plan: Plan) -> Carver {
         let free = if plan.items > 0 {
-            VecDeque::from([(0, plan.items)])
+            BTreeMap::from([(0, plan.items)])
         } else {
-            VecDeque::new()
+            BTreeMap::new()
         };
         Carver {
             left: plan.items,
@@ -137,28 +138,35 @@ impl Carver {
 
     /// Takes items out of what is left without carving them (a resumed sink holds them).
     pub fn remove(&mut self, start: u64, end: u64) {
-        let mut kept = VecDeque::with_capacity(self.free.len() + 1);
-        for &(a, b) in &self.free {
-            if b <= start || a >= end {
-                kept.push_back((a, b));
-                continue;
-            }
+        if start >= end {
+            return;
+        }
+        // The free range that starts before `start` and reaches into it, and those that
+        // start within it.
+        let before = self
+            .free
+            .range(..start)
+            .next_back()
+            .filter(|(_, &b)| b > start)
+            .map(|(&a, &b)| (a, b));
+        let within: Vec<(u64, u64)> = self.free.range(start..end).map(|(&a, &b)| (a, b)).collect();
+        for (a, b) in before.into_iter().chain(within) {
+            self.free.remove(&a);
+            self.left -= b.min(end) - a.max(start);
             if a < start {
-                kept.push_back((a, start));
+                self.free.insert(a, start);
             }
             if b > end {
-                kept.push_back((end, b));
+                self.free.insert(end, b);
             }
         }
-        self.free = kept;
-        self.left = self.free.iter().map(|&(a, b)| b - a).sum();
     }
 
     /// What is left to carve, replaced (after a sink restart, from what it holds and what
     /// is out).
     pub fn set_free(&mut self, free: &[(u64, u64)]) {
         self.free = free.iter().copied().filter(|&(a, b)| a < b).collect();
-        self.left = self.free.iter().map(|&(a, b)| b - a).sum();
+        self.left = self.free.iter().map(|(&a, &b)| b - a).sum();
     }
 
     /// A chunk finished: `items` in `wall_us` on `worker`.
@@ -178,20 +186,33 @@ impl Carver {
     /// The next chunk for `worker`, `(first item, items)`, or `None` when nothing is left.
     /// `workers` are the live workers' slots (those that may take chunks), `worker` among
     /// them.
+    ///
+    /// A chunk starts at the first free item and spans at most the size the policy wants.
+    /// It reaches across an item range that is not free (held at the sink, or out) to the
+    /// next free one only while that gap is no longer than the free items it has taken, so
+    /// at most half of a chunk is work done before, and a job cut into many small pieces
+    /// (by ranges a peer invented, say) is still carved into chunks of useful size.
     pub fn carve(&mut self, worker: usize, workers: &[usize]) -> Option<(u64, u32)> {
-        let &(start, end) = self.free.front()?;
+        let (&start, _) = self.free.iter().next()?;
         let want = self
             .size_for(worker, workers)
             .clamp(1, u64::from(self.plan.max_chunk.max(1)));
-        let take = want.min(end - start);
-        if start + take == end {
-            self.free.pop_front();
-        } else if let Some(front) = self.free.front_mut() {
-            front.0 = start + take;
+        let (mut at, mut taken) = (start, 0u64);
+        while let Some((&a, &b)) = self.free.range(at..).next() {
+            if a - start >= want || (taken > 0 && a - at > taken) {
+                break;
+            }
+            let take = (b - a).min(want - (a - start));
+            self.free.remove(&a);
+            if a + take < b {
+                self.free.insert(a + take, b);
+            }
+            taken += take;
+            at = a + take;
         }
-        self.left -= take;
+        self.left -= taken;
         self.carved += 1;
-        Some((start, take as u32))
+        Some((start, (at - start) as u32))
     }
 
     /// Items `worker` should get now under the policy.

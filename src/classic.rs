@@ -382,6 +382,7 @@ impl ClassicSink {
         drop(self);
         let refused = counter.map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
         Ok(Report {
+            failed: Vec::new(),
             batch: "classic".into(),
             tasks,
             expected_ms,

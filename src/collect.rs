@@ -14,7 +14,9 @@ use crate::logging::{printable, RateLimited};
 use crate::protocol::{
     Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
 };
-use crate::report::{BatchHeader, JobReport, RecoveredResults, Report, WorkerReport};
+use crate::report::{
+    BatchHeader, FailedTask, JobReport, RecoveredResults, Report, WorkerReport,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -118,6 +120,9 @@ struct BatchState {
     finished: Option<Instant>,
     /// A divisible job: the items held (its results are counted by items, not ids).
     items: Option<IntervalSet>,
+    /// Digests of the tasks' input names, by id (a job's one input: one), as the
+    /// ventilator announced them; empty for a batch without named inputs.
+    names: Vec<u64>,
     /// A search job that stops at this many hits (0: searches the whole keyspace), and
     /// the hits held so far.
     hits_wanted: u64,
@@ -143,6 +148,7 @@ impl BatchState {
             session: 0,
             finished: None,
             items: (job.items > 0).then(IntervalSet::new),
+            names: Vec::new(),
             hits_wanted: if search && job.items > 0 {
                 u64::from(job.constants[crate::kernels::search::HITS_WANTED])
             } else {
@@ -268,7 +274,15 @@ pub struct Collector {
     unix_base: (Instant, u64),
     next_forget: Instant,
     done: bool,
+    /// The last failure of each task that failed (keyed by id, or a chunk's first item),
+    /// with its worker's name: what the report says of a task given up on. Bounded.
+    last_errors: HashMap<u64, (String, String)>,
+    /// Tasks the ventilator gave up on (`--max-attempts`), in the order it said so.
+    failed: Vec<FailedTask>,
 }
+
+/// Most failures remembered for the report; beyond, a given-up task's error is unknown.
+const MAX_LAST_ERRORS: usize = 65_536;
 
 /// Progress of the batch in hand: (held, tasks).
 pub type Progress = Option<(usize, usize)>;
@@ -312,6 +326,8 @@ impl Collector {
             early_bytes: 0,
             unix_base: (now, unix_ms),
             done: false,
+            last_errors: HashMap::new(),
+            failed: Vec::new(),
         }
     }
 
@@ -577,6 +593,7 @@ impl Collector {
                 expected_ms,
                 longest_ms,
                 job,
+                names,
             } => match &mut self.batch {
                 None if (task_count == 0 && job.items == 0)
                     || (task_count > 0 && job.items > 0)
@@ -594,6 +611,7 @@ impl Collector {
                         longest_ms,
                         verifies: job.verify_percent > 0,
                         job,
+                        names,
                     };
                     self.adopt(now, peer, announced, out)
                 }
@@ -635,6 +653,19 @@ impl Collector {
                 worker,
                 results,
             } => self.results(now, &peer, id, worker, results, out),
+            Message::GaveUp {
+                batch: id,
+                id: task,
+                first,
+                items,
+                attempts,
+            } if self
+                .batch
+                .as_ref()
+                .is_some_and(|b| b.id == id && b.ventilator == peer) =>
+            {
+                self.gave_up(now, &peer, task, first, items, attempts, out)
+            }
             Message::Stats {
                 batch: id,
                 redispatched,
@@ -673,6 +704,7 @@ impl Collector {
             longest_ms,
             verifies,
             job,
+            names,
         } = announced;
         let tasks = task_count as usize;
         // The batch's clock runs from its start at the ventilator, so a sink that joins a
@@ -695,6 +727,7 @@ impl Collector {
             started_unix_ms,
             ventilator: peer.clone(),
             session,
+            names,
             ..BatchState::new(id, tasks, job, started)
         };
         if let Some(recovered) = self.recovered.take() {
@@ -716,8 +749,9 @@ impl Collector {
             for r in &recovered.records {
                 if let Some(items) = b.items.as_mut() {
                     let (first, end) = (r.result.first, r.result.first + u64::from(r.result.items));
-                    if items.insert(first..end) > 0 {
-                        self.tally(&r.worker, &r.backend, "", &r.result);
+                    let new = items.insert(first..end);
+                    if new > 0 {
+                        self.tally(&r.worker, &r.backend, "", &r.result, new);
                     }
                     b.hits.extend(r.hits.iter().copied());
                     continue;
@@ -725,7 +759,7 @@ impl Collector {
                 let index = r.result.id as usize;
                 if index < tasks && !b.is_held(index) {
                     b.set_held(index);
-                    self.tally(&r.worker, &r.backend, "", &r.result);
+                    self.tally(&r.worker, &r.backend, "", &r.result, 0);
                 }
             }
         } else {
@@ -753,14 +787,16 @@ impl Collector {
         }
     }
 
-    fn tally(&mut self, worker: &str, backend: &str, adapter: &str, r: &TaskResult) {
+    /// Credits `worker` with a result it delivered first: `items` are the items of it the
+    /// sink did not hold before (a divisible job), so overlapping ranges count once.
+    fn tally(&mut self, worker: &str, backend: &str, adapter: &str, r: &TaskResult, items: u64) {
         let tally = self.workers.entry(worker.to_owned()).or_default();
         if tally.backend.is_empty() {
             tally.backend = backend.to_owned();
             tally.adapter = adapter.to_owned();
         }
         tally.tasks += 1;
-        tally.items += u64::from(r.items);
+        tally.items += items;
         tally.last_unix_ms = tally.last_unix_ms.max(r.finished_unix_ms);
         tally.busy_us += u64::from(r.wall_us);
         tally.kernel_us += u64::from(r.kernel_us);
@@ -858,6 +894,28 @@ impl Collector {
             self.reject_peer(now, peer, why);
             return;
         }
+        // Outputs are named after the task's input: only the name the batch gave that task
+        // is believed, so no worker can have its output written under another's name.
+        if !b.names.is_empty() {
+            let named = |r: &TaskResult| {
+                let expected = if b.items.is_some() {
+                    b.names.first()
+                } else {
+                    b.names.get(r.id as usize)
+                };
+                r.status == Status::Failed
+                    || expected == Some(&crate::protocol::name_digest(&r.name))
+            };
+            if let Some(bad) = results.iter().find(|r| !named(r)) {
+                let why = format!(
+                    "result for task {} names the input {:?}, which is not that task's",
+                    bad.id,
+                    bad.name.escape_debug().to_string()
+                );
+                self.reject_peer(now, peer, why);
+                return;
+            }
+        }
         if !b.verifies {
             if let Some(bad) = results.iter().find(|r| r.status.checked()) {
                 let why = format!(
@@ -870,9 +928,24 @@ impl Collector {
             }
         }
         let mut fresh = Vec::with_capacity(results.len());
+        // Items each fresh result adds (a divisible job), credited to its worker.
+        let mut credited = Vec::with_capacity(results.len());
+        let chunks = b.items.is_some();
         for r in results {
             if r.status == Status::Failed {
-                continue; // the ventilator hands it to another worker
+                // The ventilator hands it to another worker, or gives it up: then this is
+                // the error the report names.
+                let key = if chunks { r.first } else { u64::from(r.id) };
+                if self.last_errors.len() < MAX_LAST_ERRORS || self.last_errors.contains_key(&key)
+                {
+                    let error = if r.error.is_empty() {
+                        "no reason given".to_owned()
+                    } else {
+                        r.error
+                    };
+                    self.last_errors.insert(key, (worker.name.clone(), error));
+                }
+                continue;
             }
             if let Some(items) = b.items.as_mut() {
                 // Counted by items: a chunk redone after its worker was thought lost, or
@@ -893,6 +966,7 @@ impl Collector {
                     b.hits.extend(crate::kernels::search::hits(&r.output));
                 }
                 fresh.push(r);
+                credited.push(new);
                 continue;
             }
             if b.is_held(r.id as usize) {
@@ -902,10 +976,11 @@ impl Collector {
             b.set_held(r.id as usize);
             self.newly_held.push(r.id);
             fresh.push(r);
+            credited.push(0);
         }
         let header = b.header();
-        for r in &fresh {
-            self.tally(&worker.name, &worker.backend, &worker.adapter, r);
+        for (r, &items) in fresh.iter().zip(&credited) {
+            self.tally(&worker.name, &worker.backend, &worker.adapter, r, items);
             if r.status == Status::Mismatch {
                 log::error!(
                     "task {} from {}: result does not match the CPU reference",
@@ -922,6 +997,83 @@ impl Collector {
                 results: fresh,
             });
         }
+    }
+
+    /// The ventilator gave up on a task after `attempts` failures: it counts as finished,
+    /// failed, recorded like a result (so a resumed sink knows it), and fails the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn gave_up(
+        &mut self,
+        now: Instant,
+        peer: &[u8],
+        id: u32,
+        first: u64,
+        items: u32,
+        attempts: u32,
+        out: &mut Vec<SinkCommand>,
+    ) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        let end = first.saturating_add(u64::from(items));
+        let key = if let Some(held) = b.items.as_mut() {
+            if items == 0 || end > b.job.items {
+                let why = format!("gave up on items {first}..{end} of a {}-item job", b.job.items);
+                self.reject_peer(now, peer, why);
+                return;
+            }
+            // Said held either way, so the ventilator stops repeating itself.
+            self.newly_ranges.push((first, end));
+            if held.insert(first..end) == 0 {
+                return;
+            }
+            first
+        } else {
+            if id as usize >= b.task_count {
+                let why = format!("gave up on task {id} of a {}-task batch", b.task_count);
+                self.reject_peer(now, peer, why);
+                return;
+            }
+            if b.is_held(id as usize) {
+                self.newly_held.push(id);
+                return;
+            }
+            b.set_held(id as usize);
+            self.newly_held.push(id);
+            u64::from(id)
+        };
+        let (worker, error) = self
+            .last_errors
+            .remove(&key)
+            .unwrap_or_else(|| (String::new(), "no error reached the sink".to_owned()));
+        log::error!(
+            "task {id} failed {attempts} times, last on {}: {}",
+            printable(&worker),
+            printable(&error)
+        );
+        let header = b.header();
+        let result = TaskResult {
+            id,
+            status: Status::Failed,
+            first,
+            items,
+            error: error.clone(),
+            ..TaskResult::default()
+        };
+        self.failed.push(FailedTask {
+            id,
+            first,
+            items,
+            attempts,
+            worker: worker.clone(),
+            error,
+        });
+        out.push(SinkCommand::Record {
+            header,
+            worker,
+            backend: String::new(),
+            results: vec![result],
+        });
     }
 
     /// The job of the batch being collected, once announced.
@@ -982,8 +1134,9 @@ impl Collector {
         for r in &recovered.records {
             if let Some(items) = b.items.as_mut() {
                 let end = r.result.first + u64::from(r.result.items);
-                if items.insert(r.result.first..end) > 0 {
-                    self.tally(&r.worker, &r.backend, "", &r.result);
+                let new = items.insert(r.result.first..end);
+                if new > 0 {
+                    self.tally(&r.worker, &r.backend, "", &r.result, new);
                 }
                 continue;
             }
@@ -992,7 +1145,7 @@ impl Collector {
                 b.set_held(index);
                 b.expected_ms += u64::from(r.result.workload_ms);
                 b.longest_ms = b.longest_ms.max(r.result.workload_ms);
-                self.tally(&r.worker, &r.backend, "", &r.result);
+                self.tally(&r.worker, &r.backend, "", &r.result, 0);
             }
         }
         log::warn!(
@@ -1102,6 +1255,7 @@ impl Collector {
                 cancel_ms: (self.job_counts.2 > 0).then(|| self.job_counts.2 as f64 / 1000.0),
             }),
             workers,
+            failed: self.failed,
         })
     }
 }
@@ -1116,6 +1270,7 @@ struct Announced {
     longest_ms: u32,
     verifies: bool,
     job: crate::batch::Job,
+    names: Vec<u64>,
 }
 
 /// A worker's backend or adapter name: no control characters.

@@ -53,6 +53,7 @@ fn announce(batch: u64, session: u64, tasks: u32) -> Message {
         expected_ms: u64::from(tasks),
         longest_ms: 1,
         job: Job::default(),
+        names: Vec::new(),
     }
 }
 
@@ -328,6 +329,7 @@ fn announce_job(items: u64, hits: u32) -> Message {
             constants,
             ..Job::default()
         },
+        names: Vec::new(),
     }
 }
 

@@ -93,6 +93,12 @@ pub struct DispatchConfig {
     /// A divisible job: its tasks are chunks carved as workers ask (`tasks` and `order`
     /// start empty). `None` for a task list.
     pub chunking: Option<Plan>,
+    /// Tries a task gets (`--max-attempts`): after this many failures it is handed out no
+    /// more, and the sink counts it failed.
+    pub max_attempts: u32,
+    /// Digests of the tasks' input names, by id (a job's one input: one), announced so
+    /// the sink can check the name each result carries; empty without named inputs.
+    pub names: Vec<u64>,
 }
 
 /// A worker, by its place in the dispatcher's table (stable for the batch).
@@ -261,6 +267,11 @@ pub struct WorkerSlot {
     pub assigned: u32,
     /// Sum of their workloads.
     assigned_ms: u64,
+    /// Tasks it reported done whose results the sink has not said it holds. Credit spent
+    /// on them comes back on the report, but a worker whose reports run this far ahead of
+    /// its results (past [`Dispatcher::unheld_cap`]) gets no task until the sink catches
+    /// up: a peer that says "done" and never delivers swallows a window, not the batch.
+    unheld: u32,
     /// Tasks handed to it, in order, with when: what it may still hold (entries go stale
     /// when a task is held or handed elsewhere, and are dropped from the front). Losing the
     /// worker costs what it held, not a scan of the batch; its oldest task tells whether it
@@ -308,6 +319,7 @@ impl WorkerSlot {
             last_seen: now,
             assigned: 0,
             assigned_ms: 0,
+            unheld: 0,
             given: VecDeque::new(),
             us_per_ms: None,
             stalled: false,
@@ -412,6 +424,14 @@ pub struct Dispatcher {
     drained: Option<Duration>,
     /// Chunks found held, not yet taken by the live view.
     chunks_held: Vec<u32>,
+    /// Failures so far of tasks that failed (by index): only those, so a batch that fails
+    /// nothing costs nothing here.
+    failures: HashMap<u32, u32>,
+    /// Tasks given up on (`--max-attempts` failures) that the sink has not yet said it
+    /// holds: told again every heartbeat.
+    gave_up: Vec<u32>,
+    /// Workers' failures, logged at a bounded rate.
+    fail_log: RateLimited,
 }
 
 /// Counters for the summary and the report.
@@ -481,6 +501,9 @@ impl Dispatcher {
             items_redone: 0,
             drained: None,
             chunks_held: Vec::new(),
+            failures: HashMap::new(),
+            gave_up: Vec::new(),
+            fail_log: RateLimited::new(5, Duration::from_secs(1)),
             config,
         }
     }
@@ -685,6 +708,7 @@ impl Dispatcher {
             expected_ms: self.config.expected_ms,
             longest_ms: self.config.longest_ms,
             job: self.config.job,
+            names: self.config.names.clone(),
         }
     }
 
@@ -869,6 +893,13 @@ impl Dispatcher {
         // Re-announcing the batch is the sink's heartbeat: a restarted sink learns the
         // batch from it and answers with what it holds.
         out.push(Command::ToSink(self.batch_message()));
+        // Tasks given up on, until the sink holds them (a message may have been lost to a
+        // restart).
+        self.gave_up
+            .retain(|&index| self.state[index as usize] != TaskState::Held);
+        for &index in &self.gave_up {
+            out.push(Command::ToSink(self.gave_up_message(index as usize)));
+        }
         out.push(Command::ToSink(self.stats(false)));
         if self.alive == 0 && self.held < self.len() {
             let since = *self.idle_since.get_or_insert(now);
@@ -1177,7 +1208,7 @@ impl Dispatcher {
                     self.pending_count -= 1;
                     self.pending_ms -= u64::from(self.config.tasks[index].workload_ms);
                 }
-                TaskState::Reported => {}
+                TaskState::Reported => self.results_arrived(self.owner[index]),
             }
             self.state[index] = TaskState::Held;
             self.held += 1;
@@ -1207,7 +1238,7 @@ impl Dispatcher {
                 self.refuse(now, routing_id, RefusalKind::WrongPeer, reason, out);
             }
             Message::Done { batch, done } if batch == batch_id => {
-                self.done(now, &routing_id, &done)
+                self.done(now, &routing_id, &done, out)
             }
             Message::Done { batch, .. } => {
                 // Credit for another batch (perhaps a worker's leftovers from the last one):
@@ -1415,7 +1446,7 @@ impl Dispatcher {
         }
     }
 
-    fn done(&mut self, now: Instant, routing_id: &[u8], done: &[Done]) {
+    fn done(&mut self, now: Instant, routing_id: &[u8], done: &[Done], out: &mut Vec<Command>) {
         let Some(&slot) = self.by_routing_id.get(routing_id) else {
             // A worker of this batch that has not greeted this ventilator yet (it restarted):
             // its hello follows within a heartbeat, and the sink's word decides what is done.
@@ -1462,16 +1493,55 @@ impl Dispatcher {
                 carver.learn(s, self.config.tasks[index].items, d.wall_us);
             }
             if d.status == Status::Failed {
-                log::warn!(
-                    "worker {} failed task {}; handing it to another worker",
-                    printable(&self.workers[s].info.name),
-                    d.id
-                );
-                self.requeue(index);
+                self.failed(now, slot, index, out);
             } else {
                 self.state[index] = TaskState::Reported;
+                self.workers[s].unheld += 1;
                 self.reported_log.push_back((now, index as u32, slot));
             }
+        }
+    }
+
+    /// `slot` failed the task at `index`: it goes to another worker, or, at its
+    /// `--max-attempts`th failure, nowhere: the sink is told to count it failed.
+    fn failed(&mut self, now: Instant, slot: WorkerId, index: usize, out: &mut Vec<Command>) {
+        let failures = self.failures.entry(index as u32).or_insert(0);
+        *failures += 1;
+        let failures = *failures;
+        let name = printable(&self.workers[slot as usize].info.name).into_owned();
+        let task = self.config.tasks[index];
+        if failures < self.config.max_attempts {
+            self.fail_log.warn_at(now, || {
+                format!(
+                    "worker {name} failed task {} (failure {failures} of at most {}); handing it \
+                     to another worker",
+                    task.id, self.config.max_attempts
+                )
+            });
+            self.requeue(index);
+            return;
+        }
+        log::error!(
+            "task {} failed {failures} times, last on worker {name}: giving it up (--max-attempts \
+             {}); the batch will fail",
+            task.id,
+            self.config.max_attempts
+        );
+        // Waiting for the sink's word, like a task reported done, but nobody's.
+        self.state[index] = TaskState::Reported;
+        self.owner[index] = NO_OWNER;
+        self.gave_up.push(index as u32);
+        out.push(Command::ToSink(self.gave_up_message(index)));
+    }
+
+    fn gave_up_message(&self, index: usize) -> Message {
+        let task = self.config.tasks[index];
+        Message::GaveUp {
+            batch: self.config.batch_id,
+            id: task.id,
+            first: task.first,
+            items: task.items,
+            attempts: self.failures.get(&(index as u32)).copied().unwrap_or(0),
         }
     }
 
@@ -1526,6 +1596,35 @@ impl Dispatcher {
         self.enqueue(slot);
     }
 
+    /// A task `slot` reported is no longer waiting for the sink (held, or handed out
+    /// again): one less against its cap, and it may take tasks again below it.
+    fn results_arrived(&mut self, slot: WorkerId) {
+        let Some(worker) = self.workers.get_mut(slot as usize) else {
+            return;
+        };
+        // Saturating: tasks a restarted sink put in doubt were not counted against anyone.
+        worker.unheld = worker.unheld.saturating_sub(1);
+        if worker.unheld < self.unheld_cap(slot as usize) {
+            self.enqueue(slot);
+        }
+    }
+
+    /// How many of its reported tasks a worker may have waiting for the sink before it
+    /// gets no more: twice the most it may hold, so a worker whose results reach the sink
+    /// a round trip after its reports never meets it.
+    fn unheld_cap(&self, slot: usize) -> u32 {
+        let worker = &self.workers[slot];
+        let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
+        // Tasks that cost nothing stream up to the larger cap (see `credit`).
+        let streaming = worker.proven && self.config.longest_ms == 0 && self.carver.is_none();
+        let window = self
+            .config
+            .window
+            .max(hinted)
+            .max(if streaming { self.config.max_window } else { 0 });
+        window.saturating_mul(2).max(2)
+    }
+
     /// Puts a worker in the ready queue if it may take tasks and is not there yet.
     fn enqueue(&mut self, slot: WorkerId) {
         let w = &mut self.workers[slot as usize];
@@ -1536,6 +1635,9 @@ impl Dispatcher {
     }
 
     fn requeue(&mut self, index: usize) {
+        if self.state[index] == TaskState::Reported {
+            self.results_arrived(self.owner[index]);
+        }
         self.pending_count += 1;
         self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
         self.state[index] = TaskState::Requeued;
@@ -1565,6 +1667,7 @@ impl Dispatcher {
         self.workers[s].alive = false;
         self.workers[s].assigned = 0;
         self.workers[s].assigned_ms = 0;
+        self.workers[s].unheld = 0;
         let given = std::mem::take(&mut self.workers[s].given);
         let mut handed_on = 0;
         // Backwards, so the requeued tasks keep their dispatch order at the front.
@@ -1723,7 +1826,28 @@ impl Dispatcher {
     /// the bound: told why and dropped, their tasks handed to others.
     fn refuse_undelivering_workers(&mut self, now: Instant, out: &mut Vec<Command>) {
         let bound = self.config.heartbeat.timeout() * UNDELIVERED_TIMEOUTS;
+        // A worker at its cap of undelivered reports is given one timeout, not four: its
+        // reports have outrun its results by a window's worth already.
+        let capped_bound = self.config.heartbeat.timeout();
         let mut stale: Vec<(u32, u32)> = Vec::new();
+        let mut count = |slot: u32| match stale.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, n)) => *n += 1,
+            None => stale.push((slot, 1)),
+        };
+        for &(at, index, slot) in &self.reported_log {
+            let age = now.saturating_duration_since(at);
+            if age < capped_bound {
+                break;
+            }
+            let i = index as usize;
+            if age < bound
+                && self.state[i] == TaskState::Reported
+                && self.owner[i] == slot
+                && self.workers[slot as usize].unheld >= self.unheld_cap(slot as usize)
+            {
+                count(slot);
+            }
+        }
         while let Some(&(at, index, slot)) = self.reported_log.front() {
             if now.saturating_duration_since(at) < bound {
                 break;
@@ -1731,10 +1855,7 @@ impl Dispatcher {
             self.reported_log.pop_front();
             let i = index as usize;
             if self.state[i] == TaskState::Reported && self.owner[i] == slot {
-                match stale.iter_mut().find(|(s, _)| *s == slot) {
-                    Some((_, n)) => *n += 1,
-                    None => stale.push((slot, 1)),
-                }
+                count(slot);
             }
         }
         for (slot, count) in stale {
@@ -1847,7 +1968,7 @@ impl Dispatcher {
     /// reports again.
     fn credit(&self, slot: usize, task: &Task) -> Credit {
         let worker = &self.workers[slot];
-        if !worker.alive || worker.stalled {
+        if !worker.alive || worker.stalled || worker.unheld >= self.unheld_cap(slot) {
             return Credit::None;
         }
         if worker.assigned == 0 {
@@ -1893,7 +2014,11 @@ impl Dispatcher {
     /// only for workers with none.
     fn carve(&mut self, slot: usize) -> Carved {
         let worker = &self.workers[slot];
-        if !worker.alive || worker.stalled || worker.assigned > 0 {
+        if !worker.alive
+            || worker.stalled
+            || worker.assigned > 0
+            || worker.unheld >= self.unheld_cap(slot)
+        {
             return Carved::NotNow;
         }
         let Some(carver) = self.carver.as_mut() else {

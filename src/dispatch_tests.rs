@@ -153,6 +153,8 @@ impl Farm {
             sink: "tcp://test:2".into(),
             fixed_workers: 0,
             chunking: None,
+            max_attempts: 3,
+            names: Vec::new(),
         };
         let base = Instant::now();
         let n = workloads.len();
@@ -863,6 +865,8 @@ fn job_dispatcher(items: u64, policy: Policy, base: Instant) -> Dispatcher {
             max_chunk: u32::MAX,
             nominal_us: 1000.0,
         }),
+        max_attempts: 3,
+        names: Vec::new(),
     };
     Dispatcher::new(config, base, 0)
 }
@@ -894,11 +898,23 @@ fn report(
     wall_us: u32,
     out: &mut Vec<Command>,
 ) {
+    report_as(d, now, name, id, wall_us, Status::Ok, out);
+}
+
+fn report_as(
+    d: &mut Dispatcher,
+    now: Instant,
+    name: &str,
+    id: u32,
+    wall_us: u32,
+    status: Status,
+    out: &mut Vec<Command>,
+) {
     let done = Message::Done {
         batch: 0x10b,
         done: vec![Done {
             id,
-            status: Status::Ok,
+            status,
             wall_us,
             kernel_us: 0,
         }],
@@ -1096,4 +1112,61 @@ fn after_a_fresh_sink_restart_items_it_lost_are_carved_again() {
         "every item handed out again: {:?}",
         carved.ranges()
     );
+}
+
+#[test]
+fn a_chunk_that_fails_max_attempts_times_is_given_up_and_the_sink_told() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(1_000, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    greet(&mut d, base, "b", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    sink_acks(&mut d, base, 0, &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    let first = chunks_in(&out);
+    let (_, bad) = first[0];
+    // It fails on whoever gets it, three times; the other chunks go on meanwhile.
+    let mut failures = 0;
+    let mut gave_up = Vec::new();
+    for round in 0..20 {
+        let handed: Vec<(WorkerId, Task)> = chunks_in(&out);
+        out.clear();
+        for (worker, task) in handed {
+            let name = std::str::from_utf8(&d.worker(worker).routing_id)
+                .unwrap()
+                .to_owned();
+            if task.first == bad.first {
+                failures += 1;
+                report_as(&mut d, base, &name, task.id, 10, Status::Failed, &mut out);
+            } else {
+                report(&mut d, base, &name, task.id, 1000, &mut out);
+                sink_holds(&mut d, base, vec![task.range()], &mut out);
+            }
+        }
+        gave_up.extend(out.iter().filter_map(|c| match c {
+            Command::ToSink(m @ Message::GaveUp { .. }) => Some(m.clone()),
+            _ => None,
+        }));
+        d.handle(base, Event::Tick, &mut out);
+        assert!(round < 19, "the job never ended");
+        if chunks_in(&out).is_empty() {
+            break;
+        }
+    }
+    assert_eq!(failures, 3, "three attempts, then no more");
+    assert_eq!(
+        gave_up,
+        vec![Message::GaveUp {
+            batch: 0x10b,
+            id: bad.id,
+            first: bad.first,
+            items: bad.items,
+            attempts: 3,
+        }]
+    );
+    // The sink counts it held (failed): the job is complete.
+    sink_holds(&mut d, base, vec![bad.range()], &mut out);
+    assert_eq!(d.counters().held, d.len(), "every chunk held, the failed one too");
 }

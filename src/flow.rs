@@ -580,6 +580,11 @@ impl Flow {
                         self.config.max_payload
                     );
                     o.status = Status::Failed;
+                    o.error = format!(
+                        "its output of {} bytes is over the worker's --max-payload {}",
+                        o.output.len(),
+                        self.config.max_payload
+                    );
                     o.output = Vec::new();
                 }
             }
@@ -601,9 +606,9 @@ impl Flow {
             }
             for range in groups {
                 let chunk = &mut outcomes[range];
+                // Failed ones too: the sink keeps why, for a task it is told to give up on.
                 let results: Vec<TaskResult> = chunk
                     .iter_mut()
-                    .filter(|f| f.outcome.status != Status::Failed)
                     .map(|f| {
                         let o = &mut f.outcome;
                         TaskResult {
@@ -623,6 +628,7 @@ impl Flow {
                             differing: o.differing,
                             first: o.task.first,
                             items: o.task.items,
+                            error: std::mem::take(&mut o.error),
                         }
                     })
                     .collect();
@@ -635,7 +641,8 @@ impl Flow {
                         r.wall_us
                     );
                 }
-                self.counters.tasks += results.len() as u64;
+                self.counters.tasks +=
+                    results.iter().filter(|r| r.status != Status::Failed).count() as u64;
                 let done: Vec<Done> = chunk
                     .iter()
                     .map(|f| Done {

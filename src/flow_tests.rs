@@ -167,8 +167,8 @@ proptest! {
             }
         }
         prop_assert_eq!(credited, ids.clone());
-        let expected: std::collections::BTreeSet<u32> = ids.difference(&failed).copied().collect();
-        prop_assert_eq!(sent_result.keys().copied().collect::<std::collections::BTreeSet<_>>(), expected);
+        // Failed ones too: the sink keeps why a task failed, for a task given up on.
+        prop_assert_eq!(sent_result.keys().copied().collect::<std::collections::BTreeSet<_>>(), ids);
     }
 }
 

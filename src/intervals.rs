@@ -1,5 +1,5 @@
 //! Sets of item ranges: what a divisible job's sink holds, counted by items rather than by
-//! chunks (groundwork for divisible jobs; no role uses it yet).
+//! chunks.
 //!
 //! An [`IntervalSet`] keeps disjoint, non-adjacent half-open ranges `[start, end)` in order,
 //! so its size grows with the number of separate pieces held (at most the number of chunks
@@ -7,12 +7,18 @@
 //! held (a chunk redone after its worker was thought dead, a duplicate result) adds only the
 //! items not yet held and says how many.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Disjoint, non-adjacent, ordered half-open ranges of item indices.
+///
+/// Kept in a B-tree by start, so inserting a range costs O(log n) plus the pieces it
+/// merges: a peer that sends a hundred thousand one-item ranges costs a hundred thousand
+/// logarithmic steps, not a quadratic shuffle of a vector.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IntervalSet {
-    ranges: Vec<Range<u64>>,
+    /// Start to end of each piece.
+    ranges: BTreeMap<u64, u64>,
     covered: u64,
 }
 
@@ -27,17 +33,25 @@ impl IntervalSet {
         if range.start >= range.end {
             return 0;
         }
-        // The held ranges that touch or overlap `range` are merged with it into one.
-        let first = self.ranges.partition_point(|r| r.end < range.start);
-        let last = self.ranges.partition_point(|r| r.start <= range.end);
+        // The held pieces that touch or overlap `range` are merged with it into one: the
+        // piece that starts at or before its start (if it reaches it), and every piece
+        // that starts within it or right at its end.
         let mut merged = range.clone();
         let mut already = 0;
-        for r in &self.ranges[first..last] {
-            merged.start = merged.start.min(r.start);
-            merged.end = merged.end.max(r.end);
-            already += overlap(r, &range);
+        if let Some((&a, &b)) = self.ranges.range(..=range.start).next_back() {
+            if b >= range.start {
+                merged.start = a;
+                merged.end = merged.end.max(b);
+                already += overlap(&(a..b), &range);
+                self.ranges.remove(&a);
+            }
         }
-        self.ranges.splice(first..last, std::iter::once(merged));
+        while let Some((&a, &b)) = self.ranges.range(range.start..=range.end).next() {
+            merged.end = merged.end.max(b);
+            already += overlap(&(a..b), &range);
+            self.ranges.remove(&a);
+        }
+        self.ranges.insert(merged.start, merged.end);
         let new = (range.end - range.start) - already;
         self.covered += new;
         new
@@ -48,10 +62,10 @@ impl IntervalSet {
         if range.start >= range.end {
             return true;
         }
-        let i = self.ranges.partition_point(|r| r.end <= range.start);
         self.ranges
-            .get(i)
-            .is_some_and(|r| r.start <= range.start && range.end <= r.end)
+            .range(..=range.start)
+            .next_back()
+            .is_some_and(|(_, &end)| range.end <= end)
     }
 
     /// Items held.
@@ -65,22 +79,22 @@ impl IntervalSet {
     }
 
     /// The held ranges, in order.
-    pub fn ranges(&self) -> &[Range<u64>] {
-        &self.ranges
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        self.ranges.iter().map(|(&a, &b)| a..b).collect()
     }
 
     /// The ranges of `0..total` not held, in order: what is left to hand out.
     pub fn gaps(&self, total: u64) -> Vec<Range<u64>> {
         let mut gaps = Vec::new();
         let mut at = 0;
-        for r in &self.ranges {
-            if r.start >= total {
+        for (&start, &end) in &self.ranges {
+            if start >= total {
                 break;
             }
-            if r.start > at {
-                gaps.push(at..r.start);
+            if start > at {
+                gaps.push(at..start);
             }
-            at = at.max(r.end);
+            at = at.max(end);
         }
         if at < total {
             gaps.push(at..total);
@@ -105,7 +119,7 @@ mod tests {
         assert_eq!(s.insert(10..20), 10);
         assert_eq!(s.insert(30..40), 10);
         assert_eq!(s.insert(15..35), 10, "only 20..30 is new");
-        assert_eq!(s.ranges().to_vec(), vec![Range { start: 10, end: 40 }]);
+        assert_eq!(s.ranges(), vec![Range { start: 10, end: 40 }]);
         assert_eq!(s.insert(40..45), 5, "adjacent: merged");
         assert_eq!(s.pieces(), 1);
         assert_eq!(s.insert(12..13), 0, "a duplicate adds nothing");

@@ -16,7 +16,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest task input or output by default (`--max-payload`).
@@ -64,6 +64,22 @@ pub const RESULTS_BYTES_PER_MESSAGE: usize = 4 * 1024 * 1024;
 const MAX_LONG_STR: usize = 4096;
 /// Most tasks or results one message carries, so a message stays far below the size limit.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 8192;
+
+/// How many frames, and how many bytes in all, a message may have, by its first frame
+/// (after any routing id). A results message carries its outputs as frames of their own,
+/// one per result at most, within one payload plus a message's worth of gathered outputs;
+/// every other message is one frame. libzmq caps each frame (ZMQ_MAXMSGSIZE) but not their
+/// number: the receive loop drops whatever goes past these bounds as it arrives.
+pub fn message_bounds(head: &[u8]) -> (usize, u64) {
+    let envelope = max_message_bytes().unsigned_abs();
+    match head.get(3) {
+        Some(&19) if head.starts_with(&MAGIC) => (
+            1 + MAX_ITEMS_PER_MESSAGE,
+            envelope + RESULTS_BYTES_PER_MESSAGE as u64,
+        ),
+        _ => (1, envelope),
+    }
+}
 
 /// The status of one task's execution, as a worker reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -188,6 +204,9 @@ pub struct TaskResult {
     /// for a task of a task list.
     pub first: u64,
     pub items: u32,
+    /// Why the task failed (status `failed`), as the worker's backend said; empty
+    /// otherwise. The sink keeps the last one per task for a task it gives up on.
+    pub error: String,
 }
 
 impl TaskResult {
@@ -196,6 +215,7 @@ impl TaskResult {
         TaskResult {
             name: self.name.clone(),
             output: Vec::new(),
+            error: self.error.clone(),
             ..*self
         }
     }
@@ -280,6 +300,11 @@ pub enum Message {
         expected_ms: u64,
         longest_ms: u32,
         job: Job,
+        /// The digest ([`name_digest`]) of each task's input name, by task id (a divisible
+        /// job's one input: one entry), or empty for a batch without named inputs: the sink
+        /// checks every result's name against it, so no worker can have a task's output
+        /// written under another task's name.
+        names: Vec<u64>,
     },
     /// sink → ventilator: the sink knows the batch; dispatch may begin. `held` results are
     /// already in hand (a resumed or continuing sink) and follow as `Held` messages.
@@ -331,6 +356,16 @@ pub enum Message {
     /// worker → ventilator: this worker cannot run the batch's kernel (no adapter, a limit,
     /// a compile error); it gets none of the batch's tasks and those it holds go to others.
     Decline { batch: u64, reason: String },
+    /// ventilator → sink: a task (or a job's chunk, `first..first + items`) failed on
+    /// `attempts` tries (`--max-attempts`) and is handed out no more: the sink counts it
+    /// finished, failed, and the batch fails. Sent every heartbeat until the batch ends.
+    GaveUp {
+        batch: u64,
+        id: u32,
+        first: u64,
+        items: u32,
+        attempts: u32,
+    },
 }
 
 /// Outputs taken out of a results message to travel as frames of their own: each with the
@@ -339,6 +374,17 @@ pub type OutputParts = Vec<(usize, Vec<u8>)>;
 
 /// Longest user kernel source a [`Message::Kernel`] carries.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// What a batch announcement says of an input's name: the first eight bytes of its
+/// SHA-256, little-endian. A worker cannot find another name with the same digest, so a
+/// result whose name matches its task's digest names that task's input.
+pub fn name_digest(name: &str) -> u64 {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// Longest input name a [`Message::Data`] or result carries.
 pub const MAX_NAME_BYTES: usize = 255;
 
@@ -368,6 +414,14 @@ pub enum DecodeError {
 }
 
 impl Message {
+    /// The kind named by a frame's header, for logs about a message that is not decoded.
+    pub fn decode_kind_name(frame: &[u8]) -> Option<&'static str> {
+        if frame.len() < HEADER_LEN || frame[..2] != MAGIC {
+            return None;
+        }
+        KINDS.get(usize::from(frame[3]).wrapping_sub(1)).copied()
+    }
+
     /// The kind's name, for logs.
     pub fn kind_name(&self) -> &'static str {
         KINDS[usize::from(self.kind()) - 1]
@@ -394,6 +448,7 @@ impl Message {
             Message::Kernel { .. } => 17,
             Message::Decline { .. } => 18,
             Message::HeldItems { .. } => 20,
+            Message::GaveUp { .. } => 21,
         }
     }
 
@@ -465,6 +520,7 @@ impl Message {
                 expected_ms,
                 longest_ms,
                 job,
+                names,
             } => {
                 w.u64(*batch);
                 w.u64(*session);
@@ -473,6 +529,10 @@ impl Message {
                 w.u64(*expected_ms);
                 w.u32(*longest_ms);
                 w.job(job);
+                w.u32(u32::try_from(names.len()).unwrap_or(u32::MAX));
+                for name in names {
+                    w.u64(*name);
+                }
             }
             Message::Held { batch, ids } => {
                 w.u64(*batch);
@@ -488,6 +548,19 @@ impl Message {
                     w.u64(start);
                     w.u64(end);
                 }
+            }
+            Message::GaveUp {
+                batch,
+                id,
+                first,
+                items,
+                attempts,
+            } => {
+                w.u64(*batch);
+                w.u32(*id);
+                w.u64(*first);
+                w.u32(*items);
+                w.u32(*attempts);
             }
             Message::Stats {
                 batch,
@@ -657,7 +730,7 @@ impl Message {
             7 | 19 => {
                 let batch = r.u64()?;
                 let worker = r.worker_info()?;
-                let n = r.count(62)?;
+                let n = r.count(63)?;
                 let mut results = Vec::with_capacity(n);
                 for _ in 0..n {
                     results.push(TaskResult {
@@ -674,6 +747,7 @@ impl Message {
                         differing: r.u32()?,
                         first: r.u64()?,
                         items: r.u32()?,
+                        error: r.str()?,
                     });
                 }
                 if kind == 19 {
@@ -714,6 +788,22 @@ impl Message {
                 expected_ms: r.u64()?,
                 longest_ms: r.u32()?,
                 job: r.job()?,
+                names: {
+                    // One per task, so not bounded by a message's item count: by the bytes
+                    // present (and the largest batch).
+                    let n = r.u32()? as usize;
+                    if n > crate::batch::MAX_TASKS as usize || n * 8 > frame.len() - r.pos {
+                        return Err(DecodeError::BadField {
+                            field: "names",
+                            value: n as u64,
+                        });
+                    }
+                    let mut names = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        names.push(r.u64()?);
+                    }
+                    names
+                },
             },
             9 => Message::BatchAck {
                 batch: r.u64()?,
@@ -744,6 +834,13 @@ impl Message {
                 }
                 Message::HeldItems { batch, ranges }
             }
+            21 => Message::GaveUp {
+                batch: r.u64()?,
+                id: r.u32()?,
+                first: r.u64()?,
+                items: r.u32()?,
+                attempts: r.u32()?,
+            },
             11 => Message::Stats {
                 batch: r.u64()?,
                 redispatched: r.u64()?,
@@ -797,7 +894,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 20] = [
+const KINDS: [&str; 21] = [
     "hello",
     "tasks",
     "done",
@@ -818,6 +915,7 @@ const KINDS: [&str; 20] = [
     "decline",
     "results",
     "held-items",
+    "gave-up",
 ];
 
 struct Writer {
@@ -880,6 +978,7 @@ impl Writer {
         self.u32(r.differing);
         self.u64(r.first);
         self.u32(r.items);
+        self.str(&r.error);
     }
     /// A task: its id and workload, and a divisible job's chunk its item range.
     fn task(&mut self, job: &Job, task: &Task) {
@@ -1183,6 +1282,7 @@ mod tests {
                     finished_unix_ms: 1_800_000_000_003,
                     first: 1 << 33,
                     items: 77,
+                    error: "a lost device".into(),
                     ..TaskResult::default()
                 }],
             },
@@ -1194,6 +1294,7 @@ mod tests {
                 expected_ms: 5050,
                 longest_ms: 100,
                 job,
+                names: vec![name_digest("a.bin"), name_digest("b.bin")],
             },
             Message::BatchAck { batch: 7, held: 3 },
             Message::Held {
@@ -1203,6 +1304,13 @@ mod tests {
             Message::HeldItems {
                 batch: 7,
                 ranges: vec![(0, 10), (12, 1 << 40)],
+            },
+            Message::GaveUp {
+                batch: 7,
+                id: 12,
+                first: 1 << 35,
+                items: 9,
+                attempts: 3,
             },
             Message::Tasks {
                 batch: 8,
@@ -1374,7 +1482,7 @@ mod tests {
 
         /// Arbitrary bytes after a valid header exercise every body decoder.
         #[test]
-        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..21, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..23, body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut bytes = vec![b'C', b'Q', VERSION, kind];
             bytes.extend_from_slice(&body);
             if let Ok(message) = Message::decode(&bytes) {
@@ -1383,10 +1491,44 @@ mod tests {
             }
         }
 
+        /// Every message a role sends fits the bounds its first frame sets for its kind
+        /// (frames and bytes in all), a results message with its outputs as frames too; a
+        /// frame more than a kind allows, or a byte past its total, is beyond them.
+        #[test]
+        fn messages_fit_the_bounds_of_their_kind(
+            which in 0usize..16,
+            outputs in proptest::collection::vec(0usize..65_536, 1..48),
+        ) {
+            let sample = samples()[which].encode();
+            let (frames, bytes) = message_bounds(&sample);
+            prop_assert_eq!(frames, 1);
+            prop_assert!(sample.len() as u64 <= bytes);
+            let mut results: Vec<TaskResult> = outputs
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| TaskResult { id: i as u32, output: vec![7; n], ..TaskResult::default() })
+                .collect();
+            results[0].output = vec![1; 1];
+            let worker = WorkerInfo {
+                name: "w".into(),
+                session: 1,
+                backend: "cpu".into(),
+                adapter: String::new(),
+                window_hint: 1,
+            };
+            let (head, parts) = Message::encode_results_split(9, &worker, &mut results).unwrap();
+            let (frames, bytes) = message_bounds(&head);
+            prop_assert!(1 + parts.len() <= frames);
+            let total = head.len() + parts.iter().map(|(_, p)| p.len()).sum::<usize>();
+            prop_assert!(total as u64 <= bytes);
+            prop_assert_eq!(frames, 1 + MAX_ITEMS_PER_MESSAGE);
+            prop_assert!(bytes >= max_payload() + RESULTS_BYTES_PER_MESSAGE as u64);
+        }
+
         /// Flipping any one byte of a valid message either is rejected or decodes to a
         /// message that re-encodes to exactly the flipped bytes.
         #[test]
-        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..15, at in any::<usize>(), byte in any::<u8>()) {
+        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..16, at in any::<usize>(), byte in any::<u8>()) {
             let mut bytes = samples()[which].encode();
             let at = at % bytes.len();
             bytes[at] = byte;

@@ -67,6 +67,25 @@ pub struct JobReport {
     pub cancel_ms: Option<f64>,
 }
 
+/// A task the ventilator gave up on after `--max-attempts` failures.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailedTask {
+    pub id: u32,
+    /// A divisible job's chunk: its items (`first..first + items`); 0 items for a task.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub items: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub first: u64,
+    pub attempts: u32,
+    /// The worker that failed it last, and why, as it said.
+    pub worker: String,
+    pub error: String,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A batch's report: what the sink prints and `--json` emits.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -114,6 +133,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobReport>,
     pub workers: Vec<WorkerReport>,
+    /// Tasks given up on after `--max-attempts` failures: any fails the batch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedTask>,
 }
 
 /// `1 worker`, `2 workers`.
@@ -182,10 +204,38 @@ pub fn print_expected_cost(expected_ms: u64) {
     println!("Total expected cost: {expected_ms} msec");
 }
 
+impl FailedTask {
+    /// `task 7`, or `items 100..200`.
+    pub fn name(&self) -> String {
+        if self.items > 0 {
+            format!(
+                "items {}..{}",
+                self.first,
+                self.first + u64::from(self.items)
+            )
+        } else {
+            format!("task {}", self.id)
+        }
+    }
+}
+
 impl Report {
     /// Whether the batch's results are good: no mismatch, and compared pixels within the
     /// tolerance. `Err` says what failed.
     pub fn verdict(&self) -> Result<(), String> {
+        if let Some(first) = self.failed.first() {
+            return Err(format!(
+                "{} failed {} times and was given up on (last on worker {}: {}){}",
+                first.name(),
+                first.attempts,
+                crate::logging::printable(&first.worker),
+                crate::logging::printable(&first.error),
+                match self.failed.len() {
+                    1 => String::new(),
+                    n => format!(", and {} more tasks failed likewise", n - 1),
+                }
+            ));
+        }
         if self.mismatches > 0 {
             return Err(format!(
                 "{} results did not match the CPU reference",
@@ -726,6 +776,7 @@ mod tests {
             longest_ms: 100,
             elapsed_ms: 1300.0,
             ideal_ms: 1262.5,
+            failed: Vec::new(),
             ideal_basis: "workload".into(),
             efficiency: 0.971,
             tasks_per_s: 76.9,

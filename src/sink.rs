@@ -13,6 +13,7 @@
 
 use crate::collect::{CollectConfig, Collector, SinkCommand, SinkEvent};
 use crate::heartbeat::Heartbeat;
+use crate::protocol::Status;
 use crate::report::{RecoveredResults, Report, ResultsFile, ResultsFormat};
 use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets::{self, SendOutcome};
@@ -331,7 +332,8 @@ impl Pump<'_> {
                         let job = c.job().unwrap_or_default();
                         // The output files first, their renames durable, then the records:
                         // a record on disk always has its output under its name.
-                        for r in &results {
+                        // A task given up on has no output.
+                        for r in results.iter().filter(|r| r.status != Status::Failed) {
                             self.outputs.record(&job, r)?;
                         }
                         self.outputs.sync()?;

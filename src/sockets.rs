@@ -188,11 +188,18 @@ pub fn drain(
 ) -> anyhow::Result<()> {
     loop {
         let mut frames: Vec<zmq::Message> = Vec::with_capacity(2);
+        // Frames and bytes past the routing id, and the bounds the message's first frame
+        // sets for its kind (`protocol::message_bounds`): frames past them are dropped as
+        // they are read, and the message is rejected.
+        let (mut count, mut bytes, mut bounds) = (0usize, 0u64, None);
+        let mut over = false;
         loop {
             let mut frame = zmq::Message::new();
             match socket.recv(&mut frame, zmq::DONTWAIT) {
                 Ok(()) => {}
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if frames.is_empty() => {
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR)
+                    if frames.is_empty() && count == 0 =>
+                {
                     return Ok(())
                 }
                 // The rest of a message already begun is there: parts arrive together.
@@ -200,10 +207,49 @@ pub fn drain(
                 Err(e) => return Err(anyhow!("receiving on {what}: {e}")),
             }
             let more = frame.get_more();
-            frames.push(frame);
+            let routing = router && frames.is_empty() && count == 0;
+            if !routing {
+                count += 1;
+                bytes += frame.len() as u64;
+                let (max_frames, max_bytes) =
+                    *bounds.get_or_insert_with(|| crate::protocol::message_bounds(&frame));
+                over |= count > max_frames || bytes > max_bytes;
+            }
+            if !over || routing {
+                frames.push(frame);
+            } else if frames.len() > usize::from(router) {
+                // Keep the routing id and the first frame (for the user id and the log);
+                // drop what was gathered after it.
+                frames.truncate(usize::from(router) + 1);
+            }
             if !more {
                 break;
             }
+        }
+        if over {
+            let user = frames
+                .last_mut()
+                .and_then(|f| f.gets("User-Id").map(str::to_owned))
+                .unwrap_or_default();
+            let peer = if router && !frames.is_empty() {
+                frames.remove(0).to_vec()
+            } else {
+                Vec::new()
+            };
+            let kind = frames
+                .first()
+                .and_then(|f| crate::protocol::Message::decode_kind_name(f))
+                .unwrap_or("unknown");
+            each(Inbound {
+                peer,
+                user,
+                address: None,
+                message: Err(format!(
+                    "a {kind} message of {count} frames and {bytes} bytes, beyond its bound \
+                     (dropped)"
+                )),
+            })?;
+            continue;
         }
         let user = frames
             .last_mut()

@@ -70,7 +70,13 @@ pub struct VentilatorConfig {
     /// The farm is exactly this many workers (`conquer run`): the batch stops once all of
     /// them declined it. 0 for a ventilator that workers may still join.
     pub fixed_workers: usize,
+    /// Tries a task gets before it is given up on (`--max-attempts`).
+    pub max_attempts: u32,
 }
+
+/// Tries a task gets by default: a task that fails this often on the farm's workers is
+/// broken, not unlucky.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// How long a ventilator waits for a sink that does not answer during a batch.
 pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,6 +111,7 @@ impl VentilatorConfig {
             inputs: None,
             kernel_source: None,
             fixed_workers: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
 }
@@ -261,6 +268,14 @@ impl Ventilator {
             sink: config.sink.clone(),
             fixed_workers: config.fixed_workers,
             chunking: config.chunking,
+            max_attempts: config.max_attempts,
+            names: config.inputs.as_ref().map_or_else(Vec::new, |inputs| {
+                inputs
+                    .names
+                    .iter()
+                    .map(|name| crate::protocol::name_digest(name))
+                    .collect()
+            }),
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
         let mut observer = self.http.as_ref().map(|_| match config.chunking {

@@ -66,6 +66,7 @@ impl Backend for Cpu {
                         name: work.name,
                         output,
                         differing: 0,
+                        error: String::new(),
                     });
                 }
                 other => {
@@ -74,7 +75,7 @@ impl Backend for Cpu {
                         _ => "the kernel has no CPU reference".to_owned(),
                     };
                     log::error!("task {} cannot run here: {why}", work.task.id);
-                    done(Outcome::failed(work, wall_us));
+                    done(Outcome::failed(work, wall_us).because(why));
                 }
             }
         }

@@ -1011,6 +1011,7 @@ impl Gpu {
                 },
                 wall_us,
             )
+            .because(why)
         };
         if let Some(why) = flight.failure.clone() {
             self.free.push(flight.slot);
@@ -1121,6 +1122,7 @@ impl Gpu {
             name: flight.name,
             output,
             differing: 0,
+            error: String::new(),
         }
     }
 }

@@ -64,9 +64,20 @@ pub struct Outcome {
     /// Items that differ from the CPU reference when the result was checked with a
     /// tolerance (`mandelbrot`'s pixels); 0 otherwise.
     pub differing: u32,
+    /// Why it failed (status `failed`), for the sink's report of a task given up on;
+    /// empty otherwise.
+    pub error: String,
 }
 
 impl Outcome {
+    /// The same outcome, saying why it failed.
+    pub fn because(self, error: impl Into<String>) -> Outcome {
+        Outcome {
+            error: error.into(),
+            ..self
+        }
+    }
+
     /// A task that could not run: failed, nothing computed.
     pub fn failed(work: Work, wall_us: u32) -> Outcome {
         Outcome {

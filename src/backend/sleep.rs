@@ -13,13 +13,20 @@ pub struct Sleep {
     slowdown: f64,
     /// Set while the task in hand belongs to a batch that is over: the sleep ends early.
     abandon: Option<Arc<AtomicBool>>,
+    /// Test hook: with `CONQUER_FAULT=fail-task:ID`, task ID always fails, as a task with
+    /// a bug in its input would on every worker.
+    fail_task: Option<u32>,
 }
 
 impl Sleep {
     pub fn new(slowdown: f64) -> Self {
+        let fail_task = std::env::var("CONQUER_FAULT")
+            .ok()
+            .and_then(|f| f.strip_prefix("fail-task:")?.parse().ok());
         Sleep {
             slowdown,
             abandon: None,
+            fail_task,
         }
     }
 }
@@ -53,6 +60,16 @@ impl Backend for Sleep {
         done: &mut dyn FnMut(Outcome),
     ) {
         while let Some(Work { task, name, .. }) = next() {
+            if self.fail_task == Some(task.id) && !task.is_chunk() {
+                let work = Work {
+                    task,
+                    name,
+                    input: Vec::new(),
+                };
+                let why = format!("task {} fails by design (CONQUER_FAULT=fail-task)", task.id);
+                done(Outcome::failed(work, 0).because(why));
+                continue;
+            }
             // A zero-work task sleeps nothing and takes under a microsecond: no clock reads.
             let nominal_us = nominal_us(job, &task);
             let wall_us = if nominal_us > 0.0 {

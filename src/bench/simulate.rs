@@ -584,6 +584,8 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         sink: "tcp://sim:5558".into(),
         fixed_workers: 0,
         chunking: plan,
+        max_attempts: crate::ventilator::DEFAULT_MAX_ATTEMPTS,
+        names: Vec::new(),
     };
     let base = Instant::now();
     let mut sim = Sim {

@@ -164,6 +164,7 @@ fn h03_h04_h05_results_before_a_batch_are_bounded_and_forged_batches_and_statuse
                 expected_ms: 0,
                 longest_ms: 0,
                 job: Default::default(),
+                names: Vec::new(),
             }
             .encode(),
             0,

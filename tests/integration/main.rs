@@ -1,6 +1,7 @@
 //! Integration tests: the real `conquer` binary as separate processes, talking ZeroMQ over
 //! loopback with ephemeral ports. One test binary; helpers in `util`.
 
+mod attack;
 mod auth;
 mod bench;
 mod chunking;

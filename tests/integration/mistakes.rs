@@ -293,13 +293,15 @@ fn m07_a_worker_with_a_wrong_sink_takes_no_tasks_and_says_so() {
     drop((sink, lost));
 }
 
-/// A worker that joins the sink and takes tasks, reports them done to the ventilator, and
-/// never delivers a result. Returns the refusal it finally got.
-fn ack_only_worker(
+/// A worker that joins the sink and takes tasks (asking for `window_hint` at once),
+/// reports them done to the ventilator, and never delivers a result. Returns the refusal it
+/// finally got and how many tasks it was given.
+pub(crate) fn ack_only_worker(
     sink_ep: &str,
     vent_ep: &str,
+    window_hint: u16,
     took_tasks: std::sync::mpsc::Sender<()>,
-) -> String {
+) -> (String, usize) {
     let me = util::RawWorker::join(
         sink_ep,
         vent_ep,
@@ -308,11 +310,12 @@ fn ack_only_worker(
             session: 7,
             backend: "sleep".into(),
             adapter: String::new(),
-            window_hint: 1,
+            window_hint,
         },
     );
     let deadline = Instant::now() + util::PATIENCE;
     let mut told = false;
+    let mut given = 0;
     while Instant::now() < deadline {
         me.beat();
         for message in me.heard_from_ventilator() {
@@ -320,6 +323,7 @@ fn ack_only_worker(
                 Message::Tasks {
                     batch, tasks: got, ..
                 } => {
+                    given += got.len();
                     let done = got
                         .iter()
                         .map(|t| Done {
@@ -339,7 +343,7 @@ fn ack_only_worker(
                 }
                 Message::Refused { kind, reason } => {
                     assert_eq!(kind, RefusalKind::ResultsLost);
-                    return reason;
+                    return (reason, given);
                 }
                 _ => {}
             }
@@ -367,7 +371,7 @@ fn m07_a_worker_whose_results_never_reach_the_sink_is_named_and_its_tasks_handed
     let (tx, rx) = std::sync::mpsc::channel();
     let fake = {
         let (sink_ep, vent_ep) = (sink_ep.clone(), vent_ep.clone());
-        std::thread::spawn(move || ack_only_worker(&sink_ep, &vent_ep, tx))
+        std::thread::spawn(move || ack_only_worker(&sink_ep, &vent_ep, 1, tx))
     };
     rx.recv_timeout(util::PATIENCE)
         .expect("the fake worker took tasks");
@@ -382,7 +386,7 @@ fn m07_a_worker_whose_results_never_reach_the_sink_is_named_and_its_tasks_handed
         .map(|w| w["id"].as_str().unwrap())
         .collect();
     assert_eq!(by, ["honest"], "{r}");
-    let reason = fake.join().unwrap();
+    let (reason, _) = fake.join().unwrap();
     assert!(reason.contains("have not reached the sink"), "{reason}");
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
