@@ -32,7 +32,8 @@ const PAGE: &str = include_str!("../web/dashboard.html");
 /// Threads that answer complete requests, one at a time each.
 pub const POOL: usize = 16;
 /// Connections one client address may hold open at once (being read, waiting or being
-/// answered); a browser showing the page needs two.
+/// answered); a browser showing the page needs two. An IPv6 client is its /64, the block
+/// one host is usually given.
 pub const PER_CLIENT: usize = 8;
 /// Connections whose request head is being read, from all clients together.
 pub const MAX_READING: usize = 512;
@@ -177,8 +178,10 @@ struct Slot {
 }
 
 impl Clients {
-    /// A slot for a new connection from `ip`, or none when it holds [`PER_CLIENT`] already.
+    /// A slot for a new connection from `ip`, or none when its client holds [`PER_CLIENT`]
+    /// already.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = client(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
         if *n >= PER_CLIENT {
@@ -189,6 +192,18 @@ impl Clients {
             clients: self.clone(),
             ip,
         })
+    }
+}
+
+/// The address a client is counted by: an IPv4 address (also when mapped into IPv6), or an
+/// IPv6 address's /64.
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -801,6 +816,27 @@ mod tests {
         );
         drop(held);
         assert!(clients.open.lock().unwrap().is_empty(), "nothing left over");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_one_by_its_address() {
+        let clients = Arc::new(Clients::default());
+        let _held: Vec<Slot> = (0..PER_CLIENT)
+            .map(|n| {
+                clients
+                    .admit(format!("2001:db8::{n}").parse().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            clients.admit("2001:db8::ffff:1".parse().unwrap()).is_none(),
+            "the same /64"
+        );
+        assert!(clients.admit("2001:db8:0:1::1".parse().unwrap()).is_some());
+        let _v4: Vec<Slot> = (0..PER_CLIENT)
+            .map(|_| clients.admit("10.0.0.1".parse().unwrap()).unwrap())
+            .collect();
+        assert!(clients.admit("::ffff:10.0.0.1".parse().unwrap()).is_none());
     }
 
     #[test]
