@@ -1384,4 +1384,29 @@ mod tests {
         )
         .is_ok());
     }
+
+    #[test]
+    fn a_runs_own_secret_is_new_each_time_and_makes_no_live_view_token() {
+        let (a, b) = (Secret::fresh().unwrap(), Secret::fresh().unwrap());
+        assert!(a.is_fresh() && b.is_fresh());
+        assert!(!same_text(&a.password, &b.password));
+        assert_eq!(
+            a.password.len(),
+            2 * 2 * NEW_SECRET_BYTES,
+            "as long as a file's"
+        );
+        assert_eq!(format!("{a:?}"), "Secret(made for this run)");
+        let access = Access {
+            secret: Some(a),
+            ..Access::default()
+        };
+        assert!(access.guarded());
+        // Nobody outside the run knows it: a reachable live view needs --insecure.
+        assert!(access.http_token("0.0.0.0:8080").is_err());
+        let open = Access {
+            insecure: true,
+            ..access
+        };
+        assert_eq!(open.http_token("0.0.0.0:8080").unwrap(), None);
+    }
 }
