@@ -243,8 +243,8 @@ pub struct Collector {
     checked: u64,
     verified: u64,
     mismatches: u64,
-    /// Items compared with a tolerance (Mandelbrot pixels of checked bands), and how many
-    /// of them differed from the CPU reference.
+    /// Items compared one by one (Mandelbrot pixels of checked bands), and how many of
+    /// them differed from the CPU reference.
     compared: u64,
     differing: u64,
     /// Measured task times: the basis of the ideal when tasks are computed, not slept.

@@ -61,8 +61,8 @@ pub struct Outcome {
     pub name: String,
     /// The kernel's output (data kernels); empty for `spin` and `sleep`.
     pub output: Vec<u8>,
-    /// Items that differ from the CPU reference when the result was checked with a
-    /// tolerance (`mandelbrot`'s pixels); 0 otherwise.
+    /// Items that differ from the CPU reference when the result was checked item by item
+    /// (`mandelbrot`'s pixels, where one differing pixel is a mismatch); 0 otherwise.
     pub differing: u32,
     /// Why it failed (status `failed`), for the sink's report of a task given up on;
     /// empty otherwise.

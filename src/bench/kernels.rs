@@ -1,5 +1,7 @@
 //! `--suite kernels`: the data kernels' speed on every backend present (Mandelbrot in
-//! megapixels per second, the search in keys per second, each backend on its own), and
+//! megapixels and iterations per second, the exact fixed-point kernel next to the float32
+//! one it replaced, which lives here only; the search in keys per second; each backend on
+//! its own), and
 //! payloads through the full pipeline (the `copy` kernel on two cpu workers: ventilator,
 //! worker and sink each move every byte) next to a plain libzmq PUSH/PULL pipeline moving
 //! the same messages over the same hops, in the same repetition.
@@ -18,6 +20,10 @@ pub struct KernelRow {
     pub items: u64,
     /// Million items per second.
     pub mitems_per_s: Spread,
+    /// Million Mandelbrot iterations per second (the counts' sum over the run's time);
+    /// absent for other kernels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miterations_per_s: Option<Spread>,
     /// Why this backend has no figures here (empty when it ran).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub unavailable: String,
@@ -81,14 +87,13 @@ pub(super) fn kernels(
         quiet: true,
         ..Default::default()
     };
+    let f32_view = F32View::new(width, height, max_iter, 16, (-0.5, 0.0), 3.0);
+    let float = f32_view.job();
+    let pixels = u64::from(width) * u64::from(height);
     for kind in [BackendKind::Cpu, BackendKind::Software, BackendKind::Gpu] {
         for (name, job, tasks, items) in [
-            (
-                "mandelbrot",
-                mandel,
-                view.bands(),
-                u64::from(width) * u64::from(height),
-            ),
+            ("mandelbrot", mandel, view.bands(), pixels),
+            (F32_NAME, float, view.bands(), pixels),
             ("search", find, space.tasks(), u64::from(keys)),
         ] {
             progress.step(format!("kernels: {name} on {}", backends::kind_name(kind)));
@@ -98,8 +103,29 @@ pub(super) fn kernels(
                 adapter: String::new(),
                 items,
                 mitems_per_s: Spread::of(&[]),
+                miterations_per_s: None,
                 unavailable: String::new(),
             };
+            if name == F32_NAME && kind == BackendKind::Cpu {
+                // The cpu backend runs built-in kernels only: the float32 twin is timed
+                // directly, band by band on one thread, as the cpu backend runs the exact one.
+                let (mut rates, mut iteration_rates) = (Vec::new(), Vec::new());
+                row.adapter = "Rust f32 reference, one thread".to_owned();
+                for _ in 0..repeat {
+                    let start = Instant::now();
+                    let iterations: u64 = (0..view.bands())
+                        .map(|band| counted(&f32_view.band(band)))
+                        .sum();
+                    let elapsed = start.elapsed().as_secs_f64();
+                    rates.push(items as f64 / elapsed / 1e6);
+                    iteration_rates.push(iterations as f64 / elapsed / 1e6);
+                    progress.done();
+                }
+                row.mitems_per_s = Spread::of(&rates);
+                row.miterations_per_s = Some(Spread::of(&iteration_rates));
+                results.compute.push(row);
+                continue;
+            }
             let mut backend = match crate::backend::build(kind, &options) {
                 Ok(b) => b,
                 Err(e) => {
@@ -109,23 +135,39 @@ pub(super) fn kernels(
                 }
             };
             row.adapter = backend.adapter();
-            backend
-                .prepare(&job, None)
-                .map_err(|e| anyhow::anyhow!("{name} on {}: {e}", row.backend))?;
-            let mut rates = Vec::new();
+            let source = (name == F32_NAME).then_some(F32_SOURCE);
+            if let Err(e) = backend.prepare(&job, source) {
+                if kind == BackendKind::Cpu {
+                    bail!("{name} on {}: {e}", row.backend);
+                }
+                row.unavailable = e;
+                results.compute.push(row);
+                continue;
+            }
+            let mandelbrot = name != "search";
+            let (mut rates, mut iteration_rates) = (Vec::new(), Vec::new());
             for _ in 0..repeat {
                 let mut queue = (0..tasks).map(|id| {
-                    Work::from(Task {
+                    let mut work = Work::from(Task {
                         id,
                         workload_ms: 1,
                         ..Default::default()
-                    })
+                    });
+                    if name == F32_NAME {
+                        // One byte per pixel sets the user kernel's item count.
+                        let rows = view.rows_of(id).unwrap_or(0);
+                        work.input = vec![0; (width * rows) as usize];
+                    }
+                    work
                 });
-                let mut failed = 0;
+                let (mut failed, mut iterations) = (0, 0);
                 let start = Instant::now();
                 backend.run(&job, &mut || queue.next(), &mut |o| {
                     if o.status == Status::Failed {
                         failed += 1;
+                    }
+                    if mandelbrot {
+                        iterations += counted(&o.output);
                     }
                 });
                 let elapsed = start.elapsed().as_secs_f64();
@@ -133,9 +175,13 @@ pub(super) fn kernels(
                     bail!("{name} on {}: {failed} tasks failed", row.backend);
                 }
                 rates.push(items as f64 / elapsed / 1e6);
+                iteration_rates.push(iterations as f64 / elapsed / 1e6);
                 progress.done();
             }
             row.mitems_per_s = Spread::of(&rates);
+            if mandelbrot {
+                row.miterations_per_s = Some(Spread::of(&iteration_rates));
+            }
             results.compute.push(row);
         }
     }
@@ -218,6 +264,105 @@ pub(super) fn kernels(
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(results)
+}
+
+/// The float32 kernel's row name.
+const F32_NAME: &str = "mandelbrot f32";
+/// The float32 kernel: the WGSL of the Mandelbrot kernel before it was exact, as a user
+/// kernel (bench only: nothing else can run it, so nothing can verify it).
+const F32_SOURCE: &str = include_str!("mandelbrot_f32.wgsl");
+
+/// Iterations in a band of little-endian u32 counts: their sum.
+fn counted(output: &[u8]) -> u64 {
+    output
+        .chunks_exact(4)
+        .map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+        .sum()
+}
+
+/// The float32 kernel's view (`mandelbrot_f32.wgsl`), and its Rust twin.
+#[derive(Debug, Clone, Copy)]
+struct F32View {
+    width: u32,
+    height: u32,
+    max_iter: u32,
+    rows: u32,
+    centre: (f32, f32),
+    step: f32,
+}
+
+impl F32View {
+    fn new(
+        width: u32,
+        height: u32,
+        max_iter: u32,
+        rows: u32,
+        centre: (f32, f32),
+        view_width: f32,
+    ) -> F32View {
+        F32View {
+            width,
+            height,
+            max_iter,
+            rows: rows.min(height),
+            centre,
+            step: view_width / width as f32,
+        }
+    }
+
+    /// The user-kernel job that runs `mandelbrot_f32.wgsl`: one input byte per item, four
+    /// output bytes per item.
+    fn job(&self) -> Job {
+        Job {
+            kernel: Kernel::User.id(),
+            source: crate::kernels::fnv1a(F32_SOURCE.as_bytes()),
+            item_bytes: 1,
+            output_bytes: 4 | crate::kernels::PER_ITEM,
+            constants: [
+                self.width,
+                self.height,
+                self.max_iter,
+                self.rows,
+                self.centre.0.to_bits(),
+                self.centre.1.to_bits(),
+                self.step.to_bits(),
+                0,
+            ],
+            ..Job::default()
+        }
+    }
+
+    /// The WGSL's f32 operations in its order (a driver may still fuse them).
+    fn count(&self, x: u32, y: u32) -> u32 {
+        let cr = self.centre.0 + (x as f32 - self.width as f32 * 0.5) * self.step;
+        let ci = self.centre.1 - (y as f32 - self.height as f32 * 0.5) * self.step;
+        let (mut zr, mut zi) = (0.0f32, 0.0f32);
+        let mut n = 0;
+        while n < self.max_iter {
+            let zr2 = zr * zr;
+            let zi2 = zi * zi;
+            if zr2 + zi2 > 4.0 {
+                break;
+            }
+            zi = 2.0 * zr * zi + ci;
+            zr = (zr2 + cr) - zi2;
+            n += 1;
+        }
+        n
+    }
+
+    /// Band `band`'s counts, as the kernel's output bytes.
+    fn band(&self, band: u32) -> Vec<u8> {
+        let first = band * self.rows;
+        let rows = self.rows.min(self.height.saturating_sub(first));
+        let mut out = Vec::with_capacity((self.width * rows) as usize * 4);
+        for y in first..first + rows {
+            for x in 0..self.width {
+                out.extend_from_slice(&self.count(x, y).to_le_bytes());
+            }
+        }
+        out
+    }
 }
 
 /// Tasks the report's workers delivered.
@@ -303,7 +448,14 @@ pub fn plain_payload(size: usize, tasks: u32, workers: u32) -> anyhow::Result<Du
 pub(super) fn tables(r: &KernelsResults) -> Vec<Table> {
     let mut compute = Table::new(
         "Kernels: each backend on its own",
-        &["kernel", "backend", "adapter", "items>", "M items/s>"],
+        &[
+            "kernel",
+            "backend",
+            "adapter",
+            "items>",
+            "M items/s>",
+            "M iterations/s>",
+        ],
     );
     for row in &r.compute {
         compute.row(vec![
@@ -320,9 +472,18 @@ pub(super) fn tables(r: &KernelsResults) -> Vec<Table> {
             } else {
                 String::new()
             },
+            match &row.miterations_per_s {
+                Some(rate) if row.unavailable.is_empty() => rate.cell(1),
+                _ => String::new(),
+            },
         ]);
     }
-    compute.note("Mandelbrot items are pixels (megapixels per second), search items are keys.");
+    compute.note(
+        "Mandelbrot items are pixels (megapixels per second), search items are keys. \
+         `mandelbrot` is the exact fixed-point kernel (--verify: every pixel equal); \
+         `mandelbrot f32` is the float32 kernel it replaced, kept in the bench only (run as a \
+         user kernel with one input byte per pixel; its counts vary by driver).",
+    );
     let mut payload = Table::new(
         "Payloads through the pipeline (copy kernel, 2 cpu workers) and plain PUSH/PULL",
         &[

@@ -242,7 +242,8 @@ pub fn reference(job: &Job, task: Task, input: &[u8]) -> Option<Result<Vec<u8>, 
 }
 
 /// How a backend's output compares with the reference: `Ok` when it agrees within the
-/// kernel's tolerance (exact for all but `mandelbrot`), else why not.
+/// kernel's terms (byte for byte; `mandelbrot` pixel for pixel, naming the first that
+/// differs), else why not.
 pub fn agrees(job: &Job, output: &[u8], reference: &[u8]) -> Result<(), String> {
     match Kernel::from_id(job.kernel) {
         Some(Kernel::Mandelbrot) => mandelbrot::agrees(output, reference),

@@ -29,8 +29,8 @@ fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
-/// Asserts the picture is the CPU reference's within the tolerance; returns the pixels
-/// that differ.
+/// Asserts the picture is the CPU reference's, pixel for pixel; returns the pixels that
+/// differ (none).
 fn assert_picture_matches(path: &Path, view: &mandelbrot::View) -> usize {
     let (width, height, rgb) = decode_png(path);
     assert_eq!((width, height), (view.width, view.height));
@@ -45,8 +45,8 @@ fn assert_picture_matches(path: &Path, view: &mandelbrot::View) -> usize {
         }
     }
     let pixels = (width * height) as usize;
-    assert!(
-        differ as f64 / pixels as f64 <= mandelbrot::TOLERANCE,
+    assert_eq!(
+        differ, 0,
         "{differ} of {pixels} pixels differ from the CPU reference"
     );
     differ

@@ -14,6 +14,7 @@ mod gpu;
 mod hostile;
 mod kernels;
 mod loopback;
+mod mandelbrot;
 mod mistakes;
 mod netcut;
 mod pipeline;

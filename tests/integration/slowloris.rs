@@ -1,8 +1,9 @@
 //! The live view against slow and oversized clients, on a real `conquer run --http`: a
 //! thousand connections dribbling a request head from one address cost the process a
 //! bounded number of threads while `/api/status` still answers another address, the excess
-//! is refused at once, a head over the size or header-count limit is refused, and a head
-//! dribbled a byte a second is cut off after the head timeout.
+//! is refused at once, a head over the size or header-count limit is refused (ordinary
+//! requests, HEAD, 404 and 405 answered as before), and a head dribbled a byte a second is
+//! cut off after the head timeout.
 
 use crate::util::Proc;
 use std::io::{ErrorKind, Read, Write};
@@ -197,8 +198,31 @@ fn a_request_head_over_the_limits_is_refused() {
             assert!(answer.starts_with("HTTP/1.1 431 "), "{what}: {answer}");
         }
     }
-    // An ordinary request still gets its answer.
+    // Ordinary requests still get their answers, as before.
     assert_eq!(status(addr).0, 200);
+    for (request, first_line) in [
+        (
+            "HEAD / HTTP/1.1\r\nHost: conquer\r\n\r\n",
+            "HTTP/1.1 200 OK",
+        ),
+        ("GET /nope HTTP/1.0\r\n\r\n", "HTTP/1.1 404 Not Found"),
+        (
+            "POST /api/status HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed",
+        ),
+    ] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let answer = until_closed(&mut s).expect("an answer, not a reset");
+        let (head, body) = answer.split_once("\r\n\r\n").expect(&answer);
+        assert!(head.starts_with(first_line), "{request:?}: {answer}");
+        if request.starts_with("HEAD") {
+            assert!(
+                body.is_empty() && head.contains("Content-Length: "),
+                "{answer}"
+            );
+        }
+    }
 }
 
 #[test]
