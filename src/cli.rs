@@ -375,7 +375,7 @@ pub struct DataArgs {
     /// Mandelbrot: rows per band; each band is one task.
     #[arg(long, default_value_t = 16, help_heading = "Mandelbrot")]
     pub band_rows: u32,
-    /// Mandelbrot: the point at the image's centre, `RE,IM`.
+    /// Mandelbrot: the point at the image's centre, `RE,IM`, each part within -8 to 8.
     #[arg(long, default_value = "-0.5,0", value_parser = parse_point, allow_hyphen_values = true, help_heading = "Mandelbrot")]
     pub centre: (f64, f64),
     /// Mandelbrot: width of the view on the complex plane, down to a pixel step of 2^-58
