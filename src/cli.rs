@@ -809,12 +809,12 @@ pub struct DispatchArgs {
     /// Slack added to that bound, in milliseconds.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub backup_slack_ms: u64,
-}
     /// Tries a task gets: after this many failures (a shader error, a timeout, an output
     /// over a worker's --max-payload) it is handed out no more, the batch reports it
     /// failed with its last error, and exits 1.
     #[arg(long, env = "CONQUER_MAX_ATTEMPTS", default_value_t = crate::ventilator::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_attempts: u32,
+}
 
 impl DispatchArgs {
     pub fn backup(&self) -> anyhow::Result<crate::ventilator::Backup> {
@@ -1369,8 +1369,8 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         kernel_source: prepared.source,
         batch_id: Some(prepared.batch_id),
         chunking: prepared.chunking,
-        ..VentilatorConfig::local(prepared.batch, prepared.job)
         max_attempts: args.dispatch.max_attempts,
+        ..VentilatorConfig::local(prepared.batch, prepared.job)
     };
     let policy = prepared.chunking.map(|plan| plan.policy.name());
     let mut sink = args.report.sink_config(String::new());
@@ -1449,8 +1449,8 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         inputs: prepared.inputs,
         kernel_source: prepared.source,
         fixed_workers: 0,
-    };
         max_attempts: args.dispatch.max_attempts,
+    };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;
     Ok(0)

@@ -20,13 +20,32 @@ use crate::report::{
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// Most results held back while the sink waits to learn its batch (41 bytes each on the
-/// wire, about 64 in memory: 64 MiB at most).
+/// Most results held back while the sink waits to learn its batch.
 pub const MAX_EARLY_RESULTS: usize = 1 << 20;
 /// Most messages held back meanwhile, however few results each carries.
 pub const MAX_EARLY_MESSAGES: usize = 1 << 14;
-/// Most output bytes held back meanwhile (data tasks' outputs).
-pub const MAX_EARLY_OUTPUT_BYTES: usize = 256 << 20;
+/// Most memory results held back meanwhile may take, in bytes: each result's fields, its
+/// name, error and output, and each message's worker description, as allocated
+/// ([`early_bytes`]). A million results with 255-byte names would take over 400 MB; they
+/// stop here.
+pub const MAX_EARLY_BYTES: usize = 256 << 20;
+
+/// What a message held back costs in memory: its results' fields and the bytes they and
+/// the worker's description point to (capacities, not lengths: what is allocated).
+pub fn early_bytes(worker: &WorkerInfo, results: &[TaskResult]) -> usize {
+    let strings = worker.name.capacity() + worker.backend.capacity() + worker.adapter.capacity();
+    std::mem::size_of::<Early>()
+        + strings
+        + results
+            .iter()
+            .map(|r| {
+                std::mem::size_of::<TaskResult>()
+                    + r.name.capacity()
+                    + r.error.capacity()
+                    + r.output.capacity()
+            })
+            .sum::<usize>()
+}
 /// Most worker names remembered at once; silent ones are forgotten first.
 const MAX_PEERS: usize = 100_000;
 /// A day in ms: a batch start further back than this is taken for a clock error.
@@ -268,7 +287,7 @@ pub struct Collector {
     /// within a heartbeat). Replayed on adoption; bounded in results and in messages.
     early: Vec<Early>,
     early_count: usize,
-    /// Output bytes in `early`.
+    /// Memory `early` takes ([`early_bytes`]).
     early_bytes: usize,
     /// `now` and the Unix ms at the same moment: batch starts are wall-clock stamps.
     unix_base: (Instant, u64),
@@ -846,10 +865,10 @@ impl Collector {
             // Held back until the batch is announced, within bounds on results and messages;
             // beyond them dropped and counted (the ventilator hands out again what the sink
             // does not hold once the batch is known).
-            let bytes: usize = results.iter().map(|r| r.output.len()).sum();
+            let bytes = early_bytes(&worker, &results) + peer.len();
             if self.early_count + results.len() <= MAX_EARLY_RESULTS
                 && self.early.len() < MAX_EARLY_MESSAGES
-                && self.early_bytes + bytes <= MAX_EARLY_OUTPUT_BYTES
+                && self.early_bytes + bytes <= MAX_EARLY_BYTES
             {
                 self.early_count += results.len();
                 self.early_bytes += bytes;

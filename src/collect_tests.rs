@@ -253,6 +253,39 @@ fn early_results_are_bounded_in_messages() {
 }
 
 #[test]
+fn early_results_are_bounded_in_the_bytes_they_take() {
+    let mut h = Harness::new();
+    let name = "n".repeat(255);
+    let mut sent = 0usize;
+    // Messages of 64 results with 255-byte names, until the sink stops holding them back.
+    while h.c.rejected == 0 {
+        let results: Vec<TaskResult> = (0..64)
+            .map(|i| TaskResult {
+                name: name.clone(),
+                ..result(i, Status::Ok)
+            })
+            .collect();
+        h.event(SinkEvent::FromPeer {
+            routing_id: b"flood".to_vec(),
+            message: Message::Results {
+                batch: 1,
+                worker: worker("flood", 1),
+                results,
+            },
+        });
+        sent += 64;
+        assert!(sent <= MAX_EARLY_RESULTS + 64, "never bounded");
+    }
+    let (messages, results) = h.c.early_held_back();
+    // What is held takes what the bound says, counted from the allocations themselves.
+    let held = results * (std::mem::size_of::<TaskResult>() + 255)
+        + messages * std::mem::size_of::<WorkerInfo>();
+    assert!(held <= MAX_EARLY_BYTES, "{held} bytes held back");
+    assert!(held > MAX_EARLY_BYTES / 2, "the bound is used: {held} bytes");
+    assert!(results < MAX_EARLY_RESULTS, "bytes bind before the count: {results}");
+}
+
+#[test]
 fn a_live_name_is_refused_and_a_dead_ones_is_handed_over() {
     let mut h = Harness::new();
     h.from(b"a/1", Message::Join(worker("a", 1)));

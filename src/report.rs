@@ -776,13 +776,13 @@ mod tests {
 
     fn report() -> Report {
         Report {
+            failed: Vec::new(),
             batch: "00000000000000ab".into(),
             tasks: 100,
             expected_ms: 5050,
             longest_ms: 100,
             elapsed_ms: 1300.0,
             ideal_ms: 1262.5,
-            failed: Vec::new(),
             ideal_basis: "workload".into(),
             efficiency: 0.971,
             tasks_per_s: 76.9,
