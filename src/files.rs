@@ -242,8 +242,9 @@ pub fn write_whole(
 }
 
 /// Opens `path` to write it from the start, creating it if missing, without following a
-/// link there (an error naming it). `append` keeps what it holds.
-pub fn create_file(path: &Path, append: bool) -> anyhow::Result<File> {
+/// link there (an error naming it). `append` keeps what it holds. `what` names the file in
+/// errors (`results file`).
+pub fn create_file(path: &Path, what: &str, append: bool) -> anyhow::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let opened = std::fs::OpenOptions::new()
         .write(true)
@@ -254,11 +255,11 @@ pub fn create_file(path: &Path, append: bool) -> anyhow::Result<File> {
     match opened {
         Ok(file) => Ok(file),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(
-            "{} is a symbolic link; give the path of the file itself (the sink does not write \
-             through links)",
+            "{what} {} is a symbolic link; give the path of the file itself (the sink does not \
+             write through links)",
             path.display()
         ),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot create {what} {}", path.display())),
     }
 }
 
@@ -314,7 +315,9 @@ mod tests {
         std::fs::write(&target, b"keep").unwrap();
         let link = dir.path().join("results.csv");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let e = create_file(&link, false).unwrap_err().to_string();
+        let e = create_file(&link, "results file", false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("results.csv") && e.contains("symbolic link"),
             "{e}"
@@ -322,7 +325,7 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         let plain = dir.path().join("plain");
         std::fs::write(&plain, b"old").unwrap();
-        drop(create_file(&plain, false).unwrap());
+        drop(create_file(&plain, "results file", false).unwrap());
         assert_eq!(std::fs::read(&plain).unwrap(), b"");
     }
 }

@@ -538,7 +538,7 @@ impl ResultsFile {
             }
         }
         // Never through a link: the sink may run as a service user in a shared directory.
-        let file = crate::files::create_file(path, false).context("the results file")?;
+        let file = crate::files::create_file(path, "results file", false)?;
         Ok(ResultsFile::over(path, format, file, true))
     }
 
@@ -582,7 +582,7 @@ impl ResultsFile {
         }
         let recovered = parse_records(&text[..complete], format)
             .with_context(|| format!("cannot resume from results file {}", path.display()))?;
-        let file = crate::files::create_file(path, true).context("the results file")?;
+        let file = crate::files::create_file(path, "results file", true)?;
         file.set_len(complete as u64)
             .with_context(|| format!("cannot trim results file {}", path.display()))?;
         let mut file = file;

@@ -95,7 +95,7 @@ impl Trace {
 
     /// Writes the trace to `path` (JSON Object Format: `{"traceEvents": [...]}`).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let file = crate::files::create_file(path, false).context("the timeline")?;
+        let file = crate::files::create_file(path, "the timeline", false)?;
         let mut out = std::io::BufWriter::new(file);
         let write = |out: &mut std::io::BufWriter<std::fs::File>| -> anyhow::Result<()> {
             out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n")?;
