@@ -549,4 +549,37 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file is left");
     }
+
+    #[test]
+    fn a_link_where_the_sink_writes_is_refused_and_its_target_kept() {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutputsConfig {
+            dir: Some(dir.path().to_owned()),
+            image: None,
+        };
+        std::os::unix::fs::symlink(&target, dir.path().join(PROBE)).unwrap();
+        let e = format!("{:#}", config.check(false).unwrap_err());
+        assert!(e.contains(PROBE) && e.contains("symbolic link"), "{e}");
+        std::fs::remove_file(dir.path().join(PROBE)).unwrap();
+        config.check(false).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(".in.bin.out.tmp")).unwrap();
+        let mut outputs = Outputs::new(config);
+        let job = Job {
+            kernel: Kernel::User.id(),
+            ..Job::default()
+        };
+        let r = TaskResult {
+            id: 1,
+            name: "in.bin".into(),
+            output: vec![1, 2, 3],
+            ..TaskResult::default()
+        };
+        let e = format!("{:#}", outputs.record(&job, &r).unwrap_err());
+        assert!(e.contains(".in.bin.out.tmp"), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(!dir.path().join("in.bin.out").exists());
+    }
 }
