@@ -409,6 +409,8 @@ impl ClassicSink {
             hits: Vec::new(),
             job: None,
             workers: Vec::new(),
+            outputs_dir: None,
+            picture: None,
         })
     }
 }

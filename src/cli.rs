@@ -1000,6 +1000,8 @@ pub struct RunArgs {
     /// Serve --http on an address other machines can reach without --secret-file.
     #[arg(long, env = "CONQUER_INSECURE", requires = "http")]
     pub insecure: bool,
+    pub resume: ResumeArgs,
+    #[command(flatten)]
 }
 
 #[derive(Args, Debug)]
@@ -1336,6 +1338,18 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     for index in 0..args.workers {
         // The choice is said once for the run, not once per worker.
         let options = backend::BackendOptions {
+    if let Some(addr) = &args.http.http {
+        // The live view is the one socket of a run others may reach; advice names only
+        // flags `run` has (it has no --allow: its own sockets are loopback).
+        if access.secret.is_none() && !args.insecure && access.http_token(addr).is_err() {
+            bail!(
+                "refusing to serve the live view on {addr} (--http) without authentication: give \
+                 --secret-file FILE (make one with `conquer secret new FILE`; clients then send the \
+                 token `conquer secret token FILE` prints), bind a loopback address such as \
+                 127.0.0.1:8080, or pass --insecure"
+            );
+        }
+    }
             quiet: index > 0,
             ..options.clone()
         };
@@ -1382,11 +1396,14 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             access,
             ..crate::local::LocalRun::new(ventilator, backends)
         },
+        resume: args.resume.resume,
         shutdown,
     )?;
     let mut report = report;
     if let (Some(job), Some(policy)) = (report.job.as_mut(), policy) {
         job.chunking = policy.to_owned();
+    sink.resume = args.resume.resume;
+    sink.resume_advice = Some(format!("run `{}`", this_command_with("--resume")));
     }
     if !args.report.json && (report.job.is_none() || report.expected_ms > 0) {
         crate::report::print_expected_cost(report.expected_ms);
@@ -1413,6 +1430,37 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
             batch: args.batch.batch()?,
             order: args.batch.order,
             seed: args.batch.seed,
+/// The command this process was started with, as a shell line to type again with `flag`
+/// added (and `--overwrite`, which contradicts `--resume`, dropped).
+fn this_command_with(flag: &str) -> String {
+    let mut words = vec!["conquer".to_owned()];
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| a != "--overwrite" && a != flag)
+        .collect();
+    // Bare `conquer` is `conquer run`, whose flags need the command named.
+    if !args.iter().any(|a| a == "run") {
+        words.push("run".to_owned());
+    }
+    words.extend(args.iter().map(|a| shell_word(a)));
+    words.push(flag.to_owned());
+    words.join(" ")
+}
+
+/// `word` as a POSIX shell reads it back: bare when it is plain, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
             wait_workers: args.wait_workers,
             wait_timeout,
             announce: true,

@@ -63,6 +63,9 @@ pub struct CollectConfig {
     /// Whether results are recorded (a results file): a stop then says how to resume.
     pub results_path: Option<String>,
 }
+    /// The command that finishes the batch after a stop, where the sink is not its own
+    /// process (`conquer run`); None: restart the sink with `--resume`.
+    pub resume_advice: Option<String>,
 
 /// What happened, as the pump saw it.
 #[derive(Debug, Clone)]
@@ -446,7 +449,7 @@ impl Collector {
         match &self.config.results_path {
             Some(path) => log::warn!(
                 "{why} with {} of {} tasks of batch {:016x} held; they are in {path}. To finish the \
-                 batch, restart the sink with `conquer sink --results {path} --resume` on the same --bind",
+                 batch, {}",
                 b.held_count,
                 b.task_count,
                 b.id,
@@ -480,6 +483,9 @@ impl Collector {
         now: Instant,
         peer: &[u8],
         kind: RefusalKind,
+                self.config.resume_advice.clone().unwrap_or_else(|| format!(
+                    "restart the sink with `conquer sink --results {path} --resume` on the same --bind"
+                )),
         reason: String,
         out: &mut Vec<SinkCommand>,
     ) {
@@ -1358,3 +1364,5 @@ fn held(out: &mut Vec<SinkCommand>, peer: &[u8], batch: u64, ids: &[u32]) {
 #[cfg(test)]
 #[path = "collect_tests.rs"]
 mod tests;
+            outputs_dir: None,
+            picture: None,

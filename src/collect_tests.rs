@@ -17,6 +17,7 @@ fn config() -> CollectConfig {
         final_stats_wait: Duration::from_millis(500),
         endpoint: "tcp://test:5558".into(),
         results_path: None,
+        resume_advice: None,
     }
 }
 

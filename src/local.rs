@@ -70,7 +70,24 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     make_room_for(workers)?;
     run.sink.bind = "tcp://127.0.0.1:*".into();
     run.sink.access = run.access.clone();
+    let results = run
+        .sink
+        .results
+        .as_ref()
+        .map(|(path, _)| path.display().to_string());
     let sink = Sink::bind(&sink_ctx, run.sink)?;
+    if let Some(held) = sink.holds_whole_batch() {
+        // `--resume` on a file that holds the whole batch: the file is the report, and no
+        // ventilator or worker needs to start.
+        match run.ventilator.batch_id {
+            Some(batch) if batch != held => anyhow::bail!(
+                "the results file {} holds all of batch {held:016x}, but this run's batch is \
+                 {batch:016x}: give another --results file, or --overwrite to replace it",
+                results.unwrap_or_default()
+            ),
+            _ => return sink.run(shutdown),
+        }
+    }
     run.ventilator.bind = "tcp://127.0.0.1:*".into();
     run.ventilator.sink = sink.endpoint().to_owned();
     run.ventilator.fixed_workers = workers;

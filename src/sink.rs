@@ -47,6 +47,9 @@ pub struct SinkConfig {
     pub trace: Option<PathBuf>,
     /// Where data tasks' outputs go (`--outputs`, `--image`).
     pub outputs: crate::outputs::OutputsConfig,
+    /// How to finish the batch after a stop, in the words of the command that was run
+    /// (`conquer run` resumes with its own `--resume`); None: restart this sink.
+    pub resume_advice: Option<String>,
 }
 
 impl Default for SinkConfig {
@@ -60,6 +63,7 @@ impl Default for SinkConfig {
             final_stats_wait: Duration::from_secs(1),
             progress: false,
             timeline: None,
+            resume_advice: None,
             access: crate::auth::Access::default(),
             trace: None,
             outputs: crate::outputs::OutputsConfig::default(),
@@ -140,6 +144,15 @@ impl Sink {
         &self.endpoint
     }
 
+    /// The batch id, when the resumed results file holds all of that batch: [`Sink::run`]
+    /// then reports it without waiting for anyone.
+    pub fn holds_whole_batch(&self) -> Option<u64> {
+        self.recovered
+            .as_ref()
+            .filter(|r| r.is_complete())
+            .map(|r| r.header.batch)
+    }
+
     /// Collects one batch and returns its report. A sink stopped before the batch is
     /// complete says how to finish it.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Report> {
@@ -159,6 +172,7 @@ impl Sink {
                 .results
                 .as_ref()
                 .map(|(path, _)| path.display().to_string()),
+            resume_advice: config.resume_advice.clone(),
         };
         let mut trace = config
             .trace
@@ -191,8 +205,14 @@ impl Sink {
             trace.write(path)?;
             log::info!("timeline written to {}", path.display());
         }
+            report.picture = config
+                .outputs
+                .image
+                .as_ref()
+                .map(|p| p.display().to_string());
         Ok(report)
     }
+        report.outputs_dir = config.outputs.dir.as_ref().map(|d| d.display().to_string());
 }
 
 /// Collects one batch on `socket` and returns its report, with the batch's job when it

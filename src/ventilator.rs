@@ -294,7 +294,9 @@ impl Ventilator {
             }
         }
         if let Err(e) = outcome {
-            if dispatcher.has_dispatched() {
+            // In `conquer run` (a fixed farm) the sink says how to finish, once, with the
+            // count it holds: the ventilator's own count may lag behind it.
+            if dispatcher.has_dispatched() && self.config.fixed_workers == 0 {
                 let why = if Interrupted::is(&e) {
                     "interrupted"
                 } else {

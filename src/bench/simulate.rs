@@ -606,6 +606,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
                 final_stats_wait: Duration::from_secs(1),
                 endpoint: "tcp://sim:5558".into(),
                 results_path: None,
+                resume_advice: None,
             },
             None,
             base,

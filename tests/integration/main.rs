@@ -17,6 +17,7 @@ mod loopback;
 mod mandelbrot;
 mod mistakes;
 mod netcut;
+mod operator;
 mod pipeline;
 mod runaway;
 mod planted;

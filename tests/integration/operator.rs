@@ -1,0 +1,224 @@
+//! What an operator sees, through the real executable: advice that can be typed in the
+//! command that printed it (each suggestion is run here), the answer of a search in the
+//! text report, and logs that say each thing once.
+
+use crate::util::{self, Proc};
+use std::process::ExitStatus;
+
+/// Runs `conquer ARGS` at default verbosity, as a user would, to its end.
+fn conquer(args: &[&str]) -> (ExitStatus, String, String) {
+    Proc::start_quiet("conquer", args).finish()
+}
+
+/// Every `--flag` named in `text`.
+fn flags_in(text: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("--") {
+        let tail = &rest[at + 2..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(tail.len());
+        if len > 0 {
+            flags.push(format!("--{}", &tail[..len]));
+        }
+        rest = &tail[len..];
+    }
+    flags
+}
+
+/// Asserts that every flag `advice` names is one `conquer COMMAND` accepts.
+fn assert_typeable(command: &str, advice: &str) {
+    let (status, help, _) = conquer(&[command, "--help"]);
+    assert!(status.success());
+    for flag in flags_in(advice) {
+        let listed = help.lines().any(|l| {
+            l.trim_start().split([' ', ',', '=', '<']).next() == Some(flag.as_str())
+                || l.contains(&format!(", {flag} "))
+                || l.ends_with(&format!(", {flag}"))
+        });
+        assert!(
+            listed,
+            "the advice names {flag}, which `conquer {command}` does not take:\n{advice}"
+        );
+    }
+}
+
+/// The lines of `log` that give advice (warnings and errors).
+fn advice(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("error:"))
+        .collect()
+}
+
+/// Runs a command printed between backticks (plain words only) with the binary under test.
+fn run_printed(command: &str) -> (ExitStatus, String, String) {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"conquer"), "{command}");
+    conquer(&words[1..])
+}
+
+#[test]
+fn o02_advice_a_run_gives_is_typed_into_run_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("r.jsonl");
+    let file = results.to_str().unwrap();
+    let batch = [
+        "run",
+        "--workers",
+        "2",
+        "--tasks",
+        "40",
+        "--min-ms",
+        "100",
+        "--max-ms",
+        "100",
+        "--results",
+        file,
+    ];
+
+    // Ctrl-C mid-batch: the advice is a command that finishes the batch.
+    let run = Proc::start_quiet("run", &batch);
+    util::wait_for_lines(&results, 3);
+    run.signal("INT");
+    let (status, _, log) = run.finish();
+    assert_eq!(status.code(), Some(130), "{log}");
+    for line in advice(&log) {
+        assert_typeable("run", line);
+    }
+    // One count, said once: not the ventilator's and the sink's, which may differ.
+    let counts = log.lines().filter(|l| l.contains("of 40 tasks")).count();
+    assert_eq!(counts, 1, "the held count is said once:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("To finish the batch"))
+        .unwrap_or_else(|| panic!("no advice to finish the batch:\n{log}"));
+    let command = line
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command in {line}"));
+    let (status, _, log) = run_printed(command);
+    assert!(status.success(), "`{command}` failed:\n{log}");
+    util::assert_each_once(&util::result_ids(&results), 40);
+
+    // The same run again finds the file full: each way out it names works in `run`.
+    let (status, _, log) = conquer(&batch);
+    assert_eq!(status.code(), Some(1), "{log}");
+    let refusal = advice(&log).join("\n");
+    assert_typeable("run", &refusal);
+    let ways: Vec<String> = flags_in(&refusal)
+        .into_iter()
+        .filter(|f| f == "--resume" || f == "--overwrite")
+        .collect();
+    assert_eq!(ways.len(), 2, "{refusal}");
+    for way in ways {
+        let mut args = batch.to_vec();
+        args.push(&way);
+        let (status, _, log) = conquer(&args);
+        assert!(status.success(), "run {way} failed:\n{log}");
+        util::assert_each_once(&util::result_ids(&results), 40);
+    }
+}
+
+#[test]
+fn o02_a_live_view_others_can_reach_is_refused_with_flags_run_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let exposed = ["run", "--tasks", "4", "--http", "0.0.0.0:0"];
+    let (status, _, log) = conquer(&exposed);
+    assert_eq!(status.code(), Some(1), "{log}");
+    let refusal = advice(&log).join("\n");
+    assert_typeable("run", &refusal);
+
+    // Each way out it names, taken.
+    assert!(refusal.contains("--insecure"), "{refusal}");
+    let mut insecure = exposed.to_vec();
+    insecure.push("--insecure");
+    let (status, _, log) = conquer(&insecure);
+    assert!(status.success(), "{log}");
+
+    assert!(refusal.contains("conquer secret new FILE"), "{refusal}");
+    let secret = dir.path().join("farm.key");
+    let secret = secret.to_str().unwrap();
+    let (status, _, log) = conquer(&["secret", "new", secret]);
+    assert!(status.success(), "{log}");
+    let mut with_secret = exposed.to_vec();
+    with_secret.extend(["--secret-file", secret]);
+    let (status, _, log) = conquer(&with_secret);
+    assert!(status.success(), "{log}");
+
+    assert!(refusal.contains("127.0.0.1:8080"), "{refusal}");
+    let (status, _, log) = conquer(&["run", "--tasks", "4", "--http", "127.0.0.1:0"]);
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn o03_the_text_report_shows_the_hits_the_outputs_the_picture_and_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let outputs = dir.path().join("out");
+    let search = [
+        "run",
+        "--kernel",
+        "search",
+        "--backend",
+        "cpu",
+        "--workers",
+        "2",
+        "--bits",
+        "16",
+        "--keys",
+        "2000000",
+        "--keys-per-task",
+        "250000",
+        "--outputs",
+        outputs.to_str().unwrap(),
+    ];
+    let mut json = search.to_vec();
+    json.push("--json");
+    let (status, stdout, log) = conquer(&json);
+    assert!(status.success(), "{log}");
+    let r = util::report(&stdout);
+    let hits: Vec<u64> = r["hits"]
+        .as_array()
+        .expect("hits in the JSON report")
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .collect();
+    assert!(hits.len() > 8, "{r}");
+
+    std::fs::remove_dir_all(&outputs).unwrap();
+    let (status, text, log) = conquer(&search);
+    assert!(status.success(), "{log}");
+    let first: Vec<String> = hits.iter().take(8).map(u64::to_string).collect();
+    let line = format!(
+        "{} hits: {}, … ({} more",
+        hits.len(),
+        first.join(", "),
+        hits.len() - 8
+    );
+    assert!(text.contains(&line), "no {line:?} in the report:\n{text}");
+    let written = format!("8 output files written to {}", outputs.display());
+    assert!(text.contains(&written), "no {written:?} in:\n{text}");
+
+    let picture = dir.path().join("m.png");
+    let (status, text, log) = conquer(&[
+        "run",
+        "--kernel",
+        "mandelbrot",
+        "--backend",
+        "cpu",
+        "--workers",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "32",
+        "--image",
+        picture.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(status.success(), "{log}");
+    let written = format!("picture written to {}", picture.display());
+    assert!(text.contains(&written), "no {written:?} in:\n{text}");
+    assert!(picture.exists());
+    assert!(text.contains("verified "), "no verification in:\n{text}");
+}
