@@ -406,11 +406,11 @@ impl ClassicSink {
             compared: 0,
             differing: 0,
             outputs: 0,
+            outputs_dir: None,
+            picture: None,
             hits: Vec::new(),
             job: None,
             workers: Vec::new(),
-            outputs_dir: None,
-            picture: None,
         })
     }
 }

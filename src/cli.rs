@@ -990,6 +990,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub overwrite: OverwriteArgs,
     #[command(flatten)]
+    pub resume: ResumeArgs,
+    #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
     #[command(flatten)]
     pub verify: VerifyArgs,
@@ -1000,8 +1002,6 @@ pub struct RunArgs {
     /// Serve --http on an address other machines can reach without --secret-file.
     #[arg(long, env = "CONQUER_INSECURE", requires = "http")]
     pub insecure: bool,
-    pub resume: ResumeArgs,
-    #[command(flatten)]
 }
 
 #[derive(Args, Debug)]
@@ -1327,17 +1327,6 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         insecure: args.insecure,
         ..args.secret.access()?
     };
-    // Loopback admits every local user: `run` owns every role, so without --secret-file it
-    // makes a secret of its own that only its workers present.
-    if access.secret.is_none() {
-        access.secret = Some(crate::auth::Secret::fresh()?);
-    }
-    let prepared = args.batch.prepare(args.verify.percent())?;
-    let options = args.backend.options()?;
-    let mut backends = Vec::with_capacity(args.workers as usize);
-    for index in 0..args.workers {
-        // The choice is said once for the run, not once per worker.
-        let options = backend::BackendOptions {
     if let Some(addr) = &args.http.http {
         // The live view is the one socket of a run others may reach; advice names only
         // flags `run` has (it has no --allow: its own sockets are loopback).
@@ -1350,6 +1339,17 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             );
         }
     }
+    // Loopback admits every local user: `run` owns every role, so without --secret-file it
+    // makes a secret of its own that only its workers present.
+    if access.secret.is_none() {
+        access.secret = Some(crate::auth::Secret::fresh()?);
+    }
+    let prepared = args.batch.prepare(args.verify.percent())?;
+    let options = args.backend.options()?;
+    let mut backends = Vec::with_capacity(args.workers as usize);
+    for index in 0..args.workers {
+        // The choice is said once for the run, not once per worker.
+        let options = backend::BackendOptions {
             quiet: index > 0,
             ..options.clone()
         };
@@ -1384,11 +1384,14 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         batch_id: Some(prepared.batch_id),
         chunking: prepared.chunking,
         max_attempts: args.dispatch.max_attempts,
+        resume: args.resume.resume,
         ..VentilatorConfig::local(prepared.batch, prepared.job)
     };
     let policy = prepared.chunking.map(|plan| plan.policy.name());
     let mut sink = args.report.sink_config(String::new());
     sink.overwrite = args.overwrite.overwrite;
+    sink.resume = args.resume.resume;
+    sink.resume_advice = Some(format!("run `{}`", this_command_with("--resume")));
     sink.heartbeat = heartbeat;
     let report = crate::local::run(
         crate::local::LocalRun {
@@ -1396,14 +1399,11 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             access,
             ..crate::local::LocalRun::new(ventilator, backends)
         },
-        resume: args.resume.resume,
         shutdown,
     )?;
     let mut report = report;
     if let (Some(job), Some(policy)) = (report.job.as_mut(), policy) {
         job.chunking = policy.to_owned();
-    sink.resume = args.resume.resume;
-    sink.resume_advice = Some(format!("run `{}`", this_command_with("--resume")));
     }
     if !args.report.json && (report.job.is_none() || report.expected_ms > 0) {
         crate::report::print_expected_cost(report.expected_ms);
@@ -1418,18 +1418,6 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     })
 }
 
-fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
-    if args.classic && args.http.http.is_some() {
-        bail!("--http needs the credit protocol: classic mode has no live view (drop --classic or --http)");
-    }
-    if args.classic {
-        let config = crate::classic::ClassicVentilatorConfig {
-            bind: args.bind,
-            sink: args.sink,
-            batch: args.batch.batch()?,
-            order: args.batch.order,
-            seed: args.batch.seed,
 /// The command this process was started with, as a shell line to type again with `flag`
 /// added (and `--overwrite`, which contradicts `--resume`, dropped).
 fn this_command_with(flag: &str) -> String {
@@ -1461,6 +1449,18 @@ fn shell_word(word: &str) -> String {
     }
 }
 
+fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
+    if args.classic && args.http.http.is_some() {
+        bail!("--http needs the credit protocol: classic mode has no live view (drop --classic or --http)");
+    }
+    if args.classic {
+        let config = crate::classic::ClassicVentilatorConfig {
+            bind: args.bind,
+            sink: args.sink,
+            batch: args.batch.batch()?,
+            order: args.batch.order,
+            seed: args.batch.seed,
             wait_workers: args.wait_workers,
             wait_timeout,
             announce: true,

@@ -62,10 +62,10 @@ pub struct CollectConfig {
     pub endpoint: String,
     /// Whether results are recorded (a results file): a stop then says how to resume.
     pub results_path: Option<String>,
-}
     /// The command that finishes the batch after a stop, where the sink is not its own
     /// process (`conquer run`); None: restart the sink with `--resume`.
     pub resume_advice: Option<String>,
+}
 
 /// What happened, as the pump saw it.
 #[derive(Debug, Clone)]
@@ -453,6 +453,9 @@ impl Collector {
                 b.held_count,
                 b.task_count,
                 b.id,
+                self.config.resume_advice.clone().unwrap_or_else(|| format!(
+                    "restart the sink with `conquer sink --results {path} --resume` on the same --bind"
+                )),
             ),
             None => log::warn!(
                 "{why} with {} of {} tasks of batch {:016x} held; nothing was saved (no --results), \
@@ -483,9 +486,6 @@ impl Collector {
         now: Instant,
         peer: &[u8],
         kind: RefusalKind,
-                self.config.resume_advice.clone().unwrap_or_else(|| format!(
-                    "restart the sink with `conquer sink --results {path} --resume` on the same --bind"
-                )),
         reason: String,
         out: &mut Vec<SinkCommand>,
     ) {
@@ -1268,6 +1268,8 @@ impl Collector {
             compared: self.compared,
             differing: self.differing,
             outputs: 0,
+            outputs_dir: None,
+            picture: None,
             hits: Vec::new(),
             job: b.items.as_ref().map(|_| JobReport {
                 items: b.job.items,
@@ -1364,5 +1366,3 @@ fn held(out: &mut Vec<SinkCommand>, peer: &[u8], batch: u64, ids: &[u32]) {
 #[cfg(test)]
 #[path = "collect_tests.rs"]
 mod tests;
-            outputs_dir: None,
-            picture: None,

@@ -126,6 +126,12 @@ pub struct Report {
     pub differing: u64,
     /// Output files the sink wrote (`--outputs`) in this run.
     pub outputs: u64,
+    /// Where they went (`--outputs DIR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs_dir: Option<String>,
+    /// The Mandelbrot picture written when the batch completed (`--image`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
     /// The search kernel's hits, ascending (empty for other kernels).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hits: Vec<u32>,
@@ -145,6 +151,22 @@ pub fn plural(n: u64, noun: &str) -> String {
     } else {
         format!("{n} {noun}s")
     }
+}
+
+/// Hits shown in the text report; `--json` has them all.
+const HITS_SHOWN: usize = 8;
+
+/// `3, 17, 42` or `3, 17, … (40 more; …)`: the first [`HITS_SHOWN`] hits of a search.
+fn first_few(hits: &[u32]) -> String {
+    let shown: Vec<String> = hits.iter().take(HITS_SHOWN).map(u32::to_string).collect();
+    let mut s = shown.join(", ");
+    if hits.len() > HITS_SHOWN {
+        s += &format!(
+            ", … ({} more; --json lists them all)",
+            hits.len() - HITS_SHOWN
+        );
+    }
+    s
 }
 
 /// A rate with sensible precision: whole numbers from 100 up, three significant figures below.
@@ -191,12 +213,6 @@ pub fn print_classic_line(line: &str) {
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
-    /// Where they went (`--outputs DIR`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outputs_dir: Option<String>,
-    /// The Mandelbrot picture written when the batch completed (`--image`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub picture: Option<String>,
 
 /// tasksink's progress, for a terminal: a colon every ten results, a dot otherwise.
 pub fn print_classic_progress(received: u32) {
@@ -229,22 +245,6 @@ impl Report {
     /// Whether the batch's results are good: no mismatch, and no compared pixel that
     /// differs. `Err` says what failed.
     pub fn verdict(&self) -> Result<(), String> {
-/// Hits shown in the text report; `--json` has them all.
-const HITS_SHOWN: usize = 8;
-
-/// `3, 17, 42` or `3, 17, … (and 40 more)`: the first [`HITS_SHOWN`] hits of a search.
-fn first_few(hits: &[u32]) -> String {
-    let shown: Vec<String> = hits.iter().take(HITS_SHOWN).map(u32::to_string).collect();
-    let mut s = shown.join(", ");
-    if hits.len() > HITS_SHOWN {
-        s += &format!(
-            ", … ({} more; --json lists them all)",
-            hits.len() - HITS_SHOWN
-        );
-    }
-    s
-}
-
         if let Some(first) = self.failed.first() {
             return Err(format!(
                 "{} failed {} times and was given up on (last on worker {}: {}){}",
@@ -365,6 +365,26 @@ fn first_few(hits: &[u32]) -> String {
                 self.differing, self.compared,
             );
         }
+        if !self.hits.is_empty() {
+            s += &format!(
+                "{}: {}\n",
+                plural(self.hits.len() as u64, "hit"),
+                first_few(&self.hits)
+            );
+        }
+        if let Some(dir) = &self.outputs_dir {
+            s += &format!(
+                "{} written to {}\n",
+                plural(self.outputs, "output file"),
+                crate::logging::printable(dir)
+            );
+        }
+        if let Some(picture) = &self.picture {
+            s += &format!(
+                "picture written to {}\n",
+                crate::logging::printable(picture)
+            );
+        }
         for f in &self.failed {
             s += &format!(
                 "FAILED {}: {} attempts, last on {}: {}\n",
@@ -455,26 +475,6 @@ pub struct BatchHeader {
 
 /// One record per task, written as results arrive and synced before they are acknowledged.
 pub struct ResultsFile {
-        if !self.hits.is_empty() {
-            s += &format!(
-                "{}: {}\n",
-                plural(self.hits.len() as u64, "hit"),
-                first_few(&self.hits)
-            );
-        }
-        if let Some(dir) = &self.outputs_dir {
-            s += &format!(
-                "{} written to {}\n",
-                plural(self.outputs, "output file"),
-                crate::logging::printable(dir)
-            );
-        }
-        if let Some(picture) = &self.picture {
-            s += &format!(
-                "picture written to {}\n",
-                crate::logging::printable(picture)
-            );
-        }
     path: PathBuf,
     format: ResultsFormat,
     out: ResultsWriter,
@@ -838,6 +838,8 @@ mod tests {
             compared: 0,
             differing: 0,
             outputs: 0,
+            outputs_dir: None,
+            picture: None,
             hits: Vec::new(),
             job: None,
             workers: vec![WorkerReport {
@@ -960,8 +962,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.csv");
         std::fs::write(&path, "something\n").unwrap();
-            outputs_dir: None,
-            picture: None,
         let e = ResultsFile::create(&path, ResultsFormat::Csv, false)
             .err()
             .expect("refused");

@@ -198,21 +198,21 @@ impl Sink {
         report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
         if let Some(job) = job {
             outputs.finish(&job)?;
-        }
-        report.outputs = outputs.written();
-        report.hits = outputs.hits();
-        if let (Some(trace), Some(path)) = (&trace, &config.trace) {
-            trace.write(path)?;
-            log::info!("timeline written to {}", path.display());
-        }
             report.picture = config
                 .outputs
                 .image
                 .as_ref()
                 .map(|p| p.display().to_string());
+        }
+        report.outputs = outputs.written();
+        report.outputs_dir = config.outputs.dir.as_ref().map(|d| d.display().to_string());
+        report.hits = outputs.hits();
+        if let (Some(trace), Some(path)) = (&trace, &config.trace) {
+            trace.write(path)?;
+            log::info!("timeline written to {}", path.display());
+        }
         Ok(report)
     }
-        report.outputs_dir = config.outputs.dir.as_ref().map(|d| d.display().to_string());
 }
 
 /// Collects one batch on `socket` and returns its report, with the batch's job when it
