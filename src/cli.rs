@@ -1169,7 +1169,9 @@ fn role_of(command: Option<&Command>) -> String {
         Some(Command::Ventilator(_)) => "ventilator".into(),
         Some(Command::Worker(args)) => format!(
             "worker {}",
-            crate::logging::printable(args.name.as_deref().unwrap_or("default"))
+            crate::logging::printable(
+                &args.name.clone().unwrap_or_else(|| worker::default_name(0))
+            )
         ),
         Some(Command::Sink(_)) => "sink".into(),
         Some(Command::Bench(_)) => "bench".into(),
@@ -1346,14 +1348,25 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     }
     let prepared = args.batch.prepare(args.verify.percent())?;
     let options = args.backend.options()?;
+    // `auto` is decided once, with the batch in view, and said once.
+    let mut kind = args.backend.backend;
+    let mut decided = false;
+    if kind == BackendKind::Auto {
+        if let Some(chosen) =
+            backend::auto_for_batch(crate::kernels::is_data(&prepared.job), &options)?
+        {
+            kind = chosen;
+            decided = true;
+        }
+    }
     let mut backends = Vec::with_capacity(args.workers as usize);
     for index in 0..args.workers {
         // The choice is said once for the run, not once per worker.
         let options = backend::BackendOptions {
-            quiet: index > 0,
+            quiet: decided || index > 0,
             ..options.clone()
         };
-        backends.push(backend::build(args.backend.backend, &options)?);
+        backends.push(backend::build(kind, &options)?);
     }
     if args.verify.percent() > 0 && !crate::kernels::is_data(&prepared.job) {
         if let Some(sleeper) = backends.iter().find(|b| b.kind() == "sleep") {

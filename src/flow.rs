@@ -475,8 +475,10 @@ impl Flow {
         }
         match message {
             Ok(Message::Tasks { batch, job, tasks }) => {
+                // A data batch: sleep declines it, and `auto` runs it on a compute backend.
                 if job.verify_percent > 0
                     && self.config.info.backend == "sleep"
+                    && !crate::kernels::is_data(&job)
                     && !self.warned_unverifiable
                 {
                     log::warn!(

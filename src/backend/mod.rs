@@ -231,7 +231,8 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
     let sleep = || Box::new(sleep::Sleep::new(options.slowdown)) as Box<dyn Backend>;
     let say = |line: String| {
         if options.quiet {
-            log::debug!("{line}");
+            // Said already, for the run (`conquer run` says it for its first worker).
+            log::trace!("{line}");
         } else {
             log::info!("{line}");
         }
@@ -338,7 +339,57 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
     }
 }
 
+/// What `--backend auto` means for a batch known before any worker starts (`conquer
+/// run`), said once: None while a hardware GPU is visible (then `build` takes it, or sleep
+/// if it is not usable); else sleep for a millisecond batch, and for a data batch a
+/// software adapter, or the CPU references of the built-in kernels where there is none.
+pub fn auto_for_batch(
+    data: bool,
+    options: &BackendOptions,
+) -> anyhow::Result<Option<BackendKind>> {
+    let adapters = gpu::adapters();
+    if gpu::choose(
+        &adapters,
+        gpu::AdapterClass::Hardware,
+        options.adapter.as_deref(),
+    )?
+    .is_some()
+    {
+        return Ok(None);
+    }
+    let software = software_adapters(&adapters);
+    let found = if adapters.is_empty() {
+        "no adapter at all (no Vulkan or GL driver: see `conquer info`)".to_owned()
+    } else {
+        format!(
+            "only {}",
+            adapters
+                .iter()
+                .map(|a| gpu::describe(&a.get_info()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    let (kind, choice) = match (data, software.first()) {
+        (false, _) => (
+            BackendKind::Sleep,
+            "using sleep (--backend software runs the shaders on a CPU adapter)".to_owned(),
+        ),
+        (true, Some(adapter)) => (
+            BackendKind::Software,
+            format!("this data batch runs on the software adapter {adapter}"),
+        ),
+        (true, None) => (
+            BackendKind::Cpu,
+            "this data batch runs on the built-in kernels' CPU references".to_owned(),
+        ),
+    };
+    log::info!("backend auto: no hardware GPU adapter, found {found}; {choice}");
+    Ok(Some(kind))
+}
+
 /// `auto` without a hardware GPU: sleep stands in for millisecond batches, as the seed's
+ for millisecond batches, as the seed's
 /// simulation; a data batch gets a software adapter if there is one, else the CPU
 /// reference of a built-in kernel, built on first need. Nothing here invents an output.
 struct AutoFallback {

@@ -222,3 +222,75 @@ fn o03_the_text_report_shows_the_hits_the_outputs_the_picture_and_the_check() {
     assert!(picture.exists());
     assert!(text.contains("verified "), "no verification in:\n{text}");
 }
+
+#[test]
+fn o04_auto_decides_the_backend_once_with_the_batch_in_view_and_says_it_once() {
+    // The README's Mandelbrot command, smaller, with `-v`.
+    let (status, stdout, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "320",
+            "--height",
+            "180",
+            "--max-iter",
+            "200",
+            "--centre=-0.7436,0.1318",
+            "--view-width",
+            "0.012",
+            "--verify",
+            "--json",
+        ],
+    )
+    .finish();
+    assert!(status.success(), "{log}");
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("backend")).collect();
+    assert_eq!(said.len(), 1, "the backend is said once:\n{log}");
+    assert!(
+        !log.contains("computes nothing"),
+        "a computed batch is not called unverifiable:\n{log}"
+    );
+    let r = util::report(&stdout);
+    assert!(r["checked"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["verified"], r["checked"], "{r}");
+    // What was said is what ran.
+    let ran = r["workers"][0]["backend"].as_str().unwrap().to_owned();
+    assert!(
+        said[0].contains(&ran) || ran == "gpu",
+        "said {}, ran {ran}",
+        said[0]
+    );
+}
+
+#[test]
+fn o04_a_separately_started_worker_logs_under_its_name() {
+    let nowhere = util::free_endpoint();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    for name in [None, Some("w7")] {
+        let mut args = vec![
+            "worker",
+            "--backend",
+            "sleep",
+            "--ventilator",
+            &nowhere,
+            "--sink",
+            &nowhere,
+        ];
+        if let Some(name) = name {
+            args.extend(["--name", name]);
+        }
+        let worker = Proc::start("worker", &args);
+        let line = worker.wait_for("backend sleep");
+        let expected = match name {
+            Some(name) => format!("worker {name}: "),
+            None if !host.is_empty() => format!("worker {host}-{}-0: ", worker.pid()),
+            None => format!("-{}-0: ", worker.pid()),
+        };
+        assert!(line.contains(&expected), "{expected:?} not in {line:?}");
+    }
+}
