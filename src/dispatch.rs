@@ -635,6 +635,20 @@ impl Dispatcher {
         self.pending_count
     }
 
+    /// A divisible job's items: (held by the sink, in all); None for a task list.
+    pub fn items_progress(&self) -> Option<(u64, u64)> {
+        let carver = self.carver.as_ref()?;
+        Some((self.covered.covered(), carver.plan().items))
+    }
+
+    /// The items chunk `id` covers (0 for a task of a task list, or an unknown id).
+    pub fn task_items(&self, id: u32) -> u64 {
+        self.config
+            .tasks
+            .get(id as usize)
+            .map_or(0, |t| u64::from(t.items))
+    }
+
     pub fn counters(&self) -> Counters {
         Counters {
             workers_seen: self.workers.len(),

@@ -88,6 +88,10 @@ struct Tally {
     seen_at: Option<Instant>,
     /// When it was first seen gone, to drop it from the metrics later.
     gone_at: Option<Instant>,
+    /// A divisible job: chunks it finished whose items are not yet counted (the next
+    /// status counts them, with the dispatcher at hand), and the items counted.
+    uncounted: Vec<u32>,
+    items: u64,
 }
 
 /// The live view's state.
@@ -113,6 +117,9 @@ pub struct Observer {
     grows: bool,
     /// When the first task was sent: the rate's and efficiency's clock.
     first_sent: Option<Instant>,
+    /// A divisible job's items held before the first task was sent (a resumed job's):
+    /// not counted in its rate.
+    items_before: u64,
     ok: u64,
     failed: u64,
     /// Reports of tasks that had been handed to another worker since.
@@ -141,6 +148,7 @@ impl Observer {
             held_count: 0,
             held_sent: 0,
             first_sent: None,
+            items_before: 0,
             ok: 0,
             failed: 0,
             duplicates: 0,
@@ -219,6 +227,7 @@ impl Observer {
         // Runs per report message on the dispatch thread: sums first, one tally update,
         // and bars only for the tasks the stream can show.
         let (mut ok, mut failed, mut busy_us, mut kernel_us) = (0u64, 0u64, 0u64, 0u64);
+        let mut ok_ids = Vec::new();
         let bars_from = done.len().saturating_sub(BARS_PER_REPORT);
         for (n, d) in done.iter().enumerate() {
             let Some(slot) = self.sent.get_mut(d.id as usize) else {
@@ -234,6 +243,9 @@ impl Observer {
                 BarStatus::Failed
             } else {
                 ok += 1;
+                if self.grows {
+                    ok_ids.push(d.id);
+                }
                 BarStatus::Ok
             };
             self.kernel.observe_us(u64::from(d.kernel_us));
@@ -258,6 +270,7 @@ impl Observer {
         tally.failed += failed;
         tally.busy_us += busy_us;
         tally.kernel_us += kernel_us;
+        tally.uncounted.extend(ok_ids);
     }
 
     /// The sink holds these tasks. The first time for each: counted, and its latency from
@@ -334,8 +347,21 @@ impl Observer {
         } else {
             0.0
         };
-        let left = tasks.saturating_sub(held);
-        let eta = (rate > 0.0).then(|| left as f64 / rate);
+        // A job counts in items: its chunks are cut as it runs, so their count grows.
+        let (items_held, items) = d.items_progress().unwrap_or((0, 0));
+        if self.first_sent.is_none() {
+            self.items_before = items_held;
+        }
+        let items_rate = if working > 0.0 {
+            items_held.saturating_sub(self.items_before) as f64 / working
+        } else {
+            0.0
+        };
+        let eta = if items > 0 {
+            (items_rate > 0.0).then(|| items.saturating_sub(items_held) as f64 / items_rate)
+        } else {
+            (rate > 0.0).then(|| tasks.saturating_sub(held) as f64 / rate)
+        };
         let mut workers = Vec::new();
         let mut busy_total = 0.0;
         let mut present_total = 0.0;
@@ -343,6 +369,8 @@ impl Observer {
         for (w, slot) in d.workers().iter().enumerate() {
             let tally = self.tally(w as WorkerId);
             let seen_at = *tally.seen_at.get_or_insert(now);
+            let finished = std::mem::take(&mut tally.uncounted);
+            tally.items += finished.iter().map(|&id| d.task_items(id)).sum::<u64>();
             let tally = tally.clone();
             let silent = now.saturating_duration_since(slot.last_seen()) > beat * SILENT_BEATS;
             let state = if !slot.alive {
@@ -383,6 +411,12 @@ impl Observer {
                     0.0
                 },
                 kernel_ms: tally.kernel_us as f64 / 1e3,
+                items: tally.items,
+                items_per_s: if busy_s > 0.0 {
+                    tally.items as f64 / busy_s
+                } else {
+                    0.0
+                },
             });
         }
         let horizon = now.checked_sub(STREAM_WINDOW).unwrap_or(self.start);
@@ -410,6 +444,9 @@ impl Observer {
             in_flight: tasks.saturating_sub(held).saturating_sub(pending),
             elapsed_s: elapsed,
             tasks_per_s: rate,
+            items,
+            items_held,
+            items_per_s: items_rate,
             eta_s: eta,
             efficiency: if present_total > 0.0 {
                 (busy_total / present_total).min(1.0)
@@ -607,7 +644,16 @@ pub struct FarmStatus {
     pub elapsed_s: f64,
     /// Tasks held per second since the first was sent (only tasks sent in this run).
     pub tasks_per_s: f64,
-    /// Seconds left at that rate (absent before the first result).
+    /// A divisible job's items (0 for a task list), those the sink holds, and items held
+    /// per second since the first chunk was sent. A job's progress and `eta_s` count
+    /// these; `tasks` and `held` are then the chunks cut so far.
+    #[serde(default)]
+    pub items: u64,
+    #[serde(default)]
+    pub items_held: u64,
+    #[serde(default)]
+    pub items_per_s: f64,
+    /// Seconds left at that rate (items for a job; absent before the first result).
     pub eta_s: Option<f64>,
     /// Busy time of all workers over the time each was there to work (since the first
     /// task was sent, until it left).
@@ -645,6 +691,11 @@ pub struct WorkerStatus {
     /// Share of the time it was there (since the first send, until it left) spent on tasks.
     pub busy_share: f64,
     pub kernel_ms: f64,
+    /// A divisible job: items in the chunks it finished, and those over its busy time.
+    #[serde(default)]
+    pub items: u64,
+    #[serde(default)]
+    pub items_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

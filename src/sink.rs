@@ -311,7 +311,14 @@ impl Pump<'_> {
             let finished = self.carry_out(c, &mut out)?;
             if self.config.progress {
                 if let Some((held, tasks)) = c.progress() {
-                    let bar = self.bar.get_or_insert_with(|| progress_bar(tasks as u64));
+                    // A job's progress is in items (`progress` counts them).
+                    let unit = match c.job() {
+                        Some(job) if job.items > 0 => "items",
+                        _ => "tasks",
+                    };
+                    let bar = self
+                        .bar
+                        .get_or_insert_with(|| progress_bar(tasks as u64, unit));
                     bar.set_position(held as u64);
                 }
             }
@@ -385,15 +392,21 @@ impl Pump<'_> {
     }
 }
 
-/// A progress bar on stderr: tasks held of the batch, rate, time left.
-fn progress_bar(tasks: u64) -> indicatif::ProgressBar {
+/// A progress bar on stderr: tasks (a job's items) held of the batch, rate, time left.
+fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::with_draw_target(
-        Some(tasks),
+        Some(total),
         indicatif::ProgressDrawTarget::stderr_with_hz(8),
     );
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  ETA {eta}")
-    {
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{rate}}/s  ETA {{eta}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        // Rounded as the report rounds rates, not `98.4555/s`.
+        let style = style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}", crate::report::rate(state.per_sec()));
+            },
+        );
         bar.set_style(style);
     }
     bar

@@ -39,18 +39,28 @@ pub fn fetch(base: &str, token: Option<&str>) -> anyhow::Result<FarmStatus> {
 
 /// The status as a table.
 pub fn render(s: &FarmStatus) -> String {
+    // A job counts in items; its chunks, cut as it runs, are a detail.
+    let job = s.items > 0;
+    let (held, total, unit, per_s) = if job {
+        (s.items_held, s.items, "items", s.items_per_s)
+    } else {
+        (s.held as u64, s.tasks as u64, "tasks", s.tasks_per_s)
+    };
+    let chunks = if job {
+        format!(" ({} of {} chunks)", s.held, s.tasks)
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "batch {} ({}): {} of {} held, {} in flight, {} pending; {} tasks/s, ETA {}, efficiency {:.3}\n\
+        "batch {} ({}): {held} of {total} {unit} held{chunks}, {} in flight, {} pending; {} {unit}/s, ETA {}, efficiency {:.3}\n\
          ok {}, failed {}, redispatched {}, duplicates {}, rejected {}, refused {}\n\n",
         s.batch,
         s.phase,
-        s.held,
-        s.tasks,
         s.in_flight,
         s.pending,
-        rate(s.tasks_per_s),
+        rate(per_s),
         match s.eta_s {
-            _ if s.held >= s.tasks => "done".to_owned(),
+            _ if held >= total => "done".to_owned(),
             Some(eta) => format!("{eta:.1} s"),
             None => "unknown".to_owned(),
         },
@@ -63,12 +73,12 @@ pub fn render(s: &FarmStatus) -> String {
         s.refused,
     );
     out += &format!(
-        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>6} {:>10}\n",
-        "worker", "host", "backend", "adapter", "state", "done", "busy", "kernel s"
+        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>9} {:>6} {:>10}\n",
+        "worker", "host", "backend", "adapter", "state", "done", "items/s", "busy", "kernel s"
     );
     for w in &s.workers {
         out += &format!(
-            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>5.0}% {:>10.2}\n",
+            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>9} {:>5.0}% {:>10.2}\n",
             cut(&w.name, 24),
             cut(
                 if w.address.is_empty() {
@@ -89,6 +99,11 @@ pub fn render(s: &FarmStatus) -> String {
             ),
             w.state,
             w.done,
+            if job {
+                rate(w.items_per_s)
+            } else {
+                "-".to_owned()
+            },
             100.0 * w.busy_share,
             w.kernel_ms / 1e3
         );

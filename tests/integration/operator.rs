@@ -294,3 +294,95 @@ fn o04_a_separately_started_worker_logs_under_its_name() {
         assert!(line.contains(&expected), "{expected:?} not in {line:?}");
     }
 }
+
+/// `GET url` as JSON.
+fn get_json(url: &str) -> serde_json::Value {
+    let body = ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+}
+
+/// Polls `/api/status` until `done` holds.
+fn wait_status(
+    base: &str,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + util::PATIENCE;
+    loop {
+        let status = get_json(&format!("{base}/api/status"));
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live view never showed {what}: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn o01_a_jobs_progress_is_counted_in_items_with_each_workers_rate() {
+    let run = Proc::start_quiet(
+        "run",
+        &[
+            "run",
+            "--items",
+            "30000",
+            "--item-us",
+            "200",
+            "--chunking",
+            "adaptive",
+            "--backend",
+            "sleep",
+            "--workers",
+            "3",
+            "--http",
+            "127.0.0.1:0",
+            "--http-linger",
+            "30",
+        ],
+    );
+    let line = run.wait_for("live view on http://");
+    let base = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+
+    // Mid-job: the totals are the job's items, not the chunks cut so far.
+    let mid = wait_status(&base, "a job under way", |s| {
+        let held = s["items_held"].as_u64().unwrap_or(0);
+        held > 3000 && held < 20000 && s["eta_s"].is_number()
+    });
+    assert_eq!(mid["items"], 30000, "{mid}");
+    let held = mid["items_held"].as_f64().unwrap();
+    let rate = mid["items_per_s"].as_f64().unwrap();
+    let eta = mid["eta_s"].as_f64().unwrap();
+    let expected = (30000.0 - held) / rate;
+    assert!(
+        (eta - expected).abs() <= 0.01 * expected,
+        "ETA {eta} s is not the items left at the items' rate ({expected} s): {mid}"
+    );
+    let text = conquer(&["status", "--http", &base]).1;
+    assert!(
+        text.contains("of 30000 items held") && text.contains("items/s"),
+        "{text}"
+    );
+
+    // At the end: every item held, each counted once among the workers, each with its rate.
+    let end = wait_status(&base, "the job done", |s| s["items_held"] == 30000);
+    let workers = end["workers"].as_array().unwrap();
+    let items: u64 = workers.iter().map(|w| w["items"].as_u64().unwrap()).sum();
+    assert_eq!(items, 30000, "{end}");
+    for w in workers {
+        assert!(w["items_per_s"].as_f64().unwrap() > 0.0, "{w}");
+    }
+    drop(run);
+}
