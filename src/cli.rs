@@ -30,6 +30,9 @@ pub struct Cli {
     /// -vvv per-task events.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Less logging on stderr: only warnings and errors (the report on stdout is unchanged).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     /// Log filter in `target=level` form, added to what -v sets (e.g. `wgpu_hal=info`);
     /// other crates log only when named here or in RUST_LOG.
     #[arg(long, env = "CONQUER_LOG", value_name = "FILTER", global = true)]
@@ -133,8 +136,14 @@ impl SecretArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The ventilator's live view, as given to its --http (http://HOST:PORT).
-    #[arg(long, env = "CONQUER_STATUS_URL", value_name = "URL")]
+    /// The ventilator's live view, as given to its --http (HOST:PORT or http://HOST:PORT);
+    /// CONQUER_HTTP, which the ventilator reads too, sets it for both.
+    #[arg(
+        long,
+        env = "CONQUER_HTTP",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub http: String,
     /// Refresh every second until Ctrl-C.
     #[arg(long)]
@@ -1142,7 +1151,12 @@ pub fn main() -> i32 {
         }
     };
     crate::logging::set_role(role_of(cli.command.as_ref()));
-    crate::logging::init(cli.verbose, cli.log.as_deref());
+    let verbosity = if cli.quiet {
+        -1
+    } else {
+        i8::try_from(cli.verbose).unwrap_or(i8::MAX)
+    };
+    crate::logging::init(verbosity, cli.log.as_deref());
     quiet_display_probing();
     let stop = Shutdown::new();
     if let Err(e) = shutdown::install_ctrl_c(&stop) {

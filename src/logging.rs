@@ -3,9 +3,10 @@
 //! milliseconds, the level, and the role with its name (a thread's name inside `conquer
 //! run`, else the process's role). Results never go through here; they belong to `report`,
 //! on stdout. Levels: the default shows what an operator needs (the backend chosen, what a
-//! role waits for, warnings); `-v` adds connections and batch events, `-vv` per-worker
-//! flow, `-vvv` per-task events. Other crates (wgpu, naga) log only when a `--log` filter or
-//! `RUST_LOG` names them, in the usual `target=level` syntax.
+//! role waits for, warnings); `-q` only warnings and errors, `-v` adds connections and
+//! batch events, `-vv` per-worker flow, `-vvv` per-task events. A bare level in `--log` or
+//! `RUST_LOG` (`warn`) sets this program's level, lower or higher; other crates (wgpu,
+//! naga) log only when a filter names them, in the usual `target=level` syntax.
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -16,15 +17,45 @@ pub const TASK_TARGET: &str = "conquer::task";
 
 static ROLE: OnceLock<String> = OnceLock::new();
 
+/// The progress bar on stderr, if one is drawn: log lines are written with it cleared
+/// and drawn again after, never onto its last frame.
+static BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Tells the logger about the progress bar on stderr (None once it is gone).
+pub fn set_progress_bar(bar: Option<indicatif::ProgressBar>) {
+    if let Ok(mut slot) = BAR.lock() {
+        *slot = bar;
+    }
+}
+
+/// stderr, with the progress bar (if any) cleared around each write.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = BAR.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Names the process in its log lines (`ventilator`, `worker gpu-box-1`), for threads that
 /// carry no role name of their own. Call once, before logging starts.
 pub fn set_role(role: String) {
     let _ = ROLE.set(role);
 }
 
-/// The filter for a verbosity count, before any `--log` or `RUST_LOG` directives.
-fn filter_for(verbosity: u8) -> &'static str {
+/// The filter for a verbosity count (-1: `-q`), before any `--log` or `RUST_LOG`
+/// directives.
+fn filter_for(verbosity: i8) -> &'static str {
     match verbosity {
+        ..=-1 => "off,conquer=warn",
         0 => "off,conquer=info",
         1 => "off,conquer=debug",
         2 => "off,conquer=trace,conquer::task=off",
@@ -33,17 +64,18 @@ fn filter_for(verbosity: u8) -> &'static str {
 }
 
 /// Installs the logger. `filter` (from `--log`, else `RUST_LOG`) adds directives in
-/// env_logger's `target=level` syntax after those `verbosity` sets, so it can widen or
-/// narrow them. Idempotent: a second call keeps the first logger.
-pub fn init(verbosity: u8, filter: Option<&str>) {
+/// env_logger's `target=level` syntax after those `verbosity` (-1 for `-q`) sets, so it
+/// can widen or narrow them; a bare level is this program's. Idempotent: a second call
+/// keeps the first logger.
+pub fn init(verbosity: i8, filter: Option<&str>) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(filter_for(verbosity));
     let env = std::env::var("RUST_LOG").ok();
     if let Some(extra) = filter.or(env.as_deref()) {
-        builder.parse_filters(extra);
+        builder.parse_filters(&ours(extra));
     }
     builder
-        .target(env_logger::Target::Stderr)
+        .target(env_logger::Target::Pipe(Box::new(Stderr)))
         .format(|buf, record| {
             let thread = std::thread::current();
             let role = match thread.name() {
@@ -70,6 +102,24 @@ pub fn init(verbosity: u8, filter: Option<&str>) {
             }
         });
     let _ = builder.try_init();
+}
+
+/// `extra` with each bare level (`warn`) made this program's (`conquer=warn`): a bare
+/// level would otherwise only set other crates' default, under the more specific one
+/// `-v` gives ours, so `--log warn` could never lower the default.
+fn ours(extra: &str) -> String {
+    extra
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            if d.parse::<log::LevelFilter>().is_ok() {
+                format!("conquer={d}")
+            } else {
+                d.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Characters that change how the text around them reads without being seen: the

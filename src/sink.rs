@@ -247,6 +247,7 @@ fn collect_batch(
     };
     let outcome = pump.run(&mut c, shutdown);
     if let Some(bar) = pump.bar.take() {
+        crate::logging::set_progress_bar(None);
         bar.finish_and_clear();
     }
     if let Err(e) = &outcome {
@@ -316,9 +317,11 @@ impl Pump<'_> {
                         Some(job) if job.items > 0 => "items",
                         _ => "tasks",
                     };
-                    let bar = self
-                        .bar
-                        .get_or_insert_with(|| progress_bar(tasks as u64, unit));
+                    let bar = self.bar.get_or_insert_with(|| {
+                        let bar = progress_bar(tasks as u64, unit);
+                        crate::logging::set_progress_bar(Some(bar.clone()));
+                        bar
+                    });
                     bar.set_position(held as u64);
                 }
             }

@@ -386,3 +386,132 @@ fn o01_a_jobs_progress_is_counted_in_items_with_each_workers_rate() {
     }
     drop(run);
 }
+
+/// Lines of `log` at INFO or DEBUG level.
+fn chatter(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" INFO ") || l.contains(" DEBUG "))
+        .collect()
+}
+
+#[test]
+fn o08_q_and_a_bare_level_in_log_or_rust_log_lower_the_default() {
+    let batch = ["run", "--tasks", "5", "--min-ms", "1", "--max-ms", "5"];
+    let (status, stdout, log) = conquer(&batch);
+    assert!(status.success(), "{log}");
+    assert!(
+        !chatter(&log).is_empty(),
+        "the default says what it does:\n{log}"
+    );
+
+    let mut quiet = vec!["-q"];
+    quiet.extend(batch);
+    let (status, quiet_out, log) = conquer(&quiet);
+    assert!(status.success(), "{log}");
+    assert!(chatter(&log).is_empty(), "-q:\n{log}");
+    assert_eq!(
+        quiet_out.lines().count(),
+        stdout.lines().count(),
+        "the report is the same"
+    );
+
+    let mut lowered = batch.to_vec();
+    lowered.extend(["--log", "warn"]);
+    let (status, _, log) = conquer(&lowered);
+    assert!(status.success(), "{log}");
+    assert!(chatter(&log).is_empty(), "--log warn:\n{log}");
+
+    // Even below -v (which `start_with_env` passes).
+    let (status, _, log) = Proc::start_with_env("run", &batch, &[("RUST_LOG", "warn")]).finish();
+    assert!(status.success(), "{log}");
+    assert!(chatter(&log).is_empty(), "-v with RUST_LOG=warn:\n{log}");
+}
+
+#[test]
+fn o08_status_reads_conquer_http_and_defaults_to_the_usual_address() {
+    let (_, help, _) = conquer(&["status", "--help"]);
+    assert!(
+        help.contains("http://127.0.0.1:8080") && help.contains("CONQUER_HTTP"),
+        "{help}"
+    );
+    let run = Proc::start_quiet(
+        "run",
+        &[
+            "run",
+            "--tasks",
+            "8",
+            "--http",
+            "127.0.0.1:0",
+            "--http-linger",
+            "30",
+        ],
+    );
+    let line = run.wait_for("live view on http://");
+    let base = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let address = base.trim_start_matches("http://").to_owned();
+    wait_status(&base, "the batch done", |s| s["held"] == 8);
+    let (status, table, log) =
+        Proc::start_with_env("status", &["status"], &[("CONQUER_HTTP", &address)]).finish();
+    assert!(status.success(), "{log}");
+    assert!(table.contains("8 of 8 tasks held"), "{table}");
+    drop(run);
+}
+
+#[test]
+fn o08_the_bar_counts_a_jobs_items_at_a_rounded_rate_and_no_log_line_lands_on_it() {
+    // The bar is drawn only on a terminal: `script` gives the run one.
+    let has_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_script {
+        eprintln!("skipped: no `script` (util-linux) here to give the run a terminal");
+        return;
+    }
+    let command = format!(
+        "{} run --items 30000 --item-us 200 --chunking adaptive --backend sleep --workers 3",
+        util::binary().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames: Vec<&str> = text.split(['\r', '\n']).collect();
+    // Every frame of the bar counts items; its rate is rounded as the report's are.
+    let bars: Vec<&&str> = frames.iter().filter(|f| f.contains("ETA")).collect();
+    assert!(!bars.is_empty(), "no bar drawn:\n{text}");
+    for bar in &bars {
+        assert!(bar.contains("/30000 items"), "{bar}");
+        let rate = bar
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix("/s"))
+            .unwrap_or_else(|| panic!("no rate in {bar}"));
+        let decimals = rate.split('.').nth(1).map_or(0, str::len);
+        assert!(
+            rate.parse::<f64>().is_ok() && decimals <= 2,
+            "rate {rate} in {bar}"
+        );
+    }
+    // A log line starts a line of its own: the bar is cleared first.
+    for frame in frames.iter().filter(|f| f.contains(" INFO ")) {
+        let mut start: &str = frame;
+        while let Some(rest) = start.strip_prefix("\u{1b}[") {
+            let end = rest
+                .find(|c: char| c.is_ascii_alphabetic())
+                .map_or(0, |e| e + 1);
+            start = &rest[end..];
+        }
+        assert!(
+            start.starts_with("20") && start.as_bytes().get(4) == Some(&b'-'),
+            "a log line drawn onto the bar: {frame:?}"
+        );
+    }
+}
