@@ -28,14 +28,26 @@ use std::time::Duration;
 pub struct Cli {
     /// More logging on stderr: -v connections and batch events, -vv per-worker flow,
     /// -vvv per-task events.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Logging")]
     pub verbose: u8,
     /// Less logging on stderr: only warnings and errors (the report on stdout is unchanged).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Logging"
+    )]
     pub quiet: bool,
     /// Log filter in `target=level` form, added to what -v sets (e.g. `wgpu_hal=info`);
     /// other crates log only when named here or in RUST_LOG.
-    #[arg(long, env = "CONQUER_LOG", value_name = "FILTER", global = true)]
+    #[arg(
+        long,
+        env = "CONQUER_LOG",
+        value_name = "FILTER",
+        global = true,
+        help_heading = "Logging"
+    )]
     pub log: Option<String>,
     /// Largest task input or output this process sends or accepts, in bytes (suffixes K, M,
     /// G: powers of 1024). Every role of a batch needs it at least as large as the biggest
@@ -114,6 +126,7 @@ pub enum SecretAction {
 
 /// The shared secret a role presents and demands.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Security")]
 pub struct SecretArgs {
     /// Shared secret, a file made by `conquer secret new` (mode 0600): bound sockets admit
     /// only peers presenting it, connecting sockets present it. Give every role the same one.
@@ -157,6 +170,7 @@ pub struct StatusArgs {
 
 /// The live view.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Live view")]
 pub struct HttpArgs {
     /// Serve a live page (`/`), Prometheus metrics (`/metrics`) and the status as JSON
     /// (`/api/status`) on HOST:PORT, e.g. 127.0.0.1:8080. A non-loopback address needs
@@ -179,6 +193,7 @@ impl HttpArgs {
 
 /// Who may connect to a role's bound sockets.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Security")]
 pub struct AccessArgs {
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -229,6 +244,7 @@ pub struct CalibrateArgs {
 
 /// The batch: seeded random workloads, or a file.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Batch")]
 pub struct BatchArgs {
     /// Number of tasks in a seeded batch (at most 50,000,000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
@@ -314,24 +330,24 @@ pub struct ChunkArgs {
         long,
         value_enum,
         value_name = "POLICY",
-        help_heading = "Divisible jobs"
+        help_heading = "Jobs and chunking"
     )]
     pub chunking: Option<ChunkingKind>,
     /// How long an adaptive chunk should take on its worker, in ms.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000), help_heading = "Divisible jobs")]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=3_600_000), help_heading = "Jobs and chunking")]
     pub chunk_ms: u64,
     /// Items per chunk under `--chunking fixed` (0: an eighth of an equal split).
-    #[arg(long, default_value_t = 0, help_heading = "Divisible jobs")]
+    #[arg(long, default_value_t = 0, help_heading = "Jobs and chunking")]
     pub chunk_items: u64,
     /// Spin job: items in the job.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Divisible jobs")]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Jobs and chunking")]
     pub items: u64,
     /// Spin job: what an item costs at nominal speed, in µs (what a sleep worker sleeps).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Divisible jobs")]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Jobs and chunking")]
     pub item_us: u32,
     /// Search job: stop once this many hits are held; the workers abandon their chunks
     /// (0 searches the whole keyspace).
-    #[arg(long, default_value_t = 0, help_heading = "Divisible jobs")]
+    #[arg(long, default_value_t = 0, help_heading = "Jobs and chunking")]
     pub hits: u32,
 }
 
@@ -355,22 +371,22 @@ pub struct DataArgs {
         value_name = "FILE.wgsl",
         conflicts_with = "kernel",
         requires = "inputs",
-        help_heading = "User kernels"
+        help_heading = "Kernels and data"
     )]
     pub kernel_file: Option<PathBuf>,
     /// The inputs of a user kernel (or of `--kernel copy`): a glob pattern (quote it), one
     /// task per matching file.
-    #[arg(long, value_name = "GLOB", help_heading = "User kernels")]
+    #[arg(long, value_name = "GLOB", help_heading = "Kernels and data")]
     pub inputs: Option<String>,
     /// Bytes per item of each input: a task runs one invocation per item.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "User kernels")]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Kernels and data")]
     pub item_bytes: u32,
     /// Output bytes per task: `same` (as many as the input), N per task, or N/item.
-    #[arg(long, default_value = "same", value_parser = crate::kernels::parse_output_bytes, help_heading = "User kernels")]
+    #[arg(long, default_value = "same", value_parser = crate::kernels::parse_output_bytes, help_heading = "Kernels and data")]
     pub output_bytes: u32,
     /// Up to 8 constants for the kernel (`params.c`), comma-separated: integers are passed
     /// as u32, numbers with a point or exponent as f32 bits (read them back with a bitcast to f32).
-    #[arg(long, value_name = "LIST", value_parser = parse_constants, help_heading = "User kernels")]
+    #[arg(long, value_name = "LIST", value_parser = parse_constants, help_heading = "Kernels and data")]
     pub constants: Option<[u32; crate::kernels::CONSTANTS]>,
     /// Mandelbrot: image width in pixels.
     #[arg(long, default_value_t = 1920, help_heading = "Mandelbrot")]
@@ -782,6 +798,7 @@ fn parse_point(text: &str) -> Result<(f64, f64), String> {
 
 /// Checking compute results against the CPU reference.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Batch")]
 pub struct VerifyArgs {
     /// Check every compute result against the CPU reference; a mismatch fails the run.
     #[arg(long)]
@@ -804,6 +821,7 @@ impl VerifyArgs {
 
 /// Credit-based dispatch.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Dispatch")]
 pub struct DispatchArgs {
     /// Tasks a worker may hold at once; it gets more as it finishes.
     #[arg(long, env = "CONQUER_WINDOW", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=65535))]
@@ -842,6 +860,7 @@ impl DispatchArgs {
 
 /// Liveness between ventilator and workers.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Dispatch")]
 pub struct HeartbeatArgs {
     /// Heartbeat interval in milliseconds.
     #[arg(long, env = "CONQUER_HEARTBEAT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -862,6 +881,7 @@ impl HeartbeatArgs {
 
 /// What a worker runs tasks on.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Backend")]
 pub struct BackendArgs {
     /// Backend: auto takes a hardware GPU if there is one, else sleep.
     #[arg(long, env = "CONQUER_BACKEND", value_enum, default_value_t = BackendKind::Auto)]
@@ -917,6 +937,7 @@ impl BackendArgs {
 
 /// Report output of the sink.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Results and report")]
 pub struct ReportArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
@@ -941,6 +962,7 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Results and report")]
 pub struct OverwriteArgs {
     /// Replace a --results file that already holds records (without it such a file is
     /// refused, never wiped).
@@ -949,6 +971,7 @@ pub struct OverwriteArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Results and report")]
 pub struct ResumeArgs {
     /// Continue the batch recorded in --results after a crash: results the file holds are
     /// not redone and not counted twice. A file that holds the whole batch is reported.
@@ -1050,7 +1073,7 @@ pub struct VentilatorArgs {
     pub resume: bool,
     /// Speak the Guide's classic format: PUSH tasks as ASCII milliseconds, "0" to the sink.
     /// --wait-workers counts connected workers; 0 waits for Enter as taskvent does.
-    #[arg(long)]
+    #[arg(long, help_heading = "Classic")]
     pub classic: bool,
     #[command(flatten)]
     pub access: AccessArgs,
@@ -1073,12 +1096,12 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Worker name in reports (default host-pid-0); must be unique among workers.
-    #[arg(long, env = "CONQUER_NAME")]
+    #[arg(long, env = "CONQUER_NAME", help_heading = "Worker")]
     pub name: Option<String>,
     /// Exit after the first batch completes (default: stay up for the next batch). A
     /// worker that hears of no batch within --wait-timeout (its batch may have ended
     /// before it arrived) exits with status 3.
-    #[arg(long, env = "CONQUER_EXIT_WHEN_DONE")]
+    #[arg(long, env = "CONQUER_EXIT_WHEN_DONE", help_heading = "Worker")]
     pub exit_when_done: bool,
     /// With --exit-when-done: seconds to wait for a batch before leaving with status 3.
     #[arg(
@@ -1086,20 +1109,26 @@ pub struct WorkerArgs {
         env = "CONQUER_WAIT_TIMEOUT",
         value_name = "SECONDS",
         default_value_t = 60.0,
-        requires = "exit_when_done"
+        requires = "exit_when_done",
+        help_heading = "Worker"
     )]
     pub wait_timeout: f64,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
     /// Serve a classic pipeline (the Guide's taskvent and tasksink, any language): PULL
     /// ASCII-millisecond tasks, PUSH one message per result, leave on any control message.
-    #[arg(long)]
+    #[arg(long, help_heading = "Classic")]
     pub classic: bool,
     /// Classic mode: the sink's KILL broadcast endpoint.
-    #[arg(long, default_value = "tcp://localhost:5559", requires = "classic")]
+    #[arg(
+        long,
+        default_value = "tcp://localhost:5559",
+        requires = "classic",
+        help_heading = "Classic"
+    )]
     pub control: String,
     /// Classic mode: kernel work units per ms (classic tasks carry only milliseconds).
-    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, requires = "classic")]
+    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, requires = "classic", help_heading = "Classic")]
     pub units_per_ms: u32,
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -1120,13 +1149,23 @@ pub struct SinkArgs {
     pub heartbeat: HeartbeatArgs,
     /// Speak the Guide's classic format: PULL results (empty or the workload echoed), wait
     /// for "0", count --tasks results, then broadcast KILL on --control-bind.
-    #[arg(long)]
+    #[arg(long, help_heading = "Classic")]
     pub classic: bool,
     /// Classic mode: results to collect.
-    #[arg(long, default_value_t = 100, requires = "classic")]
+    #[arg(
+        long,
+        default_value_t = 100,
+        requires = "classic",
+        help_heading = "Classic"
+    )]
     pub tasks: u32,
     /// Classic mode: where the KILL broadcast binds.
-    #[arg(long, default_value = "tcp://*:5559", requires = "classic")]
+    #[arg(
+        long,
+        default_value = "tcp://*:5559",
+        requires = "classic",
+        help_heading = "Classic"
+    )]
     pub control_bind: String,
     #[command(flatten)]
     pub access: AccessArgs,

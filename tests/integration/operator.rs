@@ -515,3 +515,34 @@ fn o08_the_bar_counts_a_jobs_items_at_a_rounded_rate_and_no_log_line_lands_on_it
         );
     }
 }
+
+#[test]
+fn o08_help_groups_the_flags_under_headings() {
+    let (status, help, _) = conquer(&["ventilator", "--help"]);
+    assert!(status.success());
+    let headings: Vec<&str> = help
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with(':'))
+        .map(|l| l.trim_end_matches(':'))
+        .collect();
+    for wanted in [
+        "Batch",
+        "Kernels and data",
+        "Jobs and chunking",
+        "Dispatch",
+        "Security",
+        "Live view",
+        "Logging",
+    ] {
+        assert!(headings.contains(&wanted), "no {wanted:?} in {headings:?}");
+    }
+    // What is left under "Options" is the role's own few.
+    let options = help
+        .lines()
+        .skip_while(|l| *l != "Options:")
+        .skip(1)
+        .take_while(|l| l.starts_with(' ') || l.is_empty())
+        .filter(|l| l.trim_start().starts_with('-'))
+        .count();
+    assert!(options <= 8, "{options} flags under Options:\n{help}");
+}
