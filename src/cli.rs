@@ -58,17 +58,83 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+const EXAMPLES_RUN: &str = "Examples:
+  conquer run --tasks 200 --workers 8            # the seed's batch, larger
+  conquer run --kernel mandelbrot --backend software --image m.png --verify
+  conquer run --results r.csv                    # records each task; after Ctrl-C:
+  conquer run --results r.csv --resume           # finishes that batch
+  conquer run --http 127.0.0.1:8080              # and `conquer status` in another shell";
+
+const EXAMPLES_VENTILATOR: &str = "Examples:
+  conquer ventilator --tasks 1000 --wait-workers 4 --secret-file farm.key
+  conquer ventilator --kernel search --bits 24 --chunking adaptive --http 127.0.0.1:8080";
+
+const EXAMPLES_WORKER: &str = "Examples:
+  conquer worker --ventilator tcp://vent:5557 --sink tcp://sink:5558 --secret-file farm.key
+  CONQUER_VENTILATOR=tcp://vent:5557 CONQUER_SINK=tcp://sink:5558 conquer worker --backend gpu";
+
+const EXAMPLES_SINK: &str = "Examples:
+  conquer sink --results r.csv --secret-file farm.key
+  conquer sink --results r.csv --resume --secret-file farm.key   # after a crash";
+
+/// What the man page says beyond the flags: exit status, environment and files.
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+0
+success: the batch completed and every check passed.
+.TP
+1
+failure: a role could not start or stopped with an error, or the batch failed (a task given up on, a result that differs from the reference).
+.TP
+2
+usage: a flag or value that cannot be used.
+.TP
+3
+a worker with \-\-exit\-when\-done heard of no batch within \-\-wait\-timeout.
+.TP
+130, 143
+interrupted by Ctrl\-C (SIGINT) or SIGTERM; a second Ctrl\-C exits at once.
+.SH ENVIRONMENT
+Most flags can come from a variable, CONQUER_ and the flag's name (each flag's \-\-help shows it): CONQUER_VENTILATOR, CONQUER_SINK, CONQUER_BACKEND, CONQUER_NAME, CONQUER_RESULTS, CONQUER_HTTP (the ventilator's live view, and where \fBconquer status\fR looks), CONQUER_LOG. A flag on the command line wins.
+.TP
+RUST_LOG
+a log filter when \-\-log is not given; a bare level (warn) sets this program's.
+.TP
+VK_DRIVER_FILES, VK_ICD_FILENAMES, WGPU_BACKEND
+which Vulkan drivers and graphics APIs wgpu may use; \fBconquer info\fR reports what it finds.
+.SH FILES
+.TP
+\-\-results FILE
+one record per task (CSV, or JSON Lines), synced before a task counts as held; \-\-resume continues from it.
+.TP
+\-\-secret\-file FILE
+the farm's shared secret, mode 0600 (\fBconquer secret new FILE\fR).
+.TP
+\-\-outputs DIR, \-\-image FILE.png, \-\-timeline FILE.json
+task outputs, the Mandelbrot picture and the Chrome trace the sink writes.
+.SH EXAMPLES
+.nf
+conquer run
+conquer run \-\-kernel mandelbrot \-\-backend software \-\-image m.png \-\-verify
+conquer sink \-\-results r.csv \-\-secret\-file farm.key
+conquer ventilator \-\-tasks 1000 \-\-wait\-workers 4 \-\-secret\-file farm.key
+conquer worker \-\-ventilator tcp://vent:5557 \-\-sink tcp://sink:5558 \-\-secret\-file farm.key
+.fi
+"#;
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run sink, ventilator and workers in one process over loopback (what bare `conquer` runs).
+    #[command(after_long_help = EXAMPLES_RUN)]
     Run(RunArgs),
     /// The ventilator: makes or reads a batch, waits for workers, hands out tasks on credit.
-    #[command(visible_alias = "vent")]
+    #[command(visible_alias = "vent", after_long_help = EXAMPLES_VENTILATOR)]
     Ventilator(VentilatorArgs),
     /// A worker: connects to the ventilator and the sink and runs tasks on a backend.
-    #[command(visible_alias = "work")]
+    #[command(visible_alias = "work", after_long_help = EXAMPLES_WORKER)]
     Worker(WorkerArgs),
     /// The sink: collects results, counts each task once, reports the batch.
+    #[command(after_long_help = EXAMPLES_SINK)]
     Sink(SinkArgs),
     /// Benchmarks: scaling, backends, classic vs credit, throughput, latency, devices.
     Bench(crate::bench::BenchArgs),
@@ -1304,12 +1370,25 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                     clap_mangen::generate_to(command, &dir).with_context(|| {
                         format!("cannot write man pages into {}", dir.display())
                     })?;
+                    let page = dir.join("conquer.1");
+                    let mut file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&page)
+                        .with_context(|| format!("cannot open {}", page.display()))?;
+                    std::io::Write::write_all(&mut file, MAN_EXTRA.as_bytes())
+                        .with_context(|| format!("cannot write {}", page.display()))?;
                 }
                 // A reader that stops early (`| head`) is no error.
-                None => match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
-                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                    other => other.context("writing the man page")?,
-                },
+                None => {
+                    let mut out = std::io::stdout();
+                    let written = clap_mangen::Man::new(command)
+                        .render(&mut out)
+                        .and_then(|()| std::io::Write::write_all(&mut out, MAN_EXTRA.as_bytes()));
+                    match written {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        other => other.context("writing the man page")?,
+                    }
+                }
             }
             Ok(0)
         }

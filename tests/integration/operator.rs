@@ -546,3 +546,33 @@ fn o08_help_groups_the_flags_under_headings() {
         .count();
     assert!(options <= 8, "{options} flags under Options:\n{help}");
 }
+
+#[test]
+fn o08_long_help_and_the_man_page_give_examples_exit_status_environment_and_files() {
+    for command in ["run", "ventilator", "worker", "sink"] {
+        let (status, help, _) = conquer(&[command, "--help"]);
+        assert!(status.success());
+        let examples: Vec<&str> = help
+            .lines()
+            .skip_while(|l| *l != "Examples:")
+            .skip(1)
+            .filter_map(|l| l.trim().split(" conquer ").last())
+            .filter_map(|l| l.split('#').next())
+            .collect();
+        assert!(!examples.is_empty(), "no examples in {command} --help");
+        // Each example is one this command takes.
+        for example in examples {
+            assert_typeable(command, example);
+        }
+    }
+    let (status, page, _) = conquer(&["man"]);
+    assert!(status.success());
+    for section in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH EXAMPLES",
+    ] {
+        assert!(page.contains(section), "no {section} in the man page");
+    }
+}
