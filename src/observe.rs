@@ -529,8 +529,20 @@ impl Observer {
             (
                 "conquer_batch_tasks",
                 "gauge",
-                "Tasks in the batch.",
+                "Tasks in the batch (a divisible job: the chunks cut so far).",
                 status.tasks as u64,
+            ),
+            (
+                "conquer_job_items",
+                "gauge",
+                "A divisible job's items (0 for a task list).",
+                status.items,
+            ),
+            (
+                "conquer_job_items_held",
+                "gauge",
+                "Of a divisible job's items, those the sink holds.",
+                status.items_held,
             ),
         ];
         for (name, kind, help, value) in single {

@@ -46,13 +46,13 @@ pub fn render(s: &FarmStatus) -> String {
     } else {
         (s.held as u64, s.tasks as u64, "tasks", s.tasks_per_s)
     };
-    let chunks = if job {
-        format!(" ({} of {} chunks)", s.held, s.tasks)
+    let what = if job {
+        format!(" items held ({} of {} chunks)", s.held, s.tasks)
     } else {
-        String::new()
+        " held".to_owned()
     };
     let mut out = format!(
-        "batch {} ({}): {held} of {total} {unit} held{chunks}, {} in flight, {} pending; {} {unit}/s, ETA {}, efficiency {:.3}\n\
+        "batch {} ({}): {held} of {total}{what}, {} in flight, {} pending; {} {unit}/s, ETA {}, efficiency {:.3}\n\
          ok {}, failed {}, redispatched {}, duplicates {}, rejected {}, refused {}\n\n",
         s.batch,
         s.phase,

@@ -384,6 +384,18 @@ fn o01_a_jobs_progress_is_counted_in_items_with_each_workers_rate() {
     for w in workers {
         assert!(w["items_per_s"].as_f64().unwrap() > 0.0, "{w}");
     }
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in ["conquer_job_items 30000", "conquer_job_items_held 30000"] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
     drop(run);
 }
 
@@ -458,7 +470,7 @@ fn o08_status_reads_conquer_http_and_defaults_to_the_usual_address() {
     let (status, table, log) =
         Proc::start_with_env("status", &["status"], &[("CONQUER_HTTP", &address)]).finish();
     assert!(status.success(), "{log}");
-    assert!(table.contains("8 of 8 tasks held"), "{table}");
+    assert!(table.contains("8 of 8 held"), "{table}");
     drop(run);
 }
 
