@@ -39,8 +39,9 @@ pub struct Cli {
         help_heading = "Logging"
     )]
     pub quiet: bool,
-    /// Log filter in `target=level` form, added to what -v sets (e.g. `wgpu_hal=info`);
-    /// other crates log only when named here or in RUST_LOG.
+    /// Log filter in `target=level` form, applied after what -v or -q sets (e.g.
+    /// `wgpu_hal=info`); a bare level (`warn`) sets conquer's own, lower or higher. Other
+    /// crates log only when named here or in RUST_LOG.
     #[arg(
         long,
         env = "CONQUER_LOG",

@@ -144,7 +144,10 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             std::thread::sleep(delay); // the scenario: this worker joins late
             let outcome = worker.serve(s).map(|_| ());
             if let Err(e) = &outcome {
-                log::error!("{e:#}");
+                // A stop asked for (Ctrl-C) is said once, by the run, not by each worker.
+                if !is_interruption(e) {
+                    log::error!("{e:#}");
+                }
                 // The others carry on with its tasks, as separate workers would; only when
                 // none is left is the run over.
                 if standing.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -89,6 +89,11 @@ fn o02_advice_a_run_gives_is_typed_into_run_and_works() {
     // One count, said once: not the ventilator's and the sink's, which may differ.
     let counts = log.lines().filter(|l| l.contains("of 40 tasks")).count();
     assert_eq!(counts, 1, "the held count is said once:\n{log}");
+    // Nor is the stop itself an error of each worker's.
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR") && l.contains("interrupted")),
+        "{log}"
+    );
     let line = log
         .lines()
         .find(|l| l.contains("To finish the batch"))
