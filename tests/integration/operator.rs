@@ -91,7 +91,8 @@ fn o02_advice_a_run_gives_is_typed_into_run_and_works() {
     assert_eq!(counts, 1, "the held count is said once:\n{log}");
     // Nor is the stop itself an error of each worker's.
     assert!(
-        !log.lines().any(|l| l.contains("ERROR") && l.contains("interrupted")),
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("interrupted")),
         "{log}"
     );
     let line = log
