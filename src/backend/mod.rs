@@ -389,7 +389,6 @@ pub fn auto_for_batch(
 }
 
 /// `auto` without a hardware GPU: sleep stands in for millisecond batches, as the seed's
- for millisecond batches, as the seed's
 /// simulation; a data batch gets a software adapter if there is one, else the CPU
 /// reference of a built-in kernel, built on first need. Nothing here invents an output.
 struct AutoFallback {
