@@ -343,10 +343,7 @@ pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<
 /// run`), said once: None while a hardware GPU is visible (then `build` takes it, or sleep
 /// if it is not usable); else sleep for a millisecond batch, and for a data batch a
 /// software adapter, or the CPU references of the built-in kernels where there is none.
-pub fn auto_for_batch(
-    data: bool,
-    options: &BackendOptions,
-) -> anyhow::Result<Option<BackendKind>> {
+pub fn auto_for_batch(data: bool, options: &BackendOptions) -> anyhow::Result<Option<BackendKind>> {
     let adapters = gpu::adapters();
     if gpu::choose(
         &adapters,
