@@ -1344,6 +1344,7 @@ mod tests {
             backend: "sleep".into(),
             adapter: String::new(),
             window_hint: 1,
+            codecs: 0,
         };
         let own = b"w1/0000000000000001".as_slice();
         let user = worker_user("w1");
@@ -1368,6 +1369,8 @@ mod tests {
             chunks: 0,
             items_redone: 0,
             cancel_us: 0,
+            inputs_wire: 0,
+            inputs: 0,
             last: true,
         };
         assert!(speaks_for_itself(VENTILATOR_USER, b"x", &stats).is_ok());

@@ -242,14 +242,15 @@ impl Inputs {
 
     /// Task `id`'s [`crate::protocol::Message::Data`], the file read straight into the
     /// message after its head (one copy from the page cache, none after). A divisible
-    /// job's chunk carries its items' slice of the one input.
+    /// job's chunk carries its items' slice of the one input. With the message, the
+    /// input's length (its tail), for [`crate::protocol::Message::pack_data`].
     pub fn data_message(
         &self,
         batch: u64,
         job: &Job,
         task: Task,
         max_payload: u64,
-    ) -> anyhow::Result<Vec<u8>> {
+    ) -> anyhow::Result<(Vec<u8>, usize)> {
         use std::io::{Read, Seek};
         let index = if task.is_chunk() { 0 } else { task.id as usize };
         let path = self
@@ -303,7 +304,7 @@ impl Inputs {
         if (message.len() - head) as u64 != len {
             bail!("input {} changed while it was read", path.display());
         }
-        Ok(message)
+        Ok((message, len as usize))
     }
 
     /// Task `id`'s input bytes, checked against `max_payload` again (a file may have grown).

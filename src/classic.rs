@@ -407,6 +407,7 @@ impl ClassicSink {
             differing: 0,
             outputs: 0,
             outputs_dir: None,
+            wire: Default::default(),
             picture: None,
             hits: Vec::new(),
             job: None,

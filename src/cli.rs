@@ -55,6 +55,10 @@ pub struct Cli {
     /// payload; larger inputs are refused before anything binds.
     #[arg(long, env = "CONQUER_MAX_PAYLOAD", value_name = "BYTES", global = true, value_parser = parse_bytes)]
     pub max_payload: Option<u64>,
+    /// Send task inputs (ventilator) and outputs (worker) raw: no LZ4 on the wire, even
+    /// where it would pay. A worker with it asks for raw inputs too.
+    #[arg(long, env = "CONQUER_NO_COMPRESS", global = true)]
+    pub no_compress: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -1339,6 +1343,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
     if let Some(bytes) = cli.max_payload {
         crate::protocol::set_max_payload(bytes)?;
     }
+    crate::protocol::set_compress(!cli.no_compress);
     // Bare `conquer` is `conquer run` with its defaults.
     let command = match cli.command {
         Some(command) => command,

@@ -275,6 +275,8 @@ pub struct Collector {
     /// The ventilator's counters: (redispatched, rejected, refused), and whether they are
     /// final.
     ventilator_counts: (u64, u64, u64),
+    /// Task input bytes the ventilator sent: (on the wire, uncompressed).
+    input_bytes: (u64, u64),
     final_counts: bool,
     reject_log: RateLimited,
     refuse_log: RateLimited,
@@ -336,6 +338,7 @@ impl Collector {
             measured_total_us: 0,
             measured_longest_us: 0,
             ventilator_counts: (0, 0, 0),
+            input_bytes: (0, 0),
             final_counts: false,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -699,9 +702,12 @@ impl Collector {
                 chunks,
                 items_redone,
                 cancel_us,
+                inputs_wire,
+                inputs,
                 last,
             } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
                 self.ventilator_counts = (redispatched, rejected, refused);
+                self.input_bytes = (inputs_wire, inputs);
                 self.job_counts = (chunks, items_redone, cancel_us);
                 self.final_counts |= last;
             }
@@ -1269,6 +1275,7 @@ impl Collector {
             differing: self.differing,
             outputs: 0,
             outputs_dir: None,
+            wire: crate::report::WireReport::new(self.input_bytes, (0, 0)),
             picture: None,
             hits: Vec::new(),
             job: b.items.as_ref().map(|_| JobReport {

@@ -28,6 +28,7 @@ fn worker(name: &str, session: u64) -> WorkerInfo {
         backend: "sleep".into(),
         adapter: String::new(),
         window_hint: 1,
+        codecs: 0,
     }
 }
 

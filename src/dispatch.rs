@@ -735,6 +735,9 @@ impl Dispatcher {
             chunks: self.carver.as_ref().map_or(0, Carver::carved),
             items_redone: self.items_redone,
             cancel_us: self.drained.map_or(0, |d| d.as_micros().max(1) as u64),
+            // Counted where inputs are sent: the ventilator's pump fills them in.
+            inputs_wire: 0,
+            inputs: 0,
             last,
         }
     }

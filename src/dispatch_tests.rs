@@ -339,6 +339,7 @@ impl Farm {
             backend: "sleep".into(),
             adapter: String::new(),
             window_hint,
+            codecs: 0,
         };
         self.workers.push(ModelWorker {
             routing_id: format!("{name}/{session}").into_bytes(),
@@ -878,6 +879,7 @@ fn greet(d: &mut Dispatcher, now: Instant, name: &str, out: &mut Vec<Command>) {
         backend: "sleep".into(),
         adapter: String::new(),
         window_hint: 4,
+        codecs: 0,
     };
     d.handle(
         now,

@@ -13,6 +13,7 @@ fn config() -> FlowConfig {
             backend: "sleep".into(),
             adapter: String::new(),
             window_hint: 1,
+            codecs: 0,
         },
         heartbeat: Heartbeat {
             interval: Duration::from_millis(100),

@@ -554,6 +554,11 @@ impl Observer {
             let n = status.workers.iter().filter(|w| w.state == state).count();
             let _ = writeln!(m, "conquer_workers{{state=\"{state}\"}} {n}");
         }
+        wire_metrics(
+            &mut m,
+            crate::protocol::sent_bytes(),
+            crate::protocol::received_bytes(),
+        );
         histogram(
             &mut m,
             "conquer_task_latency_seconds",
@@ -620,6 +625,53 @@ impl Observer {
 
 /// A per-worker series: its name, help text, and how to read its value.
 type WorkerSeries = (&'static str, &'static str, fn(&Tally) -> String);
+
+/// Task inputs and outputs by direction, on the wire and uncompressed, and their ratio:
+/// inputs as this process sent them (the ventilator), outputs as it received them (a sink
+/// in the same process, as in `conquer run`; none for a ventilator alone).
+fn wire_metrics(
+    m: &mut String,
+    sent: crate::protocol::WireBytes,
+    received: crate::protocol::WireBytes,
+) {
+    head(
+        m,
+        "conquer_payload_bytes_total",
+        "counter",
+        "Task input bytes sent and output bytes received, on the wire (form=\"wire\", LZ4 when it pays) and uncompressed.",
+    );
+    let rows = [
+        ("inputs", sent.inputs_wire, sent.inputs),
+        ("outputs", received.outputs_wire, received.outputs),
+    ];
+    for (direction, wire, bytes) in rows {
+        let _ = writeln!(
+            m,
+            "conquer_payload_bytes_total{{direction=\"{direction}\",form=\"wire\"}} {wire}"
+        );
+        let _ = writeln!(
+            m,
+            "conquer_payload_bytes_total{{direction=\"{direction}\",form=\"uncompressed\"}} {bytes}"
+        );
+    }
+    head(
+        m,
+        "conquer_payload_compression_ratio",
+        "gauge",
+        "Uncompressed bytes over bytes on the wire, by direction (1 when raw, 0 before any).",
+    );
+    for (direction, wire, bytes) in rows {
+        let ratio = if wire == 0 {
+            0.0
+        } else {
+            bytes as f64 / wire as f64
+        };
+        let _ = writeln!(
+            m,
+            "conquer_payload_compression_ratio{{direction=\"{direction}\"}} {ratio:.3}"
+        );
+    }
+}
 
 fn head(m: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -792,5 +844,30 @@ mod tests {
         let mut h = Histogram::default();
         h.observe_us(131_072_001);
         assert_eq!((h.over, h.count()), (1, 1));
+    }
+
+    #[test]
+    fn payload_bytes_are_exposed_by_direction_and_form_with_their_ratio() {
+        let mut m = String::new();
+        let sent = crate::protocol::WireBytes {
+            inputs_wire: 1000,
+            inputs: 50_000,
+            ..Default::default()
+        };
+        let received = crate::protocol::WireBytes {
+            outputs_wire: 300,
+            outputs: 300,
+            ..Default::default()
+        };
+        wire_metrics(&mut m, sent, received);
+        for line in [
+            "conquer_payload_bytes_total{direction=\"inputs\",form=\"wire\"} 1000",
+            "conquer_payload_bytes_total{direction=\"inputs\",form=\"uncompressed\"} 50000",
+            "conquer_payload_bytes_total{direction=\"outputs\",form=\"wire\"} 300",
+            "conquer_payload_compression_ratio{direction=\"inputs\"} 50.000",
+            "conquer_payload_compression_ratio{direction=\"outputs\"} 1.000",
+        ] {
+            assert!(m.lines().any(|l| l == line), "{line} missing from {m}");
+        }
     }
 }

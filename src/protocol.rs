@@ -16,7 +16,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest task input or output by default (`--max-payload`).
@@ -42,6 +42,24 @@ pub fn set_max_payload(bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether this process compresses what it sends (`--no-compress` turns it off).
+static COMPRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets whether this process compresses task inputs and outputs it sends, when they are
+/// worth it and the peer speaks the codec (`--no-compress`), before any socket exists.
+pub fn set_compress(on: bool) {
+    COMPRESS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The codecs this process speaks: what a worker announces in [`WorkerInfo::codecs`].
+pub fn codecs() -> u8 {
+    if COMPRESS.load(std::sync::atomic::Ordering::Relaxed) {
+        CODEC_LZ4
+    } else {
+        0
+    }
+}
+
 /// The largest task input or output this process sends or accepts.
 pub fn max_payload() -> u64 {
     MAX_PAYLOAD.load(std::sync::atomic::Ordering::Relaxed)
@@ -62,6 +80,122 @@ pub const CONTROL_MESSAGE_BYTES: i64 = 4 * 1024 * 1024;
 pub const RESULTS_BYTES_PER_MESSAGE: usize = 4 * 1024 * 1024;
 /// Longest text a refusal's reason may carry.
 const MAX_LONG_STR: usize = 4096;
+
+/// The LZ4 block codec, as a bit of [`WorkerInfo::codecs`] and as the codec byte before a
+/// compressed input or output (0: raw).
+pub const CODEC_LZ4: u8 = 1;
+/// Payloads shorter than this travel raw: compressing them saves less than it costs.
+const MIN_PACKED_BYTES: usize = 4096;
+/// The probe compresses this many bytes from each of [`PROBE_SAMPLES`] places in a payload.
+const PROBE_SAMPLE_BYTES: usize = 8 * 1024;
+const PROBE_SAMPLES: usize = 8;
+
+/// Bytes of task inputs and outputs, as they crossed the wire and as they are
+/// uncompressed (cumulative counters: a report takes the difference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct WireBytes {
+    pub inputs_wire: u64,
+    pub inputs: u64,
+    pub outputs_wire: u64,
+    pub outputs: u64,
+}
+
+impl WireBytes {
+    /// What was counted since `earlier`.
+    pub fn since(self, earlier: WireBytes) -> WireBytes {
+        WireBytes {
+            inputs_wire: self.inputs_wire.saturating_sub(earlier.inputs_wire),
+            inputs: self.inputs.saturating_sub(earlier.inputs),
+            outputs_wire: self.outputs_wire.saturating_sub(earlier.outputs_wire),
+            outputs: self.outputs.saturating_sub(earlier.outputs),
+        }
+    }
+}
+
+/// Counters by direction (inputs, outputs) and form (on the wire, uncompressed).
+type Counters = [std::sync::atomic::AtomicU64; 4];
+static RECEIVED: Counters = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+static SENT: Counters = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+
+fn load(counters: &Counters) -> WireBytes {
+    use std::sync::atomic::Ordering::Relaxed;
+    WireBytes {
+        inputs_wire: counters[0].load(Relaxed),
+        inputs: counters[1].load(Relaxed),
+        outputs_wire: counters[2].load(Relaxed),
+        outputs: counters[3].load(Relaxed),
+    }
+}
+
+fn add(counters: &Counters, input: bool, wire: usize, bytes: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let at = if input { 0 } else { 2 };
+    counters[at].fetch_add(wire as u64, Relaxed);
+    counters[at + 1].fetch_add(bytes as u64, Relaxed);
+}
+
+/// Task input and output bytes this process has decoded so far (a worker counts inputs,
+/// a sink outputs).
+pub fn received_bytes() -> WireBytes {
+    load(&RECEIVED)
+}
+
+/// Task input and output bytes this process has sent so far (a ventilator counts inputs,
+/// a worker outputs), as its senders report them with [`count_sent`].
+pub fn sent_bytes() -> WireBytes {
+    load(&SENT)
+}
+
+/// Counts a task input (`input`) or output sent: `wire` bytes for `bytes` uncompressed.
+pub fn count_sent(input: bool, wire: usize, bytes: usize) {
+    add(&SENT, input, wire, bytes);
+}
+
+fn count_received(input: bool, wire: usize, bytes: usize) {
+    add(&RECEIVED, input, wire, bytes);
+}
+
+/// `bytes` compressed with LZ4 when that pays: a probe first compresses a few samples
+/// spread over the payload, so random or already-compressed data costs one small
+/// compression and travels raw; `None` when it should travel raw.
+pub fn pack(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < MIN_PACKED_BYTES {
+        return None;
+    }
+    if bytes.len() > PROBE_SAMPLE_BYTES * PROBE_SAMPLES * 4 {
+        let stride = bytes.len() / PROBE_SAMPLES;
+        let mut sample = Vec::with_capacity(PROBE_SAMPLE_BYTES * PROBE_SAMPLES);
+        for k in 0..PROBE_SAMPLES {
+            sample.extend_from_slice(&bytes[k * stride..k * stride + PROBE_SAMPLE_BYTES]);
+        }
+        // Under 10 % saved on the samples: not worth the work on the whole.
+        if lz4_flex::block::compress(&sample).len() * 10 > sample.len() * 9 {
+            return None;
+        }
+    }
+    let packed = lz4_flex::block::compress(bytes);
+    (packed.len() * 10 <= bytes.len() * 9).then_some(packed)
+}
+
+/// Inflates an LZ4 block that says it holds `raw_len` bytes, refusing one over
+/// `--max-payload` before any memory is taken for it, and one that inflates to more or
+/// fewer bytes than it said.
+fn unpack(packed: &[u8], raw_len: u64) -> Result<Vec<u8>, DecodeError> {
+    if raw_len > max_payload() {
+        return Err(DecodeError::TooLarge {
+            bytes: raw_len,
+            limit: max_payload(),
+        });
+    }
+    let mut out = vec![0u8; raw_len as usize];
+    match lz4_flex::block::decompress_into(packed, &mut out) {
+        Ok(n) if n == out.len() => Ok(out),
+        _ => Err(DecodeError::BadField {
+            field: "compressed payload",
+            value: packed.len() as u64,
+        }),
+    }
+}
 /// Most tasks or results one message carries, so a message stays far below the size limit.
 pub const MAX_ITEMS_PER_MESSAGE: usize = 8192;
 
@@ -162,6 +296,9 @@ pub struct WorkerInfo {
     pub adapter: String,
     /// How many tasks the worker wants in flight at least (its pipeline depth).
     pub window_hint: u16,
+    /// The codecs the worker speaks ([`CODEC_LZ4`]), 0 for none: the ventilator compresses
+    /// its inputs only in a codec it names, and it compresses its outputs only then.
+    pub codecs: u8,
 }
 
 /// What a worker tells the ventilator for each finished task: enough to return credit and
@@ -329,6 +466,9 @@ pub enum Message {
         /// A divisible job that ended with chunks out (a search at its hits): µs from the
         /// end to every worker idle; 0 otherwise.
         cancel_us: u64,
+        /// Task input bytes sent to workers, on the wire and uncompressed.
+        inputs_wire: u64,
+        inputs: u64,
         /// Set on the answer to [`Message::Complete`]: the last word for this batch.
         last: bool,
     },
@@ -368,9 +508,24 @@ pub enum Message {
     },
 }
 
-/// Outputs taken out of a results message to travel as frames of their own: each with the
-/// index of its result.
-pub type OutputParts = Vec<(usize, Vec<u8>)>;
+/// Outputs taken out of a results message to travel as frames of their own.
+pub type OutputParts = Vec<OutputPart>;
+
+/// One output taken out of a results message: the index of its result, the output, and
+/// the output compressed when that paid (what travels then).
+#[derive(Debug)]
+pub struct OutputPart {
+    pub index: usize,
+    pub output: Vec<u8>,
+    pub packed: Option<Vec<u8>>,
+}
+
+impl OutputPart {
+    /// The bytes that travel as this output's frame.
+    pub fn into_frame(self) -> Vec<u8> {
+        self.packed.unwrap_or(self.output)
+    }
+}
 
 /// Longest user kernel source a [`Message::Kernel`] carries.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
@@ -411,6 +566,8 @@ pub enum DecodeError {
     BadUtf8,
     #[error("field {field} has invalid value {value}")]
     BadField { field: &'static str, value: u64 },
+    #[error("compressed payload says it inflates to {bytes} bytes, over the {limit} allowed (raise --max-payload on the receiver if the payload is genuine)")]
+    TooLarge { bytes: u64, limit: u64 },
 }
 
 impl Message {
@@ -570,6 +727,8 @@ impl Message {
                 chunks,
                 items_redone,
                 cancel_us,
+                inputs_wire,
+                inputs,
                 last,
             } => {
                 w.u64(*batch);
@@ -579,6 +738,8 @@ impl Message {
                 w.u64(*chunks);
                 w.u64(*items_redone);
                 w.u64(*cancel_us);
+                w.u64(*inputs_wire);
+                w.u64(*inputs);
                 w.u8(u8::from(*last));
             }
         }
@@ -622,8 +783,34 @@ impl Message {
         w.job(job);
         w.task(job, &task);
         w.str(name);
+        w.u8(0);
         w.u32(u32::try_from(input_len).unwrap_or(u32::MAX));
         w.buf
+    }
+
+    /// A complete [`Message::Data`] frame whose `input_len` bytes of input travel raw,
+    /// with its input compressed instead when that pays ([`pack`]): for a worker that
+    /// speaks [`CODEC_LZ4`]. The frame comes back unchanged otherwise. With the frame, the
+    /// bytes its input takes on the wire.
+    pub fn pack_data(frame: Vec<u8>, input_len: usize) -> (Vec<u8>, usize) {
+        // The input is the frame's tail, after its codec byte (0) and its length.
+        let Some(at) = frame.len().checked_sub(input_len + 5) else {
+            return (frame, input_len);
+        };
+        if frame[at] != 0 {
+            return (frame, input_len);
+        }
+        let Some(packed) = pack(&frame[at + 5..]) else {
+            return (frame, input_len);
+        };
+        let mut w = Writer {
+            buf: Vec::with_capacity(at + 9 + packed.len()),
+        };
+        w.buf.extend_from_slice(&frame[..at]);
+        w.u8(CODEC_LZ4);
+        w.u32(u32::try_from(input_len).unwrap_or(u32::MAX));
+        w.bytes(&packed);
+        (w.buf, packed.len())
     }
 
     /// Decodes one frame. Every byte must be accounted for.
@@ -632,22 +819,32 @@ impl Message {
     }
 
     /// Encodes a [`Message::Results`] whose results carry outputs as a head frame and one
-    /// frame per output, moved out of `results` (no copy of an output). `None` (and nothing
-    /// taken) when no result has an output: send [`Message::encode`]'s one frame then.
+    /// frame per output, moved out of `results` (no copy of an output), or compressed
+    /// when `compress` and it pays ([`pack`]). `None` (and nothing taken) when no result
+    /// has an output: send [`Message::encode`]'s one frame then.
     /// [`Message::restore_outputs`] puts the outputs back if the frames were not sent.
     pub fn encode_results_split(
         batch: u64,
         worker: &WorkerInfo,
         results: &mut [TaskResult],
+        compress: bool,
     ) -> Option<(Vec<u8>, OutputParts)> {
         if results.iter().all(|r| r.output.is_empty()) {
             return None;
         }
-        let parts: Vec<(usize, Vec<u8>)> = results
+        let parts: OutputParts = results
             .iter_mut()
             .enumerate()
             .filter(|(_, r)| !r.output.is_empty())
-            .map(|(i, r)| (i, std::mem::take(&mut r.output)))
+            .map(|(index, r)| {
+                let output = std::mem::take(&mut r.output);
+                let packed = if compress { pack(&output) } else { None };
+                OutputPart {
+                    index,
+                    output,
+                    packed,
+                }
+            })
             .collect();
         let mut w = Writer::with_header(19);
         w.u64(batch);
@@ -657,17 +854,20 @@ impl Message {
             w.result(r);
         }
         w.count(parts.len());
-        for (i, _) in &parts {
-            w.u32(*i as u32);
+        for part in &parts {
+            // Each output frame: its result's index, its codec, its uncompressed length.
+            w.u32(part.index as u32);
+            w.u8(if part.packed.is_some() { CODEC_LZ4 } else { 0 });
+            w.u32(u32::try_from(part.output.len()).unwrap_or(u32::MAX));
         }
         Some((w.buf, parts))
     }
 
     /// Puts back outputs taken by [`Message::encode_results_split`].
     pub fn restore_outputs(results: &mut [TaskResult], parts: OutputParts) {
-        for (i, output) in parts {
-            if let Some(r) = results.get_mut(i) {
-                r.output = output;
+        for part in parts {
+            if let Some(r) = results.get_mut(part.index) {
+                r.output = part.output;
             }
         }
     }
@@ -750,10 +950,15 @@ impl Message {
                         error: r.str()?,
                     });
                 }
+                if kind == 7 {
+                    for result in &results {
+                        count_received(false, result.output.len(), result.output.len());
+                    }
+                }
                 if kind == 19 {
                     // The outputs travel as the frames after this one, in the order of the
                     // results named here (ascending, each once).
-                    let k = r.count(4)?;
+                    let k = r.count(9)?;
                     // At least one: without outputs the one-frame form is the only form.
                     if k == 0 || k != parts.len() {
                         return Err(DecodeError::BadField {
@@ -762,6 +967,7 @@ impl Message {
                         });
                     }
                     let mut last = None;
+                    let mut frames = Vec::with_capacity(parts.len());
                     for part in parts {
                         let index = r.u32()? as usize;
                         if index >= results.len() || last.is_some_and(|l| index <= l) {
@@ -771,7 +977,35 @@ impl Message {
                             });
                         }
                         last = Some(index);
-                        results[index].output = part.to_vec();
+                        let (codec, raw_len) = (r.u8()?, u64::from(r.u32()?));
+                        match codec {
+                            0 if raw_len == part.len() as u64 => {}
+                            CODEC_LZ4 => {}
+                            _ => {
+                                return Err(DecodeError::BadField {
+                                    field: "output codec",
+                                    value: u64::from(codec),
+                                })
+                            }
+                        }
+                        frames.push((index, codec, raw_len, *part));
+                    }
+                    // Uncompressed, the outputs together stay within what the message
+                    // could have carried raw: checked before anything is inflated.
+                    let raw_total: u64 = frames.iter().map(|f| f.2).sum();
+                    let limit = message_bounds(frame).1;
+                    if raw_total > limit {
+                        return Err(DecodeError::TooLarge {
+                            bytes: raw_total,
+                            limit,
+                        });
+                    }
+                    for (index, codec, raw_len, part) in frames {
+                        results[index].output = match codec {
+                            CODEC_LZ4 => unpack(part, raw_len)?,
+                            _ => part.to_vec(),
+                        };
+                        count_received(false, part.len(), results[index].output.len());
                     }
                 }
                 Message::Results {
@@ -849,6 +1083,8 @@ impl Message {
                 chunks: r.u64()?,
                 items_redone: r.u64()?,
                 cancel_us: r.u64()?,
+                inputs_wire: r.u64()?,
+                inputs: r.u64()?,
                 last: r.flag("last")?,
             },
             12 => Message::Complete { batch: r.u64()? },
@@ -866,7 +1102,7 @@ impl Message {
                     job,
                     task: r.task(&job)?,
                     name: r.str()?,
-                    input: r.bytes(usize::MAX)?.to_vec(),
+                    input: r.packed(true)?,
                 }
             }
             17 => Message::Kernel {
@@ -1000,6 +1236,7 @@ impl Writer {
         self.str(&info.backend);
         self.str(&info.adapter);
         self.u16(info.window_hint);
+        self.u8(info.codecs);
     }
     fn job(&mut self, job: &Job) {
         self.u8(job.kernel);
@@ -1101,6 +1338,28 @@ impl Reader<'_> {
         }
         self.take(n)
     }
+    /// A task's input (`input`) or output: a codec byte, the uncompressed length when
+    /// compressed, and the bytes as they travelled; counted in [`received_bytes`].
+    fn packed(&mut self, input: bool) -> Result<Vec<u8>, DecodeError> {
+        let codec = self.u8()?;
+        let raw_len = match codec {
+            0 => None,
+            CODEC_LZ4 => Some(u64::from(self.u32()?)),
+            other => {
+                return Err(DecodeError::BadField {
+                    field: "codec",
+                    value: u64::from(other),
+                })
+            }
+        };
+        let wire = self.bytes(usize::MAX)?;
+        let bytes = match raw_len {
+            None => wire.to_vec(),
+            Some(raw_len) => unpack(wire, raw_len)?,
+        };
+        count_received(input, wire.len(), bytes.len());
+        Ok(bytes)
+    }
     fn long_str(&mut self) -> Result<String, DecodeError> {
         let n = usize::from(self.u16()?);
         if n > MAX_LONG_STR {
@@ -1121,6 +1380,7 @@ impl Reader<'_> {
             backend: self.str()?,
             adapter: self.str()?,
             window_hint: self.u16()?,
+            codecs: self.u8()?,
         })
     }
     fn job(&mut self) -> Result<Job, DecodeError> {
@@ -1225,6 +1485,7 @@ mod tests {
             backend: "sleep".into(),
             adapter: String::new(),
             window_hint: 2,
+            codecs: 0,
         }
     }
 
@@ -1333,6 +1594,8 @@ mod tests {
                 chunks: 12,
                 items_redone: 1 << 35,
                 cancel_us: 1234,
+                inputs_wire: 1 << 20,
+                inputs: 50 << 20,
                 last: false,
             },
             Message::Complete { batch: 7 },
@@ -1431,9 +1694,9 @@ mod tests {
             result(2, vec![9; 1000]),
         ];
         let mut results = original.clone();
-        let (head, parts) = Message::encode_results_split(5, &info(), &mut results).unwrap();
+        let (head, parts) = Message::encode_results_split(5, &info(), &mut results, false).unwrap();
         assert!(results.iter().all(|r| r.output.is_empty()), "moved out");
-        let frames: Vec<&[u8]> = parts.iter().map(|(_, p)| &p[..]).collect();
+        let frames: Vec<&[u8]> = parts.iter().map(|p| &p.output[..]).collect();
         let decoded = Message::decode_parts(&head, &frames).unwrap();
         assert_eq!(
             decoded,
@@ -1454,7 +1717,146 @@ mod tests {
         assert_eq!(results, original);
         // Nothing to split: one frame, nothing taken.
         let mut plain = vec![result(3, Vec::new())];
-        assert!(Message::encode_results_split(5, &info(), &mut plain).is_none());
+        assert!(Message::encode_results_split(5, &info(), &mut plain, false).is_none());
+    }
+
+    /// Bytes that compress (runs, as iteration counts have) and bytes that do not.
+    fn compressible(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i / 4096 % 7) as u8).collect()
+    }
+    fn random(n: usize) -> Vec<u8> {
+        use rand::{RngCore, SeedableRng};
+        let mut bytes = vec![0u8; n];
+        rand_chacha::ChaCha8Rng::seed_from_u64(26).fill_bytes(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn outputs_compressed_when_it_pays_and_decoded_to_the_same_bytes() {
+        let result = |id: u32, output: Vec<u8>| TaskResult {
+            id,
+            output,
+            ..TaskResult::default()
+        };
+        let original = vec![
+            result(0, compressible(1 << 20)),
+            result(1, random(1 << 20)),
+            result(2, vec![5; 100]),
+        ];
+        let mut results = original.clone();
+        let (head, parts) = Message::encode_results_split(5, &info(), &mut results, true).unwrap();
+        let packed: Vec<bool> = parts.iter().map(|p| p.packed.is_some()).collect();
+        assert_eq!(
+            packed,
+            [true, false, false],
+            "only the compressible output packed"
+        );
+        let frames: Vec<Vec<u8>> = parts.into_iter().map(OutputPart::into_frame).collect();
+        assert!(
+            frames[0].len() < (1 << 20) / 10,
+            "{} bytes",
+            frames[0].len()
+        );
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let before = received_bytes();
+        let decoded = Message::decode_parts(&head, &refs).unwrap();
+        assert_eq!(
+            decoded,
+            Message::Results {
+                batch: 5,
+                worker: info(),
+                results: original,
+            }
+        );
+        let counted = received_bytes().since(before);
+        // Other tests decode in parallel: at least this message's bytes are counted.
+        assert!(counted.outputs >= (2 << 20) + 100);
+        assert!(counted.outputs_wire >= refs.iter().map(|f| f.len() as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn inputs_packed_for_the_wire_decode_to_the_same_message() {
+        let job = Job::default();
+        let task = Task {
+            id: 3,
+            workload_ms: 1,
+            ..Task::default()
+        };
+        for (input, packs) in [(compressible(1 << 20), true), (random(1 << 20), false)] {
+            let raw = Message::encode_data(9, &job, task, "in3", &input);
+            let (frame, wire) = Message::pack_data(raw.clone(), input.len());
+            assert_eq!(wire == input.len(), !packs);
+            assert_eq!(frame.len() < raw.len() / 10, packs);
+            assert_eq!(frame == raw, !packs);
+            assert_eq!(
+                Message::decode(&frame).unwrap(),
+                Message::Data {
+                    batch: 9,
+                    job,
+                    task,
+                    name: "in3".into(),
+                    input,
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_compressed_payload_over_max_payload_or_lying_is_refused_before_inflating() {
+        let input = compressible(1 << 20);
+        let task = Task {
+            id: 0,
+            workload_ms: 1,
+            ..Task::default()
+        };
+        let (frame, _) = Message::pack_data(
+            Message::encode_data(1, &Job::default(), task, "x", &input),
+            input.len(),
+        );
+        // The uncompressed length sits before the compressed bytes' own length.
+        let at = frame.len() - lz4_flex::block::compress(&input).len() - 8;
+        assert_eq!(frame[at - 1], CODEC_LZ4);
+        let forge = |raw_len: u32| {
+            let mut forged = frame.clone();
+            forged[at..at + 4].copy_from_slice(&raw_len.to_le_bytes());
+            Message::decode(&forged)
+        };
+        // A bomb: says 4 GiB, over --max-payload; refused without allocating it.
+        assert_eq!(
+            forge(u32::MAX),
+            Err(DecodeError::TooLarge {
+                bytes: u64::from(u32::MAX),
+                limit: max_payload(),
+            })
+        );
+        // Inflates to more, or fewer, bytes than it says: refused.
+        assert!(forge(input.len() as u32 - 1).is_err());
+        assert!(forge(input.len() as u32 + 1).is_err());
+        assert!(forge(input.len() as u32).is_ok());
+
+        // Outputs each within --max-payload that together inflate past what a results
+        // message may carry: refused before any is inflated.
+        let mut results: Vec<TaskResult> = (0..2)
+            .map(|id| TaskResult {
+                id,
+                output: compressible(1 << 20),
+                ..TaskResult::default()
+            })
+            .collect();
+        let (mut head, parts) =
+            Message::encode_results_split(5, &info(), &mut results, true).unwrap();
+        let frames: Vec<Vec<u8>> = parts.into_iter().map(OutputPart::into_frame).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let each = (max_payload() * 2 / 3) as u32;
+        for k in 0..2 {
+            // Each output's entry ends the head: index, codec, uncompressed length.
+            let at = head.len() - 9 * (2 - k) + 5;
+            head[at..at + 4].copy_from_slice(&each.to_le_bytes());
+        }
+        assert!(matches!(
+            Message::decode_parts(&head, &refs),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -1515,11 +1917,13 @@ mod tests {
                 backend: "cpu".into(),
                 adapter: String::new(),
                 window_hint: 1,
+                codecs: 0,
             };
-            let (head, parts) = Message::encode_results_split(9, &worker, &mut results).unwrap();
+            let (head, parts) =
+                Message::encode_results_split(9, &worker, &mut results, false).unwrap();
             let (frames, bytes) = message_bounds(&head);
             prop_assert!(parts.len() < frames);
-            let total = head.len() + parts.iter().map(|(_, p)| p.len()).sum::<usize>();
+            let total = head.len() + parts.iter().map(|p| p.output.len()).sum::<usize>();
             prop_assert!(total as u64 <= bytes);
             prop_assert_eq!(frames, 1 + MAX_ITEMS_PER_MESSAGE);
             prop_assert!(bytes >= max_payload() + RESULTS_BYTES_PER_MESSAGE as u64);

@@ -86,6 +86,53 @@ fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
+/// Task inputs (ventilator to workers) and outputs (workers to sink) as they crossed the
+/// wire and uncompressed; a ratio is uncompressed over wire (1 when raw, 0 when none).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct WireReport {
+    pub inputs_wire_bytes: u64,
+    pub inputs_bytes: u64,
+    pub inputs_ratio: f64,
+    pub outputs_wire_bytes: u64,
+    pub outputs_bytes: u64,
+    pub outputs_ratio: f64,
+}
+
+impl WireReport {
+    /// From `(wire, uncompressed)` byte counts per direction.
+    pub fn new(inputs: (u64, u64), outputs: (u64, u64)) -> WireReport {
+        let ratio = |(wire, bytes): (u64, u64)| {
+            if wire == 0 {
+                0.0
+            } else {
+                bytes as f64 / wire as f64
+            }
+        };
+        WireReport {
+            inputs_wire_bytes: inputs.0,
+            inputs_bytes: inputs.1,
+            inputs_ratio: ratio(inputs),
+            outputs_wire_bytes: outputs.0,
+            outputs_bytes: outputs.1,
+            outputs_ratio: ratio(outputs),
+        }
+    }
+
+    /// One line for the text report: `inputs 1.0 MB (0.1 MB on the wire, 10.0 : 1), ...`.
+    fn line(&self) -> String {
+        let mb = |b: u64| b as f64 / 1e6;
+        format!(
+            "moved: inputs {:.1} MB ({:.1} MB on the wire, {:.1} : 1), outputs {:.1} MB ({:.1} MB on the wire, {:.1} : 1)\n",
+            mb(self.inputs_bytes),
+            mb(self.inputs_wire_bytes),
+            self.inputs_ratio,
+            mb(self.outputs_bytes),
+            mb(self.outputs_wire_bytes),
+            self.outputs_ratio
+        )
+    }
+}
+
 /// A batch's report: what the sink prints and `--json` emits.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -129,6 +176,8 @@ pub struct Report {
     /// Where they went (`--outputs DIR`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs_dir: Option<String>,
+    /// Task inputs and outputs on the wire and uncompressed (LZ4 when it pays).
+    pub wire: WireReport,
     /// The Mandelbrot picture written when the batch completed (`--image`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub picture: Option<String>,
@@ -384,6 +433,9 @@ impl Report {
                 "picture written to {}\n",
                 crate::logging::printable(picture)
             );
+        }
+        if self.wire.inputs_bytes + self.wire.outputs_bytes > 0 {
+            s += &self.wire.line();
         }
         for f in &self.failed {
             s += &format!(
@@ -839,6 +891,7 @@ mod tests {
             differing: 0,
             outputs: 0,
             outputs_dir: None,
+            wire: Default::default(),
             picture: None,
             hits: Vec::new(),
             job: None,

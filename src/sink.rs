@@ -179,6 +179,8 @@ impl Sink {
             .as_ref()
             .map(|_| crate::trace::Trace::default());
         let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
+        // Outputs received in this run, as they crossed the wire and uncompressed.
+        let received = crate::protocol::received_bytes();
         let outcome = collect_batch(
             collect,
             &config,
@@ -195,6 +197,11 @@ impl Sink {
         drop(socket);
         drop(gate);
         let (mut report, job) = outcome?;
+        let moved = crate::protocol::received_bytes().since(received);
+        report.wire = crate::report::WireReport::new(
+            (report.wire.inputs_wire_bytes, report.wire.inputs_bytes),
+            (moved.outputs_wire, moved.outputs),
+        );
         report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
         if let Some(job) = job {
             outputs.finish(&job)?;

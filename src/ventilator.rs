@@ -128,6 +128,11 @@ pub struct Ventilator {
     endpoint: String,
     /// Workers (by routing id) that were sent the user kernel's source.
     sent_source: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
+    /// Workers (by routing id) whose greeting says they speak LZ4: their inputs go
+    /// compressed when that pays (and this process was not given `--no-compress`).
+    lz4_peers: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
+    /// Bytes this process had sent before this ventilator: its batch's are the rest.
+    sent_at_start: crate::protocol::WireBytes,
     /// The authentication handler guarding the tasks socket, when there is one. Last:
     /// fields drop in order, and the socket must close before its handler stops.
     gate: Option<crate::auth::Gate>,
@@ -214,6 +219,8 @@ impl Ventilator {
             gate,
             endpoint,
             sent_source: Default::default(),
+            lz4_peers: Default::default(),
+            sent_at_start: crate::protocol::sent_bytes(),
         })
     }
 
@@ -393,6 +400,14 @@ impl Ventilator {
                         (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
                         _ => None,
                     };
+                    if let Ok(Message::Hello(info)) = &message {
+                        let mut peers = self.lz4_peers.borrow_mut();
+                        if info.codecs & crate::protocol::CODEC_LZ4 != 0 {
+                            peers.insert(inbound.peer.clone());
+                        } else {
+                            peers.remove(&inbound.peer);
+                        }
+                    }
                     if let (Ok(Message::Hello(_)), Some(_)) = (&message, &self.config.kernel_source)
                     {
                         // A greeting may follow a reconnect, which drops what was queued to
@@ -537,11 +552,20 @@ impl Ventilator {
                             }
                             continue;
                         };
-                        // Data tasks travel one per message, each with its input file.
+                        // Data tasks travel one per message, each with its input file,
+                        // compressed for a worker that speaks LZ4 when it pays.
+                        let compress = crate::protocol::codecs() & crate::protocol::CODEC_LZ4 != 0
+                            && self.lz4_peers.borrow().contains(to);
                         for (k, task) in tasks.iter().enumerate() {
                             let max = crate::protocol::max_payload();
-                            let message = match inputs.data_message(batch, job, *task, max) {
-                                Ok(message) => message,
+                            let (message, input_len, wire) = match inputs
+                                .data_message(batch, job, *task, max)
+                            {
+                                Ok((message, input_len)) if compress => {
+                                    let (message, wire) = Message::pack_data(message, input_len);
+                                    (message, input_len, wire)
+                                }
+                                Ok((message, input_len)) => (message, input_len, input_len),
                                 Err(e) => {
                                     end = Some(Err(e));
                                     break;
@@ -549,6 +573,7 @@ impl Ventilator {
                             };
                             match sockets::send_owned_to(&self.tasks_socket, to, message) {
                                 SendOutcome::Sent => {
+                                    crate::protocol::count_sent(true, wire, input_len);
                                     mark_sent(observer, std::slice::from_ref(task))
                                 }
                                 SendOutcome::Gone => {
@@ -574,7 +599,16 @@ impl Ventilator {
                     } => {
                         sockets::send_to(&self.tasks_socket, &routing_id, &message.encode());
                     }
-                    Command::ToSink(message) => {
+                    Command::ToSink(mut message) => {
+                        if let Message::Stats {
+                            inputs_wire,
+                            inputs,
+                            ..
+                        } = &mut message
+                        {
+                            let sent = crate::protocol::sent_bytes().since(self.sent_at_start);
+                            (*inputs_wire, *inputs) = (sent.inputs_wire, sent.inputs);
+                        }
                         if let Err(e) = self.sink_socket.send(message.encode(), zmq::DONTWAIT) {
                             log::debug!("sending {} to the sink: {e}", message.kind_name());
                         }

@@ -93,8 +93,10 @@ fn send_results(socket: &zmq::Socket, message: &mut crate::protocol::Message) ->
     else {
         return socket.send(message.encode(), zmq::DONTWAIT);
     };
+    // Outputs compressed when the worker speaks a codec (none with `--no-compress`).
+    let compress = worker.codecs & crate::protocol::CODEC_LZ4 != 0;
     let Some((head, parts)) =
-        crate::protocol::Message::encode_results_split(*batch, worker, results)
+        crate::protocol::Message::encode_results_split(*batch, worker, results, compress)
     else {
         return socket.send(message.encode(), zmq::DONTWAIT);
     };
@@ -104,9 +106,12 @@ fn send_results(socket: &zmq::Socket, message: &mut crate::protocol::Message) ->
     }
     // The first frame taken, the rest of the message is too (parts travel together).
     let last = parts.len() - 1;
-    for (n, (_, output)) in parts.into_iter().enumerate() {
+    for (n, part) in parts.into_iter().enumerate() {
         let more = if n < last { zmq::SNDMORE } else { 0 };
-        socket.send(output, more | zmq::DONTWAIT)?;
+        let bytes = part.output.len();
+        let frame = part.into_frame();
+        crate::protocol::count_sent(false, frame.len(), bytes);
+        socket.send(frame, more | zmq::DONTWAIT)?;
     }
     Ok(())
 }
@@ -206,6 +211,7 @@ impl Worker {
             backend: backend.kind().to_owned(),
             adapter: backend.adapter(),
             window_hint: backend.window_hint(),
+            codecs: crate::protocol::codecs(),
         };
         let id = routing_id(&info.name, info.session);
         let user = crate::auth::worker_user(&info.name);

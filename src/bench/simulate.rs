@@ -643,6 +643,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
                 backend: "sleep".into(),
                 adapter: String::new(),
                 window_hint: 1,
+                codecs: 0,
             },
         });
     }

@@ -15,6 +15,7 @@ fn info(name: &str, window_hint: u16) -> WorkerInfo {
         backend: "sleep".into(),
         adapter: String::new(),
         window_hint,
+        codecs: 0,
     }
 }
 

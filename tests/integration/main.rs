@@ -24,3 +24,4 @@ mod planted;
 mod slowloris;
 mod util;
 mod watch;
+mod wire;

@@ -311,6 +311,7 @@ pub(crate) fn ack_only_worker(
             backend: "sleep".into(),
             adapter: String::new(),
             window_hint,
+            codecs: 0,
         },
     );
     let deadline = Instant::now() + util::PATIENCE;

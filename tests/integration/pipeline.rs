@@ -174,6 +174,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
         backend: "sleep".into(),
         adapter: String::new(),
         window_hint: 1,
+        codecs: 0,
     };
     vec![
         vec![Message::Done {

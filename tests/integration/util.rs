@@ -423,6 +423,8 @@ impl RawWorker {
 pub struct Netns {
     pub name: String,
     outside: String,
+    /// The veth's end inside the namespace.
+    inside: String,
     /// Address of this side of the link, which the namespace reaches us at.
     pub host_ip: String,
     /// The namespace's own address: where its connections come from.
@@ -472,10 +474,11 @@ impl Netns {
         let ns = Netns {
             name: format!("cq-netns-{id}"),
             outside: format!("cqa{id}"),
+            inside: format!("cqb{id}"),
             host_ip: format!("10.231.{octet}.{}", base + 1),
             guest_ip: format!("10.231.{octet}.{}", base + 2),
         };
-        let inside = format!("cqb{id}");
+        let inside = ns.inside.clone();
         ip(&["netns", "add", &ns.name])?;
         ip(&[
             "link",
@@ -507,6 +510,26 @@ impl Netns {
     pub fn link(&self, up: bool) {
         ip(&["link", "set", &self.outside, if up { "up" } else { "down" }])
             .expect("changing the link");
+    }
+
+    /// Limits the link to `rate` (`tc` units: `100mbit`, `1gbit`) both ways, with a token
+    /// bucket on each end's way out, as a slower network between two machines would.
+    pub fn shape(&self, rate: &str) {
+        for (netns, dev) in [(None, &self.outside), (Some(&self.name), &self.inside)] {
+            let mut args = Vec::new();
+            if let Some(name) = netns {
+                args.extend(["-n", name.as_str()]);
+            }
+            args.extend(["qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate]);
+            args.extend(["burst", "256kb", "latency", "50ms"]);
+            let out = Command::new("tc").args(&args).output().expect("running tc");
+            assert!(
+                out.status.success(),
+                "tc {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
     }
 
     /// A `conquer` process inside the namespace.
