@@ -388,6 +388,7 @@ impl ClassicSink {
             expected_ms,
             longest_ms,
             elapsed_ms,
+            finished_ms: elapsed_ms,
             ideal_ms: 0.0,
             ideal_basis: "unknown".into(),
             efficiency: 0.0,

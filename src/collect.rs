@@ -1251,6 +1251,7 @@ impl Collector {
             expected_ms: b.expected_ms,
             longest_ms: b.longest_ms,
             elapsed_ms,
+            finished_ms: now.duration_since(b.started).as_secs_f64() * 1000.0,
             ideal_ms: ideal,
             ideal_basis: ideal_basis.to_owned(),
             efficiency: if elapsed_ms > 0.0 {

@@ -143,6 +143,10 @@ pub struct Report {
     pub longest_ms: u32,
     /// From batch start at the sink to the last result.
     pub elapsed_ms: f64,
+    /// From batch start to everything durable: the last result, the ventilator's last
+    /// counters, and what the sink writes after them (the picture, an assembled output).
+    /// At least `elapsed_ms`.
+    pub finished_ms: f64,
     /// max(total / workers, longest): no schedule does better. Totals are the nominal
     /// workloads when every worker sleeps, else the measured task times.
     pub ideal_ms: f64,
@@ -334,6 +338,12 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         s += &format!("Total elapsed time: {:.0} msec\n", self.elapsed_ms);
+        if self.finished_ms >= self.elapsed_ms + 1.0 {
+            s += &format!(
+                "Finished, outputs and picture on disk: {:.0} msec (the elapsed time ends at the last result)\n",
+                self.finished_ms
+            );
+        }
         if self.workers.is_empty() {
             // A classic batch: results carry neither worker nor (always) workload.
             s += &format!(
@@ -876,6 +886,7 @@ mod tests {
             expected_ms: 5050,
             longest_ms: 100,
             elapsed_ms: 1300.0,
+            finished_ms: 1300.0,
             ideal_ms: 1262.5,
             ideal_basis: "workload".into(),
             efficiency: 0.971,
@@ -935,6 +946,7 @@ mod tests {
             "tasks",
             "expected_ms",
             "elapsed_ms",
+            "finished_ms",
             "ideal_ms",
             "efficiency",
             "duplicates",

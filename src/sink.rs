@@ -204,7 +204,11 @@ impl Sink {
         );
         report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
         if let Some(job) = job {
+            // The picture and an assembled output are written now: the batch is finished
+            // when they are on disk.
+            let writing = std::time::Instant::now();
             outputs.finish(&job)?;
+            report.finished_ms += writing.elapsed().as_secs_f64() * 1000.0;
             report.picture = config
                 .outputs
                 .image

@@ -10,6 +10,7 @@ mod data;
 mod deploy;
 mod failures;
 mod faults;
+mod finished;
 mod gpu;
 mod hostile;
 mod kernels;

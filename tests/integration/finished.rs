@@ -1,0 +1,53 @@
+//! Elapsed means done: the report's `finished_ms` runs until the picture is on disk, where
+//! `elapsed_ms` ends at the last result, and the text report says which is which.
+
+use crate::util::{report, Proc};
+
+/// `conquer run` of a small Mandelbrot on the CPU backend, writing `--image`.
+fn mandelbrot_with_picture(image: &std::path::Path, json: bool) -> String {
+    let mut args = vec![
+        "run",
+        "--backend",
+        "cpu",
+        "--workers",
+        "2",
+        "--kernel",
+        "mandelbrot",
+        "--width",
+        "1024",
+        "--height",
+        "1024",
+        "--max-iter",
+        "64",
+        "--image",
+        image.to_str().unwrap(),
+    ];
+    if json {
+        args.push("--json");
+    }
+    let (status, stdout, log) = Proc::start("run", &args).finish();
+    assert!(status.success(), "{log}");
+    stdout
+}
+
+#[test]
+fn finished_ms_counts_the_picture_that_elapsed_ms_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("m.png");
+    let r = report(&mandelbrot_with_picture(&image, true));
+    assert!(
+        std::fs::metadata(&image).is_ok_and(|m| m.len() > 0),
+        "the picture"
+    );
+    let elapsed = r["elapsed_ms"].as_f64().expect("elapsed_ms");
+    let finished = r["finished_ms"].as_f64().expect("finished_ms");
+    // Encoding a million pixels takes time after the last band: finished is later.
+    assert!(finished > elapsed, "{r}");
+
+    let text = mandelbrot_with_picture(&image, false);
+    assert!(
+        text.contains("Total elapsed time:")
+            && text.contains("Finished, outputs and picture on disk:"),
+        "{text}"
+    );
+}
