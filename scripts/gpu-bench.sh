@@ -85,6 +85,29 @@ timeout 180 "$bin" run --backend gpu --workers 1 --kernel mandelbrot --width 163
   --chunking adaptive --image "$out/big.png" --json > "$out/big-job.json"
 echo "big job exit $?"; tail -c 600 "$out/big-job.json"; echo
 
+echo "== exact Mandelbrot on the card: the README's view, the default view and a 1e-12 view"
+for view in "--width 1280 --height 720 --max-iter 1000 --centre=-0.7436,0.1318 --view-width 0.012" \
+            "--width 1920 --height 1080" \
+            "--width 256 --height 256 --max-iter 4000 --centre=-0.743643887037151,0.131825904205330 --view-width 1e-12"; do
+  # shellcheck disable=SC2086
+  timeout 120 "$bin" run --backend gpu --workers 2 --kernel mandelbrot $view --verify --json \
+    > "$out/exact.json"
+  echo "exact ($view) exit $?"; tail -c 300 "$out/exact.json"; echo
+done
+
+echo "== --replicate 10 on the card: two GPU workers, and the cost against none"
+for rep in 0 10; do
+  timeout 120 "$bin" run --backend gpu --workers 2 --kernel mandelbrot --width 3840 --height 2160 \
+    --max-iter 1000 --replicate $rep --json > "$out/replicate-$rep.json"
+  echo "replicate $rep exit $?"; tail -c 300 "$out/replicate-$rep.json"; echo
+done
+
+echo "== 1 GPU + 8 cpu workers against the card alone (the end game), bands and adaptive"
+if command -v python3 >/dev/null; then
+  CONQUER_BIN="$bin" timeout 300 python3 scripts/endgame_bench.py --repeat 1 --fast gpu \
+    --cpus 0,1,8 --size 16384 | tee "$out/endgame.md"
+fi
+
 echo "== kernels suite: per backend, and payloads through the pipeline"
 timeout 240 "$bin" bench --suite kernels --repeat 3 --mandelbrot 3840x2160 --max-iter 1000 \
   --search-keys 1073741824 --out "$out/kernels"

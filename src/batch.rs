@@ -73,6 +73,9 @@ pub struct Job {
     pub units_per_ms: u32,
     /// Percentage of results workers check against the CPU reference (0 none, 100 all).
     pub verify_percent: u8,
+    /// Percentage of tasks (or a job's chunks) run on a second worker and compared bit for
+    /// bit at the sink (`--replicate`): a seeded sample, see [`Job::replicates`].
+    pub replicate_percent: u8,
     /// The kernel's constants (`params.c` in WGSL): image geometry for `mandelbrot`, the
     /// keyspace for `search`, `--constants` for a user kernel (see `kernels`).
     pub constants: [u32; crate::kernels::CONSTANTS],
@@ -98,6 +101,20 @@ impl Job {
             p => crate::kernels::spin::mix(id ^ 0x5a17_7e57) % 100 < u32::from(p),
         }
     }
+
+    /// Whether the task (or chunk) `key` of `batch` is replicated: a sample fixed by the
+    /// batch and the key (a task's id, a chunk's first item), so a restarted sink picks the
+    /// same tasks.
+    pub fn replicates(&self, batch: u64, key: u64) -> bool {
+        match self.replicate_percent {
+            0 => false,
+            p if p >= 100 => true,
+            p => {
+                let seed = [batch.to_le_bytes(), key.to_le_bytes()].concat();
+                xxhash_rust::xxh3::xxh3_64(&seed) % 100 < u64::from(p)
+            }
+        }
+    }
 }
 
 impl Default for Job {
@@ -106,6 +123,7 @@ impl Default for Job {
             kernel: 0,
             units_per_ms: crate::kernels::spin::DEFAULT_UNITS_PER_MS,
             verify_percent: 0,
+            replicate_percent: 0,
             constants: [0; crate::kernels::CONSTANTS],
             source: 0,
             item_bytes: 4,

@@ -383,6 +383,10 @@ impl ClassicSink {
         let refused = counter.map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
         Ok(Report {
             failed: Vec::new(),
+            replicated: 0,
+            unconfirmed: 0,
+            replica_mismatches: Vec::new(),
+            quarantined: Vec::new(),
             batch: "classic".into(),
             tasks,
             expected_ms,

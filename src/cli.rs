@@ -878,6 +878,12 @@ pub struct VerifyArgs {
     /// reference is slow); the sample is fixed by task id.
     #[arg(long, value_name = "PCT", conflicts_with = "verify", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub verify_sample: Option<u8>,
+    /// Run a seeded sample of PCT percent of the tasks (or a job's chunks) on a second
+    /// worker as well, preferring another one, and compare the outputs bit for bit at the
+    /// sink; copies that disagree get a third run, the odd worker is named, quarantined
+    /// after twice, and the batch fails. Works for any kernel, a user's too.
+    #[arg(long, value_name = "PCT", default_value_t = 0, env = "CONQUER_REPLICATE", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub replicate: u8,
 }
 
 impl VerifyArgs {
@@ -957,7 +963,9 @@ pub struct BackendArgs {
     /// Backend: auto takes a hardware GPU if there is one, else sleep.
     #[arg(long, env = "CONQUER_BACKEND", value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
-    /// Sleep backend only: multiply every workload, to emulate a slower machine.
+    /// Multiply every task's time, to emulate a slower machine: the sleep backend sleeps
+    /// longer; cpu, software and gpu workers wait N - 1 times what each task took after it
+    /// (N above 1; below 1 only the sleep backend is faster).
     #[arg(long, env = "CONQUER_SLOWDOWN", default_value_t = 1.0)]
     pub slowdown: f64,
     /// GPU adapter to use: its index in `conquer info`, or part of its name.
@@ -1484,7 +1492,8 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     if access.secret.is_none() {
         access.secret = Some(crate::auth::Secret::fresh()?);
     }
-    let prepared = args.batch.prepare(args.verify.percent())?;
+    let mut prepared = args.batch.prepare(args.verify.percent())?;
+    prepared.job.replicate_percent = args.verify.replicate;
     let options = args.backend.options()?;
     // `auto` is decided once, with the batch in view, and said once.
     let mut kind = args.backend.backend;
@@ -1621,7 +1630,8 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         crate::classic::ClassicVentilator::bind(&ctx, config)?.run(shutdown)?;
         return Ok(0);
     }
-    let prepared = args.batch.prepare(args.verify.percent())?;
+    let mut prepared = args.batch.prepare(args.verify.percent())?;
+    prepared.job.replicate_percent = args.verify.replicate;
     let config = VentilatorConfig {
         bind: args.bind,
         sink: args.sink,

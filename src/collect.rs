@@ -15,7 +15,8 @@ use crate::protocol::{
     Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
 };
 use crate::report::{
-    BatchHeader, FailedTask, JobReport, RecoveredResults, Report, WorkerReport,
+    BatchHeader, FailedTask, JobReport, Quarantined, RecoveredResults, ReplicaMismatch, Report,
+    WorkerReport,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -303,7 +304,50 @@ pub struct Collector {
     last_errors: HashMap<u64, (String, String)>,
     /// Tasks the ventilator gave up on (`--max-attempts`), in the order it said so.
     failed: Vec<FailedTask>,
+    /// Copies of replicated tasks not yet held (`--replicate`), by task id or chunk's
+    /// first item: at most a few per task in flight.
+    replicas: HashMap<(u64, u32), Copies>,
+    /// Replicated tasks held, the disagreements found, how often each worker was the odd
+    /// one out, and the workers quarantined for it.
+    replicated: u64,
+    /// Replicated tasks only one worker could run (held on its copies alone).
+    unconfirmed: u64,
+    replica_mismatches: Vec<ReplicaMismatch>,
+    blamed: HashMap<String, u32>,
+    quarantined: Vec<Quarantined>,
 }
+
+/// The copies in hand of a replicated task not yet held.
+#[derive(Debug, Clone)]
+struct Copies {
+    id: u32,
+    first: u64,
+    items: u32,
+    copies: Vec<Replica>,
+}
+
+/// How a replicated task's copies settled.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    /// Two workers' copies or more agree: this one's is kept.
+    Majority(usize),
+    /// Only one worker could run it, and its copies agree.
+    Unconfirmed,
+    /// No two workers agree (or one worker's own copies differ).
+    Undecided,
+}
+
+/// One worker's copy of a replicated task.
+#[derive(Debug, Clone)]
+struct Replica {
+    worker: WorkerInfo,
+    /// XXH3 of the output, seeded with the checksum: what copies are compared by.
+    digest: u64,
+    result: TaskResult,
+}
+
+/// A worker whose copies differ from the others' this often gets no more of the batch.
+const QUARANTINE_AFTER: u32 = 2;
 
 /// Most failures remembered for the report; beyond, a given-up task's error is unknown.
 const MAX_LAST_ERRORS: usize = 65_536;
@@ -353,6 +397,12 @@ impl Collector {
             done: false,
             last_errors: HashMap::new(),
             failed: Vec::new(),
+            replicas: HashMap::new(),
+            replicated: 0,
+            unconfirmed: 0,
+            replica_mismatches: Vec::new(),
+            blamed: HashMap::new(),
+            quarantined: Vec::new(),
         }
     }
 
@@ -664,6 +714,9 @@ impl Collector {
                         // The announcement is the ventilator's heartbeat: answer it, so the
                         // ventilator knows this sink is alive even while no results come.
                         Self::send(out, &peer, Message::Heartbeat { batch: id });
+                        // Copies still wanted are asked for again (a restarted ventilator
+                        // knows nothing of them).
+                        self.ask_all_again(&peer, out);
                     }
                 }
                 Some(b) => {
@@ -962,13 +1015,26 @@ impl Collector {
         // Items each fresh result adds (a divisible job), credited to its worker.
         let mut credited = Vec::with_capacity(results.len());
         let chunks = b.items.is_some();
+        // Results of tasks picked for replication (`--replicate`), not held until a second
+        // worker's copy agrees.
+        let mut to_replicate = Vec::new();
         for r in results {
+            if r.status != Status::Failed {
+                let key = if chunks { r.first } else { u64::from(r.id) };
+                let held = match &b.items {
+                    Some(items) => items.contains_all(r.first..r.first + u64::from(r.items)),
+                    None => b.is_held(r.id as usize),
+                };
+                if !held && b.job.replicates(b.id, key) {
+                    to_replicate.push(r);
+                    continue;
+                }
+            }
             if r.status == Status::Failed {
                 // The ventilator hands it to another worker, or gives it up: then this is
                 // the error the report names.
                 let key = if chunks { r.first } else { u64::from(r.id) };
-                if self.last_errors.len() < MAX_LAST_ERRORS || self.last_errors.contains_key(&key)
-                {
+                if self.last_errors.len() < MAX_LAST_ERRORS || self.last_errors.contains_key(&key) {
                     let error = if r.error.is_empty() {
                         "no reason given".to_owned()
                     } else {
@@ -1023,11 +1089,304 @@ impl Collector {
         if !fresh.is_empty() {
             out.push(SinkCommand::Record {
                 header,
-                worker: worker.name,
-                backend: worker.backend,
+                worker: worker.name.clone(),
+                backend: worker.backend.clone(),
                 results: fresh,
             });
         }
+        for r in to_replicate {
+            self.replicate(&worker, r, out);
+        }
+    }
+
+    /// A copy of a task picked for replication. The first waits for a second from another
+    /// worker (the ventilator is asked for one); two from different workers that agree
+    /// bit for bit hold the task; two that differ ask for a third, and the majority holds
+    /// it while the odd copy's worker is named (named twice: quarantined for the batch).
+    /// A copy from a worker that gave one already is no second opinion: the ventilator
+    /// sends a copy back to such a worker only when no other can take it, and then the
+    /// task is held unconfirmed if the copies agree, or as a mismatch if they do not. A
+    /// quarantined worker's copy is not believed.
+    fn replicate(&mut self, worker: &WorkerInfo, r: TaskResult, out: &mut Vec<SinkCommand>) {
+        let Some(b) = self.batch.as_ref() else {
+            return;
+        };
+        let key = (
+            if b.items.is_some() {
+                r.first
+            } else {
+                u64::from(r.id)
+            },
+            r.items,
+        );
+        let quarantined = self.quarantined.iter().any(|q| q.worker == worker.name);
+        let digest = xxhash_rust::xxh3::xxh3_64_with_seed(&r.output, r.checksum);
+        let entry = self.replicas.entry(key).or_insert_with(|| Copies {
+            id: r.id,
+            first: r.first,
+            items: r.items,
+            copies: Vec::new(),
+        });
+        if quarantined {
+            self.ask_again(key, out);
+            return;
+        }
+        let copies = &mut entry.copies;
+        let again = copies.iter().any(|c| c.worker.name == worker.name);
+        let distinct = {
+            let mut names: Vec<&str> = copies.iter().map(|c| c.worker.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            names.len()
+        };
+        copies.push(Replica {
+            worker: worker.clone(),
+            digest,
+            result: r,
+        });
+        let agree = |i: usize| {
+            copies
+                .iter()
+                .filter(|c| c.digest == copies[i].digest)
+                .count()
+        };
+        let settled = if again {
+            // No other worker could run it.
+            if distinct == 1 && agree(0) == copies.len() {
+                Settled::Unconfirmed
+            } else {
+                Settled::Undecided
+            }
+        } else {
+            match copies.len() {
+                0 | 1 => return self.ask_again(key, out),
+                2 if copies[0].digest == copies[1].digest => Settled::Majority(0),
+                2 => return self.ask_again(key, out),
+                _ => match (0..copies.len()).find(|&i| agree(i) >= 2) {
+                    Some(i) => Settled::Majority(i),
+                    None => Settled::Undecided,
+                },
+            }
+        };
+        let Some(Copies { copies, .. }) = self.replicas.remove(&key) else {
+            return;
+        };
+        let (keep, agreed, odd) = match settled {
+            Settled::Majority(i) => {
+                let digest = copies[i].digest;
+                let (agreed, odd): (Vec<Replica>, Vec<Replica>) =
+                    copies.into_iter().partition(|c| c.digest == digest);
+                (agreed[0].clone(), agreed, odd)
+            }
+            Settled::Unconfirmed => (copies[0].clone(), copies, Vec::new()),
+            Settled::Undecided => (copies[0].clone(), Vec::new(), copies),
+        };
+        self.hold_replicated(keep, settled, &agreed, &odd, out);
+    }
+
+    /// Holds a replicated task with the copy kept, and says what the copies showed.
+    fn hold_replicated(
+        &mut self,
+        mut keep: Replica,
+        settled: Settled,
+        agreed: &[Replica],
+        odd: &[Replica],
+        out: &mut Vec<SinkCommand>,
+    ) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        let chunks = b.items.is_some();
+        let new = match b.items.as_mut() {
+            Some(items) => {
+                let (first, end) = (
+                    keep.result.first,
+                    keep.result.first + u64::from(keep.result.items),
+                );
+                self.newly_ranges.push((first, end));
+                let new = items.insert(first..end);
+                if b.hits_wanted > 0 {
+                    b.hits
+                        .extend(crate::kernels::search::hits(&keep.result.output));
+                }
+                new
+            }
+            None => {
+                b.set_held(keep.result.id as usize);
+                self.newly_held.push(keep.result.id);
+                0
+            }
+        };
+        let header = b.header();
+        let task = if chunks {
+            format!(
+                "items {}..{}",
+                keep.result.first,
+                keep.result.first + u64::from(keep.result.items)
+            )
+        } else {
+            format!("task {}", keep.result.id)
+        };
+        let names = |copies: &[Replica]| -> Vec<String> {
+            let mut names: Vec<String> = copies.iter().map(|c| c.worker.name.clone()).collect();
+            names.dedup();
+            names
+        };
+        match settled {
+            Settled::Majority(_) => self.replicated += 1,
+            Settled::Unconfirmed => {
+                self.unconfirmed += 1;
+                log::warn!(
+                    "{task}: only {} could run it; held without a second worker's copy",
+                    printable(&keep.worker.name)
+                );
+            }
+            Settled::Undecided => {
+                // No two workers agree: nobody can be believed; the task fails the batch.
+                keep.result.status = Status::Mismatch;
+                self.mismatches += 1;
+            }
+        }
+        if !odd.is_empty() {
+            let (agreed_names, odd_names) = (names(agreed), names(odd));
+            log::error!(
+                "{task}: the copies of {} differ from {}",
+                printable(&odd_names.join(", ")),
+                if agreed_names.is_empty() {
+                    "each other".to_owned()
+                } else {
+                    format!("those of {}", printable(&agreed_names.join(", ")))
+                }
+            );
+            self.replica_mismatches.push(ReplicaMismatch {
+                task: task.clone(),
+                agreed: agreed_names.clone(),
+                differing: odd_names.clone(),
+            });
+            // The odd one out is to blame when a majority agrees; a worker whose own copies
+            // differ, too.
+            let blamed: Vec<String> = if agreed_names.is_empty() {
+                let mut seen: Vec<String> = Vec::new();
+                for c in odd {
+                    let inconsistent = odd
+                        .iter()
+                        .any(|o| o.worker.name == c.worker.name && o.digest != c.digest);
+                    if inconsistent && !seen.contains(&c.worker.name) {
+                        seen.push(c.worker.name.clone());
+                    }
+                }
+                seen
+            } else {
+                odd_names
+            };
+            for name in blamed {
+                self.blame(name, &task, out);
+            }
+        }
+        self.tally(
+            &keep.worker.name,
+            &keep.worker.backend,
+            &keep.worker.adapter,
+            &keep.result,
+            new,
+        );
+        out.push(SinkCommand::Record {
+            header,
+            worker: keep.worker.name,
+            backend: keep.worker.backend,
+            results: vec![keep.result],
+        });
+    }
+
+    /// One more disagreement of `name`'s: at [`QUARANTINE_AFTER`], it gets no more of the
+    /// batch.
+    fn blame(&mut self, name: String, task: &str, out: &mut Vec<SinkCommand>) {
+        let count = self.blamed.entry(name.clone()).or_insert(0);
+        *count += 1;
+        if *count != QUARANTINE_AFTER {
+            return;
+        }
+        let reason = format!(
+            "its outputs differed from other workers' copies {QUARANTINE_AFTER} times (last: \
+             {task}); check its adapter and driver"
+        );
+        log::error!(
+            "quarantining worker {} for this batch: {reason}",
+            printable(&name)
+        );
+        self.quarantined.push(Quarantined {
+            worker: name.clone(),
+            reason: reason.clone(),
+        });
+        if let Some(b) = &self.batch {
+            Self::send(
+                out,
+                &b.ventilator,
+                Message::Quarantine {
+                    batch: b.id,
+                    worker: name,
+                    reason,
+                },
+            );
+        }
+    }
+
+    /// Every copy still wanted, asked for again (the announcement is the ventilator's
+    /// heartbeat; a restarted one knows nothing of them). Tasks held meanwhile some other
+    /// way (given up on, an overlapping chunk) are forgotten.
+    fn ask_all_again(&mut self, ventilator: &[u8], out: &mut Vec<SinkCommand>) {
+        let Some(b) = &self.batch else {
+            return;
+        };
+        let held = |&(key, items): &(u64, u32)| match &b.items {
+            Some(set) => set.contains_all(key..key + u64::from(items)),
+            None => b.is_held(key as usize),
+        };
+        self.replicas.retain(|key, _| !held(key));
+        let mut keys: Vec<(u64, u32)> = self.replicas.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            self.again_message(b.id, ventilator, key, out);
+        }
+    }
+
+    /// Asks the ventilator to run the replicated task `key` once more, on a worker other
+    /// than those whose copies are in hand (or who are quarantined).
+    fn ask_again(&self, key: (u64, u32), out: &mut Vec<SinkCommand>) {
+        if let Some(b) = &self.batch {
+            self.again_message(b.id, &b.ventilator, key, out);
+        }
+    }
+
+    fn again_message(
+        &self,
+        batch: u64,
+        ventilator: &[u8],
+        key: (u64, u32),
+        out: &mut Vec<SinkCommand>,
+    ) {
+        let Some(entry) = self.replicas.get(&key) else {
+            return;
+        };
+        let mut exclude: Vec<String> = entry
+            .copies
+            .iter()
+            .map(|c| c.worker.name.clone())
+            .chain(self.quarantined.iter().map(|q| q.worker.clone()))
+            .collect();
+        exclude.sort_unstable();
+        exclude.dedup();
+        Self::send(
+            out,
+            ventilator,
+            Message::Again {
+                batch,
+                id: entry.id,
+                first: entry.first,
+                items: entry.items,
+                exclude,
+            },
+        );
     }
 
     /// The ventilator gave up on a task after `attempts` failures: it counts as finished,
@@ -1049,7 +1408,10 @@ impl Collector {
         let end = first.saturating_add(u64::from(items));
         let key = if let Some(held) = b.items.as_mut() {
             if items == 0 || end > b.job.items {
-                let why = format!("gave up on items {first}..{end} of a {}-item job", b.job.items);
+                let why = format!(
+                    "gave up on items {first}..{end} of a {}-item job",
+                    b.job.items
+                );
                 self.reject_peer(now, peer, why);
                 return;
             }
@@ -1291,6 +1653,10 @@ impl Collector {
             }),
             workers,
             failed: self.failed,
+            replicated: self.replicated,
+            unconfirmed: self.unconfirmed,
+            replica_mismatches: self.replica_mismatches,
+            quarantined: self.quarantined,
         })
     }
 }

@@ -283,8 +283,14 @@ fn early_results_are_bounded_in_the_bytes_they_take() {
     let held = results * (std::mem::size_of::<TaskResult>() + 255)
         + messages * std::mem::size_of::<WorkerInfo>();
     assert!(held <= MAX_EARLY_BYTES, "{held} bytes held back");
-    assert!(held > MAX_EARLY_BYTES / 2, "the bound is used: {held} bytes");
-    assert!(results < MAX_EARLY_RESULTS, "bytes bind before the count: {results}");
+    assert!(
+        held > MAX_EARLY_BYTES / 2,
+        "the bound is used: {held} bytes"
+    );
+    assert!(
+        results < MAX_EARLY_RESULTS,
+        "bytes bind before the count: {results}"
+    );
 }
 
 #[test]
@@ -491,4 +497,122 @@ fn a_search_job_completes_at_its_hits() {
         .any(|m| matches!(m, Message::Complete { .. })));
     let job = h.c.report(h.base).and_then(|r| r.job).expect("a job");
     assert_eq!((job.held_items, job.hits_wanted), (200, 3));
+}
+
+/// A batch of `tasks` tasks, every one replicated.
+fn announce_replicated(tasks: u32) -> Message {
+    let mut message = announce(1, 1, tasks);
+    if let Message::Batch { job, .. } = &mut message {
+        job.replicate_percent = 100;
+    }
+    message
+}
+
+fn copy_of(id: u32, output: u8) -> TaskResult {
+    TaskResult {
+        output: vec![output; 8],
+        ..result(id, Status::Ok)
+    }
+}
+
+fn results_of(name: &str, r: TaskResult) -> Message {
+    Message::Results {
+        batch: 1,
+        worker: worker(name, 1),
+        results: vec![r],
+    }
+}
+
+fn agains(h: &Harness) -> Vec<(u32, Vec<String>)> {
+    h.sent_to(VENT)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Again { id, exclude, .. } => Some((*id, exclude.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_replicated_task_is_held_once_a_second_worker_agrees() {
+    let mut h = Harness::new();
+    h.from(VENT, announce_replicated(2));
+    h.from(b"a/1", results_of("a", copy_of(0, 7)));
+    assert_eq!(h.c.progress(), Some((0, 2)), "one copy holds nothing");
+    assert_eq!(agains(&h), vec![(0, vec!["a".to_owned()])]);
+    h.from(b"b/1", results_of("b", copy_of(0, 7)));
+    assert_eq!(h.c.progress(), Some((1, 2)));
+    assert_eq!(h.c.replicated, 1);
+    assert!(h.c.replica_mismatches.is_empty());
+    let recorded: Vec<&str> = h
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            SinkCommand::Record { worker, .. } => Some(worker.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, ["a"], "recorded once");
+}
+
+#[test]
+fn copies_that_disagree_are_settled_by_a_third_and_a_worker_odd_twice_is_quarantined() {
+    let mut h = Harness::new();
+    h.from(VENT, announce_replicated(3));
+    for id in 0..2 {
+        // a and b disagree: a third copy is asked for, from neither.
+        h.from(b"a/1", results_of("a", copy_of(id, 1)));
+        h.from(b"bad/1", results_of("bad", copy_of(id, 9)));
+        assert_eq!(
+            agains(&h).last(),
+            Some(&(id, vec!["a".to_owned(), "bad".to_owned()]))
+        );
+        h.from(b"c/1", results_of("c", copy_of(id, 1)));
+    }
+    assert_eq!(h.c.progress(), Some((2, 3)));
+    assert_eq!(h.c.replica_mismatches.len(), 2);
+    assert_eq!(h.c.replica_mismatches[0].differing, ["bad"]);
+    assert_eq!(h.c.replica_mismatches[0].agreed, ["a", "c"]);
+    let quarantined: Vec<&Message> = h
+        .sent_to(VENT)
+        .into_iter()
+        .filter(|m| matches!(m, Message::Quarantine { .. }))
+        .collect();
+    assert!(
+        matches!(quarantined.as_slice(), [Message::Quarantine { worker, .. }] if worker == "bad"),
+        "{quarantined:?}"
+    );
+    // The copy kept is the majority's.
+    let kept: Vec<Vec<u8>> = h
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            SinkCommand::Record { results, .. } => Some(results[0].output.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept, vec![vec![1; 8], vec![1; 8]]);
+}
+
+#[test]
+fn a_worker_never_agrees_with_itself() {
+    let mut h = Harness::new();
+    h.from(VENT, announce_replicated(3));
+    // Only a could run task 0 again: held, but not counted as replicated.
+    h.from(b"a/1", results_of("a", copy_of(0, 1)));
+    h.from(b"a/1", results_of("a", copy_of(0, 1)));
+    assert_eq!(h.c.progress(), Some((1, 3)));
+    assert_eq!((h.c.replicated, h.c.unconfirmed), (0, 1));
+    // a and b disagree and only a can run it again: a mismatch, nobody blamed.
+    h.from(b"a/1", results_of("a", copy_of(1, 1)));
+    h.from(b"b/1", results_of("b", copy_of(1, 2)));
+    h.from(b"a/1", results_of("a", copy_of(1, 1)));
+    assert_eq!(h.c.progress(), Some((2, 3)));
+    assert_eq!(h.c.replica_mismatches.len(), 1);
+    assert!(h.c.replica_mismatches[0].agreed.is_empty());
+    assert!(h.c.blamed.is_empty(), "{:?}", h.c.blamed);
+    // A worker whose own copies differ is to blame.
+    h.from(b"c/1", results_of("c", copy_of(2, 1)));
+    h.from(b"c/1", results_of("c", copy_of(2, 2)));
+    assert_eq!(h.c.blamed.get("c"), Some(&1));
 }

@@ -432,6 +432,26 @@ pub struct Dispatcher {
     gave_up: Vec<u32>,
     /// Workers' failures, logged at a bounded rate.
     fail_log: RateLimited,
+    /// Tasks handed over in the end game (each at most once), and how many.
+    taken_over: std::collections::HashSet<u32>,
+    /// Tasks the sink asked to run again (`--replicate`), with the workers whose copies it
+    /// has: they are handed out from `replicas`, first to a worker not among them.
+    exclude: HashMap<u32, Vec<String>>,
+    replicas: VecDeque<u32>,
+    replica_set: std::collections::HashSet<u32>,
+}
+
+/// Replicas looked at for one worker before it is left to others.
+const REPLICA_SCAN: usize = 64;
+
+/// The in-flight task the end game would take over.
+#[derive(Clone, Copy)]
+struct LastToFinish {
+    index: usize,
+    /// Its holder's predicted time left, in µs.
+    left_us: f64,
+    /// How long its holder has run it, in µs.
+    running_us: f64,
 }
 
 /// Counters for the summary and the report.
@@ -504,6 +524,10 @@ impl Dispatcher {
             failures: HashMap::new(),
             gave_up: Vec::new(),
             fail_log: RateLimited::new(5, Duration::from_secs(1)),
+            exclude: HashMap::new(),
+            replicas: VecDeque::new(),
+            replica_set: std::collections::HashSet::new(),
+            taken_over: std::collections::HashSet::new(),
             config,
         }
     }
@@ -860,10 +884,12 @@ impl Dispatcher {
         }
         self.dispatch(now, out);
         // In the tail (nothing left to hand out), a worker that vanished holding tasks
-        // holds up the batch: look for such workers often, not once a heartbeat.
+        // holds up the batch: look for such workers often, not once a heartbeat. And an
+        // idle worker that would finish a slow one's task sooner takes it over.
         if self.in_tail() && now >= self.next_probe {
             self.next_probe = now + TAIL_PROBE;
             self.probe_holders(out);
+            self.end_game(now, out);
         }
     }
 
@@ -1057,6 +1083,31 @@ impl Dispatcher {
                 self.sink_complete(now, out)
             }
             Message::Heartbeat { batch } if announced && batch == batch_id => {}
+            Message::Again {
+                batch,
+                id,
+                first,
+                items,
+                exclude,
+            } if announced && batch == batch_id => self.again(now, id, first, items, exclude),
+            Message::Quarantine {
+                batch,
+                worker,
+                reason,
+            } if announced && batch == batch_id => {
+                let slot = self.by_name.get(&worker).copied().or_else(|| {
+                    (0..self.workers.len() as WorkerId)
+                        .find(|&w| self.workers[w as usize].info.name == worker)
+                });
+                if let Some(slot) = slot.filter(|&w| !self.workers[w as usize].declined) {
+                    log::warn!(
+                        "worker {} is quarantined for this batch: {}; it gets none of its tasks",
+                        printable(&worker),
+                        printable(&reason)
+                    );
+                    self.set_aside(slot, now, &reason, out);
+                }
+            }
             other => self.reject_at(
                 now,
                 "sink",
@@ -1228,6 +1279,7 @@ impl Dispatcher {
                 TaskState::Reported => self.results_arrived(self.owner[index]),
             }
             self.state[index] = TaskState::Held;
+            self.exclude.remove(&id);
             self.held += 1;
         }
         self.finish_resync_if_complete();
@@ -1562,6 +1614,235 @@ impl Dispatcher {
         }
     }
 
+    /// The end game: nothing is left to hand out, so an idle worker whose measured speed
+    /// would finish the task predicted to end last sooner than the worker that holds it
+    /// (by a fifth at least) gets a copy of it. The first result wins, as with backups;
+    /// the holder is not stalled. Each task is taken over at most once, so duplicated work
+    /// is bounded by one task per idle worker, and counted as redispatched.
+    fn end_game(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.alive < 2 {
+            return;
+        }
+        for slot in 0..self.workers.len() {
+            let w = &self.workers[slot];
+            if !w.alive
+                || w.declined
+                || w.stalled
+                || w.assigned > 0
+                || w.unheld >= self.unheld_cap(slot)
+            {
+                continue;
+            }
+            let Some(last) = self.last_to_finish(now, slot) else {
+                return;
+            };
+            let index = last.index;
+            // A copy the sink asked for never goes back to a worker whose copy it has.
+            if self
+                .exclude
+                .get(&(index as u32))
+                .is_some_and(|names| names.contains(&self.workers[slot].info.name))
+            {
+                continue;
+            }
+            let Some(mine_us) = self.predict_us(slot, index) else {
+                continue;
+            };
+            // What the holder has spent on it bounds what it costs: the taker needs at
+            // least that, scaled by the two workers' measured speeds (a rate measured on
+            // cheap items says nothing of a dear chunk).
+            let holder_us = self
+                .predict_us(self.owner[index] as usize, index)
+                .unwrap_or(mine_us.max(1.0));
+            let mine_us = mine_us.max(last.running_us * mine_us / holder_us.max(1.0));
+            if mine_us >= last.left_us * 0.8 {
+                continue;
+            }
+            let holder_left_us = last.left_us;
+            let task = self.config.tasks[index];
+            let holder = self.owner[index];
+            log::debug!(
+                "end game: {} takes over task {} from {} ({:.0} ms against {:.0} ms left)",
+                printable(&self.workers[slot].info.name),
+                task.id,
+                printable(&self.workers[holder as usize].info.name),
+                mine_us / 1000.0,
+                holder_left_us / 1000.0
+            );
+            self.release(holder, index);
+            self.owner[index] = slot as WorkerId;
+            self.assigned_ms += u64::from(task.workload_ms);
+            let worker = &mut self.workers[slot];
+            worker.given.push_back((now, index as u32));
+            worker.assigned += 1;
+            worker.assigned_ms += u64::from(task.workload_ms);
+            self.taken_over.insert(index as u32);
+            self.redispatched += 1;
+            self.items_redone += u64::from(task.items);
+            out.push(Command::Tasks {
+                worker: slot as WorkerId,
+                tasks: vec![task],
+                again: vec![true],
+            });
+        }
+    }
+
+    /// Among tasks other workers hold and that were not taken over yet, the one whose
+    /// holder is predicted to finish last, with how long it has left, in µs (tasks queued
+    /// on a worker run one after another from its last report).
+    fn last_to_finish(&self, now: Instant, except: usize) -> Option<LastToFinish> {
+        let mut last: Option<LastToFinish> = None;
+        for (h, holder) in self.workers.iter().enumerate() {
+            if h == except || !holder.alive || holder.assigned == 0 {
+                continue;
+            }
+            // Its tasks run one after another from its last report.
+            let mut at = now
+                .saturating_duration_since(holder.last_report)
+                .as_secs_f64()
+                * -1e6;
+            for &(given, index) in &holder.given {
+                let i = index as usize;
+                if self.state[i] != TaskState::Assigned || self.owner[i] != h as WorkerId {
+                    continue;
+                }
+                let since = now.saturating_duration_since(given.max(holder.last_report));
+                let took = self
+                    .predict_us(h, i)
+                    .unwrap_or_else(|| f64::from(self.config.tasks[i].workload_ms) * 1000.0);
+                let start = at.max(-since.as_secs_f64() * 1e6);
+                // A task past its prediction is taken to need as long again as it has
+                // run: costs vary along a job, and a miss means this part is dearer.
+                let running = (-start).max(0.0);
+                at = start + took.max(2.0 * running);
+                if !self.taken_over.contains(&index) && last.is_none_or(|l| at > l.left_us) {
+                    last = Some(LastToFinish {
+                        index: i,
+                        left_us: at,
+                        running_us: running,
+                    });
+                }
+            }
+        }
+        last
+    }
+
+    /// How long `slot` would take over the task at `index`, by its measured speed: a
+    /// chunk's items at its rate, a task's workload at its µs per ms. `None` until it has
+    /// reported one.
+    fn predict_us(&self, slot: usize, index: usize) -> Option<f64> {
+        let task = self.config.tasks[index];
+        if task.is_chunk() {
+            let rate = self.carver.as_ref()?.rate(slot)?;
+            (rate > 0.0).then(|| f64::from(task.items) * 1e6 / rate)
+        } else {
+            let us_per_ms = self.workers[slot].us_per_ms?;
+            Some(us_per_ms * f64::from(task.workload_ms))
+        }
+    }
+
+    /// The sink wants a task run once more, by a worker not in `exclude` (`--replicate`):
+    /// unless such a worker runs it already, it goes to the replicas' queue, which a
+    /// worker named in `exclude` takes from only when no other live worker could.
+    /// Idempotent: the sink repeats itself until it holds the task.
+    fn again(&mut self, now: Instant, id: u32, first: u64, items: u32, exclude: Vec<String>) {
+        let index = if self.carver.is_some() {
+            match self.chunk_at.get(&first) {
+                Some(&id) if self.config.tasks[id as usize].items == items => id as usize,
+                _ => {
+                    let why = format!(
+                        "asked to run items {first}..{} again, not a chunk",
+                        first + u64::from(items)
+                    );
+                    self.reject_at(now, "sink", why);
+                    return;
+                }
+            }
+        } else if (id as usize) < self.len() {
+            id as usize
+        } else {
+            let why = format!(
+                "asked to run task {id} of a {}-task batch again",
+                self.len()
+            );
+            self.reject_at(now, "sink", why);
+            return;
+        };
+        let excluded = |slot: u32| {
+            self.workers
+                .get(slot as usize)
+                .is_some_and(|w| exclude.contains(&w.info.name))
+        };
+        let requeue = match self.state[index] {
+            TaskState::Held => false,
+            TaskState::Pending | TaskState::Requeued => false,
+            TaskState::Assigned => excluded(self.owner[index]),
+            TaskState::Reported => self.owner[index] == NO_OWNER || excluded(self.owner[index]),
+        };
+        self.exclude.insert(index as u32, exclude);
+        if requeue {
+            if self.state[index] == TaskState::Assigned {
+                let owner = self.owner[index];
+                self.release(owner, index);
+            }
+            self.requeue(index);
+        } else if matches!(self.state[index], TaskState::Pending | TaskState::Requeued) {
+            // Waiting in the main queue (its worker was lost): moved to the replicas'.
+            self.queue_replica(index as u32);
+        }
+    }
+
+    /// A copy the sink asked for waits in `replicas`; its entry in the main queue, if any,
+    /// is skipped there.
+    fn queue_replica(&mut self, index: u32) {
+        if self.replica_set.insert(index) {
+            self.replicas.push_back(index);
+        }
+    }
+
+    /// A replica `slot` may run now, with its place in the queue: among the first few, one
+    /// it is not excluded from; else the first, if no live worker that may take work is
+    /// free of its exclusion. Drops stale entries from the front.
+    fn replica_for(&mut self, slot: usize) -> Option<(usize, u32)> {
+        while let Some(&index) = self.replicas.front() {
+            if matches!(
+                self.state[index as usize],
+                TaskState::Pending | TaskState::Requeued
+            ) {
+                break;
+            }
+            self.replicas.pop_front();
+            self.replica_set.remove(&index);
+        }
+        let name = &self.workers[slot].info.name;
+        let excluded = |index: u32| {
+            self.exclude
+                .get(&index)
+                .is_some_and(|names| names.contains(name))
+        };
+        let live =
+            |index: usize| matches!(self.state[index], TaskState::Pending | TaskState::Requeued);
+        if let Some((pos, &index)) = self
+            .replicas
+            .iter()
+            .enumerate()
+            .take(REPLICA_SCAN)
+            .find(|&(_, &index)| live(index as usize) && !excluded(index))
+        {
+            return Some((pos, index));
+        }
+        let &first = self.replicas.front()?;
+        let exclude = self.exclude.get(&first).map_or(&[][..], Vec::as_slice);
+        let someone_else = self.workers.iter().enumerate().any(|(w, worker)| {
+            worker.alive
+                && !worker.declined
+                && !worker.stalled
+                && worker.unheld < self.unheld_cap(w)
+                && !exclude.contains(&worker.info.name)
+        });
+        (!someone_else).then_some((0, first))
+    }
+
     /// A worker cannot run this batch's kernel: what it holds goes to others, and it gets
     /// nothing more of this batch (it stays known, so its greetings do not revive it).
     fn decline(&mut self, now: Instant, routing_id: &[u8], reason: &str, out: &mut Vec<Command>) {
@@ -1578,6 +1859,13 @@ impl Dispatcher {
             printable(&worker.info.name),
             printable(reason)
         );
+        self.set_aside(slot, now, reason, out);
+    }
+
+    /// `slot` gets nothing more of this batch (it declined, or was quarantined): what it
+    /// holds goes to others; once every worker of a fixed farm is set aside, the batch
+    /// stops.
+    fn set_aside(&mut self, slot: WorkerId, now: Instant, reason: &str, out: &mut Vec<Command>) {
         self.declines += 1;
         self.lose_worker(slot, now);
         self.workers[slot as usize].declined = true;
@@ -1634,11 +1922,11 @@ impl Dispatcher {
         let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
         // Tasks that cost nothing stream up to the larger cap (see `credit`).
         let streaming = worker.proven && self.config.longest_ms == 0 && self.carver.is_none();
-        let window = self
-            .config
-            .window
-            .max(hinted)
-            .max(if streaming { self.config.max_window } else { 0 });
+        let window =
+            self.config
+                .window
+                .max(hinted)
+                .max(if streaming { self.config.max_window } else { 0 });
         window.saturating_mul(2).max(2)
     }
 
@@ -1654,6 +1942,11 @@ impl Dispatcher {
     fn requeue(&mut self, index: usize) {
         if self.state[index] == TaskState::Reported {
             self.results_arrived(self.owner[index]);
+        }
+        // A copy the sink asked for keeps its exclusions however it comes back (a lost or
+        // stalled worker, a full queue).
+        if self.exclude.contains_key(&(index as u32)) {
+            self.queue_replica(index as u32);
         }
         self.pending_count += 1;
         self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
@@ -2083,10 +2376,13 @@ impl Dispatcher {
     /// The next task still pending, without removing it.
     fn peek_pending(&mut self) -> Option<u32> {
         while let Some(&id) = self.pending.front() {
+            // A copy the sink asked for goes out from `replicas` only, to a worker it
+            // does not exclude.
             if matches!(
                 self.state[id as usize],
                 TaskState::Pending | TaskState::Requeued
-            ) {
+            ) && !self.replica_set.contains(&id)
+            {
                 return Some(id);
             }
             self.pending.pop_front();
@@ -2106,12 +2402,21 @@ impl Dispatcher {
             };
             let s = slot as usize;
             self.workers[s].queued = false;
-            let id = match self.peek_pending() {
+            let replica = self.replica_for(s);
+            let id = match replica.map(|(_, id)| id).or_else(|| self.peek_pending()) {
                 Some(id) => id,
                 None => match self.carve(s) {
                     Carved::Chunk(id) => id,
                     // Back in the queue when its chunk is reported.
                     Carved::NotNow => continue,
+                    // Copies wait for other workers: this one waits with the tail.
+                    Carved::Nothing if !self.replicas.is_empty() => {
+                        if !self.workers[s].in_tail {
+                            self.workers[s].in_tail = true;
+                            self.tail.push(slot);
+                        }
+                        continue;
+                    }
                     Carved::Nothing => {
                         self.enqueue(slot);
                         break;
@@ -2143,7 +2448,15 @@ impl Dispatcher {
                 self.deferred.push(slot);
                 continue;
             }
-            self.pending.pop_front();
+            match replica {
+                Some((pos, index)) => {
+                    self.replicas.remove(pos);
+                    self.replica_set.remove(&index);
+                }
+                None => {
+                    self.pending.pop_front();
+                }
+            }
             self.pending_count -= 1;
             self.pending_ms -= u64::from(task.workload_ms);
             self.assigned_ms += u64::from(task.workload_ms);

@@ -764,10 +764,12 @@ fn a_straggler_that_reports_its_backed_up_task_takes_tasks_again() {
     farm.apply(&Action::Join(0));
     farm.apply(&Action::Join(1));
     let slow = farm.named(0).expect("joined");
-    // Worker 0 sits on its task past the bound while heartbeating; worker 1 works.
+    // Worker 0 sits on its task past the bound while heartbeating; worker 1 works, and
+    // the sink holds what it delivers.
     for _ in 0..12 {
         farm.apply(&Action::Beat);
         farm.apply(&Action::Finish(1, false));
+        farm.apply(&Action::SinkFlush);
         farm.apply(&Action::Advance(100));
     }
     let id = farm
@@ -1170,5 +1172,112 @@ fn a_chunk_that_fails_max_attempts_times_is_given_up_and_the_sink_told() {
     );
     // The sink counts it held (failed): the job is complete.
     sink_holds(&mut d, base, vec![bad.range()], &mut out);
-    assert_eq!(d.counters().held, d.len(), "every chunk held, the failed one too");
+    assert_eq!(
+        d.counters().held,
+        d.len(),
+        "every chunk held, the failed one too"
+    );
+}
+
+#[test]
+fn a_copy_the_sink_asks_for_goes_to_a_worker_it_does_not_exclude() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(1_000, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    sink_acks(&mut d, base, 0, &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    let (a_slot, chunk) = chunks_in(&out)[0];
+    out.clear();
+    report(&mut d, base, "a", chunk.id, 1000, &mut out);
+    // The sink has a's copy and wants another, from anyone but a; then b arrives.
+    let again = Message::Again {
+        batch: 0x10b,
+        id: chunk.id,
+        first: chunk.first,
+        items: chunk.items,
+        exclude: vec!["a".into()],
+    };
+    d.handle(base, Event::FromSink(again.clone()), &mut out);
+    greet(&mut d, base, "b", &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    let handed = chunks_in(&out);
+    let copy: Vec<_> = handed
+        .iter()
+        .filter(|(_, t)| t.first == chunk.first)
+        .collect();
+    assert_eq!(copy.len(), 1, "{handed:?}");
+    assert_ne!(
+        copy[0].0, a_slot,
+        "not to the worker whose copy the sink has"
+    );
+    // Asked again while b runs it: nothing changes.
+    out.clear();
+    d.handle(base, Event::FromSink(again), &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    assert!(chunks_in(&out).iter().all(|(_, t)| t.first != chunk.first));
+}
+
+#[test]
+fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
+    let base = Instant::now();
+    let mut d = job_dispatcher(400, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "fast", &mut out);
+    greet(&mut d, base, "slow", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    sink_acks(&mut d, base, 0, &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    let first = chunks_in(&out);
+    let slot_of = |d: &Dispatcher, name: &[u8]| {
+        (0..d.workers().len())
+            .find(|&w| d.workers()[w].routing_id == name)
+            .unwrap() as WorkerId
+    };
+    let fast = slot_of(&d, b"fast");
+    let (_, slow_chunk) = *first.iter().find(|(w, _)| *w != fast).unwrap();
+    // The fast worker eats the rest of the job, a chunk a millisecond.
+    let mut t = base;
+    let mut mine: Vec<Task> = first
+        .iter()
+        .filter(|(w, _)| *w == fast)
+        .map(|(_, c)| *c)
+        .collect();
+    while let Some(chunk) = mine.pop() {
+        t += Duration::from_millis(1);
+        out.clear();
+        report(&mut d, t, "fast", chunk.id, 1000, &mut out);
+        sink_holds(&mut d, t, vec![chunk.range()], &mut out);
+        d.handle(t, Event::Tick, &mut out);
+        mine.extend(
+            chunks_in(&out)
+                .iter()
+                .filter(|(w, _)| *w == fast)
+                .map(|(_, c)| *c),
+        );
+    }
+    // Nothing left to carve; the slow worker's chunk (100 ms at nominal speed) goes to
+    // the fast one, who would take a millisecond.
+    out.clear();
+    d.handle(t + TAIL_PROBE, Event::Tick, &mut out);
+    let taken: Vec<_> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Tasks {
+                worker,
+                tasks,
+                again,
+            } => Some((*worker, tasks.clone(), again.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(taken, vec![(fast, vec![slow_chunk], vec![true])]);
+    // Once, not again.
+    out.clear();
+    d.handle(t + TAIL_PROBE * 2, Event::Tick, &mut out);
+    assert!(chunks_in(&out).is_empty());
 }

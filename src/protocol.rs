@@ -506,6 +506,23 @@ pub enum Message {
         items: u32,
         attempts: u32,
     },
+    /// sink → ventilator: run this task (or chunk) once more, on a worker not named in
+    /// `exclude` when one is live (`--replicate`: a second copy to compare, or a third to
+    /// break a tie). Repeated every heartbeat until the sink holds the task.
+    Again {
+        batch: u64,
+        id: u32,
+        first: u64,
+        items: u32,
+        exclude: Vec<String>,
+    },
+    /// sink → ventilator: this worker's results disagreed with others' twice: it gets no
+    /// more of the batch (as if it declined), and what it holds goes to others.
+    Quarantine {
+        batch: u64,
+        worker: String,
+        reason: String,
+    },
 }
 
 /// Outputs taken out of a results message to travel as frames of their own.
@@ -606,6 +623,8 @@ impl Message {
             Message::Decline { .. } => 18,
             Message::HeldItems { .. } => 20,
             Message::GaveUp { .. } => 21,
+            Message::Again { .. } => 22,
+            Message::Quarantine { .. } => 23,
         }
     }
 
@@ -718,6 +737,31 @@ impl Message {
                 w.u64(*first);
                 w.u32(*items);
                 w.u32(*attempts);
+            }
+            Message::Again {
+                batch,
+                id,
+                first,
+                items,
+                exclude,
+            } => {
+                w.u64(*batch);
+                w.u32(*id);
+                w.u64(*first);
+                w.u32(*items);
+                w.count(exclude.len());
+                for name in exclude {
+                    w.str(name);
+                }
+            }
+            Message::Quarantine {
+                batch,
+                worker,
+                reason,
+            } => {
+                w.u64(*batch);
+                w.str(worker);
+                w.long_str(reason);
             }
             Message::Stats {
                 batch,
@@ -1075,6 +1119,26 @@ impl Message {
                 items: r.u32()?,
                 attempts: r.u32()?,
             },
+            22 => {
+                let (batch, id, first, items) = (r.u64()?, r.u32()?, r.u64()?, r.u32()?);
+                let n = r.count(1)?;
+                let mut exclude = Vec::with_capacity(n);
+                for _ in 0..n {
+                    exclude.push(r.str()?);
+                }
+                Message::Again {
+                    batch,
+                    id,
+                    first,
+                    items,
+                    exclude,
+                }
+            }
+            23 => Message::Quarantine {
+                batch: r.u64()?,
+                worker: r.str()?,
+                reason: r.long_str()?,
+            },
             11 => Message::Stats {
                 batch: r.u64()?,
                 redispatched: r.u64()?,
@@ -1130,7 +1194,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 21] = [
+const KINDS: [&str; 23] = [
     "hello",
     "tasks",
     "done",
@@ -1152,6 +1216,8 @@ const KINDS: [&str; 21] = [
     "results",
     "held-items",
     "gave-up",
+    "again",
+    "quarantine",
 ];
 
 struct Writer {
@@ -1242,6 +1308,7 @@ impl Writer {
         self.u8(job.kernel);
         self.u32(job.units_per_ms);
         self.u8(job.verify_percent);
+        self.u8(job.replicate_percent);
         for c in job.constants {
             self.u32(c);
         }
@@ -1392,6 +1459,15 @@ impl Reader<'_> {
                 other => {
                     return Err(DecodeError::BadField {
                         field: "verify_percent",
+                        value: u64::from(other),
+                    })
+                }
+            },
+            replicate_percent: match self.u8()? {
+                p @ 0..=100 => p,
+                other => {
+                    return Err(DecodeError::BadField {
+                        field: "replicate_percent",
                         value: u64::from(other),
                     })
                 }
@@ -1572,6 +1648,18 @@ mod tests {
                 first: 1 << 35,
                 items: 9,
                 attempts: 3,
+            },
+            Message::Again {
+                batch: 7,
+                id: 12,
+                first: 0,
+                items: 0,
+                exclude: vec!["a".into(), "b-2".into()],
+            },
+            Message::Quarantine {
+                batch: 7,
+                worker: "c".into(),
+                reason: "twice alone against the others".into(),
             },
             Message::Tasks {
                 batch: 8,
@@ -1884,7 +1972,7 @@ mod tests {
 
         /// Arbitrary bytes after a valid header exercise every body decoder.
         #[test]
-        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..23, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..25, body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut bytes = vec![b'C', b'Q', VERSION, kind];
             bytes.extend_from_slice(&body);
             if let Ok(message) = Message::decode(&bytes) {
@@ -1898,7 +1986,7 @@ mod tests {
         /// frame more than a kind allows, or a byte past its total, is beyond them.
         #[test]
         fn messages_fit_the_bounds_of_their_kind(
-            which in 0usize..16,
+            which in 0usize..18,
             outputs in proptest::collection::vec(0usize..65_536, 1..48),
         ) {
             let sample = samples()[which].encode();
@@ -1932,7 +2020,7 @@ mod tests {
         /// Flipping any one byte of a valid message either is rejected or decodes to a
         /// message that re-encodes to exactly the flipped bytes.
         #[test]
-        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..16, at in any::<usize>(), byte in any::<u8>()) {
+        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..18, at in any::<usize>(), byte in any::<u8>()) {
             let mut bytes = samples()[which].encode();
             let at = at % bytes.len();
             bytes[at] = byte;

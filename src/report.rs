@@ -86,6 +86,24 @@ fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
+/// Copies of a replicated task that disagreed (`--replicate`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplicaMismatch {
+    /// `task 7`, or `items 100..200`.
+    pub task: String,
+    /// Workers whose copies agreed (the copy kept); empty when no two agreed.
+    pub agreed: Vec<String>,
+    /// Workers whose copies differed from them.
+    pub differing: Vec<String>,
+}
+
+/// A worker that got no more of the batch after its copies disagreed with others'.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Quarantined {
+    pub worker: String,
+    pub reason: String,
+}
+
 /// Task inputs (ventilator to workers) and outputs (workers to sink) as they crossed the
 /// wire and uncompressed; a ratio is uncompressed over wire (1 when raw, 0 when none).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
@@ -195,6 +213,18 @@ pub struct Report {
     /// Tasks given up on after `--max-attempts` failures: any fails the batch.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedTask>,
+    /// Tasks run on two workers (or three, to break a tie) and compared (`--replicate`);
+    /// the copies that disagreed, and the workers quarantined for it. Any disagreement
+    /// fails the batch.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub replicated: u64,
+    /// Replicated tasks only one worker could run: held on its copies alone.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unconfirmed: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replica_mismatches: Vec<ReplicaMismatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
 }
 
 /// `1 worker`, `2 workers`.
@@ -308,6 +338,20 @@ impl Report {
                 match self.failed.len() {
                     1 => String::new(),
                     n => format!(", and {} more tasks failed likewise", n - 1),
+                }
+            ));
+        }
+        if let Some(first) = self.replica_mismatches.first() {
+            return Err(format!(
+                "{} of {} replicated tasks had copies that disagree; first {}: {} differ from {}",
+                self.replica_mismatches.len(),
+                self.replicated,
+                first.task,
+                crate::logging::printable(&first.differing.join(", ")),
+                if first.agreed.is_empty() {
+                    "each other".to_owned()
+                } else {
+                    crate::logging::printable(&first.agreed.join(", ")).into_owned()
                 }
             ));
         }
@@ -446,6 +490,37 @@ impl Report {
         }
         if self.wire.inputs_bytes + self.wire.outputs_bytes > 0 {
             s += &self.wire.line();
+        }
+        if self.replicated + self.unconfirmed > 0 {
+            s += &format!(
+                "replicated {} tasks on a second worker, copies that disagree {}{}\n",
+                self.replicated,
+                self.replica_mismatches.len(),
+                if self.unconfirmed > 0 {
+                    format!(", {} only one worker could run", self.unconfirmed)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        for m in &self.replica_mismatches {
+            s += &format!(
+                "MISMATCH {}: {} differ from {}\n",
+                m.task,
+                crate::logging::printable(&m.differing.join(", ")),
+                if m.agreed.is_empty() {
+                    "each other".to_owned()
+                } else {
+                    crate::logging::printable(&m.agreed.join(", ")).into_owned()
+                }
+            );
+        }
+        for q in &self.quarantined {
+            s += &format!(
+                "QUARANTINED {}: {}\n",
+                crate::logging::printable(&q.worker),
+                crate::logging::printable(&q.reason)
+            );
         }
         for f in &self.failed {
             s += &format!(
@@ -881,6 +956,10 @@ mod tests {
     fn report() -> Report {
         Report {
             failed: Vec::new(),
+            replicated: 0,
+            unconfirmed: 0,
+            replica_mismatches: Vec::new(),
+            quarantined: Vec::new(),
             batch: "00000000000000ab".into(),
             tasks: 100,
             expected_ms: 5050,

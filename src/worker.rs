@@ -574,6 +574,12 @@ fn fault_injected() -> bool {
     std::env::var(FAULT_VAR).is_ok_and(|v| v == "panic")
 }
 
+/// Test hook: with `CONQUER_TEST_FAULT=corrupt-output`, this worker flips one bit of every
+/// output it computes, as a faulty card or driver would: what `--replicate` must catch.
+fn corrupts_outputs() -> bool {
+    std::env::var(FAULT_VAR).is_ok_and(|v| v == "corrupt-output")
+}
+
 /// A task this long (µs) is sent on at once: its credit matters more than company.
 const FLUSH_AT_US: u32 = 200;
 /// Outcomes between two looks at the clock for FLUSH_AFTER.
@@ -722,11 +728,17 @@ fn execute(
                 }
             }
         };
+        let corrupt = corrupts_outputs();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if fault_injected() {
                 panic!("injected fault ({FAULT_VAR}=panic)");
             }
-            backend.run(&job, &mut next, &mut |outcome| {
+            backend.run(&job, &mut next, &mut |mut outcome| {
+                if corrupt {
+                    if let Some(byte) = outcome.output.last_mut() {
+                        *byte ^= 1;
+                    }
+                }
                 // The wall clock is read once per flush for short tasks, which go out within
                 // FLUSH_AFTER: a clock read per zero-work task is a tenth of its cost.
                 let finished_unix_ms = match stamp {

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod gpu;
 pub mod sleep;
+pub mod slowed;
 
 use crate::batch::{Job, Task};
 use crate::protocol::Status;
@@ -215,7 +216,8 @@ pub fn micros(d: std::time::Duration) -> u32 {
 /// Options for building a backend.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
-    /// Sleep only: multiplies workloads.
+    /// Multiplies every task's time: the sleep backend sleeps longer, a computing one
+    /// waits after each task (`--slowdown`).
     pub slowdown: f64,
     /// GPU/software: which adapter, by index from `conquer info` or part of its name.
     pub adapter: Option<String>,
@@ -226,8 +228,18 @@ pub struct BackendOptions {
 
 /// Builds the backend a worker asked for. `auto` never fails: without a usable hardware
 /// adapter it falls back to `sleep` and says why. `gpu` and `software` fail with the list
-/// of adapters found when none fits.
+/// of adapters found when none fits. `--slowdown` above 1 slows a computing backend too
+/// (see [`slowed`]); the sleep backend slows its own sleeps.
 pub fn build(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
+    let backend = build_unslowed(kind, options)?;
+    Ok(if options.slowdown > 1.0 && backend.kind() != "sleep" {
+        Box::new(slowed::Slowed::new(backend, options.slowdown))
+    } else {
+        backend
+    })
+}
+
+fn build_unslowed(kind: BackendKind, options: &BackendOptions) -> anyhow::Result<Box<dyn Backend>> {
     let sleep = || Box::new(sleep::Sleep::new(options.slowdown)) as Box<dyn Backend>;
     let say = |line: String| {
         if options.quiet {

@@ -290,6 +290,8 @@ pub(super) fn chunking(
                 seed: args.seed,
                 chunking: Some(policy),
                 item_us: 1000,
+                farm: None,
+                costs: None,
             })?);
         progress.done();
     }

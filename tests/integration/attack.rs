@@ -110,7 +110,11 @@ fn forged_item_ranges_are_credited_once_and_do_not_shred_the_job() {
         .iter()
         .find(|w| w["id"] == "forger")
         .map_or(0, |w| w["items"].as_u64().unwrap_or(0));
-    assert_eq!(forger_items, 150 + 9_000, "{r}");
+    // At most the distinct items it claimed (fewer where the real worker got there first).
+    assert!(
+        (8_000..=150 + 9_000).contains(&forger_items),
+        "{forger_items} items: {r}"
+    );
     // 9,000 one-item holes: without crossing them, as many chunks.
     let chunks = r["job"]["chunks"].as_u64().expect("chunks");
     assert!(chunks < 1_000, "the job was cut into {chunks} chunks: {r}");
@@ -315,4 +319,83 @@ fn a_result_naming_another_tasks_input_is_refused_and_writes_nothing() {
         assert_eq!(bytes, vec![i + 1; 4096], "{} holds its own input's copy", out.display());
     }
     drop((vent, honest));
+}
+
+/// A sink, a ventilator running the histogram example kernel over 48 small files with
+/// `--replicate 50`, and three software workers, the third started with `env`. Returns the
+/// sink's exit status and report.
+fn replicated_histograms(third: &[(&str, &str)]) -> (std::process::ExitStatus, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..48u32 {
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761) >> (i % 13)) as u8)
+            .collect();
+        std::fs::write(dir.path().join(format!("h{i:02}.bin")), bytes).unwrap();
+    }
+    let glob = format!("{}/*.bin", dir.path().display());
+    let (sink, sink_ep) = util::sink(&[]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &[
+            "--kernel-file",
+            "examples/kernels/histogram.wgsl",
+            "--inputs",
+            &glob,
+            "--output-bytes",
+            "1024",
+            "--replicate",
+            "50",
+            "--wait-workers",
+            "3",
+        ],
+    );
+    let workers: Vec<util::Proc> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|&name| {
+            let args = [
+                "worker",
+                "--ventilator",
+                &vent_ep,
+                "--sink",
+                &sink_ep,
+                "--name",
+                name,
+                "--backend",
+                "software",
+                "--exit-when-done",
+            ];
+            let env: &[(&str, &str)] = if name == "w3" { third } else { &[] };
+            util::Proc::start_with_env(name, &args, env)
+        })
+        .collect();
+    let (status, stdout, log) = sink.finish();
+    let r = report(&stdout);
+    eprintln!("{log}");
+    drop((vent, workers));
+    (status, r)
+}
+
+#[test]
+fn replicated_tasks_agree_on_honest_workers_and_the_batch_passes() {
+    let (status, r) = replicated_histograms(&[]);
+    assert!(status.success(), "{r}");
+    assert_eq!(r["tasks"], 48, "{r}");
+    let replicated = r["replicated"].as_u64().expect("replicated counted");
+    assert!((8..=40).contains(&replicated), "about half: {r}");
+    assert!(r.get("replica_mismatches").is_none(), "{r}");
+}
+
+#[test]
+fn a_worker_that_corrupts_its_outputs_is_caught_named_and_quarantined() {
+    let (status, r) = replicated_histograms(&[("CONQUER_TEST_FAULT", "corrupt-output")]);
+    assert_eq!(status.code(), Some(1), "a disagreement fails the batch: {r}");
+    let mismatches = r["replica_mismatches"].as_array().expect("mismatches");
+    assert!(mismatches.len() >= 2, "{r}");
+    for m in mismatches {
+        assert_eq!(m["differing"], serde_json::json!(["w3"]), "{r}");
+        assert_eq!(m["agreed"].as_array().map(Vec::len), Some(2), "{r}");
+    }
+    let quarantined = r["quarantined"].as_array().expect("quarantined");
+    assert_eq!(quarantined.len(), 1, "{r}");
+    assert_eq!(quarantined[0]["worker"], "w3", "{r}");
 }
