@@ -1118,17 +1118,31 @@ fn after_a_fresh_sink_restart_items_it_lost_are_carved_again() {
     );
 }
 
-#[test]
-fn a_chunk_that_fails_max_attempts_times_is_given_up_and_the_sink_told() {
-    let base = Instant::now();
-    let mut d = job_dispatcher(1_000, Policy::Fixed(100), base);
+/// A job of `items` carved by `policy`, with `names` greeted and the sink's
+/// acknowledgement in: the dispatcher, and the commands of the tick that handed out the
+/// first chunks.
+fn started_job(
+    items: u64,
+    policy: Policy,
+    base: Instant,
+    names: &[&str],
+) -> (Dispatcher, Vec<Command>) {
+    let mut d = job_dispatcher(items, policy, base);
     let mut out = Vec::new();
-    greet(&mut d, base, "a", &mut out);
-    greet(&mut d, base, "b", &mut out);
+    for name in names {
+        greet(&mut d, base, name, &mut out);
+    }
     d.handle(base, Event::Tick, &mut out);
     sink_acks(&mut d, base, 0, &mut out);
     out.clear();
     d.handle(base, Event::Tick, &mut out);
+    (d, out)
+}
+
+#[test]
+fn a_chunk_that_fails_max_attempts_times_is_given_up_and_the_sink_told() {
+    let base = Instant::now();
+    let (mut d, mut out) = started_job(1_000, Policy::Fixed(100), base, &["a", "b"]);
     let first = chunks_in(&out);
     let (_, bad) = first[0];
     // It fails on whoever gets it, three times; the other chunks go on meanwhile.
@@ -1182,13 +1196,7 @@ fn a_chunk_that_fails_max_attempts_times_is_given_up_and_the_sink_told() {
 #[test]
 fn a_copy_the_sink_asks_for_goes_to_a_worker_it_does_not_exclude() {
     let base = Instant::now();
-    let mut d = job_dispatcher(1_000, Policy::Fixed(100), base);
-    let mut out = Vec::new();
-    greet(&mut d, base, "a", &mut out);
-    d.handle(base, Event::Tick, &mut out);
-    sink_acks(&mut d, base, 0, &mut out);
-    out.clear();
-    d.handle(base, Event::Tick, &mut out);
+    let (mut d, mut out) = started_job(1_000, Policy::Fixed(100), base, &["a"]);
     let (a_slot, chunk) = chunks_in(&out)[0];
     out.clear();
     report(&mut d, base, "a", chunk.id, 1000, &mut out);
@@ -1224,14 +1232,7 @@ fn a_copy_the_sink_asks_for_goes_to_a_worker_it_does_not_exclude() {
 #[test]
 fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
     let base = Instant::now();
-    let mut d = job_dispatcher(400, Policy::Fixed(100), base);
-    let mut out = Vec::new();
-    greet(&mut d, base, "fast", &mut out);
-    greet(&mut d, base, "slow", &mut out);
-    d.handle(base, Event::Tick, &mut out);
-    sink_acks(&mut d, base, 0, &mut out);
-    out.clear();
-    d.handle(base, Event::Tick, &mut out);
+    let (mut d, mut out) = started_job(400, Policy::Fixed(100), base, &["fast", "slow"]);
     let first = chunks_in(&out);
     let slot_of = |d: &Dispatcher, name: &[u8]| {
         (0..d.workers().len())

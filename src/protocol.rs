@@ -732,10 +732,7 @@ impl Message {
                 items,
                 attempts,
             } => {
-                w.u64(*batch);
-                w.u32(*id);
-                w.u64(*first);
-                w.u32(*items);
+                w.task_ref(*batch, *id, *first, *items);
                 w.u32(*attempts);
             }
             Message::Again {
@@ -745,10 +742,7 @@ impl Message {
                 items,
                 exclude,
             } => {
-                w.u64(*batch);
-                w.u32(*id);
-                w.u64(*first);
-                w.u32(*items);
+                w.task_ref(*batch, *id, *first, *items);
                 w.count(exclude.len());
                 for name in exclude {
                     w.str(name);
@@ -1112,15 +1106,18 @@ impl Message {
                 }
                 Message::HeldItems { batch, ranges }
             }
-            21 => Message::GaveUp {
-                batch: r.u64()?,
-                id: r.u32()?,
-                first: r.u64()?,
-                items: r.u32()?,
-                attempts: r.u32()?,
-            },
+            21 => {
+                let (batch, id, first, items) = r.task_ref()?;
+                Message::GaveUp {
+                    batch,
+                    id,
+                    first,
+                    items,
+                    attempts: r.u32()?,
+                }
+            }
             22 => {
-                let (batch, id, first, items) = (r.u64()?, r.u32()?, r.u64()?, r.u32()?);
+                let (batch, id, first, items) = r.task_ref()?;
                 let n = r.count(1)?;
                 let mut exclude = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -1304,6 +1301,14 @@ impl Writer {
         self.u16(info.window_hint);
         self.u8(info.codecs);
     }
+    /// A task or a job's chunk of a batch, named by the sink to the ventilator: its id
+    /// and its items (`first..first + items`; 0 items for a task).
+    fn task_ref(&mut self, batch: u64, id: u32, first: u64, items: u32) {
+        self.u64(batch);
+        self.u32(id);
+        self.u64(first);
+        self.u32(items);
+    }
     fn job(&mut self, job: &Job) {
         self.u8(job.kernel);
         self.u32(job.units_per_ms);
@@ -1449,6 +1454,10 @@ impl Reader<'_> {
             window_hint: self.u16()?,
             codecs: self.u8()?,
         })
+    }
+    /// See [`Writer::task_ref`]: (batch, id, first, items).
+    fn task_ref(&mut self) -> Result<(u64, u32, u64, u32), DecodeError> {
+        Ok((self.u64()?, self.u32()?, self.u64()?, self.u32()?))
     }
     fn job(&mut self) -> Result<Job, DecodeError> {
         Ok(Job {
