@@ -1494,6 +1494,12 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     }
     let mut prepared = args.batch.prepare(args.verify.percent())?;
     prepared.job.replicate_percent = args.verify.replicate;
+    if let (Some(_), Ok(view)) = (
+        &args.report.image,
+        crate::kernels::mandelbrot::View::of(&prepared.job),
+    ) {
+        crate::outputs::check_picture(&view)?;
+    }
     let options = args.backend.options()?;
     // `auto` is decided once, with the batch in view, and said once.
     let mut kind = args.backend.backend;

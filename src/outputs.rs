@@ -477,7 +477,57 @@ impl Outputs {
     }
 }
 
-/// The picture of `counts` (iteration counts, row-major) as an RGB PNG, into `file`.
+/// Most pixels a picture may have (`--image`): PNG's own limit on a side is 2^31, and
+/// a picture beyond this is better kept as counts (`--outputs`) than painted.
+pub const MAX_PICTURE_PIXELS: u64 = 1 << 31;
+/// What the sink holds per pixel while it paints: the count (4 bytes) and, when it
+/// writes the PNG, its colour (3).
+const PICTURE_BYTES_PER_PIXEL: u64 = 7;
+
+/// Refuses a picture over [`MAX_PICTURE_PIXELS`], or one that needs more memory than
+/// this machine has available, before the batch starts: the error names the limit.
+pub fn check_picture(view: &mandelbrot::View) -> anyhow::Result<()> {
+    let pixels = u64::from(view.width) * u64::from(view.height);
+    if pixels > MAX_PICTURE_PIXELS {
+        bail!(
+            "--image: a {} x {} picture is {pixels} pixels, over the {MAX_PICTURE_PIXELS} (2^31) \
+             the sink paints; lower --width or --height, or drop --image and keep the counts \
+             with --outputs DIR",
+            view.width,
+            view.height
+        );
+    }
+    let needed = pixels * PICTURE_BYTES_PER_PIXEL;
+    if let Some(available) = available_memory() {
+        if needed > available {
+            bail!(
+                "--image: a {} x {} picture needs {:.1} GiB in the sink ({PICTURE_BYTES_PER_PIXEL} \
+                 bytes a pixel), over the {:.1} GiB this machine has available; lower --width or \
+                 --height, or drop --image and keep the counts with --outputs DIR",
+                view.width,
+                view.height,
+                needed as f64 / (1u64 << 30) as f64,
+                available as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Memory available to new allocations (Linux's MemAvailable), when the system says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Most counts whose colours [`write_png`] computes ahead (12 MiB of palette); larger
+/// counts are coloured one by one.
+const MAX_PALETTE: u32 = 1 << 22;
+
+/// The picture of `counts` (iteration counts, row-major) as an RGB PNG, into `file`, with
+/// the `png` crate's fast compression (its own DEFLATE tuned for images).
 pub fn write_png(
     file: &mut std::fs::File,
     view: &mandelbrot::View,
@@ -486,10 +536,21 @@ pub fn write_png(
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), view.width, view.height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
     let mut writer = encoder.write_header().context("cannot write the picture")?;
+    // A count's colour depends on the count alone: computed once per count (a logarithm
+    // and three cosines each), not once per pixel.
+    let palette: Vec<[u8; 3]> = (0..=view.max_iter.min(MAX_PALETTE))
+        .map(|n| mandelbrot::colour(n, view.max_iter))
+        .collect();
     let rgb: Vec<u8> = counts
         .iter()
-        .flat_map(|&n| mandelbrot::colour(n, view.max_iter))
+        .flat_map(|&n| {
+            palette
+                .get(n as usize)
+                .copied()
+                .unwrap_or_else(|| mandelbrot::colour(n, view.max_iter))
+        })
         .collect();
     writer
         .write_image_data(&rgb)

@@ -1,5 +1,6 @@
 //! Elapsed means done: the report's `finished_ms` runs until the picture is on disk, where
-//! `elapsed_ms` ends at the last result, and the text report says which is which.
+//! `elapsed_ms` ends at the last result, and the text report says which is which. A
+//! picture too large to paint is refused before the batch starts.
 
 use crate::util::{report, Proc};
 
@@ -50,4 +51,34 @@ fn finished_ms_counts_the_picture_that_elapsed_ms_leaves_out() {
             && text.contains("Finished, outputs and picture on disk:"),
         "{text}"
     );
+}
+
+#[test]
+fn a_picture_over_two_to_the_31_pixels_is_refused_before_the_batch_starts_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("huge.png");
+    let (status, _, log) = Proc::start(
+        "run",
+        &[
+            "run",
+            "--backend",
+            "cpu",
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "65536",
+            "--height",
+            "65536",
+            "--image",
+            image.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("4294967296 pixels") && log.contains("(2^31)"),
+        "{log}"
+    );
+    assert!(!log.contains("starting the batch"), "refused before: {log}");
+    assert!(!image.exists());
 }
