@@ -209,6 +209,11 @@ impl Outputs {
         }
         match kernel {
             Kernel::Mandelbrot if self.config.image.is_some() => {
+                // A standalone sink learns the picture's size from its first band: one it
+                // cannot hold fails the batch here, before the canvas is allocated.
+                if let (None, Ok(view)) = (&self.canvas, mandelbrot::View::of(job)) {
+                    check_picture(&view)?;
+                }
                 self.paint(job, task_of(r), &r.output)
             }
             Kernel::Search => self.hits.extend(search::hits(&r.output)),
@@ -561,6 +566,30 @@ pub fn write_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_picture_too_large_to_paint_fails_at_its_first_band_before_the_canvas() {
+        let view = mandelbrot::View::new(65_536, 65_536, 64, 16, (-0.5, 0.0), 3.0).unwrap();
+        let job = Job {
+            kernel: 1,
+            constants: view.constants(),
+            ..Job::default()
+        };
+        let mut outputs = Outputs::new(OutputsConfig {
+            dir: None,
+            image: Some(PathBuf::from("huge.png")),
+        });
+        let band = TaskResult {
+            output: vec![0; 16],
+            ..TaskResult::default()
+        };
+        let why = outputs.record(&job, &band).unwrap_err().to_string();
+        assert!(
+            why.contains("4294967296 pixels") && why.contains("2^31"),
+            "{why}"
+        );
+        assert!(outputs.canvas.is_none());
+    }
 
     #[test]
     fn names_a_worker_sends_never_become_paths() {
