@@ -643,8 +643,10 @@ impl Flow {
                         r.wall_us
                     );
                 }
-                self.counters.tasks +=
-                    results.iter().filter(|r| r.status != Status::Failed).count() as u64;
+                self.counters.tasks += results
+                    .iter()
+                    .filter(|r| r.status != Status::Failed)
+                    .count() as u64;
                 let done: Vec<Done> = chunk
                     .iter()
                     .map(|f| Done {

@@ -209,9 +209,9 @@ impl View {
         ))
     }
 
-    /// The constants a job carries for this view: c[0] = (width - 1) | (height - 1) << 16,
-    /// c[1] = max_iter, c[2] = rows | shift << 24, c[3] = the half step's mantissa,
-    /// c[4..6] and c[6..8] = the centre's re and im as i64 (low word first).
+    /// The constants a job carries for this view: `c[0] = (width - 1) | (height - 1) << 16`,
+    /// `c[1] = max_iter`, `c[2] = rows | shift << 24`, `c[3]` = the half step's mantissa,
+    /// `c[4..6]` and `c[6..8]` = the centre's re and im as i64 (low word first).
     pub fn constants(&self) -> [u32; crate::kernels::CONSTANTS] {
         let (re, im) = (self.centre_re as u64, self.centre_im as u64);
         [

@@ -223,7 +223,10 @@ fn a_multipart_flood_is_dropped_as_it_arrives_and_counted() {
     split[3] = 19;
     let frame = vec![0u8; 1024];
     let mut parts: Vec<&[u8]> = vec![&split];
-    parts.extend(std::iter::repeat_n(&frame[..], conquer::protocol::MAX_ITEMS_PER_MESSAGE + 10));
+    parts.extend(std::iter::repeat_n(
+        &frame[..],
+        conquer::protocol::MAX_ITEMS_PER_MESSAGE + 10,
+    ));
     stranger.send_multipart(parts, 0).unwrap();
     stranger
         .send_multipart([&Message::Bye.encode()[..], &frame, &frame], 0)
@@ -248,14 +251,7 @@ fn a_result_naming_another_tasks_input_is_refused_and_writes_nothing() {
     let (sink, sink_ep) = util::sink(&["--outputs", outputs.to_str().unwrap()]);
     let (vent, vent_ep) = util::ventilator(
         &sink_ep,
-        &[
-            "--kernel",
-            "copy",
-            "--inputs",
-            &glob,
-            "--wait-workers",
-            "1",
-        ],
+        &["--kernel", "copy", "--inputs", &glob, "--wait-workers", "1"],
     );
     let mut insider = WorkerInfo {
         backend: "cpu".into(),
@@ -266,12 +262,15 @@ fn a_result_naming_another_tasks_input_is_refused_and_writes_nothing() {
     // The insider takes a task and answers it under another task's input name.
     let (batch, task, name) = loop {
         insider.beat();
-        let data = insider.heard_from_ventilator().into_iter().find_map(|m| match m {
-            Message::Data {
-                batch, task, name, ..
-            } => Some((batch, task, name)),
-            _ => None,
-        });
+        let data = insider
+            .heard_from_ventilator()
+            .into_iter()
+            .find_map(|m| match m {
+                Message::Data {
+                    batch, task, name, ..
+                } => Some((batch, task, name)),
+                _ => None,
+            });
         if let Some(found) = data {
             break found;
         }
@@ -316,7 +315,12 @@ fn a_result_naming_another_tasks_input_is_refused_and_writes_nothing() {
     for i in 0..4u8 {
         let out = outputs.join(format!("f{i}.bin.out"));
         let bytes = std::fs::read(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
-        assert_eq!(bytes, vec![i + 1; 4096], "{} holds its own input's copy", out.display());
+        assert_eq!(
+            bytes,
+            vec![i + 1; 4096],
+            "{} holds its own input's copy",
+            out.display()
+        );
     }
     drop((vent, honest));
 }
@@ -388,7 +392,11 @@ fn replicated_tasks_agree_on_honest_workers_and_the_batch_passes() {
 #[test]
 fn a_worker_that_corrupts_its_outputs_is_caught_named_and_quarantined() {
     let (status, r) = replicated_histograms(&[("CONQUER_TEST_FAULT", "corrupt-output")]);
-    assert_eq!(status.code(), Some(1), "a disagreement fails the batch: {r}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a disagreement fails the batch: {r}"
+    );
     let mismatches = r["replica_mismatches"].as_array().expect("mismatches");
     assert!(mismatches.len() >= 2, "{r}");
     for m in mismatches {
