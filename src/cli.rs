@@ -1017,6 +1017,7 @@ impl BackendArgs {
 /// Report output of the sink.
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Results and report")]
+#[command(group(clap::ArgGroup::new("kept_files").args(KEPT_FILES).multiple(true)))]
 pub struct ReportArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
@@ -1040,12 +1041,15 @@ pub struct ReportArgs {
     pub image: Option<PathBuf>,
 }
 
+/// The files --overwrite may replace.
+const KEPT_FILES: [&str; 2] = ["results", "image"];
+
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Results and report")]
 pub struct OverwriteArgs {
-    /// Replace a --results file that already holds records (without it such a file is
-    /// refused, never wiped).
-    #[arg(long, env = "CONQUER_OVERWRITE", requires = "results")]
+    /// Replace a --results file that already holds records, and an existing --image
+    /// picture (without it such a file is refused, never wiped).
+    #[arg(long, env = "CONQUER_OVERWRITE", requires = "kept_files")]
     pub overwrite: bool,
 }
 
@@ -1500,6 +1504,12 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     ) {
         crate::outputs::check_picture(&view)?;
     }
+    check_outputs_fit(&args.report, &prepared.job)?;
+    // What the sink would refuse of its files, said before anything binds.
+    args.report
+        .sink_config(String::new())
+        .outputs
+        .check(args.resume.resume, args.overwrite.overwrite)?;
     let options = args.backend.options()?;
     // `auto` is decided once, with the batch in view, and said once.
     let mut kind = args.backend.backend;
@@ -1582,6 +1592,31 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             1
         }
     })
+}
+
+/// Refuses, before anything binds, outputs flags that the batch cannot honour: a picture
+/// of a batch that paints none, or an input kernel whose outputs would be dropped.
+fn check_outputs_fit(report: &ReportArgs, job: &Job) -> anyhow::Result<()> {
+    let kernel = Kernel::from_id(job.kernel);
+    if report.image.is_some() && kernel != Some(Kernel::Mandelbrot) {
+        bail!(
+            "--image needs a Mandelbrot batch, and this one runs the {} kernel: add --kernel \
+             mandelbrot, or drop --image",
+            kernel.map_or("unknown", Kernel::name)
+        );
+    }
+    let flag = match kernel {
+        Some(Kernel::User) => "--kernel-file",
+        Some(Kernel::Copy) => "--kernel copy",
+        _ => return Ok(()),
+    };
+    if report.outputs.is_none() {
+        bail!(
+            "{flag}: the kernel's outputs are all it computes, and without --outputs DIR they \
+             would be dropped: pass --outputs DIR"
+        );
+    }
+    Ok(())
 }
 
 /// The command this process was started with, as a shell line to type again with `flag`

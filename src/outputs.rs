@@ -31,8 +31,10 @@ pub struct OutputsConfig {
 }
 
 impl OutputsConfig {
-    /// Checks the settings and prepares the directory before anything binds.
-    pub fn check(&self, resume: bool) -> anyhow::Result<()> {
+    /// Checks the settings and prepares the directory before anything binds. An existing
+    /// picture is refused like an existing results file, unless `overwrite` (or `resume`,
+    /// which paints the same batch's picture again).
+    pub fn check(&self, resume: bool, overwrite: bool) -> anyhow::Result<()> {
         if let Some(dir) = &self.dir {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(
@@ -78,6 +80,13 @@ impl OutputsConfig {
                 bail!(
                     "--image with --resume needs --outputs DIR: the bands held before the restart \
                      are read back from there"
+                );
+            }
+            if !resume && !overwrite && std::fs::symlink_metadata(image).is_ok() {
+                bail!(
+                    "--image {}: the file already exists: pass --overwrite to replace it, or name \
+                     another file",
+                    image.display()
                 );
             }
         }
@@ -618,7 +627,7 @@ mod tests {
             dir: Some(dir.path().to_owned()),
             image: None,
         };
-        config.check(false).unwrap();
+        config.check(false, false).unwrap();
         let mut outputs = Outputs::new(config);
         let job = Job {
             kernel: Kernel::User.id(),
@@ -651,10 +660,10 @@ mod tests {
             image: None,
         };
         std::os::unix::fs::symlink(&target, dir.path().join(PROBE)).unwrap();
-        let e = format!("{:#}", config.check(false).unwrap_err());
+        let e = format!("{:#}", config.check(false, false).unwrap_err());
         assert!(e.contains(PROBE) && e.contains("symbolic link"), "{e}");
         std::fs::remove_file(dir.path().join(PROBE)).unwrap();
-        config.check(false).unwrap();
+        config.check(false, false).unwrap();
         std::os::unix::fs::symlink(&target, dir.path().join(".in.bin.out.tmp")).unwrap();
         let mut outputs = Outputs::new(config);
         let job = Job {

@@ -91,7 +91,7 @@ impl Sink {
             bail!("--resume and --overwrite contradict each other: continue the results file, or replace it");
         }
         config.access.check_exposure(&config.bind, "--bind")?;
-        config.outputs.check(config.resume)?;
+        config.outputs.check(config.resume, config.overwrite)?;
         // The results file first: a path that cannot be written fails before anything binds.
         let (file, recovered) = match &config.results {
             None => (None, None),

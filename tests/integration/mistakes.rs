@@ -833,3 +833,89 @@ fn m19_bare_conquer_runs_the_default_batch_and_counts_workers_in_words() {
         "{log}"
     );
 }
+
+#[test]
+fn m20_outputs_flags_the_batch_cannot_honour_fail_before_anything_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = dir.path().join("x.png");
+    let image = picture.to_str().unwrap();
+
+    // A picture of a batch that paints none.
+    let spin = ["run", "--tasks", "40", "--max-ms", "2", "--image", image];
+    let outcome = conquer_v(&spin);
+    assert_fails_with(
+        &outcome,
+        1,
+        &["--image needs a Mandelbrot batch", "--kernel mandelbrot"],
+    );
+    assert!(
+        !outcome.2.contains("listening"),
+        "bound first: {}",
+        outcome.2
+    );
+    assert!(!picture.exists());
+    // Each way out it names: drop --image, or ask for the Mandelbrot set.
+    let (status, _, log) = conquer(&spin[..5]);
+    assert!(status.success(), "{log}");
+    let mandelbrot = [
+        "run",
+        "--kernel",
+        "mandelbrot",
+        "--backend",
+        "cpu",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--max-iter",
+        "50",
+        "--image",
+        image,
+    ];
+    let (status, _, log) = conquer(&mandelbrot);
+    assert!(status.success(), "{log}");
+    assert!(std::fs::read(&picture).unwrap().starts_with(b"\x89PNG"));
+
+    // An existing picture is refused like an existing results file, and --overwrite
+    // replaces it.
+    std::fs::write(&picture, b"an earlier picture").unwrap();
+    let outcome = conquer_v(&mandelbrot);
+    assert_fails_with(&outcome, 1, &["x.png", "already exists", "--overwrite"]);
+    assert!(
+        !outcome.2.contains("listening"),
+        "bound first: {}",
+        outcome.2
+    );
+    assert_eq!(std::fs::read(&picture).unwrap(), b"an earlier picture");
+    let mut overwrite = mandelbrot.to_vec();
+    overwrite.push("--overwrite");
+    let (status, _, log) = conquer(&overwrite);
+    assert!(status.success(), "{log}");
+    assert!(std::fs::read(&picture).unwrap().starts_with(b"\x89PNG"));
+
+    // An input kernel whose outputs would be dropped.
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, [7u8; 256]).unwrap();
+    let copy = [
+        "run",
+        "--kernel",
+        "copy",
+        "--backend",
+        "cpu",
+        "--inputs",
+        input.to_str().unwrap(),
+    ];
+    let outcome = conquer_v(&copy);
+    assert_fails_with(&outcome, 1, &["--kernel copy", "--outputs DIR"]);
+    assert!(
+        !outcome.2.contains("listening"),
+        "bound first: {}",
+        outcome.2
+    );
+    let out = dir.path().join("out");
+    let mut kept = copy.to_vec();
+    kept.extend(["--outputs", out.to_str().unwrap()]);
+    let (status, _, log) = conquer(&kept);
+    assert!(status.success(), "{log}");
+    assert_eq!(std::fs::read(out.join("in.bin.out")).unwrap(), [7u8; 256]);
+}
