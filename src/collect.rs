@@ -315,6 +315,8 @@ pub struct Collector {
     replica_mismatches: Vec<ReplicaMismatch>,
     blamed: HashMap<String, u32>,
     quarantined: Vec<Quarantined>,
+    /// Bytes the copies in `replicas` take.
+    replica_bytes: usize,
 }
 
 /// The copies in hand of a replicated task not yet held.
@@ -344,6 +346,18 @@ struct Replica {
     /// XXH3 of the output, seeded with the checksum: what copies are compared by.
     digest: u64,
     result: TaskResult,
+}
+
+/// Most replicated tasks whose copies the sink holds at once, and most bytes of them.
+const MAX_REPLICA_TASKS: usize = 65_536;
+const MAX_REPLICA_BYTES: usize = 256 << 20;
+
+/// What a task's copies take in memory, as counted against [`MAX_REPLICA_BYTES`].
+fn copies_bytes(copies: &[Replica]) -> usize {
+    copies
+        .iter()
+        .map(|c| c.result.output.capacity() + std::mem::size_of::<Replica>())
+        .sum()
 }
 
 /// A worker whose copies differ from the others' this often gets no more of the batch.
@@ -403,6 +417,7 @@ impl Collector {
             replica_mismatches: Vec::new(),
             blamed: HashMap::new(),
             quarantined: Vec::new(),
+            replica_bytes: 0,
         }
     }
 
@@ -970,7 +985,10 @@ impl Collector {
                 self.reject_peer(now, peer, why);
                 return;
             }
-        } else if let Some(bad) = results.iter().find(|r| r.id as usize >= b.task_count) {
+        } else if let Some(bad) = results
+            .iter()
+            .find(|r| r.id as usize >= b.task_count || r.items != 0 || r.first != 0)
+        {
             let why = format!(
                 "result for task {} of a {}-task batch",
                 bad.id, b.task_count
@@ -1095,7 +1113,7 @@ impl Collector {
             });
         }
         for r in to_replicate {
-            self.replicate(&worker, r, out);
+            self.replicate(now, peer, &worker, r, out);
         }
     }
 
@@ -1107,7 +1125,14 @@ impl Collector {
     /// sends a copy back to such a worker only when no other can take it, and then the
     /// task is held unconfirmed if the copies agree, or as a mismatch if they do not. A
     /// quarantined worker's copy is not believed.
-    fn replicate(&mut self, worker: &WorkerInfo, r: TaskResult, out: &mut Vec<SinkCommand>) {
+    fn replicate(
+        &mut self,
+        now: Instant,
+        peer: &[u8],
+        worker: &WorkerInfo,
+        r: TaskResult,
+        out: &mut Vec<SinkCommand>,
+    ) {
         let Some(b) = self.batch.as_ref() else {
             return;
         };
@@ -1121,6 +1146,21 @@ impl Collector {
         );
         let quarantined = self.quarantined.iter().any(|q| q.worker == worker.name);
         let digest = xxhash_rust::xxh3::xxh3_64_with_seed(&r.output, r.checksum);
+        // Copies in hand are bounded in count and bytes: a peer inventing chunk shapes
+        // cannot make the sink hold more (the task is asked for again once it is held).
+        let size = r.output.capacity() + std::mem::size_of::<Replica>();
+        if !self.replicas.contains_key(&key) && self.replicas.len() >= MAX_REPLICA_TASKS
+            || self.replica_bytes + size > MAX_REPLICA_BYTES
+        {
+            let why = format!(
+                "a copy of task {} beyond the {MAX_REPLICA_TASKS} tasks or {MAX_REPLICA_BYTES} \
+                 bytes of copies the sink holds",
+                r.id
+            );
+            self.reject_peer(now, peer, why);
+            return;
+        }
+        self.replica_bytes += size;
         let entry = self.replicas.entry(key).or_insert_with(|| Copies {
             id: r.id,
             first: r.first,
@@ -1171,6 +1211,7 @@ impl Collector {
         let Some(Copies { copies, .. }) = self.replicas.remove(&key) else {
             return;
         };
+        self.replica_bytes = self.replica_bytes.saturating_sub(copies_bytes(&copies));
         let (keep, agreed, odd) = match settled {
             Settled::Majority(i) => {
                 let digest = copies[i].digest;
@@ -1342,7 +1383,15 @@ impl Collector {
             Some(set) => set.contains_all(key..key + u64::from(items)),
             None => b.is_held(key as usize),
         };
-        self.replicas.retain(|key, _| !held(key));
+        let mut freed = 0;
+        self.replicas.retain(|key, entry| {
+            let keep = !held(key);
+            if !keep {
+                freed += copies_bytes(&entry.copies);
+            }
+            keep
+        });
+        self.replica_bytes = self.replica_bytes.saturating_sub(freed);
         let mut keys: Vec<(u64, u32)> = self.replicas.keys().copied().collect();
         keys.sort_unstable();
         for key in keys {

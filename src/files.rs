@@ -179,16 +179,19 @@ impl Dir {
         Ok(())
     }
 
-    /// Reads the file `name`; a link there is an error naming it.
+    /// Reads the file `name`, an output: a link, anything but a regular file (a FIFO would
+    /// block the sink), or a file longer than an output may be (`--max-payload`) is an
+    /// error naming it.
     pub fn read(&self, name: &str) -> anyhow::Result<Vec<u8>> {
         use std::io::Read;
+        let limit = crate::protocol::max_payload();
         let c = component(name)?;
         // SAFETY: the fd is open and `name` is NUL-terminated.
         let fd = unsafe {
             libc::openat(
                 self.fd.as_raw_fd(),
                 c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
             )
         };
         if fd < 0 {
@@ -202,9 +205,27 @@ impl Dir {
             return Err(e).with_context(|| format!("cannot read {}", self.show(name)));
         }
         // SAFETY: `fd` was just opened and is owned by nobody else.
-        let mut file = unsafe { File::from_raw_fd(fd) };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        let file = unsafe { File::from_raw_fd(fd) };
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", self.show(name)))?;
+        if !meta.file_type().is_file() {
+            bail!(
+                "{} is not a regular file; the sink reads back only the files it wrote",
+                self.show(name)
+            );
+        }
+        if meta.len() > limit {
+            bail!(
+                "{} holds {} bytes, more than an output may ({limit}); the sink reads back only \
+                 the files it wrote",
+                self.show(name),
+                meta.len()
+            );
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(limit)
+            .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {}", self.show(name)))?;
         Ok(bytes)
     }

@@ -350,6 +350,8 @@ impl Outputs {
         };
         let view = mandelbrot::View::of(job)
             .map_err(|_| anyhow::anyhow!("--image: this batch is not a Mandelbrot image"))?;
+        // A resumed sink may paint every band from its files: the same bound first.
+        check_picture(&view)?;
         let missing = |canvas: &Option<(mandelbrot::View, Vec<u32>, Vec<bool>)>| {
             canvas
                 .as_ref()

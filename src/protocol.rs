@@ -187,6 +187,14 @@ fn unpack(packed: &[u8], raw_len: u64) -> Result<Vec<u8>, DecodeError> {
             limit: max_payload(),
         });
     }
+    // An LZ4 block inflates at most 255 times (plus a little): a claim beyond that is a
+    // lie, refused before the buffer is taken.
+    if raw_len > (packed.len() as u64).saturating_mul(255).saturating_add(16) {
+        return Err(DecodeError::BadField {
+            field: "compressed length",
+            value: raw_len,
+        });
+    }
     let mut out = vec![0u8; raw_len as usize];
     match lz4_flex::block::decompress_into(packed, &mut out) {
         Ok(n) if n == out.len() => Ok(out),
