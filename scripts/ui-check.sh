@@ -93,4 +93,15 @@ if [ "$first" -lt 0 ] || [ "$second" -le "$first" ]; then
 fi
 browse --hide-scrollbars --window-size=1280,860 --screenshot="$work/dashboard.png" "$url" >/dev/null
 cp "$work/dashboard.png" "$shot"
-echo "ui-check: the page listed all $workers workers, progress went from $first to $second held; screenshot in $shot"
+# After the batch the final state stays up (--http-linger), and the page says finished.
+finished() { curl -fsS "${url}api/status" 2>/dev/null | python3 -c 'import json,sys; print(int(json.load(sys.stdin).get("finished", False)))' 2>/dev/null || echo 0; }
+for _ in $(seq 1 600); do
+  [ "$(finished)" = 1 ] && break
+  sleep 0.1
+done
+[ "$(finished)" = 1 ] || { echo "ui-check: the live view never showed the batch finished" >&2; exit 1; }
+browse --dump-dom "$url" > "$work/dom3.html"
+grep -q 'id="phase">finished<' "$work/dom3.html" || {
+  echo "ui-check: the page does not say finished after the batch; its DOM:" >&2
+  head -c 2000 "$work/dom3.html" >&2; exit 1; }
+echo "ui-check: the page listed all $workers workers, progress went from $first to $second held, then said finished; screenshot in $shot"

@@ -248,8 +248,9 @@ pub struct HttpArgs {
     /// --secret-file (clients send it as a bearer token) or --insecure.
     #[arg(long, env = "CONQUER_HTTP", value_name = "HOST:PORT")]
     pub http: Option<String>,
-    /// Keep serving the final state this many seconds after the batch ends.
-    #[arg(long, default_value_t = 0.0, requires = "http", value_name = "SECONDS")]
+    /// Keep serving the final state this many seconds after the batch ends, so that
+    /// `conquer status --watch`, the page and scrapers see it finished (0: stop at once).
+    #[arg(long, default_value_t = 5.0, requires = "http", value_name = "SECONDS")]
     pub http_linger: f64,
 }
 
@@ -1432,6 +1433,10 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 // Clear the screen and draw again, as `watch` does.
                 print!("\x1b[H\x1b[2J{table}");
                 std::io::Write::flush(&mut std::io::stdout())?;
+                if status.finished {
+                    // The final state, drawn: the live view closes after its linger.
+                    return Ok(0);
+                }
                 for _ in 0..10 {
                     shutdown.check()?;
                     std::thread::sleep(Duration::from_millis(100));
@@ -1569,22 +1574,26 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     sink.resume = args.resume.resume;
     sink.resume_advice = Some(format!("run `{}`", this_command_with("--resume")));
     sink.heartbeat = heartbeat;
+    let json = args.report.json;
+    // Printed as soon as the batch is complete, while the live view lingers.
+    let print: crate::local::OnReport = Box::new(move |report| {
+        if let (Some(job), Some(policy)) = (report.job.as_mut(), policy) {
+            job.chunking = policy.to_owned();
+        }
+        if !json && (report.job.is_none() || report.expected_ms > 0) {
+            crate::report::print_expected_cost(report.expected_ms);
+        }
+        report.print(json)
+    });
     let report = crate::local::run(
         crate::local::LocalRun {
             sink,
             access,
+            on_report: Some(print),
             ..crate::local::LocalRun::new(ventilator, backends)
         },
         shutdown,
     )?;
-    let mut report = report;
-    if let (Some(job), Some(policy)) = (report.job.as_mut(), policy) {
-        job.chunking = policy.to_owned();
-    }
-    if !args.report.json && (report.job.is_none() || report.expected_ms > 0) {
-        crate::report::print_expected_cost(report.expected_ms);
-    }
-    report.print(args.report.json)?;
     Ok(match report.verdict() {
         Ok(()) => 0,
         Err(why) => {

@@ -665,6 +665,12 @@ impl Dispatcher {
         Some((self.covered.covered(), carver.plan().items))
     }
 
+    /// Nominal work (ms of workload) of the tasks not yet done: pending, requeued and out
+    /// with a worker. What a task list's ETA is made from.
+    pub fn work_left_ms(&self) -> u64 {
+        self.pending_ms + self.assigned_ms
+    }
+
     /// The items chunk `id` covers (0 for a task of a task list, or an unknown id).
     pub fn task_items(&self, id: u32) -> u64 {
         self.config

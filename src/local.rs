@@ -36,7 +36,13 @@ pub struct LocalRun {
     /// The secret every role presents and demands: `--secret-file`, or the one `conquer run`
     /// makes for each run. None by default here (benchmarks choose).
     pub access: crate::auth::Access,
+    /// Given the sink's report as soon as the batch is complete, before the live view's
+    /// `--http-linger` ends: `conquer run` prints it there rather than after the linger.
+    pub on_report: Option<OnReport>,
 }
+
+/// What [`LocalRun::on_report`] does with the report (print it, say).
+pub type OnReport = Box<dyn FnOnce(&mut Report) -> anyhow::Result<()> + Send>;
 
 impl LocalRun {
     /// A run of `ventilator`'s batch on one worker per backend, joining at once, with the
@@ -51,6 +57,7 @@ impl LocalRun {
             tasks_endpoint: None,
             http_endpoint: None,
             access: crate::auth::Access::default(),
+            on_report: None,
         }
     }
 }
@@ -85,7 +92,13 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
                  {batch:016x}: give another --results file, or --overwrite to replace it",
                 results.unwrap_or_default()
             ),
-            _ => return sink.run(shutdown),
+            _ => {
+                let mut report = sink.run(shutdown)?;
+                if let Some(on_report) = run.on_report {
+                    on_report(&mut report)?;
+                }
+                return Ok(report);
+            }
         }
     }
     run.ventilator.bind = "tcp://127.0.0.1:*".into();
@@ -158,7 +171,13 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
         })?);
     }
 
-    let report = join(sink_thread);
+    let mut report = join(sink_thread);
+    if let (Ok(r), Some(on_report)) = (report.as_mut(), run.on_report) {
+        // The batch is complete: said now, while the ventilator may keep the live view up.
+        if let Err(e) = on_report(r) {
+            report = Err(e);
+        }
+    }
     let vent = join(vent_thread);
     // Workers leave when the ventilator ends the batch; if it failed, stop them here.
     if report.is_err() || vent.is_err() {

@@ -120,6 +120,9 @@ pub struct Observer {
     /// A divisible job's items held before the first task was sent (a resumed job's):
     /// not counted in its rate.
     items_before: u64,
+    /// A task list's nominal work left when the first task was sent: what was done since
+    /// over the time since is its work rate.
+    work_before: u64,
     ok: u64,
     failed: u64,
     /// Reports of tasks that had been handed to another worker since.
@@ -149,6 +152,7 @@ impl Observer {
             held_sent: 0,
             first_sent: None,
             items_before: 0,
+            work_before: 0,
             ok: 0,
             failed: 0,
             duplicates: 0,
@@ -349,19 +353,17 @@ impl Observer {
         };
         // A job counts in items: its chunks are cut as it runs, so their count grows.
         let (items_held, items) = d.items_progress().unwrap_or((0, 0));
+        let work_left = d.work_left_ms();
         if self.first_sent.is_none() {
             self.items_before = items_held;
+            self.work_before = work_left;
         }
         let items_rate = if working > 0.0 {
             items_held.saturating_sub(self.items_before) as f64 / working
         } else {
             0.0
         };
-        let eta = if items > 0 {
-            (items_rate > 0.0).then(|| items.saturating_sub(items_held) as f64 / items_rate)
-        } else {
-            (rate > 0.0).then(|| tasks.saturating_sub(held) as f64 / rate)
-        };
+        let mut measured = false;
         let mut workers = Vec::new();
         let mut busy_total = 0.0;
         let mut present_total = 0.0;
@@ -396,6 +398,9 @@ impl Observer {
             let busy_s = tally.busy_us as f64 / 1e6;
             busy_total += busy_s;
             present_total += present;
+            // Busy time is what workers report of tasks done: none until the first.
+            let reported = tally.done + tally.failed > 0;
+            measured |= reported;
             workers.push(WorkerStatus {
                 name: slot.info.name.clone(),
                 address: tally.address.clone(),
@@ -405,11 +410,7 @@ impl Observer {
                 done: tally.done,
                 failed: tally.failed,
                 holding: slot.assigned,
-                busy_share: if present > 0.0 {
-                    (busy_s / present).min(1.0)
-                } else {
-                    0.0
-                },
+                busy_share: (reported && present > 0.0).then(|| (busy_s / present).min(1.0)),
                 kernel_ms: tally.kernel_us as f64 / 1e3,
                 items: tally.items,
                 items_per_s: if busy_s > 0.0 {
@@ -419,6 +420,22 @@ impl Observer {
                 },
             });
         }
+        // A task list's ETA from the work left, at the pace workers did work while busy,
+        // times the workers alive: longest first, the first tasks take longest, so the
+        // count of tasks left would mislead.
+        let work_done = self.work_before.saturating_sub(work_left) as f64;
+        let eta = if items > 0 {
+            (items_rate > 0.0).then(|| items.saturating_sub(items_held) as f64 / items_rate)
+        } else if work_done > 0.0 && busy_total > 0.0 && alive > 0 {
+            Some(work_left as f64 / (work_done / busy_total * alive as f64))
+        } else {
+            (rate > 0.0).then(|| tasks.saturating_sub(held) as f64 / rate)
+        };
+        let all_held = if items > 0 {
+            items_held >= items
+        } else {
+            held >= tasks
+        };
         let horizon = now.checked_sub(STREAM_WINDOW).unwrap_or(self.start);
         // Milliseconds are all a bar can show; rounded, the JSON is half the size.
         let since = |t: Instant| {
@@ -448,11 +465,10 @@ impl Observer {
             items_held,
             items_per_s: items_rate,
             eta_s: eta,
-            efficiency: if present_total > 0.0 {
-                (busy_total / present_total).min(1.0)
-            } else {
-                0.0
-            },
+            work_left_ms: work_left,
+            finished: d.is_over() && all_held,
+            efficiency: (measured && present_total > 0.0)
+                .then(|| (busy_total / present_total).min(1.0)),
             ok: self.ok,
             failed: self.failed,
             duplicates: self.duplicates,
@@ -717,11 +733,19 @@ pub struct FarmStatus {
     pub items_held: u64,
     #[serde(default)]
     pub items_per_s: f64,
-    /// Seconds left at that rate (items for a job; absent before the first result).
+    /// Seconds left: a job's items left at its items' rate; a task list's nominal work
+    /// left (`work_left_ms`) at the pace workers did work while busy, times the workers
+    /// alive (absent before the first result).
     pub eta_s: Option<f64>,
+    /// A task list's nominal work (ms of workload) not yet done.
+    #[serde(default)]
+    pub work_left_ms: u64,
+    /// The batch is over with every task (or item) held.
+    #[serde(default)]
+    pub finished: bool,
     /// Busy time of all workers over the time each was there to work (since the first
-    /// task was sent, until it left).
-    pub efficiency: f64,
+    /// task was sent, until it left); absent until a worker has reported a task.
+    pub efficiency: Option<f64>,
     pub ok: u64,
     pub failed: u64,
     pub duplicates: u64,
@@ -752,8 +776,9 @@ pub struct WorkerStatus {
     pub failed: u64,
     /// Tasks it holds now.
     pub holding: u32,
-    /// Share of the time it was there (since the first send, until it left) spent on tasks.
-    pub busy_share: f64,
+    /// Share of the time it was there (since the first send, until it left) spent on
+    /// tasks; absent until it has reported one.
+    pub busy_share: Option<f64>,
     pub kernel_ms: f64,
     /// A divisible job: items in the chunks it finished, and those over its busy time.
     #[serde(default)]

@@ -52,10 +52,10 @@ pub fn render(s: &FarmStatus) -> String {
         " held".to_owned()
     };
     let mut out = format!(
-        "batch {} ({}): {held} of {total}{what}, {} in flight, {} pending; {} {unit}/s, ETA {}, efficiency {:.3}\n\
+        "batch {} ({}): {held} of {total}{what}, {} in flight, {} pending; {} {unit}/s, ETA {}, efficiency {}\n\
          ok {}, failed {}, redispatched {}, duplicates {}, rejected {}, refused {}\n\n",
         s.batch,
-        s.phase,
+        if s.finished { "finished" } else { &s.phase },
         s.in_flight,
         s.pending,
         rate(per_s),
@@ -64,7 +64,8 @@ pub fn render(s: &FarmStatus) -> String {
             Some(eta) => format!("{eta:.1} s"),
             None => "unknown".to_owned(),
         },
-        s.efficiency,
+        s.efficiency
+            .map_or_else(|| "not yet measured".to_owned(), |e| format!("{e:.3}")),
         s.ok,
         s.failed,
         s.redispatched,
@@ -78,7 +79,7 @@ pub fn render(s: &FarmStatus) -> String {
     );
     for w in &s.workers {
         out += &format!(
-            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>9} {:>5.0}% {:>10.2}\n",
+            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>9} {:>6} {:>10.2}\n",
             cut(&w.name, 24),
             cut(
                 if w.address.is_empty() {
@@ -104,7 +105,8 @@ pub fn render(s: &FarmStatus) -> String {
             } else {
                 "-".to_owned()
             },
-            100.0 * w.busy_share,
+            w.busy_share
+                .map_or_else(|| "-".to_owned(), |b| format!("{:.0}%", 100.0 * b)),
             w.kernel_ms / 1e3
         );
     }

@@ -129,7 +129,16 @@ fn o02_advice_a_run_gives_is_typed_into_run_and_works() {
 #[test]
 fn o02_a_live_view_others_can_reach_is_refused_with_flags_run_has() {
     let dir = tempfile::tempdir().unwrap();
-    let exposed = ["run", "--tasks", "4", "--http", "0.0.0.0:0"];
+    // No linger: each run here ends with its batch.
+    let exposed = [
+        "run",
+        "--tasks",
+        "4",
+        "--http",
+        "0.0.0.0:0",
+        "--http-linger",
+        "0",
+    ];
     let (status, _, log) = conquer(&exposed);
     assert_eq!(status.code(), Some(1), "{log}");
     let refusal = advice(&log).join("\n");
@@ -153,7 +162,15 @@ fn o02_a_live_view_others_can_reach_is_refused_with_flags_run_has() {
     assert!(status.success(), "{log}");
 
     assert!(refusal.contains("127.0.0.1:8080"), "{refusal}");
-    let (status, _, log) = conquer(&["run", "--tasks", "4", "--http", "127.0.0.1:0"]);
+    let (status, _, log) = conquer(&[
+        "run",
+        "--tasks",
+        "4",
+        "--http",
+        "127.0.0.1:0",
+        "--http-linger",
+        "0",
+    ]);
     assert!(status.success(), "{log}");
 }
 
@@ -593,4 +610,84 @@ fn o08_long_help_and_the_man_page_give_examples_exit_status_environment_and_file
     ] {
         assert!(page.contains(section), "no {section} in the man page");
     }
+}
+
+#[test]
+fn o06_the_live_view_stays_up_finished_measures_before_it_shows_and_counts_the_work_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.txt");
+    // Handed out longest first: eight long tasks, then many short ones. The count of
+    // tasks held says little of the time left.
+    let mut batch = "700\n".repeat(8);
+    batch += &"30\n".repeat(160);
+    std::fs::write(&tasks, batch).unwrap();
+    // The default --http-linger.
+    let run = Proc::start_quiet(
+        "run",
+        &[
+            "run",
+            "--workers",
+            "4",
+            "--backend",
+            "sleep",
+            "--tasks-file",
+            tasks.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--json",
+        ],
+    );
+    let line = run.wait_for("live view on http://");
+    let base = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+
+    let mut unmeasured = 0;
+    let mid = wait_status(&base, "the short tasks under way", |s| {
+        let Some(workers) = s["workers"].as_array() else {
+            return false; // no batch yet
+        };
+        let reported = workers
+            .iter()
+            .any(|w| w["done"].as_u64().unwrap() + w["failed"].as_u64().unwrap() > 0);
+        if reported {
+            assert!(s["efficiency"].is_number(), "{s}");
+        } else {
+            // Busy time comes from reports: before the first, nothing is shown as 0.
+            unmeasured += 1;
+            assert!(s["efficiency"].is_null(), "efficiency before a report: {s}");
+            for w in workers {
+                assert!(w["busy_share"].is_null(), "busy share before a report: {s}");
+            }
+        }
+        let held = s["held"].as_u64().unwrap();
+        (12..=140).contains(&held) && s["eta_s"].is_number()
+    });
+    assert!(
+        unmeasured > 0,
+        "the live view was never seen before a report"
+    );
+    // The tasks left are short ones: their work over four workers, not their count at
+    // the pace of the long ones.
+    let held = mid["held"].as_f64().unwrap();
+    let left_s = (168.0 - held) * 0.030 / 4.0;
+    let eta = mid["eta_s"].as_f64().unwrap();
+    assert!(
+        eta > 0.5 * left_s && eta < 1.5 * left_s,
+        "ETA {eta} s with about {left_s} s of work left per worker: {mid}"
+    );
+
+    // After the batch the final state stays up, finished; `status --watch` draws it and
+    // ends.
+    let end = wait_status(&base, "the batch finished", |s| s["finished"] == true);
+    assert_eq!(end["held"], 168, "{end}");
+    let (status, stdout, log) = conquer(&["status", "--watch", "--http", &base]);
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains("(finished)"), "{stdout}");
+    let (status, stdout, log) = run.finish();
+    assert!(status.success(), "{log}");
+    assert_eq!(util::report(&stdout)["tasks"], 168, "{stdout}");
 }
