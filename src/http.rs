@@ -612,10 +612,80 @@ fn route(target: &str, published: &Mutex<Published>) -> Response {
         "/metrics" => text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.as_str().to_owned(),
+            format!("{metrics}{}", process_metrics()),
         ),
         _ => text(404, PLAIN, "not found: try /, /api/status or /metrics\n"),
     }
+}
+
+/// The build and the process serving the metrics, read when a scrape asks (not by the
+/// pump): `conquer_build_info` and the usual `process_*` series, those Linux's /proc and
+/// getrusage tell.
+fn process_metrics() -> String {
+    use std::fmt::Write as _;
+    let mut m = String::with_capacity(1024);
+    let mut series = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}\n{value}");
+    };
+    series(
+        "conquer_build_info",
+        "gauge",
+        "The conquer build serving these metrics (always 1).",
+        format!(
+            "conquer_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
+    // SAFETY: rusage is plain integers and timevals, for which all zeros is a value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        series(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of this process.",
+            format!(
+                "process_cpu_seconds_total {}",
+                seconds(usage.ru_utime) + seconds(usage.ru_stime)
+            ),
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    if let Some(kib) = rss_kib {
+        series(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of this process.",
+            format!("process_resident_memory_bytes {}", kib * 1024),
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        series(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors of this process.",
+            format!("process_open_fds {}", fds.count()),
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let max_fds = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    if let Some(max) = max_fds {
+        series(
+            "process_max_fds",
+            "gauge",
+            "The open-file limit of this process (soft).",
+            format!("process_max_fds {max}"),
+        );
+    }
+    m
 }
 
 fn reason(code: u16) -> &'static str {

@@ -630,7 +630,12 @@ impl Observer {
                     "{name}{{worker=\"{}\",backend=\"{}\",adapter=\"{}\"}} {}",
                     label(&worker.name),
                     label(&worker.backend),
-                    label(&worker.adapter),
+                    // sleep and cpu run on no device: a label that says so, not "".
+                    label(if worker.adapter.is_empty() {
+                        "none"
+                    } else {
+                        &worker.adapter
+                    }),
                     value(tally)
                 );
             }

@@ -691,3 +691,82 @@ fn o06_the_live_view_stays_up_finished_measures_before_it_shows_and_counts_the_w
     assert!(status.success(), "{log}");
     assert_eq!(util::report(&stdout)["tasks"], 168, "{stdout}");
 }
+
+#[test]
+fn o09_metrics_carry_the_build_the_process_and_a_sleep_workers_adapter_as_none() {
+    let run = Proc::start_quiet(
+        "run",
+        &[
+            "run",
+            "--workers",
+            "2",
+            "--backend",
+            "sleep",
+            "--tasks",
+            "100000",
+            "--min-ms",
+            "5",
+            "--max-ms",
+            "5",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let line = run.wait_for("live view on http://");
+    let base = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let scrape = || {
+        ureq::get(&format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    // Once the workers have done tasks, each has its series.
+    let deadline = std::time::Instant::now() + util::PATIENCE;
+    let metrics = loop {
+        let metrics = scrape();
+        let workers = metrics
+            .lines()
+            .filter(|l| l.starts_with("conquer_worker_tasks_total{"))
+            .count();
+        if workers == 2 {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no worker series:\n{metrics}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let build = format!(
+        "conquer_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&build), 1.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 10.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("conquer_worker_tasks_total{"))
+    {
+        assert!(
+            line.contains("backend=\"sleep\",adapter=\"none\""),
+            "{line}"
+        );
+    }
+    drop(run);
+}
