@@ -1,10 +1,11 @@
 //! What a sink keeps of data tasks' outputs: one file per task in `--outputs DIR`, the
 //! Mandelbrot picture (`--image`), and the search kernel's hits for the report.
 //!
-//! A task's output file is written to a hidden temporary name, synced and renamed before
-//! the task counts as held; the directory itself is synced with the results file, before
-//! the ventilator hears the task is held. So after a crash every task the sink
-//! acknowledged has its output file complete, and `--resume` needs nothing else. Output
+//! A task's output file is written to a hidden temporary name, synced and renamed (on
+//! [`Writers`]' threads, so the sink's socket is read meanwhile) before the task counts as
+//! held; the directory itself is synced with the results file, before the ventilator hears
+//! the task is held. So after a crash every task the sink acknowledged has its output file
+//! complete, and `--resume` needs nothing else. Output
 //! files are named after the task's input (`NAME.out`), or after the kernel and task id
 //! for built-in kernels (`mandelbrot-00000012.out`), or for a divisible job's chunk after
 //! the kernel and its items (`mandelbrot-items-000000000064-000000000128.out`: rows 64 to
@@ -188,9 +189,21 @@ impl Outputs {
 
     /// Keeps one held task's output: its file, its band of the picture, its hits.
     pub fn record(&mut self, job: &Job, r: &TaskResult) -> anyhow::Result<()> {
+        if let (Some(name), Some(handle)) = (self.prepare(job, r)?, self.handle()?) {
+            write_output(&handle, &name, &r.output)?;
+            self.renamed();
+        }
+        Ok(())
+    }
+
+    /// Keeps one held task's band of the picture and its hits, and returns the name its
+    /// output file is to be written under (with `--outputs`): the caller writes it (see
+    /// [`Writers`]), and calls [`Outputs::renamed`] once it is.
+    pub fn prepare(&mut self, job: &Job, r: &TaskResult) -> anyhow::Result<Option<String>> {
         let Some(kernel) = Kernel::from_id(job.kernel).filter(|k| k.carries_output()) else {
-            return Ok(());
+            return Ok(None);
         };
+        let mut file = None;
         if self.config.dir.is_some() {
             if !r.name.is_empty() && !plain_file_name(&r.name) {
                 log::warn!(
@@ -202,14 +215,7 @@ impl Outputs {
             if r.items > 0 && plain_file_name(&r.name) && self.input_name.is_none() {
                 self.input_name = Some(r.name.clone());
             }
-            let name = output_name(job, task_of(r), &r.name);
-            if let Some(handle) = self.handle()? {
-                files::write_whole(&handle, &name, |file| {
-                    file.write_all(&r.output)
-                        .with_context(|| format!("cannot write {}", handle.show(&name)))
-                })?;
-            }
-            self.unsynced = true;
+            file = Some(output_name(job, task_of(r), &r.name));
             self.written += 1;
         } else if self.config.image.is_none() && kernel != Kernel::Search && !self.warned_discarded
         {
@@ -228,7 +234,18 @@ impl Outputs {
             Kernel::Search => self.hits.extend(search::hits(&r.output)),
             _ => {}
         }
-        Ok(())
+        Ok(file)
+    }
+
+    /// An output file was renamed into the directory: the next [`Outputs::sync`] makes
+    /// that durable.
+    pub fn renamed(&mut self) {
+        self.unsynced = true;
+    }
+
+    /// The outputs directory's handle, opened once; `None` without `--outputs`.
+    pub fn directory(&mut self) -> anyhow::Result<Option<Arc<Dir>>> {
+        self.handle()
     }
 
     fn paint(&mut self, job: &Job, task: Task, counts: &[u8]) {
@@ -572,6 +589,159 @@ pub fn write_png(
         .write_image_data(&rgb)
         .and_then(|()| writer.finish())
         .context("cannot write the picture")
+}
+
+/// Writes one output file whole under `name` (see [`files::write_whole`]).
+pub fn write_output(handle: &Dir, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    files::write_whole(handle, name, |file| {
+        file.write_all(bytes)
+            .with_context(|| format!("cannot write {}", handle.show(name)))
+    })
+}
+
+/// How a [`Writers`] thread writes one file: [`write_output`], or a test's stand-in.
+pub type WriteFile = dyn Fn(&Dir, &str, &[u8]) -> anyhow::Result<()> + Send + Sync;
+
+/// One output file for a [`Writers`] thread to write.
+struct FileJob {
+    ticket: u64,
+    handle: Arc<Dir>,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+/// One output file written (or not), as a [`Writers`] thread reports it.
+#[derive(Debug)]
+pub struct Written {
+    /// The ticket the file was submitted with.
+    pub ticket: u64,
+    /// Its size.
+    pub bytes: usize,
+    /// Whether it is whole under its name, or why not.
+    pub outcome: anyhow::Result<()>,
+}
+
+/// A small fixed pool of threads that write, sync and rename output files, so a large
+/// output does not hold up the sink's socket. Files of the same name go to the same
+/// thread, in the order submitted, so two writes of one name never race. Each file written
+/// is reported on a channel ([`Writers::written`]), and a byte on a socket pair wakes the
+/// sink's poll ([`Writers::wake_fd`]). Dropped, the pool skips the files not yet begun and
+/// waits for those being written.
+pub struct Writers {
+    queues: Vec<std::sync::mpsc::Sender<FileJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    written: std::sync::mpsc::Receiver<Written>,
+    wake: std::os::unix::net::UnixStream,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Most threads a sink writes outputs on.
+pub const MAX_WRITERS: usize = 4;
+
+impl Writers {
+    /// `threads` writers (at least one), each writing a file with `write`.
+    pub fn start(threads: usize, write: Arc<WriteFile>) -> anyhow::Result<Writers> {
+        use std::sync::atomic::Ordering;
+        let (wake, waker) = std::os::unix::net::UnixStream::pair()
+            .context("cannot make the socket pair that wakes the sink when an output is written")?;
+        wake.set_nonblocking(true)
+            .and_then(|()| waker.set_nonblocking(true))
+            .context("cannot make the sink's wake-up socket non-blocking")?;
+        let (done, written) = std::sync::mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut queues = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let (queue, jobs) = std::sync::mpsc::channel::<FileJob>();
+            let (done, write, stop) = (done.clone(), write.clone(), stop.clone());
+            let mut waker = waker
+                .try_clone()
+                .context("cannot share the sink's wake-up socket")?;
+            let thread = std::thread::Builder::new()
+                .name(format!("outputs-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        if stop.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let outcome = write(&job.handle, &job.name, &job.bytes);
+                        let written = Written {
+                            ticket: job.ticket,
+                            bytes: job.bytes.len(),
+                            outcome,
+                        };
+                        if done.send(written).is_err() {
+                            return;
+                        }
+                        // The report first, then the byte: a poll woken finds it. A full
+                        // socket already holds a byte that wakes the sink.
+                        let _ = std::io::Write::write(&mut waker, &[1]);
+                    }
+                })
+                .context("cannot start a thread to write outputs")?;
+            queues.push(queue);
+            handles.push(thread);
+        }
+        Ok(Writers {
+            queues,
+            threads: handles,
+            written,
+            wake,
+            stop,
+        })
+    }
+
+    /// Threads for this machine: one a core, at most [`MAX_WRITERS`].
+    pub fn threads() -> usize {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_WRITERS)
+    }
+
+    /// Hands `bytes` to a thread to write whole as `name` in `handle`'s directory; it is
+    /// reported under `ticket`.
+    pub fn submit(
+        &self,
+        ticket: u64,
+        handle: Arc<Dir>,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        let queue = &self.queues[(hasher.finish() % self.queues.len() as u64) as usize];
+        queue
+            .send(FileJob {
+                ticket,
+                handle,
+                name,
+                bytes,
+            })
+            .map_err(|_| anyhow::anyhow!("a thread writing outputs has stopped"))
+    }
+
+    /// The descriptor that becomes readable when a file has been written.
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.wake)
+    }
+
+    /// The files written since last asked, without waiting.
+    pub fn written(&self) -> Vec<Written> {
+        let mut bytes = [0u8; 256];
+        while matches!(std::io::Read::read(&mut &self.wake, &mut bytes), Ok(n) if n > 0) {}
+        self.written.try_iter().collect()
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.queues.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -248,14 +248,14 @@ fn collect_batch(
             .ok_or_else(|| anyhow!("no batch was collected"));
     }
     log::info!("waiting for a batch on {endpoint}");
-    let mut pump = Pump {
-        socket,
-        file,
-        outputs,
-        config,
-        trace,
-        bar: None,
+    let writers = match &config.outputs.dir {
+        Some(_) => Some(crate::outputs::Writers::start(
+            crate::outputs::Writers::threads(),
+            std::sync::Arc::new(crate::outputs::write_output),
+        )?),
+        None => None,
     };
+    let mut pump = Pump::new(socket, file, outputs, config, trace, writers);
     let outcome = pump.run(&mut c, shutdown);
     if let Some(bar) = pump.bar.take() {
         crate::logging::set_progress_bar(None);
@@ -272,6 +272,13 @@ fn collect_batch(
 }
 
 /// The sink's run loop: receive, decode, hand to the collector, carry out what it says.
+///
+/// Output files (`--outputs`) are written on [`Writers`](crate::outputs::Writers)'
+/// threads, so the socket is read while they are. What the collector asked for after a
+/// result with an output file waits, in order, until that file is whole under its name:
+/// its record, a sync, the ventilator's word that it is held. Only messages that claim
+/// nothing is held (a welcome, a refusal, a heartbeat) go out before, and a welcome or a
+/// refusal only to a peer with no message waiting.
 struct Pump<'a> {
     socket: &'a zmq::Socket,
     file: Option<&'a mut ResultsFile>,
@@ -279,12 +286,67 @@ struct Pump<'a> {
     config: &'a SinkConfig,
     trace: Option<&'a mut crate::trace::Trace>,
     bar: Option<indicatif::ProgressBar>,
+    writers: Option<crate::outputs::Writers>,
+    /// The collector's commands not yet carried out, in its order.
+    waiting: std::collections::VecDeque<Waiting>,
+    /// The ticket of the next results whose files are submitted.
+    next_ticket: u64,
+    /// Bytes of outputs submitted and not yet written.
+    unwritten_bytes: usize,
+    /// The collector said the batch is finished, and everything before is carried out.
+    finished: bool,
+}
+
+/// A command held back until the output files before it are written.
+enum Waiting {
+    /// Results whose records wait for `files` more of their output files.
+    Record {
+        ticket: u64,
+        files: usize,
+        header: crate::report::BatchHeader,
+        results: Vec<crate::protocol::TaskResult>,
+        worker: String,
+        backend: String,
+    },
+    Command(SinkCommand),
+}
+
+impl Waiting {
+    fn ready(&self) -> bool {
+        !matches!(self, Waiting::Record { files, .. } if *files > 0)
+    }
 }
 
 /// Longest the pump sleeps in one poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// Most bytes of outputs waiting to be written before the pump stops reading results
+/// until the disk catches up.
+const MAX_UNWRITTEN_BYTES: usize = 256 << 20;
 
-impl Pump<'_> {
+impl<'a> Pump<'a> {
+    fn new(
+        socket: &'a zmq::Socket,
+        file: Option<&'a mut ResultsFile>,
+        outputs: &'a mut crate::outputs::Outputs,
+        config: &'a SinkConfig,
+        trace: Option<&'a mut crate::trace::Trace>,
+        writers: Option<crate::outputs::Writers>,
+    ) -> Pump<'a> {
+        Pump {
+            socket,
+            file,
+            outputs,
+            config,
+            trace,
+            bar: None,
+            writers,
+            waiting: Default::default(),
+            next_ticket: 0,
+            unwritten_bytes: 0,
+            finished: false,
+        }
+    }
+
     fn run(&mut self, c: &mut Collector, shutdown: &Shutdown) -> anyhow::Result<()> {
         let mut out = Vec::new();
         loop {
@@ -293,9 +355,22 @@ impl Pump<'_> {
                 .next_deadline()
                 .saturating_duration_since(Instant::now())
                 .min(MAX_POLL);
-            let mut items = [self.socket.as_poll_item(zmq::POLLIN)];
+            // Too much waiting to be written: results stay on the socket until the disk
+            // catches up.
+            let reading = self.unwritten_bytes <= MAX_UNWRITTEN_BYTES;
+            let mut items = vec![self.socket.as_poll_item(if reading {
+                zmq::POLLIN
+            } else {
+                zmq::PollEvents::empty()
+            })];
+            if let Some(writers) = &self.writers {
+                items.push(zmq::PollItem::from_fd(writers.wake_fd(), zmq::POLLIN));
+            }
             sockets::poll(&mut items, timeout.as_millis() as i64, "the results socket")?;
-            if items[0].is_readable() {
+            let readable = items[0].is_readable();
+            drop(items);
+            self.take_written()?;
+            if readable {
                 let socket = self.socket;
                 let secret = self.config.access.secret.is_some();
                 sockets::drain(socket, true, "the results socket", |inbound| {
@@ -342,67 +417,200 @@ impl Pump<'_> {
         }
     }
 
-    /// Carries out the collector's commands in order; true once the batch is finished.
-    fn carry_out(&mut self, c: &mut Collector, out: &mut Vec<SinkCommand>) -> anyhow::Result<bool> {
-        let mut finished = false;
-        while !out.is_empty() {
-            let mut failed = Vec::new();
-            for command in out.drain(..) {
-                match command {
-                    SinkCommand::Send { to, message } => {
-                        if sockets::send_to(self.socket, &to, &message.encode())
-                            == SendOutcome::Gone
-                        {
-                            log::debug!(
-                                "{} gone; {} not sent",
-                                sockets::peer_name(&to),
-                                message.kind_name()
-                            );
-                            failed.push(SinkEvent::Unreachable(to));
-                        }
+    /// Counts the output files the writers have finished; the first that failed fails the
+    /// sink.
+    fn take_written(&mut self) -> anyhow::Result<()> {
+        let Some(writers) = &self.writers else {
+            return Ok(());
+        };
+        for written in writers.written() {
+            written.outcome?;
+            self.unwritten_bytes = self.unwritten_bytes.saturating_sub(written.bytes);
+            self.outputs.renamed();
+            for waiting in &mut self.waiting {
+                if let Waiting::Record { ticket, files, .. } = waiting {
+                    if *ticket == written.ticket {
+                        *files = files.saturating_sub(1);
+                        break;
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the collector's commands in order, those after an output file still
+    /// being written once it is; true once the batch is finished.
+    fn carry_out(&mut self, c: &mut Collector, out: &mut Vec<SinkCommand>) -> anyhow::Result<bool> {
+        loop {
+            let mut failed = Vec::new();
+            for command in std::mem::take(out) {
+                match command {
                     SinkCommand::Record {
                         header,
                         worker,
                         backend,
                         results,
-                    } => {
-                        if let Some(trace) = self.trace.as_deref_mut() {
-                            trace.record(&worker, &backend, &results, crate::worker::unix_ms());
-                        }
-                        let job = c.job().unwrap_or_default();
-                        // The output files first, their renames durable, then the records:
-                        // a record on disk always has its output under its name.
-                        // A task given up on has no output.
-                        for r in results.iter().filter(|r| r.status != Status::Failed) {
-                            self.outputs.record(&job, r)?;
-                        }
-                        self.outputs.sync()?;
-                        for r in &results {
-                            if let Some(timeline) = &self.config.timeline {
-                                timeline.held(r.id);
-                            }
-                            if let Some(file) = self.file.as_deref_mut() {
-                                file.record(&header, &worker, &backend, r)?;
-                            }
-                        }
+                    } => self.submit(c, header, worker, backend, results)?,
+                    SinkCommand::Send { to, message } if self.may_go_first(&to, &message) => {
+                        self.send(to, message, &mut failed)
                     }
-                    SinkCommand::Sync => {
-                        self.outputs.sync()?;
-                        if let Some(file) = self.file.as_deref_mut() {
-                            file.sync()?;
-                        }
-                    }
-                    SinkCommand::Finished => finished = true,
                     SinkCommand::Stop(why) => return Err(anyhow::Error::new(why)),
+                    command => self.waiting.push_back(Waiting::Command(command)),
                 }
+            }
+            self.release(&mut failed)?;
+            if failed.is_empty() {
+                return Ok(self.finished);
             }
             let now = Instant::now();
             for event in failed {
                 c.handle(now, event, out);
             }
         }
-        Ok(finished)
+    }
+
+    /// Whether a message may go out before the commands waiting for output files: one
+    /// that claims nothing is held, to a peer with nothing waiting.
+    fn may_go_first(&self, to: &[u8], message: &crate::protocol::Message) -> bool {
+        use crate::protocol::Message;
+        match message {
+            _ if self.waiting.is_empty() => true,
+            // "Alive": it may overtake anything.
+            Message::Heartbeat { .. } => true,
+            Message::Welcome | Message::Refused { .. } => !self
+                .waiting
+                .iter()
+                .any(|w| matches!(w, Waiting::Command(SinkCommand::Send { to: t, .. }) if t == to)),
+            _ => false,
+        }
+    }
+
+    fn send(
+        &mut self,
+        to: Vec<u8>,
+        message: crate::protocol::Message,
+        failed: &mut Vec<SinkEvent>,
+    ) {
+        if sockets::send_to(self.socket, &to, &message.encode()) == SendOutcome::Gone {
+            log::debug!(
+                "{} gone; {} not sent",
+                sockets::peer_name(&to),
+                message.kind_name()
+            );
+            failed.push(SinkEvent::Unreachable(to));
+        }
+    }
+
+    /// Paints and counts held results now, and hands their output files to the writers;
+    /// their records wait for the files.
+    fn submit(
+        &mut self,
+        c: &Collector,
+        header: crate::report::BatchHeader,
+        worker: String,
+        backend: String,
+        mut results: Vec<crate::protocol::TaskResult>,
+    ) -> anyhow::Result<()> {
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.record(&worker, &backend, &results, crate::worker::unix_ms());
+        }
+        let job = c.job().unwrap_or_default();
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let mut files = 0;
+        // A task given up on has no output.
+        for r in results.iter_mut().filter(|r| r.status != Status::Failed) {
+            let Some(name) = self.outputs.prepare(&job, r)? else {
+                continue;
+            };
+            let Some(handle) = self.outputs.directory()? else {
+                continue;
+            };
+            // The record reads the search kernel's hits from the output; otherwise the
+            // bytes go to the writer.
+            let bytes = if header.hits_wanted > 0 {
+                r.output.clone()
+            } else {
+                std::mem::take(&mut r.output)
+            };
+            match &self.writers {
+                Some(writers) => {
+                    self.unwritten_bytes += bytes.len();
+                    writers.submit(ticket, handle, name, bytes)?;
+                    files += 1;
+                }
+                None => {
+                    crate::outputs::write_output(&handle, &name, &bytes)?;
+                    self.outputs.renamed();
+                }
+            }
+        }
+        self.waiting.push_back(Waiting::Record {
+            ticket,
+            files,
+            header,
+            results,
+            worker,
+            backend,
+        });
+        Ok(())
+    }
+
+    /// Carries out the waiting commands whose output files are written, in order.
+    fn release(&mut self, failed: &mut Vec<SinkEvent>) -> anyhow::Result<()> {
+        let ready = self.waiting.iter().take_while(|w| w.ready()).count();
+        if ready == 0 {
+            return Ok(());
+        }
+        // The output files first, their renames durable, then the records: a record on
+        // disk always has its output under its name. One sync of the directory serves
+        // every file renamed so far.
+        if self
+            .waiting
+            .iter()
+            .take(ready)
+            .any(|w| matches!(w, Waiting::Record { .. }))
+        {
+            self.outputs.sync()?;
+        }
+        let released: Vec<Waiting> = self.waiting.drain(..ready).collect();
+        for waiting in released {
+            match waiting {
+                Waiting::Record {
+                    header,
+                    results,
+                    worker,
+                    backend,
+                    ..
+                } => {
+                    for r in &results {
+                        if let Some(timeline) = &self.config.timeline {
+                            timeline.held(r.id);
+                        }
+                        if let Some(file) = self.file.as_deref_mut() {
+                            file.record(&header, &worker, &backend, r)?;
+                        }
+                    }
+                }
+                Waiting::Command(SinkCommand::Send { to, message }) => {
+                    self.send(to, message, failed)
+                }
+                Waiting::Command(SinkCommand::Sync) => {
+                    self.outputs.sync()?;
+                    if let Some(file) = self.file.as_deref_mut() {
+                        file.sync()?;
+                    }
+                }
+                Waiting::Command(SinkCommand::Finished) => self.finished = true,
+                Waiting::Command(SinkCommand::Stop(why)) => return Err(anyhow::Error::new(why)),
+                Waiting::Command(SinkCommand::Record { .. }) => {
+                    // Records are submitted, never held back as commands.
+                    bail!("a record was held back unsubmitted (a bug in the sink's pump)")
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -424,4 +632,140 @@ fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Job;
+    use crate::files::Dir;
+    use crate::kernels::Kernel;
+    use crate::protocol::{Message, TaskResult, WorkerInfo};
+    use std::sync::{mpsc, Arc, Mutex};
+
+    fn dealer(ctx: &zmq::Context, id: &[u8], endpoint: &str) -> zmq::Socket {
+        let socket = ctx.socket(zmq::DEALER).unwrap();
+        socket.set_identity(id).unwrap();
+        // A bound on a hung test, not a timing: each reply comes at once or never.
+        socket.set_rcvtimeo(30_000).unwrap();
+        socket.connect(endpoint).unwrap();
+        socket
+    }
+
+    fn receive(socket: &zmq::Socket) -> Message {
+        let frame = socket.recv_bytes(0).expect("a reply from the sink");
+        Message::decode(&frame).unwrap()
+    }
+
+    fn worker(name: &str) -> WorkerInfo {
+        WorkerInfo {
+            name: name.into(),
+            session: 1,
+            backend: "cpu".into(),
+            adapter: String::new(),
+            window_hint: 1,
+            codecs: 0,
+        }
+    }
+
+    #[test]
+    fn a_big_output_being_written_holds_up_its_held_word_but_not_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::ROUTER).unwrap();
+        socket.set_router_mandatory(true).unwrap();
+        socket.bind("inproc://big-output").unwrap();
+        // The writer of `big.out` says it has begun, then waits to be let go.
+        let (began, has_begun) = mpsc::channel::<()>();
+        let (let_go, wait) = mpsc::channel::<()>();
+        let (began, wait) = (Mutex::new(began), Mutex::new(wait));
+        let write: Arc<crate::outputs::WriteFile> =
+            Arc::new(move |handle: &Dir, name: &str, bytes: &[u8]| {
+                if name == "big.out" {
+                    began.lock().unwrap().send(()).unwrap();
+                    wait.lock().unwrap().recv().unwrap();
+                }
+                crate::outputs::write_output(handle, name, bytes)
+            });
+        let shutdown = Shutdown::new();
+        let config = SinkConfig {
+            outputs: crate::outputs::OutputsConfig {
+                dir: Some(dir.path().to_owned()),
+                image: None,
+            },
+            ..SinkConfig::default()
+        };
+        let pump = {
+            let (shutdown, config) = (shutdown.clone(), config.clone());
+            std::thread::spawn(move || {
+                let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
+                let writers = crate::outputs::Writers::start(2, write).unwrap();
+                let collect = CollectConfig {
+                    heartbeat: config.heartbeat,
+                    final_stats_wait: config.final_stats_wait,
+                    endpoint: "inproc://big-output".into(),
+                    results_path: None,
+                    resume_advice: None,
+                };
+                let mut c = Collector::new(collect, None, Instant::now(), crate::worker::unix_ms());
+                let mut pump = Pump::new(&socket, None, &mut outputs, &config, None, Some(writers));
+                pump.run(&mut c, &shutdown)
+            })
+        };
+        let ventilator = dealer(&ctx, b"ventilator", "inproc://big-output");
+        let job = Job {
+            kernel: Kernel::User.id(),
+            ..Job::default()
+        };
+        let announce = Message::Batch {
+            batch: 1,
+            session: 1,
+            started_unix_ms: crate::worker::unix_ms(),
+            task_count: 2,
+            expected_ms: 2,
+            longest_ms: 1,
+            job,
+            names: Vec::new(),
+        };
+        ventilator.send(announce.encode(), 0).unwrap();
+        assert!(matches!(
+            receive(&ventilator),
+            Message::BatchAck { batch: 1, .. }
+        ));
+        let a = dealer(&ctx, b"a", "inproc://big-output");
+        let big = TaskResult {
+            id: 0,
+            name: "big".into(),
+            output: vec![7; 256 << 10],
+            ..TaskResult::default()
+        };
+        let results = Message::Results {
+            batch: 1,
+            worker: worker("a"),
+            results: vec![big],
+        };
+        a.send(results.encode(), 0).unwrap();
+        has_begun.recv().unwrap();
+        // While `big.out` is being written, a worker that joins is welcomed...
+        let b = dealer(&ctx, b"b", "inproc://big-output");
+        b.send(Message::Join(worker("b")).encode(), 0).unwrap();
+        assert_eq!(receive(&b), Message::Welcome);
+        // ... but the ventilator has not heard that task 0 is held, and cannot have: its
+        // file is not whole yet.
+        assert_eq!(ventilator.poll(zmq::POLLIN, 0).unwrap(), 0);
+        assert!(!dir.path().join("big.out").exists());
+        let_go.send(()).unwrap();
+        let held = receive(&ventilator);
+        assert!(
+            matches!(&held, Message::Held { batch: 1, ids } if ids == &[0]),
+            "{held:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("big.out")).unwrap(),
+            vec![7; 256 << 10]
+        );
+        shutdown.request();
+        let stopped = pump.join().unwrap().unwrap_err();
+        assert!(Interrupted::is(&stopped), "{stopped:#}");
+    }
 }
