@@ -350,7 +350,12 @@ impl<'a> Pump<'a> {
     fn run(&mut self, c: &mut Collector, shutdown: &Shutdown) -> anyhow::Result<()> {
         let mut out = Vec::new();
         loop {
-            shutdown.check()?;
+            if let Err(stop) = shutdown.check() {
+                // Results already received are kept, as they were before writers: their
+                // files finish, then their records.
+                self.settle()?;
+                return Err(stop.into());
+            }
             let timeout = c
                 .next_deadline()
                 .saturating_duration_since(Instant::now())
@@ -415,6 +420,25 @@ impl<'a> Pump<'a> {
                 return Ok(());
             }
         }
+    }
+
+    /// On a stop: waits for the output files submitted, then carries out what waited for
+    /// them. A second Ctrl-C exits at once, as ever.
+    fn settle(&mut self) -> anyhow::Result<()> {
+        while let Some(writers) = &self.writers {
+            if self.waiting.iter().all(Waiting::ready) {
+                break;
+            }
+            let mut items = [zmq::PollItem::from_fd(writers.wake_fd(), zmq::POLLIN)];
+            sockets::poll(
+                &mut items,
+                MAX_POLL.as_millis() as i64,
+                "the outputs' writers",
+            )?;
+            self.take_written()?;
+        }
+        // Messages that fail now go nowhere: the sink is stopping.
+        self.release(&mut Vec::new())
     }
 
     /// Counts the output files the writers have finished; the first that failed fails the
@@ -643,12 +667,15 @@ mod tests {
     use crate::protocol::{Message, TaskResult, WorkerInfo};
     use std::sync::{mpsc, Arc, Mutex};
 
-    fn dealer(ctx: &zmq::Context, id: &[u8], endpoint: &str) -> zmq::Socket {
+    const ENDPOINT: &str = "inproc://big-output";
+    const BIG: usize = 256 << 10;
+
+    fn dealer(ctx: &zmq::Context, id: &[u8]) -> zmq::Socket {
         let socket = ctx.socket(zmq::DEALER).unwrap();
         socket.set_identity(id).unwrap();
         // A bound on a hung test, not a timing: each reply comes at once or never.
         socket.set_rcvtimeo(30_000).unwrap();
-        socket.connect(endpoint).unwrap();
+        socket.connect(ENDPOINT).unwrap();
         socket
     }
 
@@ -668,104 +695,172 @@ mod tests {
         }
     }
 
+    /// A sink's pump on its own thread, writing outputs in `dir` (and records in `results`)
+    /// with writers whose `big.out` says it has begun, then waits to be let go.
+    struct Gated {
+        ctx: zmq::Context,
+        shutdown: Shutdown,
+        has_begun: mpsc::Receiver<()>,
+        let_go: mpsc::Sender<()>,
+        pump: std::thread::JoinHandle<anyhow::Result<()>>,
+        ventilator: zmq::Socket,
+    }
+
+    impl Gated {
+        fn start(dir: &std::path::Path, results: Option<std::path::PathBuf>) -> Gated {
+            let ctx = zmq::Context::new();
+            let socket = ctx.socket(zmq::ROUTER).unwrap();
+            socket.set_router_mandatory(true).unwrap();
+            socket.bind(ENDPOINT).unwrap();
+            let (began, has_begun) = mpsc::channel::<()>();
+            let (let_go, wait) = mpsc::channel::<()>();
+            let (began, wait) = (Mutex::new(began), Mutex::new(wait));
+            let write: Arc<crate::outputs::WriteFile> =
+                Arc::new(move |handle: &Dir, name: &str, bytes: &[u8]| {
+                    if name == "big.out" {
+                        began.lock().unwrap().send(()).unwrap();
+                        wait.lock().unwrap().recv().unwrap();
+                    }
+                    crate::outputs::write_output(handle, name, bytes)
+                });
+            let shutdown = Shutdown::new();
+            let config = SinkConfig {
+                outputs: crate::outputs::OutputsConfig {
+                    dir: Some(dir.to_owned()),
+                    image: None,
+                },
+                ..SinkConfig::default()
+            };
+            let pump = {
+                let shutdown = shutdown.clone();
+                std::thread::spawn(move || {
+                    let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
+                    let mut file = results
+                        .map(|path| ResultsFile::create(&path, ResultsFormat::Jsonl, false))
+                        .transpose()?;
+                    let writers = crate::outputs::Writers::start(2, write)?;
+                    let collect = CollectConfig {
+                        heartbeat: config.heartbeat,
+                        final_stats_wait: config.final_stats_wait,
+                        endpoint: ENDPOINT.into(),
+                        results_path: None,
+                        resume_advice: None,
+                    };
+                    let mut c =
+                        Collector::new(collect, None, Instant::now(), crate::worker::unix_ms());
+                    let mut pump = Pump::new(
+                        &socket,
+                        file.as_mut(),
+                        &mut outputs,
+                        &config,
+                        None,
+                        Some(writers),
+                    );
+                    pump.run(&mut c, &shutdown)
+                })
+            };
+            let ventilator = dealer(&ctx, b"ventilator");
+            let announce = Message::Batch {
+                batch: 1,
+                session: 1,
+                started_unix_ms: crate::worker::unix_ms(),
+                task_count: 2,
+                expected_ms: 2,
+                longest_ms: 1,
+                job: Job {
+                    kernel: Kernel::User.id(),
+                    ..Job::default()
+                },
+                names: Vec::new(),
+            };
+            ventilator.send(announce.encode(), 0).unwrap();
+            assert!(matches!(
+                receive(&ventilator),
+                Message::BatchAck { batch: 1, .. }
+            ));
+            Gated {
+                ctx,
+                shutdown,
+                has_begun,
+                let_go,
+                pump,
+                ventilator,
+            }
+        }
+
+        /// Sends task 0's result, whose output is `big.out`, and returns once its writer
+        /// has begun.
+        fn send_big(&self) -> zmq::Socket {
+            let a = dealer(&self.ctx, b"a");
+            let big = TaskResult {
+                id: 0,
+                name: "big".into(),
+                output: vec![7; BIG],
+                ..TaskResult::default()
+            };
+            let results = Message::Results {
+                batch: 1,
+                worker: worker("a"),
+                results: vec![big],
+            };
+            a.send(results.encode(), 0).unwrap();
+            self.has_begun.recv().unwrap();
+            a
+        }
+
+        fn assert_held(&self) {
+            let held = receive(&self.ventilator);
+            assert!(
+                matches!(&held, Message::Held { batch: 1, ids } if ids == &[0]),
+                "{held:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_big_output_being_written_holds_up_its_held_word_but_not_the_socket() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::ROUTER).unwrap();
-        socket.set_router_mandatory(true).unwrap();
-        socket.bind("inproc://big-output").unwrap();
-        // The writer of `big.out` says it has begun, then waits to be let go.
-        let (began, has_begun) = mpsc::channel::<()>();
-        let (let_go, wait) = mpsc::channel::<()>();
-        let (began, wait) = (Mutex::new(began), Mutex::new(wait));
-        let write: Arc<crate::outputs::WriteFile> =
-            Arc::new(move |handle: &Dir, name: &str, bytes: &[u8]| {
-                if name == "big.out" {
-                    began.lock().unwrap().send(()).unwrap();
-                    wait.lock().unwrap().recv().unwrap();
-                }
-                crate::outputs::write_output(handle, name, bytes)
-            });
-        let shutdown = Shutdown::new();
-        let config = SinkConfig {
-            outputs: crate::outputs::OutputsConfig {
-                dir: Some(dir.path().to_owned()),
-                image: None,
-            },
-            ..SinkConfig::default()
-        };
-        let pump = {
-            let (shutdown, config) = (shutdown.clone(), config.clone());
-            std::thread::spawn(move || {
-                let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
-                let writers = crate::outputs::Writers::start(2, write).unwrap();
-                let collect = CollectConfig {
-                    heartbeat: config.heartbeat,
-                    final_stats_wait: config.final_stats_wait,
-                    endpoint: "inproc://big-output".into(),
-                    results_path: None,
-                    resume_advice: None,
-                };
-                let mut c = Collector::new(collect, None, Instant::now(), crate::worker::unix_ms());
-                let mut pump = Pump::new(&socket, None, &mut outputs, &config, None, Some(writers));
-                pump.run(&mut c, &shutdown)
-            })
-        };
-        let ventilator = dealer(&ctx, b"ventilator", "inproc://big-output");
-        let job = Job {
-            kernel: Kernel::User.id(),
-            ..Job::default()
-        };
-        let announce = Message::Batch {
-            batch: 1,
-            session: 1,
-            started_unix_ms: crate::worker::unix_ms(),
-            task_count: 2,
-            expected_ms: 2,
-            longest_ms: 1,
-            job,
-            names: Vec::new(),
-        };
-        ventilator.send(announce.encode(), 0).unwrap();
-        assert!(matches!(
-            receive(&ventilator),
-            Message::BatchAck { batch: 1, .. }
-        ));
-        let a = dealer(&ctx, b"a", "inproc://big-output");
-        let big = TaskResult {
-            id: 0,
-            name: "big".into(),
-            output: vec![7; 256 << 10],
-            ..TaskResult::default()
-        };
-        let results = Message::Results {
-            batch: 1,
-            worker: worker("a"),
-            results: vec![big],
-        };
-        a.send(results.encode(), 0).unwrap();
-        has_begun.recv().unwrap();
+        let sink = Gated::start(dir.path(), None);
+        let _a = sink.send_big();
         // While `big.out` is being written, a worker that joins is welcomed...
-        let b = dealer(&ctx, b"b", "inproc://big-output");
+        let b = dealer(&sink.ctx, b"b");
         b.send(Message::Join(worker("b")).encode(), 0).unwrap();
         assert_eq!(receive(&b), Message::Welcome);
         // ... but the ventilator has not heard that task 0 is held, and cannot have: its
         // file is not whole yet.
-        assert_eq!(ventilator.poll(zmq::POLLIN, 0).unwrap(), 0);
+        assert_eq!(sink.ventilator.poll(zmq::POLLIN, 0).unwrap(), 0);
         assert!(!dir.path().join("big.out").exists());
-        let_go.send(()).unwrap();
-        let held = receive(&ventilator);
-        assert!(
-            matches!(&held, Message::Held { batch: 1, ids } if ids == &[0]),
-            "{held:?}"
-        );
+        sink.let_go.send(()).unwrap();
+        sink.assert_held();
         assert_eq!(
             std::fs::read(dir.path().join("big.out")).unwrap(),
-            vec![7; 256 << 10]
+            vec![7; BIG]
         );
-        shutdown.request();
-        let stopped = pump.join().unwrap().unwrap_err();
+        sink.shutdown.request();
+        let stopped = sink.pump.join().unwrap().unwrap_err();
         assert!(Interrupted::is(&stopped), "{stopped:#}");
+    }
+
+    #[test]
+    fn a_sink_stopped_while_an_output_is_written_records_it_before_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("results.jsonl");
+        let outputs = dir.path().join("out");
+        std::fs::create_dir(&outputs).unwrap();
+        let sink = Gated::start(&outputs, Some(results.clone()));
+        let _a = sink.send_big();
+        sink.shutdown.request();
+        sink.let_go.send(()).unwrap();
+        // The result received before the stop is held, on disk, file and record.
+        sink.assert_held();
+        let stopped = sink.pump.join().unwrap().unwrap_err();
+        assert!(Interrupted::is(&stopped), "{stopped:#}");
+        assert_eq!(
+            std::fs::read(outputs.join("big.out")).unwrap(),
+            vec![7; BIG]
+        );
+        let records = std::fs::read_to_string(&results).unwrap();
+        assert_eq!(records.lines().count(), 1, "{records}");
+        assert!(records.contains("\"task\":0"), "{records}");
     }
 }
