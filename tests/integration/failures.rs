@@ -85,7 +85,8 @@ fn a_failed_task_is_handed_on_and_counted_once() {
     });
     let report = run(vec![flaky, Box::new(Sleep::new(1.0))], 100, false);
     assert_eq!(report.tasks, 100);
-    assert_eq!(report.duplicates, 0);
+    // A duplicate comes only from a task handed out again (the end game may hand one on).
+    assert!(report.duplicates <= report.redispatched, "{report:?}");
     let delivered: u64 = report.workers.iter().map(|w| w.tasks).sum();
     assert_eq!(delivered, 100, "{report:?}");
     // Each multiple of 5 that reached the flaky worker failed once and was redispatched.

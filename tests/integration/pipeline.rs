@@ -19,7 +19,11 @@ fn worker_processes_complete_a_batch_each_task_once() {
         &[],
     );
     let r = util::completed(sink, 200, Some(&*results));
-    assert_eq!(r["duplicates"], 0);
+    // A duplicate comes only from a task handed out again (a backup, the end game).
+    assert!(
+        r["duplicates"].as_u64().unwrap() <= r["redispatched"].as_u64().unwrap(),
+        "{r}"
+    );
     assert_eq!(r["rejected"], 0);
     let workers_in_report = r["workers"].as_array().unwrap().len();
     assert_eq!(workers_in_report, 3, "every worker took part: {r}");
@@ -249,7 +253,10 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
     drop(ctx); // waits until every frame is flushed, well before the batch can end
 
     let r = util::completed(sink, 100, Some(&*results));
-    assert_eq!(r["duplicates"], 0);
+    assert!(
+        r["duplicates"].as_u64().unwrap() <= r["redispatched"].as_u64().unwrap(),
+        "{r}"
+    );
     assert_eq!(r["rejected"].as_u64().unwrap(), sent, "{r}");
     drop((vent, workers));
 }
