@@ -1268,9 +1268,14 @@ impl Collector {
         } else {
             format!("task {}", keep.result.id)
         };
+        // Each worker once, in the order its copies came.
         let names = |copies: &[Replica]| -> Vec<String> {
-            let mut names: Vec<String> = copies.iter().map(|c| c.worker.name.clone()).collect();
-            names.dedup();
+            let mut names: Vec<String> = Vec::new();
+            for c in copies {
+                if !names.contains(&c.worker.name) {
+                    names.push(c.worker.name.clone());
+                }
+            }
             names
         };
         match settled {

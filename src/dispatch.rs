@@ -1807,8 +1807,8 @@ impl Dispatcher {
     }
 
     /// A replica `slot` may run now, with its place in the queue: among the first few, one
-    /// it is not excluded from; else the first, if no live worker that may take work is
-    /// free of its exclusion. Drops stale entries from the front.
+    /// it is not excluded from; else the first, if no live, unstalled worker is free of its
+    /// exclusion. Drops stale entries from the front.
     fn replica_for(&mut self, slot: usize) -> Option<(usize, u32)> {
         while let Some(&index) = self.replicas.front() {
             if matches!(
@@ -1839,11 +1839,12 @@ impl Dispatcher {
         }
         let &first = self.replicas.front()?;
         let exclude = self.exclude.get(&first).map_or(&[][..], Vec::as_slice);
-        let someone_else = self.workers.iter().enumerate().any(|(w, worker)| {
+        // A worker waiting for the sink to catch up will take it soon; a stalled one
+        // (its task backed up, it does not report) may never.
+        let someone_else = self.workers.iter().any(|worker| {
             worker.alive
                 && !worker.declined
                 && !worker.stalled
-                && worker.unheld < self.unheld_cap(w)
                 && !exclude.contains(&worker.info.name)
         });
         (!someone_else).then_some((0, first))

@@ -325,12 +325,12 @@ fn a_result_naming_another_tasks_input_is_refused_and_writes_nothing() {
     drop((vent, honest));
 }
 
-/// A sink, a ventilator running the histogram example kernel over 48 small files with
+/// A sink, a ventilator running the histogram example kernel over 72 small files with
 /// `--replicate 50`, and three software workers, the third started with `env`. Returns the
 /// sink's exit status and report.
 fn replicated_histograms(third: &[(&str, &str)]) -> (std::process::ExitStatus, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    for i in 0..48u32 {
+    for i in 0..72u32 {
         let bytes: Vec<u8> = (0..4096u32)
             .map(|j| (j.wrapping_mul(2_654_435_761) >> (i % 13)) as u8)
             .collect();
@@ -383,9 +383,9 @@ fn replicated_histograms(third: &[(&str, &str)]) -> (std::process::ExitStatus, s
 fn replicated_tasks_agree_on_honest_workers_and_the_batch_passes() {
     let (status, r) = replicated_histograms(&[]);
     assert!(status.success(), "{r}");
-    assert_eq!(r["tasks"], 48, "{r}");
+    assert_eq!(r["tasks"], 72, "{r}");
     let replicated = r["replicated"].as_u64().expect("replicated counted");
-    assert!((8..=40).contains(&replicated), "about half: {r}");
+    assert!((12..=60).contains(&replicated), "about half: {r}");
     assert!(r.get("replica_mismatches").is_none(), "{r}");
 }
 
