@@ -226,6 +226,22 @@ pub struct BackendOptions {
     pub quiet: bool,
 }
 
+/// What `auto` found when it found no hardware GPU, for the line that says what it chose.
+fn found_adapters(adapters: &[wgpu::Adapter]) -> String {
+    if adapters.is_empty() {
+        "no adapter at all (no Vulkan or GL driver: see `conquer info`)".to_owned()
+    } else {
+        format!(
+            "only {}",
+            adapters
+                .iter()
+                .map(|a| gpu::describe(&a.get_info()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    }
+}
+
 /// Builds the backend a worker asked for. `auto` never fails: without a usable hardware
 /// adapter it falls back to `sleep` and says why. `gpu` and `software` fail with the list
 /// of adapters found when none fits. `--slowdown` above 1 slows a computing backend too
@@ -279,18 +295,7 @@ fn build_unslowed(kind: BackendKind, options: &BackendOptions) -> anyhow::Result
                     }
                 },
                 Ok(None) => {
-                    let found = if adapters.is_empty() {
-                        "no adapter at all (no Vulkan or GL driver: see `conquer info`)".to_owned()
-                    } else {
-                        format!(
-                            "only {}",
-                            adapters
-                                .iter()
-                                .map(|a| gpu::describe(&a.get_info()))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        )
-                    };
+                    let found = found_adapters(&adapters);
                     say(format!(
                         "backend auto: no hardware GPU adapter, found {found}; using sleep \
                          (--backend software runs the shaders on a CPU adapter)"
@@ -367,18 +372,7 @@ pub fn auto_for_batch(data: bool, options: &BackendOptions) -> anyhow::Result<Op
         return Ok(None);
     }
     let software = software_adapters(&adapters);
-    let found = if adapters.is_empty() {
-        "no adapter at all (no Vulkan or GL driver: see `conquer info`)".to_owned()
-    } else {
-        format!(
-            "only {}",
-            adapters
-                .iter()
-                .map(|a| gpu::describe(&a.get_info()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    };
+    let found = found_adapters(&adapters);
     let (kind, choice) = match (data, software.first()) {
         (false, _) => (
             BackendKind::Sleep,
