@@ -124,17 +124,6 @@ fn h02_a_worker_whose_task_thread_panics_leaves_instead_of_heartbeating_on() {
     drop((vent, good));
 }
 
-/// The sink's peak resident memory while `body` runs, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn h03_h04_h05_results_before_a_batch_are_bounded_and_forged_batches_and_statuses_are_refused() {
     let (sink, sink_ep) = util::sink(&[]);
@@ -196,7 +185,7 @@ fn h03_h04_h05_results_before_a_batch_are_bounded_and_forged_batches_and_statuse
         Message::decode(&stranger.recv_bytes(0).unwrap()),
         Ok(Message::Welcome)
     );
-    let peak = peak_rss_kib(sink.pid());
+    let peak = util::peak_rss_kib(sink.pid());
     assert!(
         peak > 0 && peak < 40 * 1024,
         "the sink's peak memory after the flood: {peak} KiB"

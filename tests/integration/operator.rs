@@ -371,13 +371,7 @@ fn o01_a_jobs_progress_is_counted_in_items_with_each_workers_rate() {
             "30",
         ],
     );
-    let line = run.wait_for("live view on http://");
-    let base = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let base = run.live_view();
 
     // Mid-job: the totals are the job's items, not the chunks cut so far.
     let mid = wait_status(&base, "a job under way", |s| {
@@ -483,13 +477,7 @@ fn o08_status_reads_conquer_http_and_defaults_to_the_usual_address() {
             "30",
         ],
     );
-    let line = run.wait_for("live view on http://");
-    let base = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let base = run.live_view();
     let address = base.trim_start_matches("http://").to_owned();
     wait_status(&base, "the batch done", |s| s["held"] == 8);
     let (status, table, log) =
@@ -639,13 +627,7 @@ fn o06_the_live_view_stays_up_finished_measures_before_it_shows_and_counts_the_w
             "--json",
         ],
     );
-    let line = run.wait_for("live view on http://");
-    let base = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let base = run.live_view();
 
     let mut unmeasured = 0;
     let mid = wait_status(&base, "the short tasks under way", |s| {
@@ -714,13 +696,7 @@ fn o09_metrics_carry_the_build_the_process_and_a_sleep_workers_adapter_as_none()
             "127.0.0.1:0",
         ],
     );
-    let line = run.wait_for("live view on http://");
-    let base = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let base = run.live_view();
     let scrape = || {
         ureq::get(&format!("{base}/metrics"))
             .call()

@@ -313,17 +313,6 @@ fn r04_sigterm_ends_a_worker_mid_sleep() {
     );
 }
 
-/// Peak resident memory of a process, from /proc (KiB).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn r05_a_task_beyond_max_payload_is_declined_without_allocating() {
     let mut peers = Peers::bind();
@@ -356,7 +345,7 @@ fn r05_a_task_beyond_max_payload_is_declined_without_allocating() {
         (0, Status::Failed),
         "{done:?}"
     );
-    let peak = peak_rss_kib(worker.pid());
+    let peak = util::peak_rss_kib(worker.pid());
     assert!(peak < 256 * 1024, "the worker peaked at {peak} KiB");
     drop(worker);
 }

@@ -38,14 +38,11 @@ fn live_run() -> (Proc, SocketAddr) {
             "127.0.0.1:0",
         ],
     );
-    let line = run.wait_for("live view on http://");
-    let addr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
+    let base = run.live_view();
+    let addr = base
+        .trim_start_matches("http://")
         .parse()
-        .unwrap_or_else(|e| panic!("no address in {line:?}: {e}"));
+        .unwrap_or_else(|e| panic!("no address in {base:?}: {e}"));
     (run, addr)
 }
 

@@ -151,6 +151,17 @@ impl Proc {
         line.rsplit(' ').next().unwrap().to_owned()
     }
 
+    /// Waits for the live view's address as it is logged when it binds (`--http`):
+    /// `http://HOST:PORT`, no trailing slash.
+    pub fn live_view(&self) -> String {
+        let line = self.wait_for("live view on http://");
+        line.rsplit(' ')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     /// Whether it has logged a line containing `needle` so far.
     pub fn has_logged(&self, needle: &str) -> bool {
         self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
@@ -585,4 +596,15 @@ pub fn kill_and_resume_sink(
     ];
     args.extend_from_slice(extra);
     Proc::start("resumed sink", &args)
+}
+
+/// Peak resident memory of a process so far (VmHWM), in KiB; 0 if /proc cannot say.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

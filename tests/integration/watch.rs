@@ -220,13 +220,7 @@ fn the_live_view_follows_a_batch_and_ends_equal_to_the_report() {
         ],
     );
     let vent_ep = vent.endpoint("tasks");
-    let line = vent.wait_for("live view on http://");
-    let base = line
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let base = vent.live_view();
     let mut workers: Vec<Proc> = ["w1", "w2", "w3"]
         .iter()
         .map(|n| util::worker(n, &vent_ep, &sink_ep, &["--exit-when-done"]))
