@@ -41,7 +41,8 @@ workers=6
 tasks=1200
 # About 14 s of work: room for two cold browser starts mid-batch.
 "$bin" run --workers "$workers" --tasks "$tasks" --min-ms 20 --max-ms 120 --backend sleep \
-  --http 127.0.0.1:0 --http-linger 30 --json > "$work/report.json" 2> "$work/run.log" &
+  --results "$work/results.csv" --http 127.0.0.1:0 --http-linger 30 --json \
+  > "$work/report.json" 2> "$work/run.log" &
 pid=$!
 url=""
 for _ in $(seq 1 300); do
@@ -91,6 +92,19 @@ if [ "$first" -lt 0 ] || [ "$second" -le "$first" ]; then
   echo "ui-check: progress did not advance on the page ($first, then $second)" >&2
   exit 1
 fi
+# Each worker's row shows what it holds, has done and failed; the sink's side names the
+# results file; the chart has drawn throughput samples.
+for column in holding done failed busy "device busy"; do
+  grep -q "<th class=\"num\"[^>]*>$column</th>" "$work/dom2.html" || {
+    echo "ui-check: the workers table has no $column column" >&2; exit 1; }
+done
+grep -q "id=\"sink-results\"[^>]*>$work/results.csv" "$work/dom2.html" || {
+  echo "ui-check: the sink's side does not name the results file; its DOM:" >&2
+  grep -o '<section id="sink">.*</section>' "$work/dom2.html" | head -c 2000 >&2; exit 1; }
+points="$(sed -n 's/.*id="series"[^>]*data-points="\([0-9]*\)".*/\1/p' "$work/dom2.html" | head -1)"
+if [ -z "$points" ] || [ "$points" -lt 2 ]; then
+  echo "ui-check: the throughput chart drew ${points:-no} samples" >&2; exit 1
+fi
 browse --hide-scrollbars --window-size=1280,860 --screenshot="$work/dashboard.png" "$url" >/dev/null
 cp "$work/dashboard.png" "$shot"
 # After the batch the final state stays up (--http-linger), and the page says finished.
@@ -104,4 +118,4 @@ browse --dump-dom "$url" > "$work/dom3.html"
 grep -q 'id="phase">finished<' "$work/dom3.html" || {
   echo "ui-check: the page does not say finished after the batch; its DOM:" >&2
   head -c 2000 "$work/dom3.html" >&2; exit 1; }
-echo "ui-check: the page listed all $workers workers, progress went from $first to $second held, then said finished; screenshot in $shot"
+echo "ui-check: the page listed all $workers workers with their columns, the sink's results file and $points throughput samples, progress went from $first to $second held, then said finished; screenshot in $shot"

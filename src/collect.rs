@@ -1528,6 +1528,20 @@ impl Collector {
         self.batch.as_ref().map(|b| b.job)
     }
 
+    /// For the live view: where the sink's side goes (the ventilator's routing id), the
+    /// batch, and the collector's part of it (verification); the pump adds the files.
+    pub fn side(&self) -> Option<(&[u8], u64, crate::protocol::SinkSide)> {
+        let b = self.batch.as_ref().filter(|b| !b.ventilator.is_empty())?;
+        let side = crate::protocol::SinkSide {
+            results: self.config.results_path.clone().unwrap_or_default(),
+            checked: self.checked,
+            verified: self.verified,
+            mismatches: self.mismatches,
+            ..Default::default()
+        };
+        Some((&b.ventilator, b.id, side))
+    }
+
     /// New results are made durable, then the ventilator hears they are held.
     fn acknowledge(&mut self, now: Instant, out: &mut Vec<SinkCommand>) {
         let Some(b) = self.batch.as_mut() else {

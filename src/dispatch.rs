@@ -1114,6 +1114,8 @@ impl Dispatcher {
                     self.set_aside(slot, now, &reason, out);
                 }
             }
+            // The live view's: nothing to dispatch.
+            Message::SinkSide { .. } => {}
             other => self.reject_at(
                 now,
                 "sink",

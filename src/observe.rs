@@ -20,6 +20,11 @@ const MAX_BARS: usize = 2048;
 const BARS_PER_REPORT: usize = 32;
 /// A worker that left is dropped from the per-worker metrics after this long.
 const FORGET_GONE_AFTER: Duration = Duration::from_secs(60);
+/// Samples of throughput and latency kept for the page's chart (at the page's half-second
+/// refresh, two minutes).
+const SERIES_LEN: usize = 240;
+/// Shortest time between two samples (the status is also made at the end).
+const SAMPLE_EVERY: Duration = Duration::from_millis(400);
 /// A worker not heard from for this many heartbeat intervals shows as silent.
 const SILENT_BEATS: u32 = 2;
 /// Histogram bucket bounds in seconds: 1 ms to about 2 minutes, doubling.
@@ -56,6 +61,47 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.counts.iter().sum::<u64>() + self.over
     }
+
+    /// Counts per bucket, the last for those past every bound.
+    fn snapshot(&self) -> [u64; BUCKETS.len() + 1] {
+        let mut all = [0; BUCKETS.len() + 1];
+        all[..BUCKETS.len()].copy_from_slice(&self.counts);
+        all[BUCKETS.len()] = self.over;
+        all
+    }
+}
+
+/// The `q` quantile (0 to 1) in seconds of the observations counted per bucket in
+/// `counts` (as [`Histogram::snapshot`] gives them), interpolated within its bucket as
+/// Prometheus's `histogram_quantile` does; none of no observations. One past the last
+/// bound is that bound.
+fn quantile(counts: &[u64; BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in counts.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(&upper) = BUCKETS.get(i) else {
+                return BUCKETS.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        below += n;
+    }
+    BUCKETS.last().copied()
+}
+
+/// The last sample's basis: when, what was held, the latency counts then.
+#[derive(Debug, Clone, Copy)]
+struct SampleBase {
+    at: Instant,
+    held: u64,
+    latency: [u64; BUCKETS.len() + 1],
 }
 
 /// One task's bar in the stream.
@@ -127,6 +173,11 @@ pub struct Observer {
     failed: u64,
     /// Reports of tasks that had been handed to another worker since.
     duplicates: u64,
+    /// Throughput and latency over time, and the last sample's basis.
+    series: VecDeque<Sample>,
+    sampled: Option<SampleBase>,
+    /// The sink's side as it last told it.
+    sink: Option<crate::protocol::SinkSide>,
 }
 
 impl Observer {
@@ -156,7 +207,75 @@ impl Observer {
             ok: 0,
             failed: 0,
             duplicates: 0,
+            series: VecDeque::new(),
+            sampled: None,
+            sink: None,
         }
+    }
+
+    /// The sink told its side.
+    pub fn sink_side(&mut self, side: &crate::protocol::SinkSide) {
+        if self.sink.as_ref() != Some(side) {
+            self.sink = Some(side.clone());
+        }
+    }
+
+    /// Whether the sink said its picture is being written.
+    pub fn picture_writing(&self) -> bool {
+        self.sink
+            .as_ref()
+            .is_some_and(|s| s.picture_state == crate::protocol::PictureState::Writing)
+    }
+
+    /// Whether the sink's files are done: no picture still to write (or no word from the
+    /// sink at all).
+    pub fn files_done(&self) -> bool {
+        self.sink.as_ref().is_none_or(|s| {
+            !matches!(
+                s.picture_state,
+                crate::protocol::PictureState::Waiting | crate::protocol::PictureState::Writing
+            )
+        })
+    }
+
+    /// Takes a sample of throughput (tasks, or a job's items, held per second) and of the
+    /// latency of tasks held since the last one.
+    fn sample(&mut self, now: Instant, held: u64) {
+        let latency = self.latency.snapshot();
+        let Some(base) = self.sampled else {
+            // The first: a basis only (from the first send, when there was one).
+            if self.first_sent.is_some() {
+                self.sampled = Some(SampleBase {
+                    at: now,
+                    held,
+                    latency,
+                });
+            }
+            return;
+        };
+        let dt = now.saturating_duration_since(base.at);
+        if dt < SAMPLE_EVERY {
+            return;
+        }
+        let mut delta = latency;
+        for (d, b) in delta.iter_mut().zip(base.latency) {
+            *d = d.saturating_sub(b);
+        }
+        let ms = |q| quantile(&delta, q).map(|s| (s * 1e4).round() / 10.0);
+        if self.series.len() == SERIES_LEN {
+            self.series.pop_front();
+        }
+        self.series.push_back(Sample {
+            t_s: (now.saturating_duration_since(self.start).as_secs_f64() * 10.0).round() / 10.0,
+            per_s: (held.saturating_sub(base.held) as f64 / dt.as_secs_f64()).round(),
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+        });
+        self.sampled = Some(SampleBase {
+            at: now,
+            held,
+            latency,
+        });
     }
 
     fn tally(&mut self, worker: WorkerId) -> &mut Tally {
@@ -368,11 +487,16 @@ impl Observer {
         let mut busy_total = 0.0;
         let mut present_total = 0.0;
         let mut alive = 0usize;
+        let grows = self.grows;
         for (w, slot) in d.workers().iter().enumerate() {
             let tally = self.tally(w as WorkerId);
             let seen_at = *tally.seen_at.get_or_insert(now);
             let finished = std::mem::take(&mut tally.uncounted);
             tally.items += finished.iter().map(|&id| d.task_items(id)).sum::<u64>();
+            // A task list's task counts as one item.
+            if !grows {
+                tally.items = tally.done;
+            }
             let tally = tally.clone();
             let silent = now.saturating_duration_since(slot.last_seen()) > beat * SILENT_BEATS;
             let state = if !slot.alive {
@@ -401,7 +525,9 @@ impl Observer {
             // Busy time is what workers report of tasks done: none until the first.
             let reported = tally.done + tally.failed > 0;
             measured |= reported;
+            let kernel_s = tally.kernel_us as f64 / 1e6;
             workers.push(WorkerStatus {
+                slot: w,
                 name: slot.info.name.clone(),
                 address: tally.address.clone(),
                 backend: slot.info.backend.clone(),
@@ -412,6 +538,8 @@ impl Observer {
                 holding: slot.assigned,
                 busy_share: (reported && present > 0.0).then(|| (busy_s / present).min(1.0)),
                 kernel_ms: tally.kernel_us as f64 / 1e3,
+                device_share: (kernel_s > 0.0 && present > 0.0)
+                    .then(|| (kernel_s / present).min(1.0)),
                 items: tally.items,
                 items_per_s: if busy_s > 0.0 {
                     tally.items as f64 / busy_s
@@ -436,6 +564,20 @@ impl Observer {
         } else {
             held >= tasks
         };
+        self.sample(
+            now,
+            if items > 0 {
+                items_held
+            } else {
+                self.held_count
+            },
+        );
+        // By name: the page's rows and lanes keep their places as workers come and go.
+        workers.sort_by(|a, b| a.name.cmp(&b.name).then(a.slot.cmp(&b.slot)));
+        let mut lane = vec![0; workers.len()];
+        for (i, w) in workers.iter().enumerate() {
+            lane[w.slot] = i;
+        }
         let horizon = now.checked_sub(STREAM_WINDOW).unwrap_or(self.start);
         // Milliseconds are all a bar can show; rounded, the JSON is half the size.
         let since = |t: Instant| {
@@ -446,15 +588,21 @@ impl Observer {
             .iter()
             .filter(|b| b.end >= horizon)
             .map(|b| BarView {
-                worker: b.worker,
+                worker: lane.get(b.worker as usize).copied().unwrap_or(0) as WorkerId,
                 start_s: since(b.start),
                 end_s: since(b.end),
                 status: b.status,
             })
             .collect();
+        let writing = self.picture_writing();
+        let files_done = self.files_done();
         FarmStatus {
             batch: format!("{:016x}", d.batch_id()),
-            phase: d.phase_name().to_owned(),
+            phase: if writing {
+                "writing picture".to_owned()
+            } else {
+                d.phase_name().to_owned()
+            },
             tasks,
             held,
             pending,
@@ -466,7 +614,7 @@ impl Observer {
             items_per_s: items_rate,
             eta_s: eta,
             work_left_ms: work_left,
-            finished: d.is_over() && all_held,
+            finished: d.is_over() && all_held && files_done,
             efficiency: (measured && present_total > 0.0)
                 .then(|| (busy_total / present_total).min(1.0)),
             ok: self.ok,
@@ -481,6 +629,8 @@ impl Observer {
             now_s: elapsed,
             window_s: STREAM_WINDOW.as_secs_f64(),
             bars,
+            series: self.series.iter().copied().collect(),
+            sink: self.sink.clone(),
         }
     }
 
@@ -575,6 +725,9 @@ impl Observer {
             crate::protocol::sent_bytes(),
             crate::protocol::received_bytes(),
         );
+        if let Some(side) = &status.sink {
+            sink_metrics(&mut m, side);
+        }
         histogram(
             &mut m,
             "conquer_task_latency_seconds",
@@ -591,19 +744,18 @@ impl Observer {
         let shown: Vec<(&WorkerStatus, &Tally)> = status
             .workers
             .iter()
-            .zip(&self.tallies)
-            .enumerate()
-            .filter(|(w, (worker, t))| {
+            .filter_map(|worker| Some((worker, self.tallies.get(worker.slot)?)))
+            .filter(|(worker, t)| {
                 // A gone worker is dropped after a while, and at once when a worker of the
                 // same name took its place (the series would repeat).
-                let replaced = status.workers[w + 1..]
+                let replaced = status
+                    .workers
                     .iter()
-                    .any(|o| o.name == worker.name);
+                    .any(|o| o.name == worker.name && o.slot > worker.slot);
                 t.gone_at.is_none_or(|at| {
                     !replaced && now.saturating_duration_since(at) < FORGET_GONE_AFTER
                 })
             })
-            .map(|(_, pair)| pair)
             .collect();
         let per_worker: [WorkerSeries; 3] = [
             (
@@ -642,6 +794,82 @@ impl Observer {
         }
         m
     }
+}
+
+/// The sink's side as it last told it: its results file, outputs, hits, verification and
+/// picture.
+fn sink_metrics(m: &mut String, side: &crate::protocol::SinkSide) {
+    let counts = [
+        (
+            "conquer_sink_results_bytes",
+            "gauge",
+            "Bytes in the sink's results file.",
+            side.results_bytes,
+        ),
+        (
+            "conquer_sink_syncs_total",
+            "counter",
+            "Syncs of the sink's results file and outputs directory.",
+            side.syncs,
+        ),
+        (
+            "conquer_sink_outputs_written_total",
+            "counter",
+            "Output files the sink wrote in this run.",
+            side.outputs_written,
+        ),
+        (
+            "conquer_sink_hits",
+            "gauge",
+            "A search's hits the sink holds.",
+            side.hits,
+        ),
+        (
+            "conquer_sink_checked_total",
+            "counter",
+            "Results checked against the CPU reference (--verify).",
+            side.checked,
+        ),
+        (
+            "conquer_sink_mismatches_total",
+            "counter",
+            "Checked results that differed from the CPU reference.",
+            side.mismatches,
+        ),
+    ];
+    for (name, kind, help, value) in counts {
+        head(m, name, kind, help);
+        let _ = writeln!(m, "{name} {value}");
+    }
+    let seconds = [
+        (
+            "conquer_sink_sync_seconds_total",
+            "counter",
+            "Time the sink spent in those syncs.",
+            side.sync_us,
+        ),
+        (
+            "conquer_sink_sync_seconds_max",
+            "gauge",
+            "The longest of those syncs.",
+            side.sync_max_us,
+        ),
+    ];
+    for (name, kind, help, us) in seconds {
+        head(m, name, kind, help);
+        let _ = writeln!(m, "{name} {}", us as f64 / 1e6);
+    }
+    head(
+        m,
+        "conquer_sink_picture",
+        "gauge",
+        "Where the picture (--image) stands: 1 for its state.",
+    );
+    let _ = writeln!(
+        m,
+        "conquer_sink_picture{{state=\"{}\"}} 1",
+        side.picture_state.as_str()
+    );
 }
 
 /// A per-worker series: its name, help text, and how to read its value.
@@ -766,10 +994,34 @@ pub struct FarmStatus {
     pub window_s: f64,
     /// Task bars of the last `window_s` seconds; `worker` indexes `workers`.
     pub bars: Vec<BarView>,
+    /// Throughput and latency over time, oldest first, about two a second.
+    #[serde(default)]
+    pub series: Vec<Sample>,
+    /// The sink's side (results file, outputs, hits, verification, picture), as it last
+    /// told it; absent until it has.
+    #[serde(default)]
+    pub sink: Option<crate::protocol::SinkSide>,
+}
+
+/// Throughput and latency between one status and the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Seconds since the observer started (the stream's clock).
+    pub t_s: f64,
+    /// Tasks (a job's items) held per second.
+    pub per_s: f64,
+    /// Median and 95th percentile of the latency of tasks held in the interval (send to
+    /// held), in ms, interpolated within the histogram's doubling buckets; absent when
+    /// none was held.
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WorkerStatus {
+    /// The dispatcher's slot: what the metrics pair it with.
+    #[serde(skip)]
+    slot: usize,
     pub name: String,
     /// Where its connection comes from.
     pub address: String,
@@ -785,7 +1037,12 @@ pub struct WorkerStatus {
     /// tasks; absent until it has reported one.
     pub busy_share: Option<f64>,
     pub kernel_ms: f64,
-    /// A divisible job: items in the chunks it finished, and those over its busy time.
+    /// Share of the time it was there that its device ran its kernels (absent without
+    /// device time: sleep and cpu workers).
+    #[serde(default)]
+    pub device_share: Option<f64>,
+    /// Items in the chunks it finished (a task list's tasks, as one item each), and
+    /// those over its busy time.
     #[serde(default)]
     pub items: u64,
     #[serde(default)]
@@ -852,6 +1109,177 @@ mod tests {
         o.done(t(5), 1, &[done(0), done(1)]);
         assert_eq!((o.ok, o.duplicates), (2, 1));
         assert_eq!(o.tallies[1].done, 2);
+    }
+
+    /// A task list of `tasks` tasks of 10 ms, and workers greeted in the order given.
+    fn farm(tasks: u32, names: &[&str], now: Instant) -> Dispatcher {
+        use crate::dispatch::{DispatchConfig, Event};
+        let config = DispatchConfig {
+            batch_id: 7,
+            session: 1,
+            tasks: (0..tasks)
+                .map(|id| crate::batch::Task {
+                    id,
+                    workload_ms: 10,
+                    ..Default::default()
+                })
+                .collect(),
+            order: (0..tasks).collect(),
+            job: crate::batch::Job::default(),
+            expected_ms: u64::from(tasks) * 10,
+            longest_ms: 10,
+            wait_workers: 0,
+            wait_timeout: Duration::from_secs(60),
+            window: 2,
+            max_window: 2,
+            heartbeat: crate::heartbeat::Heartbeat::default(),
+            backup: Default::default(),
+            sink_timeout: Duration::from_secs(60),
+            resume: false,
+            shutdown_workers: false,
+            endpoint: "tcp://test:1".into(),
+            sink: "tcp://test:2".into(),
+            fixed_workers: 0,
+            chunking: None,
+            max_attempts: 3,
+            names: Vec::new(),
+        };
+        let mut d = Dispatcher::new(config, now, 0);
+        let mut out = Vec::new();
+        for name in names {
+            let info = crate::protocol::WorkerInfo {
+                name: (*name).into(),
+                session: 1,
+                backend: "gpu".into(),
+                adapter: "card".into(),
+                window_hint: 2,
+                codecs: 0,
+            };
+            let message = crate::protocol::Message::Hello(info);
+            let routing_id = name.as_bytes().to_vec();
+            d.handle(
+                now,
+                Event::FromWorker {
+                    routing_id,
+                    message,
+                },
+                &mut out,
+            );
+        }
+        d
+    }
+
+    #[test]
+    fn workers_are_listed_by_name_with_their_lanes_and_device_share() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let d = farm(4, &["zeta", "alpha", "mid"], t0);
+        let slot = |name: &str| d.worker_id(name.as_bytes()).unwrap();
+        let mut o = Observer::new(4, t0);
+        // The live view looks every half second: the first look sees the workers arrive.
+        o.status(t0, &d, Duration::from_secs(1));
+        o.sent(t(0), slot("zeta"), [0].into_iter(), |_| true);
+        o.sent(t(0), slot("alpha"), [1].into_iter(), |_| true);
+        let report = |id, kernel_us| Done {
+            id,
+            status: Status::Ok,
+            wall_us: 400_000,
+            kernel_us,
+        };
+        o.done(t(500), slot("zeta"), &[report(0, 250_000)]);
+        o.done(t(500), slot("alpha"), &[report(1, 0)]);
+        let s = o.status(t(1000), &d, Duration::from_secs(1));
+        let names: Vec<&str> = s.workers.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "mid", "zeta"]);
+        // Each bar's lane is its worker's row.
+        let lanes: Vec<&str> = s
+            .bars
+            .iter()
+            .map(|b| s.workers[b.worker as usize].name.as_str())
+            .collect();
+        assert_eq!(lanes, ["zeta", "alpha"]);
+        // Device time over the time it was there (from the first send): 0.25 of 1 s.
+        assert_eq!(s.workers[2].device_share, Some(0.25));
+        assert_eq!(s.workers[0].device_share, None);
+        // The metrics still pair each worker with its own counts.
+        let m = o.metrics(t(1000), &s);
+        assert!(
+            m.contains("conquer_worker_kernel_seconds_total{worker=\"zeta\",backend=\"gpu\",adapter=\"card\"} 0.25"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "conquer_worker_kernel_seconds_total{worker=\"alpha\",backend=\"gpu\",adapter=\"card\"} 0"
+        ));
+    }
+
+    #[test]
+    fn throughput_and_latency_are_sampled_over_time() {
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let d = farm(8, &["a"], t0);
+        let mut o = Observer::new(8, t0);
+        // Nothing sent yet: no basis, no sample.
+        o.status(t(100), &d, Duration::from_secs(1));
+        o.sent(t(200), 0, 0..8, |_| true);
+        o.status(t(200), &d, Duration::from_secs(1));
+        // Four held in the next half second, 3 ms after their send (the 2-4 ms bucket).
+        o.held(t(203), &[0, 1, 2, 3]);
+        // Too soon for a sample.
+        assert!(o
+            .status(t(300), &d, Duration::from_secs(1))
+            .series
+            .is_empty());
+        let s = o.status(t(700), &d, Duration::from_secs(1));
+        assert_eq!(s.series.len(), 1);
+        let first = s.series[0];
+        assert_eq!((first.t_s, first.per_s), (0.7, 8.0));
+        assert_eq!(first.p50_ms, Some(3.0));
+        // A quiet interval: no rate and no latency.
+        let s = o.status(t(1200), &d, Duration::from_secs(1));
+        assert_eq!(s.series[1].per_s, 0.0);
+        assert_eq!(s.series[1].p95_ms, None);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_their_bucket() {
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        assert_eq!(quantile(&counts, 0.5), None);
+        counts[0] = 10;
+        assert_eq!(quantile(&counts, 0.5), Some(0.0005));
+        counts[1] = 10;
+        // The 15th of 20 is half way through the 1-2 ms bucket.
+        assert_eq!(quantile(&counts, 0.75), Some(0.0015));
+        // Past every bound: the last bound.
+        counts[BUCKETS.len()] = 100;
+        assert_eq!(quantile(&counts, 0.99), BUCKETS.last().copied());
+    }
+
+    #[test]
+    fn the_page_says_writing_picture_and_is_not_finished_until_it_is_written() {
+        use crate::protocol::{PictureState, SinkSide};
+        let t0 = Instant::now();
+        let d = farm(1, &["a"], t0);
+        let mut o = Observer::new(1, t0);
+        let side = |picture_state| SinkSide {
+            results: "r.csv".into(),
+            picture: "m.png".into(),
+            picture_state,
+            ..SinkSide::default()
+        };
+        o.sink_side(&side(PictureState::Writing));
+        let s = o.status(t0, &d, Duration::from_secs(1));
+        assert_eq!(s.phase, "writing picture");
+        assert!(!o.files_done());
+        assert_eq!(s.sink.as_ref().map(|k| k.results.as_str()), Some("r.csv"));
+        let m = o.metrics(t0, &s);
+        assert!(
+            m.contains("conquer_sink_picture{state=\"writing\"} 1"),
+            "{m}"
+        );
+        o.sink_side(&side(PictureState::Written));
+        assert!(o.files_done());
+        let s = o.status(t0, &d, Duration::from_secs(1));
+        assert_eq!(s.phase, d.phase_name());
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub struct Outputs {
     /// Iteration counts of the picture, row-major, and which bands (a divisible job's
     /// rows) arrived.
     canvas: Option<(mandelbrot::View, Vec<u32>, Vec<bool>)>,
-    hits: Vec<u32>,
+    hits: std::collections::BTreeSet<u32>,
     warned_discarded: bool,
     /// A divisible job's input name, as its chunks' results echo it: what the assembled
     /// output is named after.
@@ -173,7 +173,7 @@ impl Outputs {
             unsynced: false,
             written: 0,
             canvas: None,
-            hits: Vec::new(),
+            hits: Default::default(),
             warned_discarded: false,
             input_name: None,
         }
@@ -327,10 +327,20 @@ impl Outputs {
 
     /// The search kernel's hits, ascending.
     pub fn hits(&mut self) -> Vec<u32> {
-        let mut hits = std::mem::take(&mut self.hits);
-        hits.sort_unstable();
-        hits.dedup();
-        hits
+        std::mem::take(&mut self.hits).into_iter().collect()
+    }
+
+    /// The search kernel's hits so far: how many, and the first `n`.
+    pub fn hits_so_far(&self, n: usize) -> (u64, Vec<u32>) {
+        (
+            self.hits.len() as u64,
+            self.hits.iter().take(n).copied().collect(),
+        )
+    }
+
+    /// The outputs directory and the picture, as given.
+    pub fn config(&self) -> &OutputsConfig {
+        &self.config
     }
 
     /// Once the batch is complete: reads back bands held before a restart, and writes the
@@ -352,7 +362,7 @@ impl Outputs {
                     })
                     .collect()
             };
-            let mut hits = Vec::new();
+            let mut hits = std::collections::BTreeSet::new();
             for task in tasks {
                 let bytes = handle
                     .read(&output_name(job, task, ""))

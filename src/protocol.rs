@@ -16,7 +16,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 8;
+pub const VERSION: u8 = 9;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest task input or output by default (`--max-payload`).
@@ -531,6 +531,94 @@ pub enum Message {
         worker: String,
         reason: String,
     },
+    /// sink → ventilator: the sink's side of the batch for the live view (results file,
+    /// outputs, hits, verification, the picture), about twice a second and once more when
+    /// the picture is on disk. It changes nothing the dispatcher does.
+    SinkSide { batch: u64, side: SinkSide },
+}
+
+/// Most hits a [`SinkSide`] names (the count says how many there are).
+pub const SIDE_HITS: usize = 8;
+
+/// What the sink alone knows of a batch, as the live view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkSide {
+    /// The results file (empty: none), the bytes in it, and its syncs: how many, their
+    /// total and longest time in µs.
+    pub results: String,
+    pub results_bytes: u64,
+    pub syncs: u64,
+    pub sync_us: u64,
+    pub sync_max_us: u64,
+    /// The outputs directory (empty: none) and the files written into it in this run.
+    pub outputs: String,
+    pub outputs_written: u64,
+    /// A search's hits held: how many, and the first [`SIDE_HITS`] of them.
+    pub hits: u64,
+    pub first_hits: Vec<u32>,
+    /// Results checked against the CPU reference, those that matched, those that did not.
+    pub checked: u64,
+    pub verified: u64,
+    pub mismatches: u64,
+    /// The picture (`--image`; empty: none) and where it stands.
+    pub picture: String,
+    pub picture_state: PictureState,
+}
+
+/// Where a batch's picture stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PictureState {
+    /// No picture was asked for.
+    #[default]
+    None,
+    /// Waiting for the batch's last band.
+    Waiting,
+    /// Every band is in; the file is being encoded and written.
+    Writing,
+    /// On disk.
+    Written,
+    /// Writing it failed (the sink's log and exit status say why).
+    Failed,
+}
+
+impl PictureState {
+    fn to_byte(self) -> u8 {
+        match self {
+            PictureState::None => 0,
+            PictureState::Waiting => 1,
+            PictureState::Writing => 2,
+            PictureState::Written => 3,
+            PictureState::Failed => 4,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Self, DecodeError> {
+        Ok(match byte {
+            0 => PictureState::None,
+            1 => PictureState::Waiting,
+            2 => PictureState::Writing,
+            3 => PictureState::Written,
+            4 => PictureState::Failed,
+            other => {
+                return Err(DecodeError::BadField {
+                    field: "picture state",
+                    value: u64::from(other),
+                })
+            }
+        })
+    }
+
+    /// Lowercase name, as the JSON says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PictureState::None => "none",
+            PictureState::Waiting => "waiting",
+            PictureState::Writing => "writing",
+            PictureState::Written => "written",
+            PictureState::Failed => "failed",
+        }
+    }
 }
 
 /// Outputs taken out of a results message to travel as frames of their own.
@@ -633,6 +721,7 @@ impl Message {
             Message::GaveUp { .. } => 21,
             Message::Again { .. } => 22,
             Message::Quarantine { .. } => 23,
+            Message::SinkSide { .. } => 24,
         }
     }
 
@@ -764,6 +853,31 @@ impl Message {
                 w.u64(*batch);
                 w.str(worker);
                 w.long_str(reason);
+            }
+            Message::SinkSide { batch, side } => {
+                w.u64(*batch);
+                w.long_str(&side.results);
+                for v in [
+                    side.results_bytes,
+                    side.syncs,
+                    side.sync_us,
+                    side.sync_max_us,
+                ] {
+                    w.u64(v);
+                }
+                w.long_str(&side.outputs);
+                w.u64(side.outputs_written);
+                w.u64(side.hits);
+                let shown = &side.first_hits[..side.first_hits.len().min(SIDE_HITS)];
+                w.count(shown.len());
+                for &hit in shown {
+                    w.u32(hit);
+                }
+                for v in [side.checked, side.verified, side.mismatches] {
+                    w.u64(v);
+                }
+                w.long_str(&side.picture);
+                w.u8(side.picture_state.to_byte());
             }
             Message::Stats {
                 batch,
@@ -1144,6 +1258,40 @@ impl Message {
                 worker: r.str()?,
                 reason: r.long_str()?,
             },
+            24 => {
+                let batch = r.u64()?;
+                let results = r.long_str()?;
+                let [results_bytes, syncs, sync_us, sync_max_us] =
+                    [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+                let outputs = r.long_str()?;
+                let (outputs_written, hits) = (r.u64()?, r.u64()?);
+                let n = r.count(4)?;
+                if n > SIDE_HITS {
+                    return Err(DecodeError::BadField {
+                        field: "hits shown",
+                        value: n as u64,
+                    });
+                }
+                let first_hits = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
+                let [checked, verified, mismatches] = [r.u64()?, r.u64()?, r.u64()?];
+                let side = SinkSide {
+                    results,
+                    results_bytes,
+                    syncs,
+                    sync_us,
+                    sync_max_us,
+                    outputs,
+                    outputs_written,
+                    hits,
+                    first_hits,
+                    checked,
+                    verified,
+                    mismatches,
+                    picture: r.long_str()?,
+                    picture_state: PictureState::from_byte(r.u8()?)?,
+                };
+                Message::SinkSide { batch, side }
+            }
             11 => Message::Stats {
                 batch: r.u64()?,
                 redispatched: r.u64()?,
@@ -1199,7 +1347,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 23] = [
+const KINDS: [&str; 24] = [
     "hello",
     "tasks",
     "done",
@@ -1223,6 +1371,7 @@ const KINDS: [&str; 23] = [
     "gave-up",
     "again",
     "quarantine",
+    "sink-side",
 ];
 
 struct Writer {
@@ -1678,6 +1827,25 @@ mod tests {
                 worker: "c".into(),
                 reason: "twice alone against the others".into(),
             },
+            Message::SinkSide {
+                batch: 7,
+                side: SinkSide {
+                    results: "/var/lib/conquer/r.csv".into(),
+                    results_bytes: 1 << 33,
+                    syncs: 12,
+                    sync_us: 40_000,
+                    sync_max_us: 9_000,
+                    outputs: "out".into(),
+                    outputs_written: 40,
+                    hits: 9,
+                    first_hits: vec![1, 7, u32::MAX],
+                    checked: 3,
+                    verified: 2,
+                    mismatches: 1,
+                    picture: "m.png".into(),
+                    picture_state: PictureState::Writing,
+                },
+            },
             Message::Tasks {
                 batch: 8,
                 job: Job {
@@ -1989,7 +2157,7 @@ mod tests {
 
         /// Arbitrary bytes after a valid header exercise every body decoder.
         #[test]
-        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..25, body in proptest::collection::vec(any::<u8>(), 0..128)) {
+        fn decoding_arbitrary_bodies_never_panics(kind in 0u8..26, body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let mut bytes = vec![b'C', b'Q', VERSION, kind];
             bytes.extend_from_slice(&body);
             if let Ok(message) = Message::decode(&bytes) {
@@ -2003,7 +2171,7 @@ mod tests {
         /// frame more than a kind allows, or a byte past its total, is beyond them.
         #[test]
         fn messages_fit_the_bounds_of_their_kind(
-            which in 0usize..18,
+            which in 0usize..19,
             outputs in proptest::collection::vec(0usize..65_536, 1..48),
         ) {
             let sample = samples()[which].encode();
@@ -2037,7 +2205,7 @@ mod tests {
         /// Flipping any one byte of a valid message either is rejected or decodes to a
         /// message that re-encodes to exactly the flipped bytes.
         #[test]
-        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..18, at in any::<usize>(), byte in any::<u8>()) {
+        fn single_byte_corruption_is_caught_or_faithful(which in 0usize..19, at in any::<usize>(), byte in any::<u8>()) {
             let mut bytes = samples()[which].encode();
             let at = at % bytes.len();
             bytes[at] = byte;

@@ -834,6 +834,15 @@ impl ResultsFile {
     pub fn format(&self) -> ResultsFormat {
         self.format
     }
+
+    /// Bytes in the file as written so far (what is still buffered not counted).
+    pub fn bytes(&self) -> u64 {
+        let file = match &self.out {
+            ResultsWriter::Csv(w) => w.get_ref(),
+            ResultsWriter::Jsonl(w) => w.get_ref(),
+        };
+        file.metadata().map_or(0, |m| m.len())
+    }
 }
 
 /// Reads every record; a value out of its field's range, a bad hex field or a record of

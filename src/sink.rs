@@ -191,30 +191,70 @@ impl Sink {
             trace.as_mut(),
             shutdown,
         );
-        // The socket closes before its authentication handler stops: no connection is
-        // ever without one.
         let refused = gate.as_ref().map(crate::auth::Gate::counter);
-        drop(socket);
-        drop(gate);
-        let (mut report, job) = outcome?;
+        let (mut report, job, side) = match outcome {
+            Ok(collected) => collected,
+            Err(e) => {
+                // The socket closes before its authentication handler stops: no
+                // connection is ever without one.
+                drop(socket);
+                drop(gate);
+                return Err(e);
+            }
+        };
         let moved = crate::protocol::received_bytes().since(received);
         report.wire = crate::report::WireReport::new(
             (report.wire.inputs_wire_bytes, report.wire.inputs_bytes),
             (moved.outputs_wire, moved.outputs),
         );
-        report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
-        if let Some(job) = job {
-            // The picture and an assembled output are written now: the batch is finished
-            // when they are on disk.
-            let writing = std::time::Instant::now();
-            outputs.finish(&job)?;
-            report.finished_ms += writing.elapsed().as_secs_f64() * 1000.0;
-            report.picture = config
-                .outputs
-                .image
-                .as_ref()
-                .map(|p| p.display().to_string());
+        // The live view hears the files being finished, then finished.
+        let side_to = side;
+        let tell = |side: &crate::protocol::SinkSide| {
+            if let Some((to, batch, _)) = &side_to {
+                let message = crate::protocol::Message::SinkSide {
+                    batch: *batch,
+                    side: side.clone(),
+                };
+                sockets::send_to(&socket, to, &message.encode());
+            }
+        };
+        let mut side = side_to
+            .as_ref()
+            .map(|(_, _, s)| s.clone())
+            .unwrap_or_default();
+        let finished = match job {
+            Some(job) => {
+                // The picture and an assembled output are written now: the batch is
+                // finished when they are on disk.
+                if !side.picture.is_empty() {
+                    side.picture_state = crate::protocol::PictureState::Writing;
+                    tell(&side);
+                }
+                let writing = std::time::Instant::now();
+                let finished = outputs.finish(&job);
+                report.finished_ms += writing.elapsed().as_secs_f64() * 1000.0;
+                report.picture = config
+                    .outputs
+                    .image
+                    .as_ref()
+                    .map(|p| p.display().to_string());
+                finished
+            }
+            None => Ok(()),
+        };
+        if !side.picture.is_empty() {
+            side.picture_state = match finished {
+                Ok(()) => crate::protocol::PictureState::Written,
+                Err(_) => crate::protocol::PictureState::Failed,
+            };
         }
+        side.outputs_written = outputs.written();
+        (side.hits, side.first_hits) = outputs.hits_so_far(crate::protocol::SIDE_HITS);
+        tell(&side);
+        drop(socket);
+        drop(gate);
+        finished?;
+        report.refused += refused.map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed));
         report.outputs = outputs.written();
         report.outputs_dir = config.outputs.dir.as_ref().map(|d| d.display().to_string());
         report.hits = outputs.hits();
@@ -238,13 +278,13 @@ fn collect_batch(
     recovered: Option<RecoveredResults>,
     trace: Option<&mut crate::trace::Trace>,
     shutdown: &Shutdown,
-) -> anyhow::Result<(Report, Option<crate::batch::Job>)> {
+) -> anyhow::Result<Collected> {
     let endpoint = collect.endpoint.clone();
     let mut c = Collector::new(collect, recovered, Instant::now(), crate::worker::unix_ms());
     if c.recovered_complete() {
         return c
             .report_recovered(Instant::now())
-            .map(|r| (r, None))
+            .map(|r| (r, None, None))
             .ok_or_else(|| anyhow!("no batch was collected"));
     }
     log::info!("waiting for a batch on {endpoint}");
@@ -265,11 +305,21 @@ fn collect_batch(
         c.say_how_to_resume(Interrupted::is(e));
     }
     outcome?;
+    let side = pump.side(&c);
+    drop(pump);
     let job = c.job();
     c.report(Instant::now())
-        .map(|r| (r, job))
+        .map(|r| (r, job, side))
         .ok_or_else(|| anyhow!("no batch was collected"))
 }
+
+/// What [`collect_batch`] returns: the report, the batch's job when it was announced in
+/// this run, and the sink's side as the live view last heard it, with where it goes.
+type Collected = (
+    Report,
+    Option<crate::batch::Job>,
+    Option<(Vec<u8>, u64, crate::protocol::SinkSide)>,
+);
 
 /// The sink's run loop: receive, decode, hand to the collector, carry out what it says.
 ///
@@ -295,7 +345,15 @@ struct Pump<'a> {
     unwritten_bytes: usize,
     /// The collector said the batch is finished, and everything before is carried out.
     finished: bool,
+    /// When the sink's side next goes to the live view.
+    next_side: Instant,
+    /// Syncs of the results file and the outputs directory: how many, their total and
+    /// longest µs.
+    syncs: (u64, u64, u64),
 }
+
+/// How often the sink tells the ventilator's live view its side.
+const SIDE_EVERY: Duration = Duration::from_millis(500);
 
 /// A command held back until the output files before it are written.
 enum Waiting {
@@ -344,6 +402,43 @@ impl<'a> Pump<'a> {
             next_ticket: 0,
             unwritten_bytes: 0,
             finished: false,
+            next_side: Instant::now(),
+            syncs: (0, 0, 0),
+        }
+    }
+
+    /// The sink's side for the live view, and where it goes; none before the batch is
+    /// known.
+    fn side(&self, c: &Collector) -> Option<(Vec<u8>, u64, crate::protocol::SinkSide)> {
+        let (to, batch, mut side) = c.side()?;
+        side.results_bytes = self.file.as_deref().map_or(0, ResultsFile::bytes);
+        (side.syncs, side.sync_us, side.sync_max_us) = self.syncs;
+        let config = self.outputs.config();
+        side.outputs = config
+            .dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        side.outputs_written = self.outputs.written();
+        (side.hits, side.first_hits) = self.outputs.hits_so_far(crate::protocol::SIDE_HITS);
+        if let Some(image) = &config.image {
+            side.picture = image.display().to_string();
+            side.picture_state = crate::protocol::PictureState::Waiting;
+        }
+        Some((to.to_vec(), batch, side))
+    }
+
+    /// Tells the live view the sink's side, when it is time to.
+    fn tell_side(&mut self, c: &Collector) {
+        let now = Instant::now();
+        if now < self.next_side {
+            return;
+        }
+        self.next_side = now + SIDE_EVERY;
+        if let Some((to, batch, side)) = self.side(c) {
+            // A ventilator gone is found out by the messages that matter.
+            let message = crate::protocol::Message::SinkSide { batch, side };
+            sockets::send_to(self.socket, &to, &message.encode());
         }
     }
 
@@ -401,6 +496,7 @@ impl<'a> Pump<'a> {
             }
             c.handle(Instant::now(), SinkEvent::Tick, &mut out);
             let finished = self.carry_out(c, &mut out)?;
+            self.tell_side(c);
             if self.config.progress {
                 if let Some((held, tasks)) = c.progress() {
                     // A job's progress is in items (`progress` counts them).
@@ -621,10 +717,14 @@ impl<'a> Pump<'a> {
                     self.send(to, message, failed)
                 }
                 Waiting::Command(SinkCommand::Sync) => {
+                    let started = Instant::now();
                     self.outputs.sync()?;
                     if let Some(file) = self.file.as_deref_mut() {
                         file.sync()?;
                     }
+                    let us = started.elapsed().as_micros() as u64;
+                    let (n, total, max) = &mut self.syncs;
+                    (*n, *total, *max) = (*n + 1, *total + us, (*max).max(us));
                 }
                 Waiting::Command(SinkCommand::Finished) => self.finished = true,
                 Waiting::Command(SinkCommand::Stop(why)) => return Err(anyhow::Error::new(why)),
@@ -682,6 +782,26 @@ mod tests {
     fn receive(socket: &zmq::Socket) -> Message {
         let frame = socket.recv_bytes(0).expect("a reply from the sink");
         Message::decode(&frame).unwrap()
+    }
+
+    /// The next message to the ventilator but the sink's side for the live view.
+    fn to_ventilator(socket: &zmq::Socket) -> Message {
+        loop {
+            match receive(socket) {
+                Message::SinkSide { .. } => continue,
+                message => return message,
+            }
+        }
+    }
+
+    /// Whether the ventilator has a message waiting but the sink's side.
+    fn ventilator_has_heard(socket: &zmq::Socket) -> bool {
+        while let Ok(frame) = socket.recv_bytes(zmq::DONTWAIT) {
+            if !matches!(Message::decode(&frame), Ok(Message::SinkSide { .. })) {
+                return true;
+            }
+        }
+        false
     }
 
     fn worker(name: &str) -> WorkerInfo {
@@ -775,7 +895,7 @@ mod tests {
             };
             ventilator.send(announce.encode(), 0).unwrap();
             assert!(matches!(
-                receive(&ventilator),
+                to_ventilator(&ventilator),
                 Message::BatchAck { batch: 1, .. }
             ));
             Gated {
@@ -809,7 +929,7 @@ mod tests {
         }
 
         fn assert_held(&self) {
-            let held = receive(&self.ventilator);
+            let held = to_ventilator(&self.ventilator);
             assert!(
                 matches!(&held, Message::Held { batch: 1, ids } if ids == &[0]),
                 "{held:?}"
@@ -828,7 +948,7 @@ mod tests {
         assert_eq!(receive(&b), Message::Welcome);
         // ... but the ventilator has not heard that task 0 is held, and cannot have: its
         // file is not whole yet.
-        assert_eq!(sink.ventilator.poll(zmq::POLLIN, 0).unwrap(), 0);
+        assert!(!ventilator_has_heard(&sink.ventilator));
         assert!(!dir.path().join("big.out").exists());
         sink.let_go.send(()).unwrap();
         sink.assert_held();
@@ -836,6 +956,15 @@ mod tests {
             std::fs::read(dir.path().join("big.out")).unwrap(),
             vec![7; BIG]
         );
+        // The live view hears of the file from the sink's side.
+        loop {
+            if let Message::SinkSide { batch: 1, side } = receive(&sink.ventilator) {
+                if side.outputs_written == 1 {
+                    assert_eq!(side.outputs, dir.path().display().to_string());
+                    break;
+                }
+            }
+        }
         sink.shutdown.request();
         let stopped = sink.pump.join().unwrap().unwrap_err();
         assert!(Interrupted::is(&stopped), "{stopped:#}");

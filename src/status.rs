@@ -74,43 +74,82 @@ pub fn render(s: &FarmStatus) -> String {
         s.refused,
     );
     out += &format!(
-        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>9} {:>6} {:>10}\n",
-        "worker", "host", "backend", "adapter", "state", "done", "items/s", "busy", "kernel s"
+        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>7} {:>8} {:>6} {:>9} {:>6} {:>7}\n",
+        "worker",
+        "host",
+        "backend",
+        "adapter",
+        "state",
+        "holding",
+        "done",
+        "failed",
+        format!("{unit}/s"),
+        "busy",
+        "device"
     );
+    let share = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |b| format!("{:.0}%", 100.0 * b));
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     for w in &s.workers {
         out += &format!(
-            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>8} {:>9} {:>6} {:>10.2}\n",
+            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>7} {:>8} {:>6} {:>9} {:>6} {:>7}\n",
             cut(&w.name, 24),
-            cut(
-                if w.address.is_empty() {
-                    "-"
-                } else {
-                    &w.address
-                },
-                16
-            ),
+            cut(&or_dash(&w.address), 16),
             cut(&w.backend, 9),
-            cut(
-                if w.adapter.is_empty() {
-                    "-"
-                } else {
-                    &w.adapter
-                },
-                24
-            ),
+            cut(&or_dash(&w.adapter), 24),
             w.state,
+            w.holding,
             w.done,
-            if job {
-                rate(w.items_per_s)
-            } else {
-                "-".to_owned()
-            },
-            w.busy_share
-                .map_or_else(|| "-".to_owned(), |b| format!("{:.0}%", 100.0 * b)),
-            w.kernel_ms / 1e3
+            w.failed,
+            rate(w.items_per_s),
+            share(w.busy_share),
+            share(w.device_share),
         );
     }
+    if let Some(k) = &s.sink {
+        out += &format!("\n{}\n", sink_line(k));
+    }
     out
+}
+
+/// The sink's side in one line: results file, outputs, hits, verification, picture.
+fn sink_line(k: &crate::protocol::SinkSide) -> String {
+    let mut parts = vec![if k.results.is_empty() {
+        "no results file".to_owned()
+    } else {
+        format!("results {} ({} bytes)", k.results, k.results_bytes)
+    }];
+    if !k.outputs.is_empty() {
+        parts.push(format!("{} outputs in {}", k.outputs_written, k.outputs));
+    }
+    if k.hits > 0 {
+        let shown: Vec<String> = k.first_hits.iter().map(u32::to_string).collect();
+        let more = if k.hits > k.first_hits.len() as u64 {
+            ", …"
+        } else {
+            ""
+        };
+        parts.push(format!("{} hits: {}{more}", k.hits, shown.join(", ")));
+    }
+    if k.checked > 0 {
+        parts.push(format!(
+            "verified {} of {} checked ({} differ)",
+            k.verified, k.checked, k.mismatches
+        ));
+    }
+    if !k.picture.is_empty() {
+        parts.push(format!(
+            "picture {} {}",
+            k.picture,
+            k.picture_state.as_str()
+        ));
+    }
+    format!("sink: {}", parts.join("; "))
 }
 
 fn cut(text: &str, width: usize) -> String {

@@ -293,11 +293,7 @@ impl Ventilator {
         if let Some(o) = observer.as_mut() {
             self.publish(o, &dispatcher);
             if outcome.is_ok() && !self.config.http_linger.is_zero() {
-                // The final state stays up for a look (or a last scrape).
-                let until = Instant::now() + self.config.http_linger;
-                while Instant::now() < until && !shutdown.is_requested() {
-                    std::thread::sleep(MAX_POLL);
-                }
+                self.linger(o, &dispatcher, shutdown)?;
             }
         }
         if let Err(e) = outcome {
@@ -438,10 +434,16 @@ impl Ventilator {
             }
             if items[1].is_readable() {
                 sockets::drain(&self.sink_socket, false, "the sink socket", |inbound| {
-                    if let (Some(o), Ok(Message::Held { ids, .. })) =
-                        (observer.as_mut(), &inbound.message)
-                    {
-                        o.held(Instant::now(), ids);
+                    if let Some(o) = observer.as_mut() {
+                        match &inbound.message {
+                            Ok(Message::Held { ids, .. }) => o.held(Instant::now(), ids),
+                            Ok(Message::SinkSide { batch, side })
+                                if *batch == dispatcher.batch_id() =>
+                            {
+                                o.sink_side(side)
+                            }
+                            _ => {}
+                        }
                     }
                     let event = match inbound.message {
                         Ok(message) => Event::FromSink(message),
@@ -633,6 +635,71 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 impl Ventilator {
+    /// After the batch: the final state stays up for a look (or a last scrape) for
+    /// `--http-linger`, and longer while the sink says it is writing the picture (as long
+    /// as it keeps saying so). Still heard meanwhile: the sink's side, and workers' last
+    /// reports.
+    fn linger(
+        &self,
+        o: &mut crate::observe::Observer,
+        d: &Dispatcher,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<()> {
+        let until = Instant::now() + self.config.http_linger;
+        let mut heard = Instant::now();
+        let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        let batch = d.batch_id();
+        loop {
+            let now = Instant::now();
+            let writing = o.picture_writing()
+                && now.saturating_duration_since(heard) < self.config.sink_timeout;
+            if (now >= until && !writing) || shutdown.is_requested() {
+                return Ok(());
+            }
+            let wait = until
+                .saturating_duration_since(now)
+                .clamp(Duration::ZERO, MAX_POLL);
+            let mut items = [
+                self.tasks_socket.as_poll_item(zmq::POLLIN),
+                self.sink_socket.as_poll_item(zmq::POLLIN),
+            ];
+            let wait = if writing { MAX_POLL } else { wait };
+            sockets::poll(
+                &mut items,
+                wait.as_millis() as i64,
+                "the ventilator's sockets",
+            )?;
+            let (tasks, sink) = (items[0].is_readable(), items[1].is_readable());
+            if sink {
+                sockets::drain(&self.sink_socket, false, "the sink socket", |inbound| {
+                    if let Ok(Message::SinkSide { batch: b, side }) = &inbound.message {
+                        if *b == batch {
+                            o.sink_side(side);
+                            heard = Instant::now();
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            if tasks {
+                sockets::drain(&self.tasks_socket, true, "the tasks socket", |inbound| {
+                    if let Ok(Message::Done { batch: b, done }) = &inbound.message {
+                        let from = d.worker_id(&inbound.peer).filter(|&w| d.worker(w).alive);
+                        if let (Some(w), true) = (from, *b == batch) {
+                            o.done(Instant::now(), w, done);
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            let now = Instant::now();
+            if now >= next_publish || sink {
+                self.publish(o, d);
+                next_publish = now + PUBLISH_EVERY;
+            }
+        }
+    }
+
     /// Hands the live view a fresh status and metrics.
     fn publish(&self, o: &mut crate::observe::Observer, d: &Dispatcher) {
         let Some(server) = &self.http else {

@@ -393,16 +393,37 @@ fn o01_a_jobs_progress_is_counted_in_items_with_each_workers_rate() {
         "{text}"
     );
 
-    // At the end: every item held, none counted twice among the workers (the last chunks'
-    // reports may reach the ventilator after the sink said the job is complete, and are
-    // not read then), each worker with its rate.
-    let end = wait_status(&base, "the job done", |s| s["items_held"] == 30000);
+    // At the end: every item held and counted once among the workers (the last chunks'
+    // reports, which may reach the ventilator after the sink said the job is complete,
+    // are read while the view lingers), each worker with its rate, listed by name.
+    let items = |s: &serde_json::Value| -> u64 {
+        let workers = s["workers"].as_array().unwrap();
+        workers.iter().map(|w| w["items"].as_u64().unwrap()).sum()
+    };
+    let end = wait_status(&base, "the job done, every item counted", |s| {
+        s["items_held"] == 30000 && items(s) == 30000
+    });
     let workers = end["workers"].as_array().unwrap();
-    let items: u64 = workers.iter().map(|w| w["items"].as_u64().unwrap()).sum();
-    assert!((27_000..=30_000).contains(&items), "{end}");
     for w in workers {
         assert!(w["items_per_s"].as_f64().unwrap() > 0.0, "{w}");
     }
+    let names: Vec<&str> = workers
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "{end}");
+    // Throughput over time: a sample about every half second of the 2 s job, each with
+    // the latency of what was held in it.
+    let series = end["series"].as_array().unwrap();
+    assert!(series.len() >= 2, "{end}");
+    assert!(
+        series
+            .iter()
+            .any(|p| p["per_s"].as_f64().unwrap() > 0.0 && p["p95_ms"].is_number()),
+        "{end}"
+    );
     let metrics = ureq::get(&format!("{base}/metrics"))
         .call()
         .unwrap()
@@ -747,4 +768,133 @@ fn o09_metrics_carry_the_build_the_process_and_a_sleep_workers_adapter_as_none()
         );
     }
     drop(run);
+}
+
+#[test]
+fn o07_the_live_view_shows_the_sinks_side_results_outputs_and_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let outputs = dir.path().join("out");
+    let results = dir.path().join("r.csv");
+    let run = Proc::start_quiet(
+        "run",
+        &[
+            "run",
+            "--kernel",
+            "search",
+            "--backend",
+            "cpu",
+            "--workers",
+            "2",
+            "--bits",
+            "16",
+            "--keys",
+            "2000000",
+            "--keys-per-task",
+            "250000",
+            "--outputs",
+            outputs.to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--http-linger",
+            "30",
+            "--json",
+        ],
+    );
+    let base = run.live_view();
+    let end = wait_status(&base, "every output written", |s| {
+        s["finished"] == true && s["sink"]["outputs_written"] == 8
+    });
+    let sink = &end["sink"];
+    assert_eq!(sink["results"], results.to_str().unwrap(), "{end}");
+    assert_eq!(sink["outputs"], outputs.to_str().unwrap(), "{end}");
+    assert!(sink["results_bytes"].as_u64().unwrap() > 0, "{end}");
+    assert!(sink["syncs"].as_u64().unwrap() > 0, "{end}");
+    assert_eq!(sink["picture_state"], "none", "{end}");
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in [
+        "conquer_sink_outputs_written_total 8",
+        "conquer_sink_picture{state=\"none\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+    let text = conquer(&["status", "--http", &base]).1;
+    let line = format!("8 outputs in {}", outputs.display());
+    assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    // The hits the page shows are the report's.
+    let (status, stdout, log) = run.finish();
+    assert!(status.success(), "{log}");
+    let report = util::report(&stdout);
+    let hits: Vec<u64> = report["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .collect();
+    assert_eq!(sink["hits"], hits.len() as u64, "{end}");
+    let first: Vec<u64> = sink["first_hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .collect();
+    assert_eq!(first, hits[..hits.len().min(8)], "{end}");
+}
+
+#[test]
+fn o07_the_live_view_is_finished_only_once_the_picture_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let picture = dir.path().join("m.png");
+    let run = Proc::start_quiet(
+        "run",
+        &[
+            "run",
+            "--kernel",
+            "mandelbrot",
+            "--backend",
+            "cpu",
+            "--workers",
+            "2",
+            "--width",
+            "512",
+            "--height",
+            "256",
+            "--image",
+            picture.to_str().unwrap(),
+            "--verify",
+            "--http",
+            "127.0.0.1:0",
+            "--http-linger",
+            "30",
+        ],
+    );
+    let base = run.live_view();
+    let end = wait_status(&base, "the batch finished", |s| {
+        // Never finished while the picture is still to be written.
+        if s["finished"] == true {
+            assert_eq!(s["sink"]["picture_state"], "written", "{s}");
+            assert!(
+                picture.exists(),
+                "finished before {} exists: {s}",
+                picture.display()
+            );
+        }
+        s["finished"] == true
+    });
+    let sink = &end["sink"];
+    assert_eq!(sink["picture"], picture.to_str().unwrap(), "{end}");
+    let checked = sink["checked"].as_u64().unwrap();
+    assert!(checked > 0, "{end}");
+    assert_eq!(sink["verified"], checked, "{end}");
+    assert_eq!(sink["mismatches"], 0, "{end}");
+    assert_eq!(end["phase"], "over", "{end}");
 }
