@@ -56,7 +56,7 @@ pub struct Cli {
     #[arg(long, env = "CONQUER_MAX_PAYLOAD", value_name = "BYTES", global = true, value_parser = parse_bytes)]
     pub max_payload: Option<u64>,
     /// Send task inputs (ventilator) and outputs (worker) raw: no LZ4 on the wire, even
-    /// where it would pay. A worker with it asks for raw inputs too.
+    /// where it would pay. A worker with it asks for raw inputs too, a sink for raw outputs.
     #[arg(long, env = "CONQUER_NO_COMPRESS", global = true)]
     pub no_compress: bool,
     #[command(subcommand)]

@@ -252,6 +252,14 @@ struct Early {
     results: Vec<TaskResult>,
 }
 
+/// The sink's welcome: it takes outputs in the codecs this process speaks (none with
+/// `--no-compress`, which asks workers for raw outputs).
+fn welcome() -> Message {
+    Message::Welcome {
+        codecs: crate::protocol::codecs(),
+    }
+}
+
 /// Everything the sink counts while it runs.
 pub struct Collector {
     config: CollectConfig,
@@ -598,7 +606,7 @@ impl Collector {
                 && now.saturating_duration_since(existing.last_seen) < timeout;
             if maybe_clash {
                 let old = existing.routing_id.clone();
-                Self::send(out, &old, Message::Welcome);
+                Self::send(out, &old, welcome());
                 self.claims.push(Claim {
                     old,
                     routing_id,
@@ -633,7 +641,7 @@ impl Collector {
                 log::debug!("worker {} joined ({})", printable(&info.name), info.backend);
             }
         }
-        Self::send(out, &routing_id, Message::Welcome);
+        Self::send(out, &routing_id, welcome());
     }
 
     fn unreachable(&mut self, now: Instant, routing_id: &[u8], out: &mut Vec<SinkCommand>) {

@@ -297,7 +297,10 @@ fn early_results_are_bounded_in_the_bytes_they_take() {
 fn a_live_name_is_refused_and_a_dead_ones_is_handed_over() {
     let mut h = Harness::new();
     h.from(b"a/1", Message::Join(worker("a", 1)));
-    assert!(matches!(h.sent_to(b"a/1").as_slice(), [Message::Welcome]));
+    assert!(matches!(
+        h.sent_to(b"a/1").as_slice(),
+        [Message::Welcome { .. }]
+    ));
     // A second process named "a" while the first answers: refused.
     h.from(b"a/2", Message::Join(worker("a", 2)));
     assert!(matches!(
@@ -317,13 +320,16 @@ fn a_live_name_is_refused_and_a_dead_ones_is_handed_over() {
         },
         &mut out,
     );
-    assert!(out
-        .iter()
-        .any(|c| matches!(c, SinkCommand::Send { to, message: Message::Welcome } if to == b"a/1")));
+    assert!(out.iter().any(
+        |c| matches!(c, SinkCommand::Send { to, message: Message::Welcome { .. } } if to == b"a/1")
+    ));
     h.log.extend(out);
     h.event(SinkEvent::Unreachable(b"a/1".to_vec()));
     h.event(SinkEvent::Tick);
-    assert!(matches!(h.sent_to(b"a/3").as_slice(), [Message::Welcome]));
+    assert!(matches!(
+        h.sent_to(b"a/3").as_slice(),
+        [Message::Welcome { .. }]
+    ));
 }
 
 #[test]

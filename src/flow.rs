@@ -162,6 +162,8 @@ pub struct Flow {
     started: Instant,
     next_beat: Instant,
     last_from_sink: Instant,
+    /// The codecs the sink said it takes outputs in (its welcome).
+    sink_codecs: u8,
     said_sink_wait: bool,
     last_from_ventilator: Instant,
     hello_since: Option<Instant>,
@@ -197,6 +199,7 @@ impl Flow {
             started: now,
             next_beat: now,
             last_from_sink: now,
+            sink_codecs: 0,
             said_sink_wait: false,
             last_from_ventilator: now,
             hello_since: None,
@@ -388,8 +391,10 @@ impl Flow {
         out: &mut Vec<FlowCommand>,
     ) {
         match message {
-            Ok(Message::Welcome) => {
+            Ok(Message::Welcome { codecs }) => {
                 self.last_from_sink = now;
+                // Outputs go in a codec both ends speak (raw when none).
+                self.sink_codecs = codecs;
                 if self.link == SinkLink::Welcomed {
                     return;
                 }
@@ -659,7 +664,10 @@ impl Flow {
                 let delivery = Delivery {
                     results: (!results.is_empty()).then(|| Message::Results {
                         batch,
-                        worker: self.config.info.clone(),
+                        worker: WorkerInfo {
+                            codecs: self.config.info.codecs & self.sink_codecs,
+                            ..self.config.info.clone()
+                        },
                         results,
                     }),
                     done: Message::Done { batch, done },

@@ -3,6 +3,7 @@
 //! its credit, however often the sink's queue is full; silence and refusals are answered.
 
 use super::*;
+use crate::protocol::CODEC_LZ4;
 use proptest::prelude::*;
 
 fn config() -> FlowConfig {
@@ -126,7 +127,7 @@ proptest! {
         groups in proptest::collection::vec(proptest::collection::vec((0u32..1000, proptest::bool::weighted(0.1)), 1..20), 1..20),
     ) {
         let mut h = Harness::new(full);
-        h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+        h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
         let mut ids = std::collections::BTreeSet::new();
         let mut failed = std::collections::BTreeSet::new();
         for (g, group) in groups.iter().enumerate() {
@@ -186,7 +187,7 @@ fn no_tasks_are_asked_for_before_the_sink_welcomes_the_worker() {
     );
     assert!(h.to_sink.iter().all(|m| matches!(m, Message::Join(_))));
     assert!(h.to_sink.len() >= 10, "the sink is greeted every heartbeat");
-    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
     assert_eq!(h.hellos(), 1);
     assert_eq!(h.flow.link(), SinkLink::Welcomed);
 }
@@ -194,7 +195,7 @@ fn no_tasks_are_asked_for_before_the_sink_welcomes_the_worker() {
 #[test]
 fn a_silent_sink_makes_the_worker_say_goodbye_until_it_answers() {
     let mut h = Harness::new(Vec::new());
-    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
     // Two heartbeat timeouts (2 × 300 ms) of silence, then a little more.
     for _ in 0..8 {
         h.advance(100);
@@ -202,7 +203,7 @@ fn a_silent_sink_makes_the_worker_say_goodbye_until_it_answers() {
     assert_eq!(h.flow.link(), SinkLink::Lost);
     assert!(h.to_ventilator.contains(&Message::Bye));
     let hellos = h.hellos();
-    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
     assert_eq!(h.flow.link(), SinkLink::Welcomed);
     assert_eq!(h.hellos(), hellos + 1);
 }
@@ -224,7 +225,7 @@ fn refusals_and_a_broken_executor_stop_the_worker() {
 #[test]
 fn tasks_go_to_the_executor_and_end_counts_the_batch() {
     let mut h = Harness::new(Vec::new());
-    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
     h.event(FlowEvent::FromVentilator(Ok(Message::Tasks {
         batch: 3,
         job: Job::default(),
@@ -247,7 +248,7 @@ fn tasks_go_to_the_executor_and_end_counts_the_batch() {
 #[test]
 fn a_declined_batch_is_said_again_while_it_runs_and_its_tasks_never_run() {
     let mut h = Harness::new(Vec::new());
-    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
     h.event(FlowEvent::FromVentilator(Ok(Message::Heartbeat {
         batch: 7,
     })));
@@ -291,7 +292,7 @@ fn a_declined_batch_is_said_again_while_it_runs_and_its_tasks_never_run() {
 #[test]
 fn a_user_kernels_source_travels_with_its_tasks_and_the_backend_name_follows_auto() {
     let mut h = Harness::new(Vec::new());
-    h.event(FlowEvent::FromSink(Ok(Message::Welcome)));
+    h.event(FlowEvent::FromSink(Ok(Message::Welcome { codecs: 1 })));
     let source = "@compute @workgroup_size(1) fn main() {}".to_owned();
     let job = Job {
         kernel: crate::kernels::Kernel::User.id(),
@@ -326,4 +327,25 @@ fn a_user_kernels_source_travels_with_its_tasks_and_the_backend_name_follows_aut
         (last_hello.backend.as_str(), last_hello.adapter.as_str()),
         ("software", "llvmpipe")
     );
+}
+
+#[test]
+fn outputs_are_compressed_only_in_a_codec_the_sink_said_it_takes() {
+    for (sink_codecs, expected) in [(CODEC_LZ4, CODEC_LZ4), (0, 0)] {
+        let mut h = Harness::new(Vec::new());
+        h.flow.config.info.codecs = CODEC_LZ4;
+        h.event(FlowEvent::FromSink(Ok(Message::Welcome {
+            codecs: sink_codecs,
+        })));
+        h.event(FlowEvent::Finished(vec![finished(0, Status::Ok)]));
+        let codecs: Vec<u8> = h
+            .to_sink
+            .iter()
+            .filter_map(|m| match m {
+                Message::Results { worker, .. } => Some(worker.codecs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(codecs, [expected], "the sink takes {sink_codecs}");
+    }
 }

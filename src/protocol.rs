@@ -485,8 +485,10 @@ pub enum Message {
     /// worker → sink: greeting and heartbeat; a worker takes no tasks until the sink
     /// answers with [`Message::Welcome`].
     Join(WorkerInfo),
-    /// sink → worker: the sink knows the worker and takes its results.
-    Welcome,
+    /// sink → worker: the sink knows the worker and takes its results; `codecs` are those
+    /// it takes outputs in (a bit per codec, as [`WorkerInfo::codecs`]): the worker
+    /// compresses only with a codec both speak.
+    Welcome { codecs: u8 },
     /// ventilator or sink → peer: turned away, with the reason to print; the peer stops.
     Refused { kind: RefusalKind, reason: String },
     /// ventilator → worker: one task of a data batch with its input (a user kernel's
@@ -712,7 +714,7 @@ impl Message {
             Message::Stats { .. } => 11,
             Message::Complete { .. } => 12,
             Message::Join(_) => 13,
-            Message::Welcome => 14,
+            Message::Welcome { .. } => 14,
             Message::Refused { .. } => 15,
             Message::Data { .. } => 16,
             Message::Kernel { .. } => 17,
@@ -748,7 +750,7 @@ impl Message {
             }
             Message::Complete { batch } => w.u64(*batch),
             Message::Join(info) => w.worker_info(info),
-            Message::Welcome => {}
+            Message::Welcome { codecs } => w.u8(*codecs),
             Message::Refused { kind, reason } => {
                 w.u8(kind.to_byte());
                 w.long_str(reason);
@@ -1306,7 +1308,7 @@ impl Message {
             },
             12 => Message::Complete { batch: r.u64()? },
             13 => Message::Join(r.worker_info()?),
-            14 => Message::Welcome,
+            14 => Message::Welcome { codecs: r.u8()? },
             15 => Message::Refused {
                 kind: RefusalKind::from_byte(r.u8()?)?,
                 reason: r.long_str()?,
@@ -1873,7 +1875,7 @@ mod tests {
             },
             Message::Complete { batch: 7 },
             Message::Join(info()),
-            Message::Welcome,
+            Message::Welcome { codecs: CODEC_LZ4 },
             Message::Refused {
                 kind: RefusalKind::NameTaken,
                 reason: "another worker is called box-42-0".into(),

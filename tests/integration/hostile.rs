@@ -183,7 +183,7 @@ fn h03_h04_h05_results_before_a_batch_are_bounded_and_forged_batches_and_statuse
     stranger.set_rcvtimeo(60_000).unwrap();
     assert_eq!(
         Message::decode(&stranger.recv_bytes(0).unwrap()),
-        Ok(Message::Welcome)
+        Ok(Message::Welcome { codecs: 1 })
     );
     let peak = util::peak_rss_kib(sink.pid());
     assert!(

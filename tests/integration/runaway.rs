@@ -76,7 +76,10 @@ impl Peers {
             while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
                 if let Ok(Message::Join(_)) = Message::decode(&frames[1]) {
                     self.results
-                        .send_multipart([frames[0].clone(), Message::Welcome.encode()], 0)
+                        .send_multipart(
+                            [frames[0].clone(), Message::Welcome { codecs: 1 }.encode()],
+                            0,
+                        )
                         .unwrap();
                 }
             }

@@ -394,7 +394,7 @@ impl RawWorker {
             .unwrap();
         results.set_rcvtimeo(30_000).unwrap();
         let welcome = Message::decode(&results.recv_bytes(0).expect("the sink answers a join"));
-        assert_eq!(welcome, Ok(Message::Welcome));
+        assert_eq!(welcome, Ok(Message::Welcome { codecs: 1 }));
         let tasks = socket(vent_ep);
         RawWorker {
             info,

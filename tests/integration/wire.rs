@@ -142,6 +142,43 @@ fn a_worker_that_speaks_no_codec_gets_its_inputs_raw_from_a_compressing_ventilat
     }
 }
 
+#[test]
+fn a_sink_that_takes_no_codec_gets_its_outputs_raw_from_a_compressing_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = write_inputs(&dir.path().join("in"), true);
+    let total: u64 = inputs.iter().map(|(_, b)| b.len() as u64).sum();
+    let out = dir.path().join("out");
+    let glob = format!("{}/*.bin", dir.path().join("in").display());
+    let (sink, sink_ep) = util::sink(&["--outputs", out.to_str().unwrap(), "--no-compress"]);
+    let (vent, vent_ep) = util::ventilator(
+        &sink_ep,
+        &["--kernel", "copy", "--inputs", &glob, "--wait-workers", "1"],
+    );
+    let worker = Proc::start(
+        "w",
+        &[
+            "worker",
+            "--ventilator",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--name",
+            "w",
+            "--backend",
+            "cpu",
+            "--exit-when-done",
+        ],
+    );
+    let r = util::completed(sink, 3, None);
+    assert_outputs_are_inputs(&out, &inputs);
+    let (inputs_wire, inputs_bytes, outputs_wire, outputs_bytes) = wire(&r);
+    assert_eq!((inputs_bytes, outputs_bytes), (total, total), "{r}");
+    // The ventilator and the worker still compress inputs between them.
+    assert!(inputs_wire * 10 < total, "{r}");
+    assert_eq!(outputs_wire, total, "{r}");
+    drop((vent, worker));
+}
+
 /// One batch of `copy` tasks with a worker across a link shaped to `rate`: the sink and
 /// the ventilator here, the worker in a network namespace. Returns the report.
 fn across_the_link(
