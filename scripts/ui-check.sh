@@ -42,11 +42,15 @@ tasks=1200
 # About 14 s of work: room for two cold browser starts mid-batch.
 "$bin" run --workers "$workers" --tasks "$tasks" --min-ms 20 --max-ms 120 --backend sleep \
   --results "$work/results.csv" --http 127.0.0.1:0 --http-linger 30 --json \
-  > "$work/report.json" 2> "$work/run.log" &
+  --events "$work/events.jsonl" > "$work/report.json" 2> "$work/run.log" &
 pid=$!
 url=""
 for _ in $(seq 1 300); do
-  url="$(sed -n 's/.*live view on \(http:[^ ]*\).*/\1/p' "$work/run.log" | head -1)"
+  url="$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e["event"] == "listening" and e["socket"] == "http":
+        print(e["endpoint"] + "/"); break' "$work/events.jsonl" 2>/dev/null || true)"
   [ -n "$url" ] && break
   sleep 0.1
 done

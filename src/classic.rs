@@ -349,6 +349,11 @@ impl ClassicSink {
                         log::debug!("batch started by a {}-byte message", frame.len());
                     }
                     log::info!("start of batch; collecting {} results", self.config.tasks);
+                    crate::events::emit(&crate::events::Note::Batch {
+                        batch: crate::events::batch_name(0),
+                        tasks: self.config.tasks as u64,
+                        held: 0,
+                    });
                     started = Some(Instant::now());
                     continue;
                 }
@@ -499,6 +504,7 @@ pub fn run_worker(
         if connected != was_connected {
             if connected {
                 log::info!("connected to the ventilator at {}", config.ventilator);
+                crate::events::emit(&crate::events::Note::Ready { backend: None });
             }
             was_connected = connected;
         }

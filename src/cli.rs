@@ -55,6 +55,17 @@ pub struct Cli {
     /// payload; larger inputs are refused before anything binds.
     #[arg(long, env = "CONQUER_MAX_PAYLOAD", value_name = "BYTES", global = true, value_parser = parse_bytes)]
     pub max_payload: Option<u64>,
+    /// Write what this process observes as JSON lines to FILE (- for stdout, where the
+    /// report then travels as the last event): sockets listening, ready, phases, workers
+    /// joining and lost, batches starting and complete with the report.
+    #[arg(
+        long,
+        env = "CONQUER_EVENTS",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Logging"
+    )]
+    pub events: Option<PathBuf>,
     /// Send task inputs (ventilator) and outputs (worker) raw: no LZ4 on the wire, even
     /// where it would pay. A worker with it asks for raw inputs too, a sink for raw outputs.
     #[arg(long, env = "CONQUER_NO_COMPRESS", global = true)]
@@ -100,7 +111,7 @@ a worker with \-\-exit\-when\-done heard of no batch within \-\-wait\-timeout.
 130, 143
 interrupted by Ctrl\-C (SIGINT) or SIGTERM; a second Ctrl\-C exits at once.
 .SH ENVIRONMENT
-Most flags can come from a variable, CONQUER_ and the flag's name (each flag's \-\-help shows it): CONQUER_VENTILATOR, CONQUER_SINK, CONQUER_BACKEND, CONQUER_NAME, CONQUER_RESULTS, CONQUER_HTTP (the ventilator's live view, and where \fBconquer status\fR looks), CONQUER_LOG. A flag on the command line wins.
+Most flags can come from a variable, CONQUER_ and the flag's name (each flag's \-\-help shows it): CONQUER_VENTILATOR, CONQUER_SINK, CONQUER_BACKEND, CONQUER_NAME, CONQUER_RESULTS, CONQUER_HTTP (the ventilator's live view, and where \fBconquer status\fR looks), CONQUER_LOG, CONQUER_EVENTS. A flag on the command line wins.
 .TP
 RUST_LOG
 a log filter when \-\-log is not given; a bare level (warn) sets this program's.
@@ -111,6 +122,9 @@ which Vulkan drivers and graphics APIs wgpu may use; \fBconquer info\fR reports 
 .TP
 \-\-results FILE
 one record per task (CSV, or JSON Lines), synced before a task counts as held; \-\-resume continues from it.
+.TP
+\-\-events FILE
+what each role observes, one JSON object a line (\- for stdout).
 .TP
 \-\-secret\-file FILE
 the farm's shared secret, mode 0600 (\fBconquer secret new FILE\fR).
@@ -1357,6 +1371,9 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         crate::protocol::set_max_payload(bytes)?;
     }
     crate::protocol::set_compress(!cli.no_compress);
+    if let Some(path) = &cli.events {
+        crate::events::open(path)?;
+    }
     // Bare `conquer` is `conquer run` with its defaults.
     let command = match cli.command {
         Some(command) => command,

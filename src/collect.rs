@@ -103,6 +103,8 @@ pub enum SinkCommand {
     Finished,
     /// The sink cannot go on.
     Stop(SinkStop),
+    /// Something observed, for `--events` (a batch adopted, its clock started).
+    Note(crate::events::Note),
 }
 
 /// Why a sink stopped before its batch was complete.
@@ -890,6 +892,18 @@ impl Collector {
         out.push(SinkCommand::Sync);
         self.newly_held.clear();
         if let Some(b) = &self.batch {
+            out.push(SinkCommand::Note(crate::events::Note::Batch {
+                batch: crate::events::batch_name(b.id),
+                tasks: if b.job.items > 0 {
+                    b.job.items
+                } else {
+                    b.task_count as u64
+                },
+                held: match &b.items {
+                    Some(items) => items.covered(),
+                    None => b.held_count as u64,
+                },
+            }));
             ack(out, &peer, b);
         }
     }

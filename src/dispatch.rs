@@ -155,6 +155,9 @@ pub enum Command {
     Complete,
     /// The batch cannot go on.
     Stop(Stopped),
+    /// Something observed, for `--events` (phase changes, workers joining and lost, the
+    /// count of workers waited for).
+    Note(crate::events::Note),
 }
 
 /// Why a batch stopped before it was complete.
@@ -403,6 +406,9 @@ pub struct Dispatcher {
     /// Workers that declined the batch (they cannot run its kernel).
     declines: usize,
     last_said: Option<(usize, Instant)>,
+    /// Observations not yet handed out, and the phase last said.
+    notes: Vec<crate::events::Note>,
+    said_phase: Option<&'static str>,
     next_nag: Instant,
     reject_log: RateLimited,
     refuse_log: RateLimited,
@@ -510,6 +516,8 @@ impl Dispatcher {
             idle_since: None,
             declines: 0,
             last_said: None,
+            notes: Vec::new(),
+            said_phase: None,
             next_nag: now,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -537,6 +545,33 @@ impl Dispatcher {
         if self.phase == Phase::Over {
             return;
         }
+        self.act(now, event, out);
+        let phase = self.phase_name();
+        if self.said_phase != Some(phase) {
+            self.said_phase = Some(phase);
+            self.note(crate::events::Note::Phase {
+                phase: phase.to_owned(),
+            });
+        }
+        out.extend(self.notes.drain(..).map(Command::Note));
+    }
+
+    /// Keeps an observation for the commands of this event.
+    fn note(&mut self, note: crate::events::Note) {
+        self.notes.push(note);
+    }
+
+    /// A worker's state as the ventilator sees it changed.
+    fn note_worker(&mut self, slot: WorkerId, state: &str, silent: Option<Duration>) {
+        let name = self.workers[slot as usize].info.name.clone();
+        self.note(crate::events::Note::Worker {
+            name,
+            state: state.to_owned(),
+            silent_ms: silent.map(|d| d.as_millis() as u64),
+        });
+    }
+
+    fn act(&mut self, now: Instant, event: Event, out: &mut Vec<Command>) {
         match event {
             Event::FromWorker {
                 routing_id,
@@ -804,6 +839,12 @@ impl Dispatcher {
             self.announce(now, out);
             return;
         }
+        if self.last_said.is_none_or(|(n, _)| n != ready) {
+            self.note(crate::events::Note::Workers {
+                ready,
+                wanted: want,
+            });
+        }
         let due = self
             .last_said
             .is_none_or(|(n, at)| n != ready || now.duration_since(at) >= WAIT_REMINDER);
@@ -1065,6 +1106,11 @@ impl Dispatcher {
                             log::warn!(
                                 "resuming batch {batch:016x}: the sink holds {held} results"
                             );
+                            self.note(crate::events::Note::Batch {
+                                batch: crate::events::batch_name(batch),
+                                tasks: self.len() as u64,
+                                held: u64::from(held),
+                            });
                         }
                         self.phase = Phase::Announcing {
                             holding: Some(held as usize),
@@ -1111,6 +1157,7 @@ impl Dispatcher {
                         printable(&worker),
                         printable(&reason)
                     );
+                    self.note_worker(slot, "quarantined", None);
                     self.set_aside(slot, now, &reason, out);
                 }
             }
@@ -1471,6 +1518,7 @@ impl Dispatcher {
         self.by_routing_id.insert(routing_id.clone(), slot);
         self.by_name.insert(info.name.clone(), slot);
         self.workers.push(WorkerSlot::new(routing_id, info, now));
+        self.note_worker(slot, "joined", None);
         self.alive += 1;
         self.speed += 1.0;
         self.enqueue(slot);
@@ -1868,6 +1916,7 @@ impl Dispatcher {
             printable(&worker.info.name),
             printable(reason)
         );
+        self.note_worker(slot, "declined", None);
         self.set_aside(slot, now, reason, out);
     }
 
@@ -1892,6 +1941,7 @@ impl Dispatcher {
                     "worker {} left",
                     printable(&self.workers[slot as usize].info.name)
                 );
+                self.note_worker(slot, "left", None);
                 self.lose_worker(slot, now);
             }
         }
@@ -2242,6 +2292,7 @@ impl Dispatcher {
                         silent.as_secs_f64()
                     )
                 });
+                self.note_worker(slot as WorkerId, "silent", Some(silent));
                 self.lose_worker(slot as WorkerId, now);
             }
         }

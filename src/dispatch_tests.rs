@@ -281,6 +281,15 @@ impl Farm {
                             });
                         }
                     }
+                    // A task given up on (--max-attempts) counts as finished, failed, as the
+                    // sink counts it.
+                    Command::ToSink(Message::GaveUp { id, .. }) if self.sink_session.is_some() => {
+                        let i = id as usize;
+                        if i < self.sink_held.len() && !self.sink_held[i] {
+                            self.sink_held[i] = true;
+                            self.untold.push(id);
+                        }
+                    }
                     Command::ToSink(_) => {}
                     Command::Complete => {
                         assert!(
@@ -291,6 +300,19 @@ impl Farm {
                         self.complete = true;
                     }
                     Command::Stop(why) => self.stopped = Some(why),
+                    // What is noted is what the dispatcher now believes.
+                    Command::Note(crate::events::Note::Phase { phase }) => {
+                        assert_eq!(phase, self.d.phase_name());
+                    }
+                    Command::Note(crate::events::Note::Worker { name, state, .. }) => {
+                        let slot = (0..self.d.workers().len() as WorkerId)
+                            .rev()
+                            .find(|&w| self.d.worker(w).info.name == name)
+                            .expect("a noted worker is on the roster");
+                        let alive = self.d.worker(slot).alive;
+                        assert_eq!(alive, state == "joined", "{name}: {state}");
+                    }
+                    Command::Note(_) => {}
                 }
             }
             for event in failed {

@@ -113,6 +113,8 @@ pub enum FlowCommand {
     Leave,
     /// The worker cannot go on.
     Stop(FlowStop),
+    /// Something observed, for `--events` (ready, waiting for a peer, a batch over).
+    Note(crate::events::Note),
 }
 
 /// Why a worker stopped.
@@ -360,6 +362,10 @@ impl Flow {
                         self.config.sink
                     );
                     self.said_sink_wait = true;
+                    out.push(FlowCommand::Note(crate::events::Note::Waiting {
+                        peer: "sink".into(),
+                        endpoint: self.config.sink.clone(),
+                    }));
                 }
             }
         }
@@ -374,6 +380,10 @@ impl Flow {
                     silent.as_secs_f64()
                 );
                 self.warned_silence = true;
+                out.push(FlowCommand::Note(crate::events::Note::Waiting {
+                    peer: "ventilator".into(),
+                    endpoint: self.config.ventilator.clone(),
+                }));
             }
         }
     }
@@ -454,6 +464,9 @@ impl Flow {
             } else {
                 log::debug!("{line}");
             }
+            out.push(FlowCommand::Note(crate::events::Note::Ready {
+                backend: Some(info.backend.clone()),
+            }));
         }
         if matches!(
             &message,
@@ -533,6 +546,9 @@ impl Flow {
                 self.current_batch = None;
                 self.counters.batches += 1;
                 out.push(FlowCommand::Abandon(batch));
+                out.push(FlowCommand::Note(crate::events::Note::BatchEnd {
+                    batch: crate::events::batch_name(batch),
+                }));
                 if shutdown || self.config.exit_when_done {
                     log::debug!("batch {batch:016x} complete; leaving as asked");
                     self.over = true;

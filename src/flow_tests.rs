@@ -57,6 +57,7 @@ struct Harness {
     to_ventilator: Vec<Message>,
     ran: Vec<Chunk>,
     stopped: Option<FlowStop>,
+    notes: Vec<crate::events::Note>,
 }
 
 impl Harness {
@@ -71,6 +72,7 @@ impl Harness {
             to_ventilator: Vec::new(),
             ran: Vec::new(),
             stopped: None,
+            notes: Vec::new(),
         }
     }
 
@@ -97,6 +99,7 @@ impl Harness {
                     FlowCommand::Run(chunk) => self.ran.push(chunk),
                     FlowCommand::Leave | FlowCommand::Abandon(_) => {}
                     FlowCommand::Stop(why) => self.stopped = Some(why),
+                    FlowCommand::Note(note) => self.notes.push(note),
                 }
             }
             for e in failed {

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod collect;
 pub mod diagnose;
 pub mod dispatch;
+pub mod events;
 pub mod files;
 pub mod flow;
 pub mod heartbeat;

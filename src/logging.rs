@@ -47,6 +47,16 @@ impl Write for Stderr {
 
 /// Names the process in its log lines (`ventilator`, `worker gpu-box-1`), for threads that
 /// carry no role name of their own. Call once, before logging starts.
+/// Who is speaking: the thread's name where it has one of its own (a role of `conquer
+/// run`: `sink`, `ventilator`, `worker-1`), else the process's role.
+pub fn current_role() -> String {
+    let thread = std::thread::current();
+    match thread.name() {
+        Some(name) if name != "main" => name.to_owned(),
+        _ => ROLE.get().cloned().unwrap_or_else(|| "conquer".to_owned()),
+    }
+}
+
 pub fn set_role(role: String) {
     let _ = ROLE.set(role);
 }
@@ -77,11 +87,7 @@ pub fn init(verbosity: i8, filter: Option<&str>) {
     builder
         .target(env_logger::Target::Pipe(Box::new(Stderr)))
         .format(|buf, record| {
-            let thread = std::thread::current();
-            let role = match thread.name() {
-                Some(name) if name != "main" => name.to_owned(),
-                _ => ROLE.get().cloned().unwrap_or_else(|| "conquer".to_owned()),
-            };
+            let role = current_role();
             let ours = record.target().starts_with("conquer");
             let level = record.level().as_str();
             if ours {

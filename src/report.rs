@@ -292,6 +292,9 @@ pub fn print_calibration(c: &crate::calibrate::Calibration, json: bool) -> anyho
 /// A line the Guide's classic programs print on stdout (taskvent's prompt and "Sending
 /// tasks to workers..."), printed the same way by the classic roles.
 pub fn print_classic_line(line: &str) {
+    if crate::events::on_stdout() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -299,6 +302,9 @@ pub fn print_classic_line(line: &str) {
 
 /// tasksink's progress, for a terminal: a colon every ten results, a dot otherwise.
 pub fn print_classic_progress(received: u32) {
+    if crate::events::on_stdout() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", if received % 10 == 0 { ":" } else { "." });
     let _ = out.flush();
@@ -306,7 +312,9 @@ pub fn print_classic_progress(received: u32) {
 
 /// Prints the seed's ventilator line.
 pub fn print_expected_cost(expected_ms: u64) {
-    println!("Total expected cost: {expected_ms} msec");
+    if !crate::events::on_stdout() {
+        println!("Total expected cost: {expected_ms} msec");
+    }
 }
 
 impl FailedTask {
@@ -365,7 +373,16 @@ impl Report {
     }
 
     /// Prints the report on stdout: text for people, or one JSON object.
+    /// Prints the report on stdout (JSON with `json`), and says it as the `complete`
+    /// event; with `--events -` only the event is written, so stdout stays JSON lines.
     pub fn print(&self, json: bool) -> anyhow::Result<()> {
+        if crate::events::enabled() {
+            let report = serde_json::to_value(self).context("writing the report as an event")?;
+            crate::events::emit(&crate::events::Note::Complete { report });
+        }
+        if crate::events::on_stdout() {
+            return Ok(());
+        }
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         if json {

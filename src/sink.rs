@@ -288,6 +288,7 @@ fn collect_batch(
             .ok_or_else(|| anyhow!("no batch was collected"));
     }
     log::info!("waiting for a batch on {endpoint}");
+    crate::events::emit(&crate::events::Note::Ready { backend: None });
     let writers = match &config.outputs.dir {
         Some(_) => Some(crate::outputs::Writers::start(
             crate::outputs::Writers::threads(),
@@ -576,6 +577,7 @@ impl<'a> Pump<'a> {
                         self.send(to, message, &mut failed)
                     }
                     SinkCommand::Stop(why) => return Err(anyhow::Error::new(why)),
+                    SinkCommand::Note(note) => crate::events::emit(&note),
                     command => self.waiting.push_back(Waiting::Command(command)),
                 }
             }
@@ -727,6 +729,7 @@ impl<'a> Pump<'a> {
                     (*n, *total, *max) = (*n + 1, *total + us, (*max).max(us));
                 }
                 Waiting::Command(SinkCommand::Finished) => self.finished = true,
+                Waiting::Command(SinkCommand::Note(note)) => crate::events::emit(&note),
                 Waiting::Command(SinkCommand::Stop(why)) => return Err(anyhow::Error::new(why)),
                 Waiting::Command(SinkCommand::Record { .. }) => {
                     // Records are submitted, never held back as commands.

@@ -95,6 +95,10 @@ pub fn bind_prepared(
         .get_last_endpoint()?
         .map_err(|_| anyhow!("{role} socket bound to a non-UTF-8 endpoint"))?;
     log::debug!("{role} socket listening on {bound}");
+    crate::events::emit(&crate::events::Note::Listening {
+        socket: role.to_owned(),
+        endpoint: bound.clone(),
+    });
     Ok((socket, bound))
 }
 

@@ -206,6 +206,10 @@ impl Ventilator {
                 };
                 let server = crate::http::Server::start(addr, guard)?;
                 log::info!("live view on http://{}/", server.address());
+                crate::events::emit(&crate::events::Note::Listening {
+                    socket: "http".into(),
+                    endpoint: format!("http://{}", server.address()),
+                });
                 Some(server)
             }
             None => None,
@@ -617,6 +621,7 @@ impl Ventilator {
                     }
                     Command::Complete => end = Some(Ok(())),
                     Command::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
+                    Command::Note(note) => crate::events::emit(&note),
                 }
             }
             let now = Instant::now();

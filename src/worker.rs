@@ -298,6 +298,10 @@ impl Worker {
             config.sink,
             config.ventilator
         );
+        crate::events::emit(&crate::events::Note::Connecting {
+            sink: config.sink.clone(),
+            ventilator: config.ventilator.clone(),
+        });
         Ok(Worker {
             io: Io {
                 info,
@@ -553,6 +557,7 @@ impl Pump<'_> {
                     }
                     FlowCommand::Leave => end = Some(Ok(())),
                     FlowCommand::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
+                    FlowCommand::Note(note) => crate::events::emit(&note),
                 }
             }
             let now = Instant::now();

@@ -279,6 +279,7 @@ impl Sim {
                     }
                     Command::Complete => self.complete_at = Some(self.now),
                     Command::Stop(why) => self.stopped = Some(why.to_string()),
+                    Command::Note(_) => {}
                 }
             }
             let now = self.base + Duration::from_nanos(self.now);
@@ -418,7 +419,8 @@ impl Sim {
                         SinkCommand::Send { .. }
                         | SinkCommand::Record { .. }
                         | SinkCommand::Sync
-                        | SinkCommand::Finished => {}
+                        | SinkCommand::Finished
+                        | SinkCommand::Note(_) => {}
                         SinkCommand::Stop(why) => self.sink_stopped = Some(why.to_string()),
                     }
                 }

@@ -264,9 +264,15 @@ fn protected_mode_refuses_an_open_network_bind_and_names_the_fix() {
         "insecure sink",
         &["sink", "--bind", "tcp://0.0.0.0:0", "--insecure"],
     );
-    let warning = sink.wait_for("--insecure lets anyone");
-    assert!(warning.contains("WARN"), "{warning}");
     assert!(sink.endpoint("results").starts_with("tcp://0.0.0.0:"));
+    sink.event("ready");
+    sink.signal("INT");
+    let (_, _, log) = sink.finish();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("--insecure lets anyone"))
+        .unwrap_or_else(|| panic!("no warning about --insecure in:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
 }
 
 #[test]

@@ -57,7 +57,7 @@ fn conquer_workers_serve_the_guides_ventilator_and_sink_until_kill() {
         .collect();
     let mut vent = Proc::example("taskvent", &[&tasks, &results]);
     for w in &workers {
-        w.wait_for("connected to the ventilator");
+        w.event("ready");
     }
     vent.type_line("");
 

@@ -28,8 +28,8 @@ fn d01_environment_variables_set_every_endpoint_and_flags_win() {
             ("CONQUER_SINK", sink.as_str()),
         ],
     );
-    let line = worker.wait_for("connecting to the sink at");
-    assert!(line.contains(&sink) && line.contains(&vent), "{line}");
+    let line = worker.event("connecting");
+    assert!(line["sink"] == sink && line["ventilator"] == vent, "{line}");
     drop(worker);
 
     let flag_sink = util::free_endpoint();
@@ -49,11 +49,8 @@ fn d01_environment_variables_set_every_endpoint_and_flags_win() {
             ("CONQUER_SINK", sink.as_str()),
         ],
     );
-    let line = worker.wait_for("connecting to the sink at");
-    assert!(
-        line.contains(&flag_sink) && !line.contains(&sink),
-        "the flag wins: {line}"
-    );
+    let line = worker.event("connecting");
+    assert!(line["sink"] == flag_sink, "the flag wins: {line}");
     drop(worker);
 
     let bound = Proc::start_with_env(
@@ -71,7 +68,7 @@ fn d01_environment_variables_set_every_endpoint_and_flags_win() {
         ],
     );
     assert!(vent.endpoint("tasks").starts_with("tcp://127.0.0.1:"));
-    vent.wait_for("waiting for 2 workers");
+    vent.event_where("workers", |e| e["wanted"] == 2);
 
     let (_, help, _) = Proc::start_quiet("help", &["worker", "--help"]).finish();
     for var in [

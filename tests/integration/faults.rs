@@ -18,7 +18,7 @@ fn workers_killed_with_sigkill_lose_no_task() {
         &["k0", "k1", "k2", "k3"],
         &[],
     );
-    sink.wait_for("clock started");
+    sink.event("batch");
     // Two kills at random moments in the first ~0.8 s of a ~1.5 s batch.
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -56,10 +56,12 @@ fn a_frozen_worker_is_declared_gone_and_its_late_results_are_duplicates() {
         &["--heartbeat-ms", "100", "--liveness", "5"],
     );
     let frozen = &workers[0];
-    sink.wait_for("clock started");
+    sink.event("batch");
     std::thread::sleep(Duration::from_millis(200)); // the scenario: freeze mid-batch
     frozen.signal("STOP");
-    vent.wait_for("worker frozen silent for");
+    vent.event_where("worker", |e| {
+        e["name"] == "frozen" && e["state"] == "silent"
+    });
     frozen.signal("CONT");
 
     let r = util::completed(sink, 400, Some(&*results));
@@ -87,7 +89,8 @@ fn a_killed_sink_resumes_from_its_results_file() {
         &[],
     );
     let resumed = util::kill_and_resume_sink(sink, &sink_ep, &results, &[]);
-    resumed.wait_for("resuming batch");
+    // It holds what its file kept when the batch starts again.
+    resumed.event_where("batch", |e| e["held"].as_u64() > Some(0));
     util::completed(resumed, 600, Some(&*results));
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");

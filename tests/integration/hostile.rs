@@ -196,14 +196,12 @@ fn h03_h04_h05_results_before_a_batch_are_bounded_and_forged_batches_and_statuse
         &["--tasks", "30", "--max-ms", "5", "--wait-workers", "1"],
     );
     let w = util::worker("real", &vent_ep, &sink_ep, &["--exit-when-done"]);
-    let clock = sink.wait_for("clock started");
+    let started = sink.event("batch");
     // A mismatch for a batch that asked for no verification is not believed.
-    let batch = clock
-        .split("batch ")
-        .nth(1)
-        .and_then(|rest| rest.split(':').next())
+    let batch = started["batch"]
+        .as_str()
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-        .expect("batch id in the sink's log");
+        .expect("the batch id in the sink's event");
     stranger
         .send(
             Message::Results {
@@ -240,7 +238,7 @@ fn h06_h07_a_flood_of_fake_workers_costs_little_and_is_logged_in_summary() {
         &["f1", "f2"],
         &[],
     );
-    sink.wait_for("clock started");
+    sink.event("batch");
     let ctx = zmq::Context::new();
     // 300 workers that greet the ventilator and go; one whose name would break a results
     // file, refused at the greeting.
@@ -326,7 +324,7 @@ fn h08_flags_and_files_that_crashed_are_refused_with_the_flag_named() {
 #[test]
 fn h09_sigterm_finishes_cleanly_with_143() {
     let sink = Proc::start("sink", &["sink", "--bind", "tcp://127.0.0.1:0"]);
-    sink.wait_for("waiting for a batch");
+    sink.event("ready");
     sink.signal("TERM");
     let (status, _, log) = sink.finish();
     assert_eq!(status.code(), Some(143), "{log}");
@@ -337,7 +335,7 @@ fn h10_a_sink_restarted_without_results_reports_the_true_elapsed_time() {
     let sink_ep = util::free_endpoint();
     let bind = ["sink", "--bind", sink_ep.as_str(), "--json"];
     let first = Proc::start("sink-1", &bind);
-    first.wait_for("listening");
+    first.event("listening");
     let (vent, vent_ep) = util::ventilator(
         &sink_ep,
         &[
@@ -352,10 +350,10 @@ fn h10_a_sink_restarted_without_results_reports_the_true_elapsed_time() {
         ],
     );
     let w = util::worker("w", &vent_ep, &sink_ep, &["--exit-when-done"]);
-    first.wait_for("clock started");
+    first.event("batch");
     let started = Instant::now();
     // Part of the batch is done when the sink dies.
-    w.wait_for("connected to the ventilator");
+    w.event("ready");
     std::thread::sleep(Duration::from_millis(800)); // the scenario: the sink dies mid-batch
     first.signal("KILL");
     drop(first);
@@ -390,7 +388,7 @@ fn h10_a_ventilator_whose_sink_is_gone_for_good_stops_with_a_message() {
         ],
     );
     let w = util::worker("w", &vent_ep, &sink_ep, &[]);
-    sink.wait_for("clock started");
+    sink.event("batch");
     sink.signal("KILL");
     let (status, _, log) = vent.finish();
     assert_eq!(status.code(), Some(1), "{log}");

@@ -248,7 +248,7 @@ fn m06_a_second_worker_with_a_taken_name_is_refused_at_once() {
         ],
     );
     let first = util::worker("twin", &vent_ep, &sink_ep, &["--exit-when-done"]);
-    sink.wait_for("clock started");
+    sink.event("batch");
     let started = Instant::now();
     let second = util::worker("twin", &vent_ep, &sink_ep, &["--exit-when-done"]);
     let outcome = second.finish();
@@ -287,7 +287,7 @@ fn m07_a_worker_with_a_wrong_sink_takes_no_tasks_and_says_so() {
         &nowhere,
         &["--heartbeat-ms", "100", "--liveness", "3"],
     );
-    lost.wait_for("waiting for the sink at");
+    lost.event_where("waiting", |e| e["peer"] == "sink");
     let outcome = vent.finish();
     assert_fails_with(&outcome, 1, &["timed out", "(0 ready)"]);
     drop((sink, lost));
@@ -409,7 +409,12 @@ fn m08_a_worker_with_swapped_endpoints_is_told_so_on_both_sides() {
         1,
         &["looks like a worker that connected its sink endpoint to a ventilator"],
     );
-    let said = vent.wait_for("looks like a worker that connected");
+    // The ventilator says so before it answers: its log holds it now.
+    let log = vent.interrupt();
+    let said = log
+        .lines()
+        .find(|l| l.contains("looks like a worker that connected"))
+        .unwrap_or_else(|| panic!("the ventilator did not say so:\n{log}"));
     assert!(said.contains("--sink"), "{said}");
     drop(sink);
 }
@@ -427,7 +432,7 @@ fn m09_a_second_ventilator_is_told_the_sink_is_busy_with_another_batch() {
         &["b1"],
         &[],
     );
-    sink.wait_for("clock started");
+    sink.event("batch");
     let (second, _) = util::ventilator(
         &sink_ep,
         &["--tasks", "5", "--seed", "2", "--wait-workers", "0"],
@@ -514,7 +519,13 @@ fn m12_auto_says_which_backend_it_took_and_why_at_default_verbosity() {
             &sink,
         ],
     );
-    let line = worker.wait_for("backend auto: ");
+    // The backend is decided before the worker connects.
+    worker.event("connecting");
+    let log = worker.interrupt();
+    let line = log
+        .lines()
+        .find(|l| l.contains("backend auto: "))
+        .unwrap_or_else(|| panic!("no word on the backend auto took:\n{log}"));
     assert!(line.contains("using"), "{line}");
 }
 
@@ -573,7 +584,7 @@ fn m13_waiting_is_said_at_default_verbosity() {
             "4",
         ],
     );
-    vent.wait_for("waiting for 2 workers: 0 ready");
+    vent.event_where("workers", |e| e["ready"] == 0 && e["wanted"] == 2);
     let w = Proc::start_quiet(
         "w",
         &[
@@ -586,8 +597,8 @@ fn m13_waiting_is_said_at_default_verbosity() {
             &sink_ep,
         ],
     );
-    w.wait_for("ready (sleep): connected to the ventilator");
-    vent.wait_for("waiting for 2 workers: 1 ready");
+    w.event_where("ready", |e| e["backend"] == "sleep");
+    vent.event_where("workers", |e| e["ready"] == 1 && e["wanted"] == 2);
     // A worker whose ventilator is not there says so.
     let lonely = Proc::start_quiet(
         "lonely",
@@ -605,8 +616,27 @@ fn m13_waiting_is_said_at_default_verbosity() {
             "3",
         ],
     );
-    lonely.wait_for("waiting for the ventilator at");
-    drop((sink, vent, w));
+    lonely.event_where("waiting", |e| e["peer"] == "ventilator");
+    // Each said it at default verbosity.
+    let said: [(Proc, &[&str]); 3] = [
+        (
+            vent,
+            &[
+                "waiting for 2 workers: 0 ready",
+                "waiting for 2 workers: 1 ready",
+            ],
+        ),
+        (w, &["ready (sleep): connected to the ventilator"]),
+        (lonely, &["waiting for the ventilator at"]),
+    ];
+    for (who, lines) in said {
+        let name = who.name.clone();
+        let log = who.interrupt();
+        for line in lines {
+            assert!(log.contains(line), "{name} did not say {line:?}:\n{log}");
+        }
+    }
+    drop(sink);
 }
 
 /// `2026-11-28T10:00:00.123Z`: 24 characters of RFC 3339 UTC with milliseconds.
@@ -645,8 +675,10 @@ fn m14_log_lines_carry_a_utc_timestamp_the_role_and_the_name() {
             "3",
         ],
     );
-    worker.wait_for("waiting for the sink at");
-    let log = worker.log();
+    worker.event_where("waiting", |e| e["peer"] == "sink");
+    // Killed, so that every line it wrote is one of its log's.
+    worker.signal("KILL");
+    let log = worker.finish().2;
     for line in log.lines() {
         let (stamp, rest) = line.split_at(24.min(line.len()));
         assert!(is_timestamp(stamp), "no timestamp: {line}");
@@ -658,9 +690,13 @@ fn m14_log_lines_carry_a_utc_timestamp_the_role_and_the_name() {
             "third-party line: {line}"
         );
     }
-    drop(worker);
     let sink = Proc::start("sink", &["sink", "--bind", "tcp://127.0.0.1:0"]);
-    let line = sink.wait_for("listening on");
+    sink.event("listening");
+    let log = sink.interrupt();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap_or_else(|| panic!("no word of the socket listening:\n{log}"));
     assert!(line.contains(" sink: "), "{line}");
 }
 
@@ -668,7 +704,7 @@ fn m14_log_lines_carry_a_utc_timestamp_the_role_and_the_name() {
 fn m15_ctrl_c_exits_130_in_every_role_and_phase() {
     for _ in 0..8 {
         let sink = Proc::start("sink", &["sink", "--bind", "tcp://127.0.0.1:0"]);
-        sink.wait_for("waiting for a batch");
+        sink.event("ready");
         sink.signal("INT");
         let (status, _, log) = sink.finish();
         assert_eq!(status.code(), Some(130), "{log}");
@@ -676,18 +712,18 @@ fn m15_ctrl_c_exits_130_in_every_role_and_phase() {
     }
     let (_, sink_ep) = util::sink(&[]);
     let (vent, vent_ep) = util::ventilator(&sink_ep, &["--wait-workers", "3"]);
-    vent.wait_for("waiting for 3 workers");
+    vent.event_where("workers", |e| e["wanted"] == 3);
     vent.signal("INT");
     assert_eq!(vent.finish().0.code(), Some(130));
     let w = util::worker("w", &vent_ep, &util::free_endpoint(), &[]);
-    w.wait_for("connecting to the sink");
+    w.event("connecting");
     w.signal("INT");
     assert_eq!(w.finish().0.code(), Some(130));
     let run = Proc::start(
         "run",
         &["run", "--tasks", "40", "--min-ms", "100", "--max-ms", "100"],
     );
-    run.wait_for("clock started");
+    run.event("batch");
     run.signal("INT");
     assert_eq!(run.finish().0.code(), Some(130));
 }
@@ -755,7 +791,7 @@ fn m18_a_classic_ventilator_waits_for_enter_on_a_pipe_and_the_sink_counts_any_me
             "6",
         ],
     );
-    sink.wait_for("listening");
+    sink.event("listening");
     let mut vent = Proc::start_with_stdin(
         "classic-vent",
         &[
@@ -788,9 +824,9 @@ fn m18_a_classic_ventilator_waits_for_enter_on_a_pipe_and_the_sink_counts_any_me
             &control,
         ],
     );
-    vent.wait_for("listening");
+    vent.event("listening");
     assert!(
-        !sink.has_logged("start of batch"),
+        !sink.events().iter().any(|e| e["event"] == "batch"),
         "the ventilator waits for Enter"
     );
     vent.type_line("");
@@ -799,7 +835,7 @@ fn m18_a_classic_ventilator_waits_for_enter_on_a_pipe_and_the_sink_counts_any_me
     let stranger = ctx.socket(zmq::PUSH).unwrap();
     stranger.set_linger(2000).unwrap();
     stranger.connect(&sink_ep).unwrap();
-    sink.wait_for("start of batch");
+    sink.event("batch");
     stranger.send(&b"not a workload"[..], 0).unwrap();
     let (status, stdout, log) = sink.finish();
     assert!(status.success(), "{log}");

@@ -87,10 +87,10 @@ fn a_worker_cut_off_by_the_network_is_declared_gone_and_nothing_is_lost() {
     steady_args.extend(fast);
     let steady = util::worker("steady", &local_vent, &local_sink, &steady_args);
 
-    sink.wait_for("clock started");
+    sink.event("batch");
     std::thread::sleep(Duration::from_millis(200)); // the scenario: cut mid-batch
     ns.link(false);
-    vent.wait_for("worker cut silent for");
+    vent.event_where("worker", |e| e["name"] == "cut" && e["state"] == "silent");
     ns.link(true);
 
     let r = util::completed(sink, 400, Some(&results));

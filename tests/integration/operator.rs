@@ -308,11 +308,17 @@ fn o04_a_separately_started_worker_logs_under_its_name() {
             args.extend(["--name", name]);
         }
         let worker = Proc::start("worker", &args);
-        let line = worker.wait_for("backend sleep");
+        let pid = worker.pid();
+        worker.event("connecting");
+        let log = worker.interrupt();
+        let line = log
+            .lines()
+            .find(|l| l.contains("backend sleep"))
+            .unwrap_or_else(|| panic!("no word of the backend:\n{log}"));
         let expected = match name {
             Some(name) => format!("worker {name}: "),
-            None if !host.is_empty() => format!("worker {host}-{}-0: ", worker.pid()),
-            None => format!("-{}-0: ", worker.pid()),
+            None if !host.is_empty() => format!("worker {host}-{pid}-0: "),
+            None => format!("-{pid}-0: "),
         };
         assert!(line.contains(&expected), "{expected:?} not in {line:?}");
     }

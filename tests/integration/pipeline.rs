@@ -55,7 +55,7 @@ fn a_worker_joining_300ms_after_the_start_still_gets_tasks() {
         ],
     );
     let early = util::worker("early", &vent_ep, &sink_ep, &["--exit-when-done"]);
-    sink.wait_for("clock started");
+    sink.event("batch");
     std::thread::sleep(Duration::from_millis(300)); // the scenario: join late
     let late = util::worker("late", &vent_ep, &sink_ep, &["--exit-when-done"]);
     let (status, stdout, log) = sink.finish();
@@ -90,7 +90,7 @@ fn the_start_waits_for_workers_then_times_out_clearly() {
         ],
     );
     let _one = util::worker("only", &vent_ep, &sink_ep, &[]);
-    vent.wait_for(": 1 ready");
+    vent.event_where("workers", |e| e["ready"] == 1);
     let (status, _, log) = vent.finish();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
@@ -121,7 +121,7 @@ fn the_start_waits_until_enough_workers_are_ready() {
         ],
     );
     let a = util::worker("a", &vent_ep, &sink_ep, &["--exit-when-done"]);
-    vent.wait_for(": 1 ready");
+    vent.event_where("workers", |e| e["ready"] == 1);
     let b = util::worker("b", &vent_ep, &sink_ep, &["--exit-when-done"]);
     let (status, stdout, log) = sink.finish();
     assert!(status.success(), "{log}");
@@ -225,7 +225,7 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
         &["g1", "g2"],
         &[],
     );
-    sink.wait_for("clock started");
+    sink.event("batch");
 
     // 10,000 malformed or foreign messages at each bound socket during the batch.
     let ctx = zmq::Context::new();
@@ -340,7 +340,7 @@ fn usage_errors_exit_2_and_ctrl_c_exits_130() {
 
     // A worker with nobody to talk to still leaves promptly on Ctrl-C.
     let worker = util::worker("lonely", "tcp://127.0.0.1:9", "tcp://127.0.0.1:9", &[]);
-    worker.wait_for("connecting to");
+    worker.event("connecting");
     worker.signal("INT");
     let (status, _, log) = worker.finish();
     assert_eq!(status.code(), Some(130), "{log}");
@@ -355,11 +355,11 @@ fn a_worker_stays_up_across_batches_and_follows_restarted_roles() {
     assert!(status.success(), "{log}");
     assert_eq!(report(&stdout)["workers"][0]["id"], "stayer");
     assert!(vent.finish().0.success());
-    worker.wait_for("complete; waiting for the next");
+    worker.event("batch-end");
 
     // A second batch on the same endpoints: the worker reconnects and takes part.
     let sink = Proc::start("sink2", &["sink", "--bind", &sink_ep, "--json"]);
-    sink.wait_for("listening on");
+    sink.event("listening");
     let vent = Proc::start(
         "vent2",
         &[

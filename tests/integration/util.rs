@@ -1,9 +1,9 @@
-//! Helpers: run the real `conquer` executable, read its log lines as they come, wait for
-//! events it logs (no sleeps as synchronisation), and parse its JSON report.
+//! Helpers: run the real `conquer` executable, wait for the events it writes (`--events`,
+//! JSON lines: no log wording and no sleeps as synchronisation), keep its log for
+//! assertions, and parse its JSON report.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,14 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Proc {
     pub name: String,
     child: Child,
-    lines: Receiver<String>,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Reads its stderr into `seen` until the pipe closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     stdout: Option<std::thread::JoinHandle<String>>,
+    /// Where it writes its events (`CONQUER_EVENTS`), in a folder that lives as long as
+    /// this.
+    events: std::path::PathBuf,
+    _events_dir: tempfile::TempDir,
 }
 
 impl Proc {
@@ -89,21 +94,22 @@ impl Proc {
     }
 
     fn spawn(name: &str, mut command: Command) -> Proc {
+        let events_dir = tempfile::tempdir().expect("a folder for the events");
+        let events = events_dir.path().join("events.jsonl");
+        command.env("CONQUER_EVENTS", &events);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("cannot start conquer");
-        let (tx, lines) = channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = seen.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
+                log.lock().unwrap().push(line);
             }
-        });
+        }));
         let mut out = child.stdout.take().expect("stdout is piped");
         let stdout = Some(std::thread::spawn(move || {
             let mut s = String::new();
@@ -113,9 +119,11 @@ impl Proc {
         Proc {
             name: name.to_owned(),
             child,
-            lines,
             seen,
+            stderr_reader,
             stdout,
+            events,
+            _events_dir: events_dir,
         }
     }
 
@@ -128,43 +136,60 @@ impl Proc {
         self.seen.lock().unwrap().join("\n")
     }
 
-    /// Waits for a logged line containing `needle` and returns it.
-    pub fn wait_for(&self, needle: &str) -> String {
+    /// The events it has written so far, in order (whole lines only).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: a bad event line {line:?}: {e}", self.name))
+            })
+            .collect()
+    }
+
+    /// Waits for the first event named `event` for which `matches` holds, and returns it.
+    pub fn event_where(
+        &self,
+        event: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "{} never logged {needle:?}; its log:\n{}",
-                    self.name,
-                    self.log()
-                ),
+            let found = self
+                .events()
+                .into_iter()
+                .find(|e| e["event"] == event && matches(e));
+            if let Some(found) = found {
+                return found;
             }
+            assert!(
+                Instant::now() < deadline,
+                "{} never wrote a matching {event:?} event; its events:\n{}\nits log:\n{}",
+                self.name,
+                std::fs::read_to_string(&self.events).unwrap_or_default(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    /// Waits for the endpoint a role logs when it binds, as a connectable address.
-    pub fn endpoint(&self, role: &str) -> String {
-        let line = self.wait_for(&format!("{role} socket listening on "));
-        line.rsplit(' ').next().unwrap().to_owned()
+    /// Waits for the first event named `event`, and returns it.
+    pub fn event(&self, event: &str) -> serde_json::Value {
+        self.event_where(event, |_| true)
     }
 
-    /// Waits for the live view's address as it is logged when it binds (`--http`):
-    /// `http://HOST:PORT`, no trailing slash.
+    /// Waits until it listens on its `socket` (`tasks`, `results`, `control`), and returns
+    /// the endpoint as a connectable address.
+    pub fn endpoint(&self, socket: &str) -> String {
+        let e = self.event_where("listening", |e| e["socket"] == socket);
+        e["endpoint"].as_str().expect("an endpoint").to_owned()
+    }
+
+    /// Waits for the live view's address (`--http`): `http://HOST:PORT`, no trailing slash.
     pub fn live_view(&self) -> String {
-        let line = self.wait_for("live view on http://");
-        line.rsplit(' ')
-            .next()
-            .unwrap()
-            .trim_end_matches('/')
-            .to_owned()
-    }
-
-    /// Whether it has logged a line containing `needle` so far.
-    pub fn has_logged(&self, needle: &str) -> bool {
-        self.seen.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.endpoint("http")
     }
 
     /// Waits for the process to exit; returns its status, stdout and stderr.
@@ -181,12 +206,17 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         };
         let stdout = self.stdout.take().unwrap().join().unwrap();
-        // Give the stderr reader a moment to take the last lines.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline
-            && self.lines.recv_timeout(Duration::from_millis(50)).is_ok()
-        {}
+        // Every line it wrote: its stderr closes when it exits.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
         (status, stdout, self.log())
+    }
+
+    /// Stops it with Ctrl-C (SIGINT) and returns everything it logged.
+    pub fn interrupt(self) -> String {
+        self.signal("INT");
+        self.finish().2
     }
 
     /// Sends a signal (SIGKILL, SIGSTOP, SIGINT, ...).

@@ -375,13 +375,8 @@ fn a_live_view_other_machines_can_reach_needs_the_token() {
             "0.0.0.0:0",
         ],
     );
-    let line = vent.wait_for("live view on http://");
-    let port = line
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let line = vent.live_view();
+    let port = line.rsplit(':').next().unwrap().to_owned();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
