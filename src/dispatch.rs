@@ -44,6 +44,9 @@ pub const MAX_HINTED_WINDOW: u32 = 16;
 pub const TAIL_PROBE: Duration = Duration::from_millis(20);
 /// How often a ventilator waiting for workers repeats what it waits for.
 const WAIT_REMINDER: Duration = Duration::from_secs(5);
+/// Most times the end game hands one task over: a faster worker idle later may take a
+/// task a slower one took first, but two workers never pass one task back and forth.
+const MAX_TAKEOVERS: u8 = 3;
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
 /// answers, before its worker is taken to be delivering results nowhere.
 const UNDELIVERED_TIMEOUTS: u32 = 4;
@@ -438,8 +441,8 @@ pub struct Dispatcher {
     gave_up: Vec<u32>,
     /// Workers' failures, logged at a bounded rate.
     fail_log: RateLimited,
-    /// Tasks handed over in the end game (each at most once), and how many.
-    taken_over: std::collections::HashSet<u32>,
+    /// How often each task was handed over in the end game (at most [`MAX_TAKEOVERS`]).
+    taken_over: HashMap<u32, u8>,
     /// Tasks the sink asked to run again (`--replicate`), with the workers whose copies it
     /// has: they are handed out from `replicas`, first to a worker not among them.
     exclude: HashMap<u32, Vec<String>>,
@@ -532,10 +535,10 @@ impl Dispatcher {
             failures: HashMap::new(),
             gave_up: Vec::new(),
             fail_log: RateLimited::new(5, Duration::from_secs(1)),
+            taken_over: HashMap::new(),
             exclude: HashMap::new(),
             replicas: VecDeque::new(),
             replica_set: std::collections::HashSet::new(),
-            taken_over: std::collections::HashSet::new(),
             config,
         }
     }
@@ -1597,7 +1600,15 @@ impl Dispatcher {
             };
             if self.state[index] != TaskState::Assigned || self.owner[index] != slot {
                 // Already reported, or handed to another worker as a backup: a report of a
-                // task it was given still proves the worker works, and ends its stall.
+                // task it was given still proves the worker works, and ends its stall; and
+                // says how fast it is (a worker whose every task outlives the backup bound
+                // would otherwise never be measured, and be backed up forever).
+                if d.status != Status::Failed {
+                    self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+                    if let Some(carver) = self.carver.as_mut() {
+                        carver.learn(s, self.config.tasks[index].items, d.wall_us);
+                    }
+                }
                 if self.workers[s].stalled {
                     self.workers[s].stalled = false;
                     self.workers[s].stalled_silent = false;
@@ -1673,13 +1684,33 @@ impl Dispatcher {
     /// The end game: nothing is left to hand out, so an idle worker whose measured speed
     /// would finish the task predicted to end last sooner than the worker that holds it
     /// (by a fifth at least) gets a copy of it. The first result wins, as with backups;
-    /// the holder is not stalled. Each task is taken over at most once, so duplicated work
-    /// is bounded by one task per idle worker, and counted as redispatched.
+    /// the holder is not stalled. The fastest idle workers choose first, and a task taken
+    /// over goes again only to a worker predicted to finish it a fifth sooner than its
+    /// taker, at most [`MAX_TAKEOVERS`] times: duplicated work stays bounded (a few
+    /// copies of the last tasks), and is counted as redispatched.
     fn end_game(&mut self, now: Instant, out: &mut Vec<Command>) {
         if self.alive < 2 {
             return;
         }
-        for slot in 0..self.workers.len() {
+        let mut idle: Vec<usize> = (0..self.workers.len())
+            .filter(|&s| self.workers[s].alive && self.workers[s].assigned == 0)
+            .collect();
+        // Fastest first: a slower worker taking the last task first would keep a faster
+        // one, idle a moment later, waiting on it. Unmeasured workers last.
+        let chunks = self.carver.is_some();
+        let pace = |s: usize| -> f64 {
+            let measured = if chunks {
+                self.carver
+                    .as_ref()
+                    .and_then(|c| c.rate(s))
+                    .map(|r| 1.0 / r.max(1e-9))
+            } else {
+                self.workers[s].us_per_ms
+            };
+            measured.unwrap_or(f64::INFINITY)
+        };
+        idle.sort_by(|&a, &b| pace(a).total_cmp(&pace(b)));
+        for slot in idle {
             let w = &self.workers[slot];
             if !w.alive
                 || w.declined
@@ -1706,11 +1737,13 @@ impl Dispatcher {
             };
             // What the holder has spent on it bounds what it costs: the taker needs at
             // least that, scaled by the two workers' measured speeds (a rate measured on
-            // cheap items says nothing of a dear chunk).
-            let holder_us = self
-                .predict_us(self.owner[index] as usize, index)
-                .unwrap_or(mine_us.max(1.0));
-            let mine_us = mine_us.max(last.running_us * mine_us / holder_us.max(1.0));
+            // cheap items says nothing of a dear chunk). A holder not measured yet may be
+            // slow or its task dear; the taker is idle either way, so its own prediction
+            // stands.
+            let mine_us = match self.predict_us(self.owner[index] as usize, index) {
+                Some(holder_us) => mine_us.max(last.running_us * mine_us / holder_us.max(1.0)),
+                None => mine_us,
+            };
             if mine_us >= last.left_us * 0.8 {
                 continue;
             }
@@ -1732,9 +1765,9 @@ impl Dispatcher {
             worker.given.push_back((now, index as u32));
             worker.assigned += 1;
             worker.assigned_ms += u64::from(task.workload_ms);
-            self.taken_over.insert(index as u32);
             self.redispatched += 1;
             self.items_redone += u64::from(task.items);
+            *self.taken_over.entry(index as u32).or_insert(0) += 1;
             out.push(Command::Tasks {
                 worker: slot as WorkerId,
                 tasks: vec![task],
@@ -1771,7 +1804,8 @@ impl Dispatcher {
                 // run: costs vary along a job, and a miss means this part is dearer.
                 let running = (-start).max(0.0);
                 at = start + took.max(2.0 * running);
-                if !self.taken_over.contains(&index) && last.is_none_or(|l| at > l.left_us) {
+                let takeovers = self.taken_over.get(&index).copied().unwrap_or(0);
+                if takeovers < MAX_TAKEOVERS && last.is_none_or(|l| at > l.left_us) {
                     last = Some(LastToFinish {
                         index: i,
                         left_us: at,
@@ -2130,7 +2164,12 @@ impl Dispatcher {
             // of when it was given and the worker's last report.
             let since = given_at.max(self.workers[slot].last_report);
             let held_for = now.saturating_duration_since(since);
-            let straggling = self.state[i] == TaskState::Assigned && held_for > bound;
+            // A chunk past its prediction on a worker that heartbeats is dear, not lost:
+            // items vary in cost along a job, so a copy would only repeat the same dear
+            // items. The end game moves it once nothing else is left to hand out.
+            let straggling = self.state[i] == TaskState::Assigned
+                && held_for > bound
+                && !self.config.tasks[i].is_chunk();
             if !straggling && !quiet {
                 continue;
             }
