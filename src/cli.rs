@@ -56,7 +56,8 @@ pub struct Cli {
     #[arg(long, env = "CONQUER_MAX_PAYLOAD", value_name = "BYTES", global = true, value_parser = parse_bytes)]
     pub max_payload: Option<u64>,
     /// Write what this process observes as JSON lines to FILE (- for stdout, where the
-    /// report then travels as the last event): sockets listening, ready, phases, workers
+    /// report then travels as the `complete` event; a file is appended to): sockets
+    /// listening, ready, phases, workers
     /// joining and lost, batches starting and complete with the report.
     #[arg(
         long,

@@ -45,7 +45,7 @@ pub const TAIL_PROBE: Duration = Duration::from_millis(20);
 /// How often a ventilator waiting for workers repeats what it waits for.
 const WAIT_REMINDER: Duration = Duration::from_secs(5);
 /// Most times the end game hands one task over: a faster worker idle later may take a
-/// task a slower one took first, but two workers never pass one task back and forth.
+/// task a slower one took first; a task never goes back to a worker it was taken from.
 const MAX_TAKEOVERS: u8 = 3;
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
 /// answers, before its worker is taken to be delivering results nowhere.
@@ -443,6 +443,9 @@ pub struct Dispatcher {
     fail_log: RateLimited,
     /// How often each task was handed over in the end game (at most [`MAX_TAKEOVERS`]).
     taken_over: HashMap<u32, u8>,
+    /// Workers a task was taken from while they still ran it (a backup, a takeover): they
+    /// never take it over again, and their late report of it, once, measures their speed.
+    ran_by: HashMap<u32, Vec<WorkerId>>,
     /// Tasks the sink asked to run again (`--replicate`), with the workers whose copies it
     /// has: they are handed out from `replicas`, first to a worker not among them.
     exclude: HashMap<u32, Vec<String>>,
@@ -536,6 +539,7 @@ impl Dispatcher {
             gave_up: Vec::new(),
             fail_log: RateLimited::new(5, Duration::from_secs(1)),
             taken_over: HashMap::new(),
+            ran_by: HashMap::new(),
             exclude: HashMap::new(),
             replicas: VecDeque::new(),
             replica_set: std::collections::HashSet::new(),
@@ -1558,6 +1562,7 @@ impl Dispatcher {
 
     fn unreachable(&mut self, now: Instant, worker: WorkerId, out: &mut Vec<Command>) {
         if (worker as usize) < self.workers.len() && self.workers[worker as usize].alive {
+            self.note_worker(worker, "unreachable", None);
             self.lose_worker(worker, now);
         }
         // Newcomers waiting on this worker's name take it now.
@@ -1603,11 +1608,17 @@ impl Dispatcher {
                 // task it was given still proves the worker works, and ends its stall; and
                 // says how fast it is (a worker whose every task outlives the backup bound
                 // would otherwise never be measured, and be backed up forever).
-                if d.status != Status::Failed {
+                let ran = self.ran_by.get_mut(&d.id).and_then(|by| {
+                    let at = by.iter().position(|&w| w == slot)?;
+                    Some(by.swap_remove(at))
+                });
+                if ran.is_some() && d.status != Status::Failed {
                     self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
-                    if let Some(carver) = self.carver.as_mut() {
-                        carver.learn(s, self.config.tasks[index].items, d.wall_us);
-                    }
+                }
+                if let (Some(carver), Some(_), Status::Ok | Status::Verified) =
+                    (self.carver.as_mut(), ran, d.status)
+                {
+                    carver.learn(s, self.config.tasks[index].items, d.wall_us);
                 }
                 if self.workers[s].stalled {
                     self.workers[s].stalled = false;
@@ -1724,11 +1735,16 @@ impl Dispatcher {
                 return;
             };
             let index = last.index;
-            // A copy the sink asked for never goes back to a worker whose copy it has.
+            // A copy the sink asked for never goes back to a worker whose copy it has, nor
+            // a task to a worker it was taken from (its copy still runs there).
             if self
                 .exclude
                 .get(&(index as u32))
                 .is_some_and(|names| names.contains(&self.workers[slot].info.name))
+                || self
+                    .ran_by
+                    .get(&(index as u32))
+                    .is_some_and(|by| by.contains(&(slot as WorkerId)))
             {
                 continue;
             }
@@ -1738,11 +1754,12 @@ impl Dispatcher {
             // What the holder has spent on it bounds what it costs: the taker needs at
             // least that, scaled by the two workers' measured speeds (a rate measured on
             // cheap items says nothing of a dear chunk). A holder not measured yet may be
-            // slow or its task dear; the taker is idle either way, so its own prediction
-            // stands.
+            // slow or its task dear: once it has run twice what the taker predicts for
+            // itself, the taker's prediction stands (a copy costs an idle worker's time).
             let mine_us = match self.predict_us(self.owner[index] as usize, index) {
                 Some(holder_us) => mine_us.max(last.running_us * mine_us / holder_us.max(1.0)),
-                None => mine_us,
+                None if last.running_us > 2.0 * mine_us => mine_us,
+                None => continue,
             };
             if mine_us >= last.left_us * 0.8 {
                 continue;
@@ -1759,6 +1776,7 @@ impl Dispatcher {
                 holder_left_us / 1000.0
             );
             self.release(holder, index);
+            self.ran_by.entry(index as u32).or_default().push(holder);
             self.owner[index] = slot as WorkerId;
             self.assigned_ms += u64::from(task.workload_ms);
             let worker = &mut self.workers[slot];
@@ -1776,8 +1794,8 @@ impl Dispatcher {
         }
     }
 
-    /// Among tasks other workers hold and that were not taken over yet, the one whose
-    /// holder is predicted to finish last, with how long it has left, in µs (tasks queued
+    /// Among tasks other workers hold and that were not taken over [`MAX_TAKEOVERS`] times
+    /// yet, the one whose holder is predicted to finish last, with how long it has left, in µs (tasks queued
     /// on a worker run one after another from its last report).
     fn last_to_finish(&self, now: Instant, except: usize) -> Option<LastToFinish> {
         let mut last: Option<LastToFinish> = None;
@@ -2140,7 +2158,9 @@ impl Dispatcher {
     /// heartbeats (a straggler, or a worker whose task thread is stuck), is handed to
     /// another worker as a backup, as MapReduce does: the first result wins and the other
     /// is a duplicate. The straggler gets no new tasks until it reports again. Looks at
-    /// each worker's oldest task only.
+    /// each worker's oldest task only. A chunk of a divisible job is backed up only when
+    /// its worker falls silent: one that heartbeats is left to the end game (a stuck GPU
+    /// task ends at the worker's `--task-timeout`).
     fn back_up_stragglers(&mut self, now: Instant) {
         if self.alive < 2 {
             return;
@@ -2194,6 +2214,7 @@ impl Dispatcher {
                 let i = index as usize;
                 if self.owner[i] == slot as u32 && self.state[i] == TaskState::Assigned {
                     self.release(slot as WorkerId, i);
+                    self.ran_by.entry(index).or_default().push(slot as WorkerId);
                     self.requeue(i);
                     count += 1;
                 }
@@ -2288,6 +2309,7 @@ impl Dispatcher {
                     reason,
                 },
             });
+            self.note_worker(slot, "refused", None);
             self.lose_worker(slot, now);
         }
     }

@@ -305,12 +305,15 @@ impl Farm {
                         assert_eq!(phase, self.d.phase_name());
                     }
                     Command::Note(crate::events::Note::Worker { name, state, .. }) => {
-                        let slot = (0..self.d.workers().len() as WorkerId)
-                            .rev()
-                            .find(|&w| self.d.worker(w).info.name == name)
-                            .expect("a noted worker is on the roster");
-                        let alive = self.d.worker(slot).alive;
-                        assert_eq!(alive, state == "joined", "{name}: {state}");
+                        // A name may have had several slots (a worker that reconnected):
+                        // one that joined is alive, one that was lost is not.
+                        let alive: Vec<bool> = (0..self.d.workers().len() as WorkerId)
+                            .filter(|&w| self.d.worker(w).info.name == name)
+                            .map(|w| self.d.worker(w).alive)
+                            .collect();
+                        assert!(!alive.is_empty(), "{name} noted, not on the roster");
+                        let joined = state == "joined";
+                        assert!(alive.contains(&joined), "{name}: {state}, alive {alive:?}");
                     }
                     Command::Note(_) => {}
                 }

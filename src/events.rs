@@ -35,7 +35,9 @@ pub enum Note {
     Phase { phase: String },
     /// The ventilator's view of a worker changed: `joined`, `silent` (declared gone after
     /// `silent_ms` without a word), `left` (said goodbye), `declined` (cannot run the
-    /// batch's kernel), `quarantined` (its results disagreed with others').
+    /// batch's kernel), `quarantined` (its results disagreed with others'),
+    /// `unreachable` (its connection is gone), `refused` (its results never reached the
+    /// sink).
     Worker {
         name: String,
         state: String,
@@ -72,19 +74,25 @@ static OUT: OnceLock<Out> = OnceLock::new();
 /// Whether events go to stdout (the report then travels in the `complete` event only).
 static TO_STDOUT: OnceLock<bool> = OnceLock::new();
 
-/// Opens `--events`: a file (created or truncated) or `-` for stdout. Once per process,
-/// before any role starts.
+/// Opens `--events`: a file (created, or appended to) or `-` for stdout. Once per
+/// process, before any role starts.
 pub fn open(path: &std::path::Path) -> anyhow::Result<()> {
     let (out, stdout): (Box<dyn Write + Send>, bool) = if path.as_os_str() == "-" {
         (Box::new(std::io::stdout()), true)
     } else {
-        let file = std::fs::File::create(path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write events to {} (--events): {e}; give a file in a folder you can \
+        // Appended to, never truncated: two processes given one file (a shared
+        // CONQUER_EVENTS) each add their lines, whole (one write each).
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write events to {} (--events): {e}; give a file in a folder you can \
                  write to, or - for stdout",
-                path.display()
-            )
-        })?;
+                    path.display()
+                )
+            })?;
         (Box::new(file), false)
     };
     let _ = TO_STDOUT.set(stdout);

@@ -173,6 +173,10 @@ pub struct Observer {
     failed: u64,
     /// Reports of tasks that had been handed to another worker since.
     duplicates: u64,
+    /// Tasks sent again while the worker that had them still ran (a backup, a takeover):
+    /// the earlier workers (slot + 1), whose report, if first, counts as well as the last
+    /// one's would.
+    also_sent: std::collections::HashMap<u32, Vec<u32>>,
     /// Throughput and latency over time, and the last sample's basis.
     series: VecDeque<Sample>,
     sampled: Option<SampleBase>,
@@ -207,6 +211,7 @@ impl Observer {
             ok: 0,
             failed: 0,
             duplicates: 0,
+            also_sent: std::collections::HashMap::new(),
             series: VecDeque::new(),
             sampled: None,
             sink: None,
@@ -308,6 +313,9 @@ impl Observer {
                 continue;
             };
             let before = std::mem::replace(slot, (worker + 1, at));
+            if before.0 != 0 && before.0 != worker + 1 && alive(before.0 - 1) {
+                self.also_sent.entry(id).or_default().push(before.0);
+            }
             if before.0 != 0 && before.0 != worker + 1 && !alive(before.0 - 1) {
                 let start = self.start + Duration::from_micros(before.1);
                 self.bar(Bar {
@@ -356,11 +364,19 @@ impl Observer {
             let Some(slot) = self.sent.get_mut(d.id as usize) else {
                 continue;
             };
-            if slot.0 != worker + 1 {
+            // The last worker sent it, or an earlier one still running it, first to report.
+            let earlier = slot.0 != 0
+                && slot.0 != worker + 1
+                && self
+                    .also_sent
+                    .get(&d.id)
+                    .is_some_and(|by| by.contains(&(worker + 1)));
+            if slot.0 != worker + 1 && !earlier {
                 self.duplicates += 1;
                 continue;
             }
             slot.0 = 0;
+            self.also_sent.remove(&d.id);
             let status = if d.status == Status::Failed {
                 failed += 1;
                 BarStatus::Failed
@@ -564,14 +580,15 @@ impl Observer {
         } else {
             held >= tasks
         };
-        self.sample(
-            now,
-            if items > 0 {
+        // The chart covers the batch, not the time the view lingers after it.
+        if !d.is_over() {
+            let held = if items > 0 {
                 items_held
             } else {
                 self.held_count
-            },
-        );
+            };
+            self.sample(now, held);
+        }
         // By name: the page's rows and lanes keep their places as workers come and go.
         workers.sort_by(|a, b| a.name.cmp(&b.name).then(a.slot.cmp(&b.slot)));
         let mut lane = vec![0; workers.len()];
@@ -1104,11 +1121,12 @@ mod tests {
             .collect();
         assert_eq!(redispatched.len(), 1);
         assert_eq!(redispatched[0].worker, 0);
-        // Worker 0's late report of task 0 is a duplicate; worker 1's counts.
+        // Task 0 counts for whichever of its two workers reports it first (worker 0, still
+        // running it), the other's report is a duplicate; task 1 for worker 1.
         o.done(t(4), 0, &[done(0)]);
         o.done(t(5), 1, &[done(0), done(1)]);
         assert_eq!((o.ok, o.duplicates), (2, 1));
-        assert_eq!(o.tallies[1].done, 2);
+        assert_eq!((o.tallies[0].done, o.tallies[1].done), (1, 1));
     }
 
     /// A task list of `tasks` tasks of 10 ms, and workers greeted in the order given.

@@ -434,6 +434,10 @@ impl Outputs {
         let folder = Dir::open(parent).context("--image")?;
         files::write_whole(&folder, &name, |file| write_png(file, view, counts))
             .with_context(|| format!("cannot write the picture {}", path.display()))?;
+        // The rename durable too: the picture is on disk when the sink says written.
+        folder
+            .sync()
+            .with_context(|| format!("cannot sync the folder of {}", path.display()))?;
         log::info!(
             "picture written to {} ({} x {})",
             path.display(),
@@ -476,6 +480,7 @@ impl Outputs {
         files::write_whole(&handle, &name, |file| {
             Self::concatenate(job, &handle, &chunks, per_item, file)
         })?;
+        handle.sync()?;
         log::info!(
             "the job's output assembled in {}",
             dir.join(&name).display()

@@ -435,8 +435,10 @@ impl<'a> Pump<'a> {
         if now < self.next_side {
             return;
         }
-        self.next_side = now + SIDE_EVERY;
+        // The first as soon as the batch is known: right behind the acknowledgement, so
+        // the live view hears of a picture before the batch can be over.
         if let Some((to, batch, side)) = self.side(c) {
+            self.next_side = now + SIDE_EVERY;
             // A ventilator gone is found out by the messages that matter.
             let message = crate::protocol::Message::SinkSide { batch, side };
             sockets::send_to(self.socket, &to, &message.encode());

@@ -635,15 +635,18 @@ impl Ventilator {
 
 /// Longest the pump sleeps in one poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// Longest the live view waits, after the batch, for the sink to say its picture is
+/// written (a 16384 x 16384 picture takes seconds; a sink that died never says so).
+const PICTURE_WAIT: Duration = Duration::from_secs(600);
 /// How often the live view's data is refreshed (`--http`): the page reads it twice a
 /// second (the JSON is made by the thread that answers, not here).
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 impl Ventilator {
     /// After the batch: the final state stays up for a look (or a last scrape) for
-    /// `--http-linger`, and longer while the sink says it is writing the picture (as long
-    /// as it keeps saying so). Still heard meanwhile: the sink's side, and workers' last
-    /// reports.
+    /// `--http-linger`, and longer while the sink says it is writing the picture, until it
+    /// says written (or failed), for at most [`PICTURE_WAIT`]. Still heard meanwhile: the
+    /// sink's side, and workers' last reports.
     fn linger(
         &self,
         o: &mut crate::observe::Observer,
@@ -651,13 +654,12 @@ impl Ventilator {
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         let until = Instant::now() + self.config.http_linger;
-        let mut heard = Instant::now();
+        let picture_until = Instant::now() + PICTURE_WAIT;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let batch = d.batch_id();
         loop {
             let now = Instant::now();
-            let writing = o.picture_writing()
-                && now.saturating_duration_since(heard) < self.config.sink_timeout;
+            let writing = o.picture_writing() && now < picture_until;
             if (now >= until && !writing) || shutdown.is_requested() {
                 return Ok(());
             }
@@ -680,7 +682,6 @@ impl Ventilator {
                     if let Ok(Message::SinkSide { batch: b, side }) = &inbound.message {
                         if *b == batch {
                             o.sink_side(side);
-                            heard = Instant::now();
                         }
                     }
                     Ok(())

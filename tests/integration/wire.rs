@@ -84,13 +84,32 @@ fn outputs_that_compress_and_outputs_that_do_not_arrive_whole_compressed_or_raw_
             assert_outputs_are_inputs(&out, &inputs);
             let r = report(&stdout);
             let (inputs_wire, inputs_bytes, outputs_wire, outputs_bytes) = wire(&r);
-            assert_eq!((inputs_bytes, outputs_bytes), (total, total), "{case}: {r}");
+            // Each input and output crosses once, and once more for a task the end game
+            // copied to an idle worker (a busy machine can make one look slow).
+            let copies = r["redispatched"].as_u64().unwrap();
+            let largest = inputs.iter().map(|(_, b)| b.len() as u64).max().unwrap();
+            for moved in [inputs_bytes, outputs_bytes] {
+                assert!(
+                    (total..=total + copies * largest).contains(&moved),
+                    "{case}: {moved} bytes moved for {total} with {copies} copies: {r}"
+                );
+            }
             if compress && compressible {
-                assert!(inputs_wire * 10 < total, "{case}: inputs shrink: {r}");
-                assert!(outputs_wire * 10 < total, "{case}: outputs shrink: {r}");
+                assert!(
+                    inputs_wire * 10 < inputs_bytes,
+                    "{case}: inputs shrink: {r}"
+                );
+                assert!(
+                    outputs_wire * 10 < outputs_bytes,
+                    "{case}: outputs shrink: {r}"
+                );
             } else {
                 // Raw: every byte crosses as it is, and the probe keeps random data raw.
-                assert_eq!((inputs_wire, outputs_wire), (total, total), "{case}: {r}");
+                assert_eq!(
+                    (inputs_wire, outputs_wire),
+                    (inputs_bytes, outputs_bytes),
+                    "{case}: {r}"
+                );
             }
         }
     }
