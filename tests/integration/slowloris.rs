@@ -149,6 +149,7 @@ fn a_thousand_slow_clients_cost_bounded_threads_and_the_status_still_answers() {
             s
         })
         .collect();
+    let opened = std::time::Instant::now();
     let mut most = threads(run.pid());
     for round in 0..3 {
         // One more byte on each connection still open; then the honest client, whose
@@ -166,11 +167,16 @@ fn a_thousand_slow_clients_cost_bounded_threads_and_the_status_still_answers() {
         most < THREAD_BOUND,
         "the run had {most} threads with {SLOW} slow connections open (bound {THREAD_BOUND})"
     );
-    // Beyond the per-address cap, a connection was refused at once, not held.
+    // Beyond the per-address cap, a connection was refused at once, not held: unless the
+    // held ones timed out (5 s) before the server came to accept it, freeing their
+    // places (a loaded machine); then it is held and timed out in its turn.
+    let within_head_timeout = opened.elapsed() < Duration::from_secs(5);
     let last = slow.last_mut().unwrap();
     if let Some(answer) = until_closed(last) {
         assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+            answer.is_empty()
+                || answer.starts_with("HTTP/1.1 503")
+                || (!within_head_timeout && answer.starts_with("HTTP/1.1 408")),
             "{answer}"
         );
     }
