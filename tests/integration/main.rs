@@ -8,6 +8,7 @@ mod chunking;
 mod classic;
 mod data;
 mod deploy;
+mod events;
 mod failures;
 mod faults;
 mod finished;
