@@ -174,28 +174,30 @@ fn o02_a_live_view_others_can_reach_is_refused_with_flags_run_has() {
     assert!(status.success(), "{log}");
 }
 
+/// A search on two cpu workers that finds more hits than the text report shows (8 tasks).
+const SEARCH: [&str; 13] = [
+    "run",
+    "--kernel",
+    "search",
+    "--backend",
+    "cpu",
+    "--workers",
+    "2",
+    "--bits",
+    "16",
+    "--keys",
+    "2000000",
+    "--keys-per-task",
+    "250000",
+];
+
 #[test]
 fn o03_the_text_report_shows_the_hits_the_outputs_the_picture_and_the_check() {
     let dir = tempfile::tempdir().unwrap();
     let outputs = dir.path().join("out");
-    let search = [
-        "run",
-        "--kernel",
-        "search",
-        "--backend",
-        "cpu",
-        "--workers",
-        "2",
-        "--bits",
-        "16",
-        "--keys",
-        "2000000",
-        "--keys-per-task",
-        "250000",
-        "--outputs",
-        outputs.to_str().unwrap(),
-    ];
-    let mut json = search.to_vec();
+    let mut search = SEARCH.to_vec();
+    search.extend(["--outputs", outputs.to_str().unwrap()]);
+    let mut json = search.clone();
     json.push("--json");
     let (status, stdout, log) = conquer(&json);
     assert!(status.success(), "{log}");
@@ -781,33 +783,19 @@ fn o07_the_live_view_shows_the_sinks_side_results_outputs_and_hits() {
     let dir = tempfile::tempdir().unwrap();
     let outputs = dir.path().join("out");
     let results = dir.path().join("r.csv");
-    let run = Proc::start_quiet(
-        "run",
-        &[
-            "run",
-            "--kernel",
-            "search",
-            "--backend",
-            "cpu",
-            "--workers",
-            "2",
-            "--bits",
-            "16",
-            "--keys",
-            "2000000",
-            "--keys-per-task",
-            "250000",
-            "--outputs",
-            outputs.to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--http-linger",
-            "30",
-            "--json",
-        ],
-    );
+    let mut args = SEARCH.to_vec();
+    args.extend([
+        "--outputs",
+        outputs.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+        "--http-linger",
+        "30",
+        "--json",
+    ]);
+    let run = Proc::start_quiet("run", &args);
     let base = run.live_view();
     let end = wait_status(&base, "every output written", |s| {
         s["finished"] == true && s["sink"]["outputs_written"] == 8

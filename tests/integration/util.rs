@@ -270,6 +270,11 @@ pub fn ventilator(sink: &str, extra: &[&str]) -> (Proc, String) {
 
 /// Starts a sleep worker named `name`.
 pub fn worker(name: &str, ventilator: &str, sink: &str, extra: &[&str]) -> Proc {
+    worker_on("sleep", name, ventilator, sink, extra)
+}
+
+/// A named worker of `backend`, with `extra` flags.
+pub fn worker_on(backend: &str, name: &str, ventilator: &str, sink: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
         "worker",
         "--ventilator",
@@ -279,7 +284,7 @@ pub fn worker(name: &str, ventilator: &str, sink: &str, extra: &[&str]) -> Proc 
         "--name",
         name,
         "--backend",
-        "sleep",
+        backend,
     ];
     args.extend_from_slice(extra);
     Proc::start(name, &args)

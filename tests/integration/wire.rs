@@ -128,22 +128,11 @@ fn a_worker_that_speaks_no_codec_gets_its_inputs_raw_from_a_compressing_ventilat
             &sink_ep,
             &["--kernel", "copy", "--inputs", &glob, "--wait-workers", "1"],
         );
-        let mut args = vec![
-            "worker",
-            "--ventilator",
-            &vent_ep,
-            "--sink",
-            &sink_ep,
-            "--name",
-            "w",
-            "--backend",
-            "cpu",
-            "--exit-when-done",
-        ];
+        let mut extra = vec!["--exit-when-done"];
         if !worker_compresses {
-            args.push("--no-compress");
+            extra.push("--no-compress");
         }
-        let worker = Proc::start("w", &args);
+        let worker = util::worker_on("cpu", "w", &vent_ep, &sink_ep, &extra);
         let r = util::completed(sink, 3, None);
         assert_outputs_are_inputs(&out, &inputs);
         let (inputs_wire, inputs_bytes, outputs_wire, outputs_bytes) = wire(&r);
@@ -173,21 +162,7 @@ fn a_sink_that_takes_no_codec_gets_its_outputs_raw_from_a_compressing_worker() {
         &sink_ep,
         &["--kernel", "copy", "--inputs", &glob, "--wait-workers", "1"],
     );
-    let worker = Proc::start(
-        "w",
-        &[
-            "worker",
-            "--ventilator",
-            &vent_ep,
-            "--sink",
-            &sink_ep,
-            "--name",
-            "w",
-            "--backend",
-            "cpu",
-            "--exit-when-done",
-        ],
-    );
+    let worker = util::worker_on("cpu", "w", &vent_ep, &sink_ep, &["--exit-when-done"]);
     let r = util::completed(sink, 3, None);
     assert_outputs_are_inputs(&out, &inputs);
     let (inputs_wire, inputs_bytes, outputs_wire, outputs_bytes) = wire(&r);
