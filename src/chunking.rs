@@ -76,6 +76,13 @@ struct Rate {
     last: u64,
 }
 
+/// A worker's next chunk is queued behind the one it holds only while the job has at
+/// least this many `--chunk-ms` left at the farm's pace.
+const AHEAD_TARGETS: f64 = 8.0;
+
+/// Chunks are queued ahead only on a farm whose workers' rates are within this factor.
+const EVEN_FARM: f64 = 2.0;
+
 /// How much larger than its last chunk a worker's next chunk may be.
 const GROWTH: u64 = 2;
 
@@ -227,6 +234,33 @@ impl Carver {
             }),
             Policy::Adaptive(target) => self.adaptive(worker, workers, target),
         }
+    }
+
+    /// Whether `worker`, holding a chunk, may be carved its next one now, to queue behind
+    /// it (pipelined: the worker never idles for a round trip between chunks). Only under
+    /// `adaptive`, on a farm whose measured workers all run within [`EVEN_FARM`] times of
+    /// each other, and while the job has at least [`AHEAD_TARGETS`] chunk times left at
+    /// the farm's pace. Near the end chunks shrink and one in hand is enough; and beside
+    /// much slower workers a second chunk in hand is a second chance to hold dear items
+    /// at the end, which measured worse than the round trip it saves.
+    pub fn may_queue(&self, worker: usize, workers: &[usize]) -> bool {
+        let Policy::Adaptive(target) = self.plan.policy else {
+            return false;
+        };
+        let Some(rate) = self.rate(worker) else {
+            return false;
+        };
+        let known: Vec<f64> = workers.iter().filter_map(|&w| self.rate(w)).collect();
+        let slowest = known.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = known.iter().copied().fold(0.0, f64::max);
+        let total_rate: f64 = workers
+            .iter()
+            .map(|&w| self.rate(w).unwrap_or(slowest))
+            .sum::<f64>()
+            .max(rate);
+        known.len() == workers.len()
+            && slowest * EVEN_FARM >= fastest
+            && self.left as f64 / total_rate >= AHEAD_TARGETS * target.as_secs_f64()
     }
 
     fn adaptive(&self, worker: usize, workers: &[usize], target: Duration) -> u64 {

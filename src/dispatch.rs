@@ -2440,18 +2440,25 @@ impl Dispatcher {
         }
     }
 
-    /// A new chunk of a divisible job for `slot`, queued first: a worker holds one chunk at
-    /// a time (the next is sized when it reports, from its rate then), so chunks are carved
-    /// only for workers with none.
+    /// A new chunk of a divisible job for `slot`, queued first. A worker is carved a chunk
+    /// when it holds none, and, with a window of two or more, its next one while it holds
+    /// one, on an even farm far from the job's end (`Carver::may_queue`): the next chunk
+    /// then waits in its queue, so it never idles for a round trip between chunks.
     fn carve(&mut self, slot: usize) -> Carved {
         let worker = &self.workers[slot];
+        let window = self
+            .config
+            .window
+            .max(u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW));
         if !worker.alive
             || worker.stalled
-            || worker.assigned > 0
+            || worker.assigned > 1
+            || (worker.assigned == 1 && window < 2)
             || worker.unheld >= self.unheld_cap(slot)
         {
             return Carved::NotNow;
         }
+        let held_one = worker.assigned == 1;
         let Some(carver) = self.carver.as_mut() else {
             return Carved::Nothing;
         };
@@ -2462,6 +2469,9 @@ impl Dispatcher {
             .filter(|(_, w)| w.alive)
             .map(|(i, _)| i)
             .collect();
+        if held_one && !carver.may_queue(slot, &live) {
+            return Carved::NotNow;
+        }
         let Some((first, items)) = carver.carve(slot, &live) else {
             return Carved::Nothing;
         };
@@ -2524,10 +2534,14 @@ impl Dispatcher {
             let s = slot as usize;
             self.workers[s].queued = false;
             let replica = self.replica_for(s);
+            let mut carved = false;
             let id = match replica.map(|(_, id)| id).or_else(|| self.peek_pending()) {
                 Some(id) => id,
                 None => match self.carve(s) {
-                    Carved::Chunk(id) => id,
+                    Carved::Chunk(id) => {
+                        carved = true;
+                        id
+                    }
                     // Back in the queue when its chunk is reported.
                     Carved::NotNow => continue,
                     // Copies wait for other workers: this one waits with the tail.
@@ -2545,7 +2559,13 @@ impl Dispatcher {
                 },
             };
             let task = self.config.tasks[id as usize];
-            match self.credit(s, &task) {
+            // A chunk carved for this worker was carved by its own rules (`carve`).
+            let credit = if carved {
+                Credit::Yes
+            } else {
+                self.credit(s, &task)
+            };
+            match credit {
                 Credit::None => continue,
                 Credit::Scarce => {
                     if !self.workers[s].in_tail {

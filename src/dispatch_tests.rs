@@ -1307,3 +1307,46 @@ fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
     d.handle(t + TAIL_PROBE * 2, Event::Tick, &mut out);
     assert!(chunks_in(&out).is_empty());
 }
+
+#[test]
+fn on_an_even_farm_a_measured_worker_holds_its_next_chunk_until_the_job_nears_its_end() {
+    let base = Instant::now();
+    let t = |ms: u64| base + Duration::from_millis(ms);
+    // 100,000 items of 1 ms at nominal speed: 100 s of work, chunks of 200 ms.
+    let mut d = job_dispatcher(100_000, Policy::Adaptive(Duration::from_millis(200)), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "a", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    sink_acks(&mut d, base, 0, &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    // Not measured yet: a probe, and nothing queued behind it.
+    let probe = chunks_in(&out);
+    assert_eq!(probe.len(), 1, "{probe:?}");
+    out.clear();
+    report(&mut d, t(10), "a", probe[0].1.id, 10_000, &mut out);
+    d.handle(t(10), Event::Tick, &mut out);
+    // Measured, far from the end: its next chunk and the one after, queued.
+    let two = chunks_in(&out);
+    assert_eq!(two.len(), 2, "{two:?}");
+    // It reports them one by one; near the end (under 8 chunk times of work left) it
+    // holds one chunk at a time again.
+    let mut now = 10;
+    let mut held = two.iter().map(|(_, c)| *c).collect::<Vec<_>>();
+    let mut most_near_end = 0;
+    while let Some(chunk) = held.first().copied() {
+        held.remove(0);
+        now += u64::from(chunk.items);
+        out.clear();
+        // Items cost 1 ms each on this worker.
+        report(&mut d, t(now), "a", chunk.id, chunk.items * 1000, &mut out);
+        d.handle(t(now), Event::Tick, &mut out);
+        held.extend(chunks_in(&out).into_iter().map(|(_, c)| c));
+        let left_s = d.carver.as_ref().map_or(0, |c| c.left()) as f64 / 1000.0;
+        if left_s < 1.6 {
+            most_near_end = most_near_end.max(held.len());
+        }
+        assert!(held.len() <= 2, "it holds {held:?}");
+    }
+    assert!(most_near_end <= 1, "two chunks held near the end");
+}
