@@ -663,14 +663,15 @@ impl Ventilator {
             if (now >= until && !writing) || shutdown.is_requested() {
                 return Ok(());
             }
-            let wait = until
-                .saturating_duration_since(now)
-                .clamp(Duration::ZERO, MAX_POLL);
+            let wait = if writing {
+                MAX_POLL
+            } else {
+                until.saturating_duration_since(now).min(MAX_POLL)
+            };
             let mut items = [
                 self.tasks_socket.as_poll_item(zmq::POLLIN),
                 self.sink_socket.as_poll_item(zmq::POLLIN),
             ];
-            let wait = if writing { MAX_POLL } else { wait };
             sockets::poll(
                 &mut items,
                 wait.as_millis() as i64,
