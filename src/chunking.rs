@@ -238,9 +238,8 @@ impl Carver {
 
     /// Whether `worker`, holding a chunk, may be carved its next one now, to queue behind
     /// it (pipelined: the worker never idles for a round trip between chunks). Only under
-    /// `adaptive`, on a farm whose measured workers all run within [`EVEN_FARM`] times of
-    /// each other, and while the job has at least [`AHEAD_TARGETS`] chunk times left at
-    /// the farm's pace. Near the end chunks shrink and one in hand is enough; and beside
+    /// `adaptive`, on a farm whose measured workers all run within twice each other's rate,
+    /// and while the job has at least eight chunk times left at the farm's pace. Near the end chunks shrink and one in hand is enough; and beside
     /// much slower workers a second chunk in hand is a second chance to hold dear items
     /// at the end, which measured worse than the round trip it saves.
     pub fn may_queue(&self, worker: usize, workers: &[usize]) -> bool {
