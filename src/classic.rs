@@ -111,6 +111,8 @@ pub struct ClassicVentilatorConfig {
     pub announce: bool,
     /// Who may take tasks; the secret presented to the sink.
     pub access: crate::auth::Access,
+    /// The largest task input or output it sends or accepts (`--max-payload`).
+    pub max_payload: u64,
 }
 
 /// A classic ventilator with its socket bound.
@@ -129,13 +131,20 @@ impl ClassicVentilator {
         config.access.check_exposure(&config.bind, "--bind")?;
         let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
         let mut shared = None;
-        let (tasks, endpoint) =
-            sockets::bind_prepared(ctx, zmq::PUSH, "tasks", &config.bind, "--bind", |socket| {
+        let (tasks, endpoint) = sockets::bind_prepared(
+            ctx,
+            zmq::PUSH,
+            "tasks",
+            &config.bind,
+            "--bind",
+            config.max_payload,
+            |socket| {
                 if let Some(gate) = &gate {
                     shared = Some(gate.guard_and_share(socket, "tasks")?);
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         // PUSH hands a burst to the first connected worker: queued tasks must survive until
         // slow workers take them, so closing waits longer than for our own sockets.
         tasks.set_linger(30_000)?;
@@ -148,6 +157,7 @@ impl ClassicVentilator {
             identity: None,
             access: &config.access,
             user: crate::auth::VENTILATOR_USER,
+            max_payload: config.max_payload,
         };
         let sink = sockets::connect(ctx, zmq::PUSH, "sink", &config.sink, "--sink", &caller)?;
         Ok(ClassicVentilator {
@@ -265,6 +275,8 @@ pub struct ClassicSinkConfig {
     pub tasks: u32,
     /// Who may send results and hear the KILL.
     pub access: crate::auth::Access,
+    /// The largest task input or output it sends or accepts (`--max-payload`).
+    pub max_payload: u64,
 }
 
 /// A classic sink with its sockets bound.
@@ -292,6 +304,7 @@ impl ClassicSink {
             &config.bind,
             "--bind",
             gate.as_ref(),
+            config.max_payload,
         )?;
         let (control, control_endpoint) = sockets::bind(
             ctx,
@@ -300,6 +313,7 @@ impl ClassicSink {
             &config.control_bind,
             "--control-bind",
             gate.as_ref(),
+            config.max_payload,
         )?;
         Ok(ClassicSink {
             gate,
@@ -437,6 +451,8 @@ pub struct ClassicWorkerConfig {
     pub job: Job,
     /// The secret presented to the ventilator and the sink.
     pub access: crate::auth::Access,
+    /// The largest task input or output it sends or accepts (`--max-payload`).
+    pub max_payload: u64,
 }
 
 /// Serves a classic pipeline until KILL (any message on the control socket) or Ctrl-C.
@@ -450,6 +466,7 @@ pub fn run_worker(
         identity: None,
         access: &config.access,
         user: "worker:classic",
+        max_payload: config.max_payload,
     };
     let tasks = sockets::connect(
         ctx,
@@ -582,6 +599,7 @@ pub fn run_local(
             control_bind: "tcp://127.0.0.1:*".into(),
             tasks,
             access: crate::auth::Access::default(),
+            max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         },
     )?;
     let vent = ClassicVentilator::bind(
@@ -596,6 +614,7 @@ pub fn run_local(
             wait_timeout: Duration::from_secs(60),
             announce: false,
             access: crate::auth::Access::default(),
+            max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         },
     )?;
     let config = ClassicWorkerConfig {
@@ -604,6 +623,7 @@ pub fn run_local(
         control: sink.control_endpoint().to_owned(),
         job: Job::default(),
         access: crate::auth::Access::default(),
+        max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
     };
     let mut handles = Vec::new();
     for (i, (backend, delay)) in workers.into_iter().enumerate() {

@@ -540,15 +540,14 @@ impl BatchArgs {
     /// The batch and job these flags describe, checked before anything binds: a user
     /// kernel is validated (errors name file:line:column), every payload is within
     /// `--max-payload`.
-    pub fn prepare(&self, verify_percent: u8) -> anyhow::Result<Prepared> {
+    pub fn prepare(&self, verify_percent: u8, max_payload: u64) -> anyhow::Result<Prepared> {
         if let Some(policy) = self.chunks.policy() {
-            return self.prepare_job(verify_percent, policy);
+            return self.prepare_job(verify_percent, policy, max_payload);
         }
         if self.chunks.hits > 0 {
             bail!("--hits stops a search job: pass --kernel search --chunking adaptive (or static, fixed)");
         }
         use crate::kernels::{mandelbrot, search, PER_ITEM, SAME_AS_INPUT};
-        let max_payload = crate::protocol::max_payload();
         let d = &self.data;
         let base = self.job(verify_percent);
         let (batch, job, inputs, source) = if let Some(path) = &d.kernel_file {
@@ -661,9 +660,13 @@ impl BatchArgs {
 
     /// A divisible job over one large input (a user kernel, or `copy`): its items are the
     /// input's `--item-bytes` pieces, each chunk travels with its slice.
-    fn prepare_input_job(&self, verify_percent: u8, policy: Policy) -> anyhow::Result<Prepared> {
+    fn prepare_input_job(
+        &self,
+        verify_percent: u8,
+        policy: Policy,
+        max_payload: u64,
+    ) -> anyhow::Result<Prepared> {
         use crate::kernels::{PER_ITEM, SAME_AS_INPUT};
-        let max_payload = crate::protocol::max_payload();
         let d = &self.data;
         let Some(pattern) = d.inputs.as_deref() else {
             bail!("--chunking over an input needs --inputs FILE: the one file the job carves");
@@ -743,15 +746,19 @@ impl BatchArgs {
     }
 
     /// A divisible job: no tasks up front, a plan for the chunks.
-    fn prepare_job(&self, verify_percent: u8, policy: Policy) -> anyhow::Result<Prepared> {
+    fn prepare_job(
+        &self,
+        verify_percent: u8,
+        policy: Policy,
+        max_payload: u64,
+    ) -> anyhow::Result<Prepared> {
         use crate::kernels::{mandelbrot, search};
-        let max_payload = crate::protocol::max_payload();
         let d = &self.data;
         if self.chunks.hits > 0 && (self.kernel != Kernel::Search || d.kernel_file.is_some()) {
             bail!("--hits stops a search job: pass --kernel search");
         }
         if d.kernel_file.is_some() || self.kernel == Kernel::Copy {
-            return self.prepare_input_job(verify_percent, policy);
+            return self.prepare_input_job(verify_percent, policy, max_payload);
         }
         if d.inputs.is_some() {
             bail!(
@@ -1368,9 +1375,10 @@ fn quiet_display_probing() {
 }
 
 fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    if let Some(bytes) = cli.max_payload {
-        crate::protocol::set_max_payload(bytes)?;
-    }
+    let max_payload = match cli.max_payload {
+        Some(bytes) => crate::protocol::check_max_payload(bytes)?,
+        None => crate::protocol::DEFAULT_MAX_PAYLOAD,
+    };
     crate::protocol::set_compress(!cli.no_compress);
     if let Some(path) = &cli.events {
         crate::events::open(path)?;
@@ -1384,11 +1392,14 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         },
     };
     match command {
-        Command::Run(args) => run(args, shutdown),
-        Command::Ventilator(args) => ventilator(args, shutdown),
-        Command::Worker(args) => work(args, shutdown),
-        Command::Sink(args) => sink(args, shutdown),
-        Command::Bench(args) => crate::bench::run(args, shutdown),
+        Command::Run(args) => run(args, max_payload, shutdown),
+        Command::Ventilator(args) => ventilator(args, max_payload, shutdown),
+        Command::Worker(args) => work(args, max_payload, shutdown),
+        Command::Sink(args) => sink(args, max_payload, shutdown),
+        Command::Bench(mut args) => {
+            args.max_payload = max_payload;
+            crate::bench::run(args, shutdown)
+        }
         Command::Info(args) => {
             info(args.json)?;
             Ok(0)
@@ -1497,7 +1508,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
     }
 }
 
-fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn run(args: RunArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let mut access = crate::auth::Access {
         insecure: args.insecure,
         ..args.secret.access()?
@@ -1519,7 +1530,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     if access.secret.is_none() {
         access.secret = Some(crate::auth::Secret::fresh()?);
     }
-    let mut prepared = args.batch.prepare(args.verify.percent())?;
+    let mut prepared = args.batch.prepare(args.verify.percent(), max_payload)?;
     prepared.job.replicate_percent = args.verify.replicate;
     if let (Some(_), Ok(view)) = (
         &args.report.image,
@@ -1588,6 +1599,7 @@ fn run(args: RunArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     };
     let policy = prepared.chunking.map(|plan| plan.policy.name());
     let mut sink = args.report.sink_config(String::new());
+    sink.max_payload = max_payload;
     sink.overwrite = args.overwrite.overwrite;
     sink.resume = args.resume.resume;
     sink.resume_advice = Some(format!("run `{}`", this_command_with("--resume")));
@@ -1677,7 +1689,7 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn ventilator(args: VentilatorArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     if args.classic && args.http.http.is_some() {
         bail!("--http needs the credit protocol: classic mode has no live view (drop --classic or --http)");
@@ -1693,12 +1705,13 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
             wait_timeout,
             announce: true,
             access: args.access.access()?,
+            max_payload,
         };
         let ctx = zmq::Context::new();
         crate::classic::ClassicVentilator::bind(&ctx, config)?.run(shutdown)?;
         return Ok(0);
     }
-    let mut prepared = args.batch.prepare(args.verify.percent())?;
+    let mut prepared = args.batch.prepare(args.verify.percent(), max_payload)?;
     prepared.job.replicate_percent = args.verify.replicate;
     let config = VentilatorConfig {
         bind: args.bind,
@@ -1727,13 +1740,14 @@ fn ventilator(args: VentilatorArgs, shutdown: &Shutdown) -> anyhow::Result<i32> 
         kernel_source: prepared.source,
         fixed_workers: 0,
         max_attempts: args.dispatch.max_attempts,
+        max_payload,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;
     Ok(0)
 }
 
-fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn work(args: WorkerArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
     // A secret that cannot be used fails before any adapter is probed.
     let access = args.secret.access()?;
     let backend = args.backend.build()?;
@@ -1749,6 +1763,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 ..Job::default()
             },
             access: access.clone(),
+            max_payload,
         };
         let ctx = zmq::Context::new();
         let summary = crate::classic::run_worker(&ctx, config, backend, shutdown)?;
@@ -1764,6 +1779,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         announce: true,
         heartbeat: args.heartbeat.heartbeat(),
         access,
+        max_payload,
     };
     crate::heartbeat::check_name(&config.name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
     let ctx = zmq::Context::new();
@@ -1788,7 +1804,7 @@ fn work(args: WorkerArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
 /// Exit status of a worker with --exit-when-done that heard of no batch in time.
 pub const EXIT_NO_BATCH: i32 = 3;
 
-fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn sink(args: SinkArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let ctx = zmq::Context::new();
     if args.classic {
         let config = crate::classic::ClassicSinkConfig {
@@ -1796,6 +1812,7 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             control_bind: args.control_bind,
             tasks: args.tasks,
             access: args.access.access()?,
+            max_payload,
         };
         let report = crate::classic::ClassicSink::bind(&ctx, config)?.run(shutdown)?;
         report.print(args.report.json)?;
@@ -1806,6 +1823,7 @@ fn sink(args: SinkArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     config.resume = args.resume.resume;
     config.overwrite = args.overwrite.overwrite;
     config.heartbeat = args.heartbeat.heartbeat();
+    config.max_payload = max_payload;
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
     report.print(args.report.json)?;
     Ok(match report.verdict() {

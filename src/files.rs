@@ -182,9 +182,8 @@ impl Dir {
     /// Reads the file `name`, an output: a link, anything but a regular file (a FIFO would
     /// block the sink), or a file longer than an output may be (`--max-payload`) is an
     /// error naming it.
-    pub fn read(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+    pub fn read(&self, name: &str, limit: u64) -> anyhow::Result<Vec<u8>> {
         use std::io::Read;
-        let limit = crate::protocol::max_payload();
         let c = component(name)?;
         // SAFETY: the fd is open and `name` is NUL-terminated.
         let fd = unsafe {
@@ -323,9 +322,9 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), b"new");
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         assert!(!dir.path().join(".x.tmp").exists());
-        assert_eq!(d.read("x").unwrap(), b"new");
+        assert_eq!(d.read("x", 1 << 20).unwrap(), b"new");
         std::os::unix::fs::symlink(&target, dir.path().join("y")).unwrap();
-        let e = d.read("y").unwrap_err().to_string();
+        let e = d.read("y", 1 << 20).unwrap_err().to_string();
         assert!(e.contains("symbolic link"), "{e}");
     }
 

@@ -77,6 +77,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     make_room_for(workers)?;
     run.sink.bind = "tcp://127.0.0.1:*".into();
     run.sink.access = run.access.clone();
+    // Every role of the run takes the same payloads.
+    let max_payload = run.sink.max_payload;
+    run.ventilator.max_payload = max_payload;
     let results = run
         .sink
         .results
@@ -137,6 +140,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             announce: false,
             heartbeat: run.heartbeat,
             access: run.access.clone(),
+            max_payload,
         };
         let name = config.name.clone();
         let worker = Worker::connect(&worker_ctx, config, backend)

@@ -101,6 +101,8 @@ const PROBE: &str = ".conquer-probe";
 /// The outputs of the batch being collected.
 pub struct Outputs {
     config: OutputsConfig,
+    /// The sink's `--max-payload`: the most a file read back may hold.
+    max_payload: u64,
     /// The outputs directory, opened at the first output and kept: every file is made
     /// through it.
     handle: Option<Arc<Dir>>,
@@ -166,9 +168,12 @@ fn task_of(r: &TaskResult) -> Task {
 }
 
 impl Outputs {
-    pub fn new(config: OutputsConfig) -> Outputs {
+    /// The outputs of `config`; a file read back (a band held before a restart, a
+    /// search's hits) is at most `max_payload` bytes, as an output is.
+    pub fn new(config: OutputsConfig, max_payload: u64) -> Outputs {
         Outputs {
             config,
+            max_payload,
             handle: None,
             unsynced: false,
             written: 0,
@@ -365,7 +370,7 @@ impl Outputs {
             let mut hits = std::collections::BTreeSet::new();
             for task in tasks {
                 let bytes = handle
-                    .read(&output_name(job, task, ""))
+                    .read(&output_name(job, task, ""), self.max_payload)
                     .context("reading hits back")?;
                 hits.extend(search::hits(&bytes));
             }
@@ -389,7 +394,7 @@ impl Outputs {
             if let (Some(dir), Some(handle)) = (self.config.dir.clone(), &handle) {
                 for chunk in Self::chunks_in_dir(job, &dir)? {
                     let counts = handle
-                        .read(&output_name(job, chunk, ""))
+                        .read(&output_name(job, chunk, ""), self.max_payload)
                         .context("reading rows back")?;
                     self.paint(job, chunk, &counts);
                 }
@@ -414,7 +419,7 @@ impl Outputs {
                 ..Task::default()
             };
             let counts = handle
-                .read(&output_name(job, task, ""))
+                .read(&output_name(job, task, ""), self.max_payload)
                 .with_context(|| format!("reading band {band} back"))?;
             self.paint(job, task, &counts);
         }
@@ -477,8 +482,9 @@ impl Outputs {
             return Ok(());
         };
         let chunks = Self::chunks_in_dir(job, &dir)?;
+        let max_payload = self.max_payload;
         files::write_whole(&handle, &name, |file| {
-            Self::concatenate(job, &handle, &chunks, per_item, file)
+            Self::concatenate(job, &handle, &chunks, (per_item, max_payload), file)
         })?;
         handle.sync()?;
         log::info!(
@@ -493,7 +499,7 @@ impl Outputs {
         job: &Job,
         handle: &Dir,
         chunks: &[Task],
-        per_item: u64,
+        (per_item, max_payload): (u64, u64),
         file: &mut std::fs::File,
     ) -> anyhow::Result<()> {
         let dir = handle.show("");
@@ -507,7 +513,7 @@ impl Outputs {
             if first > next {
                 bail!("items {next}..{first} of the job have no output in {dir}");
             }
-            let bytes = handle.read(&output_name(job, chunk, ""))?;
+            let bytes = handle.read(&output_name(job, chunk, ""), max_payload)?;
             // The last chunk's output may be short (a partial last item of `same`).
             let skip = ((next - first) * per_item).min(bytes.len() as u64) as usize;
             file.write_all(&bytes[skip..])
@@ -771,10 +777,13 @@ mod tests {
             constants: view.constants(),
             ..Job::default()
         };
-        let mut outputs = Outputs::new(OutputsConfig {
-            dir: None,
-            image: Some(PathBuf::from("huge.png")),
-        });
+        let mut outputs = Outputs::new(
+            OutputsConfig {
+                dir: None,
+                image: Some(PathBuf::from("huge.png")),
+            },
+            crate::protocol::DEFAULT_MAX_PAYLOAD,
+        );
         let band = TaskResult {
             output: vec![0; 16],
             ..TaskResult::default()
@@ -815,7 +824,7 @@ mod tests {
             image: None,
         };
         config.check(false, false).unwrap();
-        let mut outputs = Outputs::new(config);
+        let mut outputs = Outputs::new(config, crate::protocol::DEFAULT_MAX_PAYLOAD);
         let job = Job {
             kernel: Kernel::User.id(),
             ..Job::default()
@@ -852,7 +861,7 @@ mod tests {
         std::fs::remove_file(dir.path().join(PROBE)).unwrap();
         config.check(false, false).unwrap();
         std::os::unix::fs::symlink(&target, dir.path().join(".in.bin.out.tmp")).unwrap();
-        let mut outputs = Outputs::new(config);
+        let mut outputs = Outputs::new(config, crate::protocol::DEFAULT_MAX_PAYLOAD);
         let job = Job {
             kernel: Kernel::User.id(),
             ..Job::default()

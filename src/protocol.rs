@@ -26,20 +26,16 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
 pub const MAX_MAX_PAYLOAD: u64 = 1024 * 1024 * 1024;
 /// What a message may carry besides one payload (header, job, names, a result's fields).
 const ENVELOPE_BYTES: u64 = 1024 * 1024;
-/// This process's `--max-payload`.
-static MAX_PAYLOAD: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_PAYLOAD);
-
-/// Sets the largest task input or output this process sends or accepts (`--max-payload`),
-/// before any socket exists.
-pub fn set_max_payload(bytes: u64) -> anyhow::Result<()> {
+/// Checks a `--max-payload`: the largest task input or output a role sends or accepts.
+/// Every role is given its limit (its config's `max_payload`) and hands it to the sockets
+/// it opens and the messages it decodes; nothing holds it globally.
+pub fn check_max_payload(bytes: u64) -> anyhow::Result<u64> {
     if bytes == 0 || bytes > MAX_MAX_PAYLOAD {
         anyhow::bail!(
             "--max-payload {bytes}: give 1 to {MAX_MAX_PAYLOAD} bytes (the default is {DEFAULT_MAX_PAYLOAD}, 64 MiB)"
         );
     }
-    MAX_PAYLOAD.store(bytes, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
+    Ok(bytes)
 }
 
 /// Whether this process compresses what it sends (`--no-compress` turns it off).
@@ -60,15 +56,11 @@ pub fn codecs() -> u8 {
     }
 }
 
-/// The largest task input or output this process sends or accepts.
-pub fn max_payload() -> u64 {
-    MAX_PAYLOAD.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Largest message any socket accepts (ZMQ_MAXMSGSIZE): one payload and its envelope.
-/// Larger ones are refused by libzmq before they are read into memory.
-pub fn max_message_bytes() -> i64 {
-    i64::try_from(max_payload() + ENVELOPE_BYTES).unwrap_or(i64::MAX)
+/// Largest message a socket of a role whose limit is `max_payload` accepts
+/// (ZMQ_MAXMSGSIZE): one payload and its envelope. Larger ones are refused by libzmq
+/// before they are read into memory.
+pub fn max_message_bytes(max_payload: u64) -> i64 {
+    i64::try_from(max_payload + ENVELOPE_BYTES).unwrap_or(i64::MAX)
 }
 
 /// Largest message a socket that carries no payload accepts (the ventilator's tasks
@@ -180,11 +172,11 @@ pub fn pack(bytes: &[u8]) -> Option<Vec<u8>> {
 /// Inflates an LZ4 block that says it holds `raw_len` bytes, refusing one over
 /// `--max-payload` before any memory is taken for it, and one that inflates to more or
 /// fewer bytes than it said.
-fn unpack(packed: &[u8], raw_len: u64) -> Result<Vec<u8>, DecodeError> {
-    if raw_len > max_payload() {
+fn unpack(packed: &[u8], raw_len: u64, max_payload: u64) -> Result<Vec<u8>, DecodeError> {
+    if raw_len > max_payload {
         return Err(DecodeError::TooLarge {
             bytes: raw_len,
-            limit: max_payload(),
+            limit: max_payload,
         });
     }
     // An LZ4 block inflates at most 255 times (plus a little): a claim beyond that is a
@@ -212,8 +204,8 @@ pub const MAX_ITEMS_PER_MESSAGE: usize = 8192;
 /// one per result at most, within one payload plus a message's worth of gathered outputs;
 /// every other message is one frame. libzmq caps each frame (ZMQ_MAXMSGSIZE) but not their
 /// number: the receive loop drops whatever goes past these bounds as it arrives.
-pub fn message_bounds(head: &[u8]) -> (usize, u64) {
-    let envelope = max_message_bytes().unsigned_abs();
+pub fn message_bounds(head: &[u8], max_payload: u64) -> (usize, u64) {
+    let envelope = max_message_bytes(max_payload).unsigned_abs();
     match head.get(3) {
         Some(&19) if head.starts_with(&MAGIC) => (
             1 + MAX_ITEMS_PER_MESSAGE,
@@ -975,9 +967,11 @@ impl Message {
         (w.buf, packed.len())
     }
 
-    /// Decodes one frame. Every byte must be accounted for.
+    /// Decodes one frame, any payload up to the largest `--max-payload` there is (tests and
+    /// tools; a role decodes with its own limit through [`Message::decode_parts`]). Every
+    /// byte must be accounted for.
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
-        Self::decode_parts(frame, &[])
+        Self::decode_parts(frame, &[], MAX_MAX_PAYLOAD)
     }
 
     /// Encodes a [`Message::Results`] whose results carry outputs as a head frame and one
@@ -1036,8 +1030,13 @@ impl Message {
 
     /// Decodes a message of one frame or more: the frames after the first carry a results
     /// message's outputs (see [`Message::encode_results_split`]); any other message is one
-    /// frame. Every byte must be accounted for.
-    pub fn decode_parts(frame: &[u8], parts: &[&[u8]]) -> Result<Message, DecodeError> {
+    /// frame. Every byte must be accounted for, and no compressed payload may inflate past
+    /// `max_payload` (the decoding role's `--max-payload`).
+    pub fn decode_parts(
+        frame: &[u8],
+        parts: &[&[u8]],
+        max_payload: u64,
+    ) -> Result<Message, DecodeError> {
         if frame.len() < HEADER_LEN {
             return Err(DecodeError::TooShort(frame.len()));
         }
@@ -1056,6 +1055,7 @@ impl Message {
             buf: frame,
             pos: HEADER_LEN,
             kind: name,
+            max_payload,
         };
         let message = match kind {
             1 => Message::Hello(r.worker_info()?),
@@ -1155,7 +1155,7 @@ impl Message {
                     // Uncompressed, the outputs together stay within what the message
                     // could have carried raw: checked before anything is inflated.
                     let raw_total: u64 = frames.iter().map(|f| f.2).sum();
-                    let limit = message_bounds(frame).1;
+                    let limit = message_bounds(frame, max_payload).1;
                     if raw_total > limit {
                         return Err(DecodeError::TooLarge {
                             bytes: raw_total,
@@ -1164,7 +1164,7 @@ impl Message {
                     }
                     for (index, codec, raw_len, part) in frames {
                         results[index].output = match codec {
-                            CODEC_LZ4 => unpack(part, raw_len)?,
+                            CODEC_LZ4 => unpack(part, raw_len, max_payload)?,
                             _ => part.to_vec(),
                         };
                         count_received(false, part.len(), results[index].output.len());
@@ -1487,6 +1487,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     kind: &'static str,
+    /// The decoding role's `--max-payload`: no compressed payload inflates past it.
+    max_payload: u64,
 }
 
 impl Reader<'_> {
@@ -1583,10 +1585,11 @@ impl Reader<'_> {
                 })
             }
         };
+        let max_payload = self.max_payload;
         let wire = self.bytes(usize::MAX)?;
         let bytes = match raw_len {
             None => wire.to_vec(),
-            Some(raw_len) => unpack(wire, raw_len)?,
+            Some(raw_len) => unpack(wire, raw_len, max_payload)?,
         };
         count_received(input, wire.len(), bytes.len());
         Ok(bytes)
@@ -1972,7 +1975,7 @@ mod tests {
         let (head, parts) = Message::encode_results_split(5, &info(), &mut results, false).unwrap();
         assert!(results.iter().all(|r| r.output.is_empty()), "moved out");
         let frames: Vec<&[u8]> = parts.iter().map(|p| &p.output[..]).collect();
-        let decoded = Message::decode_parts(&head, &frames).unwrap();
+        let decoded = Message::decode_parts(&head, &frames, DEFAULT_MAX_PAYLOAD).unwrap();
         assert_eq!(
             decoded,
             Message::Results {
@@ -1982,11 +1985,13 @@ mod tests {
             }
         );
         // A frame missing, one too many, or frames after a message that takes none: refused.
-        assert!(Message::decode_parts(&head, &frames[..1]).is_err());
+        assert!(Message::decode_parts(&head, &frames[..1], DEFAULT_MAX_PAYLOAD).is_err());
         let mut more = frames.clone();
         more.push(&[0]);
-        assert!(Message::decode_parts(&head, &more).is_err());
-        assert!(Message::decode_parts(&Message::Bye.encode(), &frames).is_err());
+        assert!(Message::decode_parts(&head, &more, DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(
+            Message::decode_parts(&Message::Bye.encode(), &frames, DEFAULT_MAX_PAYLOAD).is_err()
+        );
         // Put back when the frames could not be sent.
         Message::restore_outputs(&mut results, parts);
         assert_eq!(results, original);
@@ -2034,7 +2039,7 @@ mod tests {
         );
         let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
         let before = received_bytes();
-        let decoded = Message::decode_parts(&head, &refs).unwrap();
+        let decoded = Message::decode_parts(&head, &refs, DEFAULT_MAX_PAYLOAD).unwrap();
         assert_eq!(
             decoded,
             Message::Results {
@@ -2094,14 +2099,14 @@ mod tests {
         let forge = |raw_len: u32| {
             let mut forged = frame.clone();
             forged[at..at + 4].copy_from_slice(&raw_len.to_le_bytes());
-            Message::decode(&forged)
+            Message::decode_parts(&forged, &[], DEFAULT_MAX_PAYLOAD)
         };
         // A bomb: says 4 GiB, over --max-payload; refused without allocating it.
         assert_eq!(
             forge(u32::MAX),
             Err(DecodeError::TooLarge {
                 bytes: u64::from(u32::MAX),
-                limit: max_payload(),
+                limit: DEFAULT_MAX_PAYLOAD,
             })
         );
         // Inflates to more, or fewer, bytes than it says: refused.
@@ -2122,14 +2127,14 @@ mod tests {
             Message::encode_results_split(5, &info(), &mut results, true).unwrap();
         let frames: Vec<Vec<u8>> = parts.into_iter().map(OutputPart::into_frame).collect();
         let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-        let each = (max_payload() * 2 / 3) as u32;
+        let each = (DEFAULT_MAX_PAYLOAD * 2 / 3) as u32;
         for k in 0..2 {
             // Each output's entry ends the head: index, codec, uncompressed length.
             let at = head.len() - 9 * (2 - k) + 5;
             head[at..at + 4].copy_from_slice(&each.to_le_bytes());
         }
         assert!(matches!(
-            Message::decode_parts(&head, &refs),
+            Message::decode_parts(&head, &refs, DEFAULT_MAX_PAYLOAD),
             Err(DecodeError::TooLarge { .. })
         ));
     }
@@ -2178,7 +2183,7 @@ mod tests {
         ) {
             let all = samples();
             let sample = all[which % all.len()].encode();
-            let (frames, bytes) = message_bounds(&sample);
+            let (frames, bytes) = message_bounds(&sample, DEFAULT_MAX_PAYLOAD);
             prop_assert_eq!(frames, 1);
             prop_assert!(sample.len() as u64 <= bytes);
             let mut results: Vec<TaskResult> = outputs
@@ -2197,12 +2202,12 @@ mod tests {
             };
             let (head, parts) =
                 Message::encode_results_split(9, &worker, &mut results, false).unwrap();
-            let (frames, bytes) = message_bounds(&head);
+            let (frames, bytes) = message_bounds(&head, DEFAULT_MAX_PAYLOAD);
             prop_assert!(parts.len() < frames);
             let total = head.len() + parts.iter().map(|p| p.output.len()).sum::<usize>();
             prop_assert!(total as u64 <= bytes);
             prop_assert_eq!(frames, 1 + MAX_ITEMS_PER_MESSAGE);
-            prop_assert!(bytes >= max_payload() + RESULTS_BYTES_PER_MESSAGE as u64);
+            prop_assert!(bytes >= DEFAULT_MAX_PAYLOAD + RESULTS_BYTES_PER_MESSAGE as u64);
         }
 
         /// Flipping any one byte of a valid message either is rejected or decodes to a

@@ -50,6 +50,8 @@ pub struct SinkConfig {
     /// How to finish the batch after a stop, in the words of the command that was run
     /// (`conquer run` resumes with its own `--resume`); None: restart this sink.
     pub resume_advice: Option<String>,
+    /// The largest task input or output it sends or accepts (`--max-payload`).
+    pub max_payload: u64,
 }
 
 impl Default for SinkConfig {
@@ -67,6 +69,7 @@ impl Default for SinkConfig {
             access: crate::auth::Access::default(),
             trace: None,
             outputs: crate::outputs::OutputsConfig::default(),
+            max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -124,6 +127,7 @@ impl Sink {
             &config.bind,
             "--bind",
             gate.as_ref(),
+            config.max_payload,
         )?;
         socket.set_router_mandatory(true)?;
         sockets::never_stop_input(&socket)?;
@@ -178,7 +182,7 @@ impl Sink {
             .trace
             .as_ref()
             .map(|_| crate::trace::Trace::default());
-        let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
+        let mut outputs = crate::outputs::Outputs::new(config.outputs.clone(), config.max_payload);
         // Outputs received in this run, as they crossed the wire and uncompressed.
         let received = crate::protocol::received_bytes();
         let outcome = collect_batch(
@@ -476,7 +480,8 @@ impl<'a> Pump<'a> {
             if readable {
                 let socket = self.socket;
                 let secret = self.config.access.secret.is_some();
-                sockets::drain(socket, true, "the results socket", |inbound| {
+                let max_payload = self.config.max_payload;
+                sockets::drain(socket, true, "the results socket", max_payload, |inbound| {
                     let message = inbound.message.and_then(|message| {
                         if secret {
                             crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
@@ -859,7 +864,8 @@ mod tests {
             let pump = {
                 let shutdown = shutdown.clone();
                 std::thread::spawn(move || {
-                    let mut outputs = crate::outputs::Outputs::new(config.outputs.clone());
+                    let mut outputs =
+                        crate::outputs::Outputs::new(config.outputs.clone(), config.max_payload);
                     let mut file = results
                         .map(|path| ResultsFile::create(&path, ResultsFormat::Jsonl, false))
                         .transpose()?;

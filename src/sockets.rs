@@ -14,9 +14,9 @@ const ZMTP_HEARTBEAT_MS: i32 = 1000;
 const RECONNECT_MAX_MS: i32 = 250;
 const ZMTP_HEARTBEAT_TIMEOUT_MS: i32 = 5000;
 
-fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
+fn common_options(socket: &zmq::Socket, max_payload: u64) -> zmq::Result<()> {
     socket.set_linger(LINGER_MS)?;
-    socket.set_maxmsgsize(crate::protocol::max_message_bytes())?;
+    socket.set_maxmsgsize(crate::protocol::max_message_bytes(max_payload))?;
     socket.set_heartbeat_ivl(ZMTP_HEARTBEAT_MS)?;
     socket.set_heartbeat_timeout(ZMTP_HEARTBEAT_TIMEOUT_MS)
 }
@@ -27,7 +27,7 @@ fn common_options(socket: &zmq::Socket) -> zmq::Result<()> {
 /// connection errs while stopped and the role sends to the peer, as it does with every
 /// welcome and heartbeat. Unbounded here is still bounded by the batch: workers send
 /// results and credit only for tasks they were given, and each message is at most
-/// `protocol::max_message_bytes()`.
+/// `protocol::max_message_bytes` of the role's `--max-payload`.
 pub fn never_stop_input(socket: &zmq::Socket) -> anyhow::Result<()> {
     socket
         .set_rcvhwm(0)
@@ -45,11 +45,20 @@ pub fn bind(
     endpoint: &str,
     flag: &str,
     gate: Option<&crate::auth::Gate>,
+    max_payload: u64,
 ) -> anyhow::Result<(zmq::Socket, String)> {
-    bind_prepared(ctx, kind, role, endpoint, flag, |socket| match gate {
-        Some(gate) => gate.guard(socket, role),
-        None => Ok(()),
-    })
+    bind_prepared(
+        ctx,
+        kind,
+        role,
+        endpoint,
+        flag,
+        max_payload,
+        |socket| match gate {
+            Some(gate) => gate.guard(socket, role),
+            None => Ok(()),
+        },
+    )
 }
 
 /// [`bind`], with `prepare` run on the socket just before it binds (instead of a gate's
@@ -60,12 +69,13 @@ pub fn bind_prepared(
     role: &str,
     endpoint: &str,
     flag: &str,
+    max_payload: u64,
     prepare: impl FnOnce(&zmq::Socket) -> anyhow::Result<()>,
 ) -> anyhow::Result<(zmq::Socket, String)> {
     let socket = ctx
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
-    common_options(&socket)?;
+    common_options(&socket, max_payload)?;
     check_endpoint(endpoint, flag, true)?;
     let (endpoint, ipv6) = bind_address(endpoint, flag)?;
     if ipv6 {
@@ -108,6 +118,9 @@ pub struct Caller<'a> {
     pub access: &'a crate::auth::Access,
     /// The user id it authenticates as with a secret (`worker:NAME`, `ventilator`).
     pub user: &'a str,
+    /// The caller's `--max-payload`: the largest message the socket takes is one payload
+    /// and its envelope.
+    pub max_payload: u64,
 }
 
 /// A socket connected to `endpoint`. Connecting succeeds before the peer exists (ZeroMQ
@@ -123,7 +136,7 @@ pub fn connect(
     let socket = ctx
         .socket(kind)
         .with_context(|| format!("cannot create the {role} socket"))?;
-    common_options(&socket)?;
+    common_options(&socket, caller.max_payload)?;
     // Redial a restarted or late peer within a quarter second, as the Guide's workers do
     // (libzmq's default, 100 ms flat), backing off no further than that.
     socket.set_reconnect_ivl(100)?;
@@ -188,6 +201,7 @@ pub fn drain(
     socket: &zmq::Socket,
     router: bool,
     what: &str,
+    max_payload: u64,
     mut each: impl FnMut(Inbound) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     loop {
@@ -215,8 +229,8 @@ pub fn drain(
             if !routing {
                 count += 1;
                 bytes += frame.len() as u64;
-                let (max_frames, max_bytes) =
-                    *bounds.get_or_insert_with(|| crate::protocol::message_bounds(&frame));
+                let (max_frames, max_bytes) = *bounds
+                    .get_or_insert_with(|| crate::protocol::message_bounds(&frame, max_payload));
                 over |= count > max_frames || bytes > max_bytes;
             }
             if !over || routing {
@@ -269,7 +283,7 @@ pub fn drain(
             Some((payload, rest)) => {
                 // A results message may carry its outputs as frames after its own.
                 let parts: Vec<&[u8]> = rest.iter().map(|f| &f[..]).collect();
-                let message = crate::protocol::Message::decode_parts(payload, &parts)
+                let message = crate::protocol::Message::decode_parts(payload, &parts, max_payload)
                     .map_err(|e| e.to_string());
                 if let Ok(crate::protocol::Message::Hello(_) | crate::protocol::Message::Join(_)) =
                     &message
@@ -506,10 +520,19 @@ mod tests {
             identity: None,
             access: &access,
             user: "",
+            max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         };
         for endpoint in ["tcp://localhost:0", "tcp://[::1]:0"] {
-            let (server, bound) =
-                bind(&ctx, zmq::ROUTER, "test", endpoint, "--bind", None).unwrap();
+            let (server, bound) = bind(
+                &ctx,
+                zmq::ROUTER,
+                "test",
+                endpoint,
+                "--bind",
+                None,
+                crate::protocol::DEFAULT_MAX_PAYLOAD,
+            )
+            .unwrap();
             let client = connect(&ctx, zmq::DEALER, "test", &bound, "--sink", &caller).unwrap();
             client.send("ping", 0).unwrap();
             let mut items = [server.as_poll_item(zmq::POLLIN)];

@@ -72,6 +72,8 @@ pub struct VentilatorConfig {
     pub fixed_workers: usize,
     /// Tries a task gets before it is given up on (`--max-attempts`).
     pub max_attempts: u32,
+    /// The largest task input or output it sends or accepts (`--max-payload`).
+    pub max_payload: u64,
 }
 
 /// Tries a task gets by default: a task that fails this often on the farm's workers is
@@ -112,6 +114,7 @@ impl VentilatorConfig {
             kernel_source: None,
             fixed_workers: 0,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -176,6 +179,7 @@ impl Ventilator {
             "tasks",
             &config.bind,
             "--bind",
+            config.max_payload,
             |socket| {
                 socket.set_maxmsgsize(crate::protocol::CONTROL_MESSAGE_BYTES)?;
                 match gate.as_ref() {
@@ -194,6 +198,7 @@ impl Ventilator {
             identity: None,
             access: &config.access,
             user: crate::auth::VENTILATOR_USER,
+            max_payload: config.max_payload,
         };
         let sink_socket =
             sockets::connect(ctx, zmq::DEALER, "sink", &config.sink, "--sink", &caller)?;
@@ -376,97 +381,114 @@ impl Ventilator {
             let secret = self.config.access.secret.is_some();
             let mut end = None;
             if items[0].is_readable() {
-                sockets::drain(&self.tasks_socket, true, "the tasks socket", |inbound| {
-                    let message = inbound.message.and_then(|message| {
-                        if secret {
-                            crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
+                sockets::drain(
+                    &self.tasks_socket,
+                    true,
+                    "the tasks socket",
+                    self.config.max_payload,
+                    |inbound| {
+                        let message = inbound.message.and_then(|message| {
+                            if secret {
+                                crate::auth::speaks_for_itself(
+                                    &inbound.user,
+                                    &inbound.peer,
+                                    &message,
+                                )?;
+                            }
+                            Ok(message)
+                        });
+                        let now = Instant::now();
+                        // Reports the dispatcher believes: this batch's, from a worker not
+                        // declared gone.
+                        if let (Some(o), Ok(Message::Done { batch, done })) =
+                            (observer.as_mut(), &message)
+                        {
+                            let from = dispatcher
+                                .worker_id(&inbound.peer)
+                                .filter(|&w| dispatcher.worker(w).alive);
+                            if let (Some(w), true) = (from, *batch == dispatcher.batch_id()) {
+                                o.done(now, w, done);
+                            }
                         }
-                        Ok(message)
-                    });
-                    let now = Instant::now();
-                    // Reports the dispatcher believes: this batch's, from a worker not
-                    // declared gone.
-                    if let (Some(o), Ok(Message::Done { batch, done })) =
-                        (observer.as_mut(), &message)
-                    {
-                        let from = dispatcher
-                            .worker_id(&inbound.peer)
-                            .filter(|&w| dispatcher.worker(w).alive);
-                        if let (Some(w), true) = (from, *batch == dispatcher.batch_id()) {
-                            o.done(now, w, done);
+                        let greeted = match (&inbound.address, observer.is_some()) {
+                            (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
+                            _ => None,
+                        };
+                        if let Ok(Message::Hello(info)) = &message {
+                            let mut peers = self.lz4_peers.borrow_mut();
+                            if info.codecs & crate::protocol::CODEC_LZ4 != 0 {
+                                peers.insert(inbound.peer.clone());
+                            } else {
+                                peers.remove(&inbound.peer);
+                            }
                         }
-                    }
-                    let greeted = match (&inbound.address, observer.is_some()) {
-                        (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
-                        _ => None,
-                    };
-                    if let Ok(Message::Hello(info)) = &message {
-                        let mut peers = self.lz4_peers.borrow_mut();
-                        if info.codecs & crate::protocol::CODEC_LZ4 != 0 {
-                            peers.insert(inbound.peer.clone());
-                        } else {
-                            peers.remove(&inbound.peer);
+                        if let (Ok(Message::Hello(_)), Some(_)) =
+                            (&message, &self.config.kernel_source)
+                        {
+                            // A greeting may follow a reconnect, which drops what was queued to
+                            // the old connection: the kernel goes again before the next task.
+                            self.sent_source.borrow_mut().remove(&inbound.peer);
                         }
-                    }
-                    if let (Ok(Message::Hello(_)), Some(_)) = (&message, &self.config.kernel_source)
-                    {
-                        // A greeting may follow a reconnect, which drops what was queued to
-                        // the old connection: the kernel goes again before the next task.
-                        self.sent_source.borrow_mut().remove(&inbound.peer);
-                    }
-                    let event = match message {
-                        Ok(message) => Event::FromWorker {
-                            routing_id: inbound.peer,
-                            message,
-                        },
-                        Err(why) => Event::Rejected {
-                            peer: sockets::peer_name(&inbound.peer),
-                            why,
-                        },
-                    };
-                    dispatcher.handle(now, event, &mut out);
-                    if let (Some(o), Some((peer, address))) = (observer.as_mut(), greeted) {
-                        if let Some(w) = dispatcher.worker_id(&peer) {
-                            o.address(w, &address);
+                        let event = match message {
+                            Ok(message) => Event::FromWorker {
+                                routing_id: inbound.peer,
+                                message,
+                            },
+                            Err(why) => Event::Rejected {
+                                peer: sockets::peer_name(&inbound.peer),
+                                why,
+                            },
+                        };
+                        dispatcher.handle(now, event, &mut out);
+                        if let (Some(o), Some((peer, address))) = (observer.as_mut(), greeted) {
+                            if let Some(w) = dispatcher.worker_id(&peer) {
+                                o.address(w, &address);
+                            }
                         }
-                    }
-                    end = end
-                        .take()
-                        .or_else(|| self.carry_out(dispatcher, observer, &mut out));
-                    Ok(())
-                })?;
+                        end = end
+                            .take()
+                            .or_else(|| self.carry_out(dispatcher, observer, &mut out));
+                        Ok(())
+                    },
+                )?;
             }
             if items[1].is_readable() {
-                sockets::drain(&self.sink_socket, false, "the sink socket", |inbound| {
-                    if let Some(o) = observer.as_mut() {
-                        match &inbound.message {
-                            Ok(Message::Held { ids, .. }) => o.held(Instant::now(), ids),
-                            Ok(Message::SinkSide { batch, side })
-                                if *batch == dispatcher.batch_id() =>
-                            {
-                                o.sink_side(side)
+                sockets::drain(
+                    &self.sink_socket,
+                    false,
+                    "the sink socket",
+                    self.config.max_payload,
+                    |inbound| {
+                        if let Some(o) = observer.as_mut() {
+                            match &inbound.message {
+                                Ok(Message::Held { ids, .. }) => o.held(Instant::now(), ids),
+                                Ok(Message::SinkSide { batch, side })
+                                    if *batch == dispatcher.batch_id() =>
+                                {
+                                    o.sink_side(side)
+                                }
+                                _ => {}
                             }
-                            _ => {}
                         }
-                    }
-                    let event = match inbound.message {
-                        Ok(message) => Event::FromSink(message),
-                        Err(why) => Event::Rejected {
-                            peer: "sink".into(),
-                            why,
-                        },
-                    };
-                    dispatcher.handle(Instant::now(), event, &mut out);
-                    // A divisible job's chunks held, as the sink's item ranges named them.
-                    let chunks = dispatcher.take_chunks_held();
-                    if let Some(o) = observer.as_mut().filter(|_| !chunks.is_empty()) {
-                        o.held(Instant::now(), &chunks);
-                    }
-                    end = end
-                        .take()
-                        .or_else(|| self.carry_out(dispatcher, observer, &mut out));
-                    Ok(())
-                })?;
+                        let event = match inbound.message {
+                            Ok(message) => Event::FromSink(message),
+                            Err(why) => Event::Rejected {
+                                peer: "sink".into(),
+                                why,
+                            },
+                        };
+                        dispatcher.handle(Instant::now(), event, &mut out);
+                        // A divisible job's chunks held, as the sink's item ranges named them.
+                        let chunks = dispatcher.take_chunks_held();
+                        if let Some(o) = observer.as_mut().filter(|_| !chunks.is_empty()) {
+                            o.held(Instant::now(), &chunks);
+                        }
+                        end = end
+                            .take()
+                            .or_else(|| self.carry_out(dispatcher, observer, &mut out));
+                        Ok(())
+                    },
+                )?;
             }
             if let Some(end) = end {
                 return end;
@@ -563,7 +585,7 @@ impl Ventilator {
                         let compress = crate::protocol::codecs() & crate::protocol::CODEC_LZ4 != 0
                             && self.lz4_peers.borrow().contains(to);
                         for (k, task) in tasks.iter().enumerate() {
-                            let max = crate::protocol::max_payload();
+                            let max = self.config.max_payload;
                             let (message, input_len, wire) = match inputs
                                 .data_message(batch, job, *task, max)
                             {
@@ -679,25 +701,37 @@ impl Ventilator {
             )?;
             let (tasks, sink) = (items[0].is_readable(), items[1].is_readable());
             if sink {
-                sockets::drain(&self.sink_socket, false, "the sink socket", |inbound| {
-                    if let Ok(Message::SinkSide { batch: b, side }) = &inbound.message {
-                        if *b == batch {
-                            o.sink_side(side);
+                sockets::drain(
+                    &self.sink_socket,
+                    false,
+                    "the sink socket",
+                    self.config.max_payload,
+                    |inbound| {
+                        if let Ok(Message::SinkSide { batch: b, side }) = &inbound.message {
+                            if *b == batch {
+                                o.sink_side(side);
+                            }
                         }
-                    }
-                    Ok(())
-                })?;
+                        Ok(())
+                    },
+                )?;
             }
             if tasks {
-                sockets::drain(&self.tasks_socket, true, "the tasks socket", |inbound| {
-                    if let Ok(Message::Done { batch: b, done }) = &inbound.message {
-                        let from = d.worker_id(&inbound.peer).filter(|&w| d.worker(w).alive);
-                        if let (Some(w), true) = (from, *b == batch) {
-                            o.done(Instant::now(), w, done);
+                sockets::drain(
+                    &self.tasks_socket,
+                    true,
+                    "the tasks socket",
+                    self.config.max_payload,
+                    |inbound| {
+                        if let Ok(Message::Done { batch: b, done }) = &inbound.message {
+                            let from = d.worker_id(&inbound.peer).filter(|&w| d.worker(w).alive);
+                            if let (Some(w), true) = (from, *b == batch) {
+                                o.done(Instant::now(), w, done);
+                            }
                         }
-                    }
-                    Ok(())
-                })?;
+                        Ok(())
+                    },
+                )?;
             }
             let now = Instant::now();
             if now >= next_publish || sink {

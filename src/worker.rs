@@ -44,6 +44,8 @@ pub struct WorkerConfig {
     pub heartbeat: Heartbeat,
     /// The secret it presents to the ventilator and the sink.
     pub access: crate::auth::Access,
+    /// The largest task input or output it sends or accepts (`--max-payload`).
+    pub max_payload: u64,
 }
 
 /// What a worker did, for tests and logs.
@@ -219,6 +221,7 @@ impl Worker {
             identity: Some(&id),
             access: &config.access,
             user: &user,
+            max_payload: config.max_payload,
         };
         let tasks = sockets::connect(
             ctx,
@@ -269,6 +272,7 @@ impl Worker {
             let abandon = abandon.clone();
             let failure = failure.clone();
             let thread_name = format!("{}-exec", config.name);
+            let max_payload = config.max_payload;
             std::thread::Builder::new()
                 .name(thread_name)
                 .spawn(move || {
@@ -281,6 +285,7 @@ impl Worker {
                             stop: &stop,
                             abandon: &abandon,
                             failure: &failure,
+                            max_payload,
                         },
                     )
                 })
@@ -307,6 +312,7 @@ impl Worker {
                 info,
                 tasks,
                 results,
+                max_payload: config.max_payload,
                 monitors,
             },
             config,
@@ -344,7 +350,7 @@ impl Worker {
                 announce: config.announce,
                 exit_when_done: config.exit_when_done,
                 batch_wait: config.batch_wait,
-                max_payload: crate::protocol::max_payload(),
+                max_payload: config.max_payload,
             },
             Instant::now(),
         );
@@ -398,6 +404,8 @@ struct Io {
     info: WorkerInfo,
     tasks: zmq::Socket,
     results: zmq::Socket,
+    /// The worker's `--max-payload`.
+    max_payload: u64,
     /// Failed handshakes of `tasks` and `results`.
     monitors: [zmq::Socket; 2],
 }
@@ -480,26 +488,40 @@ impl Pump<'_> {
                 end = end.or(self.carry_out(flow, &mut out));
             }
             if items[2].is_readable() {
-                sockets::drain(&self.io.results, false, "the results socket", |inbound| {
-                    flow.handle(
-                        Instant::now(),
-                        FlowEvent::FromSink(inbound.message),
-                        &mut out,
-                    );
-                    end = end.take().or_else(|| self.carry_out(flow, &mut out));
-                    Ok(())
-                })?;
+                let max_payload = self.io.max_payload;
+                sockets::drain(
+                    &self.io.results,
+                    false,
+                    "the results socket",
+                    max_payload,
+                    |inbound| {
+                        flow.handle(
+                            Instant::now(),
+                            FlowEvent::FromSink(inbound.message),
+                            &mut out,
+                        );
+                        end = end.take().or_else(|| self.carry_out(flow, &mut out));
+                        Ok(())
+                    },
+                )?;
             }
             if items[0].is_readable() {
-                sockets::drain(&self.io.tasks, false, "the tasks socket", |inbound| {
-                    flow.handle(
-                        Instant::now(),
-                        FlowEvent::FromVentilator(inbound.message),
-                        &mut out,
-                    );
-                    end = end.take().or_else(|| self.carry_out(flow, &mut out));
-                    Ok(())
-                })?;
+                let max_payload = self.io.max_payload;
+                sockets::drain(
+                    &self.io.tasks,
+                    false,
+                    "the tasks socket",
+                    max_payload,
+                    |inbound| {
+                        flow.handle(
+                            Instant::now(),
+                            FlowEvent::FromVentilator(inbound.message),
+                            &mut out,
+                        );
+                        end = end.take().or_else(|| self.carry_out(flow, &mut out));
+                        Ok(())
+                    },
+                )?;
             }
             if let Some(end) = end {
                 return end;
@@ -598,6 +620,8 @@ struct Shared<'a> {
     stop: &'a AtomicBool,
     abandon: &'a Abandon,
     failure: &'a Mutex<Option<String>>,
+    /// The worker's `--max-payload`: a task whose output would pass it is not run.
+    max_payload: u64,
 }
 
 /// The executor thread: feeds queued tasks to the backend and hands outcomes back in
@@ -615,6 +639,7 @@ fn execute(
         stop,
         abandon,
         failure,
+        max_payload,
     } = shared;
     let mut buffer: Vec<Finished> = Vec::new();
     let mut last_flush = Instant::now();
@@ -710,7 +735,7 @@ fn execute(
                         Some((name, input)) => Work { task, name, input },
                         None => Work::from(task),
                     };
-                    match crate::backend::fits(&job, &work) {
+                    match crate::backend::fits(&job, &work, max_payload) {
                         Ok(()) => return Some(work),
                         Err(why) => {
                             log::error!("{why}");

@@ -196,8 +196,7 @@ pub trait Backend: Send {
 /// ventilator asking for more than this worker takes): the worker declines the batch
 /// before anything is allocated. A task whose shape is invalid is left to the backend,
 /// which fails it.
-pub fn fits(job: &Job, work: &Work) -> Result<(), String> {
-    let limit = crate::protocol::max_payload();
+pub fn fits(job: &Job, work: &Work, limit: u64) -> Result<(), String> {
     match crate::kernels::shape(job, work.task, work.input.len()) {
         Ok(shape) if shape.output_bytes as u64 > limit => Err(format!(
             "task {} asks for {} bytes of output, over this worker's --max-payload {limit} \

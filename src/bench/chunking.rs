@@ -238,7 +238,7 @@ pub(super) fn chunking(
             plan: Plan {
                 policy: Policy::Static,
                 items: mandel.items,
-                max_chunk: (crate::protocol::max_payload() / (u64::from(width) * 4)).max(1) as u32,
+                max_chunk: (args.max_payload / (u64::from(width) * 4)).max(1) as u32,
                 nominal_us: 0.0,
             },
         }),

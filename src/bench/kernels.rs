@@ -191,7 +191,7 @@ pub(super) fn kernels(
     let workers = 2;
     let dir = tempfile_dir()?;
     for size in [64u64 << 10, 1 << 20, 16 << 20] {
-        if size > crate::protocol::max_payload() {
+        if size > args.max_payload {
             bail!("payload {size} bytes is over --max-payload");
         }
         let tasks = (total / size).max(4) as u32;
@@ -210,10 +210,7 @@ pub(super) fn kernels(
             std::fs::write(folder.join(format!("{t:05}.bin")), bytes)?;
         }
         let pattern = format!("{}/*.bin", folder.display());
-        let inputs = std::sync::Arc::new(crate::batch::Inputs::find(
-            &pattern,
-            crate::protocol::max_payload(),
-        )?);
+        let inputs = std::sync::Arc::new(crate::batch::Inputs::find(&pattern, args.max_payload)?);
         let batch = inputs.batch()?;
         let job = Job {
             kernel: Kernel::Copy.id(),

@@ -122,6 +122,9 @@ pub struct BenchArgs {
     /// The adapter's peak 32-bit integer throughput in Gop/s, to rate spin against.
     #[arg(long, value_name = "GOPS")]
     pub int_peak_gops: Option<f64>,
+    /// The process's `--max-payload` (a global flag), for the roles the suites run.
+    #[arg(skip = crate::protocol::DEFAULT_MAX_PAYLOAD)]
+    pub max_payload: u64,
     /// Scaling suite: run every batch with the live view on (`--http`), `/metrics` scraped
     /// every 100 ms and `/api/status` read twice a second (as the page does), to compare
     /// with a run without.

@@ -586,3 +586,44 @@ fn a_worker_whose_device_keeps_failing_leaves_saying_why_and_others_finish() {
     assert!(r["redispatched"].as_u64().unwrap() >= 1, "{r}");
     drop((vent, healthy));
 }
+
+#[test]
+fn a_payload_over_the_default_passes_every_role_given_a_larger_max_payload() {
+    // 70 MiB that no codec shrinks: over the default 64 MiB (and its envelope) on the wire
+    // as in memory, so every socket, decoder and check must have the raised limit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let bytes: Vec<u8> = (0..70usize << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u8
+        })
+        .collect();
+    std::fs::write(dir.path().join("big.bin"), &bytes).unwrap();
+    let out = dir.path().join("out");
+    let glob = format!("{}/*.bin", dir.path().display());
+    let (status, _, log) = Proc::start(
+        "run",
+        &[
+            "--max-payload",
+            "96M",
+            "run",
+            "--backend",
+            "cpu",
+            "--workers",
+            "1",
+            "--kernel",
+            "copy",
+            "--inputs",
+            &glob,
+            "--outputs",
+            out.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert!(status.success(), "{log}");
+    let copied = std::fs::read(out.join("big.bin.out")).unwrap();
+    assert!(copied == bytes, "the output differs from its input");
+}

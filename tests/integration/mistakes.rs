@@ -764,6 +764,7 @@ fn m17_connecting_sockets_redial_within_a_quarter_second() {
             identity: None,
             access: &conquer::auth::Access::default(),
             user: "worker:test",
+            max_payload: conquer::protocol::DEFAULT_MAX_PAYLOAD,
         },
     )
     .unwrap();

@@ -247,7 +247,8 @@ fn garbage_at_every_bound_socket_is_counted_and_the_batch_stays_correct() {
         giant.set_linger(1000).unwrap();
         giant.connect(endpoint).unwrap();
         // One byte over the default --max-payload and its envelope.
-        let limit = conquer::protocol::max_message_bytes() as usize;
+        let limit =
+            conquer::protocol::max_message_bytes(conquer::protocol::DEFAULT_MAX_PAYLOAD) as usize;
         giant.send(vec![b'C'; limit + 1], 0).unwrap();
     }
     drop(ctx); // waits until every frame is flushed, well before the batch can end
