@@ -1379,7 +1379,10 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         Some(bytes) => crate::protocol::check_max_payload(bytes)?,
         None => crate::protocol::DEFAULT_MAX_PAYLOAD,
     };
-    crate::protocol::set_compress(!cli.no_compress);
+    let wire = Wire {
+        max_payload,
+        compress: !cli.no_compress,
+    };
     if let Some(path) = &cli.events {
         crate::events::open(path)?;
     }
@@ -1392,10 +1395,10 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         },
     };
     match command {
-        Command::Run(args) => run(args, max_payload, shutdown),
-        Command::Ventilator(args) => ventilator(args, max_payload, shutdown),
-        Command::Worker(args) => work(args, max_payload, shutdown),
-        Command::Sink(args) => sink(args, max_payload, shutdown),
+        Command::Run(args) => run(args, wire, shutdown),
+        Command::Ventilator(args) => ventilator(args, wire, shutdown),
+        Command::Worker(args) => work(args, wire, shutdown),
+        Command::Sink(args) => sink(args, wire, shutdown),
         Command::Bench(mut args) => {
             args.max_payload = max_payload;
             crate::bench::run(args, shutdown)
@@ -1508,7 +1511,11 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
     }
 }
 
-fn run(args: RunArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn run(args: RunArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let Wire {
+        max_payload,
+        compress,
+    } = wire;
     let mut access = crate::auth::Access {
         insecure: args.insecure,
         ..args.secret.access()?
@@ -1600,6 +1607,7 @@ fn run(args: RunArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i
     let policy = prepared.chunking.map(|plan| plan.policy.name());
     let mut sink = args.report.sink_config(String::new());
     sink.max_payload = max_payload;
+    sink.compress = compress;
     sink.overwrite = args.overwrite.overwrite;
     sink.resume = args.resume.resume;
     sink.resume_advice = Some(format!("run `{}`", this_command_with("--resume")));
@@ -1689,7 +1697,11 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-fn ventilator(args: VentilatorArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn ventilator(args: VentilatorArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let Wire {
+        max_payload,
+        compress,
+    } = wire;
     let wait_timeout = seconds(args.wait_timeout, "--wait-timeout")?;
     if args.classic && args.http.http.is_some() {
         bail!("--http needs the credit protocol: classic mode has no live view (drop --classic or --http)");
@@ -1741,13 +1753,18 @@ fn ventilator(args: VentilatorArgs, max_payload: u64, shutdown: &Shutdown) -> an
         fixed_workers: 0,
         max_attempts: args.dispatch.max_attempts,
         max_payload,
+        compress,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;
     Ok(0)
 }
 
-fn work(args: WorkerArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn work(args: WorkerArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let Wire {
+        max_payload,
+        compress,
+    } = wire;
     // A secret that cannot be used fails before any adapter is probed.
     let access = args.secret.access()?;
     let backend = args.backend.build()?;
@@ -1780,6 +1797,7 @@ fn work(args: WorkerArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Resu
         heartbeat: args.heartbeat.heartbeat(),
         access,
         max_payload,
+        compress,
     };
     crate::heartbeat::check_name(&config.name).map_err(|why| anyhow::anyhow!("--name: {why}"))?;
     let ctx = zmq::Context::new();
@@ -1801,10 +1819,22 @@ fn work(args: WorkerArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Resu
     Ok(0)
 }
 
+/// What every role of this process sends and accepts on the wire: `--max-payload`, and
+/// whether it compresses (not with `--no-compress`).
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    max_payload: u64,
+    compress: bool,
+}
+
 /// Exit status of a worker with --exit-when-done that heard of no batch in time.
 pub const EXIT_NO_BATCH: i32 = 3;
 
-fn sink(args: SinkArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result<i32> {
+fn sink(args: SinkArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let Wire {
+        max_payload,
+        compress,
+    } = wire;
     let ctx = zmq::Context::new();
     if args.classic {
         let config = crate::classic::ClassicSinkConfig {
@@ -1824,6 +1854,7 @@ fn sink(args: SinkArgs, max_payload: u64, shutdown: &Shutdown) -> anyhow::Result
     config.overwrite = args.overwrite.overwrite;
     config.heartbeat = args.heartbeat.heartbeat();
     config.max_payload = max_payload;
+    config.compress = compress;
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
     report.print(args.report.json)?;
     Ok(match report.verdict() {

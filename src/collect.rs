@@ -66,6 +66,8 @@ pub struct CollectConfig {
     /// The command that finishes the batch after a stop, where the sink is not its own
     /// process (`conquer run`); None: restart the sink with `--resume`.
     pub resume_advice: Option<String>,
+    /// The codecs it takes outputs in, as its welcome says (`protocol::codecs`).
+    pub codecs: u8,
 }
 
 /// What happened, as the pump saw it.
@@ -254,12 +256,10 @@ struct Early {
     results: Vec<TaskResult>,
 }
 
-/// The sink's welcome: it takes outputs in the codecs this process speaks (none with
+/// The sink's welcome: it takes outputs in the codecs it speaks (none with
 /// `--no-compress`, which asks workers for raw outputs).
-fn welcome() -> Message {
-    Message::Welcome {
-        codecs: crate::protocol::codecs(),
-    }
+fn welcome(codecs: u8) -> Message {
+    Message::Welcome { codecs }
 }
 
 /// Everything the sink counts while it runs.
@@ -608,7 +608,7 @@ impl Collector {
                 && now.saturating_duration_since(existing.last_seen) < timeout;
             if maybe_clash {
                 let old = existing.routing_id.clone();
-                Self::send(out, &old, welcome());
+                Self::send(out, &old, welcome(self.config.codecs));
                 self.claims.push(Claim {
                     old,
                     routing_id,
@@ -643,7 +643,7 @@ impl Collector {
                 log::debug!("worker {} joined ({})", printable(&info.name), info.backend);
             }
         }
-        Self::send(out, &routing_id, welcome());
+        Self::send(out, &routing_id, welcome(self.config.codecs));
     }
 
     fn unreachable(&mut self, now: Instant, routing_id: &[u8], out: &mut Vec<SinkCommand>) {

@@ -18,6 +18,7 @@ fn config() -> CollectConfig {
         endpoint: "tcp://test:5558".into(),
         results_path: None,
         resume_advice: None,
+        codecs: crate::protocol::CODEC_LZ4,
     }
 }
 

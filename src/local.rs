@@ -78,8 +78,9 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     run.sink.bind = "tcp://127.0.0.1:*".into();
     run.sink.access = run.access.clone();
     // Every role of the run takes the same payloads.
-    let max_payload = run.sink.max_payload;
+    let (max_payload, compress) = (run.sink.max_payload, run.sink.compress);
     run.ventilator.max_payload = max_payload;
+    run.ventilator.compress = compress;
     let results = run
         .sink
         .results
@@ -141,6 +142,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             heartbeat: run.heartbeat,
             access: run.access.clone(),
             max_payload,
+            compress,
         };
         let name = config.name.clone();
         let worker = Worker::connect(&worker_ctx, config, backend)

@@ -38,18 +38,10 @@ pub fn check_max_payload(bytes: u64) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
-/// Whether this process compresses what it sends (`--no-compress` turns it off).
-static COMPRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Sets whether this process compresses task inputs and outputs it sends, when they are
-/// worth it and the peer speaks the codec (`--no-compress`), before any socket exists.
-pub fn set_compress(on: bool) {
-    COMPRESS.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The codecs this process speaks: what a worker announces in [`WorkerInfo::codecs`].
-pub fn codecs() -> u8 {
-    if COMPRESS.load(std::sync::atomic::Ordering::Relaxed) {
+/// The codecs a role speaks: LZ4, unless it was given `--no-compress` (`compress` false).
+/// What a worker announces in [`WorkerInfo::codecs`], and a sink in its welcome.
+pub fn codecs(compress: bool) -> u8 {
+    if compress {
         CODEC_LZ4
     } else {
         0

@@ -52,6 +52,9 @@ pub struct SinkConfig {
     pub resume_advice: Option<String>,
     /// The largest task input or output it sends or accepts (`--max-payload`).
     pub max_payload: u64,
+    /// Compress task inputs or outputs it sends when that pays and the peer speaks LZ4
+    /// (false with `--no-compress`, which also asks peers for raw).
+    pub compress: bool,
 }
 
 impl Default for SinkConfig {
@@ -70,6 +73,7 @@ impl Default for SinkConfig {
             trace: None,
             outputs: crate::outputs::OutputsConfig::default(),
             max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
+            compress: true,
         }
     }
 }
@@ -177,6 +181,7 @@ impl Sink {
                 .as_ref()
                 .map(|(path, _)| path.display().to_string()),
             resume_advice: config.resume_advice.clone(),
+            codecs: crate::protocol::codecs(config.compress),
         };
         let mut trace = config
             .trace
@@ -876,6 +881,7 @@ mod tests {
                         endpoint: ENDPOINT.into(),
                         results_path: None,
                         resume_advice: None,
+                        codecs: crate::protocol::CODEC_LZ4,
                     };
                     let mut c =
                         Collector::new(collect, None, Instant::now(), crate::worker::unix_ms());

@@ -74,6 +74,9 @@ pub struct VentilatorConfig {
     pub max_attempts: u32,
     /// The largest task input or output it sends or accepts (`--max-payload`).
     pub max_payload: u64,
+    /// Compress task inputs or outputs it sends when that pays and the peer speaks LZ4
+    /// (false with `--no-compress`, which also asks peers for raw).
+    pub compress: bool,
 }
 
 /// Tries a task gets by default: a task that fails this often on the farm's workers is
@@ -115,6 +118,7 @@ impl VentilatorConfig {
             fixed_workers: 0,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
+            compress: true,
         }
     }
 }
@@ -582,8 +586,7 @@ impl Ventilator {
                         };
                         // Data tasks travel one per message, each with its input file,
                         // compressed for a worker that speaks LZ4 when it pays.
-                        let compress = crate::protocol::codecs() & crate::protocol::CODEC_LZ4 != 0
-                            && self.lz4_peers.borrow().contains(to);
+                        let compress = self.config.compress && self.lz4_peers.borrow().contains(to);
                         for (k, task) in tasks.iter().enumerate() {
                             let max = self.config.max_payload;
                             let (message, input_len, wire) = match inputs

@@ -46,6 +46,9 @@ pub struct WorkerConfig {
     pub access: crate::auth::Access,
     /// The largest task input or output it sends or accepts (`--max-payload`).
     pub max_payload: u64,
+    /// Compress task inputs or outputs it sends when that pays and the peer speaks LZ4
+    /// (false with `--no-compress`, which also asks peers for raw).
+    pub compress: bool,
 }
 
 /// What a worker did, for tests and logs.
@@ -213,7 +216,7 @@ impl Worker {
             backend: backend.kind().to_owned(),
             adapter: backend.adapter(),
             window_hint: backend.window_hint(),
-            codecs: crate::protocol::codecs(),
+            codecs: crate::protocol::codecs(config.compress),
         };
         let id = routing_id(&info.name, info.session);
         let user = crate::auth::worker_user(&info.name);

@@ -644,6 +644,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
                 endpoint: "tcp://sim:5558".into(),
                 results_path: None,
                 resume_advice: None,
+                codecs: crate::protocol::CODEC_LZ4,
             },
             None,
             base,
