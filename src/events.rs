@@ -117,15 +117,13 @@ pub fn emit(note: &Note) {
     let Some(out) = OUT.get() else {
         return;
     };
-    let line = line(
-        &crate::logging::current_role(),
-        crate::worker::unix_ms(),
-        note,
-    );
+    let role = crate::logging::current_role();
     let mut out = match out.lock() {
         Ok(out) => out,
         Err(poisoned) => poisoned.into_inner(),
     };
+    // Stamped under the lock: the lines are in time order, whichever thread writes.
+    let line = line(&role, crate::worker::unix_ms(), note);
     if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| log::warn!("cannot write an event (--events): {e}"));
