@@ -309,6 +309,8 @@ pub struct WorkerSlot {
     outgoing: Option<u32>,
     /// In the tail queue (dropped from the ready queue while tasks were scarce).
     in_tail: bool,
+    /// In the waiting list (idle while every queued copy excluded it).
+    in_waiting: bool,
 }
 
 impl WorkerSlot {
@@ -336,6 +338,7 @@ impl WorkerSlot {
             proven: false,
             queued: false,
             in_tail: false,
+            in_waiting: false,
             outgoing: None,
         }
     }
@@ -379,8 +382,12 @@ pub struct Dispatcher {
     /// (a report frees a task, it joins, a stall ends).
     ready: VecDeque<WorkerId>,
     /// Workers that left `ready` because tasks were scarce (the tail rule, a zero-work
-    /// share): they come back when tasks are requeued.
+    /// share): they come back when tasks are requeued and more are pending than workers
+    /// live (until then each gets more when it reports).
     tail: Vec<WorkerId>,
+    /// Idle workers that left `ready` because every copy queued for `--replicate`
+    /// excluded them: they come back when any task is requeued or a copy queued.
+    waiting: Vec<WorkerId>,
     /// Workers whose message of this dispatch call is full: back in the queue after it.
     deferred: Vec<WorkerId>,
     claims: Vec<Claim>,
@@ -503,6 +510,7 @@ impl Dispatcher {
             alive: 0,
             ready: VecDeque::new(),
             tail: Vec::new(),
+            waiting: Vec::new(),
             deferred: Vec::new(),
             claims: Vec::new(),
             dispatching: false,
@@ -777,6 +785,7 @@ impl Dispatcher {
             + self.reported_log.len()
             + self.ready.len()
             + self.tail.len()
+            + self.waiting.len()
             + self.workers.iter().map(|w| w.given.len()).sum::<usize>()
     }
 
@@ -1901,10 +1910,12 @@ impl Dispatcher {
     }
 
     /// A copy the sink asked for waits in `replicas`; its entry in the main queue, if any,
-    /// is skipped there.
+    /// is skipped there. Workers waiting in the tail look again: one may have gone there
+    /// idle because every copy then queued excluded it, and this one may not.
     fn queue_replica(&mut self, index: u32) {
         if self.replica_set.insert(index) {
             self.replicas.push_back(index);
+            self.wake_waiting();
         }
     }
 
@@ -2064,12 +2075,22 @@ impl Dispatcher {
         self.state[index] = TaskState::Requeued;
         self.owner[index] = NO_OWNER;
         self.pending.push_front(index as u32);
+        self.wake_waiting();
         // Tasks are no longer scarce: workers set aside for the tail may take more.
         if !self.tail.is_empty() && self.pending_count > self.alive {
             for slot in std::mem::take(&mut self.tail) {
                 self.workers[slot as usize].in_tail = false;
                 self.enqueue(slot);
             }
+        }
+    }
+
+    /// Idle workers that waited for a copy they may run look again. Each leaves the list
+    /// as it is woken, so a run of requeues costs one wake per waiting worker.
+    fn wake_waiting(&mut self) {
+        for slot in std::mem::take(&mut self.waiting) {
+            self.workers[slot as usize].in_waiting = false;
+            self.enqueue(slot);
         }
     }
 
@@ -2544,11 +2565,12 @@ impl Dispatcher {
                     }
                     // Back in the queue when its chunk is reported.
                     Carved::NotNow => continue,
-                    // Copies wait for other workers: this one waits with the tail.
+                    // Copies wait for other workers: this one waits for a task or a copy
+                    // it may run.
                     Carved::Nothing if !self.replicas.is_empty() => {
-                        if !self.workers[s].in_tail {
-                            self.workers[s].in_tail = true;
-                            self.tail.push(slot);
+                        if !self.workers[s].in_waiting {
+                            self.workers[s].in_waiting = true;
+                            self.waiting.push(slot);
                         }
                         continue;
                     }

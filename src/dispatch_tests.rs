@@ -45,6 +45,8 @@ enum Action {
     VentRestart,
     /// This many peers greet once, are handed tasks, and hang.
     Flood(u8),
+    /// The sink quarantines worker i (`--replicate`: its copies differed twice).
+    Quarantine(u8),
     /// Time passes.
     Advance(u16),
 }
@@ -67,6 +69,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u8..=100).prop_map(Action::SinkRestart),
         1 => Just(Action::VentRestart),
         1 => (1u8..20).prop_map(Action::Flood),
+        1 => (0u8..6).prop_map(Action::Quarantine),
         3 => (1u16..800).prop_map(Action::Advance),
     ]
 }
@@ -110,13 +113,20 @@ struct Farm {
     /// Session of the ventilator the sink acknowledged last.
     sink_session: Option<u64>,
     duplicates: u64,
+    /// `--replicate`: the sink holds an even task only once two workers' copies are in
+    /// (or one worker's twice, when no other could run it).
+    replicate: bool,
+    /// The names whose copies of a replicated task the sink has, while it is not held.
+    copies: std::collections::BTreeMap<u32, Vec<String>>,
+    /// Workers the sink quarantined: their copies are not believed.
+    quarantined: Vec<String>,
     complete: bool,
     stopped: Option<Stopped>,
     next_session: u64,
 }
 
 impl Farm {
-    fn new(workloads: &[u32], window: u32, max_window: u32) -> Farm {
+    fn new(workloads: &[u32], window: u32, max_window: u32, replicate: bool) -> Farm {
         let tasks: Vec<Task> = workloads
             .iter()
             .enumerate()
@@ -170,6 +180,9 @@ impl Farm {
             told: vec![false; n],
             sink_session: None,
             duplicates: 0,
+            replicate,
+            copies: std::collections::BTreeMap::new(),
+            quarantined: Vec::new(),
             complete: false,
             stopped: None,
             next_session: 2,
@@ -280,6 +293,10 @@ impl Farm {
                                 batch: self.config.batch_id,
                             });
                         }
+                        // Every copy still wanted, asked for again.
+                        self.copies.retain(|&id, _| !self.sink_held[id as usize]);
+                        let wanted: Vec<u32> = self.copies.keys().copied().collect();
+                        from_sink.extend(wanted.into_iter().map(|id| self.again(id)));
                     }
                     // A task given up on (--max-attempts) counts as finished, failed, as the
                     // sink counts it.
@@ -417,10 +434,29 @@ impl Farm {
 
     fn deliver(&mut self, w: usize, task: Task, fail: bool) {
         let status = if fail { Status::Failed } else { Status::Ok };
+        let mut again = None;
         if !fail && !self.workers[w].lossy {
             let i = task.id as usize;
             if self.sink_held[i] {
                 self.duplicates += 1;
+            } else if self.replicate && i % 2 == 0 {
+                let name = self.workers[w].info.name.clone();
+                let copies = self.copies.entry(task.id).or_default();
+                let believed = !self.quarantined.contains(&name);
+                let held = believed
+                    && if copies.contains(&name) {
+                        copies.len() == 1
+                    } else {
+                        copies.push(name);
+                        copies.len() >= 2
+                    };
+                if held {
+                    self.copies.remove(&task.id);
+                    self.sink_held[i] = true;
+                    self.untold.push(task.id);
+                } else {
+                    again = Some(self.again(task.id));
+                }
             } else {
                 self.sink_held[i] = true;
                 self.untold.push(task.id);
@@ -439,6 +475,25 @@ impl Farm {
                 done: vec![done],
             },
         );
+        if let (Some(again), Some(_)) = (again, self.sink_session) {
+            self.event(Event::FromSink(again));
+        }
+    }
+
+    /// The sink asks for one more copy of replicated task `id`, from a worker whose copy
+    /// it does not have and whom it did not quarantine.
+    fn again(&self, id: u32) -> Message {
+        let mut exclude: Vec<String> = self.copies.get(&id).cloned().unwrap_or_default();
+        exclude.extend(self.quarantined.iter().cloned());
+        exclude.sort_unstable();
+        exclude.dedup();
+        Message::Again {
+            batch: self.config.batch_id,
+            id,
+            first: 0,
+            items: 0,
+            exclude,
+        }
     }
 
     fn sink_flush(&mut self) {
@@ -538,6 +593,8 @@ impl Farm {
                 self.untold.clear();
                 self.told.iter_mut().for_each(|t| *t = false);
                 self.sink_session = None;
+                self.copies.clear();
+                self.quarantined.clear();
                 self.event(Event::Tick);
             }
             Action::VentRestart => {
@@ -561,6 +618,22 @@ impl Farm {
                 flood.iter().for_each(|&w| self.workers[w].frozen = true);
             }
             Action::Advance(ms) => self.advance(Duration::from_millis(u64::from(ms))),
+            Action::Quarantine(i) => {
+                if let Some(w) = self.named(i) {
+                    let name = self.workers[w].info.name.clone();
+                    if self.replicate && !self.quarantined.contains(&name) {
+                        self.quarantined.push(name.clone());
+                        if self.sink_session.is_some() {
+                            let batch = self.config.batch_id;
+                            self.event(Event::FromSink(Message::Quarantine {
+                                batch,
+                                worker: name,
+                                reason: "its copies differed twice".into(),
+                            }));
+                        }
+                    }
+                }
+            }
         }
         self.event(Event::Tick);
     }
@@ -659,8 +732,9 @@ proptest! {
         window in 1u32..4,
         max_window in 1u32..10,
         actions in proptest::collection::vec(action(), 0..120),
+        replicate in proptest::bool::weighted(0.3),
     ) {
-        let mut farm = Farm::new(&workloads, window, max_window);
+        let mut farm = Farm::new(&workloads, window, max_window, replicate);
         for a in &actions {
             farm.apply(a);
         }
@@ -670,7 +744,7 @@ proptest! {
 
 #[test]
 fn a_hoarder_gets_no_more_than_its_window() {
-    let mut farm = Farm::new(&[10; 200], 2, 8);
+    let mut farm = Farm::new(&[10; 200], 2, 8, false);
     farm.apply(&Action::Hoard(0));
     farm.apply(&Action::Join(1));
     let w = farm.named(0).expect("the hoarder joined");
@@ -688,7 +762,7 @@ fn a_hoarder_gets_no_more_than_its_window() {
 
 #[test]
 fn a_zombie_that_heartbeats_has_its_tasks_backed_up() {
-    let mut farm = Farm::new(&[10; 6], 2, 8);
+    let mut farm = Farm::new(&[10; 6], 2, 8, false);
     farm.apply(&Action::Join(0));
     farm.apply(&Action::Zombie(0));
     farm.apply(&Action::Join(1));
@@ -708,7 +782,7 @@ fn a_zombie_that_heartbeats_has_its_tasks_backed_up() {
 
 #[test]
 fn a_flood_of_vanishing_peers_costs_a_few_tasks_each_and_the_batch_ends() {
-    let mut farm = Farm::new(&[0; 5_000], 2, 2048);
+    let mut farm = Farm::new(&[0; 5_000], 2, 2048, false);
     farm.apply(&Action::Join(0));
     for _ in 0..20 {
         farm.apply(&Action::Flood(19));
@@ -728,7 +802,7 @@ fn a_flood_of_vanishing_peers_costs_a_few_tasks_each_and_the_batch_ends() {
 
 #[test]
 fn a_name_taken_by_a_live_worker_is_refused_and_a_dead_ones_is_handed_over() {
-    let mut farm = Farm::new(&[10; 4], 2, 8);
+    let mut farm = Farm::new(&[10; 4], 2, 8, false);
     farm.apply(&Action::Join(0));
     let first = farm.named(0).expect("joined");
     // A second process with the same name while the first is connected: refused.
@@ -759,7 +833,7 @@ fn a_name_taken_by_a_live_worker_is_refused_and_a_dead_ones_is_handed_over() {
 
 #[test]
 fn workers_that_go_quiet_and_come_back_finish_the_batch_themselves() {
-    let mut farm = Farm::new(&[50; 20], 2, 8);
+    let mut farm = Farm::new(&[50; 20], 2, 8, false);
     farm.apply(&Action::Join(0));
     farm.apply(&Action::Join(1));
     // Both fall silent for 350 ms: past three heartbeat intervals of 100 ms, short of the
@@ -785,7 +859,7 @@ fn workers_that_go_quiet_and_come_back_finish_the_batch_themselves() {
 
 #[test]
 fn a_straggler_that_reports_its_backed_up_task_takes_tasks_again() {
-    let mut farm = Farm::new(&[10; 40], 1, 8);
+    let mut farm = Farm::new(&[10; 40], 1, 8, false);
     farm.apply(&Action::Join(0));
     farm.apply(&Action::Join(1));
     let slow = farm.named(0).expect("joined");
@@ -819,7 +893,7 @@ fn a_straggler_that_reports_its_backed_up_task_takes_tasks_again() {
 
 #[test]
 fn a_worker_that_declines_gets_none_of_the_batch_and_others_finish_it() {
-    let mut farm = Farm::new(&[10; 40], 2, 8);
+    let mut farm = Farm::new(&[10; 40], 2, 8, false);
     farm.apply(&Action::Join(0));
     farm.apply(&Action::Join(1));
     farm.apply(&Action::Decline(0));
@@ -836,7 +910,7 @@ fn a_worker_that_declines_gets_none_of_the_batch_and_others_finish_it() {
 
 #[test]
 fn a_fixed_farm_that_all_declines_stops_with_the_reason() {
-    let mut farm = Farm::new(&[10; 10], 2, 8);
+    let mut farm = Farm::new(&[10; 10], 2, 8, false);
     farm.config.fixed_workers = 2;
     farm.d = Dispatcher::new(farm.config.clone(), farm.now(), 0);
     farm.event(Event::Tick);
@@ -1252,6 +1326,64 @@ fn a_copy_the_sink_asks_for_goes_to_a_worker_it_does_not_exclude() {
     d.handle(base, Event::FromSink(again), &mut out);
     d.handle(base, Event::Tick, &mut out);
     assert!(chunks_in(&out).iter().all(|(_, t)| t.first != chunk.first));
+}
+
+/// The sink asks worker `name`'s copy of `chunk` be run again by someone else.
+fn again_without(
+    d: &mut Dispatcher,
+    now: Instant,
+    chunk: Task,
+    name: &str,
+    out: &mut Vec<Command>,
+) {
+    let again = Message::Again {
+        batch: 0x10b,
+        id: chunk.id,
+        first: chunk.first,
+        items: chunk.items,
+        exclude: vec![name.into()],
+    };
+    d.handle(now, Event::FromSink(again), out);
+}
+
+#[test]
+fn a_worker_idle_while_every_copy_excludes_it_takes_the_next_copy_it_may_run() {
+    let base = Instant::now();
+    let (mut d, out) = started_job(200, Policy::Fixed(100), base, &["a", "b"]);
+    let handed = chunks_in(&out);
+    let chunk = |name: &str| {
+        handed
+            .iter()
+            .find(|(w, _)| d.worker(*w).routing_id == name.as_bytes())
+            .map(|&(_, t)| t)
+            .expect("a chunk each")
+    };
+    let (x, y) = (chunk("a"), chunk("b"));
+    let mut out = Vec::new();
+    // a's copy of x is in; the sink wants another, not from a: a waits, b is busy.
+    report(&mut d, base, "a", x.id, 1000, &mut out);
+    again_without(&mut d, base, x, "a", &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    assert!(chunks_in(&out).is_empty(), "{:?}", chunks_in(&out));
+    // b finishes y and takes x's copy; the sink wants y's copy, not from b: it is a's.
+    report(&mut d, base, "b", y.id, 1000, &mut out);
+    again_without(&mut d, base, y, "b", &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
+    report(&mut d, base, "b", x.id, 1000, &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    let copies: Vec<(String, u64)> = chunks_in(&out)
+        .iter()
+        .map(|(w, t)| {
+            let name = String::from_utf8_lossy(&d.worker(*w).routing_id).into_owned();
+            (name, t.first)
+        })
+        .collect();
+    assert!(copies.contains(&("b".to_owned(), x.first)), "{copies:?}");
+    assert!(
+        copies.contains(&("a".to_owned(), y.first)),
+        "the idle worker a takes y's copy: {copies:?}"
+    );
 }
 
 #[test]

@@ -52,10 +52,15 @@ fn the_wgsl_kernel_equals_the_rust_reference_at_random_views() {
         -13.0f64..0.6021,
         centres(),
     )
-        .prop_map(|(width, height, max_iter, rows, exponent, centre)| {
-            mandelbrot::View::new(width, height, max_iter, rows, centre, 10f64.powf(exponent))
-                .expect("a view within the format")
-        });
+        // A tall, narrow image at a wide view can reach past the fixed-point range; `View::new`
+        // refuses those (tested below), so they are not cases here.
+        .prop_filter_map(
+            "a view within the fixed-point format",
+            |(width, height, max_iter, rows, exponent, centre)| {
+                mandelbrot::View::new(width, height, max_iter, rows, centre, 10f64.powf(exponent))
+                    .ok()
+            },
+        );
     let mut runner = TestRunner::new(Config {
         cases: 24,
         failure_persistence: None,
