@@ -31,7 +31,7 @@ done
 echo "== build"
 bin=target/release/conquer
 if cargo build --release --offline 2>&1 | tail -3 && [ -x "$bin" ]; then
-  test_cmd=(cargo test --release --offline --test integration gpu)
+  test_cmd=(cargo test --release --offline -p conquer --test integration gpu)
 elif [ -x gpu-bundle/conquer ]; then
   # No crates here: use the binaries scripts/gpu-bundle.sh prepared and carried along.
   echo "cargo cannot build here; using gpu-bundle/"

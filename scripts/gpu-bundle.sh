@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins
-cargo test --release --no-run --test integration 2>&1 | tail -2
+cargo test --release --no-run -p conquer --test integration 2>&1 | tail -2
 test_bin=$(ls -t target/release/deps/integration-* | grep -v '\.d$' | head -1)
 rm -rf gpu-bundle && mkdir -p gpu-bundle
 cp target/release/conquer gpu-bundle/conquer

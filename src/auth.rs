@@ -915,7 +915,9 @@ fn serve(
         while let Ok(request) = handler.recv_multipart(zmq::DONTWAIT) {
             let (reply, refusal) = policy.answer(&request);
             if let Some((address, why)) = refusal {
-                log.warn(|| format!("refused a connection to the {role} from {address}: {why}"));
+                log.warn_at(std::time::Instant::now(), || {
+                    format!("refused a connection to the {role} from {address}: {why}")
+                });
             }
             if !reply.is_empty() {
                 if let Err(e) = handler.send_multipart(reply, 0) {
@@ -942,7 +944,7 @@ fn serve(
                 refused.fetch_add(1, Ordering::Relaxed);
                 // Refusals by the handler were logged with their address above.
                 if !matches!(failure, Failure::Refused(_)) {
-                    log.warn(|| match failure {
+                    log.warn_at(std::time::Instant::now(), || match failure {
                         Failure::MechanismMismatch => format!(
                             "refused a connection to the {role}'s {what} socket: the peer \
                              presented no secret (libzmq does not say from where)"

@@ -353,7 +353,9 @@ impl ClassicSink {
                     Ok([frame]) => frame,
                     Err(frames) => {
                         rejected += 1;
-                        reject_log.warn(|| format!("dropped a {}-frame message", frames.len()));
+                        reject_log.warn_at(std::time::Instant::now(), || {
+                            format!("dropped a {}-frame message", frames.len())
+                        });
                         continue;
                     }
                 };
@@ -543,7 +545,7 @@ pub fn run_worker(
         let frame = tasks.recv_bytes(0)?;
         let Some(workload_ms) = classic::decode_task(&frame) else {
             summary.rejected += 1;
-            reject_log.warn(|| {
+            reject_log.warn_at(std::time::Instant::now(), || {
                 format!(
                     "dropped a {}-byte task that is not ASCII milliseconds",
                     frame.len()

@@ -523,7 +523,7 @@ pub struct Prepared {
 impl BatchArgs {
     pub fn batch(&self) -> anyhow::Result<Batch> {
         match &self.tasks_file {
-            Some(path) => Batch::read(path),
+            Some(path) => crate::batch::read(path),
             None => Batch::generate(self.tasks, self.min_ms, self.max_ms, self.seed),
         }
     }
@@ -1621,7 +1621,7 @@ fn run(args: RunArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
         if !json && (report.job.is_none() || report.expected_ms > 0) {
             crate::report::print_expected_cost(report.expected_ms);
         }
-        report.print(json)
+        crate::report::print(report, json)
     });
     let report = crate::local::run(
         crate::local::LocalRun {
@@ -1845,7 +1845,7 @@ fn sink(args: SinkArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> 
             max_payload,
         };
         let report = crate::classic::ClassicSink::bind(&ctx, config)?.run(shutdown)?;
-        report.print(args.report.json)?;
+        crate::report::print(&report, args.report.json)?;
         return Ok(0);
     }
     let mut config = args.report.sink_config(args.bind);
@@ -1856,7 +1856,7 @@ fn sink(args: SinkArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> 
     config.max_payload = max_payload;
     config.compress = compress;
     let report = Sink::bind(&ctx, config)?.run(shutdown)?;
-    report.print(args.report.json)?;
+    crate::report::print(&report, args.report.json)?;
     Ok(match report.verdict() {
         Ok(()) => 0,
         Err(why) => {

@@ -10,24 +10,17 @@ pub mod backend;
 pub mod batch;
 pub mod bench;
 pub mod calibrate;
-pub mod chunking;
 pub mod classic;
 pub mod cli;
-pub mod collect;
 pub mod diagnose;
-pub mod dispatch;
 pub mod events;
 pub mod files;
-pub mod flow;
-pub mod heartbeat;
 pub mod http;
-pub mod intervals;
 pub mod kernels;
 pub mod local;
 pub mod logging;
 pub mod observe;
 pub mod outputs;
-pub mod protocol;
 pub mod report;
 pub mod shutdown;
 pub mod sink;
@@ -38,41 +31,5 @@ pub mod trace;
 pub mod ventilator;
 pub mod worker;
 
-/// The roles' state machines touch no socket, clock, file or thread: their pumps do.
-#[cfg(test)]
-mod sans_io {
-    const MACHINES: [(&str, &str); 4] = [
-        ("dispatch.rs", include_str!("dispatch.rs")),
-        ("chunking.rs", include_str!("chunking.rs")),
-        ("collect.rs", include_str!("collect.rs")),
-        ("flow.rs", include_str!("flow.rs")),
-    ];
-    const FORBIDDEN: [&str; 10] = [
-        "zmq",
-        "Instant::now",
-        "SystemTime",
-        "std::fs",
-        "File::",
-        "std::thread",
-        "thread::spawn",
-        "std::net",
-        "std::io",
-        "sleep(",
-    ];
-
-    #[test]
-    fn state_machines_use_no_socket_clock_file_or_thread() {
-        for (file, text) in MACHINES {
-            for (n, line) in text.lines().enumerate() {
-                let code = line.split("//").next().unwrap_or("");
-                for word in FORBIDDEN {
-                    assert!(
-                        !code.contains(word),
-                        "{file}:{}: `{word}` in a state machine: {line}",
-                        n + 1
-                    );
-                }
-            }
-        }
-    }
-}
+// The core's modules, under the names the root package has always used.
+pub use conquer_core::{chunking, collect, dispatch, flow, heartbeat, intervals, protocol};

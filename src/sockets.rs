@@ -460,13 +460,7 @@ fn is_interface(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
-/// The peer's routing id as printable text for logs.
-pub fn peer_name(routing_id: &[u8]) -> String {
-    match std::str::from_utf8(routing_id) {
-        Ok(s) if !s.is_empty() && !s.chars().any(crate::logging::unsafe_to_print) => s.to_owned(),
-        _ => routing_id.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
+pub use conquer_core::text::peer_name;
 
 #[cfg(test)]
 mod tests {

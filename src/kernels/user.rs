@@ -6,8 +6,6 @@
 //! bindings of group 0 with their address spaces (`params` uniform at 0, `input` read-only
 //! storage at 1, `output` read-write storage at 2). Errors name `path:line:column`.
 
-use crate::batch::Job;
-use crate::kernels::{Shape, PER_ITEM, SAME_AS_INPUT};
 use wgpu::naga;
 
 /// What the interface check learned about a kernel.
@@ -110,28 +108,24 @@ pub fn check(source: &str, path: &str) -> Result<Checked, String> {
     Ok(checked)
 }
 
-/// A user kernel task's shape: items are the input's bytes over `item_bytes`; output bytes
-/// as the job says: per task, per item, or as many as the input.
-pub fn shape(job: &Job, input_len: usize) -> Result<Shape, String> {
-    let items = input_len.div_ceil(job.item_bytes.max(1) as usize);
-    let items =
-        u32::try_from(items).map_err(|_| format!("{input_len} bytes is more than 2^32 items"))?;
-    let output_bytes = if job.output_bytes == SAME_AS_INPUT {
-        input_len
-    } else if job.output_bytes & PER_ITEM != 0 {
-        items as usize * (job.output_bytes & !PER_ITEM) as usize
-    } else {
-        job.output_bytes as usize
-    };
-    Ok(Shape {
-        items,
-        output_bytes,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Kernel;
+
+    #[test]
+    fn every_builtin_kernel_follows_the_interface() {
+        for k in [
+            Kernel::Spin,
+            Kernel::Mandelbrot,
+            Kernel::Search,
+            Kernel::Copy,
+        ] {
+            let source = k.builtin_source().unwrap_or_default();
+            let checked = check(source, k.name());
+            assert!(checked.is_ok(), "{}: {:?}", k.name(), checked.err());
+        }
+    }
 
     const HEADER: &str = "struct Params { task_id: u32, offset: u32, count: u32, items: u32, \
         input_bytes: u32, output_bytes: u32, _pad0: u32, _pad1: u32, c: array<vec4<u32>, 2> }\n\

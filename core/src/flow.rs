@@ -7,13 +7,13 @@
 //! carries out the [`FlowCommand`]s in order. A result the sink's queue cannot take now is
 //! kept, in order, and its credit with it: nothing is dropped and nothing blocks the loop.
 
-use crate::backend::Outcome;
 use crate::batch::{Job, Task};
 use crate::heartbeat::Heartbeat;
-use crate::logging::{printable, RateLimited, TASK_TARGET};
 use crate::protocol::{
     Done, Message, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE, RESULTS_BYTES_PER_MESSAGE,
 };
+use crate::text::{printable, RateLimited, TASK_TARGET};
+use crate::work::Outcome;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 

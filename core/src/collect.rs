@@ -10,7 +10,6 @@
 use crate::batch::ideal_ms;
 use crate::heartbeat::{check_name, Heartbeat};
 use crate::intervals::IntervalSet;
-use crate::logging::{printable, RateLimited};
 use crate::protocol::{
     Message, RefusalKind, Status, TaskResult, WorkerInfo, MAX_ITEMS_PER_MESSAGE,
 };
@@ -18,6 +17,7 @@ use crate::report::{
     BatchHeader, FailedTask, JobReport, Quarantined, RecoveredResults, ReplicaMismatch, Report,
     WorkerReport,
 };
+use crate::text::{printable, RateLimited};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -567,7 +567,7 @@ impl Collector {
         reason: String,
         out: &mut Vec<SinkCommand>,
     ) {
-        let name = printable(&crate::sockets::peer_name(peer)).into_owned();
+        let name = printable(&crate::text::peer_name(peer)).into_owned();
         self.refuse_log
             .warn_at(now, || format!("refused {name}: {reason}"));
         Self::send(out, peer, Message::Refused { kind, reason });
@@ -580,7 +580,7 @@ impl Collector {
     }
 
     fn reject_peer(&mut self, now: Instant, peer: &[u8], why: String) {
-        let name = crate::sockets::peer_name(peer);
+        let name = crate::text::peer_name(peer);
         self.reject(now, &name, why);
     }
 

@@ -14,8 +14,8 @@ use crate::batch::{Job, Task};
 use crate::chunking::{Carver, Plan, Policy};
 use crate::heartbeat::Heartbeat;
 use crate::intervals::IntervalSet;
-use crate::logging::{printable, RateLimited};
 use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
+use crate::text::{printable, RateLimited};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -1386,7 +1386,7 @@ impl Dispatcher {
                 if let Some(&slot) = self.by_routing_id.get(&routing_id) {
                     self.workers[slot as usize].last_seen = now;
                 }
-                let peer = crate::sockets::peer_name(&routing_id);
+                let peer = crate::text::peer_name(&routing_id);
                 self.reject_at(
                     now,
                     &peer,
@@ -1398,7 +1398,7 @@ impl Dispatcher {
                 self.decline(now, &routing_id, &reason, out)
             }
             other => {
-                let peer = crate::sockets::peer_name(&routing_id);
+                let peer = crate::text::peer_name(&routing_id);
                 let why = format!(
                     "unexpected {} message on the tasks socket",
                     other.kind_name()
@@ -1422,7 +1422,7 @@ impl Dispatcher {
         reason: String,
         out: &mut Vec<Command>,
     ) {
-        let peer = printable(&crate::sockets::peer_name(&routing_id)).into_owned();
+        let peer = printable(&crate::text::peer_name(&routing_id)).into_owned();
         self.refuse_log
             .warn_at(now, || format!("refused {peer}: {reason}"));
         out.push(Command::Reply {
@@ -1556,7 +1556,7 @@ impl Dispatcher {
                  worker its own --name (the default, host-pid-N, is unique)",
                 claim.info.name, self.config.endpoint
             );
-            let peer = printable(&crate::sockets::peer_name(&claim.routing_id)).into_owned();
+            let peer = printable(&crate::text::peer_name(&claim.routing_id)).into_owned();
             self.refuse_log
                 .warn_at(now, || format!("refused {peer}: {reason}"));
             out.push(Command::Reply {
@@ -1594,7 +1594,7 @@ impl Dispatcher {
             // its hello follows within a heartbeat, and the sink's word decides what is done.
             log::debug!(
                 "credit from {} before its hello; ignored",
-                crate::sockets::peer_name(routing_id)
+                crate::text::peer_name(routing_id)
             );
             return;
         };
@@ -1607,7 +1607,7 @@ impl Dispatcher {
         }
         for d in done {
             let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.len()) else {
-                let peer = crate::sockets::peer_name(routing_id);
+                let peer = crate::text::peer_name(routing_id);
                 let why = format!("credit for task {} of a {}-task batch", d.id, self.len());
                 self.reject_at(now, &peer, why);
                 continue;
