@@ -1,9 +1,11 @@
 //! What the live view shows (`--http`): the ventilator's pump feeds an [`Observer`] what
-//! it sends and hears, and publishes a [`FarmStatus`] (the page's and `/api/status`'s
-//! JSON) and the Prometheus text a few times a second. Sans-I/O like the dispatcher: the
-//! caller's clock, no socket, no thread; it costs nothing unless `--http` is given.
+//! it sends and what the dispatcher says it observed ([`Observed`]: reports, tasks held,
+//! the sink's side, workers lost and back), and publishes a [`FarmStatus`] (the page's and
+//! `/api/status`'s JSON) and the Prometheus text a few times a second, from its own tallies
+//! and a [`Snapshot`] of the dispatcher. Sans-I/O like the dispatcher: the caller's clock,
+//! no socket, no thread; it costs nothing unless `--http` is given.
 
-use crate::dispatch::{Dispatcher, WorkerId};
+use crate::dispatch::{Observed, Snapshot, WorkerId};
 use crate::protocol::{Done, Status};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -132,11 +134,10 @@ struct Tally {
     address: String,
     /// When it was first seen (at a status), for its share of the busy time.
     seen_at: Option<Instant>,
-    /// When it was first seen gone, to drop it from the metrics later.
+    /// When it was declared gone (none while it is alive), to drop it from the metrics
+    /// later.
     gone_at: Option<Instant>,
-    /// A divisible job: chunks it finished whose items are not yet counted (the next
-    /// status counts them, with the dispatcher at hand), and the items counted.
-    uncounted: Vec<u32>,
+    /// A divisible job: the items of the chunks it finished.
     items: u64,
 }
 
@@ -298,13 +299,7 @@ impl Observer {
     /// Tasks sent to `worker` at `now`. One still out with a worker that is gone is a
     /// redispatch: that attempt becomes a redispatched bar (a backup, sent while the
     /// first worker still runs it, is not).
-    pub fn sent(
-        &mut self,
-        now: Instant,
-        worker: WorkerId,
-        ids: impl Iterator<Item = u32>,
-        alive: impl Fn(WorkerId) -> bool,
-    ) {
+    pub fn sent(&mut self, now: Instant, worker: WorkerId, ids: impl Iterator<Item = u32>) {
         self.first_sent.get_or_insert(now);
         let at = self.micros(now);
         for id in ids {
@@ -313,6 +308,11 @@ impl Observer {
                 continue;
             };
             let before = std::mem::replace(slot, (worker + 1, at));
+            let alive = |w: u32| {
+                self.tallies
+                    .get(w as usize)
+                    .is_none_or(|t| t.gone_at.is_none())
+            };
             if before.0 != 0 && before.0 != worker + 1 && alive(before.0 - 1) {
                 self.also_sent.entry(id).or_default().push(before.0);
             }
@@ -353,12 +353,28 @@ impl Observer {
         }
     }
 
-    /// A worker reported tasks finished.
-    pub fn done(&mut self, now: Instant, worker: WorkerId, done: &[Done]) {
+    /// What the dispatcher observed.
+    pub fn observed(&mut self, now: Instant, observed: Observed) {
+        match observed {
+            Observed::Reported {
+                worker,
+                done,
+                items,
+            } => self.done(now, worker, &done, &items),
+            Observed::Held { ids } => self.held(now, &ids),
+            Observed::SinkSide(side) => self.sink_side(&side),
+            Observed::Lost { worker } => self.lost(now, worker),
+            Observed::Back { worker } => self.tally(worker).gone_at = None,
+        }
+    }
+
+    /// A worker reported tasks finished, each with its items (`items[n]` for `done[n]`; a
+    /// chunk's, for a divisible job).
+    pub fn done(&mut self, now: Instant, worker: WorkerId, done: &[Done], items: &[u64]) {
         // Runs per report message on the dispatch thread: sums first, one tally update,
         // and bars only for the tasks the stream can show.
         let (mut ok, mut failed, mut busy_us, mut kernel_us) = (0u64, 0u64, 0u64, 0u64);
-        let mut ok_ids = Vec::new();
+        let mut ok_items = 0u64;
         let bars_from = done.len().saturating_sub(BARS_PER_REPORT);
         for (n, d) in done.iter().enumerate() {
             let Some(slot) = self.sent.get_mut(d.id as usize) else {
@@ -382,9 +398,7 @@ impl Observer {
                 BarStatus::Failed
             } else {
                 ok += 1;
-                if self.grows {
-                    ok_ids.push(d.id);
-                }
+                ok_items += items.get(n).copied().unwrap_or(0);
                 BarStatus::Ok
             };
             self.kernel.observe_us(u64::from(d.kernel_us));
@@ -409,7 +423,7 @@ impl Observer {
         tally.failed += failed;
         tally.busy_us += busy_us;
         tally.kernel_us += kernel_us;
-        tally.uncounted.extend(ok_ids);
+        tally.items += ok_items;
     }
 
     /// The sink holds these tasks. The first time for each: counted, and its latency from
@@ -438,57 +452,49 @@ impl Observer {
         self.bars.push_back(bar);
     }
 
-    /// Notes workers the dispatcher has declared gone since the last look: the tasks they
-    /// held become redispatched bars.
-    fn notice_losses(&mut self, now: Instant, d: &Dispatcher) {
-        for (w, slot) in d.workers().iter().enumerate() {
-            let w = w as WorkerId;
-            if slot.alive {
-                self.tally(w).gone_at = None;
-                continue;
+    /// The dispatcher declared a worker gone: the tasks it held become redispatched bars.
+    /// A scan of the batch's tasks, once per worker lost.
+    fn lost(&mut self, now: Instant, w: WorkerId) {
+        if self.tally(w).gone_at.is_some() {
+            return;
+        }
+        self.tally(w).gone_at = Some(now);
+        let mut lost = Vec::new();
+        for entry in self.sent.iter_mut() {
+            if entry.0 == w + 1 {
+                entry.0 = 0;
+                lost.push(entry.1);
             }
-            if self.tally(w).gone_at.is_some() {
-                continue;
-            }
-            self.tally(w).gone_at = Some(now);
-            let mut lost = Vec::new();
-            for (id, entry) in self.sent.iter_mut().enumerate() {
-                if entry.0 == w + 1 {
-                    entry.0 = 0;
-                    lost.push((id, entry.1));
-                }
-            }
-            for (_, at) in lost {
-                let start = self.start + Duration::from_micros(at);
-                self.bar(Bar {
-                    worker: w,
-                    start,
-                    end: now,
-                    status: BarStatus::Redispatched,
-                });
-            }
+        }
+        for at in lost {
+            let start = self.start + Duration::from_micros(at);
+            self.bar(Bar {
+                worker: w,
+                start,
+                end: now,
+                status: BarStatus::Redispatched,
+            });
         }
     }
 
     /// Where the farm stands: the page's and `/api/status`'s data.
-    pub fn status(&mut self, now: Instant, d: &Dispatcher, beat: Duration) -> FarmStatus {
-        self.notice_losses(now, d);
-        let counters = d.counters();
+    pub fn status(&mut self, now: Instant, d: &Snapshot, beat: Duration) -> FarmStatus {
+        let counters = d.counters;
         let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
         // Rates run from the first task sent, not from the wait for workers.
         let base = self.first_sent.unwrap_or(now);
         let working = now.saturating_duration_since(base).as_secs_f64();
-        let tasks = d.len();
+        let tasks = d.tasks;
         let held = usize::try_from(self.held_count).unwrap_or(usize::MAX);
-        let pending = d.pending_count();
+        let pending = d.pending;
         let rate = if working > 0.0 {
             self.held_sent as f64 / working
         } else {
             0.0
         };
         // A job counts in items: its chunks are cut as it runs, so their count grows.
-        let (items_held, items) = d.items_progress().unwrap_or((0, 0));
-        let work_left = d.work_left_ms();
+        let (items_held, items) = d.items.unwrap_or((0, 0));
+        let work_left = d.work_left_ms;
         if self.first_sent.is_none() {
             self.items_before = items_held;
             self.work_before = work_left;
@@ -504,17 +510,15 @@ impl Observer {
         let mut present_total = 0.0;
         let mut alive = 0usize;
         let grows = self.grows;
-        for (w, slot) in d.workers().iter().enumerate() {
+        for (w, slot) in d.workers.iter().enumerate() {
             let tally = self.tally(w as WorkerId);
             let seen_at = *tally.seen_at.get_or_insert(now);
-            let finished = std::mem::take(&mut tally.uncounted);
-            tally.items += finished.iter().map(|&id| d.task_items(id)).sum::<u64>();
             // A task list's task counts as one item.
             if !grows {
                 tally.items = tally.done;
             }
             let tally = tally.clone();
-            let silent = now.saturating_duration_since(slot.last_seen()) > beat * SILENT_BEATS;
+            let silent = now.saturating_duration_since(slot.last_seen) > beat * SILENT_BEATS;
             let state = if !slot.alive {
                 "gone"
             } else if silent {
@@ -544,10 +548,10 @@ impl Observer {
             let kernel_s = tally.kernel_us as f64 / 1e6;
             workers.push(WorkerStatus {
                 slot: w,
-                name: slot.info.name.clone(),
+                name: slot.name.clone(),
                 address: tally.address.clone(),
-                backend: slot.info.backend.clone(),
-                adapter: slot.info.adapter.clone(),
+                backend: slot.backend.clone(),
+                adapter: slot.adapter.clone(),
                 state: state.to_owned(),
                 done: tally.done,
                 failed: tally.failed,
@@ -581,7 +585,7 @@ impl Observer {
             held >= tasks
         };
         // The chart covers the batch, not the time the view lingers after it.
-        if !d.is_over() {
+        if !d.over {
             let held = if items > 0 {
                 items_held
             } else {
@@ -614,11 +618,11 @@ impl Observer {
         let writing = self.picture_writing();
         let files_done = self.files_done();
         FarmStatus {
-            batch: format!("{:016x}", d.batch_id()),
+            batch: format!("{:016x}", d.batch),
             phase: if writing {
                 "writing picture".to_owned()
             } else {
-                d.phase_name().to_owned()
+                d.phase.to_owned()
             },
             tasks,
             held,
@@ -631,7 +635,7 @@ impl Observer {
             items_per_s: items_rate,
             eta_s: eta,
             work_left_ms: work_left,
-            finished: d.is_over() && all_held && files_done,
+            finished: d.over && all_held && files_done,
             efficiency: (measured && present_total > 0.0)
                 .then(|| (busy_total / present_total).min(1.0)),
             ok: self.ok,
@@ -1091,9 +1095,7 @@ mod tests {
     fn a_task_is_held_once_however_often_the_sink_says_so() {
         let t0 = Instant::now();
         let mut o = Observer::new(4, t0);
-        o.sent(t0 + Duration::from_millis(1), 0, [0, 1].into_iter(), |_| {
-            true
-        });
+        o.sent(t0 + Duration::from_millis(1), 0, [0, 1].into_iter());
         o.held(t0 + Duration::from_millis(5), &[0, 1]);
         // A restarted sink lists what it holds again; a resumed one, tasks never sent.
         o.held(t0 + Duration::from_millis(9), &[0, 1, 2]);
@@ -1108,12 +1110,15 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Observer::new(2, t0);
         let t = |ms| t0 + Duration::from_millis(ms);
-        o.sent(t(1), 0, [0, 1].into_iter(), |_| true);
+        o.sent(t(1), 0, [0, 1].into_iter());
         // A backup of task 0 while worker 0 still runs it: no redispatched bar.
-        o.sent(t(2), 1, [0].into_iter(), |_| true);
+        o.sent(t(2), 1, [0].into_iter());
         assert!(o.bars.iter().all(|b| b.status != BarStatus::Redispatched));
-        // Task 1 handed on after worker 0 was lost: its attempt is redispatched.
-        o.sent(t(3), 1, [1].into_iter(), |w| w != 0);
+        // Worker 0 is lost after a report of task 0, before one of task 1: its attempt at
+        // task 1 is redispatched when the dispatcher says so; task 0's report counts.
+        o.done(t(3), 0, &[done(0)], &[0]);
+        o.observed(t(3), Observed::Lost { worker: 0 });
+        o.sent(t(3), 1, [1].into_iter());
         let redispatched: Vec<&Bar> = o
             .bars
             .iter()
@@ -1123,14 +1128,13 @@ mod tests {
         assert_eq!(redispatched[0].worker, 0);
         // Task 0 counts for whichever of its two workers reports it first (worker 0, still
         // running it), the other's report is a duplicate; task 1 for worker 1.
-        o.done(t(4), 0, &[done(0)]);
-        o.done(t(5), 1, &[done(0), done(1)]);
+        o.done(t(5), 1, &[done(0), done(1)], &[0, 0]);
         assert_eq!((o.ok, o.duplicates), (2, 1));
         assert_eq!((o.tallies[0].done, o.tallies[1].done), (1, 1));
     }
 
     /// A task list of `tasks` tasks of 10 ms, and workers greeted in the order given.
-    fn farm(tasks: u32, names: &[&str], now: Instant) -> Dispatcher {
+    fn farm(tasks: u32, names: &[&str], now: Instant) -> crate::dispatch::Dispatcher {
         use crate::dispatch::{DispatchConfig, Event};
         let config = DispatchConfig {
             batch_id: 7,
@@ -1161,8 +1165,9 @@ mod tests {
             chunking: None,
             max_attempts: 3,
             names: Vec::new(),
+            observe: true,
         };
-        let mut d = Dispatcher::new(config, now, 0);
+        let mut d = crate::dispatch::Dispatcher::new(config, now, 0);
         let mut out = Vec::new();
         for name in names {
             let info = crate::protocol::WorkerInfo {
@@ -1195,18 +1200,18 @@ mod tests {
         let slot = |name: &str| d.worker_id(name.as_bytes()).unwrap();
         let mut o = Observer::new(4, t0);
         // The live view looks every half second: the first look sees the workers arrive.
-        o.status(t0, &d, Duration::from_secs(1));
-        o.sent(t(0), slot("zeta"), [0].into_iter(), |_| true);
-        o.sent(t(0), slot("alpha"), [1].into_iter(), |_| true);
+        o.status(t0, &d.snapshot(), Duration::from_secs(1));
+        o.sent(t(0), slot("zeta"), [0].into_iter());
+        o.sent(t(0), slot("alpha"), [1].into_iter());
         let report = |id, kernel_us| Done {
             id,
             status: Status::Ok,
             wall_us: 400_000,
             kernel_us,
         };
-        o.done(t(500), slot("zeta"), &[report(0, 250_000)]);
-        o.done(t(500), slot("alpha"), &[report(1, 0)]);
-        let s = o.status(t(1000), &d, Duration::from_secs(1));
+        o.done(t(500), slot("zeta"), &[report(0, 250_000)], &[0]);
+        o.done(t(500), slot("alpha"), &[report(1, 0)], &[0]);
+        let s = o.status(t(1000), &d.snapshot(), Duration::from_secs(1));
         let names: Vec<&str> = s.workers.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["alpha", "mid", "zeta"]);
         // Each bar's lane is its worker's row.
@@ -1237,23 +1242,23 @@ mod tests {
         let d = farm(8, &["a"], t0);
         let mut o = Observer::new(8, t0);
         // Nothing sent yet: no basis, no sample.
-        o.status(t(100), &d, Duration::from_secs(1));
-        o.sent(t(200), 0, 0..8, |_| true);
-        o.status(t(200), &d, Duration::from_secs(1));
+        o.status(t(100), &d.snapshot(), Duration::from_secs(1));
+        o.sent(t(200), 0, 0..8);
+        o.status(t(200), &d.snapshot(), Duration::from_secs(1));
         // Four held in the next half second, 3 ms after their send (the 2-4 ms bucket).
         o.held(t(203), &[0, 1, 2, 3]);
         // Too soon for a sample.
         assert!(o
-            .status(t(300), &d, Duration::from_secs(1))
+            .status(t(300), &d.snapshot(), Duration::from_secs(1))
             .series
             .is_empty());
-        let s = o.status(t(700), &d, Duration::from_secs(1));
+        let s = o.status(t(700), &d.snapshot(), Duration::from_secs(1));
         assert_eq!(s.series.len(), 1);
         let first = s.series[0];
         assert_eq!((first.t_s, first.per_s), (0.7, 8.0));
         assert_eq!(first.p50_ms, Some(3.0));
         // A quiet interval: no rate and no latency.
-        let s = o.status(t(1200), &d, Duration::from_secs(1));
+        let s = o.status(t(1200), &d.snapshot(), Duration::from_secs(1));
         assert_eq!(s.series[1].per_s, 0.0);
         assert_eq!(s.series[1].p95_ms, None);
     }
@@ -1285,7 +1290,7 @@ mod tests {
             ..SinkSide::default()
         };
         o.sink_side(&side(PictureState::Writing));
-        let s = o.status(t0, &d, Duration::from_secs(1));
+        let s = o.status(t0, &d.snapshot(), Duration::from_secs(1));
         assert_eq!(s.phase, "writing picture");
         assert!(!o.files_done());
         assert_eq!(s.sink.as_ref().map(|k| k.results.as_str()), Some("r.csv"));
@@ -1296,7 +1301,7 @@ mod tests {
         );
         o.sink_side(&side(PictureState::Written));
         assert!(o.files_done());
-        let s = o.status(t0, &d, Duration::from_secs(1));
+        let s = o.status(t0, &d.snapshot(), Duration::from_secs(1));
         assert_eq!(s.phase, d.phase_name());
     }
 

@@ -296,6 +296,7 @@ impl Ventilator {
                     .map(|name| crate::protocol::name_digest(name))
                     .collect()
             }),
+            observe: self.http.is_some(),
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
         let mut observer = self.http.as_ref().map(|_| match config.chunking {
@@ -306,7 +307,7 @@ impl Ventilator {
         if let Some(o) = observer.as_mut() {
             self.publish(o, &dispatcher);
             if outcome.is_ok() && !self.config.http_linger.is_zero() {
-                self.linger(o, &dispatcher, shutdown)?;
+                self.linger(o, &mut dispatcher, shutdown)?;
             }
         }
         if let Err(e) = outcome {
@@ -402,18 +403,6 @@ impl Ventilator {
                             Ok(message)
                         });
                         let now = Instant::now();
-                        // Reports the dispatcher believes: this batch's, from a worker not
-                        // declared gone.
-                        if let (Some(o), Ok(Message::Done { batch, done })) =
-                            (observer.as_mut(), &message)
-                        {
-                            let from = dispatcher
-                                .worker_id(&inbound.peer)
-                                .filter(|&w| dispatcher.worker(w).alive);
-                            if let (Some(w), true) = (from, *batch == dispatcher.batch_id()) {
-                                o.done(now, w, done);
-                            }
-                        }
                         let greeted = match (&inbound.address, observer.is_some()) {
                             (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
                             _ => None,
@@ -463,17 +452,6 @@ impl Ventilator {
                     "the sink socket",
                     self.config.max_payload,
                     |inbound| {
-                        if let Some(o) = observer.as_mut() {
-                            match &inbound.message {
-                                Ok(Message::Held { ids, .. }) => o.held(Instant::now(), ids),
-                                Ok(Message::SinkSide { batch, side })
-                                    if *batch == dispatcher.batch_id() =>
-                                {
-                                    o.sink_side(side)
-                                }
-                                _ => {}
-                            }
-                        }
                         let event = match inbound.message {
                             Ok(message) => Event::FromSink(message),
                             Err(why) => Event::Rejected {
@@ -482,11 +460,6 @@ impl Ventilator {
                             },
                         };
                         dispatcher.handle(Instant::now(), event, &mut out);
-                        // A divisible job's chunks held, as the sink's item ranges named them.
-                        let chunks = dispatcher.take_chunks_held();
-                        if let Some(o) = observer.as_mut().filter(|_| !chunks.is_empty()) {
-                            o.held(Instant::now(), &chunks);
-                        }
                         end = end
                             .take()
                             .or_else(|| self.carry_out(dispatcher, observer, &mut out));
@@ -536,12 +509,7 @@ impl Ventilator {
                                     sent.iter().for_each(|t| timeline.sent(t.id));
                                 }
                                 if let Some(o) = observer.as_mut() {
-                                    o.sent(
-                                        Instant::now(),
-                                        worker,
-                                        sent.iter().map(|t| t.id),
-                                        |w| dispatcher.worker(w).alive,
-                                    );
+                                    o.sent(Instant::now(), worker, sent.iter().map(|t| t.id));
                                 }
                             };
                         // A user kernel's source goes first, once per worker: messages to
@@ -647,6 +615,11 @@ impl Ventilator {
                     Command::Complete => end = Some(Ok(())),
                     Command::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
                     Command::Note(note) => crate::events::emit(&note),
+                    Command::Observed(observed) => {
+                        if let Some(o) = observer.as_mut() {
+                            o.observed(Instant::now(), observed);
+                        }
+                    }
                 }
             }
             let now = Instant::now();
@@ -675,13 +648,12 @@ impl Ventilator {
     fn linger(
         &self,
         o: &mut crate::observe::Observer,
-        d: &Dispatcher,
+        d: &mut Dispatcher,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         let until = Instant::now() + self.config.http_linger;
         let picture_until = Instant::now() + PICTURE_WAIT;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
-        let batch = d.batch_id();
         loop {
             let now = Instant::now();
             let writing = o.picture_writing() && now < picture_until;
@@ -710,10 +682,8 @@ impl Ventilator {
                     "the sink socket",
                     self.config.max_payload,
                     |inbound| {
-                        if let Ok(Message::SinkSide { batch: b, side }) = &inbound.message {
-                            if *b == batch {
-                                o.sink_side(side);
-                            }
+                        if let Ok(message) = inbound.message {
+                            Self::observe_after(o, d, Event::FromSink(message));
                         }
                         Ok(())
                     },
@@ -726,11 +696,12 @@ impl Ventilator {
                     "the tasks socket",
                     self.config.max_payload,
                     |inbound| {
-                        if let Ok(Message::Done { batch: b, done }) = &inbound.message {
-                            let from = d.worker_id(&inbound.peer).filter(|&w| d.worker(w).alive);
-                            if let (Some(w), true) = (from, *b == batch) {
-                                o.done(Instant::now(), w, done);
-                            }
+                        if let Ok(message) = inbound.message {
+                            let event = Event::FromWorker {
+                                routing_id: inbound.peer,
+                                message,
+                            };
+                            Self::observe_after(o, d, event);
                         }
                         Ok(())
                     },
@@ -744,13 +715,25 @@ impl Ventilator {
         }
     }
 
+    /// After the batch: what the dispatcher still observes of `event` (a worker's last
+    /// report, the sink's side), to the live view.
+    fn observe_after(o: &mut crate::observe::Observer, d: &mut Dispatcher, event: Event) {
+        let mut out = Vec::new();
+        d.handle(Instant::now(), event, &mut out);
+        for command in out {
+            if let Command::Observed(observed) = command {
+                o.observed(Instant::now(), observed);
+            }
+        }
+    }
+
     /// Hands the live view a fresh status and metrics.
     fn publish(&self, o: &mut crate::observe::Observer, d: &Dispatcher) {
         let Some(server) = &self.http else {
             return;
         };
         let now = Instant::now();
-        let status = o.status(now, d, self.config.heartbeat.interval);
+        let status = o.status(now, &d.snapshot(), self.config.heartbeat.interval);
         let metrics = o.metrics(now, &status);
         server.publish(status, metrics);
     }

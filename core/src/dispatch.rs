@@ -102,6 +102,9 @@ pub struct DispatchConfig {
     /// Digests of the tasks' input names, by id (a job's one input: one), announced so
     /// the sink can check the name each result carries; empty without named inputs.
     pub names: Vec<u64>,
+    /// Whether a live view watches: the dispatcher then says what it observes as
+    /// [`Command::Observed`].
+    pub observe: bool,
 }
 
 /// A worker, by its place in the dispatcher's table (stable for the batch).
@@ -161,6 +164,30 @@ pub enum Command {
     /// Something observed, for `--events` (phase changes, workers joining and lost, the
     /// count of workers waited for).
     Note(crate::events::Note),
+    /// Something the live view counts (only with [`DispatchConfig::observe`]).
+    Observed(Observed),
+}
+
+/// What the dispatcher tells a live view, as it happens: the view keeps its tallies from
+/// these and reads the rest from a [`Snapshot`], never the dispatcher itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// A live worker of the batch reported these tasks, each with its items (a chunk's;
+    /// one for a task of a list).
+    Reported {
+        worker: WorkerId,
+        done: Vec<Done>,
+        items: Vec<u64>,
+    },
+    /// The sink holds these tasks or chunks (some perhaps said before).
+    Held { ids: Vec<u32> },
+    /// The sink's side of the batch, as it last said.
+    SinkSide(crate::protocol::SinkSide),
+    /// A worker was declared gone (silent, left, unreachable, refused, set aside): what it
+    /// held went to others.
+    Lost { worker: WorkerId },
+    /// A worker declared gone was heard again and takes tasks in its old place.
+    Back { worker: WorkerId },
 }
 
 /// Why a batch stopped before it was complete.
@@ -418,6 +445,7 @@ pub struct Dispatcher {
     last_said: Option<(usize, Instant)>,
     /// Observations not yet handed out, and the phase last said.
     notes: Vec<crate::events::Note>,
+    observed: Vec<Observed>,
     said_phase: Option<&'static str>,
     next_nag: Instant,
     reject_log: RateLimited,
@@ -439,7 +467,6 @@ pub struct Dispatcher {
     /// A divisible job that ended with chunks out: how long until every worker was idle.
     drained: Option<Duration>,
     /// Chunks found held, not yet taken by the live view.
-    chunks_held: Vec<u32>,
     /// Failures so far of tasks that failed (by index): only those, so a batch that fails
     /// nothing costs nothing here.
     failures: HashMap<u32, u32>,
@@ -488,7 +515,63 @@ pub struct Counters {
     pub items_redone: u64,
 }
 
+/// Where the dispatcher stands, as plain data: what a live view reads besides the
+/// [`Observed`] commands, taken when it asks (about twice a second).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub batch: u64,
+    pub phase: &'static str,
+    pub over: bool,
+    pub tasks: usize,
+    pub pending: usize,
+    /// A divisible job's items held and its items in all; `None` for a task list.
+    pub items: Option<(u64, u64)>,
+    /// Nominal work pending or out, in ms.
+    pub work_left_ms: u64,
+    pub counters: Counters,
+    /// By slot.
+    pub workers: Vec<WorkerView>,
+}
+
+/// A worker in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerView {
+    pub name: String,
+    pub backend: String,
+    pub adapter: String,
+    pub alive: bool,
+    /// Tasks it holds.
+    pub assigned: u32,
+    pub last_seen: Instant,
+}
+
 impl Dispatcher {
+    /// Where it stands now, for a live view.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            batch: self.batch_id(),
+            phase: self.phase_name(),
+            over: self.is_over(),
+            tasks: self.len(),
+            pending: self.pending_count(),
+            items: self.items_progress(),
+            work_left_ms: self.work_left_ms(),
+            counters: self.counters(),
+            workers: self
+                .workers
+                .iter()
+                .map(|w| WorkerView {
+                    name: w.info.name.clone(),
+                    backend: w.info.backend.clone(),
+                    adapter: w.info.adapter.clone(),
+                    alive: w.alive,
+                    assigned: w.assigned,
+                    last_seen: w.last_seen,
+                })
+                .collect(),
+        }
+    }
+
     /// A dispatcher for one batch; `now` and `unix_ms` are the same moment on the pump's
     /// monotonic and wall clocks (the wall clock only stamps the batch's start).
     pub fn new(config: DispatchConfig, now: Instant, unix_ms: u64) -> Dispatcher {
@@ -531,6 +614,7 @@ impl Dispatcher {
             declines: 0,
             last_said: None,
             notes: Vec::new(),
+            observed: Vec::new(),
             said_phase: None,
             next_nag: now,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -542,7 +626,6 @@ impl Dispatcher {
             ranges_heard: 0,
             items_redone: 0,
             drained: None,
-            chunks_held: Vec::new(),
             failures: HashMap::new(),
             gave_up: Vec::new(),
             fail_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -558,6 +641,8 @@ impl Dispatcher {
     /// Handles one event at `now`, appending what to do to `out`.
     pub fn handle(&mut self, now: Instant, event: Event, out: &mut Vec<Command>) {
         if self.phase == Phase::Over {
+            self.after_the_batch(event);
+            out.extend(self.observed.drain(..).map(Command::Observed));
             return;
         }
         self.act(now, event, out);
@@ -569,6 +654,42 @@ impl Dispatcher {
             });
         }
         out.extend(self.notes.drain(..).map(Command::Note));
+        out.extend(self.observed.drain(..).map(Command::Observed));
+    }
+
+    /// After the batch nothing is dispatched; a live view still hears workers' last reports
+    /// and the sink's side (it lingers while the sink writes the picture).
+    fn after_the_batch(&mut self, event: Event) {
+        let batch_id = self.config.batch_id;
+        match event {
+            Event::FromWorker {
+                routing_id,
+                message: Message::Done { batch, done },
+            } if batch == batch_id && self.config.observe => {
+                let Some(&slot) = self.by_routing_id.get(&routing_id) else {
+                    return;
+                };
+                if self.workers[slot as usize].alive {
+                    let items = done.iter().map(|d| self.task_items(d.id)).collect();
+                    self.observe(Observed::Reported {
+                        worker: slot,
+                        done,
+                        items,
+                    });
+                }
+            }
+            Event::FromSink(Message::SinkSide { batch, side }) if batch == batch_id => {
+                self.observe(Observed::SinkSide(side))
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps what the live view counts for the commands of this event, if one watches.
+    fn observe(&mut self, observed: Observed) {
+        if self.config.observe {
+            self.observed.push(observed);
+        }
     }
 
     /// Keeps an observation for the commands of this event.
@@ -1178,6 +1299,9 @@ impl Dispatcher {
                 }
             }
             // The live view's: nothing to dispatch.
+            Message::SinkSide { batch, side } if batch == batch_id => {
+                self.observe(Observed::SinkSide(side))
+            }
             Message::SinkSide { .. } => {}
             other => self.reject_at(
                 now,
@@ -1319,17 +1443,12 @@ impl Dispatcher {
         // Chunks stay in `chunk_at` once held: a restarted sink lists its ranges again, and
         // they must find the chunks they cover then too.
         self.mark_held(now, &ids);
-        if self.config.chunking.is_some() {
-            self.chunks_held.extend_from_slice(&ids);
-        }
-    }
-
-    /// Chunks found held since the last call (a divisible job; the live view counts them).
-    pub fn take_chunks_held(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.chunks_held)
     }
 
     fn mark_held(&mut self, now: Instant, ids: &[u32]) {
+        if self.config.observe && !ids.is_empty() {
+            self.observe(Observed::Held { ids: ids.to_vec() });
+        }
         for &id in ids {
             let index = id as usize;
             if index >= self.len() {
@@ -1480,6 +1599,7 @@ impl Dispatcher {
                     self.speed += speed_of(&self.workers[slot as usize]);
                     let name = self.workers[slot as usize].info.name.clone();
                     self.by_name.insert(name, slot);
+                    self.observe(Observed::Back { worker: slot });
                     self.enqueue(slot);
                     out.push(Command::ToWorker {
                         worker: slot,
@@ -1604,6 +1724,14 @@ impl Dispatcher {
             // Declared gone already and its tasks handed on; its results still reach the
             // sink, which drops the duplicates.
             return;
+        }
+        if self.config.observe {
+            let items = done.iter().map(|d| self.task_items(d.id)).collect();
+            self.observe(Observed::Reported {
+                worker: slot,
+                done: done.to_vec(),
+                items,
+            });
         }
         for d in done {
             let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.len()) else {
@@ -2099,6 +2227,7 @@ impl Dispatcher {
     fn lose_worker(&mut self, slot: WorkerId, now: Instant) {
         let s = slot as usize;
         if self.workers[s].alive {
+            self.observe(Observed::Lost { worker: slot });
             if self.by_name.get(&self.workers[s].info.name) == Some(&slot) {
                 self.by_name.remove(&self.workers[s].info.name);
             }

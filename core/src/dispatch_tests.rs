@@ -165,6 +165,7 @@ impl Farm {
             chunking: None,
             max_attempts: 3,
             names: Vec::new(),
+            observe: true,
         };
         let base = Instant::now();
         let n = workloads.len();
@@ -333,6 +334,14 @@ impl Farm {
                         assert!(alive.contains(&joined), "{name}: {state}, alive {alive:?}");
                     }
                     Command::Note(_) => {}
+                    // What the live view is told agrees with what the dispatcher believes.
+                    Command::Observed(Observed::Lost { worker }) => {
+                        assert!(!self.d.worker(worker).alive, "{worker} lost, yet alive");
+                    }
+                    Command::Observed(Observed::Held { ids }) => {
+                        assert!(ids.iter().all(|&id| (id as usize) < self.d.len()));
+                    }
+                    Command::Observed(_) => {}
                 }
             }
             for event in failed {
@@ -969,6 +978,7 @@ fn job_dispatcher(items: u64, policy: Policy, base: Instant) -> Dispatcher {
         }),
         max_attempts: 3,
         names: Vec::new(),
+        observe: true,
     };
     Dispatcher::new(config, base, 0)
 }

@@ -279,7 +279,7 @@ impl Sim {
                     }
                     Command::Complete => self.complete_at = Some(self.now),
                     Command::Stop(why) => self.stopped = Some(why.to_string()),
-                    Command::Note(_) => {}
+                    Command::Note(_) | Command::Observed(_) => {}
                 }
             }
             let now = self.base + Duration::from_nanos(self.now);
@@ -623,6 +623,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         chunking: plan,
         max_attempts: crate::ventilator::DEFAULT_MAX_ATTEMPTS,
         names: Vec::new(),
+        observe: false,
     };
     let base = Instant::now();
     let mut sim = Sim {
