@@ -92,6 +92,77 @@ impl Rate {
     }
 }
 
+/// The workers that may take chunks, and their measured rates in order: what sizing a
+/// chunk asks of the farm (how many, the slowest and fastest measured, their sum), kept
+/// as workers join, leave and report, so a carve costs O(log workers), not a pass over
+/// them.
+#[derive(Debug, Clone, Default)]
+struct Farm {
+    /// By worker slot.
+    live: Vec<bool>,
+    count: usize,
+    /// Live workers' measured rates (items per second, as bits: positive floats order as
+    /// their bits do), each with how many have it.
+    known: BTreeMap<u64, u32>,
+    known_count: usize,
+    known_sum: f64,
+}
+
+impl Farm {
+    fn is_live(&self, worker: usize) -> bool {
+        self.live.get(worker).copied().unwrap_or(false)
+    }
+
+    fn add_rate(&mut self, rate: f64) {
+        *self.known.entry(rate.to_bits()).or_insert(0) += 1;
+        self.known_count += 1;
+        self.known_sum += rate;
+    }
+
+    fn remove_rate(&mut self, rate: f64) {
+        if let Some(n) = self.known.get_mut(&rate.to_bits()) {
+            *n -= 1;
+            if *n == 0 {
+                self.known.remove(&rate.to_bits());
+            }
+            self.known_count -= 1;
+            // Sums of floats drift as they are added and taken away: none left, none owed.
+            self.known_sum = if self.known_count == 0 {
+                0.0
+            } else {
+                self.known_sum - rate
+            };
+        }
+    }
+
+    fn slowest(&self) -> f64 {
+        self.known
+            .keys()
+            .next()
+            .map_or(f64::INFINITY, |&b| f64::from_bits(b))
+    }
+
+    fn fastest(&self) -> f64 {
+        self.known
+            .keys()
+            .next_back()
+            .map_or(0.0, |&b| f64::from_bits(b))
+    }
+
+    /// The farm's rate: measured workers at their rates, the rest at the slowest measured
+    /// (their share is then not given away to the fast); at least `rate`.
+    fn total_rate(&self, rate: f64) -> f64 {
+        let unmeasured = (self.count - self.known_count) as f64;
+        let slowest = self.slowest();
+        let guessed = if unmeasured > 0.0 {
+            unmeasured * slowest
+        } else {
+            0.0
+        };
+        (self.known_sum + guessed).max(rate)
+    }
+}
+
 /// What is left of a job and how fast each worker eats it.
 #[derive(Debug, Clone)]
 pub struct Carver {
@@ -102,6 +173,7 @@ pub struct Carver {
     left: u64,
     /// By worker slot (the dispatcher's ids).
     rates: Vec<Rate>,
+    farm: Farm,
     /// The size of every chunk under `static` and `fixed`, fixed at the first carve.
     size: Option<u64>,
     carved: u64,
@@ -119,6 +191,7 @@ impl Carver {
             plan,
             free,
             rates: Vec::new(),
+            farm: Farm::default(),
             size: None,
             carved: 0,
         }
@@ -141,6 +214,38 @@ impl Carver {
     /// A worker's measured rate in items per second, once it finished a chunk.
     pub fn rate(&self, worker: usize) -> Option<f64> {
         self.rates.get(worker).and_then(Rate::per_s)
+    }
+
+    /// `worker` may take chunks: it joined, or came back.
+    pub fn join(&mut self, worker: usize) {
+        if self.farm.is_live(worker) {
+            return;
+        }
+        if self.farm.live.len() <= worker {
+            self.farm.live.resize(worker + 1, false);
+        }
+        self.farm.live[worker] = true;
+        self.farm.count += 1;
+        if let Some(rate) = self.rate(worker) {
+            self.farm.add_rate(rate);
+        }
+    }
+
+    /// `worker` takes no more chunks: it is gone.
+    pub fn leave(&mut self, worker: usize) {
+        if !self.farm.is_live(worker) {
+            return;
+        }
+        self.farm.live[worker] = false;
+        self.farm.count -= 1;
+        if let Some(rate) = self.rate(worker) {
+            self.farm.remove_rate(rate);
+        }
+    }
+
+    /// Workers that may take chunks.
+    pub fn workers(&self) -> usize {
+        self.farm.count
     }
 
     /// Takes items out of what is left without carving them (a resumed sink holds them).
@@ -184,25 +289,32 @@ impl Carver {
         if self.rates.len() <= worker {
             self.rates.resize(worker + 1, Rate::default());
         }
+        let live = self.farm.is_live(worker);
+        if let (true, Some(old)) = (live, self.rate(worker)) {
+            self.farm.remove_rate(old);
+        }
         let r = &mut self.rates[worker];
         r.last = u64::from(items);
         r.items = r.items * 0.5 + f64::from(items);
         r.us = r.us * 0.5 + f64::from(wall_us.max(1));
+        if let (true, Some(new)) = (live, self.rate(worker)) {
+            self.farm.add_rate(new);
+        }
     }
 
     /// The next chunk for `worker`, `(first item, items)`, or `None` when nothing is left.
-    /// `workers` are the live workers' slots (those that may take chunks), `worker` among
-    /// them.
+    /// The farm is the workers that [joined](Carver::join) and did not leave; `worker`
+    /// counts among them.
     ///
     /// A chunk starts at the first free item and spans at most the size the policy wants.
     /// It reaches across an item range that is not free (held at the sink, or out) to the
     /// next free one only while that gap is no longer than the free items it has taken, so
     /// at most half of a chunk is work done before, and a job cut into many small pieces
     /// (by ranges a peer invented, say) is still carved into chunks of useful size.
-    pub fn carve(&mut self, worker: usize, workers: &[usize]) -> Option<(u64, u32)> {
+    pub fn carve(&mut self, worker: usize) -> Option<(u64, u32)> {
         let (&start, _) = self.free.iter().next()?;
         let want = self
-            .size_for(worker, workers)
+            .size_for(worker)
             .clamp(1, u64::from(self.plan.max_chunk.max(1)));
         let (mut at, mut taken) = (start, 0u64);
         while let Some((&a, &b)) = self.free.range(at..).next() {
@@ -223,8 +335,8 @@ impl Carver {
     }
 
     /// Items `worker` should get now under the policy.
-    fn size_for(&mut self, worker: usize, workers: &[usize]) -> u64 {
-        let n = workers.len().max(1) as u64;
+    fn size_for(&mut self, worker: usize) -> u64 {
+        let n = self.n(worker);
         match self.plan.policy {
             Policy::Static => *self.size.get_or_insert(self.plan.items.div_ceil(n)),
             Policy::Fixed(items) => *self.size.get_or_insert(if items > 0 {
@@ -232,7 +344,7 @@ impl Carver {
             } else {
                 self.plan.items.div_ceil(8 * n)
             }),
-            Policy::Adaptive(target) => self.adaptive(worker, workers, target),
+            Policy::Adaptive(target) => self.adaptive(worker, target),
         }
     }
 
@@ -242,45 +354,35 @@ impl Carver {
     /// and while the job has at least eight chunk times left at the farm's pace. Near the end chunks shrink and one in hand is enough; and beside
     /// much slower workers a second chunk in hand is a second chance to hold dear items
     /// at the end, which measured worse than the round trip it saves.
-    pub fn may_queue(&self, worker: usize, workers: &[usize]) -> bool {
+    pub fn may_queue(&self, worker: usize) -> bool {
         let Policy::Adaptive(target) = self.plan.policy else {
             return false;
         };
         let Some(rate) = self.rate(worker) else {
             return false;
         };
-        let known: Vec<f64> = workers.iter().filter_map(|&w| self.rate(w)).collect();
-        let slowest = known.iter().copied().fold(f64::INFINITY, f64::min);
-        let fastest = known.iter().copied().fold(0.0, f64::max);
-        let total_rate: f64 = workers
-            .iter()
-            .map(|&w| self.rate(w).unwrap_or(slowest))
-            .sum::<f64>()
-            .max(rate);
-        known.len() == workers.len()
-            && slowest * EVEN_FARM >= fastest
-            && self.left as f64 / total_rate >= AHEAD_TARGETS * target.as_secs_f64()
+        let farm = &self.farm;
+        farm.known_count == farm.count
+            && farm.slowest() * EVEN_FARM >= farm.fastest()
+            && self.left as f64 / farm.total_rate(rate) >= AHEAD_TARGETS * target.as_secs_f64()
     }
 
-    fn adaptive(&self, worker: usize, workers: &[usize], target: Duration) -> u64 {
+    /// Workers in the farm, `worker` counted if it did not join: at least one.
+    fn n(&self, worker: usize) -> u64 {
+        let outside = usize::from(!self.farm.is_live(worker));
+        (self.farm.count + outside).max(1) as u64
+    }
+
+    fn adaptive(&self, worker: usize, target: Duration) -> u64 {
         let target_s = target.as_secs_f64().max(1e-3);
         let Some(rate) = self.rate(worker) else {
             // A probe: a sliver of an equal share, whatever an item is said to cost (a
             // worker may be a hundred times slower than nominal, and its probe must not
             // outlast the job). The chunks after it grow to the target at the rate it
             // measures, doubling at most, so a tiny probe costs a few round trips.
-            let n = workers.len().max(1) as u64;
-            return (self.left / (PROBE_FRACTION * n)).max(1);
+            return (self.left / (PROBE_FRACTION * self.n(worker))).max(1);
         };
-        // Workers not measured yet count at the slowest measured rate: their share is then
-        // not given away to the fast.
-        let known: Vec<f64> = workers.iter().filter_map(|&w| self.rate(w)).collect();
-        let slowest = known.iter().copied().fold(f64::INFINITY, f64::min);
-        let total_rate: f64 = workers
-            .iter()
-            .map(|&w| self.rate(w).unwrap_or(slowest))
-            .sum::<f64>()
-            .max(rate);
+        let total_rate = self.farm.total_rate(rate);
         let by_time = rate * target_s;
         let share = self.left as f64 * rate / (2.0 * total_rate);
         let floor = rate * target_s * MIN_CHUNK_FRACTION;
@@ -308,7 +410,7 @@ mod tests {
     /// asks for a chunk when idle. Returns (makespan, ideal, chunks, every chunk).
     fn simulate(policy: Policy, items: u64, speeds: &[f64]) -> (f64, f64, u64, Vec<(u64, u32)>) {
         let mut carver = Carver::new(plan(policy, items));
-        let workers: Vec<usize> = (0..speeds.len()).collect();
+        (0..speeds.len()).for_each(|w| carver.join(w));
         let mut free_at = vec![0.0f64; speeds.len()];
         let mut chunks = Vec::new();
         loop {
@@ -318,7 +420,7 @@ mod tests {
                 .enumerate()
                 .min_by(|a, b| a.1.total_cmp(b.1))
                 .expect("workers");
-            let Some((first, n)) = carver.carve(w, &workers) else {
+            let Some((first, n)) = carver.carve(w) else {
                 break;
             };
             let secs = f64::from(n) / speeds[w];
@@ -367,7 +469,8 @@ mod tests {
         carver.remove(95, 200);
         assert_eq!(carver.left(), 85);
         let mut seen = Vec::new();
-        while let Some((first, n)) = carver.carve(0, &[0]) {
+        carver.join(0);
+        while let Some((first, n)) = carver.carve(0) {
             seen.extend(first..first + u64::from(n));
         }
         let want: Vec<u64> = (0..10).chain(20..95).collect();
@@ -389,10 +492,10 @@ mod tests {
             max_chunk in 1u32..2000,
         ) {
             let mut carver = Carver::new(Plan { max_chunk, ..plan(policy, items) });
-            let workers: Vec<usize> = (0..speeds.len()).collect();
+            (0..speeds.len()).for_each(|w| carver.join(w));
             let mut next = 0u64;
             let mut turn = 0;
-            while let Some((first, n)) = carver.carve(turn % speeds.len(), &workers) {
+            while let Some((first, n)) = carver.carve(turn % speeds.len()) {
                 prop_assert_eq!(first, next);
                 prop_assert!(n >= 1 && n <= max_chunk);
                 next += u64::from(n);
@@ -402,6 +505,46 @@ mod tests {
             }
             prop_assert_eq!(next, items);
             prop_assert_eq!(carver.left(), 0);
+        }
+
+        /// What the carver keeps of the farm as workers join, leave and report is what a
+        /// pass over the live workers would find.
+        #[test]
+        fn the_farm_kept_as_it_changes_is_the_farm_counted_afresh(
+            ops in proptest::collection::vec((0u8..3, 0usize..12, 1u32..10_000, 1u32..1_000_000), 0..300),
+        ) {
+            let mut carver = Carver::new(plan(Policy::Adaptive(Duration::from_millis(100)), 1_000_000));
+            let mut live = std::collections::BTreeSet::new();
+            for (op, w, items, us) in ops {
+                match op {
+                    0 => {
+                        carver.join(w);
+                        live.insert(w);
+                    }
+                    1 => {
+                        carver.leave(w);
+                        live.remove(&w);
+                    }
+                    _ => carver.learn(w, items, us),
+                }
+                let rates: Vec<f64> = live.iter().filter_map(|&w| carver.rate(w)).collect();
+                let farm = &carver.farm;
+                prop_assert_eq!(farm.count, live.len());
+                prop_assert_eq!(farm.known_count, rates.len());
+                let slowest = rates.iter().copied().fold(f64::INFINITY, f64::min);
+                let fastest = rates.iter().copied().fold(0.0, f64::max);
+                prop_assert_eq!(farm.slowest(), slowest);
+                prop_assert_eq!(farm.fastest(), fastest);
+                let sum: f64 = rates.iter().sum();
+                prop_assert!((farm.known_sum - sum).abs() <= 1e-9 * sum.max(1.0), "{} against {}", farm.known_sum, sum);
+                for &w in &live {
+                    let rate = carver.rate(w).unwrap_or(1.0);
+                    let unmeasured = (live.len() - rates.len()) as f64;
+                    let want = (sum + if unmeasured > 0.0 { unmeasured * slowest } else { 0.0 }).max(rate);
+                    let got = farm.total_rate(rate);
+                    prop_assert!((got - want).abs() <= 1e-9 * want.max(1.0) || got == want);
+                }
+            }
         }
     }
 }

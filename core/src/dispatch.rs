@@ -895,6 +895,15 @@ impl Dispatcher {
                 self.pending_ms, self.assigned_ms, self.alive, self.speed
             ));
         }
+        // The carver sizes chunks for the live workers: the same ones.
+        if let Some(carver) = &self.carver {
+            if carver.workers() != alive {
+                return Err(format!(
+                    "the carver counts {} workers, {alive} are alive",
+                    carver.workers()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1600,6 +1609,9 @@ impl Dispatcher {
                     let name = self.workers[slot as usize].info.name.clone();
                     self.by_name.insert(name, slot);
                     self.observe(Observed::Back { worker: slot });
+                    if let Some(carver) = self.carver.as_mut() {
+                        carver.join(slot as usize);
+                    }
                     self.enqueue(slot);
                     out.push(Command::ToWorker {
                         worker: slot,
@@ -1654,6 +1666,9 @@ impl Dispatcher {
         self.by_routing_id.insert(routing_id.clone(), slot);
         self.by_name.insert(info.name.clone(), slot);
         self.workers.push(WorkerSlot::new(routing_id, info, now));
+        if let Some(carver) = self.carver.as_mut() {
+            carver.join(self.workers.len() - 1);
+        }
         self.note_worker(slot, "joined", None);
         self.alive += 1;
         self.speed += 1.0;
@@ -2236,6 +2251,9 @@ impl Dispatcher {
             self.assigned_ms -= self.workers[s].assigned_ms;
         }
         self.workers[s].alive = false;
+        if let Some(carver) = self.carver.as_mut() {
+            carver.leave(s);
+        }
         self.workers[s].assigned = 0;
         self.workers[s].assigned_ms = 0;
         self.workers[s].unheld = 0;
@@ -2612,17 +2630,10 @@ impl Dispatcher {
         let Some(carver) = self.carver.as_mut() else {
             return Carved::Nothing;
         };
-        let live: Vec<usize> = self
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.alive)
-            .map(|(i, _)| i)
-            .collect();
-        if held_one && !carver.may_queue(slot, &live) {
+        if held_one && !carver.may_queue(slot) {
             return Carved::NotNow;
         }
-        let Some((first, items)) = carver.carve(slot, &live) else {
+        let Some((first, items)) = carver.carve(slot) else {
             return Carved::Nothing;
         };
         // Its workload is what it should take on this worker, in ms (what the backup rule

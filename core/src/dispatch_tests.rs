@@ -1122,6 +1122,11 @@ fn a_job_gives_each_worker_one_chunk_at_a_time_and_a_lost_workers_chunk_to_anoth
     assert_eq!(next[0].0, a_slot);
     assert_eq!(next[0].1, b_chunk, "the lost worker's chunk, whole");
     assert_eq!(d.counters().items_redone, 100);
+    // The carver sizes chunks for the one worker left.
+    assert_eq!(d.audit(), Ok(()));
+    // b comes back: counted again.
+    greet(&mut d, base, "b", &mut out);
+    assert_eq!(d.audit(), Ok(()));
 }
 
 #[test]

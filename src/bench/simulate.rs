@@ -847,6 +847,23 @@ pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<V
         costs: None,
     })?);
     progress.done();
+    // A divisible job on the largest farm: what carving a chunk costs among many workers.
+    let job_items: u64 = if quick { 200_000 } else { 10_000_000 };
+    progress.step(format!("simulate: {most} workers, adaptive job"));
+    let mut row = simulate(&SimSpec {
+        workers: most,
+        tasks: job_items as u32,
+        churn: false,
+        latency,
+        seed: 1,
+        chunking: Some(Policy::Adaptive(Duration::from_millis(200))),
+        item_us: 1000,
+        farm: None,
+        costs: None,
+    })?;
+    row.scenario = "adaptive job, uniform costs".into();
+    rows.push(row);
+    progress.done();
     let items = if quick { 20_000 } else { 200_000 };
     let costs = std::sync::Arc::new(mandelbrot_profile(items));
     for (label, farm) in uneven_farms() {
