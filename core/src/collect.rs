@@ -8,6 +8,7 @@
 //! in that order and the pump stops at the first that fails.
 
 use crate::batch::ideal_ms;
+use crate::claims::{clashes, name_taken, Claims, Holder};
 use crate::heartbeat::{check_name, Heartbeat};
 use crate::intervals::IntervalSet;
 use crate::protocol::{
@@ -228,14 +229,6 @@ struct Peer {
     last_seen: Instant,
 }
 
-/// A newcomer whose name a recently heard worker holds: welcomed if that worker's
-/// connection turns out to be gone, refused otherwise.
-struct Claim {
-    old: Vec<u8>,
-    routing_id: Vec<u8>,
-    info: WorkerInfo,
-}
-
 #[derive(Default)]
 struct Tally {
     backend: String,
@@ -270,7 +263,9 @@ pub struct Collector {
     workers: BTreeMap<String, Tally>,
     /// Workers that greeted this sink, by name.
     peers: HashMap<String, Peer>,
-    claims: Vec<Claim>,
+    /// Newcomers whose name a recently heard worker holds ([`crate::claims`]): welcomed if
+    /// that worker's connection turns out to be gone, refused otherwise.
+    claims: Claims<Vec<u8>>,
     duplicates: u64,
     rejected: u64,
     checked: u64,
@@ -395,7 +390,7 @@ impl Collector {
             recovered,
             workers: BTreeMap::new(),
             peers: HashMap::new(),
-            claims: Vec::new(),
+            claims: Claims::default(),
             duplicates: 0,
             rejected: 0,
             checked: 0,
@@ -598,22 +593,20 @@ impl Collector {
             self.refuse(now, &routing_id, RefusalKind::BadName, why, out);
             return;
         }
-        if self.claims.iter().any(|c| c.routing_id == routing_id) {
+        if self.claims.is_waiting(&routing_id) {
             return;
         }
         let timeout = self.config.heartbeat.timeout();
         if let Some(existing) = self.peers.get(&info.name) {
-            let maybe_clash = existing.session != info.session
-                && existing.routing_id != routing_id
-                && now.saturating_duration_since(existing.last_seen) < timeout;
-            if maybe_clash {
+            let holder = Holder {
+                session: existing.session,
+                routing_id: &existing.routing_id,
+                live: now.saturating_duration_since(existing.last_seen) < timeout,
+            };
+            if clashes(holder, info.session, &routing_id) {
                 let old = existing.routing_id.clone();
                 Self::send(out, &old, welcome(self.config.codecs));
-                self.claims.push(Claim {
-                    old,
-                    routing_id,
-                    info,
-                });
+                self.claims.wait(old, routing_id, info);
                 return;
             }
         }
@@ -647,25 +640,15 @@ impl Collector {
     }
 
     fn unreachable(&mut self, now: Instant, routing_id: &[u8], out: &mut Vec<SinkCommand>) {
-        let mut i = 0;
-        while i < self.claims.len() {
-            if self.claims[i].old == routing_id {
-                let claim = self.claims.swap_remove(i);
-                self.welcome(now, claim.routing_id, claim.info, out);
-            } else {
-                i += 1;
-            }
+        for claim in self.claims.holder_gone(&routing_id.to_vec()) {
+            self.welcome(now, claim.routing_id, claim.info, out);
         }
     }
 
     /// Newcomers whose namesake's connection stood are refused: the name is taken.
     fn settle_claims(&mut self, now: Instant, out: &mut Vec<SinkCommand>) {
-        for claim in std::mem::take(&mut self.claims) {
-            let reason = format!(
-                "another worker named {:?} is already connected to the sink at {}; give each \
-                 worker its own --name (the default, host-pid-N, is unique)",
-                claim.info.name, self.config.endpoint
-            );
+        for claim in self.claims.settle() {
+            let reason = name_taken(&claim.info.name, "sink", &self.config.endpoint);
             self.refuse(now, &claim.routing_id, RefusalKind::NameTaken, reason, out);
         }
     }

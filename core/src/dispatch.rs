@@ -12,6 +12,7 @@
 
 use crate::batch::{Job, Task};
 use crate::chunking::{Carver, Plan, Policy};
+use crate::claims::{clashes, name_taken, Claims, Holder};
 use crate::heartbeat::Heartbeat;
 use crate::intervals::IntervalSet;
 use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_PER_MESSAGE};
@@ -371,15 +372,6 @@ impl WorkerSlot {
     }
 }
 
-/// A newcomer whose name a live worker holds: admitted if that worker turns out to be gone
-/// (the heartbeat sent to it fails), refused otherwise.
-#[derive(Debug, Clone)]
-struct Claim {
-    old: WorkerId,
-    routing_id: Vec<u8>,
-    info: WorkerInfo,
-}
-
 /// The dispatch state of one batch.
 pub struct Dispatcher {
     config: DispatchConfig,
@@ -417,7 +409,9 @@ pub struct Dispatcher {
     waiting: Vec<WorkerId>,
     /// Workers whose message of this dispatch call is full: back in the queue after it.
     deferred: Vec<WorkerId>,
-    claims: Vec<Claim>,
+    /// Newcomers whose name a live worker holds ([`crate::claims`]): admitted if that
+    /// worker turns out to be gone (the heartbeat sent to it fails), refused otherwise.
+    claims: Claims<WorkerId>,
     /// Dispatch has begun (the sink acknowledged the batch).
     dispatching: bool,
     redispatched: u64,
@@ -595,7 +589,7 @@ impl Dispatcher {
             tail: Vec::new(),
             waiting: Vec::new(),
             deferred: Vec::new(),
-            claims: Vec::new(),
+            claims: Claims::default(),
             dispatching: false,
             redispatched: 0,
             rejected: 0,
@@ -1620,7 +1614,7 @@ impl Dispatcher {
                 }
             }
             None => {
-                if self.claims.iter().any(|c| c.routing_id == routing_id) {
+                if self.claims.is_waiting(&routing_id) {
                     return; // its first greeting is being settled
                 }
                 // Another live worker under the same name (a second process given the same
@@ -1629,18 +1623,19 @@ impl Dispatcher {
                 // once if its connection is gone.
                 let namesake = self.by_name.get(&info.name).copied().filter(|&w| {
                     let w = &self.workers[w as usize];
-                    w.alive && w.info.session != info.session
+                    let holder = Holder {
+                        session: w.info.session,
+                        routing_id: &w.routing_id,
+                        live: w.alive,
+                    };
+                    clashes(holder, info.session, &routing_id)
                 });
                 if let Some(old) = namesake {
                     out.push(Command::ToWorker {
                         worker: old as WorkerId,
                         message: self.heartbeat(),
                     });
-                    self.claims.push(Claim {
-                        old: old as WorkerId,
-                        routing_id,
-                        info,
-                    });
+                    self.claims.wait(old, routing_id, info);
                     return;
                 }
                 self.admit(routing_id, info, now, out);
@@ -1685,12 +1680,8 @@ impl Dispatcher {
         if self.claims.is_empty() {
             return;
         }
-        for claim in std::mem::take(&mut self.claims) {
-            let reason = format!(
-                "another worker named {:?} is already connected to the ventilator at {}; give each \
-                 worker its own --name (the default, host-pid-N, is unique)",
-                claim.info.name, self.config.endpoint
-            );
+        for claim in self.claims.settle() {
+            let reason = name_taken(&claim.info.name, "ventilator", &self.config.endpoint);
             let peer = printable(&crate::text::peer_name(&claim.routing_id)).into_owned();
             self.refuse_log
                 .warn_at(now, || format!("refused {peer}: {reason}"));
@@ -1710,15 +1701,9 @@ impl Dispatcher {
             self.lose_worker(worker, now);
         }
         // Newcomers waiting on this worker's name take it now.
-        let mut i = 0;
-        while i < self.claims.len() {
-            if self.claims[i].old == worker {
-                let claim = self.claims.swap_remove(i);
-                if !self.by_routing_id.contains_key(&claim.routing_id) {
-                    self.admit(claim.routing_id, claim.info, now, out);
-                }
-            } else {
-                i += 1;
+        for claim in self.claims.holder_gone(&worker) {
+            if !self.by_routing_id.contains_key(&claim.routing_id) {
+                self.admit(claim.routing_id, claim.info, now, out);
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod chunking;
+pub mod claims;
 pub mod collect;
 pub mod dispatch;
 pub mod events;
@@ -24,9 +25,10 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 16] = [
+    const FILES: [(&str, &str); 17] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
+        ("claims.rs", include_str!("claims.rs")),
         ("collect.rs", include_str!("collect.rs")),
         ("dispatch.rs", include_str!("dispatch.rs")),
         ("events.rs", include_str!("events.rs")),
