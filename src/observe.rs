@@ -1166,6 +1166,7 @@ mod tests {
             max_attempts: 3,
             names: Vec::new(),
             observe: true,
+            framing: Default::default(),
         };
         let mut d = crate::dispatch::Dispatcher::new(config, now, 0);
         let mut out = Vec::new();

@@ -133,11 +133,6 @@ pub struct Ventilator {
     /// The live view, with `--http`.
     http: Option<crate::http::Server>,
     endpoint: String,
-    /// Workers (by routing id) that were sent the user kernel's source.
-    sent_source: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
-    /// Workers (by routing id) whose greeting says they speak LZ4: their inputs go
-    /// compressed when that pays (and this process was not given `--no-compress`).
-    lz4_peers: std::cell::RefCell<std::collections::HashSet<Vec<u8>>>,
     /// Bytes this process had sent before this ventilator: its batch's are the rest.
     sent_at_start: crate::protocol::WireBytes,
     /// The authentication handler guarding the tasks socket, when there is one. Last:
@@ -231,8 +226,6 @@ impl Ventilator {
             http,
             gate,
             endpoint,
-            sent_source: Default::default(),
-            lz4_peers: Default::default(),
             sent_at_start: crate::protocol::sent_bytes(),
         })
     }
@@ -297,6 +290,11 @@ impl Ventilator {
                     .collect()
             }),
             observe: self.http.is_some(),
+            framing: crate::dispatch::Framing {
+                kernel: config.kernel_source.is_some(),
+                inputs: config.inputs.is_some(),
+                compress: config.compress,
+            },
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
         let mut observer = self.http.as_ref().map(|_| match config.chunking {
@@ -407,21 +405,6 @@ impl Ventilator {
                             (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
                             _ => None,
                         };
-                        if let Ok(Message::Hello(info)) = &message {
-                            let mut peers = self.lz4_peers.borrow_mut();
-                            if info.codecs & crate::protocol::CODEC_LZ4 != 0 {
-                                peers.insert(inbound.peer.clone());
-                            } else {
-                                peers.remove(&inbound.peer);
-                            }
-                        }
-                        if let (Ok(Message::Hello(_)), Some(_)) =
-                            (&message, &self.config.kernel_source)
-                        {
-                            // A greeting may follow a reconnect, which drops what was queued to
-                            // the old connection: the kernel goes again before the next task.
-                            self.sent_source.borrow_mut().remove(&inbound.peer);
-                        }
                         let event = match message {
                             Ok(message) => Event::FromWorker {
                                 routing_id: inbound.peer,
@@ -498,6 +481,8 @@ impl Ventilator {
                         worker,
                         tasks,
                         again,
+                        kernel,
+                        compress,
                     } => {
                         let to = &dispatcher.worker(worker).routing_id;
                         let job = dispatcher.job();
@@ -512,30 +497,26 @@ impl Ventilator {
                                     o.sent(Instant::now(), worker, sent.iter().map(|t| t.id));
                                 }
                             };
-                        // A user kernel's source goes first, once per worker: messages to
-                        // one peer arrive in order.
-                        if let Some(source) = &self.config.kernel_source {
-                            if !self.sent_source.borrow().contains(to) {
-                                let message = Message::Kernel {
-                                    batch,
-                                    source: source.to_string(),
-                                };
-                                match sockets::send_to(&self.tasks_socket, to, &message.encode()) {
-                                    SendOutcome::Sent => {
-                                        self.sent_source.borrow_mut().insert(to.clone());
-                                    }
-                                    SendOutcome::Gone => {
-                                        failed.push(Event::Unreachable(worker));
-                                        continue;
-                                    }
-                                    SendOutcome::Busy => {
-                                        failed.push(Event::Bounced {
-                                            worker,
-                                            tasks,
-                                            again,
-                                        });
-                                        continue;
-                                    }
+                        // A user kernel's source goes first when the dispatcher says so:
+                        // messages to one peer arrive in order.
+                        if let (true, Some(source)) = (kernel, &self.config.kernel_source) {
+                            let message = Message::Kernel {
+                                batch,
+                                source: source.to_string(),
+                            };
+                            match sockets::send_to(&self.tasks_socket, to, &message.encode()) {
+                                SendOutcome::Sent => {}
+                                SendOutcome::Gone => {
+                                    failed.push(Event::Unreachable(worker));
+                                    continue;
+                                }
+                                SendOutcome::Busy => {
+                                    failed.push(Event::Bounced {
+                                        worker,
+                                        tasks,
+                                        again,
+                                    });
+                                    continue;
                                 }
                             }
                         }
@@ -552,9 +533,9 @@ impl Ventilator {
                             }
                             continue;
                         };
-                        // Data tasks travel one per message, each with its input file,
-                        // compressed for a worker that speaks LZ4 when it pays.
-                        let compress = self.config.compress && self.lz4_peers.borrow().contains(to);
+                        // Data tasks travel one per message (one per command, as the
+                        // dispatcher frames them), each with its input file, compressed for
+                        // a worker that speaks LZ4 when it pays.
                         for (k, task) in tasks.iter().enumerate() {
                             let max = self.config.max_payload;
                             let (message, input_len, wire) = match inputs

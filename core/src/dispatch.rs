@@ -106,6 +106,21 @@ pub struct DispatchConfig {
     /// Whether a live view watches: the dispatcher then says what it observes as
     /// [`Command::Observed`].
     pub observe: bool,
+    /// How tasks travel: a user kernel's source first, inputs one task a message,
+    /// compressed or not.
+    pub framing: Framing,
+}
+
+/// How tasks travel to a worker (the pump frames what the dispatcher says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Framing {
+    /// The batch has a user kernel: its source goes to each worker before its first task,
+    /// and again after each greeting.
+    pub kernel: bool,
+    /// Tasks carry input files: one task a message.
+    pub inputs: bool,
+    /// Inputs may travel compressed to a worker that speaks LZ4 (not `--no-compress`).
+    pub compress: bool,
 }
 
 /// A worker, by its place in the dispatcher's table (stable for the batch).
@@ -145,11 +160,15 @@ pub enum Command {
     ToWorker { worker: WorkerId, message: Message },
     /// Tasks for a worker, in one message; answer a full queue with [`Event::Bounced`]
     /// carrying them back, a lost connection with [`Event::Unreachable`]. `again` marks
-    /// those handed out before.
+    /// those handed out before. With `kernel`, the batch's kernel source goes first (a
+    /// full queue then bounces the tasks too); with `compress`, inputs may travel
+    /// compressed. A batch with inputs has one task a command ([`Framing`]).
     Tasks {
         worker: WorkerId,
         tasks: Vec<Task>,
         again: Vec<bool>,
+        kernel: bool,
+        compress: bool,
     },
     /// A message to a peer that is not (or no longer) a worker of ours: refusals.
     Reply {
@@ -339,6 +358,9 @@ pub struct WorkerSlot {
     in_tail: bool,
     /// In the waiting list (idle while every queued copy excluded it).
     in_waiting: bool,
+    /// Sent the batch's kernel source since it last greeted (a greeting may follow a
+    /// reconnect, which drops what was queued to the old connection).
+    has_kernel: bool,
 }
 
 impl WorkerSlot {
@@ -367,6 +389,7 @@ impl WorkerSlot {
             queued: false,
             in_tail: false,
             in_waiting: false,
+            has_kernel: false,
             outgoing: None,
         }
     }
@@ -1584,6 +1607,8 @@ impl Dispatcher {
                 worker.info.backend = info.backend;
                 worker.info.adapter = info.adapter;
                 worker.info.window_hint = info.window_hint;
+                worker.info.codecs = info.codecs;
+                worker.has_kernel = false;
                 if worker.alive && worker.stalled && worker.stalled_silent {
                     // Heard again after a silence that cost it its tasks: it may take more.
                     worker.stalled = false;
@@ -1923,11 +1948,7 @@ impl Dispatcher {
             self.redispatched += 1;
             self.items_redone += u64::from(task.items);
             *self.taken_over.entry(index as u32).or_insert(0) += 1;
-            out.push(Command::Tasks {
-                worker: slot as WorkerId,
-                tasks: vec![task],
-                again: vec![true],
-            });
+            self.send_tasks(slot as WorkerId, vec![task], vec![true], out);
         }
     }
 
@@ -2516,6 +2537,10 @@ impl Dispatcher {
 
     /// Tasks whose send found the worker's queue full: taken back as they were.
     fn bounced(&mut self, slot: WorkerId, tasks: &[Task], again: &[bool]) {
+        // The kernel's source may have bounced with them: it goes again.
+        if let Some(w) = self.workers.get_mut(slot as usize) {
+            w.has_kernel = false;
+        }
         for (task, &was_requeued) in tasks.iter().zip(again).rev() {
             let index = task.id as usize;
             if index >= self.len()
@@ -2769,10 +2794,41 @@ impl Dispatcher {
         for (worker, tasks, again) in batches {
             self.workers[worker as usize].outgoing = None;
             self.redispatched += again.iter().filter(|&&a| a).count() as u64;
+            self.send_tasks(worker, tasks, again, out);
+        }
+    }
+
+    /// Tasks for `worker`, framed as [`Framing`] says: the kernel's source first if it has
+    /// not had it since it greeted, one task a command when tasks carry inputs.
+    fn send_tasks(
+        &mut self,
+        worker: WorkerId,
+        tasks: Vec<Task>,
+        again: Vec<bool>,
+        out: &mut Vec<Command>,
+    ) {
+        let framing = self.config.framing;
+        let w = &mut self.workers[worker as usize];
+        let kernel = framing.kernel && !w.has_kernel;
+        w.has_kernel |= framing.kernel;
+        let compress = framing.compress && w.info.codecs & crate::protocol::CODEC_LZ4 != 0;
+        if framing.inputs {
+            for (n, (task, again)) in tasks.into_iter().zip(again).enumerate() {
+                out.push(Command::Tasks {
+                    worker,
+                    tasks: vec![task],
+                    again: vec![again],
+                    kernel: kernel && n == 0,
+                    compress,
+                });
+            }
+        } else {
             out.push(Command::Tasks {
                 worker,
                 tasks,
                 again,
+                kernel,
+                compress,
             });
         }
     }

@@ -166,6 +166,7 @@ impl Farm {
             max_attempts: 3,
             names: Vec::new(),
             observe: true,
+            framing: Framing::default(),
         };
         let base = Instant::now();
         let n = workloads.len();
@@ -234,6 +235,7 @@ impl Farm {
                         worker,
                         tasks,
                         again,
+                        ..
                     } => {
                         for t in &tasks {
                             assert!(
@@ -751,6 +753,116 @@ proptest! {
     }
 }
 
+/// The framing of each `Tasks` command the dispatcher issues in answer to `event`:
+/// (tasks, kernel first, compressed).
+fn framed(
+    d: &mut Dispatcher,
+    now: Instant,
+    event: Event,
+    out: &mut Vec<Command>,
+) -> Vec<(usize, bool, bool)> {
+    out.clear();
+    d.handle(now, event, out);
+    d.handle(now, Event::Tick, out);
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Tasks {
+                tasks,
+                kernel,
+                compress,
+                ..
+            } => Some((tasks.len(), *kernel, *compress)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs_one_a_message() {
+    let mut farm = Farm::new(&[10; 40], 4, 8, false);
+    farm.config.framing = Framing {
+        kernel: true,
+        inputs: true,
+        compress: true,
+    };
+    let now = farm.now();
+    let mut d = Dispatcher::new(farm.config.clone(), now, 0);
+    let mut out = Vec::new();
+    d.handle(now, Event::Tick, &mut out);
+    let hello = |codecs: u8| Event::FromWorker {
+        routing_id: b"w/1".to_vec(),
+        message: Message::Hello(WorkerInfo {
+            name: "w".into(),
+            session: 1,
+            backend: "software".into(),
+            adapter: String::new(),
+            window_hint: 4,
+            codecs,
+        }),
+    };
+    d.handle(now, hello(crate::protocol::CODEC_LZ4), &mut out);
+    let ack = Message::BatchAck {
+        batch: farm.config.batch_id,
+        held: 0,
+    };
+    // Its first tasks: one a command, the kernel before the first, compressed.
+    let first = framed(&mut d, now, Event::FromSink(ack), &mut out);
+    assert!(first.len() >= 2, "{first:?}");
+    assert_eq!(first[0], (1, true, true));
+    assert!(
+        first[1..].iter().all(|&f| f == (1, false, true)),
+        "{first:?}"
+    );
+    // A greeting (perhaps after a reconnect, which drops what was queued): the kernel
+    // goes again with the next task; a worker that no longer speaks LZ4 gets raw inputs.
+    let done = Message::Done {
+        batch: farm.config.batch_id,
+        done: vec![Done {
+            id: 0,
+            status: Status::Ok,
+            wall_us: 10_000,
+            kernel_us: 0,
+        }],
+    };
+    d.handle(now, hello(0), &mut out);
+    let next = framed(
+        &mut d,
+        now,
+        Event::FromWorker {
+            routing_id: b"w/1".to_vec(),
+            message: done,
+        },
+        &mut out,
+    );
+    assert_eq!(next.first(), Some(&(1, true, false)), "{next:?}");
+    // A full queue bounces the tasks, and perhaps the kernel: it goes again.
+    let bounced = out
+        .iter()
+        .rev()
+        .find_map(|c| match c {
+            Command::Tasks {
+                worker,
+                tasks,
+                again,
+                ..
+            } => Some((*worker, tasks.clone(), again.clone())),
+            _ => None,
+        })
+        .expect("tasks went out");
+    let (worker, tasks, again) = bounced;
+    let after = framed(
+        &mut d,
+        now,
+        Event::Bounced {
+            worker,
+            tasks,
+            again,
+        },
+        &mut out,
+    );
+    assert_eq!(after.first().map(|f| f.1), Some(true), "{after:?}");
+}
+
 #[test]
 fn a_hoarder_gets_no_more_than_its_window() {
     let mut farm = Farm::new(&[10; 200], 2, 8, false);
@@ -979,6 +1091,7 @@ fn job_dispatcher(items: u64, policy: Policy, base: Instant) -> Dispatcher {
         max_attempts: 3,
         names: Vec::new(),
         observe: true,
+        framing: Framing::default(),
     };
     Dispatcher::new(config, base, 0)
 }
@@ -1444,6 +1557,7 @@ fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
                 worker,
                 tasks,
                 again,
+                ..
             } => Some((*worker, tasks.clone(), again.clone())),
             _ => None,
         })

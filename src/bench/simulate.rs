@@ -624,6 +624,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         max_attempts: crate::ventilator::DEFAULT_MAX_ATTEMPTS,
         names: Vec::new(),
         observe: false,
+        framing: Default::default(),
     };
     let base = Instant::now();
     let mut sim = Sim {
