@@ -25,12 +25,17 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 17] = [
+    const FILES: [(&str, &str); 22] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
         ("collect.rs", include_str!("collect.rs")),
-        ("dispatch.rs", include_str!("dispatch.rs")),
+        ("dispatch/mod.rs", include_str!("dispatch/mod.rs")),
+        ("dispatch/endgame.rs", include_str!("dispatch/endgame.rs")),
+        ("dispatch/handout.rs", include_str!("dispatch/handout.rs")),
+        ("dispatch/replicas.rs", include_str!("dispatch/replicas.rs")),
+        ("dispatch/roster.rs", include_str!("dispatch/roster.rs")),
+        ("dispatch/sink.rs", include_str!("dispatch/sink.rs")),
         ("events.rs", include_str!("events.rs")),
         ("flow.rs", include_str!("flow.rs")),
         ("heartbeat.rs", include_str!("heartbeat.rs")),

@@ -1,0 +1,288 @@
+//! Backups and the end game: a straggler's task backed up, a silent holder's too, and in
+//! the tail an idle worker taking over the task predicted to finish last when it would
+//! finish it sooner.
+
+use super::*;
+
+impl Dispatcher {
+    /// The end game: nothing is left to hand out, so an idle worker whose measured speed
+    /// would finish the task predicted to end last sooner than the worker that holds it
+    /// (by a fifth at least) gets a copy of it. The first result wins, as with backups;
+    /// the holder is not stalled. The fastest idle workers choose first, and a task taken
+    /// over goes again only to a worker predicted to finish it a fifth sooner than its
+    /// taker, at most [`MAX_TAKEOVERS`] times: duplicated work stays bounded (a few
+    /// copies of the last tasks), and is counted as redispatched.
+    pub(super) fn end_game(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.alive < 2 {
+            return;
+        }
+        let mut idle: Vec<usize> = (0..self.workers.len())
+            .filter(|&s| self.workers[s].alive && self.workers[s].assigned == 0)
+            .collect();
+        // Fastest first: a slower worker taking the last task first would keep a faster
+        // one, idle a moment later, waiting on it. Unmeasured workers last.
+        let chunks = self.carver.is_some();
+        let pace = |s: usize| -> f64 {
+            let measured = if chunks {
+                self.carver
+                    .as_ref()
+                    .and_then(|c| c.rate(s))
+                    .map(|r| 1.0 / r.max(1e-9))
+            } else {
+                self.workers[s].us_per_ms
+            };
+            measured.unwrap_or(f64::INFINITY)
+        };
+        idle.sort_by(|&a, &b| pace(a).total_cmp(&pace(b)));
+        for slot in idle {
+            let w = &self.workers[slot];
+            if !w.alive
+                || w.declined
+                || w.stalled
+                || w.assigned > 0
+                || w.unheld >= self.unheld_cap(slot)
+            {
+                continue;
+            }
+            let Some(last) = self.last_to_finish(now, slot) else {
+                return;
+            };
+            let index = last.index;
+            // A copy the sink asked for never goes back to a worker whose copy it has, nor
+            // a task to a worker it was taken from (its copy still runs there).
+            if self
+                .exclude
+                .get(&(index as u32))
+                .is_some_and(|names| names.contains(&self.workers[slot].info.name))
+                || self
+                    .ran_by
+                    .get(&(index as u32))
+                    .is_some_and(|by| by.contains(&(slot as WorkerId)))
+            {
+                continue;
+            }
+            let Some(mine_us) = self.predict_us(slot, index) else {
+                continue;
+            };
+            // What the holder has spent on it bounds what it costs: the taker needs at
+            // least that, scaled by the two workers' measured speeds (a rate measured on
+            // cheap items says nothing of a dear chunk). A holder not measured yet may be
+            // slow or its task dear: once it has run twice what the taker predicts for
+            // itself, the taker's prediction stands (a copy costs an idle worker's time).
+            let mine_us = match self.predict_us(self.owner[index] as usize, index) {
+                Some(holder_us) => mine_us.max(last.running_us * mine_us / holder_us.max(1.0)),
+                None if last.running_us > 2.0 * mine_us => mine_us,
+                None => continue,
+            };
+            if mine_us >= last.left_us * 0.8 {
+                continue;
+            }
+            let holder_left_us = last.left_us;
+            let task = self.config.tasks[index];
+            let holder = self.owner[index];
+            log::debug!(
+                "end game: {} takes over task {} from {} ({:.0} ms against {:.0} ms left)",
+                printable(&self.workers[slot].info.name),
+                task.id,
+                printable(&self.workers[holder as usize].info.name),
+                mine_us / 1000.0,
+                holder_left_us / 1000.0
+            );
+            self.release(holder, index);
+            self.ran_by.entry(index as u32).or_default().push(holder);
+            self.owner[index] = slot as WorkerId;
+            self.assigned_ms += u64::from(task.workload_ms);
+            let worker = &mut self.workers[slot];
+            worker.given.push_back((now, index as u32));
+            worker.assigned += 1;
+            worker.assigned_ms += u64::from(task.workload_ms);
+            self.redispatched += 1;
+            self.items_redone += u64::from(task.items);
+            *self.taken_over.entry(index as u32).or_insert(0) += 1;
+            self.send_tasks(slot as WorkerId, vec![task], vec![true], out);
+        }
+    }
+
+    /// Among tasks other workers hold and that were not taken over [`MAX_TAKEOVERS`] times
+    /// yet, the one whose holder is predicted to finish last, with how long it has left, in µs (tasks queued
+    /// on a worker run one after another from its last report).
+    pub(super) fn last_to_finish(&self, now: Instant, except: usize) -> Option<LastToFinish> {
+        let mut last: Option<LastToFinish> = None;
+        for (h, holder) in self.workers.iter().enumerate() {
+            if h == except || !holder.alive || holder.assigned == 0 {
+                continue;
+            }
+            // Its tasks run one after another from its last report.
+            let mut at = now
+                .saturating_duration_since(holder.last_report)
+                .as_secs_f64()
+                * -1e6;
+            for &(given, index) in &holder.given {
+                let i = index as usize;
+                if self.state[i] != TaskState::Assigned || self.owner[i] != h as WorkerId {
+                    continue;
+                }
+                let since = now.saturating_duration_since(given.max(holder.last_report));
+                let took = self
+                    .predict_us(h, i)
+                    .unwrap_or_else(|| f64::from(self.config.tasks[i].workload_ms) * 1000.0);
+                let start = at.max(-since.as_secs_f64() * 1e6);
+                // A task past its prediction is taken to need as long again as it has
+                // run: costs vary along a job, and a miss means this part is dearer.
+                let running = (-start).max(0.0);
+                at = start + took.max(2.0 * running);
+                let takeovers = self.taken_over.get(&index).copied().unwrap_or(0);
+                if takeovers < MAX_TAKEOVERS && last.is_none_or(|l| at > l.left_us) {
+                    last = Some(LastToFinish {
+                        index: i,
+                        left_us: at,
+                        running_us: running,
+                    });
+                }
+            }
+        }
+        last
+    }
+
+    /// How long `slot` would take over the task at `index`, by its measured speed: a
+    /// chunk's items at its rate, a task's workload at its µs per ms. `None` until it has
+    /// reported one.
+    pub(super) fn predict_us(&self, slot: usize, index: usize) -> Option<f64> {
+        let task = self.config.tasks[index];
+        if task.is_chunk() {
+            let rate = self.carver.as_ref()?.rate(slot)?;
+            (rate > 0.0).then(|| f64::from(task.items) * 1e6 / rate)
+        } else {
+            let us_per_ms = self.workers[slot].us_per_ms?;
+            Some(us_per_ms * f64::from(task.workload_ms))
+        }
+    }
+
+    /// How long, in µs, the work not yet done takes the live workers at their measured
+    /// speeds: a task queued behind others on a worker that cannot finish them within this
+    /// would end the batch late (a straggler's second task), so it is not queued there.
+    pub(super) fn horizon_us(&self) -> f64 {
+        (self.pending_ms + self.assigned_ms) as f64 * 1000.0 / self.speed.max(1e-9)
+    }
+
+    /// How long `slot` may hold a task of `workload_ms` before another worker is given a
+    /// backup: `factor` times what its measured speed predicts (nominal speed until it
+    /// reports), plus the slack.
+    pub(super) fn straggle_bound(&self, slot: usize, workload_ms: u32) -> Duration {
+        let us_per_ms = self.workers[slot].us_per_ms.unwrap_or(1000.0).max(1000.0);
+        let expected_us = us_per_ms * f64::from(workload_ms) * self.config.backup.factor;
+        self.config.backup.slack + Duration::from_secs_f64(expected_us.min(1e12) / 1e6)
+    }
+
+    /// Drops the front entries of a worker's list that no longer name a task it holds.
+    pub(super) fn prune_given(&mut self, slot: usize) {
+        while let Some(&(_, index)) = self.workers[slot].given.front() {
+            let i = index as usize;
+            let ours = self.owner[i] == slot as u32
+                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported);
+            if ours {
+                break;
+            }
+            self.workers[slot].given.pop_front();
+        }
+    }
+
+    /// A task held far longer than its worker's speed predicts, by a worker that still
+    /// heartbeats (a straggler, or a worker whose task thread is stuck), is handed to
+    /// another worker as a backup, as MapReduce does: the first result wins and the other
+    /// is a duplicate. The straggler gets no new tasks until it reports again. Looks at
+    /// each worker's oldest task only. A chunk of a divisible job is backed up only when
+    /// its worker falls silent: one that heartbeats is left to the end game (a stuck GPU
+    /// task ends at the worker's `--task-timeout`).
+    pub(super) fn back_up_stragglers(&mut self, now: Instant) {
+        if self.alive < 2 {
+            return;
+        }
+        for slot in 0..self.workers.len() {
+            if !self.workers[slot].alive {
+                continue;
+            }
+            self.prune_given(slot);
+            let Some(&(given_at, index)) = self.workers[slot].given.front() else {
+                continue;
+            };
+            // Silence short of the liveness timeout: a worker that missed a few heartbeats
+            // while holding tasks is likely frozen; its tasks start elsewhere now rather
+            // than when it is declared gone.
+            let silent = now.saturating_duration_since(self.workers[slot].last_seen);
+            let quiet = silent > self.config.heartbeat.interval * SILENT_BACKUP_BEATS;
+            let i = index as usize;
+            let bound = self.straggle_bound(slot, self.config.tasks[i].workload_ms);
+            // A queued task waited behind the ones before it: its time runs from the later
+            // of when it was given and the worker's last report.
+            let since = given_at.max(self.workers[slot].last_report);
+            let held_for = now.saturating_duration_since(since);
+            // A chunk past its prediction on a worker that heartbeats is dear, not lost:
+            // items vary in cost along a job, so a copy would only repeat the same dear
+            // items. The end game moves it once nothing else is left to hand out.
+            let straggling = self.state[i] == TaskState::Assigned
+                && held_for > bound
+                && !self.config.tasks[i].is_chunk();
+            if !straggling && !quiet {
+                continue;
+            }
+            // Every task it still holds unreported goes out again, oldest first.
+            let held: Vec<u32> = self.workers[slot]
+                .given
+                .iter()
+                .map(|&(_, index)| index)
+                .filter(|&index| {
+                    self.owner[index as usize] == slot as u32
+                        && self.state[index as usize] == TaskState::Assigned
+                })
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            self.workers[slot].stalled = true;
+            self.workers[slot].stalled_silent = !straggling;
+            let mut count = 0;
+            for &index in held.iter().rev() {
+                // A task bounced and given again appears twice in the list: once is enough.
+                let i = index as usize;
+                if self.owner[i] == slot as u32 && self.state[i] == TaskState::Assigned {
+                    self.release(slot as WorkerId, i);
+                    self.ran_by.entry(index).or_default().push(slot as WorkerId);
+                    self.requeue(i);
+                    count += 1;
+                }
+            }
+            self.backups += count;
+            let name = printable(&self.workers[slot].info.name).into_owned();
+            let why = if straggling {
+                format!(
+                    "has held task {index} for {:.1} s (bound {:.1} s)",
+                    held_for.as_secs_f64(),
+                    bound.as_secs_f64()
+                )
+            } else {
+                format!("has been silent for {:.1} s", silent.as_secs_f64())
+            };
+            self.gone_log.warn_at(now, || {
+                format!(
+                    "worker {name} {why}; handing its {count} unreported tasks to other workers as \
+                     backups"
+                )
+            });
+        }
+    }
+
+    /// A heartbeat to every live worker that holds tasks: one whose connection is gone
+    /// fails at once and its tasks go to others.
+    pub(super) fn probe_holders(&self, out: &mut Vec<Command>) {
+        let beat = self.heartbeat();
+        for (id, w) in self.workers.iter().enumerate() {
+            if w.alive && w.assigned > 0 {
+                out.push(Command::ToWorker {
+                    worker: id as WorkerId,
+                    message: beat.clone(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Credit and handing out: reports free credit, failures retry, the ready queue takes
+//! tasks a turn at a time (a job's chunks carved as workers ask), and tasks go out framed
+//! as the batch needs.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn done(
+        &mut self,
+        now: Instant,
+        routing_id: &[u8],
+        done: &[Done],
+        out: &mut Vec<Command>,
+    ) {
+        let Some(&slot) = self.by_routing_id.get(routing_id) else {
+            // A worker of this batch that has not greeted this ventilator yet (it restarted):
+            // its hello follows within a heartbeat, and the sink's word decides what is done.
+            log::debug!(
+                "credit from {} before its hello; ignored",
+                crate::text::peer_name(routing_id)
+            );
+            return;
+        };
+        let s = slot as usize;
+        self.workers[s].last_seen = now;
+        if !self.workers[s].alive {
+            // Declared gone already and its tasks handed on; its results still reach the
+            // sink, which drops the duplicates.
+            return;
+        }
+        if self.config.observe {
+            let items = done.iter().map(|d| self.task_items(d.id)).collect();
+            self.observe(Observed::Reported {
+                worker: slot,
+                done: done.to_vec(),
+                items,
+            });
+        }
+        for d in done {
+            let Some(index) = usize::try_from(d.id).ok().filter(|&i| i < self.len()) else {
+                let peer = crate::text::peer_name(routing_id);
+                let why = format!("credit for task {} of a {}-task batch", d.id, self.len());
+                self.reject_at(now, &peer, why);
+                continue;
+            };
+            if self.state[index] != TaskState::Assigned || self.owner[index] != slot {
+                // Already reported, or handed to another worker as a backup: a report of a
+                // task it was given still proves the worker works, and ends its stall; and
+                // says how fast it is (a worker whose every task outlives the backup bound
+                // would otherwise never be measured, and be backed up forever).
+                let ran = self.ran_by.get_mut(&d.id).and_then(|by| {
+                    let at = by.iter().position(|&w| w == slot)?;
+                    Some(by.swap_remove(at))
+                });
+                if ran.is_some() && d.status != Status::Failed {
+                    self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+                }
+                if let (Some(carver), Some(_), Status::Ok | Status::Verified) =
+                    (self.carver.as_mut(), ran, d.status)
+                {
+                    carver.learn(s, self.config.tasks[index].items, d.wall_us);
+                }
+                if self.workers[s].stalled {
+                    self.workers[s].stalled = false;
+                    self.workers[s].stalled_silent = false;
+                    self.enqueue(slot);
+                }
+                continue;
+            }
+            self.release(slot, index);
+            // Only a report that frees a task it held proves the worker and ends a stall.
+            let worker = &mut self.workers[s];
+            worker.stalled = false;
+            worker.proven = true;
+            worker.last_report = now;
+            self.enqueue(slot);
+            self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+            if let (Some(carver), Status::Ok | Status::Verified) = (self.carver.as_mut(), d.status)
+            {
+                carver.learn(s, self.config.tasks[index].items, d.wall_us);
+            }
+            if d.status == Status::Failed {
+                self.failed(now, slot, index, out);
+            } else {
+                self.state[index] = TaskState::Reported;
+                self.workers[s].unheld += 1;
+                self.reported_log.push_back((now, index as u32, slot));
+            }
+        }
+    }
+
+    /// `slot` failed the task at `index`: it goes to another worker, or, at its
+    /// `--max-attempts`th failure, nowhere: the sink is told to count it failed.
+    pub(super) fn failed(
+        &mut self,
+        now: Instant,
+        slot: WorkerId,
+        index: usize,
+        out: &mut Vec<Command>,
+    ) {
+        let failures = self.failures.entry(index as u32).or_insert(0);
+        *failures += 1;
+        let failures = *failures;
+        let name = printable(&self.workers[slot as usize].info.name).into_owned();
+        let task = self.config.tasks[index];
+        if failures < self.config.max_attempts {
+            self.fail_log.warn_at(now, || {
+                format!(
+                    "worker {name} failed task {} (failure {failures} of at most {}); handing it \
+                     to another worker",
+                    task.id, self.config.max_attempts
+                )
+            });
+            self.requeue(index);
+            return;
+        }
+        log::error!(
+            "task {} failed {failures} times, last on worker {name}: giving it up (--max-attempts \
+             {}); the batch will fail",
+            task.id,
+            self.config.max_attempts
+        );
+        // Waiting for the sink's word, like a task reported done, but nobody's.
+        self.state[index] = TaskState::Reported;
+        self.owner[index] = NO_OWNER;
+        self.gave_up.push(index as u32);
+        out.push(Command::ToSink(self.gave_up_message(index)));
+    }
+
+    pub(super) fn gave_up_message(&self, index: usize) -> Message {
+        let task = self.config.tasks[index];
+        Message::GaveUp {
+            batch: self.config.batch_id,
+            id: task.id,
+            first: task.first,
+            items: task.items,
+            attempts: self.failures.get(&(index as u32)).copied().unwrap_or(0),
+        }
+    }
+
+    /// Frees the credit a task held at its owner.
+    pub(super) fn release(&mut self, slot: WorkerId, index: usize) {
+        let workload = u64::from(self.config.tasks[index].workload_ms);
+        let worker = &mut self.workers[slot as usize];
+        if worker.alive {
+            worker.assigned = worker.assigned.saturating_sub(1);
+            let freed = workload.min(worker.assigned_ms);
+            worker.assigned_ms -= freed;
+            self.assigned_ms -= freed;
+        }
+        self.enqueue(slot);
+    }
+
+    /// A task `slot` reported is no longer waiting for the sink (held, or handed out
+    /// again): one less against its cap, and it may take tasks again below it.
+    pub(super) fn results_arrived(&mut self, slot: WorkerId) {
+        let Some(worker) = self.workers.get_mut(slot as usize) else {
+            return;
+        };
+        // Saturating: tasks a restarted sink put in doubt were not counted against anyone.
+        worker.unheld = worker.unheld.saturating_sub(1);
+        if worker.unheld < self.unheld_cap(slot as usize) {
+            self.enqueue(slot);
+        }
+    }
+
+    /// How many of its reported tasks a worker may have waiting for the sink before it
+    /// gets no more: twice the most it may hold, so a worker whose results reach the sink
+    /// a round trip after its reports never meets it.
+    pub(super) fn unheld_cap(&self, slot: usize) -> u32 {
+        let worker = &self.workers[slot];
+        let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
+        // Tasks that cost nothing stream up to the larger cap (see `credit`).
+        let streaming = worker.proven && self.config.longest_ms == 0 && self.carver.is_none();
+        let window =
+            self.config
+                .window
+                .max(hinted)
+                .max(if streaming { self.config.max_window } else { 0 });
+        window.saturating_mul(2).max(2)
+    }
+
+    pub(super) fn requeue(&mut self, index: usize) {
+        if self.state[index] == TaskState::Reported {
+            self.results_arrived(self.owner[index]);
+        }
+        // A copy the sink asked for keeps its exclusions however it comes back (a lost or
+        // stalled worker, a full queue).
+        if self.exclude.contains_key(&(index as u32)) {
+            self.queue_replica(index as u32);
+        }
+        self.pending_count += 1;
+        self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
+        self.state[index] = TaskState::Requeued;
+        self.owner[index] = NO_OWNER;
+        self.pending.push_front(index as u32);
+        self.wake_waiting();
+        // Tasks are no longer scarce: workers set aside for the tail may take more.
+        if !self.tail.is_empty() && self.pending_count > self.alive {
+            for slot in std::mem::take(&mut self.tail) {
+                self.workers[slot as usize].in_tail = false;
+                self.enqueue(slot);
+            }
+        }
+    }
+
+    /// Tasks whose send found the worker's queue full: taken back as they were.
+    pub(super) fn bounced(&mut self, slot: WorkerId, tasks: &[Task], again: &[bool]) {
+        // The kernel's source may have bounced with them: it goes again.
+        if let Some(w) = self.workers.get_mut(slot as usize) {
+            w.has_kernel = false;
+        }
+        for (task, &was_requeued) in tasks.iter().zip(again).rev() {
+            let index = task.id as usize;
+            if index >= self.len()
+                || self.owner[index] != slot
+                || self.state[index] != TaskState::Assigned
+            {
+                continue;
+            }
+            self.release(slot, index);
+            self.state[index] = if was_requeued {
+                self.redispatched = self.redispatched.saturating_sub(1);
+                TaskState::Requeued
+            } else {
+                TaskState::Pending
+            };
+            self.owner[index] = NO_OWNER;
+            self.pending.push_front(task.id);
+            self.pending_count += 1;
+            self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
+        }
+    }
+
+    /// Whether `slot` may take `task` now, and if not, whether only because tasks are
+    /// scarce. A worker always gets a task when it has none. Beyond that it may hold up to
+    /// its window (so it never waits a round trip between tasks), but only while more tasks
+    /// are pending than there are workers: near the end of a batch the last tasks wait
+    /// here for whichever worker frees up first, instead of queueing behind a busy one
+    /// while another idles. Tasks that cost nothing stream up to the larger cap, since
+    /// they cannot make a tail.
+    ///
+    /// Whatever a worker asks for, it never holds more than its window (its pipeline depth,
+    /// capped at [`MAX_HINTED_WINDOW`] or `--window` if larger), and never more than its
+    /// share of what is left; a worker whose task was backed up gets nothing until it
+    /// reports again.
+    pub(super) fn credit(&self, slot: usize, task: &Task) -> Credit {
+        let worker = &self.workers[slot];
+        if !worker.alive || worker.stalled || worker.unheld >= self.unheld_cap(slot) {
+            return Credit::None;
+        }
+        if worker.assigned == 0 {
+            return Credit::Yes;
+        }
+        if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
+            let cap = if worker.proven {
+                self.config.max_window
+            } else {
+                self.config.window
+            };
+            if worker.assigned >= cap {
+                return Credit::None;
+            }
+            let share = self.pending_count.div_ceil(self.alive.max(1));
+            return if (worker.assigned as usize) < share.max(1) {
+                Credit::Yes
+            } else {
+                Credit::Scarce
+            };
+        }
+        let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
+        let window = self.config.window.max(hinted);
+        if worker.assigned >= window {
+            return Credit::None;
+        }
+        if self.pending_count <= self.alive {
+            return Credit::Scarce;
+        }
+        // Nominal speed until its reports say otherwise.
+        let us_per_ms = worker.us_per_ms.unwrap_or(1000.0);
+        // Queued behind what it holds, the task must end within the batch's horizon.
+        let finish_us = (worker.assigned_ms + u64::from(task.workload_ms)) as f64 * us_per_ms;
+        if finish_us <= self.horizon_us() {
+            Credit::Yes
+        } else {
+            Credit::None
+        }
+    }
+
+    /// A new chunk of a divisible job for `slot`, queued first. A worker is carved a chunk
+    /// when it holds none, and, with a window of two or more, its next one while it holds
+    /// one, on an even farm far from the job's end (`Carver::may_queue`): the next chunk
+    /// then waits in its queue, so it never idles for a round trip between chunks.
+    pub(super) fn carve(&mut self, slot: usize) -> Carved {
+        let worker = &self.workers[slot];
+        let window = self
+            .config
+            .window
+            .max(u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW));
+        if !worker.alive
+            || worker.stalled
+            || worker.assigned > 1
+            || (worker.assigned == 1 && window < 2)
+            || worker.unheld >= self.unheld_cap(slot)
+        {
+            return Carved::NotNow;
+        }
+        let held_one = worker.assigned == 1;
+        let Some(carver) = self.carver.as_mut() else {
+            return Carved::Nothing;
+        };
+        if held_one && !carver.may_queue(slot) {
+            return Carved::NotNow;
+        }
+        let Some((first, items)) = carver.carve(slot) else {
+            return Carved::Nothing;
+        };
+        // Its workload is what it should take on this worker, in ms (what the backup rule
+        // measures it by); the target until the worker's rate is known.
+        let plan = *carver.plan();
+        let expected_ms = match (carver.rate(slot), plan.policy) {
+            (Some(rate), _) => f64::from(items) * 1000.0 / rate,
+            (None, _) if plan.nominal_us > 0.0 => f64::from(items) * plan.nominal_us / 1000.0,
+            (None, Policy::Adaptive(target)) => target.as_secs_f64() * 1000.0,
+            (None, _) => 1000.0,
+        };
+        let id = self.config.tasks.len() as u32;
+        let task = Task {
+            id,
+            workload_ms: expected_ms
+                .ceil()
+                .clamp(1.0, f64::from(crate::batch::MAX_WORKLOAD_MS))
+                as u32,
+            first,
+            items,
+        };
+        self.config.tasks.push(task);
+        self.state.push(TaskState::Pending);
+        self.owner.push(NO_OWNER);
+        self.chunk_at.insert(first, id);
+        self.pending.push_front(id);
+        self.pending_count += 1;
+        self.pending_ms += u64::from(task.workload_ms);
+        Carved::Chunk(id)
+    }
+
+    /// The next task still pending, without removing it.
+    pub(super) fn peek_pending(&mut self) -> Option<u32> {
+        while let Some(&id) = self.pending.front() {
+            // A copy the sink asked for goes out from `replicas` only, to a worker it
+            // does not exclude.
+            if matches!(
+                self.state[id as usize],
+                TaskState::Pending | TaskState::Requeued
+            ) && !self.replica_set.contains(&id)
+            {
+                return Some(id);
+            }
+            self.pending.pop_front();
+        }
+        None
+    }
+
+    /// Hands out tasks to the workers in the ready queue, one task per worker per turn, so
+    /// the longest tasks spread across workers; then one message per worker. A worker
+    /// without credit leaves the queue; the cost is one queue step per task handed out,
+    /// plus one per worker that leaves.
+    pub(super) fn dispatch(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let mut batches: Vec<(WorkerId, Vec<Task>, Vec<bool>)> = Vec::new();
+        while self.pending_count > 0 || self.carver.as_ref().is_some_and(|c| c.left() > 0) {
+            let Some(slot) = self.ready.pop_front() else {
+                break;
+            };
+            let s = slot as usize;
+            self.workers[s].queued = false;
+            let replica = self.replica_for(s);
+            let mut carved = false;
+            let id = match replica.map(|(_, id)| id).or_else(|| self.peek_pending()) {
+                Some(id) => id,
+                None => match self.carve(s) {
+                    Carved::Chunk(id) => {
+                        carved = true;
+                        id
+                    }
+                    // Back in the queue when its chunk is reported.
+                    Carved::NotNow => continue,
+                    // Copies wait for other workers: this one waits for a task or a copy
+                    // it may run.
+                    Carved::Nothing if !self.replicas.is_empty() => {
+                        if !self.workers[s].in_waiting {
+                            self.workers[s].in_waiting = true;
+                            self.waiting.push(slot);
+                        }
+                        continue;
+                    }
+                    Carved::Nothing => {
+                        self.enqueue(slot);
+                        break;
+                    }
+                },
+            };
+            let task = self.config.tasks[id as usize];
+            // A chunk carved for this worker was carved by its own rules (`carve`).
+            let credit = if carved {
+                Credit::Yes
+            } else {
+                self.credit(s, &task)
+            };
+            match credit {
+                Credit::None => continue,
+                Credit::Scarce => {
+                    if !self.workers[s].in_tail {
+                        self.workers[s].in_tail = true;
+                        self.tail.push(slot);
+                    }
+                    continue;
+                }
+                Credit::Yes => {}
+            }
+            let b = match self.workers[s].outgoing {
+                Some(b) => b as usize,
+                None => {
+                    batches.push((slot, Vec::new(), Vec::new()));
+                    self.workers[s].outgoing = Some(batches.len() as u32 - 1);
+                    batches.len() - 1
+                }
+            };
+            if batches[b].1.len() >= MAX_ITEMS_PER_MESSAGE {
+                // A full message this call; its turn comes again on the next.
+                self.deferred.push(slot);
+                continue;
+            }
+            match replica {
+                Some((pos, index)) => {
+                    self.replicas.remove(pos);
+                    self.replica_set.remove(&index);
+                }
+                None => {
+                    self.pending.pop_front();
+                }
+            }
+            self.pending_count -= 1;
+            self.pending_ms -= u64::from(task.workload_ms);
+            self.assigned_ms += u64::from(task.workload_ms);
+            let again = self.state[id as usize] == TaskState::Requeued;
+            if again {
+                self.items_redone += u64::from(task.items);
+            }
+            batches[b].2.push(again);
+            self.state[id as usize] = TaskState::Assigned;
+            self.owner[id as usize] = slot;
+            let worker = &mut self.workers[s];
+            worker.given.push_back((now, id));
+            worker.assigned += 1;
+            worker.assigned_ms += u64::from(task.workload_ms);
+            batches[b].1.push(task);
+            self.enqueue(slot);
+        }
+        // Workers set aside for a full message go back for the next call.
+        for slot in std::mem::take(&mut self.deferred) {
+            self.enqueue(slot);
+        }
+        for (worker, tasks, again) in batches {
+            self.workers[worker as usize].outgoing = None;
+            self.redispatched += again.iter().filter(|&&a| a).count() as u64;
+            self.send_tasks(worker, tasks, again, out);
+        }
+    }
+
+    /// Tasks for `worker`, framed as [`Framing`] says: the kernel's source first if it has
+    /// not had it since it greeted, one task a command when tasks carry inputs.
+    pub(super) fn send_tasks(
+        &mut self,
+        worker: WorkerId,
+        tasks: Vec<Task>,
+        again: Vec<bool>,
+        out: &mut Vec<Command>,
+    ) {
+        let framing = self.config.framing;
+        let w = &mut self.workers[worker as usize];
+        let kernel = framing.kernel && !w.has_kernel;
+        w.has_kernel |= framing.kernel;
+        let compress = framing.compress && w.info.codecs & crate::protocol::CODEC_LZ4 != 0;
+        if framing.inputs {
+            for (n, (task, again)) in tasks.into_iter().zip(again).enumerate() {
+                out.push(Command::Tasks {
+                    worker,
+                    tasks: vec![task],
+                    again: vec![again],
+                    kernel: kernel && n == 0,
+                    compress,
+                });
+            }
+        } else {
+            out.push(Command::Tasks {
+                worker,
+                tasks,
+                again,
+                kernel,
+                compress,
+            });
+        }
+    }
+
+    /// Nothing is left to hand out: the batch's tail, where a worker that vanished holding
+    /// tasks holds up the batch.
+    pub(super) fn in_tail(&self) -> bool {
+        self.pending_count == 0 && self.carver.as_ref().is_none_or(|c| c.left() == 0)
+    }
+
+    /// Folds a report's wall time into the worker's measured speed.
+    pub(super) fn learn_rate(&mut self, slot: usize, workload_ms: u32, wall_us: u32) {
+        if workload_ms == 0 {
+            return;
+        }
+        let sample = f64::from(wall_us).max(1.0) / f64::from(workload_ms);
+        let before = speed_of(&self.workers[slot]);
+        let rate = &mut self.workers[slot].us_per_ms;
+        *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
+        self.speed += speed_of(&self.workers[slot]) - before;
+    }
+}
