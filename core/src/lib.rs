@@ -25,7 +25,7 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 22] = [
+    const FILES: [(&str, &str); 23] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
@@ -36,6 +36,7 @@ mod sans_io {
         ("dispatch/replicas.rs", include_str!("dispatch/replicas.rs")),
         ("dispatch/roster.rs", include_str!("dispatch/roster.rs")),
         ("dispatch/sink.rs", include_str!("dispatch/sink.rs")),
+        ("dispatch/timers.rs", include_str!("dispatch/timers.rs")),
         ("events.rs", include_str!("events.rs")),
         ("flow.rs", include_str!("flow.rs")),
         ("heartbeat.rs", include_str!("heartbeat.rs")),
@@ -67,7 +68,9 @@ mod sans_io {
     #[test]
     fn the_core_reads_no_clock_and_touches_no_file_thread_or_network() {
         for (file, text) in FILES {
-            for (n, line) in text.lines().enumerate() {
+            // Tests may read the clock (an `Instant` has no other maker); the code may not.
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for (n, line) in code.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
                 for word in FORBIDDEN {
                     assert!(

@@ -19,6 +19,7 @@ use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_
 use crate::text::{printable, RateLimited};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+use timers::{Timer, Timers};
 
 /// Backup tasks for stragglers: a task held longer than `factor` times what its worker's
 /// measured speed predicts, plus `slack`, is handed to another worker too.
@@ -274,10 +275,9 @@ enum Phase {
     },
     Dispatching,
     /// A divisible job ended while chunks were out (a search found its hits): the workers
-    /// were told to abandon them; waiting until none holds one, or `until`.
+    /// were told to abandon them; waiting until none holds one, or [`Timer::Drain`].
     Draining {
         since: Instant,
-        until: Instant,
     },
     /// Complete or stopped: nothing more happens.
     Over,
@@ -452,8 +452,9 @@ pub struct Dispatcher {
     started_unix_ms: u64,
     /// `started` in wall-clock terms: (an instant, the Unix ms at that instant).
     unix_base: (Instant, u64),
-    next_beat: Instant,
-    next_probe: Instant,
+    /// What is due when: the heartbeat's round, the tail's probe, the sink's reminder, the
+    /// end of a drain.
+    timers: Timers,
     heard_from_sink: Instant,
     sink_silence_said: bool,
     idle_since: Option<Instant>,
@@ -464,7 +465,6 @@ pub struct Dispatcher {
     notes: Vec<crate::events::Note>,
     observed: Vec<Observed>,
     said_phase: Option<&'static str>,
-    next_nag: Instant,
     reject_log: RateLimited,
     refuse_log: RateLimited,
     /// Workers lost or backed up: summarised when many go at once.
@@ -623,8 +623,12 @@ impl Dispatcher {
             started: now,
             started_unix_ms: unix_ms,
             unix_base: (now, unix_ms),
-            next_beat: now,
-            next_probe: now,
+            timers: {
+                let mut timers = Timers::default();
+                timers.set(Timer::Beat, now);
+                timers.set(Timer::Probe, now);
+                timers
+            },
             heard_from_sink: now,
             sink_silence_said: false,
             idle_since: None,
@@ -633,7 +637,6 @@ impl Dispatcher {
             notes: Vec::new(),
             observed: Vec::new(),
             said_phase: None,
-            next_nag: now,
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             refuse_log: RateLimited::new(5, Duration::from_secs(1)),
             gone_log: RateLimited::new(5, Duration::from_secs(1)),
@@ -663,6 +666,13 @@ impl Dispatcher {
             return;
         }
         self.act(now, event, out);
+        // A timer of a phase left behind is never due again.
+        if !matches!(self.phase, Phase::Announcing { .. }) {
+            self.timers.stop(Timer::Nag);
+        }
+        if !matches!(self.phase, Phase::Draining { .. }) {
+            self.timers.stop(Timer::Drain);
+        }
         let phase = self.phase_name();
         if self.said_phase != Some(phase) {
             self.said_phase = Some(phase);
@@ -750,9 +760,9 @@ impl Dispatcher {
             }
             Event::Refused(total) => self.refused = self.refused.max(total),
         }
-        if let Phase::Draining { since, until } = self.phase {
+        if let Phase::Draining { since } = self.phase {
             let idle = !self.workers.iter().any(|w| w.alive && w.assigned > 0);
-            if idle || now >= until {
+            if idle || self.timers.due(Timer::Drain, now) {
                 if idle {
                     self.drained = Some(now.duration_since(since));
                 } else {
@@ -770,14 +780,14 @@ impl Dispatcher {
     /// The earliest time something is due without any message arriving: the pump's poll
     /// timeout.
     pub fn next_deadline(&self) -> Instant {
-        let mut at = self.next_beat;
-        if let Phase::Draining { until, .. } = self.phase {
-            at = at.min(until);
-        }
-        if self.phase == Phase::Dispatching && self.in_tail() && self.held < self.len() {
-            at = at.min(self.next_probe);
-        }
-        at
+        // The probe matters only in the tail, whatever it is armed at.
+        let probing = self.phase == Phase::Dispatching && self.in_tail() && self.held < self.len();
+        let timers: &[Timer] = if probing {
+            &[Timer::Beat, Timer::Nag, Timer::Drain, Timer::Probe]
+        } else {
+            &[Timer::Beat, Timer::Nag, Timer::Drain]
+        };
+        self.timers.earliest(timers).unwrap_or(self.unix_base.0)
     }
 
     /// Whether the sink acknowledged the batch and tasks began to go out.
@@ -985,12 +995,24 @@ impl Dispatcher {
             Phase::Dispatching => self.tick_dispatching(now, out),
             Phase::Draining { .. } | Phase::Over => {}
         }
+        // In the tail (nothing left to hand out), a worker that vanished holding tasks
+        // holds up the batch: look for such workers often, not once a heartbeat. And an
+        // idle worker that would finish a slow one's task sooner takes it over. After the
+        // phase's own round, so a batch that began dispatching in this tick is looked at
+        // too.
+        if self.phase == Phase::Dispatching && self.in_tail() && self.timers.due(Timer::Probe, now)
+        {
+            self.timers.set(Timer::Probe, now + TAIL_PROBE);
+            self.probe_holders(out);
+            self.end_game(now, out);
+        }
     }
 
     fn tick_waiting(&mut self, now: Instant, out: &mut Vec<Command>) {
         let want = self.config.wait_workers;
-        if now >= self.next_beat {
-            self.next_beat = now + self.config.heartbeat.interval;
+        if self.timers.due(Timer::Beat, now) {
+            self.timers
+                .set(Timer::Beat, now + self.config.heartbeat.interval);
             self.heartbeat_workers(out);
             self.expire_silent_workers(now);
         }
@@ -1040,7 +1062,7 @@ impl Dispatcher {
         self.started_unix_ms =
             self.unix_base.1 + now.duration_since(self.unix_base.0).as_millis() as u64;
         self.phase = Phase::Announcing { holding: None };
-        self.next_nag = now + FIRST_SINK_NAG;
+        self.timers.set(Timer::Nag, now + FIRST_SINK_NAG);
         self.heard_from_sink = now;
         out.push(Command::ToSink(self.batch_message()));
     }
@@ -1059,18 +1081,19 @@ impl Dispatcher {
                 return;
             }
         }
-        if now >= self.next_beat {
-            self.next_beat = now + self.config.heartbeat.interval;
+        if self.timers.due(Timer::Beat, now) {
+            self.timers
+                .set(Timer::Beat, now + self.config.heartbeat.interval);
             self.heartbeat_workers(out);
             self.expire_silent_workers(now);
             out.push(Command::ToSink(self.batch_message()));
         }
-        if now >= self.next_nag {
+        if self.timers.due(Timer::Nag, now) {
             log::warn!(
                 "waiting for the sink at {} to acknowledge the batch (is `conquer sink` running there?)",
                 self.config.sink
             );
-            self.next_nag = now + SINK_NAG;
+            self.timers.set(Timer::Nag, now + SINK_NAG);
         }
         let waited = now.duration_since(self.started);
         if waited >= self.config.wait_timeout {
@@ -1086,21 +1109,14 @@ impl Dispatcher {
 
     fn tick_dispatching(&mut self, now: Instant, out: &mut Vec<Command>) {
         // What is due first, so no task goes to a worker about to be declared gone.
-        if now >= self.next_beat {
-            self.next_beat = now + self.config.heartbeat.interval;
+        if self.timers.due(Timer::Beat, now) {
+            self.timers
+                .set(Timer::Beat, now + self.config.heartbeat.interval);
             if !self.every_heartbeat(now, out) {
                 return;
             }
         }
         self.dispatch(now, out);
-        // In the tail (nothing left to hand out), a worker that vanished holding tasks
-        // holds up the batch: look for such workers often, not once a heartbeat. And an
-        // idle worker that would finish a slow one's task sooner takes it over.
-        if self.in_tail() && now >= self.next_probe {
-            self.next_probe = now + TAIL_PROBE;
-            self.probe_holders(out);
-            self.end_game(now, out);
-        }
     }
 
     /// Once a heartbeat interval: liveness both ways, stragglers, the sink's silence.
@@ -1225,6 +1241,7 @@ mod handout;
 mod replicas;
 mod roster;
 mod sink;
+mod timers;
 
 #[cfg(test)]
 mod tests;

@@ -20,10 +20,9 @@ impl Dispatcher {
         }
         log::info!("the job is done with chunks still out; telling the workers to abandon them");
         self.end_workers(out);
-        self.phase = Phase::Draining {
-            since: now,
-            until: now + self.config.heartbeat.timeout(),
-        };
+        self.phase = Phase::Draining { since: now };
+        self.timers
+            .set(Timer::Drain, now + self.config.heartbeat.timeout());
     }
 
     // ---- the sink -----------------------------------------------------------------------

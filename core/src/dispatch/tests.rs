@@ -532,6 +532,23 @@ impl Farm {
     fn advance(&mut self, by: Duration) {
         self.t += by;
         self.event(Event::Tick);
+        // What a tick's consequences made due (the tail reached as the sink's word came
+        // back) is fired by the tick the pump makes at once: after it, nothing is due, so
+        // the pump never spins on a deadline passed.
+        if !self.d.is_over() && self.d.next_deadline() <= self.now() {
+            self.event(Event::Tick);
+        }
+        if !self.d.is_over() {
+            assert!(
+                self.d.next_deadline() > self.now(),
+                "a timer still due after a tick, in phase {}: {:?} in tail {} held {} of {}",
+                self.d.phase_name(),
+                self.d.timers,
+                self.d.in_tail(),
+                self.d.held,
+                self.d.len()
+            );
+        }
     }
 
     fn apply(&mut self, action: &Action) {
