@@ -12,8 +12,9 @@ use crate::batch::{Batch, Job, Task};
 use crate::chunking::{Plan, Policy};
 use crate::collect::{CollectConfig, Collector, SinkCommand, SinkEvent};
 use crate::dispatch::{Backup, Command, DispatchConfig, Dispatcher, Event, WorkerId};
+use crate::flow::{Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
-use crate::protocol::{Done, Message, Status, TaskResult, WorkerInfo};
+use crate::protocol::{Message, Status, WorkerInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -79,12 +80,14 @@ enum Ev {
     ToVent(usize, Message),
     /// The sink's message reaches the ventilator.
     FromSink(Message),
-    /// Tasks reach a worker.
-    Tasks(usize, Vec<Task>),
-    /// A worker finishes the task it runs.
+    /// The ventilator's message reaches a worker (tasks, heartbeats, the end).
+    ToWorker(usize, Message),
+    /// The sink's message reaches a worker (its welcome).
+    SinkToWorker(usize, Message),
+    /// A worker's executor finishes the task it runs.
     Finished(usize),
-    /// A worker's heartbeat is due.
-    Beat(usize),
+    /// A worker's own deadline (its heartbeat).
+    WorkerTick(usize),
     /// A worker's message reaches the sink.
     ToSink(usize, Message),
     /// The ventilator's message reaches the sink.
@@ -132,14 +135,21 @@ enum Life {
     Refused,
 }
 
+/// A simulated worker: the real worker state machine ([`Flow`]) on the simulated network,
+/// with an executor that takes each task's cost at the worker's speed.
 struct SimWorker {
     /// Time per nominal ms, as a multiple (1.0 is nominal speed).
     slowness: f64,
     life: Life,
-    queue: VecDeque<Task>,
+    /// Made when it joins.
+    flow: Option<Flow>,
+    /// The executor's queue: tasks of the chunks the flow handed it, with their batch.
+    queue: VecDeque<(u64, Task)>,
     busy: bool,
     routing_id: Vec<u8>,
     info: WorkerInfo,
+    /// When its flow's next tick is scheduled.
+    tick_at: Option<u64>,
 }
 
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -255,11 +265,7 @@ impl Sim {
                         let w = self.worker_index(worker);
                         match self.workers[w].life {
                             Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
-                            _ => {
-                                if let Message::Refused { .. } = message {
-                                    self.workers[w].life = Life::Refused;
-                                }
-                            }
+                            _ => self.after(self.latency, Ev::ToWorker(w, message)),
                         }
                     }
                     Command::Tasks { worker, tasks, .. } => {
@@ -267,10 +273,24 @@ impl Sim {
                         self.decisions += tasks.len() as u64;
                         match self.workers[w].life {
                             Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
-                            _ => self.after(self.latency, Ev::Tasks(w, tasks)),
+                            _ => {
+                                let message = Message::Tasks {
+                                    batch: self.d.batch_id(),
+                                    job: *self.d.job(),
+                                    tasks,
+                                };
+                                self.after(self.latency, Ev::ToWorker(w, message))
+                            }
                         }
                     }
-                    Command::Reply { .. } => {}
+                    Command::Reply {
+                        routing_id,
+                        message,
+                    } => {
+                        if let Some(&w) = self.by_routing_id.get(&routing_id) {
+                            self.after(self.latency, Ev::ToWorker(w, message));
+                        }
+                    }
                     Command::ToSink(message) => {
                         if let Message::Batch { .. } = message {
                             self.start_at.get_or_insert(self.now);
@@ -303,9 +323,61 @@ impl Sim {
         self.by_routing_id[&self.d.worker(id).routing_id]
     }
 
-    fn hello(&mut self, w: usize) {
-        let info = self.workers[w].info.clone();
-        self.after(self.latency, Ev::ToVent(w, Message::Hello(info)));
+    /// Worker `w`'s flow handles `event`; its commands go out on the simulated network or
+    /// to its executor, and its next tick is scheduled.
+    fn flow(&mut self, w: usize, event: FlowEvent) {
+        if self.workers[w].life != Life::Running {
+            return;
+        }
+        let now = self.base + Duration::from_nanos(self.now);
+        let mut out = Vec::new();
+        let Some(flow) = self.workers[w].flow.as_mut() else {
+            return;
+        };
+        flow.handle(now, event, &mut out);
+        let deadline = ns(flow.next_deadline().saturating_duration_since(self.base));
+        for command in out {
+            match command {
+                FlowCommand::ToVentilator(message) => {
+                    self.after(self.latency, Ev::ToVent(w, message))
+                }
+                FlowCommand::ToSink(message) => self.after(self.latency, Ev::ToSink(w, message)),
+                FlowCommand::Deliver(delivery) => {
+                    if let Some(results) = delivery.results {
+                        self.after(self.latency, Ev::ToSink(w, results));
+                    }
+                    self.after(self.latency, Ev::ToVent(w, delivery.done));
+                }
+                FlowCommand::Run(chunk) => {
+                    let batch = chunk.batch;
+                    let worker = &mut self.workers[w];
+                    worker
+                        .queue
+                        .extend(chunk.tasks.into_iter().map(|t| (batch, t)));
+                    self.start_next(w);
+                }
+                FlowCommand::Abandon(batch) => {
+                    // The task running finishes (and is reported); the rest are dropped.
+                    let worker = &mut self.workers[w];
+                    let running = usize::from(worker.busy);
+                    let mut i = 0;
+                    worker.queue.retain(|&(b, _)| {
+                        i += 1;
+                        i <= running || b != batch
+                    });
+                }
+                FlowCommand::Leave | FlowCommand::Stop(_) => {
+                    self.workers[w].life = Life::Killed;
+                }
+                FlowCommand::Note(_) => {}
+            }
+        }
+        let worker = &mut self.workers[w];
+        if worker.tick_at.is_none_or(|t| deadline < t || t <= self.now) {
+            let at = deadline.max(self.now + 1);
+            worker.tick_at = Some(at);
+            self.after(at - self.now, Ev::WorkerTick(w));
+        }
     }
 
     fn start_next(&mut self, w: usize) {
@@ -313,7 +385,7 @@ impl Sim {
         if worker.busy || worker.life != Life::Running {
             return;
         }
-        if let Some(task) = worker.queue.front() {
+        if let Some((_, task)) = worker.queue.front() {
             worker.busy = true;
             let run = (task_us(task, self.item_us, self.prefix.as_deref()) * 1e3 * worker.slowness)
                 as u64;
@@ -335,58 +407,44 @@ impl Sim {
                 });
             }
             Ev::FromSink(message) => self.deliver(Event::FromSink(message)),
-            Ev::Tasks(w, tasks) => {
-                if matches!(self.workers[w].life, Life::Running | Life::Frozen) {
-                    self.workers[w].queue.extend(tasks);
-                    self.start_next(w);
+            Ev::ToWorker(w, message) => {
+                if let Message::Refused { .. } = message {
+                    self.workers[w].life = Life::Refused;
+                    return;
                 }
+                self.flow(w, FlowEvent::FromVentilator(Ok(message)));
             }
+            Ev::SinkToWorker(w, message) => self.flow(w, FlowEvent::FromSink(Ok(message))),
             Ev::Finished(w) => {
                 if self.workers[w].life != Life::Running {
                     return;
                 }
                 let worker = &mut self.workers[w];
                 worker.busy = false;
-                let Some(task) = worker.queue.pop_front() else {
+                let Some((batch, task)) = worker.queue.pop_front() else {
                     return;
                 };
                 let wall_us =
                     (task_us(&task, self.item_us, self.prefix.as_deref()) * worker.slowness) as u32;
-                let done = Message::Done {
-                    batch: self.d.batch_id(),
-                    done: vec![Done {
-                        id: task.id,
-                        status: Status::Ok,
-                        wall_us,
-                        kernel_us: 0,
-                    }],
+                let outcome = crate::backend::Outcome {
+                    task,
+                    status: Status::Ok,
+                    wall_us,
+                    ..Default::default()
                 };
-                self.after(self.latency, Ev::ToVent(w, done));
-                let results = Message::Results {
-                    batch: self.d.batch_id(),
-                    worker: self.workers[w].info.clone(),
-                    results: vec![TaskResult {
-                        id: task.id,
-                        workload_ms: task.workload_ms,
-                        status: Status::Ok,
-                        wall_us,
-                        kernel_us: 0,
-                        checksum: 0,
-                        started_unix_ms: 0,
-                        finished_unix_ms: 0,
-                        first: task.first,
-                        items: task.items,
-                        ..TaskResult::default()
-                    }],
+                let finished = Finished {
+                    batch,
+                    outcome,
+                    finished_unix_ms: 0,
                 };
-                self.after(self.latency, Ev::ToSink(w, results));
+                self.flow(w, FlowEvent::Finished(vec![finished]));
                 self.start_next(w);
             }
-            Ev::Beat(w) => {
-                if self.workers[w].life == Life::Running {
-                    self.hello(w);
-                    self.after(ns(INTERVAL), Ev::Beat(w));
+            Ev::WorkerTick(w) => {
+                if self.workers[w].tick_at == Some(self.now) {
+                    self.workers[w].tick_at = None;
                 }
+                self.flow(w, FlowEvent::Tick);
             }
             Ev::ToSink(w, message) => {
                 let routing_id = self.workers[w].routing_id.clone();
@@ -414,10 +472,14 @@ impl Sim {
                         SinkCommand::Send { to, message } if to == VENTILATOR => {
                             self.after(self.latency, Ev::FromSink(message))
                         }
-                        // Welcomes and refusals to workers, records and syncs: nothing to
-                        // simulate.
-                        SinkCommand::Send { .. }
-                        | SinkCommand::Record { .. }
+                        // Welcomes and refusals to workers.
+                        SinkCommand::Send { to, message } => {
+                            if let Some(&w) = self.by_routing_id.get(&to) {
+                                self.after(self.latency, Ev::SinkToWorker(w, message));
+                            }
+                        }
+                        // Records and syncs: nothing to simulate.
+                        SinkCommand::Record { .. }
                         | SinkCommand::Sync
                         | SinkCommand::Finished
                         | SinkCommand::Note(_) => {}
@@ -426,9 +488,24 @@ impl Sim {
                 }
             }
             Ev::Join(w) => {
-                self.workers[w].life = Life::Running;
-                self.hello(w);
-                self.after(ns(INTERVAL), Ev::Beat(w));
+                let now = self.base + Duration::from_nanos(self.now);
+                let worker = &mut self.workers[w];
+                worker.life = Life::Running;
+                let config = FlowConfig {
+                    info: worker.info.clone(),
+                    heartbeat: Heartbeat {
+                        interval: INTERVAL,
+                        liveness: 5,
+                    },
+                    ventilator: "tcp://sim:5557".into(),
+                    sink: "tcp://sim:5558".into(),
+                    announce: false,
+                    exit_when_done: false,
+                    batch_wait: None,
+                    max_payload: crate::protocol::MAX_MAX_PAYLOAD,
+                };
+                worker.flow = Some(Flow::new(config, now));
+                self.flow(w, FlowEvent::Tick);
             }
             Ev::Kill(w) => {
                 if self.workers[w].life == Life::Running {
@@ -675,8 +752,10 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         sim.workers.push(SimWorker {
             slowness: s,
             life: Life::NotYet,
+            flow: None,
             queue: VecDeque::new(),
             busy: false,
+            tick_at: None,
             routing_id,
             info: WorkerInfo {
                 name,
