@@ -8,6 +8,7 @@
 
 use crate::backend::Backend;
 use crate::heartbeat::Heartbeat;
+use crate::logging::speaking_as;
 use crate::report::Report;
 use crate::shutdown::{Interrupted, Shutdown};
 use crate::sink::{Sink, SinkConfig};
@@ -86,7 +87,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
         .results
         .as_ref()
         .map(|(path, _)| path.display().to_string());
-    let sink = Sink::bind(&sink_ctx, run.sink)?;
+    let sink = speaking_as("sink", || Sink::bind(&sink_ctx, run.sink))?;
     if let Some(held) = sink.holds_whole_batch() {
         // `--resume` on a file that holds the whole batch: the file is the report, and no
         // ventilator or worker needs to start.
@@ -115,7 +116,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     run.ventilator.announce = false;
     run.ventilator.heartbeat = run.heartbeat;
     run.ventilator.access = run.access.clone();
-    let ventilator = Ventilator::bind(&vent_ctx, run.ventilator)?;
+    let ventilator = speaking_as("ventilator", || Ventilator::bind(&vent_ctx, run.ventilator))?;
     let tasks_endpoint = ventilator.endpoint().to_owned();
     if let Some(tx) = &run.tasks_endpoint {
         let _ = tx.send(tasks_endpoint.clone());
@@ -145,7 +146,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
             compress,
         };
         let name = config.name.clone();
-        let worker = Worker::connect(&worker_ctx, config, backend)
+        let worker = speaking_as(&name, || Worker::connect(&worker_ctx, config, backend))
             .with_context(|| format!("starting {name} of {workers}"))?;
         connected.push((name, worker));
     }

@@ -45,11 +45,18 @@ impl Write for Stderr {
     }
 }
 
-/// Names the process in its log lines (`ventilator`, `worker gpu-box-1`), for threads that
-/// carry no role name of their own. Call once, before logging starts.
-/// Who is speaking: the thread's name where it has one of its own (a role of `conquer
-/// run`: `sink`, `ventilator`, `worker-1`), else the process's role.
+thread_local! {
+    /// A role this thread speaks for a while ([`speaking_as`]).
+    static SPEAKING_AS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Who is speaking: the role this thread speaks as for a while ([`speaking_as`]), else the
+/// thread's name where it has one of its own (a role of `conquer run`: `sink`,
+/// `ventilator`, `worker-1`), else the process's role.
 pub fn current_role() -> String {
+    if let Some(role) = SPEAKING_AS.with(|r| r.borrow().clone()) {
+        return role;
+    }
     let thread = std::thread::current();
     match thread.name() {
         Some(name) if name != "main" => name.to_owned(),
@@ -57,6 +64,17 @@ pub fn current_role() -> String {
     }
 }
 
+/// Runs `f` with this thread's log lines and events said as `role`: `conquer run` binds
+/// and connects each role on its main thread before the role's own thread starts.
+pub fn speaking_as<T>(role: &str, f: impl FnOnce() -> T) -> T {
+    let before = SPEAKING_AS.with(|r| r.replace(Some(role.to_owned())));
+    let result = f();
+    SPEAKING_AS.with(|r| *r.borrow_mut() = before);
+    result
+}
+
+/// Names the process in its log lines (`ventilator`, `worker gpu-box-1`), for threads that
+/// carry no role name of their own. Call once, before logging starts.
 pub fn set_role(role: String) {
     let _ = ROLE.set(role);
 }

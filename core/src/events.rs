@@ -45,7 +45,9 @@ pub enum Note {
     Connecting { sink: String, ventilator: String },
     /// A worker heard that the batch is complete and waits for the next.
     BatchEnd { batch: String },
-    /// The batch is complete: the report, as `--json` prints it.
+    /// The batch is complete: the report, as `--json` prints it. In `conquer run` the
+    /// workers' `batch-end` and the ventilator's last `phase` may follow it: the stream
+    /// ends when the process exits.
     Complete { report: serde_json::Value },
 }
 

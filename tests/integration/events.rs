@@ -35,13 +35,19 @@ fn events_on_stdout_are_json_lines_ending_the_batch_with_its_report() {
         }
     }
     let named = |name: &'static str| events.iter().filter(move |e| e["event"] == name);
-    let sockets: Vec<&str> = named("listening")
-        .map(|e| e["socket"].as_str().unwrap())
+    // Each socket said by the role that binds or connects it, though `run` makes them all
+    // on one thread before the roles' own start.
+    let sockets: Vec<(&str, &str)> = named("listening")
+        .map(|e| (e["socket"].as_str().unwrap(), e["role"].as_str().unwrap()))
         .collect();
     assert!(
-        sockets.contains(&"tasks") && sockets.contains(&"results"),
+        sockets.contains(&("tasks", "ventilator")) && sockets.contains(&("results", "sink")),
         "{sockets:?}"
     );
+    let connecting: Vec<&str> = named("connecting")
+        .map(|e| e["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(connecting, ["worker-1", "worker-2"], "{events:?}");
     let phases: Vec<&str> = named("phase")
         .map(|e| e["phase"].as_str().unwrap())
         .collect();
