@@ -582,7 +582,9 @@ impl Dispatcher {
                     backend: w.info.backend.clone(),
                     adapter: w.info.adapter.clone(),
                     alive: w.alive,
-                    assigned: w.assigned,
+                    // Once the batch is over no worker holds a task of it: copies still
+                    // out were abandoned when it ended.
+                    assigned: if self.is_over() { 0 } else { w.assigned },
                     last_seen: w.last_seen,
                 })
                 .collect(),

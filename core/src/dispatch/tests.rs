@@ -1532,6 +1532,27 @@ fn a_worker_idle_while_every_copy_excludes_it_takes_the_next_copy_it_may_run() {
 }
 
 #[test]
+fn once_a_job_is_over_the_snapshot_shows_no_worker_holding_a_chunk() {
+    let base = Instant::now();
+    let (mut d, _) = started_job(1_000, Policy::Fixed(100), base, &["a", "b"]);
+    // The job ends with a chunk out at each (a search found its hits): the workers are
+    // told to abandon them, and never say they did.
+    let mut out = Vec::new();
+    let complete = Message::Complete { batch: 0x10b };
+    d.handle(base, Event::FromSink(complete), &mut out);
+    assert_eq!(d.phase_name(), "draining");
+    assert!(d.snapshot().workers.iter().any(|w| w.assigned > 0));
+    d.handle(base + Duration::from_secs(3600), Event::Tick, &mut out);
+    let snapshot = d.snapshot();
+    assert!(snapshot.over);
+    assert!(
+        snapshot.workers.iter().all(|w| w.assigned == 0),
+        "{:?}",
+        snapshot.workers
+    );
+}
+
+#[test]
 fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
     let base = Instant::now();
     let (mut d, mut out) = started_job(400, Policy::Fixed(100), base, &["fast", "slow"]);
