@@ -997,9 +997,16 @@ pub struct BackendArgs {
     /// GPU: tasks in flight at once on the device.
     #[arg(long, env = "CONQUER_GPU_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub gpu_slots: u16,
-    /// GPU: most shader invocations per dispatch; larger tasks are split into several.
-    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
-    pub dispatch_invocations: u32,
+    /// GPU: most shader invocations per dispatch (default: the device's limit). Below it
+    /// each kernel's dispatches grow from 65,536 invocations until one takes about 1 ms,
+    /// and never past --max-dispatch-ms; larger tasks are split into several.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(64..))]
+    pub dispatch_invocations: Option<u32>,
+    /// GPU: longest a dispatch may take, in ms; dispatches measured longer are made
+    /// smaller at once. Keep it well under the 2 s after which desktop drivers reset a
+    /// device.
+    #[arg(long, value_name = "MS", default_value_t = backend::gpu::DEFAULT_MAX_DISPATCH_MS)]
+    pub max_dispatch_ms: f64,
     /// GPU: seconds a task may have the device before it fails; its kernel is then
     /// abandoned and the device rebuilt (nothing can stop a kernel that runs on).
     #[arg(
@@ -1013,6 +1020,16 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     pub fn options(&self) -> anyhow::Result<backend::BackendOptions> {
+        if !(self.max_dispatch_ms.is_finite()
+            && self.max_dispatch_ms >= 1.0
+            && self.max_dispatch_ms <= 60_000.0)
+        {
+            bail!(
+                "--max-dispatch-ms must be a number of milliseconds from 1 to 60000 (a dispatch \
+                 longer than about 2000 risks the driver's watchdog), got {}",
+                self.max_dispatch_ms
+            );
+        }
         if !(self.slowdown.is_finite() && self.slowdown > 0.0 && self.slowdown <= MAX_SLOWDOWN) {
             bail!(
                 "--slowdown must be a number above 0 and at most {MAX_SLOWDOWN}, got {}",
@@ -1023,7 +1040,8 @@ impl BackendArgs {
             slowdown: self.slowdown,
             adapter: self.adapter.clone(),
             gpu: backend::gpu::GpuConfig {
-                max_invocations_per_dispatch: self.dispatch_invocations,
+                max_invocations_per_dispatch: self.dispatch_invocations.unwrap_or(u32::MAX),
+                max_dispatch_us: self.max_dispatch_ms * 1e3,
                 slots: usize::from(self.gpu_slots),
                 task_timeout: seconds(self.task_timeout, "--task-timeout")?,
                 ..Default::default()

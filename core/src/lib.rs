@@ -19,13 +19,14 @@ pub mod intervals;
 pub mod kernels;
 pub mod protocol;
 pub mod report;
+pub mod sizing;
 pub mod text;
 pub mod work;
 
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 23] = [
+    const FILES: [(&str, &str); 24] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
@@ -50,6 +51,7 @@ mod sans_io {
         ("kernels/spin.rs", include_str!("kernels/spin.rs")),
         ("protocol.rs", include_str!("protocol.rs")),
         ("report.rs", include_str!("report.rs")),
+        ("sizing.rs", include_str!("sizing.rs")),
         ("text.rs", include_str!("text.rs")),
         ("work.rs", include_str!("work.rs")),
     ];

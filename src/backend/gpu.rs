@@ -21,6 +21,7 @@ use crate::batch::{Job, Task};
 use crate::kernels::{self, spin, Kernel, PARAMS_BYTES};
 use crate::protocol::Status;
 use anyhow::{anyhow, bail, Context};
+use conquer_core::sizing::{Sizer, SizingConfig};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,12 +72,20 @@ impl AdapterClass {
     }
 }
 
+/// Longest a dispatch may take by default, in ms: a twentieth of the 2 s desktop drivers
+/// allow before they reset the device.
+pub const DEFAULT_MAX_DISPATCH_MS: f64 = 100.0;
+
 /// Tuning of the GPU context.
 #[derive(Debug, Clone, Copy)]
 pub struct GpuConfig {
-    /// Most invocations in one dispatch: bounds a dispatch's duration (GPU watchdogs) and
-    /// keeps the workgroup count far below the 65,535-per-dimension limit.
+    /// Most invocations in one dispatch (`--dispatch-invocations`; the device's own limit
+    /// caps it too). Below it each kernel's dispatches are sized by how long they take
+    /// ([`conquer_core::sizing`]).
     pub max_invocations_per_dispatch: u32,
+    /// Longest a dispatch may take, in µs (`--max-dispatch-ms`): well under the watchdog
+    /// of desktop drivers (about 2 s).
+    pub max_dispatch_us: f64,
     /// Tasks in flight at once.
     pub slots: usize,
     /// Longest a task may have the device (`--task-timeout`), from its submission or the
@@ -91,7 +100,8 @@ pub struct GpuConfig {
 impl Default for GpuConfig {
     fn default() -> Self {
         GpuConfig {
-            max_invocations_per_dispatch: 1 << 20,
+            max_invocations_per_dispatch: u32::MAX,
+            max_dispatch_us: DEFAULT_MAX_DISPATCH_MS * 1e3,
             slots: 4,
             task_timeout: Duration::from_secs(120),
             max_buffer: None,
@@ -492,6 +502,8 @@ struct Pipeline {
     pipeline: wgpu::ComputePipeline,
     /// Invocations per workgroup (`@workgroup_size`).
     workgroup: u32,
+    /// How many invocations its dispatches get, from how long they took.
+    sizer: Sizer,
 }
 
 /// Which cached pipeline a job runs: its user kernel's source hash, or the built-in's id.
@@ -680,6 +692,11 @@ struct InFlight {
     map_end: u64,
     /// Set when the task failed before or during submission.
     failure: Option<String>,
+    /// Its kernel's pipeline, its invocations and how many dispatches ran them: what the
+    /// pipeline's sizer learns from when it completes.
+    pipeline: u64,
+    invocations: u64,
+    dispatches: u32,
 }
 
 impl Gpu {
@@ -730,11 +747,19 @@ impl Gpu {
                 self.adapter_name
             ));
         }
+        // The device's own limit: whole workgroups, at most the count one dimension takes.
+        let cap = self
+            .config
+            .max_invocations_per_dispatch
+            .min(self.max_workgroups.saturating_mul(workgroup))
+            .max(workgroup);
+        let sizer = Sizer::new(SizingConfig::new(cap, self.config.max_dispatch_us));
         self.pipelines.insert(
             key,
             Pipeline {
                 pipeline,
                 workgroup,
+                sizer,
             },
         );
         self.compiled.push((*job, given));
@@ -805,6 +830,9 @@ impl Gpu {
             output_bytes: 0,
             map_end: 0,
             failure: None,
+            pipeline: pipeline_key(job),
+            invocations: 0,
+            dispatches: 0,
         };
         let shape = match kernels::shape(job, task, input.len()) {
             Ok(shape) => shape,
@@ -845,8 +873,8 @@ impl Gpu {
         }
         flight.output_bytes = output_bytes;
         let workgroup = pipeline.workgroup;
-        let per = (self.max_invocations_per_dispatch / workgroup).clamp(1, self.max_workgroups)
-            * workgroup;
+        let size = pipeline.sizer.size().min(self.max_invocations_per_dispatch);
+        let per = (size / workgroup).clamp(1, self.max_workgroups) * workgroup;
         let items = shape.items;
         let dispatches: Vec<(u32, u32)> = (0..items.div_ceil(per))
             .map(|d| {
@@ -854,6 +882,8 @@ impl Gpu {
                 (start, per.min(items - start))
             })
             .collect();
+        flight.invocations = u64::from(items);
+        flight.dispatches = dispatches.len() as u32;
         let rounds: Vec<&[(u32, u32)]> = if dispatches.is_empty() {
             vec![&[]] // zero work still makes one (empty) pass: overhead is measured too
         } else {
@@ -1113,10 +1143,19 @@ impl Gpu {
         let now = Instant::now();
         let start = flight.submitted.max(self.last_completion);
         self.last_completion = now;
+        let wall_us = micros(now.duration_since(start));
+        // The kernel's own time where the adapter has timestamps; else the task's, which
+        // errs long (read-back included), so dispatches err small.
+        let took = if kernel_us > 0 { kernel_us } else { wall_us };
+        if let Some(pipeline) = self.pipelines.get_mut(&flight.pipeline) {
+            pipeline
+                .sizer
+                .observe(flight.invocations, flight.dispatches, f64::from(took));
+        }
         Outcome {
             task: flight.task,
             status: Status::Ok,
-            wall_us: micros(now.duration_since(start)),
+            wall_us,
             kernel_us,
             checksum,
             name: flight.name,

@@ -280,7 +280,7 @@ fn h08_flags_and_files_that_crashed_are_refused_with_the_flag_named() {
     let dir = tempfile::tempdir().unwrap();
     let long = dir.path().join("long.txt");
     std::fs::write(&long, "262144\n3600000\n").unwrap();
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 8] = [
         (&["ventilator", "--tasks", "4294967295"], 2, "--tasks"),
         (&["run", "--tasks-file", "/dev/zero"], 1, "longer than"),
         (&["run", "--slowdown", "1e300"], 1, "--slowdown"),
@@ -291,6 +291,12 @@ fn h08_flags_and_files_that_crashed_are_refused_with_the_flag_named() {
         ),
         (&["ventilator", "--bind", "tcp://*:-1"], 1, "--bind"),
         (&["run", "--backup-factor", "0"], 1, "--backup-factor"),
+        (
+            &["worker", "--max-dispatch-ms", "0"],
+            1,
+            "--max-dispatch-ms",
+        ),
+        (&["run", "--max-dispatch-ms", "NaN"], 1, "--max-dispatch-ms"),
     ];
     for (args, code, words) in cases {
         let (status, _, log) = Proc::start_quiet("conquer", args).finish();
