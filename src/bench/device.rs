@@ -148,6 +148,19 @@ pub(super) fn device(
     Ok(rows)
 }
 
+/// A fraction of the ceiling as the table shows it: a percentage, never past 100 %. A
+/// measurement over the ceiling says the ceiling given is wrong, not that the card beat it.
+fn of_ceiling(fraction: Option<f64>) -> String {
+    match fraction {
+        None => "-".to_owned(),
+        Some(f) if f > 1.0 => format!(
+            "over it ({:.0}%): --int-peak-gops is too low for this card",
+            f * 100.0
+        ),
+        Some(f) => format!("{:.0}%", f * 100.0),
+    }
+}
+
 pub(super) fn table(rows: &[DeviceRow]) -> Table {
     let mut t = Table::new(
         "Device: spin throughput and per-task overhead",
@@ -156,7 +169,7 @@ pub(super) fn table(rows: &[DeviceRow]) -> Table {
             "class",
             "spin G rounds/s>",
             "int32 Gop/s>",
-            "of peak>",
+            "of ceiling>",
             "zero-work µs/task, 1 in flight>",
             "µs/task, slots in flight>",
         ],
@@ -172,11 +185,22 @@ pub(super) fn table(rows: &[DeviceRow]) -> Table {
             row.class.clone(),
             spin.cell(2),
             format!("{:.0}", row.int_gops),
-            row.fraction_of_peak
-                .map_or("-".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+            of_ceiling(row.fraction_of_peak),
             row.overhead_us_1_in_flight.cell(0),
             format!("{} ({})", row.overhead_us_in_flight.cell(0), row.slots),
         ]);
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fraction_past_the_ceiling_blames_the_ceiling() {
+        assert_eq!(of_ceiling(None), "-");
+        assert_eq!(of_ceiling(Some(0.846)), "85%");
+        assert!(of_ceiling(Some(1.69)).starts_with("over it (169%)"));
+    }
 }

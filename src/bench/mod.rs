@@ -119,7 +119,8 @@ pub struct BenchArgs {
     /// calibrate` gives the figure at which one ms is one CPU core's ms).
     #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
     pub units_per_ms: u32,
-    /// The adapter's peak 32-bit integer throughput in Gop/s, to rate spin against.
+    /// The adapter's ceiling for 32-bit operations in Gop/s, to rate spin against: its
+    /// issue rate (on NVIDIA, SMs x 128 lanes x clock), which no operation mix passes.
     #[arg(long, value_name = "GOPS")]
     pub int_peak_gops: Option<f64>,
     /// The process's `--max-payload` (a global flag), for the roles the suites run.
