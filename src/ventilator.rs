@@ -8,7 +8,7 @@
 //! The ventilator never sees results and never writes to stdout except through `report`.
 
 use crate::batch::{Batch, Job, Order};
-use crate::dispatch::{Command, Counters, DispatchConfig, Dispatcher, Event};
+use crate::dispatch::{Command, Counters, DispatchConfig, Dispatcher, Event, WorkerId};
 use crate::protocol::Message;
 use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets::{self, SendOutcome};
@@ -467,6 +467,9 @@ impl Ventilator {
         let mut end = None;
         while !out.is_empty() {
             let mut failed = Vec::new();
+            // Workers whose kernel source found their queue full: their tasks that follow
+            // bounce too, rather than arrive without it.
+            let mut no_kernel: Vec<WorkerId> = Vec::new();
             for command in out.drain(..) {
                 match command {
                     Command::ToWorker { worker, message } => {
@@ -484,6 +487,14 @@ impl Ventilator {
                         kernel,
                         compress,
                     } => {
+                        if no_kernel.contains(&worker) {
+                            failed.push(Event::Bounced {
+                                worker,
+                                tasks,
+                                again,
+                            });
+                            continue;
+                        }
                         let to = &dispatcher.worker(worker).routing_id;
                         let job = dispatcher.job();
                         let batch = dispatcher.batch_id();
@@ -511,6 +522,7 @@ impl Ventilator {
                                     continue;
                                 }
                                 SendOutcome::Busy => {
+                                    no_kernel.push(worker);
                                     failed.push(Event::Bounced {
                                         worker,
                                         tasks,

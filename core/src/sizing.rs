@@ -22,6 +22,8 @@ pub struct SizingConfig {
     pub target_us: f64,
     /// No dispatch may take longer than this, in µs (`--max-dispatch-ms`).
     pub bound_us: f64,
+    /// Sizes are whole multiples of this (a kernel's workgroup).
+    pub granule: u32,
 }
 
 /// Dispatches of at least about 1 ms: launches then cost a few percent at most.
@@ -32,14 +34,24 @@ pub const START: u32 = 1 << 16;
 const GROWTH: f64 = 8.0;
 
 impl SizingConfig {
-    /// The usual limits under `cap` and `bound_us`.
-    pub fn new(cap: u32, bound_us: f64) -> SizingConfig {
+    /// The usual limits under `cap` and `bound_us`, in whole `granule`s.
+    pub fn new(cap: u32, bound_us: f64, granule: u32) -> SizingConfig {
+        let granule = granule.max(1);
+        let cap = (cap / granule).max(1) * granule;
         SizingConfig {
-            cap: cap.max(1),
-            start: START.min(cap.max(1)),
+            cap,
+            start: START.min(cap),
             target_us: TARGET_US.min(bound_us / 4.0),
             bound_us,
+            granule,
         }
+    }
+
+    /// `size` in whole granules, within the cap: at least one granule.
+    fn round(&self, size: f64) -> u32 {
+        let granule = f64::from(self.granule);
+        let granules = (size / granule).floor().max(1.0);
+        (granules * granule).min(f64::from(self.cap)) as u32
     }
 }
 
@@ -53,7 +65,7 @@ pub struct Sizer {
 impl Sizer {
     pub fn new(config: SizingConfig) -> Sizer {
         Sizer {
-            size: config.start.clamp(1, config.cap.max(1)),
+            size: config.round(f64::from(config.start)),
             config,
         }
     }
@@ -63,30 +75,37 @@ impl Sizer {
         self.size
     }
 
-    /// A task ran `invocations` in `dispatches` dispatches of at most [`Sizer::size`]
-    /// each, and they took `us` in all.
-    pub fn observe(&mut self, invocations: u64, dispatches: u32, us: f64) {
-        if invocations == 0 || dispatches == 0 || !(us.is_finite() && us > 0.0) {
+    /// A task ran `invocations` in `dispatches` dispatches of at most `per` invocations
+    /// each (the size it was given, or less where the caller capped it), and they took `us`
+    /// in all.
+    ///
+    /// Only full dispatches of the current size make it grow: a small task's time is
+    /// mostly its fixed costs, and a task sent before the size last changed speaks of
+    /// another size. Any dispatch past the bound shrinks it, from the largest dispatch's
+    /// invocations, whatever the size was.
+    pub fn observe(&mut self, per: u32, invocations: u64, dispatches: u32, us: f64) {
+        if per == 0 || invocations == 0 || dispatches == 0 || !(us.is_finite() && us > 0.0) {
             return;
         }
-        let size = f64::from(self.size);
         let per_dispatch = us / f64::from(dispatches);
-        // Whatever the task's size, its time per invocation (launches included, so it errs
-        // long) says how large a dispatch stays within half the bound.
-        let safe = self.config.bound_us / 2.0 / (us / invocations as f64);
+        let largest = invocations.min(u64::from(per)) as f64;
+        let size = f64::from(self.size);
         let next = if per_dispatch > self.config.bound_us {
             // Too long for the watchdog: half the bound, at the rate just seen.
-            size * self.config.bound_us / 2.0 / per_dispatch
-        } else if invocations >= u64::from(self.size) && per_dispatch < self.config.target_us {
+            (largest * self.config.bound_us / 2.0 / per_dispatch).min(size)
+        } else if per == self.size
+            && invocations >= u64::from(per)
+            && per_dispatch < self.config.target_us
+        {
             // Full dispatches ran short: larger, toward twice the target, never predicted
             // past half the bound.
             let by_target = size * 2.0 * self.config.target_us / per_dispatch;
             let by_bound = size * self.config.bound_us / 2.0 / per_dispatch;
             by_target.min(by_bound).min(size * GROWTH)
         } else {
-            size
+            return;
         };
-        self.size = next.min(safe).clamp(1.0, f64::from(self.config.cap)) as u32;
+        self.size = self.config.round(next);
     }
 }
 
@@ -95,15 +114,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A device where a dispatch of `k` invocations takes `overhead + k * cost` µs: the time
-    /// a task of `invocations` takes at the sizer's size, and its dispatches.
-    fn run(sizer: &Sizer, invocations: u64, overhead: f64, cost: f64) -> (u32, f64, f64) {
+    /// A device where a dispatch of `k` invocations takes `overhead + k * cost` µs, and a
+    /// task `fixed` µs more (read-back, where the time is the task's wall time): the time a
+    /// task of `invocations` takes at the sizer's size, its dispatches and its largest
+    /// dispatch's time.
+    fn run(
+        sizer: &Sizer,
+        invocations: u64,
+        overhead: f64,
+        cost: f64,
+        fixed: f64,
+    ) -> (u32, f64, f64) {
         let size = u64::from(sizer.size());
-        let dispatches = invocations.div_ceil(size);
+        let dispatches = invocations.div_ceil(size).min(u64::from(u32::MAX));
         let full = overhead + size.min(invocations) as f64 * cost;
         // Every dispatch's overhead, and every invocation's cost.
-        let us = dispatches as f64 * overhead + invocations as f64 * cost;
-        (dispatches.min(u64::from(u32::MAX)) as u32, us, full)
+        let us = fixed + dispatches as f64 * overhead + invocations as f64 * cost;
+        (dispatches as u32, us, full)
     }
 
     proptest! {
@@ -117,39 +144,50 @@ mod tests {
             bound_ms in 5.0f64..2000.0,
             overhead in 1.0f64..200.0,
             cost in 1e-6f64..100.0,
+            fixed in prop_oneof![Just(0.0f64), 0.0f64..50_000.0],
             tasks in proptest::collection::vec(1u64..1 << 34, 1..60),
+            granule in prop_oneof![Just(1u32), Just(64), Just(256), Just(1024)],
         ) {
             let bound_us = bound_ms * 1e3;
-            let mut config = SizingConfig::new(cap, bound_us);
-            config.start = start.min(cap);
+            let mut config = SizingConfig::new(cap, bound_us, granule);
+            config.start = start;
+            let cap = config.cap;
             let mut sizer = Sizer::new(config);
+            // Once a full dispatch of the size in use was measured, none runs past the
+            // bound (where launches alone leave room).
             let mut measured = false;
             for &invocations in &tasks {
-                let (dispatches, us, full) = run(&sizer, invocations, overhead, cost);
+                let (dispatches, us, full) = run(&sizer, invocations, overhead, cost, fixed);
                 prop_assert!(sizer.size() >= 1 && sizer.size() <= cap);
-                if measured && overhead < bound_us / 4.0 {
+                prop_assert_eq!(sizer.size() % granule.min(cap), 0);
+                // (One workgroup is the least a dispatch can be.)
+                if measured && overhead < bound_us / 4.0 && sizer.size() > granule {
                     prop_assert!(full <= bound_us, "a dispatch of {} took {full} µs", sizer.size());
                 }
                 let before = sizer.size();
-                sizer.observe(invocations, dispatches, us);
+                measured |= invocations >= u64::from(before);
+                sizer.observe(before, invocations, dispatches, us);
                 if full > bound_us {
-                    prop_assert!(sizer.size() < before || before == 1, "no back-off after {full} µs");
+                    prop_assert!(sizer.size() < before || before <= granule, "no back-off after {full} µs");
                 }
-                measured = true;
             }
             // Large tasks, enough of them: the dispatches reach the target or the cap.
             for _ in 0..20 {
                 let invocations = u64::from(cap) * 64;
-                let (dispatches, us, _) = run(&sizer, invocations, overhead, cost);
-                sizer.observe(invocations, dispatches, us);
+                let size = sizer.size();
+                let (dispatches, us, _) = run(&sizer, invocations, overhead, cost, fixed);
+                sizer.observe(size, invocations, dispatches, us);
             }
             let full = overhead + f64::from(sizer.size()) * cost;
+            // The task's fixed time counts toward its dispatches' (wall time): measured so,
+            // they may look long enough before they are.
+            let seen = full + fixed / (u64::from(cap) * 64).div_ceil(u64::from(sizer.size())) as f64;
             prop_assert!(
-                sizer.size() == cap || full >= config.target_us || sizer.size() == 1,
+                sizer.size() == cap || seen >= config.target_us || sizer.size() <= granule,
                 "stuck at {} invocations taking {full} µs",
                 sizer.size()
             );
-            if overhead < bound_us / 4.0 {
+            if overhead < bound_us / 4.0 && sizer.size() > granule {
                 prop_assert!(full <= bound_us);
             }
         }
@@ -157,18 +195,23 @@ mod tests {
 
     #[test]
     fn a_cheap_kernel_grows_eightfold_a_task_and_a_dear_one_shrinks_at_once() {
-        let mut sizer = Sizer::new(SizingConfig::new(1 << 30, 100_000.0));
+        let mut sizer = Sizer::new(SizingConfig::new(1 << 30, 100_000.0, 1));
         assert_eq!(sizer.size(), START);
         // 65,536 invocations in 12 µs: eight times as many next.
-        sizer.observe(1 << 20, 16, 16.0 * 12.0);
+        sizer.observe(START, 1 << 20, 16, 16.0 * 12.0);
         assert_eq!(sizer.size(), START * 8);
         // A dispatch of 300 ms: past the 100 ms bound, the next ones take about 50 ms.
         let size = sizer.size();
-        sizer.observe(u64::from(size), 1, 300_000.0);
+        sizer.observe(size, u64::from(size), 1, 300_000.0);
         assert_eq!(sizer.size(), size / 6);
-        // Small tasks say nothing about larger dispatches.
+        // A small task's time is mostly fixed costs: it says nothing of full dispatches,
+        // however long it took (within the bound).
         let size = sizer.size();
-        sizer.observe(10, 1, 5.0);
+        sizer.observe(size, 10, 1, 30_000.0);
+        assert_eq!(sizer.size(), size);
+        // Nor does a task sent at another size (one in flight when it changed, or one the
+        // caller capped, as a warm-up does).
+        sizer.observe(64, 1 << 20, 1 << 14, 100.0);
         assert_eq!(sizer.size(), size);
     }
 }

@@ -695,6 +695,7 @@ struct InFlight {
     /// Its kernel's pipeline, its invocations and how many dispatches ran them: what the
     /// pipeline's sizer learns from when it completes.
     pipeline: u64,
+    per: u32,
     invocations: u64,
     dispatches: u32,
 }
@@ -753,7 +754,11 @@ impl Gpu {
             .max_invocations_per_dispatch
             .min(self.max_workgroups.saturating_mul(workgroup))
             .max(workgroup);
-        let sizer = Sizer::new(SizingConfig::new(cap, self.config.max_dispatch_us));
+        let sizer = Sizer::new(SizingConfig::new(
+            cap,
+            self.config.max_dispatch_us,
+            workgroup,
+        ));
         self.pipelines.insert(
             key,
             Pipeline {
@@ -831,6 +836,7 @@ impl Gpu {
             map_end: 0,
             failure: None,
             pipeline: pipeline_key(job),
+            per: 0,
             invocations: 0,
             dispatches: 0,
         };
@@ -873,6 +879,8 @@ impl Gpu {
         }
         flight.output_bytes = output_bytes;
         let workgroup = pipeline.workgroup;
+        // The sizer's size is whole workgroups within the device's limit; a warm-up may cap
+        // it lower.
         let size = pipeline.sizer.size().min(self.max_invocations_per_dispatch);
         let per = (size / workgroup).clamp(1, self.max_workgroups) * workgroup;
         let items = shape.items;
@@ -882,6 +890,7 @@ impl Gpu {
                 (start, per.min(items - start))
             })
             .collect();
+        flight.per = per;
         flight.invocations = u64::from(items);
         flight.dispatches = dispatches.len() as u32;
         let rounds: Vec<&[(u32, u32)]> = if dispatches.is_empty() {
@@ -1148,9 +1157,12 @@ impl Gpu {
         // errs long (read-back included), so dispatches err small.
         let took = if kernel_us > 0 { kernel_us } else { wall_us };
         if let Some(pipeline) = self.pipelines.get_mut(&flight.pipeline) {
-            pipeline
-                .sizer
-                .observe(flight.invocations, flight.dispatches, f64::from(took));
+            pipeline.sizer.observe(
+                flight.per,
+                flight.invocations,
+                flight.dispatches,
+                f64::from(took),
+            );
         }
         Outcome {
             task: flight.task,

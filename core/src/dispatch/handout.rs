@@ -226,10 +226,15 @@ impl Dispatcher {
                 TaskState::Pending
             };
             self.owner[index] = NO_OWNER;
+            // A copy the sink asked for keeps its exclusions: it waits with the copies.
+            if self.exclude.contains_key(&task.id) {
+                self.queue_replica(task.id);
+            }
             self.pending.push_front(task.id);
             self.pending_count += 1;
             self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
         }
+        self.wake_waiting();
     }
 
     /// Whether `slot` may take `task` now, and if not, whether only because tasks are
@@ -434,6 +439,9 @@ impl Dispatcher {
                 Some((pos, index)) => {
                     self.replicas.remove(pos);
                     self.replica_set.remove(&index);
+                    // What a waiting worker would find has changed: a copy it may run may
+                    // now be within its look.
+                    self.wake_waiting();
                 }
                 None => {
                     self.pending.pop_front();

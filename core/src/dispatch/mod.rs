@@ -667,7 +667,11 @@ impl Dispatcher {
             out.extend(self.observed.drain(..).map(Command::Observed));
             return;
         }
+        let first = out.len();
         self.act(now, event, out);
+        // What the view is told comes before the commands that follow from it: a worker
+        // lost before its tasks go to others, so their sends count as redispatches.
+        out.splice(first..first, self.observed.drain(..).map(Command::Observed));
         // A timer of a phase left behind is never due again.
         if !matches!(self.phase, Phase::Announcing { .. }) {
             self.timers.stop(Timer::Nag);
@@ -683,7 +687,6 @@ impl Dispatcher {
             });
         }
         out.extend(self.notes.drain(..).map(Command::Note));
-        out.extend(self.observed.drain(..).map(Command::Observed));
     }
 
     /// After the batch nothing is dispatched; a live view still hears workers' last reports
@@ -782,12 +785,15 @@ impl Dispatcher {
     /// The earliest time something is due without any message arriving: the pump's poll
     /// timeout.
     pub fn next_deadline(&self) -> Instant {
-        // The probe matters only in the tail, whatever it is armed at.
+        // The probe matters only in the tail, whatever it is armed at; a drain waits for
+        // its end only (no heartbeat's round runs then).
         let probing = self.phase == Phase::Dispatching && self.in_tail() && self.held < self.len();
-        let timers: &[Timer] = if probing {
-            &[Timer::Beat, Timer::Nag, Timer::Drain, Timer::Probe]
+        let timers: &[Timer] = if matches!(self.phase, Phase::Draining { .. }) {
+            &[Timer::Drain]
+        } else if probing {
+            &[Timer::Beat, Timer::Nag, Timer::Probe]
         } else {
-            &[Timer::Beat, Timer::Nag, Timer::Drain]
+            &[Timer::Beat, Timer::Nag]
         };
         self.timers.earliest(timers).unwrap_or(self.unix_base.0)
     }

@@ -214,7 +214,20 @@ impl Farm {
         let mut redeclined = Vec::new();
         while !out.is_empty() {
             let mut failed = Vec::new();
-            for command in std::mem::take(&mut out) {
+            // What the live view is told comes before the commands that follow from it (a
+            // worker lost before its tasks go to others).
+            let commands = std::mem::take(&mut out);
+            let first_tasks = commands
+                .iter()
+                .position(|c| matches!(c, Command::Tasks { .. }))
+                .unwrap_or(commands.len());
+            assert!(
+                !commands[first_tasks..]
+                    .iter()
+                    .any(|c| matches!(c, Command::Observed(_))),
+                "an observation after tasks: {commands:?}"
+            );
+            for command in commands {
                 match command {
                     Command::ToWorker { worker, message } => {
                         let rid = self.d.worker(worker).routing_id.clone();
@@ -1532,7 +1545,7 @@ fn a_worker_idle_while_every_copy_excludes_it_takes_the_next_copy_it_may_run() {
 }
 
 #[test]
-fn once_a_job_is_over_the_snapshot_shows_no_worker_holding_a_chunk() {
+fn a_drained_job_sleeps_until_its_end_and_then_shows_no_worker_holding_a_chunk() {
     let base = Instant::now();
     let (mut d, _) = started_job(1_000, Policy::Fixed(100), base, &["a", "b"]);
     // The job ends with a chunk out at each (a search found its hits): the workers are
@@ -1542,6 +1555,15 @@ fn once_a_job_is_over_the_snapshot_shows_no_worker_holding_a_chunk() {
     d.handle(base, Event::FromSink(complete), &mut out);
     assert_eq!(d.phase_name(), "draining");
     assert!(d.snapshot().workers.iter().any(|w| w.assigned > 0));
+    // While it drains, the pump sleeps until the drain's end: no heartbeat's round runs
+    // then, so its passed deadline must not wake the pump at once (it spun before).
+    let later = base + INTERVAL * 3;
+    d.handle(later, Event::Tick, &mut out);
+    assert_eq!(d.phase_name(), "draining");
+    assert!(
+        d.next_deadline() > later,
+        "a deadline passed while draining"
+    );
     d.handle(base + Duration::from_secs(3600), Event::Tick, &mut out);
     let snapshot = d.snapshot();
     assert!(snapshot.over);
@@ -1550,6 +1572,54 @@ fn once_a_job_is_over_the_snapshot_shows_no_worker_holding_a_chunk() {
         "{:?}",
         snapshot.workers
     );
+}
+
+#[test]
+fn a_copy_past_a_waiting_workers_look_reaches_it_once_the_copies_before_it_go_out() {
+    // More copies that exclude a than a worker looks through, then one only a may run.
+    let chunks = REPLICA_SCAN as u64 + 2;
+    let base = Instant::now();
+    let (mut d, out) = started_job(chunks, Policy::Fixed(1), base, &["a", "b"]);
+    let slot = |d: &Dispatcher, name: &str| d.worker_id(name.as_bytes()).expect("joined");
+    let (a, b) = (slot(&d, "a"), slot(&d, "b"));
+    let mut held_by_b = None;
+    let mut handed = chunks_in(&out);
+    let mut out = Vec::new();
+    // b keeps its first chunk; a runs every other one, and the sink wants a copy of each
+    // from someone else.
+    while let Some((w, chunk)) = handed.pop() {
+        if w == b {
+            held_by_b = Some(chunk);
+            continue;
+        }
+        report(&mut d, base, "a", chunk.id, 1000, &mut out);
+        again_without(&mut d, base, chunk, "a", &mut out);
+        out.clear();
+        d.handle(base, Event::Tick, &mut out);
+        handed.extend(chunks_in(&out));
+    }
+    let held_by_b = held_by_b.expect("b had a chunk");
+    // b's report: its copy is wanted from a, behind every copy a may not run.
+    report(&mut d, base, "b", held_by_b.id, 1000, &mut out);
+    again_without(&mut d, base, held_by_b, "b", &mut out);
+    // b runs the copies a may not, one at a time; a gets b's copy in the end.
+    let mut a_got_it = false;
+    for _ in 0..2 * chunks {
+        out.clear();
+        d.handle(base, Event::Tick, &mut out);
+        for (w, chunk) in chunks_in(&out) {
+            if w == a {
+                assert_eq!(chunk.first, held_by_b.first, "a may run only b's copy");
+                a_got_it = true;
+            } else {
+                report(&mut d, base, "b", chunk.id, 1000, &mut out);
+            }
+        }
+        if a_got_it {
+            break;
+        }
+    }
+    assert!(a_got_it, "the copy only a may run never reached it");
 }
 
 #[test]
