@@ -12,6 +12,7 @@
 //! while a batch is in progress, each with the reason. It never sends a worker tasks.
 
 use crate::collect::{CollectConfig, Collector, SinkCommand, SinkEvent};
+use crate::driver;
 use crate::heartbeat::Heartbeat;
 use crate::protocol::Status;
 use crate::report::{RecoveredResults, Report, ResultsFile, ResultsFormat};
@@ -305,18 +306,34 @@ fn collect_batch(
         )?),
         None => None,
     };
-    let mut pump = Pump::new(socket, file, outputs, config, trace, writers);
-    let outcome = pump.run(&mut c, shutdown);
+    let mut pump = Pump {
+        socket,
+        file,
+        outputs,
+        config,
+        trace,
+        bar: None,
+        writers,
+        c: &mut c,
+        shutdown,
+        waiting: Default::default(),
+        next_ticket: 0,
+        unwritten_bytes: 0,
+        finished: false,
+        next_side: Instant::now(),
+        syncs: (0, 0, 0),
+    };
+    let outcome = driver::run(&mut pump);
     if let Some(bar) = pump.bar.take() {
         crate::logging::set_progress_bar(None);
         bar.finish_and_clear();
     }
+    let side = if outcome.is_ok() { pump.side() } else { None };
+    drop(pump);
     if let Err(e) = &outcome {
         c.say_how_to_resume(Interrupted::is(e));
     }
     outcome?;
-    let side = pump.side(&c);
-    drop(pump);
     let job = c.job();
     c.report(Instant::now())
         .map(|r| (r, job, side))
@@ -331,7 +348,8 @@ type Collected = (
     Option<(Vec<u8>, u64, crate::protocol::SinkSide)>,
 );
 
-/// The sink's run loop: receive, decode, hand to the collector, carry out what it says.
+/// The sink's host for the [`driver`]: its socket brings the collector's events and
+/// carries its messages; its files hold the results.
 ///
 /// Output files (`--outputs`) are written on [`Writers`](crate::outputs::Writers)'
 /// threads, so the socket is read while they are. What the collector asked for after a
@@ -347,6 +365,8 @@ struct Pump<'a> {
     trace: Option<&'a mut crate::trace::Trace>,
     bar: Option<indicatif::ProgressBar>,
     writers: Option<crate::outputs::Writers>,
+    c: &'a mut Collector,
+    shutdown: &'a Shutdown,
     /// The collector's commands not yet carried out, in its order.
     waiting: std::collections::VecDeque<Waiting>,
     /// The ticket of the next results whose files are submitted.
@@ -391,36 +411,11 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 /// until the disk catches up.
 const MAX_UNWRITTEN_BYTES: usize = 256 << 20;
 
-impl<'a> Pump<'a> {
-    fn new(
-        socket: &'a zmq::Socket,
-        file: Option<&'a mut ResultsFile>,
-        outputs: &'a mut crate::outputs::Outputs,
-        config: &'a SinkConfig,
-        trace: Option<&'a mut crate::trace::Trace>,
-        writers: Option<crate::outputs::Writers>,
-    ) -> Pump<'a> {
-        Pump {
-            socket,
-            file,
-            outputs,
-            config,
-            trace,
-            bar: None,
-            writers,
-            waiting: Default::default(),
-            next_ticket: 0,
-            unwritten_bytes: 0,
-            finished: false,
-            next_side: Instant::now(),
-            syncs: (0, 0, 0),
-        }
-    }
-
+impl Pump<'_> {
     /// The sink's side for the live view, and where it goes; none before the batch is
     /// known.
-    fn side(&self, c: &Collector) -> Option<(Vec<u8>, u64, crate::protocol::SinkSide)> {
-        let (to, batch, mut side) = c.side()?;
+    fn side(&self) -> Option<(Vec<u8>, u64, crate::protocol::SinkSide)> {
+        let (to, batch, mut side) = self.c.side()?;
         side.results_bytes = self.file.as_deref().map_or(0, ResultsFile::bytes);
         (side.syncs, side.sync_us, side.sync_max_us) = self.syncs;
         let config = self.outputs.config();
@@ -439,95 +434,18 @@ impl<'a> Pump<'a> {
     }
 
     /// Tells the live view the sink's side, when it is time to.
-    fn tell_side(&mut self, c: &Collector) {
+    fn tell_side(&mut self) {
         let now = Instant::now();
         if now < self.next_side {
             return;
         }
         // The first as soon as the batch is known: right behind the acknowledgement, so
         // the live view hears of a picture before the batch can be over.
-        if let Some((to, batch, side)) = self.side(c) {
+        if let Some((to, batch, side)) = self.side() {
             self.next_side = now + SIDE_EVERY;
             // A ventilator gone is found out by the messages that matter.
             let message = crate::protocol::Message::SinkSide { batch, side };
             sockets::send_to(self.socket, &to, &message.encode());
-        }
-    }
-
-    fn run(&mut self, c: &mut Collector, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let mut out = Vec::new();
-        loop {
-            if let Err(stop) = shutdown.check() {
-                // Results already received are kept, as they were before writers: their
-                // files finish, then their records.
-                self.settle()?;
-                return Err(stop.into());
-            }
-            let timeout = c
-                .next_deadline()
-                .saturating_duration_since(Instant::now())
-                .min(MAX_POLL);
-            // Too much waiting to be written: results stay on the socket until the disk
-            // catches up.
-            let reading = self.unwritten_bytes <= MAX_UNWRITTEN_BYTES;
-            let mut items = vec![self.socket.as_poll_item(if reading {
-                zmq::POLLIN
-            } else {
-                zmq::PollEvents::empty()
-            })];
-            if let Some(writers) = &self.writers {
-                items.push(zmq::PollItem::from_fd(writers.wake_fd(), zmq::POLLIN));
-            }
-            sockets::poll(&mut items, timeout.as_millis() as i64, "the results socket")?;
-            let readable = items[0].is_readable();
-            drop(items);
-            self.take_written()?;
-            if readable {
-                let socket = self.socket;
-                let secret = self.config.access.secret.is_some();
-                let max_payload = self.config.max_payload;
-                sockets::drain(socket, true, "the results socket", max_payload, |inbound| {
-                    let message = inbound.message.and_then(|message| {
-                        if secret {
-                            crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
-                        }
-                        Ok(message)
-                    });
-                    let event = match message {
-                        Ok(message) => SinkEvent::FromPeer {
-                            routing_id: inbound.peer,
-                            message,
-                        },
-                        Err(why) => SinkEvent::Rejected {
-                            peer: sockets::peer_name(&inbound.peer),
-                            why,
-                        },
-                    };
-                    c.handle(Instant::now(), event, &mut out);
-                    self.carry_out(c, &mut out).map(|_| ())
-                })?;
-            }
-            c.handle(Instant::now(), SinkEvent::Tick, &mut out);
-            let finished = self.carry_out(c, &mut out)?;
-            self.tell_side(c);
-            if self.config.progress {
-                if let Some((held, tasks)) = c.progress() {
-                    // A job's progress is in items (`progress` counts them).
-                    let unit = match c.job() {
-                        Some(job) if job.items > 0 => "items",
-                        _ => "tasks",
-                    };
-                    let bar = self.bar.get_or_insert_with(|| {
-                        let bar = progress_bar(tasks as u64, unit);
-                        crate::logging::set_progress_bar(Some(bar.clone()));
-                        bar
-                    });
-                    bar.set_position(held as u64);
-                }
-            }
-            if finished {
-                return Ok(());
-            }
         }
     }
 
@@ -572,38 +490,6 @@ impl<'a> Pump<'a> {
         Ok(())
     }
 
-    /// Carries out the collector's commands in order, those after an output file still
-    /// being written once it is; true once the batch is finished.
-    fn carry_out(&mut self, c: &mut Collector, out: &mut Vec<SinkCommand>) -> anyhow::Result<bool> {
-        loop {
-            let mut failed = Vec::new();
-            for command in std::mem::take(out) {
-                match command {
-                    SinkCommand::Record {
-                        header,
-                        worker,
-                        backend,
-                        results,
-                    } => self.submit(c, header, worker, backend, results)?,
-                    SinkCommand::Send { to, message } if self.may_go_first(&to, &message) => {
-                        self.send(to, message, &mut failed)
-                    }
-                    SinkCommand::Stop(why) => return Err(anyhow::Error::new(why)),
-                    SinkCommand::Note(note) => crate::events::emit(&note),
-                    command => self.waiting.push_back(Waiting::Command(command)),
-                }
-            }
-            self.release(&mut failed)?;
-            if failed.is_empty() {
-                return Ok(self.finished);
-            }
-            let now = Instant::now();
-            for event in failed {
-                c.handle(now, event, out);
-            }
-        }
-    }
-
     /// Whether a message may go out before the commands waiting for output files: one
     /// that claims nothing is held, to a peer with nothing waiting.
     fn may_go_first(&self, to: &[u8], message: &crate::protocol::Message) -> bool {
@@ -640,7 +526,6 @@ impl<'a> Pump<'a> {
     /// their records wait for the files.
     fn submit(
         &mut self,
-        c: &Collector,
         header: crate::report::BatchHeader,
         worker: String,
         backend: String,
@@ -649,7 +534,7 @@ impl<'a> Pump<'a> {
         if let Some(trace) = self.trace.as_deref_mut() {
             trace.record(&worker, &backend, &results, crate::worker::unix_ms());
         }
-        let job = c.job().unwrap_or_default();
+        let job = self.c.job().unwrap_or_default();
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let mut files = 0;
@@ -750,6 +635,135 @@ impl<'a> Pump<'a> {
             }
         }
         Ok(())
+    }
+}
+
+impl driver::Host for Pump<'_> {
+    type Machine = Collector;
+    type Error = anyhow::Error;
+
+    fn machine(&mut self) -> &mut Collector {
+        self.c
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Carries out the collector's commands in order, those after an output file still
+    /// being written once it is; over once the batch is finished.
+    fn carry_out(
+        &mut self,
+        commands: &mut Vec<SinkCommand>,
+        failed: &mut Vec<SinkEvent>,
+    ) -> anyhow::Result<driver::Progress> {
+        for command in commands.drain(..) {
+            match command {
+                SinkCommand::Record {
+                    header,
+                    worker,
+                    backend,
+                    results,
+                } => self.submit(header, worker, backend, results)?,
+                SinkCommand::Send { to, message } if self.may_go_first(&to, &message) => {
+                    self.send(to, message, failed)
+                }
+                SinkCommand::Stop(why) => return Err(anyhow::Error::new(why)),
+                SinkCommand::Note(note) => crate::events::emit(&note),
+                command => self.waiting.push_back(Waiting::Command(command)),
+            }
+        }
+        self.release(failed)?;
+        Ok(if self.finished {
+            driver::Progress::Over
+        } else {
+            driver::Progress::Going
+        })
+    }
+}
+
+impl driver::Transport for Pump<'_> {
+    /// A stop asked for: results already received are kept, as they were before writers:
+    /// their files finish, then their records.
+    fn check(&mut self) -> anyhow::Result<()> {
+        if let Err(stop) = self.shutdown.check() {
+            self.settle()?;
+            return Err(stop.into());
+        }
+        Ok(())
+    }
+
+    /// The live view hears the sink's side when due; the progress bar moves.
+    fn after_round(&mut self) -> anyhow::Result<()> {
+        self.tell_side();
+        if self.config.progress {
+            if let Some((held, tasks)) = self.c.progress() {
+                // A job's progress is in items (`progress` counts them).
+                let unit = match self.c.job() {
+                    Some(job) if job.items > 0 => "items",
+                    _ => "tasks",
+                };
+                let bar = self.bar.get_or_insert_with(|| {
+                    let bar = progress_bar(tasks as u64, unit);
+                    crate::logging::set_progress_bar(Some(bar.clone()));
+                    bar
+                });
+                bar.set_position(held as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the results socket (and the writers' wake-ups) until the deadline, at most
+    /// [`MAX_POLL`]; with too much waiting to be written, results stay on the socket until
+    /// the disk catches up.
+    fn receive(&mut self, deadline: Instant, events: &mut Vec<SinkEvent>) -> anyhow::Result<()> {
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .min(MAX_POLL);
+        let reading = self.unwritten_bytes <= MAX_UNWRITTEN_BYTES;
+        let mut items = vec![self.socket.as_poll_item(if reading {
+            zmq::POLLIN
+        } else {
+            zmq::PollEvents::empty()
+        })];
+        if let Some(writers) = &self.writers {
+            items.push(zmq::PollItem::from_fd(writers.wake_fd(), zmq::POLLIN));
+        }
+        sockets::poll(&mut items, timeout.as_millis() as i64, "the results socket")?;
+        let readable = items[0].is_readable();
+        drop(items);
+        self.take_written()?;
+        if !readable {
+            return Ok(());
+        }
+        let secret = self.config.access.secret.is_some();
+        let max_payload = self.config.max_payload;
+        sockets::drain(
+            self.socket,
+            true,
+            "the results socket",
+            max_payload,
+            |inbound| {
+                let message = inbound.message.and_then(|message| {
+                    if secret {
+                        crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
+                    }
+                    Ok(message)
+                });
+                events.push(match message {
+                    Ok(message) => SinkEvent::FromPeer {
+                        routing_id: inbound.peer,
+                        message,
+                    },
+                    Err(why) => SinkEvent::Rejected {
+                        peer: sockets::peer_name(&inbound.peer),
+                        why,
+                    },
+                });
+                Ok(())
+            },
+        )
     }
 }
 
@@ -885,15 +899,23 @@ mod tests {
                     };
                     let mut c =
                         Collector::new(collect, None, Instant::now(), crate::worker::unix_ms());
-                    let mut pump = Pump::new(
-                        &socket,
-                        file.as_mut(),
-                        &mut outputs,
-                        &config,
-                        None,
-                        Some(writers),
-                    );
-                    pump.run(&mut c, &shutdown)
+                    driver::run(&mut Pump {
+                        socket: &socket,
+                        file: file.as_mut(),
+                        outputs: &mut outputs,
+                        config: &config,
+                        trace: None,
+                        bar: None,
+                        writers: Some(writers),
+                        c: &mut c,
+                        shutdown: &shutdown,
+                        waiting: Default::default(),
+                        next_ticket: 0,
+                        unwritten_bytes: 0,
+                        finished: false,
+                        next_side: Instant::now(),
+                        syncs: (0, 0, 0),
+                    })
                 })
             };
             let ventilator = dealer(&ctx, b"ventilator");

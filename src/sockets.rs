@@ -193,10 +193,12 @@ pub struct Inbound {
     pub message: Result<crate::protocol::Message, String>,
 }
 
-/// Reads every message waiting on `socket` without blocking, decodes it and hands it to
-/// `each`: the one receive/decode/reject loop every role's pump uses. On a ROUTER a
-/// message is a routing id and one frame; on a DEALER one frame. Anything else is handed
-/// on as an error naming what was wrong, for the role to count and log.
+/// Reads the messages waiting on `socket` without blocking, at most [`ROUND`], decodes
+/// each and hands it to `each`: the one receive/decode/reject loop every role's pump uses.
+/// On a ROUTER a message is a routing id and one frame; on a DEALER one frame. Anything
+/// else is handed on as an error naming what was wrong, for the role to count and log.
+/// Messages past the bound wait on the socket (a poll still finds it readable): a flood
+/// costs bounded memory, and the machine's tick still runs between rounds.
 pub fn drain(
     socket: &zmq::Socket,
     router: bool,
@@ -204,7 +206,7 @@ pub fn drain(
     max_payload: u64,
     mut each: impl FnMut(Inbound) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    loop {
+    for _ in 0..ROUND {
         let mut frames: Vec<zmq::Message> = Vec::with_capacity(2);
         // Frames and bytes past the routing id, and the bounds the message's first frame
         // sets for its kind (`protocol::message_bounds`): frames past them are dropped as
@@ -301,7 +303,11 @@ pub fn drain(
             message,
         })?;
     }
+    Ok(())
 }
+
+/// Most messages [`drain`] reads from one socket in one round of a pump.
+pub const ROUND: usize = 4096;
 
 /// Sends `payload`, waiting for room in the queue (as PUSH does when every peer is busy)
 /// in polls of at most 100 ms, so a stop request is seen while it waits: the one way a

@@ -9,6 +9,7 @@
 
 use crate::batch::{Batch, Job, Order};
 use crate::dispatch::{Command, Counters, DispatchConfig, Dispatcher, Event, WorkerId};
+use crate::driver;
 use crate::protocol::Message;
 use crate::shutdown::{Interrupted, Shutdown};
 use crate::sockets::{self, SendOutcome};
@@ -329,298 +330,320 @@ impl Ventilator {
         Ok(dispatcher.counters())
     }
 
-    /// The ventilator's run loop: receive, decode, hand to the dispatcher, carry out what
-    /// it says; a tick after each round of reads, and at its deadlines.
+    /// Runs the dispatcher over the ventilator's sockets until the batch is over.
     fn pump(
         &self,
         dispatcher: &mut Dispatcher,
         observer: &mut Option<crate::observe::Observer>,
         shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
-        let mut out = Vec::new();
-        let mut next_publish = Instant::now();
-        loop {
-            dispatcher.handle(Instant::now(), Event::Tick, &mut out);
-            if let Some(end) = self.carry_out(dispatcher, observer, &mut out) {
-                return end;
-            }
-            if let Some(o) = observer.as_mut() {
-                let now = Instant::now();
-                if now >= next_publish {
-                    self.publish(o, dispatcher);
-                    next_publish = now + PUBLISH_EVERY;
-                }
-            }
-            shutdown.check()?;
-            let timeout = dispatcher
-                .next_deadline()
-                .saturating_duration_since(Instant::now())
-                .min(MAX_POLL);
-            let mut items = [
-                self.tasks_socket.as_poll_item(zmq::POLLIN),
-                self.sink_socket.as_poll_item(zmq::POLLIN),
-                self.sink_monitor.as_poll_item(zmq::POLLIN),
-            ];
-            sockets::poll(
-                &mut items,
-                timeout.as_millis() as i64,
-                "the ventilator's sockets",
-            )?;
-            if items[2].is_readable() {
-                let refused =
-                    crate::auth::refusal(crate::auth::failures(&self.sink_monitor), "sink");
-                if let Some(failure) = refused {
-                    bail!(crate::auth::refusal_message(
-                        failure,
-                        "sink",
-                        &self.config.sink,
-                        &self.config.access
-                    ));
-                }
-            }
-            if let Some(gate) = &self.gate {
-                dispatcher.handle(Instant::now(), Event::Refused(gate.refused()), &mut out);
-            }
-            let secret = self.config.access.secret.is_some();
-            let mut end = None;
-            if items[0].is_readable() {
-                sockets::drain(
-                    &self.tasks_socket,
-                    true,
-                    "the tasks socket",
-                    self.config.max_payload,
-                    |inbound| {
-                        let message = inbound.message.and_then(|message| {
-                            if secret {
-                                crate::auth::speaks_for_itself(
-                                    &inbound.user,
-                                    &inbound.peer,
-                                    &message,
-                                )?;
-                            }
-                            Ok(message)
-                        });
-                        let now = Instant::now();
-                        let greeted = match (&inbound.address, observer.is_some()) {
-                            (Some(address), true) => Some((inbound.peer.clone(), address.clone())),
-                            _ => None,
-                        };
-                        let event = match message {
-                            Ok(message) => Event::FromWorker {
-                                routing_id: inbound.peer,
-                                message,
-                            },
-                            Err(why) => Event::Rejected {
-                                peer: sockets::peer_name(&inbound.peer),
-                                why,
-                            },
-                        };
-                        dispatcher.handle(now, event, &mut out);
-                        if let (Some(o), Some((peer, address))) = (observer.as_mut(), greeted) {
-                            if let Some(w) = dispatcher.worker_id(&peer) {
-                                o.address(w, &address);
-                            }
-                        }
-                        end = end
-                            .take()
-                            .or_else(|| self.carry_out(dispatcher, observer, &mut out));
-                        Ok(())
-                    },
-                )?;
-            }
-            if items[1].is_readable() {
-                sockets::drain(
-                    &self.sink_socket,
-                    false,
-                    "the sink socket",
-                    self.config.max_payload,
-                    |inbound| {
-                        let event = match inbound.message {
-                            Ok(message) => Event::FromSink(message),
-                            Err(why) => Event::Rejected {
-                                peer: "sink".into(),
-                                why,
-                            },
-                        };
-                        dispatcher.handle(Instant::now(), event, &mut out);
-                        end = end
-                            .take()
-                            .or_else(|| self.carry_out(dispatcher, observer, &mut out));
-                        Ok(())
-                    },
-                )?;
-            }
-            if let Some(end) = end {
-                return end;
-            }
-        }
+        driver::run(&mut Pump {
+            v: self,
+            d: dispatcher,
+            observer,
+            shutdown,
+            greeted: Vec::new(),
+            next_publish: Instant::now(),
+        })
+    }
+}
+
+/// The ventilator's host for the [`driver`]: its sockets carry the dispatcher's commands
+/// and bring its events; the live view hears what the dispatcher observes.
+struct Pump<'a> {
+    v: &'a Ventilator,
+    d: &'a mut Dispatcher,
+    observer: &'a mut Option<crate::observe::Observer>,
+    shutdown: &'a Shutdown,
+    /// Workers whose greeting carried an address, for the live view once each has a place.
+    greeted: Vec<(Vec<u8>, String)>,
+    next_publish: Instant,
+}
+
+impl driver::Host for Pump<'_> {
+    type Machine = Dispatcher;
+    type Error = anyhow::Error;
+
+    fn machine(&mut self) -> &mut Dispatcher {
+        self.d
     }
 
-    /// Carries out the dispatcher's commands in order; a send that fails goes back to it
-    /// at once. `Some` when the batch is over, complete or stopped.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// A data task's input that cannot be framed ends the batch.
     fn carry_out(
-        &self,
-        dispatcher: &mut Dispatcher,
-        observer: &mut Option<crate::observe::Observer>,
-        out: &mut Vec<Command>,
-    ) -> Option<anyhow::Result<()>> {
-        let mut end = None;
-        while !out.is_empty() {
-            let mut failed = Vec::new();
-            // Workers whose kernel source found their queue full: their tasks that follow
-            // bounce too, rather than arrive without it.
-            let mut no_kernel: Vec<WorkerId> = Vec::new();
-            for command in out.drain(..) {
-                match command {
-                    Command::ToWorker { worker, message } => {
-                        let to = &dispatcher.worker(worker).routing_id;
-                        if sockets::send_to(&self.tasks_socket, to, &message.encode())
-                            == SendOutcome::Gone
-                        {
-                            failed.push(Event::Unreachable(worker));
-                        }
+        &mut self,
+        commands: &mut Vec<Command>,
+        failed: &mut Vec<Event>,
+    ) -> anyhow::Result<driver::Progress> {
+        let v = self.v;
+        let mut progress = driver::Progress::Going;
+        // Workers whose kernel source found their queue full: their tasks that follow
+        // bounce too, rather than arrive without it.
+        let mut no_kernel: Vec<WorkerId> = Vec::new();
+        for command in commands.drain(..) {
+            match command {
+                Command::ToWorker { worker, message } => {
+                    let to = &self.d.worker(worker).routing_id;
+                    if sockets::send_to(&v.tasks_socket, to, &message.encode()) == SendOutcome::Gone
+                    {
+                        failed.push(Event::Unreachable(worker));
                     }
-                    Command::Tasks {
-                        worker,
-                        tasks,
-                        again,
-                        kernel,
-                        compress,
-                    } => {
-                        if no_kernel.contains(&worker) {
-                            failed.push(Event::Bounced {
-                                worker,
-                                tasks,
-                                again,
-                            });
-                            continue;
-                        }
-                        let to = &dispatcher.worker(worker).routing_id;
-                        let job = dispatcher.job();
-                        let batch = dispatcher.batch_id();
-                        let mark_sent =
-                            |observer: &mut Option<crate::observe::Observer>,
-                             sent: &[crate::batch::Task]| {
-                                if let Some(timeline) = &self.config.timeline {
-                                    sent.iter().for_each(|t| timeline.sent(t.id));
-                                }
-                                if let Some(o) = observer.as_mut() {
-                                    o.sent(Instant::now(), worker, sent.iter().map(|t| t.id));
-                                }
-                            };
-                        // A user kernel's source goes first when the dispatcher says so:
-                        // messages to one peer arrive in order.
-                        if let (true, Some(source)) = (kernel, &self.config.kernel_source) {
-                            let message = Message::Kernel {
-                                batch,
-                                source: source.to_string(),
-                            };
-                            match sockets::send_to(&self.tasks_socket, to, &message.encode()) {
-                                SendOutcome::Sent => {}
-                                SendOutcome::Gone => {
-                                    failed.push(Event::Unreachable(worker));
-                                    continue;
-                                }
-                                SendOutcome::Busy => {
-                                    no_kernel.push(worker);
-                                    failed.push(Event::Bounced {
-                                        worker,
-                                        tasks,
-                                        again,
-                                    });
-                                    continue;
-                                }
+                }
+                Command::Tasks {
+                    worker,
+                    tasks,
+                    again,
+                    kernel,
+                    compress,
+                } => {
+                    if no_kernel.contains(&worker) {
+                        failed.push(Event::Bounced {
+                            worker,
+                            tasks,
+                            again,
+                        });
+                        continue;
+                    }
+                    // A user kernel's source goes first when the dispatcher says so:
+                    // messages to one peer arrive in order.
+                    if let (true, Some(source)) = (kernel, &v.config.kernel_source) {
+                        let message = Message::Kernel {
+                            batch: self.d.batch_id(),
+                            source: source.to_string(),
+                        };
+                        let to = &self.d.worker(worker).routing_id;
+                        match sockets::send_to(&v.tasks_socket, to, &message.encode()) {
+                            SendOutcome::Sent => {}
+                            SendOutcome::Gone => {
+                                failed.push(Event::Unreachable(worker));
+                                continue;
                             }
-                        }
-                        let Some(inputs) = &self.config.inputs else {
-                            let message = Message::encode_tasks(batch, job, &tasks);
-                            match sockets::send_to(&self.tasks_socket, to, &message) {
-                                SendOutcome::Sent => mark_sent(observer, &tasks),
-                                SendOutcome::Gone => failed.push(Event::Unreachable(worker)),
-                                SendOutcome::Busy => failed.push(Event::Bounced {
+                            SendOutcome::Busy => {
+                                no_kernel.push(worker);
+                                failed.push(Event::Bounced {
                                     worker,
                                     tasks,
                                     again,
-                                }),
-                            }
-                            continue;
-                        };
-                        // Data tasks travel one per message (one per command, as the
-                        // dispatcher frames them), each with its input file, compressed for
-                        // a worker that speaks LZ4 when it pays.
-                        for (k, task) in tasks.iter().enumerate() {
-                            let max = self.config.max_payload;
-                            let (message, input_len, wire) = match inputs
-                                .data_message(batch, job, *task, max)
-                            {
-                                Ok((message, input_len)) if compress => {
-                                    let (message, wire) = Message::pack_data(message, input_len);
-                                    (message, input_len, wire)
-                                }
-                                Ok((message, input_len)) => (message, input_len, input_len),
-                                Err(e) => {
-                                    end = Some(Err(e));
-                                    break;
-                                }
-                            };
-                            match sockets::send_owned_to(&self.tasks_socket, to, message) {
-                                SendOutcome::Sent => {
-                                    crate::protocol::count_sent(true, wire, input_len);
-                                    mark_sent(observer, std::slice::from_ref(task))
-                                }
-                                SendOutcome::Gone => {
-                                    // Every task of the command is the worker's: losing it
-                                    // hands them all on.
-                                    failed.push(Event::Unreachable(worker));
-                                    break;
-                                }
-                                SendOutcome::Busy => {
-                                    failed.push(Event::Bounced {
-                                        worker,
-                                        tasks: tasks[k..].to_vec(),
-                                        again: again.get(k..).unwrap_or_default().to_vec(),
-                                    });
-                                    break;
-                                }
+                                });
+                                continue;
                             }
                         }
                     }
-                    Command::Reply {
-                        routing_id,
-                        message,
-                    } => {
-                        sockets::send_to(&self.tasks_socket, &routing_id, &message.encode());
+                    self.send_tasks(worker, tasks, again, compress, failed)?;
+                }
+                Command::Reply {
+                    routing_id,
+                    message,
+                } => {
+                    sockets::send_to(&v.tasks_socket, &routing_id, &message.encode());
+                }
+                Command::ToSink(mut message) => {
+                    if let Message::Stats {
+                        inputs_wire,
+                        inputs,
+                        ..
+                    } = &mut message
+                    {
+                        let sent = crate::protocol::sent_bytes().since(v.sent_at_start);
+                        (*inputs_wire, *inputs) = (sent.inputs_wire, sent.inputs);
                     }
-                    Command::ToSink(mut message) => {
-                        if let Message::Stats {
-                            inputs_wire,
-                            inputs,
-                            ..
-                        } = &mut message
-                        {
-                            let sent = crate::protocol::sent_bytes().since(self.sent_at_start);
-                            (*inputs_wire, *inputs) = (sent.inputs_wire, sent.inputs);
-                        }
-                        if let Err(e) = self.sink_socket.send(message.encode(), zmq::DONTWAIT) {
-                            log::debug!("sending {} to the sink: {e}", message.kind_name());
-                        }
+                    if let Err(e) = v.sink_socket.send(message.encode(), zmq::DONTWAIT) {
+                        log::debug!("sending {} to the sink: {e}", message.kind_name());
                     }
-                    Command::Complete => end = Some(Ok(())),
-                    Command::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
-                    Command::Note(note) => crate::events::emit(&note),
-                    Command::Observed(observed) => {
-                        if let Some(o) = observer.as_mut() {
-                            o.observed(Instant::now(), observed);
-                        }
+                }
+                Command::Complete => progress = driver::Progress::Over,
+                Command::Stop(why) => return Err(anyhow::Error::new(why)),
+                Command::Note(note) => crate::events::emit(&note),
+                Command::Observed(observed) => {
+                    if let Some(o) = self.observer.as_mut() {
+                        o.observed(Instant::now(), observed);
                     }
                 }
             }
-            let now = Instant::now();
-            for event in failed {
-                dispatcher.handle(now, event, out);
+        }
+        Ok(progress)
+    }
+}
+
+impl driver::Transport for Pump<'_> {
+    fn check(&mut self) -> anyhow::Result<()> {
+        Ok(self.shutdown.check()?)
+    }
+
+    /// The live view learns greeted workers' addresses and gets a fresh status when due.
+    fn after_round(&mut self) -> anyhow::Result<()> {
+        let Some(o) = self.observer.as_mut() else {
+            return Ok(());
+        };
+        for (peer, address) in self.greeted.drain(..) {
+            if let Some(w) = self.d.worker_id(&peer) {
+                o.address(w, &address);
             }
         }
-        end
+        let now = Instant::now();
+        if now >= self.next_publish {
+            self.v.publish(o, self.d);
+            self.next_publish = now + PUBLISH_EVERY;
+        }
+        Ok(())
+    }
+
+    /// Polls the tasks and sink sockets (and the sink's handshakes) until the deadline,
+    /// at most [`MAX_POLL`]; a refusal by the sink ends the ventilator with the reason.
+    fn receive(&mut self, deadline: Instant, events: &mut Vec<Event>) -> anyhow::Result<()> {
+        let v = self.v;
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .min(MAX_POLL);
+        let mut items = [
+            v.tasks_socket.as_poll_item(zmq::POLLIN),
+            v.sink_socket.as_poll_item(zmq::POLLIN),
+            v.sink_monitor.as_poll_item(zmq::POLLIN),
+        ];
+        sockets::poll(
+            &mut items,
+            timeout.as_millis() as i64,
+            "the ventilator's sockets",
+        )?;
+        if items[2].is_readable() {
+            let refused = crate::auth::refusal(crate::auth::failures(&v.sink_monitor), "sink");
+            if let Some(failure) = refused {
+                bail!(crate::auth::refusal_message(
+                    failure,
+                    "sink",
+                    &v.config.sink,
+                    &v.config.access
+                ));
+            }
+        }
+        if let Some(gate) = &v.gate {
+            events.push(Event::Refused(gate.refused()));
+        }
+        let secret = v.config.access.secret.is_some();
+        let observing = self.observer.is_some();
+        if items[0].is_readable() {
+            sockets::drain(
+                &v.tasks_socket,
+                true,
+                "the tasks socket",
+                v.config.max_payload,
+                |inbound| {
+                    let message = inbound.message.and_then(|message| {
+                        if secret {
+                            crate::auth::speaks_for_itself(&inbound.user, &inbound.peer, &message)?;
+                        }
+                        Ok(message)
+                    });
+                    if let (Some(address), true) = (inbound.address, observing) {
+                        self.greeted.push((inbound.peer.clone(), address));
+                    }
+                    events.push(match message {
+                        Ok(message) => Event::FromWorker {
+                            routing_id: inbound.peer,
+                            message,
+                        },
+                        Err(why) => Event::Rejected {
+                            peer: sockets::peer_name(&inbound.peer),
+                            why,
+                        },
+                    });
+                    Ok(())
+                },
+            )?;
+        }
+        if items[1].is_readable() {
+            sockets::drain(
+                &v.sink_socket,
+                false,
+                "the sink socket",
+                v.config.max_payload,
+                |inbound| {
+                    events.push(match inbound.message {
+                        Ok(message) => Event::FromSink(message),
+                        Err(why) => Event::Rejected {
+                            peer: "sink".into(),
+                            why,
+                        },
+                    });
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Pump<'_> {
+    /// Sends a command's tasks to `worker`: a list's in one message; data tasks one per
+    /// message (one per command, as the dispatcher frames them), each with its input file,
+    /// compressed for a worker that speaks LZ4 when it pays. Those that cannot go come back
+    /// in `failed`.
+    fn send_tasks(
+        &mut self,
+        worker: WorkerId,
+        tasks: Vec<crate::batch::Task>,
+        again: Vec<bool>,
+        compress: bool,
+        failed: &mut Vec<Event>,
+    ) -> anyhow::Result<()> {
+        let v = self.v;
+        let to = &self.d.worker(worker).routing_id;
+        let (batch, job) = (self.d.batch_id(), *self.d.job());
+        let observer = &mut *self.observer;
+        let mut mark_sent = |sent: &[crate::batch::Task]| {
+            if let Some(timeline) = &v.config.timeline {
+                sent.iter().for_each(|t| timeline.sent(t.id));
+            }
+            if let Some(o) = observer.as_mut() {
+                o.sent(Instant::now(), worker, sent.iter().map(|t| t.id));
+            }
+        };
+        let Some(inputs) = &v.config.inputs else {
+            let message = Message::encode_tasks(batch, &job, &tasks);
+            match sockets::send_to(&v.tasks_socket, to, &message) {
+                SendOutcome::Sent => mark_sent(&tasks),
+                SendOutcome::Gone => failed.push(Event::Unreachable(worker)),
+                SendOutcome::Busy => failed.push(Event::Bounced {
+                    worker,
+                    tasks,
+                    again,
+                }),
+            }
+            return Ok(());
+        };
+        for (k, task) in tasks.iter().enumerate() {
+            let (message, input_len) =
+                inputs.data_message(batch, &job, *task, v.config.max_payload)?;
+            let (message, wire) = if compress {
+                Message::pack_data(message, input_len)
+            } else {
+                (message, input_len)
+            };
+            match sockets::send_owned_to(&v.tasks_socket, to, message) {
+                SendOutcome::Sent => {
+                    crate::protocol::count_sent(true, wire, input_len);
+                    mark_sent(std::slice::from_ref(task))
+                }
+                SendOutcome::Gone => {
+                    // Every task of the command is the worker's: losing it hands them all
+                    // on.
+                    failed.push(Event::Unreachable(worker));
+                    break;
+                }
+                SendOutcome::Busy => {
+                    failed.push(Event::Bounced {
+                        worker,
+                        tasks: tasks[k..].to_vec(),
+                        again: again.get(k..).unwrap_or_default().to_vec(),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@
 
 use crate::backend::{Abandon, Backend, Outcome, Work};
 use crate::batch::{Job, Task};
+use crate::driver;
 use crate::flow::{Chunk, Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
 use crate::protocol::WorkerInfo;
@@ -357,7 +358,7 @@ impl Worker {
             },
             Instant::now(),
         );
-        let pump = Pump {
+        let outcome = driver::run(&mut Pump {
             config: &config,
             io: &io,
             wake: &wake,
@@ -365,8 +366,9 @@ impl Worker {
             outcome_rx: &outcome_rx,
             abandon: &abandon,
             failure: &failure,
-        };
-        let outcome = pump.run(&mut flow, shutdown);
+            flow: &mut flow,
+            shutdown,
+        });
         // Leaving: stop the executor and tell the ventilator, so the tasks this worker held
         // go to others at once. Leaving because the batch is over (asked to), the goodbye
         // waits for the executor (a while): the ventilator of a job that ended with chunks
@@ -413,8 +415,8 @@ struct Io {
     monitors: [zmq::Socket; 2],
 }
 
-/// The worker's run loop: receive from both peers and the executor, decode, hand to the
-/// flow state, carry out what it says. No send here ever waits.
+/// The worker's host for the [`driver`]: both peers' sockets and the executor bring the
+/// flow's events and carry out its commands. No send here ever waits.
 struct Pump<'a> {
     config: &'a WorkerConfig,
     io: &'a Io,
@@ -423,174 +425,169 @@ struct Pump<'a> {
     outcome_rx: &'a mpsc::Receiver<Outcomes>,
     abandon: &'a Abandon,
     failure: &'a Mutex<Option<String>>,
+    flow: &'a mut Flow,
+    shutdown: &'a Shutdown,
 }
 
 /// Longest the pump sleeps in one poll, so a shutdown request is seen promptly.
 const MAX_POLL: Duration = Duration::from_millis(100);
 
-impl Pump<'_> {
-    fn run(&self, flow: &mut Flow, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let mut out = Vec::new();
-        loop {
-            shutdown.check()?;
-            flow.handle(Instant::now(), FlowEvent::Tick, &mut out);
-            if let Some(end) = self.carry_out(flow, &mut out) {
-                return end;
-            }
-            let wait = flow
-                .next_deadline()
-                .saturating_duration_since(Instant::now())
-                .min(MAX_POLL);
-            let mut items = [
-                self.io.tasks.as_poll_item(zmq::POLLIN),
-                self.wake.as_poll_item(zmq::POLLIN),
-                self.io.results.as_poll_item(zmq::POLLIN),
-                self.io.monitors[0].as_poll_item(zmq::POLLIN),
-                self.io.monitors[1].as_poll_item(zmq::POLLIN),
-            ];
-            sockets::poll(&mut items, wait.as_millis() as i64, "the worker's sockets")?;
-            for (monitor, (peer, endpoint)) in self.io.monitors.iter().zip([
-                ("ventilator", &self.config.ventilator),
-                ("sink", &self.config.sink),
-            ]) {
-                let refused = crate::auth::refusal(crate::auth::failures(monitor), peer);
-                if let Some(failure) = refused {
-                    anyhow::bail!(crate::auth::refusal_message(
-                        failure,
-                        peer,
-                        endpoint,
-                        &self.config.access
-                    ));
-                }
-            }
-            let mut end = None;
-            if items[1].is_readable() {
-                while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
-                let mut finished = Vec::new();
-                while let Ok(outcomes) = self.outcome_rx.try_recv() {
-                    match outcomes {
-                        Outcomes::Finished(outcomes) => finished.extend(outcomes),
-                        Outcomes::Declined { batch, reason } => flow.handle(
-                            Instant::now(),
-                            FlowEvent::Declined { batch, reason },
-                            &mut out,
-                        ),
-                        Outcomes::Running { backend, adapter } => flow.handle(
-                            Instant::now(),
-                            FlowEvent::Running { backend, adapter },
-                            &mut out,
-                        ),
-                    }
-                }
-                if !finished.is_empty() {
-                    flow.handle(Instant::now(), FlowEvent::Finished(finished), &mut out);
-                }
-                if let Some(reason) = self.failure.lock().ok().and_then(|f| f.clone()) {
-                    flow.handle(Instant::now(), FlowEvent::ExecutorFailed(reason), &mut out);
-                }
-                end = end.or(self.carry_out(flow, &mut out));
-            }
-            if items[2].is_readable() {
-                let max_payload = self.io.max_payload;
-                sockets::drain(
-                    &self.io.results,
-                    false,
-                    "the results socket",
-                    max_payload,
-                    |inbound| {
-                        flow.handle(
-                            Instant::now(),
-                            FlowEvent::FromSink(inbound.message),
-                            &mut out,
-                        );
-                        end = end.take().or_else(|| self.carry_out(flow, &mut out));
-                        Ok(())
-                    },
-                )?;
-            }
-            if items[0].is_readable() {
-                let max_payload = self.io.max_payload;
-                sockets::drain(
-                    &self.io.tasks,
-                    false,
-                    "the tasks socket",
-                    max_payload,
-                    |inbound| {
-                        flow.handle(
-                            Instant::now(),
-                            FlowEvent::FromVentilator(inbound.message),
-                            &mut out,
-                        );
-                        end = end.take().or_else(|| self.carry_out(flow, &mut out));
-                        Ok(())
-                    },
-                )?;
-            }
-            if let Some(end) = end {
-                return end;
-            }
-        }
+impl driver::Host for Pump<'_> {
+    type Machine = Flow;
+    type Error = anyhow::Error;
+
+    fn machine(&mut self) -> &mut Flow {
+        self.flow
     }
 
-    /// Carries out the flow's commands in order; `Some` when the worker is to leave.
-    fn carry_out(&self, flow: &mut Flow, out: &mut Vec<FlowCommand>) -> Option<anyhow::Result<()>> {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Carries out the flow's commands in order; over when the worker is to leave.
+    fn carry_out(
+        &mut self,
+        commands: &mut Vec<FlowCommand>,
+        failed: &mut Vec<FlowEvent>,
+    ) -> anyhow::Result<driver::Progress> {
         let mut end = None;
-        while !out.is_empty() {
-            let mut failed = Vec::new();
-            // Once the sink's queue refuses a delivery, the later ones wait behind it.
-            let mut sink_full = false;
-            for command in out.drain(..) {
-                match command {
-                    FlowCommand::Deliver(delivery) if sink_full => {
-                        failed.push(FlowEvent::Undelivered(delivery));
-                    }
-                    FlowCommand::ToVentilator(message) => {
-                        let _ = self.io.tasks.send(message.encode(), zmq::DONTWAIT);
-                    }
-                    FlowCommand::ToSink(message) => {
-                        let _ = self.io.results.send(message.encode(), zmq::DONTWAIT);
-                    }
-                    FlowCommand::Deliver(mut delivery) => {
-                        if let Some(results) = delivery.results.as_mut() {
-                            // Never waits: a full queue keeps the delivery, and its
-                            // credit, for a moment later.
-                            match send_results(&self.io.results, results) {
-                                Ok(()) => {}
-                                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
-                                    sink_full = true;
-                                    failed.push(FlowEvent::Undelivered(delivery));
-                                    continue;
-                                }
-                                Err(e) => {
-                                    end = Some(Err(anyhow::anyhow!(
-                                        "sending results to the sink: {e}"
-                                    )));
-                                    continue;
-                                }
+        // Once the sink's queue refuses a delivery, the later ones wait behind it.
+        let mut sink_full = false;
+        for command in commands.drain(..) {
+            match command {
+                FlowCommand::Deliver(delivery) if sink_full => {
+                    failed.push(FlowEvent::Undelivered(delivery));
+                }
+                FlowCommand::ToVentilator(message) => {
+                    let _ = self.io.tasks.send(message.encode(), zmq::DONTWAIT);
+                }
+                FlowCommand::ToSink(message) => {
+                    let _ = self.io.results.send(message.encode(), zmq::DONTWAIT);
+                }
+                FlowCommand::Deliver(mut delivery) => {
+                    if let Some(results) = delivery.results.as_mut() {
+                        // Never waits: a full queue keeps the delivery, and its credit, for
+                        // a moment later.
+                        match send_results(&self.io.results, results) {
+                            Ok(()) => {}
+                            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                                sink_full = true;
+                                failed.push(FlowEvent::Undelivered(delivery));
+                                continue;
+                            }
+                            Err(e) => {
+                                end =
+                                    Some(Err(anyhow::anyhow!("sending results to the sink: {e}")));
+                                continue;
                             }
                         }
-                        let _ = self.io.tasks.send(delivery.done.encode(), zmq::DONTWAIT);
                     }
-                    FlowCommand::Abandon(batch) => self.abandon.batch_over(batch),
-                    FlowCommand::Run(chunk) => {
-                        self.abandon.batch_again(chunk.batch);
-                        if self.chunk_tx.send(chunk).is_err() {
-                            end = Some(Err(anyhow::anyhow!(
-                                "the executor thread stopped unexpectedly"
-                            )));
-                        }
-                    }
-                    FlowCommand::Leave => end = Some(Ok(())),
-                    FlowCommand::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
-                    FlowCommand::Note(note) => crate::events::emit(&note),
+                    let _ = self.io.tasks.send(delivery.done.encode(), zmq::DONTWAIT);
                 }
-            }
-            let now = Instant::now();
-            for event in failed {
-                flow.handle(now, event, out);
+                FlowCommand::Abandon(batch) => self.abandon.batch_over(batch),
+                FlowCommand::Run(chunk) => {
+                    self.abandon.batch_again(chunk.batch);
+                    if self.chunk_tx.send(chunk).is_err() {
+                        end = Some(Err(anyhow::anyhow!(
+                            "the executor thread stopped unexpectedly"
+                        )));
+                    }
+                }
+                FlowCommand::Leave => end = Some(Ok(())),
+                FlowCommand::Stop(why) => end = Some(Err(anyhow::Error::new(why))),
+                FlowCommand::Note(note) => crate::events::emit(&note),
             }
         }
-        end
+        match end {
+            None => Ok(driver::Progress::Going),
+            Some(Ok(())) => Ok(driver::Progress::Over),
+            Some(Err(e)) => Err(e),
+        }
+    }
+}
+
+impl driver::Transport for Pump<'_> {
+    fn check(&mut self) -> anyhow::Result<()> {
+        Ok(self.shutdown.check()?)
+    }
+
+    /// Polls both peers' sockets and the executor's wake-ups until the deadline, at most
+    /// [`MAX_POLL`]; a handshake refused by either peer ends the worker with the reason.
+    /// What the executor finished comes first, then the sink's messages, then the
+    /// ventilator's.
+    fn receive(&mut self, deadline: Instant, events: &mut Vec<FlowEvent>) -> anyhow::Result<()> {
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(MAX_POLL);
+        let mut items = [
+            self.io.tasks.as_poll_item(zmq::POLLIN),
+            self.wake.as_poll_item(zmq::POLLIN),
+            self.io.results.as_poll_item(zmq::POLLIN),
+            self.io.monitors[0].as_poll_item(zmq::POLLIN),
+            self.io.monitors[1].as_poll_item(zmq::POLLIN),
+        ];
+        sockets::poll(&mut items, wait.as_millis() as i64, "the worker's sockets")?;
+        for (monitor, (peer, endpoint)) in self.io.monitors.iter().zip([
+            ("ventilator", &self.config.ventilator),
+            ("sink", &self.config.sink),
+        ]) {
+            let refused = crate::auth::refusal(crate::auth::failures(monitor), peer);
+            if let Some(failure) = refused {
+                anyhow::bail!(crate::auth::refusal_message(
+                    failure,
+                    peer,
+                    endpoint,
+                    &self.config.access
+                ));
+            }
+        }
+        if items[1].is_readable() {
+            while self.wake.recv_bytes(zmq::DONTWAIT).is_ok() {}
+            let mut finished = Vec::new();
+            while let Ok(outcomes) = self.outcome_rx.try_recv() {
+                match outcomes {
+                    Outcomes::Finished(outcomes) => finished.extend(outcomes),
+                    Outcomes::Declined { batch, reason } => {
+                        events.push(FlowEvent::Declined { batch, reason })
+                    }
+                    Outcomes::Running { backend, adapter } => {
+                        events.push(FlowEvent::Running { backend, adapter })
+                    }
+                }
+            }
+            if !finished.is_empty() {
+                events.push(FlowEvent::Finished(finished));
+            }
+            if let Some(reason) = self.failure.lock().ok().and_then(|f| f.clone()) {
+                events.push(FlowEvent::ExecutorFailed(reason));
+            }
+        }
+        let max_payload = self.io.max_payload;
+        if items[2].is_readable() {
+            sockets::drain(
+                &self.io.results,
+                false,
+                "the results socket",
+                max_payload,
+                |inbound| {
+                    events.push(FlowEvent::FromSink(inbound.message));
+                    Ok(())
+                },
+            )?;
+        }
+        if items[0].is_readable() {
+            sockets::drain(
+                &self.io.tasks,
+                false,
+                "the tasks socket",
+                max_payload,
+                |inbound| {
+                    events.push(FlowEvent::FromVentilator(inbound.message));
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! conquer's core: the roles' state machines (the ventilator's [`dispatch`], the sink's
-//! [`collect`], the worker's [`flow`]), the wire codec ([`protocol`]), item [`intervals`],
-//! chunk carving ([`chunking`]) and the domain model ([`batch`], [`kernels`], [`report`]).
+//! [`collect`], the worker's [`flow`]) and the one loop that runs them ([`driver`]), the
+//! wire codec ([`protocol`]), item [`intervals`], chunk carving ([`chunking`]) and the
+//! domain model ([`batch`], [`kernels`], [`report`]).
 //!
 //! Nothing here opens a socket, touches a GPU, reads a file or reads a clock: the machines
 //! take each message and the time as arguments and answer with commands, which the root
@@ -12,6 +13,7 @@ pub mod chunking;
 pub mod claims;
 pub mod collect;
 pub mod dispatch;
+pub mod driver;
 pub mod events;
 pub mod flow;
 pub mod heartbeat;
@@ -26,7 +28,7 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 24] = [
+    const FILES: [(&str, &str); 26] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
@@ -37,7 +39,9 @@ mod sans_io {
         ("dispatch/replicas.rs", include_str!("dispatch/replicas.rs")),
         ("dispatch/roster.rs", include_str!("dispatch/roster.rs")),
         ("dispatch/sink.rs", include_str!("dispatch/sink.rs")),
+        ("dispatch/tasks.rs", include_str!("dispatch/tasks.rs")),
         ("dispatch/timers.rs", include_str!("dispatch/timers.rs")),
+        ("driver.rs", include_str!("driver.rs")),
         ("events.rs", include_str!("events.rs")),
         ("flow.rs", include_str!("flow.rs")),
         ("heartbeat.rs", include_str!("heartbeat.rs")),

@@ -12,6 +12,7 @@ use crate::batch::{Batch, Job, Task};
 use crate::chunking::{Plan, Policy};
 use crate::collect::{CollectConfig, Collector, SinkCommand, SinkEvent};
 use crate::dispatch::{Backup, Command, DispatchConfig, Dispatcher, Event, WorkerId};
+use crate::driver;
 use crate::flow::{Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
 use crate::protocol::{Message, Status, WorkerInfo};
@@ -236,77 +237,14 @@ impl Sim {
     }
 
     /// The ventilator's pump: every message that arrived, each one's commands carried out
-    /// before the next, then a tick. Every event is recorded for the CPU replay.
+    /// before the next, then a tick (the driver's round). Every event is recorded for the
+    /// CPU replay.
     fn vent(&mut self, events: Vec<Event>) {
-        for event in events.into_iter().chain([Event::Tick]) {
-            self.feed(event);
-        }
+        driver::round(self, events).unwrap_or_else(|never| match never {});
         let deadline = ns(self.d.next_deadline().saturating_duration_since(self.base));
         if self.tick_at.is_none_or(|t| deadline < t || t <= self.now) {
             self.tick_at = Some(deadline.max(self.now + 1));
             self.at(deadline.max(self.now + 1), Ev::Tick);
-        }
-    }
-
-    fn feed(&mut self, event: Event) {
-        let now = self.base + Duration::from_nanos(self.now);
-        self.trace.push((self.now, event.clone()));
-        let mut out = Vec::new();
-        self.d.handle(now, event, &mut out);
-        self.carry_out(out);
-    }
-
-    fn carry_out(&mut self, mut out: Vec<Command>) {
-        while !out.is_empty() {
-            let mut failed = Vec::new();
-            for command in std::mem::take(&mut out) {
-                match command {
-                    Command::ToWorker { worker, message } => {
-                        let w = self.worker_index(worker);
-                        match self.workers[w].life {
-                            Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
-                            _ => self.after(self.latency, Ev::ToWorker(w, message)),
-                        }
-                    }
-                    Command::Tasks { worker, tasks, .. } => {
-                        let w = self.worker_index(worker);
-                        self.decisions += tasks.len() as u64;
-                        match self.workers[w].life {
-                            Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
-                            _ => {
-                                let message = Message::Tasks {
-                                    batch: self.d.batch_id(),
-                                    job: *self.d.job(),
-                                    tasks,
-                                };
-                                self.after(self.latency, Ev::ToWorker(w, message))
-                            }
-                        }
-                    }
-                    Command::Reply {
-                        routing_id,
-                        message,
-                    } => {
-                        if let Some(&w) = self.by_routing_id.get(&routing_id) {
-                            self.after(self.latency, Ev::ToWorker(w, message));
-                        }
-                    }
-                    Command::ToSink(message) => {
-                        if let Message::Batch { .. } = message {
-                            self.start_at.get_or_insert(self.now);
-                        }
-                        self.after(self.latency, Ev::VentToSink(message))
-                    }
-                    Command::Complete => self.complete_at = Some(self.now),
-                    Command::Stop(why) => self.stopped = Some(why.to_string()),
-                    Command::Note(_) | Command::Observed(_) => {}
-                }
-            }
-            let now = self.base + Duration::from_nanos(self.now);
-            for event in failed {
-                self.trace.push((self.now, event.clone()));
-                self.d.handle(now, event, &mut out);
-            }
         }
     }
 
@@ -326,52 +264,15 @@ impl Sim {
     /// Worker `w`'s flow handles `event`; its commands go out on the simulated network or
     /// to its executor, and its next tick is scheduled.
     fn flow(&mut self, w: usize, event: FlowEvent) {
-        if self.workers[w].life != Life::Running {
+        if self.workers[w].life != Life::Running || self.workers[w].flow.is_none() {
             return;
         }
-        let now = self.base + Duration::from_nanos(self.now);
-        let mut out = Vec::new();
-        let Some(flow) = self.workers[w].flow.as_mut() else {
+        driver::deliver(&mut WorkerHost { sim: self, w }, event)
+            .unwrap_or_else(|never| match never {});
+        let Some(flow) = &self.workers[w].flow else {
             return;
         };
-        flow.handle(now, event, &mut out);
         let deadline = ns(flow.next_deadline().saturating_duration_since(self.base));
-        for command in out {
-            match command {
-                FlowCommand::ToVentilator(message) => {
-                    self.after(self.latency, Ev::ToVent(w, message))
-                }
-                FlowCommand::ToSink(message) => self.after(self.latency, Ev::ToSink(w, message)),
-                FlowCommand::Deliver(delivery) => {
-                    if let Some(results) = delivery.results {
-                        self.after(self.latency, Ev::ToSink(w, results));
-                    }
-                    self.after(self.latency, Ev::ToVent(w, delivery.done));
-                }
-                FlowCommand::Run(chunk) => {
-                    let batch = chunk.batch;
-                    let worker = &mut self.workers[w];
-                    worker
-                        .queue
-                        .extend(chunk.tasks.into_iter().map(|t| (batch, t)));
-                    self.start_next(w);
-                }
-                FlowCommand::Abandon(batch) => {
-                    // The task running finishes (and is reported); the rest are dropped.
-                    let worker = &mut self.workers[w];
-                    let running = usize::from(worker.busy);
-                    let mut i = 0;
-                    worker.queue.retain(|&(b, _)| {
-                        i += 1;
-                        i <= running || b != batch
-                    });
-                }
-                FlowCommand::Leave | FlowCommand::Stop(_) => {
-                    self.workers[w].life = Life::Killed;
-                }
-                FlowCommand::Note(_) => {}
-            }
-        }
         let worker = &mut self.workers[w];
         if worker.tick_at.is_none_or(|t| deadline < t || t <= self.now) {
             let at = deadline.max(self.now + 1);
@@ -459,33 +360,8 @@ impl Sim {
             }),
             Ev::SinkWake => {
                 self.sink_wake_scheduled = false;
-                let now = self.base + Duration::from_nanos(self.now);
-                let mut out = Vec::new();
-                for event in std::mem::take(&mut self.sink_inbox)
-                    .into_iter()
-                    .chain([SinkEvent::Tick])
-                {
-                    self.sink.handle(now, event, &mut out);
-                }
-                for command in out {
-                    match command {
-                        SinkCommand::Send { to, message } if to == VENTILATOR => {
-                            self.after(self.latency, Ev::FromSink(message))
-                        }
-                        // Welcomes and refusals to workers.
-                        SinkCommand::Send { to, message } => {
-                            if let Some(&w) = self.by_routing_id.get(&to) {
-                                self.after(self.latency, Ev::SinkToWorker(w, message));
-                            }
-                        }
-                        // Records and syncs: nothing to simulate.
-                        SinkCommand::Record { .. }
-                        | SinkCommand::Sync
-                        | SinkCommand::Finished
-                        | SinkCommand::Note(_) => {}
-                        SinkCommand::Stop(why) => self.sink_stopped = Some(why.to_string()),
-                    }
-                }
+                let events = std::mem::take(&mut self.sink_inbox);
+                driver::round(&mut SinkHost(self), events).unwrap_or_else(|never| match never {});
             }
             Ev::Join(w) => {
                 let now = self.base + Duration::from_nanos(self.now);
@@ -532,6 +408,192 @@ impl Sim {
         if self.events % 65_536 == 0 {
             self.peak_entries = self.peak_entries.max(self.d.queue_entries());
         }
+    }
+}
+
+/// The simulated ventilator: the dispatcher's commands go out on the simulated network.
+impl driver::Host for Sim {
+    type Machine = Dispatcher;
+    type Error = std::convert::Infallible;
+
+    fn machine(&mut self) -> &mut Dispatcher {
+        &mut self.d
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    fn carry_out(
+        &mut self,
+        commands: &mut Vec<Command>,
+        failed: &mut Vec<Event>,
+    ) -> Result<driver::Progress, std::convert::Infallible> {
+        for command in commands.drain(..) {
+            match command {
+                Command::ToWorker { worker, message } => {
+                    let w = self.worker_index(worker);
+                    match self.workers[w].life {
+                        Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
+                        _ => self.after(self.latency, Ev::ToWorker(w, message)),
+                    }
+                }
+                Command::Tasks { worker, tasks, .. } => {
+                    let w = self.worker_index(worker);
+                    self.decisions += tasks.len() as u64;
+                    match self.workers[w].life {
+                        Life::Killed | Life::Refused => failed.push(Event::Unreachable(worker)),
+                        _ => {
+                            let message = Message::Tasks {
+                                batch: self.d.batch_id(),
+                                job: *self.d.job(),
+                                tasks,
+                            };
+                            self.after(self.latency, Ev::ToWorker(w, message))
+                        }
+                    }
+                }
+                Command::Reply {
+                    routing_id,
+                    message,
+                } => {
+                    if let Some(&w) = self.by_routing_id.get(&routing_id) {
+                        self.after(self.latency, Ev::ToWorker(w, message));
+                    }
+                }
+                Command::ToSink(message) => {
+                    if let Message::Batch { .. } = message {
+                        self.start_at.get_or_insert(self.now);
+                    }
+                    self.after(self.latency, Ev::VentToSink(message))
+                }
+                Command::Complete => self.complete_at = Some(self.now),
+                Command::Stop(why) => self.stopped = Some(why.to_string()),
+                Command::Note(_) | Command::Observed(_) => {}
+            }
+        }
+        Ok(driver::Progress::Going)
+    }
+
+    fn record(&mut self, event: &Event) {
+        self.trace.push((self.now, event.clone()));
+    }
+}
+/// A simulated worker: its flow's commands go out on the simulated network or to its
+/// executor.
+struct WorkerHost<'a> {
+    sim: &'a mut Sim,
+    w: usize,
+}
+
+impl driver::Host for WorkerHost<'_> {
+    type Machine = Flow;
+    type Error = std::convert::Infallible;
+
+    fn machine(&mut self) -> &mut Flow {
+        // `Sim::flow` makes a host only for a worker that has its flow, and nothing here
+        // takes it away.
+        self.sim.workers[self.w]
+            .flow
+            .as_mut()
+            .expect("a simulated worker's host is made only while it has its flow")
+    }
+
+    fn now(&self) -> Instant {
+        self.sim.base + Duration::from_nanos(self.sim.now)
+    }
+
+    /// Nothing sent fails here: the simulated network drops what a dead peer would not read.
+    fn carry_out(
+        &mut self,
+        commands: &mut Vec<FlowCommand>,
+        _failed: &mut Vec<FlowEvent>,
+    ) -> Result<driver::Progress, std::convert::Infallible> {
+        for command in commands.drain(..) {
+            match command {
+                FlowCommand::ToVentilator(message) => self
+                    .sim
+                    .after(self.sim.latency, Ev::ToVent(self.w, message)),
+                FlowCommand::ToSink(message) => self
+                    .sim
+                    .after(self.sim.latency, Ev::ToSink(self.w, message)),
+                FlowCommand::Deliver(delivery) => {
+                    if let Some(results) = delivery.results {
+                        self.sim
+                            .after(self.sim.latency, Ev::ToSink(self.w, results));
+                    }
+                    self.sim
+                        .after(self.sim.latency, Ev::ToVent(self.w, delivery.done));
+                }
+                FlowCommand::Run(chunk) => {
+                    let batch = chunk.batch;
+                    let worker = &mut self.sim.workers[self.w];
+                    worker
+                        .queue
+                        .extend(chunk.tasks.into_iter().map(|t| (batch, t)));
+                    self.sim.start_next(self.w);
+                }
+                FlowCommand::Abandon(batch) => {
+                    // The task running finishes (and is reported); the rest are dropped.
+                    let worker = &mut self.sim.workers[self.w];
+                    let running = usize::from(worker.busy);
+                    let mut i = 0;
+                    worker.queue.retain(|&(b, _)| {
+                        i += 1;
+                        i <= running || b != batch
+                    });
+                }
+                FlowCommand::Leave | FlowCommand::Stop(_) => {
+                    self.sim.workers[self.w].life = Life::Killed;
+                }
+                FlowCommand::Note(_) => {}
+            }
+        }
+        Ok(driver::Progress::Going)
+    }
+}
+
+/// The simulated sink: the collector's messages go out on the simulated network; records
+/// and syncs cost nothing.
+struct SinkHost<'a>(&'a mut Sim);
+
+impl driver::Host for SinkHost<'_> {
+    type Machine = Collector;
+    type Error = std::convert::Infallible;
+
+    fn machine(&mut self) -> &mut Collector {
+        &mut self.0.sink
+    }
+
+    fn now(&self) -> Instant {
+        self.0.base + Duration::from_nanos(self.0.now)
+    }
+
+    fn carry_out(
+        &mut self,
+        commands: &mut Vec<SinkCommand>,
+        _failed: &mut Vec<SinkEvent>,
+    ) -> Result<driver::Progress, std::convert::Infallible> {
+        for command in commands.drain(..) {
+            match command {
+                SinkCommand::Send { to, message } if to == VENTILATOR => {
+                    self.0.after(self.0.latency, Ev::FromSink(message))
+                }
+                // Welcomes and refusals to workers.
+                SinkCommand::Send { to, message } => {
+                    if let Some(&w) = self.0.by_routing_id.get(&to) {
+                        self.0.after(self.0.latency, Ev::SinkToWorker(w, message));
+                    }
+                }
+                // Records and syncs: nothing to simulate.
+                SinkCommand::Record { .. }
+                | SinkCommand::Sync
+                | SinkCommand::Finished
+                | SinkCommand::Note(_) => {}
+                SinkCommand::Stop(why) => self.0.sink_stopped = Some(why.to_string()),
+            }
+        }
+        Ok(driver::Progress::Going)
     }
 }
 

@@ -91,7 +91,10 @@ fn forged_item_ranges_are_credited_once_and_do_not_shred_the_job() {
     for part in islands.chunks(4_000) {
         send(part.to_vec());
     }
-    // The forger goes quiet holding its chunk, which goes to the real worker.
+    // The forger goes quiet holding its chunk, which goes to the real worker. Its results
+    // are sent first: the raw worker's sockets drop unsent messages when closed, and a busy
+    // machine may not have sent the big ones yet.
+    forger.results.set_linger(30_000).unwrap();
     drop(forger);
     let (status, stdout, log) = sink.finish();
     assert!(status.success(), "the sink failed: {log}");

@@ -238,10 +238,18 @@ fn h06_h07_a_flood_of_fake_workers_costs_little_and_is_logged_in_summary() {
         &["f1", "f2"],
         &[],
     );
-    sink.event("batch");
     let ctx = zmq::Context::new();
-    // 300 workers that greet the ventilator and go; one whose name would break a results
-    // file, refused at the greeting.
+    // One whose name would break a results file, refused at the greeting: it greets first,
+    // as the batch starts, since a ventilator whose batch is over answers nobody (the
+    // batch of zero-work tasks may take only a fraction of a second).
+    let bad = ctx.socket(zmq::DEALER).unwrap();
+    bad.set_linger(0).unwrap();
+    bad.set_rcvtimeo(30_000).unwrap();
+    bad.connect(&vent_ep).unwrap();
+    bad.send(Message::Hello(info("line1\nline2", 1)).encode(), 0)
+        .unwrap();
+    sink.event("batch");
+    // 300 workers that greet the ventilator and go.
     for i in 0..300u32 {
         let fake = ctx.socket(zmq::DEALER).unwrap();
         fake.set_linger(200).unwrap();
@@ -250,12 +258,6 @@ fn h06_h07_a_flood_of_fake_workers_costs_little_and_is_logged_in_summary() {
         fake.send(Message::Hello(info(&format!("fake-{i}"), 4)).encode(), 0)
             .unwrap();
     }
-    let bad = ctx.socket(zmq::DEALER).unwrap();
-    bad.set_linger(0).unwrap();
-    bad.set_rcvtimeo(30_000).unwrap();
-    bad.connect(&vent_ep).unwrap();
-    bad.send(Message::Hello(info("line1\nline2", 1)).encode(), 0)
-        .unwrap();
     match Message::decode(&bad.recv_bytes(0).unwrap()) {
         Ok(Message::Refused { reason, .. }) => {
             assert!(reason.contains("control character"), "{reason}")

@@ -69,7 +69,7 @@ impl Dispatcher {
             // cheap items says nothing of a dear chunk). A holder not measured yet may be
             // slow or its task dear: once it has run twice what the taker predicts for
             // itself, the taker's prediction stands (a copy costs an idle worker's time).
-            let mine_us = match self.predict_us(self.owner[index] as usize, index) {
+            let mine_us = match self.predict_us(self.tasks.owner(index) as usize, index) {
                 Some(holder_us) => mine_us.max(last.running_us * mine_us / holder_us.max(1.0)),
                 None if last.running_us > 2.0 * mine_us => mine_us,
                 None => continue,
@@ -78,8 +78,8 @@ impl Dispatcher {
                 continue;
             }
             let holder_left_us = last.left_us;
-            let task = self.config.tasks[index];
-            let holder = self.owner[index];
+            let task = *self.tasks.task(index);
+            let holder = self.tasks.owner(index);
             log::debug!(
                 "end game: {} takes over task {} from {} ({:.0} ms against {:.0} ms left)",
                 printable(&self.workers[slot].info.name),
@@ -90,7 +90,7 @@ impl Dispatcher {
             );
             self.release(holder, index);
             self.ran_by.entry(index as u32).or_default().push(holder);
-            self.owner[index] = slot as WorkerId;
+            self.tasks.transfer(index, slot as WorkerId);
             self.assigned_ms += u64::from(task.workload_ms);
             let worker = &mut self.workers[slot];
             worker.given.push_back((now, index as u32));
@@ -119,13 +119,13 @@ impl Dispatcher {
                 * -1e6;
             for &(given, index) in &holder.given {
                 let i = index as usize;
-                if self.state[i] != TaskState::Assigned || self.owner[i] != h as WorkerId {
+                if !self.tasks.assigned_to(i, h as WorkerId) {
                     continue;
                 }
                 let since = now.saturating_duration_since(given.max(holder.last_report));
                 let took = self
                     .predict_us(h, i)
-                    .unwrap_or_else(|| f64::from(self.config.tasks[i].workload_ms) * 1000.0);
+                    .unwrap_or_else(|| f64::from(self.tasks.task(i).workload_ms) * 1000.0);
                 let start = at.max(-since.as_secs_f64() * 1e6);
                 // A task past its prediction is taken to need as long again as it has
                 // run: costs vary along a job, and a miss means this part is dearer.
@@ -148,7 +148,7 @@ impl Dispatcher {
     /// chunk's items at its rate, a task's workload at its µs per ms. `None` until it has
     /// reported one.
     pub(super) fn predict_us(&self, slot: usize, index: usize) -> Option<f64> {
-        let task = self.config.tasks[index];
+        let task = *self.tasks.task(index);
         if task.is_chunk() {
             let rate = self.carver.as_ref()?.rate(slot)?;
             (rate > 0.0).then(|| f64::from(task.items) * 1e6 / rate)
@@ -162,7 +162,7 @@ impl Dispatcher {
     /// speeds: a task queued behind others on a worker that cannot finish them within this
     /// would end the batch late (a straggler's second task), so it is not queued there.
     pub(super) fn horizon_us(&self) -> f64 {
-        (self.pending_ms + self.assigned_ms) as f64 * 1000.0 / self.speed.max(1e-9)
+        (self.tasks.pending_ms() + self.assigned_ms) as f64 * 1000.0 / self.speed.max(1e-9)
     }
 
     /// How long `slot` may hold a task of `workload_ms` before another worker is given a
@@ -178,8 +178,7 @@ impl Dispatcher {
     pub(super) fn prune_given(&mut self, slot: usize) {
         while let Some(&(_, index)) = self.workers[slot].given.front() {
             let i = index as usize;
-            let ours = self.owner[i] == slot as u32
-                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported);
+            let ours = self.tasks.outstanding_with(i, slot as u32);
             if ours {
                 break;
             }
@@ -212,7 +211,7 @@ impl Dispatcher {
             let silent = now.saturating_duration_since(self.workers[slot].last_seen);
             let quiet = silent > self.config.heartbeat.interval * SILENT_BACKUP_BEATS;
             let i = index as usize;
-            let bound = self.straggle_bound(slot, self.config.tasks[i].workload_ms);
+            let bound = self.straggle_bound(slot, self.tasks.task(i).workload_ms);
             // A queued task waited behind the ones before it: its time runs from the later
             // of when it was given and the worker's last report.
             let since = given_at.max(self.workers[slot].last_report);
@@ -220,9 +219,9 @@ impl Dispatcher {
             // A chunk past its prediction on a worker that heartbeats is dear, not lost:
             // items vary in cost along a job, so a copy would only repeat the same dear
             // items. The end game moves it once nothing else is left to hand out.
-            let straggling = self.state[i] == TaskState::Assigned
+            let straggling = self.tasks.state(i) == TaskState::Assigned
                 && held_for > bound
-                && !self.config.tasks[i].is_chunk();
+                && !self.tasks.task(i).is_chunk();
             if !straggling && !quiet {
                 continue;
             }
@@ -231,10 +230,7 @@ impl Dispatcher {
                 .given
                 .iter()
                 .map(|&(_, index)| index)
-                .filter(|&index| {
-                    self.owner[index as usize] == slot as u32
-                        && self.state[index as usize] == TaskState::Assigned
-                })
+                .filter(|&index| self.tasks.assigned_to(index as usize, slot as WorkerId))
                 .collect();
             if held.is_empty() {
                 continue;
@@ -245,7 +241,7 @@ impl Dispatcher {
             for &index in held.iter().rev() {
                 // A task bounced and given again appears twice in the list: once is enough.
                 let i = index as usize;
-                if self.owner[i] == slot as u32 && self.state[i] == TaskState::Assigned {
+                if self.tasks.assigned_to(i, slot as WorkerId) {
                     self.release(slot as WorkerId, i);
                     self.ran_by.entry(index).or_default().push(slot as WorkerId);
                     self.requeue(i);

@@ -43,7 +43,7 @@ impl Dispatcher {
                 self.reject_at(now, &peer, why);
                 continue;
             };
-            if self.state[index] != TaskState::Assigned || self.owner[index] != slot {
+            if !self.tasks.assigned_to(index, slot) {
                 // Already reported, or handed to another worker as a backup: a report of a
                 // task it was given still proves the worker works, and ends its stall; and
                 // says how fast it is (a worker whose every task outlives the backup bound
@@ -53,12 +53,12 @@ impl Dispatcher {
                     Some(by.swap_remove(at))
                 });
                 if ran.is_some() && d.status != Status::Failed {
-                    self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+                    self.learn_rate(s, self.tasks.task(index).workload_ms, d.wall_us);
                 }
                 if let (Some(carver), Some(_), Status::Ok | Status::Verified) =
                     (self.carver.as_mut(), ran, d.status)
                 {
-                    carver.learn(s, self.config.tasks[index].items, d.wall_us);
+                    carver.learn(s, self.tasks.task(index).items, d.wall_us);
                 }
                 if self.workers[s].stalled {
                     self.workers[s].stalled = false;
@@ -74,15 +74,15 @@ impl Dispatcher {
             worker.proven = true;
             worker.last_report = now;
             self.enqueue(slot);
-            self.learn_rate(s, self.config.tasks[index].workload_ms, d.wall_us);
+            self.learn_rate(s, self.tasks.task(index).workload_ms, d.wall_us);
             if let (Some(carver), Status::Ok | Status::Verified) = (self.carver.as_mut(), d.status)
             {
-                carver.learn(s, self.config.tasks[index].items, d.wall_us);
+                carver.learn(s, self.tasks.task(index).items, d.wall_us);
             }
             if d.status == Status::Failed {
                 self.failed(now, slot, index, out);
             } else {
-                self.state[index] = TaskState::Reported;
+                self.tasks.report(index);
                 self.workers[s].unheld += 1;
                 self.reported_log.push_back((now, index as u32, slot));
             }
@@ -102,7 +102,7 @@ impl Dispatcher {
         *failures += 1;
         let failures = *failures;
         let name = printable(&self.workers[slot as usize].info.name).into_owned();
-        let task = self.config.tasks[index];
+        let task = *self.tasks.task(index);
         if failures < self.config.max_attempts {
             self.fail_log.warn_at(now, || {
                 format!(
@@ -121,14 +121,13 @@ impl Dispatcher {
             self.config.max_attempts
         );
         // Waiting for the sink's word, like a task reported done, but nobody's.
-        self.state[index] = TaskState::Reported;
-        self.owner[index] = NO_OWNER;
+        self.tasks.give_up(index);
         self.gave_up.push(index as u32);
         out.push(Command::ToSink(self.gave_up_message(index)));
     }
 
     pub(super) fn gave_up_message(&self, index: usize) -> Message {
-        let task = self.config.tasks[index];
+        let task = *self.tasks.task(index);
         Message::GaveUp {
             batch: self.config.batch_id,
             id: task.id,
@@ -140,7 +139,7 @@ impl Dispatcher {
 
     /// Frees the credit a task held at its owner.
     pub(super) fn release(&mut self, slot: WorkerId, index: usize) {
-        let workload = u64::from(self.config.tasks[index].workload_ms);
+        let workload = u64::from(self.tasks.task(index).workload_ms);
         let worker = &mut self.workers[slot as usize];
         if worker.alive {
             worker.assigned = worker.assigned.saturating_sub(1);
@@ -181,22 +180,18 @@ impl Dispatcher {
     }
 
     pub(super) fn requeue(&mut self, index: usize) {
-        if self.state[index] == TaskState::Reported {
-            self.results_arrived(self.owner[index]);
+        if self.tasks.state(index) == TaskState::Reported {
+            self.results_arrived(self.tasks.owner(index));
         }
         // A copy the sink asked for keeps its exclusions however it comes back (a lost or
         // stalled worker, a full queue).
         if self.exclude.contains_key(&(index as u32)) {
             self.queue_replica(index as u32);
         }
-        self.pending_count += 1;
-        self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
-        self.state[index] = TaskState::Requeued;
-        self.owner[index] = NO_OWNER;
-        self.pending.push_front(index as u32);
+        self.tasks.requeue(index, true);
         self.wake_waiting();
         // Tasks are no longer scarce: workers set aside for the tail may take more.
-        if !self.tail.is_empty() && self.pending_count > self.alive {
+        if !self.tail.is_empty() && self.tasks.pending() > self.alive {
             for slot in std::mem::take(&mut self.tail) {
                 self.workers[slot as usize].in_tail = false;
                 self.enqueue(slot);
@@ -212,27 +207,18 @@ impl Dispatcher {
         }
         for (task, &was_requeued) in tasks.iter().zip(again).rev() {
             let index = task.id as usize;
-            if index >= self.len()
-                || self.owner[index] != slot
-                || self.state[index] != TaskState::Assigned
-            {
+            if index >= self.len() || !self.tasks.assigned_to(index, slot) {
                 continue;
             }
             self.release(slot, index);
-            self.state[index] = if was_requeued {
+            if was_requeued {
                 self.redispatched = self.redispatched.saturating_sub(1);
-                TaskState::Requeued
-            } else {
-                TaskState::Pending
-            };
-            self.owner[index] = NO_OWNER;
+            }
+            self.tasks.requeue(index, was_requeued);
             // A copy the sink asked for keeps its exclusions: it waits with the copies.
             if self.exclude.contains_key(&task.id) {
                 self.queue_replica(task.id);
             }
-            self.pending.push_front(task.id);
-            self.pending_count += 1;
-            self.pending_ms += u64::from(self.config.tasks[index].workload_ms);
         }
         self.wake_waiting();
     }
@@ -266,7 +252,7 @@ impl Dispatcher {
             if worker.assigned >= cap {
                 return Credit::None;
             }
-            let share = self.pending_count.div_ceil(self.alive.max(1));
+            let share = self.tasks.pending().div_ceil(self.alive.max(1));
             return if (worker.assigned as usize) < share.max(1) {
                 Credit::Yes
             } else {
@@ -278,7 +264,7 @@ impl Dispatcher {
         if worker.assigned >= window {
             return Credit::None;
         }
-        if self.pending_count <= self.alive {
+        if self.tasks.pending() <= self.alive {
             return Credit::Scarce;
         }
         // Nominal speed until its reports say otherwise.
@@ -329,7 +315,7 @@ impl Dispatcher {
             (None, Policy::Adaptive(target)) => target.as_secs_f64() * 1000.0,
             (None, _) => 1000.0,
         };
-        let id = self.config.tasks.len() as u32;
+        let id = self.tasks.len() as u32;
         let task = Task {
             id,
             workload_ms: expected_ms
@@ -339,31 +325,17 @@ impl Dispatcher {
             first,
             items,
         };
-        self.config.tasks.push(task);
-        self.state.push(TaskState::Pending);
-        self.owner.push(NO_OWNER);
+        self.tasks.add(task);
         self.chunk_at.insert(first, id);
-        self.pending.push_front(id);
-        self.pending_count += 1;
-        self.pending_ms += u64::from(task.workload_ms);
         Carved::Chunk(id)
     }
 
     /// The next task still pending, without removing it.
     pub(super) fn peek_pending(&mut self) -> Option<u32> {
-        while let Some(&id) = self.pending.front() {
-            // A copy the sink asked for goes out from `replicas` only, to a worker it
-            // does not exclude.
-            if matches!(
-                self.state[id as usize],
-                TaskState::Pending | TaskState::Requeued
-            ) && !self.replica_set.contains(&id)
-            {
-                return Some(id);
-            }
-            self.pending.pop_front();
-        }
-        None
+        // A copy the sink asked for goes out from `replicas` only, to a worker it does not
+        // exclude.
+        let replicas = &self.replica_set;
+        self.tasks.peek(|id| replicas.contains(&id))
     }
 
     /// Hands out tasks to the workers in the ready queue, one task per worker per turn, so
@@ -372,7 +344,7 @@ impl Dispatcher {
     /// plus one per worker that leaves.
     pub(super) fn dispatch(&mut self, now: Instant, out: &mut Vec<Command>) {
         let mut batches: Vec<(WorkerId, Vec<Task>, Vec<bool>)> = Vec::new();
-        while self.pending_count > 0 || self.carver.as_ref().is_some_and(|c| c.left() > 0) {
+        while self.tasks.pending() > 0 || self.carver.as_ref().is_some_and(|c| c.left() > 0) {
             let Some(slot) = self.ready.pop_front() else {
                 break;
             };
@@ -404,7 +376,7 @@ impl Dispatcher {
                     }
                 },
             };
-            let task = self.config.tasks[id as usize];
+            let task = *self.tasks.task(id as usize);
             // A chunk carved for this worker was carved by its own rules (`carve`).
             let credit = if carved {
                 Credit::Yes
@@ -444,19 +416,15 @@ impl Dispatcher {
                     self.wake_waiting();
                 }
                 None => {
-                    self.pending.pop_front();
+                    self.tasks.pop();
                 }
             }
-            self.pending_count -= 1;
-            self.pending_ms -= u64::from(task.workload_ms);
             self.assigned_ms += u64::from(task.workload_ms);
-            let again = self.state[id as usize] == TaskState::Requeued;
+            let again = self.tasks.assign(id as usize, slot);
             if again {
                 self.items_redone += u64::from(task.items);
             }
             batches[b].2.push(again);
-            self.state[id as usize] = TaskState::Assigned;
-            self.owner[id as usize] = slot;
             let worker = &mut self.workers[s];
             worker.given.push_back((now, id));
             worker.assigned += 1;
@@ -513,7 +481,7 @@ impl Dispatcher {
     /// Nothing is left to hand out: the batch's tail, where a worker that vanished holding
     /// tasks holds up the batch.
     pub(super) fn in_tail(&self) -> bool {
-        self.pending_count == 0 && self.carver.as_ref().is_none_or(|c| c.left() == 0)
+        self.tasks.pending() == 0 && self.carver.as_ref().is_none_or(|c| c.left() == 0)
     }
 
     /// Folds a report's wall time into the worker's measured speed.

@@ -19,6 +19,7 @@ use crate::protocol::{Done, Message, RefusalKind, Status, WorkerInfo, MAX_ITEMS_
 use crate::text::{printable, RateLimited};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+use tasks::{TaskTable, NO_OWNER};
 use timers::{Timer, Timers};
 
 /// Backup tasks for stragglers: a task held longer than `factor` times what its worker's
@@ -283,8 +284,6 @@ enum Phase {
     Over,
 }
 
-const NO_OWNER: u32 = u32::MAX;
-
 /// A worker's speed as a multiple of nominal (1.0 until it reports).
 fn speed_of(worker: &WorkerSlot) -> f64 {
     worker.us_per_ms.map_or(1.0, |r| 1000.0 / r.max(1e-3))
@@ -399,21 +398,14 @@ impl WorkerSlot {
 pub struct Dispatcher {
     config: DispatchConfig,
     phase: Phase,
-    state: Vec<TaskState>,
-    owner: Vec<u32>,
-    /// Task ids to hand out; requeued tasks go to the front. May hold ids no longer
-    /// pending (held through a late result): those are skipped when reached.
-    pending: VecDeque<u32>,
-    /// Tasks in the `Pending` or `Requeued` state (the queue may also hold stale entries).
-    pending_count: usize,
-    /// Their workloads, summed.
-    pending_ms: u64,
+    /// Every task (a job's chunks as they are carved), its state and owner, and the queue
+    /// of those to hand out.
+    tasks: TaskTable,
     /// Workloads assigned to live workers and not yet reported, summed.
     assigned_ms: u64,
     /// Live workers' speeds (nominal ms per ms: 1.0 until a worker's reports say
     /// otherwise), summed; recomputed every heartbeat so rounding never drifts.
     speed: f64,
-    held: usize,
     workers: Vec<WorkerSlot>,
     by_routing_id: HashMap<Vec<u8>, WorkerId>,
     /// Live workers by name: a newcomer's name is checked without a scan.
@@ -593,19 +585,14 @@ impl Dispatcher {
 
     /// A dispatcher for one batch; `now` and `unix_ms` are the same moment on the pump's
     /// monotonic and wall clocks (the wall clock only stamps the batch's start).
-    pub fn new(config: DispatchConfig, now: Instant, unix_ms: u64) -> Dispatcher {
-        let n = config.tasks.len();
-        let pending: VecDeque<u32> = config.order.iter().copied().collect();
+    pub fn new(mut config: DispatchConfig, now: Instant, unix_ms: u64) -> Dispatcher {
+        // The table holds the tasks from here on; the config keeps the rest.
+        let tasks = TaskTable::new(std::mem::take(&mut config.tasks), &config.order);
         Dispatcher {
             phase: Phase::Waiting,
-            state: vec![TaskState::Pending; n],
-            owner: vec![NO_OWNER; n],
-            pending_count: pending.len(),
-            pending_ms: config.tasks.iter().map(|t| u64::from(t.workload_ms)).sum(),
+            tasks,
             assigned_ms: 0,
             speed: 0.0,
-            pending,
-            held: 0,
             workers: Vec::new(),
             by_routing_id: HashMap::new(),
             by_name: HashMap::new(),
@@ -787,7 +774,8 @@ impl Dispatcher {
     pub fn next_deadline(&self) -> Instant {
         // The probe matters only in the tail, whatever it is armed at; a drain waits for
         // its end only (no heartbeat's round runs then).
-        let probing = self.phase == Phase::Dispatching && self.in_tail() && self.held < self.len();
+        let probing =
+            self.phase == Phase::Dispatching && self.in_tail() && self.tasks.held() < self.len();
         let timers: &[Timer] = if matches!(self.phase, Phase::Draining { .. }) {
             &[Timer::Drain]
         } else if probing {
@@ -808,11 +796,11 @@ impl Dispatcher {
     }
 
     pub fn len(&self) -> usize {
-        self.config.tasks.len()
+        self.tasks.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.config.tasks.is_empty()
+        self.tasks.len() == 0
     }
 
     pub fn batch_id(&self) -> u64 {
@@ -852,17 +840,17 @@ impl Dispatcher {
     }
 
     pub fn task_state(&self, id: u32) -> TaskState {
-        self.state[id as usize]
+        self.tasks.state(id as usize)
     }
 
     /// The worker holding task `id`, if one does.
     pub fn owner(&self, id: u32) -> Option<WorkerId> {
-        let o = self.owner[id as usize];
+        let o = self.tasks.owner(id as usize);
         (o != NO_OWNER).then_some(o)
     }
 
     pub fn pending_count(&self) -> usize {
-        self.pending_count
+        self.tasks.pending()
     }
 
     /// A divisible job's items: (held by the sink, in all); None for a task list.
@@ -874,13 +862,12 @@ impl Dispatcher {
     /// Nominal work (ms of workload) of the tasks not yet done: pending, requeued and out
     /// with a worker. What a task list's ETA is made from.
     pub fn work_left_ms(&self) -> u64 {
-        self.pending_ms + self.assigned_ms
+        self.tasks.pending_ms() + self.assigned_ms
     }
 
     /// The items chunk `id` covers (0 for a task of a task list, or an unknown id).
     pub fn task_items(&self, id: u32) -> u64 {
-        self.config
-            .tasks
+        self.tasks
             .get(id as usize)
             .map_or(0, |t| u64::from(t.items))
     }
@@ -892,7 +879,7 @@ impl Dispatcher {
             rejected: self.rejected,
             refused: self.refused,
             backups: self.backups,
-            held: self.held,
+            held: self.tasks.held(),
             chunks: self.carver.as_ref().map_or(0, Carver::carved),
             items_redone: self.items_redone,
         }
@@ -901,17 +888,12 @@ impl Dispatcher {
     /// Checks the running sums against the tables they summarise (tests only: it scans).
     #[cfg(test)]
     pub(crate) fn audit(&self) -> Result<(), String> {
-        let mut pending_ms = 0;
-        let mut assigned_ms = 0;
-        for (i, task) in self.config.tasks.iter().enumerate() {
-            match self.state[i] {
-                TaskState::Pending | TaskState::Requeued => {
-                    pending_ms += u64::from(task.workload_ms)
-                }
-                TaskState::Assigned => assigned_ms += u64::from(task.workload_ms),
-                _ => {}
-            }
-        }
+        self.tasks.audit(|id| self.replica_set.contains(&id))?;
+        let assigned_ms: u64 = self
+            .tasks
+            .in_state(TaskState::Assigned)
+            .map(|i| self.tasks.workload_ms(i))
+            .sum();
         let alive = self.workers.iter().filter(|w| w.alive).count();
         let speed: f64 = self.workers.iter().filter(|w| w.alive).map(speed_of).sum();
         let per_worker: u64 = self
@@ -920,14 +902,14 @@ impl Dispatcher {
             .filter(|w| w.alive)
             .map(|w| w.assigned_ms)
             .sum();
-        if (pending_ms, assigned_ms, alive) != (self.pending_ms, self.assigned_ms, self.alive)
+        if (assigned_ms, alive) != (self.assigned_ms, self.alive)
             || per_worker != assigned_ms
             || (speed - self.speed).abs() > 1e-6 * speed.max(1.0)
         {
             return Err(format!(
-                "sums drifted: pending_ms {pending_ms} vs {}, assigned_ms {assigned_ms} vs {} \
-                 (workers {per_worker}), alive {alive} vs {}, speed {speed} vs {}",
-                self.pending_ms, self.assigned_ms, self.alive, self.speed
+                "sums drifted: assigned_ms {assigned_ms} vs {} (workers {per_worker}), alive \
+                 {alive} vs {}, speed {speed} vs {}",
+                self.assigned_ms, self.alive, self.speed
             ));
         }
         // The carver sizes chunks for the live workers: the same ones.
@@ -946,7 +928,7 @@ impl Dispatcher {
     /// pending queue, the reported log and each worker's list of tasks given. Each is
     /// pruned so that it stays within a small multiple of the batch and the workers.
     pub fn queue_entries(&self) -> usize {
-        self.pending.len()
+        self.tasks.queued()
             + self.reported_log.len()
             + self.ready.len()
             + self.tail.len()
@@ -1081,7 +1063,7 @@ impl Dispatcher {
         } = self.phase
         {
             if self.acks_heard() >= holding {
-                log::debug!("dispatching {} tasks", self.len() - self.held);
+                log::debug!("dispatching {} tasks", self.len() - self.tasks.held());
                 self.phase = Phase::Dispatching;
                 self.dispatching = true;
                 self.heard_from_sink = now;
@@ -1148,7 +1130,7 @@ impl Dispatcher {
             let stop = Stopped::SinkSilent {
                 sink: self.config.sink.clone(),
                 silent: silent.as_secs_f64(),
-                held: self.held,
+                held: self.tasks.held(),
                 tasks: self.len(),
             };
             self.stop(stop, out);
@@ -1173,12 +1155,12 @@ impl Dispatcher {
         // Tasks given up on, until the sink holds them (a message may have been lost to a
         // restart).
         self.gave_up
-            .retain(|&index| self.state[index as usize] != TaskState::Held);
+            .retain(|&index| self.tasks.state(index as usize) != TaskState::Held);
         for &index in &self.gave_up {
             out.push(Command::ToSink(self.gave_up_message(index as usize)));
         }
         out.push(Command::ToSink(self.stats(false)));
-        if self.alive == 0 && self.held < self.len() {
+        if self.alive == 0 && self.tasks.held() < self.len() {
             let since = *self.idle_since.get_or_insert(now);
             if now.duration_since(since) >= IDLE_REMINDER {
                 log::warn!(
@@ -1191,7 +1173,7 @@ impl Dispatcher {
                     } else {
                         String::new()
                     },
-                    self.len() - self.held,
+                    self.len() - self.tasks.held(),
                     self.len(),
                     self.config.endpoint
                 );
@@ -1249,6 +1231,7 @@ mod handout;
 mod replicas;
 mod roster;
 mod sink;
+mod tasks;
 mod timers;
 
 #[cfg(test)]

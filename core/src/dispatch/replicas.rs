@@ -18,7 +18,7 @@ impl Dispatcher {
     ) {
         let index = if self.carver.is_some() {
             match self.chunk_at.get(&first) {
-                Some(&id) if self.config.tasks[id as usize].items == items => id as usize,
+                Some(&id) if self.tasks.task(id as usize).items == items => id as usize,
                 _ => {
                     let why = format!(
                         "asked to run items {first}..{} again, not a chunk",
@@ -43,20 +43,25 @@ impl Dispatcher {
                 .get(slot as usize)
                 .is_some_and(|w| exclude.contains(&w.info.name))
         };
-        let requeue = match self.state[index] {
+        let requeue = match self.tasks.state(index) {
             TaskState::Held => false,
             TaskState::Pending | TaskState::Requeued => false,
-            TaskState::Assigned => excluded(self.owner[index]),
-            TaskState::Reported => self.owner[index] == NO_OWNER || excluded(self.owner[index]),
+            TaskState::Assigned => excluded(self.tasks.owner(index)),
+            TaskState::Reported => {
+                self.tasks.owner(index) == NO_OWNER || excluded(self.tasks.owner(index))
+            }
         };
         self.exclude.insert(index as u32, exclude);
         if requeue {
-            if self.state[index] == TaskState::Assigned {
-                let owner = self.owner[index];
+            if self.tasks.state(index) == TaskState::Assigned {
+                let owner = self.tasks.owner(index);
                 self.release(owner, index);
             }
             self.requeue(index);
-        } else if matches!(self.state[index], TaskState::Pending | TaskState::Requeued) {
+        } else if matches!(
+            self.tasks.state(index),
+            TaskState::Pending | TaskState::Requeued
+        ) {
             // Waiting in the main queue (its worker was lost): moved to the replicas'.
             self.queue_replica(index as u32);
         }
@@ -78,7 +83,7 @@ impl Dispatcher {
     pub(super) fn replica_for(&mut self, slot: usize) -> Option<(usize, u32)> {
         while let Some(&index) = self.replicas.front() {
             if matches!(
-                self.state[index as usize],
+                self.tasks.state(index as usize),
                 TaskState::Pending | TaskState::Requeued
             ) {
                 break;
@@ -92,8 +97,12 @@ impl Dispatcher {
                 .get(&index)
                 .is_some_and(|names| names.contains(name))
         };
-        let live =
-            |index: usize| matches!(self.state[index], TaskState::Pending | TaskState::Requeued);
+        let live = |index: usize| {
+            matches!(
+                self.tasks.state(index),
+                TaskState::Pending | TaskState::Requeued
+            )
+        };
         if let Some((pos, &index)) = self
             .replicas
             .iter()

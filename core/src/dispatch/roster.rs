@@ -319,9 +319,7 @@ impl Dispatcher {
         // Backwards, so the requeued tasks keep their dispatch order at the front.
         for &(_, index) in given.iter().rev() {
             let i = index as usize;
-            if self.owner[i] == slot
-                && matches!(self.state[i], TaskState::Assigned | TaskState::Reported)
-            {
+            if self.tasks.outstanding_with(i, slot) {
                 self.requeue(i);
                 handed_on += 1;
             }
@@ -390,8 +388,8 @@ impl Dispatcher {
             }
             let i = index as usize;
             if age < bound
-                && self.state[i] == TaskState::Reported
-                && self.owner[i] == slot
+                && self.tasks.state(i) == TaskState::Reported
+                && self.tasks.owner(i) == slot
                 && self.workers[slot as usize].unheld >= self.unheld_cap(slot as usize)
             {
                 count(slot);
@@ -403,7 +401,7 @@ impl Dispatcher {
             }
             self.reported_log.pop_front();
             let i = index as usize;
-            if self.state[i] == TaskState::Reported && self.owner[i] == slot {
+            if self.tasks.state(i) == TaskState::Reported && self.tasks.owner(i) == slot {
                 count(slot);
             }
         }

@@ -129,12 +129,7 @@ impl Dispatcher {
     /// sink lists it; what it does not list is handed out again.
     pub(super) fn sink_restarted(&mut self, now: Instant, held: u32) {
         log::warn!("the sink restarted holding {held} results; re-checking the batch against it");
-        for s in self.state.iter_mut() {
-            if *s == TaskState::Held {
-                *s = TaskState::Reported;
-            }
-        }
-        self.held = 0;
+        self.tasks.doubt_held();
         self.covered = IntervalSet::new();
         self.ranges_heard = 0;
         // What is in doubt now is the resync's to settle: no worker is to blame for results
@@ -168,7 +163,7 @@ impl Dispatcher {
     pub(super) fn requeue_unconfirmed(&mut self) {
         let mut count = 0;
         for index in (0..self.len()).rev() {
-            if self.state[index] == TaskState::Reported {
+            if self.tasks.state(index) == TaskState::Reported {
                 self.requeue(index);
                 count += 1;
             }
@@ -187,9 +182,9 @@ impl Dispatcher {
             return;
         };
         let mut taken = self.covered.clone();
-        for (index, task) in self.config.tasks.iter().enumerate() {
-            if self.state[index] != TaskState::Held {
-                let (a, b) = task.range();
+        for index in 0..self.tasks.len() {
+            if self.tasks.state(index) != TaskState::Held {
+                let (a, b) = self.tasks.task(index).range();
                 taken.insert(a..b);
             }
         }
@@ -209,7 +204,7 @@ impl Dispatcher {
         if self.carver.is_some() {
             self.ranges_heard
         } else {
-            self.held
+            self.tasks.held()
         }
     }
 
@@ -238,7 +233,7 @@ impl Dispatcher {
                 .map(|(&f, &id)| (f, id));
             let within = self.chunk_at.range(start + 1..end).map(|(&f, &id)| (f, id));
             for (_, id) in before.into_iter().chain(within) {
-                let (a, b) = self.config.tasks[id as usize].range();
+                let (a, b) = self.tasks.task(id as usize).range();
                 if self.covered.contains_all(a..b) {
                     ids.push(id);
                 }
@@ -260,21 +255,17 @@ impl Dispatcher {
                 self.reject_at(now, "sink", why);
                 continue;
             }
-            match self.state[index] {
+            match self.tasks.state(index) {
                 TaskState::Held => continue,
                 TaskState::Assigned => {
-                    let slot = self.owner[index];
+                    let slot = self.tasks.owner(index);
                     self.release(slot, index);
                 }
-                TaskState::Pending | TaskState::Requeued => {
-                    self.pending_count -= 1;
-                    self.pending_ms -= u64::from(self.config.tasks[index].workload_ms);
-                }
-                TaskState::Reported => self.results_arrived(self.owner[index]),
+                TaskState::Pending | TaskState::Requeued => {}
+                TaskState::Reported => self.results_arrived(self.tasks.owner(index)),
             }
-            self.state[index] = TaskState::Held;
+            self.tasks.hold(index);
             self.exclude.remove(&id);
-            self.held += 1;
         }
         self.finish_resync_if_complete();
     }
@@ -286,7 +277,7 @@ impl Dispatcher {
     pub(super) fn prune_reported_log(&mut self) {
         while let Some(&(_, index, slot)) = self.reported_log.front() {
             let i = index as usize;
-            if self.state[i] == TaskState::Reported && self.owner[i] == slot {
+            if self.tasks.state(i) == TaskState::Reported && self.tasks.owner(i) == slot {
                 break;
             }
             self.reported_log.pop_front();

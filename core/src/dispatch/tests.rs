@@ -5,6 +5,7 @@
 //! worker finishes the batch, and every step keeps the invariants.
 
 use super::*;
+use crate::driver::{self, Host};
 use crate::protocol::{Done, Message, Status, WorkerInfo};
 use proptest::prelude::*;
 
@@ -123,6 +124,11 @@ struct Farm {
     complete: bool,
     stopped: Option<Stopped>,
     next_session: u64,
+    /// Workers that declined the batch and were sent tasks by a restarted ventilator: they
+    /// decline again.
+    redeclined: std::collections::VecDeque<usize>,
+    /// What the sink answers the ventilator, not yet delivered.
+    from_sink: std::collections::VecDeque<Message>,
 }
 
 impl Farm {
@@ -188,13 +194,11 @@ impl Farm {
             complete: false,
             stopped: None,
             next_session: 2,
+            redeclined: Default::default(),
+            from_sink: Default::default(),
         };
         farm.event(Event::Tick);
         farm
-    }
-
-    fn now(&self) -> Instant {
-        self.base + self.t
     }
 
     fn by_routing_id(&self, id: &[u8]) -> Option<usize> {
@@ -202,181 +206,198 @@ impl Farm {
     }
 
     fn event(&mut self, event: Event) {
-        let mut out = Vec::new();
-        self.d.handle(self.now(), event, &mut out);
-        self.carry_out(out);
+        driver::deliver(self, event).unwrap_or_else(|never| match never {});
+        self.answer();
         self.check();
     }
 
-    /// The model pump: carries out commands in order, failures straight back.
-    fn carry_out(&mut self, mut out: Vec<Command>) {
-        let mut from_sink = Vec::new();
-        let mut redeclined = Vec::new();
-        while !out.is_empty() {
-            let mut failed = Vec::new();
-            // What the live view is told comes before the commands that follow from it (a
-            // worker lost before its tasks go to others).
-            let commands = std::mem::take(&mut out);
-            let first_tasks = commands
-                .iter()
-                .position(|c| matches!(c, Command::Tasks { .. }))
-                .unwrap_or(commands.len());
-            assert!(
-                !commands[first_tasks..]
-                    .iter()
-                    .any(|c| matches!(c, Command::Observed(_))),
-                "an observation after tasks: {commands:?}"
-            );
-            for command in commands {
-                match command {
-                    Command::ToWorker { worker, message } => {
-                        let rid = self.d.worker(worker).routing_id.clone();
-                        let w = self.by_routing_id(&rid).expect("a worker we know");
-                        if !self.workers[w].connected {
-                            failed.push(Event::Unreachable(worker));
-                        } else if let Message::Refused { .. } = message {
-                            self.workers[w].connected = false;
-                        }
-                    }
-                    Command::Tasks { worker, tasks, .. } if !self.d.worker(worker).alive => {
-                        panic!("tasks {tasks:?} sent to worker {worker}, declared gone");
-                    }
-                    Command::Tasks { worker, .. } if self.d.worker(worker).declined => {
-                        panic!("tasks sent to worker {worker}, which declined the batch");
-                    }
-                    Command::Tasks {
-                        worker,
-                        tasks,
-                        again,
-                        ..
-                    } => {
-                        for t in &tasks {
-                            assert!(
-                                !self.told[t.id as usize],
-                                "task {} handed out again though the sink holds it",
-                                t.id
-                            );
-                        }
-                        let rid = self.d.worker(worker).routing_id.clone();
-                        let w = self.by_routing_id(&rid).expect("a worker we know");
-                        let mw = &mut self.workers[w];
-                        if !mw.connected {
-                            failed.push(Event::Unreachable(worker));
-                        } else if mw.full_next {
-                            mw.full_next = false;
-                            failed.push(Event::Bounced {
-                                worker,
-                                tasks,
-                                again,
-                            });
-                        } else if mw.declined {
-                            // A worker that declined says so again (to a restarted
-                            // ventilator) and runs nothing.
-                            redeclined.push(w);
-                        } else {
-                            mw.queue.extend(tasks);
-                        }
-                    }
-                    Command::Reply {
-                        routing_id,
-                        message,
-                    } => {
-                        if let (Some(w), Message::Refused { .. }) =
-                            (self.by_routing_id(&routing_id), message)
-                        {
-                            self.workers[w].connected = false;
-                        }
-                    }
-                    Command::ToSink(Message::Batch { session, .. }) => {
-                        if self.sink_session != Some(session) {
-                            // A ventilator the sink has not acknowledged: it answers with
-                            // what it holds.
-                            self.sink_session = Some(session);
-                            let held: Vec<u32> = (0..self.sink_held.len() as u32)
-                                .filter(|&i| self.sink_held[i as usize])
-                                .collect();
-                            self.untold.clear();
-                            from_sink.push(Message::BatchAck {
-                                batch: self.config.batch_id,
-                                held: held.len() as u32,
-                            });
-                            from_sink.push(Message::Held {
-                                batch: self.config.batch_id,
-                                ids: held,
-                            });
-                        } else {
-                            from_sink.push(Message::Heartbeat {
-                                batch: self.config.batch_id,
-                            });
-                        }
-                        // Every copy still wanted, asked for again.
-                        self.copies.retain(|&id, _| !self.sink_held[id as usize]);
-                        let wanted: Vec<u32> = self.copies.keys().copied().collect();
-                        from_sink.extend(wanted.into_iter().map(|id| self.again(id)));
-                    }
-                    // A task given up on (--max-attempts) counts as finished, failed, as the
-                    // sink counts it.
-                    Command::ToSink(Message::GaveUp { id, .. }) if self.sink_session.is_some() => {
-                        let i = id as usize;
-                        if i < self.sink_held.len() && !self.sink_held[i] {
-                            self.sink_held[i] = true;
-                            self.untold.push(id);
-                        }
-                    }
-                    Command::ToSink(_) => {}
-                    Command::Complete => {
-                        assert!(
-                            self.sink_held.iter().all(|&h| h),
-                            "complete, yet a task never reached the sink"
-                        );
-                        assert_eq!(self.d.counters().held, self.d.len());
-                        self.complete = true;
-                    }
-                    Command::Stop(why) => self.stopped = Some(why),
-                    // What is noted is what the dispatcher now believes.
-                    Command::Note(crate::events::Note::Phase { phase }) => {
-                        assert_eq!(phase, self.d.phase_name());
-                    }
-                    Command::Note(crate::events::Note::Worker { name, state, .. }) => {
-                        // A name may have had several slots (a worker that reconnected):
-                        // one that joined is alive, one that was lost is not.
-                        let alive: Vec<bool> = (0..self.d.workers().len() as WorkerId)
-                            .filter(|&w| self.d.worker(w).info.name == name)
-                            .map(|w| self.d.worker(w).alive)
-                            .collect();
-                        assert!(!alive.is_empty(), "{name} noted, not on the roster");
-                        let joined = state == "joined";
-                        assert!(alive.contains(&joined), "{name}: {state}, alive {alive:?}");
-                    }
-                    Command::Note(_) => {}
-                    // What the live view is told agrees with what the dispatcher believes.
-                    Command::Observed(Observed::Lost { worker }) => {
-                        assert!(!self.d.worker(worker).alive, "{worker} lost, yet alive");
-                    }
-                    Command::Observed(Observed::Held { ids }) => {
-                        assert!(ids.iter().all(|&id| (id as usize) < self.d.len()));
-                    }
-                    Command::Observed(_) => {}
+    /// What the model's peers answered, in the order they answered: a worker that
+    /// declined says so again; the sink's acknowledgements, heartbeats and requests.
+    fn answer(&mut self) {
+        loop {
+            if let Some(w) = self.redeclined.pop_front() {
+                self.decline(w);
+            } else if let Some(message) = self.from_sink.pop_front() {
+                if let Message::Held { ids, .. } = &message {
+                    ids.iter().for_each(|&i| self.told[i as usize] = true);
                 }
+                driver::deliver(self, Event::FromSink(message))
+                    .unwrap_or_else(|never| match never {});
+            } else {
+                return;
             }
-            for event in failed {
-                self.d.handle(self.now(), event, &mut out);
-            }
-        }
-        for w in redeclined {
-            self.decline(w);
-        }
-        for message in from_sink {
-            if let Message::Held { ids, .. } = &message {
-                ids.iter().for_each(|&i| self.told[i as usize] = true);
-            }
-            let mut out = Vec::new();
-            self.d
-                .handle(self.now(), Event::FromSink(message), &mut out);
-            self.carry_out(out);
         }
     }
+}
 
+/// The model pump: carries out commands in order, failures straight back.
+impl driver::Host for Farm {
+    type Machine = Dispatcher;
+    type Error = std::convert::Infallible;
+
+    fn machine(&mut self) -> &mut Dispatcher {
+        &mut self.d
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.t
+    }
+
+    fn carry_out(
+        &mut self,
+        commands: &mut Vec<Command>,
+        failed: &mut Vec<Event>,
+    ) -> Result<driver::Progress, std::convert::Infallible> {
+        // What the live view is told comes before the commands that follow from it (a
+        // worker lost before its tasks go to others).
+        let first_tasks = commands
+            .iter()
+            .position(|c| matches!(c, Command::Tasks { .. }))
+            .unwrap_or(commands.len());
+        assert!(
+            !commands[first_tasks..]
+                .iter()
+                .any(|c| matches!(c, Command::Observed(_))),
+            "an observation after tasks: {commands:?}"
+        );
+        for command in commands.drain(..) {
+            match command {
+                Command::ToWorker { worker, message } => {
+                    let rid = self.d.worker(worker).routing_id.clone();
+                    let w = self.by_routing_id(&rid).expect("a worker we know");
+                    if !self.workers[w].connected {
+                        failed.push(Event::Unreachable(worker));
+                    } else if let Message::Refused { .. } = message {
+                        self.workers[w].connected = false;
+                    }
+                }
+                Command::Tasks { worker, tasks, .. } if !self.d.worker(worker).alive => {
+                    panic!("tasks {tasks:?} sent to worker {worker}, declared gone");
+                }
+                Command::Tasks { worker, .. } if self.d.worker(worker).declined => {
+                    panic!("tasks sent to worker {worker}, which declined the batch");
+                }
+                Command::Tasks {
+                    worker,
+                    tasks,
+                    again,
+                    ..
+                } => {
+                    for t in &tasks {
+                        assert!(
+                            !self.told[t.id as usize],
+                            "task {} handed out again though the sink holds it",
+                            t.id
+                        );
+                    }
+                    let rid = self.d.worker(worker).routing_id.clone();
+                    let w = self.by_routing_id(&rid).expect("a worker we know");
+                    let mw = &mut self.workers[w];
+                    if !mw.connected {
+                        failed.push(Event::Unreachable(worker));
+                    } else if mw.full_next {
+                        mw.full_next = false;
+                        failed.push(Event::Bounced {
+                            worker,
+                            tasks,
+                            again,
+                        });
+                    } else if mw.declined {
+                        // A worker that declined says so again (to a restarted
+                        // ventilator) and runs nothing.
+                        self.redeclined.push_back(w);
+                    } else {
+                        mw.queue.extend(tasks);
+                    }
+                }
+                Command::Reply {
+                    routing_id,
+                    message,
+                } => {
+                    if let (Some(w), Message::Refused { .. }) =
+                        (self.by_routing_id(&routing_id), message)
+                    {
+                        self.workers[w].connected = false;
+                    }
+                }
+                Command::ToSink(Message::Batch { session, .. }) => {
+                    if self.sink_session != Some(session) {
+                        // A ventilator the sink has not acknowledged: it answers with
+                        // what it holds.
+                        self.sink_session = Some(session);
+                        let held: Vec<u32> = (0..self.sink_held.len() as u32)
+                            .filter(|&i| self.sink_held[i as usize])
+                            .collect();
+                        self.untold.clear();
+                        self.from_sink.push_back(Message::BatchAck {
+                            batch: self.config.batch_id,
+                            held: held.len() as u32,
+                        });
+                        self.from_sink.push_back(Message::Held {
+                            batch: self.config.batch_id,
+                            ids: held,
+                        });
+                    } else {
+                        self.from_sink.push_back(Message::Heartbeat {
+                            batch: self.config.batch_id,
+                        });
+                    }
+                    // Every copy still wanted, asked for again.
+                    self.copies.retain(|&id, _| !self.sink_held[id as usize]);
+                    let wanted: Vec<u32> = self.copies.keys().copied().collect();
+                    let again: Vec<Message> = wanted.into_iter().map(|id| self.again(id)).collect();
+                    self.from_sink.extend(again);
+                }
+                // A task given up on (--max-attempts) counts as finished, failed, as the
+                // sink counts it.
+                Command::ToSink(Message::GaveUp { id, .. }) if self.sink_session.is_some() => {
+                    let i = id as usize;
+                    if i < self.sink_held.len() && !self.sink_held[i] {
+                        self.sink_held[i] = true;
+                        self.untold.push(id);
+                    }
+                }
+                Command::ToSink(_) => {}
+                Command::Complete => {
+                    assert!(
+                        self.sink_held.iter().all(|&h| h),
+                        "complete, yet a task never reached the sink"
+                    );
+                    assert_eq!(self.d.counters().held, self.d.len());
+                    self.complete = true;
+                }
+                Command::Stop(why) => self.stopped = Some(why),
+                // What is noted is what the dispatcher now believes.
+                Command::Note(crate::events::Note::Phase { phase }) => {
+                    assert_eq!(phase, self.d.phase_name());
+                }
+                Command::Note(crate::events::Note::Worker { name, state, .. }) => {
+                    // A name may have had several slots (a worker that reconnected):
+                    // one that joined is alive, one that was lost is not.
+                    let alive: Vec<bool> = (0..self.d.workers().len() as WorkerId)
+                        .filter(|&w| self.d.worker(w).info.name == name)
+                        .map(|w| self.d.worker(w).alive)
+                        .collect();
+                    assert!(!alive.is_empty(), "{name} noted, not on the roster");
+                    let joined = state == "joined";
+                    assert!(alive.contains(&joined), "{name}: {state}, alive {alive:?}");
+                }
+                Command::Note(_) => {}
+                // What the live view is told agrees with what the dispatcher believes.
+                Command::Observed(Observed::Lost { worker }) => {
+                    assert!(!self.d.worker(worker).alive, "{worker} lost, yet alive");
+                }
+                Command::Observed(Observed::Held { ids }) => {
+                    assert!(ids.iter().all(|&id| (id as usize) < self.d.len()));
+                }
+                Command::Observed(_) => {}
+            }
+        }
+        Ok(driver::Progress::Going)
+    }
+}
+
+impl Farm {
     fn decline(&mut self, w: usize) {
         let batch = self.config.batch_id;
         self.send(
@@ -558,7 +579,7 @@ impl Farm {
                 self.d.phase_name(),
                 self.d.timers,
                 self.d.in_tail(),
-                self.d.held,
+                self.d.counters().held,
                 self.d.len()
             );
         }
