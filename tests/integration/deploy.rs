@@ -117,7 +117,7 @@ fn d02_completions_and_man_pages_cover_every_command() {
 }
 
 #[test]
-fn d03_the_systemd_units_pass_systemd_analyze_verify() {
+fn d03_the_systemd_units_pass_systemd_analyze_verify_and_rate_ok_for_security() {
     let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
         assert!(
             std::env::var_os("CONQUER_REQUIRE_SYSTEMD").is_none(),
@@ -161,6 +161,28 @@ fn d03_the_systemd_units_pass_systemd_analyze_verify() {
         out.status.success() && complaints.trim().is_empty(),
         "{complaints}"
     );
+    // Hardened: `systemd-analyze security` rates each unit OK (exposure under 5.0 of 10)
+    // or better, as read from the unit file alone.
+    for unit in &names {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(unit)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let verdict = text
+            .lines()
+            .find_map(|l| l.split_once("Overall exposure level for "))
+            .and_then(|(_, rest)| rest.split_once(": "))
+            .map(|(_, v)| v.split_whitespace().take(2).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no exposure level for {}: {text}", unit.display()));
+        let exposure: f64 = verdict[0].parse().unwrap();
+        assert!(
+            exposure < 5.0 && ["OK", "SAFE", "PERFECT"].contains(&verdict[1]),
+            "{}: exposure {verdict:?}:\n{text}",
+            unit.display()
+        );
+    }
 }
 
 #[test]
