@@ -18,6 +18,7 @@ pub mod events;
 pub mod flow;
 pub mod heartbeat;
 pub mod intervals;
+pub mod jobs;
 pub mod kernels;
 pub mod protocol;
 pub mod report;
@@ -28,7 +29,7 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 26] = [
+    const FILES: [(&str, &str); 27] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
@@ -46,6 +47,7 @@ mod sans_io {
         ("flow.rs", include_str!("flow.rs")),
         ("heartbeat.rs", include_str!("heartbeat.rs")),
         ("intervals.rs", include_str!("intervals.rs")),
+        ("jobs.rs", include_str!("jobs.rs")),
         ("kernels/mod.rs", include_str!("kernels/mod.rs")),
         (
             "kernels/mandelbrot.rs",

@@ -1,0 +1,629 @@
+//! The job queue of a long-running coordinator: jobs submitted, queued, running side by
+//! side, finished, cancelled and expired; how the farm's workers are shared among the
+//! running jobs; and the journal from which a restarted coordinator rebuilds the queue.
+//!
+//! Every change is a [`Record`]: the queue's methods append the record of what they did,
+//! [`JobQueue::apply`] is the one place state changes, and [`JobQueue::replay`] of the
+//! records rebuilds the same queue (a property test checks it after every step). The
+//! shell writes the records to its journal before acting on them. Time arrives as Unix
+//! milliseconds; nothing here reads a clock, a file or a socket.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A job's number on its coordinator, given in order of submission from 1.
+pub type JobId = u64;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, waiting for a place among the running jobs.
+    Queued,
+    /// Its batch is out: workers run its tasks.
+    Running,
+    /// Complete: every task held.
+    Done,
+    /// Stopped by an error (a task given up on, a kernel no worker can run).
+    Failed,
+    /// Stopped by the operator; what was done stays kept.
+    Cancelled,
+}
+
+impl JobState {
+    /// Done, failed or cancelled: it holds no worker and changes no more.
+    pub fn is_over(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// What the queue needs to know of a job (the batch itself lives in the job's folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// What the submitter calls it (the tasks file, the kernel).
+    pub name: String,
+    /// Its weight in the fair share (`--priority`, at least 1).
+    pub priority: u32,
+    /// It runs a data kernel: a sleep-only worker cannot take its tasks.
+    pub needs_compute: bool,
+    /// Bytes of inputs that travelled with the submission.
+    pub input_bytes: u64,
+}
+
+/// A job on the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub submitted_ms: u64,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    /// Why it failed or who cancelled it.
+    pub reason: String,
+}
+
+/// One change to the queue, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "kebab-case")]
+pub enum Record {
+    Submitted {
+        id: JobId,
+        spec: JobSpec,
+        at_ms: u64,
+    },
+    Started {
+        id: JobId,
+        at_ms: u64,
+    },
+    Ended {
+        id: JobId,
+        state: JobState,
+        at_ms: u64,
+        reason: String,
+    },
+    /// Forgotten: its entry is dropped (its files may be removed).
+    Expired {
+        id: JobId,
+    },
+    /// The next job's id (a rewritten journal keeps the count of jobs expired).
+    Numbered {
+        next_id: JobId,
+    },
+}
+
+/// What the coordinator accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Jobs queued and running at once.
+    pub max_jobs: usize,
+    /// Jobs running side by side; the rest wait in order of submission.
+    pub max_running: usize,
+    /// Bytes of inputs one submission may carry.
+    pub max_input_bytes: u64,
+    /// Finished jobs kept (their reports and results); older ones expire.
+    pub keep: usize,
+}
+
+/// Why a submission or a cancel was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the queue is full ({0} jobs queued or running): wait for some to finish, or raise --max-jobs on the coordinator")]
+    QueueFull(usize),
+    #[error("the job's inputs are {bytes} bytes, over the coordinator's --max-input {max}: name them on the coordinator's disk instead, or raise the limit there")]
+    InputsTooLarge { bytes: u64, max: u64 },
+    #[error("a job's priority is at least 1 (got 0)")]
+    ZeroPriority,
+    #[error("no job {0} on this coordinator (`conquer jobs` lists them)")]
+    NoSuchJob(JobId),
+    #[error("job {id} is already {state:?}, so it cannot be cancelled")]
+    AlreadyOver { id: JobId, state: JobState },
+}
+
+/// A worker as the fair share sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerKind {
+    /// It computes (a GPU, the software adapter, the CPU): it can run data kernels.
+    pub computes: bool,
+}
+
+/// The queue: every job not yet expired, by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobQueue {
+    jobs: BTreeMap<JobId, Job>,
+    next_id: JobId,
+}
+
+impl JobQueue {
+    pub fn new() -> JobQueue {
+        JobQueue {
+            jobs: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The queue the records describe, in order (a journal read back on a restart).
+    pub fn replay<'a>(records: impl IntoIterator<Item = &'a Record>) -> JobQueue {
+        let mut queue = JobQueue::new();
+        for record in records {
+            queue.apply(record);
+        }
+        queue
+    }
+
+    /// The one place the queue changes. A record that does not fit (a job unknown, or
+    /// over) changes nothing: a journal cut short by a crash replays to what it holds.
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Submitted { id, spec, at_ms } => {
+                self.next_id = self.next_id.max(id + 1);
+                self.jobs.entry(*id).or_insert_with(|| Job {
+                    id: *id,
+                    spec: spec.clone(),
+                    state: JobState::Queued,
+                    submitted_ms: *at_ms,
+                    started_ms: None,
+                    ended_ms: None,
+                    reason: String::new(),
+                });
+            }
+            Record::Started { id, at_ms } => {
+                if let Some(job) = self
+                    .jobs
+                    .get_mut(id)
+                    .filter(|j| j.state == JobState::Queued)
+                {
+                    job.state = JobState::Running;
+                    job.started_ms = Some(*at_ms);
+                }
+            }
+            Record::Ended {
+                id,
+                state,
+                at_ms,
+                reason,
+            } => {
+                if let Some(job) = self.jobs.get_mut(id).filter(|j| !j.state.is_over()) {
+                    if state.is_over() {
+                        job.state = *state;
+                        job.ended_ms = Some(*at_ms);
+                        job.reason = reason.clone();
+                    }
+                }
+            }
+            Record::Expired { id } => {
+                if self.jobs.get(id).is_some_and(|j| j.state.is_over()) {
+                    self.jobs.remove(id);
+                }
+            }
+            Record::Numbered { next_id } => self.next_id = self.next_id.max(*next_id),
+        }
+    }
+
+    fn record(&mut self, record: Record, out: &mut Vec<Record>) {
+        self.apply(&record);
+        out.push(record);
+    }
+
+    pub fn get(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Every job kept, oldest first.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values().filter(|j| j.state == JobState::Running)
+    }
+
+    /// Accepts a job within the limits: queued, and started at once if there is room.
+    pub fn submit(
+        &mut self,
+        spec: JobSpec,
+        limits: &Limits,
+        now_ms: u64,
+        out: &mut Vec<Record>,
+    ) -> Result<JobId, Refused> {
+        if spec.priority == 0 {
+            return Err(Refused::ZeroPriority);
+        }
+        if spec.input_bytes > limits.max_input_bytes {
+            return Err(Refused::InputsTooLarge {
+                bytes: spec.input_bytes,
+                max: limits.max_input_bytes,
+            });
+        }
+        let live = self.jobs.values().filter(|j| !j.state.is_over()).count();
+        if live >= limits.max_jobs {
+            return Err(Refused::QueueFull(live));
+        }
+        let id = self.next_id;
+        self.record(
+            Record::Submitted {
+                id,
+                spec,
+                at_ms: now_ms,
+            },
+            out,
+        );
+        self.start_queued(limits, now_ms, out);
+        Ok(id)
+    }
+
+    /// Starts queued jobs, oldest first, while fewer than `max_running` run.
+    pub fn start_queued(&mut self, limits: &Limits, now_ms: u64, out: &mut Vec<Record>) {
+        let running = self.running().count();
+        let starting: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .take(limits.max_running.saturating_sub(running))
+            .map(|j| j.id)
+            .collect();
+        for id in starting {
+            self.record(Record::Started { id, at_ms: now_ms }, out);
+        }
+    }
+
+    /// A running job ended (done or failed): its place goes to the next queued one, and
+    /// finished jobs past `keep` expire.
+    pub fn end(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        reason: &str,
+        limits: &Limits,
+        now_ms: u64,
+        out: &mut Vec<Record>,
+    ) {
+        if !state.is_over() || self.get(id).is_none_or(|j| j.state.is_over()) {
+            return;
+        }
+        self.record(
+            Record::Ended {
+                id,
+                state,
+                at_ms: now_ms,
+                reason: reason.to_string(),
+            },
+            out,
+        );
+        self.start_queued(limits, now_ms, out);
+        self.expire(limits, out);
+    }
+
+    /// Cancels a queued or running job (a running one's workers abandon its tasks).
+    pub fn cancel(
+        &mut self,
+        id: JobId,
+        who: &str,
+        limits: &Limits,
+        now_ms: u64,
+        out: &mut Vec<Record>,
+    ) -> Result<JobState, Refused> {
+        let job = self.get(id).ok_or(Refused::NoSuchJob(id))?;
+        if job.state.is_over() {
+            return Err(Refused::AlreadyOver {
+                id,
+                state: job.state,
+            });
+        }
+        let was = job.state;
+        self.end(
+            id,
+            JobState::Cancelled,
+            &format!("cancelled by {who}"),
+            limits,
+            now_ms,
+            out,
+        );
+        Ok(was)
+    }
+
+    /// Finished jobs beyond the newest `keep` (by when they ended) are forgotten.
+    pub fn expire(&mut self, limits: &Limits, out: &mut Vec<Record>) {
+        let mut over: Vec<(u64, JobId)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_over())
+            .map(|j| (j.ended_ms.unwrap_or(0), j.id))
+            .collect();
+        if over.len() <= limits.keep {
+            return;
+        }
+        over.sort_unstable();
+        let drop = over.len() - limits.keep;
+        for &(_, id) in &over[..drop] {
+            self.record(Record::Expired { id }, out);
+        }
+    }
+
+    /// The fewest records that rebuild this queue: what a journal is rewritten to, so it
+    /// grows with the jobs kept, not with every job ever run.
+    pub fn snapshot(&self) -> Vec<Record> {
+        let mut records = Vec::new();
+        for job in self.jobs.values() {
+            records.push(Record::Submitted {
+                id: job.id,
+                spec: job.spec.clone(),
+                at_ms: job.submitted_ms,
+            });
+            if let Some(at_ms) = job.started_ms {
+                records.push(Record::Started { id: job.id, at_ms });
+            }
+            if let (true, Some(at_ms)) = (job.state.is_over(), job.ended_ms) {
+                records.push(Record::Ended {
+                    id: job.id,
+                    state: job.state,
+                    at_ms,
+                    reason: job.reason.clone(),
+                });
+            }
+        }
+        // Ids are never reused, even those of jobs expired since.
+        records.push(Record::Numbered {
+            next_id: self.next_id,
+        });
+        records
+    }
+
+    /// Which running job each worker serves: by weight (`priority`), each worker to the
+    /// job it can run that has the least share per weight so far, the workers that can
+    /// run fewer jobs placed first, ties to the older job. A job no worker can run gets
+    /// none and takes none from the others; a worker no running job can use serves none.
+    /// With every worker able to run every job, no job could gain by taking a worker from
+    /// another without that one falling below it (the largest-remainder shares of the
+    /// weights, to one worker).
+    pub fn share(&self, workers: &[WorkerKind]) -> Vec<Option<JobId>> {
+        let running: Vec<&Job> = self.running().collect();
+        let can = |w: WorkerKind, j: &Job| w.computes || !j.spec.needs_compute;
+        let mut order: Vec<usize> = (0..workers.len()).collect();
+        // The most constrained first: a worker that can run fewer jobs has fewer places.
+        order.sort_by_key(|&i| running.iter().filter(|j| can(workers[i], j)).count());
+        let mut given = vec![0u64; running.len()];
+        let mut share = vec![None; workers.len()];
+        for i in order {
+            let best = running
+                .iter()
+                .enumerate()
+                .filter(|(_, j)| can(workers[i], j))
+                // Least (given + 1) / weight first, compared without division.
+                .min_by(|(a, ja), (b, jb)| {
+                    let lhs = (given[*a] + 1) * u64::from(jb.spec.priority);
+                    let rhs = (given[*b] + 1) * u64::from(ja.spec.priority);
+                    lhs.cmp(&rhs).then(ja.id.cmp(&jb.id))
+                });
+            if let Some((k, job)) = best {
+                given[k] += 1;
+                share[i] = Some(job.id);
+            }
+        }
+        share
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(priority: u32, needs_compute: bool) -> JobSpec {
+        JobSpec {
+            name: "job".into(),
+            priority,
+            needs_compute,
+            input_bytes: 0,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_jobs: 8,
+        max_running: 3,
+        max_input_bytes: 1 << 20,
+        keep: 4,
+    };
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Submit {
+            priority: u32,
+            needs_compute: bool,
+            input_bytes: u64,
+        },
+        End {
+            pick: usize,
+            failed: bool,
+        },
+        Cancel {
+            pick: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u32..4, any::<bool>(), prop_oneof![Just(0u64), Just(2u64 << 20)])
+                .prop_map(|(priority, needs_compute, input_bytes)| Op::Submit {
+                    priority,
+                    needs_compute,
+                    input_bytes
+                }),
+            2 => (0usize..16, any::<bool>()).prop_map(|(pick, failed)| Op::End { pick, failed }),
+            1 => (0usize..16).prop_map(|pick| Op::Cancel { pick }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// After any submissions, ends and cancels: the journal replays to the same queue,
+        /// and so does its snapshot; ids are never reused; at most `max_running` run and a
+        /// job waits only while they do; at most `keep` finished jobs are kept.
+        #[test]
+        fn the_journal_rebuilds_the_queue_and_the_limits_hold(
+            ops in proptest::collection::vec(op(), 0..60),
+        ) {
+            let mut q = JobQueue::new();
+            let mut journal = Vec::new();
+            let mut ids = Vec::new();
+            for (t, op) in ops.into_iter().enumerate() {
+                let now = t as u64 * 10;
+                match op {
+                    Op::Submit { priority, needs_compute, input_bytes } => {
+                        let spec = JobSpec { input_bytes, ..spec(priority, needs_compute) };
+                        let live = q.jobs().filter(|j| !j.state.is_over()).count();
+                        match q.submit(spec, &LIMITS, now, &mut journal) {
+                            Ok(id) => {
+                                prop_assert!(!ids.contains(&id), "id {} reused", id);
+                                ids.push(id);
+                            }
+                            Err(Refused::ZeroPriority) => prop_assert_eq!(priority, 0),
+                            Err(Refused::InputsTooLarge { .. }) => {
+                                prop_assert!(input_bytes > LIMITS.max_input_bytes)
+                            }
+                            Err(Refused::QueueFull(n)) => {
+                                prop_assert_eq!(n, live);
+                                prop_assert!(n >= LIMITS.max_jobs);
+                            }
+                            Err(e) => prop_assert!(false, "{e}"),
+                        }
+                    }
+                    Op::End { pick, failed } => {
+                        let running: Vec<JobId> = q.running().map(|j| j.id).collect();
+                        if let Some(&id) = running.get(pick % running.len().max(1)) {
+                            let state = if failed { JobState::Failed } else { JobState::Done };
+                            q.end(id, state, "", &LIMITS, now, &mut journal);
+                        }
+                    }
+                    Op::Cancel { pick } => {
+                        if let Some(&id) = ids.get(pick % ids.len().max(1)) {
+                            let before = q.get(id).map(|j| j.state);
+                            match q.cancel(id, "test", &LIMITS, now, &mut journal) {
+                                Ok(was) => prop_assert_eq!(Some(was), before),
+                                Err(Refused::NoSuchJob(_)) => prop_assert_eq!(before, None),
+                                Err(Refused::AlreadyOver { .. }) => {
+                                    prop_assert!(before.is_some_and(JobState::is_over))
+                                }
+                                Err(e) => prop_assert!(false, "{e}"),
+                            }
+                            if before.is_some_and(|s| !s.is_over()) {
+                                // Cancelled, unless it expired at once (keep exceeded).
+                                prop_assert!(q.get(id).is_none_or(|j| j.state == JobState::Cancelled));
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(&JobQueue::replay(&journal), &q);
+                prop_assert_eq!(&JobQueue::replay(&q.snapshot()), &q);
+                let running = q.running().count();
+                let queued = q.jobs().filter(|j| j.state == JobState::Queued).count();
+                prop_assert!(running <= LIMITS.max_running);
+                prop_assert!(queued == 0 || running == LIMITS.max_running);
+                prop_assert!(q.jobs().filter(|j| j.state.is_over()).count() <= LIMITS.keep);
+            }
+        }
+
+        /// The fair share: every worker a running job can use serves one it can run, a job
+        /// no worker can run blocks nobody, and with every worker able to run every job
+        /// no move of one worker from a job to another makes the shares fairer.
+        #[test]
+        fn workers_are_shared_by_weight_and_never_idle_when_a_job_can_use_them(
+            jobs in proptest::collection::vec((1u32..5, any::<bool>()), 0..6),
+            workers in proptest::collection::vec(any::<bool>(), 0..40),
+        ) {
+            let mut q = JobQueue::new();
+            let limits = Limits { max_running: 6, ..LIMITS };
+            let mut journal = Vec::new();
+            for &(priority, needs_compute) in &jobs {
+                q.submit(spec(priority, needs_compute), &limits, 0, &mut journal).unwrap();
+            }
+            let kinds: Vec<WorkerKind> =
+                workers.iter().map(|&computes| WorkerKind { computes }).collect();
+            let share = q.share(&kinds);
+            for (w, s) in kinds.iter().zip(&share) {
+                let usable = q.running().any(|j| w.computes || !j.spec.needs_compute);
+                match s {
+                    Some(id) => {
+                        let job = q.get(*id).unwrap();
+                        prop_assert!(w.computes || !job.spec.needs_compute);
+                    }
+                    None => prop_assert!(!usable),
+                }
+            }
+            if kinds.iter().all(|w| w.computes) {
+                let running: Vec<&Job> = q.running().collect();
+                let n = |id: JobId| share.iter().filter(|s| **s == Some(id)).count() as u64;
+                for a in &running {
+                    for b in &running {
+                        // Taking one of a's workers for b would leave a below where b is.
+                        let (na, nb) = (n(a.id), n(b.id));
+                        let (wa, wb) = (u64::from(a.spec.priority), u64::from(b.spec.priority));
+                        prop_assert!(
+                            na == 0 || na * wb <= (nb + 1) * wa,
+                            "{} workers for weight {} against {} for weight {}", na, wa, nb, wb
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_of_weight_three_gets_three_workers_for_each_of_weight_one() {
+        let mut q = JobQueue::new();
+        let mut journal = Vec::new();
+        let heavy = q.submit(spec(3, false), &LIMITS, 0, &mut journal).unwrap();
+        let light = q.submit(spec(1, false), &LIMITS, 0, &mut journal).unwrap();
+        let share = q.share(&[WorkerKind { computes: false }; 8]);
+        let n = |id| share.iter().filter(|s| **s == Some(id)).count();
+        assert_eq!((n(heavy), n(light)), (6, 2));
+        // Equal weights: equal halves.
+        let mut q = JobQueue::new();
+        let a = q.submit(spec(1, false), &LIMITS, 0, &mut journal).unwrap();
+        let b = q.submit(spec(1, false), &LIMITS, 0, &mut journal).unwrap();
+        let share = q.share(&[WorkerKind { computes: true }; 4]);
+        let n = |id| share.iter().filter(|s| **s == Some(id)).count();
+        assert_eq!((n(a), n(b)), (2, 2));
+    }
+
+    #[test]
+    fn a_data_job_takes_only_computing_workers_and_a_finished_job_frees_them_at_once() {
+        let mut q = JobQueue::new();
+        let mut out = Vec::new();
+        let data = q.submit(spec(1, true), &LIMITS, 0, &mut out).unwrap();
+        let sleep = q.submit(spec(1, false), &LIMITS, 0, &mut out).unwrap();
+        let workers = [
+            WorkerKind { computes: false },
+            WorkerKind { computes: false },
+            WorkerKind { computes: true },
+            WorkerKind { computes: true },
+        ];
+        // The sleep workers can serve only the sleep job, so both computing ones go to
+        // the data job: two each.
+        assert_eq!(
+            q.share(&workers),
+            [Some(sleep), Some(sleep), Some(data), Some(data)]
+        );
+        q.end(data, JobState::Done, "", &LIMITS, 10, &mut out);
+        assert_eq!(q.share(&workers), [Some(sleep); 4]);
+    }
+
+    #[test]
+    fn the_journal_is_json_lines_a_person_can_read() {
+        let record = Record::Ended {
+            id: 7,
+            state: JobState::Cancelled,
+            at_ms: 1_000,
+            reason: "cancelled by alice".into(),
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            line,
+            r#"{"record":"ended","id":7,"state":"cancelled","at_ms":1000,"reason":"cancelled by alice"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+    }
+}
