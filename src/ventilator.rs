@@ -372,14 +372,17 @@ impl driver::Host for Pump<'_> {
         Instant::now()
     }
 
-    /// A data task's input that cannot be framed ends the batch.
+    /// A stop, or a data task's input that cannot be framed, ends the batch once the rest
+    /// of the commands are carried out (the notes that follow a stop among them).
     fn carry_out(
         &mut self,
         commands: &mut Vec<Command>,
         failed: &mut Vec<Event>,
     ) -> anyhow::Result<driver::Progress> {
         let v = self.v;
+        self.place_greeted();
         let mut progress = driver::Progress::Going;
+        let mut stop = None;
         // Workers whose kernel source found their queue full: their tasks that follow
         // bounce too, rather than arrive without it.
         let mut no_kernel: Vec<WorkerId> = Vec::new();
@@ -432,7 +435,9 @@ impl driver::Host for Pump<'_> {
                             }
                         }
                     }
-                    self.send_tasks(worker, tasks, again, compress, failed)?;
+                    if let Err(e) = self.send_tasks(worker, tasks, again, compress, failed) {
+                        stop.get_or_insert(e);
+                    }
                 }
                 Command::Reply {
                     routing_id,
@@ -455,7 +460,9 @@ impl driver::Host for Pump<'_> {
                     }
                 }
                 Command::Complete => progress = driver::Progress::Over,
-                Command::Stop(why) => return Err(anyhow::Error::new(why)),
+                Command::Stop(why) => {
+                    stop.get_or_insert(anyhow::Error::new(why));
+                }
                 Command::Note(note) => crate::events::emit(&note),
                 Command::Observed(observed) => {
                     if let Some(o) = self.observer.as_mut() {
@@ -464,7 +471,10 @@ impl driver::Host for Pump<'_> {
                 }
             }
         }
-        Ok(progress)
+        match stop {
+            Some(e) => Err(e),
+            None => Ok(progress),
+        }
     }
 }
 
@@ -475,14 +485,10 @@ impl driver::Transport for Pump<'_> {
 
     /// The live view learns greeted workers' addresses and gets a fresh status when due.
     fn after_round(&mut self) -> anyhow::Result<()> {
+        self.place_greeted();
         let Some(o) = self.observer.as_mut() else {
             return Ok(());
         };
-        for (peer, address) in self.greeted.drain(..) {
-            if let Some(w) = self.d.worker_id(&peer) {
-                o.address(w, &address);
-            }
-        }
         let now = Instant::now();
         if now >= self.next_publish {
             self.v.publish(o, self.d);
@@ -495,6 +501,8 @@ impl driver::Transport for Pump<'_> {
     /// at most [`MAX_POLL`]; a refusal by the sink ends the ventilator with the reason.
     fn receive(&mut self, deadline: Instant, events: &mut Vec<Event>) -> anyhow::Result<()> {
         let v = self.v;
+        // Greetings of the last round still without a place were refused.
+        self.greeted.clear();
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .min(MAX_POLL);
@@ -577,6 +585,24 @@ impl driver::Transport for Pump<'_> {
 }
 
 impl Pump<'_> {
+    /// The live view learns the addresses of workers that greeted, once the dispatcher
+    /// has given each a place (right after their greeting is handled); greetings of the
+    /// round not handled yet wait.
+    fn place_greeted(&mut self) {
+        let Some(o) = self.observer.as_mut() else {
+            return;
+        };
+        let d = &*self.d;
+        self.greeted
+            .retain(|(peer, address)| match d.worker_id(peer) {
+                Some(w) => {
+                    o.address(w, address);
+                    false
+                }
+                None => true,
+            });
+    }
+
     /// Sends a command's tasks to `worker`: a list's in one message; data tasks one per
     /// message (one per command, as the dispatcher frames them), each with its input file,
     /// compressed for a worker that speaks LZ4 when it pays. Those that cannot go come back

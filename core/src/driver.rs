@@ -208,8 +208,10 @@ pub fn round_with<H: Host>(
 
 /// Runs a machine until its work is over: a round, then a wait for input until its next
 /// deadline, then a round of what arrived, and so on. Input received is always handled (a
-/// shutdown is looked for before a wait, not after it), and a round that ends the work is
-/// finished (every event of it handled, the tick too) before the run returns.
+/// shutdown is looked for before a wait, not after it; a wait that fails hands what it
+/// read before the failure to the machine, then returns the failure), and a round that
+/// ends the work is finished (every event of it handled, the tick too) before the run
+/// returns.
 pub fn run<T: Transport>(transport: &mut T) -> Result<(), T::Error> {
     let mut events = Vec::new();
     let mut buffers = Buffers::default();
@@ -221,7 +223,14 @@ pub fn run<T: Transport>(transport: &mut T) -> Result<(), T::Error> {
         }
         transport.check()?;
         let deadline = transport.machine().next_deadline();
-        transport.receive(deadline, &mut events)?;
+        if let Err(e) = transport.receive(deadline, &mut events) {
+            // What arrived before the failure is handled first, as if read one by one
+            // (a sink records the results it read).
+            for event in events.drain(..) {
+                deliver_with(transport, event, &mut buffers)?;
+            }
+            return Err(e);
+        }
     }
 }
 
@@ -292,6 +301,8 @@ mod tests {
         sent: Vec<(Duration, Out)>,
         /// A shutdown asked for once this much time has passed.
         shutdown_at: Option<Duration>,
+        /// The socket fails right after the next arrivals are read.
+        fail_after_reading: bool,
         carry_outs: usize,
         waits: Vec<Duration>,
         recorded: Vec<In>,
@@ -315,6 +326,7 @@ mod tests {
                 fail_once: fail_once.iter().map(|m| m.to_string()).collect(),
                 sent: Vec::new(),
                 shutdown_at: None,
+                fail_after_reading: false,
                 carry_outs: 0,
                 waits: Vec::new(),
                 recorded: Vec::new(),
@@ -376,6 +388,9 @@ mod tests {
                     {
                         self.arrivals.pop_front();
                         events.push(In::Message(m));
+                    }
+                    if self.fail_after_reading {
+                        return Err("the socket failed".into());
                     }
                 }
                 None if deadline > Duration::from_secs(60) => {
@@ -463,6 +478,15 @@ mod tests {
         assert_eq!(run(&mut m), Err("shut down".to_string()));
         assert_eq!(m.machine.heard, ["x", "y"]);
         assert_eq!(m.waits.len(), 1, "no wait after the shutdown");
+    }
+
+    #[test]
+    fn what_was_read_before_a_socket_failed_is_handled_before_the_run_ends() {
+        let mut m = Memory::new(&[(10, "x"), (10, "y")], &[], 10);
+        m.machine.next_beat = m.base + Duration::from_secs(3600);
+        m.fail_after_reading = true;
+        assert_eq!(run(&mut m), Err("the socket failed".to_string()));
+        assert_eq!(m.machine.heard, ["x", "y"]);
     }
 
     #[test]

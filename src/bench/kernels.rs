@@ -24,6 +24,14 @@ pub struct KernelRow {
     /// absent for other kernels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub miterations_per_s: Option<Spread>,
+    /// The kernel alone: million items per second of the time the backend says its kernel
+    /// ran (device time from timestamp queries on a GPU, the computation's wall time on
+    /// `cpu`), summed over the run's tasks; absent where the backend measures none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_mitems_per_s: Option<Spread>,
+    /// The same for Mandelbrot's iterations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_miterations_per_s: Option<Spread>,
     /// Why this backend has no figures here (empty when it ran).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub unavailable: String,
@@ -104,6 +112,8 @@ pub(super) fn kernels(
                 items,
                 mitems_per_s: Spread::of(&[]),
                 miterations_per_s: None,
+                kernel_mitems_per_s: None,
+                kernel_miterations_per_s: None,
                 unavailable: String::new(),
             };
             if name == F32_NAME && kind == BackendKind::Cpu {
@@ -146,6 +156,7 @@ pub(super) fn kernels(
             }
             let mandelbrot = name != "search";
             let (mut rates, mut iteration_rates) = (Vec::new(), Vec::new());
+            let (mut kernel_rates, mut kernel_iteration_rates) = (Vec::new(), Vec::new());
             for _ in 0..repeat {
                 let mut queue = (0..tasks).map(|id| {
                     let mut work = Work::from(Task {
@@ -160,12 +171,13 @@ pub(super) fn kernels(
                     }
                     work
                 });
-                let (mut failed, mut iterations) = (0, 0);
+                let (mut failed, mut iterations, mut kernel_us) = (0, 0, 0u64);
                 let start = Instant::now();
                 backend.run(&job, &mut || queue.next(), &mut |o| {
                     if o.status == Status::Failed {
                         failed += 1;
                     }
+                    kernel_us += u64::from(o.kernel_us);
                     if mandelbrot {
                         iterations += counted(&o.output);
                     }
@@ -176,11 +188,24 @@ pub(super) fn kernels(
                 }
                 rates.push(items as f64 / elapsed / 1e6);
                 iteration_rates.push(iterations as f64 / elapsed / 1e6);
+                if kernel_us > 0 {
+                    // Items per µs are millions per second.
+                    kernel_rates.push(items as f64 / kernel_us as f64);
+                    kernel_iteration_rates.push(iterations as f64 / kernel_us as f64);
+                }
                 progress.done();
             }
             row.mitems_per_s = Spread::of(&rates);
             if mandelbrot {
                 row.miterations_per_s = Some(Spread::of(&iteration_rates));
+            }
+            // Only where every repetition measured its kernel: a mix would not be a median
+            // of like with like.
+            if kernel_rates.len() == rates.len() && !rates.is_empty() {
+                row.kernel_mitems_per_s = Some(Spread::of(&kernel_rates));
+                if mandelbrot {
+                    row.kernel_miterations_per_s = Some(Spread::of(&kernel_iteration_rates));
+                }
             }
             results.compute.push(row);
         }
@@ -452,8 +477,14 @@ pub(super) fn tables(r: &KernelsResults) -> Vec<Table> {
             "items>",
             "M items/s>",
             "M iterations/s>",
+            "kernel only: M items/s>",
+            "kernel only: M iterations/s>",
         ],
     );
+    let cell = |rate: &Option<Spread>, digits: usize, row: &KernelRow| match rate {
+        Some(rate) if row.unavailable.is_empty() => rate.cell(digits),
+        _ => String::new(),
+    };
     for row in &r.compute {
         compute.row(vec![
             row.kernel.clone(),
@@ -469,17 +500,20 @@ pub(super) fn tables(r: &KernelsResults) -> Vec<Table> {
             } else {
                 String::new()
             },
-            match &row.miterations_per_s {
-                Some(rate) if row.unavailable.is_empty() => rate.cell(1),
-                _ => String::new(),
-            },
+            cell(&row.miterations_per_s, 1, row),
+            cell(&row.kernel_mitems_per_s, 2, row),
+            cell(&row.kernel_miterations_per_s, 1, row),
         ]);
     }
     compute.note(
         "Mandelbrot items are pixels (megapixels per second), search items are keys. \
          `mandelbrot` is the exact fixed-point kernel (--verify: every pixel equal); \
          `mandelbrot f32` is the float32 kernel it replaced, kept in the bench only (run as a \
-         user kernel with one input byte per pixel; its counts vary by driver).",
+         user kernel with one input byte per pixel; its counts vary by driver). Kernel only: \
+         the items over the kernel time the backend measured, summed over the tasks (device \
+         time from timestamp queries; the computation's own time on cpu), blank where it \
+         measures none; the gap to the rate beside it is the pipeline around the kernel \
+         (uploads, read-back, digests).",
     );
     let mut payload = Table::new(
         "Payloads through the pipeline (copy kernel, 2 cpu workers) and plain PUSH/PULL",

@@ -35,6 +35,18 @@ fn quick_bench_reports_every_suite_with_numbers_and_plots() {
             .unwrap_or_else(|| panic!("no kernels.{part} in {r}"));
         assert!(!rows.is_empty(), "kernels.{part} has no rows");
     }
+    // The cpu backend times its own computation: its kernel-only rate is there, a number,
+    // and never below the rate with the pipeline around it (less the clock's rounding).
+    for row in r["kernels"]["compute"].as_array().unwrap() {
+        if row["backend"] != "cpu" || row["kernel"] == "mandelbrot f32" {
+            continue;
+        }
+        let kernel_only = row["kernel_mitems_per_s"]["median"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no kernel-only rate: {row}"));
+        let whole = row["mitems_per_s"]["median"].as_f64().unwrap();
+        assert!(kernel_only >= 0.99 * whole, "{row}");
+    }
     for row in r["kernels"]["payload"].as_array().unwrap() {
         assert!(
             row["ratio"]["median"].as_f64().is_some_and(f64::is_finite),

@@ -154,3 +154,34 @@ fn an_events_file_is_appended_to_by_every_process_given_it() {
     let complete = events.iter().filter(|e| e["event"] == "complete").count();
     assert_eq!(complete, 1, "{text}");
 }
+
+#[test]
+fn a_batch_that_stops_ends_its_events_with_the_phase_over() {
+    // No sink answers: the ventilator gives up after --wait-timeout, and says so in its
+    // events as it does when a batch completes.
+    let (status, stdout, log) = Proc::start_quiet(
+        "ventilator",
+        &[
+            "--events",
+            "-",
+            "ventilator",
+            "--bind",
+            "tcp://127.0.0.1:0",
+            "--sink",
+            "tcp://127.0.0.1:9",
+            "--tasks",
+            "3",
+            "--wait-timeout",
+            "1",
+        ],
+    )
+    .finish();
+    assert!(!status.success(), "no sink, yet it succeeded: {log}");
+    let events = lines(&stdout);
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "phase")
+        .map(|e| e["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases.last(), Some(&"over"), "{events:?}");
+}
