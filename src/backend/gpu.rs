@@ -443,6 +443,11 @@ impl Gpu {
         self.timestamp_period_ns.is_some()
     }
 
+    /// Kernels compiled into pipelines on this device so far (each once, then cached).
+    pub fn pipelines_compiled(&self) -> usize {
+        self.compiled.len()
+    }
+
     fn take_errors(&self) -> Option<String> {
         let mut errors = self.errors.lock().ok()?;
         if errors.is_empty() {

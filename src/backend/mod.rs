@@ -625,3 +625,50 @@ pub fn info_report() -> InfoReport {
         why,
     }
 }
+
+/// What ARCHITECTURE.md promises of the backends, read from the sources.
+#[cfg(test)]
+mod boundaries {
+    /// The backends' sources, without their tests.
+    const BACKENDS: [(&str, &str); 5] = [
+        ("backend/mod.rs", include_str!("mod.rs")),
+        ("backend/cpu.rs", include_str!("cpu.rs")),
+        ("backend/gpu.rs", include_str!("gpu.rs")),
+        ("backend/sleep.rs", include_str!("sleep.rs")),
+        ("backend/slowed.rs", include_str!("slowed.rs")),
+    ];
+
+    fn code(text: &str) -> impl Iterator<Item = (usize, &str)> {
+        let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+        text.lines()
+            .enumerate()
+            .map(|(n, line)| (n + 1, line.split("//").next().unwrap_or("")))
+    }
+
+    #[test]
+    fn backends_never_touch_sockets() {
+        for (file, text) in BACKENDS {
+            for (n, line) in code(text) {
+                for word in ["zmq::Socket", "zmq::Context", "sockets::", ".socket("] {
+                    assert!(!line.contains(word), "src/{file}:{n}: `{word}`: {line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_worker_never_knows_which_backend_it_runs() {
+        for (n, line) in code(include_str!("../worker.rs")) {
+            for word in [
+                "backend::gpu",
+                "backend::cpu",
+                "backend::sleep",
+                "backend::slowed",
+                "BackendKind",
+                "Gpu",
+            ] {
+                assert!(!line.contains(word), "src/worker.rs:{n}: `{word}`: {line}");
+            }
+        }
+    }
+}

@@ -97,6 +97,49 @@ fn spin_equals_the_cpu_reference_for_several_workloads_and_tasks() {
 }
 
 #[test]
+fn a_kernel_is_compiled_once_and_reused_by_every_later_task_and_batch() {
+    for (class, adapter) in classes() {
+        let mut gpu = Gpu::new(&adapter, GpuConfig::default()).expect("GPU context");
+        let tasks: Vec<Task> = (0..8)
+            .map(|id| Task {
+                id,
+                workload_ms: 1,
+                ..Task::default()
+            })
+            .collect();
+        // Two batches of the spin kernel (other workloads, the same kernel): one pipeline.
+        for units in [16, 64] {
+            let outcomes = run_tasks(&mut gpu, &job(units), &tasks);
+            assert!(outcomes.iter().all(|o| o.status == Status::Ok), "{class:?}");
+        }
+        assert_eq!(gpu.pipelines_compiled(), 1, "{class:?}");
+        // Another kernel compiles once more, and only once.
+        let search = Job {
+            kernel: conquer::kernels::Kernel::Search.id(),
+            constants: conquer::kernels::search::Space::new(8, 4096, 512, 1)
+                .unwrap()
+                .constants(),
+            ..Job::default()
+        };
+        for _ in 0..2 {
+            // Each batch is prepared, as a worker prepares every batch it is sent.
+            gpu.prepare(&search, None)
+                .expect("the search kernel compiles");
+            let outcomes = run_tasks(&mut gpu, &search, &tasks);
+            assert!(
+                outcomes.iter().all(|o| o.status == Status::Ok),
+                "{class:?}: {:?}",
+                outcomes
+                    .iter()
+                    .map(|o| (o.status, &o.error))
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(gpu.pipelines_compiled(), 2, "{class:?}");
+    }
+}
+
+#[test]
 fn a_task_split_into_many_dispatches_gives_the_unsplit_result() {
     for (class, adapter) in classes() {
         // 64 invocations per dispatch: 300 dispatches and a partial one, in two submissions.
