@@ -265,7 +265,13 @@ pub(super) fn kernels(
             lost += u64::from(tasks).saturating_sub(delivered(&report));
             let rate = bytes / (report.elapsed_ms / 1e3) / f64::from(1 << 20);
             progress.done();
-            let elapsed = plain_payload(size as usize, tasks, workers)?;
+            let elapsed = super::plain::Plain {
+                payload: size as usize,
+                tasks,
+                workers,
+                unbounded: false,
+            }
+            .run()?;
             let base = bytes / elapsed.as_secs_f64() / f64::from(1 << 20);
             progress.done();
             ours.push(rate);
@@ -397,74 +403,6 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("conquer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
-}
-
-/// The Guide's pipeline moving payloads: PUSH `tasks` messages of `size` bytes to
-/// `workers` threads that PULL each and PUSH it on to a PULL sink. Times first send to
-/// last receipt, once every worker has shown it is connected.
-pub fn plain_payload(size: usize, tasks: u32, workers: u32) -> anyhow::Result<Duration> {
-    let ctx = zmq::Context::new();
-    let vent = ctx.socket(zmq::PUSH)?;
-    vent.bind("tcp://127.0.0.1:*")?;
-    let vent_ep = vent
-        .get_last_endpoint()?
-        .map_err(|_| anyhow::anyhow!("bad endpoint"))?;
-    let sink = ctx.socket(zmq::PULL)?;
-    sink.bind("tcp://127.0.0.1:*")?;
-    let sink_ep = sink
-        .get_last_endpoint()?
-        .map_err(|_| anyhow::anyhow!("bad endpoint"))?;
-    let mut threads = Vec::new();
-    for _ in 0..workers {
-        let ctx = ctx.clone();
-        let (vent_ep, sink_ep) = (vent_ep.clone(), sink_ep.clone());
-        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let from = ctx.socket(zmq::PULL)?;
-            from.connect(&vent_ep)?;
-            let to = ctx.socket(zmq::PUSH)?;
-            to.connect(&sink_ep)?;
-            to.send(&b"ready"[..], 0)?;
-            loop {
-                let task = from.recv_bytes(0)?;
-                if task == b"END" {
-                    return Ok(());
-                }
-                to.send(task, 0)?;
-            }
-        }));
-    }
-    for _ in 0..workers {
-        sink.recv_bytes(0)?;
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    // The sender runs beside the receiving loop, as a ventilator beside its sink; it owns
-    // its socket (a socket is used by one thread at a time).
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let start = Instant::now();
-    let sender = std::thread::spawn(move || -> anyhow::Result<()> {
-        let payload = vec![0x5au8; size];
-        for _ in 0..tasks {
-            vent.send(&payload[..], 0)?;
-        }
-        let _ = done_rx.recv();
-        for _ in 0..workers {
-            vent.send(&b"END"[..], 0)?;
-        }
-        Ok(())
-    });
-    for _ in 0..tasks {
-        sink.recv_bytes(0)?;
-    }
-    let elapsed = start.elapsed();
-    let _ = done_tx.send(());
-    sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("plain sender panicked"))??;
-    for t in threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("plain worker panicked"))??;
-    }
-    Ok(elapsed)
 }
 
 pub(super) fn tables(r: &KernelsResults) -> Vec<Table> {

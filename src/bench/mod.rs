@@ -11,6 +11,7 @@ mod dispatch;
 mod faults;
 mod kernels;
 mod latency;
+mod plain;
 mod plot;
 mod scaling;
 pub mod simulate;
@@ -22,7 +23,7 @@ pub use device::{DeviceRow, OPS_PER_ROUND};
 pub use dispatch::{capacity_ideal_ms, DispatchRow};
 pub use latency::LatencyRow;
 pub use scaling::ScalingRow;
-pub use throughput::{plain_push_pull, ThroughputRow};
+pub use throughput::ThroughputRow;
 
 use crate::backend::sleep::Sleep;
 use crate::backend::Backend;

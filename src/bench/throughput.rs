@@ -73,7 +73,14 @@ pub(super) fn throughput(
         .context("throughput run with --http")?;
         watched.push(report.tasks_per_s);
         progress.done();
-        let elapsed = plain_push_pull(tasks, workers).context("plain PUSH/PULL run")?;
+        let elapsed = super::plain::Plain {
+            payload: 0,
+            tasks,
+            workers,
+            unbounded: true,
+        }
+        .run()
+        .context("plain PUSH/PULL run")?;
         plain.push(f64::from(tasks) / elapsed.as_secs_f64());
         progress.done();
     }
@@ -145,66 +152,6 @@ impl Drop for BenchSecret {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The Guide's pipeline stripped to the sockets: PUSH empty tasks to `workers` threads that
-/// PULL them and PUSH empty results to a PULL sink. Times first send to last result, after
-/// every worker has shown it is connected (so no slow-joiner skew).
-pub fn plain_push_pull(tasks: u32, workers: u32) -> anyhow::Result<Duration> {
-    let ctx = zmq::Context::new();
-    let vent = ctx.socket(zmq::PUSH)?;
-    vent.set_sndhwm(0)?;
-    vent.bind("tcp://127.0.0.1:*")?;
-    let vent_ep = vent
-        .get_last_endpoint()?
-        .map_err(|_| anyhow::anyhow!("bad endpoint"))?;
-    let sink = ctx.socket(zmq::PULL)?;
-    sink.set_rcvhwm(0)?;
-    sink.bind("tcp://127.0.0.1:*")?;
-    let sink_ep = sink
-        .get_last_endpoint()?
-        .map_err(|_| anyhow::anyhow!("bad endpoint"))?;
-    let mut threads = Vec::new();
-    for _ in 0..workers {
-        let ctx = ctx.clone();
-        let (vent_ep, sink_ep) = (vent_ep.clone(), sink_ep.clone());
-        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let from = ctx.socket(zmq::PULL)?;
-            from.connect(&vent_ep)?;
-            let to = ctx.socket(zmq::PUSH)?;
-            to.connect(&sink_ep)?;
-            to.send(&b"ready"[..], 0)?;
-            loop {
-                let task = from.recv_bytes(0)?;
-                if task == b"END" {
-                    return Ok(());
-                }
-                to.send(&b""[..], 0)?;
-            }
-        }));
-    }
-    for _ in 0..workers {
-        sink.recv_bytes(0)?;
-    }
-    // Each worker's PULL may still be completing its handshake with the PUSH side; a
-    // short grace keeps the first burst from going to one worker only.
-    std::thread::sleep(Duration::from_millis(100));
-    let start = Instant::now();
-    for _ in 0..tasks {
-        vent.send(&b""[..], 0)?;
-    }
-    for _ in 0..tasks {
-        sink.recv_bytes(0)?;
-    }
-    let elapsed = start.elapsed();
-    for _ in 0..workers {
-        vent.send(&b"END"[..], 0)?;
-    }
-    for t in threads {
-        t.join()
-            .map_err(|_| anyhow::anyhow!("plain worker panicked"))??;
-    }
-    Ok(elapsed)
 }
 
 pub(super) fn table(rows: &[ThroughputRow]) -> Table {
