@@ -7,6 +7,7 @@ use crate::batch::{Batch, Job, Order};
 use crate::chunking::{Plan, Policy};
 use crate::heartbeat::Heartbeat;
 use crate::kernels::Kernel;
+use crate::protocol::control::{JobView, Reply, Request};
 use crate::report::ResultsFormat;
 use crate::shutdown::{self, Shutdown};
 use crate::sink::{Sink, SinkConfig};
@@ -178,6 +179,18 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Print a running ventilator's live view (`--http`) as a table.
     Status(StatusArgs),
+    /// A coordinator that stays up: jobs submitted to it (`conquer submit`) run one after
+    /// another on the workers that stay connected; its state directory keeps the queue,
+    /// each job's results and report, and a job cut off by a restart resumes.
+    Serve(ServeArgs),
+    /// Submit a job (a task list) to a coordinator; prints the job's id.
+    Submit(SubmitArgs),
+    /// List a coordinator's jobs: queued, running, done, failed, cancelled.
+    Jobs(JobsArgs),
+    /// Cancel a queued or running job (what was done stays kept).
+    Cancel(CancelArgs),
+    /// A finished job's report, or where the job stands, and where its files are.
+    Results(ResultsArgs),
     /// Make or check the shared secret that admits ventilator, workers and sink to each
     /// other (`--secret-file`).
     Secret {
@@ -252,6 +265,133 @@ pub struct StatusArgs {
     pub json: bool,
     #[command(flatten)]
     pub secret: SecretArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The state directory: the job queue's journal, and each job's tasks, results file and
+    /// report (made if missing).
+    #[arg(
+        long,
+        env = "CONQUER_STATE",
+        value_name = "DIR",
+        default_value = "/var/lib/conquer"
+    )]
+    pub state: PathBuf,
+    /// Endpoint the tasks socket binds for each job; workers connect here.
+    #[arg(long, env = "CONQUER_VENTILATOR_BIND", default_value = "tcp://*:5557")]
+    pub bind: String,
+    /// Endpoint the results socket binds for each job; workers connect here too.
+    #[arg(long, env = "CONQUER_SINK_BIND", default_value = "tcp://*:5558")]
+    pub results_bind: String,
+    /// Endpoint of the control socket that `submit`, `jobs`, `cancel` and `results` use
+    /// (loopback only for now: it takes no secret yet).
+    #[arg(long, env = "CONQUER_CONTROL", default_value = "tcp://127.0.0.1:5559")]
+    pub control: String,
+    /// Jobs queued or running at once; more are refused until some finish.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_jobs: u64,
+    /// Largest submission, in bytes (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub max_input: u64,
+    /// Finished jobs kept (their reports and results files); older ones are removed.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub keep: u64,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// Where the coordinator listens.
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    /// The coordinator's control endpoint (its `serve --control`).
+    #[arg(
+        long,
+        env = "CONQUER_COORDINATOR",
+        default_value = "tcp://127.0.0.1:5559"
+    )]
+    pub coordinator: String,
+    /// Seconds to wait for its answer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+impl CoordinatorArgs {
+    fn ask(&self, request: &crate::protocol::control::Request) -> anyhow::Result<Reply> {
+        match crate::serve::ask(
+            &self.coordinator,
+            request,
+            Duration::from_secs(self.timeout),
+        )? {
+            Reply::Refused { reason } => bail!("the coordinator refused: {reason}"),
+            reply => Ok(reply),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Number of tasks in a seeded batch.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
+    pub tasks: u32,
+    /// Shortest workload in milliseconds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
+    pub min_ms: u32,
+    /// Longest workload in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
+    pub max_ms: u32,
+    /// Seed of the batch.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Read the tasks from a file instead (one workload in ms per line); it travels with the
+    /// submission.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tasks", "min_ms", "max_ms"])]
+    pub tasks_file: Option<PathBuf>,
+    /// What to call the job in `conquer jobs` (default: the tasks file's name, or "seeded").
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The job's weight when several share the workers (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub priority: u32,
+    /// Follow the job to its end and print its report; exit 0 when it is done, 1 when it
+    /// failed or was cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait, print the report as JSON.
+    #[arg(long, requires = "wait")]
+    pub json: bool,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Print the jobs as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// The job's id (`conquer jobs` lists them).
+    pub id: u64,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ResultsArgs {
+    /// The job's id.
+    pub id: u64,
+    /// Print the report (or the job's state) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
 }
 
 /// The live view.
@@ -1358,6 +1498,11 @@ fn role_of(command: Option<&Command>) -> String {
         Some(Command::Calibrate(_)) => "calibrate".into(),
         Some(Command::Secret { .. }) => "secret".into(),
         Some(Command::Status(_)) => "status".into(),
+        Some(Command::Serve(_)) => "coordinator".into(),
+        Some(Command::Submit(_)) => "submit".into(),
+        Some(Command::Jobs(_)) => "jobs".into(),
+        Some(Command::Cancel(_)) => "cancel".into(),
+        Some(Command::Results(_)) => "results".into(),
     }
 }
 
@@ -1460,6 +1605,50 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 }
             }
             Ok(0)
+        }
+        Command::Serve(args) => {
+            let config = crate::serve::ServeConfig {
+                state: args.state,
+                bind: args.bind,
+                results_bind: args.results_bind,
+                control: args.control,
+                limits: conquer_core::jobs::Limits {
+                    max_jobs: args.max_jobs as usize,
+                    max_running: 1,
+                    max_input_bytes: args.max_input,
+                    keep: args.keep as usize,
+                },
+                heartbeat: args.heartbeat.heartbeat(),
+                access: args.access.access()?,
+            };
+            crate::serve::serve(config, shutdown)?;
+            shutdown.check()?;
+            Ok(0)
+        }
+        Command::Submit(args) => submit(args, shutdown),
+        Command::Jobs(args) => {
+            let Reply::Jobs { jobs } = args.coordinator.ask(&Request::Jobs)? else {
+                bail!("the coordinator answered something else than its jobs");
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&jobs)?);
+            } else {
+                print!("{}", jobs_table(&jobs));
+            }
+            Ok(0)
+        }
+        Command::Cancel(args) => {
+            let Reply::Cancelled { id, was } =
+                args.coordinator.ask(&Request::Cancel { id: args.id })?
+            else {
+                bail!("the coordinator answered something else than the cancel");
+            };
+            println!("job {id} cancelled (it was {})", state_name(was));
+            Ok(0)
+        }
+        Command::Results(args) => {
+            let reply = args.coordinator.ask(&Request::Results { id: args.id })?;
+            print_results(&reply, args.json)
         }
         Command::Status(args) => {
             let access = args.secret.access()?;
@@ -1895,4 +2084,117 @@ fn info(json: bool) -> anyhow::Result<()> {
     let (major, minor, patch) = zmq::version();
     println!("libzmq {major}.{minor}.{patch}");
     backend::describe_adapters(&mut out).context("listing adapters")
+}
+
+/// `conquer submit`: the task list to the coordinator, its id to stdout; with --wait, the
+/// job followed to its end.
+fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let batch = match &args.tasks_file {
+        Some(path) => crate::batch::read(path)?,
+        None => Batch::generate(args.tasks, args.min_ms, args.max_ms, args.seed)?,
+    };
+    let name = args.name.clone().unwrap_or_else(|| match &args.tasks_file {
+        Some(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        None => "seeded".into(),
+    });
+    let request = Request::Submit {
+        name,
+        priority: args.priority,
+        workloads_ms: batch.tasks.iter().map(|t| t.workload_ms).collect(),
+    };
+    let Reply::Submitted { id } = args.coordinator.ask(&request)? else {
+        bail!("the coordinator answered something else than the submission");
+    };
+    if !args.wait {
+        println!("{id}");
+        return Ok(0);
+    }
+    eprintln!("job {id} submitted; following it to its end");
+    loop {
+        shutdown.check()?;
+        let reply = args.coordinator.ask(&Request::Results { id })?;
+        if let Reply::Results { job, .. } = &reply {
+            if job.state.is_over() {
+                return print_results(&reply, args.json);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn state_name(state: conquer_core::jobs::JobState) -> &'static str {
+    use conquer_core::jobs::JobState;
+    match state {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Done => "done",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// The jobs as a table, oldest first.
+fn jobs_table(jobs: &[JobView]) -> String {
+    let now = worker::unix_ms();
+    let mut out = format!(
+        "{:>6}  {:<9}  {:>9}  {:>8}  {:>10}  NAME\n",
+        "ID", "STATE", "TASKS", "PRIORITY", "ELAPSED"
+    );
+    for job in jobs {
+        let elapsed = match (job.started_ms, job.ended_ms) {
+            (Some(start), Some(end)) => format!("{:.1} s", end.saturating_sub(start) as f64 / 1e3),
+            (Some(start), None) => format!("{:.1} s", now.saturating_sub(start) as f64 / 1e3),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "{:>6}  {:<9}  {:>9}  {:>8}  {:>10}  {}\n",
+            job.id,
+            state_name(job.state),
+            job.tasks,
+            job.priority,
+            elapsed,
+            crate::logging::printable(&job.name)
+        ));
+    }
+    out
+}
+
+/// A `results` reply: the report (JSON with --json), or where the job stands; exit 0 when
+/// the job is done.
+fn print_results(reply: &Reply, json: bool) -> anyhow::Result<i32> {
+    let Reply::Results {
+        job,
+        report,
+        folder,
+    } = reply
+    else {
+        bail!("the coordinator answered something else than the job's results");
+    };
+    if json {
+        let value = serde_json::json!({ "job": job, "report": report, "folder": folder });
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        println!("job {}: {} ({})", job.id, state_name(job.state), job.name);
+        if !job.reason.is_empty() {
+            println!("  {}", job.reason);
+        }
+        if let Some(report) = report {
+            println!(
+                "  {} tasks held in {:.0} ms; report {folder}/report.json, results \
+                 {folder}/results.jsonl",
+                report["tasks"],
+                report["elapsed_ms"].as_f64().unwrap_or(0.0)
+            );
+        } else {
+            println!("  files in {folder}");
+        }
+    }
+    Ok(if job.state == conquer_core::jobs::JobState::Done {
+        0
+    } else {
+        1
+    })
 }

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod observe;
 pub mod outputs;
 pub mod report;
+pub mod serve;
 pub mod shutdown;
 pub mod sink;
 pub mod sockets;

@@ -51,6 +51,8 @@ pub struct JobSpec {
     pub needs_compute: bool,
     /// Bytes of inputs that travelled with the submission.
     pub input_bytes: u64,
+    /// Its tasks (a task list's length).
+    pub tasks: u64,
 }
 
 /// A job on the queue.
@@ -206,6 +208,11 @@ impl JobQueue {
     fn record(&mut self, record: Record, out: &mut Vec<Record>) {
         self.apply(&record);
         out.push(record);
+    }
+
+    /// The id the next job accepted gets.
+    pub fn next_id(&self) -> JobId {
+        self.next_id
     }
 
     pub fn get(&self, id: JobId) -> Option<&Job> {
@@ -418,6 +425,7 @@ mod tests {
             priority,
             needs_compute,
             input_bytes: 0,
+            tasks: 1,
         }
     }
 

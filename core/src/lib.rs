@@ -29,7 +29,7 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 27] = [
+    const FILES: [(&str, &str); 28] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
@@ -56,6 +56,7 @@ mod sans_io {
         ("kernels/search.rs", include_str!("kernels/search.rs")),
         ("kernels/spin.rs", include_str!("kernels/spin.rs")),
         ("protocol.rs", include_str!("protocol.rs")),
+        ("protocol/control.rs", include_str!("protocol/control.rs")),
         ("report.rs", include_str!("report.rs")),
         ("sizing.rs", include_str!("sizing.rs")),
         ("text.rs", include_str!("text.rs")),

@@ -8,7 +8,10 @@
 //! [`DecodeError`] naming what was wrong, never a panic, and the decoder never allocates more
 //! than the input can justify (counts are checked against the bytes actually present).
 //! The Guide's classic text format lives in [`classic`], beside ours, so that this file stays
-//! the one place that knows bytes.
+//! the one place that knows bytes; the coordinator's control messages (JSON) in
+//! [`control`].
+
+pub mod control;
 
 use crate::batch::{Job, Task};
 use thiserror::Error;

@@ -5,7 +5,7 @@
 use crate::util::{self, Proc};
 use std::process::Command;
 
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 14] = [
     "run",
     "ventilator",
     "worker",
@@ -15,6 +15,11 @@ const COMMANDS: [&str; 9] = [
     "calibrate",
     "completions",
     "man",
+    "serve",
+    "submit",
+    "jobs",
+    "cancel",
+    "results",
 ];
 
 #[test]
@@ -150,7 +155,7 @@ fn d03_the_systemd_units_pass_systemd_analyze_verify_and_rate_ok_for_security() 
         std::fs::write(dir.path().join(&name), text).unwrap();
         names.push(dir.path().join(name));
     }
-    assert_eq!(names.len(), 3, "three units in deploy/");
+    assert_eq!(names.len(), 4, "four units in deploy/");
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .args(&names)

@@ -6,6 +6,7 @@ mod auth;
 mod bench;
 mod chunking;
 mod classic;
+mod coordinator;
 mod data;
 mod deploy;
 mod events;
