@@ -295,7 +295,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
     pub max_input: u64,
     /// Finished jobs kept (their reports and results files); older ones are removed.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub keep: u64,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,

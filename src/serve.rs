@@ -56,6 +56,8 @@ struct Store {
     queue: JobQueue,
     /// The running job's stop token, to cancel it.
     running: Option<(JobId, Shutdown)>,
+    /// An exclusive lock on the state directory, held while this coordinator runs.
+    _lock: std::fs::File,
 }
 
 impl Store {
@@ -65,6 +67,7 @@ impl Store {
     fn open(dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(dir.join("jobs"))
             .with_context(|| format!("cannot make the state directory {}", dir.display()))?;
+        let lock = lock(dir)?;
         let path = dir.join(JOURNAL);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -83,14 +86,22 @@ impl Store {
                     );
                 }
                 Err(e) => bail!(
-                    "{}:{}: not a journal record ({e}); move the file aside to start an empty \
-                     queue",
+                    "{}:{}: not a journal record ({e}); move the whole state directory aside to \
+                     start an empty queue",
                     path.display(),
                     n + 1
                 ),
             }
         }
-        let queue = JobQueue::replay(&records);
+        let mut queue = JobQueue::replay(&records);
+        // Job folders the journal does not know (a journal lost or moved aside) keep their
+        // numbers: new jobs are numbered past them, never into an old job's files.
+        let past = std::fs::read_dir(dir.join("jobs"))
+            .with_context(|| format!("cannot list {}", dir.join("jobs").display()))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<JobId>().ok())
+            .max()
+            .map_or(0, |id| id + 1);
+        queue.apply(&Record::Numbered { next_id: past });
         // Rewritten to the jobs kept, whole, then renamed over the old one.
         let temporary = dir.join(format!(".{JOURNAL}.tmp"));
         let mut file = std::fs::File::create(&temporary)
@@ -111,29 +122,83 @@ impl Store {
             journal,
             queue,
             running: None,
+            _lock: lock,
         })
+    }
+
+    /// Makes a change to the queue count: `change` works on a copy, its records are
+    /// appended and synced, and only then is the copy the queue. A journal that cannot be
+    /// written leaves the queue as it was (and the file cut back to its last whole record).
+    fn commit<T>(
+        &mut self,
+        change: impl FnOnce(&mut JobQueue, &mut Vec<Record>) -> T,
+    ) -> anyhow::Result<T> {
+        let mut queue = self.queue.clone();
+        let mut records = Vec::new();
+        let outcome = change(&mut queue, &mut records);
+        self.append(&records)?;
+        self.queue = queue;
+        for record in &records {
+            if let Record::Expired { id } = record {
+                // A job forgotten takes its folder with it, once the journal says so.
+                if let Err(e) = std::fs::remove_dir_all(self.folder(*id)) {
+                    log::warn!("job {id} expired, but its folder stays: {e}");
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     /// Appends records and syncs them: they count from here.
     fn append(&mut self, records: &[Record]) -> anyhow::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut text = String::new();
         for record in records {
             text.push_str(&serde_json::to_string(record)?);
             text.push('\n');
-            if let Record::Expired { id } = record {
-                // A job forgotten takes its folder with it.
-                let _ = std::fs::remove_dir_all(self.folder(*id));
-            }
         }
-        self.journal
+        let length = self.journal.metadata().map(|m| m.len());
+        let written = self
+            .journal
             .write_all(text.as_bytes())
-            .and_then(|()| self.journal.sync_data())
-            .context("cannot write the coordinator's journal")
+            .and_then(|()| self.journal.sync_data());
+        if let Err(e) = written {
+            if let Ok(length) = length {
+                let _ = self.journal.set_len(length);
+            }
+            return Err(e).context("cannot write the coordinator's journal");
+        }
+        Ok(())
     }
 
     fn folder(&self, id: JobId) -> PathBuf {
         self.dir.join("jobs").join(id.to_string())
     }
+}
+
+/// Takes the state directory's lock, so a second coordinator on it stops at once rather
+/// than rewrite the journal under the first.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another coordinator runs on {} (it holds {}); stop it first, or give this one \
+             another --state",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
@@ -184,9 +249,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         // A job the journal says was running resumes; failing that, the oldest queued
         // starts.
         let mut store = shared.store()?;
-        let mut records = Vec::new();
-        store.queue.start_queued(&limits, unix_ms(), &mut records);
-        store.append(&records)?;
+        store.commit(|queue, records| queue.start_queued(&limits, unix_ms(), records))?;
         let (running, queued) = store.queue.jobs().fold((0, 0), |(r, q), j| match j.state {
             JobState::Running => (r + 1, q),
             JobState::Queued => (r, q + 1),
@@ -204,6 +267,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
     let control = ctx.socket(zmq::REP)?;
     control.set_linger(0)?;
     control.set_rcvtimeo(CONTROL_POLL.as_millis() as i32)?;
+    control.set_ipv6(config.control.contains('['))?;
     control
         .bind(&config.control)
         .with_context(|| format!("cannot bind the control socket {}", config.control))?;
@@ -220,7 +284,14 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || answer(&control, &shared, &shutdown))
+            .spawn(move || {
+                let answered = answer(&control, &shared, &shutdown);
+                if answered.is_err() {
+                    // No control socket, no coordinator: the jobs stop too.
+                    shutdown.request();
+                }
+                answered
+            })
             .context("cannot start the control thread")?
     };
     let ran = run_jobs(&config, &shared, shutdown);
@@ -293,26 +364,35 @@ fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply
                 input_bytes: bytes,
                 tasks: workloads_ms.len() as u64,
             };
-            // The job's tasks are on disk before the journal says it exists.
+            let shown = spec.name.clone();
+            // The job's tasks are on disk, their folder's entries too, before the journal
+            // says it exists.
             let id = store.queue.next_id();
             let folder = store.folder(id);
-            std::fs::create_dir_all(&folder)
+            let written = std::fs::create_dir_all(&folder)
                 .and_then(|()| std::fs::write(folder.join("tasks.txt"), text))
                 .and_then(|()| std::fs::File::open(folder.join("tasks.txt"))?.sync_all())
-                .with_context(|| format!("cannot write the job's tasks in {}", folder.display()))?;
-            let mut records = Vec::new();
-            match store.queue.submit(spec, limits, now, &mut records) {
-                Ok(id) => {
-                    store.append(&records)?;
-                    log::info!("job {id} ({name}) accepted: {} tasks", workloads_ms.len());
+                .with_context(|| format!("cannot write the job's tasks in {}", folder.display()))
+                .and_then(|()| sync_dir(&folder))
+                .and_then(|()| sync_dir(&store.dir.join("jobs")));
+            let submitted = written.and_then(|()| {
+                store.commit(|queue, records| queue.submit(spec, limits, now, records))
+            });
+            match submitted {
+                Ok(Ok(id)) => {
+                    log::info!("job {id} ({shown}) accepted: {} tasks", workloads_ms.len());
                     shared.bell.notify_all();
                     Reply::Submitted { id }
                 }
-                Err(refused) => {
+                Ok(Err(refused)) => {
                     let _ = std::fs::remove_dir_all(&folder);
                     Reply::Refused {
                         reason: refused.to_string(),
                     }
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&folder);
+                    return Err(e);
                 }
             }
         }
@@ -320,13 +400,10 @@ fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply
             jobs: store.queue.jobs().map(JobView::from).collect(),
         },
         Request::Cancel { id } => {
-            let mut records = Vec::new();
             match store
-                .queue
-                .cancel(id, "the operator", limits, now, &mut records)
+                .commit(|queue, records| queue.cancel(id, "the operator", limits, now, records))?
             {
                 Ok(was) => {
-                    store.append(&records)?;
                     if let Some((running, stop)) = &store.running {
                         if *running == id {
                             stop.request();
@@ -378,39 +455,70 @@ fn run_jobs(config: &ServeConfig, shared: &Shared, shutdown: &Shutdown) -> anyho
             return Ok(());
         }
         let next = {
-            let store = shared.store()?;
+            let mut store = shared.store()?;
             let running = store.queue.running().next().map(|j| j.id);
-            if running.is_none() {
-                // Nothing to run: wait for a submission (or the stop flag).
-                let _ = shared
-                    .bell
-                    .wait_timeout(store, CONTROL_POLL)
-                    .map_err(|_| anyhow::anyhow!("a coordinator thread panicked"))?;
+            match running {
+                Some(id) => {
+                    // Its stop token is set while the queue is held: a cancel from now on
+                    // finds it.
+                    let stop = Shutdown::new();
+                    store.running = Some((id, stop.clone()));
+                    Some((id, stop, store.folder(id)))
+                }
+                None => {
+                    // Nothing to run: wait for a submission (or the stop flag).
+                    let _ = shared
+                        .bell
+                        .wait_timeout(store, CONTROL_POLL)
+                        .map_err(|_| anyhow::anyhow!("a coordinator thread panicked"))?;
+                    None
+                }
             }
-            running
         };
-        if let Some(id) = next {
-            run_job(config, shared, id, shutdown)?;
+        if let Some((id, stop, folder)) = next {
+            run_job(config, shared, id, &stop, &folder, shutdown)?;
         }
     }
 }
+
+/// Why a job's batch did not finish.
+enum Unfinished {
+    /// Its sockets could not be made (a port in use, an interface gone): the job waits,
+    /// and is tried again.
+    Sockets(anyhow::Error),
+    /// The job failed (or was stopped).
+    Job(anyhow::Error),
+}
+
+/// How long a job whose sockets could not be made waits before it is tried again.
+const RETRY_SOCKETS: Duration = Duration::from_secs(5);
 
 /// Runs one job to its end: done, failed, cancelled, or left running by a shutdown.
 fn run_job(
     config: &ServeConfig,
     shared: &Shared,
     id: JobId,
+    stop: &Shutdown,
+    folder: &Path,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let stop = Shutdown::new();
-    let folder = {
-        let mut store = shared.store()?;
-        store.running = Some((id, stop.clone()));
-        store.folder(id)
-    };
-    let outcome = run_batch(config, id, &folder, &stop, shutdown);
+    let outcome = run_batch(config, id, folder, stop, shutdown);
+    if let Err(Unfinished::Sockets(e)) = &outcome {
+        log::error!(
+            "job {id} cannot start: {e:#}; trying again in {} s",
+            RETRY_SOCKETS.as_secs()
+        );
+        let until = Instant::now() + RETRY_SOCKETS;
+        while Instant::now() < until && !shutdown.is_requested() && !stop.is_requested() {
+            std::thread::sleep(CONTROL_POLL);
+        }
+    }
     let mut store = shared.store()?;
     store.running = None;
+    if store.queue.get(id).is_none_or(|j| j.state.is_over()) {
+        // Cancelled meanwhile: the journal says so already.
+        return Ok(());
+    }
     if shutdown.is_requested() {
         // Left running in the journal: it resumes when the coordinator starts again.
         log::info!("stopping with job {id} running; it resumes on the next start");
@@ -418,34 +526,35 @@ fn run_job(
     }
     let (state, reason) = match outcome {
         Ok(()) => (JobState::Done, String::new()),
-        // Cancelled: the journal says so already.
-        Err(_) if store.queue.get(id).is_some_and(|j| j.state.is_over()) => return Ok(()),
-        Err(e) => (JobState::Failed, format!("{e:#}")),
+        Err(Unfinished::Sockets(_)) => return Ok(()),
+        Err(Unfinished::Job(e)) => (JobState::Failed, format!("{e:#}")),
     };
     match state {
         JobState::Done => log::info!("job {id} done"),
         _ => log::error!("job {id} failed: {reason}"),
     }
-    let mut records = Vec::new();
-    store
-        .queue
-        .end(id, state, &reason, &shared.limits, unix_ms(), &mut records);
-    store.append(&records)?;
+    let limits = shared.limits;
+    store.commit(|queue, records| queue.end(id, state, &reason, &limits, unix_ms(), records))?;
     Ok(())
 }
 
 /// The job's batch through a sink and a ventilator of its own, on the farm's endpoints;
-/// the report goes into the job's folder.
+/// the report goes into the job's folder. A batch whose report's verdict fails (a task
+/// given up on, a mismatch) is a failed job, its report kept.
 fn run_batch(
     config: &ServeConfig,
     id: JobId,
     folder: &Path,
     stop: &Shutdown,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+) -> Result<(), Unfinished> {
+    let job_failed = Unfinished::Job;
     let text = std::fs::read_to_string(folder.join("tasks.txt"))
-        .with_context(|| format!("cannot read job {id}'s tasks in {}", folder.display()))?;
-    let batch = Batch::parse(&text).with_context(|| format!("job {id}'s tasks"))?;
+        .with_context(|| format!("cannot read job {id}'s tasks in {}", folder.display()))
+        .map_err(job_failed)?;
+    let batch = Batch::parse(&text)
+        .with_context(|| format!("job {id}'s tasks"))
+        .map_err(job_failed)?;
     let results = folder.join("results.jsonl");
     // A results file from before a restart: the job resumes where the sink stands.
     let resume = results.exists();
@@ -454,6 +563,15 @@ fn run_batch(
     let batch_id = batch.id(&job) ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let sink_ctx = zmq::Context::new();
     let vent_ctx = zmq::Context::new();
+    // The job's ventilator reaches its sink over loopback: admitted whatever --allow says.
+    let mut sink_access = config.access.clone();
+    if !sink_access.allow.is_empty() {
+        for local in ["127.0.0.1/32", "::1/128"] {
+            if let Ok(cidr) = local.parse() {
+                sink_access.allow.push(cidr);
+            }
+        }
+    }
     let sink = Sink::bind(
         &sink_ctx,
         SinkConfig {
@@ -461,12 +579,17 @@ fn run_batch(
             results: Some((results, ResultsFormat::Jsonl)),
             resume,
             heartbeat: config.heartbeat,
-            access: config.access.clone(),
+            access: sink_access,
+            resume_advice: Some(format!(
+                "the coordinator resumes job {id} when `conquer serve` starts again on the same \
+                 --state"
+            )),
             ..SinkConfig::default()
         },
-    )?;
+    )
+    .map_err(Unfinished::Sockets)?;
     let report = if sink.holds_whole_batch().is_some() {
-        sink.run(stop)?
+        sink.run(stop).map_err(job_failed)?
     } else {
         let ventilator = Ventilator::bind(
             &vent_ctx,
@@ -484,38 +607,50 @@ fn run_batch(
                 sink_timeout: Duration::from_secs(24 * 3600),
                 ..VentilatorConfig::local(batch, job)
             },
-        )?;
-        let sink_thread = spawn("sink", stop, move |s| sink.run(s))?;
-        let vent_thread = spawn("ventilator", stop, move |s| ventilator.run(s).map(|_| ()))?;
+        )
+        .map_err(Unfinished::Sockets)?;
+        let spawned = spawn("sink", stop, move |s| sink.run(s)).and_then(|sink_thread| {
+            Ok((
+                sink_thread,
+                spawn("ventilator", stop, move |s| ventilator.run(s).map(|_| ()))?,
+            ))
+        });
+        let (sink_thread, vent_thread) = spawned.map_err(job_failed)?;
+        // Each waits for the other a little once it ends (the ventilator hears the sink's
+        // last word; a sink whose ventilator failed would wait for ever), then both stop.
+        let mut one_ended: Option<Instant> = None;
         while !(sink_thread.is_finished() && vent_thread.is_finished()) {
             if shutdown.is_requested() {
                 stop.request();
             }
-            if sink_thread.is_finished() && !vent_thread.is_finished() {
-                // The sink is done or failed: the ventilator has nothing left to wait for
-                // once it hears (it says complete); a failed sink stops it.
-                let started = Instant::now();
-                while !vent_thread.is_finished() && started.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(20));
+            if sink_thread.is_finished() || vent_thread.is_finished() {
+                let since = *one_ended.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    stop.request();
                 }
-                stop.request();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let report = join(sink_thread);
-        let vent = join(vent_thread);
-        match (report, vent) {
+        match (join(sink_thread), join(vent_thread)) {
             (Ok(report), _) => report,
-            (Err(e), _) if Interrupted::is(&e) => return Err(e),
-            (Err(e), Ok(())) | (Err(e), Err(_)) => return Err(e),
+            // A sink stopped because its ventilator failed: the ventilator's error says why.
+            (Err(_), Err(e)) if !Interrupted::is(&e) => return Err(job_failed(e)),
+            (Err(e), _) => return Err(job_failed(e)),
         }
     };
-    let json = serde_json::to_vec_pretty(&report)?;
-    let dir = crate::files::Dir::open(folder)?;
-    crate::files::write_whole(&dir, "report.json", |file| {
-        file.write_all(&json).context("cannot write the report")
-    })?;
-    dir.sync()
+    let json = serde_json::to_vec_pretty(&report)
+        .context("writing the report")
+        .map_err(job_failed)?;
+    let written = crate::files::Dir::open(folder).and_then(|dir| {
+        crate::files::write_whole(&dir, "report.json", |file| {
+            file.write_all(&json).context("cannot write the report")
+        })?;
+        dir.sync()
+    });
+    written.map_err(job_failed)?;
+    report
+        .verdict()
+        .map_err(|why| job_failed(anyhow::anyhow!(why)))
 }
 
 fn spawn<T: Send + 'static>(
@@ -583,6 +718,27 @@ mod tests {
     }
 
     #[test]
+    fn a_second_coordinator_on_one_state_directory_stops_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("another coordinator runs on"), "{e}");
+        drop(first);
+        assert!(
+            Store::open(dir.path()).is_ok(),
+            "free again once the first stops"
+        );
+    }
+
+    #[test]
+    fn new_jobs_are_numbered_past_folders_the_journal_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs").join("7")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.queue.next_id(), 8);
+    }
+
+    #[test]
     fn a_journal_cut_short_by_a_crash_loses_only_its_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let limits = Limits {
@@ -593,7 +749,6 @@ mod tests {
         };
         {
             let mut store = Store::open(dir.path()).unwrap();
-            let mut records = Vec::new();
             for name in ["a", "b"] {
                 let spec = JobSpec {
                     name: name.into(),
@@ -602,9 +757,11 @@ mod tests {
                     input_bytes: 0,
                     tasks: 1,
                 };
-                store.queue.submit(spec, &limits, 1, &mut records).unwrap();
+                store
+                    .commit(|queue, records| queue.submit(spec, &limits, 1, records))
+                    .unwrap()
+                    .unwrap();
             }
-            store.append(&records).unwrap();
         }
         let path = dir.path().join(JOURNAL);
         let mut text = std::fs::read_to_string(&path).unwrap();
@@ -613,6 +770,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let states: Vec<JobState> = store.queue.jobs().map(|j| j.state).collect();
         assert_eq!(states, [JobState::Running, JobState::Queued]);
+        drop(store);
         // A bad line that is not the last is an error naming it.
         std::fs::write(&path, "garbage\n{}\n").unwrap();
         let e = Store::open(dir.path()).err().unwrap().to_string();
