@@ -279,6 +279,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         endpoint: endpoint.clone(),
     });
     log::info!("control socket listening on {endpoint}");
+    notify_ready();
     let answering = {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -300,6 +301,30 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
     ran.and(answered)
+}
+
+/// Tells systemd the coordinator is up (`Type=notify`): `READY=1` to `$NOTIFY_SOCKET`,
+/// when it is set (a path, or `@name` in the abstract namespace). Best effort: a
+/// coordinator started by hand has no such socket.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.as_encoded_bytes().to_vec();
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        let address = match target.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(std::path::Path::new(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target),
+            ))?,
+        };
+        socket.send_to_addr(b"READY=1\nSTATUS=taking jobs", &address)
+    });
+    if let Err(e) = sent {
+        log::warn!("cannot tell systemd the coordinator is ready ($NOTIFY_SOCKET): {e}");
+    }
 }
 
 /// The control socket takes no secret yet: it listens on loopback only.

@@ -175,3 +175,38 @@ fn a_coordinator_killed_mid_job_resumes_it_without_redoing_what_it_held() {
     );
     assert_eq!(report["tasks"], 100, "{report}");
 }
+
+#[test]
+fn under_systemd_the_coordinator_says_ready_once_it_takes_jobs() {
+    // systemd's side of Type=notify: a datagram socket named in $NOTIFY_SOCKET.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
+    let state = dir.path().join("state");
+    let coordinator = Proc::start_with_env(
+        "serve",
+        &[
+            "serve",
+            "--state",
+            state.to_str().unwrap(),
+            "--bind",
+            &bind,
+            "--results-bind",
+            &results,
+            "--control",
+            "tcp://127.0.0.1:0",
+        ],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut buffer = [0u8; 256];
+    let n = systemd.recv(&mut buffer).expect("READY=1 within 30 s");
+    let message = String::from_utf8_lossy(&buffer[..n]);
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    // Ready means taking jobs: the control socket answers.
+    let control = coordinator.endpoint("control");
+    assert!(jobs(&control).is_empty());
+}
