@@ -193,6 +193,17 @@ impl Secret {
         hex(&mac.finalize().into_bytes())
     }
 
+    /// The token that lets its holder submit and cancel jobs on a coordinator (`conquer
+    /// serve`): derived apart from the live view's, so the status token cannot submit; a
+    /// worker presents the secret itself, never this.
+    pub fn submit_token(&self) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.password.as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"conquer submit");
+        hex(&mac.finalize().into_bytes())
+    }
+
     /// The file it was read from.
     pub fn path(&self) -> &Path {
         &self.path

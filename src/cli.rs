@@ -316,15 +316,22 @@ pub struct CoordinatorArgs {
     /// Seconds to wait for its answer.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// The farm's secret, when the coordinator has one: requests carry the submit token
+    /// derived from it.
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 impl CoordinatorArgs {
     fn ask(&self, request: &crate::protocol::control::Request) -> anyhow::Result<Reply> {
-        match crate::serve::ask(
-            &self.coordinator,
-            request,
-            Duration::from_secs(self.timeout),
-        )? {
+        let token = self
+            .secret
+            .access()?
+            .secret
+            .map(|s| s.submit_token())
+            .unwrap_or_default();
+        let timeout = Duration::from_secs(self.timeout);
+        match crate::serve::ask(&self.coordinator, request, &token, timeout)? {
             Reply::Refused { reason } => bail!("the coordinator refused: {reason}"),
             reply => Ok(reply),
         }
@@ -1627,13 +1634,17 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         }
         Command::Submit(args) => submit(args, shutdown),
         Command::Jobs(args) => {
-            let Reply::Jobs { jobs } = args.coordinator.ask(&Request::Jobs)? else {
+            let Reply::Jobs { jobs, refused } = args.coordinator.ask(&Request::Jobs)? else {
                 bail!("the coordinator answered something else than its jobs");
             };
             if args.json {
-                println!("{}", serde_json::to_string(&jobs)?);
+                let value = serde_json::json!({ "jobs": jobs, "refused": refused });
+                println!("{}", serde_json::to_string(&value)?);
             } else {
                 print!("{}", jobs_table(&jobs));
+                if refused > 0 {
+                    println!("{refused} requests refused for a missing or wrong token");
+                }
             }
             Ok(0)
         }

@@ -218,6 +218,10 @@ struct Shared {
     store: Mutex<Store>,
     bell: Condvar,
     limits: Limits,
+    /// With a secret: the submit token and the live view's status token.
+    tokens: Option<(String, String)>,
+    /// Requests refused for their token.
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -232,7 +236,7 @@ impl Shared {
 /// jobs on this one. A job running when it stops stays running in the journal, and
 /// resumes when the coordinator starts again.
 pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
-    check_control(&config.control)?;
+    check_control(&config.control, config.access.secret.is_some())?;
     config.access.check_exposure(&config.bind, "--bind")?;
     config
         .access
@@ -244,6 +248,12 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         store: Mutex::new(store),
         bell: Condvar::new(),
         limits,
+        tokens: config
+            .access
+            .secret
+            .as_ref()
+            .map(|s| (s.submit_token(), s.token())),
+        refused: Default::default(),
     });
     {
         // A job the journal says was running resumes; failing that, the oldest queued
@@ -327,21 +337,48 @@ fn notify_ready() {
     }
 }
 
-/// The control socket takes no secret yet: it listens on loopback only.
-fn check_control(endpoint: &str) -> anyhow::Result<()> {
+/// Without a secret the control socket admits anyone who reaches it: it listens on
+/// loopback only. With one, anywhere: every request carries a token derived from it.
+fn check_control(endpoint: &str, secured: bool) -> anyhow::Result<()> {
     let host = endpoint
         .strip_prefix("tcp://")
         .and_then(|rest| rest.rsplit_once(':'))
         .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'));
     match host {
         Some("127.0.0.1" | "localhost" | "::1") => Ok(()),
+        Some(_) if secured => Ok(()),
         Some(_) => bail!(
-            "--control {endpoint}: the control socket takes no secret yet, so it listens on \
-             loopback only; bind it to tcp://127.0.0.1:PORT and submit from this machine (or \
-             through an SSH tunnel)"
+            "--control {endpoint}: without --secret-file the control socket listens on loopback \
+             only (anyone who reaches it could submit jobs); give the farm's --secret-file (then \
+             `submit`, `jobs`, `cancel` and `results` need it too), or bind tcp://127.0.0.1:PORT"
         ),
-        None => bail!("--control {endpoint}: give tcp://127.0.0.1:PORT"),
+        None => bail!("--control {endpoint}: give tcp://HOST:PORT"),
     }
+}
+
+/// Whether `token` admits `request`: the submit token admits everything, the live view's
+/// status token only what reads.
+fn admits(shared: &Shared, request: &Request, token: &str) -> Result<(), String> {
+    let Some((submit, status)) = &shared.tokens else {
+        return Ok(());
+    };
+    if crate::auth::same_text(token, submit) {
+        return Ok(());
+    }
+    if !request.writes() && crate::auth::same_text(token, status) {
+        return Ok(());
+    }
+    Err(if token.is_empty() {
+        "this coordinator takes requests with the farm's token only: pass --secret-file FILE \
+         (the farm's secret)"
+            .to_owned()
+    } else if crate::auth::same_text(token, status) {
+        "the status token reads the queue; submitting and cancelling need the farm's secret \
+         (--secret-file)"
+            .to_owned()
+    } else {
+        "a wrong token: pass the farm's --secret-file".to_owned()
+    })
 }
 
 /// Answers control requests until `shutdown`.
@@ -354,11 +391,19 @@ fn answer(control: &zmq::Socket, shared: &Shared, shutdown: &Shutdown) -> anyhow
             Err(e) => bail!("the control socket failed: {e}"),
         };
         let reply = match Request::decode(&bytes, max) {
-            Ok(request) => {
-                handle(request, bytes.len() as u64, shared).unwrap_or_else(|e| Reply::Refused {
-                    reason: format!("{e:#}"),
-                })
-            }
+            Ok((request, token)) => match admits(shared, &request, &token) {
+                Ok(()) => {
+                    handle(request, bytes.len() as u64, shared).unwrap_or_else(|e| Reply::Refused {
+                        reason: format!("{e:#}"),
+                    })
+                }
+                Err(reason) => {
+                    shared
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Reply::Refused { reason }
+                }
+            },
             Err(reason) => Reply::Refused { reason },
         };
         if let Reply::Refused { reason } = &reply {
@@ -423,6 +468,7 @@ fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply
         }
         Request::Jobs => Reply::Jobs {
             jobs: store.queue.jobs().map(JobView::from).collect(),
+            refused: shared.refused.load(std::sync::atomic::Ordering::Relaxed),
         },
         Request::Cancel { id } => {
             match store
@@ -698,7 +744,12 @@ fn join<T>(handle: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result
 }
 
 /// Asks the coordinator at `endpoint` and returns its reply, waiting at most `timeout`.
-pub fn ask(endpoint: &str, request: &Request, timeout: Duration) -> anyhow::Result<Reply> {
+pub fn ask(
+    endpoint: &str,
+    request: &Request,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<Reply> {
     let ctx = zmq::Context::new();
     let socket = ctx.socket(zmq::REQ)?;
     socket.set_linger(0)?;
@@ -714,7 +765,9 @@ pub fn ask(endpoint: &str, request: &Request, timeout: Duration) -> anyhow::Resu
             timeout.as_secs()
         )
     };
-    socket.send(request.encode(), 0).map_err(|_| no_answer())?;
+    socket
+        .send(request.encode(token), 0)
+        .map_err(|_| no_answer())?;
     let bytes = socket.recv_bytes(0).map_err(|_| no_answer())?;
     Reply::decode(&bytes).map_err(|e| anyhow::anyhow!("{endpoint}: {e}"))
 }
@@ -730,7 +783,7 @@ mod tests {
             "tcp://[::1]:5559",
             "tcp://localhost:1",
         ] {
-            assert!(check_control(good).is_ok(), "{good}");
+            assert!(check_control(good, false).is_ok(), "{good}");
         }
         for bad in [
             "tcp://*:5559",
@@ -738,8 +791,11 @@ mod tests {
             "tcp://10.0.0.1:5559",
             "ipc://x",
         ] {
-            assert!(check_control(bad).is_err(), "{bad}");
+            assert!(check_control(bad, false).is_err(), "{bad}");
         }
+        // With a secret every request carries a token: any address.
+        assert!(check_control("tcp://*:5559", true).is_ok());
+        assert!(check_control("ipc://x", true).is_err());
     }
 
     #[test]

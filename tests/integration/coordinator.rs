@@ -53,7 +53,9 @@ fn submit(control: &str, args: &[&str]) -> u64 {
 fn jobs(control: &str) -> Vec<serde_json::Value> {
     let (status, stdout, log) = ask(control, &["jobs", "--json"]);
     assert!(status.success(), "{log}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    let all: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    all["jobs"].as_array().expect("jobs").clone()
 }
 
 /// Waits until job `id` is in `state`.
@@ -209,4 +211,61 @@ fn under_systemd_the_coordinator_says_ready_once_it_takes_jobs() {
     // Ready means taking jobs: the control socket answers.
     let control = coordinator.endpoint("control");
     assert!(jobs(&control).is_empty());
+}
+
+#[test]
+fn with_a_secret_only_the_submit_token_submits_and_refusals_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("farm.key");
+    conquer::auth::Secret::create(&secret, false).unwrap();
+    let key = secret.to_str().unwrap();
+    let state = dir.path().join("state");
+    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
+    let (_coordinator, control) = serve(&state, &bind, &results, &["--secret-file", key]);
+    let _worker = util::worker("w1", &bind, &results, &["--secret-file", key]);
+    // No token: refused, saying what to pass.
+    let (status, _, log) = ask(&control, &["submit", "--tasks", "5"]);
+    assert!(!status.success() && log.contains("--secret-file"), "{log}");
+    // The live view's status token reads the queue and cannot submit.
+    let status_token = conquer::auth::Secret::load(&secret).unwrap().token();
+    let request = conquer::protocol::control::Request::Submit {
+        name: "forged".into(),
+        priority: 1,
+        workloads_ms: vec![1],
+    };
+    let reply =
+        conquer::serve::ask(&control, &request, &status_token, Duration::from_secs(10)).unwrap();
+    assert!(
+        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("status token")),
+        "{reply:?}"
+    );
+    // The secret's holder submits, and the job runs on the farm's authenticated sockets.
+    let (status, stdout, log) = ask(
+        &control,
+        &[
+            "submit",
+            "--tasks",
+            "10",
+            "--max-ms",
+            "5",
+            "--secret-file",
+            key,
+        ],
+    );
+    assert!(status.success(), "{log}");
+    let id: u64 = stdout.trim().parse().unwrap();
+    let (status, stdout, log) = ask(&control, &["jobs", "--json", "--secret-file", key]);
+    assert!(status.success(), "{log}");
+    let all: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(all["refused"], 2, "{all}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, stdout, _) = ask(&control, &["jobs", "--json", "--secret-file", key]);
+        let all: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        if all["jobs"][0]["id"] == id && all["jobs"][0]["state"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never done: {all}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,8 +1,9 @@
 //! The coordinator's control messages: what `conquer submit`, `jobs`, `cancel` and
 //! `results` ask of `conquer serve`, and its answers. JSON, one request and one reply a
-//! ZeroMQ message (REQ to the coordinator's REP), so a script can speak it too. Decoding
-//! is total: a request over its size, not JSON, or not one of these is an error naming
-//! what was wrong, never a panic.
+//! ZeroMQ message (REQ to the coordinator's REP), so a script can speak it too. A request
+//! may carry a `token` beside its `op` (the farm's submit or status token, for a
+//! coordinator with a secret). Decoding is total: a request over its size, not JSON, or
+//! not one of these is an error naming what was wrong, never a panic.
 
 use crate::jobs::{Job, JobId, JobState};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,9 @@ pub enum Reply {
     },
     Jobs {
         jobs: Vec<JobView>,
+        /// Requests refused since the coordinator started for a missing or wrong token.
+        #[serde(default)]
+        refused: u64,
     },
     Cancelled {
         id: JobId,
@@ -91,20 +95,42 @@ pub enum Reply {
 /// million tasks is about 8 MB of JSON.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 
+/// A request with the token that admits it (empty: none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Signed {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    token: String,
+    #[serde(flatten)]
+    request: Request,
+}
+
 impl Request {
-    pub fn encode(&self) -> Vec<u8> {
-        // A request is plain data: serialising it cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// Whether it changes the queue (submit, cancel): the submit token's right. The others
+    /// only read, which the status token also allows.
+    pub fn writes(&self) -> bool {
+        matches!(self, Request::Submit { .. } | Request::Cancel { .. })
     }
 
-    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<Request, String> {
+    pub fn encode(&self, token: &str) -> Vec<u8> {
+        let signed = Signed {
+            token: token.to_owned(),
+            request: self.clone(),
+        };
+        // A request is plain data: serialising it cannot fail.
+        serde_json::to_vec(&signed).unwrap_or_default()
+    }
+
+    /// The request and the token it carries.
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<(Request, String), String> {
         if bytes.len() > max_bytes {
             return Err(format!(
                 "a request of {} bytes, over the coordinator's limit of {max_bytes}",
                 bytes.len()
             ));
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("not a control request: {e}"))
+        let signed: Signed =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a control request: {e}"))?;
+        Ok((signed.request, signed.token))
     }
 }
 
@@ -129,15 +155,23 @@ mod tests {
             priority: 3,
             workloads_ms: vec![5, 10],
         };
-        let bytes = submit.encode();
+        let bytes = submit.encode("");
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
             r#"{"op":"submit","name":"nightly","priority":3,"workloads_ms":[5,10]}"#
         );
-        assert_eq!(Request::decode(&bytes, MAX_REQUEST_BYTES), Ok(submit));
         assert_eq!(
-            Request::decode(br#"{"op":"cancel","id":7}"#, MAX_REQUEST_BYTES),
-            Ok(Request::Cancel { id: 7 })
+            Request::decode(&bytes, MAX_REQUEST_BYTES),
+            Ok((submit.clone(), String::new()))
+        );
+        let signed = submit.encode("abc");
+        assert_eq!(
+            Request::decode(&signed, MAX_REQUEST_BYTES),
+            Ok((submit, "abc".to_owned()))
+        );
+        assert_eq!(
+            Request::decode(br#"{"op":"cancel","id":7,"token":"t"}"#, MAX_REQUEST_BYTES),
+            Ok((Request::Cancel { id: 7 }, "t".to_owned()))
         );
         let reply = Reply::Cancelled {
             id: 7,
