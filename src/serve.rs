@@ -56,8 +56,34 @@ struct Store {
     queue: JobQueue,
     /// The running job's stop token, to cancel it.
     running: Option<(JobId, Shutdown)>,
+    /// Records in the journal file: once they are many times the queue's snapshot, the
+    /// file is rewritten to the snapshot, so it grows with the jobs kept, not with every
+    /// job ever run.
+    lines: usize,
     /// An exclusive lock on the state directory, held while this coordinator runs.
     _lock: std::fs::File,
+}
+
+/// Writes the queue's snapshot to a new journal, synced, renamed over the old one; the
+/// file opened to append, and its records.
+fn rewrite(dir: &Path, queue: &JobQueue) -> anyhow::Result<(std::fs::File, usize)> {
+    let path = dir.join(JOURNAL);
+    let temporary = dir.join(format!(".{JOURNAL}.tmp"));
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    let records = queue.snapshot();
+    for record in &records {
+        writeln!(file, "{}", serde_json::to_string(record)?)?;
+    }
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    sync_dir(dir)?;
+    let journal = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((journal, records.len()))
 }
 
 impl Store {
@@ -102,26 +128,13 @@ impl Store {
             .max()
             .map_or(0, |id| id + 1);
         queue.apply(&Record::Numbered { next_id: past });
-        // Rewritten to the jobs kept, whole, then renamed over the old one.
-        let temporary = dir.join(format!(".{JOURNAL}.tmp"));
-        let mut file = std::fs::File::create(&temporary)
-            .with_context(|| format!("cannot write {}", temporary.display()))?;
-        for record in queue.snapshot() {
-            writeln!(file, "{}", serde_json::to_string(&record)?)?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
-        sync_dir(dir)?;
-        let journal = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let (journal, lines) = rewrite(dir, &queue)?;
         Ok(Store {
             dir: dir.to_owned(),
             journal,
             queue,
             running: None,
+            lines,
             _lock: lock,
         })
     }
@@ -138,6 +151,15 @@ impl Store {
         let outcome = change(&mut queue, &mut records);
         self.append(&records)?;
         self.queue = queue;
+        self.lines += records.len();
+        let kept = self.queue.jobs().count();
+        if self.lines > 1000 + 8 * kept {
+            // The rewrite holds what the appended records did: failing it loses nothing.
+            match rewrite(&self.dir, &self.queue) {
+                Ok((journal, lines)) => (self.journal, self.lines) = (journal, lines),
+                Err(e) => log::warn!("cannot rewrite the journal shorter: {e:#}"),
+            }
+        }
         for record in &records {
             if let Record::Expired { id } = record {
                 // A job forgotten takes its folder with it, once the journal says so.
@@ -809,6 +831,44 @@ mod tests {
             Store::open(dir.path()).is_ok(),
             "free again once the first stops"
         );
+    }
+
+    #[test]
+    fn the_journal_grows_with_the_jobs_kept_not_with_every_job_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_jobs: 10,
+            max_running: 1,
+            max_input_bytes: 1 << 20,
+            keep: 5,
+        };
+        let mut store = Store::open(dir.path()).unwrap();
+        for _ in 0..2000 {
+            let spec = JobSpec {
+                name: "j".into(),
+                priority: 1,
+                needs_compute: false,
+                input_bytes: 0,
+                tasks: 1,
+            };
+            let id = store
+                .commit(|queue, records| queue.submit(spec, &limits, 1, records))
+                .unwrap()
+                .unwrap();
+            store
+                .commit(|queue, records| queue.end(id, JobState::Done, "", &limits, 2, records))
+                .unwrap();
+        }
+        let lines = std::fs::read_to_string(dir.path().join(JOURNAL))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines <= 1000 + 8 * 5 + 10, "{lines} lines for 5 jobs kept");
+        drop(store);
+        // And it still replays to the same queue.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.queue.jobs().count(), 5);
+        assert_eq!(store.queue.next_id(), 2001);
     }
 
     #[test]
