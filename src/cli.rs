@@ -1972,6 +1972,7 @@ fn ventilator(args: VentilatorArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::
         max_attempts: args.dispatch.max_attempts,
         max_payload,
         compress,
+        resume_advice: None,
     };
     let ctx = zmq::Context::new();
     Ventilator::bind(&ctx, config)?.run(shutdown)?;

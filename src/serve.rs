@@ -674,8 +674,7 @@ fn run_batch(
             heartbeat: config.heartbeat,
             access: sink_access,
             resume_advice: Some(format!(
-                "the coordinator resumes job {id} when `conquer serve` starts again on the same \
-                 --state"
+                "start `conquer serve` again on the same --state: it resumes job {id}"
             )),
             ..SinkConfig::default()
         },
@@ -695,6 +694,9 @@ fn run_batch(
                 shutdown_workers: false,
                 heartbeat: config.heartbeat,
                 access: config.access.clone(),
+                resume_advice: Some(format!(
+                    "start `conquer serve` again on the same --state to resume job {id}"
+                )),
                 // Workers come and go between jobs: the batch waits for them.
                 wait_timeout: Duration::from_secs(24 * 3600),
                 sink_timeout: Duration::from_secs(24 * 3600),

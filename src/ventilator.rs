@@ -78,6 +78,9 @@ pub struct VentilatorConfig {
     /// Compress task inputs or outputs it sends when that pays and the peer speaks LZ4
     /// (false with `--no-compress`, which also asks peers for raw).
     pub compress: bool,
+    /// How the batch continues after a stop, where this ventilator is not its own process
+    /// (`conquer serve`); None: restart it with `--resume`.
+    pub resume_advice: Option<String>,
 }
 
 /// Tries a task gets by default: a task that fails this often on the farm's workers is
@@ -120,6 +123,7 @@ impl VentilatorConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
             compress: true,
+            resume_advice: None,
         }
     }
 }
@@ -318,10 +322,14 @@ impl Ventilator {
                 } else {
                     "stopped by an error"
                 };
+                let advice = self.config.resume_advice.clone().unwrap_or_else(|| {
+                    "to continue where the sink stands, restart this ventilator with the same \
+                     batch flags and --resume"
+                        .to_owned()
+                });
                 log::warn!(
-                    "{why} mid-batch {batch_id:016x} with {} of {n} tasks held at the sink; to \
-                     continue where the sink stands, restart this ventilator with the same batch \
-                     flags and --resume",
+                    "{why} mid-batch {batch_id:016x} with {} of {n} tasks held at the sink; \
+                     {advice}",
                     dispatcher.counters().held
                 );
             }
