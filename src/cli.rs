@@ -340,22 +340,9 @@ impl CoordinatorArgs {
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// Number of tasks in a seeded batch.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
-    pub tasks: u32,
-    /// Shortest workload in milliseconds.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
-    pub min_ms: u32,
-    /// Longest workload in milliseconds.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
-    pub max_ms: u32,
-    /// Seed of the batch.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Read the tasks from a file instead (one workload in ms per line); it travels with the
-    /// submission.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["tasks", "min_ms", "max_ms"])]
-    pub tasks_file: Option<PathBuf>,
+    /// The job's tasks (a tasks file travels with the submission).
+    #[command(flatten)]
+    pub tasks: TasksArgs,
     /// What to call the job in `conquer jobs` (default: the tasks file's name, or "seeded").
     #[arg(long)]
     pub name: Option<String>,
@@ -476,10 +463,10 @@ pub struct CalibrateArgs {
     pub json: bool,
 }
 
-/// The batch: seeded random workloads, or a file.
+/// The tasks: a seeded batch of random workloads, or a tasks file (`ventilator`, `run`,
+/// `submit`).
 #[derive(Args, Debug, Clone)]
-#[command(next_help_heading = "Batch")]
-pub struct BatchArgs {
+pub struct TasksArgs {
     /// Number of tasks in a seeded batch (at most 50,000,000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
     pub tasks: u32,
@@ -495,6 +482,23 @@ pub struct BatchArgs {
     /// Read the batch from a file instead: one workload in ms per line, `#` comments.
     #[arg(long, env = "CONQUER_TASKS_FILE", value_name = "FILE", conflicts_with_all = ["tasks", "min_ms", "max_ms"])]
     pub tasks_file: Option<PathBuf>,
+}
+
+impl TasksArgs {
+    pub fn batch(&self) -> anyhow::Result<Batch> {
+        match &self.tasks_file {
+            Some(path) => crate::batch::read(path),
+            None => Batch::generate(self.tasks, self.min_ms, self.max_ms, self.seed),
+        }
+    }
+}
+
+/// The batch: seeded random workloads, or a file.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Batch")]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub tasks: TasksArgs,
     /// Order in which tasks are handed out.
     #[arg(long, value_enum, default_value_t = Order::LongestFirst)]
     pub order: Order,
@@ -669,10 +673,7 @@ pub struct Prepared {
 
 impl BatchArgs {
     pub fn batch(&self) -> anyhow::Result<Batch> {
-        match &self.tasks_file {
-            Some(path) => crate::batch::read(path),
-            None => Batch::generate(self.tasks, self.min_ms, self.max_ms, self.seed),
-        }
+        self.tasks.batch()
     }
 
     pub fn job(&self, verify_percent: u8) -> Job {
@@ -1807,7 +1808,7 @@ fn run(args: RunArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
     let heartbeat = args.heartbeat.heartbeat();
     let ventilator = VentilatorConfig {
         order: args.batch.order,
-        seed: args.batch.seed,
+        seed: args.batch.tasks.seed,
         window: args.dispatch.window,
         max_window: args.dispatch.max_window,
         backup: args.dispatch.backup()?,
@@ -1930,7 +1931,7 @@ fn ventilator(args: VentilatorArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::
             sink: args.sink,
             batch: args.batch.batch()?,
             order: args.batch.order,
-            seed: args.batch.seed,
+            seed: args.batch.tasks.seed,
             wait_workers: args.wait_workers,
             wait_timeout,
             announce: true,
@@ -1948,7 +1949,7 @@ fn ventilator(args: VentilatorArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::
         sink: args.sink,
         batch: prepared.batch,
         order: args.batch.order,
-        seed: args.batch.seed,
+        seed: args.batch.tasks.seed,
         job: prepared.job,
         chunking: prepared.chunking,
         wait_workers: args.wait_workers,
@@ -2101,17 +2102,17 @@ fn info(json: bool) -> anyhow::Result<()> {
 /// `conquer submit`: the task list to the coordinator, its id to stdout; with --wait, the
 /// job followed to its end.
 fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    let batch = match &args.tasks_file {
-        Some(path) => crate::batch::read(path)?,
-        None => Batch::generate(args.tasks, args.min_ms, args.max_ms, args.seed)?,
-    };
-    let name = args.name.clone().unwrap_or_else(|| match &args.tasks_file {
-        Some(path) => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        None => "seeded".into(),
-    });
+    let batch = args.tasks.batch()?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| match &args.tasks.tasks_file {
+            Some(path) => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            None => "seeded".into(),
+        });
     let request = Request::Submit {
         name,
         priority: args.priority,
