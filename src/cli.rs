@@ -278,10 +278,11 @@ pub struct ServeArgs {
         default_value = "/var/lib/conquer"
     )]
     pub state: PathBuf,
-    /// Endpoint the tasks socket binds for each job; workers connect here.
+    /// Endpoint of the farm's tasks socket, shared by every job; workers connect here.
     #[arg(long, env = "CONQUER_VENTILATOR_BIND", default_value = "tcp://*:5557")]
     pub bind: String,
-    /// Endpoint the results socket binds for each job; workers connect here too.
+    /// Endpoint of the farm's results socket, shared by every job; workers connect here
+    /// too.
     #[arg(long, env = "CONQUER_SINK_BIND", default_value = "tcp://*:5558")]
     pub results_bind: String,
     /// Endpoint of the control socket that `submit`, `jobs`, `cancel` and `results` use
@@ -291,6 +292,10 @@ pub struct ServeArgs {
     /// Jobs queued or running at once; more are refused until some finish.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_jobs: u64,
+    /// Jobs running at once, sharing the workers by their --priority; the rest wait in
+    /// the queue.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_running: u64,
     /// Largest submission, in bytes (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
     pub max_input: u64,
@@ -1622,7 +1627,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 control: args.control,
                 limits: conquer_core::jobs::Limits {
                     max_jobs: args.max_jobs as usize,
-                    max_running: 1,
+                    max_running: args.max_running as usize,
                     max_input_bytes: args.max_input,
                     keep: args.keep as usize,
                 },

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod diagnose;
 pub mod events;
 pub mod files;
+pub mod front;
 pub mod http;
 pub mod kernels;
 pub mod local;

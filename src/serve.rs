@@ -1,18 +1,21 @@
-//! `conquer serve`: a coordinator that stays up and runs the jobs submitted to it, one
-//! after another, each as a batch of its own to the workers that stay connected.
+//! `conquer serve`: a coordinator that stays up and runs the jobs submitted to it, several
+//! at once (`--max-running`), each as a batch of its own, sharing the workers that stay
+//! connected by the jobs' weights.
 //!
-//! It binds the tasks ROUTER (`--bind`, as a ventilator does) and the results ROUTER
-//! (`--results-bind`, as a sink does) afresh for each job, and a control REP socket
-//! (`--control`, loopback only for now) that `conquer submit`, `jobs`, `cancel` and
-//! `results` speak to (`protocol::control`). Its state directory holds the journal
-//! (`journal.jsonl`, the job queue's records, synced before they count) and a folder per
-//! job: its tasks, its results file and its report. A coordinator killed mid-job and
-//! started again on the same directory resumes the job from its results file, redoing
-//! nothing the file holds. The queue's rules live in `conquer_core::jobs`; this module
-//! does the files, the sockets and the threads. Jobs run one at a time for now: sharing
-//! the workers among several at once is the queue's fair share, not yet wired here.
+//! The front (`front.rs`) binds the farm's tasks ROUTER (`--bind`, as a ventilator does)
+//! and results ROUTER (`--results-bind`, as a sink does) once; each running job is a
+//! ventilator and a sink of its own on `inproc://` endpoints, on a thread of its own, and
+//! the front places the workers among them. A control REP socket (`--control`) takes what
+//! `conquer submit`, `jobs`, `cancel` and `results` ask (`protocol::control`). The state
+//! directory holds the journal (`journal.jsonl`, the job queue's records, synced before
+//! they count) and a folder per job: its tasks, its results file and its report. A
+//! coordinator killed mid-job and started again on the same directory resumes every
+//! running job from its results file, redoing nothing the file holds. The queue's rules
+//! and the fair share live in `conquer_core::jobs`; this module does the files, the
+//! sockets and the threads.
 
 use crate::batch::{Batch, Job};
+use crate::front::{Change, Front, FrontConfig};
 use crate::heartbeat::Heartbeat;
 use crate::protocol::control::{JobView, Reply, Request, MAX_REQUEST_BYTES};
 use crate::report::ResultsFormat;
@@ -20,9 +23,11 @@ use crate::shutdown::{Interrupted, Shutdown};
 use crate::sink::{Sink, SinkConfig};
 use crate::ventilator::{Ventilator, VentilatorConfig};
 use anyhow::{bail, Context};
-use conquer_core::jobs::{JobId, JobQueue, JobSpec, JobState, Limits, Record};
+use conquer_core::jobs::{Claim, JobId, JobQueue, JobSpec, JobState, Limits, Record};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,8 +59,8 @@ struct Store {
     dir: PathBuf,
     journal: std::fs::File,
     queue: JobQueue,
-    /// The running job's stop token, to cancel it.
-    running: Option<(JobId, Shutdown)>,
+    /// The running jobs' stop tokens, to cancel them.
+    running: BTreeMap<JobId, Shutdown>,
     /// Records in the journal file: once they are many times the queue's snapshot, the
     /// file is rewritten to the snapshot, so it grows with the jobs kept, not with every
     /// job ever run.
@@ -133,7 +138,7 @@ impl Store {
             dir: dir.to_owned(),
             journal,
             queue,
-            running: None,
+            running: BTreeMap::new(),
             lines,
             _lock: lock,
         })
@@ -254,18 +259,34 @@ impl Shared {
     }
 }
 
-/// Runs the coordinator until `shutdown`: the control socket on a thread of its own, the
-/// jobs on this one. A job running when it stops stays running in the journal, and
-/// resumes when the coordinator starts again.
+/// Runs the coordinator until `shutdown`: the front and the control socket on threads of
+/// their own, each running job on one of its own, the queue on this one. Jobs running
+/// when it stops stay running in the journal, and resume when the coordinator starts
+/// again.
 pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
     check_control(&config.control, config.access.secret.is_some())?;
-    config.access.check_exposure(&config.bind, "--bind")?;
-    config
-        .access
-        .check_exposure(&config.results_bind, "--results-bind")?;
-    let mut limits = config.limits;
-    limits.max_running = 1;
+    let limits = config.limits;
+    if limits.max_running == 0 {
+        bail!("--max-running must be at least 1");
+    }
     let store = Store::open(&config.state)?;
+    let ctx = zmq::Context::new();
+    // The farm's sockets, bound once: a port in use stops the coordinator here.
+    let front = Front::bind(
+        &ctx,
+        FrontConfig {
+            bind: config.bind.clone(),
+            results_bind: config.results_bind.clone(),
+            access: config.access.clone(),
+            heartbeat: config.heartbeat,
+            max_payload: crate::protocol::DEFAULT_MAX_PAYLOAD,
+            codecs: crate::protocol::codecs(true),
+        },
+    )?;
+    let (tasks_endpoint, results_endpoint) = {
+        let (t, r) = front.endpoints();
+        (t.to_owned(), r.to_owned())
+    };
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         bell: Condvar::new(),
@@ -278,8 +299,8 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         refused: Default::default(),
     });
     {
-        // A job the journal says was running resumes; failing that, the oldest queued
-        // starts.
+        // Jobs the journal says were running resume; queued ones start while there is
+        // room.
         let mut store = shared.store()?;
         store.commit(|queue, records| queue.start_queued(&limits, unix_ms(), records))?;
         let (running, queued) = store.queue.jobs().fold((0, 0), |(r, q), j| match j.state {
@@ -288,14 +309,12 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
             _ => (r, q),
         });
         log::info!(
-            "coordinator on {}: {running} job running, {queued} queued; workers connect to {} \
-             and {}",
+            "coordinator on {}: {running} jobs running, {queued} queued (at most {} at \
+             once); workers connect to {tasks_endpoint} and {results_endpoint}",
             config.state.display(),
-            config.bind,
-            config.results_bind
+            limits.max_running,
         );
     }
-    let ctx = zmq::Context::new();
     let control = ctx.socket(zmq::REP)?;
     control.set_linger(0)?;
     control.set_rcvtimeo(CONTROL_POLL.as_millis() as i32)?;
@@ -311,6 +330,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         endpoint: endpoint.clone(),
     });
     log::info!("control socket listening on {endpoint}");
+    let (changes, fronting) = crate::front::start(front, shutdown)?;
     notify_ready();
     let answering = {
         let shared = shared.clone();
@@ -327,12 +347,21 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
             })
             .context("cannot start the control thread")?
     };
-    let ran = run_jobs(&config, &shared, shutdown);
+    let farm = Farm {
+        config: Arc::new(config),
+        shared: shared.clone(),
+        ctx,
+        changes,
+    };
+    let ran = run_jobs(&farm, shutdown);
     shutdown.request();
     let answered = answering
         .join()
         .map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
-    ran.and(answered)
+    let fronted = fronting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the front's thread panicked"))?;
+    ran.and(answered).and(fronted)
 }
 
 /// Tells systemd the coordinator is up (`Type=notify`): `READY=1` to `$NOTIFY_SOCKET`,
@@ -497,10 +526,8 @@ fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply
                 .commit(|queue, records| queue.cancel(id, "the operator", limits, now, records))?
             {
                 Ok(was) => {
-                    if let Some((running, stop)) = &store.running {
-                        if *running == id {
-                            stop.request();
-                        }
+                    if let Some(stop) = store.running.get(&id) {
+                        stop.request();
                     }
                     log::info!("job {id} cancelled");
                     shared.bell.notify_all();
@@ -541,43 +568,84 @@ fn tasks_text(workloads_ms: &[u32]) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Runs the running job, then the next, until `shutdown`.
-fn run_jobs(config: &ServeConfig, shared: &Shared, shutdown: &Shutdown) -> anyhow::Result<()> {
-    loop {
-        if shutdown.is_requested() {
-            return Ok(());
-        }
-        let next = {
-            let mut store = shared.store()?;
-            let running = store.queue.running().next().map(|j| j.id);
-            match running {
-                Some(id) => {
-                    // Its stop token is set while the queue is held: a cancel from now on
-                    // finds it.
-                    let stop = Shutdown::new();
-                    store.running = Some((id, stop.clone()));
-                    Some((id, stop, store.folder(id)))
-                }
-                None => {
-                    // Nothing to run: wait for a submission (or the stop flag).
-                    let _ = shared
-                        .bell
-                        .wait_timeout(store, CONTROL_POLL)
-                        .map_err(|_| anyhow::anyhow!("a coordinator thread panicked"))?;
-                    None
+/// What every job's thread needs: the coordinator's settings, its queue, the context its
+/// in-process sockets share with the front, and the way to the front.
+#[derive(Clone)]
+struct Farm {
+    config: Arc<ServeConfig>,
+    shared: Arc<Shared>,
+    ctx: zmq::Context,
+    changes: Sender<Change>,
+}
+
+/// Starts a thread for every running job that has none, until `shutdown`; then waits for
+/// the jobs' threads to stop.
+fn run_jobs(farm: &Farm, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let mut threads: BTreeMap<JobId, std::thread::JoinHandle<anyhow::Result<()>>> = BTreeMap::new();
+    let mut failed = Ok(());
+    while !shutdown.is_requested() {
+        // Jobs whose thread ended: a thread's error is the journal failing, which stops
+        // the coordinator.
+        let ended: Vec<JobId> = threads
+            .iter()
+            .filter(|(_, t)| t.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            if let Some(thread) = threads.remove(&id) {
+                if let Err(e) = join(thread) {
+                    failed = Err(e);
+                    shutdown.request();
                 }
             }
-        };
-        if let Some((id, stop, folder)) = next {
-            run_job(config, shared, id, &stop, &folder, shutdown)?;
+        }
+        if shutdown.is_requested() {
+            break;
+        }
+        let mut store = farm.shared.store()?;
+        let limits = farm.shared.limits;
+        store.commit(|queue, records| queue.start_queued(&limits, unix_ms(), records))?;
+        let starting: Vec<Claim> = store
+            .queue
+            .running()
+            .filter(|j| !threads.contains_key(&j.id))
+            .map(Claim::from)
+            .collect();
+        for claim in starting {
+            // Its stop token is set while the queue is held: a cancel from now on finds it.
+            let stop = Shutdown::new();
+            store.running.insert(claim.id, stop.clone());
+            let folder = store.folder(claim.id);
+            let job = farm.clone();
+            let outer = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("job {}", claim.id))
+                .spawn(move || {
+                    crate::logging::speaking_as(&format!("job {}", claim.id), || {
+                        run_job(&job, claim, &stop, &folder, &outer)
+                    })
+                })
+                .context("cannot start a job's thread")?;
+            threads.insert(claim.id, thread);
+        }
+        // Wait for a submission, a cancel, a job's end (or the stop flag).
+        let _ = farm
+            .shared
+            .bell
+            .wait_timeout(store, CONTROL_POLL)
+            .map_err(|_| anyhow::anyhow!("a coordinator thread panicked"))?;
+    }
+    for (_, thread) in threads {
+        if let Err(e) = join(thread) {
+            failed = Err(e);
         }
     }
+    failed
 }
 
 /// Why a job's batch did not finish.
 enum Unfinished {
-    /// Its sockets could not be made (a port in use, an interface gone): the job waits,
-    /// and is tried again.
+    /// Its sockets could not be made: the job waits, and is tried again.
     Sockets(anyhow::Error),
     /// The job failed (or was stopped).
     Job(anyhow::Error),
@@ -588,26 +656,39 @@ const RETRY_SOCKETS: Duration = Duration::from_secs(5);
 
 /// Runs one job to its end: done, failed, cancelled, or left running by a shutdown.
 fn run_job(
-    config: &ServeConfig,
-    shared: &Shared,
-    id: JobId,
+    farm: &Farm,
+    claim: Claim,
     stop: &Shutdown,
     folder: &Path,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let outcome = run_batch(config, id, folder, stop, shutdown);
-    if let Err(Unfinished::Sockets(e)) = &outcome {
-        log::error!(
-            "job {id} cannot start: {e:#}; trying again in {} s",
-            RETRY_SOCKETS.as_secs()
-        );
-        let until = Instant::now() + RETRY_SOCKETS;
-        while Instant::now() < until && !shutdown.is_requested() && !stop.is_requested() {
-            std::thread::sleep(CONTROL_POLL);
+    let id = claim.id;
+    let outcome = loop {
+        let outcome = run_batch(farm, claim, folder, stop, shutdown);
+        // The job leaves the share whatever happened: its workers go to others.
+        let _ = farm.changes.send(Change::End { id });
+        match outcome {
+            Err(Unfinished::Sockets(e)) => {
+                log::error!(
+                    "job {id} cannot start: {e:#}; trying again in {} s",
+                    RETRY_SOCKETS.as_secs()
+                );
+                let until = Instant::now() + RETRY_SOCKETS;
+                while Instant::now() < until && !shutdown.is_requested() && !stop.is_requested() {
+                    std::thread::sleep(CONTROL_POLL);
+                }
+                if shutdown.is_requested() || stop.is_requested() {
+                    break Err(Unfinished::Sockets(e));
+                }
+            }
+            other => break other,
         }
-    }
+    };
+    let shared = &farm.shared;
     let mut store = shared.store()?;
-    store.running = None;
+    store.running.remove(&id);
+    // Room for a queued job: the queue's thread looks.
+    shared.bell.notify_all();
     if store.queue.get(id).is_none_or(|j| j.state.is_over()) {
         // Cancelled meanwhile: the journal says so already.
         return Ok(());
@@ -631,16 +712,22 @@ fn run_job(
     Ok(())
 }
 
-/// The job's batch through a sink and a ventilator of its own, on the farm's endpoints;
-/// the report goes into the job's folder. A batch whose report's verdict fails (a task
-/// given up on, a mismatch) is a failed job, its report kept.
+/// Numbers the in-process endpoints of a job's sockets, so a job tried again never meets
+/// its earlier sockets' names.
+static ENDPOINTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The job's batch through a sink and a ventilator of its own, on in-process endpoints
+/// the front relays to; the report goes into the job's folder. A batch whose report's
+/// verdict fails (a task given up on, a mismatch) is a failed job, its report kept.
 fn run_batch(
-    config: &ServeConfig,
-    id: JobId,
+    farm: &Farm,
+    claim: Claim,
     folder: &Path,
     stop: &Shutdown,
     shutdown: &Shutdown,
 ) -> Result<(), Unfinished> {
+    let id = claim.id;
+    let config = &farm.config;
     let job_failed = Unfinished::Job;
     let text = std::fs::read_to_string(folder.join("tasks.txt"))
         .with_context(|| format!("cannot read job {id}'s tasks in {}", folder.display()))
@@ -654,25 +741,14 @@ fn run_batch(
     let job = Job::default();
     // Each job its own batch id, the same on every start (a resumed job keeps its own).
     let batch_id = batch.id(&job) ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let sink_ctx = zmq::Context::new();
-    let vent_ctx = zmq::Context::new();
-    // The job's ventilator reaches its sink over loopback: admitted whatever --allow says.
-    let mut sink_access = config.access.clone();
-    if !sink_access.allow.is_empty() {
-        for local in ["127.0.0.1/32", "::1/128"] {
-            if let Ok(cidr) = local.parse() {
-                sink_access.allow.push(cidr);
-            }
-        }
-    }
+    let n = ENDPOINTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let sink = Sink::bind(
-        &sink_ctx,
+        &farm.ctx,
         SinkConfig {
-            bind: config.results_bind.clone(),
+            bind: format!("inproc://conquer-job-{id}-{n}-results"),
             results: Some((results, ResultsFormat::Jsonl)),
             resume,
             heartbeat: config.heartbeat,
-            access: sink_access,
             resume_advice: Some(format!(
                 "start `conquer serve` again on the same --state: it resumes job {id}"
             )),
@@ -684,16 +760,15 @@ fn run_batch(
         sink.run(stop).map_err(job_failed)?
     } else {
         let ventilator = Ventilator::bind(
-            &vent_ctx,
+            &farm.ctx,
             VentilatorConfig {
-                bind: config.bind.clone(),
-                sink: sink.endpoint().replace("0.0.0.0", "127.0.0.1"),
+                bind: format!("inproc://conquer-job-{id}-{n}-tasks"),
+                sink: sink.endpoint().to_owned(),
                 batch_id: Some(batch_id),
                 resume,
                 // Workers stay for the next job.
                 shutdown_workers: false,
                 heartbeat: config.heartbeat,
-                access: config.access.clone(),
                 resume_advice: Some(format!(
                     "start `conquer serve` again on the same --state to resume job {id}"
                 )),
@@ -704,12 +779,22 @@ fn run_batch(
             },
         )
         .map_err(Unfinished::Sockets)?;
-        let spawned = spawn("sink", stop, move |s| sink.run(s)).and_then(|sink_thread| {
-            Ok((
-                sink_thread,
-                spawn("ventilator", stop, move |s| ventilator.run(s).map(|_| ()))?,
-            ))
+        // Workers may be placed on it from now on.
+        let _ = farm.changes.send(Change::Start {
+            claim,
+            batch: batch_id,
+            tasks: ventilator.endpoint().to_owned(),
+            results: sink.endpoint().to_owned(),
         });
+        let spawned =
+            spawn(&format!("job {id} sink"), stop, move |s| sink.run(s)).and_then(|sink_thread| {
+                Ok((
+                    sink_thread,
+                    spawn(&format!("job {id} ventilator"), stop, move |s| {
+                        ventilator.run(s).map(|_| ())
+                    })?,
+                ))
+            });
         let (sink_thread, vent_thread) = spawned.map_err(job_failed)?;
         // Each waits for the other a little once it ends (the ventilator hears the sink's
         // last word; a sink whose ventilator failed would wait for ever), then both stop.

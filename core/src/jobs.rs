@@ -379,39 +379,115 @@ impl JobQueue {
         records
     }
 
-    /// Which running job each worker serves: by weight (`priority`), each worker to the
-    /// job it can run that has the least share per weight so far, the workers that can
-    /// run fewer jobs placed first, ties to the older job. A job no worker can run gets
-    /// none and takes none from the others; a worker no running job can use serves none.
-    /// With every worker able to run every job, no job could gain by taking a worker from
-    /// another without that one falling below it (the largest-remainder shares of the
-    /// weights, to one worker).
+    /// The running jobs as the fair share sees them.
+    pub fn claims(&self) -> Vec<Claim> {
+        self.running().map(Claim::from).collect()
+    }
+
+    /// Which running job each worker serves ([`share`] among the running jobs).
     pub fn share(&self, workers: &[WorkerKind]) -> Vec<Option<JobId>> {
-        let running: Vec<&Job> = self.running().collect();
-        let can = |w: WorkerKind, j: &Job| w.computes || !j.spec.needs_compute;
-        let mut order: Vec<usize> = (0..workers.len()).collect();
-        // The most constrained first: a worker that can run fewer jobs has fewer places.
-        order.sort_by_key(|&i| running.iter().filter(|j| can(workers[i], j)).count());
-        let mut given = vec![0u64; running.len()];
-        let mut share = vec![None; workers.len()];
-        for i in order {
-            let best = running
-                .iter()
-                .enumerate()
-                .filter(|(_, j)| can(workers[i], j))
-                // Least (given + 1) / weight first, compared without division.
-                .min_by(|(a, ja), (b, jb)| {
-                    let lhs = (given[*a] + 1) * u64::from(jb.spec.priority);
-                    let rhs = (given[*b] + 1) * u64::from(ja.spec.priority);
-                    lhs.cmp(&rhs).then(ja.id.cmp(&jb.id))
-                });
-            if let Some((k, job)) = best {
-                given[k] += 1;
-                share[i] = Some(job.id);
+        share(&self.claims(), workers)
+    }
+}
+
+/// A running job as the fair share sees it: its weight and whether it needs a computing
+/// worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub id: JobId,
+    pub priority: u32,
+    pub needs_compute: bool,
+}
+
+impl From<&Job> for Claim {
+    fn from(job: &Job) -> Claim {
+        Claim {
+            id: job.id,
+            priority: job.spec.priority,
+            needs_compute: job.spec.needs_compute,
+        }
+    }
+}
+
+impl Claim {
+    fn takes(&self, worker: WorkerKind) -> bool {
+        worker.computes || !self.needs_compute
+    }
+}
+
+/// Which of the `running` jobs each worker serves: by weight (`priority`), each worker to
+/// the job it can run that has the least share per weight so far, the workers that can
+/// run fewer jobs placed first, ties to the older job. A job no worker can run gets none
+/// and takes none from the others; a worker no running job can use serves none. With
+/// every worker able to run every job, no job could gain by taking a worker from another
+/// without that one falling below it (the largest-remainder shares of the weights, to one
+/// worker).
+pub fn share(running: &[Claim], workers: &[WorkerKind]) -> Vec<Option<JobId>> {
+    let mut order: Vec<usize> = (0..workers.len()).collect();
+    // The most constrained first: a worker that can run fewer jobs has fewer places.
+    order.sort_by_key(|&i| running.iter().filter(|j| j.takes(workers[i])).count());
+    let mut given = vec![0u64; running.len()];
+    let mut share = vec![None; workers.len()];
+    for i in order {
+        let best = running
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| j.takes(workers[i]))
+            // Least (given + 1) / weight first, compared without division.
+            .min_by(|(a, ja), (b, jb)| {
+                let lhs = (given[*a] + 1) * u64::from(jb.priority);
+                let rhs = (given[*b] + 1) * u64::from(ja.priority);
+                lhs.cmp(&rhs).then(ja.id.cmp(&jb.id))
+            });
+        if let Some((k, job)) = best {
+            given[k] += 1;
+            share[i] = Some(job.id);
+        }
+    }
+    share
+}
+
+/// [`share`], moving as few workers as it can from where they are (`now`, a job each or
+/// none, by worker): the share fixes how many workers of each kind a job gets, and a
+/// worker stays on its job while that job has room for one of its kind. A worker moved
+/// loses what it had in hand, so a job that starts or ends moves only the workers its
+/// share takes or frees.
+pub fn place(
+    running: &[Claim],
+    workers: &[WorkerKind],
+    now: &[Option<JobId>],
+) -> Vec<Option<JobId>> {
+    let target = share(running, workers);
+    // Room per (kind, job): how many workers of that kind the share gives the job.
+    let mut room: BTreeMap<(bool, JobId), usize> = BTreeMap::new();
+    for (w, t) in workers.iter().zip(&target) {
+        if let Some(id) = t {
+            *room.entry((w.computes, *id)).or_default() += 1;
+        }
+    }
+    let mut placed = vec![None; workers.len()];
+    // Those that stay first, then the rest into what room is left.
+    for (i, w) in workers.iter().enumerate() {
+        if let Some(Some(id)) = now.get(i) {
+            if let Some(left) = room.get_mut(&(w.computes, *id)).filter(|n| **n > 0) {
+                *left -= 1;
+                placed[i] = Some(*id);
             }
         }
-        share
     }
+    for (i, w) in workers.iter().enumerate() {
+        if placed[i].is_some() {
+            continue;
+        }
+        let free = room
+            .iter_mut()
+            .find(|((computes, _), left)| *computes == w.computes && **left > 0);
+        if let Some(((_, id), left)) = free {
+            *left -= 1;
+            placed[i] = Some(*id);
+        }
+    }
+    placed
 }
 
 #[cfg(test)]
@@ -577,6 +653,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        /// A placement gives every job the share's count of each kind of worker, and moves
+        /// no worker whose job still has room for it: for every kind and job, the workers
+        /// kept there are as many as were there, up to the share.
+        #[test]
+        fn a_placement_keeps_the_share_and_moves_only_what_it_must(
+            jobs in proptest::collection::vec((1u32..5, any::<bool>()), 0..6),
+            workers in proptest::collection::vec((any::<bool>(), 0usize..8), 0..40),
+        ) {
+            let running: Vec<Claim> = jobs
+                .iter()
+                .enumerate()
+                .map(|(i, &(priority, needs_compute))| Claim {
+                    id: i as JobId + 1,
+                    priority,
+                    needs_compute,
+                })
+                .collect();
+            let kinds: Vec<WorkerKind> =
+                workers.iter().map(|&(computes, _)| WorkerKind { computes }).collect();
+            // Where each worker is now: a running job, a job gone (id 99), or none.
+            let now: Vec<Option<JobId>> = workers
+                .iter()
+                .map(|&(_, at)| match at {
+                    0 => None,
+                    7 => Some(99),
+                    k => (k <= running.len()).then_some(k as JobId),
+                })
+                .collect();
+            let target = share(&running, &kinds);
+            let placed = place(&running, &kinds, &now);
+            let count = |of: &[Option<JobId>], computes: bool, id: JobId| {
+                kinds
+                    .iter()
+                    .zip(of)
+                    .filter(|(w, s)| w.computes == computes && **s == Some(id))
+                    .count()
+            };
+            for job in &running {
+                for computes in [false, true] {
+                    let (want, got) = (count(&target, computes, job.id), count(&placed, computes, job.id));
+                    prop_assert_eq!(want, got);
+                    let kept = kinds
+                        .iter()
+                        .zip(now.iter().zip(&placed))
+                        .filter(|(w, (n, p))| {
+                            w.computes == computes && **n == Some(job.id) && **p == Some(job.id)
+                        })
+                        .count();
+                    prop_assert_eq!(kept, count(&now, computes, job.id).min(want));
+                }
+            }
+            // Idle only when the share leaves it idle.
+            for (p, t) in placed.iter().zip(&target) {
+                prop_assert_eq!(p.is_none(), t.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_job_takes_half_of_a_running_jobs_workers_and_gives_them_back_when_it_ends() {
+        let sleep = [WorkerKind { computes: false }; 4];
+        let claim = |id| Claim {
+            id,
+            priority: 1,
+            needs_compute: false,
+        };
+        let alone = place(&[claim(1)], &sleep, &[None; 4]);
+        assert_eq!(alone, [Some(1); 4]);
+        let both = place(&[claim(1), claim(2)], &sleep, &alone);
+        assert_eq!(both.iter().filter(|p| **p == Some(1)).count(), 2);
+        assert_eq!(both.iter().filter(|p| **p == Some(2)).count(), 2);
+        // Job 1 ends: its two workers go to job 2, whose own two stay.
+        let after = place(&[claim(2)], &sleep, &both);
+        assert_eq!(after, [Some(2); 4]);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! `conquer serve` with real workers: jobs submitted and run in turn, each with its own
-//! results exactly once; a queued and a running job cancelled; a submission over the
-//! limit refused; the coordinator SIGKILLed mid-job and started again on its state
-//! directory, finishing the job without redoing what its results file held. Synchronised
-//! on the coordinator's answers (`jobs --json`) and the results files, never on its log.
+//! `conquer serve` with real workers: jobs submitted and run in turn (`--max-running 1`)
+//! or side by side on shared workers, each with its own results exactly once; a queued
+//! and a running job cancelled; a submission over the limit refused; the coordinator
+//! SIGKILLed mid-job and started again on its state directory, finishing the job without
+//! redoing what its results file held. Synchronised on the coordinator's answers (`jobs
+//! --json`) and the results files, never on its log.
 
 use crate::util::{self, Proc};
 use std::path::Path;
@@ -76,10 +77,16 @@ fn folder(state: &Path, id: u64) -> std::path::PathBuf {
 }
 
 #[test]
-fn jobs_run_in_turn_each_once_and_queued_or_running_ones_are_cancelled() {
+fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_ones_are_cancelled()
+{
     let state = tempfile::tempdir().unwrap();
     let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (_coordinator, control) = serve(state.path(), &bind, &results, &["--max-input", "4K"]);
+    let (_coordinator, control) = serve(
+        state.path(),
+        &bind,
+        &results,
+        &["--max-input", "4K", "--max-running", "1"],
+    );
     let _workers: Vec<Proc> = ["w1", "w2"]
         .iter()
         .map(|name| util::worker(name, &bind, &results, &BEAT))
@@ -97,6 +104,11 @@ fn jobs_run_in_turn_each_once_and_queued_or_running_ones_are_cancelled() {
     assert!(!status.success());
     assert!(log.contains("over the coordinator's limit"), "{log}");
     wait_state(&control, second, "done");
+    // In turn: the first was over before the second began.
+    let all = jobs(&control);
+    let view = |id: u64| all.iter().find(|j| j["id"] == id).unwrap().clone();
+    assert_eq!(view(first)["state"], "done", "{all:?}");
+    assert!(view(first)["ended_ms"].as_u64() <= view(second)["started_ms"].as_u64());
     for (id, tasks) in [(first, 40), (second, 30)] {
         let ids = util::result_ids(&folder(state.path(), id).join("results.jsonl"));
         util::assert_each_once(&ids, tasks);
@@ -137,6 +149,80 @@ fn jobs_run_in_turn_each_once_and_queued_or_running_ones_are_cancelled() {
     assert!(
         !status.success() && log.contains("no coordinator answered"),
         "{log}"
+    );
+}
+
+#[test]
+fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_turn() {
+    let state = tempfile::tempdir().unwrap();
+    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
+    let (_coordinator, control) = serve(state.path(), &bind, &results, &["--max-running", "2"]);
+    let _workers: Vec<Proc> = ["w1", "w2", "w3", "w4"]
+        .iter()
+        .map(|name| util::worker(name, &bind, &results, &BEAT))
+        .collect();
+    // Two jobs of 2.4 s of work each: 0.6 s on four workers, so they overlap.
+    let a = submit(
+        &control,
+        &["--tasks", "80", "--min-ms", "30", "--max-ms", "30"],
+    );
+    let b = submit(
+        &control,
+        &[
+            "--tasks", "60", "--min-ms", "40", "--max-ms", "40", "--seed", "2",
+        ],
+    );
+    let c = submit(&control, &["--tasks", "5"]);
+    wait_state(&control, b, "running");
+    // Two run; the third waits for room, and is cancelled there.
+    let all = jobs(&control);
+    let view =
+        |all: &[serde_json::Value], id: u64| all.iter().find(|j| j["id"] == id).unwrap().clone();
+    assert_eq!(view(&all, c)["state"], "queued", "{all:?}");
+    let (status, stdout, log) = ask(&control, &["cancel", &c.to_string()]);
+    assert!(
+        status.success() && stdout.contains("was queued"),
+        "{stdout}{log}"
+    );
+    wait_state(&control, a, "done");
+    wait_state(&control, b, "done");
+    let all = jobs(&control);
+    let (va, vb) = (view(&all, a), view(&all, b));
+    let span = |v: &serde_json::Value| {
+        (
+            v["started_ms"].as_u64().unwrap(),
+            v["ended_ms"].as_u64().unwrap(),
+        )
+    };
+    let ((a0, a1), (b0, b1)) = (span(&va), span(&vb));
+    assert!(a0 < b1 && b0 < a1, "the jobs never ran at once: {all:?}");
+    assert_eq!(view(&all, c)["state"], "cancelled");
+    for (id, tasks) in [(a, 80), (b, 60)] {
+        let ids = util::result_ids(&folder(state.path(), id).join("results.jsonl"));
+        util::assert_each_once(&ids, tasks);
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(folder(state.path(), id).join("report.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["tasks"], tasks, "{report}");
+        assert_eq!(
+            report["failed"].as_array().map_or(0, Vec::len),
+            0,
+            "{report}"
+        );
+        // Both jobs had workers of the four while both ran.
+        let workers = report["workers"].as_array().unwrap();
+        assert!(!workers.is_empty() && workers.len() <= 4, "{report}");
+    }
+    // The workers stay for the next job, and all four serve it.
+    let last = submit(
+        &control,
+        &["--tasks", "40", "--min-ms", "20", "--max-ms", "20"],
+    );
+    wait_state(&control, last, "done");
+    util::assert_each_once(
+        &util::result_ids(&folder(state.path(), last).join("results.jsonl")),
+        40,
     );
 }
 
