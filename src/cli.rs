@@ -329,6 +329,16 @@ pub struct CoordinatorArgs {
 
 impl CoordinatorArgs {
     fn ask(&self, request: &crate::protocol::control::Request) -> anyhow::Result<Reply> {
+        self.ask_with(request, &[])
+    }
+
+    /// [`CoordinatorArgs::ask`], with `frames` (a submission's input files) after the
+    /// request.
+    fn ask_with(
+        &self,
+        request: &crate::protocol::control::Request,
+        frames: &[Vec<u8>],
+    ) -> anyhow::Result<Reply> {
         let token = self
             .secret
             .access()?
@@ -336,7 +346,7 @@ impl CoordinatorArgs {
             .map(|s| s.submit_token())
             .unwrap_or_default();
         let timeout = Duration::from_secs(self.timeout);
-        match crate::serve::ask(&self.coordinator, request, &token, timeout)? {
+        match crate::serve::ask_with(&self.coordinator, request, frames, &token, timeout)? {
             Reply::Refused { reason } => bail!("the coordinator refused: {reason}"),
             reply => Ok(reply),
         }
@@ -345,10 +355,15 @@ impl CoordinatorArgs {
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// The job's tasks (a tasks file travels with the submission).
+    /// The job, as `conquer ventilator` takes it: a task list (a tasks file travels with
+    /// the submission), a data kernel, a user kernel with its inputs (they travel too), a
+    /// divisible job.
     #[command(flatten)]
-    pub tasks: TasksArgs,
-    /// What to call the job in `conquer jobs` (default: the tasks file's name, or "seeded").
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// What to call the job in `conquer jobs` (default: the tasks file's, the kernel
+    /// file's or the kernel's name, or "seeded").
     #[arg(long)]
     pub name: Option<String>,
     /// The job's weight when several share the workers (at least 1).
@@ -470,7 +485,7 @@ pub struct CalibrateArgs {
 
 /// The tasks: a seeded batch of random workloads, or a tasks file (`ventilator`, `run`,
 /// `submit`).
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TasksArgs {
     /// Number of tasks in a seeded batch (at most 50,000,000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
@@ -499,7 +514,7 @@ impl TasksArgs {
 }
 
 /// The batch: seeded random workloads, or a file.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[command(next_help_heading = "Batch")]
 pub struct BatchArgs {
     #[command(flatten)]
@@ -552,7 +567,10 @@ fn read_kernel_file(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// How a divisible job's chunks are sized (`--chunking`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum ChunkingKind {
     /// One equal chunk per worker.
     Static,
@@ -564,7 +582,7 @@ pub enum ChunkingKind {
 }
 
 /// One big job carved into chunks while it runs, instead of a list of tasks.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChunkArgs {
     /// Run one divisible job carved into chunks while it runs, instead of a task list:
     /// the Mandelbrot image's rows, the search's keys, or `--items` spin items (which
@@ -605,7 +623,7 @@ impl ChunkArgs {
 }
 
 /// Data kernels: the user's WGSL and its inputs, the Mandelbrot image, the search.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DataArgs {
     /// Your own WGSL kernel (docs/kernels.md), checked before anything binds; one task per
     /// --inputs file.
@@ -2106,24 +2124,80 @@ fn info(json: bool) -> anyhow::Result<()> {
 
 /// `conquer submit`: the task list to the coordinator, its id to stdout; with --wait, the
 /// job followed to its end.
-fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
-    let batch = args.tasks.batch()?;
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| match &args.tasks.tasks_file {
-            Some(path) => path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            None => "seeded".into(),
-        });
+/// The submission `submit`'s flags make, and the input files' bytes that travel with it.
+/// The job is prepared here first, as the ventilator would prepare it, so a bad flag, a
+/// kernel that does not compile (`file:line:column`) or a missing input is an error before
+/// anything is sent; the coordinator checks it again before it accepts it.
+fn submission(args: &SubmitArgs) -> anyhow::Result<(Request, Vec<Vec<u8>>)> {
+    let batch = &args.batch;
+    let verify_percent = args.verify.percent();
+    // A coordinator's jobs run with the default payload limit.
+    let prepared = batch.prepare(verify_percent, crate::protocol::DEFAULT_MAX_PAYLOAD)?;
+    let task_list = batch.kernel == Kernel::Spin && prepared.chunking.is_none();
+    let workloads_ms = if task_list {
+        prepared.batch.tasks.iter().map(|t| t.workload_ms).collect()
+    } else {
+        Vec::new()
+    };
+    let file_name = |path: &std::path::Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let name = match (&args.name, &batch.tasks.tasks_file, &batch.data.kernel_file) {
+        (Some(name), _, _) => name.clone(),
+        (None, Some(path), _) if task_list => file_name(path),
+        (None, _, Some(path)) => file_name(path),
+        (None, _, None) if task_list => "seeded".into(),
+        (None, _, None) => batch.kernel.name().into(),
+    };
+    // The files travel; the flags that named them on this machine do not.
+    let mut flags = batch.clone();
+    flags.tasks.tasks_file = None;
+    flags.data.kernel_file = None;
+    flags.data.inputs = None;
+    let (inputs, frames) = match &prepared.inputs {
+        None => (Vec::new(), Vec::new()),
+        Some(inputs) => {
+            let mut total = 0u64;
+            for path in &inputs.paths {
+                total += std::fs::metadata(path)
+                    .with_context(|| format!("cannot read input {}", path.display()))?
+                    .len();
+            }
+            let most = crate::protocol::control::MAX_REQUEST_BYTES as u64;
+            if total > most {
+                bail!(
+                    "the inputs are {total} bytes, over the {most} a submission may carry: \
+                     submit fewer or smaller files"
+                );
+            }
+            let mut frames = Vec::with_capacity(inputs.paths.len());
+            for path in &inputs.paths {
+                frames.push(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read input {}", path.display()))?,
+                );
+            }
+            (inputs.names.clone(), frames)
+        }
+    };
     let request = Request::Submit {
         name,
         priority: args.priority,
-        workloads_ms: batch.tasks.iter().map(|t| t.workload_ms).collect(),
+        workloads_ms,
+        flags: Some(serde_json::to_value(&flags).context("describing the job")?),
+        verify_percent,
+        replicate_percent: args.verify.replicate,
+        kernel_source: prepared.source.as_deref().map(str::to_owned),
+        inputs,
     };
-    let Reply::Submitted { id } = args.coordinator.ask(&request)? else {
+    Ok((request, frames))
+}
+
+fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
+    let (request, frames) = submission(&args)?;
+    let Reply::Submitted { id } = args.coordinator.ask_with(&request, &frames)? else {
         bail!("the coordinator answered something else than the submission");
     };
     if !args.wait {

@@ -14,9 +14,11 @@
 //! and the fair share live in `conquer_core::jobs`; this module does the files, the
 //! sockets and the threads.
 
-use crate::batch::{Batch, Job};
+use crate::batch::Batch;
+use crate::cli::BatchArgs;
 use crate::front::{Change, Front, FrontConfig};
 use crate::heartbeat::Heartbeat;
+use crate::kernels::Kernel;
 use crate::protocol::control::{JobView, Reply, Request, MAX_REQUEST_BYTES};
 use crate::report::ResultsFormat;
 use crate::shutdown::{Interrupted, Shutdown};
@@ -436,26 +438,29 @@ fn admits(shared: &Shared, request: &Request, token: &str) -> Result<(), String>
 fn answer(control: &zmq::Socket, shared: &Shared, shutdown: &Shutdown) -> anyhow::Result<()> {
     let max = (shared.limits.max_input_bytes as usize).clamp(1 << 10, MAX_REQUEST_BYTES);
     while !shutdown.is_requested() {
-        let bytes = match control.recv_bytes(0) {
-            Ok(bytes) => bytes,
-            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => continue,
+        let parts = match receive_request(control, max) {
+            Ok(Some(parts)) => parts,
+            Ok(None) => continue,
             Err(e) => bail!("the control socket failed: {e}"),
         };
-        let reply = match Request::decode(&bytes, max) {
-            Ok((request, token)) => match admits(shared, &request, &token) {
-                Ok(()) => {
-                    handle(request, bytes.len() as u64, shared).unwrap_or_else(|e| Reply::Refused {
-                        reason: format!("{e:#}"),
-                    })
-                }
-                Err(reason) => {
-                    shared
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Reply::Refused { reason }
-                }
-            },
+        let reply = match parts {
             Err(reason) => Reply::Refused { reason },
+            Ok((head, files, bytes)) => match Request::decode(&head, max) {
+                Ok((request, token)) => match admits(shared, &request, &token) {
+                    Ok(()) => {
+                        handle(request, files, bytes, shared).unwrap_or_else(|e| Reply::Refused {
+                            reason: format!("{e:#}"),
+                        })
+                    }
+                    Err(reason) => {
+                        shared
+                            .refused
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Reply::Refused { reason }
+                    }
+                },
+                Err(reason) => Reply::Refused { reason },
+            },
         };
         if let Reply::Refused { reason } = &reply {
             log::warn!("control request refused: {reason}");
@@ -467,8 +472,65 @@ fn answer(control: &zmq::Socket, shared: &Shared, shutdown: &Shutdown) -> anyhow
     Ok(())
 }
 
-fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply> {
+/// Most frames a request may carry after its JSON (a submission's input files).
+const MAX_REQUEST_FILES: usize = 100_000;
+
+/// One request off the control socket: its JSON, the frames after it and its size; or
+/// why it is refused (over `max` bytes in all, or too many frames: the rest is read and
+/// dropped as it comes). `None` when none came in time.
+#[allow(clippy::type_complexity)]
+fn receive_request(
+    control: &zmq::Socket,
+    max: usize,
+) -> Result<Option<Result<(Vec<u8>, Vec<Vec<u8>>, u64), String>>, zmq::Error> {
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let (mut bytes, mut count) = (0usize, 0usize);
+    loop {
+        let mut frame = zmq::Message::new();
+        match control.recv(&mut frame, 0) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if count == 0 => return Ok(None),
+            // The rest of a message begun is there already.
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        count += 1;
+        bytes += frame.len();
+        let more = frame.get_more();
+        if bytes <= max && count <= MAX_REQUEST_FILES + 1 {
+            frames.push(frame.to_vec());
+        } else {
+            frames.clear();
+        }
+        if !more {
+            break;
+        }
+    }
+    if bytes > max {
+        return Ok(Some(Err(format!(
+            "a request of {bytes} bytes, over the coordinator's limit of {max} (its --max-input)"
+        ))));
+    }
+    if count > MAX_REQUEST_FILES + 1 {
+        return Ok(Some(Err(format!(
+            "a request of {count} frames, over the {MAX_REQUEST_FILES} input files a submission \
+             may carry"
+        ))));
+    }
+    let head = frames.remove(0);
+    Ok(Some(Ok((head, frames, bytes as u64))))
+}
+
+fn handle(
+    request: Request,
+    files: Vec<Vec<u8>>,
+    bytes: u64,
+    shared: &Shared,
+) -> anyhow::Result<Reply> {
     let limits = &shared.limits;
+    if !matches!(request, Request::Submit { .. }) && !files.is_empty() {
+        bail!("only a submission carries files after its request");
+    }
     let mut store = shared.store()?;
     let now = unix_ms();
     Ok(match request {
@@ -476,32 +538,58 @@ fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply
             name,
             priority,
             workloads_ms,
+            flags,
+            verify_percent,
+            replicate_percent,
+            kernel_source,
+            inputs,
         } => {
-            let text = tasks_text(&workloads_ms)?;
-            let spec = JobSpec {
-                name: crate::logging::printable(&name).chars().take(200).collect(),
-                priority,
-                needs_compute: false,
-                input_bytes: bytes,
-                tasks: workloads_ms.len() as u64,
+            let stored = Stored {
+                flags,
+                verify_percent,
+                replicate_percent,
             };
-            let shown = spec.name.clone();
-            // The job's tasks are on disk, their folder's entries too, before the journal
-            // says it exists.
+            let shown: String = crate::logging::printable(&name).chars().take(200).collect();
+            // The job's files are on disk, their folder's entries too, before the journal
+            // says it exists; a job that does not check out leaves nothing behind.
             let id = store.queue.next_id();
             let folder = store.folder(id);
-            let written = std::fs::create_dir_all(&folder)
-                .and_then(|()| std::fs::write(folder.join("tasks.txt"), text))
-                .and_then(|()| std::fs::File::open(folder.join("tasks.txt"))?.sync_all())
-                .with_context(|| format!("cannot write the job's tasks in {}", folder.display()))
-                .and_then(|()| sync_dir(&folder))
-                .and_then(|()| sync_dir(&store.dir.join("jobs")));
-            let submitted = written.and_then(|()| {
-                store.commit(|queue, records| queue.submit(spec, limits, now, records))
+            let written = write_job(
+                &folder,
+                &workloads_ms,
+                &stored,
+                kernel_source.as_deref(),
+                &inputs,
+                &files,
+            )
+            .and_then(|()| sync_dir(&store.dir.join("jobs")))
+            .and_then(|()| {
+                let (args, verify, _) = job_args(&folder)?;
+                let prepared = args
+                    .prepare(verify, crate::protocol::DEFAULT_MAX_PAYLOAD)
+                    .context("the submitted job")?;
+                let tasks = match &prepared.chunking {
+                    Some(plan) => plan.items,
+                    None => prepared.batch.tasks.len() as u64,
+                };
+                Ok(JobSpec {
+                    name: shown.clone(),
+                    priority,
+                    // A data kernel, or spin checked against the CPU: not for sleep workers.
+                    needs_compute: args.kernel != Kernel::Spin || verify > 0,
+                    input_bytes: bytes,
+                    tasks,
+                })
+            });
+            let submitted = written.and_then(|spec| {
+                let tasks = spec.tasks;
+                store
+                    .commit(|queue, records| queue.submit(spec, limits, now, records))
+                    .map(|outcome| outcome.map(|id| (id, tasks)))
             });
             match submitted {
-                Ok(Ok(id)) => {
-                    log::info!("job {id} ({shown}) accepted: {} tasks", workloads_ms.len());
+                Ok(Ok((id, tasks))) => {
+                    log::info!("job {id} ({shown}) accepted: {tasks} tasks or items");
                     shared.bell.notify_all();
                     Reply::Submitted { id }
                 }
@@ -557,15 +645,146 @@ fn handle(request: Request, bytes: u64, shared: &Shared) -> anyhow::Result<Reply
     })
 }
 
-/// A submitted task list as a tasks file: checked as `--tasks-file` checks one.
-fn tasks_text(workloads_ms: &[u32]) -> anyhow::Result<String> {
-    let mut text = String::with_capacity(workloads_ms.len() * 4);
-    for ms in workloads_ms {
-        text.push_str(&ms.to_string());
-        text.push('\n');
+/// How a job was submitted, as its folder keeps it (`job.json`): the batch's flags and the
+/// checks asked for. Its files sit beside it: `tasks.txt`, `kernel.wgsl`, `inputs/`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Stored {
+    /// `BatchArgs` in JSON; absent for a plain task list.
+    #[serde(default)]
+    flags: Option<serde_json::Value>,
+    #[serde(default)]
+    verify_percent: u8,
+    #[serde(default)]
+    replicate_percent: u8,
+}
+
+/// A submitted input's name: a plain file name, so it stays inside the job's folder.
+fn check_input_name(name: &str) -> anyhow::Result<()> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && name.chars().all(|c| !c.is_control());
+    if !plain {
+        bail!(
+            "input name {:?} is not a plain file name",
+            crate::logging::printable(name)
+        );
     }
-    Batch::parse(&text).context("the submitted tasks")?;
-    Ok(text)
+    Ok(())
+}
+
+/// Writes a submitted job's files into `folder`, each synced, and the folder itself.
+fn write_job(
+    folder: &Path,
+    workloads_ms: &[u32],
+    stored: &Stored,
+    kernel_source: Option<&str>,
+    inputs: &[String],
+    files: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    if inputs.len() != files.len() {
+        bail!(
+            "the submission names {} inputs and carries {} files",
+            inputs.len(),
+            files.len()
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in inputs {
+        check_input_name(name)?;
+        if !seen.insert(name.as_str()) {
+            bail!("two inputs are named {:?}", crate::logging::printable(name));
+        }
+    }
+    if std::fs::symlink_metadata(folder).is_ok() {
+        bail!(
+            "{} exists already: the state directory holds files the journal does not know",
+            folder.display()
+        );
+    }
+    let write = |path: &Path, bytes: &[u8]| -> anyhow::Result<()> {
+        let mut file = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    std::fs::create_dir_all(folder)
+        .with_context(|| format!("cannot make the job's folder {}", folder.display()))?;
+    if !workloads_ms.is_empty() {
+        let mut text = String::with_capacity(workloads_ms.len() * 4);
+        for ms in workloads_ms {
+            text.push_str(&ms.to_string());
+            text.push('\n');
+        }
+        Batch::parse(&text).context("the submitted tasks")?;
+        write(&folder.join("tasks.txt"), text.as_bytes())?;
+    }
+    if let Some(source) = kernel_source {
+        write(&folder.join("kernel.wgsl"), source.as_bytes())?;
+    }
+    if !inputs.is_empty() {
+        let dir = folder.join("inputs");
+        std::fs::create_dir(&dir).with_context(|| format!("cannot make {}", dir.display()))?;
+        for (name, bytes) in inputs.iter().zip(files) {
+            write(&dir.join(name), bytes)?;
+        }
+        sync_dir(&dir)?;
+    }
+    write(
+        &folder.join("job.json"),
+        &serde_json::to_vec_pretty(stored)?,
+    )?;
+    sync_dir(folder)
+}
+
+/// Flags for a job without any: a plain task list with the defaults.
+#[derive(clap::Parser)]
+struct Defaults {
+    #[command(flatten)]
+    batch: BatchArgs,
+}
+
+/// The batch flags of the job in `folder`, its files named where the folder holds them,
+/// and its `--verify` and `--replicate` percentages.
+fn job_args(folder: &Path) -> anyhow::Result<(BatchArgs, u8, u8)> {
+    use clap::Parser;
+    let stored: Stored = match std::fs::read(folder.join("job.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a job's description", folder.display()))?,
+        // A job from before kernels could be submitted: a task list.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored {
+            flags: None,
+            verify_percent: 0,
+            replicate_percent: 0,
+        },
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", folder.display())),
+    };
+    let mut args = match stored.flags {
+        Some(flags) => serde_json::from_value::<BatchArgs>(flags)
+            .context("the submitted job's flags are not those of this conquer")?,
+        None => {
+            Defaults::try_parse_from(["serve"])
+                .context("cannot make a job's default flags")?
+                .batch
+        }
+    };
+    let tasks = folder.join("tasks.txt");
+    args.tasks.tasks_file = tasks.exists().then_some(tasks);
+    let kernel = folder.join("kernel.wgsl");
+    args.data.kernel_file = kernel.exists().then_some(kernel);
+    let inputs = folder.join("inputs");
+    args.data.inputs = if inputs.is_dir() {
+        let dir = inputs
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", inputs.display()))?;
+        Some(format!("{}/*", glob::Pattern::escape(dir)))
+    } else {
+        None
+    };
+    Ok((args, stored.verify_percent, stored.replicate_percent))
 }
 
 /// What every job's thread needs: the coordinator's settings, its queue, the context its
@@ -729,18 +948,25 @@ fn run_batch(
     let id = claim.id;
     let config = &farm.config;
     let job_failed = Unfinished::Job;
-    let text = std::fs::read_to_string(folder.join("tasks.txt"))
-        .with_context(|| format!("cannot read job {id}'s tasks in {}", folder.display()))
+    let (args, verify, replicate) = job_args(folder)
+        .with_context(|| format!("job {id}"))
         .map_err(job_failed)?;
-    let batch = Batch::parse(&text)
-        .with_context(|| format!("job {id}'s tasks"))
+    let mut prepared = args
+        .prepare(verify, crate::protocol::DEFAULT_MAX_PAYLOAD)
+        .with_context(|| format!("job {id}"))
         .map_err(job_failed)?;
+    prepared.job.replicate_percent = replicate;
     let results = folder.join("results.jsonl");
     // A results file from before a restart: the job resumes where the sink stands.
     let resume = results.exists();
-    let job = Job::default();
     // Each job its own batch id, the same on every start (a resumed job keeps its own).
-    let batch_id = batch.id(&job) ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let batch_id = prepared.batch_id ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // What the job makes is kept in its folder: a user kernel's outputs, the picture.
+    let outputs = crate::outputs::OutputsConfig {
+        dir: (args.data.kernel_file.is_some() || args.kernel == Kernel::Copy)
+            .then(|| folder.join("outputs")),
+        image: (args.kernel == Kernel::Mandelbrot).then(|| folder.join("picture.png")),
+    };
     let n = ENDPOINTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let sink = Sink::bind(
         &farm.ctx,
@@ -749,6 +975,7 @@ fn run_batch(
             results: Some((results, ResultsFormat::Jsonl)),
             resume,
             heartbeat: config.heartbeat,
+            outputs,
             resume_advice: Some(format!(
                 "start `conquer serve` again on the same --state: it resumes job {id}"
             )),
@@ -775,7 +1002,12 @@ fn run_batch(
                 // Workers come and go between jobs: the batch waits for them.
                 wait_timeout: Duration::from_secs(24 * 3600),
                 sink_timeout: Duration::from_secs(24 * 3600),
-                ..VentilatorConfig::local(batch, job)
+                order: args.order,
+                seed: args.tasks.seed,
+                chunking: prepared.chunking,
+                inputs: prepared.inputs,
+                kernel_source: prepared.source,
+                ..VentilatorConfig::local(prepared.batch, prepared.job)
             },
         )
         .map_err(Unfinished::Sockets)?;
@@ -859,6 +1091,17 @@ pub fn ask(
     token: &str,
     timeout: Duration,
 ) -> anyhow::Result<Reply> {
+    ask_with(endpoint, request, &[], token, timeout)
+}
+
+/// [`ask`], with `frames` after the request in the same message (a submission's inputs).
+pub fn ask_with(
+    endpoint: &str,
+    request: &Request,
+    frames: &[Vec<u8>],
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<Reply> {
     let ctx = zmq::Context::new();
     let socket = ctx.socket(zmq::REQ)?;
     socket.set_linger(0)?;
@@ -874,9 +1117,9 @@ pub fn ask(
             timeout.as_secs()
         )
     };
-    socket
-        .send(request.encode(token), 0)
-        .map_err(|_| no_answer())?;
+    let mut parts = vec![request.encode(token)];
+    parts.extend(frames.iter().cloned());
+    socket.send_multipart(parts, 0).map_err(|_| no_answer())?;
     let bytes = socket.recv_bytes(0).map_err(|_| no_answer())?;
     Reply::decode(&bytes).map_err(|e| anyhow::anyhow!("{endpoint}: {e}"))
 }

@@ -133,7 +133,8 @@ impl Default for Job {
 }
 
 /// The order in which tasks are handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Order {
     /// Longest workload first: list scheduling that keeps the batch's tail short.

@@ -227,6 +227,160 @@ fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_t
 }
 
 #[test]
+fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
+    let (_coordinator, control) = serve(&state, &bind, &results, &["--max-running", "3"]);
+    // A sleep worker beside a computing one: the data jobs must never wait on it, and a
+    // task list beside them still uses it.
+    let software = crate::gpu::adapter(conquer::backend::gpu::AdapterClass::Software).is_some();
+    let computing = if software { "software" } else { "cpu" };
+    let _workers = [
+        util::worker("sleepy", &bind, &results, &BEAT),
+        util::worker_on(computing, "able", &bind, &results, &BEAT),
+    ];
+    // A Mandelbrot picture, verified against the CPU reference.
+    let picture = submit(
+        &control,
+        &[
+            "--kernel",
+            "mandelbrot",
+            "--width",
+            "96",
+            "--height",
+            "64",
+            "--band-rows",
+            "8",
+            "--verify",
+        ],
+    );
+    let list = submit(&control, &["--tasks", "20", "--max-ms", "5"]);
+    // A user kernel whose inputs travel with it (on a software adapter, where WGSL runs).
+    let user = software.then(|| {
+        let inputs = dir.path().join("in");
+        std::fs::create_dir(&inputs).unwrap();
+        for n in [3usize, 1000] {
+            let x = (0..n).map(|i| (i % 97) as f32 * 0.25);
+            let y = (0..n).map(|i| 1.0 - (i % 13) as f32);
+            let bytes: Vec<u8> = x.chain(y).flat_map(f32::to_le_bytes).collect();
+            std::fs::write(inputs.join(format!("v{n}.f32")), bytes).unwrap();
+        }
+        let glob = format!("{}/*.f32", inputs.display());
+        submit(
+            &control,
+            &[
+                "--kernel-file",
+                "examples/kernels/saxpy.wgsl",
+                "--inputs",
+                &glob,
+                "--item-bytes",
+                "8",
+                "--output-bytes",
+                "4/item",
+                "--constants",
+                "2.5",
+            ],
+        )
+    });
+    wait_state(&control, picture, "done");
+    wait_state(&control, list, "done");
+    let report = |id: u64| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(folder(&state, id).join("report.json")).unwrap())
+            .unwrap()
+    };
+    let r = report(picture);
+    assert_eq!(r["tasks"], 8, "{r}");
+    assert_eq!(r["mismatches"], 0, "{r}");
+    assert_eq!(r["verified"], 8, "{r}");
+    for w in r["workers"].as_array().unwrap() {
+        assert_eq!(w["id"], "able", "a sleep worker ran a data task: {r}");
+    }
+    assert!(folder(&state, picture).join("picture.png").is_file());
+    util::assert_each_once(
+        &util::result_ids(&folder(&state, list).join("results.jsonl")),
+        20,
+    );
+    if let Some(id) = user {
+        wait_state(&control, id, "done");
+        let outputs = folder(&state, id).join("outputs");
+        for n in [3usize, 1000] {
+            let bytes = std::fs::read(dir.path().join("in").join(format!("v{n}.f32"))).unwrap();
+            let v: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect();
+            let expected: Vec<u8> = (0..n)
+                .map(|i| 2.5 * v[i] + v[n + i])
+                .flat_map(f32::to_le_bytes)
+                .collect();
+            let got = std::fs::read(outputs.join(format!("v{n}.f32.out"))).unwrap();
+            assert_eq!(got, expected, "v{n}");
+        }
+    }
+    // A kernel that does not compile is refused before it is sent, naming the file, line
+    // and column; one sent anyway (a script's own client) is refused by the coordinator.
+    let bad = dir.path().join("bad.wgsl");
+    let source = "@compute @workgroup_size(64)\nfn main() {\n    let x: u32 = ;\n}\n";
+    std::fs::write(&bad, source).unwrap();
+    std::fs::write(dir.path().join("a.bin"), [0u8; 16]).unwrap();
+    let glob = format!("{}/*.bin", dir.path().display());
+    let (status, _, log) = ask(
+        &control,
+        &[
+            "submit",
+            "--kernel-file",
+            bad.to_str().unwrap(),
+            "--inputs",
+            &glob,
+        ],
+    );
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("bad.wgsl:3:"), "{log}");
+    let request = conquer::protocol::control::Request::Submit {
+        name: "bad".into(),
+        priority: 1,
+        workloads_ms: Vec::new(),
+        flags: None,
+        verify_percent: 0,
+        replicate_percent: 0,
+        kernel_source: Some(source.into()),
+        inputs: vec!["a.bin".into()],
+    };
+    let reply = conquer::serve::ask_with(
+        &control,
+        &request,
+        &[vec![0u8; 16]],
+        "",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("kernel.wgsl:3:")),
+        "{reply:?}"
+    );
+    // An input named to climb out of the job's folder is refused.
+    let request = conquer::protocol::control::Request::Submit {
+        name: "climb".into(),
+        priority: 1,
+        workloads_ms: vec![1],
+        flags: None,
+        verify_percent: 0,
+        replicate_percent: 0,
+        kernel_source: None,
+        inputs: vec!["../../escape".into()],
+    };
+    let reply =
+        conquer::serve::ask_with(&control, &request, &[vec![1]], "", Duration::from_secs(10))
+            .unwrap();
+    assert!(
+        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("not a plain file name")),
+        "{reply:?}"
+    );
+    assert!(!state.join("escape").exists() && !dir.path().join("escape").exists());
+}
+
+#[test]
 fn a_coordinator_killed_mid_job_resumes_it_without_redoing_what_it_held() {
     let state = tempfile::tempdir().unwrap();
     let (bind, results) = (util::free_endpoint(), util::free_endpoint());
@@ -318,6 +472,11 @@ fn with_a_secret_only_the_submit_token_submits_and_refusals_are_counted() {
         name: "forged".into(),
         priority: 1,
         workloads_ms: vec![1],
+        flags: None,
+        verify_percent: 0,
+        replicate_percent: 0,
+        kernel_source: None,
+        inputs: Vec::new(),
     };
     let reply =
         conquer::serve::ask(&control, &request, &status_token, Duration::from_secs(10)).unwrap();

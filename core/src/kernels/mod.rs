@@ -51,7 +51,8 @@ pub fn parse_output_bytes(text: &str) -> Result<u32, String> {
 pub const PARAMS_BYTES: u64 = 64;
 
 /// Every kernel, by the id carried in `Job::kernel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Kernel {
     /// Integer hash chains: compute-bound u32 work sized by the task's milliseconds,

@@ -1,6 +1,7 @@
 //! The coordinator's control messages: what `conquer submit`, `jobs`, `cancel` and
 //! `results` ask of `conquer serve`, and its answers. JSON, one request and one reply a
-//! ZeroMQ message (REQ to the coordinator's REP), so a script can speak it too. A request
+//! ZeroMQ message (REQ to the coordinator's REP), so a script can speak it too; a
+//! submission's input files follow its JSON as frames of the same message. A request
 //! may carry a `token` beside its `op` (the farm's submit or status token, for a
 //! coordinator with a secret). Decoding is total: a request over its size, not JSON, or
 //! not one of these is an error naming what was wrong, never a panic.
@@ -12,11 +13,31 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
-    /// A job: a task list, each task's workload in milliseconds, as a tasks file has them.
+    /// A job: a task list, each task's workload in milliseconds, as a tasks file has them;
+    /// or, with `flags`, the job `conquer ventilator` would run with those flags (a data
+    /// kernel, a divisible job), its user kernel's source and its input files travelling
+    /// with it.
     Submit {
         name: String,
         priority: u32,
         workloads_ms: Vec<u32>,
+        /// The batch's flags as the submitter gave them (`BatchArgs` in JSON, without its
+        /// paths); absent for a plain task list.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        flags: Option<serde_json::Value>,
+        /// `--verify` (100), `--verify-sample PCT`, or 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        verify_percent: u8,
+        /// `--replicate PCT`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        replicate_percent: u8,
+        /// A user kernel's WGSL (`--kernel-file`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel_source: Option<String>,
+        /// The input files' names, in task order; their bytes follow the request as frames
+        /// of the same message, one a file.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        inputs: Vec<String>,
     },
     /// Every job kept, oldest first.
     Jobs,
@@ -27,6 +48,10 @@ pub enum Request {
     Results {
         id: JobId,
     },
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// A job as `conquer jobs` lists it.
@@ -154,6 +179,11 @@ mod tests {
             name: "nightly".into(),
             priority: 3,
             workloads_ms: vec![5, 10],
+            flags: None,
+            verify_percent: 0,
+            replicate_percent: 0,
+            kernel_source: None,
+            inputs: Vec::new(),
         };
         let bytes = submit.encode("");
         assert_eq!(
