@@ -3,7 +3,9 @@
 # idempotently), runs a batch with --http, loads the page headless twice mid-batch (the
 # DOM after its script ran), checks from the DOM that every worker appears and that
 # progress advances between the two reads, and saves a screenshot (docs/dashboard.png
-# unless --screenshot PATH). Exits non-zero on the first check that fails.
+# unless --screenshot PATH); then a coordinator (`serve --http`) with a finished and a
+# running job, whose page must list both jobs in their states. Exits non-zero on the
+# first check that fails.
 # Usage: scripts/ui-check.sh [--screenshot PATH] [BINARY]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -122,4 +124,44 @@ browse --dump-dom "$url" > "$work/dom3.html"
 grep -q 'id="phase">finished<' "$work/dom3.html" || {
   echo "ui-check: the page does not say finished after the batch; its DOM:" >&2
   head -c 2000 "$work/dom3.html" >&2; exit 1; }
-echo "ui-check: the page listed all $workers workers with their columns, the sink's results file and $points throughput samples, progress went from $first to $second held, then said finished; screenshot in $shot"
+kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""
+
+# A coordinator's page lists its jobs.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+vent="tcp://127.0.0.1:$(free_port)"; sink="tcp://127.0.0.1:$(free_port)"; control="tcp://127.0.0.1:$(free_port)"
+"$bin" serve --state "$work/state" --bind "$vent" --results-bind "$sink" --control "$control" \
+  --http 127.0.0.1:0 --heartbeat-ms 100 --events "$work/serve.jsonl" 2> "$work/serve.log" &
+pid=$!
+"$bin" worker --backend sleep --name w1 --ventilator "$vent" --sink "$sink" --heartbeat-ms 100 \
+  2> "$work/w1.log" &
+wpid=$!
+trap 'kill "$wpid" 2>/dev/null || true; cleanup' EXIT
+url=""
+for _ in $(seq 1 300); do
+  url="$(python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e["event"] == "listening" and e["socket"] == "http":
+        print(e["endpoint"] + "/"); break' "$work/serve.jsonl" 2>/dev/null || true)"
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "ui-check: the coordinator never served its live view" >&2; cat "$work/serve.log" >&2; exit 1; }
+"$bin" submit --coordinator "$control" --tasks 5 --max-ms 5 --name quick --wait >/dev/null 2>&1
+long="$("$bin" submit --coordinator "$control" --tasks 2000 --min-ms 20 --max-ms 20 --name long)"
+state() { curl -fsS "${url}api/status" 2>/dev/null | python3 -c 'import json,sys; print(" ".join(j["state"] for j in json.load(sys.stdin).get("jobs", [])))' 2>/dev/null || true; }
+for _ in $(seq 1 300); do
+  [ "$(state)" = "done running" ] && break
+  sleep 0.1
+done
+[ "$(state)" = "done running" ] || { echo "ui-check: the coordinator's jobs are $(state)" >&2; exit 1; }
+browse --dump-dom "$url" > "$work/dom4.html"
+for row in "data-job=\"1\".*>done<" "data-job=\"$long\".*>running<"; do
+  grep -q "$row" "$work/dom4.html" || {
+    echo "ui-check: the coordinator's page has no row $row; its DOM:" >&2
+    grep -o '<section id="jobs-section".*</section>' "$work/dom4.html" | head -c 2000 >&2; exit 1; }
+done
+if grep -q '<section id="jobs-section" hidden' "$work/dom4.html"; then
+  echo "ui-check: the coordinator's page hides its jobs" >&2; exit 1
+fi
+echo "ui-check: the page listed all $workers workers with their columns, the sink's results file and $points throughput samples, progress went from $first to $second held, then said finished; screenshot in $shot; a coordinator's page listed its done and running jobs"

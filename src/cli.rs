@@ -299,6 +299,12 @@ pub struct ServeArgs {
     /// Largest submission, in bytes (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
     pub max_input: u64,
+    /// Serve a live page (`/`), the status as JSON (`/api/status`, the jobs listed) and
+    /// Prometheus metrics (`/metrics`, per-job series labelled by job id) on HOST:PORT. A
+    /// non-loopback address needs --secret-file (clients send the status token) or
+    /// --allow or --insecure.
+    #[arg(long, env = "CONQUER_HTTP", value_name = "HOST:PORT")]
+    pub http: Option<String>,
     /// Finished jobs kept (their reports and results files); older ones are removed.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub keep: u64,
@@ -1651,6 +1657,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 },
                 heartbeat: args.heartbeat.heartbeat(),
                 access: args.access.access()?,
+                http: args.http,
             };
             crate::serve::serve(config, shutdown)?;
             shutdown.check()?;
@@ -1838,6 +1845,7 @@ fn run(args: RunArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
         heartbeat,
         http: args.http.http.clone(),
         http_linger: args.http.linger()?,
+        board: None,
         inputs: prepared.inputs,
         kernel_source: prepared.source,
         batch_id: Some(prepared.batch_id),
@@ -1990,6 +1998,7 @@ fn ventilator(args: VentilatorArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::
         access: args.access.access()?,
         http: args.http.http.clone(),
         http_linger: args.http.linger()?,
+        board: None,
         inputs: prepared.inputs,
         kernel_source: prepared.source,
         fixed_workers: 0,
@@ -2217,7 +2226,7 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     }
 }
 
-fn state_name(state: conquer_core::jobs::JobState) -> &'static str {
+pub fn state_name(state: conquer_core::jobs::JobState) -> &'static str {
     use conquer_core::jobs::JobState;
     match state {
         JobState::Queued => "queued",

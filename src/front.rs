@@ -21,7 +21,7 @@
 
 use crate::auth::{Access, Gate};
 use crate::heartbeat::Heartbeat;
-use crate::protocol::{Message, WorkerInfo};
+use crate::protocol::{Message, RefusalKind, WorkerInfo};
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use anyhow::Context;
@@ -45,15 +45,18 @@ pub struct FrontConfig {
 }
 
 /// A change in the running jobs, from the coordinator to its front.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Change {
     /// A job's ventilator and sink are bound: workers may be placed on it.
     Start {
         claim: Claim,
         batch: u64,
-        /// Its ventilator's and its sink's in-process endpoints.
+        /// Its ventilator's and its sink's in-process endpoints, and the context they are
+        /// bound in (a job's own: a context holds at most 1,023 sockets, and each worker
+        /// on a job costs two).
         tasks: String,
         results: String,
+        ctx: zmq::Context,
     },
     /// The job is over (done, failed, cancelled or stopped): its workers go to others.
     End { id: JobId },
@@ -65,12 +68,20 @@ struct Running {
     batch: u64,
     tasks: String,
     results: String,
+    ctx: zmq::Context,
+    /// Its ventilator said the batch is over: no worker is placed on it any more.
+    over: bool,
 }
 
 /// A worker connected to the front.
 struct Slot {
     info: WorkerInfo,
     last_seen: Instant,
+    /// It greeted on the tasks socket since it was last found unreachable there: it can
+    /// be placed (tasks sent to it would not be lost).
+    greeted: bool,
+    /// It can run data kernels: not a sleep worker, and it declined none.
+    computes: bool,
     /// The job it serves, and its socket to that job's ventilator.
     job: Option<(JobId, zmq::Socket)>,
     /// The job's batch was said to be over to this worker (its ventilator's end, or the
@@ -83,8 +94,10 @@ struct Slot {
 impl Slot {
     fn new(info: WorkerInfo, now: Instant) -> Slot {
         Slot {
+            computes: info.backend != "sleep",
             info,
             last_seen: now,
+            greeted: false,
             job: None,
             ended: false,
             sinks: BTreeMap::new(),
@@ -94,7 +107,6 @@ impl Slot {
 
 /// The front's sockets, bound.
 pub struct Front {
-    ctx: zmq::Context,
     config: FrontConfig,
     tasks: zmq::Socket,
     results: zmq::Socket,
@@ -151,7 +163,6 @@ impl Front {
             socket.set_sndhwm(0)?;
         }
         Ok(Front {
-            ctx: ctx.clone(),
             config,
             tasks,
             results,
@@ -173,15 +184,14 @@ impl Front {
             jobs: BTreeMap::new(),
             slots: BTreeMap::new(),
             rejected: 0,
+            placing: false,
         };
         while !shutdown.is_requested() {
-            let mut changed = false;
             while let Ok(change) = changes.try_recv() {
                 relay.change(change);
-                changed = true;
             }
-            changed |= relay.forget_silent(Instant::now());
-            if changed {
+            relay.forget_silent(Instant::now());
+            if std::mem::take(&mut relay.placing) {
                 relay.place();
             }
             relay.round()?;
@@ -269,16 +279,20 @@ struct Relay {
     /// Messages dropped: not ours, speaking for another worker, or of a kind workers do
     /// not send.
     rejected: u64,
+    /// The share is to be worked out again (a worker or a job came or went).
+    placing: bool,
 }
 
 impl Relay {
     fn change(&mut self, change: Change) {
+        self.placing = true;
         match change {
             Change::Start {
                 claim,
                 batch,
                 tasks,
                 results,
+                ctx,
             } => {
                 log::debug!(
                     "job {} joins the share (weight {})",
@@ -292,6 +306,8 @@ impl Relay {
                         batch,
                         tasks,
                         results,
+                        ctx,
+                        over: false,
                     },
                 );
             }
@@ -316,55 +332,62 @@ impl Relay {
         }
     }
 
-    /// Forgets workers silent for longer than the heartbeat's timeout; true if any.
-    fn forget_silent(&mut self, now: Instant) -> bool {
+    /// Forgets workers silent for longer than the heartbeat's timeout.
+    fn forget_silent(&mut self, now: Instant) {
         let timeout = self.front.config.heartbeat.timeout();
-        let before = self.slots.len();
-        self.slots.retain(|_, slot| {
-            let live = now.saturating_duration_since(slot.last_seen) < timeout;
-            if !live {
+        let silent: Vec<Vec<u8>> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_seen) >= timeout)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in silent {
+            if let Some(slot) = self.slots.remove(&peer) {
                 log::info!(
                     "worker {} silent for {timeout:?}: gone",
                     crate::logging::printable(&slot.info.name)
                 );
-            }
-            live
-        });
-        self.slots.len() != before
-    }
-
-    /// Places every worker by the fair share, moving as few as it can.
-    fn place(&mut self) {
-        let claims: Vec<Claim> = self.jobs.values().map(|j| j.claim).collect();
-        let peers: Vec<Vec<u8>> = self.slots.keys().cloned().collect();
-        let kinds: Vec<WorkerKind> = self
-            .slots
-            .values()
-            .map(|s| WorkerKind {
-                computes: s.info.backend != "sleep",
-            })
-            .collect();
-        let now: Vec<Option<JobId>> = self
-            .slots
-            .values()
-            .map(|s| s.job.as_ref().map(|(j, _)| *j))
-            .collect();
-        let placed = jobs::place(&claims, &kinds, &now);
-        for ((peer, was), next) in peers.iter().zip(now).zip(placed) {
-            if was == next {
-                continue;
-            }
-            if let Err(e) = self.move_worker(peer, next) {
-                log::warn!("cannot move a worker to job {next:?}: {e:#}");
+                self.placing = true;
             }
         }
     }
 
-    /// Takes the worker off its job (the job hands what it held to others) and puts it on
-    /// `next`.
-    fn move_worker(&mut self, peer: &[u8], next: Option<JobId>) -> anyhow::Result<()> {
+    /// Places every greeted worker by the fair share among the jobs not over, moving as
+    /// few as it can.
+    fn place(&mut self) {
+        let claims: Vec<Claim> = self
+            .jobs
+            .values()
+            .filter(|j| !j.over)
+            .map(|j| j.claim)
+            .collect();
+        let placeable: Vec<(&Vec<u8>, &Slot)> =
+            self.slots.iter().filter(|(_, s)| s.greeted).collect();
+        let kinds: Vec<WorkerKind> = placeable
+            .iter()
+            .map(|(_, s)| WorkerKind {
+                computes: s.computes,
+            })
+            .collect();
+        let now: Vec<Option<JobId>> = placeable
+            .iter()
+            .map(|(_, s)| s.job.as_ref().map(|(j, _)| *j))
+            .collect();
+        let peers: Vec<Vec<u8>> = placeable.iter().map(|(p, _)| (*p).clone()).collect();
+        let placed = jobs::place(&claims, &kinds, &now);
+        for ((peer, was), next) in peers.iter().zip(now).zip(placed) {
+            if was != next {
+                self.move_worker(peer, next);
+            }
+        }
+    }
+
+    /// Takes the worker off its job: told the batch is over (it drops the job's tasks),
+    /// and gone from the job's ventilator with a goodbye (which hands what it held to
+    /// others).
+    fn leave(&mut self, peer: &[u8]) {
         let Some(slot) = self.slots.get_mut(peer) else {
-            return Ok(());
+            return;
         };
         if let Some((old, socket)) = slot.job.take() {
             if let Some(job) = self.jobs.get(&old) {
@@ -383,51 +406,55 @@ impl Relay {
             }
         }
         slot.ended = false;
-        let Some(id) = next else {
-            return Ok(());
-        };
-        let Some(job) = self.jobs.get(&id) else {
-            return Ok(());
-        };
-        let socket = self.front.ctx.socket(zmq::DEALER)?;
-        socket.set_identity(peer)?;
-        socket.set_linger(sockets::LINGER_MS)?;
-        socket.set_sndhwm(0)?;
-        socket.set_rcvhwm(0)?;
-        socket
-            .connect(&job.tasks)
-            .with_context(|| format!("cannot reach job {id}'s ventilator"))?;
-        // Greeted as the worker greets: the job's ventilator sends it tasks on its credit.
-        send(&socket, None, one(&Message::Hello(slot.info.clone())));
-        log::info!(
-            "worker {} serves job {id}",
-            crate::logging::printable(&slot.info.name)
-        );
-        slot.job = Some((id, socket));
-        Ok(())
     }
 
-    /// The worker's socket to job `id`'s sink, made (and greeted) on first use.
-    fn sink_socket(&mut self, peer: &[u8], id: JobId) -> anyhow::Result<Option<&zmq::Socket>> {
+    /// Takes the worker off its job and puts it on `next`. A socket that cannot be made
+    /// (the job's context full, no file descriptors left) leaves it on no job, said once.
+    fn move_worker(&mut self, peer: &[u8], next: Option<JobId>) {
+        self.leave(peer);
+        let (Some(id), Some(slot)) = (next, self.slots.get_mut(peer)) else {
+            return;
+        };
         let Some(job) = self.jobs.get(&id) else {
-            return Ok(None);
+            return;
         };
-        let Some(slot) = self.slots.get_mut(peer) else {
-            return Ok(None);
-        };
-        if !slot.sinks.contains_key(&id) {
-            let socket = self.front.ctx.socket(zmq::DEALER)?;
-            socket.set_identity(peer)?;
-            socket.set_linger(sockets::LINGER_MS)?;
-            socket.set_sndhwm(0)?;
-            socket.set_rcvhwm(0)?;
-            socket
-                .connect(&job.results)
-                .with_context(|| format!("cannot reach job {id}'s sink"))?;
-            send(&socket, None, one(&Message::Join(slot.info.clone())));
-            slot.sinks.insert(id, socket);
+        let made = dealer(&job.ctx, peer, &job.tasks);
+        match made {
+            Ok(socket) => {
+                // Greeted as the worker greets: the job's ventilator sends it tasks on its
+                // credit.
+                send(&socket, None, one(&Message::Hello(slot.info.clone())));
+                log::info!(
+                    "worker {} serves job {id}",
+                    crate::logging::printable(&slot.info.name)
+                );
+                slot.job = Some((id, socket));
+            }
+            Err(e) => log::warn!(
+                "worker {} cannot be placed on job {id}: {e:#}",
+                crate::logging::printable(&slot.info.name)
+            ),
         }
-        Ok(slot.sinks.get(&id))
+    }
+
+    /// The worker's socket to job `id`'s sink, made (and greeted) on first use; `None`
+    /// when the job is over or the socket cannot be made.
+    fn sink_socket(&mut self, peer: &[u8], id: JobId) -> Option<&zmq::Socket> {
+        let job = self.jobs.get(&id)?;
+        let slot = self.slots.get_mut(peer)?;
+        if !slot.sinks.contains_key(&id) {
+            match dealer(&job.ctx, peer, &job.results) {
+                Ok(socket) => {
+                    send(&socket, None, one(&Message::Join(slot.info.clone())));
+                    slot.sinks.insert(id, socket);
+                }
+                Err(e) => {
+                    log::warn!("cannot reach job {id}'s sink for a worker: {e:#}");
+                    return None;
+                }
+            }
+        }
+        slot.sinks.get(&id)
     }
 
     /// One poll and what it found.
@@ -462,15 +489,14 @@ impl Relay {
             )?;
             items.iter().map(|i| i.is_readable()).collect()
         };
-        let mut placing = false;
         for (source, ready) in sources.into_iter().zip(readable) {
             if !ready {
                 continue;
             }
             for _ in 0..sockets::ROUND {
                 let more = match &source {
-                    Source::Tasks => self.relay_worker(true, &mut placing)?,
-                    Source::Results => self.relay_worker(false, &mut placing)?,
+                    Source::Tasks => self.relay_worker(true)?,
+                    Source::Results => self.relay_worker(false)?,
                     Source::Job(peer) => self.relay_job(peer)?,
                     Source::Sink(peer, id) => self.relay_sink(peer, *id)?,
                 };
@@ -479,15 +505,12 @@ impl Relay {
                 }
             }
         }
-        if placing {
-            self.place();
-        }
         Ok(())
     }
 
     /// A worker's message on the tasks socket (`tasks`) or the results socket; false when
-    /// none was waiting. A newcomer or a leaver sets `placing`.
-    fn relay_worker(&mut self, tasks: bool, placing: &mut bool) -> anyhow::Result<bool> {
+    /// none was waiting.
+    fn relay_worker(&mut self, tasks: bool) -> anyhow::Result<bool> {
         let what = if tasks { "tasks" } else { "results" };
         let socket = if tasks {
             &self.front.tasks
@@ -497,15 +520,23 @@ impl Relay {
         let Some(raw) = receive(socket, true, what)? else {
             return Ok(false);
         };
-        let max_payload = self.front.config.max_payload;
-        let decoded = raw.frames.split_first().map(|(head, rest)| {
-            let parts: Vec<&[u8]> = rest.iter().map(|f| &f[..]).collect();
-            Message::decode_parts(head, &parts, max_payload).map_err(|e| e.to_string())
-        });
+        let Some(head) = raw.frames.first() else {
+            return Ok(self.reject(&raw.peer, "an empty message"));
+        };
+        let decoded = if !tasks && matches!(head.get(3), Some(7 | 19)) {
+            // Results are routed on their head alone: the job's sink decodes the rest.
+            Message::results_head(head).map(|(batch, worker)| Message::Results {
+                batch,
+                worker,
+                results: Vec::new(),
+            })
+        } else {
+            let parts: Vec<&[u8]> = raw.frames[1..].iter().map(|f| &f[..]).collect();
+            Message::decode_parts(head, &parts, self.front.config.max_payload)
+        };
         let message = match decoded {
-            Some(Ok(message)) => message,
-            Some(Err(why)) => return Ok(self.reject(&raw.peer, &why)),
-            None => return Ok(self.reject(&raw.peer, "an empty message")),
+            Ok(message) => message,
+            Err(why) => return Ok(self.reject(&raw.peer, &why.to_string())),
         };
         if self.front.config.access.secret.is_some() {
             if let Err(why) = crate::auth::speaks_for_itself(&raw.user, &raw.peer, &message) {
@@ -514,18 +545,27 @@ impl Relay {
         }
         let now = Instant::now();
         let peer = raw.peer;
+        let frames = raw.frames;
         match (tasks, message) {
             (_, Message::Hello(info)) | (_, Message::Join(info)) => {
-                let slot = self.slots.entry(peer.clone()).or_insert_with(|| {
-                    *placing = true;
-                    Slot::new(info.clone(), now)
-                });
+                if !self.admit(&peer, &info, tasks, now) {
+                    return Ok(true);
+                }
+                let slot = self
+                    .slots
+                    .entry(peer.clone())
+                    .or_insert_with(|| Slot::new(info.clone(), now));
                 slot.last_seen = now;
                 slot.info = info;
                 if tasks {
+                    if !slot.greeted {
+                        // Its tasks connection is up: it can be placed.
+                        slot.greeted = true;
+                        self.placing = true;
+                    }
                     match &slot.job {
                         Some((_, job)) => {
-                            send(job, None, raw.frames);
+                            send(job, None, frames);
                         }
                         None => {
                             // Between jobs: the front keeps the worker company.
@@ -542,32 +582,56 @@ impl Relay {
                     let job = slot.job.as_ref().map(|(j, _)| *j);
                     if let Some(id) = job {
                         let fresh = !slot.sinks.contains_key(&id);
-                        if let Some(sink) = self.sink_socket(&peer, id)? {
+                        if let Some(sink) = self.sink_socket(&peer, id) {
                             if !fresh {
-                                send(sink, None, raw.frames);
+                                send(sink, None, frames);
                             }
                         }
                     }
                 }
             }
-            (true, Message::Done { batch, .. }) | (true, Message::Decline { batch, .. }) => {
+            (true, Message::Done { batch, .. }) => {
                 let Some(slot) = self.slots.get_mut(&peer) else {
                     return Ok(true);
                 };
                 slot.last_seen = now;
                 if let Some((id, job)) = &slot.job {
                     if self.jobs.get(id).is_some_and(|j| j.batch == batch) {
-                        send(job, None, raw.frames);
+                        send(job, None, frames);
                     }
+                }
+            }
+            (true, Message::Decline { batch, reason }) => {
+                let Some(slot) = self.slots.get_mut(&peer) else {
+                    return Ok(true);
+                };
+                slot.last_seen = now;
+                let on = slot.job.as_ref().map(|(id, _)| *id);
+                if let Some(id) =
+                    on.filter(|id| self.jobs.get(id).is_some_and(|j| j.batch == batch))
+                {
+                    // It cannot run data kernels: its job hands its tasks to others, and
+                    // the share places it where none are needed.
+                    if let Some((_, job)) = &slot.job {
+                        send(job, None, frames);
+                    }
+                    log::info!(
+                        "worker {} declined job {id}: {}",
+                        crate::logging::printable(&slot.info.name),
+                        crate::logging::printable(&reason)
+                    );
+                    slot.computes = false;
+                    slot.job = None;
+                    self.placing = true;
                 }
             }
             (true, Message::Bye) => {
                 if let Some(slot) = self.slots.remove(&peer) {
                     if let Some((_, job)) = &slot.job {
-                        send(job, None, raw.frames);
+                        send(job, None, frames);
                     }
                     log::info!("worker {} left", crate::logging::printable(&slot.info.name));
-                    *placing = true;
+                    self.placing = true;
                 }
             }
             (false, Message::Results { batch, worker, .. }) => {
@@ -577,15 +641,15 @@ impl Relay {
                     .find(|(_, j)| j.batch == batch)
                     .map(|(id, _)| *id);
                 // A worker forgotten while its results were on the way is known again.
-                let slot = self.slots.entry(peer.clone()).or_insert_with(|| {
-                    *placing = true;
-                    Slot::new(worker, now)
-                });
+                let slot = self
+                    .slots
+                    .entry(peer.clone())
+                    .or_insert_with(|| Slot::new(worker, now));
                 slot.last_seen = now;
                 // Results of a job that is over are not needed by anyone.
                 if let Some(id) = id {
-                    if let Some(sink) = self.sink_socket(&peer, id)? {
-                        send(sink, None, raw.frames);
+                    if let Some(sink) = self.sink_socket(&peer, id) {
+                        send(sink, None, frames);
                     }
                 }
             }
@@ -597,37 +661,118 @@ impl Relay {
         Ok(true)
     }
 
-    /// What a job's ventilator sends the worker, relayed; false when none was waiting.
+    /// Whether a greeting from `peer` is taken: its name printable, and not another live
+    /// worker's. A namesake silent for two heartbeats, or no longer connected, is taken
+    /// to be this worker started again: it is forgotten (its job hands its tasks to
+    /// others). Else the newcomer is refused, as a ventilator refuses it.
+    fn admit(&mut self, peer: &[u8], info: &WorkerInfo, tasks: bool, now: Instant) -> bool {
+        let socket = if tasks {
+            &self.front.tasks
+        } else {
+            &self.front.results
+        };
+        let refuse = |kind: RefusalKind, reason: String| {
+            send(socket, Some(peer), one(&Message::Refused { kind, reason }));
+        };
+        if let Err(why) = conquer_core::heartbeat::check_name(&info.name) {
+            refuse(RefusalKind::BadName, why);
+            return false;
+        }
+        let namesake = self
+            .slots
+            .iter()
+            .find(|(p, s)| p.as_slice() != peer && s.info.name == info.name)
+            .map(|(p, s)| (p.clone(), s.last_seen));
+        let Some((old, seen)) = namesake else {
+            return true;
+        };
+        let quiet = now.saturating_duration_since(seen) >= 2 * self.front.config.heartbeat.interval;
+        let idle = one(&Message::Heartbeat { batch: 0 });
+        if quiet || !send(&self.front.tasks, Some(&old), idle) {
+            self.leave(&old);
+            self.slots.remove(&old);
+            self.placing = true;
+            log::info!(
+                "worker {} greets again as a new session; its old one is forgotten",
+                crate::logging::printable(&info.name)
+            );
+            return true;
+        }
+        refuse(
+            RefusalKind::NameTaken,
+            format!(
+                "another live worker is named {:?} on this coordinator: give each worker its own \
+                 --name",
+                crate::logging::printable(&info.name)
+            ),
+        );
+        false
+    }
+
+    /// What a job's ventilator sends the worker, relayed; false when none was waiting. The
+    /// job's end frees the worker for others at once; a refusal takes it off the job (the
+    /// worker serves others); a worker that cannot be reached is taken off its job until
+    /// it greets again.
     fn relay_job(&mut self, peer: &[u8]) -> anyhow::Result<bool> {
         let Some(slot) = self.slots.get_mut(peer) else {
             return Ok(false);
         };
-        let Some((_, socket)) = &slot.job else {
+        let Some((id, socket)) = &slot.job else {
             return Ok(false);
         };
+        let id = *id;
         let Some(raw) = receive(socket, false, "job")? else {
             return Ok(false);
         };
-        if raw
+        let kind = raw
             .frames
             .first()
-            .and_then(|f| Message::decode_kind_name(f))
-            .is_some_and(|kind| {
-                kind == Message::End {
-                    batch: 0,
-                    shutdown: false,
-                }
-                .kind_name()
-            })
-        {
-            slot.ended = true;
+            .and_then(|f| Message::decode_kind_name(f));
+        let end = Message::End {
+            batch: 0,
+            shutdown: false,
         }
-        send(&self.front.tasks, Some(peer), raw.frames);
+        .kind_name();
+        let refused = Message::Refused {
+            kind: RefusalKind::Busy,
+            reason: String::new(),
+        }
+        .kind_name();
+        if kind == Some(refused) {
+            log::warn!(
+                "job {id} refused worker {}; it serves other jobs",
+                crate::logging::printable(&slot.info.name)
+            );
+            self.leave(peer);
+            if let Some(slot) = self.slots.get_mut(peer) {
+                slot.greeted = false;
+            }
+            return Ok(true);
+        }
+        let delivered = send(&self.front.tasks, Some(peer), raw.frames);
+        if kind == Some(end) {
+            // Its batch is over: the job needs no worker any more.
+            slot.ended = true;
+            slot.job = None;
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.over = true;
+            }
+            self.placing = true;
+        } else if !delivered {
+            // Not connected on the tasks socket (yet, or any more): what the job sent is
+            // lost, so the job takes back what it gave, and the worker waits for its next
+            // greeting.
+            self.leave(peer);
+            if let Some(slot) = self.slots.get_mut(peer) {
+                slot.greeted = false;
+            }
+            self.placing = true;
+        }
         Ok(true)
     }
 
-    /// What a job's sink sends the worker: its welcome is the front's to give; a refusal
-    /// is relayed.
+    /// What a job's sink sends the worker: its welcome is the front's to give; anything
+    /// else (a refusal) is logged, not relayed: it would stop the worker for every job.
     fn relay_sink(&mut self, peer: &[u8], id: JobId) -> anyhow::Result<bool> {
         let Some(socket) = self.slots.get(peer).and_then(|s| s.sinks.get(&id)) else {
             return Ok(false);
@@ -641,7 +786,10 @@ impl Relay {
             .first()
             .and_then(|f| Message::decode_kind_name(f));
         if kind != Some(welcome) {
-            send(&self.front.results, Some(peer), raw.frames);
+            log::warn!(
+                "job {id}'s sink sent a worker a {} message; not relayed",
+                kind.unwrap_or("foreign")
+            );
         }
         Ok(true)
     }
@@ -657,6 +805,20 @@ impl Relay {
     }
 }
 
+/// A socket to a job's ventilator or sink that carries a worker's routing id.
+fn dealer(ctx: &zmq::Context, peer: &[u8], endpoint: &str) -> anyhow::Result<zmq::Socket> {
+    let socket = ctx.socket(zmq::DEALER)?;
+    socket.set_identity(peer)?;
+    socket.set_linger(sockets::LINGER_MS)?;
+    // What it carries is bounded by the worker's credit.
+    socket.set_sndhwm(0)?;
+    socket.set_rcvhwm(0)?;
+    socket
+        .connect(endpoint)
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
+    Ok(socket)
+}
+
 /// Starts the front on a thread of its own; its changes go through the returned sender.
 pub fn start(
     front: Front,
@@ -666,7 +828,15 @@ pub fn start(
     let shutdown = shutdown.clone();
     let thread = std::thread::Builder::new()
         .name("front".into())
-        .spawn(move || crate::logging::speaking_as("coordinator", || front.run(taken, &shutdown)))
+        .spawn(move || {
+            let ran = crate::logging::speaking_as("coordinator", || front.run(taken, &shutdown));
+            if ran.is_err() {
+                // Without its front the coordinator reaches no worker: it stops, and says
+                // why.
+                shutdown.request();
+            }
+            ran
+        })
         .context("cannot start the front's thread")?;
     Ok((changes, thread))
 }

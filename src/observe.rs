@@ -652,6 +652,7 @@ impl Observer {
             bars,
             series: self.series.iter().copied().collect(),
             sink: self.sink.clone(),
+            jobs: Vec::new(),
         }
     }
 
@@ -948,7 +949,7 @@ fn head(m: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A label value escaped as the exposition format asks: backslash, quote, newline.
-fn label(text: &str) -> String {
+pub fn label(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -967,7 +968,7 @@ fn histogram(m: &mut String, name: &str, help: &str, h: &Histogram) {
 }
 
 /// The farm as the page and `/api/status` show it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct FarmStatus {
     pub batch: String,
     pub phase: String,
@@ -1022,6 +1023,50 @@ pub struct FarmStatus {
     /// told it; absent until it has.
     #[serde(default)]
     pub sink: Option<crate::protocol::SinkSide>,
+    /// A coordinator's jobs (`conquer serve --http`), oldest first; absent for one batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobStatus>,
+}
+
+/// A job on a coordinator, as its live view lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct JobStatus {
+    pub id: u64,
+    pub name: String,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    pub priority: u32,
+    /// Its tasks (a divisible job's items) and those held so far.
+    pub tasks: u64,
+    pub held: u64,
+    /// Workers serving it now.
+    pub workers: usize,
+    /// Seconds since it started (to its end, once over); absent while queued.
+    pub elapsed_s: Option<f64>,
+    pub eta_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// The last status a job's ventilator observed, for its coordinator to read: where a
+/// standalone ventilator publishes to its own live view, a coordinator's job publishes
+/// here, and the coordinator shows its jobs together.
+#[derive(Debug, Default)]
+pub struct Board {
+    latest: std::sync::Mutex<Option<std::sync::Arc<FarmStatus>>>,
+}
+
+impl Board {
+    pub fn put(&self, status: FarmStatus) {
+        let status = std::sync::Arc::new(status);
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Some(status);
+        }
+    }
+
+    pub fn get(&self) -> Option<std::sync::Arc<FarmStatus>> {
+        self.latest.lock().ok()?.clone()
+    }
 }
 
 /// Throughput and latency between one status and the one before.

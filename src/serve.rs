@@ -19,6 +19,7 @@ use crate::cli::BatchArgs;
 use crate::front::{Change, Front, FrontConfig};
 use crate::heartbeat::Heartbeat;
 use crate::kernels::Kernel;
+use crate::observe::{Board, FarmStatus, JobStatus};
 use crate::protocol::control::{JobView, Reply, Request, MAX_REQUEST_BYTES};
 use crate::report::ResultsFormat;
 use crate::shutdown::{Interrupted, Shutdown};
@@ -46,9 +47,11 @@ pub struct ServeConfig {
     pub control: String,
     pub limits: Limits,
     pub heartbeat: Heartbeat,
-    /// The farm's secret or allowlist, as the ventilator's and the sink's are: every job's
+    /// The farm's secret or allowlist, as the ventilator's and the sink's are: the farm's
     /// sockets are guarded by it.
     pub access: crate::auth::Access,
+    /// The live view's address (`--http`), if any.
+    pub http: Option<String>,
 }
 
 /// The journal file's name in the state directory.
@@ -251,6 +254,15 @@ struct Shared {
     tokens: Option<(String, String)>,
     /// Requests refused for their token.
     refused: std::sync::atomic::AtomicU64,
+    /// With a live view: what each running job's ventilator last observed, and the
+    /// tasks held by jobs that ended (their last count).
+    boards: Mutex<Boards>,
+}
+
+#[derive(Default)]
+struct Boards {
+    running: BTreeMap<JobId, Arc<Board>>,
+    held: BTreeMap<JobId, u64>,
 }
 
 impl Shared {
@@ -272,6 +284,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         bail!("--max-running must be at least 1");
     }
     let store = Store::open(&config.state)?;
+    raise_open_files();
     let ctx = zmq::Context::new();
     // The farm's sockets, bound once: a port in use stops the coordinator here.
     let front = Front::bind(
@@ -299,6 +312,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
             .as_ref()
             .map(|s| (s.submit_token(), s.token())),
         refused: Default::default(),
+        boards: Mutex::new(Boards::default()),
     });
     {
         // Jobs the journal says were running resume; queued ones start while there is
@@ -332,6 +346,10 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
         endpoint: endpoint.clone(),
     });
     log::info!("control socket listening on {endpoint}");
+    let view = match &config.http {
+        Some(addr) => Some(start_view(addr, &config.access, &shared, shutdown)?),
+        None => None,
+    };
     let (changes, fronting) = crate::front::start(front, shutdown)?;
     notify_ready();
     let answering = {
@@ -352,7 +370,6 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
     let farm = Farm {
         config: Arc::new(config),
         shared: shared.clone(),
-        ctx,
         changes,
     };
     let ran = run_jobs(&farm, shutdown);
@@ -363,7 +380,34 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
     let fronted = fronting
         .join()
         .map_err(|_| anyhow::anyhow!("the front's thread panicked"))?;
+    if let Some(view) = view {
+        let _ = view.join();
+    }
     ran.and(answered).and(fronted)
+}
+
+/// Raises this process's open-file limit to its hard limit: each worker on a job costs
+/// the coordinator two in-process sockets, each with a file descriptor of its own, beside
+/// its TCP connections. Best effort: the sockets say so if they run out.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        log::debug!("cannot raise the open-file limit to {}", limit.rlim_max);
+    }
 }
 
 /// Tells systemd the coordinator is up (`Type=notify`): `READY=1` to `$NOTIFY_SOCKET`,
@@ -787,13 +831,12 @@ fn job_args(folder: &Path) -> anyhow::Result<(BatchArgs, u8, u8)> {
     Ok((args, stored.verify_percent, stored.replicate_percent))
 }
 
-/// What every job's thread needs: the coordinator's settings, its queue, the context its
-/// in-process sockets share with the front, and the way to the front.
+/// What every job's thread needs: the coordinator's settings, its queue, and the way to
+/// the front.
 #[derive(Clone)]
 struct Farm {
     config: Arc<ServeConfig>,
     shared: Arc<Shared>,
-    ctx: zmq::Context,
     changes: Sender<Change>,
 }
 
@@ -821,6 +864,27 @@ fn run_jobs(farm: &Farm, shutdown: &Shutdown) -> anyhow::Result<()> {
         if shutdown.is_requested() {
             break;
         }
+        if let Err(e) = start_jobs(farm, &mut threads, shutdown) {
+            failed = Err(e);
+            shutdown.request();
+        }
+    }
+    for (_, thread) in threads {
+        if let Err(e) = join(thread) {
+            failed = Err(e);
+        }
+    }
+    failed
+}
+
+/// Starts the queued jobs there is room for, and a thread for every running job without
+/// one; then waits for a change (a submission, a cancel, a job's end) or a while.
+fn start_jobs(
+    farm: &Farm,
+    threads: &mut BTreeMap<JobId, std::thread::JoinHandle<anyhow::Result<()>>>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    {
         let mut store = farm.shared.store()?;
         let limits = farm.shared.limits;
         store.commit(|queue, records| queue.start_queued(&limits, unix_ms(), records))?;
@@ -831,12 +895,9 @@ fn run_jobs(farm: &Farm, shutdown: &Shutdown) -> anyhow::Result<()> {
             .map(Claim::from)
             .collect();
         for claim in starting {
-            // Its stop token is set while the queue is held: a cancel from now on finds it.
-            let stop = Shutdown::new();
-            store.running.insert(claim.id, stop.clone());
             let folder = store.folder(claim.id);
-            let job = farm.clone();
-            let outer = shutdown.clone();
+            let (job, outer, stop) = (farm.clone(), shutdown.clone(), Shutdown::new());
+            let token = stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("job {}", claim.id))
                 .spawn(move || {
@@ -845,6 +906,8 @@ fn run_jobs(farm: &Farm, shutdown: &Shutdown) -> anyhow::Result<()> {
                     })
                 })
                 .context("cannot start a job's thread")?;
+            // Its stop token is set while the queue is held: a cancel from now on finds it.
+            store.running.insert(claim.id, token);
             threads.insert(claim.id, thread);
         }
         // Wait for a submission, a cancel, a job's end (or the stop flag).
@@ -854,12 +917,7 @@ fn run_jobs(farm: &Farm, shutdown: &Shutdown) -> anyhow::Result<()> {
             .wait_timeout(store, CONTROL_POLL)
             .map_err(|_| anyhow::anyhow!("a coordinator thread panicked"))?;
     }
-    for (_, thread) in threads {
-        if let Err(e) = join(thread) {
-            failed = Err(e);
-        }
-    }
-    failed
+    Ok(())
 }
 
 /// Why a job's batch did not finish.
@@ -904,6 +962,18 @@ fn run_job(
         }
     };
     let shared = &farm.shared;
+    if let Ok(mut boards) = shared.boards.lock() {
+        if let Some(board) = boards.running.remove(&id) {
+            let held = board.get().map_or(0, |s| {
+                if s.items > 0 {
+                    s.items_held
+                } else {
+                    s.held as u64
+                }
+            });
+            boards.held.insert(id, held);
+        }
+    }
     let mut store = shared.store()?;
     store.running.remove(&id);
     // Room for a queued job: the queue's thread looks.
@@ -968,8 +1038,17 @@ fn run_batch(
         image: (args.kernel == Kernel::Mandelbrot).then(|| folder.join("picture.png")),
     };
     let n = ENDPOINTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let board = farm.config.http.as_ref().map(|_| {
+        let board = Arc::new(Board::default());
+        if let Ok(mut boards) = farm.shared.boards.lock() {
+            boards.running.insert(id, board.clone());
+        }
+        board
+    });
+    // The job's own context: its sockets, and the front's to it for each of its workers.
+    let ctx = zmq::Context::new();
     let sink = Sink::bind(
-        &farm.ctx,
+        &ctx,
         SinkConfig {
             bind: format!("inproc://conquer-job-{id}-{n}-results"),
             results: Some((results, ResultsFormat::Jsonl)),
@@ -987,7 +1066,7 @@ fn run_batch(
         sink.run(stop).map_err(job_failed)?
     } else {
         let ventilator = Ventilator::bind(
-            &farm.ctx,
+            &ctx,
             VentilatorConfig {
                 bind: format!("inproc://conquer-job-{id}-{n}-tasks"),
                 sink: sink.endpoint().to_owned(),
@@ -1007,6 +1086,7 @@ fn run_batch(
                 chunking: prepared.chunking,
                 inputs: prepared.inputs,
                 kernel_source: prepared.source,
+                board,
                 ..VentilatorConfig::local(prepared.batch, prepared.job)
             },
         )
@@ -1017,6 +1097,7 @@ fn run_batch(
             batch: batch_id,
             tasks: ventilator.endpoint().to_owned(),
             results: sink.endpoint().to_owned(),
+            ctx: ctx.clone(),
         });
         let spawned =
             spawn(&format!("job {id} sink"), stop, move |s| sink.run(s)).and_then(|sink_thread| {
@@ -1063,6 +1144,170 @@ fn run_batch(
     report
         .verdict()
         .map_err(|why| job_failed(anyhow::anyhow!(why)))
+}
+
+/// How often the coordinator's live view is composed anew.
+const VIEW_EVERY: Duration = Duration::from_millis(500);
+
+/// Serves the coordinator's live view on `addr` and keeps it current on a thread of its
+/// own until `shutdown`: the jobs listed, and the oldest running job's farm in full.
+fn start_view(
+    addr: &str,
+    access: &crate::auth::Access,
+    shared: &Arc<Shared>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    crate::http::check_address(addr)?;
+    let guard = crate::http::Guard {
+        token: access.http_token(addr)?,
+        allow: access.allow.clone(),
+    };
+    let server = crate::http::Server::start(addr, guard)?;
+    log::info!("live view on http://{}/", server.address());
+    crate::events::emit(&crate::events::Note::Listening {
+        socket: "http".into(),
+        endpoint: format!("http://{}", server.address()),
+    });
+    let (shared, shutdown) = (shared.clone(), shutdown.clone());
+    std::thread::Builder::new()
+        .name("view".into())
+        .spawn(move || {
+            while !shutdown.is_requested() {
+                match compose(&shared) {
+                    Ok((status, metrics)) => server.publish(status, metrics),
+                    Err(e) => log::warn!("the live view: {e:#}"),
+                }
+                std::thread::sleep(VIEW_EVERY);
+            }
+        })
+        .context("cannot start the live view's thread")
+}
+
+/// The coordinator's status (its jobs, and the oldest running job's farm) and metrics.
+fn compose(shared: &Shared) -> anyhow::Result<(FarmStatus, String)> {
+    let views: Vec<JobView> = shared.store()?.queue.jobs().map(JobView::from).collect();
+    let (running, mut held) = match shared.boards.lock() {
+        Ok(mut boards) => {
+            // Counts of jobs expired since are forgotten too.
+            boards
+                .held
+                .retain(|id, _| views.iter().any(|j| j.id == *id));
+            let running: BTreeMap<JobId, Arc<FarmStatus>> = boards
+                .running
+                .iter()
+                .filter_map(|(id, b)| Some((*id, b.get()?)))
+                .collect();
+            (running, boards.held.clone())
+        }
+        Err(_) => anyhow::bail!("a job's thread panicked holding the live view"),
+    };
+    let now = unix_ms();
+    let mut jobs = Vec::with_capacity(views.len());
+    for job in &views {
+        let farm = running.get(&job.id);
+        let (count, done) = match farm {
+            Some(s) if s.items > 0 => (s.items, s.items_held),
+            Some(s) => (s.tasks as u64, s.held as u64),
+            None if job.state == JobState::Done => (job.tasks, job.tasks),
+            None => (job.tasks, held.remove(&job.id).unwrap_or(0)),
+        };
+        jobs.push(JobStatus {
+            id: job.id,
+            name: job.name.clone(),
+            state: crate::cli::state_name(job.state).to_owned(),
+            priority: job.priority,
+            tasks: count.max(job.tasks),
+            held: done,
+            workers: farm.map_or(0, |s| s.alive),
+            elapsed_s: job
+                .started_ms
+                .map(|start| job.ended_ms.unwrap_or(now).saturating_sub(start) as f64 / 1e3),
+            eta_s: farm.and_then(|s| s.eta_s),
+            reason: job.reason.clone(),
+        });
+    }
+    let queued = jobs.iter().filter(|j| j.state == "queued").count();
+    let mut status = match running.values().next() {
+        Some(first) => FarmStatus::clone(first),
+        None => FarmStatus {
+            batch: "-".into(),
+            phase: "idle".into(),
+            window_s: 30.0,
+            ..FarmStatus::default()
+        },
+    };
+    status.phase = format!(
+        "{} running, {queued} queued{}",
+        running.len(),
+        match running.keys().next() {
+            Some(id) => format!(" (showing job {id}: {})", status.phase),
+            None => String::new(),
+        }
+    );
+    // A coordinator is never finished; its jobs are.
+    status.finished = false;
+    let metrics = job_metrics(&jobs);
+    status.jobs = jobs;
+    Ok((status, metrics))
+}
+
+/// The coordinator's `/metrics`: jobs by state, and per job (labelled by its id) its
+/// tasks, those held and its workers.
+fn job_metrics(jobs: &[JobStatus]) -> String {
+    use std::fmt::Write as _;
+    let mut m = String::with_capacity(256 + jobs.len() * 256);
+    let _ = writeln!(
+        m,
+        "# HELP conquer_jobs Jobs kept by the coordinator, by state."
+    );
+    let _ = writeln!(m, "# TYPE conquer_jobs gauge");
+    for state in ["queued", "running", "done", "failed", "cancelled"] {
+        let n = jobs.iter().filter(|j| j.state == state).count();
+        let _ = writeln!(m, "conquer_jobs{{state=\"{state}\"}} {n}");
+    }
+    type Series = (&'static str, &'static str, fn(&JobStatus) -> u64);
+    let series: [Series; 4] = [
+        (
+            "conquer_job_tasks",
+            "A job's tasks (a divisible job's items).",
+            |j| j.tasks,
+        ),
+        (
+            "conquer_job_held",
+            "Tasks (items) of a job the sink holds.",
+            |j| j.held,
+        ),
+        ("conquer_job_workers", "Workers serving a job now.", |j| {
+            j.workers as u64
+        }),
+        (
+            "conquer_job_priority",
+            "A job's weight in the fair share.",
+            |j| u64::from(j.priority),
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(m, "# HELP {name} {help}");
+        let _ = writeln!(m, "# TYPE {name} gauge");
+        for job in jobs {
+            let _ = writeln!(m, "{name}{{job=\"{}\"}} {}", job.id, value(job));
+        }
+    }
+    let _ = writeln!(
+        m,
+        "# HELP conquer_job_info A job's name and state (the value is always 1)."
+    );
+    let _ = writeln!(m, "# TYPE conquer_job_info gauge");
+    for job in jobs {
+        let _ = writeln!(
+            m,
+            "conquer_job_info{{job=\"{}\",name=\"{}\",state=\"{}\"}} 1",
+            job.id,
+            crate::observe::label(&job.name),
+            job.state
+        );
+    }
+    m
 }
 
 fn spawn<T: Send + 'static>(

@@ -63,6 +63,9 @@ pub struct VentilatorConfig {
     pub http: Option<String>,
     /// Keep serving it this long after the batch ends, showing the final state.
     pub http_linger: Duration,
+    /// Where the live view's status also goes, for a coordinator that shows its jobs
+    /// together (observed as with `--http`).
+    pub board: Option<std::sync::Arc<crate::observe::Board>>,
     /// A user kernel's inputs, one per task (`--inputs`): each task travels with its file.
     pub inputs: Option<std::sync::Arc<crate::batch::Inputs>>,
     /// A user kernel's WGSL (`--kernel-file`), sent once to each worker before its first
@@ -117,6 +120,7 @@ impl VentilatorConfig {
             access: crate::auth::Access::default(),
             http: None,
             http_linger: Duration::ZERO,
+            board: None,
             inputs: None,
             kernel_source: None,
             fixed_workers: 0,
@@ -294,7 +298,7 @@ impl Ventilator {
                     .map(|name| crate::protocol::name_digest(name))
                     .collect()
             }),
-            observe: self.http.is_some(),
+            observe: self.observed(),
             framing: crate::dispatch::Framing {
                 kernel: config.kernel_source.is_some(),
                 inputs: config.inputs.is_some(),
@@ -302,7 +306,7 @@ impl Ventilator {
             },
         };
         let mut dispatcher = Dispatcher::new(dispatch, Instant::now(), crate::worker::unix_ms());
-        let mut observer = self.http.as_ref().map(|_| match config.chunking {
+        let mut observer = self.observed().then(|| match config.chunking {
             Some(_) => crate::observe::Observer::for_job(Instant::now()),
             None => crate::observe::Observer::new(n, Instant::now()),
         });
@@ -778,13 +782,23 @@ impl Ventilator {
     }
 
     /// Hands the live view a fresh status and metrics.
+    /// Whether the farm is observed: a live view, or a coordinator's board.
+    fn observed(&self) -> bool {
+        self.http.is_some() || self.config.board.is_some()
+    }
+
     fn publish(&self, o: &mut crate::observe::Observer, d: &Dispatcher) {
-        let Some(server) = &self.http else {
+        if !self.observed() {
             return;
-        };
+        }
         let now = Instant::now();
         let status = o.status(now, &d.snapshot(), self.config.heartbeat.interval);
-        let metrics = o.metrics(now, &status);
-        server.publish(status, metrics);
+        if let Some(board) = &self.config.board {
+            board.put(status.clone());
+        }
+        if let Some(server) = &self.http {
+            let metrics = o.metrics(now, &status);
+            server.publish(status, metrics);
+        }
     }
 }

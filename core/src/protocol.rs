@@ -681,6 +681,33 @@ impl Message {
         KINDS.get(usize::from(frame[3]).wrapping_sub(1)).copied()
     }
 
+    /// The batch and the worker a results message names, read from its first frame alone:
+    /// what a relay needs to route it and check who sent it, without decoding (or
+    /// decompressing) its results. The receiving role decodes the whole message.
+    pub fn results_head(frame: &[u8]) -> Result<(u64, WorkerInfo), DecodeError> {
+        if frame.len() < HEADER_LEN {
+            return Err(DecodeError::TooShort(frame.len()));
+        }
+        if frame[..2] != MAGIC {
+            return Err(DecodeError::BadMagic([frame[0], frame[1]]));
+        }
+        if frame[2] != VERSION {
+            return Err(DecodeError::Version(frame[2]));
+        }
+        let kind = frame[3];
+        let name = match kind {
+            7 | 19 => KINDS[usize::from(kind) - 1],
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        let mut r = Reader {
+            buf: frame,
+            pos: HEADER_LEN,
+            kind: name,
+            max_payload: 0,
+        };
+        Ok((r.u64()?, r.worker_info()?))
+    }
+
     /// The kind's name, for logs.
     pub fn kind_name(&self) -> &'static str {
         KINDS[usize::from(self.kind()) - 1]
@@ -2047,6 +2074,27 @@ mod tests {
         // Other tests decode in parallel: at least this message's bytes are counted.
         assert!(counted.outputs >= (2 << 20) + 100);
         assert!(counted.outputs_wire >= refs.iter().map(|f| f.len() as u64).sum::<u64>());
+    }
+
+    #[test]
+    fn a_results_head_names_the_batch_and_worker_of_either_layout() {
+        let results = vec![TaskResult {
+            id: 3,
+            output: vec![7; 5000],
+            ..TaskResult::default()
+        }];
+        let whole = Message::Results {
+            batch: 42,
+            worker: info(),
+            results: results.clone(),
+        }
+        .encode();
+        assert_eq!(Message::results_head(&whole), Ok((42, info())));
+        let mut split = results;
+        let (head, _) = Message::encode_results_split(43, &info(), &mut split, true).unwrap();
+        assert_eq!(Message::results_head(&head), Ok((43, info())));
+        assert!(Message::results_head(&Message::Bye.encode()).is_err());
+        assert!(Message::results_head(&whole[..10]).is_err());
     }
 
     #[test]

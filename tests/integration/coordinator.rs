@@ -380,6 +380,100 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
     assert!(!state.join("escape").exists() && !dir.path().join("escape").exists());
 }
 
+fn get(url: &str) -> String {
+    ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+#[test]
+fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
+    let state = tempfile::tempdir().unwrap();
+    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
+    let (coordinator, control) = serve(
+        state.path(),
+        &bind,
+        &results,
+        &["--http", "127.0.0.1:0", "--max-running", "2"],
+    );
+    let base = coordinator.live_view();
+    let _workers: Vec<Proc> = ["w1", "w2"]
+        .iter()
+        .map(|name| util::worker(name, &bind, &results, &BEAT))
+        .collect();
+    let done = submit(
+        &control,
+        &["--tasks", "10", "--max-ms", "5", "--name", "quick"],
+    );
+    wait_state(&control, done, "done");
+    let long = submit(
+        &control,
+        &[
+            "--tasks",
+            "400",
+            "--min-ms",
+            "50",
+            "--max-ms",
+            "50",
+            "--name",
+            "long \"one\"",
+        ],
+    );
+    wait_state(&control, long, "running");
+    // The page's status lists every job, with the running one's progress and workers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&get(&format!("{base}/api/status"))).unwrap();
+        let jobs = status["jobs"].as_array().cloned().unwrap_or_default();
+        let running = jobs.iter().find(|j| j["id"] == long);
+        if running.is_some_and(|j| j["held"].as_u64() > Some(0) && j["workers"] == 2) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never listed running: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let jobs = status["jobs"].as_array().unwrap();
+    let quick = jobs.iter().find(|j| j["id"] == done).unwrap();
+    assert_eq!(quick["state"], "done", "{status}");
+    assert_eq!(
+        (quick["held"].as_u64(), quick["tasks"].as_u64()),
+        (Some(10), Some(10))
+    );
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2, "{status}");
+    assert!(
+        status["phase"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 running, 0 queued"),
+        "{status}"
+    );
+    let metrics = get(&format!("{base}/metrics"));
+    assert!(
+        metrics.contains(&format!("conquer_job_held{{job=\"{done}\"}} 10")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("conquer_job_workers{{job=\"{long}\"}} 2")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("conquer_jobs{state=\"running\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "conquer_job_info{{job=\"{long}\",name=\"long \\\"one\\\"\",state=\"running\"}} 1"
+        )),
+        "{metrics}"
+    );
+    let (status, _, log) = ask(&control, &["cancel", &long.to_string()]);
+    assert!(status.success(), "{log}");
+}
+
 #[test]
 fn a_coordinator_killed_mid_job_resumes_it_without_redoing_what_it_held() {
     let state = tempfile::tempdir().unwrap();
