@@ -308,6 +308,10 @@ pub struct ServeArgs {
     /// Finished jobs kept (their reports and results files); older ones are removed.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub keep: u64,
+    /// And for at most this long after they end, e.g. 30d, 12h, 90m (0: kept by count
+    /// alone).
+    #[arg(long, value_name = "AGE", default_value = "0", value_parser = parse_age)]
+    pub keep_for: u64,
     #[command(flatten)]
     pub heartbeat: HeartbeatArgs,
     #[command(flatten)]
@@ -1008,6 +1012,28 @@ impl BatchArgs {
     }
 }
 
+/// Parses an age, `N` seconds or with a unit `s`, `m`, `h` or `d`, as milliseconds.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let scale: u64 = match &t[digits.len()..] {
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: give an age such as 3600, 90m, 12h or 30d"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?}: give an age such as 3600, 90m, 12h or 30d"))
+}
+
 /// Parses a byte count with an optional K, M or G suffix (powers of 1024; `KiB` etc. too).
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -1654,6 +1680,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                     max_running: args.max_running as usize,
                     max_input_bytes: args.max_input,
                     keep: args.keep as usize,
+                    keep_ms: args.keep_for,
                 },
                 heartbeat: args.heartbeat.heartbeat(),
                 access: args.access.access()?,

@@ -887,7 +887,11 @@ fn start_jobs(
     {
         let mut store = farm.shared.store()?;
         let limits = farm.shared.limits;
-        store.commit(|queue, records| queue.start_queued(&limits, unix_ms(), records))?;
+        store.commit(|queue, records| {
+            let now = unix_ms();
+            queue.expire(&limits, now, records);
+            queue.start_queued(&limits, now, records);
+        })?;
         let starting: Vec<Claim> = store
             .queue
             .running()
@@ -1416,6 +1420,7 @@ mod tests {
             max_running: 1,
             max_input_bytes: 1 << 20,
             keep: 5,
+            keep_ms: 0,
         };
         let mut store = Store::open(dir.path()).unwrap();
         for _ in 0..2000 {
@@ -1462,6 +1467,7 @@ mod tests {
             max_running: 1,
             max_input_bytes: 1 << 20,
             keep: 10,
+            keep_ms: 0,
         };
         {
             let mut store = Store::open(dir.path()).unwrap();

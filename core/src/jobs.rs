@@ -108,6 +108,8 @@ pub struct Limits {
     pub max_input_bytes: u64,
     /// Finished jobs kept (their reports and results); older ones expire.
     pub keep: usize,
+    /// And for at most this long after they ended (ms; 0: no limit by age).
+    pub keep_ms: u64,
 }
 
 /// Why a submission or a cancel was refused.
@@ -301,7 +303,7 @@ impl JobQueue {
             out,
         );
         self.start_queued(limits, now_ms, out);
-        self.expire(limits, out);
+        self.expire(limits, now_ms, out);
     }
 
     /// Cancels a queued or running job (a running one's workers abandon its tasks).
@@ -332,20 +334,25 @@ impl JobQueue {
         Ok(was)
     }
 
-    /// Finished jobs beyond the newest `keep` (by when they ended) are forgotten.
-    pub fn expire(&mut self, limits: &Limits, out: &mut Vec<Record>) {
+    /// Finished jobs beyond the newest `keep` (by when they ended), and those that ended
+    /// `keep_ms` or longer before `now_ms`, are forgotten.
+    pub fn expire(&mut self, limits: &Limits, now_ms: u64, out: &mut Vec<Record>) {
         let mut over: Vec<(u64, JobId)> = self
             .jobs
             .values()
             .filter(|j| j.state.is_over())
             .map(|j| (j.ended_ms.unwrap_or(0), j.id))
             .collect();
-        if over.len() <= limits.keep {
-            return;
-        }
         over.sort_unstable();
-        let drop = over.len() - limits.keep;
-        for &(_, id) in &over[..drop] {
+        let by_count = over.len().saturating_sub(limits.keep);
+        let by_age = match limits.keep_ms {
+            0 => 0,
+            age => over
+                .iter()
+                .take_while(|(ended, _)| ended.saturating_add(age) <= now_ms)
+                .count(),
+        };
+        for &(_, id) in &over[..by_count.max(by_age)] {
             self.record(Record::Expired { id }, out);
         }
     }
@@ -510,6 +517,7 @@ mod tests {
         max_running: 3,
         max_input_bytes: 1 << 20,
         keep: 4,
+        keep_ms: 0,
     };
 
     #[derive(Debug, Clone)]
@@ -730,6 +738,27 @@ mod tests {
         // Job 1 ends: its two workers go to job 2, whose own two stay.
         let after = place(&[claim(2)], &sleep, &both);
         assert_eq!(after, [Some(2); 4]);
+    }
+
+    #[test]
+    fn finished_jobs_expire_by_age_as_well_as_by_count() {
+        let limits = Limits {
+            keep: 10,
+            keep_ms: 1_000,
+            ..LIMITS
+        };
+        let mut q = JobQueue::new();
+        let mut out = Vec::new();
+        let old = q.submit(spec(1, false), &limits, 0, &mut out).unwrap();
+        let young = q.submit(spec(1, false), &limits, 0, &mut out).unwrap();
+        q.end(old, JobState::Done, "", &limits, 100, &mut out);
+        q.end(young, JobState::Done, "", &limits, 900, &mut out);
+        q.expire(&limits, 1_099, &mut out);
+        assert_eq!(q.jobs().count(), 2);
+        q.expire(&limits, 1_100, &mut out);
+        assert!(q.get(old).is_none() && q.get(young).is_some());
+        // A replay agrees.
+        assert_eq!(JobQueue::replay(&out), q);
     }
 
     #[test]

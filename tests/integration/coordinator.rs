@@ -144,6 +144,12 @@ fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_o
     // The workers serve the next job as they did the first.
     let last = submit(&control, &["--tasks", "20", "--max-ms", "5", "--seed", "3"]);
     wait_state(&control, last, "done");
+    // An age that is not one is refused, saying what to give.
+    let (status, _, log) = Proc::start_quiet("serve", &["serve", "--keep-for", "5x"]).finish();
+    assert!(
+        !status.success() && log.contains("give an age such as"),
+        "{log}"
+    );
     // Nobody at the endpoint: a clear error within --timeout, not a hang.
     let (status, _, log) = ask(&util::free_endpoint(), &["jobs", "--timeout", "1"]);
     assert!(
@@ -475,41 +481,61 @@ fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
 }
 
 #[test]
-fn a_coordinator_killed_mid_job_resumes_it_without_redoing_what_it_held() {
+fn a_coordinator_killed_mid_job_resumes_every_running_job_without_redoing_what_it_held() {
     let state = tempfile::tempdir().unwrap();
     let (bind, results) = (util::free_endpoint(), util::free_endpoint());
     let (coordinator, control) = serve(state.path(), &bind, &results, &[]);
-    let _workers: Vec<Proc> = ["w1", "w2"]
+    let _workers: Vec<Proc> = ["w1", "w2", "w3", "w4"]
         .iter()
         .map(|name| util::worker(name, &bind, &results, &BEAT))
         .collect();
-    let id = submit(
-        &control,
-        &["--tasks", "100", "--min-ms", "30", "--max-ms", "30"],
-    );
-    let file = folder(state.path(), id).join("results.jsonl");
-    util::wait_for_lines(&file, 30);
+    // Two jobs side by side, two workers each: 1.5 s of work apiece.
+    let ids = [1, 2].map(|seed| {
+        submit(
+            &control,
+            &[
+                "--tasks",
+                "100",
+                "--min-ms",
+                "30",
+                "--max-ms",
+                "30",
+                "--seed",
+                &seed.to_string(),
+            ],
+        )
+    });
+    let files = ids.map(|id| folder(state.path(), id).join("results.jsonl"));
+    for file in &files {
+        util::wait_for_lines(file, 20);
+    }
     coordinator.signal("KILL");
     drop(coordinator.finish());
-    let held = util::result_ids(&file).len();
-    assert!(held < 100, "the job finished before the kill");
-    let (_again, control) = serve(state.path(), &bind, &results, &[]);
-    wait_state(&control, id, "done");
-    util::assert_each_once(&util::result_ids(&file), 100);
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(folder(state.path(), id).join("report.json")).unwrap(),
-    )
-    .unwrap();
-    // Nothing the file held went out again. The only results that arrive twice are of
-    // tasks the workers had in hand when the coordinator died (the resumed batch hands
-    // them out again; the workers deliver theirs once the new sink is up): a few, never
-    // the 30 or more the file held. A job started afresh would repeat every one of those.
-    let duplicates = report["duplicates"].as_u64().unwrap();
+    let held = files.clone().map(|f| util::result_ids(&f).len());
     assert!(
-        duplicates < held as u64,
-        "{duplicates} duplicates, {held} held: {report}"
+        held.iter().all(|&h| h < 100),
+        "a job finished before the kill: {held:?}"
     );
-    assert_eq!(report["tasks"], 100, "{report}");
+    let (_again, control) = serve(state.path(), &bind, &results, &[]);
+    for ((id, file), held) in ids.iter().zip(&files).zip(held) {
+        wait_state(&control, *id, "done");
+        util::assert_each_once(&util::result_ids(file), 100);
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(folder(state.path(), *id).join("report.json")).unwrap(),
+        )
+        .unwrap();
+        // Nothing the file held went out again. The only results that arrive twice are
+        // of tasks the workers had in hand when the coordinator died (the resumed batch
+        // hands them out again; the workers deliver theirs once the new sink is up): a
+        // few, never the 20 or more the file held. A job started afresh would repeat
+        // every one of those.
+        let duplicates = report["duplicates"].as_u64().unwrap();
+        assert!(
+            duplicates < held as u64,
+            "job {id}: {duplicates} duplicates, {held} held: {report}"
+        );
+        assert_eq!(report["tasks"], 100, "{report}");
+    }
 }
 
 #[test]
