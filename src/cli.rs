@@ -299,6 +299,10 @@ pub struct ServeArgs {
     /// Largest submission, in bytes (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
     pub max_input: u64,
+    /// Submissions may name input files under DIR on this machine (`submit
+    /// --inputs-on-coordinator`) instead of sending them.
+    #[arg(long, env = "CONQUER_INPUTS_DIR", value_name = "DIR")]
+    pub inputs_dir: Option<PathBuf>,
     /// Serve a live page (`/`), the status as JSON (`/api/status`, the jobs listed) and
     /// Prometheus metrics (`/metrics`, per-job series labelled by job id) on HOST:PORT. A
     /// non-loopback address needs --secret-file (clients send the status token) or
@@ -379,6 +383,10 @@ pub struct SubmitArgs {
     /// The job's weight when several share the workers (at least 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub priority: u32,
+    /// --inputs names files on the coordinator (a glob relative to its --inputs-dir)
+    /// instead of files here: they are not sent.
+    #[arg(long, requires = "inputs")]
+    pub inputs_on_coordinator: bool,
     /// Follow the job to its end and print its report; exit 0 when it is done, 1 when it
     /// failed or was cancelled.
     #[arg(long)]
@@ -1685,6 +1693,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 heartbeat: args.heartbeat.heartbeat(),
                 access: args.access.access()?,
                 http: args.http,
+                inputs_dir: args.inputs_dir,
             };
             crate::serve::serve(config, shutdown)?;
             shutdown.check()?;
@@ -2167,13 +2176,25 @@ fn info(json: bool) -> anyhow::Result<()> {
 fn submission(args: &SubmitArgs) -> anyhow::Result<(Request, Vec<Vec<u8>>)> {
     let batch = &args.batch;
     let verify_percent = args.verify.percent();
-    // A coordinator's jobs run with the default payload limit.
-    let prepared = batch.prepare(verify_percent, crate::protocol::DEFAULT_MAX_PAYLOAD)?;
-    let task_list = batch.kernel == Kernel::Spin && prepared.chunking.is_none();
-    let workloads_ms = if task_list {
-        prepared.batch.tasks.iter().map(|t| t.workload_ms).collect()
-    } else {
-        Vec::new()
+    let remote_inputs = match (&batch.data.inputs, args.inputs_on_coordinator) {
+        (Some(pattern), true) => Some(crate::serve::check_remote_inputs(pattern)?),
+        _ => None,
+    };
+    // A coordinator's jobs run with the default payload limit. Inputs on the coordinator
+    // are found there: here only the kernel is checked.
+    let prepared = match &remote_inputs {
+        None => Some(batch.prepare(verify_percent, crate::protocol::DEFAULT_MAX_PAYLOAD)?),
+        Some(_) => None,
+    };
+    let source = match (&prepared, &batch.data.kernel_file) {
+        (Some(prepared), _) => prepared.source.as_deref().map(str::to_owned),
+        (None, Some(path)) => Some(read_kernel_file(path)?),
+        (None, None) => None,
+    };
+    let task_list = batch.kernel == Kernel::Spin && batch.chunks.policy().is_none();
+    let workloads_ms = match &prepared {
+        Some(prepared) if task_list => prepared.batch.tasks.iter().map(|t| t.workload_ms).collect(),
+        _ => Vec::new(),
     };
     let file_name = |path: &std::path::Path| {
         path.file_name()
@@ -2192,7 +2213,7 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<(Request, Vec<Vec<u8>>)> {
     flags.tasks.tasks_file = None;
     flags.data.kernel_file = None;
     flags.data.inputs = None;
-    let (inputs, frames) = match &prepared.inputs {
+    let (inputs, frames) = match prepared.as_ref().and_then(|p| p.inputs.as_ref()) {
         None => (Vec::new(), Vec::new()),
         Some(inputs) => {
             let mut total = 0u64;
@@ -2225,8 +2246,9 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<(Request, Vec<Vec<u8>>)> {
         flags: Some(serde_json::to_value(&flags).context("describing the job")?),
         verify_percent,
         replicate_percent: args.verify.replicate,
-        kernel_source: prepared.source.as_deref().map(str::to_owned),
+        kernel_source: source,
         inputs,
+        remote_inputs,
     };
     Ok((request, frames))
 }

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     pub access: crate::auth::Access,
     /// The live view's address (`--http`), if any.
     pub http: Option<String>,
+    /// Where submissions may name input files (`--inputs-dir`), if anywhere.
+    pub inputs_dir: Option<PathBuf>,
 }
 
 /// The journal file's name in the state directory.
@@ -254,6 +256,8 @@ struct Shared {
     tokens: Option<(String, String)>,
     /// Requests refused for their token.
     refused: std::sync::atomic::AtomicU64,
+    /// Where submissions may name input files (`--inputs-dir`).
+    inputs_dir: Option<PathBuf>,
     /// With a live view: what each running job's ventilator last observed, and the
     /// tasks held by jobs that ended (their last count).
     boards: Mutex<Boards>,
@@ -312,6 +316,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
             .as_ref()
             .map(|s| (s.submit_token(), s.token())),
         refused: Default::default(),
+        inputs_dir: config.inputs_dir.clone(),
         boards: Mutex::new(Boards::default()),
     });
     {
@@ -587,11 +592,25 @@ fn handle(
             replicate_percent,
             kernel_source,
             inputs,
+            remote_inputs,
         } => {
+            if let Some(pattern) = &remote_inputs {
+                check_remote_inputs(pattern)?;
+                if shared.inputs_dir.is_none() {
+                    bail!(
+                        "this coordinator takes no inputs named on its disk: start it with \
+                         --inputs-dir DIR, or send the inputs with the submission"
+                    );
+                }
+                if !inputs.is_empty() {
+                    bail!("a submission either carries its inputs or names them, not both");
+                }
+            }
             let stored = Stored {
                 flags,
                 verify_percent,
                 replicate_percent,
+                remote_inputs,
             };
             let shown: String = crate::logging::printable(&name).chars().take(200).collect();
             // The job's files are on disk, their folder's entries too, before the journal
@@ -608,7 +627,7 @@ fn handle(
             )
             .and_then(|()| sync_dir(&store.dir.join("jobs")))
             .and_then(|()| {
-                let (args, verify, _) = job_args(&folder)?;
+                let (args, verify, _) = job_args(&folder, shared.inputs_dir.as_deref())?;
                 let prepared = args
                     .prepare(verify, crate::protocol::DEFAULT_MAX_PAYLOAD)
                     .context("the submitted job")?;
@@ -700,6 +719,9 @@ struct Stored {
     verify_percent: u8,
     #[serde(default)]
     replicate_percent: u8,
+    /// Inputs named on the coordinator: a glob relative to its `--inputs-dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remote_inputs: Option<String>,
 }
 
 /// A submitted input's name: a plain file name, so it stays inside the job's folder.
@@ -791,9 +813,30 @@ struct Defaults {
     batch: BatchArgs,
 }
 
-/// The batch flags of the job in `folder`, its files named where the folder holds them,
-/// and its `--verify` and `--replicate` percentages.
-fn job_args(folder: &Path) -> anyhow::Result<(BatchArgs, u8, u8)> {
+/// A glob naming inputs under a coordinator's `--inputs-dir`: relative, and never
+/// climbing out of it (no `..`). Returns it as given.
+pub fn check_remote_inputs(pattern: &str) -> anyhow::Result<String> {
+    let path = Path::new(pattern);
+    let climbs = path.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if pattern.is_empty() || climbs {
+        bail!(
+            "--inputs {:?} with --inputs-on-coordinator: give a glob relative to the \
+             coordinator's --inputs-dir, without `..` or a leading `/`",
+            crate::logging::printable(pattern)
+        );
+    }
+    Ok(pattern.to_owned())
+}
+
+/// The batch flags of the job in `folder`, its files named where the folder holds them
+/// (or, for inputs named on the coordinator, under `inputs_dir`), and its `--verify` and
+/// `--replicate` percentages.
+fn job_args(folder: &Path, inputs_dir: Option<&Path>) -> anyhow::Result<(BatchArgs, u8, u8)> {
     use clap::Parser;
     let stored: Stored = match std::fs::read(folder.join("job.json")) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -803,6 +846,7 @@ fn job_args(folder: &Path) -> anyhow::Result<(BatchArgs, u8, u8)> {
             flags: None,
             verify_percent: 0,
             replicate_percent: 0,
+            remote_inputs: None,
         },
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", folder.display())),
     };
@@ -820,7 +864,17 @@ fn job_args(folder: &Path) -> anyhow::Result<(BatchArgs, u8, u8)> {
     let kernel = folder.join("kernel.wgsl");
     args.data.kernel_file = kernel.exists().then_some(kernel);
     let inputs = folder.join("inputs");
-    args.data.inputs = if inputs.is_dir() {
+    args.data.inputs = if let Some(pattern) = &stored.remote_inputs {
+        check_remote_inputs(pattern)?;
+        let dir = inputs_dir.context(
+            "the job names inputs on the coordinator's disk, and this coordinator has no \
+             --inputs-dir",
+        )?;
+        let dir = dir
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", dir.display()))?;
+        Some(format!("{}/{pattern}", glob::Pattern::escape(dir)))
+    } else if inputs.is_dir() {
         let dir = inputs
             .to_str()
             .with_context(|| format!("{} is not UTF-8", inputs.display()))?;
@@ -1022,7 +1076,7 @@ fn run_batch(
     let id = claim.id;
     let config = &farm.config;
     let job_failed = Unfinished::Job;
-    let (args, verify, replicate) = job_args(folder)
+    let (args, verify, replicate) = job_args(folder, farm.shared.inputs_dir.as_deref())
         .with_context(|| format!("job {id}"))
         .map_err(job_failed)?;
     let mut prepared = args

@@ -117,7 +117,7 @@ pub struct Limits {
 pub enum Refused {
     #[error("the queue is full ({0} jobs queued or running): wait for some to finish, or raise --max-jobs on the coordinator")]
     QueueFull(usize),
-    #[error("the job's inputs are {bytes} bytes, over the coordinator's --max-input {max}: name them on the coordinator's disk instead, or raise the limit there")]
+    #[error("the job's inputs are {bytes} bytes, over the coordinator's --max-input {max}: name them on the coordinator's disk instead (submit --inputs-on-coordinator, under its --inputs-dir), or raise the limit there")]
     InputsTooLarge { bytes: u64, max: u64 },
     #[error("a job's priority is at least 1 (got 0)")]
     ZeroPriority,

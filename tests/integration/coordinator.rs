@@ -237,7 +237,19 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (_coordinator, control) = serve(&state, &bind, &results, &["--max-running", "3"]);
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let (_coordinator, control) = serve(
+        &state,
+        &bind,
+        &results,
+        &[
+            "--max-running",
+            "3",
+            "--inputs-dir",
+            inputs.to_str().unwrap(),
+        ],
+    );
     // A sleep worker beside a computing one: the data jobs must never wait on it, and a
     // task list beside them still uses it.
     let software = crate::gpu::adapter(conquer::backend::gpu::AdapterClass::Software).is_some();
@@ -264,8 +276,6 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
     let list = submit(&control, &["--tasks", "20", "--max-ms", "5"]);
     // A user kernel whose inputs travel with it (on a software adapter, where WGSL runs).
     let user = software.then(|| {
-        let inputs = dir.path().join("in");
-        std::fs::create_dir(&inputs).unwrap();
         for n in [3usize, 1000] {
             let x = (0..n).map(|i| (i % 97) as f32 * 0.25);
             let y = (0..n).map(|i| 1.0 - (i % 13) as f32);
@@ -273,21 +283,27 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
             std::fs::write(inputs.join(format!("v{n}.f32")), bytes).unwrap();
         }
         let glob = format!("{}/*.f32", inputs.display());
-        submit(
+        let saxpy = [
+            "--kernel-file",
+            "examples/kernels/saxpy.wgsl",
+            "--item-bytes",
+            "8",
+            "--output-bytes",
+            "4/item",
+            "--constants",
+            "2.5",
+        ];
+        // The inputs travel; or they are named on the coordinator, under its --inputs-dir.
+        let sent = submit(&control, &[&saxpy[..], &["--inputs", &glob]].concat());
+        let named = submit(
             &control,
             &[
-                "--kernel-file",
-                "examples/kernels/saxpy.wgsl",
-                "--inputs",
-                &glob,
-                "--item-bytes",
-                "8",
-                "--output-bytes",
-                "4/item",
-                "--constants",
-                "2.5",
-            ],
-        )
+                &saxpy[..],
+                &["--inputs", "*.f32", "--inputs-on-coordinator"],
+            ]
+            .concat(),
+        );
+        [sent, named]
     });
     wait_state(&control, picture, "done");
     wait_state(&control, list, "done");
@@ -307,11 +323,11 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         &util::result_ids(&folder(&state, list).join("results.jsonl")),
         20,
     );
-    if let Some(id) = user {
+    for id in user.into_iter().flatten() {
         wait_state(&control, id, "done");
         let outputs = folder(&state, id).join("outputs");
         for n in [3usize, 1000] {
-            let bytes = std::fs::read(dir.path().join("in").join(format!("v{n}.f32"))).unwrap();
+            let bytes = std::fs::read(inputs.join(format!("v{n}.f32"))).unwrap();
             let v: Vec<f32> = bytes
                 .chunks_exact(4)
                 .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
@@ -352,6 +368,7 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         replicate_percent: 0,
         kernel_source: Some(source.into()),
         inputs: vec!["a.bin".into()],
+        remote_inputs: None,
     };
     let reply = conquer::serve::ask_with(
         &control,
@@ -375,6 +392,7 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         replicate_percent: 0,
         kernel_source: None,
         inputs: vec!["../../escape".into()],
+        remote_inputs: None,
     };
     let reply =
         conquer::serve::ask_with(&control, &request, &[vec![1]], "", Duration::from_secs(10))
@@ -384,6 +402,36 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         "{reply:?}"
     );
     assert!(!state.join("escape").exists() && !dir.path().join("escape").exists());
+    // Inputs named on the coordinator stay under its --inputs-dir.
+    let (status, _, log) = ask(
+        &control,
+        &[
+            "submit",
+            "--kernel",
+            "copy",
+            "--inputs",
+            "../*",
+            "--inputs-on-coordinator",
+        ],
+    );
+    assert!(!status.success() && log.contains("without `..`"), "{log}");
+    let request = conquer::protocol::control::Request::Submit {
+        name: "climb".into(),
+        priority: 1,
+        workloads_ms: Vec::new(),
+        flags: None,
+        verify_percent: 0,
+        replicate_percent: 0,
+        kernel_source: None,
+        inputs: Vec::new(),
+        remote_inputs: Some("/etc/*".into()),
+    };
+    let reply =
+        conquer::serve::ask_with(&control, &request, &[], "", Duration::from_secs(10)).unwrap();
+    assert!(
+        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("without `..`")),
+        "{reply:?}"
+    );
 }
 
 fn get(url: &str) -> String {
@@ -597,6 +645,7 @@ fn with_a_secret_only_the_submit_token_submits_and_refusals_are_counted() {
         replicate_percent: 0,
         kernel_source: None,
         inputs: Vec::new(),
+        remote_inputs: None,
     };
     let reply =
         conquer::serve::ask(&control, &request, &status_token, Duration::from_secs(10)).unwrap();

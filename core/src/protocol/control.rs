@@ -38,6 +38,10 @@ pub enum Request {
         /// of the same message, one a file.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         inputs: Vec<String>,
+        /// Instead of inputs that travel: a glob naming files on the coordinator, relative
+        /// to its `--inputs-dir`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote_inputs: Option<String>,
     },
     /// Every job kept, oldest first.
     Jobs,
@@ -184,6 +188,7 @@ mod tests {
             replicate_percent: 0,
             kernel_source: None,
             inputs: Vec::new(),
+            remote_inputs: None,
         };
         let bytes = submit.encode("");
         assert_eq!(
