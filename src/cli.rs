@@ -2268,7 +2268,7 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         let reply = args.coordinator.ask(&Request::Results { id })?;
         if let Reply::Results { job, .. } = &reply {
             if job.state.is_over() {
-                return print_results(&reply, args.json);
+                return print_job(&reply, args.json, true);
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -2290,8 +2290,8 @@ pub fn state_name(state: conquer_core::jobs::JobState) -> &'static str {
 fn jobs_table(jobs: &[JobView]) -> String {
     let now = worker::unix_ms();
     let mut out = format!(
-        "{:>6}  {:<9}  {:>9}  {:>8}  {:>10}  NAME\n",
-        "ID", "STATE", "TASKS", "PRIORITY", "ELAPSED"
+        "{:>6}  {:<9}  {:>17}  {:>7}  {:>8}  {:>10}  NAME\n",
+        "ID", "STATE", "HELD / TASKS", "WORKERS", "PRIORITY", "ELAPSED"
     );
     for job in jobs {
         let elapsed = match (job.started_ms, job.ended_ms) {
@@ -2299,11 +2299,19 @@ fn jobs_table(jobs: &[JobView]) -> String {
             (Some(start), None) => format!("{:.1} s", now.saturating_sub(start) as f64 / 1e3),
             _ => "-".into(),
         };
+        let held = match job.held {
+            Some(held) => format!("{held} / {}", job.tasks),
+            None => format!("- / {}", job.tasks),
+        };
+        let workers = job
+            .workers
+            .map_or_else(|| "-".to_owned(), |w| w.to_string());
         out.push_str(&format!(
-            "{:>6}  {:<9}  {:>9}  {:>8}  {:>10}  {}\n",
+            "{:>6}  {:<9}  {:>17}  {:>7}  {:>8}  {:>10}  {}\n",
             job.id,
             state_name(job.state),
-            job.tasks,
+            held,
+            workers,
             job.priority,
             elapsed,
             crate::logging::printable(&job.name)
@@ -2315,6 +2323,14 @@ fn jobs_table(jobs: &[JobView]) -> String {
 /// A `results` reply: the report (JSON with --json), or where the job stands; exit 0 when
 /// the job is done.
 fn print_results(reply: &Reply, json: bool) -> anyhow::Result<i32> {
+    print_job(reply, json, false)
+}
+
+/// A `results` reply: with `like_run` (`submit --wait`), the job's report exactly as `run`
+/// prints it (`--json`: the report alone); else the job, its report and its folder (JSON
+/// with `json`). Exit 0 when the job is done and its report's verdict holds, 1 otherwise,
+/// as `run` exits.
+fn print_job(reply: &Reply, json: bool, like_run: bool) -> anyhow::Result<i32> {
     let Reply::Results {
         job,
         report,
@@ -2323,28 +2339,44 @@ fn print_results(reply: &Reply, json: bool) -> anyhow::Result<i32> {
     else {
         bail!("the coordinator answered something else than the job's results");
     };
-    if json {
+    let parsed: Option<crate::report::Report> = report
+        .as_ref()
+        .and_then(|r| serde_json::from_value(r.clone()).ok());
+    let verdict = parsed.as_ref().map(|r| r.verdict());
+    let done = job.state == conquer_core::jobs::JobState::Done
+        && verdict.as_ref().is_none_or(|v| v.is_ok());
+    if json && !like_run {
         let value = serde_json::json!({ "job": job, "report": report, "folder": folder });
         println!("{}", serde_json::to_string(&value)?);
     } else {
-        println!("job {}: {} ({})", job.id, state_name(job.state), job.name);
+        if let Some(report) = &parsed {
+            if !json && (report.job.is_none() || report.expected_ms > 0) {
+                crate::report::print_expected_cost(report.expected_ms);
+            }
+            crate::report::print(report, json)?;
+        }
+        // Where things stand and where the files are: on stderr beside the report, as
+        // the roles log, so stdout holds the report alone.
+        let say = |line: String| {
+            if like_run {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        };
+        say(format!(
+            "job {}: {} ({})",
+            job.id,
+            state_name(job.state),
+            crate::logging::printable(&job.name)
+        ));
         if !job.reason.is_empty() {
-            println!("  {}", job.reason);
+            say(format!("  {}", crate::logging::printable(&job.reason)));
         }
-        if let Some(report) = report {
-            println!(
-                "  {} tasks held in {:.0} ms; report {folder}/report.json, results \
-                 {folder}/results.jsonl",
-                report["tasks"],
-                report["elapsed_ms"].as_f64().unwrap_or(0.0)
-            );
-        } else {
-            println!("  files in {folder}");
+        if let Some(Err(why)) = &verdict {
+            say(format!("  {why}"));
         }
+        say(format!("  files in {folder}"));
     }
-    Ok(if job.state == conquer_core::jobs::JobState::Done {
-        0
-    } else {
-        1
-    })
+    Ok(if done { 0 } else { 1 })
 }

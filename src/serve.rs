@@ -668,10 +668,19 @@ fn handle(
                 }
             }
         }
-        Request::Jobs => Reply::Jobs {
-            jobs: store.queue.jobs().map(JobView::from).collect(),
-            refused: shared.refused.load(std::sync::atomic::Ordering::Relaxed),
-        },
+        Request::Jobs => {
+            let mut jobs: Vec<JobView> = store.queue.jobs().map(JobView::from).collect();
+            let progress = Progress::read(shared, &jobs)?;
+            for job in &mut jobs {
+                let (_, held, workers, _) = progress.of(job);
+                job.held = Some(held);
+                job.workers = (job.state == JobState::Running).then_some(workers);
+            }
+            Reply::Jobs {
+                jobs,
+                refused: shared.refused.load(std::sync::atomic::Ordering::Relaxed),
+            }
+        }
         Request::Cancel { id } => {
             match store
                 .commit(|queue, records| queue.cancel(id, "the operator", limits, now, records))?
@@ -1096,13 +1105,11 @@ fn run_batch(
         image: (args.kernel == Kernel::Mandelbrot).then(|| folder.join("picture.png")),
     };
     let n = ENDPOINTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let board = farm.config.http.as_ref().map(|_| {
-        let board = Arc::new(Board::default());
-        if let Ok(mut boards) = farm.shared.boards.lock() {
-            boards.running.insert(id, board.clone());
-        }
-        board
-    });
+    // Its progress, for `conquer jobs` and the live view.
+    let board = Arc::new(Board::default());
+    if let Ok(mut boards) = farm.shared.boards.lock() {
+        boards.running.insert(id, board.clone());
+    }
     // The job's own context: its sockets, and the front's to it for each of its workers.
     let ctx = zmq::Context::new();
     let sink = Sink::bind(
@@ -1144,7 +1151,7 @@ fn run_batch(
                 chunking: prepared.chunking,
                 inputs: prepared.inputs,
                 kernel_source: prepared.source,
-                board,
+                board: Some(board),
                 ..VentilatorConfig::local(prepared.batch, prepared.job)
             },
         )
@@ -1241,46 +1248,74 @@ fn start_view(
         .context("cannot start the live view's thread")
 }
 
-/// The coordinator's status (its jobs, and the oldest running job's farm) and metrics.
-fn compose(shared: &Shared) -> anyhow::Result<(FarmStatus, String)> {
-    let views: Vec<JobView> = shared.store()?.queue.jobs().map(JobView::from).collect();
-    let (running, mut held) = match shared.boards.lock() {
-        Ok(mut boards) => {
-            // Counts of jobs expired since are forgotten too.
-            boards
-                .held
-                .retain(|id, _| views.iter().any(|j| j.id == *id));
-            let running: BTreeMap<JobId, Arc<FarmStatus>> = boards
+/// What the jobs' ventilators last observed: each running job's farm, and the count a
+/// job that ended had held.
+struct Progress {
+    running: BTreeMap<JobId, Arc<FarmStatus>>,
+    held: BTreeMap<JobId, u64>,
+}
+
+impl Progress {
+    /// Read for `jobs` (the queue's jobs now); the counts of jobs expired since are
+    /// forgotten.
+    fn read(shared: &Shared, jobs: &[JobView]) -> anyhow::Result<Progress> {
+        let mut boards = shared
+            .boards
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a job's thread panicked holding its progress"))?;
+        boards.held.retain(|id, _| jobs.iter().any(|j| j.id == *id));
+        Ok(Progress {
+            running: boards
                 .running
                 .iter()
                 .filter_map(|(id, b)| Some((*id, b.get()?)))
-                .collect();
-            (running, boards.held.clone())
+                .collect(),
+            held: boards.held.clone(),
+        })
+    }
+
+    /// A job's tasks (items), those held, its workers and its ETA.
+    fn of(&self, job: &JobView) -> (u64, u64, usize, Option<f64>) {
+        match self.running.get(&job.id) {
+            Some(s) if s.items > 0 => (s.items, s.items_held, s.alive, s.eta_s),
+            Some(s) => (
+                (s.tasks as u64).max(job.tasks),
+                s.held as u64,
+                s.alive,
+                s.eta_s,
+            ),
+            None if job.state == JobState::Done => (job.tasks, job.tasks, 0, None),
+            None => (
+                job.tasks,
+                self.held.get(&job.id).copied().unwrap_or(0),
+                0,
+                None,
+            ),
         }
-        Err(_) => anyhow::bail!("a job's thread panicked holding the live view"),
-    };
+    }
+}
+
+/// The coordinator's status (its jobs, and the oldest running job's farm) and metrics.
+fn compose(shared: &Shared) -> anyhow::Result<(FarmStatus, String)> {
+    let views: Vec<JobView> = shared.store()?.queue.jobs().map(JobView::from).collect();
+    let progress = Progress::read(shared, &views)?;
+    let running = &progress.running;
     let now = unix_ms();
     let mut jobs = Vec::with_capacity(views.len());
     for job in &views {
-        let farm = running.get(&job.id);
-        let (count, done) = match farm {
-            Some(s) if s.items > 0 => (s.items, s.items_held),
-            Some(s) => (s.tasks as u64, s.held as u64),
-            None if job.state == JobState::Done => (job.tasks, job.tasks),
-            None => (job.tasks, held.remove(&job.id).unwrap_or(0)),
-        };
+        let (tasks, held, workers, eta_s) = progress.of(job);
         jobs.push(JobStatus {
             id: job.id,
             name: job.name.clone(),
             state: crate::cli::state_name(job.state).to_owned(),
             priority: job.priority,
-            tasks: count.max(job.tasks),
-            held: done,
-            workers: farm.map_or(0, |s| s.alive),
+            tasks,
+            held,
+            workers,
             elapsed_s: job
                 .started_ms
                 .map(|start| job.ended_ms.unwrap_or(now).saturating_sub(start) as f64 / 1e3),
-            eta_s: farm.and_then(|s| s.eta_s),
+            eta_s,
             reason: job.reason.clone(),
         });
     }

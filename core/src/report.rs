@@ -5,7 +5,7 @@
 use crate::protocol::TaskResult;
 use serde::Serialize;
 /// One worker's share of a batch, as the sink saw it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct WorkerReport {
     /// The worker's name.
     pub id: String,
@@ -19,13 +19,13 @@ pub struct WorkerReport {
     pub adapter: String,
     /// A divisible job: items in the chunks it delivered first, and its measured rate
     /// (those items over its busy time).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub items: u64,
-    #[serde(skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub items_per_s: f64,
     /// A divisible job: ms from the job's start to this worker's last result. Less its busy
     /// time, what it spent waiting for chunks (round trips; a worker done early, idle).
-    #[serde(skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub finished_ms: f64,
 }
 
@@ -40,7 +40,7 @@ fn is_zero_f64(n: &f64) -> bool {
 /// What a report says of a divisible job beyond a batch's figures. Its `ideal_ms` is the
 /// job's items over the sum of the workers' measured rates: no split does better with
 /// these workers.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct JobReport {
     /// Items in the job, and how many the sink holds (fewer when a search stopped early).
     pub items: u64,
@@ -56,20 +56,20 @@ pub struct JobReport {
     /// A search stopped early (`--hits N`): the hits it asked for, and ms from the result
     /// that completed them to every worker idle (the ventilator's measure; `None` when it
     /// did not say).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub hits_wanted: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_ms: Option<f64>,
 }
 
 /// A task the ventilator gave up on after `--max-attempts` failures.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct FailedTask {
     pub id: u32,
     /// A divisible job's chunk: its items (`first..first + items`); 0 items for a task.
-    #[serde(skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub items: u32,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub first: u64,
     pub attempts: u32,
     /// The worker that failed it last, and why, as it said.
@@ -82,7 +82,7 @@ fn is_zero_u32(n: &u32) -> bool {
 }
 
 /// Copies of a replicated task that disagreed (`--replicate`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct ReplicaMismatch {
     /// `task 7`, or `items 100..200`.
     pub task: String,
@@ -93,7 +93,7 @@ pub struct ReplicaMismatch {
 }
 
 /// A worker that got no more of the batch after its copies disagreed with others'.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Quarantined {
     pub worker: String,
     pub reason: String,
@@ -101,7 +101,7 @@ pub struct Quarantined {
 
 /// Task inputs (ventilator to workers) and outputs (workers to sink) as they crossed the
 /// wire and uncompressed; a ratio is uncompressed over wire (1 when raw, 0 when none).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct WireReport {
     pub inputs_wire_bytes: u64,
     pub inputs_bytes: u64,
@@ -147,7 +147,7 @@ impl WireReport {
 }
 
 /// A batch's report: what the sink prints and `--json` emits.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Report {
     pub batch: String,
     pub tasks: u64,
@@ -191,34 +191,34 @@ pub struct Report {
     /// Output files the sink wrote (`--outputs`) in this run.
     pub outputs: u64,
     /// Where they went (`--outputs DIR`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs_dir: Option<String>,
     /// Task inputs and outputs on the wire and uncompressed (LZ4 when it pays).
     pub wire: WireReport,
     /// The Mandelbrot picture written when the batch completed (`--image`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub picture: Option<String>,
     /// The search kernel's hits, ascending (empty for other kernels).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hits: Vec<u32>,
     /// A divisible job's figures; absent for a task list.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobReport>,
     pub workers: Vec<WorkerReport>,
     /// Tasks given up on after `--max-attempts` failures: any fails the batch.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedTask>,
     /// Tasks run on two workers (or three, to break a tie) and compared (`--replicate`);
     /// the copies that disagreed, and the workers quarantined for it. Any disagreement
     /// fails the batch.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub replicated: u64,
     /// Replicated tasks only one worker could run: held on its copies alone.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub unconfirmed: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replica_mismatches: Vec<ReplicaMismatch>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<Quarantined>,
 }
 

@@ -144,6 +144,19 @@ fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_o
     // The workers serve the next job as they did the first.
     let last = submit(&control, &["--tasks", "20", "--max-ms", "5", "--seed", "3"]);
     wait_state(&control, last, "done");
+    // --wait prints the report as `run` does, and exits as it does.
+    let (status, stdout, log) = ask(
+        &control,
+        &[
+            "submit", "--tasks", "10", "--max-ms", "5", "--wait", "--json",
+        ],
+    );
+    assert!(status.success(), "{log}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["tasks"], 10, "{r}");
+    let (status, stdout, log) = ask(&control, &["submit", "--tasks", "10", "--wait"]);
+    assert!(status.success(), "{log}");
+    assert!(stdout.contains("Total elapsed time"), "{stdout}");
     // An age that is not one is refused, saying what to give.
     let (status, _, log) = Proc::start_quiet("serve", &["serve", "--keep-for", "5x"]).finish();
     assert!(
@@ -167,15 +180,16 @@ fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_t
         .iter()
         .map(|name| util::worker(name, &bind, &results, &BEAT))
         .collect();
-    // Two jobs of 2.4 s of work each: 0.6 s on four workers, so they overlap.
+    // Two jobs of 4.8 s of work each: 1.2 s each on two workers apiece, so they overlap
+    // for several of the live view's updates (two a second).
     let a = submit(
         &control,
-        &["--tasks", "80", "--min-ms", "30", "--max-ms", "30"],
+        &["--tasks", "160", "--min-ms", "30", "--max-ms", "30"],
     );
     let b = submit(
         &control,
         &[
-            "--tasks", "60", "--min-ms", "40", "--max-ms", "40", "--seed", "2",
+            "--tasks", "120", "--min-ms", "40", "--max-ms", "40", "--seed", "2",
         ],
     );
     let c = submit(&control, &["--tasks", "5"]);
@@ -190,6 +204,35 @@ fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_t
         status.success() && stdout.contains("was queued"),
         "{stdout}{log}"
     );
+    // `jobs` shows each running job's progress and its share of the workers: two each.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = jobs(&control);
+        let shares: Vec<(u64, u64)> = [a, b]
+            .iter()
+            .map(|&id| {
+                let v = view(&all, id);
+                (
+                    v["workers"].as_u64().unwrap_or(0),
+                    v["held"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        if shares.iter().all(|&(w, h)| w == 2 && h > 0) {
+            break;
+        }
+        let over = all.iter().any(|j| j["state"] == "done");
+        assert!(
+            !over && Instant::now() < deadline,
+            "never two workers each: {all:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, table, _) = ask(&control, &["jobs"]);
+    assert!(
+        status.success() && table.contains("HELD / TASKS"),
+        "{table}"
+    );
     wait_state(&control, a, "done");
     wait_state(&control, b, "done");
     let all = jobs(&control);
@@ -203,7 +246,7 @@ fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_t
     let ((a0, a1), (b0, b1)) = (span(&va), span(&vb));
     assert!(a0 < b1 && b0 < a1, "the jobs never ran at once: {all:?}");
     assert_eq!(view(&all, c)["state"], "cancelled");
-    for (id, tasks) in [(a, 80), (b, 60)] {
+    for (id, tasks) in [(a, 160), (b, 120)] {
         let ids = util::result_ids(&folder(state.path(), id).join("results.jsonl"));
         util::assert_each_once(&ids, tasks);
         let report: serde_json::Value = serde_json::from_slice(

@@ -71,6 +71,13 @@ pub struct JobView {
     pub ended_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Tasks (a divisible job's items) held so far, when the coordinator knows: a running
+    /// job's count as its ventilator last saw it, a finished job's last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
+    /// Workers serving a running job now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 impl From<&Job> for JobView {
@@ -85,6 +92,8 @@ impl From<&Job> for JobView {
             started_ms: job.started_ms,
             ended_ms: job.ended_ms,
             reason: job.reason.clone(),
+            held: None,
+            workers: None,
         }
     }
 }
