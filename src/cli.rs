@@ -359,7 +359,10 @@ impl CoordinatorArgs {
             .secret
             .map(|s| s.submit_token())
             .unwrap_or_default();
-        let timeout = Duration::from_secs(self.timeout);
+        // A large submission takes its time to cross and to be written and checked.
+        let bytes: usize = frames.iter().map(Vec::len).sum();
+        let timeout =
+            Duration::from_secs(self.timeout) + Duration::from_secs_f64(bytes as f64 / 20e6);
         match crate::serve::ask_with(&self.coordinator, request, frames, &token, timeout)? {
             Reply::Refused { reason } => bail!("the coordinator refused: {reason}"),
             reply => Ok(reply),
@@ -713,6 +716,48 @@ pub struct Prepared {
 }
 
 impl BatchArgs {
+    /// The ranges the command line enforces, checked again: for flags that arrive another
+    /// way (a submission's JSON), so that only what `ventilator` would take is prepared.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let t = &self.tasks;
+        let c = &self.chunks;
+        let d = &self.data;
+        let max_ms = crate::batch::MAX_WORKLOAD_MS;
+        let checks: [(bool, &str); 7] = [
+            (
+                (1..=crate::batch::MAX_TASKS).contains(&t.tasks),
+                "--tasks: 1 to 50,000,000",
+            ),
+            (
+                t.min_ms <= max_ms && t.max_ms <= max_ms,
+                "--min-ms and --max-ms: at most an hour",
+            ),
+            (d.item_bytes >= 1, "--item-bytes: at least 1"),
+            (
+                (1..=3_600_000).contains(&c.chunk_ms),
+                "--chunk-ms: 1 to 3,600,000",
+            ),
+            (c.items >= 1, "--items: at least 1"),
+            (
+                (1..=1_000_000).contains(&c.item_us),
+                "--item-us: 1 to 1,000,000",
+            ),
+            (
+                d.centre.0.is_finite()
+                    && d.centre.1.is_finite()
+                    && d.centre.0.abs() <= 8.0
+                    && d.centre.1.abs() <= 8.0,
+                "--centre: each part within -8 to 8",
+            ),
+        ];
+        for (ok, rule) in checks {
+            if !ok {
+                bail!("a flag out of its range: {rule}");
+            }
+        }
+        Ok(())
+    }
+
     pub fn batch(&self) -> anyhow::Result<Batch> {
         self.tasks.batch()
     }
@@ -2339,9 +2384,15 @@ fn print_job(reply: &Reply, json: bool, like_run: bool) -> anyhow::Result<i32> {
     else {
         bail!("the coordinator answered something else than the job's results");
     };
-    let parsed: Option<crate::report::Report> = report
-        .as_ref()
-        .and_then(|r| serde_json::from_value(r.clone()).ok());
+    let parsed: Option<crate::report::Report> = match report {
+        Some(r) => Some(serde_json::from_value(r.clone()).with_context(|| {
+            format!(
+                "job {}'s report in {folder} is not one this conquer reads (another version?)",
+                job.id
+            )
+        })?),
+        None => None,
+    };
     let verdict = parsed.as_ref().map(|r| r.verdict());
     let done = job.state == conquer_core::jobs::JobState::Done
         && verdict.as_ref().is_none_or(|v| v.is_ok());

@@ -80,8 +80,14 @@ struct Slot {
     /// It greeted on the tasks socket since it was last found unreachable there: it can
     /// be placed (tasks sent to it would not be lost).
     greeted: bool,
-    /// It can run data kernels: not a sleep worker, and it declined none.
+    /// It can run data kernels: not a sleep worker.
     computes: bool,
+    /// Jobs it declined or that refused it: never placed on them again.
+    barred: Vec<JobId>,
+    /// A job whose batch ended while the worker served it, and the worker's socket to its
+    /// ventilator, kept until the job is over so credit for chunks the worker held still
+    /// reaches the ventilator (which waits for it, to know its workers are idle).
+    draining: Option<(JobId, zmq::Socket)>,
     /// The job it serves, and its socket to that job's ventilator.
     job: Option<(JobId, zmq::Socket)>,
     /// The job's batch was said to be over to this worker (its ventilator's end, or the
@@ -95,6 +101,8 @@ impl Slot {
     fn new(info: WorkerInfo, now: Instant) -> Slot {
         Slot {
             computes: info.backend != "sleep",
+            barred: Vec::new(),
+            draining: None,
             info,
             last_seen: now,
             greeted: false,
@@ -115,6 +123,10 @@ pub struct Front {
     tasks_endpoint: String,
     results_endpoint: String,
 }
+
+/// The most workers one job holds: each costs the job's zmq context two sockets, of the
+/// 1,023 a context holds; more workers serve other jobs or wait.
+pub const MOST_WORKERS_PER_JOB: usize = 450;
 
 /// How long the front's poll waits before it looks at its changes and its clock.
 const POLL: Duration = Duration::from_millis(20);
@@ -270,6 +282,8 @@ enum Source {
     Job(Vec<u8>),
     /// A worker's socket to a job's sink.
     Sink(Vec<u8>, JobId),
+    /// A worker's socket to the ventilator of a job whose batch ended.
+    Draining(Vec<u8>),
 }
 
 struct Relay {
@@ -302,7 +316,10 @@ impl Relay {
                 self.jobs.insert(
                     claim.id,
                     Running {
-                        claim,
+                        claim: Claim {
+                            most: MOST_WORKERS_PER_JOB,
+                            ..claim
+                        },
                         batch,
                         tasks,
                         results,
@@ -317,6 +334,10 @@ impl Relay {
                 };
                 for (peer, slot) in &mut self.slots {
                     slot.sinks.remove(&id);
+                    slot.barred.retain(|j| *j != id);
+                    if slot.draining.as_ref().is_some_and(|(j, _)| *j == id) {
+                        slot.draining = None;
+                    }
                     if slot.job.as_ref().is_some_and(|(j, _)| *j == id) {
                         slot.job = None;
                         if !slot.ended {
@@ -342,6 +363,8 @@ impl Relay {
             .map(|(peer, _)| peer.clone())
             .collect();
         for peer in silent {
+            // Its job hears it is gone now, not at the job's own timeout.
+            self.leave(&peer);
             if let Some(slot) = self.slots.remove(&peer) {
                 log::info!(
                     "worker {} silent for {timeout:?}: gone",
@@ -373,8 +396,9 @@ impl Relay {
             .iter()
             .map(|(_, s)| s.job.as_ref().map(|(j, _)| *j))
             .collect();
+        let barred: Vec<Vec<JobId>> = placeable.iter().map(|(_, s)| s.barred.clone()).collect();
         let peers: Vec<Vec<u8>> = placeable.iter().map(|(p, _)| (*p).clone()).collect();
-        let placed = jobs::place(&claims, &kinds, &now);
+        let placed = jobs::place_barred(&claims, &kinds, &barred, &now);
         for ((peer, was), next) in peers.iter().zip(now).zip(placed) {
             if was != next {
                 self.move_worker(peer, next);
@@ -404,6 +428,9 @@ impl Relay {
                     crate::logging::printable(&slot.info.name)
                 );
             }
+            // What it still sends of the old job is dropped (the job hands it out again):
+            // a worker costs each job's context sockets only while it serves the job.
+            slot.sinks.remove(&old);
         }
         slot.ended = false;
     }
@@ -467,6 +494,9 @@ impl Relay {
             for id in slot.sinks.keys() {
                 sources.push(Source::Sink(peer.clone(), *id));
             }
+            if slot.draining.is_some() {
+                sources.push(Source::Draining(peer.clone()));
+            }
         }
         let readable: Vec<bool> = {
             let mut items: Vec<zmq::PollItem> = Vec::with_capacity(sources.len());
@@ -476,6 +506,7 @@ impl Relay {
                 let socket = match source {
                     Source::Job(peer) => self.slots[peer].job.as_ref().map(|(_, s)| s),
                     Source::Sink(peer, id) => self.slots[peer].sinks.get(id),
+                    Source::Draining(peer) => self.slots[peer].draining.as_ref().map(|(_, s)| s),
                     _ => None,
                 };
                 if let Some(socket) = socket {
@@ -499,6 +530,7 @@ impl Relay {
                     Source::Results => self.relay_worker(false)?,
                     Source::Job(peer) => self.relay_job(peer)?,
                     Source::Sink(peer, id) => self.relay_sink(peer, *id)?,
+                    Source::Draining(peer) => self.drop_drained(peer)?,
                 };
                 if !more {
                     break;
@@ -556,6 +588,8 @@ impl Relay {
                     .entry(peer.clone())
                     .or_insert_with(|| Slot::new(info.clone(), now));
                 slot.last_seen = now;
+                // `auto` may say it runs on a compute backend now.
+                slot.computes = info.backend != "sleep";
                 slot.info = info;
                 if tasks {
                     if !slot.greeted {
@@ -595,10 +629,15 @@ impl Relay {
                     return Ok(true);
                 };
                 slot.last_seen = now;
-                if let Some((id, job)) = &slot.job {
-                    if self.jobs.get(id).is_some_and(|j| j.batch == batch) {
-                        send(job, None, frames);
-                    }
+                let jobs = &self.jobs;
+                let of = |id: &JobId| jobs.get(id).is_some_and(|j| j.batch == batch);
+                let socket = [&slot.job, &slot.draining]
+                    .into_iter()
+                    .flatten()
+                    .find(|(id, _)| of(id))
+                    .map(|(_, socket)| socket);
+                if let Some(job) = socket {
+                    send(job, None, frames);
                 }
             }
             (true, Message::Decline { batch, reason }) => {
@@ -610,8 +649,8 @@ impl Relay {
                 if let Some(id) =
                     on.filter(|id| self.jobs.get(id).is_some_and(|j| j.batch == batch))
                 {
-                    // It cannot run data kernels: its job hands its tasks to others, and
-                    // the share places it where none are needed.
+                    // It cannot run this job: the job hands its tasks to others, and the
+                    // share places the worker elsewhere, never on this job again.
                     if let Some((_, job)) = &slot.job {
                         send(job, None, frames);
                     }
@@ -620,7 +659,7 @@ impl Relay {
                         crate::logging::printable(&slot.info.name),
                         crate::logging::printable(&reason)
                     );
-                    slot.computes = false;
+                    slot.barred.push(id);
                     slot.job = None;
                     self.placing = true;
                 }
@@ -740,20 +779,22 @@ impl Relay {
         .kind_name();
         if kind == Some(refused) {
             log::warn!(
-                "job {id} refused worker {}; it serves other jobs",
+                "job {id} refused worker {}; it serves other jobs only",
                 crate::logging::printable(&slot.info.name)
             );
             self.leave(peer);
             if let Some(slot) = self.slots.get_mut(peer) {
-                slot.greeted = false;
+                slot.barred.push(id);
             }
+            self.placing = true;
             return Ok(true);
         }
         let delivered = send(&self.front.tasks, Some(peer), raw.frames);
         if kind == Some(end) {
-            // Its batch is over: the job needs no worker any more.
+            // Its batch is over: the job needs no worker any more. Credit for what the
+            // worker held still goes to it until the job is over.
             slot.ended = true;
-            slot.job = None;
+            slot.draining = slot.job.take();
             if let Some(job) = self.jobs.get_mut(&id) {
                 job.over = true;
             }
@@ -769,6 +810,15 @@ impl Relay {
             self.placing = true;
         }
         Ok(true)
+    }
+
+    /// What the ventilator of a job whose batch ended still sends (its heartbeats): the
+    /// worker serves another job now, so it is read and dropped; false when none waited.
+    fn drop_drained(&mut self, peer: &[u8]) -> anyhow::Result<bool> {
+        let Some((_, socket)) = self.slots.get(peer).and_then(|s| s.draining.as_ref()) else {
+            return Ok(false);
+        };
+        Ok(receive(socket, false, "job")?.is_some())
     }
 
     /// What a job's sink sends the worker: its welcome is the front's to give; anything

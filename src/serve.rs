@@ -338,6 +338,9 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
     }
     let control = ctx.socket(zmq::REP)?;
     control.set_linger(0)?;
+    // No frame larger than the largest request any coordinator takes is read into
+    // memory; one under that but over --max-input is read and refused, saying why.
+    control.set_maxmsgsize(MAX_REQUEST_BYTES as i64)?;
     control.set_rcvtimeo(CONTROL_POLL.as_millis() as i32)?;
     control.set_ipv6(config.control.contains('['))?;
     control
@@ -580,7 +583,6 @@ fn handle(
     if !matches!(request, Request::Submit { .. }) && !files.is_empty() {
         bail!("only a submission carries files after its request");
     }
-    let mut store = shared.store()?;
     let now = unix_ms();
     Ok(match request {
         Request::Submit {
@@ -614,9 +616,13 @@ fn handle(
             };
             let shown: String = crate::logging::printable(&name).chars().take(200).collect();
             // The job's files are on disk, their folder's entries too, before the journal
-            // says it exists; a job that does not check out leaves nothing behind.
-            let id = store.queue.next_id();
-            let folder = store.folder(id);
+            // says it exists; a job that does not check out leaves nothing behind. They
+            // are written and checked without holding the queue (only this thread submits,
+            // so the id stays free meanwhile).
+            let (folder, jobs_dir) = {
+                let store = shared.store()?;
+                (store.folder(store.queue.next_id()), store.dir.join("jobs"))
+            };
             let written = write_job(
                 &folder,
                 &workloads_ms,
@@ -625,11 +631,10 @@ fn handle(
                 &inputs,
                 &files,
             )
-            .and_then(|()| sync_dir(&store.dir.join("jobs")))
+            .and_then(|()| sync_dir(&jobs_dir))
             .and_then(|()| {
                 let (args, verify, _) = job_args(&folder, shared.inputs_dir.as_deref())?;
-                let prepared = args
-                    .prepare(verify, crate::protocol::DEFAULT_MAX_PAYLOAD)
+                let prepared = prepare(&args, verify, shared.inputs_dir.as_deref())
                     .context("the submitted job")?;
                 let tasks = match &prepared.chunking {
                     Some(plan) => plan.items,
@@ -646,7 +651,8 @@ fn handle(
             });
             let submitted = written.and_then(|spec| {
                 let tasks = spec.tasks;
-                store
+                shared
+                    .store()?
                     .commit(|queue, records| queue.submit(spec, limits, now, records))
                     .map(|outcome| outcome.map(|id| (id, tasks)))
             });
@@ -669,6 +675,7 @@ fn handle(
             }
         }
         Request::Jobs => {
+            let store = shared.store()?;
             let mut jobs: Vec<JobView> = store.queue.jobs().map(JobView::from).collect();
             let progress = Progress::read(shared, &jobs)?;
             for job in &mut jobs {
@@ -682,6 +689,7 @@ fn handle(
             }
         }
         Request::Cancel { id } => {
+            let mut store = shared.store()?;
             match store
                 .commit(|queue, records| queue.cancel(id, "the operator", limits, now, records))?
             {
@@ -698,22 +706,25 @@ fn handle(
                 },
             }
         }
-        Request::Results { id } => match store.queue.get(id) {
-            None => Reply::Refused {
-                reason: format!("no job {id} on this coordinator (`conquer jobs` lists them)"),
-            },
-            Some(job) => {
-                let folder = store.folder(id);
-                let report = std::fs::read(folder.join("report.json"))
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-                Reply::Results {
-                    job: JobView::from(job),
-                    report,
-                    folder: folder.display().to_string(),
+        Request::Results { id } => {
+            let store = shared.store()?;
+            match store.queue.get(id) {
+                None => Reply::Refused {
+                    reason: format!("no job {id} on this coordinator (`conquer jobs` lists them)"),
+                },
+                Some(job) => {
+                    let folder = store.folder(id);
+                    let report = std::fs::read(folder.join("report.json"))
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                    Reply::Results {
+                        job: JobView::from(job),
+                        report,
+                        folder: folder.display().to_string(),
+                    }
                 }
             }
-        },
+        }
     })
 }
 
@@ -822,20 +833,53 @@ struct Defaults {
     batch: BatchArgs,
 }
 
+/// A job's batch prepared as the ventilator prepares one, from flags that came over the
+/// wire: their ranges checked as the command line checks them (`BatchArgs::check`), a
+/// panic in preparing turned into an error (one bad submission must not stop the
+/// coordinator), and inputs named on the coordinator found inside `inputs_dir` only,
+/// links and all.
+fn prepare(
+    args: &BatchArgs,
+    verify: u8,
+    inputs_dir: Option<&Path>,
+) -> anyhow::Result<crate::cli::Prepared> {
+    args.check()?;
+    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        args.prepare(verify, crate::protocol::DEFAULT_MAX_PAYLOAD)
+    }))
+    .map_err(|_| anyhow::anyhow!("the job's flags make no batch (preparing it failed)"))??;
+    if let (Some(dir), Some(inputs)) = (inputs_dir, &prepared.inputs) {
+        let root = dir
+            .canonicalize()
+            .with_context(|| format!("cannot read --inputs-dir {}", dir.display()))?;
+        for path in &inputs.paths {
+            let ours = path.starts_with(&root) || path.starts_with(dir);
+            let inside = path.canonicalize().is_ok_and(|p| p.starts_with(&root));
+            if ours && !inside {
+                bail!(
+                    "input {} leads outside the coordinator's --inputs-dir",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(prepared)
+}
+
 /// A glob naming inputs under a coordinator's `--inputs-dir`: relative, and never
-/// climbing out of it (no `..`). Returns it as given.
+/// climbing out of it (no `..`, and no part that starts with a dot, which a glob may
+/// match to `..`). Returns it as given.
 pub fn check_remote_inputs(pattern: &str) -> anyhow::Result<String> {
     let path = Path::new(pattern);
-    let climbs = path.components().any(|c| {
-        !matches!(
-            c,
-            std::path::Component::Normal(_) | std::path::Component::CurDir
-        )
+    let climbs = path.components().any(|c| match c {
+        std::path::Component::Normal(part) => part.to_string_lossy().starts_with('.'),
+        _ => true,
     });
     if pattern.is_empty() || climbs {
         bail!(
             "--inputs {:?} with --inputs-on-coordinator: give a glob relative to the \
-             coordinator's --inputs-dir, without `..` or a leading `/`",
+             coordinator's --inputs-dir, without `..`, a leading `/` or parts starting \
+             with `.`",
             crate::logging::printable(pattern)
         );
     }
@@ -1088,11 +1132,12 @@ fn run_batch(
     let (args, verify, replicate) = job_args(folder, farm.shared.inputs_dir.as_deref())
         .with_context(|| format!("job {id}"))
         .map_err(job_failed)?;
-    let mut prepared = args
-        .prepare(verify, crate::protocol::DEFAULT_MAX_PAYLOAD)
+    let mut prepared = prepare(&args, verify, farm.shared.inputs_dir.as_deref())
         .with_context(|| format!("job {id}"))
         .map_err(job_failed)?;
     prepared.job.replicate_percent = replicate;
+    // The report names the chunking policy, as `run`'s does.
+    let policy = prepared.chunking.map(|plan| plan.policy.name());
     let results = folder.join("results.jsonl");
     // A results file from before a restart: the job resumes where the sink stands.
     let resume = results.exists();
@@ -1127,7 +1172,7 @@ fn run_batch(
         },
     )
     .map_err(Unfinished::Sockets)?;
-    let report = if sink.holds_whole_batch().is_some() {
+    let mut report = if sink.holds_whole_batch().is_some() {
         sink.run(stop).map_err(job_failed)?
     } else {
         let ventilator = Ventilator::bind(
@@ -1196,6 +1241,9 @@ fn run_batch(
             (Err(e), _) => return Err(job_failed(e)),
         }
     };
+    if let (Some(job), Some(policy)) = (report.job.as_mut(), policy) {
+        job.chunking = policy.to_owned();
+    }
     let json = serde_json::to_vec_pretty(&report)
         .context("writing the report")
         .map_err(job_failed)?;

@@ -404,6 +404,8 @@ pub struct Claim {
     pub id: JobId,
     pub priority: u32,
     pub needs_compute: bool,
+    /// The most workers it may hold at once (the rest go to other jobs, or wait).
+    pub most: usize,
 }
 
 impl From<&Job> for Claim {
@@ -412,6 +414,7 @@ impl From<&Job> for Claim {
             id: job.id,
             priority: job.spec.priority,
             needs_compute: job.spec.needs_compute,
+            most: usize::MAX,
         }
     }
 }
@@ -430,16 +433,29 @@ impl Claim {
 /// without that one falling below it (the largest-remainder shares of the weights, to one
 /// worker).
 pub fn share(running: &[Claim], workers: &[WorkerKind]) -> Vec<Option<JobId>> {
+    share_barred(running, workers, &[])
+}
+
+/// [`share`], where worker `i` runs none of the jobs in `barred[i]` (those it declined or
+/// that refused it; a missing entry bars nothing), and no job holds more than its `most`.
+pub fn share_barred(
+    running: &[Claim],
+    workers: &[WorkerKind],
+    barred: &[Vec<JobId>],
+) -> Vec<Option<JobId>> {
+    let can = |i: usize, j: &Claim| {
+        j.takes(workers[i]) && barred.get(i).is_none_or(|b| !b.contains(&j.id))
+    };
     let mut order: Vec<usize> = (0..workers.len()).collect();
     // The most constrained first: a worker that can run fewer jobs has fewer places.
-    order.sort_by_key(|&i| running.iter().filter(|j| j.takes(workers[i])).count());
+    order.sort_by_key(|&i| running.iter().filter(|j| can(i, j)).count());
     let mut given = vec![0u64; running.len()];
     let mut share = vec![None; workers.len()];
     for i in order {
         let best = running
             .iter()
             .enumerate()
-            .filter(|(_, j)| j.takes(workers[i]))
+            .filter(|(k, j)| can(i, j) && (given[*k] as usize) < j.most)
             // Least (given + 1) / weight first, compared without division.
             .min_by(|(a, ja), (b, jb)| {
                 let lhs = (given[*a] + 1) * u64::from(jb.priority);
@@ -464,7 +480,19 @@ pub fn place(
     workers: &[WorkerKind],
     now: &[Option<JobId>],
 ) -> Vec<Option<JobId>> {
-    let target = share(running, workers);
+    place_barred(running, workers, &[], now)
+}
+
+/// [`place`] with [`share_barred`]'s bars: a worker stays on or goes to a job only where it
+/// is not barred.
+pub fn place_barred(
+    running: &[Claim],
+    workers: &[WorkerKind],
+    barred: &[Vec<JobId>],
+    now: &[Option<JobId>],
+) -> Vec<Option<JobId>> {
+    let target = share_barred(running, workers, barred);
+    let allowed = |i: usize, id: JobId| barred.get(i).is_none_or(|b| !b.contains(&id));
     // Room per (kind, job): how many workers of that kind the share gives the job.
     let mut room: BTreeMap<(bool, JobId), usize> = BTreeMap::new();
     for (w, t) in workers.iter().zip(&target) {
@@ -473,9 +501,13 @@ pub fn place(
         }
     }
     let mut placed = vec![None; workers.len()];
-    // Those that stay first, then the rest into what room is left.
+    // Those that stay first, then the rest: to where the share put them if there is room
+    // still, else to any room left of their kind that they may take.
     for (i, w) in workers.iter().enumerate() {
         if let Some(Some(id)) = now.get(i) {
+            if !allowed(i, *id) {
+                continue;
+            }
             if let Some(left) = room.get_mut(&(w.computes, *id)).filter(|n| **n > 0) {
                 *left -= 1;
                 placed[i] = Some(*id);
@@ -486,12 +518,19 @@ pub fn place(
         if placed[i].is_some() {
             continue;
         }
-        let free = room
-            .iter_mut()
-            .find(|((computes, _), left)| *computes == w.computes && **left > 0);
-        if let Some(((_, id), left)) = free {
-            *left -= 1;
-            placed[i] = Some(*id);
+        let own = target[i].filter(|id| room.get(&(w.computes, *id)).is_some_and(|n| *n > 0));
+        let pick = own.or_else(|| {
+            room.iter()
+                .find(|((computes, id), left)| {
+                    *computes == w.computes && **left > 0 && allowed(i, *id)
+                })
+                .map(|((_, id), _)| *id)
+        });
+        if let Some(id) = pick {
+            if let Some(left) = room.get_mut(&(w.computes, id)) {
+                *left -= 1;
+            }
+            placed[i] = Some(id);
         }
     }
     placed
@@ -679,6 +718,7 @@ mod tests {
                     id: i as JobId + 1,
                     priority,
                     needs_compute,
+                    most: usize::MAX,
                 })
                 .collect();
             let kinds: Vec<WorkerKind> =
@@ -723,12 +763,41 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_barred_from_a_job_serves_the_others_and_a_capped_job_leaves_room() {
+        let kinds = [WorkerKind { computes: true }; 4];
+        let claim = |id, most| Claim {
+            id,
+            priority: 1,
+            needs_compute: true,
+            most,
+        };
+        // Worker 0 declined job 1: it serves job 2, whatever the share would say.
+        let barred = vec![vec![1], vec![], vec![], vec![]];
+        let placed = place_barred(
+            &[claim(1, usize::MAX), claim(2, usize::MAX)],
+            &kinds,
+            &barred,
+            &[Some(1); 4],
+        );
+        assert_eq!(placed[0], Some(2));
+        assert_eq!(placed.iter().filter(|p| **p == Some(1)).count(), 2);
+        // Barred from the only job: idle, not on it.
+        let alone = place_barred(&[claim(1, usize::MAX)], &kinds, &barred, &[Some(1); 4]);
+        assert_eq!(alone, [None, Some(1), Some(1), Some(1)]);
+        // A job capped at one worker takes one; the others go to the next.
+        let capped = share(&[claim(1, 1), claim(2, usize::MAX)], &kinds);
+        assert_eq!(capped.iter().filter(|p| **p == Some(1)).count(), 1);
+        assert_eq!(capped.iter().filter(|p| **p == Some(2)).count(), 3);
+    }
+
+    #[test]
     fn a_new_job_takes_half_of_a_running_jobs_workers_and_gives_them_back_when_it_ends() {
         let sleep = [WorkerKind { computes: false }; 4];
         let claim = |id| Claim {
             id,
             priority: 1,
             needs_compute: false,
+            most: usize::MAX,
         };
         let alone = place(&[claim(1)], &sleep, &[None; 4]);
         assert_eq!(alone, [Some(1); 4]);

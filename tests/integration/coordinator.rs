@@ -475,6 +475,72 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("without `..`")),
         "{reply:?}"
     );
+    // A glob part starting with a dot can match `..`: refused too.
+    let (status, _, log) = ask(
+        &control,
+        &[
+            "submit",
+            "--kernel",
+            "copy",
+            "--inputs",
+            ".?/*",
+            "--inputs-on-coordinator",
+        ],
+    );
+    assert!(
+        !status.success() && log.contains("starting with `.`"),
+        "{log}"
+    );
+    // A link inside --inputs-dir that leads out of it is refused by the coordinator.
+    std::os::unix::fs::symlink(dir.path().join("a.bin"), inputs.join("out.bin")).unwrap();
+    let (status, _, log) = ask(
+        &control,
+        &[
+            "submit",
+            "--kernel",
+            "copy",
+            "--inputs",
+            "out.bin",
+            "--inputs-on-coordinator",
+        ],
+    );
+    assert!(!status.success() && log.contains("leads outside"), "{log}");
+    std::fs::remove_file(inputs.join("out.bin")).unwrap();
+    // Flags out of range from a script's own client (here --item-bytes 0, which would
+    // divide by zero) are refused, and the coordinator answers on.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        batch: conquer::cli::BatchArgs,
+    }
+    let parsed = <Flags as clap::Parser>::try_parse_from(["x", "--output-bytes", "4"]).unwrap();
+    let mut flags = serde_json::to_value(&parsed.batch).unwrap();
+    flags["data"]["item_bytes"] = 0.into();
+    let request = conquer::protocol::control::Request::Submit {
+        name: "zero".into(),
+        priority: 1,
+        workloads_ms: Vec::new(),
+        flags: Some(flags),
+        verify_percent: 0,
+        replicate_percent: 0,
+        kernel_source: Some(std::fs::read_to_string("examples/kernels/saxpy.wgsl").unwrap()),
+        inputs: vec!["a.bin".into()],
+        remote_inputs: None,
+    };
+    let reply = conquer::serve::ask_with(
+        &control,
+        &request,
+        &[vec![0u8; 16]],
+        "",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("--item-bytes")),
+        "{reply:?}"
+    );
+    let (status, _, log) = ask(&control, &["jobs"]);
+    assert!(status.success(), "{log}");
 }
 
 fn get(url: &str) -> String {
