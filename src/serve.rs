@@ -376,6 +376,7 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
             .context("cannot start the control thread")?
     };
     let farm = Farm {
+        tasks_endpoint: tasks_endpoint.clone(),
         config: Arc::new(config),
         shared: shared.clone(),
         changes,
@@ -943,6 +944,8 @@ fn job_args(folder: &Path, inputs_dir: Option<&Path>) -> anyhow::Result<(BatchAr
 #[derive(Clone)]
 struct Farm {
     config: Arc<ServeConfig>,
+    /// The farm's tasks endpoint, as workers reach it (the port filled in).
+    tasks_endpoint: String,
     shared: Arc<Shared>,
     changes: Sender<Change>,
 }
@@ -1197,6 +1200,7 @@ fn run_batch(
                 inputs: prepared.inputs,
                 kernel_source: prepared.source,
                 board: Some(board),
+                shown_endpoint: Some(farm.tasks_endpoint.clone()),
                 ..VentilatorConfig::local(prepared.batch, prepared.job)
             },
         )

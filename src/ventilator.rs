@@ -66,6 +66,9 @@ pub struct VentilatorConfig {
     /// Where the live view's status also goes, for a coordinator that shows its jobs
     /// together (observed as with `--http`).
     pub board: Option<std::sync::Arc<crate::observe::Board>>,
+    /// The endpoint workers are told to connect to, when it is not the one bound (a
+    /// coordinator's job binds in-process; workers reach the farm's front).
+    pub shown_endpoint: Option<String>,
     /// A user kernel's inputs, one per task (`--inputs`): each task travels with its file.
     pub inputs: Option<std::sync::Arc<crate::batch::Inputs>>,
     /// A user kernel's WGSL (`--kernel-file`), sent once to each worker before its first
@@ -121,6 +124,7 @@ impl VentilatorConfig {
             http: None,
             http_linger: Duration::ZERO,
             board: None,
+            shown_endpoint: None,
             inputs: None,
             kernel_source: None,
             fixed_workers: 0,
@@ -286,7 +290,10 @@ impl Ventilator {
             sink_timeout: config.sink_timeout,
             resume: config.resume,
             shutdown_workers: config.shutdown_workers,
-            endpoint: self.endpoint.clone(),
+            endpoint: config
+                .shown_endpoint
+                .clone()
+                .unwrap_or_else(|| self.endpoint.clone()),
             sink: config.sink.clone(),
             fixed_workers: config.fixed_workers,
             chunking: config.chunking,
