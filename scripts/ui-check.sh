@@ -39,6 +39,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The live view's address, from an --events file once the role says it listens there.
+live_view() {
+  python3 -c 'import json,sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e["event"] == "listening" and e["socket"] == "http":
+        print(e["endpoint"] + "/"); break' "$1" 2>/dev/null || true
+}
+
 workers=6
 tasks=1200
 # About 14 s of work: room for two cold browser starts mid-batch.
@@ -48,11 +57,7 @@ tasks=1200
 pid=$!
 url=""
 for _ in $(seq 1 300); do
-  url="$(python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    e = json.loads(line)
-    if e["event"] == "listening" and e["socket"] == "http":
-        print(e["endpoint"] + "/"); break' "$work/events.jsonl" 2>/dev/null || true)"
+  url="$(live_view "$work/events.jsonl")"
   [ -n "$url" ] && break
   sleep 0.1
 done
@@ -138,11 +143,7 @@ wpid=$!
 trap 'kill "$wpid" 2>/dev/null || true; cleanup' EXIT
 url=""
 for _ in $(seq 1 300); do
-  url="$(python3 -c 'import json,sys
-for line in open(sys.argv[1]):
-    e = json.loads(line)
-    if e["event"] == "listening" and e["socket"] == "http":
-        print(e["endpoint"] + "/"); break' "$work/serve.jsonl" 2>/dev/null || true)"
+  url="$(live_view "$work/serve.jsonl")"
   [ -n "$url" ] && break
   sleep 0.1
 done

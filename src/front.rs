@@ -236,15 +236,7 @@ fn receive(socket: &zmq::Socket, router: bool, what: &str) -> anyhow::Result<Opt
             break;
         }
     }
-    let user = frames
-        .last_mut()
-        .and_then(|f| f.gets("User-Id").map(str::to_owned))
-        .unwrap_or_default();
-    let peer = if router && !frames.is_empty() {
-        frames.remove(0).to_vec()
-    } else {
-        Vec::new()
-    };
+    let (peer, user) = sockets::envelope(&mut frames, router);
     Ok(Some(Raw { peer, user, frames }))
 }
 

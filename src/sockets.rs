@@ -247,15 +247,7 @@ pub fn drain(
             }
         }
         if over {
-            let user = frames
-                .last_mut()
-                .and_then(|f| f.gets("User-Id").map(str::to_owned))
-                .unwrap_or_default();
-            let peer = if router && !frames.is_empty() {
-                frames.remove(0).to_vec()
-            } else {
-                Vec::new()
-            };
+            let (peer, user) = envelope(&mut frames, router);
             let kind = frames
                 .first()
                 .and_then(|f| crate::protocol::Message::decode_kind_name(f))
@@ -271,15 +263,7 @@ pub fn drain(
             })?;
             continue;
         }
-        let user = frames
-            .last_mut()
-            .and_then(|f| f.gets("User-Id").map(str::to_owned))
-            .unwrap_or_default();
-        let peer = if router && !frames.is_empty() {
-            frames.remove(0).to_vec()
-        } else {
-            Vec::new()
-        };
+        let (peer, user) = envelope(&mut frames, router);
         let mut address = None;
         let message = match frames.split_first_mut() {
             Some((payload, rest)) => {
@@ -304,6 +288,21 @@ pub fn drain(
         })?;
     }
     Ok(())
+}
+
+/// Takes a received message's envelope off its frames: the routing id (on a ROUTER; empty
+/// on a DEALER) and the user id its connection authenticated as (empty without a secret).
+pub fn envelope(frames: &mut Vec<zmq::Message>, router: bool) -> (Vec<u8>, String) {
+    let user = frames
+        .last_mut()
+        .and_then(|f| f.gets("User-Id").map(str::to_owned))
+        .unwrap_or_default();
+    let peer = if router && !frames.is_empty() {
+        frames.remove(0).to_vec()
+    } else {
+        Vec::new()
+    };
+    (peer, user)
 }
 
 /// Most messages [`drain`] reads from one socket in one round of a pump.

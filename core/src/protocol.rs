@@ -681,10 +681,8 @@ impl Message {
         KINDS.get(usize::from(frame[3]).wrapping_sub(1)).copied()
     }
 
-    /// The batch and the worker a results message names, read from its first frame alone:
-    /// what a relay needs to route it and check who sent it, without decoding (or
-    /// decompressing) its results. The receiving role decodes the whole message.
-    pub fn results_head(frame: &[u8]) -> Result<(u64, WorkerInfo), DecodeError> {
+    /// A frame's kind byte, once its header (length, magic, version) checks out.
+    fn check_header(frame: &[u8]) -> Result<u8, DecodeError> {
         if frame.len() < HEADER_LEN {
             return Err(DecodeError::TooShort(frame.len()));
         }
@@ -694,7 +692,14 @@ impl Message {
         if frame[2] != VERSION {
             return Err(DecodeError::Version(frame[2]));
         }
-        let kind = frame[3];
+        Ok(frame[3])
+    }
+
+    /// The batch and the worker a results message names, read from its first frame alone:
+    /// what a relay needs to route it and check who sent it, without decoding (or
+    /// decompressing) its results. The receiving role decodes the whole message.
+    pub fn results_head(frame: &[u8]) -> Result<(u64, WorkerInfo), DecodeError> {
+        let kind = Message::check_header(frame)?;
         let name = match kind {
             7 | 19 => KINDS[usize::from(kind) - 1],
             other => return Err(DecodeError::UnknownKind(other)),
@@ -1059,16 +1064,7 @@ impl Message {
         parts: &[&[u8]],
         max_payload: u64,
     ) -> Result<Message, DecodeError> {
-        if frame.len() < HEADER_LEN {
-            return Err(DecodeError::TooShort(frame.len()));
-        }
-        if frame[..2] != MAGIC {
-            return Err(DecodeError::BadMagic([frame[0], frame[1]]));
-        }
-        if frame[2] != VERSION {
-            return Err(DecodeError::Version(frame[2]));
-        }
-        let kind = frame[3];
+        let kind = Message::check_header(frame)?;
         let name = KINDS
             .get(usize::from(kind).wrapping_sub(1))
             .copied()

@@ -72,6 +72,32 @@ fn wait_state(control: &str, id: u64, state: &str) {
     }
 }
 
+/// A submission as a script's own client might send it.
+#[derive(Default)]
+struct Submission {
+    workloads_ms: Vec<u32>,
+    flags: Option<serde_json::Value>,
+    kernel_source: Option<String>,
+    inputs: Vec<String>,
+    remote_inputs: Option<String>,
+}
+
+impl Submission {
+    fn request(self, name: &str) -> conquer::protocol::control::Request {
+        conquer::protocol::control::Request::Submit {
+            name: name.into(),
+            priority: 1,
+            workloads_ms: self.workloads_ms,
+            flags: self.flags,
+            verify_percent: 0,
+            replicate_percent: 0,
+            kernel_source: self.kernel_source,
+            inputs: self.inputs,
+            remote_inputs: self.remote_inputs,
+        }
+    }
+}
+
 fn folder(state: &Path, id: u64) -> std::path::PathBuf {
     state.join("jobs").join(id.to_string())
 }
@@ -402,17 +428,12 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
     );
     assert!(!status.success(), "{log}");
     assert!(log.contains("bad.wgsl:3:"), "{log}");
-    let request = conquer::protocol::control::Request::Submit {
-        name: "bad".into(),
-        priority: 1,
-        workloads_ms: Vec::new(),
-        flags: None,
-        verify_percent: 0,
-        replicate_percent: 0,
+    let request = Submission {
         kernel_source: Some(source.into()),
         inputs: vec!["a.bin".into()],
-        remote_inputs: None,
-    };
+        ..Submission::default()
+    }
+    .request("bad");
     let reply = conquer::serve::ask_with(
         &control,
         &request,
@@ -426,17 +447,12 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         "{reply:?}"
     );
     // An input named to climb out of the job's folder is refused.
-    let request = conquer::protocol::control::Request::Submit {
-        name: "climb".into(),
-        priority: 1,
+    let request = Submission {
         workloads_ms: vec![1],
-        flags: None,
-        verify_percent: 0,
-        replicate_percent: 0,
-        kernel_source: None,
         inputs: vec!["../../escape".into()],
-        remote_inputs: None,
-    };
+        ..Submission::default()
+    }
+    .request("climb");
     let reply =
         conquer::serve::ask_with(&control, &request, &[vec![1]], "", Duration::from_secs(10))
             .unwrap();
@@ -458,17 +474,11 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         ],
     );
     assert!(!status.success() && log.contains("without `..`"), "{log}");
-    let request = conquer::protocol::control::Request::Submit {
-        name: "climb".into(),
-        priority: 1,
-        workloads_ms: Vec::new(),
-        flags: None,
-        verify_percent: 0,
-        replicate_percent: 0,
-        kernel_source: None,
-        inputs: Vec::new(),
+    let request = Submission {
         remote_inputs: Some("/etc/*".into()),
-    };
+        ..Submission::default()
+    }
+    .request("climb");
     let reply =
         conquer::serve::ask_with(&control, &request, &[], "", Duration::from_secs(10)).unwrap();
     assert!(
@@ -516,17 +526,13 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
     let parsed = <Flags as clap::Parser>::try_parse_from(["x", "--output-bytes", "4"]).unwrap();
     let mut flags = serde_json::to_value(&parsed.batch).unwrap();
     flags["data"]["item_bytes"] = 0.into();
-    let request = conquer::protocol::control::Request::Submit {
-        name: "zero".into(),
-        priority: 1,
-        workloads_ms: Vec::new(),
+    let request = Submission {
         flags: Some(flags),
-        verify_percent: 0,
-        replicate_percent: 0,
         kernel_source: Some(std::fs::read_to_string("examples/kernels/saxpy.wgsl").unwrap()),
         inputs: vec!["a.bin".into()],
-        remote_inputs: None,
-    };
+        ..Submission::default()
+    }
+    .request("zero");
     let reply = conquer::serve::ask_with(
         &control,
         &request,
@@ -541,15 +547,6 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
     );
     let (status, _, log) = ask(&control, &["jobs"]);
     assert!(status.success(), "{log}");
-}
-
-fn get(url: &str) -> String {
-    ureq::get(url)
-        .call()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .body_mut()
-        .read_to_string()
-        .unwrap()
 }
 
 #[test]
@@ -590,7 +587,7 @@ fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let status: serde_json::Value =
-            serde_json::from_str(&get(&format!("{base}/api/status"))).unwrap();
+            serde_json::from_str(&util::http_get(&format!("{base}/api/status"))).unwrap();
         let jobs = status["jobs"].as_array().cloned().unwrap_or_default();
         let running = jobs.iter().find(|j| j["id"] == long);
         if running.is_some_and(|j| j["held"].as_u64() > Some(0) && j["workers"] == 2) {
@@ -614,7 +611,7 @@ fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
             .starts_with("1 running, 0 queued"),
         "{status}"
     );
-    let metrics = get(&format!("{base}/metrics"));
+    let metrics = util::http_get(&format!("{base}/metrics"));
     assert!(
         metrics.contains(&format!("conquer_job_held{{job=\"{done}\"}} 10")),
         "{metrics}"
@@ -745,17 +742,11 @@ fn with_a_secret_only_the_submit_token_submits_and_refusals_are_counted() {
     assert!(!status.success() && log.contains("--secret-file"), "{log}");
     // The live view's status token reads the queue and cannot submit.
     let status_token = conquer::auth::Secret::load(&secret).unwrap().token();
-    let request = conquer::protocol::control::Request::Submit {
-        name: "forged".into(),
-        priority: 1,
+    let request = Submission {
         workloads_ms: vec![1],
-        flags: None,
-        verify_percent: 0,
-        replicate_percent: 0,
-        kernel_source: None,
-        inputs: Vec::new(),
-        remote_inputs: None,
-    };
+        ..Submission::default()
+    }
+    .request("forged");
     let reply =
         conquer::serve::ask(&control, &request, &status_token, Duration::from_secs(10)).unwrap();
     assert!(

@@ -326,19 +326,9 @@ fn o04_a_separately_started_worker_logs_under_its_name() {
     }
 }
 
-/// `GET url`'s body.
-fn get_text(url: &str) -> String {
-    ureq::get(url)
-        .call()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-}
-
 /// `GET url` as JSON.
 fn get_json(url: &str) -> serde_json::Value {
-    let body = get_text(url);
+    let body = util::http_get(url);
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
 }
 
@@ -437,7 +427,7 @@ fn o01_a_jobs_progress_is_counted_in_items_with_each_workers_rate() {
             .any(|p| p["per_s"].as_f64().unwrap() > 0.0 && p["p95_ms"].is_number()),
         "{end}"
     );
-    let metrics = get_text(&format!("{base}/metrics"));
+    let metrics = util::http_get(&format!("{base}/metrics"));
     for line in ["conquer_job_items 30000", "conquer_job_items_held 30000"] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -726,7 +716,7 @@ fn o09_metrics_carry_the_build_the_process_and_a_sleep_workers_adapter_as_none()
         ],
     );
     let base = run.live_view();
-    let scrape = || get_text(&format!("{base}/metrics"));
+    let scrape = || util::http_get(&format!("{base}/metrics"));
     // Once the workers have done tasks, each has its series.
     let deadline = std::time::Instant::now() + util::PATIENCE;
     let metrics = loop {
@@ -799,7 +789,7 @@ fn o07_the_live_view_shows_the_sinks_side_results_outputs_and_hits() {
     assert!(sink["results_bytes"].as_u64().unwrap() > 0, "{end}");
     assert!(sink["syncs"].as_u64().unwrap() > 0, "{end}");
     assert_eq!(sink["picture_state"], "none", "{end}");
-    let metrics = get_text(&format!("{base}/metrics"));
+    let metrics = util::http_get(&format!("{base}/metrics"));
     for line in [
         "conquer_sink_outputs_written_total 8",
         "conquer_sink_picture{state=\"none\"} 1",

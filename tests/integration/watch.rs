@@ -162,15 +162,6 @@ fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
         .value
 }
 
-fn get(url: &str) -> String {
-    ureq::get(url)
-        .call()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-}
-
 /// Polls the live view until `done` holds for its status.
 fn wait_status(
     base: &str,
@@ -234,10 +225,10 @@ fn the_live_view_follows_a_batch_and_ends_equal_to_the_report() {
         assert_eq!(w.backend, "sleep", "{w:?}");
         assert_eq!(w.address, "127.0.0.1", "{w:?}");
     }
-    let mid = parse_prometheus(&get(&format!("{base}/metrics")));
+    let mid = parse_prometheus(&util::http_get(&format!("{base}/metrics")));
     assert!(value(&mid, "conquer_tasks_total", Some(("status", "held"))) >= 20.0);
     assert_eq!(value(&mid, "conquer_workers", Some(("state", "gone"))), 0.0);
-    assert!(get(&format!("{base}/")).contains("<canvas id=\"stream\""));
+    assert!(util::http_get(&format!("{base}/")).contains("<canvas id=\"stream\""));
 
     // A worker killed while it holds tasks shows gone, its tasks redispatched.
     let killed = workers.remove(2);
@@ -266,7 +257,7 @@ fn the_live_view_follows_a_batch_and_ends_equal_to_the_report() {
     // The final state stays up (--http-linger): its counters are the report's.
     let status = wait_status(&base, "the batch over", |s| s.phase == "over");
     assert_eq!(status.held, 150);
-    let end = parse_prometheus(&get(&format!("{base}/metrics")));
+    let end = parse_prometheus(&util::http_get(&format!("{base}/metrics")));
     assert_eq!(
         value(&end, "conquer_tasks_total", Some(("status", "held"))),
         report["tasks"].as_f64().unwrap()
