@@ -98,6 +98,22 @@ impl Submission {
     }
 }
 
+/// Sends `request` (with `files` after it, and `token`) and returns why the coordinator
+/// refused it.
+fn refusal(
+    control: &str,
+    request: &conquer::protocol::control::Request,
+    files: &[Vec<u8>],
+    token: &str,
+) -> String {
+    let reply =
+        conquer::serve::ask_with(control, request, files, token, Duration::from_secs(10)).unwrap();
+    match reply {
+        conquer::protocol::control::Reply::Refused { reason } => reason,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
 fn folder(state: &Path, id: u64) -> std::path::PathBuf {
     state.join("jobs").join(id.to_string())
 }
@@ -434,18 +450,8 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         ..Submission::default()
     }
     .request("bad");
-    let reply = conquer::serve::ask_with(
-        &control,
-        &request,
-        &[vec![0u8; 16]],
-        "",
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(
-        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("kernel.wgsl:3:")),
-        "{reply:?}"
-    );
+    let reason = refusal(&control, &request, &[vec![0u8; 16]], "");
+    assert!(reason.contains("kernel.wgsl:3:"), "{reason}");
     // An input named to climb out of the job's folder is refused.
     let request = Submission {
         workloads_ms: vec![1],
@@ -453,13 +459,8 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         ..Submission::default()
     }
     .request("climb");
-    let reply =
-        conquer::serve::ask_with(&control, &request, &[vec![1]], "", Duration::from_secs(10))
-            .unwrap();
-    assert!(
-        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("not a plain file name")),
-        "{reply:?}"
-    );
+    let reason = refusal(&control, &request, &[vec![1]], "");
+    assert!(reason.contains("not a plain file name"), "{reason}");
     assert!(!state.join("escape").exists() && !dir.path().join("escape").exists());
     // Inputs named on the coordinator stay under its --inputs-dir.
     let (status, _, log) = ask(
@@ -479,12 +480,8 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         ..Submission::default()
     }
     .request("climb");
-    let reply =
-        conquer::serve::ask_with(&control, &request, &[], "", Duration::from_secs(10)).unwrap();
-    assert!(
-        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("without `..`")),
-        "{reply:?}"
-    );
+    let reason = refusal(&control, &request, &[], "");
+    assert!(reason.contains("without `..`"), "{reason}");
     // A glob part starting with a dot can match `..`: refused too.
     let (status, _, log) = ask(
         &control,
@@ -533,18 +530,8 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         ..Submission::default()
     }
     .request("zero");
-    let reply = conquer::serve::ask_with(
-        &control,
-        &request,
-        &[vec![0u8; 16]],
-        "",
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert!(
-        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("--item-bytes")),
-        "{reply:?}"
-    );
+    let reason = refusal(&control, &request, &[vec![0u8; 16]], "");
+    assert!(reason.contains("--item-bytes"), "{reason}");
     let (status, _, log) = ask(&control, &["jobs"]);
     assert!(status.success(), "{log}");
 }
@@ -747,12 +734,8 @@ fn with_a_secret_only_the_submit_token_submits_and_refusals_are_counted() {
         ..Submission::default()
     }
     .request("forged");
-    let reply =
-        conquer::serve::ask(&control, &request, &status_token, Duration::from_secs(10)).unwrap();
-    assert!(
-        matches!(&reply, conquer::protocol::control::Reply::Refused { reason } if reason.contains("status token")),
-        "{reply:?}"
-    );
+    let reason = refusal(&control, &request, &[], &status_token);
+    assert!(reason.contains("status token"), "{reason}");
     // The secret's holder submits, and the job runs on the farm's authenticated sockets.
     let (status, stdout, log) = ask(
         &control,
