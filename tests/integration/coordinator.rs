@@ -622,6 +622,45 @@ fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
 }
 
 #[test]
+fn a_worker_killed_while_two_jobs_share_the_farm_loses_neither_a_task() {
+    let state = tempfile::tempdir().unwrap();
+    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
+    let (_coordinator, control) = serve(state.path(), &bind, &results, &[]);
+    let mut workers: Vec<Proc> = ["w1", "w2", "w3", "w4"]
+        .iter()
+        .map(|name| util::worker(name, &bind, &results, &BEAT))
+        .collect();
+    let ids = [1, 2].map(|seed| {
+        submit(
+            &control,
+            &[
+                "--tasks",
+                "120",
+                "--min-ms",
+                "20",
+                "--max-ms",
+                "20",
+                "--seed",
+                &seed.to_string(),
+            ],
+        )
+    });
+    let files = ids.map(|id| folder(state.path(), id).join("results.jsonl"));
+    for file in &files {
+        util::wait_for_lines(file, 10);
+    }
+    // One worker dies holding tasks of one of the jobs; a replacement joins later.
+    let victim = workers.remove(0);
+    victim.signal("KILL");
+    drop(victim.finish());
+    workers.push(util::worker("w5", &bind, &results, &BEAT));
+    for (id, file) in ids.iter().zip(&files) {
+        wait_state(&control, *id, "done");
+        util::assert_each_once(&util::result_ids(file), 120);
+    }
+}
+
+#[test]
 fn a_coordinator_killed_mid_job_resumes_every_running_job_without_redoing_what_it_held() {
     let state = tempfile::tempdir().unwrap();
     let (bind, results) = (util::free_endpoint(), util::free_endpoint());
