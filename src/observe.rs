@@ -1093,7 +1093,8 @@ pub struct WorkerStatus {
     pub address: String,
     pub backend: String,
     pub adapter: String,
-    /// `ready`, `busy`, `silent` or `gone`.
+    /// `ready`, `busy`, `silent` or `gone`; on a coordinator's page, `job N` for a worker
+    /// that left the job shown to serve job N.
     pub state: String,
     pub done: u64,
     pub failed: u64,

@@ -1381,6 +1381,17 @@ fn compose(shared: &Shared) -> anyhow::Result<(FarmStatus, String)> {
             ..FarmStatus::default()
         },
     };
+    // A worker that left the job shown for another job is not gone: it says where it is.
+    for worker in &mut status.workers {
+        let elsewhere = running.iter().skip(1).find(|(_, farm)| {
+            farm.workers
+                .iter()
+                .any(|w| w.name == worker.name && w.state != "gone")
+        });
+        if let (true, Some((id, _))) = (worker.state == "gone", elsewhere) {
+            worker.state = format!("job {id}");
+        }
+    }
     status.phase = format!(
         "{} running, {queued} queued{}",
         running.len(),
