@@ -11,9 +11,18 @@ use std::time::{Duration, Instant};
 
 const BEAT: [&str; 2] = ["--heartbeat-ms", "100"];
 
-/// A coordinator on `state` with the farm's two endpoints; returns it and its control
-/// endpoint.
-fn serve(state: &Path, bind: &str, results: &str, extra: &[&str]) -> (Proc, String) {
+/// Where a fresh coordinator binds the farm's sockets: free loopback ports, read back from
+/// its events (no port is picked ahead and raced for).
+const ANY: &str = "tcp://127.0.0.1:0";
+
+/// A coordinator on `state` binding the farm's two endpoints (`ANY` for free ports);
+/// returns it, its control endpoint, and the farm's tasks and results endpoints as bound.
+fn serve(
+    state: &Path,
+    bind: &str,
+    results: &str,
+    extra: &[&str],
+) -> (Proc, String, String, String) {
     let mut args = vec![
         "serve",
         "--state",
@@ -29,7 +38,15 @@ fn serve(state: &Path, bind: &str, results: &str, extra: &[&str]) -> (Proc, Stri
     args.extend(extra);
     let coordinator = Proc::start("serve", &args);
     let control = coordinator.endpoint("control");
-    (coordinator, control)
+    // The farm's own sockets (its jobs' in-process ones listen too).
+    let bound = |socket: &str| {
+        let e = coordinator.event_where("listening", |e| {
+            e["socket"] == socket && e["endpoint"].as_str().is_some_and(|s| s.starts_with("tcp"))
+        });
+        e["endpoint"].as_str().expect("an endpoint").to_owned()
+    };
+    let (tasks, results) = (bound("tasks"), bound("results"));
+    (coordinator, control, tasks, results)
 }
 
 /// `conquer ARGS --coordinator CONTROL`: status, stdout, stderr.
@@ -114,6 +131,37 @@ fn refusal(
     }
 }
 
+/// `n` sleep workers named w1, w2, ... on the farm's endpoints.
+fn sleep_workers(n: usize, bind: &str, results: &str) -> Vec<Proc> {
+    (1..=n)
+        .map(|i| util::worker(&format!("w{i}"), bind, results, &BEAT))
+        .collect()
+}
+
+/// Submits two jobs of `tasks` tasks of `ms` each (seeds 1 and 2) and waits until each
+/// results file holds `lines` results: their ids and results files.
+fn two_jobs_under_way(
+    control: &str,
+    state: &Path,
+    tasks: u32,
+    ms: u32,
+    lines: usize,
+) -> ([u64; 2], [std::path::PathBuf; 2]) {
+    let (tasks, ms) = (tasks.to_string(), ms.to_string());
+    let ids = [1, 2].map(|seed: u64| {
+        let seed = seed.to_string();
+        let flags = [
+            "--tasks", &tasks, "--min-ms", &ms, "--max-ms", &ms, "--seed", &seed,
+        ];
+        submit(control, &flags)
+    });
+    let files = ids.map(|id| folder(state, id).join("results.jsonl"));
+    for file in &files {
+        util::wait_for_lines(file, lines);
+    }
+    (ids, files)
+}
+
 fn folder(state: &Path, id: u64) -> std::path::PathBuf {
     state.join("jobs").join(id.to_string())
 }
@@ -122,17 +170,13 @@ fn folder(state: &Path, id: u64) -> std::path::PathBuf {
 fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_ones_are_cancelled()
 {
     let state = tempfile::tempdir().unwrap();
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (_coordinator, control) = serve(
+    let (_coordinator, control, bind, results) = serve(
         state.path(),
-        &bind,
-        &results,
+        ANY,
+        ANY,
         &["--max-input", "4K", "--max-running", "1"],
     );
-    let _workers: Vec<Proc> = ["w1", "w2"]
-        .iter()
-        .map(|name| util::worker(name, &bind, &results, &BEAT))
-        .collect();
+    let _workers = sleep_workers(2, &bind, &results);
     let first = submit(
         &control,
         &["--tasks", "40", "--max-ms", "10", "--name", "first"],
@@ -216,12 +260,9 @@ fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_o
 #[test]
 fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_turn() {
     let state = tempfile::tempdir().unwrap();
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (_coordinator, control) = serve(state.path(), &bind, &results, &["--max-running", "2"]);
-    let _workers: Vec<Proc> = ["w1", "w2", "w3", "w4"]
-        .iter()
-        .map(|name| util::worker(name, &bind, &results, &BEAT))
-        .collect();
+    let (_coordinator, control, bind, results) =
+        serve(state.path(), ANY, ANY, &["--max-running", "2"]);
+    let _workers = sleep_workers(4, &bind, &results);
     // Two jobs of 4.8 s of work each: 1.2 s each on two workers apiece, so they overlap
     // for several of the live view's updates (two a second).
     let a = submit(
@@ -321,13 +362,12 @@ fn two_jobs_share_four_workers_at_once_each_exactly_once_and_a_third_waits_its_t
 fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_workers() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
     let inputs = dir.path().join("in");
     std::fs::create_dir(&inputs).unwrap();
-    let (_coordinator, control) = serve(
+    let (_coordinator, control, bind, results) = serve(
         &state,
-        &bind,
-        &results,
+        ANY,
+        ANY,
         &[
             "--max-running",
             "3",
@@ -539,18 +579,14 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
 #[test]
 fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
     let state = tempfile::tempdir().unwrap();
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (coordinator, control) = serve(
+    let (coordinator, control, bind, results) = serve(
         state.path(),
-        &bind,
-        &results,
+        ANY,
+        ANY,
         &["--http", "127.0.0.1:0", "--max-running", "2"],
     );
     let base = coordinator.live_view();
-    let _workers: Vec<Proc> = ["w1", "w2"]
-        .iter()
-        .map(|name| util::worker(name, &bind, &results, &BEAT))
-        .collect();
+    let _workers = sleep_workers(2, &bind, &results);
     let done = submit(
         &control,
         &["--tasks", "10", "--max-ms", "5", "--name", "quick"],
@@ -624,31 +660,9 @@ fn the_live_view_lists_the_jobs_and_metrics_label_them_by_id() {
 #[test]
 fn a_worker_killed_while_two_jobs_share_the_farm_loses_neither_a_task() {
     let state = tempfile::tempdir().unwrap();
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (_coordinator, control) = serve(state.path(), &bind, &results, &[]);
-    let mut workers: Vec<Proc> = ["w1", "w2", "w3", "w4"]
-        .iter()
-        .map(|name| util::worker(name, &bind, &results, &BEAT))
-        .collect();
-    let ids = [1, 2].map(|seed| {
-        submit(
-            &control,
-            &[
-                "--tasks",
-                "120",
-                "--min-ms",
-                "20",
-                "--max-ms",
-                "20",
-                "--seed",
-                &seed.to_string(),
-            ],
-        )
-    });
-    let files = ids.map(|id| folder(state.path(), id).join("results.jsonl"));
-    for file in &files {
-        util::wait_for_lines(file, 10);
-    }
+    let (_coordinator, control, bind, results) = serve(state.path(), ANY, ANY, &[]);
+    let mut workers = sleep_workers(4, &bind, &results);
+    let (ids, files) = two_jobs_under_way(&control, state.path(), 120, 20, 10);
     // One worker dies holding tasks of one of the jobs; a replacement joins later.
     let victim = workers.remove(0);
     victim.signal("KILL");
@@ -663,32 +677,10 @@ fn a_worker_killed_while_two_jobs_share_the_farm_loses_neither_a_task() {
 #[test]
 fn a_coordinator_killed_mid_job_resumes_every_running_job_without_redoing_what_it_held() {
     let state = tempfile::tempdir().unwrap();
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (coordinator, control) = serve(state.path(), &bind, &results, &[]);
-    let _workers: Vec<Proc> = ["w1", "w2", "w3", "w4"]
-        .iter()
-        .map(|name| util::worker(name, &bind, &results, &BEAT))
-        .collect();
+    let (coordinator, control, bind, results) = serve(state.path(), ANY, ANY, &[]);
+    let _workers = sleep_workers(4, &bind, &results);
     // Two jobs side by side, two workers each: 1.5 s of work apiece.
-    let ids = [1, 2].map(|seed| {
-        submit(
-            &control,
-            &[
-                "--tasks",
-                "100",
-                "--min-ms",
-                "30",
-                "--max-ms",
-                "30",
-                "--seed",
-                &seed.to_string(),
-            ],
-        )
-    });
-    let files = ids.map(|id| folder(state.path(), id).join("results.jsonl"));
-    for file in &files {
-        util::wait_for_lines(file, 20);
-    }
+    let (ids, files) = two_jobs_under_way(&control, state.path(), 100, 30, 20);
     coordinator.signal("KILL");
     drop(coordinator.finish());
     let held = files.clone().map(|f| util::result_ids(&f).len());
@@ -696,7 +688,7 @@ fn a_coordinator_killed_mid_job_resumes_every_running_job_without_redoing_what_i
         held.iter().all(|&h| h < 100),
         "a job finished before the kill: {held:?}"
     );
-    let (_again, control) = serve(state.path(), &bind, &results, &[]);
+    let (_again, control, _, _) = serve(state.path(), &bind, &results, &[]);
     for ((id, file), held) in ids.iter().zip(&files).zip(held) {
         wait_state(&control, *id, "done");
         util::assert_each_once(&util::result_ids(file), 100);
@@ -727,7 +719,6 @@ fn under_systemd_the_coordinator_says_ready_once_it_takes_jobs() {
     systemd
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
     let state = dir.path().join("state");
     let coordinator = Proc::start_with_env(
         "serve",
@@ -736,9 +727,9 @@ fn under_systemd_the_coordinator_says_ready_once_it_takes_jobs() {
             "--state",
             state.to_str().unwrap(),
             "--bind",
-            &bind,
+            ANY,
             "--results-bind",
-            &results,
+            ANY,
             "--control",
             "tcp://127.0.0.1:0",
         ],
@@ -760,8 +751,7 @@ fn with_a_secret_only_the_submit_token_submits_and_refusals_are_counted() {
     conquer::auth::Secret::create(&secret, false).unwrap();
     let key = secret.to_str().unwrap();
     let state = dir.path().join("state");
-    let (bind, results) = (util::free_endpoint(), util::free_endpoint());
-    let (_coordinator, control) = serve(&state, &bind, &results, &["--secret-file", key]);
+    let (_coordinator, control, bind, results) = serve(&state, ANY, ANY, &["--secret-file", key]);
     let _worker = util::worker("w1", &bind, &results, &["--secret-file", key]);
     // No token: refused, saying what to pass.
     let (status, _, log) = ask(&control, &["submit", "--tasks", "5"]);
