@@ -139,6 +139,9 @@ struct Tally {
     gone_at: Option<Instant>,
     /// A divisible job: the items of the chunks it finished.
     items: u64,
+    /// Task input bytes sent to it, uncompressed and as they crossed the wire.
+    input_bytes: u64,
+    input_wire_bytes: u64,
 }
 
 /// The live view's state.
@@ -294,6 +297,13 @@ impl Observer {
 
     fn micros(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Task inputs of `bytes` sent to `worker`, `wire` of them on the wire (compressed).
+    pub fn input_sent(&mut self, worker: WorkerId, bytes: usize, wire: usize) {
+        let tally = self.tally(worker);
+        tally.input_bytes += bytes as u64;
+        tally.input_wire_bytes += wire as u64;
     }
 
     /// Tasks sent to `worker` at `now`. One still out with a worker that is gone is a
@@ -561,6 +571,8 @@ impl Observer {
                 device_share: (kernel_s > 0.0 && present > 0.0)
                     .then(|| (kernel_s / present).min(1.0)),
                 items: tally.items,
+                input_bytes: tally.input_bytes,
+                input_wire_bytes: tally.input_wire_bytes,
                 items_per_s: if busy_s > 0.0 {
                     tally.items as f64 / busy_s
                 } else {
@@ -779,7 +791,7 @@ impl Observer {
                 })
             })
             .collect();
-        let per_worker: [WorkerSeries; 3] = [
+        let per_worker: [WorkerSeries; 5] = [
             (
                 "conquer_worker_tasks_total",
                 "Tasks a worker finished.",
@@ -794,6 +806,16 @@ impl Observer {
                 "conquer_worker_kernel_seconds_total",
                 "Device time a worker spent on tasks.",
                 |t| (t.kernel_us as f64 / 1e6).to_string(),
+            ),
+            (
+                "conquer_worker_input_bytes_total",
+                "Task input bytes sent to a worker, uncompressed.",
+                |t| t.input_bytes.to_string(),
+            ),
+            (
+                "conquer_worker_input_wire_bytes_total",
+                "Task input bytes sent to a worker, as they crossed the wire.",
+                |t| t.input_wire_bytes.to_string(),
             ),
         ];
         for (name, help, value) in per_worker {
@@ -1114,6 +1136,11 @@ pub struct WorkerStatus {
     pub items: u64,
     #[serde(default)]
     pub items_per_s: f64,
+    /// Task input bytes sent to it (a data batch's), uncompressed and on the wire.
+    #[serde(default)]
+    pub input_bytes: u64,
+    #[serde(default)]
+    pub input_wire_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -1249,6 +1276,7 @@ mod tests {
         // The live view looks every half second: the first look sees the workers arrive.
         o.status(t0, &d.snapshot(), Duration::from_secs(1));
         o.sent(t(0), slot("zeta"), [0].into_iter());
+        o.input_sent(slot("zeta"), 4096, 1024);
         o.sent(t(0), slot("alpha"), [1].into_iter());
         let report = |id, kernel_us| Done {
             id,
@@ -1279,6 +1307,15 @@ mod tests {
         );
         assert!(m.contains(
             "conquer_worker_kernel_seconds_total{worker=\"alpha\",backend=\"gpu\",adapter=\"card\"} 0"
+        ));
+        // The bytes each moved in: its inputs, uncompressed and on the wire.
+        assert_eq!(
+            (s.workers[2].input_bytes, s.workers[2].input_wire_bytes),
+            (4096, 1024)
+        );
+        assert_eq!(s.workers[0].input_bytes, 0);
+        assert!(m.contains(
+            "conquer_worker_input_wire_bytes_total{worker=\"zeta\",backend=\"gpu\",adapter=\"card\"} 1024"
         ));
     }
 

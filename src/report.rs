@@ -452,6 +452,7 @@ mod tests {
                 tasks: 100,
                 busy_ms: 5060.0,
                 kernel_ms: 0.0,
+                output_bytes: 0,
                 backend: "sleep".into(),
                 adapter: String::new(),
                 items: 0,

@@ -638,18 +638,23 @@ impl Pump<'_> {
         let to = &self.d.worker(worker).routing_id;
         let (batch, job) = (self.d.batch_id(), *self.d.job());
         let observer = &mut *self.observer;
-        let mut mark_sent = |sent: &[crate::batch::Task]| {
+        // Tasks sent, with their input's bytes uncompressed and on the wire (0 for tasks
+        // without one).
+        let mut mark_sent = |sent: &[crate::batch::Task], bytes: usize, wire: usize| {
             if let Some(timeline) = &v.config.timeline {
                 sent.iter().for_each(|t| timeline.sent(t.id));
             }
             if let Some(o) = observer.as_mut() {
                 o.sent(Instant::now(), worker, sent.iter().map(|t| t.id));
+                if bytes > 0 {
+                    o.input_sent(worker, bytes, wire);
+                }
             }
         };
         let Some(inputs) = &v.config.inputs else {
             let message = Message::encode_tasks(batch, &job, &tasks);
             match sockets::send_to(&v.tasks_socket, to, &message) {
-                SendOutcome::Sent => mark_sent(&tasks),
+                SendOutcome::Sent => mark_sent(&tasks, 0, 0),
                 SendOutcome::Gone => failed.push(Event::Unreachable(worker)),
                 SendOutcome::Busy => failed.push(Event::Bounced {
                     worker,
@@ -670,7 +675,7 @@ impl Pump<'_> {
             match sockets::send_owned_to(&v.tasks_socket, to, message) {
                 SendOutcome::Sent => {
                     crate::protocol::count_sent(true, wire, input_len);
-                    mark_sent(std::slice::from_ref(task))
+                    mark_sent(std::slice::from_ref(task), input_len, wire)
                 }
                 SendOutcome::Gone => {
                     // Every task of the command is the worker's: losing it hands them all

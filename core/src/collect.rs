@@ -239,6 +239,8 @@ struct Tally {
     last_unix_ms: u64,
     busy_us: u64,
     kernel_us: u64,
+    /// Output bytes of the results it delivered first, uncompressed.
+    output_bytes: u64,
 }
 
 /// Results that came before their batch was announced.
@@ -904,6 +906,7 @@ impl Collector {
         tally.last_unix_ms = tally.last_unix_ms.max(r.finished_unix_ms);
         tally.busy_us += u64::from(r.wall_us);
         tally.kernel_us += u64::from(r.kernel_us);
+        tally.output_bytes += r.output.len() as u64;
         self.measured_total_us += u64::from(r.wall_us);
         self.measured_longest_us = self.measured_longest_us.max(r.wall_us);
         if r.status.checked() {
@@ -1637,6 +1640,7 @@ impl Collector {
                 tasks: t.tasks,
                 busy_ms: t.busy_us as f64 / 1000.0,
                 kernel_ms: t.kernel_us as f64 / 1000.0,
+                output_bytes: t.output_bytes,
                 backend: t.backend,
                 adapter: t.adapter,
                 items: t.items,

@@ -15,6 +15,9 @@ pub struct WorkerReport {
     pub busy_ms: f64,
     /// Sum of device kernel times (0 where not measured).
     pub kernel_ms: f64,
+    /// Output bytes of the results it delivered first, uncompressed (data kernels).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub output_bytes: u64,
     pub backend: String,
     pub adapter: String,
     /// A divisible job: items in the chunks it delivered first, and its measured rate

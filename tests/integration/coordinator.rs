@@ -444,6 +444,14 @@ fn kernels_and_their_inputs_travel_with_a_submission_and_run_only_on_computing_w
         assert_eq!(w["id"], "able", "a sleep worker ran a data task: {r}");
     }
     assert!(folder(&state, picture).join("picture.png").is_file());
+    // The report says what each worker moved out: the picture's 96 x 64 counts.
+    let out: u64 = r["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["output_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(out, 96 * 64 * 4, "{r}");
     util::assert_each_once(
         &util::result_ids(&folder(&state, list).join("results.jsonl")),
         20,
