@@ -142,22 +142,8 @@ impl Front {
         sockets::check_endpoint(&config.bind, "--bind", true)?;
         sockets::check_endpoint(&config.results_bind, "--results-bind", true)?;
         let gate = Gate::start(ctx, &config.access, "coordinator")?;
-        let guard = |socket: &zmq::Socket, what: &str| match gate.as_ref() {
-            Some(gate) => gate.guard(socket, what),
-            None => Ok(()),
-        };
-        let (tasks, tasks_endpoint) = sockets::bind_prepared(
-            ctx,
-            zmq::ROUTER,
-            "tasks",
-            &config.bind,
-            "--bind",
-            config.max_payload,
-            |socket| {
-                socket.set_maxmsgsize(crate::protocol::CONTROL_MESSAGE_BYTES)?;
-                guard(socket, "tasks")
-            },
-        )?;
+        let (tasks, tasks_endpoint) =
+            sockets::bind_tasks(ctx, &config.bind, config.max_payload, gate.as_ref())?;
         let (results, results_endpoint) = sockets::bind_prepared(
             ctx,
             zmq::ROUTER,
@@ -165,12 +151,15 @@ impl Front {
             &config.results_bind,
             "--results-bind",
             config.max_payload,
-            |socket| guard(socket, "results"),
+            |socket| match gate.as_ref() {
+                Some(gate) => gate.guard(socket, "results"),
+                None => Ok(()),
+            },
         )?;
+        results.set_router_mandatory(true)?;
+        results.set_router_handover(true)?;
+        sockets::never_stop_input(&results)?;
         for socket in [&tasks, &results] {
-            socket.set_router_mandatory(true)?;
-            socket.set_router_handover(true)?;
-            sockets::never_stop_input(socket)?;
             // What a job sends a worker is bounded by the worker's credit.
             socket.set_sndhwm(0)?;
         }

@@ -112,6 +112,40 @@ pub fn bind_prepared(
     Ok((socket, bound))
 }
 
+/// The farm's tasks ROUTER, bound at `endpoint` (`--bind`) and guarded by `gate`: workers
+/// send it greetings and credit only, never a payload, so it keeps the small message limit
+/// whatever `--max-payload` is. Sending to a worker that has gone fails at once
+/// (ROUTER_MANDATORY) instead of vanishing silently; a worker that reconnects (after a
+/// network cut the old connection may linger until ZMTP heartbeats close it) takes its
+/// name over at once (ROUTER_HANDOVER); input is never stopped (`never_stop_input`).
+/// The ventilator's socket, and the coordinator's front's.
+pub fn bind_tasks(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    max_payload: u64,
+    gate: Option<&crate::auth::Gate>,
+) -> anyhow::Result<(zmq::Socket, String)> {
+    let (socket, bound) = bind_prepared(
+        ctx,
+        zmq::ROUTER,
+        "tasks",
+        endpoint,
+        "--bind",
+        max_payload,
+        |socket| {
+            socket.set_maxmsgsize(crate::protocol::CONTROL_MESSAGE_BYTES)?;
+            match gate {
+                Some(gate) => gate.guard(socket, "tasks"),
+                None => Ok(()),
+            }
+        },
+    )?;
+    socket.set_router_mandatory(true)?;
+    never_stop_input(&socket)?;
+    socket.set_router_handover(true)?;
+    Ok((socket, bound))
+}
+
 /// Who a connecting socket is: its routing id (if any), and the credentials it presents.
 pub struct Caller<'a> {
     pub identity: Option<&'a [u8]>,

@@ -183,29 +183,8 @@ impl Ventilator {
             None => None,
         };
         let gate = crate::auth::Gate::start(ctx, &config.access, "ventilator")?;
-        // Workers send this socket greetings and credit only, never a payload: it keeps the
-        // small limit whatever --max-payload is.
-        let (tasks_socket, endpoint) = sockets::bind_prepared(
-            ctx,
-            zmq::ROUTER,
-            "tasks",
-            &config.bind,
-            "--bind",
-            config.max_payload,
-            |socket| {
-                socket.set_maxmsgsize(crate::protocol::CONTROL_MESSAGE_BYTES)?;
-                match gate.as_ref() {
-                    Some(gate) => gate.guard(socket, "tasks"),
-                    None => Ok(()),
-                }
-            },
-        )?;
-        // Sending to a worker that has gone fails at once instead of vanishing silently.
-        tasks_socket.set_router_mandatory(true)?;
-        sockets::never_stop_input(&tasks_socket)?;
-        // A worker that reconnects (after a network cut the old connection may linger until
-        // ZMTP heartbeats close it) takes its name over at once rather than being ignored.
-        tasks_socket.set_router_handover(true)?;
+        let (tasks_socket, endpoint) =
+            sockets::bind_tasks(ctx, &config.bind, config.max_payload, gate.as_ref())?;
         let caller = sockets::Caller {
             identity: None,
             access: &config.access,
