@@ -2,11 +2,16 @@
 """Adding a worker never slows a job: a software worker alone against software + 1 and + 2
 cpu workers, on a 2048 x 2048 Mandelbrot (the default view), carved adaptively and as a
 task list of bands, each farm as separate processes on loopback. Prints a Markdown table of
-median elapsed ms (from the sink's report) and the ratio to the software worker alone.
+median elapsed ms (from the sink's report), the ratio to the software worker alone, and
+what the end game did in the median run (chunks cut and the items they handed on, items
+redone by copies).
 
 Usage: python3 scripts/endgame_bench.py [--repeat 3] [--fast software] [--cpus 0,1,2]
-[--size 2048]   (CONQUER_BIN picks the binary; the release build by default). On a GPU box:
---fast gpu --cpus 0,1,8 --size 16384.
+[--size 2048] [--cpu-slowdown 1]   (CONQUER_BIN picks the binary; the release build by
+default). On a GPU box: --fast gpu --cpus 0,1,8 --size 16384. On a box whose cores the
+fast worker already uses (the software adapter on two cores), `--cpu-slowdown 10` makes
+the cpu workers ten times slower by waiting, so they add a slow worker's share rather
+than take the fast one's cores.
 """
 import json
 import os
@@ -26,6 +31,7 @@ def flag(name, default):
 
 FAST = flag("--fast", "software")
 SIZE = flag("--size", "2048")
+SLOWDOWN = flag("--cpu-slowdown", "1")
 JOB = ["--kernel", "mandelbrot", "--width", SIZE, "--height", SIZE]
 
 
@@ -39,6 +45,7 @@ def farm(policy, cpus):
     workers = [Proc(["worker", "--backend", FAST, "--name", FAST,
                      "--ventilator", vent_ep, "--sink", sink_ep, "--exit-when-done"])]
     workers += [Proc(["worker", "--backend", "cpu", "--name", "cpu%d" % i,
+                      "--slowdown", SLOWDOWN,
                       "--ventilator", vent_ep, "--sink", sink_ep, "--exit-when-done"])
                 for i in range(cpus)]
     report = json.loads(sink.finish().strip().splitlines()[-1])
@@ -47,23 +54,30 @@ def farm(policy, cpus):
             p.finish(timeout=30)
         except Exception:
             p.kill(9)
-    return report["elapsed_ms"]
+    job = report.get("job") or {}
+    return report["elapsed_ms"], (job.get("chunks_cut", 0), job.get("items_handed_on", 0),
+                                  job.get("items_redone", 0), report.get("redispatched", 0))
 
 
 def main():
     repeat = int(flag("--repeat", "3"))
     cpus_list = [int(n) for n in flag("--cpus", "0,1,2").split(",")]
-    print("| policy | farm | elapsed ms (median) | runs | against %s alone |" % FAST)
-    print("|---|---|---:|---|---:|")
+    print("| policy | farm | elapsed ms (median) | runs | against %s alone "
+          "| chunks cut / items handed on | items redone (chunks) or tasks redispatched |"
+          % FAST)
+    print("|---|---|---:|---|---:|---:|---:|")
     for policy in ("adaptive", "bands"):
         alone = None
         for cpus in cpus_list:
-            runs = [farm(policy, cpus) for _ in range(repeat)]
-            median = statistics.median(runs)
+            runs = sorted(farm(policy, cpus) for _ in range(repeat))
+            elapsed = [ms for ms, _ in runs]
+            median, (cut, handed, redone, redispatched) = runs[len(runs) // 2]
             alone = alone or median
-            name = FAST + ("" if cpus == 0 else " + %d cpu" % cpus)
-            print("| %s | %s | %.0f | %s | %.2f |" % (
-                policy, name, median, ", ".join("%.0f" % r for r in runs), median / alone))
+            slow = "" if SLOWDOWN == "1" else " (%sx slower)" % SLOWDOWN
+            name = FAST + ("" if cpus == 0 else " + %d cpu%s" % (cpus, slow))
+            print("| %s | %s | %.0f | %s | %.2f | %d / %d | %d |" % (
+                policy, name, median, ", ".join("%.0f" % r for r in elapsed), median / alone,
+                cut, handed, redone if policy == "adaptive" else redispatched))
             sys.stdout.flush()
 
 

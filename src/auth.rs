@@ -1381,6 +1381,8 @@ mod tests {
             refused: 0,
             chunks: 0,
             items_redone: 0,
+            chunks_cut: 0,
+            items_handed_on: 0,
             cancel_us: 0,
             inputs_wire: 0,
             inputs: 0,

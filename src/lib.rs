@@ -34,4 +34,6 @@ pub mod ventilator;
 pub mod worker;
 
 // The core's modules, under the names the root package has always used.
-pub use conquer_core::{chunking, collect, dispatch, driver, flow, heartbeat, intervals, protocol};
+pub use conquer_core::{
+    chunking, collect, dispatch, driver, flow, heartbeat, intervals, pieces, protocol, work,
+};

@@ -1161,6 +1161,7 @@ mod tests {
             status: Status::Ok,
             wall_us: 1000,
             kernel_us: 10,
+            items: 0,
         }
     }
 
@@ -1283,6 +1284,7 @@ mod tests {
             status: Status::Ok,
             wall_us: 400_000,
             kernel_us,
+            items: 0,
         };
         o.done(t(500), slot("zeta"), &[report(0, 250_000)], &[0]);
         o.done(t(500), slot("alpha"), &[report(1, 0)], &[0]);

@@ -12,7 +12,7 @@
 //! tasks); it wakes this thread over an inproc PAIR when outcomes are ready. The worker
 //! does not know which backend it drives.
 
-use crate::backend::{Abandon, Backend, Outcome, Work};
+use crate::backend::{micros, Abandon, Backend, Outcome, Work};
 use crate::batch::{Job, Task};
 use crate::driver;
 use crate::flow::{Chunk, Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
@@ -21,6 +21,9 @@ use crate::protocol::WorkerInfo;
 use crate::shutdown::Shutdown;
 use crate::sockets;
 use anyhow::Context;
+use conquer_core::pieces::{self, Pieces};
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -485,6 +488,7 @@ impl driver::Host for Pump<'_> {
                     let _ = self.io.tasks.send(delivery.done.encode(), zmq::DONTWAIT);
                 }
                 FlowCommand::Abandon(batch) => self.abandon.batch_over(batch),
+                FlowCommand::Yield { batch, id } => self.abandon.ask_yield(batch, id),
                 FlowCommand::Run(chunk) => {
                     self.abandon.batch_again(chunk.batch);
                     if self.chunk_tx.send(chunk).is_err() {
@@ -654,6 +658,8 @@ fn execute(
         *last_flush = Instant::now();
     };
     let mut stash: Option<Chunk> = None;
+    // Chunks the ventilator asked to yield (batch, id), kept until their batch is left.
+    let mut cuts: HashSet<(u64, u32)> = HashSet::new();
     // The wall-clock time shared by the short outcomes of one flush.
     let mut stamp: Option<u64> = None;
     // The job the backend was last prepared for, and whether it accepted it.
@@ -707,13 +713,42 @@ fn execute(
         let mut oversized: Vec<Work> = Vec::new();
         let mut too_big: Option<String> = None;
         abandon.begin(batch);
+        // A divisible job's chunks go to the backend in pieces when their outputs
+        // concatenate, so a chunk can yield its tail (`conquer_core::pieces`): the chunks
+        // open, with when their first piece went out.
+        let splitting = pieces::splits(&job, backend.kind());
+        let open: RefCell<Vec<(Pieces, Instant)>> = RefCell::new(Vec::new());
+        // Chunks a cut completed between two pieces (every piece handed out was back):
+        // reported with the next outcome, or when the run ends.
+        let cut_short: RefCell<Vec<(Pieces, Instant)>> = RefCell::new(Vec::new());
+        cuts.retain(|&(b, _)| b == batch);
         // Tasks of the same batch and job keep flowing into one `run`, so a pipelined
         // backend never drains between messages from the ventilator.
         let mut next = || -> Option<Work> {
+            for asked in abandon.take_yields() {
+                cuts.insert(asked);
+            }
+            let mut chunks_open = open.borrow_mut();
+            for (p, _) in chunks_open.iter_mut() {
+                if cuts.contains(&(batch, p.id())) {
+                    p.cut();
+                }
+            }
+            let mut at = 0;
+            while at < chunks_open.len() {
+                if chunks_open[at].0.is_complete() {
+                    cut_short.borrow_mut().push(chunks_open.remove(at));
+                } else {
+                    at += 1;
+                }
+            }
             if stop.load(Ordering::SeqCst) {
+                // What the pieces done cover is reported; the rest goes to others.
+                chunks_open.iter_mut().for_each(|(p, _)| p.cut());
                 return None;
             }
             if abandon.is_over(batch) {
+                chunks_open.iter_mut().for_each(|(p, _)| p.abandon());
                 abandoned.extend(current.by_ref());
                 // Tasks of the batch queued before its end; a new run of it (heard after
                 // the end) clears `is_over` and is left to run.
@@ -729,6 +764,10 @@ fn execute(
                 }
                 return None;
             }
+            // The next piece of the chunk in hand, if it has one.
+            if let Some(piece) = chunks_open.last_mut().and_then(|(p, _)| p.next_piece()) {
+                return Some(piece);
+            }
             loop {
                 if let Some(task) = current.next() {
                     let work = match input.take() {
@@ -736,6 +775,15 @@ fn execute(
                         None => Work::from(task),
                     };
                     match crate::backend::fits(&job, &work, max_payload) {
+                        Ok(()) if splitting && work.task.items > 1 => {
+                            let mut p = Pieces::new(&job, work);
+                            if cuts.contains(&(batch, p.id())) {
+                                p.cut();
+                            }
+                            let first = p.next_piece();
+                            chunks_open.push((p, Instant::now()));
+                            return first;
+                        }
                         Ok(()) => return Some(work),
                         Err(why) => {
                             log::error!("{why}");
@@ -763,7 +811,7 @@ fn execute(
             if fault_injected() {
                 panic!("injected fault ({FAULT_VAR}=panic)");
             }
-            backend.run(&job, &mut next, &mut |mut outcome| {
+            let mut emit = |mut outcome: Outcome| {
                 if corrupt {
                     if let Some(byte) = outcome.output.last_mut() {
                         *byte ^= 1;
@@ -791,7 +839,36 @@ fn execute(
                     flush(&mut buffer, &mut last_flush);
                     stamp = None;
                 }
-            })
+            };
+            backend.run(&job, &mut next, &mut |outcome| {
+                for (p, started) in cut_short.take() {
+                    emit(p.outcome(micros(started.elapsed())));
+                }
+                // A piece goes into its chunk; the chunk goes out once all of it is back.
+                let mut chunks_open = open.borrow_mut();
+                let Some(at) = chunks_open
+                    .iter()
+                    .position(|(p, _)| p.id() == outcome.task.id && outcome.task.is_chunk())
+                else {
+                    drop(chunks_open);
+                    return emit(outcome);
+                };
+                chunks_open[at].0.piece_done(outcome);
+                if chunks_open[at].0.is_complete() {
+                    let (p, started) = chunks_open.remove(at);
+                    drop(chunks_open);
+                    emit(p.outcome(micros(started.elapsed())));
+                }
+            });
+            for (p, started) in cut_short.take() {
+                emit(p.outcome(micros(started.elapsed())));
+            }
+            // A backend owes an outcome for every piece it took; a chunk still open here
+            // lost some, and fails whole.
+            for (mut p, started) in open.take() {
+                p.abandon();
+                emit(p.outcome(micros(started.elapsed())));
+            }
         }));
         let refused = abandoned.into_iter().map(Work::from).chain(oversized);
         for work in refused {

@@ -274,6 +274,23 @@ impl Carver {
         }
     }
 
+    /// Items handed out before come back to be carved again (the tail a worker gave up):
+    /// `start..end` must not overlap what is free.
+    pub fn give_back(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        debug_assert!(
+            self.free
+                .range(..end)
+                .next_back()
+                .is_none_or(|(_, &b)| b <= start),
+            "items {start}..{end} given back overlap free ones"
+        );
+        self.free.insert(start, end);
+        self.left += end - start;
+    }
+
     /// What is left to carve, replaced (after a sink restart, from what it holds and what
     /// is out).
     pub fn set_free(&mut self, free: &[(u64, u64)]) {

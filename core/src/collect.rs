@@ -229,6 +229,17 @@ struct Peer {
     last_seen: Instant,
 }
 
+/// A divisible job's counts that only the ventilator knows (its `stats`).
+#[derive(Debug, Clone, Copy, Default)]
+struct JobCounts {
+    chunks: u64,
+    items_redone: u64,
+    chunks_cut: u64,
+    items_handed_on: u64,
+    /// From the job's end to every worker idle, µs (a search stopped at its hits).
+    cancel_us: u64,
+}
+
 #[derive(Default)]
 struct Tally {
     backend: String,
@@ -294,7 +305,7 @@ pub struct Collector {
     /// Items in late results of a divisible job, already held: dropped.
     late_items: u64,
     /// The ventilator's count of a divisible job's chunks and items handed out again.
-    job_counts: (u64, u64, u64),
+    job_counts: JobCounts,
     /// Results that arrived before the batch was announced (workers reconnecting to a
     /// restarted sink flush their queues at once; the ventilator re-announces the batch
     /// within a heartbeat). Replayed on adoption; bounded in results and in messages.
@@ -410,7 +421,7 @@ impl Collector {
             newly_held: Vec::new(),
             newly_ranges: Vec::new(),
             late_items: 0,
-            job_counts: (0, 0, 0),
+            job_counts: JobCounts::default(),
             early: Vec::new(),
             early_count: 0,
             early_bytes: 0,
@@ -764,6 +775,8 @@ impl Collector {
                 refused,
                 chunks,
                 items_redone,
+                chunks_cut,
+                items_handed_on,
                 cancel_us,
                 inputs_wire,
                 inputs,
@@ -771,7 +784,13 @@ impl Collector {
             } if self.batch.as_ref().is_some_and(|b| b.id == id) => {
                 self.ventilator_counts = (redispatched, rejected, refused);
                 self.input_bytes = (inputs_wire, inputs);
-                self.job_counts = (chunks, items_redone, cancel_us);
+                self.job_counts = JobCounts {
+                    chunks,
+                    items_redone,
+                    chunks_cut,
+                    items_handed_on,
+                    cancel_us,
+                };
                 self.final_counts |= last;
             }
             other => self.reject_peer(
@@ -1722,11 +1741,14 @@ impl Collector {
                 items: b.job.items,
                 held_items,
                 chunking: String::new(),
-                chunks: self.job_counts.0,
-                items_redone: self.job_counts.1,
+                chunks: self.job_counts.chunks,
+                items_redone: self.job_counts.items_redone,
+                chunks_cut: self.job_counts.chunks_cut,
+                items_handed_on: self.job_counts.items_handed_on,
                 late_items: self.late_items,
                 hits_wanted: b.hits_wanted,
-                cancel_ms: (self.job_counts.2 > 0).then(|| self.job_counts.2 as f64 / 1000.0),
+                cancel_ms: (self.job_counts.cancel_us > 0)
+                    .then(|| self.job_counts.cancel_us as f64 / 1000.0),
             }),
             workers,
             failed: self.failed,

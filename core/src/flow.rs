@@ -109,6 +109,12 @@ pub enum FlowCommand {
     /// The batch is over: tasks of it still queued or running are abandoned (a divisible
     /// job can end with chunks out; a finished batch has none).
     Abandon(u64),
+    /// Cut chunk `id` of `batch` at the end of the piece in hand (or before its first
+    /// piece, if queued) and report what is done: the ventilator hands out the rest.
+    Yield {
+        batch: u64,
+        id: u32,
+    },
     /// The batch is complete and the worker was asked to leave.
     Leave,
     /// The worker cannot go on.
@@ -542,6 +548,7 @@ impl Flow {
             Ok(Message::Heartbeat { batch }) => {
                 self.current_batch = (batch != 0).then_some(batch);
             }
+            Ok(Message::Yield { batch, id, .. }) => out.push(FlowCommand::Yield { batch, id }),
             Ok(Message::End { batch, shutdown }) => {
                 self.current_batch = None;
                 self.counters.batches += 1;
@@ -675,6 +682,7 @@ impl Flow {
                         status: f.outcome.status,
                         wall_us: f.outcome.wall_us,
                         kernel_us: f.outcome.kernel_us,
+                        items: f.outcome.task.items,
                     })
                     .collect();
                 let delivery = Delivery {

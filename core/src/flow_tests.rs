@@ -97,7 +97,7 @@ impl Harness {
                         self.to_ventilator.push(d.done);
                     }
                     FlowCommand::Run(chunk) => self.ran.push(chunk),
-                    FlowCommand::Leave | FlowCommand::Abandon(_) => {}
+                    FlowCommand::Leave | FlowCommand::Abandon(_) | FlowCommand::Yield { .. } => {}
                     FlowCommand::Stop(why) => self.stopped = Some(why),
                     FlowCommand::Note(note) => self.notes.push(note),
                 }

@@ -20,6 +20,7 @@ pub mod heartbeat;
 pub mod intervals;
 pub mod jobs;
 pub mod kernels;
+pub mod pieces;
 pub mod protocol;
 pub mod report;
 pub mod sizing;
@@ -29,7 +30,7 @@ pub mod work;
 /// The core reads no clock and touches no file, thread or network: its pumps do.
 #[cfg(test)]
 mod sans_io {
-    const FILES: [(&str, &str); 28] = [
+    const FILES: [(&str, &str); 29] = [
         ("batch.rs", include_str!("batch.rs")),
         ("chunking.rs", include_str!("chunking.rs")),
         ("claims.rs", include_str!("claims.rs")),
@@ -55,6 +56,7 @@ mod sans_io {
         ),
         ("kernels/search.rs", include_str!("kernels/search.rs")),
         ("kernels/spin.rs", include_str!("kernels/spin.rs")),
+        ("pieces.rs", include_str!("pieces.rs")),
         ("protocol.rs", include_str!("protocol.rs")),
         ("protocol/control.rs", include_str!("protocol/control.rs")),
         ("report.rs", include_str!("report.rs")),

@@ -19,7 +19,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 9;
+pub const VERSION: u8 = 10;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest task input or output by default (`--max-payload`).
@@ -298,7 +298,7 @@ pub struct WorkerInfo {
 
 /// What a worker tells the ventilator for each finished task: enough to return credit and
 /// learn the worker's speed, nothing the sink needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Done {
     pub id: u32,
     pub status: Status,
@@ -306,6 +306,9 @@ pub struct Done {
     pub wall_us: u32,
     /// Of which on the device (compute backends), in microseconds; 0 for sleep.
     pub kernel_us: u32,
+    /// A chunk: the items done from its first, fewer than it was given when the worker
+    /// gave up its tail ([`Message::Yield`]); 0 for a task of a task list.
+    pub items: u32,
 }
 
 /// One task's result as the sink receives it.
@@ -458,6 +461,10 @@ pub enum Message {
         /// worker was lost or failed them (0 for a task list).
         chunks: u64,
         items_redone: u64,
+        /// A divisible job: chunks whose workers yielded their tails in the end game, and
+        /// the items those tails held (handed to other workers, done once).
+        chunks_cut: u64,
+        items_handed_on: u64,
         /// A divisible job that ended with chunks out (a search at its hits): µs from the
         /// end to every worker idle; 0 otherwise.
         cancel_us: u64,
@@ -513,6 +520,11 @@ pub enum Message {
         items: u32,
         exclude: Vec<String>,
     },
+    /// ventilator → worker: stop chunk `id` (its items from `first`) at the end of the
+    /// piece in hand and report what is done: the ventilator hands the rest to an idle
+    /// worker that would finish it sooner. A chunk that is finished, or that this worker
+    /// cannot cut, is reported whole.
+    Yield { batch: u64, id: u32, first: u64 },
     /// sink → ventilator: this worker's results disagreed with others' twice: it gets no
     /// more of the batch (as if it declined), and what it holds goes to others.
     Quarantine {
@@ -743,6 +755,7 @@ impl Message {
             Message::Again { .. } => 22,
             Message::Quarantine { .. } => 23,
             Message::SinkSide { .. } => 24,
+            Message::Yield { .. } => 25,
         }
     }
 
@@ -760,6 +773,7 @@ impl Message {
                     w.u8(d.status.to_byte());
                     w.u32(d.wall_us);
                     w.u32(d.kernel_us);
+                    w.u32(d.items);
                 }
             }
             Message::Heartbeat { batch } => w.u64(*batch),
@@ -875,6 +889,11 @@ impl Message {
                 w.str(worker);
                 w.long_str(reason);
             }
+            Message::Yield { batch, id, first } => {
+                w.u64(*batch);
+                w.u32(*id);
+                w.u64(*first);
+            }
             Message::SinkSide { batch, side } => {
                 w.u64(*batch);
                 w.long_str(&side.results);
@@ -907,6 +926,8 @@ impl Message {
                 refused,
                 chunks,
                 items_redone,
+                chunks_cut,
+                items_handed_on,
                 cancel_us,
                 inputs_wire,
                 inputs,
@@ -918,6 +939,8 @@ impl Message {
                 w.u64(*refused);
                 w.u64(*chunks);
                 w.u64(*items_redone);
+                w.u64(*chunks_cut);
+                w.u64(*items_handed_on);
                 w.u64(*cancel_us);
                 w.u64(*inputs_wire);
                 w.u64(*inputs);
@@ -1089,7 +1112,7 @@ impl Message {
             }
             3 => {
                 let batch = r.u64()?;
-                let n = r.count(13)?;
+                let n = r.count(17)?;
                 let mut done = Vec::with_capacity(n);
                 for _ in 0..n {
                     done.push(Done {
@@ -1097,6 +1120,7 @@ impl Message {
                         status: Status::from_byte(r.u8()?)?,
                         wall_us: r.u32()?,
                         kernel_us: r.u32()?,
+                        items: r.u32()?,
                     });
                 }
                 Message::Done { batch, done }
@@ -1278,6 +1302,11 @@ impl Message {
                 worker: r.str()?,
                 reason: r.long_str()?,
             },
+            25 => Message::Yield {
+                batch: r.u64()?,
+                id: r.u32()?,
+                first: r.u64()?,
+            },
             24 => {
                 let batch = r.u64()?;
                 let results = r.long_str()?;
@@ -1319,6 +1348,8 @@ impl Message {
                 refused: r.u64()?,
                 chunks: r.u64()?,
                 items_redone: r.u64()?,
+                chunks_cut: r.u64()?,
+                items_handed_on: r.u64()?,
                 cancel_us: r.u64()?,
                 inputs_wire: r.u64()?,
                 inputs: r.u64()?,
@@ -1367,7 +1398,7 @@ impl Message {
     }
 }
 
-const KINDS: [&str; 24] = [
+const KINDS: [&str; 25] = [
     "hello",
     "tasks",
     "done",
@@ -1392,6 +1423,7 @@ const KINDS: [&str; 24] = [
     "again",
     "quarantine",
     "sink-side",
+    "yield",
 ];
 
 struct Writer {
@@ -1786,6 +1818,7 @@ mod tests {
                     status: Status::Failed,
                     wall_us: 12,
                     kernel_us: 5,
+                    items: 40,
                 }],
             },
             Message::Heartbeat { batch: 0 },
@@ -1850,6 +1883,11 @@ mod tests {
                 worker: "c".into(),
                 reason: "twice alone against the others".into(),
             },
+            Message::Yield {
+                batch: 7,
+                id: 12,
+                first: 1 << 34,
+            },
             Message::SinkSide {
                 batch: 7,
                 side: SinkSide {
@@ -1889,6 +1927,8 @@ mod tests {
                 refused: 3,
                 chunks: 12,
                 items_redone: 1 << 35,
+                chunks_cut: 3,
+                items_handed_on: 1 << 33,
                 cancel_us: 1234,
                 inputs_wire: 1 << 20,
                 inputs: 50 << 20,

@@ -54,6 +54,12 @@ pub struct JobReport {
     pub chunks: u64,
     /// Items handed out again after their worker was lost or failed them.
     pub items_redone: u64,
+    /// Chunks whose workers yielded their unstarted items in the end game, and those
+    /// items (handed to other workers, done once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunks_cut: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub items_handed_on: u64,
     /// Items in late results for items already held: dropped.
     pub late_items: u64,
     /// A search stopped early (`--hits N`): the hits it asked for, and ms from the result
@@ -388,6 +394,12 @@ impl Report {
                 job.items_redone,
                 job.late_items
             );
+            if job.chunks_cut > 0 {
+                s += &format!(
+                    "{} chunks cut in the end game: {} items handed on to faster workers\n",
+                    job.chunks_cut, job.items_handed_on
+                );
+            }
             if job.hits_wanted > 0 {
                 s += &format!("stopped at {} hits", job.hits_wanted);
                 if let Some(ms) = job.cancel_ms {

@@ -77,6 +77,10 @@ pub struct Abandon {
     over: std::sync::atomic::AtomicU64,
     running: std::sync::atomic::AtomicU64,
     flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Chunks (batch, id) the ventilator asked to yield their tails, not yet taken by the
+    /// executor; `yields_waiting` lets it look without the lock.
+    yields: std::sync::Mutex<Vec<(u64, u32)>>,
+    yields_waiting: std::sync::atomic::AtomicBool,
 }
 
 impl Abandon {
@@ -114,6 +118,30 @@ impl Abandon {
         // An end heard between the two lines above stored `true` and was overwritten.
         if self.over.load(SeqCst) == batch {
             self.flag.store(true, SeqCst);
+        }
+    }
+
+    /// The I/O thread heard that chunk `id` of `batch` is to yield the rest of its items.
+    pub fn ask_yield(&self, batch: u64, id: u32) {
+        if let Ok(mut yields) = self.yields.lock() {
+            yields.push((batch, id));
+            self.yields_waiting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The chunks asked to yield since the last call (the executor's look between pieces).
+    pub fn take_yields(&self) -> Vec<(u64, u32)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.yields_waiting.load(SeqCst) {
+            return Vec::new();
+        }
+        match self.yields.lock() {
+            Ok(mut yields) => {
+                self.yields_waiting.store(false, SeqCst);
+                std::mem::take(&mut *yields)
+            }
+            Err(_) => Vec::new(),
         }
     }
 

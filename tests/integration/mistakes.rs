@@ -332,6 +332,7 @@ pub(crate) fn ack_only_worker(
                             status: Status::Ok,
                             wall_us: 1,
                             kernel_us: 0,
+                            items: t.items,
                         })
                         .collect();
                     me.tasks

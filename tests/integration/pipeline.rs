@@ -188,6 +188,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
                 status: Status::Ok,
                 wall_us: 1,
                 kernel_us: 0,
+                items: 0,
             }],
         }
         .encode()],

@@ -3,7 +3,8 @@
 //! whatever it is running, handing its tasks back; a task beyond `--max-payload` is
 //! declined before anything is allocated; a worker that arrives after its batch leaves.
 //! The test plays the ventilator and the sink with raw sockets where it must choose what
-//! a worker is sent.
+//! a worker is sent. A ventilator that wants a chunk's tail back gets what the worker did
+//! and no more.
 
 use crate::util::{self, Proc};
 use conquer::batch::{Job, Task};
@@ -20,6 +21,8 @@ struct Peers {
     results_ep: String,
     /// The worker's routing id on the tasks socket, once it said hello.
     worker: Option<Vec<u8>>,
+    /// What the worker sent the sink's side, in order.
+    got: Vec<conquer::protocol::TaskResult>,
     _ctx: zmq::Context,
 }
 
@@ -41,6 +44,7 @@ impl Peers {
             tasks_ep,
             results_ep,
             worker: None,
+            got: Vec::new(),
             _ctx: ctx,
         }
     }
@@ -74,13 +78,21 @@ impl Peers {
             ];
             zmq::poll(&mut items, left.as_millis().min(100) as i64).unwrap();
             while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
-                if let Ok(Message::Join(_)) = Message::decode(&frames[1]) {
-                    self.results
-                        .send_multipart(
-                            [frames[0].clone(), Message::Welcome { codecs: 1 }.encode()],
-                            0,
-                        )
-                        .unwrap();
+                // A result's outputs follow its head, a frame each.
+                let parts: Vec<&[u8]> = frames[2..].iter().map(Vec::as_slice).collect();
+                let decoded =
+                    Message::decode_parts(&frames[1], &parts, conquer::protocol::MAX_MAX_PAYLOAD);
+                match decoded {
+                    Ok(Message::Join(_)) => {
+                        self.results
+                            .send_multipart(
+                                [frames[0].clone(), Message::Welcome { codecs: 0 }.encode()],
+                                0,
+                            )
+                            .unwrap();
+                    }
+                    Ok(Message::Results { results, .. }) => self.got.extend(results),
+                    _ => {}
                 }
             }
             if let Ok(frames) = self.tasks.recv_multipart(zmq::DONTWAIT) {
@@ -381,4 +393,82 @@ fn r06_a_worker_that_arrives_after_its_batch_exits_with_status_3() {
     let (status, _, log) = late.finish();
     assert_eq!(status.code(), Some(3), "{log}");
     assert!(log.contains("no batch reached this worker"), "{log}");
+}
+
+#[test]
+fn r08_a_chunk_asked_to_yield_reports_the_items_done_and_only_those() {
+    let mut peers = Peers::bind();
+    // Twenty times slower than the CPU reference: the chunk takes seconds, each of its
+    // pieces a fraction of that.
+    let worker = peers.worker("yielding", &["--backend", "cpu", "--slowdown", "20"]);
+    peers.hello();
+    let view = kernels::mandelbrot::View::new(256, 256, 400, 1, (-0.5, 0.0), 3.0).unwrap();
+    let job = Job {
+        kernel: Kernel::Mandelbrot.id(),
+        constants: view.constants(),
+        items: 256,
+        ..Job::default()
+    };
+    let chunk = Task {
+        id: 3,
+        workload_ms: 100,
+        first: 0,
+        items: 256,
+    };
+    peers.send(Message::Tasks {
+        batch: BATCH,
+        job,
+        tasks: vec![chunk],
+    });
+    peers.send(Message::Yield {
+        batch: BATCH,
+        id: 3,
+        first: 0,
+    });
+    let done = peers.done(&[3]);
+    let items = done[0].items;
+    assert_eq!(done[0].status, Status::Ok, "{done:?}");
+    assert!(
+        items > 0 && items < 256,
+        "the chunk was cut at the end of a piece, not run whole: {done:?}"
+    );
+    // Its result at the sink covers those items, with exactly their rows.
+    let deadline = Instant::now() + util::PATIENCE;
+    while !peers.got.iter().any(|r| r.id == 3) {
+        assert!(
+            Instant::now() < deadline,
+            "no result for the chunk at the sink"
+        );
+        peers.next(Instant::now() + Duration::from_millis(50));
+    }
+    let result = peers.got.iter().find(|r| r.id == 3).unwrap().clone();
+    assert_eq!((result.first, result.items), (0, items));
+    let rows = Task { items, ..chunk };
+    let want = kernels::reference(&job, rows, &[]).unwrap().unwrap();
+    assert_eq!(result.output.len(), want.len());
+    assert!(
+        result.output == want,
+        "the rows done differ from the reference"
+    );
+    assert_eq!(result.checksum, kernels::checksum(&job, &want));
+    // A chunk not asked for its tail runs whole.
+    let whole = Task {
+        id: 4,
+        first: u64::from(items),
+        items: 2,
+        ..chunk
+    };
+    peers.send(Message::Tasks {
+        batch: BATCH,
+        job,
+        tasks: vec![whole],
+    });
+    let done = peers.done(&[4]);
+    assert_eq!(done[0].items, 2);
+    peers.send(Message::End {
+        batch: BATCH,
+        shutdown: true,
+    });
+    let (status, _, log) = worker.finish();
+    assert!(status.success(), "{log}");
 }

@@ -10,8 +10,14 @@ impl Dispatcher {
     /// (by a fifth at least) gets a copy of it. The first result wins, as with backups;
     /// the holder is not stalled. The fastest idle workers choose first, and a task taken
     /// over goes again only to a worker predicted to finish it a fifth sooner than its
-    /// taker, at most [`MAX_TAKEOVERS`] times: duplicated work stays bounded (a few
-    /// copies of the last tasks), and is counted as redispatched.
+    /// taker, at most [`MAX_TAKEOVERS`] times, and once more to the farm's fastest worker
+    /// (slow workers taking over from slower ones must not use up the copies the fastest
+    /// needs): duplicated work stays bounded (a few copies of the last tasks), and is
+    /// counted as redispatched.
+    ///
+    /// A chunk whose worker runs it in pieces is not copied but cut: its worker is asked
+    /// to yield the items it has not started ([`Message::Yield`]), and they are carved
+    /// again, for the idle worker first.
     pub(super) fn end_game(&mut self, now: Instant, out: &mut Vec<Command>) {
         if self.alive < 2 {
             return;
@@ -33,7 +39,12 @@ impl Dispatcher {
             };
             measured.unwrap_or(f64::INFINITY)
         };
-        idle.sort_by(|&a, &b| pace(a).total_cmp(&pace(b)));
+        let paces: Vec<f64> = (0..self.workers.len()).map(pace).collect();
+        idle.sort_by(|&a, &b| paces[a].total_cmp(&paces[b]));
+        let fastest = (0..self.workers.len())
+            .filter(|&s| self.workers[s].alive)
+            .map(|s| paces[s])
+            .fold(f64::INFINITY, f64::min);
         for slot in idle {
             let w = &self.workers[slot];
             if !w.alive
@@ -44,7 +55,7 @@ impl Dispatcher {
             {
                 continue;
             }
-            let Some(last) = self.last_to_finish(now, slot) else {
+            let Some(last) = self.last_to_finish(now, slot, paces[slot] <= fastest) else {
                 return;
             };
             let index = last.index;
@@ -69,7 +80,8 @@ impl Dispatcher {
             // cheap items says nothing of a dear chunk). A holder not measured yet may be
             // slow or its task dear: once it has run twice what the taker predicts for
             // itself, the taker's prediction stands (a copy costs an idle worker's time).
-            let mine_us = match self.predict_us(self.tasks.owner(index) as usize, index) {
+            let holder_us = self.predict_us(self.tasks.owner(index) as usize, index);
+            let mine_us = match holder_us {
                 Some(holder_us) => mine_us.max(last.running_us * mine_us / holder_us.max(1.0)),
                 None if last.running_us > 2.0 * mine_us => mine_us,
                 None => continue,
@@ -80,6 +92,40 @@ impl Dispatcher {
             let holder_left_us = last.left_us;
             let task = *self.tasks.task(index);
             let holder = self.tasks.owner(index);
+            // How long the holder's piece in hand may take: its first piece is a 64th of
+            // the chunk, the later ones about `PIECE`, at the holder's rate slowed as much
+            // as this chunk has overrun its prediction. A yield pays when that wait is
+            // short beside what a copy costs; a holder whose items are that dear is
+            // copied. One not measured yet is asked, and copied if its piece outlasts
+            // [`YIELD_GRACE`].
+            let piece_wait_us = holder_us.map(|holder_us| {
+                let items = f64::from(task.items.max(1));
+                let per_item = holder_us / items * (last.running_us / holder_us.max(1.0)).max(1.0);
+                (per_item * (items / 64.0).ceil()).max(crate::pieces::PIECE.as_secs_f64() * 1e6)
+            });
+            if self.may_yield(index) && piece_wait_us.is_none_or(|wait| wait < mine_us / 2.0) {
+                // Better than a copy: the holder stops at the end of its piece and reports
+                // what it did, and the rest is carved again, for this worker first (it
+                // waits in the ready queue). Nothing is done twice.
+                log::debug!(
+                    "end game: {} yields the rest of chunk {} to {} ({:.0} ms against {:.0} ms left)",
+                    printable(&self.workers[holder as usize].info.name),
+                    task.id,
+                    printable(&self.workers[slot].info.name),
+                    mine_us / 1000.0,
+                    holder_left_us / 1000.0
+                );
+                self.yielding.insert(task.id, now);
+                out.push(Command::ToWorker {
+                    worker: holder,
+                    message: Message::Yield {
+                        batch: self.config.batch_id,
+                        id: task.id,
+                        first: task.first,
+                    },
+                });
+                continue;
+            }
             log::debug!(
                 "end game: {} takes over task {} from {} ({:.0} ms against {:.0} ms left)",
                 printable(&self.workers[slot].info.name),
@@ -106,7 +152,12 @@ impl Dispatcher {
     /// Among tasks other workers hold and that were not taken over [`MAX_TAKEOVERS`] times
     /// yet, the one whose holder is predicted to finish last, with how long it has left, in µs (tasks queued
     /// on a worker run one after another from its last report).
-    pub(super) fn last_to_finish(&self, now: Instant, except: usize) -> Option<LastToFinish> {
+    pub(super) fn last_to_finish(
+        &self,
+        now: Instant,
+        except: usize,
+        fastest: bool,
+    ) -> Option<LastToFinish> {
         let mut last: Option<LastToFinish> = None;
         for (h, holder) in self.workers.iter().enumerate() {
             if h == except || !holder.alive || holder.assigned == 0 {
@@ -132,7 +183,14 @@ impl Dispatcher {
                 let running = (-start).max(0.0);
                 at = start + took.max(2.0 * running);
                 let takeovers = self.taken_over.get(&index).copied().unwrap_or(0);
-                if takeovers < MAX_TAKEOVERS && last.is_none_or(|l| at > l.left_us) {
+                // A chunk asked to yield its tail is left to its worker for a while: the
+                // rest comes back to be carved. One that was not cut by then is copied.
+                let yielding = self
+                    .yielding
+                    .get(&index)
+                    .is_some_and(|&asked| now.saturating_duration_since(asked) < YIELD_GRACE);
+                let cap = MAX_TAKEOVERS + u8::from(fastest);
+                if takeovers < cap && !yielding && last.is_none_or(|l| at > l.left_us) {
                     last = Some(LastToFinish {
                         index: i,
                         left_us: at,
@@ -142,6 +200,22 @@ impl Dispatcher {
             }
         }
         last
+    }
+
+    /// Whether the chunk at `index` may be cut rather than copied: a chunk of more than one
+    /// item whose worker runs it in pieces (`pieces::splits`), not asked before, never
+    /// taken over (its first holder's copy would still compute the tail), and not in a
+    /// replicated job (its copies are compared whole).
+    pub(super) fn may_yield(&self, index: usize) -> bool {
+        let task = self.tasks.task(index);
+        let holder = &self.workers[self.tasks.owner(index) as usize];
+        self.carver.is_some()
+            && task.items > 1
+            && self.config.job.replicate_percent == 0
+            && !self.yielding.contains_key(&task.id)
+            && !self.taken_over.contains_key(&task.id)
+            && !self.ran_by.contains_key(&task.id)
+            && crate::pieces::splits(&self.config.job, &holder.info.backend)
     }
 
     /// How long `slot` would take over the task at `index`, by its measured speed: a

@@ -29,7 +29,13 @@ impl Dispatcher {
             return;
         }
         if self.config.observe {
-            let items = done.iter().map(|d| self.task_items(d.id)).collect();
+            let items = done
+                .iter()
+                .map(|d| match self.task_items(d.id) {
+                    given if d.items > 0 => given.min(u64::from(d.items)),
+                    given => given,
+                })
+                .collect();
             self.observe(Observed::Reported {
                 worker: slot,
                 done: done.to_vec(),
@@ -68,6 +74,12 @@ impl Dispatcher {
                 continue;
             }
             self.release(slot, index);
+            self.yielding.remove(&d.id);
+            let given = self.tasks.task(index).items;
+            let cut = d.status != Status::Failed && d.items > 0 && d.items < given;
+            if cut {
+                self.cut_chunk(index, d.items);
+            }
             // Only a report that frees a task it held proves the worker and ends a stall.
             let worker = &mut self.workers[s];
             worker.stalled = false;
@@ -85,8 +97,38 @@ impl Dispatcher {
                 self.tasks.report(index);
                 self.workers[s].unheld += 1;
                 self.reported_log.push_back((now, index as u32, slot));
+                // The sink may have said it holds the items done before this report came.
+                let (first, end) = self.tasks.task(index).range();
+                if cut && self.covered.contains_all(first..end) {
+                    self.mark_held(now, &[index as u32]);
+                }
             }
         }
+    }
+
+    /// Chunk `index`'s worker did its first `items` and gave up the rest (asked to yield
+    /// in the end game): the chunk is those items, and the rest, less what the sink holds,
+    /// goes back to be carved for idle workers.
+    pub(super) fn cut_chunk(&mut self, index: usize, items: u32) {
+        let (first, end) = self.tasks.task(index).range();
+        let cut = first + u64::from(items);
+        self.tasks.shorten(index, items);
+        let total = self.carver.as_ref().map_or(0, |c| c.plan().items);
+        let mut rest = crate::intervals::IntervalSet::new();
+        for gap in self.covered.gaps(total) {
+            let (a, b) = (gap.start.max(cut), gap.end.min(end));
+            if a < b {
+                rest.insert(a..b);
+            }
+        }
+        if let Some(carver) = self.carver.as_mut() {
+            for r in rest.ranges() {
+                carver.give_back(r.start, r.end);
+            }
+        }
+        self.chunks_cut += 1;
+        self.items_handed_on += rest.covered();
+        self.wake_waiting();
     }
 
     /// `slot` failed the task at `index`: it goes to another worker, or, at its
@@ -180,6 +222,8 @@ impl Dispatcher {
     }
 
     pub(super) fn requeue(&mut self, index: usize) {
+        // Out again whole: its next worker may be asked to yield it in its turn.
+        self.yielding.remove(&(index as u32));
         if self.tasks.state(index) == TaskState::Reported {
             self.results_arrived(self.tasks.owner(index));
         }

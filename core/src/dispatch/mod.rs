@@ -50,6 +50,10 @@ const WAIT_REMINDER: Duration = Duration::from_secs(5);
 /// Most times the end game hands one task over: a faster worker idle later may take a
 /// task a slower one took first; a task never goes back to a worker it was taken from.
 const MAX_TAKEOVERS: u8 = 3;
+/// How long a chunk's worker has to yield its tail before the end game copies the chunk
+/// instead (a worker that cannot cut it finishes it whole): a piece's time, a round trip
+/// and the end game's look at the tail, many times over.
+const YIELD_GRACE: Duration = Duration::from_millis(250);
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
 /// answers, before its worker is taken to be delivering results nowhere.
 const UNDELIVERED_TIMEOUTS: u32 = 4;
@@ -486,6 +490,12 @@ pub struct Dispatcher {
     fail_log: RateLimited,
     /// How often each task was handed over in the end game (at most [`MAX_TAKEOVERS`]).
     taken_over: HashMap<u32, u8>,
+    /// Chunks whose workers were asked to yield their tails, and when: not asked again,
+    /// and left to finish (not copied) for [`YIELD_GRACE`].
+    yielding: HashMap<u32, Instant>,
+    /// Chunks cut short by their workers, and the items that went to others.
+    chunks_cut: u64,
+    items_handed_on: u64,
     /// Workers a task was taken from while they still ran it (a backup, a takeover): they
     /// never take it over again, and their late report of it, once, measures their speed.
     ran_by: HashMap<u32, Vec<WorkerId>>,
@@ -522,6 +532,10 @@ pub struct Counters {
     /// A divisible job's chunks handed out, and items handed out again.
     pub chunks: u64,
     pub items_redone: u64,
+    /// Chunks whose workers gave up their tails in the end game, and the items that went
+    /// to other workers (done once, not twice).
+    pub chunks_cut: u64,
+    pub items_handed_on: u64,
 }
 
 /// Where the dispatcher stands, as plain data: what a live view reads besides the
@@ -639,6 +653,9 @@ impl Dispatcher {
             gave_up: Vec::new(),
             fail_log: RateLimited::new(5, Duration::from_secs(1)),
             taken_over: HashMap::new(),
+            yielding: HashMap::new(),
+            chunks_cut: 0,
+            items_handed_on: 0,
             ran_by: HashMap::new(),
             exclude: HashMap::new(),
             replicas: VecDeque::new(),
@@ -882,6 +899,8 @@ impl Dispatcher {
             held: self.tasks.held(),
             chunks: self.carver.as_ref().map_or(0, Carver::carved),
             items_redone: self.items_redone,
+            chunks_cut: self.chunks_cut,
+            items_handed_on: self.items_handed_on,
         }
     }
 
@@ -962,6 +981,8 @@ impl Dispatcher {
             refused: self.refused,
             chunks: self.carver.as_ref().map_or(0, Carver::carved),
             items_redone: self.items_redone,
+            chunks_cut: self.chunks_cut,
+            items_handed_on: self.items_handed_on,
             cancel_us: self.drained.map_or(0, |d| d.as_micros().max(1) as u64),
             // Counted where inputs are sent: the ventilator's pump fills them in.
             inputs_wire: 0,

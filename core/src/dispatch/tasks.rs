@@ -171,6 +171,18 @@ impl TaskTable {
         self.owner[index] = slot;
     }
 
+    /// A chunk out with a worker is its first `items` now (the worker gave up the rest);
+    /// its workload shrinks in proportion.
+    #[inline]
+    pub(super) fn shorten(&mut self, index: usize, items: u32) {
+        debug_assert_eq!(self.state[index], TaskState::Assigned);
+        let task = &mut self.tasks[index];
+        debug_assert!(items > 0 && items < task.items);
+        let ms = u64::from(task.workload_ms) * u64::from(items) / u64::from(task.items.max(1));
+        task.workload_ms = ms.max(1) as u32;
+        task.items = items;
+    }
+
     /// Its holder says it is done; it is finished once the sink holds it.
     #[inline]
     pub(super) fn report(&mut self, index: usize) {

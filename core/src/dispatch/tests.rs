@@ -512,6 +512,7 @@ impl Farm {
             status,
             wall_us: task.workload_ms * 1000,
             kernel_us: 0,
+            items: task.items,
         };
         self.send(
             w,
@@ -873,6 +874,7 @@ fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs
             status: Status::Ok,
             wall_us: 10_000,
             kernel_us: 0,
+            items: 0,
         }],
     };
     d.handle(now, hello(0), &mut out);
@@ -1148,10 +1150,15 @@ fn job_dispatcher(items: u64, policy: Policy, base: Instant) -> Dispatcher {
 }
 
 fn greet(d: &mut Dispatcher, now: Instant, name: &str, out: &mut Vec<Command>) {
+    greet_as(d, now, name, "sleep", out);
+}
+
+/// A worker of `backend` (`sleep`, `cpu`, ...) greets.
+fn greet_as(d: &mut Dispatcher, now: Instant, name: &str, backend: &str, out: &mut Vec<Command>) {
     let info = WorkerInfo {
         name: name.into(),
         session: 1,
-        backend: "sleep".into(),
+        backend: backend.into(),
         adapter: String::new(),
         window_hint: 4,
         codecs: 0,
@@ -1194,6 +1201,7 @@ fn report_as(
             status,
             wall_us,
             kernel_us: 0,
+            items: 0,
         }],
     };
     d.handle(
@@ -1643,19 +1651,27 @@ fn a_copy_past_a_waiting_workers_look_reaches_it_once_the_copies_before_it_go_ou
     assert!(a_got_it, "the copy only a may run never reached it");
 }
 
-#[test]
-fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
+/// A fast and a slow worker (of `slow_backend`) on 400 items in chunks of 100; the fast
+/// one eats every chunk but the slow one's, a chunk a millisecond, until nothing is left
+/// to carve. Returns the dispatcher, the time, both slots and the slow worker's chunk.
+fn a_slow_chunk_left(slow_backend: &str) -> (Dispatcher, Instant, WorkerId, WorkerId, Task) {
     let base = Instant::now();
-    let (mut d, mut out) = started_job(400, Policy::Fixed(100), base, &["fast", "slow"]);
+    let mut d = job_dispatcher(400, Policy::Fixed(100), base);
+    let mut out = Vec::new();
+    greet(&mut d, base, "fast", &mut out);
+    greet_as(&mut d, base, "slow", slow_backend, &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    sink_acks(&mut d, base, 0, &mut out);
+    out.clear();
+    d.handle(base, Event::Tick, &mut out);
     let first = chunks_in(&out);
     let slot_of = |d: &Dispatcher, name: &[u8]| {
         (0..d.workers().len())
             .find(|&w| d.workers()[w].routing_id == name)
             .unwrap() as WorkerId
     };
-    let fast = slot_of(&d, b"fast");
-    let (_, slow_chunk) = *first.iter().find(|(w, _)| *w != fast).unwrap();
-    // The fast worker eats the rest of the job, a chunk a millisecond.
+    let (fast, slow) = (slot_of(&d, b"fast"), slot_of(&d, b"slow"));
+    let (_, slow_chunk) = *first.iter().find(|(w, _)| *w == slow).unwrap();
     let mut t = base;
     let mut mine: Vec<Task> = first
         .iter()
@@ -1675,9 +1691,80 @@ fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
                 .map(|(_, c)| *c),
         );
     }
-    // Nothing left to carve; the slow worker's chunk (100 ms at nominal speed) goes to
-    // the fast one, who would take a millisecond.
+    (d, t, fast, slow, slow_chunk)
+}
+
+fn yields_in(out: &[Command]) -> Vec<(WorkerId, u32, u64)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::ToWorker {
+                worker,
+                message: Message::Yield { id, first, .. },
+            } => Some((*worker, *id, *first)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn in_the_end_game_a_slow_workers_chunk_yields_its_tail_to_an_idle_fast_worker() {
+    let (mut d, t, fast, slow, chunk) = a_slow_chunk_left("sleep");
+    let mut out = Vec::new();
+    // Nothing left to carve; the slow worker's chunk (100 ms at nominal speed) would take
+    // the fast one a millisecond: the slow one is asked for the rest, nothing is copied.
+    d.handle(t + TAIL_PROBE, Event::Tick, &mut out);
+    assert_eq!(yields_in(&out), vec![(slow, chunk.id, chunk.first)]);
+    assert!(chunks_in(&out).is_empty(), "{out:?}");
+    // Asked once; the idle worker waits for the tail meanwhile.
     out.clear();
+    d.handle(t + TAIL_PROBE * 2, Event::Tick, &mut out);
+    assert!(
+        yields_in(&out).is_empty() && chunks_in(&out).is_empty(),
+        "{out:?}"
+    );
+    // It did 30 items; the other 70 go to the fast worker, as new items, not redone.
+    out.clear();
+    let at = t + TAIL_PROBE * 3;
+    let done = Message::Done {
+        batch: 0x10b,
+        done: vec![Done {
+            id: chunk.id,
+            wall_us: 60_000,
+            items: 30,
+            ..Done::default()
+        }],
+    };
+    let from_slow = Event::FromWorker {
+        routing_id: b"slow".to_vec(),
+        message: done,
+    };
+    d.handle(at, from_slow, &mut out);
+    d.handle(at, Event::Tick, &mut out);
+    let tail: Vec<Task> = chunks_in(&out)
+        .into_iter()
+        .filter(|(w, _)| *w == fast)
+        .map(|(_, c)| c)
+        .collect();
+    assert_eq!(tail.len(), 1, "{out:?}");
+    assert_eq!(tail[0].range(), (chunk.first + 30, chunk.first + 100));
+    let c = d.counters();
+    assert_eq!((c.chunks_cut, c.items_handed_on), (1, 70));
+    assert_eq!((c.redispatched, c.items_redone), (0, 0));
+    assert_eq!(d.task_items(chunk.id), 30);
+    // The sink holds both parts: the job is complete.
+    sink_holds(&mut d, at, vec![(chunk.first, chunk.first + 30)], &mut out);
+    assert_eq!(d.task_state(chunk.id), TaskState::Held);
+    report(&mut d, at, "fast", tail[0].id, 1000, &mut out);
+    sink_holds(&mut d, at, vec![tail[0].range()], &mut out);
+    assert_eq!(d.items_progress(), Some((400, 400)));
+    d.audit().unwrap();
+}
+
+#[test]
+fn a_chunk_whose_worker_cannot_cut_it_is_copied_and_one_not_cut_in_time_too() {
+    // `spin` on a cpu worker reduces a chunk to one checksum: it runs whole.
+    let (mut d, t, fast, _, chunk) = a_slow_chunk_left("cpu");
+    let mut out = Vec::new();
     d.handle(t + TAIL_PROBE, Event::Tick, &mut out);
     let taken: Vec<_> = out
         .iter()
@@ -1691,11 +1778,24 @@ fn in_the_end_game_an_idle_fast_worker_takes_over_a_slow_workers_chunk() {
             _ => None,
         })
         .collect();
-    assert_eq!(taken, vec![(fast, vec![slow_chunk], vec![true])]);
+    assert!(yields_in(&out).is_empty());
+    assert_eq!(taken, vec![(fast, vec![chunk], vec![true])]);
     // Once, not again.
     out.clear();
     d.handle(t + TAIL_PROBE * 2, Event::Tick, &mut out);
     assert!(chunks_in(&out).is_empty());
+
+    // A worker that could cut it but says nothing within the grace: copied then.
+    let (mut d, t, fast, slow, chunk) = a_slow_chunk_left("sleep");
+    let mut out = Vec::new();
+    d.handle(t + TAIL_PROBE, Event::Tick, &mut out);
+    assert_eq!(yields_in(&out), vec![(slow, chunk.id, chunk.first)]);
+    out.clear();
+    d.handle(t + TAIL_PROBE + YIELD_GRACE / 2, Event::Tick, &mut out);
+    assert!(chunks_in(&out).is_empty());
+    d.handle(t + TAIL_PROBE * 2 + YIELD_GRACE, Event::Tick, &mut out);
+    assert_eq!(chunks_in(&out), vec![(fast, chunk)]);
+    assert!(yields_in(&out).is_empty(), "asked once only");
 }
 
 #[test]

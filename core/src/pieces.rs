@@ -1,0 +1,507 @@
+//! A chunk run in pieces, so that its worker can give up the part it has not started.
+//!
+//! A chunk is sized from a rate measured on earlier chunks; where item costs vary along a
+//! job (a Mandelbrot view's rows through the set cost a hundred times those outside it),
+//! it can run far longer than planned. When nothing else is left, the ventilator asks the
+//! chunk's worker to yield ([`crate::protocol::Message::Yield`]): the worker stops at the
+//! end of the piece in hand and reports the items done, and the rest goes to an idle
+//! worker that finishes it sooner.
+//!
+//! The worker's executor feeds a chunk to its backend as consecutive pieces (each a chunk
+//! of its own: same id, its own item range), sized to take about [`PIECE`] at the rate the
+//! pieces before it ran, and merges their outcomes into the chunk's one outcome: outputs in
+//! item order, exactly what the whole chunk would have given (search hits merged and
+//! sorted). A chunk whose outputs do not concatenate (a reduction to one value per chunk)
+//! runs whole and is never cut. No clock here: the executor passes the times in.
+
+use crate::batch::{Job, Task};
+use crate::kernels::{self, Kernel, PER_ITEM, SAME_AS_INPUT};
+use crate::protocol::Status;
+use crate::work::{Outcome, Work};
+use std::time::Duration;
+
+/// What a piece should take: short enough that a yield is heard soon, long enough that a
+/// piece's fixed costs (a dispatch, a read-back) stay small.
+pub const PIECE: Duration = Duration::from_millis(10);
+/// The first piece is this fraction of the chunk (at least one item): nothing is measured
+/// yet.
+const FIRST_PIECE_OF: u32 = 64;
+/// A piece grows at most this many times over the one before: a rate measured on cheap
+/// items says little about the next ones.
+const GROWTH: u32 = 4;
+
+/// Whether a chunk of `job`, run by a `backend` (`sleep`, `cpu`, ...), can be run in pieces
+/// and cut: its outputs concatenate in item order (Mandelbrot rows, search hits, `copy`, a
+/// user kernel with an output per item or as large as its input), or it computes nothing
+/// (the sleep backend's items). `spin` on a computing backend reduces a chunk to one
+/// checksum, and a user kernel with a fixed output per chunk to one value: those run whole.
+pub fn splits(job: &Job, backend: &str) -> bool {
+    if job.items == 0 {
+        return false;
+    }
+    match Kernel::from_id(job.kernel) {
+        Some(Kernel::Mandelbrot | Kernel::Search | Kernel::Copy) => true,
+        Some(Kernel::User) => job.output_bytes == SAME_AS_INPUT || job.output_bytes & PER_ITEM != 0,
+        Some(Kernel::Spin) => backend == "sleep",
+        None => false,
+    }
+}
+
+/// One chunk on its way through the backend in pieces.
+#[derive(Debug)]
+pub struct Pieces {
+    job: Job,
+    task: Task,
+    name: String,
+    /// The whole chunk's input (a data job's slice of its file); pieces take their part.
+    input: Vec<u8>,
+    /// The first item not handed out yet.
+    next: u64,
+    /// Items in the next piece.
+    size: u32,
+    handed: u32,
+    back: u32,
+    /// Asked to yield: no piece after the first.
+    cut: bool,
+    /// The batch ended: no more pieces, and the chunk fails.
+    abandoned: bool,
+    /// Outputs of the pieces back, by first item.
+    outputs: Vec<(u64, Vec<u8>)>,
+    status: Status,
+    error: String,
+    kernel_us: u64,
+    differing: u32,
+    /// Items and wall time of the pieces back: the rate the next piece is sized by.
+    items_back: u64,
+    wall_back_us: u64,
+}
+
+impl Pieces {
+    /// `work` (a chunk) in pieces.
+    pub fn new(job: &Job, work: Work) -> Pieces {
+        let task = work.task;
+        Pieces {
+            job: *job,
+            task,
+            name: work.name,
+            input: work.input,
+            next: task.first,
+            size: (task.items / FIRST_PIECE_OF).max(1),
+            handed: 0,
+            back: 0,
+            cut: false,
+            abandoned: false,
+            outputs: Vec::new(),
+            status: Status::Verified,
+            error: String::new(),
+            kernel_us: 0,
+            differing: 0,
+            items_back: 0,
+            wall_back_us: 0,
+        }
+    }
+
+    /// The chunk's id.
+    pub fn id(&self) -> u32 {
+        self.task.id
+    }
+
+    fn end(&self) -> u64 {
+        self.task.first + u64::from(self.task.items)
+    }
+
+    /// The next piece for the backend, or `None` once the chunk is all handed out, cut or
+    /// abandoned.
+    pub fn next_piece(&mut self) -> Option<Work> {
+        if self.abandoned || self.next >= self.end() || (self.cut && self.handed > 0) {
+            return None;
+        }
+        if self.items_back > 0 {
+            // Items per µs so far, over a piece's time; never past GROWTH times the last.
+            let rate = self.items_back as f64 / self.wall_back_us.max(1) as f64;
+            let fits = (rate * PIECE.as_micros() as f64).clamp(1.0, f64::from(u32::MAX)) as u32;
+            self.size = fits.min(self.size.saturating_mul(GROWTH)).max(1);
+        }
+        let items = u64::from(self.size).min(self.end() - self.next) as u32;
+        let first = self.next;
+        self.next += u64::from(items);
+        self.handed += 1;
+        let input = if self.input.is_empty() {
+            Vec::new()
+        } else {
+            let per = u64::from(self.job.item_bytes.max(1));
+            let len = self.input.len() as u64;
+            let from = ((first - self.task.first) * per).min(len) as usize;
+            let to = ((first - self.task.first + u64::from(items)) * per).min(len) as usize;
+            self.input[from..to].to_vec()
+        };
+        Some(Work {
+            task: Task {
+                first,
+                items,
+                ..self.task
+            },
+            name: self.name.clone(),
+            input,
+        })
+    }
+
+    /// The ventilator asked for the rest back: no piece after the one in hand (a chunk not
+    /// started yet still runs its first, so its report says something).
+    pub fn cut(&mut self) {
+        self.cut = true;
+    }
+
+    /// The batch is over: no more pieces; the chunk is reported failed.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    /// A piece came back from the backend.
+    pub fn piece_done(&mut self, outcome: Outcome) {
+        self.back += 1;
+        match outcome.status {
+            Status::Failed => {
+                if self.status != Status::Failed {
+                    self.error = outcome.error;
+                }
+                self.status = Status::Failed;
+            }
+            Status::Mismatch if self.status != Status::Failed => self.status = Status::Mismatch,
+            Status::Ok if self.status == Status::Verified => self.status = Status::Ok,
+            _ => {}
+        }
+        self.kernel_us += u64::from(outcome.kernel_us);
+        self.differing = self.differing.saturating_add(outcome.differing);
+        self.items_back += u64::from(outcome.task.items);
+        self.wall_back_us += u64::from(outcome.wall_us);
+        self.outputs.push((outcome.task.first, outcome.output));
+    }
+
+    /// Every piece handed out is back and no more will be.
+    pub fn is_complete(&self) -> bool {
+        self.back == self.handed
+            && (self.abandoned || self.next >= self.end() || (self.cut && self.handed > 0))
+    }
+
+    /// The chunk's one outcome: the items its pieces covered, their outputs in item order,
+    /// `wall_us` from the first piece's start to the last one's end (pieces of a pipelined
+    /// backend overlap).
+    pub fn outcome(mut self, wall_us: u32) -> Outcome {
+        let items = (self.next - self.task.first) as u32;
+        let task = Task { items, ..self.task };
+        if self.abandoned || self.status == Status::Failed {
+            let error = if self.status == Status::Failed {
+                self.error
+            } else {
+                "the batch ended while the chunk ran".to_owned()
+            };
+            let work = Work {
+                task: self.task,
+                name: self.name,
+                input: Vec::new(),
+            };
+            return Outcome::failed(work, wall_us).because(error);
+        }
+        self.outputs.sort_unstable_by_key(|(first, _)| *first);
+        let kernel = Kernel::from_id(self.job.kernel);
+        let output = if kernel == Some(Kernel::Search) {
+            merge_hits(&self.job, task, &self.outputs)
+        } else {
+            self.outputs.into_iter().flat_map(|(_, o)| o).collect()
+        };
+        let checksum = if kernel.is_some_and(Kernel::carries_output) {
+            kernels::checksum(&self.job, &output)
+        } else {
+            0
+        };
+        Outcome {
+            task,
+            status: self.status,
+            wall_us,
+            kernel_us: self.kernel_us.min(u64::from(u32::MAX)) as u32,
+            checksum,
+            name: self.name,
+            output,
+            differing: self.differing,
+            error: String::new(),
+        }
+    }
+}
+
+/// Search outputs (a hit count, then hits in order) of consecutive pieces as one: the
+/// counts added, the hits sorted, as many kept as the whole chunk's output holds.
+fn merge_hits(job: &Job, task: Task, outputs: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut count: u32 = 0;
+    let mut hits: Vec<u32> = Vec::new();
+    for (_, output) in outputs {
+        if output.len() < 4 {
+            continue;
+        }
+        count = count.wrapping_add(u32::from_le_bytes([
+            output[0], output[1], output[2], output[3],
+        ]));
+        hits.extend(kernels::search::hits(output));
+    }
+    hits.sort_unstable();
+    let room =
+        kernels::shape(job, task, 0).map_or(hits.len(), |s| s.output_bytes.saturating_sub(4) / 4);
+    hits.truncate(room);
+    let mut output = count.to_le_bytes().to_vec();
+    for hit in hits {
+        output.extend_from_slice(&hit.to_le_bytes());
+    }
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{mandelbrot, search};
+    use proptest::prelude::*;
+
+    fn mandelbrot_job() -> Job {
+        let view = mandelbrot::View::new(96, 64, 200, 1, (-0.5, 0.0), 3.0).unwrap();
+        Job {
+            kernel: Kernel::Mandelbrot.id(),
+            constants: view.constants(),
+            items: 64,
+            ..Job::default()
+        }
+    }
+
+    fn search_job(capacity_hits: bool) -> Job {
+        // 2^12 keys, about one in sixteen a hit: a chunk of them overflows a small capacity.
+        let bits = if capacity_hits { 4 } else { 9 };
+        let space = search::Space::for_chunks(bits, 1 << 12, 1 << 12, 3).unwrap();
+        let mut constants = space.constants();
+        if capacity_hits {
+            // Room for eight hits a chunk: the merge keeps the first eight, as a whole
+            // chunk does, and counts them all.
+            constants[3] = 8;
+        }
+        Job {
+            kernel: Kernel::Search.id(),
+            constants,
+            items: 1 << 12,
+            ..Job::default()
+        }
+    }
+
+    fn copy_job() -> Job {
+        Job {
+            kernel: Kernel::Copy.id(),
+            item_bytes: 4,
+            output_bytes: SAME_AS_INPUT,
+            items: 1000,
+            ..Job::default()
+        }
+    }
+
+    /// Runs `work` in pieces on the CPU reference, each piece taking `piece_us` by turn,
+    /// with `in_flight` pieces handed out before the first comes back; cuts after
+    /// `cut_after` pieces when set.
+    fn run(
+        job: &Job,
+        work: Work,
+        piece_us: &[u32],
+        in_flight: usize,
+        cut_after: Option<usize>,
+    ) -> Outcome {
+        let mut pieces = Pieces::new(job, work);
+        let mut queue: std::collections::VecDeque<Work> = Default::default();
+        let mut handed = 0;
+        let mut turn = 0;
+        loop {
+            while queue.len() < in_flight.max(1) {
+                if cut_after == Some(handed) {
+                    pieces.cut();
+                }
+                match pieces.next_piece() {
+                    Some(piece) => {
+                        handed += 1;
+                        queue.push_back(piece);
+                    }
+                    None => break,
+                }
+            }
+            let Some(piece) = queue.pop_front() else {
+                break;
+            };
+            let output = kernels::reference(job, piece.task, &piece.input)
+                .unwrap()
+                .unwrap();
+            let wall_us = piece_us[turn % piece_us.len()];
+            turn += 1;
+            pieces.piece_done(Outcome {
+                task: piece.task,
+                status: Status::Ok,
+                wall_us,
+                output,
+                ..Outcome::default()
+            });
+        }
+        assert!(pieces.is_complete());
+        pieces.outcome(1)
+    }
+
+    fn whole(job: &Job, work: &Work) -> Vec<u8> {
+        kernels::reference(job, work.task, &work.input)
+            .unwrap()
+            .unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn a_chunk_in_pieces_gives_what_it_gives_whole_and_a_cut_one_what_its_items_give(
+            kind in 0..4usize,
+            first in 0u64..200,
+            items in 1u32..800,
+            piece_us in proptest::collection::vec(1u32..50_000, 1..6),
+            in_flight in 1usize..4,
+            cut_after in proptest::option::of(0usize..6),
+        ) {
+            let job = match kind {
+                0 => mandelbrot_job(),
+                1 => search_job(false),
+                2 => search_job(true),
+                _ => copy_job(),
+            };
+            let first = first.min(job.items - 1);
+            let items = items.min((job.items - first) as u32);
+            let task = Task { id: 5, first, items, workload_ms: 3 };
+            let input: Vec<u8> = if kind == 3 {
+                (0..items * 4).map(|b| (b * 7 + 1) as u8).collect()
+            } else {
+                Vec::new()
+            };
+            let work = Work { task, name: "in.bin".into(), input };
+            let got = run(&job, work.clone(), &piece_us, in_flight, cut_after);
+            prop_assert_eq!(got.status, Status::Ok);
+            prop_assert_eq!(got.task.first, first);
+            prop_assert!(got.task.items >= 1 && got.task.items <= items);
+            if cut_after.is_none() {
+                prop_assert_eq!(got.task.items, items);
+            }
+            // What the items it says it did give, run as one chunk.
+            let done = Work {
+                task: got.task,
+                input: work.input[..(got.task.items as usize * 4).min(work.input.len())].to_vec(),
+                ..work.clone()
+            };
+            prop_assert_eq!(&got.output, &whole(&job, &done));
+            prop_assert_eq!(got.checksum, kernels::checksum(&job, &got.output));
+            prop_assert_eq!(got.name.as_str(), "in.bin");
+        }
+    }
+
+    #[test]
+    fn pieces_grow_toward_the_piece_time_and_shrink_when_items_turn_dear() {
+        let job = mandelbrot_job();
+        let task = Task {
+            id: 1,
+            first: 0,
+            items: 64 * 1000,
+            workload_ms: 0,
+        };
+        let job = Job {
+            items: 64 * 1000,
+            ..job
+        };
+        let mut pieces = Pieces::new(&job, Work::from(task));
+        let one = pieces.next_piece().unwrap();
+        assert_eq!(one.task.items, 1000, "the first piece is a 64th");
+        // Cheap: 1,000 items in 1 ms, so 10,000 fit a piece, but growth is fourfold at most.
+        pieces.piece_done(Outcome {
+            task: one.task,
+            wall_us: 1000,
+            ..Outcome::default()
+        });
+        let two = pieces.next_piece().unwrap();
+        assert_eq!(two.task.items, 4000);
+        assert_eq!(two.task.first, 1000);
+        // Dear: 4,000 items in 400 ms; 5,000 items in 401 ms over both, 124 a piece.
+        pieces.piece_done(Outcome {
+            task: two.task,
+            wall_us: 400_000,
+            ..Outcome::default()
+        });
+        let three = pieces.next_piece().unwrap();
+        assert_eq!(three.task.items, 124);
+    }
+
+    #[test]
+    fn a_cut_before_the_first_piece_still_runs_one_and_an_abandoned_chunk_fails_whole() {
+        let job = mandelbrot_job();
+        let task = Task {
+            id: 2,
+            first: 10,
+            items: 50,
+            workload_ms: 0,
+        };
+        let mut pieces = Pieces::new(&job, Work::from(task));
+        pieces.cut();
+        let piece = pieces.next_piece().unwrap();
+        assert!(pieces.next_piece().is_none());
+        assert!(!pieces.is_complete());
+        pieces.piece_done(Outcome {
+            task: piece.task,
+            status: Status::Verified,
+            ..Outcome::default()
+        });
+        assert!(pieces.is_complete());
+        let outcome = pieces.outcome(7);
+        assert_eq!((outcome.task.first, outcome.task.items), (10, 1));
+        assert_eq!(outcome.status, Status::Verified);
+
+        let mut pieces = Pieces::new(&job, Work::from(task));
+        let piece = pieces.next_piece().unwrap();
+        pieces.abandon();
+        assert!(pieces.next_piece().is_none());
+        pieces.piece_done(Outcome {
+            task: piece.task,
+            ..Outcome::default()
+        });
+        let outcome = pieces.outcome(7);
+        assert_eq!(outcome.status, Status::Failed);
+        assert_eq!(
+            (outcome.task.first, outcome.task.items),
+            (10, 50),
+            "reported as given"
+        );
+    }
+
+    #[test]
+    fn only_outputs_that_concatenate_are_split() {
+        let spin = Job {
+            kernel: Kernel::Spin.id(),
+            items: 100,
+            ..Job::default()
+        };
+        assert!(splits(&spin, "sleep"));
+        assert!(!splits(&spin, "cpu"));
+        assert!(splits(&mandelbrot_job(), "gpu"));
+        let reduction = Job {
+            kernel: Kernel::User.id(),
+            output_bytes: 8,
+            items: 100,
+            ..Job::default()
+        };
+        assert!(!splits(&reduction, "gpu"));
+        let per_item = Job {
+            output_bytes: 4 | PER_ITEM,
+            ..reduction
+        };
+        assert!(splits(&per_item, "gpu"));
+        assert!(
+            !splits(
+                &Job {
+                    items: 0,
+                    ..mandelbrot_job()
+                },
+                "cpu"
+            ),
+            "a task list's tasks are whole"
+        );
+    }
+}
