@@ -659,7 +659,7 @@ fn execute(
     };
     let mut stash: Option<Chunk> = None;
     // Chunks the ventilator asked to yield (batch, id), kept until their batch is left.
-    let mut cuts: HashSet<(u64, u32)> = HashSet::new();
+    let cuts: RefCell<HashSet<(u64, u32)>> = RefCell::new(HashSet::new());
     // The wall-clock time shared by the short outcomes of one flush.
     let mut stamp: Option<u64> = None;
     // The job the backend was last prepared for, and whether it accepted it.
@@ -721,19 +721,34 @@ fn execute(
         // Chunks a cut completed between two pieces (every piece handed out was back):
         // reported with the next outcome, or when the run ends.
         let cut_short: RefCell<Vec<(Pieces, Instant)>> = RefCell::new(Vec::new());
-        cuts.retain(|&(b, _)| b == batch);
+        cuts.borrow_mut().retain(|&(b, _)| b == batch);
+        // Takes the yields the I/O thread heard, and cuts `p` if it is asked to: once (a
+        // later run of the same chunk is not cut by an old request).
+        let cut_if_asked = |p: &mut Pieces| {
+            let mut asked = cuts.borrow_mut();
+            asked.extend(abandon.take_yields());
+            if asked.remove(&(batch, p.id())) {
+                p.cut();
+            }
+        };
         // Tasks of the same batch and job keep flowing into one `run`, so a pipelined
         // backend never drains between messages from the ventilator.
         let mut next = || -> Option<Work> {
-            for asked in abandon.take_yields() {
-                cuts.insert(asked);
-            }
             let mut chunks_open = open.borrow_mut();
             for (p, _) in chunks_open.iter_mut() {
-                if cuts.contains(&(batch, p.id())) {
+                cut_if_asked(p);
+            }
+            let stopping = stop.load(Ordering::SeqCst);
+            let over = abandon.is_over(batch);
+            for (p, _) in chunks_open.iter_mut() {
+                if over {
+                    p.abandon();
+                } else if stopping {
+                    // What the pieces done cover is reported; the rest goes to others.
                     p.cut();
                 }
             }
+            // Chunks that need nothing more from the backend go out with the next outcome.
             let mut at = 0;
             while at < chunks_open.len() {
                 if chunks_open[at].0.is_complete() {
@@ -742,13 +757,10 @@ fn execute(
                     at += 1;
                 }
             }
-            if stop.load(Ordering::SeqCst) {
-                // What the pieces done cover is reported; the rest goes to others.
-                chunks_open.iter_mut().for_each(|(p, _)| p.cut());
+            if stopping {
                 return None;
             }
-            if abandon.is_over(batch) {
-                chunks_open.iter_mut().for_each(|(p, _)| p.abandon());
+            if over {
                 abandoned.extend(current.by_ref());
                 // Tasks of the batch queued before its end; a new run of it (heard after
                 // the end) clears `is_over` and is left to run.
@@ -777,9 +789,7 @@ fn execute(
                     match crate::backend::fits(&job, &work, max_payload) {
                         Ok(()) if splitting && work.task.items > 1 => {
                             let mut p = Pieces::new(&job, work);
-                            if cuts.contains(&(batch, p.id())) {
-                                p.cut();
-                            }
+                            cut_if_asked(&mut p);
                             let first = p.next_piece();
                             chunks_open.push((p, Instant::now()));
                             return first;
@@ -848,12 +858,14 @@ fn execute(
                 let mut chunks_open = open.borrow_mut();
                 let Some(at) = chunks_open
                     .iter()
-                    .position(|(p, _)| p.id() == outcome.task.id && outcome.task.is_chunk())
+                    .position(|(p, _)| outcome.task.is_chunk() && p.owns(&outcome.task))
                 else {
                     drop(chunks_open);
                     return emit(outcome);
                 };
                 chunks_open[at].0.piece_done(outcome);
+                // A yield heard while the piece ran ends the chunk here, not a piece later.
+                cut_if_asked(&mut chunks_open[at].0);
                 if chunks_open[at].0.is_complete() {
                     let (p, started) = chunks_open.remove(at);
                     drop(chunks_open);

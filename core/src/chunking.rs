@@ -177,6 +177,9 @@ pub struct Carver {
     /// The size of every chunk under `static` and `fixed`, fixed at the first carve.
     size: Option<u64>,
     carved: u64,
+    /// Where ranges given back begin and end: a chunk never reaches across one into the
+    /// next free range (what lies between is out with other workers, not held).
+    fences: std::collections::BTreeSet<u64>,
 }
 
 impl Carver {
@@ -194,6 +197,7 @@ impl Carver {
             farm: Farm::default(),
             size: None,
             carved: 0,
+            fences: std::collections::BTreeSet::new(),
         }
     }
 
@@ -289,6 +293,8 @@ impl Carver {
         );
         self.free.insert(start, end);
         self.left += end - start;
+        self.fences.insert(start);
+        self.fences.insert(end);
     }
 
     /// What is left to carve, replaced (after a sink restart, from what it holds and what
@@ -335,7 +341,8 @@ impl Carver {
             .clamp(1, u64::from(self.plan.max_chunk.max(1)));
         let (mut at, mut taken) = (start, 0u64);
         while let Some((&a, &b)) = self.free.range(at..).next() {
-            if a - start >= want || (taken > 0 && a - at > taken) {
+            let fenced = a > at && self.fences.range(at..=a).next().is_some();
+            if a - start >= want || (taken > 0 && (a - at > taken || fenced)) {
                 break;
             }
             let take = (b - a).min(want - (a - start));
@@ -521,6 +528,39 @@ mod tests {
                 turn += 1;
             }
             prop_assert_eq!(next, items);
+            prop_assert_eq!(carver.left(), 0);
+        }
+
+        /// Tails given back (chunks cut in the end game) are carved each on its own: a
+        /// chunk never reaches across what lies between them (items out with workers).
+        #[test]
+        fn tails_given_back_are_carved_without_reaching_across_chunks_out(
+            cuts in proptest::collection::vec((1u64..100, proptest::bool::ANY), 1..8),
+            size in 1u64..300,
+        ) {
+            let mut carver = Carver::new(plan(Policy::Fixed(100), 100 * cuts.len() as u64));
+            carver.join(0);
+            let chunks: Vec<(u64, u32)> = std::iter::from_fn(|| carver.carve(0)).collect();
+            prop_assert_eq!(chunks.len(), cuts.len());
+            let mut tails = Vec::new();
+            for (&(first, _), &(at, cut)) in chunks.iter().zip(&cuts) {
+                if cut {
+                    carver.give_back(first + at, first + 100);
+                    tails.push((first + at, first + 100));
+                }
+            }
+            // Measured, so the tails go in chunks of about `size` items or fewer.
+            carver.learn(0, size as u32, 100_000);
+            let mut carved = 0;
+            while let Some((first, n)) = carver.carve(0) {
+                let end = first + u64::from(n);
+                carved += u64::from(n);
+                prop_assert!(
+                    tails.iter().any(|&(a, b)| a <= first && end <= b),
+                    "chunk {}..{} is not within one tail of {:?}", first, end, tails
+                );
+            }
+            prop_assert_eq!(carved, tails.iter().map(|&(a, b)| b - a).sum::<u64>());
             prop_assert_eq!(carver.left(), 0);
         }
 

@@ -15,7 +15,7 @@
 //! runs whole and is never cut. No clock here: the executor passes the times in.
 
 use crate::batch::{Job, Task};
-use crate::kernels::{self, Kernel, PER_ITEM, SAME_AS_INPUT};
+use crate::kernels::{self, Kernel};
 use crate::protocol::Status;
 use crate::work::{Outcome, Work};
 use std::time::Duration;
@@ -31,17 +31,19 @@ const FIRST_PIECE_OF: u32 = 64;
 const GROWTH: u32 = 4;
 
 /// Whether a chunk of `job`, run by a `backend` (`sleep`, `cpu`, ...), can be run in pieces
-/// and cut: its outputs concatenate in item order (Mandelbrot rows, search hits, `copy`, a
-/// user kernel with an output per item or as large as its input), or it computes nothing
-/// (the sleep backend's items). `spin` on a computing backend reduces a chunk to one
-/// checksum, and a user kernel with a fixed output per chunk to one value: those run whole.
+/// and cut: its outputs concatenate in item order (Mandelbrot rows, search hits, `copy`),
+/// or it computes nothing (the sleep backend's items). `spin` on a computing backend
+/// reduces a chunk to one checksum, and a user kernel sees its chunk as one task (it may
+/// rely on where chunks begin and end): those run whole, and the end game copies them.
 pub fn splits(job: &Job, backend: &str) -> bool {
     if job.items == 0 {
         return false;
     }
     match Kernel::from_id(job.kernel) {
         Some(Kernel::Mandelbrot | Kernel::Search | Kernel::Copy) => true,
-        Some(Kernel::User) => job.output_bytes == SAME_AS_INPUT || job.output_bytes & PER_ITEM != 0,
+        // A user kernel may rely on the chunks it is given (a block transform under
+        // `--chunking fixed`): it runs them whole.
+        Some(Kernel::User) => false,
         Some(Kernel::Spin) => backend == "sleep",
         None => false,
     }
@@ -113,7 +115,11 @@ impl Pieces {
     /// The next piece for the backend, or `None` once the chunk is all handed out, cut or
     /// abandoned.
     pub fn next_piece(&mut self) -> Option<Work> {
-        if self.abandoned || self.next >= self.end() || (self.cut && self.handed > 0) {
+        if self.abandoned
+            || self.status == Status::Failed
+            || self.next >= self.end()
+            || (self.cut && self.handed > 0)
+        {
             return None;
         }
         if self.items_back > 0 {
@@ -178,10 +184,20 @@ impl Pieces {
         self.outputs.push((outcome.task.first, outcome.output));
     }
 
-    /// Every piece handed out is back and no more will be.
+    /// Every piece handed out is back and no more will be (a failed piece fails the
+    /// chunk: the rest is not run).
     pub fn is_complete(&self) -> bool {
         self.back == self.handed
-            && (self.abandoned || self.next >= self.end() || (self.cut && self.handed > 0))
+            && (self.abandoned
+                || self.status == Status::Failed
+                || self.next >= self.end()
+                || (self.cut && self.handed > 0))
+    }
+
+    /// Whether `piece` (a piece's task, as the backend hands it back) is one of this
+    /// chunk's: its id, and its first item within the chunk's items handed out.
+    pub fn owns(&self, piece: &Task) -> bool {
+        piece.id == self.task.id && piece.first >= self.task.first && piece.first < self.next
     }
 
     /// The chunk's one outcome: the items its pieces covered, their outputs in item order,
@@ -292,7 +308,7 @@ mod tests {
         Job {
             kernel: Kernel::Copy.id(),
             item_bytes: 4,
-            output_bytes: SAME_AS_INPUT,
+            output_bytes: crate::kernels::SAME_AS_INPUT,
             items: 1000,
             ..Job::default()
         }
@@ -481,18 +497,14 @@ mod tests {
         assert!(splits(&spin, "sleep"));
         assert!(!splits(&spin, "cpu"));
         assert!(splits(&mandelbrot_job(), "gpu"));
-        let reduction = Job {
+        assert!(splits(&copy_job(), "cpu"));
+        let user = Job {
             kernel: Kernel::User.id(),
-            output_bytes: 8,
+            output_bytes: 4 | crate::kernels::PER_ITEM,
             items: 100,
             ..Job::default()
         };
-        assert!(!splits(&reduction, "gpu"));
-        let per_item = Job {
-            output_bytes: 4 | PER_ITEM,
-            ..reduction
-        };
-        assert!(splits(&per_item, "gpu"));
+        assert!(!splits(&user, "gpu"), "a user kernel's chunk is its task");
         assert!(
             !splits(
                 &Job {

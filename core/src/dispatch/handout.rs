@@ -58,13 +58,24 @@ impl Dispatcher {
                     let at = by.iter().position(|&w| w == slot)?;
                     Some(by.swap_remove(at))
                 });
+                // What it did: a chunk it cut short (a yield answered after its chunk was
+                // copied) measures it by the items it reports, not the chunk's.
+                let task = *self.tasks.task(index);
+                let (items, workload_ms) = match d.items {
+                    n if n > 0 && n < task.items => (
+                        n,
+                        (u64::from(task.workload_ms) * u64::from(n) / u64::from(task.items)).max(1)
+                            as u32,
+                    ),
+                    _ => (task.items, task.workload_ms),
+                };
                 if ran.is_some() && d.status != Status::Failed {
-                    self.learn_rate(s, self.tasks.task(index).workload_ms, d.wall_us);
+                    self.learn_rate(s, workload_ms, d.wall_us);
                 }
                 if let (Some(carver), Some(_), Status::Ok | Status::Verified) =
                     (self.carver.as_mut(), ran, d.status)
                 {
-                    carver.learn(s, self.tasks.task(index).items, d.wall_us);
+                    carver.learn(s, items, d.wall_us);
                 }
                 if self.workers[s].stalled {
                     self.workers[s].stalled = false;
