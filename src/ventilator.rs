@@ -399,6 +399,7 @@ impl driver::Host for Pump<'_> {
                     again,
                     kernel,
                     compress,
+                    in_pieces,
                 } => {
                     if no_kernel.contains(&worker) {
                         failed.push(Event::Bounced {
@@ -433,7 +434,8 @@ impl driver::Host for Pump<'_> {
                             }
                         }
                     }
-                    if let Err(e) = self.send_tasks(worker, tasks, again, compress, failed) {
+                    let framing = (compress, in_pieces);
+                    if let Err(e) = self.send_tasks(worker, tasks, again, framing, failed) {
                         stop.get_or_insert(e);
                     }
                 }
@@ -610,7 +612,7 @@ impl Pump<'_> {
         worker: WorkerId,
         tasks: Vec<crate::batch::Task>,
         again: Vec<bool>,
-        compress: bool,
+        (compress, in_pieces): (bool, bool),
         failed: &mut Vec<Event>,
     ) -> anyhow::Result<()> {
         let v = self.v;
@@ -631,7 +633,7 @@ impl Pump<'_> {
             }
         };
         let Some(inputs) = &v.config.inputs else {
-            let message = Message::encode_tasks(batch, &job, &tasks);
+            let message = Message::encode_tasks(batch, &job, &tasks, in_pieces);
             match sockets::send_to(&v.tasks_socket, to, &message) {
                 SendOutcome::Sent => mark_sent(&tasks, 0, 0),
                 SendOutcome::Gone => failed.push(Event::Unreachable(worker)),

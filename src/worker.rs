@@ -706,6 +706,7 @@ fn execute(
         }
         let mut current = chunk.tasks.into_iter();
         let mut input = chunk.input;
+        let mut in_pieces = chunk.in_pieces;
         // Tasks of a batch that is over are not started: they go back as failed.
         let mut abandoned: Vec<Task> = Vec::new();
         // Tasks beyond this worker's --max-payload are not started either: they fail, and
@@ -787,7 +788,7 @@ fn execute(
                         None => Work::from(task),
                     };
                     match crate::backend::fits(&job, &work, max_payload) {
-                        Ok(()) if splitting && work.task.items > 1 => {
+                        Ok(()) if splitting && in_pieces && work.task.items > 1 => {
                             let mut p = Pieces::new(&job, work);
                             cut_if_asked(&mut p);
                             let first = p.next_piece();
@@ -807,6 +808,7 @@ fn execute(
                     Ok(more) if more.batch == batch && more.job == job => {
                         current = more.tasks.into_iter();
                         input = more.input;
+                        in_pieces = more.in_pieces;
                     }
                     Ok(other) => {
                         stash = Some(other);

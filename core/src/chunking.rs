@@ -252,6 +252,12 @@ impl Carver {
         self.farm.count
     }
 
+    /// The fastest measured rate among the live workers, items per second (0 while none
+    /// is measured).
+    pub fn fastest_rate(&self) -> f64 {
+        self.farm.fastest()
+    }
+
     /// Takes items out of what is left without carving them (a resumed sink holds them).
     pub fn remove(&mut self, start: u64, end: u64) {
         if start >= end {

@@ -33,6 +33,9 @@ pub struct Chunk {
     pub input: Option<(String, Vec<u8>)>,
     /// The user kernel's source for `job.source`, when the ventilator sent it.
     pub source: Option<std::sync::Arc<str>>,
+    /// Run its chunks in pieces, where their outputs allow (the ventilator may ask for
+    /// their tails).
+    pub in_pieces: bool,
 }
 
 /// User kernel sources a worker keeps (by hash), the most recent ones.
@@ -498,7 +501,12 @@ impl Flow {
             return;
         }
         match message {
-            Ok(Message::Tasks { batch, job, tasks }) => {
+            Ok(Message::Tasks {
+                batch,
+                job,
+                tasks,
+                in_pieces,
+            }) => {
                 // A data batch: sleep declines it, and `auto` runs it on a compute backend.
                 if job.verify_percent > 0
                     && self.config.info.backend == "sleep"
@@ -518,6 +526,7 @@ impl Flow {
                     tasks,
                     input: None,
                     source,
+                    in_pieces,
                 }));
             }
             Ok(Message::Data {
@@ -534,6 +543,7 @@ impl Flow {
                     tasks: vec![task],
                     input: Some((name, input)),
                     source,
+                    in_pieces: false,
                 }));
             }
             Ok(Message::Kernel { source, .. }) => {

@@ -237,8 +237,13 @@ fn tasks_go_to_the_executor_and_end_counts_the_batch() {
             workload_ms: 2,
             ..Default::default()
         }],
+        in_pieces: true,
     })));
     assert_eq!(h.ran.len(), 1);
+    assert!(
+        h.ran[0].in_pieces,
+        "the executor is told to run the chunks in pieces"
+    );
     h.event(FlowEvent::FromVentilator(Ok(Message::End {
         batch: 3,
         shutdown: false,
@@ -310,6 +315,7 @@ fn a_user_kernels_source_travels_with_its_tasks_and_the_backend_name_follows_aut
         batch: 2,
         job,
         tasks: vec![Task::default()],
+        in_pieces: false,
     })));
     assert_eq!(h.ran[0].source.as_deref(), Some(source.as_str()));
     h.event(FlowEvent::Running {

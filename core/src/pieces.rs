@@ -7,12 +7,16 @@
 //! end of the piece in hand and reports the items done, and the rest goes to an idle
 //! worker that finishes it sooner.
 //!
-//! The worker's executor feeds a chunk to its backend as consecutive pieces (each a chunk
-//! of its own: same id, its own item range), sized to take about [`PIECE`] at the rate the
-//! pieces before it ran, and merges their outcomes into the chunk's one outcome: outputs in
-//! item order, exactly what the whole chunk would have given (search hits merged and
-//! sorted). A chunk whose outputs do not concatenate (a reduction to one value per chunk)
-//! runs whole and is never cut. No clock here: the executor passes the times in.
+//! When the ventilator says so (`in_pieces`: a faster worker could relieve this one), the
+//! worker's executor feeds a chunk to its backend as consecutive pieces (each a chunk of
+//! its own: same id, its own item range), sized to take about [`PIECE`] (the first by the
+//! chunk's expected duration, the rest at the rate the pieces before it ran), and merges
+//! their outcomes into the chunk's one outcome: outputs in item order, exactly what the
+//! whole chunk would have given (search hits merged and sorted). A chunk whose outputs do
+//! not concatenate (a reduction to one value per chunk) runs whole and is never cut. The
+//! farm's fastest worker runs its chunks whole too: a piece has fixed costs (on the
+//! software adapter, pieces of 10 ms cost a one-worker 2048 x 2048 Mandelbrot job 5 %).
+//! No clock here: the executor passes the times in.
 
 use crate::batch::{Job, Task};
 use crate::kernels::{self, Kernel};
@@ -21,11 +25,12 @@ use crate::work::{Outcome, Work};
 use std::time::Duration;
 
 /// What a piece should take: short enough that a yield is heard soon, long enough that a
-/// piece's fixed costs (a dispatch, a read-back) stay small.
-pub const PIECE: Duration = Duration::from_millis(10);
-/// The first piece is this fraction of the chunk (at least one item): nothing is measured
-/// yet.
-const FIRST_PIECE_OF: u32 = 64;
+/// piece's fixed costs (a submission and a read-back on a GPU) stay small. A chunk the
+/// ventilator expects to take no longer runs in one piece.
+pub const PIECE: Duration = Duration::from_millis(50);
+/// Without an expected duration, the first piece is this fraction of the chunk (at least
+/// one item).
+const FIRST_PIECE_OF: u32 = 16;
 /// A piece grows at most this many times over the one before: a rate measured on cheap
 /// items says little about the next ones.
 const GROWTH: u32 = 4;
@@ -79,16 +84,22 @@ pub struct Pieces {
 }
 
 impl Pieces {
-    /// `work` (a chunk) in pieces.
+    /// `work` (a chunk) in pieces. Its `workload_ms` is what the ventilator expects it to
+    /// take on this worker: the first piece is the part expected to take [`PIECE`].
     pub fn new(job: &Job, work: Work) -> Pieces {
         let task = work.task;
+        let piece_ms = PIECE.as_millis() as u64;
+        let first = match u64::from(task.workload_ms) {
+            0 => u64::from(task.items / FIRST_PIECE_OF),
+            ms => (u64::from(task.items) * piece_ms).div_ceil(ms.max(piece_ms)),
+        };
         Pieces {
             job: *job,
             task,
             name: work.name,
             input: work.input,
             next: task.first,
-            size: (task.items / FIRST_PIECE_OF).max(1),
+            size: first.clamp(1, u64::from(task.items.max(1))) as u32,
             handed: 0,
             back: 0,
             cut: false,
@@ -376,6 +387,7 @@ mod tests {
             piece_us in proptest::collection::vec(1u32..50_000, 1..6),
             in_flight in 1usize..4,
             cut_after in proptest::option::of(0usize..6),
+            expected_ms in 0u32..2000,
         ) {
             let job = match kind {
                 0 => mandelbrot_job(),
@@ -385,7 +397,7 @@ mod tests {
             };
             let first = first.min(job.items - 1);
             let items = items.min((job.items - first) as u32);
-            let task = Task { id: 5, first, items, workload_ms: 3 };
+            let task = Task { id: 5, first, items, workload_ms: expected_ms };
             let input: Vec<u8> = if kind == 3 {
                 (0..items * 4).map(|b| (b * 7 + 1) as u8).collect()
             } else {
@@ -417,17 +429,17 @@ mod tests {
         let task = Task {
             id: 1,
             first: 0,
-            items: 64 * 1000,
+            items: 16 * 1000,
             workload_ms: 0,
         };
         let job = Job {
-            items: 64 * 1000,
+            items: 16 * 1000,
             ..job
         };
         let mut pieces = Pieces::new(&job, Work::from(task));
         let one = pieces.next_piece().unwrap();
-        assert_eq!(one.task.items, 1000, "the first piece is a 64th");
-        // Cheap: 1,000 items in 1 ms, so 10,000 fit a piece, but growth is fourfold at most.
+        assert_eq!(one.task.items, 1000, "the first piece is a sixteenth");
+        // Cheap: 1,000 items in 1 ms, so 50,000 fit a piece, but growth is fourfold at most.
         pieces.piece_done(Outcome {
             task: one.task,
             wall_us: 1000,
@@ -436,14 +448,23 @@ mod tests {
         let two = pieces.next_piece().unwrap();
         assert_eq!(two.task.items, 4000);
         assert_eq!(two.task.first, 1000);
-        // Dear: 4,000 items in 400 ms; 5,000 items in 401 ms over both, 124 a piece.
+        // Dear: 4,000 items in 400 ms; 5,000 items in 401 ms over both, 623 a piece.
         pieces.piece_done(Outcome {
             task: two.task,
             wall_us: 400_000,
             ..Outcome::default()
         });
         let three = pieces.next_piece().unwrap();
-        assert_eq!(three.task.items, 124);
+        assert_eq!(three.task.items, 623);
+        // Expected to take 200 ms: a first piece of a quarter; 40 ms or less: one piece.
+        let expected = |ms| Task {
+            workload_ms: ms,
+            ..task
+        };
+        let mut pieces = Pieces::new(&job, Work::from(expected(200)));
+        assert_eq!(pieces.next_piece().unwrap().task.items, 4000);
+        let mut pieces = Pieces::new(&job, Work::from(expected(40)));
+        assert_eq!(pieces.next_piece().unwrap().task.items, 16_000);
     }
 
     #[test]
@@ -467,7 +488,7 @@ mod tests {
         });
         assert!(pieces.is_complete());
         let outcome = pieces.outcome(7);
-        assert_eq!((outcome.task.first, outcome.task.items), (10, 1));
+        assert_eq!((outcome.task.first, outcome.task.items), (10, 3));
         assert_eq!(outcome.status, Status::Verified);
 
         let mut pieces = Pieces::new(&job, Work::from(task));

@@ -402,11 +402,14 @@ impl RefusalKind {
 pub enum Message {
     /// worker → ventilator: greeting and heartbeat; registers a worker the ventilator does not know.
     Hello(WorkerInfo),
-    /// ventilator → worker: tasks to run, on the worker's credit.
+    /// ventilator → worker: tasks to run, on the worker's credit. `in_pieces`: run these
+    /// chunks in pieces (`crate::pieces`), so the ventilator may ask for their tails
+    /// ([`Message::Yield`]); set for a worker that a faster one could relieve.
     Tasks {
         batch: u64,
         job: Job,
         tasks: Vec<Task>,
+        in_pieces: bool,
     },
     /// worker → ventilator: tasks finished (results sent to the sink); returns credit.
     Done { batch: u64, done: Vec<Done> },
@@ -764,7 +767,12 @@ impl Message {
         let mut w = Writer::with_header(self.kind());
         match self {
             Message::Hello(info) => w.worker_info(info),
-            Message::Tasks { batch, job, tasks } => return Self::encode_tasks(*batch, job, tasks),
+            Message::Tasks {
+                batch,
+                job,
+                tasks,
+                in_pieces,
+            } => return Self::encode_tasks(*batch, job, tasks, *in_pieces),
             Message::Done { batch, done } => {
                 w.u64(*batch);
                 w.count(done.len());
@@ -951,11 +959,12 @@ impl Message {
     }
 
     /// Encodes a [`Message::Tasks`] from borrowed tasks, so the sender keeps them.
-    pub fn encode_tasks(batch: u64, job: &Job, tasks: &[Task]) -> Vec<u8> {
+    pub fn encode_tasks(batch: u64, job: &Job, tasks: &[Task], in_pieces: bool) -> Vec<u8> {
         let mut w = Writer::with_header(2);
-        w.buf.reserve(17 + 8 * tasks.len());
+        w.buf.reserve(18 + 8 * tasks.len());
         w.u64(batch);
         w.job(job);
+        w.u8(u8::from(in_pieces));
         w.count(tasks.len());
         for task in tasks {
             w.task(job, task);
@@ -1103,12 +1112,18 @@ impl Message {
             2 => {
                 let batch = r.u64()?;
                 let job = r.job()?;
+                let in_pieces = r.flag("in_pieces")?;
                 let n = r.count(8)?;
                 let mut tasks = Vec::with_capacity(n);
                 for _ in 0..n {
                     tasks.push(r.task(&job)?);
                 }
-                Message::Tasks { batch, job, tasks }
+                Message::Tasks {
+                    batch,
+                    job,
+                    tasks,
+                    in_pieces,
+                }
             }
             3 => {
                 let batch = r.u64()?;
@@ -1810,6 +1825,7 @@ mod tests {
                         ..Default::default()
                     },
                 ],
+                in_pieces: false,
             },
             Message::Done {
                 batch: 7,
@@ -1919,6 +1935,7 @@ mod tests {
                     first: (1 << 40) - 5,
                     items: 5,
                 }],
+                in_pieces: true,
             },
             Message::Stats {
                 batch: 7,

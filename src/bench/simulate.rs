@@ -63,6 +63,8 @@ pub struct SimRow {
     pub redispatched: u64,
     pub backups: u64,
     pub duplicates: u64,
+    /// Chunks whose workers yielded their tails in the end game.
+    pub chunks_cut: u64,
     /// Tasks handed out (redispatches included).
     pub decisions: u64,
     /// The dispatcher's CPU time per task handed out: everything it does, reading the
@@ -147,8 +149,9 @@ struct SimWorker {
     life: Life,
     /// Made when it joins.
     flow: Option<Flow>,
-    /// The executor's queue: tasks of the chunks the flow handed it, with their batch.
-    queue: VecDeque<(u64, Task)>,
+    /// The executor's queue: tasks of the chunks the flow handed it, with their batch and
+    /// whether to run them in pieces.
+    queue: VecDeque<(u64, Task, bool)>,
     busy: bool,
     /// The front chunk in pieces, as a real worker runs it (`conquer_core::pieces`): the
     /// piece running, and when the chunk started.
@@ -296,12 +299,12 @@ impl Sim {
         if worker.busy || worker.life != Life::Running {
             return;
         }
-        let Some(&(_, task)) = worker.queue.front() else {
+        let Some(&(_, task, in_pieces)) = worker.queue.front() else {
             return;
         };
         // A chunk runs in pieces, as on a real worker: its first piece now.
         let job = *self.d.job();
-        let task = if task.items > 1 && pieces::splits(&job, &worker.info.backend) {
+        let task = if in_pieces && task.items > 1 && pieces::splits(&job, &worker.info.backend) {
             let mut p = Pieces::new(&job, Work::from(task));
             if worker.cuts.contains(&task.id) {
                 p.cut();
@@ -378,7 +381,7 @@ impl Sim {
                 } else {
                     None
                 };
-                let Some((batch, task)) = worker.queue.pop_front() else {
+                let Some((batch, task, _)) = worker.queue.pop_front() else {
                     return;
                 };
                 let outcome = outcome.unwrap_or_else(|| {
@@ -496,7 +499,12 @@ impl driver::Host for Sim {
                         _ => self.after(self.latency, Ev::ToWorker(w, message)),
                     }
                 }
-                Command::Tasks { worker, tasks, .. } => {
+                Command::Tasks {
+                    worker,
+                    tasks,
+                    in_pieces,
+                    ..
+                } => {
                     let w = self.worker_index(worker);
                     self.decisions += tasks.len() as u64;
                     match self.workers[w].life {
@@ -506,6 +514,7 @@ impl driver::Host for Sim {
                                 batch: self.d.batch_id(),
                                 job: *self.d.job(),
                                 tasks,
+                                in_pieces,
                             };
                             self.after(self.latency, Ev::ToWorker(w, message))
                         }
@@ -584,11 +593,11 @@ impl driver::Host for WorkerHost<'_> {
                         .after(self.sim.latency, Ev::ToVent(self.w, delivery.done));
                 }
                 FlowCommand::Run(chunk) => {
-                    let batch = chunk.batch;
+                    let (batch, in_pieces) = (chunk.batch, chunk.in_pieces);
                     let worker = &mut self.sim.workers[self.w];
                     worker
                         .queue
-                        .extend(chunk.tasks.into_iter().map(|t| (batch, t)));
+                        .extend(chunk.tasks.into_iter().map(|t| (batch, t, in_pieces)));
                     self.sim.start_next(self.w);
                 }
                 FlowCommand::Yield { id, .. } => {
@@ -603,7 +612,7 @@ impl driver::Host for WorkerHost<'_> {
                     let worker = &mut self.sim.workers[self.w];
                     let running = usize::from(worker.busy);
                     let mut i = 0;
-                    worker.queue.retain(|&(b, _)| {
+                    worker.queue.retain(|&(b, _, _)| {
                         i += 1;
                         i <= running || b != batch
                     });
@@ -973,6 +982,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
         redispatched: counters.redispatched,
         backups: counters.backups,
         duplicates,
+        chunks_cut: counters.chunks_cut,
         decisions: sim.decisions,
         cpu_ns_per_task: cpu.as_nanos() as f64 / sim.decisions.max(1) as f64,
         cpu_ns_per_decision: deciding.as_nanos() as f64 / sim.decisions.max(1) as f64,
@@ -1172,6 +1182,7 @@ pub(super) fn table(rows: &[SimRow]) -> super::table::Table {
             "redispatched>",
             "backups>",
             "duplicates>",
+            "chunks cut>",
             "CPU ns/task, all>",
             "of which deciding>",
             "peak entries/task>",
@@ -1190,6 +1201,7 @@ pub(super) fn table(rows: &[SimRow]) -> super::table::Table {
             r.redispatched.to_string(),
             r.backups.to_string(),
             r.duplicates.to_string(),
+            r.chunks_cut.to_string(),
             format!("{:.0}", r.cpu_ns_per_task),
             format!("{:.0}", r.cpu_ns_per_decision),
             format!("{:.2}", r.peak_entries_per_task),

@@ -302,6 +302,7 @@ fn tasks(job: Job, ids: &[u32], workload_ms: u32) -> Message {
                 ..Task::default()
             })
             .collect(),
+        in_pieces: false,
     }
 }
 
@@ -419,6 +420,7 @@ fn r08_a_chunk_asked_to_yield_reports_the_items_done_and_only_those() {
         batch: BATCH,
         job,
         tasks: vec![chunk],
+        in_pieces: true,
     });
     peers.send(Message::Yield {
         batch: BATCH,
@@ -462,9 +464,31 @@ fn r08_a_chunk_asked_to_yield_reports_the_items_done_and_only_those() {
         batch: BATCH,
         job,
         tasks: vec![whole],
+        in_pieces: true,
     });
     let done = peers.done(&[4]);
     assert_eq!(done[0].items, 2);
+    // Nor does one the ventilator did not ask to run in pieces (the farm's fastest
+    // worker runs its chunks whole), asked or not.
+    let unsplit = Task {
+        id: 5,
+        first: 0,
+        items: 256,
+        ..chunk
+    };
+    peers.send(Message::Tasks {
+        batch: BATCH,
+        job,
+        tasks: vec![unsplit],
+        in_pieces: false,
+    });
+    peers.send(Message::Yield {
+        batch: BATCH,
+        id: 5,
+        first: 0,
+    });
+    let done = peers.done(&[5]);
+    assert_eq!((done[0].status, done[0].items), (Status::Ok, 256));
     peers.send(Message::End {
         batch: BATCH,
         shutdown: true,

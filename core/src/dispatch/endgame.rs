@@ -92,16 +92,17 @@ impl Dispatcher {
             let holder_left_us = last.left_us;
             let task = *self.tasks.task(index);
             let holder = self.tasks.owner(index);
-            // How long the holder's piece in hand may take: its first piece is a 64th of
-            // the chunk, the later ones about `PIECE`, at the holder's rate slowed as much
-            // as this chunk has overrun its prediction. A yield pays when that wait is
+            // How long the holder's piece in hand may take: each is sized to take `PIECE`
+            // (the first by the chunk's prediction, the later ones by the pieces' rate), so
+            // about that, slowed as much as this chunk has overrun its prediction (items
+            // dearer than those the rate was measured on). A yield pays when that wait is
             // short beside what a copy costs; a holder whose items are that dear is
             // copied. One not measured yet is asked, and copied if its piece outlasts
             // [`YIELD_GRACE`].
             let piece_wait_us = holder_us.map(|holder_us| {
-                let items = f64::from(task.items.max(1));
-                let per_item = holder_us / items * (last.running_us / holder_us.max(1.0)).max(1.0);
-                (per_item * (items / 64.0).ceil()).max(crate::pieces::PIECE.as_secs_f64() * 1e6)
+                crate::pieces::PIECE.as_secs_f64()
+                    * 1e6
+                    * (last.running_us / holder_us.max(1.0)).max(1.0)
             });
             if self.may_yield(index) && piece_wait_us.is_none_or(|wait| wait < mine_us / 2.0) {
                 // Better than a copy: the holder stops at the end of its piece and reports
@@ -211,6 +212,7 @@ impl Dispatcher {
         let holder = &self.workers[self.tasks.owner(index) as usize];
         self.carver.is_some()
             && task.items > 1
+            && self.in_pieces.contains(&task.id)
             && self.config.job.replicate_percent == 0
             && !self.yielding.contains_key(&task.id)
             && !self.taken_over.contains_key(&task.id)

@@ -175,6 +175,9 @@ pub enum Command {
         again: Vec<bool>,
         kernel: bool,
         compress: bool,
+        /// The worker is to run these chunks in pieces: a faster worker could relieve
+        /// it in the end game, by a yield ([`Message::Tasks`]'s `in_pieces`).
+        in_pieces: bool,
     },
     /// A message to a peer that is not (or no longer) a worker of ours: refusals.
     Reply {
@@ -493,6 +496,8 @@ pub struct Dispatcher {
     /// Chunks whose workers were asked to yield their tails, and when: not asked again,
     /// and left to finish (not copied) for [`YIELD_GRACE`].
     yielding: HashMap<u32, Instant>,
+    /// Chunks whose holder was told to run them in pieces (so it can cut them).
+    in_pieces: std::collections::HashSet<u32>,
     /// Chunks cut short by their workers, and the items that went to others.
     chunks_cut: u64,
     items_handed_on: u64,
@@ -654,6 +659,7 @@ impl Dispatcher {
             fail_log: RateLimited::new(5, Duration::from_secs(1)),
             taken_over: HashMap::new(),
             yielding: HashMap::new(),
+            in_pieces: std::collections::HashSet::new(),
             chunks_cut: 0,
             items_handed_on: 0,
             ran_by: HashMap::new(),
