@@ -136,6 +136,21 @@ impl Dispatcher {
                 holder_left_us / 1000.0
             );
             self.release(holder, index);
+            // The holder still computes its copy: it takes nothing new until it reports
+            // (a task handed to it now would wait behind the copy, unseen by the end
+            // game). One that runs the chunk in pieces stops at the end of the piece in
+            // hand (asked once: a yield not answered yet still stands).
+            self.workers[holder as usize].stalled = true;
+            if self.in_pieces.remove(&task.id) && !self.yielding.contains_key(&task.id) {
+                out.push(Command::ToWorker {
+                    worker: holder,
+                    message: Message::Yield {
+                        batch: self.config.batch_id,
+                        id: task.id,
+                        first: task.first,
+                    },
+                });
+            }
             self.ran_by.entry(index as u32).or_default().push(holder);
             self.tasks.transfer(index, slot as WorkerId);
             self.assigned_ms += u64::from(task.workload_ms);

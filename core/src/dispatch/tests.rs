@@ -1763,7 +1763,7 @@ fn in_the_end_game_a_slow_workers_chunk_yields_its_tail_to_an_idle_fast_worker()
 #[test]
 fn a_chunk_whose_worker_cannot_cut_it_is_copied_and_one_not_cut_in_time_too() {
     // `spin` on a cpu worker reduces a chunk to one checksum: it runs whole.
-    let (mut d, t, fast, _, chunk) = a_slow_chunk_left("cpu");
+    let (mut d, t, fast, slow, chunk) = a_slow_chunk_left("cpu");
     let mut out = Vec::new();
     d.handle(t + TAIL_PROBE, Event::Tick, &mut out);
     let taken: Vec<_> = out
@@ -1780,6 +1780,10 @@ fn a_chunk_whose_worker_cannot_cut_it_is_copied_and_one_not_cut_in_time_too() {
         .collect();
     assert!(yields_in(&out).is_empty());
     assert_eq!(taken, vec![(fast, vec![chunk], vec![true])]);
+    assert!(
+        d.workers()[slow as usize].stalled,
+        "it still computes its copy"
+    );
     // Once, not again.
     out.clear();
     d.handle(t + TAIL_PROBE * 2, Event::Tick, &mut out);
@@ -1796,6 +1800,8 @@ fn a_chunk_whose_worker_cannot_cut_it_is_copied_and_one_not_cut_in_time_too() {
     d.handle(t + TAIL_PROBE * 2 + YIELD_GRACE, Event::Tick, &mut out);
     assert_eq!(chunks_in(&out), vec![(fast, chunk)]);
     assert!(yields_in(&out).is_empty(), "asked once only");
+    // Still computing its copy, the slow worker takes nothing new until it reports.
+    assert!(d.workers()[slow as usize].stalled);
 }
 
 #[test]
