@@ -142,6 +142,14 @@ impl Farm {
             .map_or(f64::INFINITY, |&b| f64::from_bits(b))
     }
 
+    /// Live workers measured at `rate` or faster.
+    fn at_least(&self, rate: f64) -> u32 {
+        self.known
+            .range(rate.max(0.0).to_bits()..)
+            .map(|(_, &n)| n)
+            .sum()
+    }
+
     fn fastest(&self) -> f64 {
         self.known
             .keys()
@@ -252,10 +260,13 @@ impl Carver {
         self.farm.count
     }
 
-    /// The fastest measured rate among the live workers, items per second (0 while none
-    /// is measured).
-    pub fn fastest_rate(&self) -> f64 {
-        self.farm.fastest()
+    /// Whether `worker` is the farm's fastest by a clear margin: measured, live, and no
+    /// other live worker measured at more than `1 / margin` of its rate.
+    pub fn clearly_fastest(&self, worker: usize, margin: f64) -> bool {
+        self.farm.is_live(worker)
+            && self
+                .rate(worker)
+                .is_some_and(|rate| self.farm.at_least(rate / margin) <= 1)
     }
 
     /// Takes items out of what is left without carving them (a resumed sink holds them).
@@ -535,6 +546,30 @@ mod tests {
             }
             prop_assert_eq!(next, items);
             prop_assert_eq!(carver.left(), 0);
+        }
+
+        /// Only a worker measured more than `margin` times faster than every other live one
+        /// is clearly the fastest (it runs its chunks whole).
+        #[test]
+        fn the_clearly_fastest_worker_is_faster_than_every_other_by_the_margin(
+            rates in proptest::collection::vec(1u32..10_000, 1..8),
+        ) {
+            let mut carver = Carver::new(plan(Policy::Adaptive(Duration::from_millis(100)), 1 << 40));
+            for (w, &rate) in rates.iter().enumerate() {
+                carver.join(w);
+                // `rate` items in a second.
+                carver.learn(w, rate, 1_000_000);
+            }
+            for w in 0..rates.len() {
+                let mine = carver.rate(w).unwrap();
+                let expected = (0..rates.len())
+                    .filter(|&o| o != w)
+                    .all(|o| carver.rate(o).unwrap() < mine / 4.0);
+                prop_assert_eq!(carver.clearly_fastest(w, 4.0), expected, "{:?}, worker {}", rates, w);
+            }
+            // Not measured: never the clearly fastest.
+            carver.join(rates.len());
+            prop_assert!(!carver.clearly_fastest(rates.len(), 4.0));
         }
 
         /// Tails given back (chunks cut in the end game) are carved each on its own: a

@@ -25,12 +25,12 @@ use crate::work::{Outcome, Work};
 use std::time::Duration;
 
 /// What a piece should take: short enough that a yield is heard soon, long enough that a
-/// piece's fixed costs (a submission and a read-back on a GPU) stay small. A chunk the
-/// ventilator expects to take no longer runs in one piece.
+/// piece's fixed costs (a submission and a read-back on a GPU) stay small.
 pub const PIECE: Duration = Duration::from_millis(50);
-/// Without an expected duration, the first piece is this fraction of the chunk (at least
-/// one item).
-const FIRST_PIECE_OF: u32 = 16;
+/// The first piece is at most this fraction of the chunk (at least one item): a chunk
+/// expected to take less than a piece may still run forty times longer, on items dearer
+/// than those its worker was measured on.
+const FIRST_PIECE_OF: u32 = 4;
 /// A piece grows at most this many times over the one before: a rate measured on cheap
 /// items says little about the next ones.
 const GROWTH: u32 = 4;
@@ -85,13 +85,15 @@ pub struct Pieces {
 
 impl Pieces {
     /// `work` (a chunk) in pieces. Its `workload_ms` is what the ventilator expects it to
-    /// take on this worker: the first piece is the part expected to take [`PIECE`].
+    /// take on this worker: the first piece is the part expected to take [`PIECE`], at
+    /// most a quarter of the chunk.
     pub fn new(job: &Job, work: Work) -> Pieces {
         let task = work.task;
         let piece_ms = PIECE.as_millis() as u64;
+        let quarter = u64::from(task.items / FIRST_PIECE_OF);
         let first = match u64::from(task.workload_ms) {
-            0 => u64::from(task.items / FIRST_PIECE_OF),
-            ms => (u64::from(task.items) * piece_ms).div_ceil(ms.max(piece_ms)),
+            0 => quarter,
+            ms => (u64::from(task.items) * piece_ms).div_ceil(ms).min(quarter),
         };
         Pieces {
             job: *job,
@@ -430,7 +432,7 @@ mod tests {
             id: 1,
             first: 0,
             items: 16 * 1000,
-            workload_ms: 0,
+            workload_ms: 800,
         };
         let job = Job {
             items: 16 * 1000,
@@ -438,7 +440,7 @@ mod tests {
         };
         let mut pieces = Pieces::new(&job, Work::from(task));
         let one = pieces.next_piece().unwrap();
-        assert_eq!(one.task.items, 1000, "the first piece is a sixteenth");
+        assert_eq!(one.task.items, 1000, "expected to take 50 ms of 800");
         // Cheap: 1,000 items in 1 ms, so 50,000 fit a piece, but growth is fourfold at most.
         pieces.piece_done(Outcome {
             task: one.task,
@@ -456,15 +458,16 @@ mod tests {
         });
         let three = pieces.next_piece().unwrap();
         assert_eq!(three.task.items, 623);
-        // Expected to take 200 ms: a first piece of a quarter; 40 ms or less: one piece.
+        // Expected to take 200 ms: a first piece of a quarter; 40 ms, or not said: a
+        // quarter still (it may run far longer than expected).
         let expected = |ms| Task {
             workload_ms: ms,
             ..task
         };
-        let mut pieces = Pieces::new(&job, Work::from(expected(200)));
-        assert_eq!(pieces.next_piece().unwrap().task.items, 4000);
-        let mut pieces = Pieces::new(&job, Work::from(expected(40)));
-        assert_eq!(pieces.next_piece().unwrap().task.items, 16_000);
+        for ms in [200, 40, 0] {
+            let mut pieces = Pieces::new(&job, Work::from(expected(ms)));
+            assert_eq!(pieces.next_piece().unwrap().task.items, 4000, "{ms} ms");
+        }
     }
 
     #[test]
@@ -488,7 +491,7 @@ mod tests {
         });
         assert!(pieces.is_complete());
         let outcome = pieces.outcome(7);
-        assert_eq!((outcome.task.first, outcome.task.items), (10, 3));
+        assert_eq!((outcome.task.first, outcome.task.items), (10, 12));
         assert_eq!(outcome.status, Status::Verified);
 
         let mut pieces = Pieces::new(&job, Work::from(task));

@@ -81,14 +81,15 @@ impl Dispatcher {
             // slow or its task dear: once it has run twice what the taker predicts for
             // itself, the taker's prediction stands (a copy costs an idle worker's time).
             let holder_us = self.predict_us(self.tasks.owner(index) as usize, index);
-            let mine_us = match holder_us {
-                Some(holder_us) => mine_us.max(last.running_us * mine_us / holder_us.max(1.0)),
-                None if last.running_us > 2.0 * mine_us => mine_us,
-                None => continue,
+            let scaled_us = match holder_us {
+                Some(holder_us) => {
+                    Some(mine_us.max(last.running_us * mine_us / holder_us.max(1.0)))
+                }
+                None if last.running_us > 2.0 * mine_us => Some(mine_us),
+                None => None,
             };
-            if mine_us >= last.left_us * 0.8 {
-                continue;
-            }
+            let copy_pays = scaled_us.is_some_and(|mine| mine < last.left_us * 0.8);
+            let mine_us = scaled_us.unwrap_or(mine_us);
             let holder_left_us = last.left_us;
             let task = *self.tasks.task(index);
             let holder = self.tasks.owner(index);
@@ -99,12 +100,17 @@ impl Dispatcher {
             // short beside what a copy costs; a holder whose items are that dear is
             // copied. One not measured yet is asked, and copied if its piece outlasts
             // [`YIELD_GRACE`].
-            let piece_wait_us = holder_us.map(|holder_us| {
-                crate::pieces::PIECE.as_secs_f64()
-                    * 1e6
-                    * (last.running_us / holder_us.max(1.0)).max(1.0)
-            });
-            if self.may_yield(index) && piece_wait_us.is_none_or(|wait| wait < mine_us / 2.0) {
+            let piece_us = crate::pieces::PIECE.as_secs_f64() * 1e6;
+            let piece_wait_us = holder_us
+                .map(|holder_us| piece_us * (last.running_us / holder_us.max(1.0)).max(1.0));
+            let may_yield = self.may_yield(index);
+            // Where no copy pays (the rates say the holder is as fast, measured on other
+            // items than these, or it is not measured yet), a chunk with more than a few
+            // pieces left still yields: its rest is carved again among the idle workers,
+            // and its holder's rate learns from what it did.
+            let quick = copy_pays && piece_wait_us.is_none_or(|wait| wait < mine_us / 2.0);
+            let rebalance = !copy_pays && holder_left_us > 4.0 * piece_us;
+            if may_yield && (quick || rebalance) {
                 // Better than a copy: the holder stops at the end of its piece and reports
                 // what it did, and the rest is carved again, for this worker first (it
                 // waits in the ready queue). Nothing is done twice.
@@ -125,6 +131,9 @@ impl Dispatcher {
                         first: task.first,
                     },
                 });
+                continue;
+            }
+            if !copy_pays {
                 continue;
             }
             log::debug!(

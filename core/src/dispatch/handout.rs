@@ -545,11 +545,12 @@ impl Dispatcher {
     }
 
     /// Whether `slot`'s chunks go in pieces: a chunk it runs could be cut (its backend and
-    /// the job allow it, the job is not replicated), and a faster worker could relieve it
-    /// in the end game: it is not measured yet, or another live worker's measured rate is
-    /// a fifth above its own. The farm's fastest worker, and a worker alone, run chunks
-    /// whole, sparing a piece's fixed costs (5 % of a one-worker Mandelbrot job on the
-    /// software adapter).
+    /// the job allow it, the job is not replicated), and another worker could relieve it
+    /// in the end game. Only a worker alone, or one measured faster than every other by a
+    /// clear margin (4 times: rates measured on items of different costs mislead by
+    /// more than a fifth; a cpu worker measured on rows outside the set ran as fast as
+    /// the software adapter on rows through it), runs chunks whole, sparing a piece's
+    /// fixed costs (4-6 % of a one-worker Mandelbrot job on the software adapter).
     pub(super) fn may_be_relieved(&self, slot: usize) -> bool {
         let Some(carver) = self.carver.as_ref() else {
             return false;
@@ -557,9 +558,7 @@ impl Dispatcher {
         self.config.job.replicate_percent == 0
             && self.alive > 1
             && crate::pieces::splits(&self.config.job, &self.workers[slot].info.backend)
-            && carver
-                .rate(slot)
-                .is_none_or(|rate| carver.fastest_rate() > rate * 1.25)
+            && !carver.clearly_fastest(slot, 4.0)
     }
 
     /// Nothing is left to hand out: the batch's tail, where a worker that vanished holding
