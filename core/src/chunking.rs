@@ -142,12 +142,17 @@ impl Farm {
             .map_or(f64::INFINITY, |&b| f64::from_bits(b))
     }
 
-    /// Live workers measured at `rate` or faster.
-    fn at_least(&self, rate: f64) -> u32 {
-        self.known
-            .range(rate.max(0.0).to_bits()..)
-            .map(|(_, &n)| n)
-            .sum()
+    /// Whether more than one live worker is measured at `rate` or faster; looks at the
+    /// fastest two at most (a chunk is sent in O(log workers)).
+    fn several_at_least(&self, rate: f64) -> bool {
+        let mut seen = 0;
+        for (_, &n) in self.known.range(rate.max(0.0).to_bits()..).rev() {
+            seen += n;
+            if seen > 1 {
+                return true;
+            }
+        }
+        false
     }
 
     fn fastest(&self) -> f64 {
@@ -266,7 +271,7 @@ impl Carver {
         self.farm.is_live(worker)
             && self
                 .rate(worker)
-                .is_some_and(|rate| self.farm.at_least(rate / margin) <= 1)
+                .is_some_and(|rate| !self.farm.several_at_least(rate / margin))
     }
 
     /// Takes items out of what is left without carving them (a resumed sink holds them).
