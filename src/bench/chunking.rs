@@ -45,8 +45,28 @@ pub struct CancelRow {
     pub searched: Spread,
 }
 
+/// A farm against its fastest worker alone, on the same job in the same run of the suite
+/// (issue 24's honest measure: not against rates measured on items of other costs).
+#[derive(Debug, Clone, Serialize)]
+pub struct AddedRow {
+    pub job: String,
+    pub farm: String,
+    pub workers: usize,
+    pub makespan_ms: Spread,
+    /// The median makespan over the fastest worker's alone (1.0 for that row).
+    pub against_alone: f64,
+    /// Chunks cut in the end game, and items redone (chunks) or tasks redispatched
+    /// (bands), in the median run.
+    pub chunks_cut: u64,
+    pub redone: u64,
+    /// Why this farm has no figures here (empty when it ran).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub unavailable: String,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ChunkingResults {
+    pub added: Vec<AddedRow>,
     pub farms: Vec<ChunkRow>,
     pub simulated: Vec<super::simulate::SimRow>,
     pub cancel: Vec<CancelRow>,
@@ -269,6 +289,8 @@ pub(super) fn chunking(
         }
     }
 
+    results.added = added_workers(args, repeat, progress, shutdown)?;
+
     // The simulated farm: 1,000 workers, log-normal speeds, 1 ms items.
     let (workers, sim_items) = if args.quick {
         (100, 200_000)
@@ -345,6 +367,160 @@ pub(super) fn chunking(
     Ok(results)
 }
 
+/// Adding workers never slows a job: a Mandelbrot picture (rows of very different costs),
+/// adaptive and as bands of 16 rows, on a `cpu` worker alone and with one and eight `cpu`
+/// workers twenty times slower (`--slowdown 20`: they wait, so the fast worker keeps its
+/// core on a small box), then the software adapter alone and with one and two plain
+/// `cpu` workers (issue 24's farms; they share the adapter's cores here).
+fn added_workers(
+    args: &BenchArgs,
+    repeat: u32,
+    progress: &Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<AddedRow>> {
+    let side = if args.quick { 512 } else { 2048 };
+    // A job's item is a row; a task list's task a band of 16 rows.
+    let by_row = mandelbrot::View::new(side, side, args.max_iter, 1, (-0.5, 0.0), 3.0)
+        .map_err(anyhow::Error::msg)?;
+    let view = mandelbrot::View::new(side, side, args.max_iter, 16, (-0.5, 0.0), 3.0)
+        .map_err(anyhow::Error::msg)?;
+    let job = Job {
+        kernel: Kernel::Mandelbrot.id(),
+        constants: view.constants(),
+        ..Job::default()
+    };
+    let bands = Batch {
+        tasks: (0..view.bands())
+            .map(|id| Task {
+                id,
+                workload_ms: 1,
+                ..Task::default()
+            })
+            .collect(),
+    };
+    let cpu = || Box::new(crate::backend::cpu::Cpu) as Box<dyn Backend>;
+    let slow = || {
+        Box::new(crate::backend::slowed::Slowed::new(
+            Box::new(crate::backend::cpu::Cpu),
+            20.0,
+        )) as Box<dyn Backend>
+    };
+    let options = crate::backend::BackendOptions {
+        slowdown: 1.0,
+        quiet: true,
+        ..Default::default()
+    };
+    let software = crate::backend::build(BackendKind::Software, &options).map(drop);
+    type Make = Box<dyn Fn() -> anyhow::Result<Vec<Box<dyn Backend>>>>;
+    let mut farms: Vec<(String, usize, Make)> = Vec::new();
+    for extra in [0, 1, 8] {
+        let name = match extra {
+            0 => "cpu".to_owned(),
+            n => format!("cpu + {n} cpu (20x slower)"),
+        };
+        farms.push((
+            name,
+            1 + extra,
+            Box::new(move || {
+                Ok(std::iter::once(cpu())
+                    .chain((0..extra).map(|_| slow()))
+                    .collect())
+            }),
+        ));
+    }
+    for extra in [0, 1, 2] {
+        let name = match extra {
+            0 => "software".to_owned(),
+            n => format!("software + {n} cpu"),
+        };
+        let options = options.clone();
+        farms.push((
+            name,
+            1 + extra,
+            Box::new(move || {
+                let fast = crate::backend::build(BackendKind::Software, &options)?;
+                Ok(std::iter::once(fast)
+                    .chain((0..extra).map(|_| cpu()))
+                    .collect())
+            }),
+        ));
+    }
+    let mut rows = Vec::new();
+    for adaptive in [true, false] {
+        let label = if adaptive {
+            format!("Mandelbrot {side}x{side}, adaptive")
+        } else {
+            format!("Mandelbrot {side}x{side}, bands of 16 rows")
+        };
+        let mut alone = f64::NAN;
+        for (farm, workers, make) in &farms {
+            if farm.starts_with("software") {
+                if let Err(e) = &software {
+                    rows.push(AddedRow {
+                        job: label.clone(),
+                        farm: farm.clone(),
+                        workers: *workers,
+                        makespan_ms: Spread::of(&[]),
+                        against_alone: f64::NAN,
+                        chunks_cut: 0,
+                        redone: 0,
+                        unavailable: format!("{e:#}"),
+                    });
+                    continue;
+                }
+            }
+            let mut runs: Vec<Report> = Vec::new();
+            for r in 0..repeat {
+                progress.step(format!("chunking: {label}, {farm} ({}/{repeat})", r + 1));
+                let ventilator = if adaptive {
+                    let job = Job {
+                        items: u64::from(by_row.height),
+                        constants: by_row.constants(),
+                        ..job
+                    };
+                    VentilatorConfig {
+                        chunking: Some(Plan {
+                            policy: Policy::Adaptive(Duration::from_millis(args.chunk_ms)),
+                            items: job.items,
+                            max_chunk: (args.max_payload / (u64::from(view.width) * 4)).max(1)
+                                as u32,
+                            nominal_us: 0.0,
+                        }),
+                        ..VentilatorConfig::local(Batch { tasks: Vec::new() }, job)
+                    }
+                } else {
+                    VentilatorConfig::local(bands.clone(), job)
+                };
+                let report = local::run(LocalRun::new(ventilator, make()?), shutdown)
+                    .with_context(|| format!("{label} on {farm}"))?;
+                runs.push(report);
+                progress.done();
+            }
+            runs.sort_by(|a, b| a.elapsed_ms.total_cmp(&b.elapsed_ms));
+            let median = &runs[runs.len() / 2];
+            let makespan = Spread::of(&runs.iter().map(|r| r.elapsed_ms).collect::<Vec<_>>());
+            if !farm.contains('+') {
+                alone = makespan.median;
+            }
+            let (chunks_cut, redone) = match &median.job {
+                Some(j) => (j.chunks_cut, j.items_redone),
+                None => (0, median.redispatched),
+            };
+            rows.push(AddedRow {
+                job: label.clone(),
+                farm: farm.clone(),
+                workers: *workers,
+                against_alone: makespan.median / alone,
+                makespan_ms: makespan,
+                chunks_cut,
+                redone,
+                unavailable: String::new(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
 fn spread(s: &Spread, digits: usize) -> String {
     if s.median.is_nan() {
         return "–".into();
@@ -353,6 +529,69 @@ fn spread(s: &Spread, digits: usize) -> String {
         "{:.digits$} ({:.digits$}–{:.digits$})",
         s.median, s.min, s.max
     )
+}
+
+/// The table of farms against their fastest worker alone, with the allowance stated as
+/// met or not where the added workers leave the fast one its cores.
+fn added_table(rows: &[AddedRow]) -> Table {
+    let mut t = Table::new(
+        "Adding workers never slows a job: each farm against its fastest worker alone",
+        &[
+            "job",
+            "farm",
+            "workers>",
+            "makespan ms>",
+            "against alone>",
+            "chunks cut>",
+            "redone>",
+            "target",
+        ],
+    );
+    for row in rows {
+        if !row.unavailable.is_empty() {
+            t.row(vec![
+                row.job.clone(),
+                row.farm.clone(),
+                row.workers.to_string(),
+                format!("not measured: {}", row.unavailable),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        }
+        // The allowance: 2 % (and one small chunk of the fast worker's, inside it here).
+        let verdict = if row.farm.starts_with("cpu +") {
+            format!(
+                "≤ 1.02: {}",
+                if row.against_alone <= 1.02 {
+                    "met"
+                } else {
+                    "not met"
+                }
+            )
+        } else {
+            String::new()
+        };
+        t.row(vec![
+            row.job.clone(),
+            row.farm.clone(),
+            row.workers.to_string(),
+            spread(&row.makespan_ms, 0),
+            format!("{:.3}", row.against_alone),
+            row.chunks_cut.to_string(),
+            row.redone.to_string(),
+            verdict,
+        ]);
+    }
+    t.note(
+        "Redone: a job's items computed again by copies (chunks), a task list's tasks \
+         redispatched (bands), in the median run. The software rows share the adapter's \
+         cores with the cpu workers on a small box: there the cpu workers take capacity \
+         as well as add it.",
+    );
+    t
 }
 
 /// The tables, with the targets stated as met or not.
@@ -459,5 +698,5 @@ pub(super) fn tables(r: &ChunkingResults) -> Vec<Table> {
             spread(&row.searched, 0),
         ]);
     }
-    vec![farms, sim, cancel]
+    vec![added_table(&r.added), farms, sim, cancel]
 }
