@@ -1037,32 +1037,30 @@ pub fn mandelbrot_rows_profile(rows: u32) -> Vec<f64> {
 /// times slower (the software adapter beside cpu workers on a small box), and with eight
 /// thirty times slower (a GPU beside cpu workers).
 fn row_farms() -> Vec<(&'static str, Vec<f64>)> {
-    let with = |n: usize, slowness: f64| {
-        std::iter::once(1.0)
-            .chain(std::iter::repeat_n(slowness, n))
-            .collect()
-    };
     vec![
         ("1 fast", vec![1.0]),
-        ("1 fast + 1 slow (4x)", with(1, 4.0)),
-        ("1 fast + 2 slow (4x)", with(2, 4.0)),
-        ("1 fast + 8 slow (30x)", with(8, 30.0)),
+        ("1 fast + 1 slow (4x)", fast_with(1, 4.0)),
+        ("1 fast + 2 slow (4x)", fast_with(2, 4.0)),
+        ("1 fast + 8 slow (30x)", fast_with(8, 30.0)),
     ]
+}
+
+/// A fast worker (nominal speed) and `n` workers `slowness` times slower: a farm's
+/// slowness per worker.
+fn fast_with(n: usize, slowness: f64) -> Vec<f64> {
+    std::iter::once(1.0)
+        .chain(std::iter::repeat_n(slowness, n))
+        .collect()
 }
 
 /// The farms of the uneven-farm rows: one fast worker alone, then with slower ones
 /// (slowness per worker).
 fn uneven_farms() -> Vec<(&'static str, Vec<f64>)> {
-    let with = |n: usize, slowness: f64| {
-        std::iter::once(1.0)
-            .chain(std::iter::repeat_n(slowness, n))
-            .collect()
-    };
     vec![
         ("1 fast", vec![1.0]),
-        ("1 fast + 1 slow (100x)", with(1, 100.0)),
-        ("1 fast + 8 slow (100x)", with(8, 100.0)),
-        ("1 fast + 64 slow (1000x)", with(64, 1000.0)),
+        ("1 fast + 1 slow (100x)", fast_with(1, 100.0)),
+        ("1 fast + 8 slow (100x)", fast_with(8, 100.0)),
+        ("1 fast + 64 slow (1000x)", fast_with(64, 1000.0)),
     ]
 }
 

@@ -575,7 +575,27 @@ fn a_worker_whose_device_keeps_failing_leaves_saying_why_and_others_finish() {
         ],
         &[("CONQUER_FAULT", "lose-device-always")],
     );
-    let healthy = software_worker("healthy", &vent_ep, &sink_ep);
+    // Ten times slower, so the batch outlasts the failing worker's three losses (in the
+    // end game a worker whose band was taken over gets nothing until it reports it, so
+    // a fast healthy worker could end the batch first, and the failing one would wait for
+    // the next).
+    let healthy = Proc::start(
+        "healthy",
+        &[
+            "worker",
+            "--ventilator",
+            &vent_ep,
+            "--sink",
+            &sink_ep,
+            "--name",
+            "healthy",
+            "--backend",
+            "software",
+            "--slowdown",
+            "10",
+            "--exit-when-done",
+        ],
+    );
     let (status, _, log) = failing.finish();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(

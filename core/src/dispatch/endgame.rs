@@ -123,14 +123,7 @@ impl Dispatcher {
                     holder_left_us / 1000.0
                 );
                 self.yielding.insert(task.id, now);
-                out.push(Command::ToWorker {
-                    worker: holder,
-                    message: Message::Yield {
-                        batch: self.config.batch_id,
-                        id: task.id,
-                        first: task.first,
-                    },
-                });
+                out.push(self.ask_to_yield(holder, &task));
                 continue;
             }
             if !copy_pays {
@@ -151,14 +144,7 @@ impl Dispatcher {
             // hand (asked once: a yield not answered yet still stands).
             self.workers[holder as usize].stalled = true;
             if self.in_pieces.remove(&task.id) && !self.yielding.contains_key(&task.id) {
-                out.push(Command::ToWorker {
-                    worker: holder,
-                    message: Message::Yield {
-                        batch: self.config.batch_id,
-                        id: task.id,
-                        first: task.first,
-                    },
-                });
+                out.push(self.ask_to_yield(holder, &task));
             }
             self.ran_by.entry(index as u32).or_default().push(holder);
             self.tasks.transfer(index, slot as WorkerId);
@@ -225,6 +211,19 @@ impl Dispatcher {
             }
         }
         last
+    }
+
+    /// The command asking `holder` to stop `task` (a chunk it runs in pieces) at the end
+    /// of the piece in hand and report what it did.
+    fn ask_to_yield(&self, holder: WorkerId, task: &Task) -> Command {
+        Command::ToWorker {
+            worker: holder,
+            message: Message::Yield {
+                batch: self.config.batch_id,
+                id: task.id,
+                first: task.first,
+            },
+        }
     }
 
     /// Whether the chunk at `index` may be cut rather than copied: a chunk of more than one
