@@ -303,21 +303,25 @@ fn an_oversized_payload_is_refused_naming_the_flag() {
 
 /// A software worker process.
 fn software_worker(name: &str, vent: &str, sink: &str) -> Proc {
-    Proc::start(
+    software_worker_with(name, vent, sink, &[])
+}
+
+/// A software worker with `extra` arguments.
+fn software_worker_with(name: &str, vent: &str, sink: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--ventilator",
+        vent,
+        "--sink",
+        sink,
+        "--name",
         name,
-        &[
-            "worker",
-            "--ventilator",
-            vent,
-            "--sink",
-            sink,
-            "--name",
-            name,
-            "--backend",
-            "software",
-            "--exit-when-done",
-        ],
-    )
+        "--backend",
+        "software",
+        "--exit-when-done",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(name, &args)
 }
 
 /// Output files in `dir` (no temporaries), with their modification times.
@@ -579,23 +583,7 @@ fn a_worker_whose_device_keeps_failing_leaves_saying_why_and_others_finish() {
     // end game a worker whose band was taken over gets nothing until it reports it, so
     // a fast healthy worker could end the batch first, and the failing one would wait for
     // the next).
-    let healthy = Proc::start(
-        "healthy",
-        &[
-            "worker",
-            "--ventilator",
-            &vent_ep,
-            "--sink",
-            &sink_ep,
-            "--name",
-            "healthy",
-            "--backend",
-            "software",
-            "--slowdown",
-            "10",
-            "--exit-when-done",
-        ],
-    );
+    let healthy = software_worker_with("healthy", &vent_ep, &sink_ep, &["--slowdown", "10"]);
     let (status, _, log) = failing.finish();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
