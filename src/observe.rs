@@ -657,6 +657,8 @@ impl Observer {
             rejected: counters.rejected,
             refused: counters.refused,
             backups: counters.backups,
+            chunks_cut: counters.chunks_cut,
+            items_handed_on: counters.items_handed_on,
             alive,
             workers,
             now_s: elapsed,
@@ -713,6 +715,18 @@ impl Observer {
                 "counter",
                 "Backup tasks handed out for stragglers.",
                 status.backups,
+            ),
+            (
+                "conquer_chunks_cut_total",
+                "counter",
+                "Chunks whose workers yielded their unstarted items in the end game.",
+                status.chunks_cut,
+            ),
+            (
+                "conquer_items_handed_on_total",
+                "counter",
+                "Items of chunks cut in the end game, carved again for other workers.",
+                status.items_handed_on,
             ),
             (
                 "conquer_tasks_pending",
@@ -1030,6 +1044,12 @@ pub struct FarmStatus {
     pub rejected: u64,
     pub refused: u64,
     pub backups: u64,
+    /// A divisible job's chunks cut in the end game, and the items they handed on to
+    /// other workers (done once, not twice).
+    #[serde(default)]
+    pub chunks_cut: u64,
+    #[serde(default)]
+    pub items_handed_on: u64,
     /// Workers alive now.
     pub alive: usize,
     pub workers: Vec<WorkerStatus>,
@@ -1303,6 +1323,19 @@ mod tests {
         assert_eq!(s.workers[0].device_share, None);
         // The metrics still pair each worker with its own counts.
         let m = o.metrics(t(1000), &s);
+        assert!(m.contains("conquer_chunks_cut_total 0"), "{m}");
+        // Chunks cut in the end game, as the dispatcher counts them.
+        let mut cut = d.snapshot();
+        cut.counters.chunks_cut = 3;
+        cut.counters.items_handed_on = 70;
+        let after = o.status(t(1000), &cut, Duration::from_secs(1));
+        assert_eq!((after.chunks_cut, after.items_handed_on), (3, 70));
+        let cut_metrics = o.metrics(t(1000), &after);
+        assert!(
+            cut_metrics.contains("conquer_chunks_cut_total 3"),
+            "{cut_metrics}"
+        );
+        assert!(cut_metrics.contains("conquer_items_handed_on_total 70"));
         assert!(
             m.contains("conquer_worker_kernel_seconds_total{worker=\"zeta\",backend=\"gpu\",adapter=\"card\"} 0.25"),
             "{m}"
