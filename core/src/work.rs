@@ -1,5 +1,6 @@
 //! What a backend is handed and what it hands back, as the worker's flow sees them; and
-//! the flag that tells a running batch it is over.
+//! what the worker's I/O thread tells its executor while tasks run: a batch is over, a
+//! chunk is to yield its tail.
 
 use crate::batch::Task;
 use crate::protocol::Status;
@@ -68,10 +69,11 @@ impl Outcome {
     }
 }
 
-/// Which batch the ventilator said is over, shared by a worker's I/O thread (which hears
-/// it) and its executor (which runs the batch's tasks): the executor starts no task of a
-/// batch that is over, and the backend's flag (`Backend::abandon_with` in the root package) is set while it
-/// runs one.
+/// Which batch the ventilator said is over, and which chunks it asked to yield, shared by
+/// a worker's I/O thread (which hears it) and its executor (which runs the batch's
+/// tasks): the executor starts no task of a batch that is over, the backend's flag
+/// (`Backend::abandon_with` in the root package) is set while it runs one, and a chunk
+/// asked to yield gets no piece after the one in hand.
 #[derive(Debug, Default)]
 pub struct Abandon {
     over: std::sync::atomic::AtomicU64,

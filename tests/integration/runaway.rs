@@ -416,17 +416,23 @@ fn r08_a_chunk_asked_to_yield_reports_the_items_done_and_only_those() {
         first: 0,
         items: 256,
     };
-    peers.send(Message::Tasks {
-        batch: BATCH,
-        job,
-        tasks: vec![chunk],
-        in_pieces: true,
-    });
-    peers.send(Message::Yield {
-        batch: BATCH,
-        id: 3,
-        first: 0,
-    });
+    // Sends `task`, run in pieces or not, and asks for its tail at once when `cut`.
+    let send = |peers: &Peers, task: Task, in_pieces: bool, cut: bool| {
+        peers.send(Message::Tasks {
+            batch: BATCH,
+            job,
+            tasks: vec![task],
+            in_pieces,
+        });
+        if cut {
+            peers.send(Message::Yield {
+                batch: BATCH,
+                id: task.id,
+                first: task.first,
+            });
+        }
+    };
+    send(&peers, chunk, true, true);
     let done = peers.done(&[3]);
     let items = done[0].items;
     assert_eq!(done[0].status, Status::Ok, "{done:?}");
@@ -460,12 +466,7 @@ fn r08_a_chunk_asked_to_yield_reports_the_items_done_and_only_those() {
         items: 2,
         ..chunk
     };
-    peers.send(Message::Tasks {
-        batch: BATCH,
-        job,
-        tasks: vec![whole],
-        in_pieces: true,
-    });
+    send(&peers, whole, true, false);
     let done = peers.done(&[4]);
     assert_eq!(done[0].items, 2);
     // Nor does one the ventilator did not ask to run in pieces (the farm's fastest
@@ -476,17 +477,7 @@ fn r08_a_chunk_asked_to_yield_reports_the_items_done_and_only_those() {
         items: 256,
         ..chunk
     };
-    peers.send(Message::Tasks {
-        batch: BATCH,
-        job,
-        tasks: vec![unsplit],
-        in_pieces: false,
-    });
-    peers.send(Message::Yield {
-        batch: BATCH,
-        id: 5,
-        first: 0,
-    });
+    send(&peers, unsplit, false, true);
     let done = peers.done(&[5]);
     assert_eq!((done[0].status, done[0].items), (Status::Ok, 256));
     peers.send(Message::End {
