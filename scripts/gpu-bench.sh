@@ -11,12 +11,16 @@
 # device/bench.{md,json}, backends/bench.{md,json}, kernels/bench.{md,json}, mandelbrot.png, big.png, big-job.json,
 # mandelbrot.json, search.json.
 #
-# INT_PEAK_GOPS overrides the ceiling; otherwise it is SMs x 128 lanes x max SM clock for the
+# GPU_BENCH_BACKEND=software GPU_BENCH_BIG=2048 dry-runs every step on the software adapter
+# (no GPU test requirement; the 16384 x 16384 jobs at 2048 x 2048) before a card's time is
+# spent on it. INT_PEAK_GOPS overrides the ceiling; otherwise it is SMs x 128 lanes x max SM clock for the
 # NVIDIA cards named below (H100 SXM/H200: 132 SMs, H100 PCIe: 114): each SM's four
 # schedulers issue one 32-lane instruction a clock, whichever pipe runs it, so no 32-bit
 # operation mix goes faster (against the 64 INT32 lanes alone spin measured 169 %).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+backend="${GPU_BENCH_BACKEND:-gpu}"
+big="${GPU_BENCH_BIG:-16384}"
 out="${1:-${OUT:-gpu-bench-out}}"
 mkdir -p "$out"
 exec > >(tee "$out/log.txt") 2>&1
@@ -63,27 +67,43 @@ fi
 peak_arg=()
 [ -n "$peak" ] && peak_arg=(--int-peak-gops "$peak")
 
-echo "== GPU tests (hardware adapter required)"
-CONQUER_REQUIRE_GPU=1 CONQUER_REQUIRE_ADAPTER=0 timeout 300 "${test_cmd[@]}" 2>&1 \
+echo "== GPU tests (hardware adapter required, unless dry-run on another backend)"
+require_gpu=1
+[ "$backend" = gpu ] || require_gpu=0
+CONQUER_REQUIRE_GPU=$require_gpu CONQUER_REQUIRE_ADAPTER=0 timeout 300 "${test_cmd[@]}" 2>&1 \
   | tee "$out/tests.txt" | tail -15
 
 echo "== device suite: spin throughput, per-task overhead"
 timeout 180 "$bin" bench --suite device --repeat 5 "${peak_arg[@]}" --out "$out/device"
 
 echo "== backends suite: seed batch on one GPU worker against sleep"
-timeout 120 "$bin" bench --suite backends --backends sleep,gpu --units-per-ms 16384 --repeat 3 \
+timeout 120 "$bin" bench --suite backends --backends "sleep,$backend" --units-per-ms 16384 --repeat 3 \
   --out "$out/backends"
 echo "== data kernels on the GPU: Mandelbrot 3840x2160 (verified), search"
-timeout 120 "$bin" run --backend gpu --workers 1 --kernel mandelbrot --width 3840 --height 2160 \
+timeout 120 "$bin" run --backend "$backend" --workers 1 --kernel mandelbrot --width 3840 --height 2160 \
   --max-iter 1000 --centre=-0.7436,0.1318 --view-width 0.012 --verify \
   --image "$out/mandelbrot.png" --json > "$out/mandelbrot.json"
 echo "mandelbrot exit $?"; tail -c 600 "$out/mandelbrot.json"; echo
-timeout 120 "$bin" run --backend gpu --workers 1 --kernel search --bits 24 --keys 4294967295 \
+timeout 120 "$bin" run --backend "$backend" --workers 1 --kernel search --bits 24 --keys 4294967295 \
   --keys-per-task 67108864 --json > "$out/search.json"
 echo "search exit $?"; tail -c 400 "$out/search.json"; echo
 
+echo "== the card's fill: the dispatch size from which it runs near its full rate"
+timeout 60 "$bin" run --backend "$backend" --workers 1 --kernel mandelbrot --width 64 --height 64 \
+  --log debug 2>&1 >/dev/null | grep "full rate" || echo "no fill line"
+echo "== workgroup sizes by measurement (--tune-workgroups): what each kernel chose, and the cost"
+for k in "mandelbrot --width 3840 --height 2160 --max-iter 1000" "search --bits 24 --keys 4294967295 --keys-per-task 67108864"; do
+  timeout 120 "$bin" run --backend "$backend" --workers 1 --kernel $k --tune-workgroups --json --log debug \
+    > "$out/tuned.json" 2> "$out/tuned.log"
+  echo "tuned ($k) exit $?"; grep "workgroups of" "$out/tuned.log"; tail -c 300 "$out/tuned.json"; echo
+done
+echo "== the README's view carved adaptively on the card (chunks no smaller than its fill)"
+timeout 120 "$bin" run --backend "$backend" --workers 1 --kernel mandelbrot --width 3840 --height 2160 \
+  --max-iter 1000 --chunking adaptive --json > "$out/view-adaptive.json"
+echo "view adaptive exit $?"; tail -c 600 "$out/view-adaptive.json"; echo
+
 echo "== a divisible job on the GPU: Mandelbrot 16384x16384 carved adaptively"
-timeout 180 "$bin" run --backend gpu --workers 1 --kernel mandelbrot --width 16384 --height 16384 \
+timeout 180 "$bin" run --backend "$backend" --workers 1 --kernel mandelbrot --width "$big" --height "$big" \
   --chunking adaptive --image "$out/big.png" --json > "$out/big-job.json"
 echo "big job exit $?"; tail -c 600 "$out/big-job.json"; echo
 
@@ -92,22 +112,22 @@ for view in "--width 1280 --height 720 --max-iter 1000 --centre=-0.7436,0.1318 -
             "--width 1920 --height 1080" \
             "--width 256 --height 256 --max-iter 4000 --centre=-0.743643887037151,0.131825904205330 --view-width 1e-12"; do
   # shellcheck disable=SC2086
-  timeout 120 "$bin" run --backend gpu --workers 2 --kernel mandelbrot $view --verify --json \
+  timeout 120 "$bin" run --backend "$backend" --workers 2 --kernel mandelbrot $view --verify --json \
     > "$out/exact.json"
   echo "exact ($view) exit $?"; tail -c 300 "$out/exact.json"; echo
 done
 
 echo "== --replicate 10 on the card: two GPU workers, and the cost against none"
 for rep in 0 10; do
-  timeout 120 "$bin" run --backend gpu --workers 2 --kernel mandelbrot --width 3840 --height 2160 \
+  timeout 120 "$bin" run --backend "$backend" --workers 2 --kernel mandelbrot --width 3840 --height 2160 \
     --max-iter 1000 --replicate $rep --json > "$out/replicate-$rep.json"
   echo "replicate $rep exit $?"; tail -c 300 "$out/replicate-$rep.json"; echo
 done
 
 echo "== 1 GPU + 8 cpu workers against the card alone (the end game), bands and adaptive"
 if command -v python3 >/dev/null; then
-  CONQUER_BIN="$bin" timeout 300 python3 scripts/endgame_bench.py --repeat 1 --fast gpu \
-    --cpus 0,1,8 --size 16384 | tee "$out/endgame.md"
+  CONQUER_BIN="$bin" timeout 300 python3 scripts/endgame_bench.py --repeat 1 --fast "$backend" \
+    --cpus 0,1,8 --size "$big" | tee "$out/endgame.md"
 fi
 
 echo "== kernels suite: per backend, and payloads through the pipeline"

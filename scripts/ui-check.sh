@@ -105,7 +105,7 @@ if [ "$first" -lt 0 ] || [ "$second" -le "$first" ]; then
 fi
 # Each worker's row shows what it holds, has done and failed; the sink's side names the
 # results file; the chart has drawn throughput samples.
-for column in holding done failed busy "device busy" inputs; do
+for column in holding done failed busy "device busy" dispatches inputs outputs; do
   grep -q "<th class=\"num\"[^>]*>$column</th>" "$work/dom2.html" || {
     echo "ui-check: the workers table has no $column column" >&2; exit 1; }
 done

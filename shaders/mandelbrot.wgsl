@@ -4,8 +4,9 @@
 //
 // The kernel interface (docs/kernels.md). Bindings: `params` (binding 0, interface.wgsl) and
 // `output` (binding 2): one u32 per pixel of the band, row-major, the iteration count
-// (`max_iter` for points taken to be inside); no input. Workgroup size 64: one pixel per
-// invocation, and pixels of a row take similar times, so neighbours finish together.
+// (`max_iter` for points taken to be inside); no input. Workgroup size 64 as shipped
+// (`--tune-workgroups` may build it at 128 or 256): one pixel per invocation, and pixels
+// of a row take similar times, so neighbours finish together.
 // Constants: c[0] = ((width - 1) | (height - 1) << 16, max_iter, rows per band | shift << 24,
 //                   mantissa m of the half pixel step),
 //            c[1] = (centre re low, high, centre im low, high): i64 fixed point.

@@ -1358,6 +1358,7 @@ mod tests {
             adapter: String::new(),
             window_hint: 1,
             codecs: 0,
+            fill: 0,
         };
         let own = b"w1/0000000000000001".as_slice();
         let user = worker_user("w1");

@@ -18,6 +18,12 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A flag's environment variable: `1`, `true`, `yes`, `on` set it, `0`, `false`, `no`,
+/// `off` leave it unset, anything else (an empty value too) is refused naming the flag.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "conquer",
@@ -70,7 +76,7 @@ pub struct Cli {
     pub events: Option<PathBuf>,
     /// Send task inputs (ventilator) and outputs (worker) raw: no LZ4 on the wire, even
     /// where it would pay. A worker with it asks for raw inputs too, a sink for raw outputs.
-    #[arg(long, env = "CONQUER_NO_COMPRESS", global = true)]
+    #[arg(long, env = "CONQUER_NO_COMPRESS", global = true, value_parser = boolish())]
     pub no_compress: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -470,7 +476,7 @@ pub struct AccessArgs {
     pub allow: Vec<crate::auth::Cidr>,
     /// Bind an address other machines can reach with neither --secret-file nor --allow:
     /// anyone who reaches it may take tasks and submit results.
-    #[arg(long, env = "CONQUER_INSECURE")]
+    #[arg(long, env = "CONQUER_INSECURE", value_parser = boolish())]
     pub insecure: bool,
 }
 
@@ -1253,9 +1259,10 @@ pub struct BackendArgs {
     /// GPU: tasks in flight at once on the device.
     #[arg(long, env = "CONQUER_GPU_SLOTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub gpu_slots: u16,
-    /// GPU: most shader invocations per dispatch (default: the device's limit). Below it
-    /// each kernel's dispatches grow from 65,536 invocations until one takes about 1 ms,
-    /// and never past --max-dispatch-ms; larger tasks are split into several.
+    /// GPU: most items per dispatch (default: the device's limit): invocations, but a
+    /// search's keys (16 an invocation). Below it each kernel's dispatches grow from 65,536
+    /// items until one takes about 1 ms, and never past --max-dispatch-ms; larger tasks are
+    /// split into several.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..))]
     pub dispatch_invocations: Option<u32>,
     /// GPU: longest a dispatch may take, in ms; dispatches measured longer are made
@@ -1263,6 +1270,12 @@ pub struct BackendArgs {
     /// device.
     #[arg(long, value_name = "MS", default_value_t = backend::gpu::DEFAULT_MAX_DISPATCH_MS)]
     pub max_dispatch_ms: f64,
+    /// GPU: choose each built-in kernel's workgroup size (64, 128 or 256 invocations) by
+    /// timing a task of the first job that uses it at each size, six runs in all, skipped
+    /// where one takes over 20 ms or a task holds more than 64 times the device's fill. Costs two more compilations a kernel; `--log debug`
+    /// shows what it measured.
+    #[arg(long, env = "CONQUER_TUNE_WORKGROUPS", value_parser = boolish())]
+    pub tune_workgroups: bool,
     /// GPU: seconds a task may have the device before it fails; its kernel is then
     /// abandoned and the device rebuilt (nothing can stop a kernel that runs on).
     #[arg(
@@ -1300,6 +1313,7 @@ impl BackendArgs {
                 max_dispatch_us: self.max_dispatch_ms * 1e3,
                 slots: usize::from(self.gpu_slots),
                 task_timeout: seconds(self.task_timeout, "--task-timeout")?,
+                tune_workgroups: self.tune_workgroups,
                 ..Default::default()
             },
             quiet: false,
@@ -1346,7 +1360,7 @@ const KEPT_FILES: [&str; 2] = ["results", "image"];
 pub struct OverwriteArgs {
     /// Replace a --results file that already holds records, and an existing --image
     /// picture (without it such a file is refused, never wiped).
-    #[arg(long, env = "CONQUER_OVERWRITE", requires = "kept_files")]
+    #[arg(long, env = "CONQUER_OVERWRITE", requires = "kept_files", value_parser = boolish())]
     pub overwrite: bool,
 }
 
@@ -1412,7 +1426,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     /// Serve --http on an address other machines can reach without --secret-file.
-    #[arg(long, env = "CONQUER_INSECURE", requires = "http")]
+    #[arg(long, env = "CONQUER_INSECURE", requires = "http", value_parser = boolish())]
     pub insecure: bool,
 }
 
@@ -1481,7 +1495,7 @@ pub struct WorkerArgs {
     /// Exit after the first batch completes (default: stay up for the next batch). A
     /// worker that hears of no batch within --wait-timeout (its batch may have ended
     /// before it arrived) exits with status 3.
-    #[arg(long, env = "CONQUER_EXIT_WHEN_DONE", help_heading = "Worker")]
+    #[arg(long, env = "CONQUER_EXIT_WHEN_DONE", help_heading = "Worker", value_parser = boolish())]
     pub exit_when_done: bool,
     /// With --exit-when-done: seconds to wait for a batch before leaving with status 3.
     #[arg(

@@ -2,5 +2,5 @@
 //! exit status (0 success, 1 failure, 2 usage, 130 interrupted).
 
 fn main() {
-    std::process::exit(conquer::cli::main());
+    conquer::shutdown::exit(conquer::cli::main());
 }

@@ -142,6 +142,10 @@ struct Tally {
     /// Task input bytes sent to it, uncompressed and as they crossed the wire.
     input_bytes: u64,
     input_wire_bytes: u64,
+    /// Output bytes of the tasks it reported, uncompressed, and the kernel dispatches
+    /// they took on its device.
+    output_bytes: u64,
+    dispatches: u64,
 }
 
 /// The live view's state.
@@ -384,7 +388,7 @@ impl Observer {
         // Runs per report message on the dispatch thread: sums first, one tally update,
         // and bars only for the tasks the stream can show.
         let (mut ok, mut failed, mut busy_us, mut kernel_us) = (0u64, 0u64, 0u64, 0u64);
-        let mut ok_items = 0u64;
+        let (mut ok_items, mut output_bytes, mut dispatches) = (0u64, 0u64, 0u64);
         let bars_from = done.len().saturating_sub(BARS_PER_REPORT);
         for (n, d) in done.iter().enumerate() {
             let Some(slot) = self.sent.get_mut(d.id as usize) else {
@@ -414,6 +418,8 @@ impl Observer {
             self.kernel.observe_us(u64::from(d.kernel_us));
             busy_us += u64::from(d.wall_us);
             kernel_us += u64::from(d.kernel_us);
+            output_bytes += u64::from(d.output_bytes);
+            dispatches += u64::from(d.dispatches);
             if n >= bars_from {
                 let start = now
                     .checked_sub(Duration::from_micros(u64::from(d.wall_us)))
@@ -434,6 +440,8 @@ impl Observer {
         tally.busy_us += busy_us;
         tally.kernel_us += kernel_us;
         tally.items += ok_items;
+        tally.output_bytes += output_bytes;
+        tally.dispatches += dispatches;
     }
 
     /// The sink holds these tasks. The first time for each: counted, and its latency from
@@ -573,6 +581,8 @@ impl Observer {
                 items: tally.items,
                 input_bytes: tally.input_bytes,
                 input_wire_bytes: tally.input_wire_bytes,
+                output_bytes: tally.output_bytes,
+                dispatches: tally.dispatches,
                 items_per_s: if busy_s > 0.0 {
                     tally.items as f64 / busy_s
                 } else {
@@ -805,7 +815,7 @@ impl Observer {
                 })
             })
             .collect();
-        let per_worker: [WorkerSeries; 5] = [
+        let per_worker: [WorkerSeries; 7] = [
             (
                 "conquer_worker_tasks_total",
                 "Tasks a worker finished.",
@@ -830,6 +840,16 @@ impl Observer {
                 "conquer_worker_input_wire_bytes_total",
                 "Task input bytes sent to a worker, as they crossed the wire.",
                 |t| t.input_wire_bytes.to_string(),
+            ),
+            (
+                "conquer_worker_output_bytes_total",
+                "Output bytes of the tasks a worker reported, uncompressed.",
+                |t| t.output_bytes.to_string(),
+            ),
+            (
+                "conquer_worker_dispatches_total",
+                "Kernel dispatches a worker's tasks took on its device.",
+                |t| t.dispatches.to_string(),
             ),
         ];
         for (name, help, value) in per_worker {
@@ -1161,6 +1181,12 @@ pub struct WorkerStatus {
     pub input_bytes: u64,
     #[serde(default)]
     pub input_wire_bytes: u64,
+    /// Output bytes of the tasks it reported, uncompressed.
+    #[serde(default)]
+    pub output_bytes: u64,
+    /// Kernel dispatches its tasks took on its device (0 on `cpu` and `sleep`).
+    #[serde(default)]
+    pub dispatches: u64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -1182,6 +1208,7 @@ mod tests {
             wall_us: 1000,
             kernel_us: 10,
             items: 0,
+            ..Done::default()
         }
     }
 
@@ -1272,6 +1299,7 @@ mod tests {
                 adapter: "card".into(),
                 window_hint: 2,
                 codecs: 0,
+                fill: 0,
             };
             let message = crate::protocol::Message::Hello(info);
             let routing_id = name.as_bytes().to_vec();
@@ -1299,12 +1327,15 @@ mod tests {
         o.sent(t(0), slot("zeta"), [0].into_iter());
         o.input_sent(slot("zeta"), 4096, 1024);
         o.sent(t(0), slot("alpha"), [1].into_iter());
+        // A device's tasks say their dispatches; every task its output's bytes.
         let report = |id, kernel_us| Done {
             id,
             status: Status::Ok,
             wall_us: 400_000,
             kernel_us,
             items: 0,
+            dispatches: if kernel_us > 0 { 64 } else { 0 },
+            output_bytes: 3000,
         };
         o.done(t(500), slot("zeta"), &[report(0, 250_000)], &[0]);
         o.done(t(500), slot("alpha"), &[report(1, 0)], &[0]);
@@ -1351,6 +1382,21 @@ mod tests {
         assert_eq!(s.workers[0].input_bytes, 0);
         assert!(m.contains(
             "conquer_worker_input_wire_bytes_total{worker=\"zeta\",backend=\"gpu\",adapter=\"card\"} 1024"
+        ));
+        // And out: the outputs reported, and the dispatches their kernels took.
+        assert_eq!(
+            (s.workers[2].output_bytes, s.workers[2].dispatches),
+            (3000, 64)
+        );
+        assert_eq!(
+            (s.workers[0].output_bytes, s.workers[0].dispatches),
+            (3000, 0)
+        );
+        assert!(m.contains(
+            "conquer_worker_dispatches_total{worker=\"zeta\",backend=\"gpu\",adapter=\"card\"} 64"
+        ));
+        assert!(m.contains(
+            "conquer_worker_output_bytes_total{worker=\"alpha\",backend=\"gpu\",adapter=\"card\"} 3000"
         ));
     }
 

@@ -452,6 +452,9 @@ mod tests {
                 tasks: 100,
                 busy_ms: 5060.0,
                 kernel_ms: 0.0,
+                device_share: None,
+                dispatches: 0,
+                input_bytes: 0,
                 output_bytes: 0,
                 backend: "sleep".into(),
                 adapter: String::new(),
@@ -460,6 +463,68 @@ mod tests {
                 finished_ms: 0.0,
             }],
         }
+    }
+
+    #[test]
+    fn the_finished_line_is_said_only_when_something_was_written_after_the_last_result() {
+        let mut r = report();
+        // The ventilator's last counters arrived 3 ms after the last result.
+        r.finished_ms = r.elapsed_ms + 3.0;
+        assert!(!r.to_text().contains("Finished"), "{}", r.to_text());
+        r.picture = Some("m.png".into());
+        assert!(
+            r.to_text()
+                .contains("Finished, outputs and picture on disk: 1303 msec"),
+            "{}",
+            r.to_text()
+        );
+        r.finished_ms = r.elapsed_ms + 0.5;
+        assert!(!r.to_text().contains("Finished"), "{}", r.to_text());
+    }
+
+    #[test]
+    fn a_device_workers_line_gives_its_busy_share_dispatches_and_bytes() {
+        let mut r = report();
+        let text = r.to_text();
+        assert!(
+            !text.contains("dispatches"),
+            "no device, no device columns: {text}"
+        );
+        assert!(!text.contains(" out "), "no data, no byte columns: {text}");
+        r.workers.push(WorkerReport {
+            id: "gpu-1".into(),
+            kernel_ms: 900.0,
+            device_share: Some(0.75),
+            dispatches: 4096,
+            input_bytes: 3 << 20,
+            output_bytes: 35_232_000,
+            backend: "gpu".into(),
+            adapter: "card".into(),
+            ..r.workers[0].clone()
+        });
+        let text = r.to_text();
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("worker "))
+            .expect("a workers table");
+        for column in ["device", "dispatches", "in", "out"] {
+            assert!(header.split_whitespace().any(|c| c == column), "{header}");
+        }
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("gpu-1"))
+            .expect("its line");
+        for cell in ["75%", "4096", "3.00 MiB", "33.6 MiB"] {
+            assert!(line.contains(cell), "{cell} in {line}");
+        }
+        let sleep = text
+            .lines()
+            .find(|l| l.starts_with("w1 "))
+            .expect("its line");
+        assert!(
+            sleep.contains(" - "),
+            "no device share without device time: {sleep}"
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn render(s: &FarmStatus) -> String {
         s.refused,
     );
     out += &format!(
-        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>7} {:>8} {:>6} {:>9} {:>6} {:>7}\n",
+        "{:<24} {:<16} {:<9} {:<24} {:<7} {:>7} {:>8} {:>6} {:>9} {:>6} {:>7} {:>10} {:>9} {:>9}\n",
         "worker",
         "host",
         "backend",
@@ -85,7 +85,10 @@ pub fn render(s: &FarmStatus) -> String {
         "failed",
         format!("{unit}/s"),
         "busy",
-        "device"
+        "device",
+        "dispatches",
+        "in",
+        "out"
     );
     let share = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |b| format!("{:.0}%", 100.0 * b));
     let or_dash = |s: &str| {
@@ -97,7 +100,7 @@ pub fn render(s: &FarmStatus) -> String {
     };
     for w in &s.workers {
         out += &format!(
-            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>7} {:>8} {:>6} {:>9} {:>6} {:>7}\n",
+            "{:<24} {:<16} {:<9} {:<24} {:<7} {:>7} {:>8} {:>6} {:>9} {:>6} {:>7} {:>10} {:>9} {:>9}\n",
             cut(&w.name, 24),
             cut(&or_dash(&w.address), 16),
             cut(&w.backend, 9),
@@ -109,6 +112,9 @@ pub fn render(s: &FarmStatus) -> String {
             rate(w.items_per_s),
             share(w.busy_share),
             share(w.device_share),
+            w.dispatches,
+            conquer_core::text::bytes(w.input_bytes),
+            conquer_core::text::bytes(w.output_bytes),
         );
     }
     if let Some(k) = &s.sink {

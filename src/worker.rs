@@ -87,6 +87,7 @@ enum Outcomes {
     Running {
         backend: String,
         adapter: String,
+        fill: u32,
     },
 }
 
@@ -221,6 +222,7 @@ impl Worker {
             adapter: backend.adapter(),
             window_hint: backend.window_hint(),
             codecs: crate::protocol::codecs(config.compress),
+            fill: backend.fill(),
         };
         let id = routing_id(&info.name, info.session);
         let user = crate::auth::worker_user(&info.name);
@@ -554,9 +556,15 @@ impl driver::Transport for Pump<'_> {
                     Outcomes::Declined { batch, reason } => {
                         events.push(FlowEvent::Declined { batch, reason })
                     }
-                    Outcomes::Running { backend, adapter } => {
-                        events.push(FlowEvent::Running { backend, adapter })
-                    }
+                    Outcomes::Running {
+                        backend,
+                        adapter,
+                        fill,
+                    } => events.push(FlowEvent::Running {
+                        backend,
+                        adapter,
+                        fill,
+                    }),
                 }
             }
             if !finished.is_empty() {
@@ -665,7 +673,8 @@ fn execute(
     // The job the backend was last prepared for, and whether it accepted it.
     let mut prepared: Option<(u64, Job, bool)> = None;
     // What the backend runs on, as the worker last said.
-    let mut running: (&'static str, String) = (backend.kind(), backend.adapter());
+    let mut running: (&'static str, String, u32) =
+        (backend.kind(), backend.adapter(), backend.fill());
     loop {
         let chunk = match stash.take() {
             Some(chunk) => chunk,
@@ -681,11 +690,12 @@ fn execute(
         {
             let ready = match backend.prepare(&job, chunk.source.as_deref()) {
                 Ok(()) => {
-                    let now_running = (backend.kind(), backend.adapter());
+                    let now_running = (backend.kind(), backend.adapter(), backend.fill());
                     if running != now_running {
                         let _ = outcome_tx.send(Outcomes::Running {
                             backend: now_running.0.to_owned(),
                             adapter: now_running.1.clone(),
+                            fill: now_running.2,
                         });
                         running = now_running;
                     }
@@ -718,6 +728,11 @@ fn execute(
         // concatenate, so a chunk can yield its tail (`conquer_core::pieces`): the chunks
         // open, with when their first piece went out.
         let splitting = pieces::splits(&job, backend.kind());
+        // Pieces no smaller than what fills the device (its fill, in the job's items).
+        let least_piece =
+            u32::try_from(crate::kernels::items_filling(&job, backend.fill())).unwrap_or(u32::MAX);
+        // What a piece should take: short where pieces cost nothing.
+        let piece_time = pieces::piece_time(backend.kind());
         let open: RefCell<Vec<(Pieces, Instant)>> = RefCell::new(Vec::new());
         // Chunks a cut completed between two pieces (every piece handed out was back):
         // reported with the next outcome, or when the run ends.
@@ -789,7 +804,9 @@ fn execute(
                     };
                     match crate::backend::fits(&job, &work, max_payload) {
                         Ok(()) if splitting && in_pieces && work.task.items > 1 => {
-                            let mut p = Pieces::new(&job, work);
+                            let mut p = Pieces::new(&job, work)
+                                .taking(piece_time)
+                                .at_least(least_piece);
                             cut_if_asked(&mut p);
                             let first = p.next_piece();
                             chunks_open.push((p, Instant::now()));

@@ -6,7 +6,8 @@
 //! worker get now? The answer is a [`Policy`]:
 //!
 //! - `static`: an equal split, one chunk per worker (the size fixed from the workers there
-//!   at the first carve);
+//!   at the first carve; a tail given back in the end game is shared by rate, at most a
+//!   worker's share of half of what is left);
 //! - `fixed`: chunks of one size (`--chunk-items`, else an eighth of an equal split);
 //! - `adaptive`: a small probe first; then chunks sized to take `--chunk-ms` at the
 //!   worker's measured rate (growing at most twofold from one chunk to the next), shrinking
@@ -70,7 +71,8 @@ const MIN_CHUNK_FRACTION: f64 = 1.0 / 32.0;
 struct Rate {
     items: f64,
     us: f64,
-    /// Items of its last chunk: the next is at most [`GROWTH`] times as large, so a rate
+    /// Items of its last chunk: the next is at most [`GROWTH`] times as large (three items
+    /// after a one-item chunk, which two could not stretch across a one-item hole), so a rate
     /// measured on cheap items (the edge of a picture) is not bet on expensive ones all
     /// at once.
     last: u64,
@@ -193,6 +195,9 @@ pub struct Carver {
     /// Where ranges given back begin and end: a chunk never reaches across one into the
     /// next free range (what lies between is out with other workers, not held).
     fences: std::collections::BTreeSet<u64>,
+    /// By worker slot: the fewest items of an adaptive chunk, the items that fill its
+    /// device (0 for a worker without one).
+    floors: Vec<u64>,
 }
 
 impl Carver {
@@ -211,6 +216,7 @@ impl Carver {
             size: None,
             carved: 0,
             fences: std::collections::BTreeSet::new(),
+            floors: Vec::new(),
         }
     }
 
@@ -246,6 +252,17 @@ impl Carver {
         if let Some(rate) = self.rate(worker) {
             self.farm.add_rate(rate);
         }
+    }
+
+    /// `worker`'s device runs near its full rate only on `items` or more at once (a GPU's
+    /// fill, in the job's items): its adaptive chunks, probes included, are no smaller.
+    /// Below that a chunk's time is launches and round trips, and the rate measured on it
+    /// undersells the device.
+    pub fn set_floor(&mut self, worker: usize, items: u64) {
+        if self.floors.len() <= worker {
+            self.floors.resize(worker + 1, 0);
+        }
+        self.floors[worker] = items;
     }
 
     /// `worker` takes no more chunks: it is gone.
@@ -303,18 +320,30 @@ impl Carver {
     /// Items handed out before come back to be carved again (the tail a worker gave up):
     /// `start..end` must not overlap what is free.
     pub fn give_back(&mut self, start: u64, end: u64) {
-        if start >= end {
+        self.give_back_tail(&[(start, end)]);
+    }
+
+    /// The ranges of one tail come back, in order (a chunk's items after its cut, less
+    /// those the sink holds): fenced at the tail's two ends only, so a chunk carved from it
+    /// never reaches into a chunk out beside it, yet may cross the items held inside it as
+    /// any chunk crosses a short gap (fenced at every gap, a tail over one-item holes would
+    /// be carved one item a chunk). No range may overlap what is free.
+    pub fn give_back_tail(&mut self, ranges: &[(u64, u64)]) {
+        let ranges: Vec<(u64, u64)> = ranges.iter().copied().filter(|&(a, b)| a < b).collect();
+        let (Some(&(start, _)), Some(&(_, end))) = (ranges.first(), ranges.last()) else {
             return;
+        };
+        for &(a, b) in &ranges {
+            debug_assert!(
+                self.free
+                    .range(..b)
+                    .next_back()
+                    .is_none_or(|(_, &e)| e <= a),
+                "items {a}..{b} given back overlap free ones"
+            );
+            self.free.insert(a, b);
+            self.left += b - a;
         }
-        debug_assert!(
-            self.free
-                .range(..end)
-                .next_back()
-                .is_none_or(|(_, &b)| b <= start),
-            "items {start}..{end} given back overlap free ones"
-        );
-        self.free.insert(start, end);
-        self.left += end - start;
         self.fences.insert(start);
         self.fences.insert(end);
     }
@@ -383,23 +412,37 @@ impl Carver {
     /// Items `worker` should get now under the policy.
     fn size_for(&mut self, worker: usize) -> u64 {
         let n = self.n(worker);
-        match self.plan.policy {
+        let size = match self.plan.policy {
             Policy::Static => *self.size.get_or_insert(self.plan.items.div_ceil(n)),
             Policy::Fixed(items) => *self.size.get_or_insert(if items > 0 {
                 items
             } else {
                 self.plan.items.div_ceil(8 * n)
             }),
-            Policy::Adaptive(target) => self.adaptive(worker, target),
+            Policy::Adaptive(target) => return self.adaptive(worker, target),
+        };
+        // Under `static`, tails given back in the end game are shared by rate: one carved
+        // whole (an equal split's size) for the idle worker is the next idle worker's to
+        // ask back (on a 1/2/4/8 farm, tails went back and forth between workers). A
+        // `fixed` chunk is small already.
+        let fixed = matches!(self.plan.policy, Policy::Fixed(_));
+        match (fixed || self.fences.is_empty(), self.rate(worker)) {
+            (false, Some(rate)) => {
+                let share = self.left as f64 * rate / (2.0 * self.farm.total_rate(rate));
+                size.min((share as u64).max(1))
+            }
+            _ => size,
         }
     }
 
     /// Whether `worker`, holding a chunk, may be carved its next one now, to queue behind
     /// it (pipelined: the worker never idles for a round trip between chunks). Only under
     /// `adaptive`, on a farm whose measured workers all run within twice each other's rate,
-    /// and while the job has at least eight chunk times left at the farm's pace. Near the end chunks shrink and one in hand is enough; and beside
-    /// much slower workers a second chunk in hand is a second chance to hold dear items
-    /// at the end, which measured worse than the round trip it saves.
+    /// and while the job has at least eight chunk times left at the farm's pace. Near the
+    /// end chunks shrink and one in hand is enough; and beside much slower workers a second
+    /// chunk in hand is a second chance to hold dear items at the end, which measured worse
+    /// than the round trip it saves. A worker alone queues to the end: no other could take
+    /// the items it holds, and each round trip is time it idles.
     pub fn may_queue(&self, worker: usize) -> bool {
         let Policy::Adaptive(target) = self.plan.policy else {
             return false;
@@ -408,9 +451,11 @@ impl Carver {
             return false;
         };
         let farm = &self.farm;
+        let alone = farm.count == 1 && farm.is_live(worker);
         farm.known_count == farm.count
             && farm.slowest() * EVEN_FARM >= farm.fastest()
-            && self.left as f64 / farm.total_rate(rate) >= AHEAD_TARGETS * target.as_secs_f64()
+            && (alone
+                || self.left as f64 / farm.total_rate(rate) >= AHEAD_TARGETS * target.as_secs_f64())
     }
 
     /// Workers in the farm, `worker` counted if it did not join: at least one.
@@ -421,12 +466,24 @@ impl Carver {
 
     fn adaptive(&self, worker: usize, target: Duration) -> u64 {
         let target_s = target.as_secs_f64().max(1e-3);
+        // A device's fill, but never past half an equal share of what is left: a fill
+        // measured long (wall time on an adapter without timestamps) or claimed by a
+        // peer must not take the job from the others, nor the end its weighted factoring.
+        let fill = self
+            .floors
+            .get(worker)
+            .copied()
+            .unwrap_or(0)
+            .min(self.left.div_ceil(2 * self.n(worker)));
         let Some(rate) = self.rate(worker) else {
             // A probe: a sliver of an equal share, whatever an item is said to cost (a
             // worker may be a hundred times slower than nominal, and its probe must not
             // outlast the job). The chunks after it grow to the target at the rate it
-            // measures, doubling at most, so a tiny probe costs a few round trips.
-            return (self.left / (PROBE_FRACTION * self.n(worker))).max(1);
+            // measures, doubling at most (from one item, to three), so a tiny probe costs a
+            // few round trips.
+            return (self.left / (PROBE_FRACTION * self.n(worker)))
+                .max(fill)
+                .max(1);
         };
         let total_rate = self.farm.total_rate(rate);
         let by_time = rate * target_s;
@@ -434,7 +491,11 @@ impl Carver {
         let floor = rate * target_s * MIN_CHUNK_FRACTION;
         let size = by_time.min(share).max(floor).max(1.0) as u64;
         let last = self.rates.get(worker).map_or(1, |r| r.last.max(1));
-        size.min(last.saturating_mul(GROWTH))
+        // After a one-item chunk (a probe handed on, or one cut by one-item holes), two
+        // items would not reach across a hole to the next free item: each chunk would be
+        // one item again, and one-item holes would shred the job into as many chunks.
+        let growth_cap = last.saturating_mul(GROWTH).max(GROWTH + 1);
+        size.min(growth_cap).max(fill)
     }
 }
 
@@ -509,6 +570,65 @@ mod tests {
     }
 
     #[test]
+    fn under_static_a_tail_given_back_is_shared_by_rate_not_carved_whole() {
+        let mut c = Carver::new(plan(Policy::Static, 1000));
+        c.join(0);
+        c.join(1);
+        assert_eq!(c.carve(0), Some((0, 500)));
+        assert_eq!(c.carve(1), Some((500, 500)));
+        // Worker 0 three times as fast as worker 1.
+        c.learn(0, 100, 1_000);
+        c.learn(1, 100, 3_000);
+        // Worker 1 yields the 400 items it has not started: the idle worker 0 gets its
+        // share by rate of half of them, 150, not all 400 (which worker 1, idle next,
+        // would ask back).
+        c.give_back(600, 1000);
+        assert_eq!(c.carve(0), Some((600, 150)));
+        // And worker 1 its share of half of the 250 left: 31.
+        assert_eq!(c.carve(1), Some((750, 31)));
+    }
+
+    #[test]
+    fn a_tail_given_back_over_one_item_holes_is_carved_in_chunks_of_useful_size() {
+        // A chunk of 0..1,000 cut at 100, the sink holding every other item after it: its
+        // tail comes back as 450 one-item ranges.
+        let mut carver = Carver::new(plan(Policy::Adaptive(Duration::from_millis(100)), 1_000));
+        carver.join(0);
+        carver.remove(0, 1_000);
+        let tail: Vec<(u64, u64)> = (0..450).map(|k| (101 + 2 * k, 102 + 2 * k)).collect();
+        carver.give_back_tail(&tail);
+        carver.learn(0, 100, 10_000);
+        let mut chunks = Vec::new();
+        while let Some((first, items)) = carver.carve(0) {
+            carver.learn(0, items, items * 100);
+            chunks.push((first, items));
+        }
+        assert!(chunks.len() < 20, "{} chunks: {chunks:?}", chunks.len());
+        assert!(chunks
+            .iter()
+            .all(|&(first, items)| first >= 101 && first + u64::from(items) <= 1_000));
+    }
+
+    #[test]
+    fn one_item_holes_after_a_one_item_chunk_do_not_shred_the_job() {
+        // Held items alternate with free ones from item 1,000 (ranges a peer forged), and
+        // the worker's last chunk was one item (its probe, handed on).
+        let mut carver = Carver::new(plan(Policy::Adaptive(Duration::from_millis(100)), 20_000));
+        carver.join(0);
+        carver.remove(0, 1_001);
+        for k in 1..9_000 {
+            carver.remove(1_000 + 2 * k, 1_001 + 2 * k);
+        }
+        carver.learn(0, 1, 100);
+        let mut chunks = 0;
+        while let Some((_, items)) = carver.carve(0) {
+            carver.learn(0, items, items * 100);
+            chunks += 1;
+        }
+        assert!(chunks < 100, "{chunks} chunks");
+    }
+
+    #[test]
     fn removed_items_are_never_carved() {
         let mut carver = Carver::new(plan(Policy::Fixed(7), 100));
         carver.remove(10, 20);
@@ -536,16 +656,29 @@ mod tests {
             items in 1u64..5000,
             speeds in proptest::collection::vec(1.0f64..1e5, 1..6),
             max_chunk in 1u32..2000,
+            // Devices' fills, past the job and the limit too (a peer may claim any).
+            floors in proptest::collection::vec(prop_oneof![Just(0u64), 1u64..10_000, Just(u64::MAX)], 6),
         ) {
             let mut carver = Carver::new(Plan { max_chunk, ..plan(policy, items) });
-            (0..speeds.len()).for_each(|w| carver.join(w));
+            (0..speeds.len()).for_each(|w| {
+                carver.join(w);
+                carver.set_floor(w, floors[w]);
+            });
             let mut next = 0u64;
             let mut turn = 0;
             while let Some((first, n)) = carver.carve(turn % speeds.len()) {
+                let w = turn % speeds.len();
                 prop_assert_eq!(first, next);
                 prop_assert!(n >= 1 && n <= max_chunk);
+                // An adaptive chunk is at least its worker's floor, within the limit, half an
+                // equal share and what is left.
+                if matches!(policy, Policy::Adaptive(_)) {
+                    let left = items - next;
+                    let share = left.div_ceil(2 * speeds.len() as u64);
+                    let least = floors[w].min(share).min(u64::from(max_chunk)).min(left);
+                    prop_assert!(u64::from(n) >= least, "{} under {}", n, least);
+                }
                 next += u64::from(n);
-                let w = turn % speeds.len();
                 carver.learn(w, n, (f64::from(n) / speeds[w] * 1e6) as u32);
                 turn += 1;
             }

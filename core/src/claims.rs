@@ -112,6 +112,7 @@ mod tests {
             adapter: String::new(),
             window_hint: 1,
             codecs: 0,
+            fill: 0,
         }
     }
 

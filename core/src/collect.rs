@@ -252,6 +252,9 @@ struct Tally {
     kernel_us: u64,
     /// Output bytes of the results it delivered first, uncompressed.
     output_bytes: u64,
+    /// Their inputs' bytes as it received them, and the dispatches they took.
+    input_bytes: u64,
+    dispatches: u64,
 }
 
 /// Results that came before their batch was announced.
@@ -926,6 +929,8 @@ impl Collector {
         tally.busy_us += u64::from(r.wall_us);
         tally.kernel_us += u64::from(r.kernel_us);
         tally.output_bytes += r.output.len() as u64;
+        tally.input_bytes += u64::from(r.input_bytes);
+        tally.dispatches += u64::from(r.dispatches);
         self.measured_total_us += u64::from(r.wall_us);
         self.measured_longest_us = self.measured_longest_us.max(r.wall_us);
         if r.status.checked() {
@@ -1654,25 +1659,29 @@ impl Collector {
             .workers
             .into_iter()
             .filter(|(_, t)| t.tasks > 0)
-            .map(|(id, t)| WorkerReport {
-                id,
-                tasks: t.tasks,
-                busy_ms: t.busy_us as f64 / 1000.0,
-                kernel_ms: t.kernel_us as f64 / 1000.0,
-                output_bytes: t.output_bytes,
-                backend: t.backend,
-                adapter: t.adapter,
-                items: t.items,
-                items_per_s: if t.busy_us > 0 {
-                    t.items as f64 * 1e6 / t.busy_us as f64
-                } else {
-                    0.0
-                },
-                finished_ms: if b.items.is_some() {
-                    t.last_unix_ms.saturating_sub(b.started_unix_ms) as f64
-                } else {
-                    0.0
-                },
+            .map(|(id, t)| {
+                // Its time present: from the batch's start to its last result.
+                let present_ms = t.last_unix_ms.saturating_sub(b.started_unix_ms) as f64;
+                WorkerReport {
+                    id,
+                    tasks: t.tasks,
+                    busy_ms: t.busy_us as f64 / 1000.0,
+                    kernel_ms: t.kernel_us as f64 / 1000.0,
+                    device_share: (t.kernel_us > 0 && present_ms > 0.0)
+                        .then(|| (t.kernel_us as f64 / 1000.0 / present_ms).min(1.0)),
+                    dispatches: t.dispatches,
+                    input_bytes: t.input_bytes,
+                    output_bytes: t.output_bytes,
+                    backend: t.backend,
+                    adapter: t.adapter,
+                    items: t.items,
+                    items_per_s: if t.busy_us > 0 {
+                        t.items as f64 * 1e6 / t.busy_us as f64
+                    } else {
+                        0.0
+                    },
+                    finished_ms: if b.items.is_some() { present_ms } else { 0.0 },
+                }
             })
             .collect();
         let slept = workers.iter().all(|w| w.backend == "sleep");

@@ -30,6 +30,7 @@ fn worker(name: &str, session: u64) -> WorkerInfo {
         adapter: String::new(),
         window_hint: 1,
         codecs: 0,
+        fill: 0,
     }
 }
 

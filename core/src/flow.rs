@@ -14,7 +14,7 @@ use crate::protocol::{
 };
 use crate::text::{printable, RateLimited, TASK_TARGET};
 use crate::work::Outcome;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Heartbeat timeouts without a word from the sink after which a worker stops taking
@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 const SINK_LOSS_TIMEOUTS: u32 = 2;
 /// How soon a delivery the sink's queue refused is tried again.
 const RETRY: Duration = Duration::from_millis(5);
+
+/// A result's bytes on the wire besides its output, name and error: its fixed fields (71
+/// bytes) and the lengths' prefixes, rounded up.
+const RESULT_FIXED_BYTES: usize = 80;
 
 /// Tasks from one message of the ventilator, as the executor receives them.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +87,11 @@ pub enum FlowEvent {
     Declined { batch: u64, reason: String },
     /// The backend runs on something else now (`auto` for a data batch): greetings and
     /// results say so from here on.
-    Running { backend: String, adapter: String },
+    Running {
+        backend: String,
+        adapter: String,
+        fill: u32,
+    },
     /// A delivery's results found the sink's queue full: neither was sent.
     Undelivered(Delivery),
     /// The pump has read everything waiting, or a deadline passed.
@@ -196,6 +204,9 @@ pub struct Flow {
     put_back: usize,
     retry_at: Option<Instant>,
     counters: FlowCounters,
+    /// Input bytes of the data tasks in hand, by (batch, task): what their results say
+    /// this worker received.
+    inputs: HashMap<(u64, u32), u32>,
     reject_log: RateLimited,
     /// The ventilator named a batch (a task, a heartbeat, an end).
     seen_batch: bool,
@@ -224,6 +235,7 @@ impl Flow {
             put_back: 0,
             retry_at: None,
             counters: FlowCounters::default(),
+            inputs: HashMap::new(),
             reject_log: RateLimited::new(5, Duration::from_secs(1)),
             seen_batch: false,
             over: false,
@@ -265,9 +277,14 @@ impl Flow {
             FlowEvent::FromSink(message) => self.sink_message(now, message, out),
             FlowEvent::Finished(finished) => self.finished(finished, out),
             FlowEvent::ExecutorFailed(reason) => self.stop(FlowStop::ExecutorFailed(reason), out),
-            FlowEvent::Running { backend, adapter } => {
+            FlowEvent::Running {
+                backend,
+                adapter,
+                fill,
+            } => {
                 self.config.info.backend = backend;
                 self.config.info.adapter = adapter;
+                self.config.info.fill = fill;
             }
             FlowEvent::Declined { batch, reason } => {
                 self.current_batch = Some(batch);
@@ -537,6 +554,8 @@ impl Flow {
                 input,
             }) => {
                 let source = self.source(&job);
+                let bytes = u32::try_from(input.len()).unwrap_or(u32::MAX);
+                self.inputs.insert((batch, task.id), bytes);
                 out.push(FlowCommand::Run(Chunk {
                     batch,
                     job,
@@ -557,11 +576,17 @@ impl Flow {
             }
             Ok(Message::Heartbeat { batch }) => {
                 self.current_batch = (batch != 0).then_some(batch);
+                if batch != 0 {
+                    // Inputs of a batch left without its end heard (a ventilator restarted
+                    // on another) are not kept for results that will not come.
+                    self.inputs.retain(|(b, _), _| *b == batch);
+                }
             }
             Ok(Message::Yield { batch, id, .. }) => out.push(FlowCommand::Yield { batch, id }),
             Ok(Message::End { batch, shutdown }) => {
                 self.current_batch = None;
                 self.counters.batches += 1;
+                self.inputs.retain(|(b, _), _| *b != batch);
                 out.push(FlowCommand::Abandon(batch));
                 out.push(FlowCommand::Note(crate::events::Note::BatchEnd {
                     batch: crate::events::batch_name(batch),
@@ -634,7 +659,10 @@ impl Flow {
             let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
             let (mut start, mut bytes) = (0, 0);
             for (i, f) in outcomes.iter().enumerate() {
-                let size = f.outcome.output.len() + f.outcome.name.len() + 64;
+                let size = f.outcome.output.len()
+                    + f.outcome.name.len()
+                    + f.outcome.error.len()
+                    + RESULT_FIXED_BYTES;
                 if i > start && (i - start == MAX_ITEMS_PER_MESSAGE || bytes + size > budget) {
                     groups.push(start..i);
                     (start, bytes) = (i, 0);
@@ -669,6 +697,8 @@ impl Flow {
                             first: o.task.first,
                             items: o.task.items,
                             error: std::mem::take(&mut o.error),
+                            dispatches: o.dispatches,
+                            input_bytes: self.inputs.remove(&(batch, o.task.id)).unwrap_or(0),
                         }
                     })
                     .collect();
@@ -685,14 +715,18 @@ impl Flow {
                     .iter()
                     .filter(|r| r.status != Status::Failed)
                     .count() as u64;
+                // The outputs moved into the results: their sizes from there.
                 let done: Vec<Done> = chunk
                     .iter()
-                    .map(|f| Done {
+                    .zip(&results)
+                    .map(|(f, r)| Done {
                         id: f.outcome.task.id,
                         status: f.outcome.status,
                         wall_us: f.outcome.wall_us,
                         kernel_us: f.outcome.kernel_us,
                         items: f.outcome.task.items,
+                        dispatches: f.outcome.dispatches,
+                        output_bytes: u32::try_from(r.output.len()).unwrap_or(u32::MAX),
                     })
                     .collect();
                 let delivery = Delivery {

@@ -15,6 +15,7 @@ fn config() -> FlowConfig {
             adapter: String::new(),
             window_hint: 1,
             codecs: 0,
+            fill: 0,
         },
         heartbeat: Heartbeat {
             interval: Duration::from_millis(100),
@@ -321,6 +322,7 @@ fn a_user_kernels_source_travels_with_its_tasks_and_the_backend_name_follows_aut
     h.event(FlowEvent::Running {
         backend: "software".into(),
         adapter: "llvmpipe".into(),
+        fill: 4096,
     });
     h.advance(150);
     let last_hello = h
@@ -333,8 +335,12 @@ fn a_user_kernels_source_travels_with_its_tasks_and_the_backend_name_follows_aut
         })
         .expect("a greeting");
     assert_eq!(
-        (last_hello.backend.as_str(), last_hello.adapter.as_str()),
-        ("software", "llvmpipe")
+        (
+            last_hello.backend.as_str(),
+            last_hello.adapter.as_str(),
+            last_hello.fill
+        ),
+        ("software", "llvmpipe", 4096)
     );
 }
 

@@ -9,13 +9,14 @@
 //!
 //! When the ventilator says so (`in_pieces`: a faster worker could relieve this one), the
 //! worker's executor feeds a chunk to its backend as consecutive pieces (each a chunk of
-//! its own: same id, its own item range), sized to take about [`PIECE`] (the first by the
-//! chunk's expected duration, the rest at the rate the pieces before it ran), and merges
+//! its own: same id, its own item range), sized to take about [`piece_time`] (the first by
+//! the chunk's expected duration, the rest at the rate the pieces before it ran), and merges
 //! their outcomes into the chunk's one outcome: outputs in item order, exactly what the
 //! whole chunk would have given (search hits merged and sorted). A chunk whose outputs do
-//! not concatenate (a reduction to one value per chunk) runs whole and is never cut. The
-//! farm's fastest worker runs its chunks whole too: a piece has fixed costs (on the
-//! software adapter, pieces of 10 ms cost a one-worker 2048 x 2048 Mandelbrot job 5 %).
+//! not concatenate (a reduction to one value per chunk) runs whole and is never cut. A
+//! device worker clearly the farm's fastest runs its chunks whole too: a device's piece has
+//! fixed costs (on the software adapter, pieces of 10 ms cost a one-worker 2048 x 2048
+//! Mandelbrot job 5 %); a cpu or sleep worker's costs nothing ([`free`]), and is short.
 //! No clock here: the executor passes the times in.
 
 use crate::batch::{Job, Task};
@@ -27,6 +28,9 @@ use std::time::Duration;
 /// What a piece should take: short enough that a yield is heard soon, long enough that a
 /// piece's fixed costs (a submission and a read-back on a GPU) stay small.
 pub const PIECE: Duration = Duration::from_millis(50);
+/// What a piece should take on a backend whose pieces cost nothing ([`free`]): a yield is
+/// answered within about this, so the end game waits less for a tail than a copy costs.
+pub const FREE_PIECE: Duration = Duration::from_millis(10);
 /// The first piece is at most this fraction of the chunk (at least one item): a chunk
 /// expected to take less than a piece may still run forty times longer, on items dearer
 /// than those its worker was measured on.
@@ -54,6 +58,23 @@ pub fn splits(job: &Job, backend: &str) -> bool {
     }
 }
 
+/// Whether a piece costs `backend` nothing beside its items: the `cpu` and `sleep`
+/// backends run a piece on the worker's own thread, one call, with no submission or
+/// read-back to pay for (a device backend's piece is a dispatch and a copy back).
+pub fn free(backend: &str) -> bool {
+    matches!(backend, "cpu" | "sleep")
+}
+
+/// What a piece should take on `backend`: [`FREE_PIECE`] where pieces are [`free`],
+/// [`PIECE`] on a device.
+pub fn piece_time(backend: &str) -> Duration {
+    if free(backend) {
+        FREE_PIECE
+    } else {
+        PIECE
+    }
+}
+
 /// One chunk on its way through the backend in pieces.
 #[derive(Debug)]
 pub struct Pieces {
@@ -77,10 +98,27 @@ pub struct Pieces {
     status: Status,
     error: String,
     kernel_us: u64,
+    dispatches: u64,
     differing: u32,
+    /// The fewest items a piece has (`at_least`; 1 by default).
+    least: u32,
     /// Items and wall time of the pieces back: the rate the next piece is sized by.
     items_back: u64,
     wall_back_us: u64,
+    /// What a piece should take.
+    piece: Duration,
+}
+
+/// The first piece of `task`: the part expected to take `piece`, at most a quarter of
+/// the chunk, at least one item.
+fn first_size(task: &Task, piece: Duration) -> u32 {
+    let piece_ms = piece.as_millis().max(1) as u64;
+    let quarter = u64::from(task.items / FIRST_PIECE_OF);
+    let first = match u64::from(task.workload_ms) {
+        0 => quarter,
+        ms => (u64::from(task.items) * piece_ms).div_ceil(ms).min(quarter),
+    };
+    first.clamp(1, u64::from(task.items.max(1))) as u32
 }
 
 impl Pieces {
@@ -89,19 +127,14 @@ impl Pieces {
     /// most a quarter of the chunk.
     pub fn new(job: &Job, work: Work) -> Pieces {
         let task = work.task;
-        let piece_ms = PIECE.as_millis() as u64;
-        let quarter = u64::from(task.items / FIRST_PIECE_OF);
-        let first = match u64::from(task.workload_ms) {
-            0 => quarter,
-            ms => (u64::from(task.items) * piece_ms).div_ceil(ms).min(quarter),
-        };
         Pieces {
             job: *job,
             task,
             name: work.name,
             input: work.input,
             next: task.first,
-            size: first.clamp(1, u64::from(task.items.max(1))) as u32,
+            size: first_size(&task, PIECE),
+            piece: PIECE,
             handed: 0,
             back: 0,
             cut: false,
@@ -110,10 +143,29 @@ impl Pieces {
             status: Status::Verified,
             error: String::new(),
             kernel_us: 0,
+            dispatches: 0,
             differing: 0,
+            least: 1,
             items_back: 0,
             wall_back_us: 0,
         }
+    }
+
+    /// Pieces sized to take `piece` ([`piece_time`] of the worker's backend), the first too.
+    pub fn taking(mut self, piece: Duration) -> Pieces {
+        self.piece = piece.max(Duration::from_millis(1));
+        if self.handed == 0 {
+            self.size = first_size(&self.task, self.piece).max(self.least);
+        }
+        self
+    }
+
+    /// No piece under `items` (the last excepted): a GPU's fill, in the job's items, so a
+    /// chunk sized to fill the device is not run in pieces that leave it half idle.
+    pub fn at_least(mut self, items: u32) -> Pieces {
+        self.least = items.max(1);
+        self.size = self.size.max(self.least);
+        self
     }
 
     /// The chunk's id.
@@ -138,8 +190,9 @@ impl Pieces {
         if self.items_back > 0 {
             // Items per µs so far, over a piece's time; never past GROWTH times the last.
             let rate = self.items_back as f64 / self.wall_back_us.max(1) as f64;
-            let fits = (rate * PIECE.as_micros() as f64).clamp(1.0, f64::from(u32::MAX)) as u32;
-            self.size = fits.min(self.size.saturating_mul(GROWTH)).max(1);
+            let fits =
+                (rate * self.piece.as_micros() as f64).clamp(1.0, f64::from(u32::MAX)) as u32;
+            self.size = fits.min(self.size.saturating_mul(GROWTH)).max(self.least);
         }
         let items = u64::from(self.size).min(self.end() - self.next) as u32;
         let first = self.next;
@@ -191,6 +244,7 @@ impl Pieces {
             _ => {}
         }
         self.kernel_us += u64::from(outcome.kernel_us);
+        self.dispatches += u64::from(outcome.dispatches);
         self.differing = self.differing.saturating_add(outcome.differing);
         self.items_back += u64::from(outcome.task.items);
         self.wall_back_us += u64::from(outcome.wall_us);
@@ -249,6 +303,7 @@ impl Pieces {
             status: self.status,
             wall_us,
             kernel_us: self.kernel_us.min(u64::from(u32::MAX)) as u32,
+            dispatches: self.dispatches.min(u64::from(u32::MAX)) as u32,
             checksum,
             name: self.name,
             output,
@@ -425,37 +480,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pieces_grow_toward_the_piece_time_and_shrink_when_items_turn_dear() {
-        let job = mandelbrot_job();
+    /// Reports `task`, a piece, done in `wall_us`.
+    fn ran(pieces: &mut Pieces, task: Task, wall_us: u32) {
+        pieces.piece_done(Outcome {
+            task,
+            wall_us,
+            ..Outcome::default()
+        });
+    }
+
+    /// A job of 16,000 rows and a chunk of its first `items`, expected to take 800 ms.
+    fn rows_chunk(items: u32) -> (Job, Task) {
+        let job = Job {
+            items: 16 * 1000,
+            ..mandelbrot_job()
+        };
         let task = Task {
             id: 1,
             first: 0,
-            items: 16 * 1000,
+            items,
             workload_ms: 800,
         };
-        let job = Job {
-            items: 16 * 1000,
-            ..job
-        };
+        (job, task)
+    }
+
+    #[test]
+    fn pieces_grow_toward_the_piece_time_and_shrink_when_items_turn_dear() {
+        let (job, task) = rows_chunk(16 * 1000);
         let mut pieces = Pieces::new(&job, Work::from(task));
         let one = pieces.next_piece().unwrap();
         assert_eq!(one.task.items, 1000, "expected to take 50 ms of 800");
         // Cheap: 1,000 items in 1 ms, so 50,000 fit a piece, but growth is fourfold at most.
-        pieces.piece_done(Outcome {
-            task: one.task,
-            wall_us: 1000,
-            ..Outcome::default()
-        });
+        ran(&mut pieces, one.task, 1000);
         let two = pieces.next_piece().unwrap();
         assert_eq!(two.task.items, 4000);
         assert_eq!(two.task.first, 1000);
         // Dear: 4,000 items in 400 ms; 5,000 items in 401 ms over both, 623 a piece.
-        pieces.piece_done(Outcome {
-            task: two.task,
-            wall_us: 400_000,
-            ..Outcome::default()
-        });
+        ran(&mut pieces, two.task, 400_000);
         let three = pieces.next_piece().unwrap();
         assert_eq!(three.task.items, 623);
         // Expected to take 200 ms: a first piece of a quarter; 40 ms, or not said: a
@@ -468,6 +529,36 @@ mod tests {
             let mut pieces = Pieces::new(&job, Work::from(expected(ms)));
             assert_eq!(pieces.next_piece().unwrap().task.items, 4000, "{ms} ms");
         }
+    }
+
+    #[test]
+    fn a_cpu_workers_pieces_take_a_fifth_of_a_devices() {
+        assert_eq!(piece_time("cpu"), FREE_PIECE);
+        assert_eq!(piece_time("sleep"), FREE_PIECE);
+        assert_eq!(piece_time("software"), PIECE);
+        assert_eq!(piece_time("gpu"), PIECE);
+        let (job, task) = rows_chunk(16 * 1000);
+        let mut pieces = Pieces::new(&job, Work::from(task)).taking(FREE_PIECE);
+        let one = pieces.next_piece().unwrap();
+        assert_eq!(one.task.items, 200, "expected to take 10 ms of 800");
+        // 200 items in 4 ms: 500 fit 10 ms.
+        ran(&mut pieces, one.task, 4000);
+        assert_eq!(pieces.next_piece().unwrap().task.items, 500);
+    }
+
+    #[test]
+    fn a_devices_pieces_are_no_smaller_than_its_fill_but_the_last() {
+        let (job, task) = rows_chunk(10_000);
+        // A quarter of the chunk would be 625 items (50 ms of 800); the device fills at 3,000.
+        let mut pieces = Pieces::new(&job, Work::from(task)).at_least(3000);
+        let mut sizes = Vec::new();
+        while let Some(piece) = pieces.next_piece() {
+            sizes.push(piece.task.items);
+            // Dear: a piece's time would fit 10 items.
+            ran(&mut pieces, piece.task, 5_000_000);
+        }
+        assert_eq!(sizes, [3000, 3000, 3000, 1000]);
+        assert_eq!(pieces.outcome(1).task.items, 10_000);
     }
 
     #[test]

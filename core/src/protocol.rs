@@ -19,7 +19,7 @@ use thiserror::Error;
 /// First two bytes of every message: tells our traffic from a stranger's.
 pub const MAGIC: [u8; 2] = *b"CQ";
 /// Bumped whenever any body layout changes; peers of another version are rejected.
-pub const VERSION: u8 = 10;
+pub const VERSION: u8 = 11;
 /// Header: magic, version, kind.
 const HEADER_LEN: usize = 4;
 /// Largest task input or output by default (`--max-payload`).
@@ -294,6 +294,10 @@ pub struct WorkerInfo {
     /// The codecs the worker speaks ([`CODEC_LZ4`]), 0 for none: the ventilator compresses
     /// its inputs only in a codec it names, and it compresses its outputs only then.
     pub codecs: u8,
+    /// Invocations its device needs in one dispatch to run near its full rate, as it
+    /// measured them (0 for `sleep` and `cpu`): a divisible job's chunks for it are at
+    /// least that large.
+    pub fill: u32,
 }
 
 /// What a worker tells the ventilator for each finished task: enough to return credit and
@@ -309,6 +313,10 @@ pub struct Done {
     /// A chunk: the items done from its first, fewer than it was given when the worker
     /// gave up its tail ([`Message::Yield`]); 0 for a task of a task list.
     pub items: u32,
+    /// Kernel dispatches the task took on the device (0 on `cpu` and `sleep`).
+    pub dispatches: u32,
+    /// Its output's bytes, uncompressed (0 for a task without output).
+    pub output_bytes: u32,
 }
 
 /// One task's result as the sink receives it.
@@ -342,6 +350,11 @@ pub struct TaskResult {
     /// Why the task failed (status `failed`), as the worker's backend said; empty
     /// otherwise. The sink keeps the last one per task for a task it gives up on.
     pub error: String,
+    /// Kernel dispatches the task took on the device (0 on `cpu` and `sleep`).
+    pub dispatches: u32,
+    /// Its input's bytes as the worker received them, uncompressed (a data task's; 0
+    /// otherwise).
+    pub input_bytes: u32,
 }
 
 impl TaskResult {
@@ -782,6 +795,8 @@ impl Message {
                     w.u32(d.wall_us);
                     w.u32(d.kernel_us);
                     w.u32(d.items);
+                    w.u32(d.dispatches);
+                    w.u32(d.output_bytes);
                 }
             }
             Message::Heartbeat { batch } => w.u64(*batch),
@@ -1127,7 +1142,7 @@ impl Message {
             }
             3 => {
                 let batch = r.u64()?;
-                let n = r.count(17)?;
+                let n = r.count(25)?;
                 let mut done = Vec::with_capacity(n);
                 for _ in 0..n {
                     done.push(Done {
@@ -1136,6 +1151,8 @@ impl Message {
                         wall_us: r.u32()?,
                         kernel_us: r.u32()?,
                         items: r.u32()?,
+                        dispatches: r.u32()?,
+                        output_bytes: r.u32()?,
                     });
                 }
                 Message::Done { batch, done }
@@ -1149,7 +1166,7 @@ impl Message {
             7 | 19 => {
                 let batch = r.u64()?;
                 let worker = r.worker_info()?;
-                let n = r.count(63)?;
+                let n = r.count(71)?;
                 let mut results = Vec::with_capacity(n);
                 for _ in 0..n {
                     results.push(TaskResult {
@@ -1167,6 +1184,8 @@ impl Message {
                         first: r.u64()?,
                         items: r.u32()?,
                         error: r.str()?,
+                        dispatches: r.u32()?,
+                        input_bytes: r.u32()?,
                     });
                 }
                 if kind == 7 {
@@ -1502,6 +1521,8 @@ impl Writer {
         self.u64(r.first);
         self.u32(r.items);
         self.str(&r.error);
+        self.u32(r.dispatches);
+        self.u32(r.input_bytes);
     }
     /// A task: its id and workload, and a divisible job's chunk its item range.
     fn task(&mut self, job: &Job, task: &Task) {
@@ -1524,6 +1545,7 @@ impl Writer {
         self.str(&info.adapter);
         self.u16(info.window_hint);
         self.u8(info.codecs);
+        self.u32(info.fill);
     }
     /// A task or a job's chunk of a batch, named by the sink to the ventilator: its id
     /// and its items (`first..first + items`; 0 items for a task).
@@ -1680,6 +1702,7 @@ impl Reader<'_> {
             adapter: self.str()?,
             window_hint: self.u16()?,
             codecs: self.u8()?,
+            fill: self.u32()?,
         })
     }
     /// See [`Writer::task_ref`]: (batch, id, first, items).
@@ -1798,6 +1821,7 @@ mod tests {
             adapter: String::new(),
             window_hint: 2,
             codecs: 0,
+            fill: 270_336,
         }
     }
 
@@ -1835,6 +1859,8 @@ mod tests {
                     wall_us: 12,
                     kernel_us: 5,
                     items: 40,
+                    dispatches: 6,
+                    output_bytes: 1 << 31,
                 }],
             },
             Message::Heartbeat { batch: 0 },
@@ -1858,6 +1884,8 @@ mod tests {
                     first: 1 << 33,
                     items: 77,
                     error: "a lost device".into(),
+                    dispatches: 4096,
+                    input_bytes: 3 << 30,
                     ..TaskResult::default()
                 }],
             },
@@ -2295,6 +2323,7 @@ mod tests {
                 adapter: String::new(),
                 window_hint: 1,
                 codecs: 0,
+                fill: 0,
             };
             let (head, parts) =
                 Message::encode_results_split(9, &worker, &mut results, false).unwrap();

@@ -15,6 +15,17 @@ pub struct WorkerReport {
     pub busy_ms: f64,
     /// Sum of device kernel times (0 where not measured).
     pub kernel_ms: f64,
+    /// Its device's busy share: kernel time over its time present (the batch's start to
+    /// its last result); absent where no kernel time is measured (`sleep`). A `cpu`
+    /// worker's kernel time is its computation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_share: Option<f64>,
+    /// Kernel dispatches its tasks took on the device (0 on `cpu` and `sleep`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dispatches: u64,
+    /// Input bytes of the tasks it delivered first, as it received them (data tasks).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub input_bytes: u64,
     /// Output bytes of the results it delivered first, uncompressed (data kernels).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub output_bytes: u64,
@@ -328,7 +339,10 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         s += &format!("Total elapsed time: {:.0} msec\n", self.elapsed_ms);
-        if self.finished_ms >= self.elapsed_ms + 1.0 {
+        // Said only where something was written after the last result: the
+        // ventilator's last counters alone can add a millisecond on a busy machine.
+        let written = self.picture.is_some() || self.outputs_dir.is_some();
+        if written && self.finished_ms >= self.elapsed_ms + 1.0 {
             s += &format!(
                 "Finished, outputs and picture on disk: {:.0} msec (the elapsed time ends at the last result)\n",
                 self.finished_ms
@@ -489,8 +503,14 @@ impl Report {
             .unwrap_or(0)
             .max(6);
         let job = self.job.is_some();
+        // Device columns where a worker has a device; bytes where tasks carried data.
+        let device = self.workers.iter().any(|w| w.dispatches > 0);
+        let data = self
+            .workers
+            .iter()
+            .any(|w| w.input_bytes > 0 || w.output_bytes > 0);
         s += &format!(
-            "{:<name_width$}  {:>6}  {}{:>9}  {:>9}  {:<8}  adapter\n",
+            "{:<name_width$}  {:>6}  {}{:>9}  {:>9}  {}{}{:<8}  adapter\n",
             "worker",
             if job { "chunks" } else { "tasks" },
             if job {
@@ -500,11 +520,21 @@ impl Report {
             },
             "busy ms",
             "kernel ms",
+            if device {
+                format!("{:>6}  {:>10}  ", "device", "dispatches")
+            } else {
+                String::new()
+            },
+            if data {
+                format!("{:>9}  {:>9}  ", "in", "out")
+            } else {
+                String::new()
+            },
             "backend"
         );
         for w in &self.workers {
             s += &format!(
-                "{:<name_width$}  {:>6}  {}{:>9.1}  {:>9.1}  {:<8}  {}\n",
+                "{:<name_width$}  {:>6}  {}{:>9.1}  {:>9.1}  {}{}{:<8}  {}\n",
                 crate::text::printable(&w.id),
                 w.tasks,
                 if job {
@@ -514,6 +544,23 @@ impl Report {
                 },
                 w.busy_ms,
                 w.kernel_ms,
+                if device {
+                    let share = w
+                        .device_share
+                        .map_or_else(|| "-".to_owned(), |d| format!("{:.0}%", 100.0 * d));
+                    format!("{share:>6}  {:>10}  ", w.dispatches)
+                } else {
+                    String::new()
+                },
+                if data {
+                    format!(
+                        "{:>9}  {:>9}  ",
+                        crate::text::bytes(w.input_bytes),
+                        crate::text::bytes(w.output_bytes)
+                    )
+                } else {
+                    String::new()
+                },
                 crate::text::printable(&w.backend),
                 if w.adapter.is_empty() {
                     "-".into()

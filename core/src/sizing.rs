@@ -109,6 +109,48 @@ impl Sizer {
     }
 }
 
+/// A dispatch fills a device when it runs at least this share of the best rate measured.
+pub const FILL_SHARE: f64 = 0.8;
+/// The fill measurement stops at dispatches this long, in µs: past it, larger ones only
+/// take longer.
+pub const FILL_LONGEST_US: f64 = 2_000.0;
+
+/// How many invocations a device needs in one dispatch to run near its full rate: from
+/// dispatches of doubling sizes (`(invocations, µs)`, in the order run), the smallest whose
+/// rate is at least [`FILL_SHARE`] of the best. Below it a device holds idle lanes (or a
+/// dispatch is mostly its launch), so work handed to it in smaller pieces undersells it.
+/// 0 when nothing was measured.
+pub fn fill(samples: &[(u32, f64)]) -> u32 {
+    let rate = |&(n, us): &(u32, f64)| {
+        if us.is_finite() && us > 0.0 {
+            f64::from(n) / us
+        } else {
+            0.0
+        }
+    };
+    let best = samples.iter().map(rate).fold(0.0, f64::max);
+    if best <= 0.0 {
+        return 0;
+    }
+    samples
+        .iter()
+        .filter(|s| rate(s) >= FILL_SHARE * best)
+        .map(|&(n, _)| n)
+        .min()
+        .unwrap_or(0)
+}
+
+/// Whether the fill measurement may stop after `samples`: the last dispatch ran long, or
+/// the last two doublings gained under a tenth each (the rate has levelled off).
+pub fn fill_measured(samples: &[(u32, f64)]) -> bool {
+    let rate = |&(n, us): &(u32, f64)| f64::from(n) / us.max(1e-3);
+    match samples {
+        [.., (_, us)] if *us >= FILL_LONGEST_US => true,
+        [.., a, b, c] => rate(b) < 1.1 * rate(a) && rate(c) < 1.1 * rate(b),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +255,63 @@ mod tests {
         // caller capped, as a warm-up does).
         sizer.observe(64, 1 << 20, 1 << 14, 100.0);
         assert_eq!(sizer.size(), size);
+    }
+
+    /// A device of `lanes` lanes running waves of `cost` µs each, every dispatch `overhead`
+    /// µs more: dispatches of 2^8, 2^9, ... invocations until the measurement stops.
+    fn measure(lanes: u32, cost: f64, overhead: f64) -> Vec<(u32, f64)> {
+        let mut samples = Vec::new();
+        let mut n = 256u32;
+        while !fill_measured(&samples) && n <= 1 << 26 {
+            let waves = f64::from(n.div_ceil(lanes));
+            samples.push((n, overhead + waves * cost));
+            n *= 2;
+        }
+        samples
+    }
+
+    #[test]
+    fn a_device_fills_at_its_lanes_where_dispatches_cost_nothing_more() {
+        // Kernel time only (no launch in it): the fill is within a factor of two of the
+        // device's lanes, an H200's ~270,000 resident threads among them.
+        for lanes in [1024, 16_384, 270_336] {
+            let samples = measure(lanes, 50.0, 0.0);
+            let fill = fill(&samples);
+            assert!(
+                fill >= lanes / 2 && fill <= lanes.next_power_of_two(),
+                "{lanes} lanes: fill {fill} from {samples:?}"
+            );
+        }
+        // Nothing measured: no fill.
+        assert_eq!(fill(&[]), 0);
+        assert_eq!(fill(&[(1024, 0.0)]), 0);
+    }
+
+    proptest! {
+        /// Whatever the device, the fill is one of the sizes measured, runs at 0.8 of the
+        /// best rate at least, and no smaller size measured does; the measurement stops
+        /// where the rate levels off or a dispatch runs long, or at the largest size.
+        #[test]
+        fn the_fill_is_the_smallest_size_near_the_best_rate(
+            lanes in 1u32..1 << 20,
+            cost in 0.01f64..5_000.0,
+            overhead in 0.0f64..500.0,
+        ) {
+            let samples = measure(lanes, cost, overhead);
+            let largest = samples.last().map(|s| s.0);
+            prop_assert!(fill_measured(&samples) || largest == Some(1 << 26), "{:?}", samples);
+            // Stopped at the first sample that says so, not later.
+            prop_assert!(!fill_measured(&samples[..samples.len() - 1]), "{:?}", samples);
+            let fill = fill(&samples);
+            let rate = |n: u32| {
+                let (_, us) = samples.iter().find(|s| s.0 == n).unwrap();
+                f64::from(n) / us
+            };
+            let best = samples.iter().map(|s| rate(s.0)).fold(0.0, f64::max);
+            prop_assert!(rate(fill) >= FILL_SHARE * best);
+            for &(n, _) in samples.iter().filter(|s| s.0 < fill) {
+                prop_assert!(rate(n) < FILL_SHARE * best);
+            }
+        }
     }
 }

@@ -102,6 +102,29 @@ pub fn peer_name(routing_id: &[u8]) -> String {
     }
 }
 
+/// A byte count in binary units with three significant digits: `512 B`, `4.00 KiB`,
+/// `33.6 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.digits$} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +151,15 @@ mod tests {
         assert_eq!(shown, r#"{"id":"evil\u202egnp.exe"}"#);
         let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
         assert_eq!(back["id"], "evil\u{202e}gnp.exe");
+    }
+
+    #[test]
+    fn byte_counts_print_in_binary_units_with_three_digits() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(4096), "4.00 KiB");
+        assert_eq!(bytes(35_232_000), "33.6 MiB");
+        assert_eq!(bytes(400 << 20), "400 MiB");
+        assert_eq!(bytes(u64::MAX), "16384 PiB");
     }
 }

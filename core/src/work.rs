@@ -34,6 +34,8 @@ pub struct Outcome {
     /// the computation's own wall time on `cpu`, 0 where nothing is measured (`sleep`, or
     /// an adapter without timestamp queries).
     pub kernel_us: u32,
+    /// Kernel dispatches it took on the device (0 on `cpu` and `sleep`).
+    pub dispatches: u32,
     /// The kernel's checksum; 0 for `sleep`.
     pub checksum: u64,
     /// The input's name, passed through (the sink names the output after it).

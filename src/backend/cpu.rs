@@ -62,6 +62,7 @@ impl Backend for Cpu {
                         },
                         wall_us,
                         kernel_us: wall_us,
+                        dispatches: 0,
                         checksum,
                         name: work.name,
                         output,

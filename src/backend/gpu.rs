@@ -6,8 +6,8 @@
 //! Every kernel goes through one path, the kernel interface (`kernels`, docs/kernels.md):
 //! one bind group layout (`params` uniform with a dynamic offset, `input` read-only
 //! storage, `output` read-write storage), one pipeline per kernel source (compiled once by
-//! `prepare` and cached by its hash), one invocation per item, a task's items split into
-//! dispatches of bounded size. The context (device, queue, layout, buffers, bind groups) is
+//! `prepare` and cached by its hash), one invocation per item (a search's invocation tries
+//! 16 keys), a task's items split into dispatches of bounded size. The context (device, queue, layout, buffers, bind groups) is
 //! built once per worker and reused: a slot's input and output buffers grow (to the next
 //! power of two) when a task needs more, within the adapter's limits, which the device is
 //! opened with. A warm-up task, checked against the CPU reference, keeps shader
@@ -72,6 +72,24 @@ impl AdapterClass {
     }
 }
 
+/// The built-in shaders' `@workgroup_size`, as shipped.
+const SHIPPED_WORKGROUP: u32 = 64;
+
+/// A built-in shader's source at `size` invocations a workgroup.
+fn with_workgroup(source: &str, size: u32) -> String {
+    source.replace(
+        &format!("@workgroup_size({SHIPPED_WORKGROUP})"),
+        &format!("@workgroup_size({size})"),
+    )
+}
+
+/// Most fills of the device a probe may hold for a kernel's workgroup size to be tuned.
+const TUNE_PROBE_FILLS: u64 = 64;
+
+/// Longest a probe may take for a kernel's workgroup size to be tuned on it
+/// (`tune_workgroup`): six runs of it must stay a small part of a job.
+const TUNE_PROBE_MOST: Duration = Duration::from_millis(20);
+
 /// Longest a dispatch may take by default, in ms: a twentieth of the 2 s desktop drivers
 /// allow before they reset the device.
 pub const DEFAULT_MAX_DISPATCH_MS: f64 = 100.0;
@@ -79,7 +97,8 @@ pub const DEFAULT_MAX_DISPATCH_MS: f64 = 100.0;
 /// Tuning of the GPU context.
 #[derive(Debug, Clone, Copy)]
 pub struct GpuConfig {
-    /// Most invocations in one dispatch (`--dispatch-invocations`; the device's own limit
+    /// Most items in one dispatch: invocations, a search's keys (`--dispatch-invocations`;
+    /// the device's own limit
     /// caps it too). Below it each kernel's dispatches are sized by how long they take
     /// ([`conquer_core::sizing`]).
     pub max_invocations_per_dispatch: u32,
@@ -95,6 +114,9 @@ pub struct GpuConfig {
     /// Largest storage buffer to use, below the adapter's own limit (tests; `None`: the
     /// adapter's).
     pub max_buffer: Option<u64>,
+    /// Choose each built-in kernel's workgroup size by measurement when it is first
+    /// compiled (`--tune-workgroups`; `tune_workgroup`).
+    pub tune_workgroups: bool,
 }
 
 impl Default for GpuConfig {
@@ -105,6 +127,7 @@ impl Default for GpuConfig {
             slots: 4,
             task_timeout: Duration::from_secs(120),
             max_buffer: None,
+            tune_workgroups: false,
         }
     }
 }
@@ -242,7 +265,7 @@ pub struct Gpu {
     free: Vec<usize>,
     /// Byte distance between dispatch parameters (the uniform offset alignment).
     params_stride: u64,
-    /// Most invocations in one dispatch (rounded down to whole workgroups per kernel).
+    /// Most items in one dispatch (rounded down to whole workgroups per kernel).
     max_invocations_per_dispatch: u32,
     max_workgroups: u32,
     max_workgroup_invocations: u32,
@@ -271,11 +294,23 @@ pub struct Gpu {
     /// Why the device was lost, once it was.
     lost: Arc<Mutex<Option<String>>>,
     last_completion: Instant,
+    /// Invocations a dispatch needs to run near the device's full rate (`measure_fill`).
+    fill: u32,
+    /// While `measure_fill` or `tune_workgroup` runs: its tasks are not the worker's.
+    measuring: bool,
+    /// Workgroup sizes measured for built-in kernels (`tune_workgroup`), by pipeline key.
+    tuned: HashMap<u64, u32>,
 }
 
 impl Gpu {
-    /// Builds the context on `adapter` and runs the warm-up self-test.
+    /// Builds the context on `adapter`, runs the warm-up self-test and measures the
+    /// device's fill.
     pub fn new(adapter: &wgpu::Adapter, config: GpuConfig) -> anyhow::Result<Gpu> {
+        Gpu::open(adapter, config, None)
+    }
+
+    /// [`Gpu::new`], with the fill already known (a device rebuilt on the same adapter).
+    fn open(adapter: &wgpu::Adapter, config: GpuConfig, fill: Option<u32>) -> anyhow::Result<Gpu> {
         let info = adapter.get_info();
         let class = AdapterClass::of(info.device_type)
             .ok_or_else(|| anyhow!("{} is neither a GPU nor a CPU adapter", describe(&info)))?;
@@ -398,10 +433,105 @@ impl Gpu {
             errors,
             lost,
             last_completion: Instant::now(),
+            fill: 0,
+            measuring: false,
+            tuned: HashMap::new(),
         };
         gpu.self_test()
             .with_context(|| format!("warm-up on {} failed", describe(&info)))?;
+        if let Some(fill) = fill {
+            gpu.fill = fill;
+            return Ok(gpu);
+        }
+        let measuring = Instant::now();
+        gpu.measuring = true;
+        gpu.fill = gpu.measure_fill();
+        gpu.measuring = false;
+        log::debug!(
+            "{} runs near its full rate from {} invocations a dispatch (measured in {:.1} ms)",
+            gpu.adapter_name,
+            gpu.fill,
+            measuring.elapsed().as_secs_f64() * 1000.0
+        );
         Ok(gpu)
+    }
+
+    /// Invocations this device needs in one dispatch to run near its full rate: `spin`
+    /// dispatches of doubling sizes, timed by the device's timestamps (the task's wall time
+    /// where it has none), until their rate levels off or one runs 2 ms
+    /// (`sizing::fill`). 4-21 ms at start on the software adapter; from the sizes measured
+    /// before a dispatch failed, if one did (0 if none was).
+    fn measure_fill(&mut self) -> u32 {
+        let key = pipeline_key(&Job {
+            kernel: Kernel::Spin.id(),
+            ..Job::default()
+        });
+        let Some(granule) = self.pipelines.get(&key).map(|p| p.workgroup) else {
+            return 0;
+        };
+        let saved_cap = self.max_invocations_per_dispatch;
+        let saved = self.pipelines.get(&key).map(|p| p.sizer.clone());
+        let most = saved_cap
+            .min(self.max_workgroups.saturating_mul(granule))
+            .min(1 << 26);
+        let mut samples: Vec<(u32, f64)> = Vec::new();
+        let mut n = granule.max(256);
+        while n <= most && !conquer_core::sizing::fill_measured(&samples) {
+            // One dispatch of `n` invocations: a task of 1 ms at `n` units a ms.
+            let job = Job {
+                kernel: Kernel::Spin.id(),
+                units_per_ms: n,
+                ..Job::default()
+            };
+            self.max_invocations_per_dispatch = n;
+            if let Some(p) = self.pipelines.get_mut(&key) {
+                p.sizer = Sizer::new(SizingConfig {
+                    cap: n,
+                    start: n,
+                    ..SizingConfig::new(n, self.config.max_dispatch_us, granule)
+                });
+            }
+            let task = Task {
+                id: 0,
+                workload_ms: 1,
+                ..Default::default()
+            };
+            // The quicker of two runs: a slice of the CPU taken away (software adapters)
+            // or a clock ramping up is noise, not the device.
+            let mut best: Option<u32> = None;
+            for _ in 0..2 {
+                let mut outcome = None;
+                let mut tasks = std::iter::once(Work::from(task));
+                self.run(&job, &mut || tasks.next(), &mut |o| outcome = Some(o));
+                match outcome {
+                    Some(o) if o.status == Status::Ok && o.dispatches == 1 => {
+                        // One clock for every size: the device's where it has one.
+                        let us = if self.timestamp_period_ns.is_some() {
+                            o.kernel_us
+                        } else {
+                            o.wall_us
+                        };
+                        best = Some(best.map_or(us, |b| b.min(us)));
+                    }
+                    _ => {
+                        best = None;
+                        break;
+                    }
+                }
+            }
+            let Some(us) = best else { break };
+            // Under 10 µs a microsecond clock says little of a rate: only larger sizes
+            // count.
+            if us >= 10 {
+                samples.push((n, f64::from(us)));
+            }
+            n = n.saturating_mul(2);
+        }
+        self.max_invocations_per_dispatch = saved_cap;
+        if let (Some(p), Some(sizer)) = (self.pipelines.get_mut(&key), saved) {
+            p.sizer = sizer;
+        }
+        conquer_core::sizing::fill(&samples)
     }
 
     /// Runs a small task that covers a partial workgroup and several dispatches, and checks
@@ -505,8 +635,11 @@ fn abandon(old: Gpu) {
 /// A compiled kernel.
 struct Pipeline {
     pipeline: wgpu::ComputePipeline,
-    /// Invocations per workgroup (`@workgroup_size`).
+    /// Items per workgroup: its invocations (`@workgroup_size`) times the items each
+    /// handles ([`Kernel::items_per_invocation`]).
     workgroup: u32,
+    /// Invocations per workgroup (`@workgroup_size`).
+    invocations: u32,
     /// How many invocations its dispatches get, from how long they took.
     sizer: Sizer,
 }
@@ -721,26 +854,46 @@ impl Gpu {
             (None, Some(user)) => (user, format!("kernel {key:016x}")),
             (None, None) => return Err("the user kernel's source never arrived".to_owned()),
         };
-        let checked = kernels::user::check(source, &label)?;
-        let workgroup = checked.invocations_per_workgroup();
-        if workgroup == 0 || workgroup > self.max_workgroup_invocations {
+        // A size measured before (on the device this one replaced) is built at once.
+        let tuned = self.tuned.get(&key).copied();
+        let built = match tuned {
+            Some(size) => self.build(kernel, &with_workgroup(source, size), &label),
+            None => self.build(kernel, source, &label),
+        };
+        self.pipelines.insert(key, built?);
+        if tuned.is_none() && self.config.tune_workgroups && kernel.builtin_source().is_some() {
+            self.tune_workgroup(job, key, kernel, source, &label);
+        }
+        self.compiled.push((*job, given));
+        Ok(())
+    }
+
+    /// `source` checked against the interface and compiled into a pipeline, with a sizer
+    /// of its own.
+    fn build(&mut self, kernel: Kernel, source: &str, label: &str) -> Result<Pipeline, String> {
+        let checked = kernels::user::check(source, label)?;
+        let invocations = checked.invocations_per_workgroup();
+        if invocations == 0 || invocations > self.max_workgroup_invocations {
             return Err(format!(
-                "{label}: @workgroup_size({workgroup}) is over this adapter's limit of {} \
+                "{label}: @workgroup_size({invocations}) is over this adapter's limit of {} \
                  invocations per workgroup",
                 self.max_workgroup_invocations
             ));
         }
+        // Dispatches are sized in items: a workgroup's invocations times the items each
+        // handles (a user kernel's one).
+        let workgroup = invocations * kernel.items_per_invocation();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
+                label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
+                label: Some(label),
                 layout: Some(&self.pipeline_layout),
                 module: &module,
                 entry_point: Some("main"),
@@ -753,27 +906,179 @@ impl Gpu {
                 self.adapter_name
             ));
         }
+        Ok(Pipeline {
+            pipeline,
+            workgroup,
+            sizer: self.fresh_sizer(workgroup),
+            invocations,
+        })
+    }
+
+    /// A sizer for a kernel of `workgroup` items a workgroup, from its start.
+    fn fresh_sizer(&self, workgroup: u32) -> Sizer {
         // The device's own limit: whole workgroups, at most the count one dimension takes.
         let cap = self
             .config
             .max_invocations_per_dispatch
             .min(self.max_workgroups.saturating_mul(workgroup))
             .max(workgroup);
-        let sizer = Sizer::new(SizingConfig::new(
+        Sizer::new(SizingConfig::new(
             cap,
             self.config.max_dispatch_us,
             workgroup,
-        ));
-        self.pipelines.insert(
-            key,
-            Pipeline {
-                pipeline,
-                workgroup,
-                sizer,
-            },
-        );
-        self.compiled.push((*job, given));
-        Ok(())
+        ))
+    }
+
+    /// A built-in kernel's workgroup size, chosen by measurement: the kernel compiled at
+    /// 64, 128 and 256 invocations a workgroup (within the device's limit), each timed on
+    /// a task of the job that says what its tasks cost ([`kernels::probe_task`]: rows
+    /// through the middle of a picture, a search's keys, a fill's worth where the job is
+    /// divisible), the quicker of two runs, on the device's clock where it has one. The
+    /// shipped 64 stays unless another size is a twentieth quicker, and when the probe
+    /// takes the device over [`TUNE_PROBE_MOST`] or holds more than [`TUNE_PROBE_FILLS`]
+    /// fills of it (six runs would cost the job too much).
+    /// Kernels without a probe (`spin`, `copy`) keep 64.
+    fn tune_workgroup(&mut self, job: &Job, key: u64, kernel: Kernel, source: &str, label: &str) {
+        let Some(probe) = kernels::probe_task(job, self.fill.max(1 << 14)) else {
+            return;
+        };
+        let Ok(shape) = kernels::shape(job, probe, 0) else {
+            return;
+        };
+        // A task list's probe is a whole task: one far past the device's fill (a search's
+        // task of 2^32 keys) would cost more than it can tell.
+        let invocations = shape.items.div_ceil(kernel.items_per_invocation());
+        if u64::from(invocations) > TUNE_PROBE_FILLS * u64::from(self.fill.max(1 << 14)) {
+            return;
+        }
+        if !source.contains(&format!("@workgroup_size({SHIPPED_WORKGROUP})")) {
+            return;
+        }
+        let timestamps = self.timestamp_period_ns.is_some();
+        let most_us = TUNE_PROBE_MOST.as_micros() as u32;
+        let saved_cap = self.max_invocations_per_dispatch;
+        let mut timed: Vec<(u32, u32, Pipeline)> = Vec::new();
+        // Set when the device was lost and rebuilt under the probe: what was timed was on
+        // the old one.
+        let mut rebuilt = false;
+        self.measuring = true;
+        for size in [SHIPPED_WORKGROUP, 128, 256] {
+            if size > self.max_workgroup_invocations {
+                continue;
+            }
+            let pipeline = match size {
+                SHIPPED_WORKGROUP => self.pipelines.remove(&key),
+                _ => self
+                    .build(kernel, &with_workgroup(source, size), label)
+                    .ok(),
+            };
+            let Some(mut pipeline) = pipeline else {
+                continue;
+            };
+            // The probe in one dispatch at every size, as a warm sizer would run it: a
+            // cold sizer's small first dispatches would time launches, not the kernel.
+            let whole = shape
+                .items
+                .div_ceil(pipeline.workgroup)
+                .clamp(1, self.max_workgroups)
+                .saturating_mul(pipeline.workgroup);
+            pipeline.sizer = Sizer::new(SizingConfig {
+                cap: whole,
+                start: whole,
+                ..SizingConfig::new(whole, self.config.max_dispatch_us, pipeline.workgroup)
+            });
+            self.max_invocations_per_dispatch = whole;
+            self.pipelines.insert(key, pipeline);
+            let mut best: Option<u32> = None;
+            for _ in 0..2 {
+                let mut outcome = None;
+                let mut tasks = std::iter::once(Work::from(probe));
+                self.run(job, &mut || tasks.next(), &mut |o| outcome = Some(o));
+                match outcome {
+                    Some(o) if o.status == Status::Ok => {
+                        let us = if timestamps { o.kernel_us } else { o.wall_us };
+                        best = Some(best.map_or(us, |b| b.min(us)));
+                        if us > most_us {
+                            // Too dear a probe to run again: it is not timed further.
+                            break;
+                        }
+                    }
+                    _ => {
+                        best = None;
+                        break;
+                    }
+                }
+            }
+            self.max_invocations_per_dispatch = saved_cap;
+            let Some(pipeline) = self.pipelines.remove(&key) else {
+                // The device was rebuilt under the probe, without this kernel.
+                rebuilt = true;
+                break;
+            };
+            let Some(us) = best else {
+                timed.push((size, u32::MAX, pipeline));
+                break;
+            };
+            timed.push((size, us.max(1), pipeline));
+            if us > most_us {
+                // Too dear a probe to time the other sizes on: the shipped size stays.
+                break;
+            }
+        }
+        self.max_invocations_per_dispatch = saved_cap;
+        self.measuring = false;
+        if rebuilt {
+            // Pipelines of the lost device are of no use on the new one.
+            timed.clear();
+        }
+        let shipped_us = timed
+            .iter()
+            .find(|(size, _, _)| *size == SHIPPED_WORKGROUP)
+            .map(|(_, us, _)| f64::from(*us));
+        let choice = timed
+            .iter()
+            .enumerate()
+            .filter(|(_, (size, us, _))| {
+                *size == SHIPPED_WORKGROUP || shipped_us.is_none_or(|s| f64::from(*us) < 0.95 * s)
+            })
+            .min_by_key(|(_, (_, us, _))| *us)
+            .map(|(i, _)| i);
+        let said: Vec<String> = timed
+            .iter()
+            .map(|(size, us, _)| format!("{size}: {us} µs"))
+            .collect();
+        match choice {
+            Some(i) => {
+                let (size, _, mut pipeline) = timed.swap_remove(i);
+                log::debug!(
+                    "{label} on {}: workgroups of {size} invocations (measured {})",
+                    self.adapter_name,
+                    said.join(", ")
+                );
+                // Its dispatches sized afresh, from the start, as any kernel's.
+                pipeline.sizer = self.fresh_sizer(pipeline.workgroup);
+                self.tuned.insert(key, size);
+                self.pipelines.insert(key, pipeline);
+            }
+            None => {
+                // Nothing ran: the shipped size, built again (a failure shows in the task).
+                if let Ok(pipeline) = self.build(kernel, source, label) {
+                    self.pipelines.insert(key, pipeline);
+                }
+            }
+        }
+    }
+
+    /// The workgroup size measured for `job`'s kernel (`--tune-workgroups`), if it was.
+    pub fn tuned_workgroup(&self, job: &Job) -> Option<u32> {
+        self.tuned.get(&pipeline_key(job)).copied()
+    }
+
+    /// Invocations a workgroup of `job`'s kernel has on this device, once prepared.
+    pub fn workgroup_invocations(&self, job: &Job) -> Option<u32> {
+        self.pipelines
+            .get(&pipeline_key(job))
+            .map(|p| p.invocations)
     }
 
     /// The device was lost: opens a new one on the same adapter (warm-up included) and
@@ -802,7 +1107,10 @@ impl Gpu {
         // A fresh instance's adapter where it can: a software adapter runs every device of
         // one instance on one pool of threads, which a runaway kernel may still hold.
         let adapter = same_adapter(&self.adapter).unwrap_or_else(|| self.adapter.clone());
-        let rebuilt = Gpu::new(&adapter, self.config).and_then(|mut fresh| {
+        let tuned = self.tuned.clone();
+        let rebuilt = Gpu::open(&adapter, self.config, Some(self.fill)).and_then(|mut fresh| {
+            // Kernels come back at the workgroup sizes measured for them, not measured again.
+            fresh.tuned = tuned;
             for (job, source) in &self.compiled {
                 fresh
                     .compile(job, source.as_deref())
@@ -931,6 +1239,7 @@ impl Gpu {
             0,
             0,
         ];
+        let constants = kernels::device_constants(job);
         let last_round = rounds.len() - 1;
         let mut index = None;
         for (round, chunk) in rounds.iter().enumerate() {
@@ -941,7 +1250,7 @@ impl Gpu {
                     let mut words = [0u32; 16];
                     words[..3].copy_from_slice(&[task.kernel_id(), start, count]);
                     words[3..8].copy_from_slice(&fixed);
-                    words[8..].copy_from_slice(&job.constants);
+                    words[8..].copy_from_slice(&constants);
                     params[at..at + PARAMS_BYTES as usize]
                         .copy_from_slice(bytemuck::cast_slice(&words));
                 }
@@ -960,14 +1269,18 @@ impl Gpu {
                 encoder.clear_buffer(&s.input, from, Some(extent - from));
             }
             {
-                let timestamp_writes =
-                    s.queries
-                        .as_ref()
-                        .map(|q| wgpu::ComputePassTimestampWrites {
-                            query_set: q,
-                            beginning_of_pass_write_index: (round == 0).then_some(0),
-                            end_of_pass_write_index: (round == last_round).then_some(1),
-                        });
+                // The first round's pass stamps its beginning, the last one's its end; a
+                // round between them stamps nothing (a pass given neither is invalid: a task
+                // of more than two rounds failed).
+                let timestamp_writes = s
+                    .queries
+                    .as_ref()
+                    .filter(|_| round == 0 || round == last_round)
+                    .map(|q| wgpu::ComputePassTimestampWrites {
+                        query_set: q,
+                        beginning_of_pass_write_index: (round == 0).then_some(0),
+                        end_of_pass_write_index: (round == last_round).then_some(1),
+                    });
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("kernel"),
                     timestamp_writes,
@@ -996,8 +1309,16 @@ impl Gpu {
             }
             index = Some(self.queue.submit(Some(encoder.finish())));
         }
-        self.submitted += 1;
-        let fault = std::env::var(FAULT_VAR).unwrap_or_default();
+        // The fill's measuring tasks are the device's own: the hook counts the warm-up and
+        // the worker's tasks only.
+        if !self.measuring {
+            self.submitted += 1;
+        }
+        let fault = if self.measuring {
+            String::new()
+        } else {
+            std::env::var(FAULT_VAR).unwrap_or_default()
+        };
         let lose = match fault.as_str() {
             "lose-device" => self.submitted == 5 && !FAULT_USED.swap(true, Ordering::SeqCst),
             "lose-device-always" => self.submitted % 5 == 0,
@@ -1174,6 +1495,7 @@ impl Gpu {
             status: Status::Ok,
             wall_us,
             kernel_us,
+            dispatches: flight.dispatches,
             checksum,
             name: flight.name,
             output,
@@ -1195,6 +1517,10 @@ impl Backend for Gpu {
     fn window_hint(&self) -> u16 {
         // Twice the slots: while one set runs, the next is already at the worker.
         u16::try_from(self.slots.len() * 2).unwrap_or(u16::MAX)
+    }
+
+    fn fill(&self) -> u32 {
+        self.fill
     }
 
     fn healthy(&self) -> Result<(), String> {

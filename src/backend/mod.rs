@@ -41,6 +41,11 @@ pub trait Backend: Send {
     fn window_hint(&self) -> u16 {
         1
     }
+    /// Invocations its device needs in one dispatch to run near its full rate, as
+    /// measured when it was built (0 without a device).
+    fn fill(&self) -> u32 {
+        0
+    }
     /// Gets ready for a batch's job before its first task: compiles its kernel (`source`
     /// is a user kernel's WGSL, `None` for built-in kernels). `Err` with the reason when
     /// this backend cannot run the job at all (the worker then declines the batch).
@@ -340,6 +345,12 @@ impl Backend for AutoFallback {
             _ => String::new(),
         }
     }
+    fn fill(&self) -> u32 {
+        match (&self.data, self.on_data) {
+            (Some(data), true) => data.fill(),
+            _ => 0,
+        }
+    }
     fn healthy(&self) -> Result<(), String> {
         self.data.as_ref().map_or(Ok(()), |d| d.healthy())
     }
@@ -419,6 +430,9 @@ impl Backend for Verifier {
     }
     fn window_hint(&self) -> u16 {
         self.inner.window_hint()
+    }
+    fn fill(&self) -> u32 {
+        self.inner.fill()
     }
     fn healthy(&self) -> Result<(), String> {
         self.inner.healthy()

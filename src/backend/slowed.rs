@@ -52,6 +52,9 @@ impl Backend for Slowed {
     fn window_hint(&self) -> u16 {
         self.inner.window_hint()
     }
+    fn fill(&self) -> u32 {
+        self.inner.fill()
+    }
     fn prepare(&mut self, job: &Job, source: Option<&str>) -> Result<(), String> {
         self.inner.prepare(job, source)
     }

@@ -243,41 +243,57 @@ pub(super) fn chunking(
         quiet: true,
         ..Default::default()
     };
+    let alone_name = format!("software alone, Mandelbrot {width}x{height}");
     let mixed_name = format!("software + cpu, Mandelbrot {width}x{height}");
     let software = crate::backend::build(BackendKind::Software, &options);
+    let plan = Plan {
+        policy: Policy::Static,
+        items: mandel.items,
+        max_chunk: (args.max_payload / (u64::from(width) * 4)).max(1) as u32,
+        nominal_us: 0.0,
+    };
     match software {
-        Ok(_) => farms.push(Farm {
-            name: mixed_name,
-            backends: Box::new(move || {
-                Ok(vec![
-                    crate::backend::build(BackendKind::Software, &options)?,
-                    Box::new(crate::backend::cpu::Cpu) as Box<dyn Backend>,
-                ])
-            }),
-            job: mandel,
-            plan: Plan {
-                policy: Policy::Static,
-                items: mandel.items,
-                max_chunk: (args.max_payload / (u64::from(width) * 4)).max(1) as u32,
-                nominal_us: 0.0,
-            },
-        }),
+        Ok(_) => {
+            // Alone, its "waiting" is what pipelined chunks leave of the round trips.
+            let alone = options.clone();
+            farms.push(Farm {
+                name: alone_name,
+                backends: Box::new(move || {
+                    Ok(vec![crate::backend::build(BackendKind::Software, &alone)?])
+                }),
+                job: mandel,
+                plan,
+            });
+            farms.push(Farm {
+                name: mixed_name,
+                backends: Box::new(move || {
+                    Ok(vec![
+                        crate::backend::build(BackendKind::Software, &options)?,
+                        Box::new(crate::backend::cpu::Cpu) as Box<dyn Backend>,
+                    ])
+                }),
+                job: mandel,
+                plan,
+            });
+        }
         Err(e) => {
-            for policy in policies(args.chunk_ms) {
-                results.farms.push(ChunkRow {
-                    farm: mixed_name.clone(),
-                    policy: policy.name().to_owned(),
-                    workers: 2,
-                    items: mandel.items,
-                    makespan_ms: Spread::of(&[]),
-                    ideal_ms: Spread::of(&[]),
-                    efficiency: Spread::of(&[]),
-                    chunks: Spread::of(&[]),
-                    overhead: Spread::of(&[]),
-                    busy_ms: Vec::new(),
-                    finished_ms: Vec::new(),
-                    unavailable: format!("{e:#}"),
-                });
+            for (name, workers) in [(&alone_name, 1), (&mixed_name, 2)] {
+                for policy in policies(args.chunk_ms) {
+                    results.farms.push(ChunkRow {
+                        farm: name.clone(),
+                        policy: policy.name().to_owned(),
+                        workers,
+                        items: mandel.items,
+                        makespan_ms: Spread::of(&[]),
+                        ideal_ms: Spread::of(&[]),
+                        efficiency: Spread::of(&[]),
+                        chunks: Spread::of(&[]),
+                        overhead: Spread::of(&[]),
+                        busy_ms: Vec::new(),
+                        finished_ms: Vec::new(),
+                        unavailable: format!("{e:#}"),
+                    });
+                }
             }
         }
     }
@@ -452,49 +468,55 @@ fn added_workers(
         } else {
             format!("Mandelbrot {side}x{side}, bands of 16 rows")
         };
-        let mut alone = f64::NAN;
-        for (farm, workers, make) in &farms {
-            if farm.starts_with("software") {
-                if let Err(e) = &software {
-                    rows.push(AddedRow {
-                        job: label.clone(),
-                        farm: farm.clone(),
-                        workers: *workers,
-                        makespan_ms: Spread::of(&[]),
-                        against_alone: f64::NAN,
-                        chunks_cut: 0,
-                        redone: 0,
-                        unavailable: format!("{e:#}"),
-                    });
+        let ventilator = || {
+            if adaptive {
+                let job = Job {
+                    items: u64::from(by_row.height),
+                    constants: by_row.constants(),
+                    ..job
+                };
+                VentilatorConfig {
+                    chunking: Some(Plan {
+                        policy: Policy::Adaptive(Duration::from_millis(args.chunk_ms)),
+                        items: job.items,
+                        max_chunk: (args.max_payload / (u64::from(view.width) * 4)).max(1) as u32,
+                        nominal_us: 0.0,
+                    }),
+                    ..VentilatorConfig::local(Batch { tasks: Vec::new() }, job)
+                }
+            } else {
+                VentilatorConfig::local(bands.clone(), job)
+            }
+        };
+        // The farms take turns, a run each per round, so that what drifts on a shared
+        // machine over a minute weighs on each farm alike, not on whichever ran last.
+        let mut runs: Vec<Vec<Report>> = vec![Vec::new(); farms.len()];
+        for r in 0..repeat {
+            for (i, (farm, _, make)) in farms.iter().enumerate() {
+                if farm.starts_with("software") && software.is_err() {
                     continue;
                 }
-            }
-            let mut runs: Vec<Report> = Vec::new();
-            for r in 0..repeat {
                 progress.step(format!("chunking: {label}, {farm} ({}/{repeat})", r + 1));
-                let ventilator = if adaptive {
-                    let job = Job {
-                        items: u64::from(by_row.height),
-                        constants: by_row.constants(),
-                        ..job
-                    };
-                    VentilatorConfig {
-                        chunking: Some(Plan {
-                            policy: Policy::Adaptive(Duration::from_millis(args.chunk_ms)),
-                            items: job.items,
-                            max_chunk: (args.max_payload / (u64::from(view.width) * 4)).max(1)
-                                as u32,
-                            nominal_us: 0.0,
-                        }),
-                        ..VentilatorConfig::local(Batch { tasks: Vec::new() }, job)
-                    }
-                } else {
-                    VentilatorConfig::local(bands.clone(), job)
-                };
-                let report = local::run(LocalRun::new(ventilator, make()?), shutdown)
+                let report = local::run(LocalRun::new(ventilator(), make()?), shutdown)
                     .with_context(|| format!("{label} on {farm}"))?;
-                runs.push(report);
+                runs[i].push(report);
                 progress.done();
+            }
+        }
+        let mut alone = f64::NAN;
+        for ((farm, workers, _), mut runs) in farms.iter().zip(runs) {
+            if let (true, Err(e)) = (farm.starts_with("software"), &software) {
+                rows.push(AddedRow {
+                    job: label.clone(),
+                    farm: farm.clone(),
+                    workers: *workers,
+                    makespan_ms: Spread::of(&[]),
+                    against_alone: f64::NAN,
+                    chunks_cut: 0,
+                    redone: 0,
+                    unavailable: format!("{e:#}"),
+                });
+                continue;
             }
             runs.sort_by(|a, b| a.elapsed_ms.total_cmp(&b.elapsed_ms));
             let median = &runs[runs.len() / 2];

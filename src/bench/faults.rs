@@ -185,6 +185,7 @@ fn flood_with_fakes(endpoint: &str, count: usize) -> anyhow::Result<()> {
             adapter: String::new(),
             window_hint: 1,
             codecs: 0,
+            fill: 0,
         };
         socket.send(Message::Hello(info).encode(), zmq::DONTWAIT)?;
         sockets.push(socket);

@@ -305,7 +305,8 @@ impl Sim {
         // A chunk runs in pieces, as on a real worker: its first piece now.
         let job = *self.d.job();
         let task = if in_pieces && task.items > 1 && pieces::splits(&job, &worker.info.backend) {
-            let mut p = Pieces::new(&job, Work::from(task));
+            let mut p = Pieces::new(&job, Work::from(task))
+                .taking(pieces::piece_time(&worker.info.backend));
             if worker.cuts.contains(&task.id) {
                 p.cut();
             }
@@ -903,6 +904,7 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
                 adapter: String::new(),
                 window_hint: 1,
                 codecs: 0,
+                fill: 0,
             },
         });
     }

@@ -89,6 +89,7 @@ fn a_peer_without_the_secret_gets_no_task_and_nothing_it_sends_counts() {
         adapter: String::new(),
         window_hint: 1,
         codecs: 0,
+        fill: 0,
     };
     let raw = |endpoint: &str| {
         let s = ctx.socket(zmq::DEALER).unwrap();

@@ -149,7 +149,31 @@ fn each_example_kernel_runs_end_to_end_and_equals_its_rust_reference() {
     )
     .finish();
     assert!(status.success(), "{log}");
-    assert_eq!(report(&stdout)["outputs"], 3);
+    let r = report(&stdout);
+    assert_eq!(r["outputs"], 3);
+    // Each worker's line says what it moved in and out, and what its device did.
+    let workers = r["workers"].as_array().expect("workers");
+    let sum = |key: &str| {
+        workers
+            .iter()
+            .map(|w| w[key].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let inputs: u64 = saxpy_inputs.values().map(|b| b.len() as u64).sum();
+    assert_eq!(sum("input_bytes"), inputs, "{r}");
+    assert_eq!(sum("output_bytes"), inputs / 2, "4 bytes out for 8 in: {r}");
+    for w in workers {
+        let tasks = w["tasks"].as_u64().unwrap_or(0);
+        assert!(
+            w["dispatches"].as_u64().unwrap_or(0) >= tasks,
+            "a dispatch a task at least: {w}"
+        );
+        // A share where its kernels' time was measured (timestamps, above a microsecond).
+        match w["device_share"].as_f64() {
+            Some(share) => assert!(share > 0.0 && share <= 1.0, "{w}"),
+            None => assert_eq!(w["kernel_ms"].as_f64(), Some(0.0), "{w}"),
+        }
+    }
     for (name, bytes) in &saxpy_inputs {
         let v = le_f32(bytes);
         let n = v.len() / 2;
@@ -585,7 +609,7 @@ fn a_worker_whose_device_keeps_failing_leaves_saying_why_and_others_finish() {
     // the next).
     let healthy = software_worker_with("healthy", &vent_ep, &sink_ep, &["--slowdown", "10"]);
     let (status, _, log) = failing.finish();
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.code(), Some(1), "{status:?}: {log}");
     assert!(
         log.contains("was lost 3 times within 60 s"),
         "says why: {log}"

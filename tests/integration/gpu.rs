@@ -97,6 +97,35 @@ fn spin_equals_the_cpu_reference_for_several_workloads_and_tasks() {
 }
 
 #[test]
+fn a_device_measures_what_fills_it_and_keeps_its_dispatch_sizes() {
+    for (class, adapter) in classes() {
+        let mut gpu = Gpu::new(&adapter, GpuConfig::default()).expect("GPU context");
+        // One of the doubling sizes it timed: whole workgroups, within one dispatch.
+        let fill = gpu.fill();
+        assert!(
+            fill >= spin::WORKGROUP_SIZE && fill.is_power_of_two() && fill <= 1 << 26,
+            "{class:?}: fill {fill}"
+        );
+        // Measuring left the sizer where it starts: a task of 2^17 invocations runs as
+        // two dispatches of 2^16, and says so.
+        let task = Task {
+            id: 3,
+            workload_ms: 1,
+            ..Task::default()
+        };
+        let outcomes = run_tasks(&mut gpu, &job(1 << 17), &[task]);
+        assert_eq!(outcomes.len(), 1, "{class:?}");
+        assert_eq!(outcomes[0].status, Status::Ok, "{class:?}");
+        assert_eq!(outcomes[0].dispatches, 2, "{class:?}");
+        assert_eq!(
+            outcomes[0].checksum,
+            spin::reference(task.id, 1 << 17),
+            "{class:?}"
+        );
+    }
+}
+
+#[test]
 fn a_kernel_is_compiled_once_and_reused_by_every_later_task_and_batch() {
     for (class, adapter) in classes() {
         let mut gpu = Gpu::new(&adapter, GpuConfig::default()).expect("GPU context");

@@ -16,6 +16,7 @@ fn info(name: &str, window_hint: u16) -> WorkerInfo {
         adapter: String::new(),
         window_hint,
         codecs: 0,
+        fill: 0,
     }
 }
 
@@ -74,14 +75,14 @@ fn h01_h02_a_hoarding_straggler_gets_a_bounded_share_and_its_tasks_are_backed_up
     let r = util::completed(sink, 60, None);
     stop.store(true, Ordering::SeqCst);
     let given = fake.join().unwrap();
-    assert!(given <= 16, "the hoarder asked for 65535 and got {given}");
+    // Never measured (it never reports), it holds one task at a time: the one it took.
+    assert_eq!(given, 1, "the hoarder asked for 65535 and got {given}");
     assert!(
         r["redispatched"].as_u64().unwrap() >= 1,
         "backups were sent: {r}"
     );
     let (status, _, log) = vent.finish();
     assert!(status.success(), "{log}");
-    assert!(log.contains("worker hoarder has held task"), "{log}");
     drop(honest);
 }
 

@@ -78,25 +78,106 @@ fn mandelbrot_bands_match_the_cpu_reference_in_one_dispatch_or_many_of_any_size(
 
 #[test]
 fn search_hits_equal_the_cpus_bit_for_bit() {
-    let Some(mut gpu) = software(GpuConfig::default()) else {
+    // Tasks of keys that are no multiple of an invocation's sixteen, in dispatches of the
+    // default size and capped at one workgroup's 1,024 keys (each dispatch's last
+    // invocation tries fewer keys; a task then takes 587 dispatches, more than two
+    // submission rounds, whose middle one stamps no time).
+    for per_dispatch in [
+        GpuConfig::default().max_invocations_per_dispatch,
+        64 * 3 + 5,
+    ] {
+        let Some(mut gpu) = software(GpuConfig {
+            max_invocations_per_dispatch: per_dispatch,
+            ..GpuConfig::default()
+        }) else {
+            return;
+        };
+        let space = search::Space::new(10, 1_200_003, 600_001, 42).unwrap();
+        let job = Job {
+            kernel: Kernel::Search.id(),
+            constants: space.constants(),
+            ..Job::default()
+        };
+        let outcomes = run(&mut gpu, &job, None, tasks(space.tasks()));
+        let mut total = 0;
+        for o in &outcomes {
+            assert_eq!(
+                o.status,
+                Status::Ok,
+                "{per_dispatch} per dispatch: {}",
+                o.error
+            );
+            assert_eq!(
+                o.output,
+                space.reference(o.task),
+                "task {} at {per_dispatch} per dispatch",
+                o.task.id
+            );
+            assert_eq!(o.checksum, kernels::checksum(&job, &o.output));
+            total += search::hits(&o.output).len();
+        }
+        // 1.2 million keys at 10 bits: about 1,172 hits.
+        assert!((1000..1350).contains(&total), "{total}");
+    }
+}
+
+#[test]
+fn tuned_workgroups_are_a_size_timed_and_the_kernels_still_equal_the_cpu() {
+    let Some(mut gpu) = software(GpuConfig {
+        tune_workgroups: true,
+        ..GpuConfig::default()
+    }) else {
         return;
     };
-    let space = search::Space::new(10, 1_000_000, 150_000, 42).unwrap();
-    let job = Job {
+    let view = mandelbrot::View::new(320, 240, 200, 16, (-0.5, 0.0), 3.0).unwrap();
+    let picture = Job {
+        kernel: Kernel::Mandelbrot.id(),
+        constants: view.constants(),
+        ..Job::default()
+    };
+    let outcomes = run(&mut gpu, &picture, None, tasks(view.bands()));
+    let size = gpu.workgroup_invocations(&picture);
+    assert!(matches!(size, Some(64 | 128 | 256)), "mandelbrot: {size:?}");
+    // Measured (its middle band is a small probe), and built at the size chosen.
+    assert_eq!(
+        gpu.tuned_workgroup(&picture),
+        size,
+        "mandelbrot was not tuned"
+    );
+    for o in &outcomes {
+        assert_eq!(o.status, Status::Ok, "{}", o.error);
+        assert_eq!(
+            mandelbrot::agrees(&o.output, &view.reference(o.task)),
+            Ok(()),
+            "band {} at {size:?} a workgroup",
+            o.task.id
+        );
+    }
+    let space = search::Space::new(10, 100_003, 25_001, 3).unwrap();
+    let keys = Job {
         kernel: Kernel::Search.id(),
         constants: space.constants(),
         ..Job::default()
     };
-    let outcomes = run(&mut gpu, &job, None, tasks(space.tasks()));
-    let mut total = 0;
+    let outcomes = run(&mut gpu, &keys, None, tasks(space.tasks()));
+    let size = gpu.workgroup_invocations(&keys);
+    assert!(matches!(size, Some(64 | 128 | 256)), "search: {size:?}");
+    assert_eq!(gpu.tuned_workgroup(&keys), size, "search was not tuned");
     for o in &outcomes {
-        assert_eq!(o.status, Status::Ok);
-        assert_eq!(o.output, space.reference(o.task), "task {}", o.task.id);
-        assert_eq!(o.checksum, kernels::checksum(&job, &o.output));
-        total += search::hits(&o.output).len();
+        assert_eq!(
+            o.output,
+            space.reference(o.task),
+            "task {} at {size:?}",
+            o.task.id
+        );
     }
-    // A million keys at 10 bits: about 977 hits.
-    assert!((850..1100).contains(&total), "{total}");
+    // Untuned, the shipped size.
+    let Some(mut plain) = software(GpuConfig::default()) else {
+        return;
+    };
+    plain.prepare(&keys, None).expect("the kernel compiles");
+    assert_eq!(plain.workgroup_invocations(&keys), Some(64));
+    assert_eq!(plain.tuned_workgroup(&keys), None);
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {

@@ -83,6 +83,7 @@ fn a_local_peer_without_the_runs_secret_cannot_join_or_forge_a_batch() {
         adapter: String::new(),
         window_hint: 1,
         codecs: 0,
+        fill: 0,
     };
     let send = |socket: &zmq::Socket, message: Message| match socket
         .send(message.encode(), zmq::DONTWAIT)

@@ -312,6 +312,7 @@ pub(crate) fn ack_only_worker(
             adapter: String::new(),
             window_hint,
             codecs: 0,
+            fill: 0,
         },
     );
     let deadline = Instant::now() + util::PATIENCE;
@@ -333,6 +334,7 @@ pub(crate) fn ack_only_worker(
                             wall_us: 1,
                             kernel_us: 0,
                             items: t.items,
+                            ..Done::default()
                         })
                         .collect();
                     me.tasks
@@ -956,4 +958,16 @@ fn m20_outputs_flags_the_batch_cannot_honour_fail_before_anything_binds() {
     let (status, _, log) = conquer(&kept);
     assert!(status.success(), "{log}");
     assert_eq!(std::fs::read(out.join("in.bin.out")).unwrap(), [7u8; 256]);
+}
+
+#[test]
+fn m21_a_flags_environment_variable_takes_1_and_0_and_refuses_other_words_naming_the_flag() {
+    let args = ["run", "--tasks", "2", "--max-ms", "1", "--workers", "1"];
+    for on in ["1", "yes", "true", "0", "off"] {
+        let (status, _, log) =
+            Proc::start_with_env("env", &args, &[("CONQUER_NO_COMPRESS", on)]).finish();
+        assert!(status.success(), "CONQUER_NO_COMPRESS={on}: {log}");
+    }
+    let outcome = Proc::start_with_env("env", &args, &[("CONQUER_NO_COMPRESS", "maybe")]).finish();
+    assert_fails_with(&outcome, 2, &["--no-compress", "maybe"]);
 }

@@ -179,6 +179,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
         adapter: String::new(),
         window_hint: 1,
         codecs: 0,
+        fill: 0,
     };
     vec![
         vec![Message::Done {
@@ -189,6 +190,7 @@ fn foreign_but_valid() -> Vec<Vec<Vec<u8>>> {
                 wall_us: 1,
                 kernel_us: 0,
                 items: 0,
+                ..Done::default()
             }],
         }
         .encode()],

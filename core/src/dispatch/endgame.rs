@@ -75,42 +75,21 @@ impl Dispatcher {
             let Some(mine_us) = self.predict_us(slot, index) else {
                 continue;
             };
-            // What the holder has spent on it bounds what it costs: the taker needs at
-            // least that, scaled by the two workers' measured speeds (a rate measured on
-            // cheap items says nothing of a dear chunk). A holder not measured yet may be
-            // slow or its task dear: once it has run twice what the taker predicts for
-            // itself, the taker's prediction stands (a copy costs an idle worker's time).
             let holder_us = self.predict_us(self.tasks.owner(index) as usize, index);
-            let scaled_us = match holder_us {
-                Some(holder_us) => {
-                    Some(mine_us.max(last.running_us * mine_us / holder_us.max(1.0)))
-                }
-                None if last.running_us > 2.0 * mine_us => Some(mine_us),
-                None => None,
-            };
-            let copy_pays = scaled_us.is_some_and(|mine| mine < last.left_us * 0.8);
-            let mine_us = scaled_us.unwrap_or(mine_us);
-            let holder_left_us = last.left_us;
             let task = *self.tasks.task(index);
             let holder = self.tasks.owner(index);
-            // How long the holder's piece in hand may take: each is sized to take `PIECE`
-            // (the first by the chunk's prediction, the later ones by the pieces' rate), so
-            // about that, slowed as much as this chunk has overrun its prediction (items
-            // dearer than those the rate was measured on). A yield pays when that wait is
-            // short beside what a copy costs; a holder whose items are that dear is
-            // copied. One not measured yet is asked, and copied if its piece outlasts
-            // [`YIELD_GRACE`].
-            let piece_us = crate::pieces::PIECE.as_secs_f64() * 1e6;
-            let piece_wait_us = holder_us
-                .map(|holder_us| piece_us * (last.running_us / holder_us.max(1.0)).max(1.0));
-            let may_yield = self.may_yield(index);
-            // Where no copy pays (the rates say the holder is as fast, measured on other
-            // items than these, or it is not measured yet), a chunk with more than a few
-            // pieces left still yields: its rest is carved again among the idle workers,
-            // and its holder's rate learns from what it did.
-            let quick = copy_pays && piece_wait_us.is_none_or(|wait| wait < mine_us / 2.0);
-            let rebalance = !copy_pays && holder_left_us > 4.0 * piece_us;
-            if may_yield && (quick || rebalance) {
+            let choice = choose(
+                mine_us,
+                holder_us,
+                last.running_us,
+                last.held_us,
+                last.left_us,
+                self.may_yield(index).then(|| {
+                    crate::pieces::piece_time(&self.workers[holder as usize].info.backend)
+                }),
+            );
+            let (mine_us, holder_left_us) = (choice.mine_us, last.left_us);
+            if choice.take == Take::Yield {
                 // Better than a copy: the holder stops at the end of its piece and reports
                 // what it did, and the rest is carved again, for this worker first (it
                 // waits in the ready queue). Nothing is done twice.
@@ -126,7 +105,7 @@ impl Dispatcher {
                 out.push(self.ask_to_yield(holder, &task));
                 continue;
             }
-            if !copy_pays {
+            if choice.take == Take::Leave {
                 continue;
             }
             log::debug!(
@@ -206,6 +185,7 @@ impl Dispatcher {
                         index: i,
                         left_us: at,
                         running_us: running,
+                        held_us: now.saturating_duration_since(given).as_secs_f64() * 1e6,
                     });
                 }
             }
@@ -380,4 +360,93 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// What the end game does with the chunk or task predicted to end last, for one idle worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Take {
+    /// Ask its holder to yield the items it has not started.
+    Yield,
+    /// Copy it to the idle worker; the first result wins.
+    Copy,
+    /// Leave it with its holder.
+    Leave,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Choice {
+    pub take: Take,
+    /// What the idle worker is taken to need for the whole of it, in µs.
+    pub mine_us: f64,
+}
+
+/// The end game's choice for one idle worker predicted to need `mine_us` for a task (or
+/// chunk) whose holder was predicted to need `holder_us` (`None`: not measured yet), has
+/// held it `held_us`, run it `running_us`, and is predicted to need `left_us` more; `pieces`: what a piece
+/// takes its holder, where it runs it in pieces and can give up the rest.
+///
+/// What the holder has spent on it bounds what it costs: the taker needs at least that,
+/// scaled by the two workers' measured speeds (a rate measured on cheap items says nothing
+/// of a dear chunk). A holder not measured yet may be slow or its task dear: once it has
+/// held it (`held_us`: running it, or queued behind what it runs) twice what the taker
+/// predicts for itself, the taker's prediction stands (a copy costs an idle worker's
+/// time). Counting only the time it ran it left a task queued behind an unmeasured
+/// worker's first to the backup rule: bands weighed dearest first went two to each of
+/// eight slow workers, and the fast one idled 1.3 s. A copy pays when the taker would finish a fifth sooner.
+///
+/// How long the holder's piece in hand may take: each is sized to take `pieces`
+/// ([`crate::pieces::piece_time`]: the first by the chunk's prediction, the later ones by
+/// the pieces' rate), so about that, slowed as much as the chunk has overrun its prediction
+/// (items dearer than those the rate was measured on), but at most [`PIECE_OVERRUN_CAP`]
+/// times: a guess, bounded. The first piece is at most a quarter of the chunk, so it is
+/// usually over by the time a chunk has overrun far, and the piece in hand was sized at
+/// the rate its predecessors ran, outlasting a piece's time only by how much dearer its
+/// items are than theirs; where the first piece is still in hand (a chunk of two
+/// predicted pieces running 25 times dearer), the chunk waits at most [`YIELD_GRACE`] and
+/// is copied then, if a copy still pays. A yield pays when that wait is short beside what
+/// a copy costs, and always where the holder's pieces are short. Where no copy pays (the
+/// rates say the holder is as fast, measured on other items than these, or it is not
+/// measured yet), a chunk with more than four device pieces' time (200 ms) left still
+/// yields: its rest is carved again among the idle
+/// workers, and its holder's rate learns from what it did. Not to an idle worker that
+/// the holder is measured four times faster than ([`CLEAR_MARGIN`]): the rest, carved
+/// for it first, would end later there than where it was (on a cpu worker beside eight
+/// twenty times slower, the slow ones took the fast one's tails).
+pub(super) fn choose(
+    mine_us: f64,
+    holder_us: Option<f64>,
+    running_us: f64,
+    held_us: f64,
+    left_us: f64,
+    pieces: Option<Duration>,
+) -> Choice {
+    let outpaced = holder_us.is_some_and(|holder_us| mine_us > CLEAR_MARGIN * holder_us);
+    let scaled_us = match holder_us {
+        Some(holder_us) => Some(mine_us.max(running_us * mine_us / holder_us.max(1.0))),
+        None if held_us > 2.0 * mine_us => Some(mine_us),
+        None => None,
+    };
+    let copy_pays = scaled_us.is_some_and(|mine| mine < left_us * 0.8);
+    let mine_us = scaled_us.unwrap_or(mine_us);
+    let may_yield = pieces.is_some();
+    let piece_us = pieces.unwrap_or(crate::pieces::PIECE).as_secs_f64() * 1e6;
+    let piece_wait_us = holder_us.map(|holder_us| {
+        piece_us * (running_us / holder_us.max(1.0)).clamp(1.0, PIECE_OVERRUN_CAP)
+    });
+    // A holder whose pieces are short (a cpu worker's) yields whenever a copy would pay:
+    // the wait is a few ms, and a copy's cost is a guess from rates measured on other
+    // items (two cpu workers' rates, on dear rows and on cheap ones, differed 95 times,
+    // and a copy predicted to take 9 ms redid 214 dear rows in 338 ms).
+    let short = pieces.is_some_and(|p| p <= crate::pieces::FREE_PIECE);
+    let quick = copy_pays && (short || piece_wait_us.is_none_or(|wait| wait < mine_us / 2.0));
+    let rebalance =
+        !copy_pays && !outpaced && left_us > 4.0 * crate::pieces::PIECE.as_secs_f64() * 1e6;
+    let take = if may_yield && (quick || rebalance) {
+        Take::Yield
+    } else if copy_pays {
+        Take::Copy
+    } else {
+        Take::Leave
+    };
+    Choice { take, mine_us }
 }

@@ -98,7 +98,11 @@ impl Dispatcher {
             worker.proven = true;
             worker.last_report = now;
             self.enqueue(slot);
-            self.learn_rate(s, self.tasks.task(index).workload_ms, d.wall_us);
+            // A failure's time says nothing of its speed (one that fails at once would look
+            // a hundred times faster than it is).
+            if d.status != Status::Failed {
+                self.learn_rate(s, self.tasks.task(index).workload_ms, d.wall_us);
+            }
             if let (Some(carver), Status::Ok | Status::Verified) = (self.carver.as_mut(), d.status)
             {
                 carver.learn(s, self.tasks.task(index).items, d.wall_us);
@@ -134,9 +138,8 @@ impl Dispatcher {
             }
         }
         if let Some(carver) = self.carver.as_mut() {
-            for r in rest.ranges() {
-                carver.give_back(r.start, r.end);
-            }
+            let ranges: Vec<(u64, u64)> = rest.ranges().iter().map(|r| (r.start, r.end)).collect();
+            carver.give_back_tail(&ranges);
         }
         self.chunks_cut += 1;
         self.items_handed_on += rest.covered();
@@ -280,7 +283,9 @@ impl Dispatcher {
     }
 
     /// Whether `slot` may take `task` now, and if not, whether only because tasks are
-    /// scarce. A worker always gets a task when it has none. Beyond that it may hold up to
+    /// scarce. A worker gets a task when it has none, unless the others would finish it and
+    /// everything else before it could (`outpaced`). Beyond that, once a report has
+    /// measured it (tasks that cost nothing stream before), it may hold up to
     /// its window (so it never waits a round trip between tasks), but only while more tasks
     /// are pending than there are workers: near the end of a batch the last tasks wait
     /// here for whichever worker frees up first, instead of queueing behind a busy one
@@ -291,13 +296,17 @@ impl Dispatcher {
     /// capped at [`MAX_HINTED_WINDOW`] or `--window` if larger), and never more than its
     /// share of what is left; a worker whose task was backed up gets nothing until it
     /// reports again.
-    pub(super) fn credit(&self, slot: usize, task: &Task) -> Credit {
+    pub(super) fn credit(&self, now: Instant, slot: usize, task: &Task) -> Credit {
         let worker = &self.workers[slot];
         if !worker.alive || worker.stalled || worker.unheld >= self.unheld_cap(slot) {
             return Credit::None;
         }
         if worker.assigned == 0 {
-            return Credit::Yes;
+            return if self.outpaced(now, slot, task) {
+                Credit::Outpaced
+            } else {
+                Credit::Yes
+            };
         }
         if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
             let cap = if worker.proven {
@@ -314,6 +323,12 @@ impl Dispatcher {
             } else {
                 Credit::Scarce
             };
+        }
+        // A worker not yet measured holds one task until it reports it, a probe as a
+        // divisible job's first chunk is: a second task queued at a worker that turns out
+        // slow waits as long as its first ran, and the end game can then only copy it.
+        if worker.us_per_ms.is_none() {
+            return Credit::None;
         }
         let hinted = u32::from(worker.info.window_hint).min(MAX_HINTED_WINDOW);
         let window = self.config.window.max(hinted);
@@ -334,10 +349,74 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the other workers, at their measured speeds, would finish all the work not
+    /// yet done, this task included, before `slot` finished `task`: it is then left to
+    /// them, since on this worker it could only end the batch late or be copied by the end
+    /// game (eight cpu workers beside a card each took a band at the end and held the
+    /// batch up). The others' finish is the later of the work left spread over them and
+    /// the soonest one of them could end this task whole, after what it holds.
+    ///
+    /// Only a task list's timed task (not a copy `--replicate` asked for: its exclusions
+    /// may leave it to this worker alone), only for a measured worker, counting only others
+    /// measured and not stalled (one that never reports would leave the task to the backup
+    /// rule), and only while one of them holds tasks and reports at the pace it claims
+    /// (within twice what it holds at its speed, and a heartbeat): its report brings it back
+    /// for the task, and a peer that lies about its speed and sits on its tasks keeps the
+    /// others idle a heartbeat at most.
+    fn outpaced(&self, now: Instant, slot: usize, task: &Task) -> bool {
+        let Some(us_per_ms) = self.workers[slot].us_per_ms else {
+            return false;
+        };
+        if task.is_chunk() || task.workload_ms == 0 || self.exclude.contains_key(&task.id) {
+            return false;
+        }
+        let mine_us = us_per_ms * f64::from(task.workload_ms);
+        let work_ms = (self.tasks.pending_ms() + self.assigned_ms) as f64;
+        let spread_us = |speed: f64| work_ms * 1000.0 / speed.max(1e-9);
+        // Every other live worker first (a bound: those that count are fewer and slower),
+        // so the scan below runs only where this worker is the slow one.
+        let all_others = self.speed - speed_of(&self.workers[slot]);
+        if all_others <= 0.0 || mine_us <= spread_us(all_others) {
+            return false;
+        }
+        // Only a worker clearly slower than the others on average: on an even farm the
+        // soonest another could end the task is its own time, so nothing is held back,
+        // and the scan below would run for every idle worker at a batch's end.
+        let mean_other = all_others / self.alive.saturating_sub(1).max(1) as f64;
+        if speed_of(&self.workers[slot]) * OUTPACED_MARGIN > mean_other {
+            return false;
+        }
+        let (mut counted, mut holding, mut soonest_us) = (0.0, false, f64::INFINITY);
+        for (other, w) in self.workers.iter().enumerate() {
+            let Some(theirs) = w
+                .us_per_ms
+                .filter(|_| other != slot && w.alive && !w.stalled)
+            else {
+                continue;
+            };
+            let held_us = w.assigned_ms as f64 * theirs;
+            if w.assigned > 0 {
+                let since = w
+                    .given
+                    .front()
+                    .map_or(w.last_report, |&(at, _)| at.max(w.last_report));
+                let due = Duration::from_secs_f64((2.0 * held_us / 1e6).min(1e6))
+                    + self.config.heartbeat.interval;
+                if now.saturating_duration_since(since) > due {
+                    continue;
+                }
+                holding = true;
+            }
+            counted += speed_of(w);
+            soonest_us = soonest_us.min(held_us + f64::from(task.workload_ms) * theirs);
+        }
+        holding && mine_us > spread_us(counted).max(soonest_us)
+    }
+
     /// A new chunk of a divisible job for `slot`, queued first. A worker is carved a chunk
     /// when it holds none, and, with a window of two or more, its next one while it holds
-    /// one, on an even farm far from the job's end (`Carver::may_queue`): the next chunk
-    /// then waits in its queue, so it never idles for a round trip between chunks.
+    /// one, on an even farm far from the job's end or alone (`Carver::may_queue`): the next
+    /// chunk then waits in its queue, so it never idles for a round trip between chunks.
     pub(super) fn carve(&mut self, slot: usize) -> Carved {
         let worker = &self.workers[slot];
         let window = self
@@ -437,7 +516,7 @@ impl Dispatcher {
             let credit = if carved {
                 Credit::Yes
             } else {
-                self.credit(s, &task)
+                self.credit(now, s, &task)
             };
             match credit {
                 Credit::None => continue,
@@ -445,6 +524,13 @@ impl Dispatcher {
                     if !self.workers[s].in_tail {
                         self.workers[s].in_tail = true;
                         self.tail.push(slot);
+                    }
+                    continue;
+                }
+                Credit::Outpaced => {
+                    if !self.workers[s].in_waiting {
+                        self.workers[s].in_waiting = true;
+                        self.waiting.push(slot);
                     }
                     continue;
                 }
@@ -546,19 +632,23 @@ impl Dispatcher {
 
     /// Whether `slot`'s chunks go in pieces: a chunk it runs could be cut (its backend and
     /// the job allow it, the job is not replicated), and another worker could relieve it
-    /// in the end game. Only a worker alone, or one measured faster than every other by a
-    /// clear margin (4 times: rates measured on items of different costs mislead by
-    /// more than a fifth; a cpu worker measured on rows outside the set ran as fast as
-    /// the software adapter on rows through it), runs chunks whole, sparing a piece's
-    /// fixed costs (4-6 % of a one-worker Mandelbrot job on the software adapter).
+    /// in the end game. Only a worker alone, or a device worker measured faster than every
+    /// other by a clear margin (4 times: rates measured on items of different costs
+    /// mislead by more than a fifth), runs chunks whole, sparing a piece's fixed costs
+    /// (4-6 % of a one-worker Mandelbrot job on the software adapter). A worker whose
+    /// pieces cost nothing ([`crate::pieces::free`]) is never judged by its rate: a cpu
+    /// worker measured on rows outside the set looked more than four times as fast as
+    /// the software adapter on rows through it, ran a chunk through the set whole, and
+    /// the adapter had to compute it again.
     pub(super) fn may_be_relieved(&self, slot: usize) -> bool {
         let Some(carver) = self.carver.as_ref() else {
             return false;
         };
+        let backend = &self.workers[slot].info.backend;
         self.config.job.replicate_percent == 0
             && self.alive > 1
-            && crate::pieces::splits(&self.config.job, &self.workers[slot].info.backend)
-            && !carver.clearly_fastest(slot, 4.0)
+            && crate::pieces::splits(&self.config.job, backend)
+            && (crate::pieces::free(backend) || !carver.clearly_fastest(slot, CLEAR_MARGIN))
     }
 
     /// Nothing is left to hand out: the batch's tail, where a worker that vanished holding

@@ -54,6 +54,13 @@ const MAX_TAKEOVERS: u8 = 3;
 /// instead (a worker that cannot cut it finishes it whole): a piece's time, a round trip
 /// and the end game's look at the tail, many times over.
 const YIELD_GRACE: Duration = Duration::from_millis(250);
+/// How much faster by its measured rate a worker must be than another to be judged
+/// faster at all: rates measured on items of different costs mislead by more than a
+/// fifth.
+const CLEAR_MARGIN: f64 = 4.0;
+/// The most a piece in hand is expected to outlast its time ([`crate::pieces::piece_time`]) in the end
+/// game's choice between a yield and a copy, however far its chunk overran.
+const PIECE_OVERRUN_CAP: f64 = 2.0;
 /// Heartbeat timeouts a task reported done may wait for the sink to hold it, while the sink
 /// answers, before its worker is taken to be delivering results nowhere.
 const UNDELIVERED_TIMEOUTS: u32 = 4;
@@ -305,6 +312,10 @@ enum Carved {
     Nothing,
 }
 
+/// How much slower than the other workers on average a worker must be for a task to be
+/// held back from it as outpaced ([`Credit::Outpaced`]).
+const OUTPACED_MARGIN: f64 = 2.0;
+
 /// Whether a worker may take a task now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Credit {
@@ -313,6 +324,10 @@ enum Credit {
     None,
     /// Not while tasks are this scarce: it may again when tasks are requeued.
     Scarce,
+    /// Not while the other workers would finish everything left before this one finished
+    /// the task: it waits, and looks again when tasks come back, a worker is lost, and each
+    /// heartbeat.
+    Outpaced,
 }
 
 /// A worker as the dispatcher sees it.
@@ -362,7 +377,7 @@ pub struct WorkerSlot {
     outgoing: Option<u32>,
     /// In the tail queue (dropped from the ready queue while tasks were scarce).
     in_tail: bool,
-    /// In the waiting list (idle while every queued copy excluded it).
+    /// In the waiting list (idle while every queued copy excluded it, or outpaced).
     in_waiting: bool,
     /// Sent the batch's kernel source since it last greeted (a greeting may follow a
     /// reconnect, which drops what was queued to the old connection).
@@ -427,7 +442,9 @@ pub struct Dispatcher {
     /// live (until then each gets more when it reports).
     tail: Vec<WorkerId>,
     /// Idle workers that left `ready` because every copy queued for `--replicate`
-    /// excluded them: they come back when any task is requeued or a copy queued.
+    /// excluded them, or because the farm would finish everything left before them
+    /// ([`Credit::Outpaced`]): they come back when any task is requeued, a copy queued or
+    /// handed out, a worker lost, and each heartbeat.
     waiting: Vec<WorkerId>,
     /// Workers whose message of this dispatch call is full: back in the queue after it.
     deferred: Vec<WorkerId>,
@@ -522,6 +539,8 @@ struct LastToFinish {
     left_us: f64,
     /// How long its holder has run it, in µs.
     running_us: f64,
+    /// How long its holder has held it, queued or running, in µs.
+    held_us: f64,
 }
 
 /// Counters for the summary and the report.
@@ -1140,6 +1159,8 @@ impl Dispatcher {
     /// False when the batch stopped.
     fn every_heartbeat(&mut self, now: Instant, out: &mut Vec<Command>) -> bool {
         self.speed = self.workers.iter().filter(|w| w.alive).map(speed_of).sum();
+        // Speeds and stalls changed since: a worker left waiting as outpaced looks again.
+        self.wake_waiting();
         self.heartbeat_workers(out);
         self.expire_silent_workers(now);
         self.finish_resync_if_stale(now);

@@ -110,6 +110,13 @@ impl Dispatcher {
                 worker.info.adapter = info.adapter;
                 worker.info.window_hint = info.window_hint;
                 worker.info.codecs = info.codecs;
+                worker.info.fill = info.fill;
+                // An `auto` worker's device, built for this job after it first greeted.
+                let floor = self.fill_floor(info.fill);
+                if let Some(carver) = self.carver.as_mut() {
+                    carver.set_floor(slot as usize, floor);
+                }
+                let worker = &mut self.workers[slot as usize];
                 worker.has_kernel = false;
                 if worker.alive && worker.stalled && worker.stalled_silent {
                     // Heard again after a silence that cost it its tasks: it may take more.
@@ -170,6 +177,11 @@ impl Dispatcher {
         }
     }
 
+    /// A device's fill (invocations), in the job's items: its chunks are no smaller.
+    fn fill_floor(&self, fill: u32) -> u64 {
+        crate::kernels::items_filling(&self.config.job, fill)
+    }
+
     pub(super) fn admit(
         &mut self,
         routing_id: Vec<u8>,
@@ -187,9 +199,11 @@ impl Dispatcher {
         let slot = self.workers.len() as WorkerId;
         self.by_routing_id.insert(routing_id.clone(), slot);
         self.by_name.insert(info.name.clone(), slot);
+        let floor = self.fill_floor(info.fill);
         self.workers.push(WorkerSlot::new(routing_id, info, now));
         if let Some(carver) = self.carver.as_mut() {
-            carver.join(self.workers.len() - 1);
+            carver.join(slot as usize);
+            carver.set_floor(slot as usize, floor);
         }
         self.note_worker(slot, "joined", None);
         self.alive += 1;
@@ -306,6 +320,10 @@ impl Dispatcher {
             self.alive -= 1;
             self.speed -= speed_of(&self.workers[s]);
             self.assigned_ms -= self.workers[s].assigned_ms;
+            self.workers[s].alive = false;
+            // The rest of the work now takes longer: a worker left waiting as outpaced
+            // may be needed.
+            self.wake_waiting();
         }
         self.workers[s].alive = false;
         if let Some(carver) = self.carver.as_mut() {
@@ -441,8 +459,10 @@ impl Dispatcher {
         }
     }
 
-    /// Idle workers that waited for a copy they may run look again. Each leaves the list
-    /// as it is woken, so a run of requeues costs one wake per waiting worker.
+    /// Idle workers that waited for a copy they may run, or were outpaced, look again
+    /// (when a task comes back, a copy is queued or handed out, a worker is lost, and
+    /// each heartbeat). Each leaves the list as it is woken, so a run of requeues costs
+    /// one wake per waiting worker.
     pub(super) fn wake_waiting(&mut self) {
         for slot in std::mem::take(&mut self.waiting) {
             self.workers[slot as usize].in_waiting = false;

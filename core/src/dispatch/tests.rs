@@ -427,6 +427,7 @@ impl Farm {
             adapter: String::new(),
             window_hint,
             codecs: 0,
+            fill: 0,
         };
         self.workers.push(ModelWorker {
             routing_id: format!("{name}/{session}").into_bytes(),
@@ -513,6 +514,7 @@ impl Farm {
             wall_us: task.workload_ms * 1000,
             kernel_us: 0,
             items: task.items,
+            ..Done::default()
         };
         self.send(
             w,
@@ -850,6 +852,7 @@ fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs
             adapter: String::new(),
             window_hint: 4,
             codecs,
+            fill: 0,
         }),
     };
     d.handle(now, hello(crate::protocol::CODEC_LZ4), &mut out);
@@ -857,14 +860,9 @@ fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs
         batch: farm.config.batch_id,
         held: 0,
     };
-    // Its first tasks: one a command, the kernel before the first, compressed.
+    // Its first task, alone until it reports (a probe): the kernel with it, compressed.
     let first = framed(&mut d, now, Event::FromSink(ack), &mut out);
-    assert!(first.len() >= 2, "{first:?}");
-    assert_eq!(first[0], (1, true, true));
-    assert!(
-        first[1..].iter().all(|&f| f == (1, false, true)),
-        "{first:?}"
-    );
+    assert_eq!(first, [(1, true, true)]);
     // A greeting (perhaps after a reconnect, which drops what was queued): the kernel
     // goes again with the next task; a worker that no longer speaks LZ4 gets raw inputs.
     let done = Message::Done {
@@ -875,6 +873,7 @@ fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs
             wall_us: 10_000,
             kernel_us: 0,
             items: 0,
+            ..Done::default()
         }],
     };
     d.handle(now, hello(0), &mut out);
@@ -888,6 +887,13 @@ fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs
         &mut out,
     );
     assert_eq!(next.first(), Some(&(1, true, false)), "{next:?}");
+    // Measured now, it fills its window: one task a command, the kernel only before the
+    // first.
+    assert!(next.len() >= 2, "{next:?}");
+    assert!(
+        next[1..].iter().all(|&f| f == (1, false, false)),
+        "{next:?}"
+    );
     // A full queue bounces the tasks, and perhaps the kernel: it goes again.
     let bounced = out
         .iter()
@@ -917,11 +923,17 @@ fn a_user_kernel_goes_before_a_workers_first_task_and_after_each_greeting_inputs
 }
 
 #[test]
-fn a_hoarder_gets_no_more_than_its_window() {
+fn a_hoarder_gets_one_task_until_it_reports_then_no_more_than_its_window() {
     let mut farm = Farm::new(&[10; 200], 2, 8, false);
     farm.apply(&Action::Hoard(0));
     farm.apply(&Action::Join(1));
     let w = farm.named(0).expect("the hoarder joined");
+    assert_eq!(
+        farm.workers[w].queue.len(),
+        1,
+        "a worker not yet measured holds one task"
+    );
+    farm.apply(&Action::Finish(0, false));
     let held = farm.workers[w].queue.len();
     assert!(
         held <= MAX_HINTED_WINDOW as usize,
@@ -1155,6 +1167,18 @@ fn greet(d: &mut Dispatcher, now: Instant, name: &str, out: &mut Vec<Command>) {
 
 /// A worker of `backend` (`sleep`, `cpu`, ...) greets.
 fn greet_as(d: &mut Dispatcher, now: Instant, name: &str, backend: &str, out: &mut Vec<Command>) {
+    greet_filled(d, now, name, backend, 0, out);
+}
+
+/// A worker of `backend` whose device fills at `fill` invocations greets.
+fn greet_filled(
+    d: &mut Dispatcher,
+    now: Instant,
+    name: &str,
+    backend: &str,
+    fill: u32,
+    out: &mut Vec<Command>,
+) {
     let info = WorkerInfo {
         name: name.into(),
         session: 1,
@@ -1162,6 +1186,7 @@ fn greet_as(d: &mut Dispatcher, now: Instant, name: &str, backend: &str, out: &m
         adapter: String::new(),
         window_hint: 4,
         codecs: 0,
+        fill,
     };
     d.handle(
         now,
@@ -1202,6 +1227,7 @@ fn report_as(
             wall_us,
             kernel_us: 0,
             items: 0,
+            ..Done::default()
         }],
     };
     d.handle(
@@ -1805,44 +1831,416 @@ fn a_chunk_whose_worker_cannot_cut_it_is_copied_and_one_not_cut_in_time_too() {
 }
 
 #[test]
-fn on_an_even_farm_a_measured_worker_holds_its_next_chunk_until_the_job_nears_its_end() {
+fn a_device_workers_chunks_hold_at_least_what_fills_its_device() {
     let base = Instant::now();
     let t = |ms: u64| base + Duration::from_millis(ms);
-    // 100,000 items of 1 ms at nominal speed: 100 s of work, chunks of 200 ms.
-    let mut d = job_dispatcher(100_000, Policy::Adaptive(Duration::from_millis(200)), base);
+    // A million spin items of 1 ms (1,024 invocations each), chunks of 50 ms.
+    let mut d = job_dispatcher(1_000_000, Policy::Adaptive(Duration::from_millis(50)), base);
     let mut out = Vec::new();
-    greet(&mut d, base, "a", &mut out);
+    // The card runs near its full rate from 4 M invocations in flight: 4,096 items.
+    greet_filled(&mut d, base, "card", "gpu", 4096 * 1024, &mut out);
+    greet_as(&mut d, base, "core", "cpu", &mut out);
     d.handle(base, Event::Tick, &mut out);
     sink_acks(&mut d, base, 0, &mut out);
     out.clear();
     d.handle(base, Event::Tick, &mut out);
-    // Not measured yet: a probe, and nothing queued behind it.
-    let probe = chunks_in(&out);
-    assert_eq!(probe.len(), 1, "{probe:?}");
-    out.clear();
-    report(&mut d, t(10), "a", probe[0].1.id, 10_000, &mut out);
-    d.handle(t(10), Event::Tick, &mut out);
-    // Measured, far from the end: its next chunk and the one after, queued.
-    let two = chunks_in(&out);
-    assert_eq!(two.len(), 2, "{two:?}");
-    // It reports them one by one; near the end (under 8 chunk times of work left) it
-    // holds one chunk at a time again.
-    let mut now = 10;
-    let mut held = two.iter().map(|(_, c)| *c).collect::<Vec<_>>();
-    let mut most_near_end = 0;
-    while let Some(chunk) = held.first().copied() {
-        held.remove(0);
-        now += u64::from(chunk.items);
+    let (card, core) = (0, 1);
+    let probes = chunks_in(&out);
+    let probe = |w| probes.iter().find(|(to, _)| *to == w).map(|(_, c)| *c);
+    let (card_probe, core_probe) = (probe(card).unwrap(), probe(core).unwrap());
+    // Unmeasured, the cpu worker gets a sliver; the card what fills it.
+    assert!(core_probe.items < 100, "{core_probe:?}");
+    assert_eq!(card_probe.items, 4096, "{card_probe:?}");
+    // Measured slow (launches and round trips are most of a small chunk's time), the
+    // card's next chunks stay at its fill where its rate alone would shrink them.
+    let mut next = card_probe;
+    for round in 1..=3u64 {
         out.clear();
-        // Items cost 1 ms each on this worker.
-        report(&mut d, t(now), "a", chunk.id, chunk.items * 1000, &mut out);
-        d.handle(t(now), Event::Tick, &mut out);
-        held.extend(chunks_in(&out).into_iter().map(|(_, c)| c));
-        let left_s = d.carver.as_ref().map_or(0, |c| c.left()) as f64 / 1000.0;
-        if left_s < 1.6 {
-            most_near_end = most_near_end.max(held.len());
+        report(&mut d, t(round * 10), "card", next.id, 1_000_000, &mut out);
+        let items = (next.first, next.first + u64::from(next.items));
+        sink_holds(&mut d, t(round * 10), vec![items], &mut out);
+        d.handle(t(round * 10), Event::Tick, &mut out);
+        let chunks: Vec<Task> = chunks_in(&out)
+            .into_iter()
+            .filter(|(to, _)| *to == card)
+            .map(|(_, c)| c)
+            .collect();
+        assert!(!chunks.is_empty(), "round {round}: no chunk for the card");
+        for c in &chunks {
+            assert_eq!(c.items, 4096, "round {round}: {c:?}");
         }
-        assert!(held.len() <= 2, "it holds {held:?}");
+        next = chunks[0];
     }
-    assert!(most_near_end <= 1, "two chunks held near the end");
+    // An `auto` worker greets again once its device is built for the job: its new fill
+    // sizes its chunks from then on.
+    let now = t(40);
+    greet_filled(&mut d, now, "card", "gpu", 8192 * 1024, &mut out);
+    out.clear();
+    report(&mut d, now, "card", next.id, 1_000_000, &mut out);
+    sink_holds(&mut d, now, vec![next.range()], &mut out);
+    d.handle(now, Event::Tick, &mut out);
+    let chunks: Vec<Task> = chunks_in(&out)
+        .into_iter()
+        .filter(|(to, _)| *to == card)
+        .map(|(_, c)| c)
+        .collect();
+    assert!(
+        !chunks.is_empty(),
+        "no chunk for the card after its new greeting"
+    );
+    assert!(chunks.iter().all(|c| c.items == 8192), "{chunks:?}");
+}
+
+/// Runs equal workers (1 ms an item) through a 100,000-item adaptive job in virtual time,
+/// the sink holding each chunk as it is reported. Returns the most chunks a worker held
+/// once carved one far from the end, and under 8 chunk times of work from it.
+fn chunks_held_far_and_near_the_end(workers: &[&str]) -> (usize, usize) {
+    let base = Instant::now();
+    let t = |ms: u64| base + Duration::from_millis(ms);
+    // 100 s of work at nominal speed, chunks of 200 ms.
+    let policy = Policy::Adaptive(Duration::from_millis(200));
+    let (mut d, mut out) = started_job(100_000, policy, base, workers);
+    // Not measured yet: a probe each, nothing queued behind it.
+    let mut held: Vec<Vec<Task>> = vec![Vec::new(); workers.len()];
+    for (w, chunk) in chunks_in(&out) {
+        held[w as usize].push(chunk);
+    }
+    assert!(held.iter().all(|h| h.len() == 1), "{held:?}");
+    // Each worker computes its first chunk from when it is free.
+    let mut free_at = vec![0u64; workers.len()];
+    let (mut far, mut near) = (0, 0);
+    while let Some(w) = (0..workers.len())
+        .filter(|&w| !held[w].is_empty())
+        .min_by_key(|&w| free_at[w] + u64::from(held[w][0].items))
+    {
+        let chunk = held[w].remove(0);
+        free_at[w] += u64::from(chunk.items);
+        let now = t(free_at[w]);
+        out.clear();
+        report(
+            &mut d,
+            now,
+            workers[w],
+            chunk.id,
+            chunk.items * 1000,
+            &mut out,
+        );
+        let items = (chunk.first, chunk.first + u64::from(chunk.items));
+        sink_holds(&mut d, now, vec![items], &mut out);
+        // Work left for the farm before it is carved again.
+        let left = d.carver.as_ref().map_or(0, |c| c.left());
+        let farm_s = left as f64 / 1000.0 / workers.len() as f64;
+        d.handle(now, Event::Tick, &mut out);
+        for (to, next) in chunks_in(&out) {
+            let to = to as usize;
+            if held[to].is_empty() {
+                free_at[to] = free_at[to].max(free_at[w]);
+            }
+            held[to].push(next);
+            let holds = held[to].len();
+            assert!(holds <= 2, "a worker holds {held:?}");
+            if farm_s < 1.6 {
+                near = near.max(holds);
+            } else {
+                far = far.max(holds);
+            }
+        }
+    }
+    assert_eq!(
+        d.carver.as_ref().map_or(0, |c| c.left()),
+        0,
+        "the job ran to its end"
+    );
+    (far, near)
+}
+
+#[test]
+fn on_an_even_farm_a_measured_worker_holds_its_next_chunk_until_the_job_nears_its_end() {
+    // Two equal workers: each holds its next chunk far from the end, one at a time near
+    // it, where a second chunk in hand would be items the other could not take.
+    assert_eq!(chunks_held_far_and_near_the_end(&["a", "b"]), (2, 1));
+    // A worker alone queues to the end: no other worker could take its items.
+    assert_eq!(chunks_held_far_and_near_the_end(&["a"]), (2, 2));
+}
+
+#[test]
+fn a_chunk_far_past_its_prediction_yields_its_rest_rather_than_being_copied_whole() {
+    use super::endgame::{choose, Choice, Take};
+    let device = Some(crate::pieces::PIECE);
+    let free = Some(crate::pieces::FREE_PIECE);
+    // A measured holder that has run the task since it was given, in ms: the taker's
+    // prediction, the holder's, how long it has run, how long it is predicted to need.
+    let running = |mine: f64, holder: f64, ran: f64, left: f64, pieces| -> Choice {
+        choose(
+            mine * 1e3,
+            Some(holder * 1e3),
+            ran * 1e3,
+            ran * 1e3,
+            left * 1e3,
+            pieces,
+        )
+    };
+    // A cpu worker's chunk grown on cheap rows runs through the set: predicted 40 ms, it
+    // has run 534 ms. The idle adapter, measured on dear rows, would need 294 ms for all
+    // of it. Its piece in hand was sized at the rate its last pieces ran: the rest is
+    // carved again after at most a couple of pieces' time, and nothing is done twice.
+    let far = running(22.0, 40.0, 534.0, 534.0, device);
+    assert_eq!(far.take, Take::Yield, "{far:?}");
+    assert!((far.mine_us - 293_700.0).abs() < 1.0, "{far:?}");
+    // The same chunk run whole cannot yield: copied.
+    assert_eq!(running(22.0, 40.0, 534.0, 534.0, None).take, Take::Copy);
+    // Where a copy (53 ms) takes the idle worker less than twice the wait for a device's
+    // piece in hand (up to 100 ms), waiting would cost more than it saves: copied.
+    let cheap = running(4.0, 40.0, 534.0, 534.0, device);
+    assert_eq!(cheap.take, Take::Copy, "{cheap:?}");
+    // Unless the holder's pieces are short (a cpu worker's): a wait of 20 ms at most,
+    // against a copy predicted from rates measured on other items, 53 ms or even 5.
+    let short = running(4.0, 40.0, 534.0, 534.0, free);
+    assert_eq!(short.take, Take::Yield, "{short:?}");
+    let tiny = running(0.4, 40.0, 534.0, 534.0, free);
+    assert_eq!(tiny.take, Take::Yield, "{tiny:?}");
+    // No copy pays (the holder is measured twice as fast), but a chunk with more than
+    // four pieces left yields its rest to be carved among the idle workers.
+    let even = running(40.0, 20.0, 100.0, 240.0, device);
+    assert_eq!(even.take, Take::Yield, "{even:?}");
+    // A holder not measured yet: the taker's prediction stands once the holder has held
+    // the task twice that long, queued behind its first (never run) or running it.
+    let queued = choose(7_000.0, None, 0.0, 839_000.0, 839_000.0, None);
+    assert_eq!(queued.take, Take::Copy, "{queued:?}");
+    let fresh = choose(7_000.0, None, 0.0, 10_000.0, 839_000.0, None);
+    assert_eq!(fresh.take, Take::Leave, "{fresh:?}");
+    // Nearly done and faster: left alone.
+    let near = running(40.0, 20.0, 100.0, 100.0, device);
+    assert_eq!(near.take, Take::Leave, "{near:?}");
+    // Far from done, but measured five times faster than the idle worker: left alone (its
+    // rest would be carved for the slow worker first).
+    let outpaced = running(100.0, 20.0, 100.0, 240.0, device);
+    assert_eq!(outpaced.take, Take::Leave, "{outpaced:?}");
+}
+
+/// Whether each task message in `out` asks its worker for pieces, by worker.
+fn pieces_asked(out: &[Command]) -> Vec<(WorkerId, bool)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Tasks {
+                worker, in_pieces, ..
+            } => Some((*worker, *in_pieces)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_cpu_worker_runs_chunks_in_pieces_however_fast_its_rate_says_it_is() {
+    // Rows of a Mandelbrot job, on a farm of a cpu worker and the software adapter, one
+    // measured ten times the other's rate (a rate measured on cheap rows may say so of
+    // the slower): the cpu worker's pieces cost nothing, so its chunks can always be cut;
+    // the adapter's cost a dispatch each, so measured clearly fastest it runs them whole.
+    for (fast_backend, slow_backend, fast_in_pieces) in
+        [("cpu", "software", true), ("software", "cpu", false)]
+    {
+        let base = Instant::now();
+        let mut d = job_dispatcher(100_000, Policy::Fixed(100), base);
+        d.config.job.kernel = crate::kernels::Kernel::Mandelbrot.id();
+        let mut out = Vec::new();
+        greet_as(&mut d, base, "fast", fast_backend, &mut out);
+        greet_as(&mut d, base, "slow", slow_backend, &mut out);
+        d.handle(base, Event::Tick, &mut out);
+        sink_acks(&mut d, base, 0, &mut out);
+        out.clear();
+        d.handle(base, Event::Tick, &mut out);
+        let (fast, slow) = (0, 1);
+        assert_eq!(d.workers()[fast as usize].routing_id, b"fast");
+        let first = chunks_in(&out);
+        assert_eq!(first.len(), 2, "{out:?}");
+        // Unmeasured, both run in pieces: either could be relieved.
+        assert!(pieces_asked(&out).iter().all(|&(_, p)| p), "{out:?}");
+        let t = base + Duration::from_millis(10);
+        out.clear();
+        for (w, chunk) in first {
+            let (name, wall_us) = if w == fast {
+                ("fast", 1_000)
+            } else {
+                ("slow", 10_000)
+            };
+            report(&mut d, t, name, chunk.id, wall_us, &mut out);
+            sink_holds(&mut d, t, vec![chunk.range()], &mut out);
+        }
+        out.clear();
+        d.handle(t, Event::Tick, &mut out);
+        let asked = pieces_asked(&out);
+        assert!(
+            asked.contains(&(fast, fast_in_pieces)),
+            "{fast_backend}: {out:?}"
+        );
+        assert!(asked.contains(&(slow, true)), "{slow_backend}: {out:?}");
+    }
+}
+
+/// What the fast worker of [`fast_and_slow_on_a_list`] does.
+#[derive(Clone, Copy, PartialEq)]
+enum Fast {
+    Works,
+    /// Says goodbye at this ms.
+    LeavesAt(u64),
+    /// From this ms on runs nothing and reports nothing, and still heartbeats.
+    SitsOnItsTasksFrom(u64),
+}
+
+/// How a run of [`fast_and_slow_on_a_list`] went.
+struct ListRun {
+    /// When the last task was first reported, in ms.
+    end_ms: u64,
+    /// Tasks each worker reported: fast, slow.
+    ran: [usize; 2],
+    redispatched: u64,
+    /// When the slow worker started each task, in ms.
+    slow_starts: Vec<u64>,
+}
+
+/// A dispatcher of a task list of `tasks` 10 ms tasks, the workers `names` greeted and the
+/// sink's acknowledgement in (batch 0x10b, as `report` says), ticked once.
+fn list_started(tasks: usize, names: &[&str]) -> (Dispatcher, Instant, Vec<Command>) {
+    let mut config = Farm::new(&vec![10; tasks], 2, 8, false).config;
+    config.batch_id = 0x10b;
+    let base = Instant::now();
+    let mut d = Dispatcher::new(config, base, 0);
+    let mut out = Vec::new();
+    d.handle(base, Event::Tick, &mut out);
+    for name in names {
+        greet(&mut d, base, name, &mut out);
+    }
+    sink_acks(&mut d, base, 0, &mut out);
+    d.handle(base, Event::Tick, &mut out);
+    (d, base, out)
+}
+
+/// A task list of 10 ms tasks run by a fast worker (10 ms a task) and a slow one (300 ms),
+/// in virtual time, a millisecond a step: each runs its tasks in the order given, reports
+/// each as it ends (the sink holding it at once) and heartbeats every 50 ms.
+fn fast_and_slow_on_a_list(tasks: usize, fast: Fast) -> ListRun {
+    let names = ["fast", "slow"];
+    let (mut d, base, mut out) = list_started(tasks, &names);
+    let task_ms = [10u64, 300];
+    let mut queues: [VecDeque<u32>; 2] = Default::default();
+    // The task each runs and when it ends.
+    let mut running: [Option<(u32, u64)>; 2] = [None, None];
+    let mut run = ListRun {
+        end_ms: 0,
+        ran: [0; 2],
+        redispatched: 0,
+        slow_starts: Vec::new(),
+    };
+    let (mut alive, mut works) = ([true, true], [true, true]);
+    let mut reported = vec![false; tasks];
+    for now_ms in 0..60_000u64 {
+        let t = base + Duration::from_millis(now_ms);
+        if fast == Fast::LeavesAt(now_ms) {
+            alive[0] = false;
+            let bye = Event::FromWorker {
+                routing_id: b"fast".to_vec(),
+                message: Message::Bye,
+            };
+            d.handle(t, bye, &mut out);
+        }
+        works[0] = alive[0] && !matches!(fast, Fast::SitsOnItsTasksFrom(at) if now_ms >= at);
+        if now_ms % 50 == 0 {
+            for w in (0..2).filter(|&w| alive[w]) {
+                greet(&mut d, t, names[w], &mut out);
+            }
+        }
+        d.handle(t, Event::Tick, &mut out);
+        for c in out.drain(..) {
+            if let Command::Tasks { worker, tasks, .. } = c {
+                let w = usize::from(d.workers()[worker as usize].info.name == "slow");
+                queues[w].extend(tasks.iter().map(|task| task.id));
+            }
+        }
+        for w in (0..2).filter(|&w| works[w]) {
+            if let Some((id, ends)) = running[w].filter(|&(_, ends)| ends <= now_ms) {
+                let wall_us = u32::try_from(task_ms[w] * 1000).expect("small");
+                report(&mut d, t, names[w], id, wall_us, &mut out);
+                let held = Message::Held {
+                    batch: 0x10b,
+                    ids: vec![id],
+                };
+                d.handle(t, Event::FromSink(held), &mut out);
+                running[w] = None;
+                run.ran[w] += 1;
+                if !reported[id as usize] {
+                    reported[id as usize] = true;
+                    run.end_ms = ends;
+                }
+            }
+            if running[w].is_none() {
+                running[w] = queues[w].pop_front().map(|id| (id, now_ms + task_ms[w]));
+                if w == 1 && running[w].is_some() {
+                    run.slow_starts.push(now_ms);
+                }
+            }
+        }
+        if reported.iter().all(|&r| r) {
+            break;
+        }
+    }
+    assert!(
+        reported.iter().all(|&r| r),
+        "never ended: ran {:?}",
+        run.ran
+    );
+    run.redispatched = d.counters().redispatched;
+    run
+}
+
+#[test]
+fn a_task_the_farm_would_finish_before_a_slow_worker_could_is_left_to_the_others() {
+    // Alone, the fast worker takes 400 ms. The slow one runs its probe (300 ms) and is
+    // then given no task it would end after the fast one ended the rest: the batch ends
+    // within a task of the fast one alone, with nothing copied at the end.
+    let run = fast_and_slow_on_a_list(40, Fast::Works);
+    let (end_ms, ran) = (run.end_ms, run.ran);
+    assert_eq!(ran[1], 1, "the slow worker ran {ran:?}");
+    assert_eq!(run.redispatched, 0, "ended at {end_ms} ms, ran {ran:?}");
+    assert!(end_ms <= 400 + 10, "ended at {end_ms} ms, ran {ran:?}");
+    // Left waiting after its probe, the slow worker takes the rest when the fast one
+    // leaves.
+    let run = fast_and_slow_on_a_list(40, Fast::LeavesAt(320));
+    assert!(run.ran[1] > 2, "the slow worker ran {:?}", run.ran);
+    // A fast worker that stops reporting while it holds tasks (a peer that lies about its
+    // speed, say) keeps the slow one waiting a heartbeat or two, not until the backup rule
+    // (4 x 10 ms + 500 ms after its last task was given).
+    let run = fast_and_slow_on_a_list(40, Fast::SitsOnItsTasksFrom(330));
+    let next = run.slow_starts.iter().find(|&&at| at >= 330);
+    assert!(
+        next.is_some_and(|&at| at <= 330 + 300),
+        "the slow worker started at {:?}",
+        run.slow_starts
+    );
+}
+
+#[test]
+fn a_failure_does_not_measure_a_workers_speed() {
+    // A task that fails at once says nothing of how fast its worker runs tasks: counted,
+    // the worker would look a thousand times faster than the others and be waited for.
+    let (mut d, now, mut out) = list_started(4, &["w"]);
+    let first = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Tasks { tasks, .. } => tasks.first().map(|t| t.id),
+            _ => None,
+        })
+        .expect("a task went out");
+    report_as(&mut d, now, "w", first, 10, Status::Failed, &mut out);
+    d.handle(now, Event::Tick, &mut out);
+    assert_eq!(d.workers()[0].us_per_ms, None);
+    let next = out
+        .iter()
+        .rev()
+        .find_map(|c| match c {
+            Command::Tasks { tasks, .. } => tasks.first().map(|t| t.id),
+            _ => None,
+        })
+        .expect("another task went out");
+    report(&mut d, now, "w", next, 10_000, &mut out);
+    assert_eq!(d.workers()[0].us_per_ms, Some(1000.0));
 }

@@ -104,6 +104,16 @@ impl Kernel {
         }
     }
 
+    /// Items one invocation of its shader handles: a search's invocation tries
+    /// [`search::KEYS_PER_INVOCATION`] keys (its uniform work, and the launch of an
+    /// invocation, shared by several), every other kernel one item.
+    pub fn items_per_invocation(self) -> u32 {
+        match self {
+            Kernel::Search => search::KEYS_PER_INVOCATION,
+            _ => 1,
+        }
+    }
+
     /// The WGSL of a built-in kernel, compiled into the binary (`shaders/interface.wgsl`
     /// then the kernel's file); `None` for user kernels.
     pub fn builtin_source(self) -> Option<&'static str> {
@@ -146,11 +156,79 @@ pub fn is_data(job: &Job) -> bool {
     Kernel::from_id(job.kernel).is_some_and(Kernel::carries_output)
 }
 
-/// What one task asks of a backend: how many items (invocations) and how many output bytes.
+/// What one task asks of a backend: how many items (invocations; a search's keys, 16 an
+/// invocation) and how many output bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     pub items: u32,
     pub output_bytes: usize,
+}
+
+/// The constants a built-in kernel's shader reads: the job's, and what every invocation
+/// would otherwise work out alike, worked out once (a search's salted mix,
+/// [`search::SALTED`]).
+pub fn device_constants(job: &Job) -> [u32; CONSTANTS] {
+    let mut c = job.constants;
+    if job.source == 0 && Kernel::from_id(job.kernel) == Some(Kernel::Search) {
+        c[search::SALTED] = search::salted(c[2]);
+    }
+    c
+}
+
+/// A task of `job` whose run says what its tasks cost a kernel variant, of about
+/// `invocations` where the job is divisible (a device's fill): rows through the middle of
+/// a picture (the middle band of a task list), a search's first keys (its first task).
+/// `None` where no task says it without inputs, or the variant cannot matter (`spin`,
+/// `copy`, user kernels).
+pub fn probe_task(job: &Job, invocations: u32) -> Option<Task> {
+    let whole = |id| Task {
+        id,
+        workload_ms: 1,
+        first: 0,
+        items: 0,
+    };
+    match Kernel::from_id(job.kernel)? {
+        Kernel::Mandelbrot => {
+            let view = mandelbrot::View::of(job).ok()?;
+            if job.items == 0 {
+                return Some(whole(view.bands() / 2));
+            }
+            let rows = invocations.div_ceil(view.width).clamp(1, view.height);
+            Some(Task {
+                first: u64::from((view.height - rows) / 2),
+                items: rows,
+                ..whole(0)
+            })
+        }
+        Kernel::Search => {
+            let space = search::Space::of(job).ok()?;
+            if job.items == 0 {
+                return Some(whole(0));
+            }
+            let keys = u64::from(invocations) * u64::from(search::KEYS_PER_INVOCATION);
+            Some(Task {
+                items: space.keys.min(u32::try_from(keys).unwrap_or(u32::MAX)),
+                ..whole(0)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A divisible job's items that keep `fill` invocations busy (a device's fill): each item
+/// is its shape's work units (a Mandelbrot row's pixels, a search's key, a spin item's
+/// units), and an invocation handles [`Kernel::items_per_invocation`] of them. Where a
+/// job's items do not say (a task list, a copy job sized by its input), one unit each.
+pub fn items_filling(job: &Job, fill: u32) -> u64 {
+    let one = Task {
+        id: 0,
+        workload_ms: 1,
+        first: 0,
+        items: 1,
+    };
+    let units = shape(job, one, 0).map_or(1, |s| u64::from(s.items).max(1));
+    let per_invocation = Kernel::from_id(job.kernel).map_or(1, Kernel::items_per_invocation);
+    (u64::from(fill) * u64::from(per_invocation)).div_ceil(units)
 }
 
 /// A task's shape under its job, or why it cannot run (unknown kernel, sizes out of range).
@@ -305,6 +383,37 @@ mod tests {
             assert_eq!(k.builtin_source().is_some(), k != Kernel::User);
         }
         assert_eq!(Kernel::from_id(9), None);
+    }
+
+    #[test]
+    fn a_fill_in_items_is_the_invocations_over_what_an_item_takes() {
+        // An H200's ~270,000 resident threads: 71 rows of a 3840-pixel-wide picture, and
+        // sixteen keys an invocation for a search.
+        let view = mandelbrot::View::new(3840, 2160, 1000, 1, (-0.5, 0.0), 3.0).unwrap();
+        let picture = Job {
+            kernel: Kernel::Mandelbrot.id(),
+            constants: view.constants(),
+            items: 2160,
+            ..Job::default()
+        };
+        assert_eq!(items_filling(&picture, 270_336), 71);
+        let space = search::Space::for_chunks(24, u32::MAX, 1 << 22, 7).unwrap();
+        let keys = Job {
+            kernel: Kernel::Search.id(),
+            constants: space.constants(),
+            items: u64::from(u32::MAX),
+            ..Job::default()
+        };
+        assert_eq!(items_filling(&keys, 270_336), 16 * 270_336);
+        // No device, no floor.
+        assert_eq!(items_filling(&picture, 0), 0);
+        // The shader's keys an invocation are the backend's.
+        let wgsl = Kernel::Search.builtin_source().unwrap();
+        let keys = format!("const KEYS: u32 = {}u;", search::KEYS_PER_INVOCATION);
+        assert!(
+            wgsl.contains(&keys),
+            "search.wgsl says otherwise than {keys}"
+        );
     }
 
     #[test]

@@ -27,8 +27,24 @@ pub struct Space {
 
 /// The hash whose leading zeros are counted; must match `hash` in `shaders/search.wgsl`.
 pub fn hash(key: u32, salt: u32) -> u32 {
-    spin::mix(spin::mix(key ^ spin::mix(salt.wrapping_add(spin::GOLDEN))).wrapping_add(key))
+    spin::mix(spin::mix(key ^ salted(salt)).wrapping_add(key))
 }
+
+/// The part of [`hash`] every key of a search shares: the shader reads it from
+/// [`SALTED`] (`c[1].z`), worked out once per task, rather than mixing it again per key.
+pub fn salted(salt: u32) -> u32 {
+    spin::mix(salt.wrapping_add(spin::GOLDEN))
+}
+
+/// Where a device's constants hold [`salted`] (never sent: the backend fills it in).
+pub const SALTED: usize = 6;
+
+/// Keys one invocation of the shader tries, consecutive (`KEYS` in `search.wgsl`).
+/// Chosen by measurement on the software adapter (kernels suite, M keys/s end to end,
+/// medians of 3 in alternating runs): 1 key 274-374, 4 keys 324-647, 8 keys 543-826,
+/// 16 keys 975-1005. A GPU's figure is to be measured on one; 16 keys still leave a
+/// task of the default 4 M keys 262,144 invocations, an H200's resident threads.
+pub const KEYS_PER_INVOCATION: u32 = 16;
 
 impl Space {
     /// The search `--bits`, `--keys`, `--keys-per-task` and `--salt` describe, checked.
