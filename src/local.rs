@@ -18,6 +18,7 @@ use anyhow::{anyhow, Context};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A one-process run: the ventilator's and sink's settings (their endpoints are replaced
 /// by loopback ones) and the backends of the workers, one each.
@@ -29,7 +30,7 @@ pub struct LocalRun {
     /// How long after the start each worker joins (benchmarks of late joiners); missing
     /// entries join at once. The ventilator waits for `ventilator.wait_workers` of them,
     /// or for all when that is 0.
-    pub join_delays: Vec<std::time::Duration>,
+    pub join_delays: Vec<Duration>,
     /// Told the ventilator's tasks endpoint once it is bound (benchmarks that add peers).
     pub tasks_endpoint: Option<std::sync::mpsc::Sender<String>>,
     /// Told the live view's address once it listens (`ventilator.http`), for scrapers.
@@ -157,10 +158,15 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     })?;
     let mut worker_threads = Vec::with_capacity(workers);
     let standing = Arc::new(AtomicUsize::new(workers));
+    // The workers stop with the run, and on their own once the batch is over: one the
+    // ventilator's end did not reach (declared gone for a silence as the batch ended)
+    // would otherwise wait for a ventilator that is gone.
+    let workers_stop = shutdown.child();
     for (index, (name, worker)) in connected.into_iter().enumerate() {
         let delay = run.join_delays.get(index).copied().unwrap_or_default();
         let standing = standing.clone();
-        worker_threads.push(spawn(&name, shutdown, move |s| {
+        let whole_run = shutdown.clone();
+        worker_threads.push(spawn(&name, &workers_stop, move |s| {
             std::thread::sleep(delay); // the scenario: this worker joins late
             let outcome = worker.serve(s).map(|_| ());
             if let Err(e) = &outcome {
@@ -171,7 +177,7 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
                 // The others carry on with its tasks, as separate workers would; only when
                 // none is left is the run over.
                 if standing.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    s.request();
+                    whole_run.request();
                 }
             }
             Ok(outcome)
@@ -189,6 +195,15 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
     // Workers leave when the ventilator ends the batch; if it failed, stop them here.
     if report.is_err() || vent.is_err() {
         shutdown.request();
+    }
+    // Those still there a heartbeat timeout after the end missed it: stop them.
+    let grace = Instant::now() + run.heartbeat.timeout();
+    while worker_threads.iter().any(|t| !t.is_finished()) && Instant::now() < grace {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if worker_threads.iter().any(|t| !t.is_finished()) {
+        log::debug!("stopping the workers the batch's end did not reach");
+        workers_stop.request();
     }
     let mut errors = Vec::new();
     for handle in worker_threads {

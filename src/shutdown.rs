@@ -87,10 +87,13 @@ impl Interrupted {
 }
 
 /// A stop request shared by the parts of one run: set by [`Shutdown::request`] (which the
-/// signal handler calls on the token `main` gave it).
+/// signal handler calls on the token `main` gave it). A [`Shutdown::child`] also stops when
+/// the token it came from does, and can be stopped alone.
 #[derive(Clone, Default)]
 pub struct Shutdown {
     requested: Arc<AtomicBool>,
+    /// The tokens it came from: a stop of any of them is a stop of this one.
+    parents: Vec<Arc<AtomicBool>>,
 }
 
 impl Shutdown {
@@ -103,9 +106,22 @@ impl Shutdown {
         self.requested.store(true, Ordering::SeqCst);
     }
 
-    /// True once a stop was requested of this token (or a clone of it).
+    /// A token that stops when this one does, and that [`Shutdown::request`] on it (or a
+    /// clone) stops without stopping this one: the part of a run that outlives the rest.
+    pub fn child(&self) -> Self {
+        let mut parents = self.parents.clone();
+        parents.push(self.requested.clone());
+        Self {
+            requested: Arc::default(),
+            parents,
+        }
+    }
+
+    /// True once a stop was requested of this token, a clone of it, or a token it is a
+    /// child of.
     pub fn is_requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
+            || self.parents.iter().any(|p| p.load(Ordering::SeqCst))
     }
 
     /// `Err(Interrupted)` once a stop was requested: `shutdown.check()?` in every loop.
@@ -115,5 +131,33 @@ impl Shutdown {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shutdown;
+
+    #[test]
+    fn a_child_stops_with_its_parent_and_alone_without_stopping_it() {
+        let run = Shutdown::new();
+        let workers = run.child();
+        let one_worker = workers.clone();
+        assert!(!one_worker.is_requested());
+        workers.request();
+        assert!(
+            one_worker.is_requested(),
+            "a clone of the child stops with it"
+        );
+        assert!(!run.is_requested(), "the child stopped its parent");
+
+        let run = Shutdown::new();
+        let grandchild = run.child().child();
+        run.request();
+        assert!(
+            grandchild.is_requested(),
+            "a grandchild missed its grandparent's stop"
+        );
+        assert!(grandchild.check().is_err());
     }
 }

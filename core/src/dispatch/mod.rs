@@ -1257,14 +1257,17 @@ impl Dispatcher {
     }
 
     /// Tells every worker the batch is over: they abandon what they hold of it. Workers
-    /// that declined the batch are released too (they wait for its end).
+    /// that declined the batch are released too (they wait for its end), and so are those
+    /// declared gone: one gone for a silence may still be there (a starved thread, a
+    /// paused process), and one told to leave at the end would otherwise wait for it
+    /// forever. A worker really gone answers `Unreachable`, which changes nothing now.
     fn end_workers(&self, out: &mut Vec<Command>) {
         let end = Message::End {
             batch: self.config.batch_id,
             shutdown: self.config.shutdown_workers,
         };
         for (id, worker) in self.workers.iter().enumerate() {
-            if worker.alive || worker.declined {
+            if !worker.refused {
                 out.push(Command::ToWorker {
                     worker: id as WorkerId,
                     message: end.clone(),

@@ -129,6 +129,8 @@ struct Farm {
     redeclined: std::collections::VecDeque<usize>,
     /// What the sink answers the ventilator, not yet delivered.
     from_sink: std::collections::VecDeque<Message>,
+    /// Workers told the batch is over, in the order they were told.
+    ended: Vec<usize>,
 }
 
 impl Farm {
@@ -196,6 +198,7 @@ impl Farm {
             next_session: 2,
             redeclined: Default::default(),
             from_sink: Default::default(),
+            ended: Vec::new(),
         };
         farm.event(Event::Tick);
         farm
@@ -269,6 +272,8 @@ impl driver::Host for Farm {
                         failed.push(Event::Unreachable(worker));
                     } else if let Message::Refused { .. } = message {
                         self.workers[w].connected = false;
+                    } else if let Message::End { .. } = message {
+                        self.ended.push(w);
                     }
                 }
                 Command::Tasks { worker, tasks, .. } if !self.d.worker(worker).alive => {
@@ -1041,6 +1046,38 @@ fn workers_that_go_quiet_and_come_back_finish_the_batch_themselves() {
         farm.apply(&Action::Advance(50));
     }
     assert!(farm.complete, "the batch stalled with both workers back");
+}
+
+#[test]
+fn a_worker_declared_gone_for_its_silence_is_still_told_the_batch_is_over() {
+    let mut farm = Farm::new(&[10; 20], 1, 4, false);
+    farm.apply(&Action::Join(0));
+    farm.apply(&Action::Join(1));
+    let (w0, w1) = (farm.named(0).unwrap(), farm.named(1).unwrap());
+    // w1 stalls (a starved thread, a paused process): past the timeout it is gone to the
+    // ventilator, though it is still there and hears what is sent to it.
+    farm.apply(&Action::Freeze(1));
+    for _ in 0..8 {
+        farm.apply(&Action::Join(0));
+        farm.apply(&Action::Advance(100));
+    }
+    assert!(!farm.d.workers()[1].alive, "w1 was not declared gone");
+    for _ in 0..200 {
+        if farm.complete {
+            break;
+        }
+        while !farm.workers[w0].queue.is_empty() {
+            farm.finish(w0, false);
+        }
+        farm.apply(&Action::Join(0));
+        farm.apply(&Action::SinkFlush);
+        farm.apply(&Action::Advance(50));
+    }
+    assert!(farm.complete, "w0 did not finish the batch");
+    // Told, or it would wait for the batch's end forever (a worker of a one-process run, or
+    // one started with --exit-when-done).
+    assert!(farm.ended.contains(&w0), "w0 not told: {:?}", farm.ended);
+    assert!(farm.ended.contains(&w1), "w1 not told: {:?}", farm.ended);
 }
 
 #[test]
