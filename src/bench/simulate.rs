@@ -43,7 +43,10 @@ pub struct SimSpec {
     /// farm of `workers`: a farm with chosen ratios (1 fast and 8 a thousand times slower).
     pub farm: Option<Vec<f64>>,
     /// A divisible job's cost of each item, as a multiple of `item_us`, instead of a
-    /// uniform cost: a ramp, or the rows of a picture through the set.
+    /// uniform cost: a ramp, or the rows of a picture through the set. Without chunking,
+    /// a task list of as many tasks, each declared 1 ms (as `--kernel mandelbrot` declares
+    /// its bands) and costing `item_us` times its entry: what the dispatcher cannot know
+    /// before a task is done.
     pub costs: Option<std::sync::Arc<Vec<f64>>>,
 }
 
@@ -221,6 +224,9 @@ fn task_us(task: &Task, item_us: u32, prefix: Option<&[f64]>) -> f64 {
             None => f64::from(task.items),
         };
         items * f64::from(item_us)
+    } else if let Some(p) = prefix {
+        let id = (task.id as usize).min(p.len().saturating_sub(2));
+        (p[id + 1] - p[id]) * f64::from(item_us)
     } else {
         f64::from(task.workload_ms) * 1e3
     }
@@ -679,10 +685,18 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// List scheduling, longest first, onto whichever worker frees up first.
+/// [`lpt_ms_s`] of whole-ms workloads.
+#[cfg(test)]
 fn lpt_s(workloads: &[u32], slowness: &[f64]) -> f64 {
-    let mut sorted = workloads.to_vec();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let ms: Vec<f64> = workloads.iter().map(|&w| f64::from(w)).collect();
+    lpt_ms_s(&ms, slowness)
+}
+
+/// List scheduling, longest first, onto whichever worker frees up first: tasks that take
+/// these ms at nominal speed.
+fn lpt_ms_s(workloads_ms: &[f64], slowness: &[f64]) -> f64 {
+    let mut sorted = workloads_ms.to_vec();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
     let mut free: BinaryHeap<Reverse<(u64, usize)>> =
         (0..slowness.len()).map(|w| Reverse((0, w))).collect();
     let mut makespan = 0;
@@ -690,7 +704,7 @@ fn lpt_s(workloads: &[u32], slowness: &[f64]) -> f64 {
         let Some(Reverse((at, worker))) = free.pop() else {
             break;
         };
-        let end = at + (f64::from(w) * 1e6 * slowness[worker]) as u64;
+        let end = at + (w * 1e6 * slowness[worker]) as u64;
         makespan = makespan.max(end);
         free.push(Reverse((end, worker)));
     }
@@ -734,11 +748,20 @@ fn replay(
 /// Runs one simulated farm to completion.
 pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
     let wall = Instant::now();
-    let batch = match spec.chunking {
-        Some(_) => Batch { tasks: Vec::new() },
-        None => Batch::generate(spec.tasks, 1, 100, spec.seed)?,
+    let batch = match (spec.chunking, &spec.costs) {
+        (Some(_), _) => Batch { tasks: Vec::new() },
+        // Bands: equal declared workloads, their costs known only once done.
+        (None, Some(costs)) => Batch {
+            tasks: (0..costs.len() as u32)
+                .map(|id| Task {
+                    id,
+                    workload_ms: 1,
+                    ..Default::default()
+                })
+                .collect(),
+        },
+        (None, None) => Batch::generate(spec.tasks, 1, 100, spec.seed)?,
     };
-    let workloads: Vec<u32> = batch.tasks.iter().map(|t| t.workload_ms).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5eed);
     let initial = spec.farm.as_ref().map_or(spec.workers, Vec::len);
     // Speeds: log-normal spread (σ 0.3) and one 10× straggler per thousand workers.
@@ -770,6 +793,13 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
             }))
             .collect()
     });
+    // What each task of a list takes at nominal speed: its workload, or what its entry in
+    // `costs` says.
+    let true_ms: Vec<f64> = batch
+        .tasks
+        .iter()
+        .map(|t| task_us(t, spec.item_us, prefix.as_deref()) / 1e3)
+        .collect();
     let work_ms: f64 = match spec.chunking {
         Some(_) => {
             let items = prefix
@@ -778,18 +808,19 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
                 .unwrap_or(f64::from(spec.tasks));
             items * f64::from(spec.item_us) / 1e3
         }
-        None => workloads.iter().map(|&w| f64::from(w)).sum(),
+        None => true_ms.iter().sum(),
     };
     let speed: f64 = slowness[..initial].iter().map(|s| 1.0 / s).sum();
     let fastest = slowness[..initial]
         .iter()
         .copied()
         .fold(f64::INFINITY, f64::min);
-    let ideal_s = (work_ms / speed).max(f64::from(batch.longest_ms()) * fastest) / 1e3;
+    let longest_ms = true_ms.iter().copied().fold(0.0, f64::max);
+    let ideal_s = (work_ms / speed).max(longest_ms * fastest) / 1e3;
     // A job divides to the item: its bound is the ideal.
     let lpt = match spec.chunking {
         Some(_) => ideal_s,
-        None => lpt_s(&workloads, &slowness[..initial]),
+        None => lpt_ms_s(&true_ms, &slowness[..initial]),
     };
 
     let (n, job, plan) = match spec.chunking {
@@ -1163,8 +1194,31 @@ pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<V
         rows.push(row);
         progress.done();
     }
+    // The same picture as a task list of bands of 16 rows (`--kernel mandelbrot`): each
+    // declared alike, their costs known only once done.
+    let bands = std::sync::Arc::new(mandelbrot_rows_profile(picture / BAND_ROWS));
+    for (label, farm) in row_farms() {
+        progress.step(format!("simulate: mandelbrot bands, {label}"));
+        let mut row = simulate(&SimSpec {
+            workers: farm.len(),
+            tasks: picture / BAND_ROWS,
+            churn: false,
+            latency,
+            seed: 1,
+            chunking: None,
+            item_us: 20 * BAND_ROWS,
+            farm: Some(farm),
+            costs: Some(bands.clone()),
+        })?;
+        row.scenario = format!("bands (a task list), Mandelbrot rows: {label}");
+        rows.push(row);
+        progress.done();
+    }
     Ok(rows)
 }
+
+/// Rows in a band of the simulated task list (`--band-rows`' default).
+const BAND_ROWS: u32 = 16;
 
 /// The table, with each target stated as met or not.
 pub(super) fn table(rows: &[SimRow]) -> super::table::Table {
@@ -1483,6 +1537,40 @@ mod tests {
                 larger.len()
             );
         }
+    }
+
+    /// Thirty-three workers alike, on bands whose first quarter and last quarter cost about
+    /// 250 times the middle: the one whose first band came from the middle looks 250 times
+    /// faster than the others until it reaches the dear bands itself. Its first band far
+    /// over its pace must let the others take tasks again at once, not at the next
+    /// heartbeat (500 ms here, most of the batch).
+    #[test]
+    fn workers_alike_measured_on_unequal_first_tasks_are_not_left_waiting() {
+        let bands = 128usize;
+        let stretches = [2.39, 0.0, 0.0, 2.49];
+        let costs: Vec<f64> = (0..bands)
+            .map(|i| 10f64.powf(stretches[i * stretches.len() / bands]))
+            .collect();
+        let mean = costs.iter().sum::<f64>() / bands as f64;
+        let costs = std::sync::Arc::new(costs.iter().map(|c| c / mean).collect::<Vec<_>>());
+        let row = simulate(&SimSpec {
+            workers: 33,
+            tasks: bands as u32,
+            churn: false,
+            latency: Duration::from_micros(200),
+            seed: 1,
+            chunking: None,
+            item_us: 10_000,
+            farm: Some(vec![1.0; 33]),
+            costs: Some(costs),
+        })
+        .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"));
+        assert!(
+            row.makespan_s < 2.0 * row.lpt_s,
+            "{:.3} s against {:.3} s by LPT",
+            row.makespan_s,
+            row.lpt_s
+        );
     }
 
     #[test]

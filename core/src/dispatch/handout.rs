@@ -665,7 +665,14 @@ impl Dispatcher {
         let sample = f64::from(wall_us).max(1.0) / f64::from(workload_ms);
         let before = speed_of(&self.workers[slot]);
         let rate = &mut self.workers[slot].us_per_ms;
+        // Far slower than its pace said: that pace was measured on cheaper tasks (a band of
+        // sky, then one through the set), and workers left waiting as outpaced by it may
+        // not be; they look again now, not at the next heartbeat.
+        let missed = rate.is_some_and(|r| sample > r * OUTPACED_MARGIN);
         *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
         self.speed += speed_of(&self.workers[slot]) - before;
+        if missed {
+            self.wake_waiting();
+        }
     }
 }
