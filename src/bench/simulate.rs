@@ -1539,6 +1539,69 @@ mod tests {
         }
     }
 
+    /// 128 bands declared alike, costing `profile` (normalised to a mean band of 10 ms at
+    /// nominal speed), on `farm` (slowness per worker): the makespan, in s.
+    fn bands_on(farm: Vec<f64>, profile: &[f64], seed: u64) -> f64 {
+        let mean = profile.iter().sum::<f64>() / profile.len() as f64;
+        let costs: Vec<f64> = profile.iter().map(|c| c / mean).collect();
+        simulate(&SimSpec {
+            workers: farm.len(),
+            tasks: costs.len() as u32,
+            churn: false,
+            latency: Duration::from_micros(200),
+            seed,
+            chunking: None,
+            item_us: 10_000,
+            farm: Some(farm),
+            costs: Some(std::sync::Arc::new(costs)),
+        })
+        .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"))
+        .makespan_s
+    }
+
+    /// Costs in stretches of equal length, each 10 to the given power.
+    fn stretched(stretches: &[f64], bands: usize) -> Vec<f64> {
+        (0..bands)
+            .map(|i| 10f64.powf(stretches[i * stretches.len() / bands]))
+            .collect()
+    }
+
+    /// Bands dearer along the list, a hundredfold from first to last, on a fast worker
+    /// and two 250 times slower: theirs, taken while bands were cheap, run late into the
+    /// dear ones and are copied in the end game. Each copy must go out as the fast worker
+    /// falls idle, not at the next tail probe (20 ms each: 3.7 % of this batch).
+    #[test]
+    fn slow_workers_on_a_ramp_of_bands_cost_the_fast_one_no_idle_time() {
+        let ramp: Vec<f64> = (0..128)
+            .map(|i| 1.0 + 99.0 * f64::from(i) / 128.0)
+            .collect();
+        let alone = bands_on(vec![1.0], &ramp, 896);
+        let with = bands_on(vec![1.0, 250.0, 260.0], &ramp, 896);
+        assert!(
+            with <= alone * 1.02 + 0.010,
+            "{with:.3} s with two slow workers against {alone:.3} s alone"
+        );
+    }
+
+    /// Workers alike but one 180 times slower, on bands whose first quarter and last half
+    /// cost hundreds of times the second quarter: the slow one, measured on one cheap band,
+    /// takes a dear one. Measured against the others' smoothed paces (taken on dear bands)
+    /// its band looked no slower there than on an idle fast worker, and it was left to the
+    /// backup rule (2.4 s); the paces on the cheapest band each ran say it is 180 times
+    /// slower, and the band is copied at once.
+    #[test]
+    fn a_slow_workers_dear_band_is_copied_though_it_was_measured_on_a_cheap_one() {
+        let profile = stretched(&[2.387, 0.0, 2.791, 2.489], 128);
+        let two = bands_on(vec![1.0, 1.0], &profile, 980);
+        let mut farm = vec![1.0; 35];
+        farm[16] = 180.0;
+        let with = bands_on(farm, &profile, 980);
+        assert!(
+            with <= two * 1.02 + 0.010,
+            "{with:.3} s on 35 workers against {two:.3} s on two"
+        );
+    }
+
     /// Thirty-three workers alike, on bands whose first quarter and last quarter cost about
     /// 250 times the middle: the one whose first band came from the middle looks 250 times
     /// faster than the others until it reaches the dear bands itself. Its first band far

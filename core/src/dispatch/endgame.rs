@@ -75,9 +75,9 @@ impl Dispatcher {
             let Some(mine_us) = self.predict_us(slot, index) else {
                 continue;
             };
-            let holder_us = self.predict_us(self.tasks.owner(index) as usize, index);
             let task = *self.tasks.task(index);
             let holder = self.tasks.owner(index);
+            let holder_us = self.holder_us(slot, holder as usize, index, mine_us);
             let choice = choose(
                 mine_us,
                 holder_us,
@@ -221,6 +221,26 @@ impl Dispatcher {
             && !self.taken_over.contains_key(&task.id)
             && !self.ran_by.contains_key(&task.id)
             && crate::pieces::splits(&self.config.job, &holder.info.backend)
+    }
+
+    /// What the holder of the task at `index` is predicted to take over it, for comparing
+    /// with `mine_us`, what `slot` is: a chunk's by the holder's rate. A task list's tasks
+    /// are declared alike however they cost, so the two smoothed paces may have been
+    /// measured on tasks of very different costs (a slow worker's one band of sky against
+    /// a fast one's run through the set, which made a copy look a hundred times too dear
+    /// and left the band to the backup rule); the two workers' paces on the cheapest tasks
+    /// each ran compare them instead.
+    fn holder_us(&self, slot: usize, holder: usize, index: usize, mine_us: f64) -> Option<f64> {
+        if self.tasks.task(index).is_chunk() {
+            return self.predict_us(holder, index);
+        }
+        match (
+            self.workers[slot].best_us_per_ms,
+            self.workers[holder].best_us_per_ms,
+        ) {
+            (Some(mine), Some(theirs)) => Some(mine_us * theirs / mine.max(1e-9)),
+            _ => self.predict_us(holder, index),
+        }
     }
 
     /// How long `slot` would take over the task at `index`, by its measured speed: a

@@ -120,6 +120,22 @@ impl Dispatcher {
                 }
             }
         }
+        // In a task list's tail, a worker its report left idle may take over a slower
+        // one's task now, not at the next probe (`TAIL_PROBE`: 20 ms a copy, where several
+        // wait for the fast worker); at most once an `END_GAME_REACT`, so a farm's last
+        // reports cost a scan each at most that often. A job's chunks keep the probe's
+        // pace: their yields are timed by it.
+        let worker = &self.workers[s];
+        if self.carver.is_none()
+            && worker.alive
+            && worker.assigned == 0
+            && self.phase == Phase::Dispatching
+            && self.in_tail()
+            && now.saturating_duration_since(self.end_game_at) >= END_GAME_REACT
+        {
+            self.end_game_at = now;
+            self.end_game(now, out);
+        }
     }
 
     /// Chunk `index`'s worker did its first `items` and gave up the rest (asked to yield
@@ -670,6 +686,8 @@ impl Dispatcher {
         // not be; they look again now, not at the next heartbeat.
         let missed = rate.is_some_and(|r| sample > r * OUTPACED_MARGIN);
         *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
+        let best = &mut self.workers[slot].best_us_per_ms;
+        *best = Some(best.map_or(sample, |b| b.min(sample)));
         self.speed += speed_of(&self.workers[slot]) - before;
         if missed {
             self.wake_waiting();

@@ -45,6 +45,9 @@ pub const MAX_HINTED_WINDOW: u32 = 16;
 /// How often, in a batch's tail, the ventilator checks that the workers holding its last
 /// tasks are still connected.
 pub const TAIL_PROBE: Duration = Duration::from_millis(20);
+/// How often at most a report in a batch's tail runs the end game at once (between
+/// probes).
+const END_GAME_REACT: Duration = Duration::from_millis(1);
 /// How often a ventilator waiting for workers repeats what it waits for.
 const WAIT_REMINDER: Duration = Duration::from_secs(5);
 /// Most times the end game hands one task over: a faster worker idle later may take a
@@ -353,6 +356,10 @@ pub struct WorkerSlot {
     given: VecDeque<(Instant, u32)>,
     /// Measured wall time per nominal ms of workload (smoothed), from its reports.
     us_per_ms: Option<f64>,
+    /// The least wall time per nominal ms any of its reports took: its speed on the
+    /// cheapest tasks it ran, which compares workers whose smoothed paces were measured on
+    /// tasks of different costs (bands of sky and bands through the set, declared alike).
+    best_us_per_ms: Option<f64>,
     /// A task of its was given to another worker as a backup: no new tasks until it
     /// reports again.
     pub stalled: bool,
@@ -401,6 +408,7 @@ impl WorkerSlot {
             unheld: 0,
             given: VecDeque::new(),
             us_per_ms: None,
+            best_us_per_ms: None,
             stalled: false,
             stalled_silent: false,
             last_report: now,
@@ -428,6 +436,8 @@ pub struct Dispatcher {
     /// Live workers' speeds (nominal ms per ms: 1.0 until a worker's reports say
     /// otherwise), summed; recomputed every heartbeat so rounding never drifts.
     speed: f64,
+    /// When a report last ran the end game at once ([`END_GAME_REACT`]).
+    end_game_at: Instant,
     workers: Vec<WorkerSlot>,
     by_routing_id: HashMap<Vec<u8>, WorkerId>,
     /// Live workers by name: a newcomer's name is checked without a scan.
@@ -631,6 +641,7 @@ impl Dispatcher {
             tasks,
             assigned_ms: 0,
             speed: 0.0,
+            end_game_at: now,
             workers: Vec::new(),
             by_routing_id: HashMap::new(),
             by_name: HashMap::new(),
