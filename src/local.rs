@@ -175,8 +175,10 @@ pub fn run(mut run: LocalRun, shutdown: &Shutdown) -> anyhow::Result<Report> {
                     log::error!("{e:#}");
                 }
                 // The others carry on with its tasks, as separate workers would; only when
-                // none is left is the run over.
-                if standing.fetch_sub(1, Ordering::SeqCst) == 1 {
+                // none is left is the run over. A worker stopped (Ctrl-C, or the batch over
+                // without its end reaching it) failed nothing: the caller's token, which
+                // may run more batches after this one, is not stopped for it.
+                if !is_interruption(e) && standing.fetch_sub(1, Ordering::SeqCst) == 1 {
                     whole_run.request();
                 }
             }

@@ -101,7 +101,7 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Asks everything holding a clone of this token to stop.
+    /// Asks everything holding a clone of this token, or a child of it, to stop.
     pub fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
     }

@@ -13,18 +13,26 @@ impl Dispatcher {
     /// taker, at most [`MAX_TAKEOVERS`] times, and once more to the farm's fastest worker
     /// (slow workers taking over from slower ones must not use up the copies the fastest
     /// needs): duplicated work stays bounded (a few copies of the last tasks), and is
-    /// counted as redispatched.
+    /// counted as redispatched. A task list's holder is predicted no faster than the
+    /// taker's prediction scaled by their paces on the cheapest task each ran
+    /// (`holder_us`); the idle workers are ordered by their smoothed paces.
     ///
     /// A chunk whose worker runs it in pieces is not copied but cut: its worker is asked
     /// to yield the items it has not started ([`Message::Yield`]), and they are carved
     /// again, for the idle worker first.
-    pub(super) fn end_game(&mut self, now: Instant, out: &mut Vec<Command>) {
+    ///
+    /// `only`: the one idle worker to look for (a report just left it idle), else every
+    /// idle worker (the tail's probe).
+    pub(super) fn end_game(&mut self, now: Instant, only: Option<usize>, out: &mut Vec<Command>) {
         if self.alive < 2 {
             return;
         }
-        let mut idle: Vec<usize> = (0..self.workers.len())
-            .filter(|&s| self.workers[s].alive && self.workers[s].assigned == 0)
-            .collect();
+        let mut idle: Vec<usize> = match only {
+            Some(s) => vec![s],
+            None => (0..self.workers.len())
+                .filter(|&s| self.workers[s].alive && self.workers[s].assigned == 0)
+                .collect(),
+        };
         // Fastest first: a slower worker taking the last task first would keep a faster
         // one, idle a moment later, waiting on it. Unmeasured workers last.
         let chunks = self.carver.is_some();
@@ -228,18 +236,25 @@ impl Dispatcher {
     /// are declared alike however they cost, so the two smoothed paces may have been
     /// measured on tasks of very different costs (a slow worker's one band of sky against
     /// a fast one's run through the set, which made a copy look a hundred times too dear
-    /// and left the band to the backup rule); the two workers' paces on the cheapest tasks
-    /// each ran compare them instead.
+    /// and left the band to the backup rule); the holder's prediction is then raised to
+    /// `mine_us` scaled by the two workers' paces on the cheapest tasks each ran.
     fn holder_us(&self, slot: usize, holder: usize, index: usize, mine_us: f64) -> Option<f64> {
         if self.tasks.task(index).is_chunk() {
             return self.predict_us(holder, index);
         }
+        let predicted = self.predict_us(holder, index);
         match (
             self.workers[slot].best_us_per_ms,
             self.workers[holder].best_us_per_ms,
         ) {
-            (Some(mine), Some(theirs)) => Some(mine_us * theirs / mine.max(1e-9)),
-            _ => self.predict_us(holder, index),
+            // Only ever raised: a device's cheapest task is mostly its fixed cost per task
+            // (a launch, a read-back), which would make it look slower than a cpu worker's
+            // band of sky.
+            (Some(mine), Some(theirs)) => {
+                let compared = mine_us * theirs / mine.max(1e-9);
+                Some(predicted.map_or(compared, |p| p.max(compared)))
+            }
+            _ => predicted,
         }
     }
 

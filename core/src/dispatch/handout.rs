@@ -120,11 +120,16 @@ impl Dispatcher {
                 }
             }
         }
+        if self.wake_due && now.saturating_duration_since(self.woken_at) >= END_GAME_REACT {
+            self.wake_due = false;
+            self.woken_at = now;
+            self.wake_waiting();
+        }
         // In a task list's tail, a worker its report left idle may take over a slower
         // one's task now, not at the next probe (`TAIL_PROBE`: 20 ms a copy, where several
-        // wait for the fast worker); at most once an `END_GAME_REACT`, so a farm's last
-        // reports cost a scan each at most that often. A job's chunks keep the probe's
-        // pace: their yields are timed by it.
+        // wait for the fast worker): a scan of the holders, at most once an
+        // `END_GAME_REACT` of the dispatcher's clock (one left idle within it waits for
+        // the probe). A job's chunks keep the probe's pace: their yields are timed by it.
         let worker = &self.workers[s];
         if self.carver.is_none()
             && worker.alive
@@ -134,7 +139,7 @@ impl Dispatcher {
             && now.saturating_duration_since(self.end_game_at) >= END_GAME_REACT
         {
             self.end_game_at = now;
-            self.end_game(now, out);
+            self.end_game(now, Some(s), out);
         }
     }
 
@@ -673,7 +678,9 @@ impl Dispatcher {
         self.tasks.pending() == 0 && self.carver.as_ref().is_none_or(|c| c.left() == 0)
     }
 
-    /// Folds a report's wall time into the worker's measured speed.
+    /// Folds a report's wall time into the worker's measured speed and its best (least)
+    /// pace; a report over twice its smoothed pace has the workers waiting as outpaced
+    /// look again (`wake_due`).
     pub(super) fn learn_rate(&mut self, slot: usize, workload_ms: u32, wall_us: u32) {
         if workload_ms == 0 {
             return;
@@ -683,14 +690,11 @@ impl Dispatcher {
         let rate = &mut self.workers[slot].us_per_ms;
         // Far slower than its pace said: that pace was measured on cheaper tasks (a band of
         // sky, then one through the set), and workers left waiting as outpaced by it may
-        // not be; they look again now, not at the next heartbeat.
-        let missed = rate.is_some_and(|r| sample > r * OUTPACED_MARGIN);
+        // not be; they look again after this message, not at the next heartbeat.
+        self.wake_due |= rate.is_some_and(|r| sample > r * OUTPACED_MARGIN);
         *rate = Some(rate.map_or(sample, |r| r * 0.8 + sample * 0.2));
         let best = &mut self.workers[slot].best_us_per_ms;
         *best = Some(best.map_or(sample, |b| b.min(sample)));
         self.speed += speed_of(&self.workers[slot]) - before;
-        if missed {
-            self.wake_waiting();
-        }
     }
 }

@@ -328,8 +328,8 @@ enum Credit {
     /// Not while tasks are this scarce: it may again when tasks are requeued.
     Scarce,
     /// Not while the other workers would finish everything left before this one finished
-    /// the task: it waits, and looks again when tasks come back, a worker is lost, and each
-    /// heartbeat.
+    /// the task: it waits, and looks again when tasks come back, a worker is lost, a report
+    /// runs far over its worker's pace, and each heartbeat.
     Outpaced,
 }
 
@@ -436,8 +436,14 @@ pub struct Dispatcher {
     /// Live workers' speeds (nominal ms per ms: 1.0 until a worker's reports say
     /// otherwise), summed; recomputed every heartbeat so rounding never drifts.
     speed: f64,
-    /// When a report last ran the end game at once ([`END_GAME_REACT`]).
+    /// When the end game last ran (a tail probe, or a report at once: [`END_GAME_REACT`]).
     end_game_at: Instant,
+    /// A report ran far over its worker's pace since the waiting workers last looked
+    /// again; they look again after the reports at hand, at most once an
+    /// [`END_GAME_REACT`].
+    wake_due: bool,
+    /// When a slow report last woke the waiting workers.
+    woken_at: Instant,
     workers: Vec<WorkerSlot>,
     by_routing_id: HashMap<Vec<u8>, WorkerId>,
     /// Live workers by name: a newcomer's name is checked without a scan.
@@ -454,7 +460,8 @@ pub struct Dispatcher {
     /// Idle workers that left `ready` because every copy queued for `--replicate`
     /// excluded them, or because the farm would finish everything left before them
     /// ([`Credit::Outpaced`]): they come back when any task is requeued, a copy queued or
-    /// handed out, a worker lost, and each heartbeat.
+    /// handed out, a worker lost, a report runs far over its worker's pace, and each
+    /// heartbeat.
     waiting: Vec<WorkerId>,
     /// Workers whose message of this dispatch call is full: back in the queue after it.
     deferred: Vec<WorkerId>,
@@ -642,6 +649,8 @@ impl Dispatcher {
             assigned_ms: 0,
             speed: 0.0,
             end_game_at: now,
+            wake_due: false,
+            woken_at: now,
             workers: Vec::new(),
             by_routing_id: HashMap::new(),
             by_name: HashMap::new(),
@@ -1051,7 +1060,8 @@ impl Dispatcher {
         {
             self.timers.set(Timer::Probe, now + TAIL_PROBE);
             self.probe_holders(out);
-            self.end_game(now, out);
+            self.end_game_at = now;
+            self.end_game(now, None, out);
         }
     }
 
@@ -1271,7 +1281,8 @@ impl Dispatcher {
     /// that declined the batch are released too (they wait for its end), and so are those
     /// declared gone: one gone for a silence may still be there (a starved thread, a
     /// paused process), and one told to leave at the end would otherwise wait for it
-    /// forever. A worker really gone answers `Unreachable`, which changes nothing now.
+    /// forever. A worker really gone answers `Unreachable`, which loses nothing now (a
+    /// newcomer waiting for its name may be admitted, to no effect).
     fn end_workers(&self, out: &mut Vec<Command>) {
         let end = Message::End {
             batch: self.config.batch_id,

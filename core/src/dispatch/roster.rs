@@ -460,9 +460,9 @@ impl Dispatcher {
     }
 
     /// Idle workers that waited for a copy they may run, or were outpaced, look again
-    /// (when a task comes back, a copy is queued or handed out, a worker is lost, a
-    /// report runs far slower than its worker's pace said, and each heartbeat). Each leaves the list as it is woken, so a run of requeues costs
-    /// one wake per waiting worker.
+    /// (when a task comes back, a copy is queued or handed out, a worker is lost, a report
+    /// runs far slower than its worker's pace said, and each heartbeat). Each leaves the
+    /// list as it is woken, so a run of requeues costs one wake per waiting worker.
     pub(super) fn wake_waiting(&mut self) {
         for slot in std::mem::take(&mut self.waiting) {
             self.workers[slot as usize].in_waiting = false;
