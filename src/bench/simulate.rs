@@ -1155,62 +1155,70 @@ pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<V
     rows.push(row);
     progress.done();
     let items = if quick { 20_000 } else { 200_000 };
-    let costs = std::sync::Arc::new(mandelbrot_profile(items));
-    for (label, farm) in uneven_farms() {
-        progress.step(format!("simulate: mandelbrot job, {label}"));
-        let mut row = simulate(&SimSpec {
-            workers: farm.len(),
-            tasks: items as u32,
-            churn: false,
-            latency,
-            seed: 1,
-            chunking: Some(Policy::Adaptive(Duration::from_millis(200))),
-            item_us: 25,
-            farm: Some(farm),
-            costs: Some(costs.clone()),
-        })?;
-        row.scenario = format!("adaptive job, Mandelbrot costs: {label}");
-        rows.push(row);
-        progress.done();
-    }
+    let on = |farm: Vec<f64>, spec: SimSpec| SimSpec {
+        workers: farm.len(),
+        farm: Some(farm),
+        ..spec
+    };
+    let mandelbrot_job = SimSpec {
+        workers: 0,
+        tasks: items as u32,
+        churn: false,
+        latency,
+        seed: 1,
+        chunking: Some(Policy::Adaptive(Duration::from_millis(200))),
+        item_us: 25,
+        farm: None,
+        costs: Some(std::sync::Arc::new(mandelbrot_profile(items))),
+    };
     // A picture's rows as the items, each about a millisecond on the fast worker: what a
     // chunk's yield in the end game is for.
     let picture = 2048;
-    let costs = std::sync::Arc::new(mandelbrot_rows_profile(picture));
-    for (label, farm) in row_farms() {
-        progress.step(format!("simulate: mandelbrot rows, {label}"));
-        let mut row = simulate(&SimSpec {
-            workers: farm.len(),
-            tasks: picture,
-            churn: false,
-            latency,
-            seed: 1,
-            chunking: Some(Policy::Adaptive(Duration::from_millis(100))),
-            item_us: 20,
-            farm: Some(farm),
-            costs: Some(costs.clone()),
-        })?;
-        row.scenario = format!("adaptive job, Mandelbrot rows: {label}");
-        rows.push(row);
-        progress.done();
-    }
+    let rows_job = SimSpec {
+        tasks: picture,
+        chunking: Some(Policy::Adaptive(Duration::from_millis(100))),
+        item_us: 20,
+        costs: Some(std::sync::Arc::new(mandelbrot_rows_profile(picture))),
+        ..mandelbrot_job.clone()
+    };
     // The same picture as a task list of bands of 16 rows (`--kernel mandelbrot`): each
     // declared alike, their costs known only once done.
-    let bands = std::sync::Arc::new(mandelbrot_rows_profile(picture / BAND_ROWS));
-    for (label, farm) in row_farms() {
-        progress.step(format!("simulate: mandelbrot bands, {label}"));
-        let mut row = simulate(&SimSpec {
-            workers: farm.len(),
-            tasks: picture / BAND_ROWS,
-            churn: false,
-            latency,
-            seed: 1,
-            chunking: None,
-            item_us: 20 * BAND_ROWS,
-            farm: Some(farm),
-            costs: Some(bands.clone()),
-        })?;
-        row.scenario = format!("bands (a task list), Mandelbrot rows: {label}");
+    let bands = SimSpec {
+        tasks: picture / BAND_ROWS,
+        chunking: None,
+        item_us: 20 * BAND_ROWS,
+        costs: Some(std::sync::Arc::new(mandelbrot_rows_profile(
+            picture / BAND_ROWS,
+        ))),
+        ..mandelbrot_job.clone()
+    };
+    let runs = uneven_farms()
+        .into_iter()
+        .map(|(label, farm)| {
+            (
+                "adaptive job, Mandelbrot costs",
+                label,
+                on(farm, mandelbrot_job.clone()),
+            )
+        })
+        .chain(row_farms().into_iter().map(|(label, farm)| {
+            (
+                "adaptive job, Mandelbrot rows",
+                label,
+                on(farm, rows_job.clone()),
+            )
+        }))
+        .chain(row_farms().into_iter().map(|(label, farm)| {
+            (
+                "bands (a task list), Mandelbrot rows",
+                label,
+                on(farm, bands.clone()),
+            )
+        }));
+    for (what, label, spec) in runs {
+        progress.step(format!("simulate: {what}, {label}"));
+        let mut row = simulate(&spec)?;
+        row.scenario = format!("{what}: {label}");
         rows.push(row);
         progress.done();
     }
