@@ -26,7 +26,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// One simulated farm.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SimSpec {
     pub workers: usize,
     pub tasks: u32,
@@ -1390,21 +1390,31 @@ mod tests {
         COSTS.get_or_init(|| mandelbrot_profile(20_000))
     }
 
-    /// A 20,000-item adaptive job on `farm` (slowness per worker) with these item costs.
-    fn job_on(farm: Vec<f64>, costs: &std::sync::Arc<Vec<f64>>, seed: u64) -> f64 {
+    /// The makespan of `spec`'s farm in s, the rest of it as given (200 µs latency, no
+    /// churn): one place for what the promise's tests run.
+    fn makespan(farm: Vec<f64>, spec: SimSpec) -> f64 {
         simulate(&SimSpec {
             workers: farm.len(),
-            tasks: costs.len() as u32,
+            farm: Some(farm),
             churn: false,
             latency: Duration::from_micros(200),
+            ..spec
+        })
+        .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"))
+        .makespan_s
+    }
+
+    /// A 20,000-item adaptive job on `farm` (slowness per worker) with these item costs.
+    fn job_on(farm: Vec<f64>, costs: &std::sync::Arc<Vec<f64>>, seed: u64) -> f64 {
+        let spec = SimSpec {
+            tasks: costs.len() as u32,
             seed,
             chunking: Some(Policy::Adaptive(Duration::from_millis(200))),
             item_us: 250,
-            farm: Some(farm),
             costs: Some(costs.clone()),
-        })
-        .unwrap_or_else(|e| panic!("the simulated job did not finish: {e}"))
-        .makespan_s
+            ..SimSpec::default()
+        };
+        makespan(farm, spec)
     }
 
     /// Sixty-four workers a thousand times slower than the fast one, on the pixels of a
@@ -1507,19 +1517,12 @@ mod tests {
 
     /// A 400-task list (1 to 100 ms each) on `farm` (slowness per worker).
     fn list_on(farm: Vec<f64>, seed: u64) -> f64 {
-        simulate(&SimSpec {
-            workers: farm.len(),
+        let spec = SimSpec {
             tasks: 400,
-            churn: false,
-            latency: Duration::from_micros(200),
             seed,
-            chunking: None,
-            item_us: 0,
-            farm: Some(farm),
-            costs: None,
-        })
-        .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"))
-        .makespan_s
+            ..SimSpec::default()
+        };
+        makespan(farm, spec)
     }
 
     proptest::proptest! {
@@ -1552,19 +1555,14 @@ mod tests {
     fn bands_on(farm: Vec<f64>, profile: &[f64], seed: u64) -> f64 {
         let mean = profile.iter().sum::<f64>() / profile.len() as f64;
         let costs: Vec<f64> = profile.iter().map(|c| c / mean).collect();
-        simulate(&SimSpec {
-            workers: farm.len(),
+        let spec = SimSpec {
             tasks: costs.len() as u32,
-            churn: false,
-            latency: Duration::from_micros(200),
             seed,
-            chunking: None,
             item_us: 10_000,
-            farm: Some(farm),
             costs: Some(std::sync::Arc::new(costs)),
-        })
-        .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"))
-        .makespan_s
+            ..SimSpec::default()
+        };
+        makespan(farm, spec)
     }
 
     /// Costs in stretches of equal length, each 10 to the given power.
