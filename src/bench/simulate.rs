@@ -1608,6 +1608,95 @@ mod tests {
         );
     }
 
+    /// A hundredfold band through the middle fifth of the list, on the fast worker and two
+    /// some 300 times slower, then with 57 more of every speed from 1.2 to 900 times slower:
+    /// in the end game the idle workers ordered by their smoothed paces put those measured
+    /// on cheap bands first, and they took the dear bands over from slower holders and used
+    /// up the copies the fast one needed (1.624 s against 1.302). Ordered by their paces on
+    /// the cheapest band each ran, the fast worker chooses first.
+    #[test]
+    fn in_the_end_game_the_workers_fastest_on_their_cheapest_band_choose_first() {
+        let profile: Vec<f64> = (0..128)
+            .map(|i| {
+                if (0.4..0.6).contains(&(f64::from(i) / 128.0)) {
+                    100.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let slowness = |e: &f64| 10f64.powf(*e);
+        let farm: Vec<f64> = std::iter::once(1.0)
+            .chain([2.5524694067776723, 2.465605625670359].iter().map(slowness))
+            .collect();
+        let extra = [
+            0.694667081850773,
+            1.6224607264299291,
+            0.27489224360821085,
+            0.8702973934280824,
+            2.5180090154403727,
+            1.0211187431885467,
+            2.864394006753741,
+            1.3217967021310204,
+            0.8899746085106948,
+            2.59218173324204,
+            0.47632618026332607,
+            0.4070134380830961,
+            2.4119275799075375,
+            2.1802525645860866,
+            2.8496583883711217,
+            2.636105655124698,
+            1.8823577204145785,
+            1.478019956236483,
+            1.859609549117659,
+            2.1964850025122047,
+            1.911134063526163,
+            2.9561078955450113,
+            0.9864795007788087,
+            0.06714293930378123,
+            1.8311781183739317,
+            1.3762591440012948,
+            2.936670357460428,
+            2.5534122803096624,
+            1.4795127149880187,
+            2.2576239030444696,
+            2.5210478480238114,
+            1.8083346768987212,
+            1.9887954119967368,
+            1.7800732329334898,
+            0.8209487482382669,
+            0.2843445621595604,
+            1.4592456796937354,
+            0.3872305797474782,
+            1.349128822394569,
+            0.2596682480504118,
+            1.4594860636563487,
+            2.720208530527438,
+            2.5863377774651997,
+            2.5377121520678454,
+            1.7871503929355828,
+            0.2601005922818256,
+            0.26781608516292077,
+            2.432961187450478,
+            2.5930779546579164,
+            1.6751316695508405,
+            0.6591617043846392,
+            1.5841683424151325,
+            2.079507184920038,
+            2.617744016262894,
+            1.3363275190672803,
+            2.019043251483491,
+            2.4740363774801333,
+        ];
+        let without = bands_on(farm.clone(), &profile, 833);
+        let larger: Vec<f64> = farm.into_iter().chain(extra.iter().map(slowness)).collect();
+        let with = bands_on(larger, &profile, 833);
+        assert!(
+            with <= without * 1.02 + 0.010,
+            "{with:.3} s with 57 more workers against {without:.3} s without"
+        );
+    }
+
     /// Thirty-three workers alike, on bands whose first quarter and last quarter cost about
     /// 250 times the middle: the one whose first band came from the middle looks 250 times
     /// faster than the others until it reaches the dear bands itself. Its first band far

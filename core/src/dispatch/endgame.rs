@@ -15,7 +15,7 @@ impl Dispatcher {
     /// needs): duplicated work stays bounded (a few copies of the last tasks), and is
     /// counted as redispatched. A task list's holder is predicted no faster than the
     /// taker's prediction scaled by their paces on the cheapest task each ran
-    /// (`holder_us`); the idle workers are ordered by their smoothed paces.
+    /// (`holder_us`), and its idle workers choose in the order of those paces.
     ///
     /// A chunk whose worker runs it in pieces is not copied but cut: its worker is asked
     /// to yield the items it has not started ([`Message::Yield`]), and they are carved
@@ -34,7 +34,10 @@ impl Dispatcher {
                 .collect(),
         };
         // Fastest first: a slower worker taking the last task first would keep a faster
-        // one, idle a moment later, waiting on it. Unmeasured workers last.
+        // one, idle a moment later, waiting on it. Unmeasured workers last. A task list's
+        // workers by their paces on the cheapest task each ran: smoothed paces measured on
+        // bands of sky put slow workers ahead of the fast one measured through the set,
+        // and they used up the copies it needed.
         let chunks = self.carver.is_some();
         let pace = |s: usize| -> f64 {
             let measured = if chunks {
@@ -43,7 +46,7 @@ impl Dispatcher {
                     .and_then(|c| c.rate(s))
                     .map(|r| 1.0 / r.max(1e-9))
             } else {
-                self.workers[s].us_per_ms
+                self.workers[s].best_us_per_ms
             };
             measured.unwrap_or(f64::INFINITY)
         };
