@@ -1393,6 +1393,11 @@ mod tests {
     /// The makespan of `spec`'s farm in s, the rest of it as given (200 µs latency, no
     /// churn): one place for what the promise's tests run.
     fn makespan(farm: Vec<f64>, spec: SimSpec) -> f64 {
+        run_of(farm, spec).makespan_s
+    }
+
+    /// [`makespan`]'s whole row.
+    fn run_of(farm: Vec<f64>, spec: SimSpec) -> SimRow {
         simulate(&SimSpec {
             workers: farm.len(),
             farm: Some(farm),
@@ -1401,7 +1406,6 @@ mod tests {
             ..spec
         })
         .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"))
-        .makespan_s
     }
 
     /// A 20,000-item adaptive job on `farm` (slowness per worker) with these item costs.
@@ -1550,19 +1554,32 @@ mod tests {
         }
     }
 
-    /// 128 bands declared alike, costing `profile` (normalised to a mean band of 10 ms at
-    /// nominal speed), on `farm` (slowness per worker): the makespan, in s.
-    fn bands_on(farm: Vec<f64>, profile: &[f64], seed: u64) -> f64 {
+    /// A list of bands declared alike, costing `profile` normalised to a mean band of 10 ms
+    /// at nominal speed.
+    fn bands(profile: &[f64], seed: u64) -> SimSpec {
         let mean = profile.iter().sum::<f64>() / profile.len() as f64;
         let costs: Vec<f64> = profile.iter().map(|c| c / mean).collect();
-        let spec = SimSpec {
+        SimSpec {
             tasks: costs.len() as u32,
             seed,
             item_us: 10_000,
             costs: Some(std::sync::Arc::new(costs)),
             ..SimSpec::default()
-        };
-        makespan(farm, spec)
+        }
+    }
+
+    /// [`bands`] on `farm` (slowness per worker): the makespan, in s.
+    fn bands_on(farm: Vec<f64>, profile: &[f64], seed: u64) -> f64 {
+        makespan(farm, bands(profile, seed))
+    }
+
+    /// The promise for a list of bands: `with` (the larger farm's makespan) no later than
+    /// `without` plus 2 % and the mean band on the fastest worker (10 ms).
+    fn within_allowance(with: f64, without: f64, farms: &str) {
+        assert!(
+            with <= without * 1.02 + 0.010,
+            "{with:.3} s against {without:.3} s ({farms})"
+        );
     }
 
     /// Costs in stretches of equal length, each 10 to the given power.
@@ -1583,10 +1600,7 @@ mod tests {
             .collect();
         let alone = bands_on(vec![1.0], &ramp, 896);
         let with = bands_on(vec![1.0, 250.0, 260.0], &ramp, 896);
-        assert!(
-            with <= alone * 1.02 + 0.010,
-            "{with:.3} s with two slow workers against {alone:.3} s alone"
-        );
+        within_allowance(with, alone, "with two slow workers, alone");
     }
 
     /// Workers alike but one 180 times slower, on bands whose first quarter and last half
@@ -1602,10 +1616,7 @@ mod tests {
         let mut farm = vec![1.0; 35];
         farm[16] = 180.0;
         let with = bands_on(farm, &profile, 980);
-        assert!(
-            with <= two * 1.02 + 0.010,
-            "{with:.3} s on 35 workers against {two:.3} s on two"
-        );
+        within_allowance(with, two, "35 workers, two");
     }
 
     /// A hundredfold band through the middle fifth of the list, on the fast worker and two
@@ -1691,10 +1702,7 @@ mod tests {
         let without = bands_on(farm.clone(), &profile, 833);
         let larger: Vec<f64> = farm.into_iter().chain(extra.iter().map(slowness)).collect();
         let with = bands_on(larger, &profile, 833);
-        assert!(
-            with <= without * 1.02 + 0.010,
-            "{with:.3} s with 57 more workers against {without:.3} s without"
-        );
+        within_allowance(with, without, "with 57 more workers, without");
     }
 
     /// Thirty-three workers alike, on bands whose first quarter and last quarter cost about
@@ -1704,25 +1712,8 @@ mod tests {
     /// heartbeat (500 ms here, most of the batch).
     #[test]
     fn workers_alike_measured_on_unequal_first_tasks_are_not_left_waiting() {
-        let bands = 128usize;
-        let stretches = [2.39, 0.0, 0.0, 2.49];
-        let costs: Vec<f64> = (0..bands)
-            .map(|i| 10f64.powf(stretches[i * stretches.len() / bands]))
-            .collect();
-        let mean = costs.iter().sum::<f64>() / bands as f64;
-        let costs = std::sync::Arc::new(costs.iter().map(|c| c / mean).collect::<Vec<_>>());
-        let row = simulate(&SimSpec {
-            workers: 33,
-            tasks: bands as u32,
-            churn: false,
-            latency: Duration::from_micros(200),
-            seed: 1,
-            chunking: None,
-            item_us: 10_000,
-            farm: Some(vec![1.0; 33]),
-            costs: Some(costs),
-        })
-        .unwrap_or_else(|e| panic!("the simulated batch did not finish: {e}"));
+        let profile = stretched(&[2.39, 0.0, 0.0, 2.49], 128);
+        let row = run_of(vec![1.0; 33], bands(&profile, 1));
         assert!(
             row.makespan_s < 2.0 * row.lpt_s,
             "{:.3} s against {:.3} s by LPT",
