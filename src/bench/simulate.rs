@@ -1390,6 +1390,12 @@ mod tests {
         COSTS.get_or_init(|| mandelbrot_profile(20_000))
     }
 
+    /// The default Mandelbrot view's cost in 128 bands of rows, computed once.
+    fn mandelbrot_bands() -> &'static [f64] {
+        static COSTS: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+        COSTS.get_or_init(|| mandelbrot_profile(128))
+    }
+
     /// The makespan of `spec`'s farm in s, the rest of it as given (200 µs latency, no
     /// churn): one place for what the promise's tests run.
     fn makespan(farm: Vec<f64>, spec: SimSpec) -> f64 {
@@ -1587,6 +1593,61 @@ mod tests {
         (0..bands)
             .map(|i| 10f64.powf(stretches[i * stretches.len() / bands]))
             .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("CONQUER_PROMISE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)))]
+
+        /// The promise for a list of bands declared alike (as `--kernel mandelbrot`
+        /// declares them) that cost what their rows cost: adding workers up to 1,000 times
+        /// slower never makes the batch end later than without them, beyond the dearest
+        /// band on the fastest worker and 2 %. No dispatcher can promise less before the
+        /// bands are run: whichever worker is left the dearest band last runs it after the
+        /// rest. The costs: random stretches between 1 and 1,000, stepped or ramped from
+        /// one to the next, or the rows of the default Mandelbrot view.
+        /// `CONQUER_PROMISE_CASES` runs more cases than the 256 of the suite.
+        #[test]
+        fn adding_slow_workers_never_slows_a_list_of_uneven_bands(
+            base in proptest::collection::vec(0.0f64..3.0, 0..3),
+            extra in proptest::collection::vec(0.0f64..3.0, 1..62),
+            profile in 0u8..3,
+            stretches in proptest::collection::vec(0.0f64..3.0, 1..7),
+            seed in 1u64..1000,
+        ) {
+            let n = 128usize;
+            let costs: Vec<f64> = match profile {
+                0 => mandelbrot_bands().to_vec(),
+                p => (0..n)
+                    .map(|i| {
+                        let x = i as f64 / n as f64 * stretches.len() as f64;
+                        let k = (x as usize).min(stretches.len() - 1);
+                        let here = stretches[k];
+                        let exponent = if p == 1 {
+                            here
+                        } else {
+                            let next = stretches.get(k + 1).copied().unwrap_or(here);
+                            here + (next - here) * (x - k as f64)
+                        };
+                        10f64.powf(exponent)
+                    })
+                    .collect(),
+            };
+            // `bands` makes the mean band 10 ms on the fastest worker.
+            let mean = costs.iter().sum::<f64>() / n as f64;
+            let dearest = costs.iter().copied().fold(0.0, f64::max) / mean * 0.010;
+            let slowness = |e: &f64| 10f64.powf(*e);
+            let farm: Vec<f64> = std::iter::once(1.0).chain(base.iter().map(slowness)).collect();
+            let without = bands_on(farm.clone(), &costs, seed);
+            let larger: Vec<f64> = farm.iter().copied().chain(extra.iter().map(slowness)).collect();
+            let with = bands_on(larger.clone(), &costs, seed);
+            proptest::prop_assert!(
+                with <= without * 1.02 + dearest,
+                "{with:.3} s on {} workers against {without:.3} s on {farm:?} (dearest band \
+                 {dearest:.3} s; profile {profile}, stretches {stretches:?})",
+                larger.len()
+            );
+        }
     }
 
     /// Bands dearer along the list, a hundredfold from first to last, on a fast worker

@@ -21,17 +21,21 @@ impl Dispatcher {
     /// to yield the items it has not started ([`Message::Yield`]), and they are carved
     /// again, for the idle worker first.
     ///
-    /// `only`: the one idle worker to look for (a report just left it idle), else every
+    /// `only`: the idle workers to look for (reports just left them idle), else every
     /// idle worker (the tail's probe).
-    pub(super) fn end_game(&mut self, now: Instant, only: Option<usize>, out: &mut Vec<Command>) {
+    pub(super) fn end_game(
+        &mut self,
+        now: Instant,
+        only: Option<Vec<usize>>,
+        out: &mut Vec<Command>,
+    ) {
         if self.alive < 2 {
             return;
         }
+        let idle_now = |s: &usize| self.workers[*s].alive && self.workers[*s].assigned == 0;
         let mut idle: Vec<usize> = match only {
-            Some(s) => vec![s],
-            None => (0..self.workers.len())
-                .filter(|&s| self.workers[s].alive && self.workers[s].assigned == 0)
-                .collect(),
+            Some(slots) => slots.into_iter().filter(idle_now).collect(),
+            None => (0..self.workers.len()).filter(idle_now).collect(),
         };
         // Fastest first: a slower worker taking the last task first would keep a faster
         // one, idle a moment later, waiting on it. Unmeasured workers last. A task list's

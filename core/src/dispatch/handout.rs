@@ -128,18 +128,27 @@ impl Dispatcher {
         // In a task list's tail, a worker its report left idle may take over a slower
         // one's task now, not at the next probe (`TAIL_PROBE`: 20 ms a copy, where several
         // wait for the fast worker): a scan of the holders, at most once an
-        // `END_GAME_REACT` of the dispatcher's clock (one left idle within it waits for
-        // the probe). A job's chunks keep the probe's pace: their yields are timed by it.
+        // `END_GAME_REACT` of the dispatcher's clock. Up to `END_GAME_DEFERRED` left idle
+        // within it look at its end ([`Timer::EndGame`]; the rest at the probe): workers
+        // alike report together, and the second waited a probe while the first ran two
+        // dear bands one after the other. A job's chunks keep the probe's pace: their
+        // yields are timed by it.
         let worker = &self.workers[s];
         if self.carver.is_none()
             && worker.alive
             && worker.assigned == 0
             && self.phase == Phase::Dispatching
             && self.in_tail()
-            && now.saturating_duration_since(self.end_game_at) >= END_GAME_REACT
         {
-            self.end_game_at = now;
-            self.end_game(now, Some(s), out);
+            let next = self.end_game_at + END_GAME_REACT;
+            if now >= next {
+                self.end_game_at = now;
+                self.end_game(now, Some(vec![s]), out);
+            } else if self.end_game_for.len() < END_GAME_DEFERRED && !self.end_game_for.contains(&s)
+            {
+                self.end_game_for.push(s);
+                self.timers.set(Timer::EndGame, next);
+            }
         }
     }
 
@@ -323,10 +332,9 @@ impl Dispatcher {
             return Credit::None;
         }
         if worker.assigned == 0 {
-            return if self.outpaced(now, slot, task) {
-                Credit::Outpaced
-            } else {
-                Credit::Yes
+            return match self.outpaced(now, slot, task) {
+                Some(recheck) => Credit::Outpaced(recheck),
+                None => Credit::Yes,
             };
         }
         if worker.assigned_ms + u64::from(task.workload_ms) == 0 {
@@ -384,12 +392,18 @@ impl Dispatcher {
     /// (within twice what it holds at its speed, and a heartbeat): its report brings it back
     /// for the task, and a peer that lies about its speed and sits on its tasks keeps the
     /// others idle a heartbeat at most.
-    fn outpaced(&self, now: Instant, slot: usize, task: &Task) -> bool {
-        let Some(us_per_ms) = self.workers[slot].us_per_ms else {
-            return false;
-        };
+    ///
+    /// A holder's pace is raised by how long its task in hand has run: past what its pace
+    /// predicts, the task is taken to need as long again as it has run (the end game's
+    /// rule). A task list's tasks are declared alike however they cost, and a worker
+    /// measured on one cheap band looked a hundred times faster than the rest while it ran
+    /// a dear one for a second and they waited. `Some` when outpaced, with when to look
+    /// again though no message comes: the soonest a holder counted runs past that
+    /// prediction (none where no holder's task in hand has a workload: the heartbeat).
+    fn outpaced(&self, now: Instant, slot: usize, task: &Task) -> Option<Option<Recheck>> {
+        let us_per_ms = self.workers[slot].us_per_ms?;
         if task.is_chunk() || task.workload_ms == 0 || self.exclude.contains_key(&task.id) {
-            return false;
+            return None;
         }
         let mine_us = us_per_ms * f64::from(task.workload_ms);
         let work_ms = (self.tasks.pending_ms() + self.assigned_ms) as f64;
@@ -398,40 +412,66 @@ impl Dispatcher {
         // so the scan below runs only where this worker is the slow one.
         let all_others = self.speed - speed_of(&self.workers[slot]);
         if all_others <= 0.0 || mine_us <= spread_us(all_others) {
-            return false;
+            return None;
         }
         // Only a worker clearly slower than the others on average: on an even farm the
         // soonest another could end the task is its own time, so nothing is held back,
         // and the scan below would run for every idle worker at a batch's end.
         let mean_other = all_others / self.alive.saturating_sub(1).max(1) as f64;
         if speed_of(&self.workers[slot]) * OUTPACED_MARGIN > mean_other {
-            return false;
+            return None;
         }
         let (mut counted, mut holding, mut soonest_us) = (0.0, false, f64::INFINITY);
+        let mut recheck: Option<Recheck> = None;
         for (other, w) in self.workers.iter().enumerate() {
-            let Some(theirs) = w
+            let Some(measured) = w
                 .us_per_ms
                 .filter(|_| other != slot && w.alive && !w.stalled)
             else {
                 continue;
             };
-            let held_us = w.assigned_ms as f64 * theirs;
+            let mut theirs = measured;
             if w.assigned > 0 {
-                let since = w
+                // The task in hand: the first it was given that it still holds.
+                let (given, index, in_hand_ms) = w
                     .given
-                    .front()
-                    .map_or(w.last_report, |&(at, _)| at.max(w.last_report));
-                let due = Duration::from_secs_f64((2.0 * held_us / 1e6).min(1e6))
-                    + self.config.heartbeat.interval;
-                if now.saturating_duration_since(since) > due {
+                    .iter()
+                    .find(|&&(_, i)| self.tasks.assigned_to(i as usize, other as WorkerId))
+                    .map_or((w.last_report, 0, 0), |&(at, i)| {
+                        (at, i, self.tasks.task(i as usize).workload_ms)
+                    });
+                let since = given.max(w.last_report);
+                let ran_us = now.saturating_duration_since(since).as_secs_f64() * 1e6;
+                let due =
+                    Duration::from_secs_f64((2.0 * w.assigned_ms as f64 * measured / 1e6).min(1e6))
+                        + self.config.heartbeat.interval;
+                if ran_us > due.as_secs_f64() * 1e6 {
                     continue;
                 }
                 holding = true;
+                if in_hand_ms > 0 {
+                    let predicted_us = measured * f64::from(in_hand_ms);
+                    if ran_us >= predicted_us {
+                        theirs = measured.max(2.0 * ran_us / f64::from(in_hand_ms));
+                    }
+                    // Looked at again once it has run twice what was predicted of it then:
+                    // a worker that reports at its pace has reported by then.
+                    let ends_us = OUTPACED_MARGIN * ran_us.max(predicted_us);
+                    let ends = since + Duration::from_secs_f64((ends_us / 1e6).min(1e6));
+                    if ends > now && recheck.is_none_or(|r| ends < r.at) {
+                        recheck = Some(Recheck {
+                            at: ends,
+                            holder: other as WorkerId,
+                            index,
+                        });
+                    }
+                }
             }
-            counted += speed_of(w);
+            counted += 1000.0 / theirs.max(1e-3);
+            let held_us = w.assigned_ms as f64 * theirs;
             soonest_us = soonest_us.min(held_us + f64::from(task.workload_ms) * theirs);
         }
-        holding && mine_us > spread_us(counted).max(soonest_us)
+        (holding && mine_us > spread_us(counted).max(soonest_us)).then_some(recheck)
     }
 
     /// A new chunk of a divisible job for `slot`, queued first. A worker is carved a chunk
@@ -548,7 +588,13 @@ impl Dispatcher {
                     }
                     continue;
                 }
-                Credit::Outpaced => {
+                Credit::Outpaced(recheck) => {
+                    if let Some(r) = recheck
+                        .filter(|r| self.timers.get(Timer::Recheck).is_none_or(|at| r.at < at))
+                    {
+                        self.timers.set(Timer::Recheck, r.at);
+                        self.recheck_on = Some((r.holder, r.index));
+                    }
                     if !self.workers[s].in_waiting {
                         self.workers[s].in_waiting = true;
                         self.waiting.push(slot);

@@ -207,7 +207,6 @@ impl Dispatcher {
         }
         self.note_worker(slot, "joined", None);
         self.alive += 1;
-        self.speed += 1.0;
         self.enqueue(slot);
         out.push(Command::ToWorker {
             worker: slot,

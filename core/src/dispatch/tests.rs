@@ -2281,3 +2281,120 @@ fn a_failure_does_not_measure_a_workers_speed() {
     report(&mut d, now, "w", next, 10_000, &mut out);
     assert_eq!(d.workers()[0].us_per_ms, Some(1000.0));
 }
+
+/// The ids of the tasks `out` sends to the worker named `name`.
+fn tasks_to(d: &Dispatcher, out: &[Command], name: &str) -> Vec<u32> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Tasks { worker, tasks, .. }
+                if d.workers()[*worker as usize].info.name == name =>
+            {
+                Some(tasks.iter().map(|t| t.id))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_worker_measured_on_one_cheap_task_keeps_no_one_waiting_past_its_pace() {
+    // A list of tasks declared alike (bands of a picture): "a" reports its first in 0.1 ms,
+    // a band of sky, and looks a hundred times faster than "b", which reports its first
+    // in 10 ms: "b" is left waiting as outpaced. But "a" goes on to a band through the set
+    // and reports nothing. Once it has run past what its pace predicts, the others look
+    // again, and by how long it has run, "b" is not outpaced: it takes tasks within a few
+    // of "a"'s predicted tasks, not at the next heartbeat (100 ms), woken by no message.
+    let (mut d, base, mut out) = list_started(20, &["a", "b"]);
+    let first_a = tasks_to(&d, &out, "a");
+    let first_b = tasks_to(&d, &out, "b");
+    assert_eq!((first_a.len(), first_b.len()), (1, 1), "{out:?}");
+    let ms = |n: f64| base + Duration::from_secs_f64(n / 1e3);
+    out.clear();
+    report(&mut d, ms(9.9), "a", first_a[0], 100, &mut out);
+    d.handle(ms(9.9), Event::Tick, &mut out);
+    assert!(!tasks_to(&d, &out, "a").is_empty(), "{out:?}");
+    out.clear();
+    report(&mut d, ms(9.95), "b", first_b[0], 10_000, &mut out);
+    d.handle(ms(9.95), Event::Tick, &mut out);
+    assert!(
+        tasks_to(&d, &out, "b").is_empty(),
+        "b is outpaced at first: {out:?}"
+    );
+    // From here only the dispatcher's own deadlines wake it.
+    let mut now = ms(9.95);
+    let taken_at = loop {
+        let next = d.next_deadline().max(now + Duration::from_micros(1));
+        assert!(next < base + INTERVAL * 3, "nothing was handed out");
+        now = next;
+        out.clear();
+        d.handle(now, Event::Tick, &mut out);
+        if !tasks_to(&d, &out, "b").is_empty() {
+            break now.duration_since(base);
+        }
+    };
+    assert!(
+        taken_at < Duration::from_millis(15),
+        "b took a task {taken_at:?} after the start"
+    );
+}
+
+#[test]
+fn workers_a_report_leaves_idle_together_in_a_lists_tail_each_take_over_at_once() {
+    // Six tasks on "a" and "b" (10 ms each) and two workers that never report. At 25 ms
+    // "a" and "b" report their second tasks in the same instant with nothing left to hand
+    // out, and the silent workers' tasks have been held over twice what a copy would take:
+    // each takes over one, the second within the millisecond the end game waits between
+    // runs, not at the next tail probe (every 20 ms, the last at 10 ms).
+    let (mut d, base, mut out) = list_started(6, &["a", "b", "s1", "s2"]);
+    let first: Vec<Vec<u32>> = ["a", "b", "s1", "s2"]
+        .iter()
+        .map(|name| tasks_to(&d, &out, name))
+        .collect();
+    assert!(first.iter().all(|t| t.len() == 1), "{out:?}");
+    let ms = |n| base + Duration::from_millis(n);
+    out.clear();
+    report(&mut d, ms(10), "a", first[0][0], 10_000, &mut out);
+    report(&mut d, ms(10), "b", first[1][0], 10_000, &mut out);
+    d.handle(ms(10), Event::Tick, &mut out);
+    let second = [tasks_to(&d, &out, "a"), tasks_to(&d, &out, "b")];
+    assert!(second.iter().all(|t| t.len() == 1), "{out:?}");
+    let at = ms(25);
+    out.clear();
+    report(&mut d, at, "a", second[0][0], 10_000, &mut out);
+    report(&mut d, at, "b", second[1][0], 10_000, &mut out);
+    d.handle(at, Event::Tick, &mut out);
+    let mut now = at;
+    while tasks_to(&d, &out, "a").is_empty() || tasks_to(&d, &out, "b").is_empty() {
+        now = d.next_deadline().max(now + Duration::from_micros(1));
+        assert!(now < at + INTERVAL, "no copies went out: {out:?}");
+        d.handle(now, Event::Tick, &mut out);
+    }
+    let mut copied = [tasks_to(&d, &out, "a"), tasks_to(&d, &out, "b")].concat();
+    copied.sort_unstable();
+    let mut silent = [first[2][0], first[3][0]];
+    silent.sort_unstable();
+    assert_eq!(copied, silent, "{out:?}");
+    assert!(
+        now <= at + END_GAME_REACT,
+        "the second copy went out {:?} after the reports",
+        now - at
+    );
+}
+
+#[test]
+fn workers_not_yet_measured_do_not_cut_a_measured_workers_window() {
+    // Tasks declared 10 ms that take "fast" 100 ms (a band declared alike, dearer than
+    // said), beside four workers still on their first tasks. Counted at the declared speed,
+    // the four would seem to finish the batch in a tenth of the time: "fast" would be held
+    // to one task at a time, a round trip lost between tasks. Not yet measured, they count
+    // for nothing, and "fast" holds its window (more than one task).
+    let (mut d, base, mut out) = list_started(40, &["fast", "u1", "u2", "u3", "u4"]);
+    let first = tasks_to(&d, &out, "fast");
+    assert_eq!(first.len(), 1, "{out:?}");
+    out.clear();
+    let at = base + Duration::from_millis(100);
+    report(&mut d, at, "fast", first[0], 100_000, &mut out);
+    d.handle(at, Event::Tick, &mut out);
+    assert!(tasks_to(&d, &out, "fast").len() > 1, "{out:?}");
+}

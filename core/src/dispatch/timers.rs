@@ -16,9 +16,15 @@ pub(super) enum Timer {
     Nag,
     /// While draining a job's abandoned chunks: the most it waits.
     Drain,
+    /// Workers waiting as outpaced look again: the soonest a worker they wait on runs
+    /// past what its pace predicts.
+    Recheck,
+    /// In a task list's tail: the end game for workers a report left idle just after it
+    /// ran.
+    EndGame,
 }
 
-const TIMERS: usize = 4;
+const TIMERS: usize = 6;
 
 impl Timer {
     fn index(self) -> usize {
@@ -27,6 +33,8 @@ impl Timer {
             Timer::Probe => 1,
             Timer::Nag => 2,
             Timer::Drain => 3,
+            Timer::Recheck => 4,
+            Timer::EndGame => 5,
         }
     }
 }
