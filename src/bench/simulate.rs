@@ -1618,18 +1618,15 @@ mod tests {
             let n = 128usize;
             let costs: Vec<f64> = match profile {
                 0 => mandelbrot_bands().to_vec(),
-                p => (0..n)
+                1 => stretched(&stretches, n),
+                // Ramped from each stretch's cost to the next's.
+                _ => (0..n)
                     .map(|i| {
                         let x = i as f64 / n as f64 * stretches.len() as f64;
                         let k = (x as usize).min(stretches.len() - 1);
                         let here = stretches[k];
-                        let exponent = if p == 1 {
-                            here
-                        } else {
-                            let next = stretches.get(k + 1).copied().unwrap_or(here);
-                            here + (next - here) * (x - k as f64)
-                        };
-                        10f64.powf(exponent)
+                        let next = stretches.get(k + 1).copied().unwrap_or(here);
+                        10f64.powf(here + (next - here) * (x - k as f64))
                     })
                     .collect(),
             };

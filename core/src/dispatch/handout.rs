@@ -367,7 +367,7 @@ impl Dispatcher {
         if self.tasks.pending() <= self.alive {
             return Credit::Scarce;
         }
-        // Nominal speed until its reports say otherwise.
+        // Measured (a worker not yet measured returned above).
         let us_per_ms = worker.us_per_ms.unwrap_or(1000.0);
         // Queued behind what it holds, the task must end within the batch's horizon.
         let finish_us = (worker.assigned_ms + u64::from(task.workload_ms)) as f64 * us_per_ms;
@@ -398,8 +398,10 @@ impl Dispatcher {
     /// rule). A task list's tasks are declared alike however they cost, and a worker
     /// measured on one cheap band looked a hundred times faster than the rest while it ran
     /// a dear one for a second and they waited. `Some` when outpaced, with when to look
-    /// again though no message comes: the soonest a holder counted runs past that
-    /// prediction (none where no holder's task in hand has a workload: the heartbeat).
+    /// again though no message comes: the soonest a holder counted has run twice what was
+    /// predicted of it (none where no holder's task in hand has a workload: the
+    /// heartbeat). One recheck is armed at a time, for its holder and task: where that
+    /// holder reports on time and another overruns, the heartbeat is the second look.
     fn outpaced(&self, now: Instant, slot: usize, task: &Task) -> Option<Option<Recheck>> {
         let us_per_ms = self.workers[slot].us_per_ms?;
         if task.is_chunk() || task.workload_ms == 0 || self.exclude.contains_key(&task.id) {
@@ -414,10 +416,10 @@ impl Dispatcher {
         if all_others <= 0.0 || mine_us <= spread_us(all_others) {
             return None;
         }
-        // Only a worker clearly slower than the others on average: on an even farm the
-        // soonest another could end the task is its own time, so nothing is held back,
-        // and the scan below would run for every idle worker at a batch's end.
-        let mean_other = all_others / self.alive.saturating_sub(1).max(1) as f64;
+        // Only a worker clearly slower than the others measured on average: on an even
+        // farm the soonest another could end the task is its own time, so nothing is held
+        // back, and the scan below would run for every idle worker at a batch's end.
+        let mean_other = all_others / self.measured.saturating_sub(1).max(1) as f64;
         if speed_of(&self.workers[slot]) * OUTPACED_MARGIN > mean_other {
             return None;
         }
@@ -733,6 +735,9 @@ impl Dispatcher {
         }
         let sample = f64::from(wall_us).max(1.0) / f64::from(workload_ms);
         let before = speed_of(&self.workers[slot]);
+        if self.workers[slot].us_per_ms.is_none() && self.workers[slot].alive {
+            self.measured += 1;
+        }
         let rate = &mut self.workers[slot].us_per_ms;
         // Far slower than its pace said: that pace was measured on cheaper tasks (a band of
         // sky, then one through the set), and workers left waiting as outpaced by it may

@@ -454,6 +454,8 @@ pub struct Dispatcher {
     /// Live workers' measured speeds (nominal ms per ms; a worker counts once it has
     /// reported), summed; recomputed every heartbeat so rounding never drifts.
     speed: f64,
+    /// Live workers counted in `speed`: those measured.
+    measured: usize,
     /// When the end game last ran (a tail probe, or a report at once: [`END_GAME_REACT`]).
     end_game_at: Instant,
     /// A report ran far over its worker's pace since the waiting workers last looked
@@ -673,6 +675,7 @@ impl Dispatcher {
             tasks,
             assigned_ms: 0,
             speed: 0.0,
+            measured: 0,
             end_game_at: now,
             wake_due: false,
             woken_at: now,
@@ -993,20 +996,25 @@ impl Dispatcher {
             .sum();
         let alive = self.workers.iter().filter(|w| w.alive).count();
         let speed: f64 = self.workers.iter().filter(|w| w.alive).map(speed_of).sum();
+        let measured = self
+            .workers
+            .iter()
+            .filter(|w| w.alive && w.us_per_ms.is_some())
+            .count();
         let per_worker: u64 = self
             .workers
             .iter()
             .filter(|w| w.alive)
             .map(|w| w.assigned_ms)
             .sum();
-        if (assigned_ms, alive) != (self.assigned_ms, self.alive)
+        if (assigned_ms, alive, measured) != (self.assigned_ms, self.alive, self.measured)
             || per_worker != assigned_ms
             || (speed - self.speed).abs() > 1e-6 * speed.max(1.0)
         {
             return Err(format!(
                 "sums drifted: assigned_ms {assigned_ms} vs {} (workers {per_worker}), alive \
-                 {alive} vs {}, speed {speed} vs {}",
-                self.assigned_ms, self.alive, self.speed
+                 {alive} vs {}, speed {speed} vs {}, measured {measured} vs {}",
+                self.assigned_ms, self.alive, self.speed, self.measured
             ));
         }
         // The carver sizes chunks for the live workers: the same ones.

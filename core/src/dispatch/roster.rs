@@ -134,6 +134,7 @@ impl Dispatcher {
                     worker.stalled_silent = false;
                     self.alive += 1;
                     self.speed += speed_of(&self.workers[slot as usize]);
+                    self.measured += usize::from(self.workers[slot as usize].us_per_ms.is_some());
                     let name = self.workers[slot as usize].info.name.clone();
                     self.by_name.insert(name, slot);
                     self.observe(Observed::Back { worker: slot });
@@ -318,6 +319,7 @@ impl Dispatcher {
             }
             self.alive -= 1;
             self.speed -= speed_of(&self.workers[s]);
+            self.measured -= usize::from(self.workers[s].us_per_ms.is_some());
             self.assigned_ms -= self.workers[s].assigned_ms;
             self.workers[s].alive = false;
             // The rest of the work now takes longer: a worker left waiting as outpaced

@@ -16,8 +16,8 @@ pub(super) enum Timer {
     Nag,
     /// While draining a job's abandoned chunks: the most it waits.
     Drain,
-    /// Workers waiting as outpaced look again: the soonest a worker they wait on runs
-    /// past what its pace predicts.
+    /// Workers waiting as outpaced look again: the soonest a worker they wait on has run
+    /// its task in hand twice what was predicted of it, if it still holds it.
     Recheck,
     /// In a task list's tail: the end game for workers a report left idle just after it
     /// ran.
