@@ -1480,35 +1480,26 @@ mod tests {
             seed in 1u64..1000,
         ) {
             let items = 20_000usize;
-            let costs: Vec<f64> = (0..items)
-                .map(|i| {
-                    let at = i as f64 / items as f64;
-                    match profile {
-                        0 => 1.0,
-                        1 => 1.0 + 99.0 * at,
-                        // A band through the set: a hundredfold dearer in the middle fifth.
-                        2 => if (0.4..0.6).contains(&at) { 100.0 } else { 1.0 },
-                        // A step at two thirds, a thousandfold.
-                        3 => if at >= 2.0 / 3.0 { 1000.0 } else { 1.0 },
-                        // The pixels of the default Mandelbrot view, as the reference
-                        // counts their iterations.
-                        6 => mandelbrot_costs()[i],
-                        // Random stretches, stepped, or ramped from one to the next.
-                        p => {
-                            let x = at * stretches.len() as f64;
-                            let k = (x as usize).min(stretches.len() - 1);
-                            let here = stretches[k];
-                            let exponent = if p == 4 {
-                                here
-                            } else {
-                                let next = stretches.get(k + 1).copied().unwrap_or(here);
-                                here + (next - here) * (x - k as f64)
-                            };
-                            10f64.powf(exponent)
+            let costs: Vec<f64> = match profile {
+                // Random stretches, stepped, or ramped from one to the next.
+                4 | 5 => stretched(&stretches, items, profile == 5),
+                // The pixels of the default Mandelbrot view, as the reference counts their
+                // iterations.
+                6 => mandelbrot_costs().to_vec(),
+                p => (0..items)
+                    .map(|i| {
+                        let at = i as f64 / items as f64;
+                        match p {
+                            0 => 1.0,
+                            1 => 1.0 + 99.0 * at,
+                            // A band through the set: a hundredfold dearer in the middle fifth.
+                            2 => if (0.4..0.6).contains(&at) { 100.0 } else { 1.0 },
+                            // A step at two thirds, a thousandfold.
+                            _ => if at >= 2.0 / 3.0 { 1000.0 } else { 1.0 },
                         }
-                    }
-                })
-                .collect();
+                    })
+                    .collect(),
+            };
             let costs = std::sync::Arc::new(costs);
             let slowness = |e: &f64| 10f64.powf(*e);
             let farm: Vec<f64> = std::iter::once(1.0).chain(base.iter().map(slowness)).collect();
@@ -1588,10 +1579,21 @@ mod tests {
         );
     }
 
-    /// Costs in stretches of equal length, each 10 to the given power.
-    fn stretched(stretches: &[f64], bands: usize) -> Vec<f64> {
-        (0..bands)
-            .map(|i| 10f64.powf(stretches[i * stretches.len() / bands]))
+    /// Costs of `n` items (or bands) in stretches of equal length, each 10 to the given
+    /// power: stepped, or `ramped` from each stretch's power to the next's.
+    fn stretched(stretches: &[f64], n: usize, ramped: bool) -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let x = i as f64 / n as f64 * stretches.len() as f64;
+                let k = (i * stretches.len() / n).min(stretches.len() - 1);
+                let here = stretches[k];
+                let next = stretches
+                    .get(k + 1)
+                    .copied()
+                    .filter(|_| ramped)
+                    .unwrap_or(here);
+                10f64.powf(here + (next - here) * (x - k as f64))
+            })
             .collect()
     }
 
@@ -1618,17 +1620,7 @@ mod tests {
             let n = 128usize;
             let costs: Vec<f64> = match profile {
                 0 => mandelbrot_bands().to_vec(),
-                1 => stretched(&stretches, n),
-                // Ramped from each stretch's cost to the next's.
-                _ => (0..n)
-                    .map(|i| {
-                        let x = i as f64 / n as f64 * stretches.len() as f64;
-                        let k = (x as usize).min(stretches.len() - 1);
-                        let here = stretches[k];
-                        let next = stretches.get(k + 1).copied().unwrap_or(here);
-                        10f64.powf(here + (next - here) * (x - k as f64))
-                    })
-                    .collect(),
+                p => stretched(&stretches, n, p == 2),
             };
             // `bands` makes the mean band 10 ms on the fastest worker.
             let mean = costs.iter().sum::<f64>() / n as f64;
@@ -1669,7 +1661,7 @@ mod tests {
     /// slower, and the band is copied at once.
     #[test]
     fn a_slow_workers_dear_band_is_copied_though_it_was_measured_on_a_cheap_one() {
-        let profile = stretched(&[2.387, 0.0, 2.791, 2.489], 128);
+        let profile = stretched(&[2.387, 0.0, 2.791, 2.489], 128, false);
         let two = bands_on(vec![1.0, 1.0], &profile, 980);
         let mut farm = vec![1.0; 35];
         farm[16] = 180.0;
@@ -1770,7 +1762,7 @@ mod tests {
     /// heartbeat (500 ms here, most of the batch).
     #[test]
     fn workers_alike_measured_on_unequal_first_tasks_are_not_left_waiting() {
-        let profile = stretched(&[2.39, 0.0, 0.0, 2.49], 128);
+        let profile = stretched(&[2.39, 0.0, 0.0, 2.49], 128, false);
         let row = run_of(vec![1.0; 33], bands(&profile, 1));
         assert!(
             row.makespan_s < 2.0 * row.lpt_s,
