@@ -1461,6 +1461,26 @@ mod tests {
         );
     }
 
+    /// The farms the promise's property tests compare: the fastest worker (slowness 1),
+    /// alone or with up to two others, and the same farm with 1 to 61 workers added; each
+    /// other worker up to 1,000 times slower (10 to a power drawn from 0 to 3).
+    fn drawn_farms() -> impl proptest::strategy::Strategy<Value = (Vec<f64>, Vec<f64>)> {
+        use proptest::strategy::Strategy;
+        let powers = |n: std::ops::Range<usize>| proptest::collection::vec(0.0f64..3.0, n);
+        (powers(0..3), powers(1..62)).prop_map(|(base, extra)| {
+            let slowness = |e: &f64| 10f64.powf(*e);
+            let farm: Vec<f64> = std::iter::once(1.0)
+                .chain(base.iter().map(slowness))
+                .collect();
+            let larger = farm
+                .iter()
+                .copied()
+                .chain(extra.iter().map(slowness))
+                .collect();
+            (farm, larger)
+        })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
@@ -1473,8 +1493,7 @@ mod tests {
         /// the default Mandelbrot view.
         #[test]
         fn adding_slow_workers_never_slows_a_job(
-            base in proptest::collection::vec(0.0f64..3.0, 0..3),
-            extra in proptest::collection::vec(0.0f64..3.0, 1..62),
+            (farm, larger) in drawn_farms(),
             profile in 0u8..7,
             stretches in proptest::collection::vec(0.0f64..3.0, 1..7),
             seed in 1u64..1000,
@@ -1501,10 +1520,7 @@ mod tests {
                     .collect(),
             };
             let costs = std::sync::Arc::new(costs);
-            let slowness = |e: &f64| 10f64.powf(*e);
-            let farm: Vec<f64> = std::iter::once(1.0).chain(base.iter().map(slowness)).collect();
             let without = job_on(farm.clone(), &costs, seed);
-            let larger: Vec<f64> = farm.iter().copied().chain(extra.iter().map(slowness)).collect();
             let with = job_on(larger.clone(), &costs, seed);
             let allowance = without * 0.02 + 0.2;
             proptest::prop_assert!(
@@ -1534,14 +1550,10 @@ mod tests {
         /// fastest worker (100 ms) and 2 %.
         #[test]
         fn adding_slow_workers_never_slows_a_task_list(
-            base in proptest::collection::vec(0.0f64..3.0, 0..3),
-            extra in proptest::collection::vec(0.0f64..3.0, 1..62),
+            (farm, larger) in drawn_farms(),
             seed in 1u64..1000,
         ) {
-            let slowness = |e: &f64| 10f64.powf(*e);
-            let farm: Vec<f64> = std::iter::once(1.0).chain(base.iter().map(slowness)).collect();
             let without = list_on(farm.clone(), seed);
-            let larger: Vec<f64> = farm.iter().copied().chain(extra.iter().map(slowness)).collect();
             let with = list_on(larger.clone(), seed);
             proptest::prop_assert!(
                 with <= without * 1.02 + 0.1,
@@ -1611,8 +1623,7 @@ mod tests {
         /// `CONQUER_PROMISE_CASES` runs more cases than the 256 of the suite.
         #[test]
         fn adding_slow_workers_never_slows_a_list_of_uneven_bands(
-            base in proptest::collection::vec(0.0f64..3.0, 0..3),
-            extra in proptest::collection::vec(0.0f64..3.0, 1..62),
+            (farm, larger) in drawn_farms(),
             profile in 0u8..3,
             stretches in proptest::collection::vec(0.0f64..3.0, 1..7),
             seed in 1u64..1000,
@@ -1625,10 +1636,7 @@ mod tests {
             // `bands` makes the mean band 10 ms on the fastest worker.
             let mean = costs.iter().sum::<f64>() / n as f64;
             let dearest = costs.iter().copied().fold(0.0, f64::max) / mean * 0.010;
-            let slowness = |e: &f64| 10f64.powf(*e);
-            let farm: Vec<f64> = std::iter::once(1.0).chain(base.iter().map(slowness)).collect();
             let without = bands_on(farm.clone(), &costs, seed);
-            let larger: Vec<f64> = farm.iter().copied().chain(extra.iter().map(slowness)).collect();
             let with = bands_on(larger.clone(), &costs, seed);
             proptest::prop_assert!(
                 with <= without * 1.02 + dearest,
