@@ -132,8 +132,13 @@ grep -q 'id="phase">finished<' "$work/dom3.html" || {
 kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""
 
 # A coordinator's page lists its jobs.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-vent="tcp://127.0.0.1:$(free_port)"; sink="tcp://127.0.0.1:$(free_port)"; control="tcp://127.0.0.1:$(free_port)"
+# Three free ports at once: each socket is held until all are bound, so no two are alike
+# (one at a time, the system handed the sink's port out again as the control socket's).
+read -r p_vent p_sink p_control < <(python3 -c 'import socket
+held = [socket.socket() for _ in range(3)]
+for s in held: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in held))')
+vent="tcp://127.0.0.1:$p_vent"; sink="tcp://127.0.0.1:$p_sink"; control="tcp://127.0.0.1:$p_control"
 "$bin" serve --state "$work/state" --bind "$vent" --results-bind "$sink" --control "$control" \
   --http 127.0.0.1:0 --heartbeat-ms 100 --events "$work/serve.jsonl" 2> "$work/serve.log" &
 pid=$!
