@@ -3,6 +3,7 @@
 
 use super::table::Table;
 use super::*;
+use crate::shutdown::Interrupted;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceRow {
@@ -28,6 +29,7 @@ pub(super) fn device(
     args: &BenchArgs,
     repeat: u32,
     progress: &Progress,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<DeviceRow>> {
     progress.step("device");
     use crate::backend::gpu::{adapters, AdapterClass, Gpu, GpuConfig};
@@ -77,6 +79,9 @@ pub(super) fn device(
         };
         let mut rates = Vec::new();
         for r in 0..repeat {
+            if shutdown.is_requested() {
+                return Err(Interrupted.into());
+            }
             let outcome = run(
                 &mut gpu,
                 &spin_job,

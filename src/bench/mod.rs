@@ -248,7 +248,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             Suite::Backends => {
                 results.backends = backends::backends(&args, repeat, &progress, shutdown)?
             }
-            Suite::Device => results.device = device::device(&args, repeat, &progress)?,
+            Suite::Device => results.device = device::device(&args, repeat, &progress, shutdown)?,
             Suite::Dispatch => {
                 results.dispatch = dispatch::dispatch(&args, repeat, &progress, shutdown)?
             }
@@ -258,7 +258,7 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
             Suite::Faults => {
                 results.faults = faults::faults(args.quick, repeat, &progress, shutdown)?
             }
-            Suite::Simulate => results.simulate = simulate::suite(args.quick, &progress)?,
+            Suite::Simulate => results.simulate = simulate::suite(args.quick, &progress, shutdown)?,
             Suite::Kernels => {
                 results.kernels = kernels::kernels(&args, repeat, &progress, shutdown)?
             }

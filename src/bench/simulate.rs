@@ -17,6 +17,7 @@ use crate::flow::{Finished, Flow, FlowCommand, FlowConfig, FlowEvent};
 use crate::heartbeat::Heartbeat;
 use crate::pieces::{self, Pieces};
 use crate::protocol::{Message, Status, WorkerInfo};
+use crate::shutdown::{Interrupted, Shutdown};
 use crate::work::Work;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -747,6 +748,12 @@ fn replay(
 
 /// Runs one simulated farm to completion.
 pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
+    simulate_until(spec, &Shutdown::new())
+}
+
+/// Runs one simulated farm to completion, or until `shutdown` is requested (then it
+/// returns [`Interrupted`]): a farm of 10,000 workers runs for seconds of wall time.
+pub fn simulate_until(spec: &SimSpec, shutdown: &Shutdown) -> anyhow::Result<SimRow> {
     let wall = Instant::now();
     let batch = match (spec.chunking, &spec.costs) {
         (Some(_), _) => Batch { tasks: Vec::new() },
@@ -961,7 +968,12 @@ pub fn simulate(spec: &SimSpec) -> anyhow::Result<SimRow> {
     }
     sim.vent(Vec::new());
     let limit = ns(Duration::from_secs_f64(lpt * 100.0 + 3600.0));
+    let mut popped: u64 = 0;
     while let Some(Reverse(q)) = sim.queue.pop() {
+        popped += 1;
+        if popped % 65_536 == 0 && shutdown.is_requested() {
+            return Err(Interrupted.into());
+        }
         sim.now = q.at;
         if sim.now > limit {
             anyhow::bail!("the simulated batch did not finish within 100 times its LPT bound");
@@ -1100,7 +1112,12 @@ fn uneven_farms() -> Vec<(&'static str, Vec<f64>)> {
 /// The suite: efficiency from 1 to 10,000 workers without churn, then 10,000 with it;
 /// then an adaptive job whose items cost what the pixels of a Mandelbrot view do, on one
 /// fast worker alone and with slower ones added (their makespans must not grow).
-pub(super) fn suite(quick: bool, progress: &super::Progress) -> anyhow::Result<Vec<SimRow>> {
+pub(super) fn suite(
+    quick: bool,
+    progress: &super::Progress,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<SimRow>> {
+    let simulate = |spec: &SimSpec| simulate_until(spec, shutdown);
     let (tasks, counts): (u32, &[usize]) = if quick {
         (20_000, &[1, 10, 100])
     } else {
@@ -1308,6 +1325,27 @@ pub(super) fn table(rows: &[SimRow]) -> super::table::Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requested_stop_ends_a_long_simulation_as_interrupted() {
+        // `conquer bench --suite simulate` under `timeout` or systemd: a SIGTERM must end
+        // a farm of thousands of workers, not wait for it to finish.
+        let shutdown = Shutdown::new();
+        shutdown.request();
+        let spec = SimSpec {
+            workers: 100,
+            tasks: 200_000,
+            churn: false,
+            latency: Duration::from_micros(200),
+            seed: 1,
+            chunking: None,
+            item_us: 0,
+            farm: None,
+            costs: None,
+        };
+        let err = simulate_until(&spec, &shutdown).expect_err("a requested stop ends the run");
+        assert!(Interrupted::is(&err), "{err:#}");
+    }
 
     #[test]
     fn a_small_farm_finishes_near_its_bound_and_churn_loses_nothing() {
