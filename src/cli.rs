@@ -781,6 +781,13 @@ impl BatchArgs {
     /// kernel is validated (errors name file:line:column), every payload is within
     /// `--max-payload`.
     pub fn prepare(&self, verify_percent: u8, max_payload: u64) -> anyhow::Result<Prepared> {
+        if verify_percent > 0 && self.data.kernel_file.is_some() {
+            bail!(
+                "--verify checks results against the CPU reference of a built-in kernel, and a \
+                 user kernel (--kernel-file) has none: pass --replicate PCT to run a sample of \
+                 the tasks on a second worker and compare the outputs bit for bit, or drop --verify"
+            );
+        }
         if let Some(policy) = self.chunks.policy() {
             return self.prepare_job(verify_percent, policy, max_payload);
         }

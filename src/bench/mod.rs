@@ -2,7 +2,8 @@
 //! JSON). Each suite runs the real pipeline through `local`, repeated, and reports medians
 //! with their min–max spread. Plain libzmq PUSH/PULL is measured in the same run as the
 //! baseline for throughput. Benchmarks report numbers; they assert nothing. Plots (SVG)
-//! of scaling and of the backend comparison go to `--out` with the tables.
+//! of scaling, the backend comparison, the simulated farms and the chunking farms go to
+//! `--out` with the tables.
 
 mod backends;
 mod chunking;

@@ -1,5 +1,6 @@
 //! Plots of benchmark results as SVG (plotters, no font files needed): scaling (elapsed
-//! against ideal, and efficiency) and the backend comparison. Drawing only; the numbers
+//! against ideal, and efficiency), the backend comparison, the simulated farms and the
+//! chunking farms. Drawing only; the numbers
 //! come from the suites.
 
 use super::{BackendRow, ScalingRow};

@@ -1,12 +1,13 @@
 //! `conquer bench --suite simulate`: the real dispatcher in virtual time against simulated
-//! workers and a modelled sink, at sizes no machine here can run for real: up to 10,000
+//! workers and the real sink's collector, at sizes no machine here can run for real: up to 10,000
 //! workers and a million tasks of the seed's workload (1–100 ms), with heterogeneous speeds
 //! (log-normal, plus a few 10× stragglers), per-message latency, and churn (workers joining
 //! during the batch, 1 % killed, 1 % frozen). It reports the makespan against the LPT
 //! bound and the ideal, what went out again, and the ventilator's real CPU time per task.
 //!
-//! Only the dispatcher is real; workers and the sink are event handlers on one virtual
-//! clock, so the figures are the dispatch rules' own, free of scheduling noise.
+//! The dispatcher, the sink's collector and each worker's flow are the real machines;
+//! sockets and kernels are not: workers run their tasks as events on one virtual clock, so
+//! the figures are the rules' own, free of scheduling noise.
 
 use crate::batch::{Batch, Job, Task};
 use crate::chunking::{Plan, Policy};

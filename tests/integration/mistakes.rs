@@ -971,3 +971,46 @@ fn m21_a_flags_environment_variable_takes_1_and_0_and_refuses_other_words_naming
     let outcome = Proc::start_with_env("env", &args, &[("CONQUER_NO_COMPRESS", "maybe")]).finish();
     assert_fails_with(&outcome, 2, &["--no-compress", "maybe"]);
 }
+
+#[test]
+fn m22_verify_on_a_user_kernel_fails_before_anything_binds_and_names_replicate() {
+    // A user kernel has no CPU reference: `--verify` would check nothing and the report
+    // would count every result unchecked. `--replicate` is the check that works for it.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("v.f32");
+    std::fs::write(&input, [0u8; 64]).unwrap();
+    let outputs = dir.path().join("out");
+    let kernel = [
+        "--kernel-file",
+        "examples/kernels/saxpy.wgsl",
+        "--inputs",
+        input.to_str().unwrap(),
+        "--item-bytes",
+        "8",
+        "--output-bytes",
+        "4/item",
+    ];
+    let mut run = vec!["run", "--backend", "software", "--workers", "1"];
+    run.extend(kernel);
+    run.extend(["--outputs", outputs.to_str().unwrap()]);
+    for verify in [&["--verify"][..], &["--verify-sample", "10"]] {
+        let args: Vec<&str> = run.iter().chain(verify).copied().collect();
+        let outcome = conquer_v(&args);
+        assert_fails_with(
+            &outcome,
+            1,
+            &["--verify", "--kernel-file", "--replicate PCT"],
+        );
+        assert!(
+            !outcome.2.contains("listening"),
+            "bound first: {}",
+            outcome.2
+        );
+        assert!(!outputs.exists(), "nothing written");
+    }
+    // `submit` refuses it before it reaches for a coordinator (none listens here).
+    let mut submit = vec!["submit", "--coordinator", "tcp://127.0.0.1:1"];
+    submit.extend(kernel);
+    submit.push("--verify");
+    assert_fails_with(&conquer(&submit), 1, &["--replicate PCT"]);
+}
