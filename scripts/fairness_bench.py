@@ -33,10 +33,17 @@ MS = flag("--ms", "20")
 BEAT = ["--heartbeat-ms", "100"]
 
 
-def free_endpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return "tcp://127.0.0.1:%d" % s.getsockname()[1]
+def free_endpoints(n):
+    """n loopback endpoints on distinct free ports: every socket is held until all are
+    bound, so no two picks can be the same port."""
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return ["tcp://127.0.0.1:%d" % s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def ask(control, args):
@@ -63,7 +70,7 @@ def busy_in(path, start, end):
 
 def pair(priorities):
     state = tempfile.mkdtemp()
-    bind, results, control = free_endpoint(), free_endpoint(), free_endpoint()
+    bind, results, control = free_endpoints(3)
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     serve = subprocess.Popen([BIN, "serve", "--state", state, "--bind", bind, "--results-bind",
                               results, "--control", control] + BEAT, **quiet)

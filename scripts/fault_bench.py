@@ -24,10 +24,17 @@ BIN = os.path.join(os.path.dirname(__file__), "..", "target", "release", "conque
 BATCH = ["--tasks", "2000", "--min-ms", "1", "--max-ms", "5", "--seed", "3"]
 
 
-def free_endpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return "tcp://127.0.0.1:%d" % s.getsockname()[1]
+def free_endpoints(n):
+    """n loopback endpoints on distinct free ports: every socket is held until all are
+    bound, so no two picks can be the same port."""
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return ["tcp://127.0.0.1:%d" % s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 class Proc:
@@ -76,7 +83,7 @@ class Proc:
 def run(fault):
     tmp = tempfile.mkdtemp()
     results = os.path.join(tmp, "r.jsonl")
-    sink_ep, vent_ep = free_endpoint(), free_endpoint()
+    sink_ep, vent_ep = free_endpoints(2)
     sink = Proc(["sink", "--bind", sink_ep, "--json", "--results", results])
     sink.wait_for("listening on")
     vent = Proc(["ventilator", "--bind", vent_ep, "--sink", sink_ep, "--wait-workers", "4"] + BATCH)
@@ -155,7 +162,7 @@ def main():
             r["rejected"], detect, r["elapsed_ms"], r["elapsed_ms"] - base))
 
     # A million zero-work tasks: time and peak memory of each role.
-    sink_ep, vent_ep = free_endpoint(), free_endpoint()
+    sink_ep, vent_ep = free_endpoints(2)
     sink = Proc(["sink", "--bind", sink_ep, "--json"], timed=True)
     sink.wait_for("listening on")
     vent = Proc(["ventilator", "--bind", vent_ep, "--sink", sink_ep, "--wait-workers", "2",
