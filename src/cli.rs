@@ -886,6 +886,18 @@ impl BatchArgs {
                 Kernel::Search => {
                     let space = search::Space::new(d.bits, d.keys, d.keys_per_task, d.salt)
                         .map_err(|e| anyhow::anyhow!(e))?;
+                    let limit = crate::batch::MAX_TASKS;
+                    if space.tasks() > limit {
+                        bail!(
+                            "--keys {} in tasks of --keys-per-task {} makes {} tasks, over the \
+                             limit of {limit} in one batch: raise --keys-per-task to {} or more, \
+                             or carve the keys as a divisible job (--chunking adaptive)",
+                            d.keys,
+                            d.keys_per_task,
+                            space.tasks(),
+                            d.keys.div_ceil(limit)
+                        );
+                    }
                     let job = Job {
                         constants: space.constants(),
                         ..base

@@ -264,6 +264,43 @@ pub fn write_whole(
 /// Opens `path` to write it from the start, creating it if missing, without following a
 /// link there (an error naming it). `append` keeps what it holds. `what` names the file in
 /// errors (`results file`).
+/// The file made and removed to see that a folder can be written in.
+pub const PROBE: &str = ".conquer-probe";
+
+/// Checks, before a batch runs, that a file written after it (`flag`'s) can be: `path` is
+/// no directory, and its folder is made (as --outputs makes its own) and can be written
+/// in (a file is made there and removed).
+pub fn check_writable(path: &Path, flag: &str) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{flag} {}: that is a directory: name a file in it",
+            path.display()
+        );
+    }
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).with_context(|| {
+        format!(
+            "{flag} {}: cannot create its folder {}",
+            path.display(),
+            folder.display()
+        )
+    })?;
+    let handle = Dir::open(folder).with_context(|| format!("{flag} {}", path.display()))?;
+    handle
+        .create_temporary(PROBE)
+        .and_then(|_| handle.remove(PROBE))
+        .with_context(|| {
+            format!(
+                "{flag} {}: cannot write in its folder {}",
+                path.display(),
+                folder.display()
+            )
+        })
+}
+
 pub fn create_file(path: &Path, what: &str, append: bool) -> anyhow::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let opened = std::fs::OpenOptions::new()

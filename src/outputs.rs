@@ -90,13 +90,15 @@ impl OutputsConfig {
                     image.display()
                 );
             }
+            // A picture that cannot be written is an error before the batch runs, not
+            // after it.
+            crate::files::check_writable(image, "--image")?;
         }
         Ok(())
     }
 }
 
-/// The file [`OutputsConfig::check`] makes and removes to see that the sink may write.
-const PROBE: &str = ".conquer-probe";
+use crate::files::PROBE;
 
 /// The outputs of the batch being collected.
 pub struct Outputs {

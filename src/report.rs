@@ -149,6 +149,23 @@ struct ResultRecord {
     hits: String,
 }
 
+/// A results path that names a directory: neither `--resume` nor `--overwrite` can help,
+/// so the error says what to name instead.
+fn refuse_directory(path: &Path, format: ResultsFormat) -> anyhow::Result<()> {
+    if path.is_dir() {
+        let name = match format {
+            ResultsFormat::Csv => "results.csv",
+            ResultsFormat::Jsonl => "results.jsonl",
+        };
+        anyhow::bail!(
+            "results file {} is a directory: name a file, such as {}",
+            path.display(),
+            path.join(name).display()
+        );
+    }
+    Ok(())
+}
+
 impl ResultsFile {
     /// Starts a results file. An existing file that holds anything is refused unless
     /// `overwrite`: results are not wiped by accident.
@@ -157,6 +174,7 @@ impl ResultsFile {
         format: ResultsFormat,
         overwrite: bool,
     ) -> anyhow::Result<ResultsFile> {
+        refuse_directory(path, format)?;
         if !overwrite {
             if let Ok(meta) = std::fs::metadata(path) {
                 if meta.len() > 0 {
@@ -196,6 +214,7 @@ impl ResultsFile {
         path: &Path,
         format: ResultsFormat,
     ) -> anyhow::Result<(ResultsFile, Option<RecoveredResults>)> {
+        refuse_directory(path, format)?;
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -593,6 +612,21 @@ mod tests {
         hits_wanted: 0,
         started_unix_ms: 1234,
     };
+
+    #[test]
+    fn a_results_path_naming_a_directory_is_refused_whatever_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let errors = [
+            ResultsFile::create(dir.path(), ResultsFormat::Csv, false).err(),
+            ResultsFile::create(dir.path(), ResultsFormat::Csv, true).err(),
+            ResultsFile::resume(dir.path(), ResultsFormat::Jsonl).err(),
+        ];
+        for e in errors {
+            let e = format!("{:#}", e.expect("a directory is refused"));
+            assert!(e.contains("is a directory: name a file"), "{e}");
+            assert!(!e.contains("--overwrite"), "advice that cannot work: {e}");
+        }
+    }
 
     #[test]
     fn results_files_round_trip_and_resume_past_a_torn_line() {

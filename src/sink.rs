@@ -100,6 +100,9 @@ impl Sink {
         }
         config.access.check_exposure(&config.bind, "--bind")?;
         config.outputs.check(config.resume, config.overwrite)?;
+        if let Some(path) = &config.trace {
+            crate::files::check_writable(path, "--timeline")?;
+        }
         // The results file first: a path that cannot be written fails before anything binds.
         let (file, recovered) = match &config.results {
             None => (None, None),

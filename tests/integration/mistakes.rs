@@ -1014,3 +1014,82 @@ fn m22_verify_on_a_user_kernel_fails_before_anything_binds_and_names_replicate()
     submit.push("--verify");
     assert_fails_with(&conquer(&submit), 1, &["--replicate PCT"]);
 }
+
+#[test]
+fn m23_what_is_written_after_the_batch_is_checked_before_it_and_a_search_too_large_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let picture = [
+        "--kernel",
+        "mandelbrot",
+        "--backend",
+        "cpu",
+        "--width",
+        "16",
+    ];
+    let cases: [(Vec<&str>, &[&str]); 5] = [
+        // A picture, a timeline or a results file that could not be written was found
+        // out only once the batch had run, its work lost.
+        (
+            [&picture[..], &["--height", "16", "--image", "/proc/x.png"]].concat(),
+            &["--image /proc/x.png", "cannot write in its folder"],
+        ),
+        (
+            vec!["--tasks", "3", "--max-ms", "1", "--timeline", folder],
+            &["--timeline", "is a directory"],
+        ),
+        // A directory as the results file: --resume and --overwrite cannot help.
+        (
+            vec!["--tasks", "3", "--max-ms", "1", "--results", folder],
+            &["is a directory: name a file"],
+        ),
+        (
+            vec![
+                "--tasks",
+                "3",
+                "--max-ms",
+                "1",
+                "--results",
+                folder,
+                "--overwrite",
+            ],
+            &["is a directory: name a file"],
+        ),
+        // A search of more tasks than a batch holds asked for 100 GB and aborted.
+        (
+            vec![
+                "--kernel",
+                "search",
+                "--keys",
+                "4294967295",
+                "--keys-per-task",
+                "1",
+            ],
+            &[
+                "over the limit of 50000000",
+                "--keys-per-task to 86",
+                "--chunking",
+            ],
+        ),
+    ];
+    for (args, words) in cases {
+        let args: Vec<&str> = ["run"].iter().chain(&args).copied().collect();
+        let outcome = conquer_v(&args);
+        assert_fails_with(&outcome, 1, words);
+        assert!(
+            !outcome.2.contains("listening"),
+            "bound first: {}",
+            outcome.2
+        );
+    }
+    // A picture's missing folder is made, as --outputs makes its own.
+    let nested = dir.path().join("new").join("x.png");
+    let args = [
+        &picture[..],
+        &["--height", "16", "--image", nested.to_str().unwrap()],
+    ]
+    .concat();
+    let (status, _, log) = conquer(&[&["run"][..], &args].concat());
+    assert!(status.success(), "{log}");
+    assert!(std::fs::read(&nested).unwrap().starts_with(b"\x89PNG"));
+}
