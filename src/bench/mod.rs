@@ -237,6 +237,12 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         kernels: kernels::KernelsResults::default(),
         chunking: chunking::ChunkingResults::default(),
     };
+    // The output folder is made first: one that cannot be is an error before the suites
+    // run, not after.
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--out {}: cannot create the output folder", dir.display()))?;
+    }
     let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
         match suite {

@@ -108,3 +108,28 @@ fn quick_bench_reports_every_suite_with_numbers_and_plots() {
         "a real plot"
     );
 }
+
+#[test]
+fn an_output_folder_that_cannot_be_made_fails_before_any_suite_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    // The simulate suite runs for a minute: a check after it would be found out late.
+    let (status, stdout, log) = Proc::start(
+        "bench",
+        &[
+            "bench",
+            "--suite",
+            "simulate",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    )
+    .finish();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--out") && log.contains("cannot create the output folder"),
+        "{log}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+}
