@@ -326,6 +326,8 @@ impl Access {
     /// Protected mode: a socket bound where other machines can reach it needs a secret or
     /// an allowlist, or `--insecure`. Loopback, `ipc://` and `inproc://` binds need none.
     pub fn check_exposure(&self, endpoint: &str, flag: &str) -> anyhow::Result<()> {
+        // A malformed endpoint is named as such, not refused as an exposed one.
+        crate::sockets::check_endpoint(endpoint, flag, true)?;
         if self.guarded() || is_local(endpoint) {
             return Ok(());
         }
@@ -348,6 +350,12 @@ impl Access {
     /// derived from the secret elsewhere; with only `--allow`, none (the addresses are
     /// checked); with neither, protected mode refuses unless `--insecure`.
     pub fn http_token(&self, addr: &str) -> anyhow::Result<Option<String>> {
+        // A malformed address is named as such, not refused as an exposed one.
+        crate::sockets::check_endpoint(&format!("tcp://{addr}"), "--http", true).map_err(|_| {
+            anyhow::anyhow!(
+                "--http {addr:?}: expected HOST:PORT, such as 127.0.0.1:8080 or [::1]:8080"
+            )
+        })?;
         if is_local(&format!("tcp://{addr}")) {
             return Ok(None);
         }
@@ -1085,6 +1093,38 @@ mod tests {
         }
         let e = "10.0.0.1/8".parse::<Cidr>().unwrap_err();
         assert!(e.contains("10.0.0.0/8"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_endpoint_is_named_as_such_not_refused_as_exposed() {
+        for bad in [
+            "tcp://",
+            "udp://x",
+            "127.0.0.1:5558",
+            "tcp://10.0.0.1:70000",
+        ] {
+            for access in [
+                Access::default(),
+                Access {
+                    insecure: true,
+                    ..Access::default()
+                },
+            ] {
+                let e = access
+                    .check_exposure(bad, "--bind")
+                    .expect_err(bad)
+                    .to_string();
+                assert!(e.starts_with("--bind") && e.contains("expected"), "{e}");
+                assert!(!e.contains("authentication"), "{e}");
+            }
+        }
+        for bad in ["localhost", "", "0.0.0.0:", "host:99999"] {
+            let e = Access::default()
+                .http_token(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("--http") && e.contains("HOST:PORT"), "{e}");
+        }
     }
 
     #[test]

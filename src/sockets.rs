@@ -464,7 +464,7 @@ fn bind_address(endpoint: &str, flag: &str) -> anyhow::Result<(String, bool)> {
     }
     if bracketed.is_some() || host.contains(':') {
         anyhow::bail!(
-            "{flag} {endpoint:?}: {host} is not an IPv6 address; write one in brackets, e.g.              tcp://[::1]:PORT"
+            "{flag} {endpoint:?}: {host} is not an IPv6 address; write one in brackets, e.g. tcp://[::1]:PORT"
         );
     }
     if is_interface(host) {
