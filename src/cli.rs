@@ -577,7 +577,9 @@ fn unit_tasks(n: u32) -> Batch {
 
 /// A user kernel's WGSL (`--kernel-file`), read and checked against the interface before
 /// anything binds: errors name `file:line:column`.
-fn read_kernel_file(path: &std::path::Path) -> anyhow::Result<String> {
+fn read_kernel_file(
+    path: &std::path::Path,
+) -> anyhow::Result<(String, crate::kernels::user::Checked)> {
     let source = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --kernel-file {}", path.display()))?;
     if source.len() > crate::protocol::MAX_SOURCE_BYTES {
@@ -588,9 +590,9 @@ fn read_kernel_file(path: &std::path::Path) -> anyhow::Result<String> {
             crate::protocol::MAX_SOURCE_BYTES
         );
     }
-    crate::kernels::user::check(&source, &path.display().to_string())
+    let checked = crate::kernels::user::check(&source, &path.display().to_string())
         .map_err(|e| anyhow::anyhow!("invalid WGSL in --kernel-file: {e}"))?;
-    Ok(source)
+    Ok((source, checked))
 }
 
 /// How a divisible job's chunks are sized (`--chunking`).
@@ -798,7 +800,7 @@ impl BatchArgs {
         let d = &self.data;
         let base = self.job(verify_percent);
         let (batch, job, inputs, source) = if let Some(path) = &d.kernel_file {
-            let source = read_kernel_file(path)?;
+            let (source, checked) = read_kernel_file(path)?;
             let pattern = d.inputs.as_deref().unwrap_or_default();
             let inputs = crate::batch::Inputs::find(pattern, max_payload)?;
             let job = Job {
@@ -809,23 +811,40 @@ impl BatchArgs {
                 constants: d.constants.unwrap_or_default(),
                 ..base
             };
-            if d.output_bytes != SAME_AS_INPUT {
-                for path in &inputs.paths {
-                    let len = std::fs::metadata(path)
-                        .with_context(|| format!("cannot read input {}", path.display()))?
-                        .len();
-                    let items = len.div_ceil(u64::from(d.item_bytes));
-                    let out = if d.output_bytes & PER_ITEM != 0 {
-                        items * u64::from(d.output_bytes & !PER_ITEM)
-                    } else {
-                        u64::from(d.output_bytes)
-                    };
-                    if out > max_payload {
-                        bail!(
-                            "input {} makes {out} output bytes, over --max-payload {max_payload}: raise --max-payload (on every role) or lower --output-bytes",
-                            path.display()
-                        );
-                    }
+            // The least output a task gets: a kernel that declares more (`array<u32, 256>`)
+            // has the rest of what it writes dropped.
+            let mut least: Option<(u64, &std::path::Path)> = None;
+            for path in &inputs.paths {
+                let len = std::fs::metadata(path)
+                    .with_context(|| format!("cannot read input {}", path.display()))?
+                    .len();
+                let items = len.div_ceil(u64::from(d.item_bytes));
+                let out = if d.output_bytes == SAME_AS_INPUT {
+                    len
+                } else if d.output_bytes & PER_ITEM != 0 {
+                    items * u64::from(d.output_bytes & !PER_ITEM)
+                } else {
+                    u64::from(d.output_bytes)
+                };
+                if least.is_none_or(|(l, _)| out < l) {
+                    least = Some((out, path));
+                }
+                if d.output_bytes != SAME_AS_INPUT && out > max_payload {
+                    bail!(
+                        "input {} makes {out} output bytes, over --max-payload {max_payload}: raise --max-payload (on every role) or lower --output-bytes",
+                        path.display()
+                    );
+                }
+            }
+            if let (Some(declared), Some((out, input))) = (checked.fixed_output_bytes, least) {
+                if out < declared {
+                    log::warn!(
+                        "--kernel-file {}: `output` is declared {declared} bytes, and the task of \
+                         {} gets {out} (--output-bytes): only the first {out} bytes it writes are \
+                         kept; pass --output-bytes {declared} to keep them all",
+                        path.display(),
+                        input.display()
+                    );
                 }
             }
             (
@@ -941,7 +960,7 @@ impl BatchArgs {
         let base = self.job(verify_percent);
         let (job, source) = match &d.kernel_file {
             Some(kernel) => {
-                let source = read_kernel_file(kernel)?;
+                let (source, _) = read_kernel_file(kernel)?;
                 let job = Job {
                     kernel: Kernel::User.id(),
                     source: crate::kernels::fnv1a(source.as_bytes()),
@@ -2268,7 +2287,7 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<(Request, Vec<Vec<u8>>)> {
     };
     let source = match (&prepared, &batch.data.kernel_file) {
         (Some(prepared), _) => prepared.source.as_deref().map(str::to_owned),
-        (None, Some(path)) => Some(read_kernel_file(path)?),
+        (None, Some(path)) => Some(read_kernel_file(path)?.0),
         (None, None) => None,
     };
     let task_list = batch.kernel == Kernel::Spin && batch.chunks.policy().is_none();

@@ -642,6 +642,8 @@ struct Pipeline {
     invocations: u32,
     /// How many invocations its dispatches get, from how long they took.
     sizer: Sizer,
+    /// The least bytes its `input` and `output` are bound with (their declared types).
+    min_binding_bytes: [u64; 2],
 }
 
 /// Which cached pipeline a job runs: its user kernel's source hash, or the built-in's id.
@@ -911,6 +913,7 @@ impl Gpu {
             workgroup,
             sizer: self.fresh_sizer(workgroup),
             invocations,
+            min_binding_bytes: checked.min_binding_bytes,
         })
     }
 
@@ -1172,13 +1175,19 @@ impl Gpu {
         // What the kernel may read: whole items, the part past the input zeroed (never a
         // previous task's bytes).
         let whole_items = u64::from(shape.items) * u64::from(job.item_bytes.max(1));
+        // Never less than the kernel declares (`array<atomic<u32>, 256>` is bound with
+        // 1024 bytes whatever the task's sizes): the rest zeroed too, and only the task's
+        // `output_bytes` read back.
+        let [least_input, least_output] = pipeline.min_binding_bytes;
         let extent = if Kernel::from_id(job.kernel).is_some_and(Kernel::takes_inputs) {
             pad4(input_bytes.max(whole_items))
         } else {
             pad4(input_bytes)
-        };
+        }
+        .max(pad4(least_input));
+        let output_extent = pad4(output_bytes).max(pad4(least_output));
         let limit = self.buffer_limit();
-        if extent > limit || pad4(output_bytes) > limit {
+        if extent > limit || output_extent > limit {
             let why = format!(
                 "task {} needs {input_bytes} bytes of input and {output_bytes} of output; {} \
                  binds at most {limit} bytes per buffer",
@@ -1215,13 +1224,7 @@ impl Gpu {
         // device refuses) are caught here and fail this task, not the next one completed.
         let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.slots[slot].fit(
-            &self.device,
-            &self.layout,
-            extent,
-            pad4(output_bytes),
-            limit,
-        );
+        self.slots[slot].fit(&self.device, &self.layout, extent, output_extent, limit);
         let s = &self.slots[slot];
         if !input.is_empty() {
             if input.len() % 4 == 0 {
@@ -1261,8 +1264,8 @@ impl Gpu {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("task"),
                 });
-            if round == 0 && output_bytes > 0 {
-                encoder.clear_buffer(&s.output, 0, Some(pad4(output_bytes)));
+            if round == 0 && output_extent > 0 {
+                encoder.clear_buffer(&s.output, 0, Some(output_extent));
             }
             if round == 0 && extent > pad4(input_bytes) {
                 let from = pad4(input_bytes);

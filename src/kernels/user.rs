@@ -14,6 +14,14 @@ pub struct Checked {
     /// `@workgroup_size` of `main`: invocations per workgroup, x * y * z (one dimension is
     /// used: a task's items are `global_invocation_id.x`).
     pub workgroup_size: [u32; 3],
+    /// The least bytes `input` (binding 1) and `output` (binding 2) must be bound with:
+    /// a fixed-size type's size (`array<atomic<u32>, 256>`: 1024), a runtime-sized
+    /// array's one element; 0 where the binding is not declared. A task's buffers are
+    /// never bound smaller, whatever its input and `--output-bytes` give it.
+    pub min_binding_bytes: [u64; 2],
+    /// `output`'s size where its type has one (no runtime-sized array): all a task's
+    /// result can be.
+    pub fixed_output_bytes: Option<u64>,
 }
 
 impl Checked {
@@ -67,10 +75,18 @@ pub fn check(source: &str, path: &str) -> Result<Checked, String> {
                  main(@builtin(global_invocation_id) gid: vec3<u32>)`; see docs/kernels.md)"
             )
         })?;
+    let (mut min_binding_bytes, mut fixed_output_bytes) = ([0u64; 2], None);
     for (handle, var) in module.global_variables.iter() {
         let Some(binding) = &var.binding else {
             continue;
         };
+        let inner = &module.types[var.ty].inner;
+        if let Some(min) = min_binding_bytes.get_mut((binding.binding as usize).wrapping_sub(1)) {
+            *min = u64::from(inner.size(module.to_ctx()));
+        }
+        if binding.binding == 2 && !inner.is_dynamically_sized(&module.types) {
+            fixed_output_bytes = Some(u64::from(inner.size(module.to_ctx())));
+        }
         let place = at(source, path, module.global_variables.get_span(handle));
         let name = var.name.as_deref().unwrap_or("a variable");
         if binding.group != 0 {
@@ -97,6 +113,8 @@ pub fn check(source: &str, path: &str) -> Result<Checked, String> {
     }
     let checked = Checked {
         workgroup_size: entry.workgroup_size,
+        min_binding_bytes,
+        fixed_output_bytes,
     };
     if checked.workgroup_size[1] != 1 || checked.workgroup_size[2] != 1 {
         return Err(format!(
@@ -143,6 +161,28 @@ mod tests {
         assert_eq!(
             check(&src, "k.wgsl").map(|c| c.workgroup_size),
             Ok([128, 1, 1])
+        );
+    }
+
+    #[test]
+    fn the_least_binding_sizes_are_the_declared_types() {
+        let runtime = format!("{HEADER}@compute @workgroup_size(64)\nfn main() {{}}\n");
+        let checked = check(&runtime, "k.wgsl").unwrap();
+        assert_eq!(checked.min_binding_bytes, [4, 4]);
+        assert_eq!(checked.fixed_output_bytes, None);
+        let fixed = HEADER
+            .replace("input: array<f32>", "input: array<vec4<f32>, 3>")
+            .replace("output: array<f32>", "output: array<atomic<u32>, 256>")
+            + "@compute @workgroup_size(64)\nfn main() {}\n";
+        let checked = check(&fixed, "k.wgsl").unwrap();
+        assert_eq!(checked.min_binding_bytes, [48, 1024]);
+        assert_eq!(checked.fixed_output_bytes, Some(1024));
+        let histogram = include_str!("../../examples/kernels/histogram.wgsl");
+        assert_eq!(
+            check(histogram, "histogram.wgsl")
+                .unwrap()
+                .min_binding_bytes[1],
+            1024
         );
     }
 
