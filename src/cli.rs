@@ -54,7 +54,8 @@ pub struct Cli {
         env = "CONQUER_LOG",
         value_name = "FILTER",
         global = true,
-        help_heading = "Logging"
+        help_heading = "Logging",
+        value_parser = crate::logging::parse_filter
     )]
     pub log: Option<String>,
     /// Largest task input or output this process sends or accepts, in bytes (suffixes K, M,
@@ -554,7 +555,7 @@ pub struct BatchArgs {
     #[arg(long, value_enum, default_value_t = Kernel::Spin)]
     pub kernel: Kernel,
     /// Kernel work units (spin: shader invocations of 256 hash rounds) per ms of workload.
-    #[arg(long, env = "CONQUER_UNITS_PER_MS", default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
+    #[arg(long, env = "CONQUER_UNITS_PER_MS", default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, value_parser = clap::value_parser!(u32).range(1..))]
     pub units_per_ms: u32,
     #[command(flatten)]
     pub data: DataArgs,
@@ -1560,7 +1561,7 @@ pub struct WorkerArgs {
     )]
     pub control: String,
     /// Classic mode: kernel work units per ms (classic tasks carry only milliseconds).
-    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, requires = "classic", help_heading = "Classic")]
+    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, requires = "classic", help_heading = "Classic", value_parser = clap::value_parser!(u32).range(1..))]
     pub units_per_ms: u32,
     #[command(flatten)]
     pub secret: SecretArgs,

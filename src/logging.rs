@@ -128,6 +128,32 @@ pub fn init(verbosity: i8, filter: Option<&str>) {
     let _ = builder.try_init();
 }
 
+/// `--log`'s value checked: comma-separated directives, each a level (off, error, warn,
+/// info, debug, trace) or `target=level` with a target of letters, digits, `_`, `-` and
+/// `::`. A typo (`debgu`, `conquer=loud`) is an error, not a filter that logs nothing.
+pub fn parse_filter(text: &str) -> Result<String, String> {
+    let levels = "off, error, warn, info, debug, trace";
+    for d in text.split(',').map(str::trim) {
+        let (target, level) = match d.split_once('=') {
+            Some((t, l)) => (Some(t.trim()), l.trim()),
+            None => (None, d),
+        };
+        if level.parse::<log::LevelFilter>().is_err() {
+            return Err(format!(
+                "`{d}`: `{level}` is not a level; give one of {levels}, alone or as target=level"
+            ));
+        }
+        let fits = |c: char| c.is_ascii_alphanumeric() || "_-:".contains(c);
+        if let Some(t) = target.filter(|t| t.is_empty() || !t.chars().all(fits)) {
+            return Err(format!(
+                "`{d}`: `{t}` is not a target (a crate or module path such as wgpu_hal or \
+                 conquer::ventilator)"
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
 /// `extra` with each bare level (`warn`) made this program's (`conquer=warn`): a bare
 /// level would otherwise only set other crates' default, under the more specific one
 /// `-v` gives ours, so `--log warn` could never lower the default.
@@ -156,5 +182,22 @@ mod tests {
         assert!(filter_for(1).contains("conquer=debug"));
         assert!(filter_for(2).contains("conquer::task=off"));
         assert!(!filter_for(3).contains("task"));
+    }
+
+    #[test]
+    fn a_log_filter_with_a_typo_is_refused() {
+        for good in [
+            "warn",
+            "wgpu_hal=info",
+            "conquer::ventilator=trace,warn",
+            "OFF",
+            "a-b=Debug",
+        ] {
+            assert_eq!(parse_filter(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in ["debgu", "conquer=loud", "===", "=info", "", "wgpu hal=info"] {
+            let e = parse_filter(bad).expect_err(bad);
+            assert!(e.contains("not a"), "{bad}: {e}");
+        }
     }
 }

@@ -1508,6 +1508,7 @@ pub fn ask_with(
     socket.set_linger(0)?;
     socket.set_rcvtimeo(timeout.as_millis() as i32)?;
     socket.set_sndtimeo(timeout.as_millis() as i32)?;
+    crate::sockets::check_endpoint(endpoint, "--coordinator", false)?;
     socket
         .connect(endpoint)
         .with_context(|| format!("cannot connect to the coordinator at {endpoint}"))?;

@@ -119,7 +119,7 @@ pub struct BenchArgs {
     pub backends: Vec<BackendKind>,
     /// Spin work units per ms in the compute suites (the same default as `run`; `conquer
     /// calibrate` gives the figure at which one ms is one CPU core's ms).
-    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS)]
+    #[arg(long, default_value_t = crate::kernels::spin::DEFAULT_UNITS_PER_MS, value_parser = clap::value_parser!(u32).range(1..))]
     pub units_per_ms: u32,
     /// The adapter's ceiling for 32-bit operations in Gop/s, to rate spin against: its
     /// issue rate (on NVIDIA, SMs x 128 lanes x clock), which no operation mix passes.

@@ -1093,3 +1093,13 @@ fn m23_what_is_written_after_the_batch_is_checked_before_it_and_a_search_too_lar
     assert!(status.success(), "{log}");
     assert!(std::fs::read(&nested).unwrap().starts_with(b"\x89PNG"));
 }
+
+#[test]
+fn m24_a_malformed_coordinator_a_mistyped_log_filter_and_zero_work_units_are_named() {
+    let outcome = conquer(&["jobs", "--coordinator", "udp://x", "--timeout", "2"]);
+    assert_fails_with(&outcome, 1, &["--coordinator", "expected tcp://HOST:PORT"]);
+    let outcome = conquer(&["--log", "debgu", "run", "--tasks", "2", "--max-ms", "1"]);
+    assert_fails_with(&outcome, 2, &["--log", "debgu", "not a level"]);
+    let outcome = conquer(&["run", "--units-per-ms", "0", "--tasks", "2"]);
+    assert_fails_with(&outcome, 2, &["--units-per-ms"]);
+}
