@@ -6,9 +6,15 @@ pub use conquer_core::batch::*;
 use anyhow::{bail, Context};
 use std::path::Path;
 
-/// Reads a tasks file: one workload in milliseconds per line; blank lines and lines
-/// starting with `#` are ignored. Any other line fails the whole file, naming its number.
+/// Reads a tasks file: one workload in milliseconds per line; blank lines and comments
+/// (from `#` to the end of a line) are ignored. Any other line fails the whole file, naming its number.
 pub fn read(path: &Path) -> anyhow::Result<Batch> {
+    if path.is_dir() {
+        bail!(
+            "tasks file {} is a directory: name the file of workloads",
+            path.display()
+        );
+    }
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read tasks file {}", path.display()))?;
     Batch::parse_from(std::io::BufReader::new(file))

@@ -1829,11 +1829,7 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         Command::Status(args) => {
             let access = args.secret.access()?;
             let token = access.secret.as_ref().map(|s| s.token().to_owned());
-            let base = if args.http.contains("://") {
-                args.http.clone()
-            } else {
-                format!("http://{}", args.http)
-            };
+            let base = crate::status::base_url(&args.http)?;
             loop {
                 let status = crate::status::fetch(&base, token.as_deref())?;
                 if args.json {
@@ -2376,14 +2372,7 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
 }
 
 pub fn state_name(state: conquer_core::jobs::JobState) -> &'static str {
-    use conquer_core::jobs::JobState;
-    match state {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Done => "done",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
+    state.name()
 }
 
 /// The jobs as a table, oldest first.

@@ -6,6 +6,39 @@ use crate::report::rate;
 use anyhow::{anyhow, Context};
 use std::time::Duration;
 
+/// The live view's base URL from `--http` as given: `HOST:PORT` or `http(s)://HOST:PORT`,
+/// with any path a proxy mounts it under; a trailing `/`, `/api` or `/api/status` is
+/// dropped (the status is fetched from `BASE/api/status`).
+pub fn base_url(given: &str) -> anyhow::Result<String> {
+    let expected = || {
+        anyhow!("--http {given:?}: expected HOST:PORT or http://HOST:PORT, such as 127.0.0.1:8080")
+    };
+    let (scheme, rest) = match given.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None => ("http".to_owned(), given),
+    };
+    if scheme != "http" && scheme != "https" {
+        anyhow::bail!(
+            "--http {given:?}: the live view speaks http (or https behind a proxy), not {scheme}"
+        );
+    }
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let port = authority
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|_| !authority.ends_with(']'));
+    let host_ok = !authority.is_empty() && !authority.starts_with(':');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !host_ok || !port_ok {
+        return Err(expected());
+    }
+    let mut path = path.trim_end_matches('/');
+    for tail in ["/api/status", "/api"] {
+        path = path.strip_suffix(tail).unwrap_or(path);
+    }
+    Ok(format!("{scheme}://{authority}{path}"))
+}
+
 /// Fetches the status from `base` (`http://HOST:PORT`), with `token` as a bearer token.
 pub fn fetch(base: &str, token: Option<&str>) -> anyhow::Result<FarmStatus> {
     let url = format!("{}/api/status", base.trim_end_matches('/'));
@@ -29,6 +62,9 @@ pub fn fetch(base: &str, token: Option<&str>) -> anyhow::Result<FarmStatus> {
     match code {
         200 => {}
         401 => anyhow::bail!("{url} wants the farm's secret: pass --secret-file"),
+        _ if body.trim().is_empty() => anyhow::bail!(
+            "{url} answered {code} (is this the address a conquer ventilator serves with --http?)"
+        ),
         _ => anyhow::bail!("{url} answered {code}: {}", body.trim()),
     }
     if body.trim() == "{}" {
@@ -166,5 +202,29 @@ fn cut(text: &str, width: usize) -> String {
         let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
         s.push('…');
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_views_address_is_taken_as_given_and_checked() {
+        for (given, base) in [
+            ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("http://box-a:8080/", "http://box-a:8080"),
+            ("http://127.0.0.1:1/api", "http://127.0.0.1:1"),
+            ("http://127.0.0.1:1/api/status", "http://127.0.0.1:1"),
+            ("https://proxy/conquer/", "https://proxy/conquer"),
+            ("[::1]:8080", "http://[::1]:8080"),
+            ("HTTP://h:1", "http://h:1"),
+        ] {
+            assert_eq!(base_url(given).unwrap(), base, "{given}");
+        }
+        for bad in ["", "http://", ":8080", "127.0.0.1:99999", "h:0", "ftp://x"] {
+            let e = base_url(bad).expect_err(bad).to_string();
+            assert!(e.starts_with("--http"), "{bad}: {e}");
+        }
     }
 }

@@ -179,7 +179,7 @@ impl Batch {
     }
 
     /// Parses the tasks-file format: one workload in milliseconds per line; blank lines and
-    /// lines starting with `#` are ignored. Any other line fails the whole file, naming its
+    /// comments (from `#` to the end of a line) are ignored. Any other line fails the whole file, naming its
     /// number.
     pub fn parse(text: &str) -> anyhow::Result<Batch> {
         Self::parse_from(text.as_bytes())
@@ -207,7 +207,9 @@ impl Batch {
             let line = std::str::from_utf8(&raw)
                 .map_err(|_| anyhow::anyhow!("line {line_no} is not UTF-8 text"))?
                 .trim();
-            if line.is_empty() || line.starts_with('#') {
+            // A comment runs from `#` to the end of its line, after a workload too.
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
                 continue;
             }
             let workload_ms = line
@@ -389,9 +391,11 @@ mod tests {
 
     #[test]
     fn tasks_file_skips_comments_and_names_the_bad_line() {
-        let batch = Batch::parse("# costs\n10\n\n  20 \n0\n").unwrap();
-        assert_eq!(batch.len(), 3);
-        assert_eq!(batch.expected_ms(), 30);
+        let batch = Batch::parse("# costs\n10\n\n  20 \n0\n5 # the last one\n").unwrap();
+        assert_eq!(batch.len(), 4);
+        assert_eq!(batch.expected_ms(), 35);
+        let err = Batch::parse("10\n5 6 # two\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2: \"5 6\""), "{err:#}");
         let err = Batch::parse("10\n20\nabc\n30\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 3"), "{err:#}");
         let err = Batch::parse("10\n-5\n").unwrap_err();

@@ -38,6 +38,23 @@ impl JobState {
             JobState::Done | JobState::Failed | JobState::Cancelled
         )
     }
+
+    /// Its name as `conquer jobs` prints it (and as its JSON spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What the queue needs to know of a job (the batch itself lives in the job's folder).
@@ -123,7 +140,7 @@ pub enum Refused {
     ZeroPriority,
     #[error("no job {0} on this coordinator (`conquer jobs` lists them)")]
     NoSuchJob(JobId),
-    #[error("job {id} is already {state:?}, so it cannot be cancelled")]
+    #[error("job {id} is already {state}, so it cannot be cancelled")]
     AlreadyOver { id: JobId, state: JobState },
 }
 
