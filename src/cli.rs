@@ -516,13 +516,13 @@ pub struct CalibrateArgs {
 #[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TasksArgs {
     /// Number of tasks in a seeded batch (at most 50,000,000).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
+    #[arg(long, default_value_t = TasksArgs::TASKS, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
     pub tasks: u32,
     /// Shortest workload in milliseconds.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
+    #[arg(long, default_value_t = TasksArgs::MIN_MS, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
     pub min_ms: u32,
     /// Longest workload in milliseconds (at most 3,600,000: an hour).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
+    #[arg(long, default_value_t = TasksArgs::MAX_MS, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::batch::MAX_WORKLOAD_MS)))]
     pub max_ms: u32,
     /// Seed of the batch: the same seed makes the same batch on every machine.
     #[arg(long, default_value_t = 1)]
@@ -533,6 +533,27 @@ pub struct TasksArgs {
 }
 
 impl TasksArgs {
+    /// The seeded batch's defaults: the seed's 100 tasks of 1-100 ms.
+    pub const TASKS: u32 = 100;
+    pub const MIN_MS: u32 = 1;
+    pub const MAX_MS: u32 = 100;
+
+    /// The first flag given that shapes a task list of workloads (a tasks file, or a
+    /// seeded batch's count or range away from its default), if any.
+    fn list_flag(&self) -> Option<&'static str> {
+        if self.tasks_file.is_some() {
+            Some("--tasks-file")
+        } else if self.tasks != Self::TASKS {
+            Some("--tasks")
+        } else if self.min_ms != Self::MIN_MS {
+            Some("--min-ms")
+        } else if self.max_ms != Self::MAX_MS {
+            Some("--max-ms")
+        } else {
+            None
+        }
+    }
+
     pub fn batch(&self) -> anyhow::Result<Batch> {
         match &self.tasks_file {
             Some(path) => crate::batch::read(path),
@@ -780,10 +801,49 @@ impl BatchArgs {
         }
     }
 
+    /// Flags this batch would ignore, refused: a task list's workloads where the kernel or
+    /// a divisible job makes its own tasks, `--chunk-items` outside `--chunking fixed`,
+    /// sizes and constants the copy kernel has no use for. Silently dropped, each ran a
+    /// batch other than the one asked for.
+    fn refuse_ignored_flags(&self) -> anyhow::Result<()> {
+        let maker = if self.chunks.policy().is_some() {
+            Some("a divisible job (--chunking) is carved from its items, keys or rows")
+        } else if self.data.kernel_file.is_some() {
+            Some("--kernel-file makes one task per --inputs file")
+        } else {
+            match self.kernel {
+                Kernel::Spin => None,
+                Kernel::Mandelbrot => Some("--kernel mandelbrot makes one task per band of rows"),
+                Kernel::Search => Some("--kernel search makes one task per --keys-per-task keys"),
+                Kernel::Copy => Some("--kernel copy makes one task per --inputs file"),
+                Kernel::User => Some("a user kernel makes one task per --inputs file"),
+            }
+        };
+        if let (Some(maker), Some(flag)) = (maker, self.tasks.list_flag()) {
+            bail!("{flag} shapes a task list of workloads, and {maker}: drop {flag}");
+        }
+        if self.chunks.chunk_items != 0 && self.chunks.chunking != Some(ChunkingKind::Fixed) {
+            bail!(
+                "--chunk-items sizes the chunks of --chunking fixed only: pass --chunking fixed, \
+                 or drop --chunk-items"
+            );
+        }
+        if self.kernel == Kernel::Copy && self.data.kernel_file.is_none() {
+            if self.data.output_bytes != crate::kernels::SAME_AS_INPUT {
+                bail!("--kernel copy's output is its input: drop --output-bytes");
+            }
+            if self.data.constants.is_some() {
+                bail!("--kernel copy takes no constants: drop --constants");
+            }
+        }
+        Ok(())
+    }
+
     /// The batch and job these flags describe, checked before anything binds: a user
     /// kernel is validated (errors name file:line:column), every payload is within
     /// `--max-payload`.
     pub fn prepare(&self, verify_percent: u8, max_payload: u64) -> anyhow::Result<Prepared> {
+        self.refuse_ignored_flags()?;
         if verify_percent > 0 && self.data.kernel_file.is_some() {
             bail!(
                 "--verify checks results against the CPU reference of a built-in kernel, and a \
@@ -2287,7 +2347,9 @@ fn submission(args: &SubmitArgs) -> anyhow::Result<(Request, Vec<Vec<u8>>)> {
         (None, Some(path)) => Some(read_kernel_file(path)?.0),
         (None, None) => None,
     };
-    let task_list = batch.kernel == Kernel::Spin && batch.chunks.policy().is_none();
+    let task_list = batch.kernel == Kernel::Spin
+        && batch.data.kernel_file.is_none()
+        && batch.chunks.policy().is_none();
     let workloads_ms = match &prepared {
         Some(prepared) if task_list => prepared.batch.tasks.iter().map(|t| t.workload_ms).collect(),
         _ => Vec::new(),

@@ -913,10 +913,12 @@ fn job_args(folder: &Path, inputs_dir: Option<&Path>) -> anyhow::Result<(BatchAr
                 .batch
         }
     };
-    let tasks = folder.join("tasks.txt");
-    args.tasks.tasks_file = tasks.exists().then_some(tasks);
     let kernel = folder.join("kernel.wgsl");
     args.data.kernel_file = kernel.exists().then_some(kernel);
+    // A user kernel's tasks are its inputs: a tasks.txt beside it (which coordinators
+    // once stored for them too) is not its batch.
+    let tasks = folder.join("tasks.txt");
+    args.tasks.tasks_file = (tasks.exists() && args.data.kernel_file.is_none()).then_some(tasks);
     let inputs = folder.join("inputs");
     args.data.inputs = if let Some(pattern) = &stored.remote_inputs {
         check_remote_inputs(pattern)?;

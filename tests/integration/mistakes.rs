@@ -1103,3 +1103,63 @@ fn m24_a_malformed_coordinator_a_mistyped_log_filter_and_zero_work_units_are_nam
     let outcome = conquer(&["run", "--units-per-ms", "0", "--tasks", "2"]);
     assert_fails_with(&outcome, 2, &["--units-per-ms"]);
 }
+
+#[test]
+fn m25_flags_the_batch_would_ignore_are_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("t.txt");
+    std::fs::write(&tasks, "5\n").unwrap();
+    let tasks = tasks.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["--kernel", "mandelbrot", "--tasks", "3"],
+            &["--tasks", "drop --tasks"],
+        ),
+        (
+            &["--kernel", "mandelbrot", "--tasks-file", tasks],
+            &["drop --tasks-file"],
+        ),
+        (&["--kernel", "search", "--max-ms", "3"], &["drop --max-ms"]),
+        (
+            &["--chunking", "fixed", "--items", "10", "--tasks", "5"],
+            &["divisible job", "drop --tasks"],
+        ),
+        (
+            &["--chunking", "static", "--chunk-items", "3"],
+            &["--chunking fixed", "--chunk-items"],
+        ),
+        (
+            &["--kernel", "copy", "--inputs", tasks, "--constants", "1"],
+            &["drop --constants"],
+        ),
+    ];
+    for (flags, words) in cases {
+        let args: Vec<&str> = ["run"].iter().chain(flags).copied().collect();
+        let outcome = conquer_v(&args);
+        assert_fails_with(&outcome, 1, words);
+        assert!(
+            !outcome.2.contains("listening"),
+            "bound first: {}",
+            outcome.2
+        );
+    }
+    // The defaults themselves, and a seed (which orders a shuffle too), are no conflict.
+    let (status, _, log) = conquer(&[
+        "run",
+        "--kernel",
+        "search",
+        "--keys",
+        "4096",
+        "--keys-per-task",
+        "1024",
+        "--bits",
+        "4",
+        "--backend",
+        "cpu",
+        "--seed",
+        "7",
+        "--tasks",
+        "100",
+    ]);
+    assert!(status.success(), "{log}");
+}
