@@ -287,6 +287,28 @@ pub fn serve(config: ServeConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
     if limits.max_running == 0 {
         bail!("--max-running must be at least 1");
     }
+    if limits.max_input_bytes == 0 {
+        bail!("--max-input 0 would refuse every submission: give a size, such as 64M");
+    }
+    if let Some(dir) = config.inputs_dir.as_ref().filter(|d| !d.is_dir()) {
+        bail!(
+            "--inputs-dir {}: no such directory; create it, or drop --inputs-dir",
+            dir.display()
+        );
+    }
+    let endpoints = [
+        ("--bind", &config.bind),
+        ("--results-bind", &config.results_bind),
+        ("--control", &config.control),
+    ];
+    for (i, (a, first)) in endpoints.iter().enumerate() {
+        let ephemeral = first.ends_with(":0") || first.ends_with(":*");
+        if let Some((b, _)) = endpoints[i + 1..].iter().find(|(_, e)| e == first) {
+            if !ephemeral {
+                bail!("{a} and {b} are both {first}: give each its own port");
+            }
+        }
+    }
     let store = Store::open(&config.state)?;
     raise_open_files();
     let ctx = zmq::Context::new();

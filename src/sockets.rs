@@ -180,6 +180,7 @@ pub fn connect(
     }
     caller.access.present(&socket, caller.user)?;
     check_endpoint(endpoint, flag, false)?;
+    warn_if_unresolved(endpoint, flag);
     if tcp_host(endpoint).is_some_and(|host| host.starts_with('[')) {
         // An IPv6 address: libzmq resolves only IPv4 without this.
         socket
@@ -192,6 +193,25 @@ pub fn connect(
         )
     })?;
     Ok(socket)
+}
+
+/// A host name in a connecting endpoint that does not resolve: said once, at the start.
+/// libzmq keeps retrying it in silence (a name may resolve later, as DNS comes up at
+/// boot), and the role would only say it waits for its peer.
+fn warn_if_unresolved(endpoint: &str, flag: &str) {
+    use std::net::ToSocketAddrs;
+    let Some(host) = tcp_host(endpoint) else {
+        return;
+    };
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return;
+    }
+    if let Err(e) = (host, 1).to_socket_addrs() {
+        log::warn!(
+            "{flag} {endpoint}: cannot resolve {host} ({e}); retrying until it resolves: is the \
+             name right?"
+        );
+    }
 }
 
 /// Polls `items` for up to `timeout_ms`. A signal arriving mid-poll (EINTR, as Ctrl-C

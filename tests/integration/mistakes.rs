@@ -1163,3 +1163,41 @@ fn m25_flags_the_batch_would_ignore_are_refused_naming_them() {
     ]);
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn m26_a_coordinator_refuses_settings_that_would_fail_every_job_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let missing = dir.path().join("missing");
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&["--max-input", "0"], &["--max-input 0"]),
+        (
+            &["--inputs-dir", missing.to_str().unwrap()],
+            &["--inputs-dir", "no such directory"],
+        ),
+        (
+            &[
+                "--bind",
+                "tcp://127.0.0.1:5",
+                "--results-bind",
+                "tcp://127.0.0.1:5",
+            ],
+            &["--bind and --results-bind are both", "its own port"],
+        ),
+    ];
+    for (flags, words) in cases {
+        let args: Vec<&str> = ["serve", "--state", state]
+            .iter()
+            .chain(flags)
+            .copied()
+            .collect();
+        let outcome = conquer_v(&args);
+        assert_fails_with(&outcome, 1, words);
+        assert!(
+            !outcome.2.contains("listening"),
+            "bound first: {}",
+            outcome.2
+        );
+    }
+}
