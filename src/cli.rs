@@ -1674,10 +1674,33 @@ fn parse_hex_u64(s: &str) -> Result<u64, String> {
 }
 
 /// Parses arguments and runs; returns the process exit status.
+/// A negative number after a flag (`--tasks -1`) reads to clap as an unknown flag
+/// (`unexpected argument '-1'`), which names neither the flag nor the mistake: this names
+/// both.
+fn negative_value(e: &clap::Error, args: Vec<String>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    value.parse::<f64>().ok().filter(|v| *v < 0.0)?;
+    let at = args.iter().position(|a| a == value)?;
+    let flag = args[..at].last().filter(|f| f.starts_with("--"))?;
+    Some(format!(
+        "{flag} {value}: a negative number is not a value {flag} takes; its --help gives its range"
+    ))
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if let Some(told) = negative_value(&e, std::env::args().collect()) {
+                eprintln!("error: {told}");
+                return 2;
+            }
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
         }

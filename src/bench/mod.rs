@@ -111,7 +111,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendKind::Sleep, BackendKind::Software, BackendKind::Gpu])]
     pub scaling_backends: Vec<BackendKind>,
     /// Zero-work tasks in the throughput suite.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS)))]
     pub throughput_tasks: u32,
     /// Backends the backends suite compares. One absent here gets a row saying why; asked
     /// for alone, an absent backend is an error.
@@ -123,7 +123,7 @@ pub struct BenchArgs {
     pub units_per_ms: u32,
     /// The adapter's ceiling for 32-bit operations in Gop/s, to rate spin against: its
     /// issue rate (on NVIDIA, SMs x 128 lanes x clock), which no operation mix passes.
-    #[arg(long, value_name = "GOPS")]
+    #[arg(long, value_name = "GOPS", value_parser = parse_gops)]
     pub int_peak_gops: Option<f64>,
     /// The process's `--max-payload` (a global flag), for the roles the suites run.
     #[arg(skip = crate::protocol::DEFAULT_MAX_PAYLOAD)]
@@ -136,28 +136,48 @@ pub struct BenchArgs {
     /// Scaling suite: write each run's timeline (a Chrome trace, as `--timeline`) into DIR.
     #[arg(long, value_name = "DIR")]
     pub timelines: Option<std::path::PathBuf>,
-    /// Kernels suite: the Mandelbrot image, WIDTHxHEIGHT.
+    /// Kernels suite: the Mandelbrot image, WIDTHxHEIGHT (--quick makes it 320x180).
     #[arg(long, value_name = "WxH", default_value = "1920x1080", value_parser = parse_size)]
     pub mandelbrot: (u32, u32),
     /// Kernels suite: Mandelbrot's iteration limit.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_iter: u32,
     /// Kernels suite: keys the search kernel tries (16 tasks).
-    #[arg(long, default_value_t = 1 << 26)]
+    #[arg(long, default_value_t = 1 << 26, value_parser = clap::value_parser!(u32).range(16..))]
     pub search_keys: u32,
     /// Chunking suite: how long an adaptive chunk should take, in ms.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub chunk_ms: u64,
 }
 
-/// Parses `WIDTHxHEIGHT`.
+/// Parses `WIDTHxHEIGHT`, each side 1 to the Mandelbrot kernel's largest.
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{text:?}: give the size as WIDTHxHEIGHT, such as 1920x1080");
+    use crate::kernels::mandelbrot::MAX_SIDE;
+    let bad = || {
+        format!(
+            "{text:?}: give the size as WIDTHxHEIGHT, each side 1 to {MAX_SIDE}, such as 1920x1080"
+        )
+    };
     let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((
-        w.trim().parse().map_err(|_| bad())?,
-        h.trim().parse().map_err(|_| bad())?,
-    ))
+    let side = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_SIDE).contains(n))
+            .ok_or_else(bad)
+    };
+    Ok((side(w)?, side(h)?))
+}
+
+/// Parses `--int-peak-gops`: a positive, finite rate.
+fn parse_gops(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|g| g.is_finite() && *g > 0.0)
+        .ok_or_else(|| {
+            format!("{text:?}: give the ceiling in Gop/s, a positive number such as 67700")
+        })
 }
 
 /// Median and spread of repeated measurements.

@@ -1102,6 +1102,9 @@ fn m24_a_malformed_coordinator_a_mistyped_log_filter_and_zero_work_units_are_nam
     assert_fails_with(&outcome, 2, &["--log", "debgu", "not a level"]);
     let outcome = conquer(&["run", "--units-per-ms", "0", "--tasks", "2"]);
     assert_fails_with(&outcome, 2, &["--units-per-ms"]);
+    // A negative number read as a flag of its own: the flag it followed is named.
+    let outcome = conquer(&["run", "--min-ms", "-1"]);
+    assert_fails_with(&outcome, 2, &["--min-ms -1", "negative"]);
 }
 
 #[test]
