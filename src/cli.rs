@@ -1400,7 +1400,7 @@ impl BackendArgs {
         }
         if !(self.slowdown.is_finite() && self.slowdown > 0.0 && self.slowdown <= MAX_SLOWDOWN) {
             bail!(
-                "--slowdown must be a number above 0 and at most {MAX_SLOWDOWN}, got {}",
+                "--slowdown must be a number above 0 and at most {MAX_SLOWDOWN}, got {:?}",
                 self.slowdown
             );
         }

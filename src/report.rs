@@ -492,8 +492,20 @@ mod tests {
         assert!(!r.to_text().contains("Finished"), "{}", r.to_text());
         r.picture = Some("m.png".into());
         assert!(
+            r.to_text().contains("Finished, picture on disk: 1303 msec"),
+            "{}",
+            r.to_text()
+        );
+        r.outputs_dir = Some("out".into());
+        assert!(
             r.to_text()
                 .contains("Finished, outputs and picture on disk: 1303 msec"),
+            "{}",
+            r.to_text()
+        );
+        r.picture = None;
+        assert!(
+            r.to_text().contains("Finished, outputs on disk: 1303 msec"),
             "{}",
             r.to_text()
         );

@@ -341,10 +341,15 @@ impl Report {
         s += &format!("Total elapsed time: {:.0} msec\n", self.elapsed_ms);
         // Said only where something was written after the last result: the
         // ventilator's last counters alone can add a millisecond on a busy machine.
-        let written = self.picture.is_some() || self.outputs_dir.is_some();
-        if written && self.finished_ms >= self.elapsed_ms + 1.0 {
+        let written = match (self.outputs_dir.is_some(), self.picture.is_some()) {
+            (true, true) => Some("outputs and picture"),
+            (true, false) => Some("outputs"),
+            (false, true) => Some("picture"),
+            (false, false) => None,
+        };
+        if let Some(written) = written.filter(|_| self.finished_ms >= self.elapsed_ms + 1.0) {
             s += &format!(
-                "Finished, outputs and picture on disk: {:.0} msec (the elapsed time ends at the last result)\n",
+                "Finished, {written} on disk: {:.0} msec (the elapsed time ends at the last result)\n",
                 self.finished_ms
             );
         }

@@ -127,6 +127,16 @@ impl View {
                 number(centre.1)
             ));
         }
+        // Wider than the whole range: no centre fits it (and its corners, in fixed point,
+        // would be past what a message can show).
+        if view_width > 2.0 * MAX_COORDINATE {
+            return Err(format!(
+                "--view-width {} is wider than the mandelbrot kernel's fixed-point range, \
+                 {} across (-{MAX_COORDINATE} to {MAX_COORDINATE}): narrow the view",
+                number(view_width),
+                2.0 * MAX_COORDINATE
+            ));
+        }
         let step = view_width / f64::from(width);
         if step < MIN_PIXEL_STEP {
             return Err(format!(
@@ -623,8 +633,15 @@ mod tests {
             wide.contains("range of -8 to 8") && wide.contains("re 6.5"),
             "{wide}"
         );
+        // Wider than the range: named as such, not by corners past what fixed point holds.
+        let vast = View::new(64, 64, 10, 1, (0.0, 0.0), 1e30).unwrap_err();
+        assert!(
+            vast.contains("1e30") && vast.contains("16 across"),
+            "{vast}"
+        );
         // The limits themselves are fine.
         assert!(View::new(2, 2, 10, 1, (7.0, -7.0), 2.0).is_ok());
+        assert!(View::new(2, 2, 10, 1, (0.0, 0.0), 16.0).is_ok());
         assert!(View::new(1920, 1080, 10, 1, (-0.5, 0.0), 1920.0 * MIN_PIXEL_STEP).is_ok());
     }
 
