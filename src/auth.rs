@@ -317,6 +317,14 @@ pub struct Access {
     pub insecure: bool,
 }
 
+/// `--http`'s address checked for form (HOST:PORT): a malformed one is named as such,
+/// before any check that would refuse it as exposed.
+pub fn check_http_address(addr: &str) -> anyhow::Result<()> {
+    crate::sockets::check_endpoint(&format!("tcp://{addr}"), "--http", true).map_err(|_| {
+        anyhow::anyhow!("--http {addr:?}: expected HOST:PORT, such as 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
 impl Access {
     /// Whether bound sockets check anything (and so need the ZAP handler).
     pub fn guarded(&self) -> bool {
@@ -350,12 +358,7 @@ impl Access {
     /// derived from the secret elsewhere; with only `--allow`, none (the addresses are
     /// checked); with neither, protected mode refuses unless `--insecure`.
     pub fn http_token(&self, addr: &str) -> anyhow::Result<Option<String>> {
-        // A malformed address is named as such, not refused as an exposed one.
-        crate::sockets::check_endpoint(&format!("tcp://{addr}"), "--http", true).map_err(|_| {
-            anyhow::anyhow!(
-                "--http {addr:?}: expected HOST:PORT, such as 127.0.0.1:8080 or [::1]:8080"
-            )
-        })?;
+        check_http_address(addr)?;
         if is_local(&format!("tcp://{addr}")) {
             return Ok(None);
         }

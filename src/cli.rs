@@ -698,7 +698,7 @@ pub struct DataArgs {
     pub output_bytes: u32,
     /// Up to 8 constants for the kernel (`params.c`), comma-separated: integers are passed
     /// as u32, numbers with a point or exponent as f32 bits (read them back with a bitcast to f32).
-    #[arg(long, value_name = "LIST", value_parser = parse_constants, help_heading = "Kernels and data")]
+    #[arg(long, value_name = "LIST", value_parser = parse_constants, allow_hyphen_values = true, help_heading = "Kernels and data")]
     pub constants: Option<[u32; crate::kernels::CONSTANTS]>,
     /// Mandelbrot: image width in pixels.
     #[arg(long, default_value_t = 1920, help_heading = "Mandelbrot")]
@@ -753,7 +753,7 @@ impl BatchArgs {
         let c = &self.chunks;
         let d = &self.data;
         let max_ms = crate::batch::MAX_WORKLOAD_MS;
-        let checks: [(bool, &str); 7] = [
+        let checks: [(bool, &str); 8] = [
             (
                 (1..=crate::batch::MAX_TASKS).contains(&t.tasks),
                 "--tasks: 1 to 50,000,000",
@@ -768,6 +768,7 @@ impl BatchArgs {
                 "--chunk-ms: 1 to 3,600,000",
             ),
             (c.items >= 1, "--items: at least 1"),
+            (self.units_per_ms >= 1, "--units-per-ms: at least 1"),
             (
                 (1..=1_000_000).contains(&c.item_us),
                 "--item-us: 1 to 1,000,000",
@@ -803,7 +804,7 @@ impl BatchArgs {
 
     /// Flags this batch would ignore, refused: a task list's workloads where the kernel or
     /// a divisible job makes its own tasks, `--chunk-items` outside `--chunking fixed`,
-    /// sizes and constants the copy kernel has no use for. Silently dropped, each ran a
+    /// `--output-bytes` and `--constants` without a user kernel. Silently dropped, each ran a
     /// batch other than the one asked for.
     fn refuse_ignored_flags(&self) -> anyhow::Result<()> {
         let maker = if self.chunks.policy().is_some() {
@@ -828,12 +829,17 @@ impl BatchArgs {
                  or drop --chunk-items"
             );
         }
-        if self.kernel == Kernel::Copy && self.data.kernel_file.is_none() {
+        // The built-in kernels size their outputs and make their constants themselves (the
+        // Mandelbrot view, the search's space).
+        if self.data.kernel_file.is_none() {
             if self.data.output_bytes != crate::kernels::SAME_AS_INPUT {
-                bail!("--kernel copy's output is its input: drop --output-bytes");
+                bail!("--output-bytes sizes a user kernel's outputs (--kernel-file): drop --output-bytes");
             }
             if self.data.constants.is_some() {
-                bail!("--kernel copy takes no constants: drop --constants");
+                bail!(
+                    "--constants fill a user kernel's params.c (--kernel-file); the built-in \
+                     kernels take theirs from their own flags: drop --constants"
+                );
             }
         }
         Ok(())
@@ -846,9 +852,10 @@ impl BatchArgs {
         self.refuse_ignored_flags()?;
         if verify_percent > 0 && self.data.kernel_file.is_some() {
             bail!(
-                "--verify checks results against the CPU reference of a built-in kernel, and a \
-                 user kernel (--kernel-file) has none: pass --replicate PCT to run a sample of \
-                 the tasks on a second worker and compare the outputs bit for bit, or drop --verify"
+                "--verify (and --verify-sample) check results against the CPU reference of a \
+                 built-in kernel, and a user kernel (--kernel-file) has none: pass --replicate PCT \
+                 to run a sample of the tasks on a second worker and compare the outputs bit for \
+                 bit, or drop the flag"
             );
         }
         if let Some(policy) = self.chunks.policy() {
@@ -1677,11 +1684,12 @@ fn parse_hex_u64(s: &str) -> Result<u64, String> {
 /// A negative number after a flag (`--tasks -1`) reads to clap as an unknown flag
 /// (`unexpected argument '-1'`), which names neither the flag nor the mistake: this names
 /// both.
-fn negative_value(e: &clap::Error, args: Vec<String>) -> Option<String> {
+fn negative_value(e: &clap::Error, args: impl Iterator<Item = String>) -> Option<String> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if e.kind() != ErrorKind::UnknownArgument {
         return None;
     }
+    let args: Vec<String> = args.collect();
     let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidArg) else {
         return None;
     };
@@ -1697,7 +1705,8 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            if let Some(told) = negative_value(&e, std::env::args().collect()) {
+            let args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
+            if let Some(told) = negative_value(&e, args) {
                 eprintln!("error: {told}");
                 return 2;
             }
@@ -1983,6 +1992,7 @@ fn run(args: RunArgs, wire: Wire, shutdown: &Shutdown) -> anyhow::Result<i32> {
         ..args.secret.access()?
     };
     if let Some(addr) = &args.http.http {
+        crate::auth::check_http_address(addr)?;
         // The live view is the one socket of a run others may reach; advice names only
         // flags `run` has (it has no --allow: its own sockets are loopback).
         if access.secret.is_none() && !args.insecure && access.http_token(addr).is_err() {

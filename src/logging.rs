@@ -128,12 +128,19 @@ pub fn init(verbosity: i8, filter: Option<&str>) {
     let _ = builder.try_init();
 }
 
-/// `--log`'s value checked: comma-separated directives, each a level (off, error, warn,
-/// info, debug, trace) or `target=level` with a target of letters, digits, `_`, `-` and
-/// `::`. A typo (`debgu`, `conquer=loud`) is an error, not a filter that logs nothing.
+/// `--log`'s value checked: comma-separated directives (empty ones skipped), each a level
+/// (off, error, warn, info, debug, trace) or `target=level` with a target of letters,
+/// digits, `_`, `-` and `::`, and the whole optionally followed by env_logger's `/REGEX`. A
+/// typo (`debgu`, `conquer=loud`) is an error, not a filter that logs nothing; a target
+/// alone, which env_logger would read as all its levels, needs its level written.
 pub fn parse_filter(text: &str) -> Result<String, String> {
     let levels = "off, error, warn, info, debug, trace";
-    for d in text.split(',').map(str::trim) {
+    let directives = text.split_once('/').map_or(text, |(d, _regex)| d);
+    for d in directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
         let (target, level) = match d.split_once('=') {
             Some((t, l)) => (Some(t.trim()), l.trim()),
             None => (None, d),
@@ -195,7 +202,17 @@ mod tests {
         ] {
             assert_eq!(parse_filter(good).as_deref(), Ok(good), "{good}");
         }
-        for bad in ["debgu", "conquer=loud", "===", "=info", "", "wgpu hal=info"] {
+        for good in ["debug,", "info/worker", "conquer=debug,wgpu=warn"] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "debgu",
+            "conquer=loud",
+            "===",
+            "=info",
+            "wgpu hal=info",
+            "wgpu_hal",
+        ] {
             let e = parse_filter(bad).expect_err(bad);
             assert!(e.contains("not a"), "{bad}: {e}");
         }

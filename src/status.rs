@@ -6,7 +6,7 @@ use crate::report::rate;
 use anyhow::{anyhow, Context};
 use std::time::Duration;
 
-/// The live view's base URL from `--http` as given: `HOST:PORT` or `http(s)://HOST:PORT`,
+/// The live view's base URL from `--http` as given: `HOST:PORT` or `http://HOST:PORT`,
 /// with any path a proxy mounts it under; a trailing `/`, `/api` or `/api/status` is
 /// dropped (the status is fetched from `BASE/api/status`).
 pub fn base_url(given: &str) -> anyhow::Result<String> {
@@ -17,10 +17,8 @@ pub fn base_url(given: &str) -> anyhow::Result<String> {
         Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
         None => ("http".to_owned(), given),
     };
-    if scheme != "http" && scheme != "https" {
-        anyhow::bail!(
-            "--http {given:?}: the live view speaks http (or https behind a proxy), not {scheme}"
-        );
+    if scheme != "http" {
+        anyhow::bail!("--http {given:?}: the live view speaks plain http, not {scheme}");
     }
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let port = authority
@@ -216,13 +214,21 @@ mod tests {
             ("http://box-a:8080/", "http://box-a:8080"),
             ("http://127.0.0.1:1/api", "http://127.0.0.1:1"),
             ("http://127.0.0.1:1/api/status", "http://127.0.0.1:1"),
-            ("https://proxy/conquer/", "https://proxy/conquer"),
+            ("http://proxy/conquer/", "http://proxy/conquer"),
             ("[::1]:8080", "http://[::1]:8080"),
             ("HTTP://h:1", "http://h:1"),
         ] {
             assert_eq!(base_url(given).unwrap(), base, "{given}");
         }
-        for bad in ["", "http://", ":8080", "127.0.0.1:99999", "h:0", "ftp://x"] {
+        for bad in [
+            "",
+            "http://",
+            ":8080",
+            "127.0.0.1:99999",
+            "h:0",
+            "ftp://x",
+            "https://h:1",
+        ] {
             let e = base_url(bad).expect_err(bad).to_string();
             assert!(e.starts_with("--http"), "{bad}: {e}");
         }

@@ -1177,8 +1177,13 @@ impl Gpu {
         let whole_items = u64::from(shape.items) * u64::from(job.item_bytes.max(1));
         // Never less than the kernel declares (`array<atomic<u32>, 256>` is bound with
         // 1024 bytes whatever the task's sizes): the rest zeroed too, and only the task's
-        // `output_bytes` read back.
-        let [least_input, least_output] = pipeline.min_binding_bytes;
+        // `output_bytes` read back. A built-in's shape is its own (and no clear is added to
+        // the per-task path the device suite measures).
+        let [least_input, least_output] = if job.source != 0 {
+            pipeline.min_binding_bytes
+        } else {
+            [0, 0]
+        };
         let extent = if Kernel::from_id(job.kernel).is_some_and(Kernel::takes_inputs) {
             pad4(input_bytes.max(whole_items))
         } else {

@@ -318,9 +318,8 @@ pub(super) fn chunking(
             "chunking: simulated {workers} workers, {}",
             policy.name()
         ));
-        results
-            .simulated
-            .push(super::simulate::simulate(&super::simulate::SimSpec {
+        results.simulated.push(super::simulate::simulate_until(
+            &super::simulate::SimSpec {
                 workers,
                 tasks: sim_items,
                 churn: false,
@@ -330,7 +329,9 @@ pub(super) fn chunking(
                 item_us: 1000,
                 farm: None,
                 costs: None,
-            })?);
+            },
+            shutdown,
+        )?);
         progress.done();
     }
 

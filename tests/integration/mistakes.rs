@@ -1102,6 +1102,9 @@ fn m24_a_malformed_coordinator_a_mistyped_log_filter_and_zero_work_units_are_nam
     assert_fails_with(&outcome, 2, &["--log", "debgu", "not a level"]);
     let outcome = conquer(&["run", "--units-per-ms", "0", "--tasks", "2"]);
     assert_fails_with(&outcome, 2, &["--units-per-ms"]);
+    // A malformed live-view address, in `run` too: its form, not its exposure.
+    let outcome = conquer(&["run", "--http", "localhost"]);
+    assert_fails_with(&outcome, 1, &["--http \"localhost\"", "expected HOST:PORT"]);
     // A negative number read as a flag of its own: the flag it followed is named.
     let outcome = conquer(&["run", "--min-ms", "-1"]);
     assert_fails_with(&outcome, 2, &["--min-ms -1", "negative"]);
@@ -1113,7 +1116,7 @@ fn m25_flags_the_batch_would_ignore_are_refused_naming_them() {
     let tasks = dir.path().join("t.txt");
     std::fs::write(&tasks, "5\n").unwrap();
     let tasks = tasks.to_str().unwrap();
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
         (
             &["--kernel", "mandelbrot", "--tasks", "3"],
             &["--tasks", "drop --tasks"],
@@ -1134,6 +1137,11 @@ fn m25_flags_the_batch_would_ignore_are_refused_naming_them() {
         (
             &["--kernel", "copy", "--inputs", tasks, "--constants", "1"],
             &["drop --constants"],
+        ),
+        // A negative first constant is a value, not a flag; the view's are its own.
+        (
+            &["--kernel", "mandelbrot", "--constants", "-2.5"],
+            &["params.c", "drop --constants"],
         ),
     ];
     for (flags, words) in cases {
