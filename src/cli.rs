@@ -2454,12 +2454,35 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         return Ok(0);
     }
     eprintln!("job {id} submitted; following it to its end");
+    // Where the job stands, said when it changes: waiting for a place, for workers, or
+    // running on some (a job with no worker would otherwise wait in silence).
+    use conquer_core::jobs::JobState;
+    let mut said = None;
     loop {
         shutdown.check()?;
         let reply = args.coordinator.ask(&Request::Results { id })?;
         if let Reply::Results { job, .. } = &reply {
             if job.state.is_over() {
                 return print_job(&reply, args.json, true);
+            }
+            let stands = (job.state, job.workers.map(|w| w > 0));
+            if said != Some(stands) {
+                said = Some(stands);
+                match stands {
+                    (JobState::Queued, _) => eprintln!(
+                        "job {id} is queued: it starts when one of the coordinator's running jobs \
+                         (--max-running) ends"
+                    ),
+                    (JobState::Running, Some(false)) => eprintln!(
+                        "job {id} is running with no worker: it waits for one to connect to the \
+                         coordinator (conquer worker --ventilator … --sink …)"
+                    ),
+                    (JobState::Running, Some(true)) => eprintln!(
+                        "job {id} is running on {} workers",
+                        job.workers.unwrap_or_default()
+                    ),
+                    _ => {}
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -740,8 +740,14 @@ fn handle(
                     let report = std::fs::read(folder.join("report.json"))
                         .ok()
                         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                    // Where it stands, as `jobs` says it (what `submit --wait` follows).
+                    let mut view = JobView::from(job);
+                    let (_, held, workers, _) =
+                        Progress::read(shared, std::slice::from_ref(&view))?.of(&view);
+                    view.held = Some(held);
+                    view.workers = (view.state == JobState::Running).then_some(workers);
                     Reply::Results {
-                        job: JobView::from(job),
+                        job: view,
                         report,
                         folder: folder.display().to_string(),
                     }
