@@ -651,8 +651,9 @@ pub struct ChunkArgs {
     /// Items per chunk under `--chunking fixed` (0: an eighth of an equal split).
     #[arg(long, default_value_t = 0, help_heading = "Jobs and chunking")]
     pub chunk_items: u64,
-    /// Spin job: items in the job.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Jobs and chunking")]
+    /// Spin job: items in the job (at most 2^48: at 1 µs an item, nine years of one
+    /// worker's time, and every count and time of the job stays exact).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=ChunkArgs::MAX_ITEMS), help_heading = "Jobs and chunking")]
     pub items: u64,
     /// Spin job: what an item costs at nominal speed, in µs (what a sleep worker sleeps).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Jobs and chunking")]
@@ -664,6 +665,9 @@ pub struct ChunkArgs {
 }
 
 impl ChunkArgs {
+    /// The most items a spin job holds (`--items`).
+    pub const MAX_ITEMS: u64 = 1 << 48;
+
     pub fn policy(&self) -> Option<Policy> {
         Some(match self.chunking? {
             ChunkingKind::Static => Policy::Static,
@@ -767,7 +771,10 @@ impl BatchArgs {
                 (1..=3_600_000).contains(&c.chunk_ms),
                 "--chunk-ms: 1 to 3,600,000",
             ),
-            (c.items >= 1, "--items: at least 1"),
+            (
+                (1..=ChunkArgs::MAX_ITEMS).contains(&c.items),
+                "--items: 1 to 2^48",
+            ),
             (self.units_per_ms >= 1, "--units-per-ms: at least 1"),
             (
                 (1..=1_000_000).contains(&c.item_us),
