@@ -16,7 +16,7 @@ use crate::worker::{self, WorkerConfig};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A flag's environment variable: `1`, `true`, `yes`, `on` set it, `0`, `false`, `no`,
 /// `off` leave it unset, anything else (an empty value too) is refused naming the flag.
@@ -186,9 +186,10 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Print a running ventilator's live view (`--http`) as a table.
     Status(StatusArgs),
-    /// A coordinator that stays up: jobs submitted to it (`conquer submit`) run one after
-    /// another on the workers that stay connected; its state directory keeps the queue,
-    /// each job's results and report, and a job cut off by a restart resumes.
+    /// A coordinator that stays up: jobs submitted to it (`conquer submit`) run on the
+    /// workers that stay connected, up to --max-running at once sharing them by priority,
+    /// the rest queued; its state directory keeps the queue, each job's results and
+    /// report, and a job cut off by a restart resumes.
     Serve(ServeArgs),
     /// Submit a job (a task list) to a coordinator; prints the job's id.
     Submit(SubmitArgs),
@@ -292,8 +293,8 @@ pub struct ServeArgs {
     /// too.
     #[arg(long, env = "CONQUER_SINK_BIND", default_value = "tcp://*:5558")]
     pub results_bind: String,
-    /// Endpoint of the control socket that `submit`, `jobs`, `cancel` and `results` use
-    /// (loopback only for now: it takes no secret yet).
+    /// Endpoint of the control socket that `submit`, `jobs`, `cancel` and `results` use:
+    /// loopback only, unless --secret-file is given (then every client needs it too).
     #[arg(long, env = "CONQUER_CONTROL", default_value = "tcp://127.0.0.1:5559")]
     pub control: String,
     /// Jobs queued or running at once; more are refused until some finish.
@@ -1840,7 +1841,15 @@ fn dispatch(cli: Cli, shutdown: &Shutdown) -> anyhow::Result<i32> {
         }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "conquer", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "conquer", &mut script);
+            // A reader that stops early (`| head`) is no error.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(e).context("cannot write the completion script");
+                }
+                _ => {}
+            }
             Ok(0)
         }
         Command::Man { dir } => {
@@ -2463,8 +2472,11 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     eprintln!("job {id} submitted; following it to its end");
     // Where the job stands, said when it changes: waiting for a place, for workers, or
     // running on some (a job with no worker would otherwise wait in silence).
+    // A job just started has no worker for a moment, while the coordinator hands it
+    // some: "no worker" is said once that has lasted a second.
     use conquer_core::jobs::JobState;
     let mut said = None;
+    let mut seen: Option<((JobState, Option<bool>), Instant)> = None;
     loop {
         shutdown.check()?;
         let reply = args.coordinator.ask(&Request::Results { id })?;
@@ -2473,7 +2485,13 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                 return print_job(&reply, args.json, true);
             }
             let stands = (job.state, job.workers.map(|w| w > 0));
-            if said != Some(stands) {
+            let since = match seen {
+                Some((s, at)) if s == stands => at,
+                _ => Instant::now(),
+            };
+            seen = Some((stands, since));
+            let settled = stands.1 != Some(false) || since.elapsed() >= Duration::from_secs(1);
+            if said != Some(stands) && settled {
                 said = Some(stands);
                 match stands {
                     (JobState::Queued, _) => eprintln!(

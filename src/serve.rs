@@ -1219,7 +1219,8 @@ fn run_batch(
                 shutdown_workers: false,
                 heartbeat: config.heartbeat,
                 resume_advice: Some(format!(
-                    "start `conquer serve` again on the same --state to resume job {id}"
+                    "unless job {id} was cancelled, `conquer serve` started again on the same \
+                     --state resumes it"
                 )),
                 // Workers come and go between jobs: the batch waits for them.
                 wait_timeout: Duration::from_secs(24 * 3600),

@@ -47,8 +47,14 @@ impl Backend for Sleep {
             Some(crate::kernels::Kernel::Spin) => Ok(()),
             other => Err(format!(
                 "the sleep backend computes nothing, so it cannot run the {} kernel's data batch: \
-                 start this worker with --backend gpu, software or cpu",
-                other.map_or("unknown", |k| k.name())
+                 start this worker with --backend gpu or software{}",
+                other.map_or("unknown", |k| k.name()),
+                // The cpu backend runs the built-in kernels' references, not a user's WGSL.
+                if other.is_some_and(|k| k != crate::kernels::Kernel::User) {
+                    " (or cpu)"
+                } else {
+                    ""
+                }
             )),
         }
     }

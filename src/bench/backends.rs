@@ -30,6 +30,21 @@ pub(super) fn kind_name(kind: BackendKind) -> &'static str {
     }
 }
 
+/// A backend asked for alone that this machine lacks: an error before any suite runs (the
+/// scaling suite would run for minutes first).
+pub(super) fn refuse_missing_alone(args: &BenchArgs) -> anyhow::Result<()> {
+    if let [kind] = args.backends[..] {
+        let (_, options) = compute_setup(args);
+        if let Err(e) = crate::backend::build(kind, &options) {
+            return Err(e.context(format!(
+                "bench --backends {}: not available on this machine",
+                kind_name(kind)
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn backends(
     args: &BenchArgs,
     repeat: u32,

@@ -263,6 +263,9 @@ pub fn run(args: BenchArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--out {}: cannot create the output folder", dir.display()))?;
     }
+    if args.suite.contains(&Suite::Backends) {
+        backends::refuse_missing_alone(&args)?;
+    }
     let progress = Progress::new(&args, repeat);
     for suite in &args.suite {
         match suite {
