@@ -543,7 +543,7 @@ impl Collector {
                 b.task_count,
                 b.id,
                 self.config.resume_advice.clone().unwrap_or_else(|| format!(
-                    "restart the sink with `conquer sink --results {path} --resume` on the same --bind"
+                    "restart the sink with `conquer sink --results {path} --resume`, with the same --bind and --secret-file (or --allow)"
                 )),
             ),
             None => log::warn!(
@@ -747,7 +747,7 @@ impl Collector {
                     let reason = format!(
                         "the sink at {} is busy with batch {:016x} ({} of {} tasks held) and cannot \
                          take batch {id:016x}; to run two batches at once, start another sink \
-                         (`conquer sink --bind tcp://*:PORT`) and point this ventilator's --sink at it",
+                         (`conquer sink --bind tcp://*:PORT`, with the farm's --secret-file) and point this ventilator's --sink at it",
                         self.config.endpoint, b.id, b.held_count, b.task_count
                     );
                     self.refuse(now, &peer, RefusalKind::Busy, reason, out);
