@@ -12,12 +12,13 @@ coordinator's answers (`jobs --json`) and its files, never on its log.
 """
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from ports import free_endpoints
 
 BIN = os.environ.get("CONQUER_BIN", os.path.join(os.path.dirname(__file__), "..",
                                                  "target", "release", "conquer"))
@@ -31,19 +32,6 @@ REPEAT = int(flag("--repeat", "5"))
 TASKS = flag("--tasks", "200")
 MS = flag("--ms", "20")
 BEAT = ["--heartbeat-ms", "100"]
-
-
-def free_endpoints(n):
-    """n loopback endpoints on distinct free ports: every socket is held until all are
-    bound, so no two picks can be the same port."""
-    held = [socket.socket() for _ in range(n)]
-    try:
-        for s in held:
-            s.bind(("127.0.0.1", 0))
-        return ["tcp://127.0.0.1:%d" % s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def ask(control, args):

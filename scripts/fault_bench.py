@@ -13,28 +13,16 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from ports import free_endpoints
+
 BIN = os.path.join(os.path.dirname(__file__), "..", "target", "release", "conquer")
 BATCH = ["--tasks", "2000", "--min-ms", "1", "--max-ms", "5", "--seed", "3"]
-
-
-def free_endpoints(n):
-    """n loopback endpoints on distinct free ports: every socket is held until all are
-    bound, so no two picks can be the same port."""
-    held = [socket.socket() for _ in range(n)]
-    try:
-        for s in held:
-            s.bind(("127.0.0.1", 0))
-        return ["tcp://127.0.0.1:%d" % s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 class Proc:

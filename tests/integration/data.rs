@@ -193,21 +193,23 @@ fn each_example_kernel_runs_end_to_end_and_equals_its_rust_reference() {
         })
         .collect();
     let glob = write_inputs(&dir.path().join("histogram"), &histogram_inputs);
-    let out = dir.path().join("histogram-out");
-    let (status, _, log) = software_run(
-        "histogram",
-        &[
+    let histogram = |more: &[&str]| {
+        let kernel = [
             "--kernel-file",
             "examples/kernels/histogram.wgsl",
             "--inputs",
-            &glob,
-            "--output-bytes",
-            "1024",
-            "--outputs",
-            out.to_str().unwrap(),
-        ],
-    )
-    .finish();
+        ];
+        let args: Vec<&str> = kernel
+            .iter()
+            .copied()
+            .chain([glob.as_str()])
+            .chain(more.iter().copied())
+            .collect();
+        software_run("histogram", &args).finish()
+    };
+    let out = dir.path().join("histogram-out");
+    let (status, _, log) =
+        histogram(&["--output-bytes", "1024", "--outputs", out.to_str().unwrap()]);
     assert!(status.success(), "{log}");
     for (name, bytes) in &histogram_inputs {
         let mut expected = vec![0u32; 256];
@@ -225,18 +227,7 @@ fn each_example_kernel_runs_end_to_end_and_equals_its_rust_reference() {
     // with 256 bytes, and every try of the task failed wgpu's validation): each output is
     // the histogram's first bytes, zeros past it.
     let same = dir.path().join("histogram-same");
-    let (status, _, log) = software_run(
-        "histogram",
-        &[
-            "--kernel-file",
-            "examples/kernels/histogram.wgsl",
-            "--inputs",
-            &glob,
-            "--outputs",
-            same.to_str().unwrap(),
-        ],
-    )
-    .finish();
+    let (status, _, log) = histogram(&["--outputs", same.to_str().unwrap()]);
     assert!(status.success(), "{log}");
     for (name, bytes) in &histogram_inputs {
         let mut whole = std::fs::read(out.join(format!("{name}.out"))).unwrap();

@@ -26,6 +26,17 @@ fn assert_fails_with(outcome: &(ExitStatus, String, String), code: i32, words: &
     }
 }
 
+/// Runs `conquer -v ARGS`, which must fail (1) saying `words` before any socket binds.
+fn fails_before_binding(args: &[&str], words: &[&str]) {
+    let outcome = conquer_v(args);
+    assert_fails_with(&outcome, 1, words);
+    assert!(
+        !outcome.2.contains("listening"),
+        "bound first: {}",
+        outcome.2
+    );
+}
+
 /// Waits until `path` holds at least `lines` lines: an event, not a fixed sleep.
 fn wait_for_lines(path: &std::path::Path, lines: usize) {
     let deadline = Instant::now() + util::PATIENCE;
@@ -995,17 +1006,7 @@ fn m22_verify_on_a_user_kernel_fails_before_anything_binds_and_names_replicate()
     run.extend(["--outputs", outputs.to_str().unwrap()]);
     for verify in [&["--verify"][..], &["--verify-sample", "10"]] {
         let args: Vec<&str> = run.iter().chain(verify).copied().collect();
-        let outcome = conquer_v(&args);
-        assert_fails_with(
-            &outcome,
-            1,
-            &["--verify", "--kernel-file", "--replicate PCT"],
-        );
-        assert!(
-            !outcome.2.contains("listening"),
-            "bound first: {}",
-            outcome.2
-        );
+        fails_before_binding(&args, &["--verify", "--kernel-file", "--replicate PCT"]);
         assert!(!outputs.exists(), "nothing written");
     }
     // `submit` refuses it before it reaches for a coordinator (none listens here).
@@ -1074,13 +1075,7 @@ fn m23_what_is_written_after_the_batch_is_checked_before_it_and_a_search_too_lar
     ];
     for (args, words) in cases {
         let args: Vec<&str> = ["run"].iter().chain(&args).copied().collect();
-        let outcome = conquer_v(&args);
-        assert_fails_with(&outcome, 1, words);
-        assert!(
-            !outcome.2.contains("listening"),
-            "bound first: {}",
-            outcome.2
-        );
+        fails_before_binding(&args, words);
     }
     // A picture's missing folder is made, as --outputs makes its own.
     let nested = dir.path().join("new").join("x.png");
@@ -1146,13 +1141,7 @@ fn m25_flags_the_batch_would_ignore_are_refused_naming_them() {
     ];
     for (flags, words) in cases {
         let args: Vec<&str> = ["run"].iter().chain(flags).copied().collect();
-        let outcome = conquer_v(&args);
-        assert_fails_with(&outcome, 1, words);
-        assert!(
-            !outcome.2.contains("listening"),
-            "bound first: {}",
-            outcome.2
-        );
+        fails_before_binding(&args, words);
     }
     // The defaults themselves, and a seed (which orders a shuffle too), are no conflict.
     let (status, _, log) = conquer(&[
@@ -1203,12 +1192,6 @@ fn m26_a_coordinator_refuses_settings_that_would_fail_every_job_before_it_binds(
             .chain(flags)
             .copied()
             .collect();
-        let outcome = conquer_v(&args);
-        assert_fails_with(&outcome, 1, words);
-        assert!(
-            !outcome.2.contains("listening"),
-            "bound first: {}",
-            outcome.2
-        );
+        fails_before_binding(&args, words);
     }
 }
