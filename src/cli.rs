@@ -1659,12 +1659,13 @@ pub struct SinkArgs {
     /// for "0", count --tasks results, then broadcast KILL on --control-bind.
     #[arg(long, help_heading = "Classic")]
     pub classic: bool,
-    /// Classic mode: results to collect.
+    /// Classic mode: results to collect (as many as the ventilator sends tasks).
     #[arg(
         long,
         default_value_t = 100,
         requires = "classic",
-        help_heading = "Classic"
+        help_heading = "Classic",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::batch::MAX_TASKS))
     )]
     pub tasks: u32,
     /// Classic mode: where the KILL broadcast binds.
