@@ -2478,9 +2478,33 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
     use conquer_core::jobs::JobState;
     let mut said = None;
     let mut seen: Option<((JobState, Option<bool>), Instant)> = None;
+    // A coordinator restarted resumes the job: its silence is waited out for a minute.
+    let mut lost: Option<Instant> = None;
     loop {
         shutdown.check()?;
-        let reply = args.coordinator.ask(&Request::Results { id })?;
+        let reply = match args.coordinator.ask(&Request::Results { id }) {
+            Err(e) if e.downcast_ref::<crate::serve::NoAnswer>().is_some() => {
+                let since = *lost.get_or_insert_with(|| {
+                    eprintln!(
+                        "{e:#}; still following job {id} for a minute (a coordinator started \
+                         again on its --state resumes it)"
+                    );
+                    Instant::now()
+                });
+                if since.elapsed() >= LOST_COORDINATOR_WAIT {
+                    return Err(e.context(format!(
+                        "lost the coordinator while following job {id}: it may still run; \
+                         `conquer results {id}` says how it ends"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            other => other?,
+        };
+        if lost.take().is_some() {
+            eprintln!("the coordinator answers again; following job {id}");
+        }
         if let Reply::Results { job, .. } = &reply {
             if job.state.is_over() {
                 return print_job(&reply, args.json, true);
@@ -2503,10 +2527,13 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
                         "job {id} is running with no worker: it waits for one to connect to the \
                          coordinator (conquer worker --ventilator … --sink …)"
                     ),
-                    (JobState::Running, Some(true)) => eprintln!(
-                        "job {id} is running on {} workers",
-                        job.workers.unwrap_or_default()
-                    ),
+                    (JobState::Running, Some(true)) => {
+                        let n = job.workers.unwrap_or_default();
+                        eprintln!(
+                            "job {id} is running on {n} worker{}",
+                            if n == 1 { "" } else { "s" }
+                        )
+                    }
                     _ => {}
                 }
             }
@@ -2514,6 +2541,9 @@ fn submit(args: SubmitArgs, shutdown: &Shutdown) -> anyhow::Result<i32> {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// How long `submit --wait` follows its job through a coordinator's silence.
+const LOST_COORDINATOR_WAIT: Duration = Duration::from_secs(60);
 
 pub fn state_name(state: conquer_core::jobs::JobState) -> &'static str {
     state.name()

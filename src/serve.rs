@@ -700,7 +700,7 @@ fn handle(
         Request::Jobs => {
             let store = shared.store()?;
             let mut jobs: Vec<JobView> = store.queue.jobs().map(JobView::from).collect();
-            let progress = Progress::read(shared, &jobs)?;
+            let progress = Progress::read(shared, Some(&jobs))?;
             for job in &mut jobs {
                 let (_, held, workers, _) = progress.of(job);
                 job.held = Some(held);
@@ -742,8 +742,7 @@ fn handle(
                         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
                     // Where it stands, as `jobs` says it (what `submit --wait` follows).
                     let mut view = JobView::from(job);
-                    let (_, held, workers, _) =
-                        Progress::read(shared, std::slice::from_ref(&view))?.of(&view);
+                    let (_, held, workers, _) = Progress::read(shared, None)?.of(&view);
                     view.held = Some(held);
                     view.workers = (view.state == JobState::Running).then_some(workers);
                     Reply::Results {
@@ -1339,14 +1338,16 @@ struct Progress {
 }
 
 impl Progress {
-    /// Read for `jobs` (the queue's jobs now); the counts of jobs expired since are
-    /// forgotten.
-    fn read(shared: &Shared, jobs: &[JobView]) -> anyhow::Result<Progress> {
+    /// Read for `jobs`, the queue's jobs now (all of them: the counts of jobs not among
+    /// them, expired since, are forgotten), or for one job (`None`: nothing forgotten).
+    fn read(shared: &Shared, jobs: Option<&[JobView]>) -> anyhow::Result<Progress> {
         let mut boards = shared
             .boards
             .lock()
             .map_err(|_| anyhow::anyhow!("a job's thread panicked holding its progress"))?;
-        boards.held.retain(|id, _| jobs.iter().any(|j| j.id == *id));
+        if let Some(jobs) = jobs {
+            boards.held.retain(|id, _| jobs.iter().any(|j| j.id == *id));
+        }
         Ok(Progress {
             running: boards
                 .running
@@ -1381,7 +1382,7 @@ impl Progress {
 /// The coordinator's status (its jobs, and the oldest running job's farm) and metrics.
 fn compose(shared: &Shared) -> anyhow::Result<(FarmStatus, String)> {
     let views: Vec<JobView> = shared.store()?.queue.jobs().map(JobView::from).collect();
-    let progress = Progress::read(shared, &views)?;
+    let progress = Progress::read(shared, Some(&views))?;
     let running = &progress.running;
     let now = unix_ms();
     let mut jobs = Vec::with_capacity(views.len());
@@ -1517,6 +1518,17 @@ fn join<T>(handle: std::thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result
 }
 
 /// Asks the coordinator at `endpoint` and returns its reply, waiting at most `timeout`.
+/// No coordinator answered a request in time: gone, restarting, or never there.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no coordinator answered at {endpoint} within {secs} s: is `conquer serve` running there \
+     (its --control)?"
+)]
+pub struct NoAnswer {
+    pub endpoint: String,
+    pub secs: u64,
+}
+
 pub fn ask(
     endpoint: &str,
     request: &Request,
@@ -1544,11 +1556,10 @@ pub fn ask_with(
         .connect(endpoint)
         .with_context(|| format!("cannot connect to the coordinator at {endpoint}"))?;
     let no_answer = || {
-        anyhow::anyhow!(
-            "no coordinator answered at {endpoint} within {} s: is `conquer serve` running there \
-             (its --control)?",
-            timeout.as_secs()
-        )
+        anyhow::Error::new(NoAnswer {
+            endpoint: endpoint.to_owned(),
+            secs: timeout.as_secs(),
+        })
     };
     let mut parts = vec![request.encode(token)];
     parts.extend(frames.iter().cloned());

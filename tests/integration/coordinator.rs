@@ -210,6 +210,19 @@ fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_o
     );
     let queued = submit(&control, &["--tasks", "5"]);
     wait_state(&control, long, "running");
+    let held_of = |id: u64| {
+        jobs(&control)
+            .iter()
+            .find(|j| j["id"] == id)
+            .and_then(|j| j["held"].as_u64())
+            .unwrap_or(0)
+    };
+    // Some of it done first: what a cancel keeps is then counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_of(long) == 0 {
+        assert!(Instant::now() < deadline, "job {long} held nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, stdout, log) = ask(&control, &["cancel", &queued.to_string()]);
     assert!(
         status.success() && stdout.contains("was queued"),
@@ -222,6 +235,12 @@ fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_o
     );
     wait_state(&control, long, "cancelled");
     wait_state(&control, queued, "cancelled");
+    // What it held stays counted, whatever is asked of other jobs meanwhile (asking for
+    // one job's results once made every other cancelled job's count 0).
+    let kept = held_of(long);
+    assert!(kept > 0, "job {long}'s count was lost");
+    let (_, _, _) = ask(&control, &["results", &queued.to_string()]);
+    assert_eq!(held_of(long), kept, "job {long}'s count changed");
     // A finished job cannot be cancelled; its results say it is done, and exit 0.
     let (status, _, log) = ask(&control, &["cancel", &first.to_string()]);
     assert!(!status.success() && log.contains("already"), "{log}");
