@@ -682,6 +682,7 @@ fn handle(
             match submitted {
                 Ok(Ok((id, tasks))) => {
                     log::info!("job {id} ({shown}) accepted: {tasks} tasks or items");
+                    job_event(id, JobState::Queued, "");
                     shared.bell.notify_all();
                     Reply::Submitted { id }
                 }
@@ -721,6 +722,7 @@ fn handle(
                         stop.request();
                     }
                     log::info!("job {id} cancelled");
+                    job_event(id, JobState::Cancelled, "");
                     shared.bell.notify_all();
                     Reply::Cancelled { id, was }
                 }
@@ -1038,6 +1040,7 @@ fn start_jobs(
             .map(Claim::from)
             .collect();
         for claim in starting {
+            job_event(claim.id, JobState::Running, "");
             let folder = store.folder(claim.id);
             let (job, outer, stop) = (farm.clone(), shutdown.clone(), Shutdown::new());
             let token = stop.clone();
@@ -1139,9 +1142,19 @@ fn run_job(
         JobState::Done => log::info!("job {id} done"),
         _ => log::error!("job {id} failed: {reason}"),
     }
+    job_event(id, state, &reason);
     let limits = shared.limits;
     store.commit(|queue, records| queue.end(id, state, &reason, &limits, unix_ms(), records))?;
     Ok(())
+}
+
+/// A job's change of state as an event (`--events`).
+fn job_event(job: JobId, state: JobState, reason: &str) {
+    crate::events::emit(&crate::events::Note::Job {
+        job,
+        state: state.name().to_owned(),
+        reason: reason.to_owned(),
+    });
 }
 
 /// Numbers the in-process endpoints of a job's sockets, so a job tried again never meets

@@ -49,6 +49,14 @@ pub enum Note {
     /// workers' `batch-end` and the ventilator's last `phase` may follow it: the stream
     /// ends when the process exits.
     Complete { report: serde_json::Value },
+    /// A coordinator's job changed state: `queued` (accepted), `running` (its batch starts,
+    /// or resumes after a restart), `done`, `failed` (with its `reason`), `cancelled`.
+    Job {
+        job: u64,
+        state: String,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
 }
 
 /// The batch id as the log and the report write it.

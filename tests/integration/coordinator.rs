@@ -170,7 +170,7 @@ fn folder(state: &Path, id: u64) -> std::path::PathBuf {
 fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_ones_are_cancelled()
 {
     let state = tempfile::tempdir().unwrap();
-    let (_coordinator, control, bind, results) = serve(
+    let (coordinator, control, bind, results) = serve(
         state.path(),
         ANY,
         ANY,
@@ -235,6 +235,16 @@ fn with_one_running_at_a_time_jobs_run_in_turn_each_once_and_queued_or_running_o
     );
     wait_state(&control, long, "cancelled");
     wait_state(&control, queued, "cancelled");
+    // Each job's changes of state are events, for scripts that follow the coordinator.
+    for (id, states) in [
+        (first, &["queued", "running", "done"][..]),
+        (long, &["queued", "running", "cancelled"]),
+        (queued, &["queued", "cancelled"]),
+    ] {
+        for state in states {
+            coordinator.event_where("job", |e| e["job"] == id && e["state"] == *state);
+        }
+    }
     // What it held stays counted, whatever is asked of other jobs meanwhile (asking for
     // one job's results once made every other cancelled job's count 0).
     let kept = held_of(long);
