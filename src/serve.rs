@@ -735,7 +735,7 @@ fn handle(
             let store = shared.store()?;
             match store.queue.get(id) {
                 None => Reply::Refused {
-                    reason: format!("no job {id} on this coordinator (`conquer jobs` lists them)"),
+                    reason: store.queue.missing(id).to_string(),
                 },
                 Some(job) => {
                     let folder = store.folder(id);

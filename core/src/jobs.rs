@@ -140,6 +140,8 @@ pub enum Refused {
     ZeroPriority,
     #[error("no job {0} on this coordinator (`conquer jobs` lists them)")]
     NoSuchJob(JobId),
+    #[error("job {0} is no longer kept: finished jobs past --keep (or --keep-for) are removed with their folders")]
+    NoLongerKept(JobId),
     #[error("job {id} is already {state}, so it cannot be cancelled")]
     AlreadyOver { id: JobId, state: JobState },
 }
@@ -230,6 +232,15 @@ impl JobQueue {
     }
 
     /// The id the next job accepted gets.
+    /// Why job `id` is not in the queue: never numbered, or removed once over.
+    pub fn missing(&self, id: JobId) -> Refused {
+        if (1..self.next_id).contains(&id) {
+            Refused::NoLongerKept(id)
+        } else {
+            Refused::NoSuchJob(id)
+        }
+    }
+
     pub fn next_id(&self) -> JobId {
         self.next_id
     }
@@ -332,7 +343,7 @@ impl JobQueue {
         now_ms: u64,
         out: &mut Vec<Record>,
     ) -> Result<JobState, Refused> {
-        let job = self.get(id).ok_or(Refused::NoSuchJob(id))?;
+        let job = self.get(id).ok_or_else(|| self.missing(id))?;
         if job.state.is_over() {
             return Err(Refused::AlreadyOver {
                 id,
@@ -576,6 +587,23 @@ mod tests {
         keep_ms: 0,
     };
 
+    #[test]
+    fn a_job_removed_once_over_is_told_apart_from_one_never_submitted() {
+        let (mut q, mut journal) = (JobQueue::new(), Vec::new());
+        let limits = Limits { keep: 1, ..LIMITS };
+        let ids: Vec<JobId> = (0..3)
+            .map(|_| q.submit(spec(1, false), &limits, 0, &mut journal).unwrap())
+            .collect();
+        for &id in &ids {
+            q.start_queued(&limits, 0, &mut journal);
+            q.end(id, JobState::Done, "", &limits, 0, &mut journal);
+        }
+        assert!(q.get(ids[0]).is_none(), "past --keep 1");
+        assert_eq!(q.missing(ids[0]), Refused::NoLongerKept(ids[0]));
+        assert_eq!(q.missing(99), Refused::NoSuchJob(99));
+        assert!(q.missing(ids[0]).to_string().contains("--keep"));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Submit {
@@ -651,7 +679,8 @@ mod tests {
                             let before = q.get(id).map(|j| j.state);
                             match q.cancel(id, "test", &LIMITS, now, &mut journal) {
                                 Ok(was) => prop_assert_eq!(Some(was), before),
-                                Err(Refused::NoSuchJob(_)) => prop_assert_eq!(before, None),
+                                // Every id here was numbered: one gone was removed once over.
+                                Err(Refused::NoLongerKept(_)) => prop_assert_eq!(before, None),
                                 Err(Refused::AlreadyOver { .. }) => {
                                     prop_assert!(before.is_some_and(JobState::is_over))
                                 }
