@@ -154,6 +154,27 @@ pub fn render(s: &FarmStatus) -> String {
     if let Some(k) = &s.sink {
         out += &format!("\n{}\n", sink_line(k));
     }
+    // A coordinator's jobs, as `conquer jobs` lists them.
+    if !s.jobs.is_empty() {
+        out += &format!(
+            "\n{:>6}  {:<9}  {:>17}  {:>7}  {:>8}  {:>10}  {:>8}  name\n",
+            "job", "state", "held / tasks", "workers", "priority", "elapsed", "eta"
+        );
+        let seconds = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
+        for j in &s.jobs {
+            out += &format!(
+                "{:>6}  {:<9}  {:>17}  {:>7}  {:>8}  {:>10}  {:>8}  {}\n",
+                j.id,
+                j.state,
+                format!("{} / {}", j.held, j.tasks),
+                j.workers,
+                j.priority,
+                seconds(j.elapsed_s),
+                seconds(j.eta_s),
+                conquer_core::text::printable(&j.name)
+            );
+        }
+    }
     out
 }
 
@@ -206,6 +227,29 @@ fn cut(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_coordinators_jobs_are_listed_under_its_table() {
+        let mut s = FarmStatus::default();
+        assert!(!render(&s).contains("held / tasks"), "no jobs, no list");
+        s.jobs.push(crate::observe::JobStatus {
+            id: 7,
+            name: "nightly".into(),
+            state: "running".into(),
+            priority: 3,
+            tasks: 500,
+            held: 120,
+            workers: 2,
+            elapsed_s: Some(4.25),
+            eta_s: None,
+            reason: String::new(),
+        });
+        let text = render(&s);
+        let line = text.lines().find(|l| l.contains("nightly")).expect(&text);
+        for word in ["7", "running", "120 / 500", "2", "3", "4.2 s", "-"] {
+            assert!(line.contains(word), "{word} in {line}");
+        }
+    }
 
     #[test]
     fn the_live_views_address_is_taken_as_given_and_checked() {
