@@ -1108,25 +1108,34 @@ fn run_job(
         }
     };
     let shared = &farm.shared;
+    let mut held = None;
     if let Ok(mut boards) = shared.boards.lock() {
         if let Some(board) = boards.running.remove(&id) {
-            let held = board.get().map_or(0, |s| {
+            let count = board.get().map_or(0, |s| {
                 if s.items > 0 {
                     s.items_held
                 } else {
                     s.held as u64
                 }
             });
-            boards.held.insert(id, held);
+            boards.held.insert(id, count);
+            held = Some(count);
         }
     }
     let mut store = shared.store()?;
     store.running.remove(&id);
     // Room for a queued job: the queue's thread looks.
     shared.bell.notify_all();
+    // What it held, in the journal too: a restarted coordinator still says it.
+    let count_held = |store: &mut Store| -> anyhow::Result<()> {
+        match held {
+            Some(held) => store.commit(|queue, records| queue.count_held(id, held, records)),
+            None => Ok(()),
+        }
+    };
     if store.queue.get(id).is_none_or(|j| j.state.is_over()) {
         // Cancelled meanwhile: the journal says so already.
-        return Ok(());
+        return count_held(&mut store);
     }
     if shutdown.is_requested() {
         // Left running in the journal: it resumes when the coordinator starts again.
@@ -1145,7 +1154,7 @@ fn run_job(
     job_event(id, state, &reason);
     let limits = shared.limits;
     store.commit(|queue, records| queue.end(id, state, &reason, &limits, unix_ms(), records))?;
-    Ok(())
+    count_held(&mut store)
 }
 
 /// A job's change of state as an event (`--events`).
@@ -1382,9 +1391,10 @@ impl Progress {
                 s.eta_s,
             ),
             None if job.state == JobState::Done => (job.tasks, job.tasks, 0, None),
+            // Counted at its end, in this run or (from the journal) an earlier one.
             None => (
                 job.tasks,
-                self.held.get(&job.id).copied().unwrap_or(0),
+                self.held.get(&job.id).copied().or(job.held).unwrap_or(0),
                 0,
                 None,
             ),

@@ -83,6 +83,9 @@ pub struct Job {
     pub ended_ms: Option<u64>,
     /// Why it failed or who cancelled it.
     pub reason: String,
+    /// What an over job's results hold (its tasks, or a divisible job's items), counted at
+    /// its end: what `jobs` says of a cancelled or failed job after a restart.
+    pub held: Option<u64>,
 }
 
 /// One change to the queue, as the journal keeps it.
@@ -103,6 +106,11 @@ pub enum Record {
         state: JobState,
         at_ms: u64,
         reason: String,
+    },
+    /// What an over job's results hold, counted once its batch stopped.
+    Held {
+        id: JobId,
+        held: u64,
     },
     /// Forgotten: its entry is dropped (its files may be removed).
     Expired {
@@ -191,6 +199,7 @@ impl JobQueue {
                     started_ms: None,
                     ended_ms: None,
                     reason: String::new(),
+                    held: None,
                 });
             }
             Record::Started { id, at_ms } => {
@@ -215,6 +224,11 @@ impl JobQueue {
                         job.ended_ms = Some(*at_ms);
                         job.reason = reason.clone();
                     }
+                }
+            }
+            Record::Held { id, held } => {
+                if let Some(job) = self.jobs.get_mut(id).filter(|j| j.state.is_over()) {
+                    job.held = Some(*held);
                 }
             }
             Record::Expired { id } => {
@@ -385,6 +399,13 @@ impl JobQueue {
         }
     }
 
+    /// Records what over job `id`'s results hold (nothing for a job not over, or gone).
+    pub fn count_held(&mut self, id: JobId, held: u64, out: &mut Vec<Record>) {
+        if self.get(id).is_some_and(|j| j.state.is_over()) {
+            self.record(Record::Held { id, held }, out);
+        }
+    }
+
     /// The fewest records that rebuild this queue: what a journal is rewritten to, so it
     /// grows with the jobs kept, not with every job ever run.
     pub fn snapshot(&self) -> Vec<Record> {
@@ -405,6 +426,9 @@ impl JobQueue {
                     at_ms,
                     reason: job.reason.clone(),
                 });
+                if let Some(held) = job.held {
+                    records.push(Record::Held { id: job.id, held });
+                }
             }
         }
         // Ids are never reused, even those of jobs expired since.
@@ -914,6 +938,23 @@ mod tests {
         );
         q.end(data, JobState::Done, "", &LIMITS, 10, &mut out);
         assert_eq!(q.share(&workers), [Some(sleep); 4]);
+    }
+
+    #[test]
+    fn what_an_over_job_held_survives_a_replay_and_a_rewrite() {
+        let (mut q, mut journal) = (JobQueue::new(), Vec::new());
+        let id = q.submit(spec(1, false), &LIMITS, 0, &mut journal).unwrap();
+        q.start_queued(&LIMITS, 1, &mut journal);
+        // Not over yet: nothing to count.
+        q.count_held(id, 3, &mut journal);
+        assert_eq!(q.get(id).unwrap().held, None);
+        q.cancel(id, "test", &LIMITS, 2, &mut journal).unwrap();
+        q.count_held(id, 7, &mut journal);
+        assert_eq!(q.get(id).unwrap().held, Some(7));
+        let replayed = JobQueue::replay(&journal);
+        assert_eq!(replayed.get(id).unwrap().held, Some(7));
+        let rewritten = JobQueue::replay(&replayed.snapshot());
+        assert_eq!(rewritten.get(id), q.get(id));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl From<&Job> for JobView {
             started_ms: job.started_ms,
             ended_ms: job.ended_ms,
             reason: job.reason.clone(),
-            held: None,
+            held: job.held,
             workers: None,
         }
     }
